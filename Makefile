@@ -1,0 +1,37 @@
+# weft — see README.md.  Everything here runs as root on Debian 12.
+PYTHON      ?= python3
+DEV_VENV    := .venv
+VENV        ?= /opt/weft/venv
+CNI_BIN_DIR ?= /opt/cni/bin
+BIN_DIR     ?= /usr/local/bin
+PYTEST_ARGS ?=
+
+.PHONY: deps venv install test unit demo clean
+
+deps:
+	scripts/deps.sh
+	$(MAKE) venv
+
+# the development/test venv (editable install of this checkout)
+venv: $(DEV_VENV)/.installed
+$(DEV_VENV)/.installed: setup.cfg pyproject.toml
+	$(PYTHON) -m venv $(DEV_VENV)
+	$(DEV_VENV)/bin/pip install -q --upgrade pip
+	$(DEV_VENV)/bin/pip install -q -e '.[test]'
+	touch $@
+
+# weft, weft-ipam -> CNI_BIN_DIR; weftd, weftctl -> BIN_DIR; code in VENV.  Idempotent.
+install:
+	scripts/install.sh "$(VENV)" "$(CNI_BIN_DIR)" "$(BIN_DIR)" "$(PYTHON)"
+
+test: deps
+	$(DEV_VENV)/bin/python -m pytest $(PYTEST_ARGS)
+
+unit: venv
+	$(DEV_VENV)/bin/python -m pytest tests/unit $(PYTEST_ARGS)
+
+demo: deps
+	$(DEV_VENV)/bin/python -m demo.single_node
+
+clean:
+	rm -rf $(DEV_VENV) build *.egg-info

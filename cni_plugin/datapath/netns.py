@@ -1,0 +1,60 @@
+"""Opening network namespaces safely."""
+
+import errno
+import fcntl
+import os
+
+from ..errors import INVALID_NETNS, CniError
+
+_NS_GET_NSTYPE = 0xB703  # ioctl on an nsfs file: which kind of namespace
+_CLONE_NEWNET = 0x40000000
+
+
+def check_container_netns(path: str) -> None:
+    """path must be a network namespace other than the one the plugin runs in."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError as exc:
+        raise CniError(INVALID_NETNS, f"CNI_NETNS {path} cannot be opened: {exc.strerror}")
+    try:
+        try:
+            kind = fcntl.ioctl(fd, _NS_GET_NSTYPE)
+        except OSError as exc:
+            if exc.errno in (errno.ENOTTY, errno.EINVAL):
+                raise CniError(INVALID_NETNS, f"CNI_NETNS {path} is not a namespace (expected a "
+                               "bind-mounted /proc/<pid>/ns/net, e.g. /run/netns/<name>)")
+            raise CniError(INVALID_NETNS, f"CNI_NETNS {path} cannot be inspected: {exc.strerror}")
+        if kind != _CLONE_NEWNET:
+            raise CniError(INVALID_NETNS, f"CNI_NETNS {path} is a namespace but not a network namespace")
+        target = os.fstat(fd)
+    finally:
+        os.close(fd)
+    own = os.stat("/proc/thread-self/ns/net")
+    if (target.st_dev, target.st_ino) == (own.st_dev, own.st_ino):
+        raise CniError(INVALID_NETNS, f"CNI_NETNS {path} is the plugin's own network namespace; "
+                       "refusing to configure the host as a container")
+
+
+def netns_exists(path: str) -> bool:
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        return False
+    try:
+        return fcntl.ioctl(fd, _NS_GET_NSTYPE) == _CLONE_NEWNET
+    except OSError:
+        return False
+    finally:
+        os.close(fd)
+
+
+def open_container(path: str):
+    from pyroute2 import IPRoute
+
+    return IPRoute(netns=path, flags=0)
+
+
+def open_host():
+    from pyroute2 import IPRoute
+
+    return IPRoute()

@@ -1,0 +1,70 @@
+"""Running another CNI plugin (the IPAM delegate) as the spec describes.
+
+The plugin is looked up by name in CNI_PATH, gets the full network configuration
+on stdin and our CNI_* environment with CNI_COMMAND set to the operation.
+"""
+
+import json
+import os
+import subprocess
+
+from .errors import DELEGATE_FAILED, INVALID_NETCONF, CniError
+from .spec import result as cni_result
+
+DELEGATE_TIMEOUT = 60  # seconds; a runtime gives up long before this
+
+
+def find_plugin(plugin_type: str, path: list) -> str:
+    if os.sep in plugin_type or plugin_type in ("", ".", ".."):
+        raise CniError(INVALID_NETCONF, f"plugin type {plugin_type!r} must be a plain name, not a path")
+    for directory in path:
+        candidate = os.path.join(directory, plugin_type)
+        if os.path.isfile(candidate) and os.access(candidate, os.X_OK):
+            return candidate
+    raise CniError(
+        INVALID_NETCONF,
+        f"IPAM plugin {plugin_type!r} not found in CNI_PATH ({':'.join(path) or 'empty'}); "
+        f"install it there or fix ipam.type",
+    )
+
+
+def run(plugin_type: str, command: str, env, conf: dict):
+    """Run the delegate; returns its normalized result for ADD, None otherwise."""
+    executable = find_plugin(plugin_type, env.path)
+    environ = {k: v for k, v in os.environ.items() if not k.startswith("CNI_")}
+    environ.update(env.as_environ())
+    environ["CNI_COMMAND"] = command
+    try:
+        proc = subprocess.run(
+            [executable],
+            input=json.dumps(conf).encode(),
+            capture_output=True,
+            env=environ,
+            timeout=DELEGATE_TIMEOUT,
+        )
+    except subprocess.TimeoutExpired:
+        raise CniError(DELEGATE_FAILED, f"IPAM plugin {executable} did not answer {command} "
+                       f"within {DELEGATE_TIMEOUT}s")
+    except OSError as exc:
+        raise CniError(DELEGATE_FAILED, f"IPAM plugin {executable} could not be run: {exc}")
+    return _interpret(executable, command, proc)
+
+
+def _interpret(executable: str, command: str, proc):
+    stdout = proc.stdout.strip()
+    if proc.returncode != 0:
+        try:
+            err = json.loads(stdout)
+            code, msg = int(err["code"]), str(err["msg"])
+        except (ValueError, KeyError, TypeError):
+            stderr = proc.stderr.decode(errors="replace").strip()[-500:]
+            raise CniError(DELEGATE_FAILED, f"IPAM plugin {executable} failed {command} with exit "
+                           f"code {proc.returncode}", stderr or stdout.decode(errors="replace")[-500:])
+        raise CniError(code, msg, str(err.get("details", "")))
+    if command != "ADD":
+        return None
+    try:
+        return cni_result.normalize(json.loads(stdout))
+    except ValueError as exc:
+        raise CniError(DELEGATE_FAILED, f"IPAM plugin {executable} returned a result that is not "
+                       f"JSON: {exc}")

@@ -1,0 +1,167 @@
+"""weft's network configuration: defaults, validation and the subnet-file fill-in.
+
+Every key and default is listed in the README's configuration reference; keep the
+two in step.
+"""
+
+import copy
+from dataclasses import dataclass, field
+
+from .errors import INVALID_NETCONF, NOT_AVAILABLE, TRY_AGAIN_LATER, CniError
+from .spec import netconf
+from .spec.env import validate_ifname
+from .subnet import subnet_file
+
+DEFAULT_BRIDGE = "cbr0"
+DEFAULT_MTU = 1500
+DEFAULT_DATA_DIR = "/var/lib/weft/cni"
+DEFAULT_AGENT_SOCKET = "/run/weft/weftd.sock"
+DEFAULT_LOG_FILE = "/var/log/weft/weft.log"
+SUBNET_FILE_DIR = "/run/weft"
+
+
+@dataclass
+class WeftConf:
+    name: str
+    version: str
+    bridge: str
+    is_gateway: bool
+    is_default_gateway: bool
+    force_address: bool
+    mtu: int
+    hairpin_mode: bool
+    ip_masq: bool
+    subnet_file: str
+    data_dir: str
+    agent_socket: str
+    log_file: str
+    ipam_type: str
+    # the netconf handed to the IPAM delegate (ranges filled from the subnet file)
+    delegate_conf: dict
+    # destinations never masqueraded (the cluster network(s)), besides the pod subnet
+    cluster_networks: list = field(default_factory=list)
+    runtime_config: dict = field(default_factory=dict)
+    prev_result: dict = None
+    raw: dict = field(default_factory=dict)
+
+
+def _ipam_section(conf: dict) -> dict:
+    ipam = conf.get("ipam")
+    if ipam is None:
+        raise CniError(INVALID_NETCONF, "network configuration has no ipam section; weft needs one "
+                       '(usually "ipam": {"type": "weft-ipam"})')
+    if not isinstance(ipam, dict):
+        raise CniError(INVALID_NETCONF, "ipam must be an object")
+    ipam_type = ipam.get("type")
+    if not isinstance(ipam_type, str) or not ipam_type:
+        raise CniError(INVALID_NETCONF, "ipam.type is missing; name the IPAM plugin, e.g. weft-ipam")
+    if "/" in ipam_type or "\\" in ipam_type or ipam_type in (".", ".."):
+        raise CniError(INVALID_NETCONF, f"ipam.type {ipam_type!r} must be a plugin name on CNI_PATH, "
+                       "not a path")
+    return ipam
+
+
+def _has_ranges(ipam: dict) -> bool:
+    return bool(ipam.get("ranges")) or bool(ipam.get("subnet"))
+
+
+def _read_subnet_file(path: str, command: str):
+    try:
+        return subnet_file.read(path)
+    except FileNotFoundError:
+        code = NOT_AVAILABLE if command == "STATUS" else TRY_AGAIN_LATER
+        raise CniError(code, f"subnet file {path} does not exist: weftd has not leased a subnet for "
+                       "this node yet; check that weftd is running (weftctl status)")
+    except (OSError, subnet_file.SubnetFileError) as exc:
+        code = NOT_AVAILABLE if command == "STATUS" else TRY_AGAIN_LATER
+        raise CniError(code, f"subnet file {path} is unusable: {exc}")
+
+
+def _fill_from_lease(ipam: dict, lease) -> list:
+    """ranges and routes from the node's lease, as flannel's plugin does."""
+    ranges = [[{"subnet": str(lease.subnet.network), "gateway": str(lease.subnet.ip)}]]
+    routes = [{"dst": str(lease.network)}]
+    networks = [lease.network]
+    if lease.ipv6_subnet is not None:
+        ranges.append([{"subnet": str(lease.ipv6_subnet.network), "gateway": str(lease.ipv6_subnet.ip)}])
+        routes.append({"dst": str(lease.ipv6_network)})
+        networks.append(lease.ipv6_network)
+    ipam["ranges"] = ranges
+    ipam.setdefault("routes", routes)
+    return networks
+
+
+def load(conf: dict, command: str) -> WeftConf:
+    """conf has passed the shared checks (version, name); validate weft's own keys."""
+    name = conf["name"]
+
+    def opt(key, kind, default):
+        return netconf.typed(conf, key, kind, "", default)
+
+    bridge = opt("bridge", str, DEFAULT_BRIDGE)
+    try:
+        validate_ifname(bridge)
+    except CniError as exc:
+        raise CniError(INVALID_NETCONF, exc.msg.replace("CNI_IFNAME", "bridge"))
+    mtu = opt("mtu", int, None)
+    if mtu is not None and not 68 <= mtu <= 65535:
+        raise CniError(INVALID_NETCONF, f"mtu {mtu} is out of range (68-65535)")
+    ip_masq = opt("ipMasq", bool, None)
+    is_default_gateway = opt("isDefaultGateway", bool, True)
+    is_gateway = opt("isGateway", bool, True) or is_default_gateway
+    ipam = _ipam_section(conf)
+    delegate_conf = conf
+    cluster_networks = []
+    subnet_path = opt("subnetFile", str, f"{SUBNET_FILE_DIR}/{name}.env")
+    lease = None
+    if not _has_ranges(ipam):
+        if command in ("ADD", "STATUS", "CHECK"):
+            lease = _read_subnet_file(subnet_path, command)
+        else:  # DEL and GC work without a lease; use it when present
+            try:
+                lease = subnet_file.read(subnet_path)
+            except (OSError, subnet_file.SubnetFileError):
+                lease = None
+    if lease is not None:
+        delegate_conf = copy.deepcopy(conf)
+        cluster_networks = _fill_from_lease(delegate_conf["ipam"], lease)
+        if mtu is None:
+            mtu = lease.mtu
+        if ip_masq is None:
+            ip_masq = lease.ipmasq
+    prev = conf.get("prevResult")
+    return WeftConf(
+        name=name,
+        version=conf["cniVersion"],
+        bridge=bridge,
+        is_gateway=is_gateway,
+        is_default_gateway=is_default_gateway,
+        force_address=opt("forceAddress", bool, False),
+        mtu=mtu or DEFAULT_MTU,
+        hairpin_mode=opt("hairpinMode", bool, False),
+        ip_masq=bool(ip_masq),
+        subnet_file=subnet_path,
+        data_dir=opt("dataDir", str, DEFAULT_DATA_DIR),
+        agent_socket=opt("agentSocket", str, DEFAULT_AGENT_SOCKET),
+        log_file=opt("logFile", str, DEFAULT_LOG_FILE),
+        ipam_type=ipam["type"],
+        delegate_conf=delegate_conf,
+        cluster_networks=cluster_networks,
+        runtime_config=netconf.runtime_config(conf),
+        prev_result=prev if isinstance(prev, dict) else None,
+        raw=conf,
+    )
+
+
+def requested_mac(cfg: WeftConf, env) -> str:
+    """runtimeConfig.mac, then args.cni.mac, then CNI_ARGS MAC=; '' when none."""
+    mac = cfg.runtime_config.get("mac") or netconf.cni_args(cfg.raw).get("mac") or env.args.get("MAC", "")
+    if mac:
+        parts = mac.split(":")
+        if len(parts) != 6 or not all(len(p) == 2 and all(c in "0123456789abcdefABCDEF" for c in p)
+                                      for p in parts):
+            raise CniError(INVALID_NETCONF, f"requested MAC address {mac!r} is not of the form 02:42:ac:11:00:02")
+        if int(parts[0], 16) & 1:
+            raise CniError(INVALID_NETCONF, f"requested MAC address {mac!r} is a multicast address")
+    return mac.lower()
+

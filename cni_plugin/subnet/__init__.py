@@ -1,0 +1,1 @@
+"""Per-node subnet leases and the subnet file that hands them to the plugin."""

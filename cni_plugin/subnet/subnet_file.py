@@ -1,0 +1,99 @@
+"""The subnet file /run/weft/<network>.env: weftd writes it, the plugin reads it.
+
+Format (one KEY=VALUE per line, '#' comments allowed):
+    WEFT_NETWORK=10.244.0.0/16
+    WEFT_SUBNET=10.244.3.1/24
+    WEFT_IPV6_NETWORK=fd00:10:244::/48      (only with IPv6)
+    WEFT_IPV6_SUBNET=fd00:10:244:3::1/64
+    WEFT_MTU=1450
+    WEFT_IPMASQ=true
+"""
+
+import ipaddress
+import os
+from dataclasses import dataclass
+from typing import Optional
+
+
+class SubnetFileError(ValueError):
+    """The file exists but is not a usable subnet file."""
+
+
+@dataclass(frozen=True)
+class SubnetLease:
+    network: ipaddress.IPv4Network
+    subnet: ipaddress.IPv4Interface  # the node's subnet, with the gateway (.1) as address
+    mtu: Optional[int] = None
+    ipmasq: bool = False
+    ipv6_network: Optional[ipaddress.IPv6Network] = None
+    ipv6_subnet: Optional[ipaddress.IPv6Interface] = None
+
+    def render(self) -> str:
+        lines = [f"WEFT_NETWORK={self.network}", f"WEFT_SUBNET={self.subnet}"]
+        if self.ipv6_network is not None:
+            lines += [f"WEFT_IPV6_NETWORK={self.ipv6_network}", f"WEFT_IPV6_SUBNET={self.ipv6_subnet}"]
+        if self.mtu is not None:
+            lines.append(f"WEFT_MTU={self.mtu}")
+        lines.append(f"WEFT_IPMASQ={'true' if self.ipmasq else 'false'}")
+        return "\n".join(lines) + "\n"
+
+
+def parse(text: str, path: str = "<subnet file>") -> SubnetLease:
+    values = {}
+    for number, line in enumerate(text.splitlines(), 1):
+        line = line.split("#", 1)[0].strip()
+        if not line:
+            continue
+        key, sep, value = line.partition("=")
+        if not sep:
+            raise SubnetFileError(f"{path}:{number}: expected KEY=VALUE, got {line!r}")
+        values[key.strip()] = value.strip()
+
+    def get(key, convert, required=False):
+        raw = values.get(key)
+        if raw is None:
+            if required:
+                raise SubnetFileError(f"{path}: {key} is missing")
+            return None
+        try:
+            return convert(raw)
+        except ValueError as exc:
+            raise SubnetFileError(f"{path}: {key}={raw!r} is invalid: {exc}") from None
+
+    def boolean(raw):
+        if raw.lower() not in ("true", "false"):
+            raise ValueError("expected true or false")
+        return raw.lower() == "true"
+
+    lease = SubnetLease(
+        network=get("WEFT_NETWORK", ipaddress.IPv4Network, required=True),
+        subnet=get("WEFT_SUBNET", ipaddress.IPv4Interface, required=True),
+        mtu=get("WEFT_MTU", int),
+        ipmasq=bool(get("WEFT_IPMASQ", boolean)),
+        ipv6_network=get("WEFT_IPV6_NETWORK", ipaddress.IPv6Network),
+        ipv6_subnet=get("WEFT_IPV6_SUBNET", ipaddress.IPv6Interface),
+    )
+    if (lease.ipv6_network is None) != (lease.ipv6_subnet is None):
+        raise SubnetFileError(f"{path}: WEFT_IPV6_NETWORK and WEFT_IPV6_SUBNET go together")
+    return lease
+
+
+def read(path: str) -> SubnetLease:
+    """Raises FileNotFoundError when absent, SubnetFileError when malformed."""
+    with open(path, encoding="utf-8") as handle:
+        return parse(handle.read(), path)
+
+
+def write(path: str, lease: SubnetLease) -> None:
+    """Atomic replace (temp file + fsync + rename), mode 0644."""
+    directory = os.path.dirname(path) or "."
+    os.makedirs(directory, exist_ok=True)
+    tmp = f"{path}.tmp.{os.getpid()}"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    try:
+        os.write(fd, lease.render().encode())
+        os.fchmod(fd, 0o644)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.rename(tmp, path)

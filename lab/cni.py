@@ -1,0 +1,36 @@
+"""Calling CNI plugins the way a runtime does: env + stdin, inside a node namespace."""
+
+import json
+import os
+import subprocess
+from dataclasses import dataclass
+
+
+@dataclass
+class Outcome:
+    code: int
+    stdout: str
+    stderr: str
+
+    @property
+    def json(self):
+        return json.loads(self.stdout) if self.stdout.strip() else None
+
+    def __str__(self):
+        return f"exit {self.code}: {self.stdout.strip()} {self.stderr.strip()}"
+
+
+def invoke(executable: str, command: str, conf: dict, *, container_id="", netns="", ifname="",
+           cni_path: str = "", args: str = "", node=None, extra_env=None, timeout=60) -> Outcome:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CNI_")}
+    env.update({"CNI_COMMAND": command, "CNI_PATH": cni_path or os.path.dirname(executable)})
+    for key, value in (("CNI_CONTAINERID", container_id), ("CNI_NETNS", netns),
+                       ("CNI_IFNAME", ifname), ("CNI_ARGS", args)):
+        if value:
+            env[key] = value
+    env.update(extra_env or {})
+    argv = [executable] if node is None else ["ip", "netns", "exec", node.name, executable]
+    stdin = conf if isinstance(conf, (bytes, str)) else json.dumps(conf)
+    proc = subprocess.run(argv, input=stdin if isinstance(stdin, bytes) else stdin.encode(),
+                          capture_output=True, env=env, timeout=timeout)
+    return Outcome(proc.returncode, proc.stdout.decode(), proc.stderr.decode())

@@ -1,0 +1,48 @@
+"""Network namespaces made for a test or the demo, removed by name."""
+
+import secrets
+import subprocess
+
+RUN_TIMEOUT = 60
+
+
+def suffix(length: int = 6) -> str:
+    return secrets.token_hex(length // 2 + 1)[:length]
+
+
+def sh(args: list, check=True, timeout=RUN_TIMEOUT, **kwargs) -> subprocess.CompletedProcess:
+    proc = subprocess.run(args, capture_output=True, text=True, timeout=timeout, **kwargs)
+    if check and proc.returncode != 0:
+        raise RuntimeError(f"{' '.join(args)} failed ({proc.returncode}): {proc.stderr.strip()}")
+    return proc
+
+
+class Namespace:
+    """A named network namespace under /run/netns."""
+
+    def __init__(self, prefix: str):
+        self.name = f"{prefix}-{suffix()}"
+        sh(["ip", "netns", "add", self.name])
+        self.path = f"/run/netns/{self.name}"
+        self.run(["ip", "link", "set", "lo", "up"])
+
+    def run(self, args: list, check=True, timeout=RUN_TIMEOUT, **kwargs):
+        return sh(["ip", "netns", "exec", self.name, *args], check=check, timeout=timeout, **kwargs)
+
+    def ip(self, *args: str) -> str:
+        return sh(["ip", "-n", self.name, *args]).stdout
+
+    def ip_json(self, *args: str):
+        import json
+
+        out = sh(["ip", "-j", "-n", self.name, *args]).stdout
+        return json.loads(out) if out.strip() else []
+
+    def delete(self) -> None:
+        sh(["ip", "netns", "del", self.name], check=False)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.delete()

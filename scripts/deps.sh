@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# Install what weft's tests and demo need on a Debian 12 machine: Debian packages
+# (only those missing, so a second run costs a dpkg query) and the Python venv.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+PACKAGES=(iproute2 nftables containernetworking-plugins etcd-server etcd-client
+          podman runc busybox-static iputils-ping iperf3 python3-venv make)
+missing=()
+for pkg in "${PACKAGES[@]}"; do
+  dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
+done
+if ((${#missing[@]})); then
+  echo "deps: installing ${missing[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
