@@ -1,0 +1,377 @@
+"""weft-ipam's CNI commands: fn(CniEnv, conf) -> result dict (ADD) or None.
+
+Error codes: 7 bad configuration or request, 100 a range set is full, 101 a requested
+address is held by someone else, 102 the attachment already holds different addresses,
+104 CHECK found no matching allocation, 50 the store is unusable, 5 any other I/O error.
+"""
+
+import ipaddress
+import json
+from contextlib import contextmanager, suppress
+
+from ..errors import (
+    ADDRESS_UNAVAILABLE,
+    ATTACHMENT_EXISTS,
+    CHECK_FAILED,
+    INVALID_NETCONF,
+    IO_FAILURE,
+    NOT_AVAILABLE,
+    RANGE_EXHAUSTED,
+    CniError,
+)
+from ..spec import netconf
+from . import allocator, config, history
+from .store import Attachment, Store, usability_problem
+
+VALID_ATTACHMENTS_KEY = "cni.dev/valid-attachments"
+NO_POD = (None, None)  # GC does not know which pod an attachment belonged to
+
+
+# --- shared helpers ---------------------------------------------------------
+
+
+def _attachment(env) -> Attachment:
+    return Attachment(env.container_id, env.ifname)
+
+
+def _pod(env) -> tuple:
+    return env.args.get("K8S_POD_NAMESPACE"), env.args.get("K8S_POD_NAME")
+
+
+@contextmanager
+def _io_errors(store: Store):
+    """Report an OSError from the store as CNI error 5 naming the store."""
+    try:
+        yield
+    except OSError as exc:
+        raise CniError(IO_FAILURE, f"IPAM store {store.dir} failed: {exc}")
+
+
+def _records(event, ips, store, attachment, pod, reason=None) -> list[dict]:
+    return [
+        history.entry(event, ip, store.network, attachment.container_id, attachment.ifname,
+                      pod, reason)
+        for ip in ips
+    ]
+
+
+def _release(store: Store, attachment: Attachment, ips, pod, reason: str) -> None:
+    """Free the attachment's addresses and its index; history first, so no release is lost."""
+    history.append(store.history_path, _records(history.RELEASE, ips, store, attachment, pod, reason))
+    for ip in ips:
+        store.release(ip, attachment)
+    store.remove_index(attachment)
+
+
+# --- requested addresses ----------------------------------------------------
+
+
+def _string_list(section: dict, where: str) -> list[tuple[str, str]]:
+    values = netconf.typed(section, "ips", list, where, [])
+    for i, value in enumerate(values):
+        if not isinstance(value, str):
+            raise CniError(INVALID_NETCONF, f"{where}ips[{i}] must be a string, got {json.dumps(value)}")
+    return [(f"{where}ips[{i}]", v) for i, v in enumerate(values)]
+
+
+def _requested_texts(env, conf) -> list[tuple[str, str]]:
+    """(where, text) of every requested address: CNI_ARGS IP, args.cni.ips, runtimeConfig.ips."""
+    from_env = [("CNI_ARGS IP", t.strip()) for t in env.args.get("IP", "").split(",") if t.strip()]
+    return (
+        from_env
+        + _string_list(netconf.cni_args(conf), "args.cni.")
+        + _string_list(netconf.runtime_config(conf), "runtimeConfig.")
+    )
+
+
+def _parse_requested(where: str, text: str):
+    """'IP' or 'IP/prefix' -> (ip, prefix or None)."""
+    try:
+        if "/" in text:
+            iface = ipaddress.ip_interface(text)
+            return iface.ip, iface.network.prefixlen
+        return ipaddress.ip_address(text), None
+    except ValueError:
+        raise CniError(INVALID_NETCONF, f"{where} {json.dumps(text)} is not a valid IP address")
+
+
+def requested_ips(env, conf, cfg) -> dict:
+    """{range set index: (AddressRange, ip)} of the addresses this ADD asks for."""
+    chosen = {}
+    for where, text in _requested_texts(env, conf):
+        ip, prefix = _parse_requested(where, text)
+        range_set, r = allocator.locate(cfg.range_sets, ip)
+        if prefix is not None and prefix != r.subnet.prefixlen:
+            raise CniError(
+                INVALID_NETCONF,
+                f"{where} {json.dumps(text)} has prefix /{prefix} but its subnet is {r.subnet}",
+            )
+        earlier = chosen.get(range_set.index)
+        if earlier is not None and earlier[1] != ip:
+            raise CniError(
+                INVALID_NETCONF,
+                f"requested IPs {earlier[1]} and {ip} both fall in {range_set.describe()}; "
+                "request at most one address per range set",
+            )
+        chosen[range_set.index] = (r, ip)
+    return chosen
+
+
+# --- ADD --------------------------------------------------------------------
+
+
+def _held_by_other(store: Store, ip, network: str) -> CniError:
+    holder = store.holder(ip)
+    return CniError(
+        ADDRESS_UNAVAILABLE,
+        f"requested IP {ip} is already allocated to {holder} on network {network}",
+    )
+
+
+def _choose(store: Store, cfg, requested: dict) -> list[tuple]:
+    """One (AddressRange, ip) per range set; CniError 101 or 100 when impossible."""
+    chosen, full = [], []
+    for range_set in cfg.range_sets:
+        if range_set.index in requested:
+            r, ip = requested[range_set.index]
+            if store.is_taken(ip):
+                raise _held_by_other(store, ip, cfg.network)
+            chosen.append((r, ip))
+            continue
+        ip = allocator.first_free(range_set, store.is_taken, store.last_reserved(range_set.index))
+        if ip is None:
+            full.append(range_set)
+        else:
+            chosen.append((range_set.range_of(ip), ip))
+    if full:
+        raise CniError(
+            RANGE_EXHAUSTED,
+            "; ".join(f"no free address in {s.describe()}" for s in full)
+            + f" on network {cfg.network}",
+        )
+    return chosen
+
+
+def _allocate(store: Store, cfg, attachment: Attachment, requested: dict, pod) -> list[tuple]:
+    """Take fresh addresses: index, history, then address files; undo everything on failure."""
+    chosen = _choose(store, cfg, requested)
+    ips = [ip for _, ip in chosen]
+    store.write_index(attachment, ips)
+    taken = []
+    try:
+        history.append(store.history_path, _records(history.ALLOCATE, ips, store, attachment, pod))
+        for ip in ips:
+            if not store.reserve(ip, attachment):
+                raise _held_by_other(store, ip, cfg.network)
+            taken.append(ip)
+    except BaseException:
+        _rollback(store, attachment, ips, taken, pod)
+        raise
+    for range_set, ip in zip(cfg.range_sets, ips):
+        store.set_last_reserved(range_set.index, ip)
+    return chosen
+
+
+def _rollback(store: Store, attachment: Attachment, ips, taken, pod) -> None:
+    """Best effort: free what this call took; the original error is what gets reported."""
+    for ip in taken:
+        with suppress(OSError):
+            store.release(ip, attachment)
+    with suppress(OSError):
+        store.remove_index(attachment)
+    with suppress(OSError):
+        history.append(
+            store.history_path, _records(history.RELEASE, ips, store, attachment, pod, "rollback")
+        )
+
+
+def _one_per_range_set(cfg, ips) -> list[tuple] | None:
+    """[(AddressRange, ip)] in range-set order if ips hold exactly one address per set."""
+    by_set = {}
+    for ip in ips:
+        for range_set in cfg.range_sets:
+            r = range_set.range_of(ip)
+            if r is not None and range_set.index not in by_set:
+                by_set[range_set.index] = (r, ip)
+                break
+        else:
+            return None
+    if len(by_set) != len(cfg.range_sets) or len(ips) != len(by_set):
+        return None
+    return [by_set[s.index] for s in cfg.range_sets]
+
+
+def _existing(store: Store, cfg, attachment: Attachment, requested: dict, pod):
+    """The attachment's current allocation if still valid; stale leftovers are freed."""
+    listed = store.indexed_ips(attachment)
+    if listed is None:
+        return None
+    current = _one_per_range_set(cfg, listed)
+    if current is None or not all(_still_held(store, ip, attachment) for ip in listed):
+        _release(store, attachment, listed, pod, "rollback")  # config changed or crash debris
+        return None
+    for index, (_, ip) in requested.items():
+        if current[index][1] != ip:
+            raise CniError(
+                ATTACHMENT_EXISTS,
+                f"{attachment} already holds {current[index][1]} on network {cfg.network}, "
+                f"not the requested {ip}; DEL the attachment first",
+            )
+    return current
+
+
+def _still_held(store: Store, ip, attachment: Attachment) -> bool:
+    """True if the address file names attachment, re-creating it if a crash lost it."""
+    holder = store.holder(ip)
+    if holder is None:
+        return store.reserve(ip, attachment)
+    return holder == attachment
+
+
+def _result(cfg, allocation: list[tuple], dns: dict) -> dict:
+    return {
+        "interfaces": [],
+        "ips": [{"address": r.interface(ip), "gateway": str(r.gateway)} for r, ip in allocation],
+        "routes": [dict(route) for route in cfg.routes],
+        "dns": dns,
+    }
+
+
+def cmd_add(env, conf) -> dict:
+    """One address per range set for (CNI_CONTAINERID, CNI_IFNAME).
+
+    Idempotent: ADD for an attachment that already holds a valid allocation returns the
+    same addresses (error 102 if a requested address differs from what it holds).
+    """
+    cfg = config.load(conf)
+    requested = requested_ips(env, conf, cfg)
+    dns = config.load_dns(cfg.resolv_conf)
+    attachment, pod = _attachment(env), _pod(env)
+    store = Store(cfg.data_dir, cfg.network)
+    with _io_errors(store), store.locked():
+        allocation = _existing(store, cfg, attachment, requested, pod)
+        if allocation is None:
+            allocation = _allocate(store, cfg, attachment, requested, pod)
+    return _result(cfg, allocation, dns)
+
+
+# --- DEL, CHECK, GC, STATUS -------------------------------------------------
+
+
+def cmd_del(env, conf) -> None:
+    """Free the attachment's addresses; reads only its index (no directory walk).
+
+    Idempotent: an unknown attachment, or a network with no store, succeeds silently.
+    """
+    cfg = config.load(conf, need_ranges=False)
+    store = Store(cfg.data_dir, cfg.network)
+    if not store.exists():
+        return None
+    attachment = _attachment(env)
+    with _io_errors(store), store.locked():
+        listed = store.indexed_ips(attachment)
+        if listed is not None:
+            _release(store, attachment, listed, _pod(env), "del")
+    return None
+
+
+def _check_failed(msg: str) -> CniError:
+    return CniError(CHECK_FAILED, msg)
+
+
+def cmd_check(env, conf) -> None:
+    """The attachment has an allocation on this network and every address file names it."""
+    cfg = config.load(conf, need_ranges=False)
+    store = Store(cfg.data_dir, cfg.network)
+    attachment = _attachment(env)
+    missing = _check_failed(f"{attachment} has no IP allocation on network {cfg.network}")
+    if not store.exists():
+        raise missing
+    with _io_errors(store), store.locked(exclusive=False):
+        listed = store.indexed_ips(attachment)
+        if not listed:
+            raise missing
+        for ip in listed:
+            holder = store.holder(ip)
+            if holder != attachment:
+                state = "is not allocated" if holder is None else f"is held by {holder}"
+                raise _check_failed(
+                    f"IP {ip} of {attachment} {state} on network {cfg.network}"
+                )
+    return None
+
+
+def _valid_attachments(conf) -> set[Attachment]:
+    raw = conf.get(VALID_ATTACHMENTS_KEY)
+    if not isinstance(raw, list):
+        got = "is missing" if raw is None else f"must be a list, got {json.dumps(raw)}"
+        raise CniError(INVALID_NETCONF, f"GC: {VALID_ATTACHMENTS_KEY} {got}")
+    valid = set()
+    for i, item in enumerate(raw):
+        where = f"{VALID_ATTACHMENTS_KEY}[{i}]"
+        if not isinstance(item, dict):
+            raise CniError(INVALID_NETCONF, f"{where} must be an object, got {json.dumps(item)}")
+        container_id = netconf.typed(item, "containerID", str, f"{where}.", "")
+        ifname = netconf.typed(item, "ifname", str, f"{where}.", "")
+        if not container_id or not ifname:
+            raise CniError(INVALID_NETCONF, f"{where} needs both containerID and ifname")
+        valid.add(Attachment(container_id, ifname))
+    return valid
+
+
+def _adopt(store: Store, listed: dict, holder: Attachment, ip) -> None:
+    """Add an address file without index entry (e.g. host-local state) to its holder's index."""
+    if ip in listed.setdefault(holder, []) or not holder.indexable:
+        return
+    listed[holder].append(ip)
+    store.write_index(holder, listed[holder])
+
+
+def _collect_garbage(store: Store, valid: set[Attachment]) -> None:
+    listed = {}
+    for attachment in store.indexed_attachments():
+        ips = store.indexed_ips(attachment) or []
+        if attachment in valid:
+            listed[attachment] = ips
+        else:
+            _release(store, attachment, ips, NO_POD, "gc")
+    for ip in store.ip_files():
+        holder = store.holder(ip)
+        if holder is None:
+            continue
+        if holder in valid:
+            _adopt(store, listed, holder, ip)
+            continue
+        history.append(store.history_path, _records(history.RELEASE, [ip], store, holder, NO_POD, "gc"))
+        store.remove_ip_file(ip)
+    store.remove_temp_files()
+
+
+def cmd_gc(env, conf) -> None:
+    """Free every allocation of this network whose attachment is not in the valid list."""
+    cfg = config.load(conf, need_ranges=False)
+    valid = _valid_attachments(conf)
+    store = Store(cfg.data_dir, cfg.network)
+    if not store.exists():
+        return None
+    with _io_errors(store), store.locked():
+        _collect_garbage(store, valid)
+    return None
+
+
+def cmd_status(env, conf) -> None:
+    """Error 50 unless the store directory is usable or can be created; creates nothing."""
+    cfg = config.load(conf, need_ranges=False)
+    problem = usability_problem(cfg.store_dir)
+    if problem is not None:
+        raise CniError(NOT_AVAILABLE, f"IPAM store {cfg.store_dir} is not usable: {problem}")
+    return None
+
+
+HANDLERS = {
+    "ADD": cmd_add,
+    "DEL": cmd_del,
+    "CHECK": cmd_check,
+    "GC": cmd_gc,
+    "STATUS": cmd_status,
+}

@@ -1,0 +1,124 @@
+"""Allocation history: an append-only JSON-lines log per network, and `whois` over it.
+
+Each line is one event:
+  {"ts": "2026-11-22T18:00:00.123456Z", "event": "allocate"|"release", "ip": "10.1.0.5",
+   "network": "weft", "containerID": ..., "ifname": ..., "podNamespace": ..., "podName": ...,
+   "reason": "del"|"gc"|"rollback"}            (reason on releases only)
+Writers hold the store lock; readers need no lock and skip lines they cannot parse.
+"""
+
+import ipaddress
+import json
+import os
+from datetime import datetime, timezone
+
+from .store import FILE_MODE, HISTORY_FILE
+
+ALLOCATE = "allocate"
+RELEASE = "release"
+
+
+def now() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+def format_ts(moment: datetime) -> str:
+    """ISO-8601 UTC with microseconds and a Z suffix."""
+    return moment.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def parse_ts(text: str) -> datetime:
+    """ISO-8601 with or without a zone ("Z" allowed); no zone means UTC. ValueError if bad."""
+    moment = datetime.fromisoformat(text)
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=timezone.utc)
+    return moment.astimezone(timezone.utc)
+
+
+def entry(event: str, ip, network: str, container_id: str, ifname: str,
+          pod: tuple, reason: str | None = None, at: datetime | None = None) -> dict:
+    """One history record; pod is (namespace, name), either may be None."""
+    record = {
+        "ts": format_ts(at or now()),
+        "event": event,
+        "ip": str(ip),
+        "network": network,
+        "containerID": container_id,
+        "ifname": ifname,
+        "podNamespace": pod[0],
+        "podName": pod[1],
+    }
+    if event == RELEASE:
+        record["reason"] = reason
+    return record
+
+
+def append(path: str, records: list[dict]) -> None:
+    """Append records to the log at path (O_APPEND, one write, fsync)."""
+    if not records:
+        return
+    data = "".join(json.dumps(r, separators=(",", ":")) + "\n" for r in records).encode()
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, FILE_MODE)
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view):]
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _parse_line(line: str) -> tuple[datetime, dict] | None:
+    try:
+        record = json.loads(line)
+        if not isinstance(record, dict) or record.get("event") not in (ALLOCATE, RELEASE):
+            return None
+        record["ip"] = str(ipaddress.ip_address(record["ip"]))
+        return parse_ts(record["ts"]), record
+    except (ValueError, KeyError, TypeError):
+        return None
+
+
+def read_events(path: str) -> list[tuple[datetime, dict]]:
+    """The parseable events of one log, in file order; corrupt lines are skipped."""
+    try:
+        with open(path, encoding="utf-8", errors="replace") as f:
+            return [e for e in map(_parse_line, f) if e is not None]
+    except (FileNotFoundError, NotADirectoryError):
+        return []
+
+
+def _history_paths(data_dir: str) -> list[str]:
+    try:
+        names = sorted(os.listdir(data_dir))
+    except (FileNotFoundError, NotADirectoryError):
+        return []
+    return [os.path.join(data_dir, n, HISTORY_FILE) for n in names]
+
+
+def _holding_key(record: dict) -> tuple:
+    return (record["ip"], record.get("containerID"), record.get("ifname"), record.get("network"))
+
+
+def whois(data_dir: str, ip, at: datetime | None = None) -> list[dict]:
+    """The allocate records of whoever held ip at `at` (now when None), across all networks.
+
+    A holding starts at an allocate event at or before `at` and ends at a release of the
+    same (ip, containerID, ifname, network) at or before `at`.
+    """
+    wanted = str(ipaddress.ip_address(ip))
+    if at is not None and at.tzinfo is None:
+        at = at.replace(tzinfo=timezone.utc)
+    events = [
+        e for path in _history_paths(data_dir) for e in read_events(path) if e[1]["ip"] == wanted
+    ]
+    events.sort(key=lambda e: e[0])  # stable: file order breaks ties
+    held = {}
+    for moment, record in events:
+        if at is not None and moment > at:
+            break
+        if record["event"] == ALLOCATE:
+            held.setdefault(_holding_key(record), record)  # "since" is the first allocate
+        else:
+            held.pop(_holding_key(record), None)
+    return list(held.values())
