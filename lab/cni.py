@@ -34,3 +34,34 @@ def invoke(executable: str, command: str, conf: dict, *, container_id="", netns=
     proc = subprocess.run(argv, input=stdin if isinstance(stdin, bytes) else stdin.encode(),
                           capture_output=True, env=env, timeout=timeout)
     return Outcome(proc.returncode, proc.stdout.decode(), proc.stderr.decode())
+
+
+def run_chain(plugins: list, command: str, conflist: dict, cni_path: str, *, container_id: str,
+              netns: str, ifname: str, node=None, args: str = "", prev_result=None, extra_env=None):
+    """Run a conflist as libcni does: ADD in order threading prevResult, DEL in
+    reverse, CHECK in order with the final result.  Returns (Outcome, result)."""
+    base = {"cniVersion": conflist["cniVersion"], "name": conflist["name"]}
+    entries = conflist["plugins"]
+    order = list(reversed(entries)) if command == "DEL" else entries
+    result = prev_result
+    last = None
+    for entry in order:
+        conf = {**entry, **base}
+        if result is not None:
+            conf["prevResult"] = result
+        executable = _find(entry["type"], cni_path)
+        last = invoke(executable, command, conf, container_id=container_id, netns=netns,
+                      ifname=ifname, cni_path=cni_path, node=node, args=args, extra_env=extra_env)
+        if last.code != 0:
+            return last, result
+        if command == "ADD":
+            result = last.json
+    return last, result
+
+
+def _find(plugin_type: str, cni_path: str) -> str:
+    for directory in cni_path.split(":"):
+        candidate = os.path.join(directory, plugin_type)
+        if os.access(candidate, os.X_OK):
+            return candidate
+    raise FileNotFoundError(f"{plugin_type} not in {cni_path}")

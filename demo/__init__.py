@@ -1,0 +1,1 @@
+"""weft demos (run as root through `make demo`)."""

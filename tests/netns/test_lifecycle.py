@@ -1,0 +1,185 @@
+"""ADD -> CHECK -> DEL -> DEL in real namespaces, for every supported cniVersion."""
+
+import pytest
+
+from cni_plugin.datapath.naming import host_veth_name
+
+VERSIONS = ["0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0"]
+
+
+def sysctl(ns, path):
+    return ns.run(["cat", f"/proc/sys/{path}"]).stdout.strip()
+
+
+def link(ns, name):
+    links = [entry for entry in ns.ip_json("-d", "link", "show") if entry["ifname"] == name]
+    return links[0] if links else None
+
+
+def addresses(ns, name):
+    return {f"{a['local']}/{a['prefixlen']}" for entry in ns.ip_json("addr", "show", "dev", name)
+            for a in entry["addr_info"] if a["scope"] == "global"}
+
+
+def routes(ns, family="-4"):
+    return {(r["dst"], r.get("gateway"), r.get("dev")) for r in ns.ip_json(family, "route", "show")}
+
+
+@pytest.mark.parametrize("version", VERSIONS)
+def test_add_check_del_del(weft, node, pods, version):
+    pod = pods()
+    conf = weft.conf(version, mtu=1400, ipam={"type": "weft-ipam", "dataDir": f"{weft.tmp}/ipam",
+                                                "ranges": [[{"subnet": "10.244.1.0/24"}]],
+                                                "routes": [{"dst": "10.96.0.0/12"}]})
+    added = weft("ADD", conf, pod)
+    assert added.code == 0, added
+    result = added.json
+    assert result["cniVersion"] == version
+
+    host = host_veth_name("c1", "eth0")
+    # result layout: [bridge, host veth, container iface]
+    assert [i["name"] for i in result["interfaces"]] == ["cbr0", host, "eth0"]
+    assert result["interfaces"][2]["sandbox"] == pod.path
+    (ip,) = result["ips"]
+    assert ip["address"] == "10.244.1.2/24" and ip["gateway"] == "10.244.1.1"
+    assert ip["interface"] == 2
+    assert ("version" in ip) == version.startswith("0.")
+    if version.startswith("0."):
+        assert ip["version"] == "4"
+    assert ("mtu" in result["interfaces"][2]) == (version == "1.1.0")
+    assert {r["dst"] for r in result["routes"]} == {"10.96.0.0/12", "0.0.0.0/0"}
+
+    # kernel state, host side
+    bridge = link(node, "cbr0")
+    assert bridge["linkinfo"]["info_kind"] == "bridge" and bridge["mtu"] == 1400
+    assert "UP" in bridge["flags"]
+    assert addresses(node, "cbr0") == {"10.244.1.1/24"}
+    veth = link(node, host)
+    assert veth["linkinfo"]["info_kind"] == "veth" and veth["master"] == "cbr0" and veth["mtu"] == 1400
+    assert sysctl(node, f"net/ipv6/conf/{host}/accept_ra") == "0"
+    assert sysctl(node, "net/ipv6/conf/cbr0/accept_ra") == "0"
+    assert sysctl(node, "net/ipv4/ip_forward") == "1"
+    # kernel state, container side
+    eth0 = link(pod, "eth0")
+    assert eth0["mtu"] == 1400 and "UP" in eth0["flags"]
+    assert eth0["address"] == result["interfaces"][2]["mac"]
+    assert addresses(pod, "eth0") == {"10.244.1.2/24"}
+    assert {("default", "10.244.1.1", "eth0"), ("10.96.0.0/12", "10.244.1.1", "eth0")} <= routes(pod)
+    # the pod reaches its gateway
+    assert pod.run(["ping", "-c1", "-W2", "10.244.1.1"], check=False).returncode == 0
+
+    if version not in ("0.3.0", "0.3.1"):
+        checked = weft("CHECK", {**conf, "prevResult": result}, pod)
+        assert checked.code == 0, checked
+    else:  # CHECK does not exist before 0.4.0
+        assert weft("CHECK", {**conf, "prevResult": result}, pod).json["code"] == 1
+
+    del_conf = {**conf, "prevResult": result} if version != "0.3.0" else conf
+    for _ in range(2):
+        deleted = weft("DEL", del_conf, pod)
+        assert deleted.code == 0, deleted
+        assert link(node, host) is None and link(pod, "eth0") is None
+        assert weft.ipam_files() == []
+
+
+def test_check_reports_drift(weft, node, pods):
+    pod = pods()
+    conf = weft.conf("1.0.0")
+    result = weft("ADD", conf, pod).json
+    pod.run(["ip", "route", "del", "default"])
+    checked = weft("CHECK", {**conf, "prevResult": result}, pod)
+    assert checked.code != 0
+    assert "route 0.0.0.0/0 via 10.244.1.1" in checked.json["msg"]
+    pod.run(["ip", "route", "add", "default", "via", "10.244.1.1"])
+    assert weft("CHECK", {**conf, "prevResult": result}, pod).code == 0
+    node.run(["ip", "link", "set", host_veth_name("c1", "eth0"), "nomaster"])
+    checked = weft("CHECK", {**conf, "prevResult": result}, pod)
+    assert "not attached to bridge cbr0" in checked.json["msg"]
+    pod.run(["ip", "link", "set", "eth0", "mtu", "1300"])
+    checked = weft("CHECK", {**conf, "prevResult": result}, pod)
+    assert "MTU 1300" in checked.json["msg"]
+
+
+def test_del_after_netns_is_gone_releases_ip(weft, node, pods):
+    pod = pods()
+    conf = weft.conf()
+    assert weft("ADD", conf, pod).code == 0
+    assert weft.ipam_files() == ["10.244.1.2"]
+    pod.delete()
+    deleted = weft("DEL", conf, pod)
+    assert deleted.code == 0, deleted
+    assert weft.ipam_files() == []
+    assert link(node, host_veth_name("c1", "eth0")) is None
+
+
+def test_two_pods_talk_through_the_bridge(weft, pods):
+    a, b = pods(), pods()
+    conf = weft.conf()
+    ra = weft("ADD", conf, a, cid="ca").json
+    rb = weft("ADD", conf, b, cid="cb").json
+    ip_b = rb["ips"][0]["address"].split("/")[0]
+    assert ra["ips"][0]["address"] != rb["ips"][0]["address"]
+    assert a.run(["ping", "-c2", "-W2", ip_b], check=False).returncode == 0
+
+
+def test_requested_mac_and_hairpin(weft, node, pods):
+    pod = pods()
+    conf = weft.conf(hairpinMode=True, runtimeConfig={"mac": "02:42:ac:11:00:99"})
+    result = weft("ADD", conf, pod).json
+    assert result["interfaces"][2]["mac"] == "02:42:ac:11:00:99"
+    assert link(pod, "eth0")["address"] == "02:42:ac:11:00:99"
+    veth = link(node, host_veth_name("c1", "eth0"))
+    assert veth["linkinfo"]["info_slave_data"]["hairpin"] is True
+    other = pods()
+    result = weft("ADD", weft.conf(), other, cid="c2", args="IgnoreUnknown=1;MAC=02:42:ac:11:00:98").json
+    assert result["interfaces"][2]["mac"] == "02:42:ac:11:00:98"
+
+
+def test_force_address(weft, node, pods):
+    node.run(["ip", "link", "add", "cbr0", "type", "bridge"])
+    node.run(["ip", "addr", "add", "10.244.1.200/24", "dev", "cbr0"])
+    refused = weft("ADD", weft.conf(), pods())
+    assert refused.json["code"] == 103 and "forceAddress" in refused.json["msg"]
+    assert weft.ipam_files() == []
+    accepted = weft("ADD", weft.conf(forceAddress=True), pods(), cid="c2")
+    assert accepted.code == 0, accepted
+    assert addresses(node, "cbr0") == {"10.244.1.1/24"}
+
+
+def test_ip_masq_table_lives_with_its_pods(weft, node, pods):
+    conf = weft.conf(ipMasq=True)
+    a, b = pods(), pods()
+    assert weft("ADD", conf, a, cid="ca").code == 0
+    assert weft("ADD", conf, b, cid="cb").code == 0
+    table = node.run(["nft", "list", "table", "inet", "weft_weftnet"]).stdout
+    assert "masquerade" in table and '"ca/eth0"' in table and '"cb/eth0"' in table
+    assert weft("DEL", conf, a, cid="ca").code == 0
+    table = node.run(["nft", "list", "table", "inet", "weft_weftnet"]).stdout
+    assert '"ca/eth0"' not in table and '"cb/eth0"' in table
+    assert weft("DEL", conf, b, cid="cb").code == 0
+    assert node.run(["nft", "list", "table", "inet", "weft_weftnet"], check=False).returncode != 0
+
+
+def test_second_add_of_same_attachment_is_refused_and_keeps_the_first(weft, node, pods):
+    pod = pods()
+    conf = weft.conf()
+    assert weft("ADD", conf, pod).code == 0
+    again = weft("ADD", conf, pod)
+    assert again.json["code"] == 102 and "already exists" in again.json["msg"]
+    assert weft.ipam_files() == ["10.244.1.2"]
+    assert link(pod, "eth0") is not None
+
+
+def test_gc_removes_stale_veths_and_allocations(weft, node, pods):
+    conf = weft.conf("1.1.0")
+    keep, stale = pods(), pods()
+    assert weft("ADD", conf, keep, cid="keep").code == 0
+    assert weft("ADD", conf, stale, cid="stale").code == 0
+    gc = weft("GC", {**conf, "cni.dev/valid-attachments": [{"containerID": "keep", "ifname": "eth0"}]})
+    assert gc.code == 0, gc
+    assert link(node, host_veth_name("stale", "eth0")) is None
+    assert link(node, host_veth_name("keep", "eth0")) is not None
+    assert weft.ipam_files() == ["10.244.1.2"]
+    assert weft("GC", {**conf, "cni.dev/valid-attachments": []}).code == 0
+    assert weft.ipam_files() == []
+    assert link(node, host_veth_name("keep", "eth0")) is None
