@@ -53,8 +53,8 @@ def _table_script(table: str) -> str:
     return f"""table inet {table} {{
   set pods4 {{ type ipv4_addr; }}
   set pods6 {{ type ipv6_addr; }}
-  set nomasq4 {{ type ipv4_addr; flags interval; elements = {{ {', '.join(_NEVER_MASQ[4])} }} }}
-  set nomasq6 {{ type ipv6_addr; flags interval; elements = {{ {', '.join(_NEVER_MASQ[6])} }} }}
+  set nomasq4 {{ type ipv4_addr; flags interval; auto-merge; elements = {{ {', '.join(_NEVER_MASQ[4])} }} }}
+  set nomasq6 {{ type ipv6_addr; flags interval; auto-merge; elements = {{ {', '.join(_NEVER_MASQ[6])} }} }}
   chain postrouting {{
     type nat hook postrouting priority srcnat; policy accept;
     ip saddr @pods4 ip daddr != @nomasq4 masquerade
