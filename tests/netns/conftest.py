@@ -6,35 +6,11 @@ bridges, veths and nftables tables never touch the machine's root namespace.
 """
 
 import os
-import subprocess
-import sys
 
 import pytest
 
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-sys.path.insert(0, REPO)
-
-from lab.cni import invoke  # noqa: E402
-from lab.namespaces import Namespace  # noqa: E402
-
-REFERENCE_PLUGINS = "/usr/lib/cni"
-
-
-@pytest.fixture(scope="session")
-def installed(tmp_path_factory):
-    """`make install` into a temp CNI dir, bound to the dev venv: the real launchers."""
-    if os.geteuid() != 0:
-        pytest.fail("tests/netns need root (real network namespaces); run `make test` as root")
-    root = tmp_path_factory.mktemp("install")
-    subprocess.run(["make", "-s", "-C", REPO, "install", f"VENV={sys.prefix}",
-                    f"CNI_BIN_DIR={root}/cni", f"BIN_DIR={root}/bin"], check=True,
-                   capture_output=True, timeout=300)
-    return root
-
-
-@pytest.fixture(scope="session")
-def cni_path(installed):
-    return f"{installed}/cni:{REFERENCE_PLUGINS}"
+from lab.cni import invoke
+from lab.namespaces import Namespace
 
 
 @pytest.fixture
