@@ -183,3 +183,17 @@ def test_gc_removes_stale_veths_and_allocations(weft, node, pods):
     assert weft("GC", {**conf, "cni.dev/valid-attachments": []}).code == 0
     assert weft.ipam_files() == []
     assert link(node, host_veth_name("keep", "eth0")) is None
+
+
+def test_prev_result_from_an_earlier_plugin_is_kept(weft, node, pods):
+    """weft in a chain after another plugin: its interfaces and ips come first."""
+    pod = pods()
+    prev = {"cniVersion": "1.0.0", "interfaces": [{"name": "lo0", "sandbox": pod.path}],
+            "ips": [{"address": "192.0.2.9/32", "interface": 0}]}
+    out = weft("ADD", weft.conf(prevResult=prev), pod)
+    assert out.code == 0, out
+    result = out.json
+    assert [i["name"] for i in result["interfaces"]] == ["lo0", "cbr0", host_veth_name("c1", "eth0"), "eth0"]
+    assert result["ips"][0] == {"address": "192.0.2.9/32", "interface": 0}
+    assert result["ips"][1]["interface"] == 3
+    assert weft("CHECK", {**weft.conf(), "prevResult": result}, pod).code == 0
