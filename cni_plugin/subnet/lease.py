@@ -1,0 +1,238 @@
+"""Network configuration and node leases as stored in etcd (pure data, stdlib only).
+
+etcd layout (prefix default /weft):
+  <prefix>/networks/<network>/config                 NetworkConfig JSON (flannel's key names)
+  <prefix>/networks/<network>/subnets/<a.b.c.d>-<len> Lease JSON, bound to an etcd lease
+"""
+
+import ipaddress
+import json
+import re
+from dataclasses import dataclass, field
+from typing import Optional
+
+BACKENDS = ("vxlan", "host-gw")
+_MAC = re.compile(r"^([0-9a-f]{2}:){5}[0-9a-f]{2}$")
+
+
+class ConfigError(ValueError):
+    """A network config or lease that cannot be used; the message names the key."""
+
+
+def subnet_key(subnet: ipaddress.IPv4Network) -> str:
+    return f"{subnet.network_address}-{subnet.prefixlen}"
+
+
+def parse_subnet_key(key: str) -> ipaddress.IPv4Network:
+    address, sep, length = key.rpartition("/")[2].partition("-")
+    if not sep:
+        raise ConfigError(f"lease key {key!r} is not <address>-<prefix length>")
+    try:
+        return ipaddress.IPv4Network(f"{address}/{length}")
+    except ValueError as exc:
+        raise ConfigError(f"lease key {key!r}: {exc}") from None
+
+
+@dataclass(frozen=True)
+class NetworkConfig:
+    name: str
+    network: Optional[ipaddress.IPv4Network]
+    subnet_len: int = 24
+    subnet_min: Optional[ipaddress.IPv4Network] = None
+    subnet_max: Optional[ipaddress.IPv4Network] = None
+    ipv6_network: Optional[ipaddress.IPv6Network] = None
+    ipv6_subnet_len: int = 64
+    enable_ipv4: bool = True
+    enable_ipv6: bool = False
+    ip_masq: bool = True
+    mtu: Optional[int] = None
+    backend_type: str = "vxlan"
+    vni: int = 1
+    port: int = 8472
+    direct_routing: bool = False
+    raw: dict = field(default_factory=dict, compare=False)
+
+    @classmethod
+    def parse(cls, name: str, text: str) -> "NetworkConfig":
+        try:
+            raw = json.loads(text)
+        except ValueError as exc:
+            raise ConfigError(f"network {name}: config is not valid JSON: {exc}") from None
+        if not isinstance(raw, dict):
+            raise ConfigError(f"network {name}: config must be a JSON object")
+        return cls.from_dict(name, raw)
+
+    @classmethod
+    def from_dict(cls, name: str, raw: dict) -> "NetworkConfig":
+        where = f"network {name}"
+
+        def get(key, kind, default=None):
+            value = raw.get(key, default)
+            if value is default:
+                return value
+            if (kind is int and isinstance(value, bool)) or not isinstance(value, kind):
+                raise ConfigError(f"{where}: {key} has the wrong type: {json.dumps(value)}")
+            return value
+
+        def net(key, kind):
+            value = get(key, str)
+            if value is None:
+                return None
+            try:
+                return kind(value)
+            except ValueError as exc:
+                raise ConfigError(f"{where}: {key} {value!r} is not a valid CIDR: {exc}") from None
+
+        enable_ipv4 = get("EnableIPv4", bool, True)
+        enable_ipv6 = get("EnableIPv6", bool, False)
+        network = net("Network", ipaddress.IPv4Network)
+        ipv6_network = net("IPv6Network", ipaddress.IPv6Network)
+        if enable_ipv4 and network is None:
+            raise ConfigError(f"{where}: Network is required (e.g. \"10.244.0.0/16\")")
+        if not enable_ipv4:
+            raise ConfigError(f"{where}: EnableIPv4 false is not supported; weft needs an IPv4 pod network")
+        if enable_ipv6 and ipv6_network is None:
+            raise ConfigError(f"{where}: EnableIPv6 needs IPv6Network")
+        subnet_len = get("SubnetLen", int, 24)
+        if network is not None and not network.prefixlen < subnet_len <= 30:
+            raise ConfigError(f"{where}: SubnetLen {subnet_len} must be longer than Network's "
+                              f"/{network.prefixlen} and at most 30")
+        ipv6_subnet_len = get("IPv6SubnetLen", int, 64)
+        if ipv6_network is not None and not ipv6_network.prefixlen < ipv6_subnet_len <= 126:
+            raise ConfigError(f"{where}: IPv6SubnetLen {ipv6_subnet_len} must be longer than "
+                              f"IPv6Network's /{ipv6_network.prefixlen} and at most 126")
+        if ipv6_network is not None and enable_ipv6:
+            if ipv6_subnet_len - ipv6_network.prefixlen < subnet_len - network.prefixlen:
+                raise ConfigError(f"{where}: IPv6Network/IPv6SubnetLen give fewer subnets than "
+                                  "Network/SubnetLen; every IPv4 subnet needs an IPv6 one")
+
+        def bound(key):
+            value = get(key, str)
+            if value is None:
+                return None
+            try:
+                subnet = ipaddress.IPv4Network(f"{value}/{subnet_len}")
+            except ValueError as exc:
+                raise ConfigError(f"{where}: {key} {value!r} is not a subnet of length "
+                                  f"{subnet_len}: {exc}") from None
+            if not subnet.subnet_of(network):
+                raise ConfigError(f"{where}: {key} {value} is outside Network {network}")
+            return subnet
+
+        backend = get("Backend", dict, {}) or {}
+        backend_type = backend.get("Type", "vxlan")
+        if backend_type not in BACKENDS:
+            raise ConfigError(f"{where}: Backend.Type {backend_type!r} is not one of {', '.join(BACKENDS)}")
+        vni = backend.get("VNI", 1)
+        if isinstance(vni, bool) or not isinstance(vni, int) or not 0 < vni < 2 ** 24:
+            raise ConfigError(f"{where}: Backend.VNI {vni!r} must be an integer from 1 to 16777215")
+        port = backend.get("Port", 8472)
+        if isinstance(port, bool) or not isinstance(port, int) or not 0 < port < 65536:
+            raise ConfigError(f"{where}: Backend.Port {port!r} must be an integer from 1 to 65535")
+        direct = backend.get("DirectRouting", False)
+        if not isinstance(direct, bool):
+            raise ConfigError(f"{where}: Backend.DirectRouting must be true or false")
+        mtu = get("MTU", int)
+        if mtu is not None and not 68 <= mtu <= 65535:
+            raise ConfigError(f"{where}: MTU {mtu} is out of range (68-65535)")
+        config = cls(
+            name=name, network=network, subnet_len=subnet_len,
+            subnet_min=bound("SubnetMin"), subnet_max=bound("SubnetMax"),
+            ipv6_network=ipv6_network if enable_ipv6 else None, ipv6_subnet_len=ipv6_subnet_len,
+            enable_ipv4=enable_ipv4, enable_ipv6=enable_ipv6,
+            ip_masq=get("IPMasq", bool, True), mtu=mtu, backend_type=backend_type,
+            vni=vni, port=port, direct_routing=direct, raw=raw,
+        )
+        if config.subnet_min and config.subnet_max and config.subnet_min > config.subnet_max:
+            raise ConfigError(f"{where}: SubnetMin {config.subnet_min} is above SubnetMax {config.subnet_max}")
+        return config
+
+    def subnet_range(self) -> tuple:
+        """(first, last) leasable subnets; by default the first subnet (the network's
+        .0/len) is skipped, as flannel does."""
+        first = self.subnet_min
+        if first is None:
+            first = ipaddress.IPv4Network(
+                (int(self.network.network_address) + (1 << (32 - self.subnet_len)), self.subnet_len))
+        last = self.subnet_max
+        if last is None:
+            last = ipaddress.IPv4Network(
+                (int(self.network.broadcast_address) + 1 - (1 << (32 - self.subnet_len)), self.subnet_len))
+        return first, last
+
+    def subnet_count(self) -> int:
+        first, last = self.subnet_range()
+        return (int(last.network_address) - int(first.network_address)) // (1 << (32 - self.subnet_len)) + 1
+
+    def nth_subnet(self, index: int) -> ipaddress.IPv4Network:
+        first, _ = self.subnet_range()
+        return ipaddress.IPv4Network(
+            (int(first.network_address) + index * (1 << (32 - self.subnet_len)), self.subnet_len))
+
+    def ipv6_subnet_for(self, subnet: ipaddress.IPv4Network) -> Optional[ipaddress.IPv6Network]:
+        """The IPv6 subnet paired with an IPv4 subnet: same index within each network."""
+        if self.ipv6_network is None:
+            return None
+        index = (int(subnet.network_address) - int(self.network.network_address)) >> (32 - self.subnet_len)
+        step = 1 << (128 - self.ipv6_subnet_len)
+        return ipaddress.IPv6Network((int(self.ipv6_network.network_address) + index * step,
+                                      self.ipv6_subnet_len))
+
+
+@dataclass(frozen=True)
+class Lease:
+    """One node's lease of a subnet on one network."""
+
+    subnet: ipaddress.IPv4Network
+    public_ip: ipaddress.IPv4Address
+    node_name: str
+    backend_type: str = "vxlan"
+    vni: int = 1
+    vtep_mac: str = ""
+    ipv6_subnet: Optional[ipaddress.IPv6Network] = None
+    public_ipv6: Optional[ipaddress.IPv6Address] = None
+
+    @property
+    def key(self) -> str:
+        return subnet_key(self.subnet)
+
+    @property
+    def vtep_ip(self) -> ipaddress.IPv4Address:
+        """The subnet's .0: the address of the node's VXLAN device."""
+        return self.subnet.network_address
+
+    @property
+    def vtep_ipv6(self) -> Optional[ipaddress.IPv6Address]:
+        return self.ipv6_subnet.network_address if self.ipv6_subnet else None
+
+    def to_json(self) -> str:
+        value = {"PublicIP": str(self.public_ip), "NodeName": self.node_name,
+                 "BackendType": self.backend_type,
+                 "BackendData": {"VNI": self.vni, "VtepMAC": self.vtep_mac}}
+        if self.public_ipv6 is not None:
+            value["PublicIPv6"] = str(self.public_ipv6)
+        if self.ipv6_subnet is not None:
+            value["IPv6Subnet"] = str(self.ipv6_subnet)
+        return json.dumps(value, sort_keys=True)
+
+    @classmethod
+    def from_json(cls, key: str, text) -> "Lease":
+        subnet = parse_subnet_key(key)
+        try:
+            raw = json.loads(text)
+            data = raw.get("BackendData") or {}
+            mac = str(data.get("VtepMAC", "")).lower()
+            if mac and not _MAC.match(mac):
+                raise ValueError(f"VtepMAC {mac!r}")
+            return cls(
+                subnet=subnet,
+                public_ip=ipaddress.IPv4Address(raw["PublicIP"]),
+                node_name=str(raw.get("NodeName", "")),
+                backend_type=str(raw.get("BackendType", "vxlan")),
+                vni=int(data.get("VNI", 1)),
+                vtep_mac=mac,
+                ipv6_subnet=ipaddress.IPv6Network(raw["IPv6Subnet"]) if raw.get("IPv6Subnet") else None,
+                public_ipv6=ipaddress.IPv6Address(raw["PublicIPv6"]) if raw.get("PublicIPv6") else None,
+            )
+        except (ValueError, KeyError, TypeError, AttributeError) as exc:
+            raise ConfigError(f"lease {key}: unusable value: {exc}") from None
