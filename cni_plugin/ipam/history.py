@@ -71,6 +71,13 @@ def append(path: str, records: list[dict]) -> None:
 def _parse_line(line: str) -> tuple[datetime, dict] | None:
     try:
         record = json.loads(line)
+    except ValueError:
+        return None
+    return _parse_record(record)
+
+
+def _parse_record(record) -> tuple[datetime, dict] | None:
+    try:
         if not isinstance(record, dict) or record.get("event") not in (ALLOCATE, RELEASE):
             return None
         record["ip"] = str(ipaddress.ip_address(record["ip"]))
@@ -101,7 +108,18 @@ def _holding_key(record: dict) -> tuple:
 
 
 def whois(data_dir: str, ip, at: datetime | None = None) -> list[dict]:
-    """The allocate records of whoever held ip at `at` (now when None), across all networks.
+    """The allocate records of whoever held ip at `at` (now when None), across all networks
+    of one node's store."""
+    return holders([e for path in _history_paths(data_dir) for e in read_events(path)], ip, at)
+
+
+def parsed(records) -> list[tuple[datetime, dict]]:
+    """(time, record) for every well-formed record (e.g. read back from etcd)."""
+    return [e for e in map(_parse_record, records) if e is not None]
+
+
+def holders(events, ip, at: datetime | None = None) -> list[dict]:
+    """Whoever held ip at `at`, from (time, record) events of any number of nodes.
 
     A holding starts at an allocate event at or before `at` and ends at a release of the
     same (ip, containerID, ifname, network) at or before `at`.
@@ -109,12 +127,9 @@ def whois(data_dir: str, ip, at: datetime | None = None) -> list[dict]:
     wanted = str(ipaddress.ip_address(ip))
     if at is not None and at.tzinfo is None:
         at = at.replace(tzinfo=timezone.utc)
-    events = [
-        e for path in _history_paths(data_dir) for e in read_events(path) if e[1]["ip"] == wanted
-    ]
-    events.sort(key=lambda e: e[0])  # stable: file order breaks ties
+    relevant = sorted((e for e in events if e[1]["ip"] == wanted), key=lambda e: e[0])
     held = {}
-    for moment, record in events:
+    for moment, record in relevant:  # sorted is stable: file order breaks ties
         if at is not None and moment > at:
             break
         if record["event"] == ALLOCATE:
