@@ -1,0 +1,404 @@
+"""Registry against a real etcd: configs, exclusive leases, watches, TLS, auth, history."""
+
+import json
+import secrets
+import threading
+import time
+
+import pytest
+
+from cni_plugin.subnet.registry import Registry, RegistryError
+from lab.etcd import EtcdServer, free_port
+
+WAIT = 10.0
+
+
+def wait_for(predicate, what: str, timeout: float = WAIT):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        result = predicate()
+        if result:
+            return result
+        time.sleep(0.05)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
+def etcd_leases(server) -> set:
+    """Lease ids (ints) that `etcdctl lease list` shows."""
+    out = server.etcdctl("lease", "list", check=True).stdout.split("\n")[1:]
+    return {int(line, 16) for line in out if line.strip()}
+
+
+def watch_threads() -> list:
+    return [t for t in threading.enumerate() if t.name.startswith("weft-watch")]
+
+
+class Recorder:
+    """Collects watch events from the watch thread."""
+
+    def __init__(self):
+        self.events = []
+        self.lock = threading.Lock()
+
+    def __call__(self, kind, key, value, revision):
+        with self.lock:
+            self.events.append((kind, key, value, revision))
+
+    def snapshot(self) -> list:
+        with self.lock:
+            return list(self.events)
+
+    def wait(self, count: int) -> list:
+        return wait_for(lambda: len(self.snapshot()) >= count and self.snapshot(), f"{count} watch events")
+
+
+@pytest.fixture(scope="module")
+def shared_etcd(tmp_path_factory):
+    """One etcd for the tests that neither stop it nor need TLS/auth (each uses its own network)."""
+    server = EtcdServer(tmp_path_factory.mktemp("shared") / "etcd")
+    try:
+        server.start()
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def registry(shared_etcd):
+    reg = Registry([shared_etcd.endpoint], timeout=5.0)
+    yield reg
+    reg.close()
+
+
+@pytest.fixture
+def net():
+    return "net-" + secrets.token_hex(3)
+
+
+# ---- configs ----
+
+def test_network_config_roundtrip_and_names(registry, shared_etcd, net):
+    assert registry.get_network_config(net) is None
+    registry.put_network_config(net, '{"Network": "10.244.0.0/16"}')
+    registry.put_network_config(net, '{"Network": "10.245.0.0/16"}')
+    assert registry.get_network_config(net) == '{"Network": "10.245.0.0/16"}'
+    shared_etcd.etcdctl("put", f"/weft/networks/{net}-noconfig/subnets/10.1.1.0-24", "{}", check=True)
+    names = registry.network_names()
+    assert net in names and f"{net}-noconfig" not in names
+    assert shared_etcd.etcdctl("get", f"/weft/networks/{net}/config", "--print-value-only").stdout.strip() \
+        == '{"Network": "10.245.0.0/16"}'
+
+
+def test_prefix_is_honoured(shared_etcd, net):
+    with Registry([shared_etcd.endpoint], prefix="/other/") as reg:
+        assert reg.config_key(net) == f"/other/networks/{net}/config"
+        reg.put_network_config(net, "{}")
+    assert shared_etcd.etcdctl("get", f"/other/networks/{net}/config", "--print-value-only").stdout.strip() == "{}"
+
+
+# ---- leases ----
+
+def test_create_lease_is_exclusive_and_leaks_no_etcd_lease(registry, shared_etcd, net):
+    before = etcd_leases(shared_etcd)
+    lease_id = registry.create_lease(net, "10.244.3.0-24", '{"NodeName": "a"}', ttl=60)
+    assert lease_id
+    assert registry.create_lease(net, "10.244.3.0-24", '{"NodeName": "b"}', ttl=60) is None
+    assert etcd_leases(shared_etcd) - before == {lease_id}
+    leases, revision = registry.list_leases(net)
+    assert leases == [("10.244.3.0-24", '{"NodeName": "a"}', lease_id)]
+    assert revision > 0
+
+
+def test_update_lease_only_with_the_bound_lease_id(registry, net):
+    lease_id = registry.create_lease(net, "10.244.4.0-24", "v1", ttl=60)
+    assert registry.update_lease(net, "10.244.4.0-24", "other", lease_id + 1) is False
+    assert registry.list_leases(net)[0] == [("10.244.4.0-24", "v1", lease_id)]
+    assert registry.update_lease(net, "10.244.4.0-24", "v2", lease_id) is True
+    assert registry.list_leases(net)[0] == [("10.244.4.0-24", "v2", lease_id)]
+    assert registry.update_lease(net, "10.244.5.0-24", "v2", lease_id) is False
+    assert registry.list_leases(net)[0] == [("10.244.4.0-24", "v2", lease_id)]
+
+
+def test_reservation_is_listed_with_lease_zero_and_never_taken(registry, shared_etcd, net):
+    shared_etcd.etcdctl("put", f"/weft/networks/{net}/subnets/10.244.9.0-24", '{"NodeName": "r"}', check=True)
+    assert registry.list_leases(net)[0] == [("10.244.9.0-24", '{"NodeName": "r"}', 0)]
+    assert registry.create_lease(net, "10.244.9.0-24", "mine", ttl=60) is None
+    assert registry.update_lease(net, "10.244.9.0-24", "mine", 12345) is False
+    assert registry.list_leases(net)[0] == [("10.244.9.0-24", '{"NodeName": "r"}', 0)]
+
+
+def test_refresh_extends_the_ttl_and_reports_a_gone_lease(registry):
+    lease_id = registry.create_lease("refresh-" + secrets.token_hex(3), "10.244.1.0-24", "v", ttl=10)
+    wait_for(lambda: registry.lease_ttl(lease_id) <= 8, "the ttl to drop", timeout=5)
+    assert registry.refresh(lease_id) == 10
+    assert registry.lease_ttl(lease_id) >= 9
+    registry.revoke(lease_id)
+    assert registry.refresh(lease_id) == 0
+    assert registry.lease_ttl(lease_id) == -1
+
+
+def test_revoke_removes_the_key_and_is_idempotent(registry, shared_etcd, net):
+    lease_id = registry.create_lease(net, "10.244.6.0-24", "v", ttl=60)
+    registry.revoke(lease_id)
+    assert registry.list_leases(net)[0] == []
+    assert lease_id not in etcd_leases(shared_etcd)
+    registry.revoke(lease_id)
+
+
+def test_delete_lease_key(registry, net):
+    lease_id = registry.create_lease(net, "10.244.7.0-24", "v", ttl=60)
+    registry.delete_lease_key(net, "10.244.7.0-24")
+    registry.delete_lease_key(net, "10.244.7.0-24")
+    assert registry.list_leases(net)[0] == []
+    assert registry.create_lease(net, "10.244.7.0-24", "again", ttl=60) not in (None, lease_id)
+
+
+def test_lease_expires_after_its_ttl(registry, net):
+    lease_id = registry.create_lease(net, "10.244.8.0-24", "v", ttl=2)
+    assert registry.list_leases(net)[0] != []
+    started = time.monotonic()
+    wait_for(lambda: registry.list_leases(net)[0] == [], "the lease to expire", timeout=10)
+    assert time.monotonic() - started >= 1.0
+    assert registry.lease_ttl(lease_id) == -1
+
+
+def test_invalid_arguments_are_refused(registry, net):
+    with pytest.raises(ValueError):
+        registry.create_lease(net, "10.244.1.0-24", "v", ttl=0)
+    with pytest.raises(ValueError):
+        registry.create_lease(net, "a/b", "v", ttl=5)
+    with pytest.raises(ValueError):
+        registry.get_network_config("a/b")
+    with pytest.raises(ValueError):
+        registry.update_lease(net, "10.244.1.0-24", "v", 0)
+
+
+# ---- watches ----
+
+def test_watch_delivers_puts_and_deletes_in_order(registry, net):
+    registry.create_lease(net, "10.244.1.0-24", "before", ttl=60)
+    _, revision = registry.list_leases(net)
+    events = Recorder()
+    cancel = registry.watch_leases(net, revision + 1, events)
+    lease_id = registry.create_lease(net, "10.244.2.0-24", "a", ttl=60)
+    registry.update_lease(net, "10.244.2.0-24", "b", lease_id)
+    registry.delete_lease_key(net, "10.244.2.0-24")
+    got = events.wait(3)
+    assert [e[:3] for e in got] == [("put", "10.244.2.0-24", "a"), ("put", "10.244.2.0-24", "b"),
+                                     ("delete", "10.244.2.0-24", "")]
+    revisions = [e[3] for e in got]
+    assert revisions == sorted(revisions) and len(set(revisions)) == 3 and revisions[0] > revision
+    cancel()
+    cancel()
+    registry.create_lease(net, "10.244.3.0-24", "after cancel", ttl=60)
+    time.sleep(0.3)
+    assert len(events.snapshot()) == 3
+    assert watch_threads() == []
+
+
+def test_watch_reports_lease_expiry_as_delete(registry, net):
+    _, revision = registry.list_leases(net)
+    events = Recorder()
+    cancel = registry.watch_leases(net, revision + 1, events)
+    try:
+        registry.create_lease(net, "10.244.5.0-24", "short", ttl=2)
+        got = wait_for(lambda: len(events.snapshot()) >= 2 and events.snapshot(), "the expiry event")
+        assert [e[:2] for e in got] == [("put", "10.244.5.0-24"), ("delete", "10.244.5.0-24")]
+    finally:
+        cancel()
+
+
+def test_watch_from_a_compacted_revision_resyncs_once(registry, shared_etcd, net):
+    _, old_revision = registry.list_leases(net)
+    for index in range(3):
+        registry.put_network_config(net, json.dumps({"n": index}))
+    _, current = registry.list_leases(net)
+    shared_etcd.etcdctl("compact", str(current), check=True)
+    events = Recorder()
+    registry.watch_leases(net, old_revision + 1, events)
+    assert events.wait(1) == [("resync", None, None, current)]
+    wait_for(lambda: watch_threads() == [], "the watch thread to end", timeout=5)
+    registry.create_lease(net, "10.244.1.0-24", "v", ttl=60)
+    time.sleep(0.3)
+    assert events.snapshot() == [("resync", None, None, current)]
+
+
+def test_close_cancels_watches_without_resync(shared_etcd, net):
+    reg = Registry([shared_etcd.endpoint])
+    events = Recorder()
+    reg.watch_leases(net, 0, events)
+    reg.close()
+    assert watch_threads() == []
+    assert events.snapshot() == []
+    with pytest.raises(RegistryError, match="closed"):
+        reg.list_leases(net)
+
+
+def test_handler_errors_do_not_end_the_watch(registry, net):
+    seen = []
+
+    def flaky(kind, key, value, revision):
+        seen.append(key)
+        if len(seen) == 1:
+            raise RuntimeError("handler bug")
+
+    cancel = registry.watch_leases(net, 0, flaky)
+    try:
+        registry.create_lease(net, "10.244.1.0-24", "v", ttl=60)
+        registry.create_lease(net, "10.244.2.0-24", "v", ttl=60)
+        wait_for(lambda: len(seen) >= 2, "the second event")
+    finally:
+        cancel()
+
+
+def test_stopping_etcd_resyncs_the_watch_and_calls_fail_until_it_returns(etcd):
+    reg = Registry([etcd.endpoint], timeout=3.0)
+    try:
+        threads_before = threading.active_count()
+        events = Recorder()
+        _, revision = reg.list_leases("weft")
+        reg.watch_leases("weft", revision + 1, events)
+        etcd.stop()
+        assert events.wait(1) == [("resync", None, None, 0)]
+        wait_for(lambda: watch_threads() == [], "the watch thread to end", timeout=5)
+        with pytest.raises(RegistryError) as failure:
+            reg.list_leases("weft")
+        assert etcd.endpoint in str(failure.value) and "unreachable" in str(failure.value)
+        time.sleep(0.3)
+        assert len(events.snapshot()) == 1
+
+        etcd.start()
+        leases, revision = reg.list_leases("weft")
+        again = Recorder()
+        cancel = reg.watch_leases("weft", revision + 1, again)
+        reg.create_lease("weft", "10.244.1.0-24", "back", ttl=60)
+        assert again.wait(1)[0][:3] == ("put", "10.244.1.0-24", "back")
+        cancel()
+        wait_for(lambda: threading.active_count() <= threads_before, "gRPC threads to end", timeout=5)
+    finally:
+        reg.close()
+
+
+# ---- connection failures and failover ----
+
+def test_unreachable_etcd_raises_registry_error_naming_the_endpoint():
+    endpoint = f"http://127.0.0.1:{free_port()}"
+    reg = Registry([endpoint], timeout=2.0)
+    started = time.monotonic()
+    with pytest.raises(RegistryError, match=f"etcd at {endpoint} is unreachable"):
+        reg.get_network_config("weft")
+    assert time.monotonic() - started < 5
+    with pytest.raises(RegistryError, match=f"etcd at {endpoint}"):
+        reg.watch_leases("weft", 0, Recorder())
+
+
+def test_failover_to_the_next_endpoint(shared_etcd):
+    dead = [f"http://127.0.0.1:{free_port()}", f"127.0.0.1:{free_port()}"]
+    with Registry([dead[0], shared_etcd.endpoint]) as reg:
+        assert reg.connect() == shared_etcd.endpoint
+        assert reg.get_network_config("absent") is None
+    with Registry(dead) as reg:
+        with pytest.raises(RegistryError) as failure:
+            reg.connect()
+        assert dead[0] in str(failure.value) and "http://" + dead[1] in str(failure.value)
+
+
+def test_bad_endpoints_are_refused():
+    for bad in ("ftp://127.0.0.1:2379", "http://127.0.0.1:notaport", "http:///path"):
+        with pytest.raises(RegistryError, match="invalid etcd endpoint"):
+            Registry([bad])
+    with pytest.raises(RegistryError):
+        Registry([])
+
+
+# ---- TLS and auth ----
+
+def test_tls_needs_the_client_certificate(tmp_path):
+    server = EtcdServer(tmp_path / "etcd", tls=True)
+    try:
+        server.start()
+        kwargs = server.client_kwargs()
+        with Registry([server.endpoint], **kwargs) as reg:
+            reg.put_network_config("weft", "{}")
+            assert reg.network_names() == ["weft"]
+        with Registry([server.endpoint], cafile=kwargs["cafile"]) as reg:
+            with pytest.raises(RegistryError,
+                               match=f"TLS handshake with {server.endpoint} failed.*client certificate"):
+                reg.network_names()
+        with Registry([server.endpoint]) as reg:  # system CAs do not know the test CA
+            with pytest.raises(RegistryError, match="TLS handshake.*CERTIFICATE_VERIFY_FAILED"):
+                reg.network_names()
+    finally:
+        server.stop()
+
+
+def test_auth_accepts_the_right_password_only(tmp_path):
+    server = EtcdServer(tmp_path / "etcd", auth=True, extra_args=["--auth-token-ttl", "1"])
+    try:
+        server.start()
+        kwargs = server.client_kwargs()
+        with Registry([server.endpoint], **kwargs) as reg:
+            reg.put_network_config("weft", "{}")
+            time.sleep(2.5)  # the simple token expires; the registry renews it
+            assert reg.get_network_config("weft") == "{}"
+            time.sleep(2.5)  # expired again: a watch made with it would be cancelled at once
+            events = Recorder()
+            cancel = reg.watch_leases("weft", 0, events)
+            reg.create_lease("weft", "10.244.1.0-24", "v", ttl=60)
+            assert events.wait(1)[0][:2] == ("put", "10.244.1.0-24")
+            cancel()
+        with Registry([server.endpoint], username=kwargs["username"], password="wrong") as reg:
+            with pytest.raises(RegistryError, match="rejected the credentials for user weft"):
+                reg.network_names()
+        with Registry([server.endpoint]) as reg:
+            with pytest.raises(RegistryError, match="requires a username"):
+                reg.network_names()
+        with Registry([server.endpoint], prefix="/elsewhere", **kwargs) as reg:
+            with pytest.raises(RegistryError, match="denied user weft"):
+                reg.put_network_config("weft", "{}")
+    finally:
+        server.stop()
+
+
+# ---- history ----
+
+def record(ts: str, ip: str, event: str = "allocate") -> dict:
+    return {"ts": ts, "event": event, "ip": ip, "containerID": "c-" + ip, "ifname": "eth0"}
+
+
+def test_history_put_list_and_retention(registry, net):
+    a = [record("2026-11-20T10:00:00Z", "10.244.1.2"), record("2026-11-20T12:00:00.5Z", "10.244.1.2", "release")]
+    b = [record("2026-11-20T11:00:00Z", "10.244.2.2")]
+    assert registry.put_history(net, "node-a", a) == 2
+    assert registry.put_history(net, "node-a", a) == 2          # idempotent: same keys
+    registry.put_history(net, "node-b", b)
+    registry.put_history(net + "x", "node-c", [record("2026-11-20T09:00:00Z", "10.9.0.1")])
+
+    got = registry.history(net)
+    assert [(r["node"], r["ip"], r["event"]) for r in got] == [
+        ("node-a", "10.244.1.2", "allocate"), ("node-b", "10.244.2.2", "allocate"),
+        ("node-a", "10.244.1.2", "release")]
+    assert all(r["network"] == net for r in got)
+    everywhere = [r for r in registry.history() if r["network"] in (net, net + "x")]
+    assert [r["node"] for r in everywhere] == ["node-c", "node-a", "node-b", "node-a"]
+
+    assert registry.delete_history_before(net, "2026-11-20T11:00:00Z") == 1
+    assert [r["ts"] for r in registry.history(net)] == ["2026-11-20T11:00:00Z", "2026-11-20T12:00:00.5Z"]
+    assert registry.delete_history_before(net, "2026-11-21T00:00:00+00:00") == 2
+    assert registry.history(net) == []
+    assert len(registry.history(net + "x")) == 1
+
+
+def test_history_in_large_batches_pages_through(registry, net):
+    records = [record(f"2026-11-20T10:{i // 60:02d}:{i % 60:02d}Z", f"10.244.{i // 250}.{i % 250 + 1}")
+               for i in range(1200)]
+    assert registry.put_history(net, "node-a", records) == 1200
+    got = registry.history(net)
+    assert len(got) == 1200 and [r["ip"] for r in got] == [r["ip"] for r in records]
+    assert registry.delete_history_before(net, "2026-11-20T10:10:00Z") == 600
+
+
+def test_history_records_without_a_usable_ts_are_skipped(registry, net):
+    good = record("2026-11-20T10:00:00Z", "10.0.0.2")
+    assert registry.put_history(net, "node-a", [{"ip": "10.0.0.1"}, {"ts": "yesterday"}, good]) == 1
+    assert [r["ip"] for r in registry.history(net)] == ["10.0.0.2"]
