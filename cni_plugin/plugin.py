@@ -8,7 +8,7 @@ import ipaddress
 
 from . import delegate, plugin_config
 from .datapath.naming import HOST_VETH_PREFIX, host_veth_name
-from .errors import ATTACHMENT_EXISTS, DELEGATE_FAILED, INVALID_NETCONF, CniError
+from .errors import ATTACHMENT_EXISTS, DELEGATE_FAILED, INVALID_NETCONF, NOT_AVAILABLE_LIMITED, CniError
 from .spec import result as cni_result
 
 
@@ -248,7 +248,12 @@ def cmd_gc(env, conf):
 
 
 def cmd_status(env, conf):
+    from .subnet import status_file
+
     cfg = plugin_config.load(conf, "STATUS")
+    agent = status_file.read(status_file.beside_subnet_file(cfg.subnet_file))
+    if agent and agent.get("conflict"):
+        raise CniError(NOT_AVAILABLE_LIMITED, f"weftd reports a lease conflict: {agent['conflict']}")
     delegate.run(cfg.ipam_type, "STATUS", env, cfg.delegate_conf)
 
 

@@ -1,32 +1,196 @@
-"""weftctl: the operator CLI.  Today: `weftctl whois IP [--at TIME]` from the IPAM history."""
+"""weftctl: the operator CLI.
+
+  weftctl network set NAME --config FILE|JSON     validate and store a network config in etcd
+  weftctl network get NAME                        print it
+  weftctl leases [NETWORK]                        every node's lease
+  weftctl status [--run-dir DIR]                  this node's agent: lease, peers, drift
+  weftctl whois IP [--at TIME] [--cluster]        who held an address (this node, or all)
+"""
 
 import argparse
 import ipaddress
 import json
+import os
 import sys
 
 from ..ipam import history
 from ..ipam.config import DEFAULT_DATA_DIR
 
-EXIT_OK, EXIT_NO_HOLDER, EXIT_USAGE = 0, 1, 2
-_LATER = ("network", "leases", "status")
+EXIT_OK, EXIT_NO_HOLDER, EXIT_USAGE, EXIT_FAILED = 0, 1, 2, 3
+
+
+def _etcd_flags(parser):
+    group = parser.add_argument_group("etcd")
+    group.add_argument("--etcd-endpoints", default=os.environ.get("WEFT_ETCD_ENDPOINTS", "http://127.0.0.1:2379"),
+                       help="comma-separated URLs (default $WEFT_ETCD_ENDPOINTS or %(default)s)")
+    group.add_argument("--etcd-prefix", default="/weft")
+    group.add_argument("--etcd-cafile")
+    group.add_argument("--etcd-certfile")
+    group.add_argument("--etcd-keyfile")
+    group.add_argument("--etcd-username", help="password from $WEFTD_ETCD_PASSWORD")
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="weftctl", description="Inspect a weft node.")
+    parser = argparse.ArgumentParser(prog="weftctl", description="Operate a weft cluster and node.")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    network = commands.add_parser("network", help="network configs in etcd")
+    network_cmds = network.add_subparsers(dest="action", required=True, metavar="ACTION")
+    net_set = network_cmds.add_parser("set", help="validate and store a network config")
+    net_set.add_argument("name")
+    net_set.add_argument("--config", required=True, help="a JSON file, or the JSON itself")
+    _etcd_flags(net_set)
+    net_get = network_cmds.add_parser("get", help="print a network config")
+    net_get.add_argument("name")
+    _etcd_flags(net_get)
+
+    leases = commands.add_parser("leases", help="every node's subnet lease")
+    leases.add_argument("network", nargs="?")
+    leases.add_argument("--json", action="store_true")
+    _etcd_flags(leases)
+
+    status = commands.add_parser("status", help="this node's agent status")
+    status.add_argument("--run-dir", default="/run/weft")
+    status.add_argument("--json", action="store_true")
+
     whois = commands.add_parser("whois", help="who holds (or held) an IP address")
     whois.add_argument("ip", metavar="IP")
-    whois.add_argument("--at", metavar="ISO-TIME",
-                       help="when, ISO-8601; no zone means UTC (default: now)")
+    whois.add_argument("--at", metavar="ISO-TIME", help="when, ISO-8601; no zone means UTC (default: now)")
     whois.add_argument("--data-dir", default=DEFAULT_DATA_DIR,
-                       help=f"weft-ipam dataDir (default {DEFAULT_DATA_DIR})")
+                       help=f"this node's weft-ipam dataDir (default {DEFAULT_DATA_DIR})")
+    whois.add_argument("--cluster", action="store_true",
+                       help="answer from the history every weftd publishes to etcd")
     whois.add_argument("--json", action="store_true", help="print JSON")
-    for name in _LATER:
-        later = commands.add_parser(name, help="not implemented yet")
-        later.add_argument("rest", nargs=argparse.REMAINDER)
+    _etcd_flags(whois)
     return parser
 
+
+def _fail(msg: str, code: int = EXIT_FAILED) -> int:
+    print(f"weftctl: {msg}", file=sys.stderr)
+    return code
+
+
+def _registry(args):
+    from ..subnet.registry import Registry
+
+    return Registry([e.strip() for e in args.etcd_endpoints.split(",") if e.strip()], prefix=args.etcd_prefix,
+                    cafile=args.etcd_cafile, certfile=args.etcd_certfile, keyfile=args.etcd_keyfile,
+                    username=args.etcd_username, password=os.environ.get("WEFTD_ETCD_PASSWORD"))
+
+
+# -- network -----------------------------------------------------------------
+
+def _read_config_arg(value: str) -> str:
+    if value.lstrip().startswith("{"):
+        return value
+    with open(value) as handle:
+        return handle.read()
+
+
+def network(args) -> int:
+    from ..subnet.lease import ConfigError, NetworkConfig
+
+    registry = _registry(args)
+    if args.action == "get":
+        text = registry.get_network_config(args.name)
+        if text is None:
+            return _fail(f"network {args.name} has no config at {registry.config_key(args.name)}", EXIT_NO_HOLDER)
+        print(text)
+        return EXIT_OK
+    try:
+        text = _read_config_arg(args.config)
+    except OSError as exc:
+        return _fail(f"cannot read --config {args.config}: {exc.strerror}", EXIT_USAGE)
+    try:
+        config = NetworkConfig.parse(args.name, text)
+    except ConfigError as exc:
+        return _fail(f"config refused: {exc}", EXIT_USAGE)
+    for other in registry.network_names():
+        if other == args.name:
+            continue
+        try:
+            theirs = NetworkConfig.parse(other, registry.get_network_config(other) or "{}")
+        except ConfigError:
+            continue
+        if config.backend_type == "vxlan" and theirs.backend_type == "vxlan" and theirs.vni == config.vni:
+            return _fail(f"config refused: Backend.VNI {config.vni} is already used by network {other}; "
+                         "every VXLAN network needs its own VNI", EXIT_USAGE)
+        if config.network.overlaps(theirs.network):
+            return _fail(f"config refused: Network {config.network} overlaps network {other}'s "
+                         f"{theirs.network}", EXIT_USAGE)
+    registry.put_network_config(args.name, json.dumps(config.raw, sort_keys=True))
+    print(f"network {args.name} stored at {registry.config_key(args.name)}")
+    return EXIT_OK
+
+
+# -- leases --------------------------------------------------------------------
+
+def leases(args) -> int:
+    from ..subnet.lease import ConfigError, Lease
+
+    registry = _registry(args)
+    names = [args.network] if args.network else registry.network_names()
+    rows = []
+    for name in names:
+        raw, _ = registry.list_leases(name)
+        for key, value, lease_id in raw:
+            try:
+                lease = Lease.from_json(key, value)
+            except ConfigError as exc:
+                rows.append({"network": name, "subnet": key, "error": str(exc)})
+                continue
+            rows.append({"network": name, "subnet": str(lease.subnet), "node": lease.node_name,
+                         "publicIP": str(lease.public_ip), "vtepMAC": lease.vtep_mac,
+                         "ipv6Subnet": str(lease.ipv6_subnet) if lease.ipv6_subnet else None,
+                         "leaseID": lease_id,
+                         "ttl": registry.lease_ttl(lease_id) if lease_id else None})
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return EXIT_OK
+    print(f"{'NETWORK':12} {'SUBNET':18} {'NODE':16} {'PUBLIC IP':16} {'VTEP MAC':18} TTL")
+    for row in rows:
+        if "error" in row:
+            print(f"{row['network']:12} {row['subnet']:18} unreadable: {row['error']}")
+            continue
+        ttl = "reservation" if not row["leaseID"] else f"{row['ttl']}s"
+        print(f"{row['network']:12} {row['subnet']:18} {row['node']:16} {row['publicIP']:16} "
+              f"{row['vtepMAC'] or '-':18} {ttl}")
+    return EXIT_OK
+
+
+# -- status --------------------------------------------------------------------
+
+def status(args) -> int:
+    from ..subnet import status_file
+
+    try:
+        names = sorted(n for n in os.listdir(args.run_dir) if n.endswith(".status.json"))
+    except OSError as exc:
+        return _fail(f"no agent status in {args.run_dir}: {exc.strerror}; is weftd running "
+                     "with this --run-dir?")
+    states = [s for s in (status_file.read(os.path.join(args.run_dir, n)) for n in names) if s]
+    if not states:
+        return _fail(f"no agent status in {args.run_dir}; is weftd running with this --run-dir?")
+    if args.json:
+        print(json.dumps(states, indent=2))
+    for state in [] if args.json else states:
+        lease = state.get("lease") or {}
+        word = "ready" if state.get("ready") else "NOT READY"
+        print(f"network {state['network']} on node {state['node']}: {word}")
+        print(f"  lease      {lease.get('subnet', '-')} (public IP {lease.get('publicIP', '-')}, "
+              f"VTEP MAC {lease.get('vtepMAC', '-')})")
+        if state.get("problem"):
+            print(f"  problem    {state['problem']}")
+        if state.get("conflict"):
+            print(f"  CONFLICT   {state['conflict']}")
+        print(f"  peers      {len(state.get('peers') or [])} programmed")
+        for peer in state.get("peers") or []:
+            print(f"             {peer}")
+        print(f"  drift      {state.get('driftRepaired', 0)} kernel entries repaired since start")
+    return EXIT_OK if all(s.get("ready") for s in states) else EXIT_NO_HOLDER
+
+
+# -- whois ----------------------------------------------------------------------
 
 def _short_ts(moment) -> str:
     layout = "%Y-%m-%dT%H:%M:%S.%fZ" if moment.microsecond else "%Y-%m-%dT%H:%M:%SZ"
@@ -37,29 +201,24 @@ def _holder_line(record: dict) -> str:
     namespace, name = record.get("podNamespace"), record.get("podName")
     pod = f"{namespace}/{name}" if namespace and name else "an unknown pod"
     since = _short_ts(history.parse_ts(record["ts"]).replace(microsecond=0))
-    return (
-        f"{record['ip']} held by {pod} (container {record.get('containerID')}, "
-        f"{record.get('ifname')}) on network {record.get('network')} since {since}"
-    )
-
-
-def _usage_error(msg: str) -> int:
-    print(f"weftctl: {msg}", file=sys.stderr)
-    return EXIT_USAGE
+    node = f" node {record['node']}" if record.get("node") else ""
+    return (f"{record['ip']} held by {pod} (container {record.get('containerID')}, "
+            f"{record.get('ifname')}) on network {record.get('network')}{node} since {since}")
 
 
 def whois(args) -> int:
     try:
         ip = ipaddress.ip_address(args.ip)
     except ValueError:
-        return _usage_error(f"{args.ip!r} is not an IP address")
+        return _fail(f"{args.ip!r} is not an IP address", EXIT_USAGE)
     try:
         at = history.parse_ts(args.at) if args.at is not None else None
     except ValueError:
-        return _usage_error(
-            f"--at {args.at!r} is not an ISO-8601 time (e.g. 2026-11-22T18:00:00Z)"
-        )
-    holders = history.whois(args.data_dir, ip, at)
+        return _fail(f"--at {args.at!r} is not an ISO-8601 time (e.g. 2026-11-22T18:00:00Z)", EXIT_USAGE)
+    if args.cluster:
+        holders = history.holders(history.parsed(_registry(args).history()), ip, at)
+    else:
+        holders = history.whois(args.data_dir, ip, at)
     when = _short_ts(at or history.now().replace(microsecond=0))
     if args.json:
         print(json.dumps({"ip": str(ip), "at": when, "holders": holders}, indent=2))
@@ -71,12 +230,17 @@ def whois(args) -> int:
     return EXIT_OK if holders else EXIT_NO_HOLDER
 
 
+COMMANDS = {"network": network, "leases": leases, "status": status, "whois": whois}
+
+
 def main(argv=None) -> int:
     args = _parser().parse_args(argv)
-    if args.command == "whois":
-        return whois(args)
-    print("not implemented yet: arrives with the weftd agent", file=sys.stderr)
-    return EXIT_USAGE
+    try:
+        return COMMANDS[args.command](args)
+    except Exception as exc:  # RegistryError and friends: one line, no traceback
+        if type(exc).__name__ == "RegistryError":
+            return _fail(str(exc))
+        raise
 
 
 if __name__ == "__main__":

@@ -125,3 +125,15 @@ def test_normalize_accepts_0_3_results_as_prev_result():
     prev = {"cniVersion": "0.3.1", "interfaces": [{"name": "eth0", "sandbox": "/x"}],
             "ips": [{"version": "4", "interface": 0, "address": "10.0.0.5/24"}]}
     assert cni_result.normalize(prev)["ips"] == [{"address": "10.0.0.5/24", "interface": 0}]
+
+
+def test_status_is_51_when_weftd_reports_a_lease_conflict(tmp_path):
+    from cni_plugin.subnet import status_file
+
+    lease = tmp_path / "weft.env"
+    lease.write_text("WEFT_NETWORK=10.244.0.0/16\nWEFT_SUBNET=10.244.3.1/24\n")
+    status_file.write(str(tmp_path / "weft.status.json"),
+                      {"conflict": "subnet 10.244.3.0-24 of node a is now held by b"})
+    conf = {**CONF, "cniVersion": "1.1.0", "subnetFile": str(lease), "ipam": {"type": "weft-ipam"}}
+    code, out = run({"CNI_COMMAND": "STATUS"}, conf=conf)
+    assert out["code"] == 51 and "held by b" in out["msg"]
