@@ -1,19 +1,9 @@
-"""weftd, the node agent: placeholder until the agent lands (issue: weftd leases)."""
+"""Entry point of the weftd node agent (see cni_plugin/agent)."""
 
 import sys
 
-USAGE = """usage: weftd [--etcd-endpoints URLS] [--network NAME] ...
 
-weftd holds this node's subnet lease in etcd and programs the overlay.
-It is not implemented in this release: write the subnet file
-/run/weft/<network>.env yourself or give the netconf explicit ipam.ranges.
-"""
+def main() -> None:
+    from ..agent.main import main as agent_main
 
-
-def main(argv=None) -> None:
-    argv = sys.argv[1:] if argv is None else argv
-    if argv in (["-h"], ["--help"]):
-        sys.stdout.write(USAGE)
-        sys.exit(0)
-    sys.stderr.write(USAGE)
-    sys.exit(2)
+    sys.exit(agent_main())

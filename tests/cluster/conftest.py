@@ -2,6 +2,7 @@
 
 import pytest
 
+from lab.cluster import Cluster
 from lab.etcd import EtcdServer
 
 
@@ -14,3 +15,13 @@ def etcd(tmp_path):
         yield server
     finally:
         server.stop()
+
+
+# -- clusters of node namespaces with real agents (root) ------------------------
+
+
+@pytest.fixture
+def cluster(tmp_path, installed):
+    made = Cluster(tmp_path / "cluster", installed)
+    yield made
+    made.cleanup()

@@ -1,0 +1,1 @@
+"""weftd, the node agent: subnet leases in etcd, the overlay datapath, metrics."""

@@ -1,0 +1,72 @@
+"""weftd's entry point: flags, one NetworkAgent per --network, metrics, signals.
+
+SIGTERM/SIGINT stop the agent and leave the datapath and the leases in place, so
+pods keep talking across a restart and the restarted agent finds its lease again.
+"""
+
+import signal
+import sys
+import threading
+
+from . import logs, metrics as metrics_mod, options as options_mod
+
+
+def main(argv=None) -> int:
+    args = options_mod.parse(argv)
+    log = logs.setup(args.log_level)
+    from ..subnet.registry import Registry, RegistryError
+    from .backend import make_backend
+    from .history_publisher import HistoryPublisher
+    from .network import NetworkAgent
+    from .node import NodeError, NodeIdentity
+
+    try:
+        node = NodeIdentity.discover(args)
+    except NodeError as exc:
+        log.error(str(exc), extra={"node": args.node_name})
+        return 2
+    try:
+        registry = Registry(args.etcd_endpoints, prefix=args.etcd_prefix, cafile=args.etcd_cafile,
+                            certfile=args.etcd_certfile, keyfile=args.etcd_keyfile,
+                            username=args.etcd_username, password=args.etcd_password)
+    except RegistryError as exc:  # bad flags (e.g. unreadable cert); reachability is retried
+        log.error(str(exc), extra={"node": node.name})
+        return 2
+    metrics = metrics_mod.Metrics()
+    publisher = HistoryPublisher(registry, args.ipam_data_dir, args.state_dir, node.name,
+                                 args.history_retention, log)
+    agents = [NetworkAgent(name, registry, args, node, metrics, log, make_backend, publisher)
+              for name in args.networks]
+
+    def health():
+        dead = [a.name for a in agents if not a.thread.is_alive()]
+        return (not dead, "ok" if not dead else f"network threads stopped: {', '.join(dead)}")
+
+    def readiness():
+        waiting = [f"{a.name}: {a.conflict or a.problem}" for a in agents if not a.ready]
+        return (not waiting, "ready" if not waiting else "\n".join(waiting))
+
+    try:
+        server = metrics_mod.serve(args.metrics_host, args.metrics_port, metrics, health, readiness)
+    except OSError as exc:
+        log.error(f"cannot serve metrics on {args.metrics_addr}: {exc.strerror}", extra={"node": node.name})
+        return 2
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    log.info(f"weftd started: networks {', '.join(args.networks)}, public IP {node.public_ip}",
+             extra={"node": node.name})
+    for agent in agents:
+        agent.start()
+    while not stop.wait(1.0):
+        pass
+    log.info("weftd stopping; datapath and leases stay in place", extra={"node": node.name})
+    for agent in agents:
+        agent.stop()
+    server.shutdown()
+    registry.close()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

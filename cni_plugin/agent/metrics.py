@@ -1,0 +1,63 @@
+"""Prometheus metrics and the /metrics, /healthz, /readyz endpoints."""
+
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+
+class Metrics:
+    def __init__(self):
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.leases_held = Gauge("weft_leases_held", "Subnet leases this node holds", ["network"], registry=r)
+        self.peers = Gauge("weft_peers_programmed", "Remote leases programmed in the kernel",
+                           ["network"], registry=r)
+        self.ready = Gauge("weft_network_ready", "1 when the network is fully served", ["network"], registry=r)
+        self.conflict = Gauge("weft_lease_conflict", "1 when another node holds our subnet",
+                              ["network"], registry=r)
+        self.reconcile_seconds = Histogram("weft_reconcile_duration_seconds",
+                                           "Full kernel-vs-etcd reconcile duration", ["network"], registry=r)
+        self.drift = Counter("weft_drift_repaired_total", "Kernel entries added or removed by reconcile",
+                             ["network"], registry=r)
+        self.etcd_errors = Counter("weft_etcd_errors_total", "Failed etcd operations", ["network"], registry=r)
+        self.renewals = Counter("weft_lease_renewals_total", "Successful lease renewals", ["network"], registry=r)
+        self.events = Counter("weft_lease_events_total", "Lease changes received from the watch",
+                              ["network", "kind"], registry=r)
+        self.program_seconds = Histogram("weft_peer_program_seconds",
+                                         "From watch event to kernel programmed",
+                                         ["network"], registry=r,
+                                         buckets=(.001, .0025, .005, .01, .025, .05, .1, .25, .5, 1))
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)
+
+
+def serve(host: str, port: int, metrics: Metrics, health, readiness) -> ThreadingHTTPServer:
+    """Start the HTTP server in a daemon thread.  health()/readiness() -> (ok, text)."""
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self):  # noqa: N802 - http.server's naming
+            if self.path == "/metrics":
+                self._reply(200, metrics.render(), CONTENT_TYPE_LATEST)
+            elif self.path in ("/healthz", "/readyz"):
+                ok, text = (health if self.path == "/healthz" else readiness)()
+                self._reply(200 if ok else 503, (text + "\n").encode(), "text/plain; charset=utf-8")
+            else:
+                self._reply(404, b"not found: try /metrics, /healthz, /readyz\n", "text/plain")
+
+        def _reply(self, code, body, content_type):
+            self.send_response(code)
+            self.send_header("Content-Type", content_type)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args):  # keep stderr for the structured log
+            pass
+
+    server = ThreadingHTTPServer((host, port), Handler)
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, name="weftd-http", daemon=True).start()
+    return server

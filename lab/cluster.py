@@ -1,0 +1,226 @@
+"""A weft cluster on one machine: an underlay namespace holding a bridge and etcd,
+and node namespaces, each with a veth on that bridge and its own weftd.
+
+Pods are namespaces attached by the real `weft` executable running inside their
+node's namespace, with the node's subnet file.  Everything is removed by name/PID.
+"""
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+from .cni import invoke
+from .etcd import EtcdServer
+from .namespaces import Namespace, sh
+
+UNDERLAY = "192.168.100"
+ETCD_IP = f"{UNDERLAY}.254"
+AGENT_STOP_TIMEOUT = 15.0
+
+
+def wait_for(predicate, timeout: float, interval: float = 0.05, what: str = "condition"):
+    """Poll predicate until truthy; bounded in time.  Returns its value or raises."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{what} not reached within {timeout}s")
+        time.sleep(interval)
+
+
+class Pod:
+    def __init__(self, node, network, ns, cid, ifname, result):
+        self.node, self.network, self.ns, self.cid, self.ifname, self.result = \
+            node, network, ns, cid, ifname, result
+        self.ips = [ip["address"].split("/")[0] for ip in result["ips"]]
+        self.ip = self.ips[0]
+
+    def ping(self, address, count=1, wait=2) -> bool:
+        flag = ["-6"] if ":" in address else []
+        return self.ns.run(["ping", *flag, "-c", str(count), "-W", str(wait), address],
+                           check=False, timeout=count * wait + 10).returncode == 0
+
+
+class Node:
+    def __init__(self, cluster, index: int):
+        self.cluster = cluster
+        self.index = index
+        self.name = f"node{index}"
+        self.ns = Namespace(f"wn{index}")
+        self.ip = f"{UNDERLAY}.{index}"
+        self.dir = os.path.join(cluster.workdir, self.name)
+        self.run_dir = os.path.join(self.dir, "run")
+        self.state_dir = os.path.join(self.dir, "state")
+        self.ipam_dir = os.path.join(self.dir, "ipam")
+        self.log_path = os.path.join(self.dir, "weftd.log")
+        os.makedirs(self.dir, exist_ok=True)
+        self.agent = None
+        self.pods = []
+        self._wire()
+
+    def _wire(self):
+        underlay = self.cluster.underlay.name
+        port = f"ul{self.index}-{self.ns.name[-6:]}"
+        sh(["ip", "-n", underlay, "link", "add", port, "type", "veth", "peer", "name", "eth0",
+            "netns", self.ns.name])
+        sh(["ip", "-n", underlay, "link", "set", port, "master", "ul0", "up"])
+        self.ns.run(["ip", "addr", "add", f"{self.ip}/24", "dev", "eth0"])
+        self.ns.run(["ip", "link", "set", "eth0", "up"])
+
+    # -- the agent ------------------------------------------------------------
+    def start_agent(self, networks=("weft",), extra=()):
+        exe = os.path.join(self.cluster.installed, "bin", "weftd")
+        args = ["ip", "netns", "exec", self.ns.name, exe,
+                "--etcd-endpoints", self.cluster.etcd.endpoint, "--node-name", self.name,
+                "--public-ip", self.ip, "--run-dir", self.run_dir, "--state-dir", self.state_dir,
+                "--ipam-data-dir", self.ipam_dir, "--reconcile-interval",
+                str(self.cluster.reconcile_interval), "--metrics-addr", "127.0.0.1:9465",
+                *self.cluster.etcd_flags()]
+        for network in networks:
+            args += ["--network", network]
+        env = dict(os.environ)
+        if self.cluster.etcd.auth:
+            env["WEFTD_ETCD_PASSWORD"] = self.cluster.etcd.client_kwargs()["password"]
+        log = open(self.log_path, "ab")
+        self.agent = subprocess.Popen([*args, *extra], stdin=subprocess.DEVNULL, stdout=log,
+                                      stderr=subprocess.STDOUT, env=env)
+        log.close()
+        return self.agent
+
+    def stop_agent(self, sig=signal.SIGTERM):
+        agent, self.agent = self.agent, None
+        if agent is None or agent.poll() is not None:
+            return
+        agent.send_signal(sig)
+        try:
+            agent.wait(timeout=AGENT_STOP_TIMEOUT)
+        except subprocess.TimeoutExpired:
+            agent.kill()
+            agent.wait(timeout=AGENT_STOP_TIMEOUT)
+
+    def subnet_file(self, network="weft") -> str:
+        return os.path.join(self.run_dir, f"{network}.env")
+
+    def status(self, network="weft"):
+        try:
+            with open(os.path.join(self.run_dir, f"{network}.status.json")) as handle:
+                return json.load(handle)
+        except (OSError, ValueError):
+            return None
+
+    def wait_ready(self, network="weft", timeout=30.0):
+        return wait_for(lambda: (self.status(network) or {}).get("ready"), timeout,
+                        what=f"{self.name} ready on {network} (log {self.log_path})")
+
+    def http(self, path: str):
+        """(status code, body) from the agent's metrics endpoint inside the node."""
+        code = ("import sys, urllib.request, urllib.error\n"
+                "try:\n r = urllib.request.urlopen(sys.argv[1], timeout=5); print(r.status); print(r.read().decode())\n"
+                "except urllib.error.HTTPError as e:\n print(e.code); print(e.read().decode())\n")
+        out = self.ns.run([sys.executable, "-c", code, f"http://127.0.0.1:9465{path}"], check=False).stdout
+        status, _, body = out.partition("\n")
+        return int(status or 0), body
+
+    def log(self) -> str:
+        try:
+            with open(self.log_path, errors="replace") as handle:
+                return handle.read()
+        except OSError:
+            return ""
+
+    # -- pods ------------------------------------------------------------------
+    def netconf(self, network="weft", bridge="cbr0", **overrides) -> dict:
+        conf = {"cniVersion": "1.0.0", "name": network, "type": "weft", "bridge": bridge,
+                "subnetFile": self.subnet_file(network), "dataDir": os.path.join(self.dir, "weft"),
+                "logFile": os.path.join(self.dir, "weft.log"),
+                "ipam": {"type": "weft-ipam", "dataDir": self.ipam_dir}}
+        conf.update(overrides)
+        return conf
+
+    def add_pod(self, network="weft", ifname="eth0", ns=None, conf=None, name=None) -> Pod:
+        cni = os.path.join(self.cluster.installed, "cni")
+        ns = ns or Namespace(f"wp{self.index}")
+        cid = f"{self.name}-{ns.name}-{ifname}"
+        pod_name = name or ns.name
+        out = invoke(f"{cni}/weft", "ADD", conf or self.netconf(network), container_id=cid,
+                     netns=ns.path, ifname=ifname, cni_path=cni, node=self.ns,
+                     args=f"K8S_POD_NAMESPACE=default;K8S_POD_NAME={pod_name}")
+        if out.code != 0:
+            raise RuntimeError(f"ADD on {self.name} failed: {out}")
+        pod = Pod(self, network, ns, cid, ifname, out.json)
+        self.pods.append(pod)
+        return pod
+
+    def delete_pod(self, pod, conf=None):
+        cni = os.path.join(self.cluster.installed, "cni")
+        return invoke(f"{cni}/weft", "DEL", conf or self.netconf(pod.network), container_id=pod.cid,
+                      netns=pod.ns.path, ifname=pod.ifname, cni_path=cni, node=self.ns)
+
+    def cleanup(self):
+        self.stop_agent()
+        for pod in self.pods:
+            pod.ns.delete()
+        self.ns.delete()
+
+
+class Cluster:
+    def __init__(self, workdir, installed, etcd_tls=False, etcd_auth=False, reconcile_interval=2.0):
+        self.workdir = str(workdir)
+        self.installed = str(installed)
+        self.reconcile_interval = reconcile_interval
+        self.nodes = []
+        self.underlay = Namespace("wul")
+        try:
+            self.underlay.run(["ip", "link", "add", "ul0", "type", "bridge"])
+            self.underlay.run(["ip", "addr", "add", f"{ETCD_IP}/24", "dev", "ul0"])
+            self.underlay.run(["ip", "link", "set", "ul0", "up"])
+            self.etcd = EtcdServer(os.path.join(self.workdir, "etcd"), tls=etcd_tls, auth=etcd_auth,
+                                   netns=self.underlay.name, host=ETCD_IP)
+            self.etcd.start()
+        except BaseException:
+            self.underlay.delete()
+            raise
+
+    def etcd_flags(self) -> list:
+        flags = []
+        kwargs = self.etcd.client_kwargs()
+        for key, flag in (("cafile", "--etcd-cafile"), ("certfile", "--etcd-certfile"),
+                          ("keyfile", "--etcd-keyfile"), ("username", "--etcd-username")):
+            if kwargs.get(key):
+                flags += [flag, kwargs[key]]
+        return flags
+
+    def add_node(self) -> Node:
+        node = Node(self, len(self.nodes) + 1)
+        self.nodes.append(node)
+        return node
+
+    def weftctl(self, *args, check=True):
+        """weftctl inside the underlay namespace (where etcd is reachable)."""
+        exe = os.path.join(self.installed, "bin", "weftctl")
+        env = dict(os.environ)
+        if self.etcd.auth:
+            env["WEFTD_ETCD_PASSWORD"] = self.etcd.client_kwargs()["password"]
+        command = args[0] if args[0] in ("network", "leases", "whois") else None
+        extra = ["--etcd-endpoints", self.etcd.endpoint, *self.etcd_flags()] if command else []
+        proc = subprocess.run(["ip", "netns", "exec", self.underlay.name, exe, *args, *extra],
+                              capture_output=True, text=True, timeout=60, env=env)
+        if check and proc.returncode != 0:
+            raise RuntimeError(f"weftctl {' '.join(args)}: {proc.stderr.strip()}")
+        return proc
+
+    def set_network(self, name: str, config: dict):
+        return self.weftctl("network", "set", name, "--config", json.dumps(config))
+
+    def cleanup(self):
+        for node in self.nodes:
+            node.cleanup()
+        self.etcd.cleanup()
+        self.underlay.delete()
+        shutil.rmtree(self.workdir, ignore_errors=True)
