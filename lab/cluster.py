@@ -17,6 +17,7 @@ from .cni import invoke
 from .etcd import EtcdServer
 from .namespaces import Namespace, sh
 
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 UNDERLAY = "192.168.100"
 ETCD_IP = f"{UNDERLAY}.254"
 AGENT_STOP_TIMEOUT = 15.0
@@ -34,12 +35,31 @@ def wait_for(predicate, timeout: float, interval: float = 0.05, what: str = "con
         time.sleep(interval)
 
 
+def serve_tcp(ns, address: str, port: int, count: int) -> subprocess.Popen:
+    """lab.tcp_echo's server inside `ns`; returns once it listens."""
+    server = subprocess.Popen(["ip", "netns", "exec", ns.name, sys.executable, "-m", "lab.tcp_echo",
+                               "serve", address, str(port), str(count)],
+                              stdout=subprocess.PIPE, text=True, cwd=REPO)
+    server.stdout.readline()  # "listening"
+    return server
+
+
 class Pod:
     def __init__(self, node, network, ns, cid, ifname, result):
         self.node, self.network, self.ns, self.cid, self.ifname, self.result = \
             node, network, ns, cid, ifname, result
         self.ips = [ip["address"].split("/")[0] for ip in result["ips"]]
         self.ip = self.ips[0]
+
+    def serve_tcp(self, port: int, count: int) -> subprocess.Popen:
+        """A TCP responder on this pod's first address answering `count` connections."""
+        return serve_tcp(self.ns, self.ip, port, count)
+
+    def tcp(self, address: str, port: int):
+        """The source address the server saw (None when unreachable)."""
+        out = self.ns.run([sys.executable, "-m", "lab.tcp_echo", "ask", address, str(port)],
+                          check=False, cwd=REPO)
+        return out.stdout.strip() if out.returncode == 0 else None
 
     def ping(self, address, count=1, wait=2) -> bool:
         flag = ["-6"] if ":" in address else []

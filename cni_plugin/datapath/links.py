@@ -6,6 +6,7 @@ import ipaddress
 from pyroute2.netlink.exceptions import NetlinkError
 
 from ..errors import IO_FAILURE, LINK_CONFLICT, CniError
+from . import sysctl
 
 
 def lookup(ipr, name: str):
@@ -29,6 +30,9 @@ def ensure_bridge(ipr, name: str, mtu: int) -> int:
     if link is None:
         try:
             ipr.link("add", ifname=name, kind="bridge", mtu=mtu)
+            # the gateway's link-local must answer neighbour discovery at once, not
+            # after a second of DAD (the first packets of every new node's pods)
+            sysctl.set_interface("ipv6", name, "accept_dad", "0")
         except NetlinkError as exc:
             if exc.code != errno.EEXIST:  # a concurrent ADD made it first
                 raise CniError(IO_FAILURE, f"cannot create bridge {name}: {exc}")

@@ -7,6 +7,7 @@ multicast).  The table goes away with the last pod.
 """
 
 import fcntl
+import ipaddress
 import json
 import os
 import re
@@ -45,8 +46,39 @@ def _locked(data_dir: str, network: str):
         os.close(fd)
 
 
-def _table_exists(table: str) -> bool:
-    return _nft(["list", "table", "inet", table], check=False).returncode == 0
+def _list_table(table: str):
+    """The table's sets as {name: [(value, comment)]}, or None when there is no table.
+    Interval elements come back as ("10.0.0.0/16", "")."""
+    proc = _nft(["-j", "list", "table", "inet", table], check=False)
+    if proc.returncode != 0:
+        return None
+    sets = {}
+    for item in json.loads(proc.stdout).get("nftables", []):
+        nft_set = item.get("set")
+        if not nft_set:
+            continue
+        elements = sets.setdefault(nft_set["name"], [])
+        for elem in nft_set.get("elem", []):
+            comment = ""
+            if isinstance(elem, dict) and "elem" in elem:
+                comment = elem["elem"].get("comment", "")
+                elem = elem["elem"].get("val")
+            if isinstance(elem, dict) and "prefix" in elem:
+                elem = f"{elem['prefix']['addr']}/{elem['prefix']['len']}"
+            elements.append((str(elem), comment))
+    return sets
+
+
+def _uncovered(networks: list, present: list) -> list:
+    """The networks not inside one already in the set (nft refuses overlapping intervals)."""
+    have = [ipaddress.ip_network(value, strict=False) for value, _ in present]
+    wanted = []
+    for version in (4, 6):
+        mine = [n for n in networks if n.version == version]
+        for net in ipaddress.collapse_addresses(mine):
+            if not any(h.version == version and net.subnet_of(h) for h in have):
+                wanted.append(net)
+    return wanted
 
 
 def _table_script(table: str) -> str:
@@ -68,8 +100,11 @@ def add(data_dir: str, network: str, attachment: str, pod_ips: list, keep_local:
     """Masquerade pod_ips (ip_interface) towards anything outside keep_local (networks)."""
     table = table_name(network)
     with _locked(data_dir, network):
-        script = "" if _table_exists(table) else _table_script(table)
-        for net in keep_local:
+        sets = _list_table(table)
+        script = _table_script(table) if sets is None else ""
+        sets = sets or {}
+        present = sets.get("nomasq4", []) + sets.get("nomasq6", [])
+        for net in _uncovered(list(keep_local), present):
             script += f"add element inet {table} nomasq{net.version} {{ {net} }}\n"
         for ip in pod_ips:
             script += f'add element inet {table} pods{ip.version} {{ {ip.ip} comment "{attachment}" }}\n'
@@ -77,21 +112,9 @@ def add(data_dir: str, network: str, attachment: str, pod_ips: list, keep_local:
 
 
 def _elements(table: str) -> dict:
-    """{set name: [(value, comment)]} for the pod sets; {} when the table is absent."""
-    proc = _nft(["-j", "list", "table", "inet", table], check=False)
-    if proc.returncode != 0:
-        return {}
-    out = {"pods4": [], "pods6": []}
-    for item in json.loads(proc.stdout).get("nftables", []):
-        nft_set = item.get("set")
-        if not nft_set or nft_set.get("name") not in out:
-            continue
-        for elem in nft_set.get("elem", []):
-            if isinstance(elem, dict) and "elem" in elem:
-                out[nft_set["name"]].append((elem["elem"].get("val"), elem["elem"].get("comment", "")))
-            else:
-                out[nft_set["name"]].append((elem, ""))
-    return out
+    """{pod set name: [(value, comment)]}; {} when the table is absent."""
+    sets = _list_table(table)
+    return {} if sets is None else {name: sets.get(name, []) for name in ("pods4", "pods6")}
 
 
 def remove(data_dir: str, network: str, attachment: str) -> None:
