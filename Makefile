@@ -31,7 +31,7 @@ unit: venv
 	$(DEV_VENV)/bin/python -m pytest tests/unit $(PYTEST_ARGS)
 
 demo: deps
-	$(DEV_VENV)/bin/python -m demo.single_node
+	$(DEV_VENV)/bin/python -m demo.cluster
 
 clean:
 	rm -rf $(DEV_VENV) build *.egg-info

@@ -7,17 +7,20 @@ import subprocess
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
-def demo_namespaces():
+def netns_names():
     out = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
-    return {line.split()[0] for line in out.splitlines() if line.startswith("weft-demo-")}
+    return {line.split()[0] for line in out.splitlines() if line.strip()}
 
 
 def test_make_demo(tmp_path):
+    before = netns_names()
     proc = subprocess.run(["make", "-s", "-C", REPO, "demo"], capture_output=True, text=True,
                           timeout=600, stdin=subprocess.DEVNULL)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     last = json.loads(proc.stdout.strip().splitlines()[-1])
-    assert last == {"demo": "single-node", "result": "ok"}
-    assert "pod-a  -> pod-b" in proc.stdout and "FAILED" not in proc.stdout
-    assert "held by demo/pod-b" in proc.stdout
-    assert demo_namespaces() == set(), "the demo left namespaces behind"
+    assert last == {"demo": "cluster", "nodes": 3, "pods": 6, "result": "ok"}
+    assert "cross-node ping matrix" in proc.stdout and "FAILED" not in proc.stdout
+    assert proc.stdout.count(" ok") == 6 * 5
+    assert all(f"node{i}" in proc.stdout for i in (1, 2, 3))
+    assert "network weft on node node1: ready" in proc.stdout
+    assert netns_names() == before, "the demo left namespaces behind"
