@@ -29,6 +29,7 @@ def main() -> int:
                    stdout=subprocess.DEVNULL)
     cluster = Cluster(os.path.join(work, "cluster"), os.path.join(work, "install"))
     ok = True
+    made = []
     try:
         cluster.set_network("weft", NETWORK)
         nodes = [cluster.add_node() for _ in range(NODES)]
@@ -56,10 +57,11 @@ def main() -> int:
                                   nodes[0].run_dir], check=False).stdout
         print("\nweftctl status on node1:\n" + status)
     finally:
+        made = cluster.namespace_names()
         cluster.cleanup()
         subprocess.run(["rm", "-rf", work], check=False)
     print(json.dumps({"demo": "cluster", "nodes": NODES, "pods": NODES * PODS_PER_NODE,
-                      "result": "ok" if ok else "FAILED"}))
+                      "result": "ok" if ok else "FAILED", "namespaces": made}))
     return 0 if ok else 1
 
 

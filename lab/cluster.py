@@ -238,6 +238,12 @@ class Cluster:
     def set_network(self, name: str, config: dict):
         return self.weftctl("network", "set", name, "--config", json.dumps(config))
 
+    def namespace_names(self) -> list:
+        names = [self.underlay.name]
+        for node in self.nodes:
+            names += [node.ns.name] + [pod.ns.name for pod in node.pods]
+        return names
+
     def cleanup(self):
         for node in self.nodes:
             node.cleanup()

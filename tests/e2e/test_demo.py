@@ -13,14 +13,15 @@ def netns_names():
 
 
 def test_make_demo(tmp_path):
-    before = netns_names()
     proc = subprocess.run(["make", "-s", "-C", REPO, "demo"], capture_output=True, text=True,
                           timeout=600, stdin=subprocess.DEVNULL)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     last = json.loads(proc.stdout.strip().splitlines()[-1])
+    made = last.pop("namespaces")
     assert last == {"demo": "cluster", "nodes": 3, "pods": 6, "result": "ok"}
+    assert len(made) == 1 + 3 + 6
     assert "cross-node ping matrix" in proc.stdout and "FAILED" not in proc.stdout
     assert proc.stdout.count(" ok") == 6 * 5
     assert all(f"node{i}" in proc.stdout for i in (1, 2, 3))
     assert "network weft on node node1: ready" in proc.stdout
-    assert netns_names() == before, "the demo left namespaces behind"
+    assert not set(made) & netns_names(), "the demo left namespaces behind"
