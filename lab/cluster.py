@@ -165,14 +165,20 @@ class Node:
 
     def add_pod(self, network="weft", ifname="eth0", ns=None, conf=None, name=None) -> Pod:
         cni = os.path.join(self.cluster.installed, "cni")
+        made = ns is None
         ns = ns or Namespace(f"wp{self.index}")
         cid = f"{self.name}-{ns.name}-{ifname}"
         pod_name = name or ns.name
-        out = invoke(f"{cni}/weft", "ADD", conf or self.netconf(network), container_id=cid,
-                     netns=ns.path, ifname=ifname, cni_path=cni, node=self.ns,
-                     args=f"K8S_POD_NAMESPACE=default;K8S_POD_NAME={pod_name}")
-        if out.code != 0:
-            raise RuntimeError(f"ADD on {self.name} failed: {out}")
+        try:
+            out = invoke(f"{cni}/weft", "ADD", conf or self.netconf(network), container_id=cid,
+                         netns=ns.path, ifname=ifname, cni_path=cni, node=self.ns,
+                         args=f"K8S_POD_NAMESPACE=default;K8S_POD_NAME={pod_name}")
+            if out.code != 0:
+                raise RuntimeError(f"ADD on {self.name} failed: {out}")
+        except BaseException:
+            if made:  # no Pod holds it, so nothing else would remove it
+                ns.delete()
+            raise
         pod = Pod(self, network, ns, cid, ifname, out.json)
         self.pods.append(pod)
         return pod

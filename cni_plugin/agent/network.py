@@ -15,7 +15,7 @@ from ..subnet.lease import ConfigError, Lease, NetworkConfig
 from ..subnet.lease_manager import LeaseConflict, LeaseManager, NoFreeSubnet, remote_leases
 from ..subnet.registry import RegistryError
 
-BACKOFF_MIN, BACKOFF_MAX = 0.5, 10.0
+BACKOFF_MIN, BACKOFF_MAX = 0.5, 5.0
 RENEW_EVERY_MAX = 3600.0
 
 
@@ -37,6 +37,7 @@ class NetworkAgent:
         self.problem = "starting"
         self.conflict = None
         self.drift_repaired = 0
+        self.synced_once = False  # the first full sync programs every peer: not drift
         self.last_reconcile = None
         self.events = queue.Queue()
         self.stopping = threading.Event()
@@ -98,7 +99,8 @@ class NetworkAgent:
     def _repair_while_waiting(self, seconds):
         """Until the next attempt, keep the kernel in line with the last known leases."""
         deadline = time.monotonic() + seconds
-        if self.backend is not None and self.held is not None:
+        # only against leases actually seen: an empty list would tear down every peer
+        if self.backend is not None and self.held is not None and self.synced_once:
             self._reconcile()
         while not self.stopping.is_set():
             left = deadline - time.monotonic()
@@ -150,7 +152,7 @@ class NetworkAgent:
 
     # -- steady state: watch + periodic reconcile and renewal -----------------
     def _serve(self):
-        self._renew()  # recreates a vanished lease, or raises LeaseConflict
+        self._renew(verify=True)  # recreates a vanished lease, or raises LeaseConflict
         raw, revision = self.registry.list_leases(self.name)
         own = self.held.lease.key
         self._check_own(raw)
@@ -200,7 +202,7 @@ class NetworkAgent:
         if key == self.held.lease.key:
             if kind == "delete":
                 self.log.warning("our lease vanished; recreating it", extra=self._extra())
-                self._renew()
+                self._renew(verify=True)
             else:
                 self._check_own([(key, value, 1)])
             return
@@ -242,12 +244,13 @@ class NetworkAgent:
                 raise LeaseConflict(f"network {self.name}: subnet {key} of node {self.node.name} is "
                                     f"now held by {lease.node_name}; keeping the datapath")
 
-    def _renew(self):
+    def _renew(self, verify=False):
         before = self.held.lease_id
-        self.held = self.manager.renew(self.held, self.options.lease_ttl)
+        self.held = self.manager.renew(self.held, self.options.lease_ttl, verify)
         self.metrics.renewals.labels(self.name).inc()
         if self.held.lease_id != before:
             self.log.warning("lease recreated after it vanished", extra=self._extra())
+            self._write_status()
 
     def _reconcile(self):
         started = time.monotonic()
@@ -260,11 +263,15 @@ class NetworkAgent:
                 return
         self.metrics.reconcile_seconds.labels(self.name).observe(time.monotonic() - started)
         repaired = drift.added + drift.removed
-        if repaired:
+        if repaired and not self.synced_once:
+            self.log.info(f"programmed {repaired} kernel entries for {len(self.peers)} peers",
+                          extra=self._extra())
+        elif repaired:
             self.drift_repaired += repaired
             self.metrics.drift.labels(self.name).inc(repaired)
             self.log.warning(f"reconcile repaired {repaired} kernel entries: {'; '.join(drift.details)}",
                              extra=self._extra())
+        self.synced_once = True
         self.last_reconcile = time.time()
         self.metrics.peers.labels(self.name).set(len(self.peers))
         self.metrics.ready.labels(self.name).set(1 if self.ready else 0)

@@ -135,13 +135,21 @@ class LeaseManager:
         raise NoFreeSubnet(f"network {self.config.name}: no free /{self.config.subnet_len} subnet "
                            f"between {first} and {last} ({count} subnets, all leased or reserved)")
 
-    def renew(self, held: HeldLease, ttl: int) -> HeldLease:
+    def renew(self, held: HeldLease, ttl: int, verify: bool = False) -> HeldLease:
         """Keep the lease alive.  Vanished and still free: recreate the same subnet.
-        Taken by another node: LeaseConflict (the caller keeps the datapath)."""
-        if held.lease_id == 0 or self.registry.refresh(held.lease_id) > 0:
+        Taken by another node: LeaseConflict (the caller keeps the datapath).
+        verify: also check that the key is still there and bound to our etcd lease (a
+        key deleted or rebound while the etcd lease lives is recreated too)."""
+        if held.lease_id == 0:
             return held  # reservations do not expire
+        alive = self.registry.refresh(held.lease_id) > 0
+        if alive and not verify:
+            return held
         raw, _ = self.registry.list_leases(self.config.name)
         current = _parse_all(raw).get(held.lease.key)
+        if alive and current is not None and current[1] == held.lease_id and current[0] is not None \
+                and current[0].node_name == held.lease.node_name:
+            return held
         if current is None:
             again = self._create(held.lease.subnet, ttl)
             if again is not None:
