@@ -1,0 +1,157 @@
+"""Lease model and lease policy (pure logic; an in-memory registry stands in for etcd)."""
+
+import ipaddress
+import itertools
+import json
+
+import pytest
+
+from cni_plugin.subnet.lease import ConfigError, Lease, NetworkConfig, parse_subnet_key, subnet_key
+from cni_plugin.subnet.lease_manager import LeaseConflict, LeaseManager, NoFreeSubnet
+
+
+class MemoryRegistry:
+    """The slice of subnet.registry.Registry the lease policy uses, in memory."""
+
+    def __init__(self):
+        self.keys = {}  # key -> (value, lease id)
+        self.alive = set()
+        self.ids = itertools.count(100)
+
+    def list_leases(self, network):
+        return [(k, v, lid) for k, (v, lid) in sorted(self.keys.items())], 1
+
+    def create_lease(self, network, key, value, ttl):
+        if key in self.keys:
+            return None
+        lease_id = next(self.ids)
+        self.alive.add(lease_id)
+        self.keys[key] = (value, lease_id)
+        return lease_id
+
+    def update_lease(self, network, key, value, lease_id):
+        if self.keys.get(key, (None, None))[1] != lease_id:
+            return False
+        self.keys[key] = (value, lease_id)
+        return True
+
+    def refresh(self, lease_id):
+        return 60 if lease_id in self.alive else 0
+
+    def expire(self, lease_id):
+        self.alive.discard(lease_id)
+        for key, (_, lid) in list(self.keys.items()):
+            if lid == lease_id:
+                del self.keys[key]
+
+
+CONFIG = NetworkConfig.parse("weft", json.dumps({"Network": "10.244.0.0/22", "SubnetLen": 24}))
+
+
+def template(node="n1", mac="02:00:00:00:00:01"):
+    return Lease(subnet=ipaddress.IPv4Network("0.0.0.0/32"), public_ip=ipaddress.IPv4Address("192.0.2.1"),
+                 node_name=node, vtep_mac=mac)
+
+
+def manager(registry, tmp_path, node="n1"):
+    return LeaseManager(registry, CONFIG, template(node), str(tmp_path / node))
+
+
+def foreign(subnet, node):
+    return Lease(subnet=ipaddress.IPv4Network(subnet), public_ip=ipaddress.IPv4Address("192.0.2.9"),
+                 node_name=node).to_json()
+
+
+def test_config_defaults_and_range():
+    assert CONFIG.subnet_range() == (ipaddress.IPv4Network("10.244.1.0/24"), ipaddress.IPv4Network("10.244.3.0/24"))
+    assert CONFIG.subnet_count() == 3 and CONFIG.backend_type == "vxlan" and CONFIG.vni == 1
+
+
+@pytest.mark.parametrize("raw,needle", [
+    ({"Network": "10.0.0.0/33"}, "10.0.0.0/33"),
+    ({"Network": "10.0.0.0/16", "SubnetLen": 16}, "SubnetLen 16"),
+    ({"Network": "10.0.0.0/16", "Backend": {"Type": "udp"}}, "udp"),
+    ({"Network": "10.0.0.0/16", "Backend": {"VNI": 0}}, "VNI"),
+    ({"Network": "10.0.0.0/16", "SubnetMin": "10.1.0.0"}, "outside Network"),
+    ({"Network": "10.0.0.0/16", "EnableIPv6": True}, "IPv6Network"),
+    ({}, "Network is required"),
+])
+def test_config_errors_name_the_key(raw, needle):
+    with pytest.raises(ConfigError) as caught:
+        NetworkConfig.from_dict("weft", raw)
+    assert needle in str(caught.value)
+
+
+def test_lease_round_trip_and_key():
+    lease = Lease(subnet=ipaddress.IPv4Network("10.244.3.0/24"), public_ip=ipaddress.IPv4Address("192.0.2.3"),
+                  node_name="n3", vtep_mac="02:00:00:00:00:03",
+                  ipv6_subnet=ipaddress.IPv6Network("fd00::/64"))
+    assert lease.key == "10.244.3.0-24" == subnet_key(lease.subnet)
+    assert parse_subnet_key("/weft/networks/x/subnets/10.244.3.0-24") == lease.subnet
+    assert Lease.from_json(lease.key, lease.to_json()) == lease
+    assert json.loads(lease.to_json())["BackendData"] == {"VNI": 1, "VtepMAC": "02:00:00:00:00:03"}
+    with pytest.raises(ConfigError):
+        Lease.from_json("10.244.3.0-24", '{"NodeName": "x"}')
+
+
+def test_acquire_takes_a_free_subnet_and_skips_reservations(tmp_path):
+    registry = MemoryRegistry()
+    registry.keys["10.244.1.0-24"] = (foreign("10.244.1.0/24", "reserved-for-other"), 0)
+    registry.keys["10.244.2.0-24"] = (foreign("10.244.2.0/24", "n9"), 7)
+    held = manager(registry, tmp_path).acquire(60)
+    assert held.lease.subnet == ipaddress.IPv4Network("10.244.3.0/24")
+    with pytest.raises(NoFreeSubnet) as caught:
+        manager(registry, tmp_path, "n2").acquire(60)
+    assert "10.244.1.0/24" in str(caught.value) and "10.244.3.0/24" in str(caught.value)
+
+
+def test_acquire_reuses_own_lease_and_a_reservation_naming_us(tmp_path):
+    registry = MemoryRegistry()
+    first = manager(registry, tmp_path).acquire(60)
+    again = manager(registry, tmp_path).acquire(60)
+    assert again.lease_id == first.lease_id and again.lease.subnet == first.lease.subnet
+    registry.keys["10.244.2.0-24"] = (foreign("10.244.2.0/24", "n2"), 0)
+    reserved = manager(registry, tmp_path, "n2").acquire(60)
+    assert reserved.lease_id == 0 and str(reserved.lease.subnet) == "10.244.2.0/24"
+
+
+def test_restart_asks_for_the_recorded_subnet_and_never_takes_another_if_it_is_gone(tmp_path):
+    registry = MemoryRegistry()
+    held = manager(registry, tmp_path).acquire(60)
+    registry.expire(held.lease_id)
+    again = manager(registry, tmp_path).acquire(60)
+    assert again.lease.subnet == held.lease.subnet and again.lease_id != held.lease_id
+    registry.expire(again.lease_id)
+    registry.keys[held.lease.key] = (foreign(str(held.lease.subnet), "intruder"), 55)
+    with pytest.raises(LeaseConflict) as caught:
+        manager(registry, tmp_path).acquire(60)
+    assert "n1" in str(caught.value) and "intruder" in str(caught.value)
+    assert [v for v, _ in registry.keys.values() if '"n1"' in v] == []
+
+
+def test_renew_recreates_a_vanished_lease_or_reports_a_conflict(tmp_path):
+    registry = MemoryRegistry()
+    policy = manager(registry, tmp_path)
+    held = policy.acquire(60)
+    assert policy.renew(held, 60) is held
+    registry.expire(held.lease_id)
+    renewed = policy.renew(held, 60)
+    assert renewed.lease.subnet == held.lease.subnet and renewed.lease_id != held.lease_id
+    del registry.keys[renewed.lease.key]  # key deleted, etcd lease alive: only verify sees it
+    assert policy.renew(renewed, 60) is renewed
+    recreated = policy.renew(renewed, 60, verify=True)
+    assert recreated.lease_id != renewed.lease_id and recreated.lease.key in registry.keys
+    registry.expire(recreated.lease_id)
+    registry.keys[recreated.lease.key] = (foreign(str(recreated.lease.subnet), "n7"), 77)
+    with pytest.raises(LeaseConflict) as caught:
+        policy.renew(recreated, 60)
+    assert "held by n7" in str(caught.value)
+
+
+def test_adopt_publishes_a_changed_vtep_mac(tmp_path):
+    registry = MemoryRegistry()
+    held = manager(registry, tmp_path).acquire(60)
+    changed = LeaseManager(registry, CONFIG, template(mac="02:00:00:00:00:99"), str(tmp_path / "n1"))
+    again = changed.acquire(60)
+    assert again.lease_id == held.lease_id
+    assert json.loads(registry.keys[held.lease.key][0])["BackendData"]["VtepMAC"] == "02:00:00:00:00:99"
