@@ -12,6 +12,7 @@ from .errors import DELEGATE_FAILED, INVALID_NETCONF, CniError
 from .spec import result as cni_result
 
 DELEGATE_TIMEOUT = 60  # seconds; a runtime gives up long before this
+IN_PROCESS = "weft-ipam"  # found on CNI_PATH as usual, then run without an exec
 
 
 def find_plugin(plugin_type: str, path: list) -> str:
@@ -31,6 +32,8 @@ def find_plugin(plugin_type: str, path: list) -> str:
 def run(plugin_type: str, command: str, env, conf: dict):
     """Run the delegate; returns its normalized result for ADD, None otherwise."""
     executable = find_plugin(plugin_type, env.path)
+    if os.path.basename(executable) == IN_PROCESS:
+        return _run_in_process(executable, command, env, conf)
     environ = {k: v for k, v in os.environ.items() if not k.startswith("CNI_")}
     environ.update(env.as_environ())
     environ["CNI_COMMAND"] = command
@@ -48,6 +51,16 @@ def run(plugin_type: str, command: str, env, conf: dict):
     except OSError as exc:
         raise CniError(DELEGATE_FAILED, f"IPAM plugin {executable} could not be run: {exc}")
     return _interpret(executable, command, proc)
+
+
+def _run_in_process(executable: str, command: str, env, conf: dict):
+    """weft-ipam is weft's own: run its handlers here (same code, same file lock as
+    the executable) instead of paying for an exec and an interpreter start."""
+    from .invocation import run as run_invocation
+
+    environ = {**env.as_environ(), "CNI_COMMAND": command}
+    out, code = run_invocation(IN_PROCESS, environ, json.dumps(conf).encode())
+    return _interpret(executable, command, subprocess.CompletedProcess([executable], code, out, b""))
 
 
 def _interpret(executable: str, command: str, proc):

@@ -14,16 +14,26 @@ fi
 if ! "$venv/bin/python" -c "import cni_plugin, sys; sys.exit(not cni_plugin.__file__.startswith('$src/'))" 2>/dev/null; then
   "$venv/bin/pip" install -q --upgrade "$src"
 fi
-launch() {  # launch NAME DIR: copy bin/NAME with the venv interpreter, isolated mode
+pkg_dir=$("$venv/bin/python" -c "import cni_plugin, os; print(os.path.dirname(os.path.dirname(cni_plugin.__file__)))")
+launch() {  # launch NAME DIR FLAGS: bin/NAME bound to the venv's interpreter
   local tmp
   mkdir -p "$2"
-  tmp=$(mktemp "$2/.$1.XXXXXX")
-  { echo "#!$venv/bin/python -I"; tail -n +2 "$src/bin/$1"; } > "$tmp"
+  tmp=$(mkdtemp_in "$2" "$1")
+  if [ "$3" = "-IS" ]; then
+    # CNI plugins skip site processing (the forwarder needs only built-ins), so the
+    # package directory goes on sys.path by hand; standalone mode runs site later
+    { echo "#!$venv/bin/python -IS"
+      tail -n +2 "$src/bin/$1" | sed "s|^import sys\$|import sys\nsys.path.insert(0, \"$pkg_dir\")|"
+    } > "$tmp"
+  else
+    { echo "#!$venv/bin/python $3"; tail -n +2 "$src/bin/$1"; } > "$tmp"
+  fi
   chmod 0755 "$tmp"
   mv -f "$tmp" "$2/$1"
 }
-launch weft "$cni_bin"
-launch weft-ipam "$cni_bin"
-launch weftd "$bin_dir"
-launch weftctl "$bin_dir"
+mkdtemp_in() { mktemp "$1/.$2.XXXXXX"; }
+launch weft "$cni_bin" "-IS"
+launch weft-ipam "$cni_bin" "-IS"
+launch weftd "$bin_dir" "-I"
+launch weftctl "$bin_dir" "-I"
 echo "installed weft into $venv; plugins in $cni_bin; weftd, weftctl in $bin_dir"

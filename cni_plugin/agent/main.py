@@ -4,6 +4,7 @@ SIGTERM/SIGINT stop the agent and leave the datapath and the leases in place, so
 pods keep talking across a restart and the restarted agent finds its lease again.
 """
 
+import os
 import signal
 import sys
 import threading
@@ -16,6 +17,7 @@ def main(argv=None) -> int:
     log = logs.setup(args.log_level)
     from ..subnet.registry import Registry, RegistryError
     from .backend import make_backend
+    from .cni_server import CniServer
     from .history_publisher import HistoryPublisher
     from .network import NetworkAgent
     from .node import NodeError, NodeIdentity
@@ -51,6 +53,13 @@ def main(argv=None) -> int:
     except OSError as exc:
         log.error(f"cannot serve metrics on {args.metrics_addr}: {exc.strerror}", extra={"node": node.name})
         return 2
+    cni = CniServer(os.path.join(args.run_dir, "weftd.sock"), log, metrics)
+    try:
+        cni.start()
+    except OSError as exc:
+        log.error(f"cannot listen on {cni.path}: {exc.strerror}", extra={"node": node.name})
+        server.shutdown()
+        return 2
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
@@ -61,6 +70,7 @@ def main(argv=None) -> int:
     while not stop.wait(1.0):
         pass
     log.info("weftd stopping; datapath and leases stay in place", extra={"node": node.name})
+    cni.stop()  # finish calls in flight, then the networks
     for agent in agents:
         agent.stop()
     server.shutdown()

@@ -30,6 +30,11 @@ class Metrics:
                                          ["network"], registry=r,
                                          buckets=(.001, .0025, .005, .01, .025, .05, .1, .25, .5, 1))
 
+        self.cni_seconds = Histogram("weft_cni_request_seconds",
+                                     "CNI calls served on the agent socket, by plugin, command and exit",
+                                     ["role", "command", "exit"], registry=r,
+                                     buckets=(.002, .005, .01, .02, .05, .1, .25, .5, 1, 5))
+
     def render(self) -> bytes:
         return generate_latest(self.registry)
 

@@ -1,13 +1,9 @@
-"""weft-ipam: the CNI IPAM executable."""
+"""Entry point of the `weft-ipam` CNI plugin: forwards to weftd or runs standalone."""
 
-from ..spec import dispatch
+import sys
 
 
 def main() -> None:
-    from ..ipam.handlers import HANDLERS
+    from ..forwarder import main as forward
 
-    dispatch.main(HANDLERS)
-
-
-if __name__ == "__main__":
-    main()
+    sys.exit(forward("weft-ipam"))

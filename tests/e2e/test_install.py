@@ -25,9 +25,11 @@ def test_install_twice_gives_working_isolated_launchers(tmp_path):
     for plugin in ("weft", "weft-ipam"):
         exe = tmp_path / "cni" / plugin
         assert os.access(exe, os.X_OK)
-        assert exe.read_text().splitlines()[0] == f"#!{sys.prefix}/bin/python -I"
+        assert exe.read_text().splitlines()[0] == f"#!{sys.prefix}/bin/python -IS"
         out = subprocess.run([str(exe)], input=b'{"cniVersion": "0.4.0"}', env=env,
                              capture_output=True, timeout=30)
         assert out.returncode == 0 and json.loads(out.stdout)["cniVersion"] == "0.4.0"
+    for tool in ("weftd", "weftctl"):
+        assert (tmp_path / "bin" / tool).read_text().splitlines()[0] == f"#!{sys.prefix}/bin/python -I"
     usage = subprocess.run([str(tmp_path / "bin" / "weftctl"), "--help"], capture_output=True, text=True)
     assert usage.returncode == 0 and "whois" in usage.stdout

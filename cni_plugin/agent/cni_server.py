@@ -1,0 +1,119 @@
+"""The CNI fast path: weftd answers `weft`/`weft-ipam` invocations on a unix socket.
+
+Handlers run in this warm process (pyroute2 and friends already imported), in a
+bounded pool of threads; each call binds its own netlink sockets to the namespaces
+it touches, and weft-ipam allocates under the same file lock as the executable, so
+the agent and standalone executables can serve the same node at once.
+"""
+
+import os
+import socket
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+from ..forwarder import MAGIC
+from ..invocation import ROLES, run
+
+WORKERS = 16
+READ_TIMEOUT = 30.0
+
+
+def _recv_exact(conn, size: int) -> bytes:
+    data = bytearray()
+    while len(data) < size:
+        chunk = conn.recv(size - len(data))
+        if not chunk:
+            raise ConnectionError("client went away")
+        data += chunk
+    return bytes(data)
+
+
+def _read_line(conn, limit=64) -> bytes:
+    line = bytearray()
+    while not line.endswith(b"\n"):
+        if len(line) > limit:
+            raise ValueError("request header too long")
+        line += _recv_exact(conn, 1)
+    return bytes(line[:-1])
+
+
+def decode_request(conn) -> tuple:
+    header = _read_line(conn)
+    if not header.startswith(MAGIC):
+        raise ValueError(f"not a weft request: {header[:20]!r}")
+    role = header[len(MAGIC):].decode()
+    if role not in ROLES:
+        raise ValueError(f"unknown role {role!r}")
+    env_block = _recv_exact(conn, int.from_bytes(_recv_exact(conn, 4), "big"))
+    stdin = _recv_exact(conn, int.from_bytes(_recv_exact(conn, 4), "big"))
+    environ = {}
+    for item in env_block.split(b"\0"):
+        key, sep, value = item.decode().partition("=")
+        if sep and key.startswith("CNI_"):
+            environ[key] = value
+    return role, environ, stdin
+
+
+class CniServer:
+    def __init__(self, path: str, log, metrics=None):
+        self.path = path
+        self.log = log
+        self.metrics = metrics
+        self.pool = ThreadPoolExecutor(max_workers=WORKERS, thread_name_prefix="weftd-cni")
+        self.listener = None
+        self.thread = None
+
+    def start(self):
+        os.makedirs(os.path.dirname(self.path) or ".", exist_ok=True)
+        try:
+            os.unlink(self.path)  # a previous agent's socket
+        except FileNotFoundError:
+            pass
+        listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        old = os.umask(0o177)  # born 0600: root only, never briefly open to others
+        try:
+            listener.bind(self.path)
+        finally:
+            os.umask(old)
+        os.chmod(self.path, 0o600)
+        listener.listen(128)
+        self.listener = listener
+        self.thread = threading.Thread(target=self._accept, name="weftd-cni-accept", daemon=True)
+        self.thread.start()
+
+    def _accept(self):
+        while True:
+            try:
+                conn, _ = self.listener.accept()
+            except OSError:
+                return  # closed by stop()
+            self.pool.submit(self._serve, conn)
+
+    def _serve(self, conn):
+        with conn:
+            conn.settimeout(READ_TIMEOUT)
+            try:
+                role, environ, stdin = decode_request(conn)
+            except (OSError, ValueError, UnicodeDecodeError) as exc:
+                self.log.warning(f"bad CNI request on {self.path}: {exc}")
+                return
+            started = time.monotonic()
+            out, code = run(role, environ, stdin, via="agent")
+            if self.metrics is not None:
+                self.metrics.cni_seconds.labels(role, environ.get("CNI_COMMAND", ""), str(code)).observe(
+                    time.monotonic() - started)
+            try:
+                conn.sendall(code.to_bytes(4, "big", signed=True) + len(out).to_bytes(4, "big") + out)
+            except OSError as exc:  # the caller gave up (timeout): it already reported 11
+                self.log.warning(f"CNI {environ.get('CNI_COMMAND')} for "
+                                 f"{environ.get('CNI_CONTAINERID')} finished after its caller left: {exc}")
+
+    def stop(self):
+        if self.listener is not None:
+            self.listener.close()
+            try:
+                os.unlink(self.path)
+            except FileNotFoundError:
+                pass
+        self.pool.shutdown(wait=True)

@@ -1,0 +1,118 @@
+"""The `weft` and `weft-ipam` executables: hand the invocation to weftd, or run it here.
+
+This module is the whole start-up path of every CNI call, so it imports nothing but
+interpreter built-ins (`_socket` instead of `socket`, whose enum set-up costs more
+than the rest of the call).  It connects to the agent's unix socket (netconf key
+`agentSocket`, default /run/weft/weftd.sock), sends the CNI environment and stdin,
+and relays the agent's stdout and exit code.  No agent listening: the handlers run
+in this process (standalone mode, same semantics).  An agent that accepted the call
+but does not answer within the deadline: CNI error 11, so the runtime retries.
+
+Wire format (both directions length-prefixed, lengths 4-byte big-endian):
+  request:  b"WEFT1 " + role + b"\\n" + len + "KEY=VALUE\\0..." + len + stdin
+  reply:    exit code (4 bytes) + len + stdout
+"""
+
+import os
+import sys
+
+DEFAULT_SOCKET = "/run/weft/weftd.sock"
+DEFAULT_TIMEOUT = 60.0  # seconds; WEFT_AGENT_TIMEOUT overrides (runtimes wait minutes)
+MAGIC = b"WEFT1 "
+
+
+def socket_path(stdin: bytes) -> str:
+    if b'"agentSocket"' not in stdin:  # parse JSON only when the key is there
+        return DEFAULT_SOCKET
+    import json
+
+    try:
+        conf = json.loads(stdin)
+        path = conf.get("agentSocket") if isinstance(conf, dict) else None
+    except ValueError:
+        return DEFAULT_SOCKET
+    return path if isinstance(path, str) and path else DEFAULT_SOCKET
+
+
+def _frame(data: bytes) -> bytes:
+    return len(data).to_bytes(4, "big") + data
+
+
+def encode_request(role: str, environ, stdin: bytes) -> bytes:
+    env = b"".join(f"{k}={v}".encode() + b"\0" for k, v in environ.items()
+                   if k.startswith("CNI_"))
+    return MAGIC + role.encode() + b"\n" + _frame(env) + _frame(stdin)
+
+
+def _recv_exact(sock, size: int) -> bytes:
+    chunks, left = [], size
+    while left:
+        chunk = sock.recv(min(left, 1 << 20))
+        if not chunk:
+            raise ConnectionError("agent closed the connection early")
+        chunks.append(chunk)
+        left -= len(chunk)
+    return b"".join(chunks)
+
+
+class AgentUnavailable(Exception):
+    """Nobody listens on the socket: run standalone."""
+
+
+def ask_agent(path: str, role: str, environ, stdin: bytes, timeout: float):
+    """(stdout, exit code) from weftd; AgentUnavailable if it is not there."""
+    import _socket
+
+    sock = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)
+    try:
+        sock.settimeout(timeout)
+        try:
+            sock.connect(path)
+        except (FileNotFoundError, ConnectionRefusedError, PermissionError):
+            raise AgentUnavailable(path)
+        sock.sendall(encode_request(role, environ, stdin))
+        code = int.from_bytes(_recv_exact(sock, 4), "big", signed=True)
+        out = _recv_exact(sock, int.from_bytes(_recv_exact(sock, 4), "big"))
+        return out, code
+    finally:
+        sock.close()
+
+
+def _cni_error(code: int, msg: str, stdin: bytes) -> bytes:
+    version = "1.1.0"
+    marker = stdin.find(b'"cniVersion"')
+    if marker >= 0:  # answer in the caller's version without a JSON parse
+        tail = stdin[marker + 12:marker + 40].split(b'"')
+        if len(tail) > 1 and tail[1].replace(b".", b"").isdigit():
+            version = tail[1].decode()
+    msg = msg.replace("\\", "\\\\").replace('"', '\\"')
+    return (f'{{"cniVersion": "{version}", "code": {code}, "msg": "{msg}"}}\n').encode()
+
+
+def standalone(role: str, environ, stdin: bytes) -> tuple:
+    import site
+
+    site.main()  # the launcher skipped site processing; the handlers need site-packages
+    from cni_plugin.invocation import run
+
+    return run(role, environ, stdin)
+
+
+def main(role: str) -> int:
+    stdin = sys.stdin.buffer.read()
+    environ = os.environ
+    path = socket_path(stdin)
+    timeout = float(environ.get("WEFT_AGENT_TIMEOUT") or DEFAULT_TIMEOUT)
+    try:
+        out, code = ask_agent(path, role, environ, stdin, timeout)
+    except AgentUnavailable:
+        out, code = standalone(role, environ, stdin)
+    except TimeoutError:
+        out, code = _cni_error(11, f"weftd did not answer within {timeout:g}s on {path}; "
+                                   "the runtime should retry", stdin), 1
+    except OSError as exc:
+        out, code = _cni_error(11, f"weftd on {path} failed mid-call ({exc}); "
+                                   "the runtime should retry", stdin), 1
+    sys.stdout.buffer.write(out)
+    sys.stdout.buffer.flush()
+    return code
