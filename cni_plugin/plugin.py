@@ -8,7 +8,8 @@ import ipaddress
 
 from . import delegate, plugin_config
 from .datapath.naming import HOST_VETH_PREFIX, host_veth_name
-from .errors import ATTACHMENT_EXISTS, DELEGATE_FAILED, INVALID_NETCONF, NOT_AVAILABLE_LIMITED, CniError
+from .errors import (ATTACHMENT_EXISTS, CHECK_FAILED, DELEGATE_FAILED, INVALID_NETCONF,
+                     NOT_AVAILABLE_LIMITED, CniError)
 from .spec import result as cni_result
 
 
@@ -41,30 +42,28 @@ def _container_routes(cfg, ipam: dict) -> list:
     return routes
 
 
-def _setup(cfg, env, mac: str, ipam: dict, ipr) -> dict:
+def _setup(cfg, env, mac: str, ipam: dict, rt) -> dict:
     from .datapath import container, links, masq, netns, sysctl
 
     ips = [ipaddress.ip_interface(entry["address"]) for entry in ipam["ips"]]
-    bridge_index = links.ensure_bridge(ipr, cfg.bridge, cfg.mtu)
+    bridge = links.ensure_bridge(rt, cfg.bridge, cfg.mtu)
     sysctl.set_interface("ipv6", cfg.bridge, "accept_ra", "0")
     if cfg.is_gateway:
         for entry, ip in zip(ipam["ips"], ips):
-            links.ensure_gateway_address(ipr, cfg.bridge, bridge_index, _gateway_of(entry),
+            links.ensure_gateway_address(rt, cfg.bridge, bridge.index, _gateway_of(entry),
                                          ip.network, cfg.force_address)
         sysctl.enable_forwarding({ip.version for ip in ips})
     host_name = host_veth_name(env.container_id, env.ifname)
-    host_index = links.create_veth(ipr, host_name, env.netns, env.ifname, cfg.mtu)
+    host = links.create_veth(rt, host_name, env.netns, env.ifname, cfg.mtu)
     sysctl.set_interface("ipv6", host_name, "accept_ra", "0")
-    links.attach_to_bridge(ipr, host_index, bridge_index, cfg.hairpin_mode)
+    links.attach_to_bridge(rt, host.index, bridge.index, cfg.hairpin_mode)
     routes = _container_routes(cfg, ipam)
-    with netns.open_container(env.netns) as cipr:
-        inside = container.configure(cipr, env.ifname, mac, ips, routes)
+    with netns.open_container(env.netns) as crt:
+        inside = container.configure(crt, env.ifname, mac, ips, routes)
     if cfg.ip_masq:
         masq.add(cfg.data_dir, cfg.name, _attachment(env), ips,
                  [ip.network for ip in ips] + list(cfg.cluster_networks))
-    bridge_mac = links.lookup(ipr, cfg.bridge).get("address")
-    host_mac = links.lookup(ipr, host_name).get("address")
-    return _result(cfg, env, ipam, routes, inside, [(cfg.bridge, bridge_mac), (host_name, host_mac)])
+    return _result(cfg, env, ipam, routes, inside, [(cfg.bridge, bridge.address), (host_name, host.address)])
 
 
 def _result(cfg, env, ipam: dict, routes: list, inside: dict, host_links: list) -> dict:
@@ -100,25 +99,25 @@ def cmd_add(env, conf):
     mac = plugin_config.requested_mac(cfg, env)
     netns.check_container_netns(env.netns)
     host_name = host_veth_name(env.container_id, env.ifname)
-    with netns.open_host() as ipr:
-        if links.lookup(ipr, host_name) is not None:
+    with netns.open_node() as rt:
+        if rt.link(host_name) is not None:
             raise CniError(ATTACHMENT_EXISTS, f"attachment {_attachment(env)} already exists (host "
                            f"veth {host_name}); the runtime must DEL it before adding it again")
         ipam = delegate.run(cfg.ipam_type, "ADD", env, cfg.delegate_conf)
         try:
             if not ipam["ips"]:
                 raise CniError(DELEGATE_FAILED, f"IPAM plugin {cfg.ipam_type} returned no IP address")
-            return _setup(cfg, env, mac, ipam, ipr)
+            return _setup(cfg, env, mac, ipam, rt)
         except BaseException:
-            _rollback(cfg, env, ipr, host_name)
+            _rollback(cfg, env, rt, host_name)
             raise
 
 
-def _rollback(cfg, env, ipr, host_name: str) -> None:
+def _rollback(cfg, env, rt, host_name: str) -> None:
     """Undo a failed ADD: links, masquerade entries, the IP allocation."""
     from .datapath import links, masq
 
-    for step in (lambda: links.delete(ipr, host_name),
+    for step in (lambda: links.delete(rt, host_name),
                  lambda: cfg.ip_masq and masq.remove(cfg.data_dir, cfg.name, _attachment(env)),
                  lambda: delegate.run(cfg.ipam_type, "DEL", env, cfg.delegate_conf)):
         try:
@@ -135,12 +134,12 @@ def cmd_del(env, conf):
     host_name = host_veth_name(env.container_id, env.ifname)
     if env.netns and netns.netns_exists(env.netns):
         try:
-            with netns.open_container(env.netns) as cipr:
-                container.delete_interface(cipr, env.ifname)
+            with netns.open_container(env.netns) as crt:
+                container.delete_interface(crt, env.ifname)
         except Exception as exc:
             errors.append(exc)
-    with netns.open_host() as ipr:
-        links.delete(ipr, host_name)
+    with netns.open_node() as rt:
+        links.delete(rt, host_name)
     if cfg.ip_masq:
         try:
             masq.remove(cfg.data_dir, cfg.name, _attachment(env))
@@ -190,20 +189,20 @@ def cmd_check(env, conf):
     # routes that named no gateway were installed via the family's gateway
     routes = [(dst, gw if gw is not None else gateways.get(dst.version)) for dst, gw in routes
               if dst.version in gateways]
-    with netns.open_container(env.netns) as cipr:
-        container.verify(cipr, env.ifname, iface.get("mac", ""), ips, routes, cfg.mtu)
+    with netns.open_container(env.netns) as crt:
+        container.verify(crt, env.ifname, iface.get("mac", ""), ips, routes, cfg.mtu)
     host_name = host_veth_name(env.container_id, env.ifname)
-    with netns.open_host() as ipr:
-        bridge = links.lookup(ipr, cfg.bridge)
-        host = links.lookup(ipr, host_name)
-        if bridge is None:
-            raise CniError(104, f"bridge {cfg.bridge} is missing")
-        if host is None:
-            raise CniError(104, f"host veth {host_name} of {_attachment(env)} is missing")
-        if host.get("master") != bridge["index"]:
-            raise CniError(104, f"host veth {host_name} is not attached to bridge {cfg.bridge}")
-        if host.get("mtu") != cfg.mtu:
-            raise CniError(104, f"host veth {host_name} has MTU {host.get('mtu')}, expected {cfg.mtu}")
+    with netns.open_node() as rt:
+        bridge = rt.link(cfg.bridge)
+        host = rt.link(host_name)
+    if bridge is None:
+        raise CniError(CHECK_FAILED, f"bridge {cfg.bridge} is missing")
+    if host is None:
+        raise CniError(CHECK_FAILED, f"host veth {host_name} of {_attachment(env)} is missing")
+    if host.master != bridge.index:
+        raise CniError(CHECK_FAILED, f"host veth {host_name} is not attached to bridge {cfg.bridge}")
+    if host.mtu != cfg.mtu:
+        raise CniError(CHECK_FAILED, f"host veth {host_name} has MTU {host.mtu}, expected {cfg.mtu}")
 
 
 def _valid_attachments(conf: dict) -> list:
@@ -225,13 +224,13 @@ def cmd_gc(env, conf):
     keep_links = {host_veth_name(a["containerID"], a["ifname"]) for a in valid}
     keep_masq = {f"{a['containerID']}/{a['ifname']}" for a in valid}
     errors = []
-    with netns.open_host() as ipr:
-        bridge = links.lookup(ipr, cfg.bridge)
+    with netns.open_node() as rt:
+        bridge = rt.link(cfg.bridge)
         if bridge is not None:
-            for name in links.veths_on_bridge(ipr, bridge["index"]):
+            for name in links.veths_on_bridge(rt, bridge.index):
                 if name.startswith(HOST_VETH_PREFIX) and name not in keep_links:
                     try:
-                        links.delete(ipr, name)
+                        links.delete(rt, name)
                     except Exception as exc:
                         errors.append(CniError(5, f"cannot delete stale veth {name}: {exc}"))
     if cfg.ip_masq:

@@ -1,109 +1,95 @@
-"""Bridge and veth links on the host side of an attachment."""
+"""Bridge and veth links on the host side of an attachment (over datapath.rtnl)."""
 
 import errno
 import ipaddress
-
-from pyroute2.netlink.exceptions import NetlinkError
+import os
 
 from ..errors import IO_FAILURE, LINK_CONFLICT, CniError
 from . import sysctl
+from .rtnl import RtnlError
 
 
-def lookup(ipr, name: str):
-    """The link message for `name`, or None."""
-    try:
-        return ipr.link("get", ifname=name)[0]
-    except NetlinkError as exc:
-        if exc.code == errno.ENODEV:
-            return None
-        raise
-
-
-def kind_of(link) -> str:
-    info = link.get("IFLA_LINKINFO")
-    return (info.get("IFLA_INFO_KIND") if info else None) or ""
-
-
-def ensure_bridge(ipr, name: str, mtu: int) -> int:
-    """The bridge's ifindex; created (up, with `mtu`) when missing."""
-    link = lookup(ipr, name)
+def ensure_bridge(rt, name: str, mtu: int):
+    """The bridge's Link; created (up, with `mtu`) when missing."""
+    link = rt.link(name)
     if link is None:
         try:
-            ipr.link("add", ifname=name, kind="bridge", mtu=mtu)
+            rt.add_bridge(name, mtu, random_mac())
             # the gateway's link-local must answer neighbour discovery at once, not
             # after a second of DAD (the first packets of every new node's pods)
             sysctl.set_interface("ipv6", name, "accept_dad", "0")
-        except NetlinkError as exc:
+        except RtnlError as exc:
             if exc.code != errno.EEXIST:  # a concurrent ADD made it first
-                raise CniError(IO_FAILURE, f"cannot create bridge {name}: {exc}")
-        link = lookup(ipr, name)
-    if link is None or kind_of(link) != "bridge":
+                raise CniError(IO_FAILURE, f"cannot create bridge {name}: {exc.strerror}")
+        link = rt.link(name)
+    if link is None or link.kind != "bridge":
         raise CniError(LINK_CONFLICT, f"link {name} exists and is not a bridge "
-                       f"(kind {kind_of(link) or 'unknown'}); set `bridge` to another name")
-    index = link["index"]
-    if link.get("mtu") != mtu or link.get("state") != "up":
-        ipr.link("set", index=index, mtu=mtu, state="up")
-    return index
+                       f"(kind {(link.kind if link else '') or 'unknown'}); set `bridge` to another name")
+    if link.mtu != mtu or not link.up:
+        rt.set_link(link.index, mtu=mtu, up=True)
+    return link
 
 
-def ensure_gateway_address(ipr, bridge: str, index: int, gateway: ipaddress._BaseAddress,
-                           network: ipaddress._BaseNetwork, force: bool) -> None:
+def ensure_gateway_address(rt, bridge: str, index: int, gateway, network, force: bool) -> None:
     """Put gateway/prefix on the bridge.  A different address of the same subnet is an
     error unless `force` (then it is replaced); addresses of other subnets stay."""
-    family = 4 if gateway.version == 4 else 6
     wanted = ipaddress.ip_interface(f"{gateway}/{network.prefixlen}")
-    for msg in ipr.addr("dump", index=index):
-        if msg.get("family") != (2 if family == 4 else 10):
+    for have in rt.addresses(index):
+        if have.version != wanted.version:
             continue
-        have = ipaddress.ip_interface(f"{msg.get('IFA_ADDRESS')}/{msg['prefixlen']}")
         if have == wanted:
             return
         if have.network.overlaps(network):
             if not force:
                 raise CniError(LINK_CONFLICT, f"bridge {bridge} already has address {have}, not "
                                f"{wanted}; remove it or set forceAddress: true")
-            ipr.addr("del", index=index, address=str(have.ip), prefixlen=have.network.prefixlen)
+            rt.delete_address(index, have)
     try:
-        ipr.addr("add", index=index, address=str(wanted.ip), prefixlen=network.prefixlen,
-                 **({"flags": 0x02} if family == 6 else {}))  # IFA_F_NODAD on IPv6
-    except NetlinkError as exc:
+        rt.add_address(index, wanted, nodad=wanted.version == 6)
+    except RtnlError as exc:
         if exc.code != errno.EEXIST:  # a concurrent ADD added it first
-            raise CniError(IO_FAILURE, f"cannot add {wanted} to bridge {bridge}: {exc}")
+            raise CniError(IO_FAILURE, f"cannot add {wanted} to bridge {bridge}: {exc.strerror}")
 
 
-def create_veth(ipr, host_name: str, netns_path: str, ifname: str, mtu: int) -> int:
+def create_veth(rt, host_name: str, netns_path: str, ifname: str, mtu: int):
     """A veth pair: host_name here, its peer named `ifname` inside netns_path."""
     try:
-        ipr.link("add", ifname=host_name, kind="veth", mtu=mtu,
-                 peer={"ifname": ifname, "net_ns_fd": netns_path, "mtu": mtu})
-    except NetlinkError as exc:
+        rt.add_veth(host_name, ifname, netns_path, mtu)
+    except RtnlError as exc:
         if exc.code == errno.EEXIST:
             raise CniError(LINK_CONFLICT, f"cannot create veth {host_name} with peer {ifname} in "
                            f"{netns_path}: a link of that name already exists (in the host or the "
                            "container)")
-        raise CniError(IO_FAILURE, f"cannot create veth {host_name}: {exc}")
-    return lookup(ipr, host_name)["index"]
+        raise CniError(IO_FAILURE, f"cannot create veth {host_name}: {exc.strerror}")
+    return rt.link(host_name)
 
 
-def attach_to_bridge(ipr, index: int, bridge_index: int, hairpin: bool) -> None:
-    ipr.link("set", index=index, master=bridge_index)
-    if hairpin:
-        ipr.brport("set", index=index, mode=1)
-    ipr.link("set", index=index, state="up")
+def attach_to_bridge(rt, index: int, bridge_index: int, hairpin: bool) -> None:
+    rt.set_link(index, master=bridge_index, up=not hairpin)
+    if hairpin:  # a bridge-port option: only once it is a port
+        rt.set_link(index, hairpin=True, up=True)
 
 
-def delete(ipr, name: str) -> bool:
+def random_mac() -> str:
+    octets = bytearray(os.urandom(6))
+    octets[0] = (octets[0] & 0xFE) | 0x02  # unicast, locally administered
+    return ":".join(f"{b:02x}" for b in octets)
+
+
+def delete(rt, name: str) -> bool:
     """Delete link `name`; False when it did not exist."""
+    link = rt.link(name)
+    if link is None:
+        return False
     try:
-        ipr.link("del", ifname=name)
+        rt.delete_link(link.index)
         return True
-    except NetlinkError as exc:
+    except RtnlError as exc:
         if exc.code in (errno.ENODEV, errno.ENOENT):
             return False
         raise
 
 
-def veths_on_bridge(ipr, bridge_index: int) -> list:
+def veths_on_bridge(rt, bridge_index: int) -> list:
     """Names of the veth links enslaved to the bridge."""
-    return [link.get("ifname") for link in ipr.link("dump")
-            if link.get("master") == bridge_index and kind_of(link) == "veth"]
+    return [link.name for link in rt.links() if link.master == bridge_index and link.kind == "veth"]

@@ -49,12 +49,25 @@ def netns_exists(path: str) -> bool:
 
 
 def open_container(path: str):
+    """A netlink client for the pod's namespace (the hot path: datapath.rtnl)."""
+    from .rtnl import Rtnl
+
+    try:
+        return Rtnl(path)
+    except OSError as exc:
+        raise CniError(INVALID_NETNS, f"CNI_NETNS {path} cannot be entered: {exc.strerror}")
+
+
+def open_node():
+    """A netlink client for this (the node's) namespace, for the per-pod path."""
+    from .rtnl import Rtnl
+
+    return Rtnl()
+
+
+def open_host(path: str = None):
+    """pyroute2's full client for this namespace, or for `path` (the agent's overlay
+    work, and tests that build a node's overlay from outside)."""
     from pyroute2 import IPRoute
 
-    return IPRoute(netns=path, flags=0)
-
-
-def open_host():
-    from pyroute2 import IPRoute
-
-    return IPRoute()
+    return IPRoute(netns=path, flags=0) if path else IPRoute()

@@ -6,10 +6,24 @@ from typing import NamedTuple
 
 from pyroute2.netlink.exceptions import NetlinkError
 
-from .links import kind_of, lookup
 from .overlay import AF_INET, AF_INET6, IFA_F_NODAD, RT_SCOPE_UNIVERSE, OverlayError
 
 VXLAN_OVERHEAD = 50  # outer IPv4 20 + UDP 8 + VXLAN 8 + inner Ethernet 14 (70 over IPv6)
+
+
+def lookup(ipr, name: str):
+    """pyroute2's link message for `name`, or None."""
+    try:
+        return ipr.link("get", ifname=name)[0]
+    except NetlinkError as exc:
+        if exc.code == errno.ENODEV:
+            return None
+        raise
+
+
+def kind_of(link) -> str:
+    info = link.get("IFLA_LINKINFO")
+    return (info.get("IFLA_INFO_KIND") if info else None) or ""
 
 
 def vxlan_device_name(vni: int) -> str:

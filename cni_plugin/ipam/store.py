@@ -214,8 +214,16 @@ class Store:
         return None if text is None else _parse_ip(text)
 
     def set_last_reserved(self, range_set_index: int, ip) -> None:
+        """Atomic but not synced: the round-robin position is a hint, and a crash that
+        loses it only makes the next search start earlier (no address is at risk)."""
         path = os.path.join(self.dir, f"{LAST_RESERVED_PREFIX}{range_set_index}")
-        _write_atomic(path, str(ip).encode())
+        temp = f"{path}{_TEMP_SUFFIX}"
+        fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, FILE_MODE)
+        try:
+            os.write(fd, str(ip).encode())
+        finally:
+            os.close(fd)
+        os.replace(temp, path)
 
     # --- walking (GC only) --------------------------------------------------
 

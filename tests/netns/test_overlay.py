@@ -13,7 +13,7 @@ import time
 import pytest
 
 from cni_plugin.datapath import overlay
-from cni_plugin.datapath.netns import open_container
+from cni_plugin.datapath.netns import open_host
 from cni_plugin.datapath.overlay import WEFT_RTPROT, Drift, OverlayError, Plan
 from cni_plugin.datapath.vxlan import ensure_vxlan, vxlan_device_name
 from cni_plugin.subnet.lease import Lease, NetworkConfig
@@ -42,7 +42,7 @@ class Node:
         lab.underlay.ip("link", "set", f"u{n}", "master", "br0", "up")
         self.ns.ip("addr", "add", str(self.public_ip), "dev", "eth0")
         self.ns.ip("link", "set", "eth0", "up")
-        self.ipr = open_container(self.ns.path)  # IPRoute(netns=path, flags=0)
+        self.ipr = open_host(self.ns.path)  # IPRoute(netns=path, flags=0)
         lab.sockets.append(self.ipr)
         self.subnet = ipaddress.ip_network(f"10.244.{n}.0/24")
         self.subnet6 = cfg.ipv6_subnet_for(self.subnet)
