@@ -93,7 +93,7 @@ def _release(cfg, env, errors: list) -> None:
 
 
 def cmd_add(env, conf):
-    from .datapath import links, netns
+    from .datapath import netns
 
     cfg = plugin_config.load(conf, "ADD")
     mac = plugin_config.requested_mac(cfg, env)
@@ -127,7 +127,7 @@ def _rollback(cfg, env, rt, host_name: str) -> None:
 
 
 def cmd_del(env, conf):
-    from .datapath import container, links, masq, netns
+    from .datapath import links, masq, netns
 
     cfg = plugin_config.load(conf, "DEL")
     errors = []
@@ -135,7 +135,7 @@ def cmd_del(env, conf):
     if env.netns and netns.netns_exists(env.netns):
         try:
             with netns.open_container(env.netns) as crt:
-                container.delete_interface(crt, env.ifname)
+                links.delete(crt, env.ifname)  # takes the host end with it
         except Exception as exc:
             errors.append(exc)
     with netns.open_node() as rt:
@@ -172,7 +172,7 @@ def _prev_attachment(cfg, env):
 
 
 def cmd_check(env, conf):
-    from .datapath import container, links, netns
+    from .datapath import container, netns
 
     cfg = plugin_config.load(conf, "CHECK")
     iface, ips, prev = _prev_attachment(cfg, env)

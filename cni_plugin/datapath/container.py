@@ -46,16 +46,3 @@ def verify(rt, ifname: str, mac: str, ips: list, routes: list, mtu: int) -> None
         if (dst, gateway) not in present:
             via = f" via {gateway}" if gateway else ""
             raise CniError(CHECK_FAILED, f"route {dst}{via} on {ifname} is missing in the container")
-
-
-def delete_interface(rt, ifname: str) -> bool:
-    link = rt.link(ifname)
-    if link is None:
-        return False
-    try:
-        rt.delete_link(link.index)
-    except RtnlError as exc:
-        if exc.code not in (errno.ENODEV, errno.ENOENT):
-            raise
-        return False
-    return True

@@ -14,7 +14,6 @@ import time
 
 from lab.cluster import wait_for
 from lab.cni import invoke
-from lab.namespaces import sh
 
 VXLAN = {"Network": "10.244.0.0/16", "Backend": {"Type": "vxlan", "VNI": 1}}
 DEVICE = "weft.1"
@@ -136,7 +135,7 @@ def test_node_removal_cleans_peers(cluster):
         converged[node.name] = time.monotonic() - started
         wait_for(lambda: all("node3" not in p for p in node.status()["peers"]), 10,
                  what=f"{node.name} status forgets node3")
-    print(f"\nnode removal: revoke -> kernel cleanup "
+    print("\nnode removal: revoke -> kernel cleanup "
           + ", ".join(f"{name} {secs * 1000:.0f} ms" for name, secs in converged.items())
           + f" (all nodes {max(converged.values()) * 1000:.0f} ms)")
     assert "node3" not in [row.get("node") for row in leases(cluster)]
