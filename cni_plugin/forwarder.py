@@ -13,7 +13,7 @@ Wire format (both directions length-prefixed, lengths 4-byte big-endian):
   reply:    exit code (4 bytes) + len + stdout
 """
 
-import os
+import posix  # built in; `os` would cost a module import on every call
 import sys
 
 DEFAULT_SOCKET = "/run/weft/weftd.sock"
@@ -49,9 +49,13 @@ def _frame(data: bytes) -> bytes:
 
 
 def encode_request(role: str, environ, stdin: bytes) -> bytes:
-    env = b"".join(f"{k}={v}".encode() + b"\0" for k, v in environ.items()
-                   if k.startswith("CNI_"))
-    return MAGIC + role.encode() + b"\n" + _frame(env) + _frame(stdin)
+    """environ: str or bytes keys and values (os.environ or posix.environ)."""
+    items = []
+    for key, value in environ.items():
+        key = key if isinstance(key, bytes) else key.encode()
+        if key.startswith(b"CNI_"):
+            items.append(key + b"=" + (value if isinstance(value, bytes) else value.encode()) + b"\0")
+    return MAGIC + role.encode() + b"\n" + _frame(b"".join(items)) + _frame(stdin)
 
 
 def _recv_exact(sock, size: int) -> bytes:
@@ -99,24 +103,25 @@ def _cni_error(code: int, msg: str, stdin: bytes) -> bytes:
     return (f'{{"cniVersion": "{version}", "code": {code}, "msg": "{msg}"}}\n').encode()
 
 
-def standalone(role: str, environ, stdin: bytes) -> tuple:
+def standalone(role: str, stdin: bytes) -> tuple:
+    import os
     import site
 
     site.main()  # the launcher skipped site processing; the handlers need site-packages
     from cni_plugin.invocation import run
 
-    return run(role, environ, stdin)
+    return run(role, os.environ, stdin)
 
 
 def main(role: str) -> int:
     stdin = sys.stdin.buffer.read()
-    environ = os.environ
+    environ = posix.environ  # bytes keys and values
     path = socket_path(stdin)
-    timeout = float(environ.get("WEFT_AGENT_TIMEOUT") or DEFAULT_TIMEOUT)
+    timeout = float(environ.get(b"WEFT_AGENT_TIMEOUT") or DEFAULT_TIMEOUT)
     try:
         out, code = ask_agent(path, role, environ, stdin, timeout)
     except AgentUnavailable:
-        out, code = standalone(role, environ, stdin)
+        out, code = standalone(role, stdin)
     except TimeoutError:
         out, code = _cni_error(11, f"weftd did not answer within {timeout:g}s on {path}; "
                                    "the runtime should retry", stdin), 1

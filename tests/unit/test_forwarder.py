@@ -38,7 +38,7 @@ def test_forwarder_imports_no_heavy_modules(tmp_path):
     conf.write_text(json.dumps({"cniVersion": "1.0.0", "agentSocket": "/run/x.sock"}))
     code = ("import sys; from cni_plugin import forwarder; "
             "forwarder.socket_path(open(sys.argv[1], 'rb').read()); "
-            "print(sorted(m for m in ('json', 're', 'enum', 'socket', 'pyroute2', 'asyncio') if m in sys.modules))")
+            "print(sorted(m for m in ('os', 'json', 're', 'enum', 'socket', 'pyroute2', 'asyncio') if m in sys.modules))")
     repo = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     out = subprocess.run([sys.executable, "-IS", "-c", f"import sys; sys.path.insert(0, {repo!r}); {code}", str(conf)],
                          capture_output=True, text=True)
