@@ -1,0 +1,11 @@
+"""weft's benchmark (`make bench`): weft against the reference Go plugins, side by side.
+
+    python -m bench.run [--attachments N] [--smoke] [--out DIR] [--only FIGURE,...]
+
+Every figure runs inside network namespaces made for the run (random suffixes) and
+removed at the end, even on failure or Ctrl-C; processes are stopped by PID.
+Modules: run (main, JSON, table), context (run-wide state, stats, cleanup),
+contenders (the three CNI contenders), attach (sequential / parallel / scale
+figures), throughput (iperf3 against hand-built topologies), convergence (a
+20-node cluster: lease -> datapath on every node, agent RSS), report (targets, tables).
+"""

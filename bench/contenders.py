@@ -1,0 +1,149 @@
+"""The three CNI contenders, each on its own bridge/subnet in its own node namespace.
+
+  go               /usr/lib/cni/bridge + host-local (the reference Go chain)
+  weft-standalone  weft with agentSocket pointing where nobody listens (handlers run per exec)
+  weft-agent       weft forwarding to a weftd running in that node namespace
+
+All are called the same way: lab.cni.invoke runs the executable inside the node
+namespace (`ip netns exec`), with the same environment shape and a netconf that
+asks for the same thing (bridge, gateway address on it, default route in the pod,
+no masquerade, one /16 range).
+"""
+
+import os
+import signal
+import socket
+import subprocess
+import time
+
+from lab import netns_batch
+from lab.cni import invoke
+
+from .context import ensure_dir, rss_mib
+
+GO, STANDALONE, AGENT = "go", "weft-standalone", "weft-agent"
+KINDS = (GO, STANDALONE, AGENT)
+LABELS = {GO: "Go bridge+host-local", STANDALONE: "weft standalone", AGENT: "weft agent"}
+REFERENCE_PLUGINS = "/usr/lib/cni"
+CNI_VERSION = "1.0.0"
+AGENT_START_TIMEOUT = 30.0
+AGENT_STOP_TIMEOUT = 15.0
+CALL_TIMEOUT = 120
+
+
+def cni_args(pod: str, cid: str) -> str:
+    """What kubelet passes (the Go plugins need IgnoreUnknown for the K8S_ keys)."""
+    return f"IgnoreUnknown=1;K8S_POD_NAMESPACE=bench;K8S_POD_NAME={pod};K8S_POD_INFRA_CONTAINER_ID={cid}"
+
+
+class Contender:
+    def __init__(self, ctx, kind: str, index: int, tag: str):
+        self.ctx = ctx
+        self.kind = kind
+        self.label = LABELS[kind]
+        self.dir = ensure_dir(os.path.join(ctx.work, tag, kind))
+        self.subnet = f"10.{100 + index}.0.0/16"
+        self.node = ctx.namespace(f"wbn{index}")
+        self.agent = None
+        self.agent_log = os.path.join(self.dir, "weftd.log")
+        self.socket = os.path.join(self.dir, "run", "weftd.sock")
+        bridge = {GO: "gobr0", STANDALONE: "wsabr0", AGENT: "wagbr0"}[kind]
+        ipam = {"dataDir": os.path.join(self.dir, "ipam"), "ranges": [[{"subnet": self.subnet}]]}
+        common = {"cniVersion": CNI_VERSION, "name": f"bench-{kind}", "bridge": bridge,
+                  "isGateway": True, "isDefaultGateway": True, "ipMasq": False}
+        if kind == GO:
+            self.executable, self.cni_path = f"{REFERENCE_PLUGINS}/bridge", REFERENCE_PLUGINS
+            self.conf = {**common, "type": "bridge", "ipam": {"type": "host-local", **ipam}}
+        else:
+            cni = os.path.join(ctx.installed, "cni")
+            self.executable, self.cni_path = f"{cni}/weft", cni
+            sock = self.socket if kind == AGENT else os.path.join(self.dir, "nobody-listens.sock")
+            self.conf = {**common, "type": "weft", "agentSocket": sock,
+                         "dataDir": os.path.join(self.dir, "weft"),
+                         "logFile": os.path.join(self.dir, "weft.log"),
+                         "ipam": {"type": "weft-ipam", **ipam}}
+        if kind == AGENT:
+            self.start_agent()
+
+    # -- the agent -------------------------------------------------------------
+    def start_agent(self):
+        """weftd inside this node namespace; its CNI socket serves without etcd."""
+        exe = os.path.join(self.ctx.installed, "bin", "weftd")
+        args = ["ip", "netns", "exec", self.node.name, exe,
+                "--run-dir", os.path.dirname(self.socket), "--state-dir", os.path.join(self.dir, "state"),
+                "--ipam-data-dir", os.path.join(self.dir, "ipam"), "--etcd-endpoints", "http://127.0.0.1:1",
+                "--network", "none", "--public-ip", "127.0.0.1", "--metrics-addr", "127.0.0.1:9465",
+                "--node-name", f"bench-{self.node.name}"]
+        with open(self.agent_log, "ab") as log:
+            self.agent = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + AGENT_START_TIMEOUT
+        while not self._socket_answers():
+            if self.agent.poll() is not None:
+                raise RuntimeError(f"weftd exited ({self.agent.returncode}); log {self.agent_log}:\n"
+                                   + self.agent_log_text()[-2000:])
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"weftd socket {self.socket} not answering after {AGENT_START_TIMEOUT}s")
+            time.sleep(0.05)
+
+    def _socket_answers(self) -> bool:
+        if not os.path.exists(self.socket):
+            return False
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
+            try:
+                probe.connect(self.socket)
+                return True
+            except OSError:
+                return False
+
+    def agent_log_text(self) -> str:
+        try:
+            with open(self.agent_log, errors="replace") as handle:
+                return handle.read()
+        except OSError:
+            return ""
+
+    def agent_rss(self):
+        return rss_mib(self.agent.pid) if self.agent and self.agent.poll() is None else None
+
+    def stop_agent(self):
+        agent, self.agent = self.agent, None
+        if agent is None or agent.poll() is not None:
+            return
+        agent.send_signal(signal.SIGTERM)
+        try:
+            agent.wait(timeout=AGENT_STOP_TIMEOUT)
+        except subprocess.TimeoutExpired:
+            agent.kill()
+            agent.wait(timeout=AGENT_STOP_TIMEOUT)
+
+    # -- calls -----------------------------------------------------------------
+    def call(self, command: str, pod_ns: str, cid: str):
+        """(milliseconds, Outcome) of one plugin invocation, timed around the exec."""
+        started = time.perf_counter()
+        out = invoke(self.executable, command, self.conf, container_id=cid, netns=netns_batch.path(pod_ns),
+                     ifname="eth0", cni_path=self.cni_path, node=self.node, args=cni_args(pod_ns, cid),
+                     timeout=CALL_TIMEOUT)
+        return (time.perf_counter() - started) * 1000.0, out
+
+    def warm_up(self, pod_ns: str) -> None:
+        """One unmeasured ADD+DEL (creates the bridge, fills caches, warms the agent)."""
+        for command in ("ADD", "DEL"):
+            _, out = self.call(command, pod_ns, f"warmup-{self.kind}")
+            if out.code != 0:
+                raise RuntimeError(f"{self.label} warm-up {command} failed: {out}")
+
+    def close(self) -> None:
+        self.stop_agent()
+        self.ctx.release([self.node.name])
+
+
+def make_contenders(ctx, tag: str, first_index: int = 0) -> list:
+    made = []
+    try:
+        for index, kind in enumerate(KINDS):
+            made.append(Contender(ctx, kind, first_index + index, tag))
+    except BaseException:
+        for contender in made:
+            contender.close()
+        raise
+    return made

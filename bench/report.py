@@ -1,0 +1,201 @@
+"""Targets (from issue 4) checked against one run's figures, and the printed tables."""
+
+from .contenders import AGENT, GO, KINDS, LABELS, STANDALONE
+
+RSS_LIMIT_MIB = 80.0
+
+
+def _get(data, *path):
+    for key in path:
+        if not isinstance(data, dict) or key not in data:
+            return None
+        data = data[key]
+    return data
+
+
+def _ratio(a, b):
+    return a / b if a is not None and b else None
+
+
+def _check(name, value, op, limit, unit, detail=""):
+    if value is None:
+        passed, by = None, "not measured"
+    elif op == "<=":
+        passed = value <= limit
+        by = "" if passed else f"{(value / limit - 1) * 100:.0f}% over"
+    else:
+        passed = value >= limit
+        by = "" if passed else f"{(1 - value / limit) * 100:.0f}% under"
+    return {"target": name, "value": None if value is None else round(value, 3), "op": op, "limit": limit,
+            "unit": unit, "pass": passed, "miss_by": by, "detail": detail}
+
+
+def targets(figures: dict, prepopulated=250) -> list:
+    seq, par, scale = figures.get("sequential"), figures.get("parallel"), figures.get("scale")
+    tp, conv = figures.get("throughput"), figures.get("convergence")
+    out = []
+    if seq and "error" not in seq:
+        go_add, ag_add = _get(seq, GO, "add_ms", "p50"), _get(seq, AGENT, "add_ms", "p50")
+        go_del, ag_del = _get(seq, GO, "del_ms", "p50"), _get(seq, AGENT, "del_ms", "p50")
+        out.append(_check("ADD p50 through the agent vs Go chain", _ratio(ag_add, go_add), "<=", 1.0, "x",
+                          f"{ag_add} vs {go_add} ms"))
+        out.append(_check("ADD p50 through the agent vs Go chain (stretch)", _ratio(ag_add, go_add), "<=", 0.7,
+                          "x", f"{ag_add} vs {go_add} ms"))
+        out.append(_check("DEL p50 through the agent vs Go chain", _ratio(ag_del, go_del), "<=", 1.0, "x",
+                          f"{ag_del} vs {go_del} ms"))
+    if par and "error" not in par:
+        go_w, ag_w = _get(par, GO, "add_wall_s"), _get(par, AGENT, "add_wall_s")
+        out.append(_check(f"{par['adds']}-ADD batch wall ({par['workers']} callers), agent vs Go",
+                          _ratio(ag_w, go_w), "<=", 1.0, "x", f"{ag_w} vs {go_w} s"))
+    if scale and "error" not in scale:
+        n = scale["prepopulated"]
+        for kind in (AGENT, STANDALONE):
+            out.append(_check(f"ADD p50 @{n} / @0, {LABELS[kind]}", _get(scale, kind, "add_ratio_atN_at0"),
+                              "<=", 1.1, "x", f"{_get(scale, kind, 'add_ms_atN', 'p50')} vs "
+                                             f"{_get(scale, kind, 'add_ms_at0', 'p50')} ms"))
+    if tp and "error" not in tp:
+        for topo, label in (("same_node", "same-node"), ("cross_node", "cross-node")):
+            out.append(_check(f"pod-to-pod throughput {label}, weft / reference", _get(tp, topo, "ratio"),
+                              ">=", 0.95, "x", f"{_get(tp, topo, 'weft_gbps')} vs "
+                                               f"{_get(tp, topo, 'reference_gbps')} Gbit/s"))
+    if conv and "error" not in conv:
+        missing = conv.get("missing", 0)
+        for phase, label in (("add", "new lease -> route+neigh+FDB"), ("remove", "lease removal -> cleanup")):
+            p50, mx = _get(conv, phase, "p50_ms"), _get(conv, phase, "max_ms")
+            note = f"{conv['nodes']} nodes" + (f", {missing} node-events never seen" if missing else "")
+            out.append(_check(f"convergence p50, {label}", p50, "<=", 200.0, "ms", note))
+            out.append(_check(f"convergence max, {label}", float("inf") if missing else mx, "<=", 1000.0, "ms",
+                              note))
+        out.append(_check(f"agent RSS max, {conv['nodes']}-node cluster", _get(conv, "agent_rss_mib", "max"),
+                          "<=", RSS_LIMIT_MIB, "MiB", f"mean {_get(conv, 'agent_rss_mib', 'mean')} MiB"))
+    cni_rss = [v for v in (_get(figures.get(f), AGENT, "agent_rss_mib")
+                           for f in ("sequential", "parallel", "scale")) if v is not None]
+    if cni_rss:
+        out.append(_check("agent RSS max, CNI-serving agent after each attachment figure", max(cni_rss), "<=",
+                          RSS_LIMIT_MIB, "MiB"))
+    if seq and "error" not in seq:
+        out.append(_check("standalone ADD p50 (goal)", _get(seq, STANDALONE, "add_ms", "p50"), "<=", 400.0, "ms"))
+    return out
+
+
+# -- tables ---------------------------------------------------------------------------
+def _fmt(value, digits=1, suffix=""):
+    if value is None:
+        return "—"
+    if value == float("inf"):
+        return "∞"
+    return f"{value:.{digits}f}{suffix}"
+
+
+def _row(cells):
+    return "| " + " | ".join(cells) + " |"
+
+
+def attachment_table(figures: dict) -> list:
+    seq, par, scale = figures.get("sequential"), figures.get("parallel"), figures.get("scale")
+    head = ["figure"] + [LABELS[k] for k in KINDS] + [f"{LABELS[STANDALONE]} / Go", f"{LABELS[AGENT]} / Go"]
+    lines = [_row(head), _row(["---"] * len(head))]
+
+    def add(label, values, digits=1, ratios=True, invert=False):
+        cells = [label] + [_fmt(values.get(k), digits) for k in KINDS]
+        for k in (STANDALONE, AGENT):
+            r = _ratio(values.get(k), values.get(GO)) if ratios else None
+            if r is not None and invert:
+                r = 1 / r if r else None
+            cells.append(_fmt(r, 2, "x") if ratios else "")
+        lines.append(_row(cells))
+
+    if seq and "error" not in seq:
+        n = seq["attachments"]
+        for cmd, key in (("ADD", "add_ms"), ("DEL", "del_ms")):
+            for q in ("p50", "p95"):
+                add(f"{cmd} {q}, {n} sequential (ms)", {k: _get(seq, k, key, q) for k in KINDS})
+        add("VERSION p50: exec + start-up floor (ms)", {k: _get(seq, k, "version_ms", "p50") for k in KINDS})
+        add("ADD p50 inside weft's handlers (its log, ms)",
+            {k: _get(seq, k, "inside_weft", "add_ms", "p50") for k in KINDS}, ratios=False)
+        add("DEL p50 inside weft's handlers (its log, ms)",
+            {k: _get(seq, k, "inside_weft", "del_ms", "p50") for k in KINDS}, ratios=False)
+    if par and "error" not in par:
+        tag = f"{par['adds']} ADDs, {par['workers']} callers"
+        rounds = f", median of {par['rounds']}" if par.get("rounds", 1) > 1 else ""
+        add(f"{tag}: wall (s{rounds})", {k: _get(par, k, "add_wall_s") for k in KINDS}, 2)
+        add(f"{tag}: pods/s", {k: _get(par, k, "pods_per_s") for k in KINDS}, 1)
+        add(f"{par['adds']} DELs, {par['workers']} callers: wall (s{rounds})", {k: _get(par, k, "del_wall_s") for k in KINDS},
+            2)
+    if scale and "error" not in scale:
+        n = scale["prepopulated"]
+        add("ADD p50, empty node (ms)", {k: _get(scale, k, "add_ms_at0", "p50") for k in KINDS})
+        add(f"ADD p50, {n} attachments present (ms)", {k: _get(scale, k, "add_ms_atN", "p50") for k in KINDS})
+        add(f"ADD p50 @{n} / @0", {k: _get(scale, k, "add_ratio_atN_at0") for k in KINDS}, 2, ratios=False)
+        add("DEL p50, empty node (ms)", {k: _get(scale, k, "del_ms_at0", "p50") for k in KINDS})
+        add(f"DEL p50, {n} attachments present (ms)", {k: _get(scale, k, "del_ms_atN", "p50") for k in KINDS})
+        add(f"DEL p50 @{n} / @0", {k: _get(scale, k, "del_ratio_atN_at0") for k in KINDS}, 2, ratios=False)
+    return lines
+
+
+def datapath_table(figures: dict) -> list:
+    tp = figures.get("throughput")
+    if not tp or "error" in tp:
+        return []
+    lines = [_row(["pod-to-pod TCP, iperf3", "weft (Gbit/s)", "reference (Gbit/s)", "weft / reference"]),
+             _row(["---"] * 4)]
+    for topo, label in (("same_node", "same node (bridge)"), ("cross_node", "cross node (VXLAN, MTU 1450)")):
+        lines.append(_row([label, _fmt(_get(tp, topo, "weft_gbps"), 2), _fmt(_get(tp, topo, "reference_gbps"), 2),
+                           _fmt(_get(tp, topo, "ratio"), 2, "x")]))
+    return lines
+
+
+def convergence_table(figures: dict) -> list:
+    conv = figures.get("convergence")
+    if not conv or "error" in conv:
+        return []
+    n = conv["nodes"]
+    lines = [_row([f"{n}-node cluster", "p50", "p95", "max", "samples"]), _row(["---"] * 5)]
+    for phase, label in (("add", "new lease -> route+neigh+FDB on every node (ms)"),
+                         ("remove", "lease removal -> cleanup on every node (ms)")):
+        lines.append(_row([label, _fmt(_get(conv, phase, "p50_ms")), _fmt(_get(conv, phase, "p95_ms")),
+                           _fmt(_get(conv, phase, "max_ms")), str(_get(conv, phase, "n"))]))
+    rss = conv.get("agent_rss_mib") or {}
+    lines.append(_row(["agent RSS (MiB), mean / max", _fmt(rss.get("mean")), "", _fmt(rss.get("max")),
+                       str(rss.get("agents"))]))
+    lines.append(_row(["agents ready / fully meshed after start (s)", _fmt(conv.get("agents_ready_s"), 1), "",
+                       _fmt(conv.get("fully_meshed_s"), 1), str(n)]))
+    return lines
+
+
+def targets_table(checks: list) -> list:
+    lines = [_row(["target", "measured", "goal", "result"]), _row(["---"] * 4)]
+    for c in checks:
+        unit = c["unit"]
+        value = _fmt(c["value"], 2 if unit == "x" else 1, unit if unit == "x" else f" {unit}")
+        if c["detail"]:
+            value += f" ({c['detail']})"
+        goal = f"{c['op'].replace('<=', '≤').replace('>=', '≥')} {c['limit']:g}{unit if unit == 'x' else ' ' + unit}"
+        result = "—" if c["pass"] is None else ("PASS" if c["pass"] else f"MISS ({c['miss_by']})")
+        lines.append(_row([c["target"], value, goal, result]))
+    return lines
+
+
+def render(results: dict) -> str:
+    figures = results["figures"]
+    parts = []
+    for title, lines in (("Attachments (same harness, interleaved; ratio = contender / Go chain)",
+                          attachment_table(figures)),
+                         ("Datapath", datapath_table(figures)),
+                         ("Control plane", convergence_table(figures)),
+                         ("Targets (issue 4)", targets_table(results["targets"]))):
+        if len(lines) > 2:
+            parts.append(f"**{title}**\n\n" + "\n".join(lines))
+        floor = _get(figures, "sequential", "harness_floor_ms", "p50")
+        if title.startswith("Attachments") and floor is not None:
+            parts[-1] += (f"\n\nEvery call is timed around `ip netns exec <node> <plugin>`; that wrapper alone "
+                          f"(exec of /bin/true) costs {floor:.1f} ms p50 and is in every figure above.")
+    busy = [f"{name} (idle {fig['cpu_idle_before']:.0%})" for name, fig in figures.items()
+            if isinstance(fig, dict) and fig.get("cpu_idle_before") is not None and fig["cpu_idle_before"] < 0.7]
+    if busy:
+        parts.append("Note: the machine was busy with other work before " + ", ".join(busy)
+                     + "; interleaving keeps the ratios fair, absolute numbers are noisier.")
+    errors = [f"- {name}: {fig['error']}" for name, fig in figures.items() if isinstance(fig, dict) and "error" in fig]
+    if errors:
+        parts.append("**Figures that failed**\n\n" + "\n".join(errors))
+    return "\n\n".join(parts) + "\n"

@@ -1,0 +1,175 @@
+"""`make bench`: weft against the reference Go plugins, one run, every figure.
+
+    python -m bench.run [--attachments 200] [--smoke] [--out bench-results] [--only a,b]
+
+Writes <out>/<UTC timestamp>.json and <out>/latest.json and prints the tables
+(Markdown) on stdout; progress goes to stderr.  Needs root: everything happens in
+network namespaces made for the run, all removed at the end (also on Ctrl-C).
+"""
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import traceback
+
+from . import attach, convergence, report, throughput
+from .contenders import LABELS
+from .context import Context, quiesce
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+FIGURES = ("sequential", "parallel", "scale", "throughput", "convergence")
+SMOKE = {"attachments": 10, "parallel": 10, "workers": 8, "parallel_rounds": 2, "prepopulate": 20, "measure": 5,
+         "iperf_seconds": 1, "iperf_rounds": 1, "nodes": 3, "leases": 2}
+
+
+def parse(argv=None):
+    p = argparse.ArgumentParser(prog="python -m bench.run", description=__doc__.split("\n")[0])
+    p.add_argument("--attachments", type=int, default=200, help="sequential ADDs+DELs per contender (default 200)")
+    p.add_argument("--parallel", type=int, default=100, help="ADDs in the parallel batch (default 100)")
+    p.add_argument("--workers", type=int, default=8, help="parallel callers (default 8)")
+    p.add_argument("--parallel-rounds", type=int, default=3,
+                   help="batches per contender, median reported (standalone: 1) (default 3)")
+    p.add_argument("--prepopulate", type=int, default=250, help="attachments present for the scale figure")
+    p.add_argument("--measure", type=int, default=30, help="ADD+DEL pairs measured at 0 and at --prepopulate")
+    p.add_argument("--iperf-seconds", type=int, default=5)
+    p.add_argument("--iperf-rounds", type=int, default=3)
+    p.add_argument("--nodes", type=int, default=20, help="nodes of the convergence cluster (default 20)")
+    p.add_argument("--leases", type=int, default=5, help="synthetic leases added and removed (default 5)")
+    p.add_argument("--smoke", action="store_true", help="tiny counts everywhere (CI; < 60 s)")
+    p.add_argument("--only", default="", help=f"comma-separated subset of {','.join(FIGURES)}")
+    p.add_argument("--out", default=os.path.join(REPO, "bench-results"), help="where the JSON goes")
+    p.add_argument("--installed", help="an existing `make install` root (cni/, bin/); default: install into a temp dir")
+    args = p.parse_args(argv)
+    if args.smoke:
+        for key, value in SMOKE.items():
+            setattr(args, key, value)
+    args.figures = [f.strip() for f in args.only.split(",") if f.strip()] or list(FIGURES)
+    unknown = set(args.figures) - set(FIGURES)
+    if unknown:
+        p.error(f"unknown figure(s) {', '.join(sorted(unknown))}; choose from {', '.join(FIGURES)}")
+    return args
+
+
+def _out(args: list) -> str:
+    try:
+        return subprocess.run(args, capture_output=True, text=True, timeout=10).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return ""
+
+
+def machine() -> dict:
+    cpu = ""
+    with open("/proc/cpuinfo") as handle:
+        for line in handle:
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    mem = next((line.split()[1] for line in _out(["free", "-h"]).splitlines() if line.startswith("Mem:")), "")
+    return {"nproc": int(_out(["nproc"]) or os.cpu_count() or 0), "memory": mem, "kernel": _out(["uname", "-r"]),
+            "cpu": cpu, "os": _out(["sh", "-c", ". /etc/os-release && echo $PRETTY_NAME"]),
+            "python": platform.python_version()}
+
+
+def versions() -> dict:
+    pkgs = _out(["dpkg-query", "-W", "-f", "${Package} ${Version}\n", "containernetworking-plugins", "iperf3",
+                 "etcd-server"])
+    commit = _out(["git", "-C", REPO, "rev-parse", "--short", "HEAD"])
+    dirty = bool(_out(["git", "-C", REPO, "status", "--porcelain", "--untracked-files=no"]))
+    return {"packages": dict(line.split(" ", 1) for line in pkgs.splitlines() if " " in line),
+            "weft_commit": commit + ("+uncommitted changes" if dirty else "")}
+
+
+def install(work: str) -> str:
+    root = os.path.join(work, "install")
+    subprocess.run(["make", "-s", "-C", REPO, "install", f"VENV={sys.prefix}", f"CNI_BIN_DIR={root}/cni",
+                    f"BIN_DIR={root}/bin"], check=True, stdout=subprocess.DEVNULL, timeout=600)
+    return root
+
+
+def run_figures(ctx, args) -> dict:
+    steps = {
+        "sequential": lambda: attach.sequential(ctx, args.attachments),
+        "parallel": lambda: attach.parallel(ctx, args.parallel, args.workers, args.parallel_rounds),
+        "scale": lambda: attach.scale(ctx, args.prepopulate, args.measure, args.workers),
+        "throughput": lambda: throughput.throughput(ctx, args.iperf_seconds, args.iperf_rounds),
+        "convergence": lambda: convergence.convergence(ctx, args.nodes, args.leases),
+    }
+    figures = {}
+    for name in args.figures:
+        idle = quiesce(ctx)
+        started = time.monotonic()
+        try:
+            figures[name] = steps[name]()
+        except (KeyboardInterrupt, SystemExit):
+            raise
+        except Exception as exc:  # record it, keep the other figures
+            traceback.print_exc()
+            figures[name] = {"error": f"{type(exc).__name__}: {exc}"[:2000]}
+        figures[name]["duration_s"] = round(time.monotonic() - started, 1)
+        figures[name]["cpu_idle_before"] = idle
+    return figures
+
+
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+def main(argv=None) -> int:
+    args = parse(argv)
+    if os.geteuid() != 0:
+        print("the benchmark needs root: it creates network namespaces", file=sys.stderr)
+        return 2
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, _interrupt)
+    started = datetime.datetime.now(datetime.timezone.utc)
+    work = tempfile.mkdtemp(prefix="weft-bench-")
+    ctx = None
+    try:
+        installed = args.installed or install(work)
+        ctx = Context(args, work, installed)
+        ctx.say(f"installed weft at {installed}; figures: {', '.join(args.figures)}")
+        figures = run_figures(ctx, args)
+    finally:
+        if ctx is not None:
+            ctx.cleanup()
+        shutil.rmtree(work, ignore_errors=True)
+    results = {
+        "meta": {"date": started.isoformat(timespec="seconds"), "smoke": args.smoke,
+                 "command": "make bench" if os.environ.get("MAKELEVEL") else
+                 "python -m bench.run " + " ".join(sys.argv[1:] if argv is None else argv),
+                 "args": {k: v for k, v in vars(args).items() if k not in ("out", "installed", "only")},
+                 "duration_s": round((datetime.datetime.now(datetime.timezone.utc) - started).total_seconds(), 1),
+                 "machine": machine(), **versions(),
+                 "contenders": LABELS,
+                 "harness": "lab.cni.invoke: `ip netns exec <node> <plugin>` with CNI_* env + netconf on stdin, "
+                            "timed around the exec; each contender in its own node namespace"},
+        "figures": figures,
+    }
+    results["targets"] = report.targets(figures)
+    results["namespaces_made"] = ctx.namespaces_made
+    table = report.render(results)
+    results["table_markdown"] = table
+    os.makedirs(args.out, exist_ok=True)
+    stamp = started.strftime("%Y%m%dT%H%M%SZ")
+    path = os.path.join(args.out, f"{stamp}.json")
+    with open(path, "w") as handle:
+        json.dump(results, handle, indent=2)
+    shutil.copyfile(path, os.path.join(args.out, "latest.json"))
+    m = results["meta"]["machine"]
+    print(f"weft benchmark {results['meta']['date']} ({m['nproc']} CPUs {m['cpu']}, {m['memory']} RAM, "
+          f"kernel {m['kernel']}; {results['meta']['duration_s']} s)\n")
+    print(table)
+    print(f"results: {path}")
+    return 1 if any("error" in f for f in figures.values()) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,89 @@
+"""`make bench` cannot rot: its reduced version (`--smoke`, ~30 s) runs every figure
+with tiny counts and must produce a complete, sane JSON for all three contenders.
+Timing goals are the benchmark's business; nothing here asserts a speed."""
+
+import json
+import os
+import subprocess
+import sys
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+KINDS = ("go", "weft-standalone", "weft-agent")
+FIGURES = {"sequential", "parallel", "scale", "throughput", "convergence"}
+
+
+def netns_names():
+    out = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
+    return {line.split()[0] for line in out.splitlines() if line.strip()}
+
+
+def sane_ms(stats, n):
+    assert stats["n"] == n, stats
+    assert 0 < stats["min"] <= stats["p50"] <= stats["p95"] <= stats["max"] < 60_000, stats
+
+
+def test_bench_smoke(tmp_path, installed):
+    out = tmp_path / "results"
+    proc = subprocess.run([sys.executable, "-m", "bench.run", "--smoke", "--out", str(out),
+                           "--installed", str(installed)], cwd=REPO, capture_output=True, text=True,
+                          timeout=150, stdin=subprocess.DEVNULL)
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
+    files = sorted(p.name for p in out.iterdir())
+    assert len(files) == 2 and "latest.json" in files, files
+    data = json.loads((out / "latest.json").read_text())
+    assert data == json.loads((out / [f for f in files if f != "latest.json"][0]).read_text())
+    figures = data["figures"]
+    assert set(figures) == FIGURES
+    assert not [name for name, fig in figures.items() if "error" in fig], figures
+    meta = data["meta"]
+    assert meta["smoke"] is True and meta["machine"]["nproc"] >= 1 and meta["machine"]["kernel"]
+
+    seq = figures["sequential"]
+    for kind in KINDS:
+        assert seq[kind]["errors"] == {}, seq[kind]["error_samples"]
+        sane_ms(seq[kind]["add_ms"], 10)
+        sane_ms(seq[kind]["del_ms"], 10)
+        assert seq[kind]["distinct_ips"] == 10
+        sane_ms(seq[kind]["version_ms"], 15)
+    for kind in ("weft-standalone", "weft-agent"):  # weft's own log times its handlers
+        assert seq[kind]["inside_weft"]["add_ms"]["n"] == seq[kind]["inside_weft"]["del_ms"]["n"] == 10
+    # each weft contender really ran the way it claims (weft's own log says how)
+    assert set(seq["weft-agent"]["via"]) == {"agent"}
+    assert set(seq["weft-standalone"]["via"]) == {"standalone"}
+    assert 0 < seq["weft-agent"]["agent_rss_mib"] < 1024
+
+    par = figures["parallel"]
+    for kind in KINDS:
+        assert par[kind]["errors"] == {} and par[kind]["distinct_ips"] == 10, par[kind]
+        assert par[kind]["add_wall_s"] > 0 and par[kind]["pods_per_s"] > 0 and par[kind]["del_wall_s"] > 0
+
+    scale = figures["scale"]
+    assert scale["prepopulated"] == 20
+    for kind in KINDS:
+        assert scale[kind]["errors"] == {}, scale[kind]["error_samples"]
+        for key in ("add_ms_at0", "add_ms_atN", "del_ms_at0", "del_ms_atN"):
+            sane_ms(scale[kind][key], 5)
+        assert 0 < scale[kind]["add_ratio_atN_at0"] < 100 and 0 < scale[kind]["del_ratio_atN_at0"] < 100
+
+    tp = figures["throughput"]
+    assert tp["weft_pod_mtu"] == tp["reference_pod_mtu"] == 1450
+    for topo in ("same_node", "cross_node"):
+        assert tp[topo]["weft_gbps"] > 0.05 and tp[topo]["reference_gbps"] > 0.05, tp[topo]
+        assert 0.05 < tp[topo]["ratio"] < 20
+
+    conv = figures["convergence"]
+    assert conv["nodes"] == 3 and conv["missing"] == 0 and conv["kernel_mismatches"] == []
+    for phase in ("add", "remove"):
+        assert conv[phase]["n"] == 3 * conv["leases"]  # the synthetic node is no agent: all 3 program it
+        assert 0 <= conv[phase]["p50_ms"] <= conv[phase]["max_ms"] < 15_000
+    rss = conv["agent_rss_mib"]
+    assert rss["agents"] == 3 and rss["pids_are_weftd"] and 5 < rss["mean"] <= rss["max"] < 1024
+
+    assert all(check["pass"] in (True, False) for check in data["targets"]), data["targets"]
+    assert len(data["targets"]) >= 15
+    for label in ("Go bridge+host-local", "weft standalone", "weft agent", "same node", "cross node",
+                  "new lease", "Targets"):
+        assert label in proc.stdout
+    made = set(data["namespaces_made"])
+    assert len(made) > 3 * 10
+    assert not made & netns_names(), "the benchmark left namespaces behind"
