@@ -5,8 +5,9 @@ VENV        ?= /opt/weft/venv
 CNI_BIN_DIR ?= /opt/cni/bin
 BIN_DIR     ?= /usr/local/bin
 PYTEST_ARGS ?=
+BENCH_ARGS  ?=
 
-.PHONY: deps venv install test unit demo clean
+.PHONY: deps venv install test unit demo bench clean
 
 deps:
 	scripts/deps.sh
@@ -32,6 +33,10 @@ unit: venv
 
 demo: deps
 	$(DEV_VENV)/bin/python -m demo.cluster
+
+# weft vs the reference Go plugins (README "Performance"); JSON in bench-results/
+bench: deps
+	$(DEV_VENV)/bin/python -m bench.run $(BENCH_ARGS)
 
 clean:
 	rm -rf $(DEV_VENV) build *.egg-info

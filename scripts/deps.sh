@@ -5,7 +5,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 PACKAGES=(iproute2 nftables containernetworking-plugins etcd-server etcd-client
-          podman runc busybox-static iputils-ping iperf3 iptables python3-venv make)
+          podman runc busybox-static iputils-ping iperf3 iptables python3-venv make
+          docker.io docker-compose mmdebstrap vagrant vagrant-libvirt shellcheck)
 missing=()
 for pkg in "${PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")

@@ -5,6 +5,7 @@
   weftctl leases [NETWORK]                        every node's lease
   weftctl status [--run-dir DIR]                  this node's agent: lease, peers, drift
   weftctl whois IP [--at TIME] [--cluster]        who held an address (this node, or all)
+  weftctl graph [NETWORK] [--ipam-data-dir DIR]   the cluster as an SVG (nodes, subnets, VTEPs, pods)
 """
 
 import argparse
@@ -15,6 +16,7 @@ import sys
 
 from ..ipam import history
 from ..ipam.config import DEFAULT_DATA_DIR
+from . import graph
 
 EXIT_OK, EXIT_NO_HOLDER, EXIT_USAGE, EXIT_FAILED = 0, 1, 2, 3
 
@@ -62,6 +64,7 @@ def _parser() -> argparse.ArgumentParser:
                        help="answer from the history every weftd publishes to etcd")
     whois.add_argument("--json", action="store_true", help="print JSON")
     _etcd_flags(whois)
+    graph.add_parser(commands, _etcd_flags)
     return parser
 
 
@@ -230,7 +233,8 @@ def whois(args) -> int:
     return EXIT_OK if holders else EXIT_NO_HOLDER
 
 
-COMMANDS = {"network": network, "leases": leases, "status": status, "whois": whois}
+COMMANDS = {"network": network, "leases": leases, "status": status, "whois": whois,
+            "graph": lambda args: graph.run(args, _registry)}
 
 
 def main(argv=None) -> int:

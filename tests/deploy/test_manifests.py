@@ -1,0 +1,226 @@
+"""Kubernetes manifests, kind config, conflists, systemd unit: valid for the tools that
+read them, and consistent with weft's own code (flags, keys, paths, capabilities)."""
+
+import ipaddress
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+
+import jsonschema
+import kubernetes_validate
+import pytest
+import yaml
+
+from cni_plugin import plugin_config
+from cni_plugin.agent import options
+from cni_plugin.spec import netconf
+from cni_plugin.subnet import subnet_file
+from cni_plugin.subnet.lease import NetworkConfig
+
+from . import artifacts
+from .artifacts import CONF, KUBE, REPO
+
+KUBE_VERSIONS = ["1.30.0", kubernetes_validate.latest_version()]  # appArmorProfile is 1.30+
+DAEMONSET_CAPS = {"NET_ADMIN", "NET_RAW", "SYS_ADMIN"}
+YAML_FILES = sorted([*artifacts.kube_files(), os.path.join(CONF, "kind-config.yaml"),
+                     os.path.join(REPO, "tests", "deploy", "docker-compose.yml"),
+                     os.path.join(REPO, "tests", "deploy", "yamllint.yaml")])
+K8S_MANIFESTS = [p for p in artifacts.kube_files()
+                 if os.path.basename(p) not in ("kustomization.yaml", "multus-secondary-nad.yaml")]
+
+
+@pytest.mark.parametrize("version", KUBE_VERSIONS)
+@pytest.mark.parametrize("path", K8S_MANIFESTS, ids=os.path.basename)
+def test_manifest_validates_offline_against_the_kubernetes_schemas(path, version):
+    for doc in artifacts.resources(path):
+        kubernetes_validate.validate(doc, version, strict=True)
+
+
+def test_network_attachment_definition_matches_the_multus_crd():
+    with open(os.path.join(os.path.dirname(__file__), "schemas", "network-attachment-definition.json")) as f:
+        schema = json.load(f)
+    (nad,) = artifacts.resources(artifacts.NAD)
+    jsonschema.validate(nad, schema)
+    # metadata as Kubernetes checks every object's (ObjectMeta, carried by a stand-in kind)
+    kubernetes_validate.validate({"apiVersion": "v1", "kind": "ConfigMap", "metadata": nad["metadata"]},
+                                 kubernetes_validate.latest_version(), strict=True)
+    json.loads(nad["spec"]["config"])
+
+
+def test_kustomization_lists_the_manifests_in_order():
+    with open(os.path.join(KUBE, "kustomization.yaml")) as handle:
+        kustomization = yaml.safe_load(handle)
+    assert kustomization["resources"] == [os.path.basename(p) for p in K8S_MANIFESTS]
+    assert artifacts.resources(K8S_MANIFESTS[0])[0]["kind"] == "Namespace"
+
+
+def test_yaml_lints_clean():
+    proc = subprocess.run([sys.executable, "-m", "yamllint", "-f", "parsable", "-c",
+                           os.path.join(REPO, "tests", "deploy", "yamllint.yaml"), *YAML_FILES],
+                          capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+# -- network configurations ----------------------------------------------------
+
+NETCONFS = artifacts.all_netconfs()
+
+
+@pytest.mark.parametrize("label,conflist", NETCONFS, ids=[label for label, _ in NETCONFS])
+def test_netconf_loads_through_weft_loader(label, conflist, tmp_path):
+    weft_entries = [p for p in conflist["plugins"] if p["type"] == "weft"]
+    assert weft_entries, label
+    for entry in weft_entries:
+        conf = {**entry, "cniVersion": conflist["cniVersion"], "name": conflist["name"]}
+        netconf.check_version(conf)
+        netconf.check_name(conf)
+        path = conf.get("subnetFile", f"/run/weft/{conf['name']}.env")
+        assert path == f"/run/weft/{conf['name']}.env", "weftd writes /run/weft/<network>.env"
+        lease = tmp_path / os.path.basename(path)
+        subnet_file.write(str(lease), subnet_file.SubnetLease(
+            network=ipaddress.IPv4Network("10.246.0.0/16"),
+            subnet=ipaddress.IPv4Interface("10.246.7.1/24"), mtu=1450, ipmasq=True))
+        cfg = plugin_config.load({**conf, "subnetFile": str(lease)}, "ADD")
+        assert cfg.delegate_conf["ipam"]["ranges"] == [[{"subnet": "10.246.7.0/24", "gateway": "10.246.7.1"}]]
+        assert cfg.ipam_type == "weft-ipam"
+
+
+def test_the_configmap_carries_conf_conflist_and_the_nad_carries_the_secondary():
+    data = artifacts.configmap_data()
+    assert json.loads(data["10-weft.conflist"]) == artifacts.load_json(os.path.join(CONF, "10-weft.conflist"))
+    secondary = artifacts.load_json(os.path.join(CONF, "weft-secondary.conflist"))
+    nad = artifacts.nad_config()
+    (entry,) = secondary["plugins"]
+    assert {k: v for k, v in nad.items() if k not in ("cniVersion", "name", "capabilities")} == entry
+    assert (nad["cniVersion"], nad["name"]) == (secondary["cniVersion"], secondary["name"])
+    assert nad["isDefaultGateway"] is False and nad["bridge"] != "cbr0"
+    assert artifacts.resource("NetworkAttachmentDefinition")["metadata"]["name"] == nad["name"]
+
+
+def test_primary_conflist_chains_portmap():
+    conflist = artifacts.load_json(os.path.join(CONF, "10-weft.conflist"))
+    assert [p["type"] for p in conflist["plugins"]] == ["weft", "portmap"]
+    assert conflist["plugins"][1]["capabilities"] == {"portMappings": True}
+
+
+def test_network_configs_are_valid_and_distinct():
+    data = artifacts.configmap_data()
+    primary = NetworkConfig.parse("weft", data["net-conf.json"])
+    secondary = NetworkConfig.parse("weft2", data["net-conf-weft2.json"])
+    assert primary.vni != secondary.vni
+    assert not primary.network.overlaps(secondary.network)
+    with open(os.path.join(CONF, "kind-config.yaml")) as handle:
+        kind = yaml.safe_load(handle)
+    assert kind["networking"]["disableDefaultCNI"] is True
+    assert ipaddress.ip_network(kind["networking"]["podSubnet"]) == primary.network
+
+
+def test_version_lists_every_shipped_cniversion(installed):
+    versions = {conflist["cniVersion"] for _, conflist in NETCONFS}
+    for plugin in ("weft", "weft-ipam"):
+        for version in versions:
+            proc = subprocess.run([f"{installed}/cni/{plugin}"], input=json.dumps({"cniVersion": version}),
+                                  env={"CNI_COMMAND": "VERSION", "PATH": os.environ["PATH"]},
+                                  capture_output=True, text=True, timeout=30)
+            assert proc.returncode == 0, proc.stdout
+            assert version in json.loads(proc.stdout)["supportedVersions"]
+
+
+def test_reference_portmap_accepts_the_conflist_version():
+    """libcni checks every plugin of a list with VERSION: portmap must know the list's version
+    (Debian 12's containernetworking-plugins 1.1 stops at 1.0.0)."""
+    portmap = "/usr/lib/cni/portmap"
+    version = artifacts.load_json(os.path.join(CONF, "10-weft.conflist"))["cniVersion"]
+    proc = subprocess.run([portmap], input=json.dumps({"cniVersion": version}), capture_output=True,
+                          text=True, env={"CNI_COMMAND": "VERSION"}, timeout=30)
+    assert version in json.loads(proc.stdout)["supportedVersions"]
+
+
+# -- the DaemonSet against weftd's code --------------------------------------------
+
+def _expand(arg: str, env: dict) -> str:
+    return re.sub(r"\$\((\w+)\)", lambda m: env.get(m.group(1), "x"), arg)
+
+
+def test_daemonset_weftd_flags_parse_and_probes_use_the_metrics_port():
+    weftd = artifacts.daemonset_container("weftd")
+    assert weftd["command"] == ["weftd-container"]
+    env = {"NODE_NAME": "node-a", "WEFT_ETCD_ENDPOINTS": artifacts.configmap_data()["etcd-endpoints"]}
+    args = options.parse([_expand(a, env) for a in weftd["args"]])
+    assert args.node_name == "node-a" and args.networks == ["weft"]
+    assert args.etcd_endpoints[0].startswith("https://")
+    mounts = {m["mountPath"]: m for m in weftd["volumeMounts"]}
+    for path in (args.etcd_cafile, args.etcd_certfile, args.etcd_keyfile):
+        assert os.path.dirname(path) in mounts
+    for probe, path in (("livenessProbe", "/healthz"), ("readinessProbe", "/readyz")):
+        get = weftd[probe]["httpGet"]
+        assert (get["host"], get["port"], get["path"]) == (args.metrics_host, args.metrics_port, path)
+    # the paths weftd and the fast path use are the node's
+    for path in (args.run_dir, args.state_dir, args.ipam_data_dir, "/run/netns", "/opt/cni/bin",
+                 os.path.dirname(plugin_config.DEFAULT_LOG_FILE)):
+        assert path in mounts, f"{path} is not mounted into weftd"
+    assert mounts["/run/netns"]["mountPropagation"] == "HostToContainer"
+    assert os.path.dirname(plugin_config.DEFAULT_AGENT_SOCKET) == args.run_dir
+
+
+def test_daemonset_privileges_are_the_listed_capabilities_only():
+    spec = artifacts.resource("DaemonSet")["spec"]["template"]["spec"]
+    assert spec["hostNetwork"] is True and spec["automountServiceAccountToken"] is False
+    weftd = artifacts.daemonset_container("weftd")["securityContext"]
+    assert weftd["privileged"] is False
+    assert set(weftd["capabilities"]["add"]) == DAEMONSET_CAPS and weftd["capabilities"]["drop"] == ["ALL"]
+    for name in ("install-cni", "network-config"):
+        ctx = artifacts.daemonset_container(name, init=True)["securityContext"]
+        assert ctx["capabilities"] == {"drop": ["ALL"]} and ctx["allowPrivilegeEscalation"] is False
+    keys = {t.get("key") for t in spec["tolerations"]}
+    assert {"node-role.kubernetes.io/control-plane", "node.kubernetes.io/not-ready"} <= keys
+    # the compose test runs weftd with exactly these capabilities
+    with open(os.path.join(REPO, "tests", "deploy", "docker-compose.yml")) as handle:
+        compose = yaml.safe_load(handle)
+    assert set(compose["x-weftd"]["cap_add"]) == DAEMONSET_CAPS and compose["x-weftd"]["cap_drop"] == ["ALL"]
+
+
+def test_daemonset_install_container_runs_the_image_script():
+    install = artifacts.daemonset_container("install-cni", init=True)
+    assert install["command"][0] == "weft-install"
+    script = os.path.join(CONF, "image", "weft-install")
+    assert os.access(script, os.X_OK)
+    text = open(script).read()
+    mounts = {m["mountPath"] for m in install["volumeMounts"]}
+    assert {"/host/opt", "/host/etc/cni/net.d"} <= mounts
+    assert next(e["value"] for e in install["env"] if e["name"] == "WEFT_CONFLIST").startswith("/etc/weft/")
+    assert "WEFT_CONFLIST" in text
+    config = artifacts.daemonset_container("network-config", init=True)
+    assert "weftctl network set weft --config /etc/weft/net-conf.json" in config["args"][0]
+
+
+# -- systemd and sysctl ----------------------------------------------------------------
+
+def test_systemd_unit_verifies_and_starts_the_installed_weftd(tmp_path):
+    unit = open(os.path.join(CONF, "weftd.service")).read()
+    exec_start = re.search(r"^ExecStart=(\S+)", unit, re.M).group(1)
+    makefile = open(os.path.join(REPO, "Makefile")).read()
+    bin_dir = re.search(r"^BIN_DIR\s*\?=\s*(\S+)", makefile, re.M).group(1)
+    assert exec_start == f"{bin_dir}/weftd", "the unit runs what `make install` installs"
+    args_example = re.search(r'WEFTD_ARGS="([^"]+)"', unit).group(1)
+    options.parse(args_example.split())
+    if shutil.which("systemd-analyze") is None:
+        pytest.skip("systemd-analyze is not installed")
+    # verify with ExecStart pointed at an executable that exists here
+    copy = tmp_path / "weftd.service"
+    copy.write_text(unit.replace(exec_start, "/bin/true"))
+    proc = subprocess.run(["systemd-analyze", "verify", str(copy)], capture_output=True, text=True)
+    problems = [line for line in proc.stderr.splitlines() if "weftd.service" in line]
+    assert not problems, proc.stderr
+
+
+def test_sysctl_file_names_real_knobs():
+    for line in open(os.path.join(CONF, "sysctl.d", "99-weft.conf")):
+        line = line.split("#")[0].strip()
+        if line:
+            key, value = (part.strip() for part in line.split("="))
+            assert os.path.exists("/proc/sys/" + key.replace(".", "/")), key
+            assert value == "1"

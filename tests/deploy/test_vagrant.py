@@ -1,0 +1,73 @@
+"""vagrant/Vagrantfile and the shell scripts of the lab and the image, checked offline.
+
+No VM runs here: `vagrant validate` loads the Vagrantfile with Debian's vagrant; with
+vagrant-libvirt installed the libvirt provider block is validated too (an unknown
+setting fails), and --ignore-provider covers the VirtualBox block, whose provider
+needs VBoxManage (VirtualBox is not in Debian 12)."""
+
+import glob
+import os
+import shutil
+import subprocess
+
+import pytest
+
+from .artifacts import CONF, REPO
+
+VAGRANT_DIR = os.path.join(REPO, "vagrant")
+SH_SCRIPTS = sorted(glob.glob(os.path.join(VAGRANT_DIR, "*.sh")))
+POSIX_SCRIPTS = [os.path.join(CONF, "image", n) for n in ("weft-install", "weftd-container", "build-runtime.sh")]
+
+
+def vagrant(tmp_path, *args, provider=None):
+    env = dict(os.environ, VAGRANT_HOME=str(tmp_path / "home"), VAGRANT_DOTFILE_PATH=str(tmp_path / "dot"),
+               VAGRANT_CHECKPOINT_DISABLE="1")
+    if provider:
+        env["VAGRANT_DEFAULT_PROVIDER"] = provider
+    return subprocess.run(["vagrant", *args], cwd=VAGRANT_DIR, env=env, capture_output=True, text=True,
+                          timeout=120)
+
+
+@pytest.fixture
+def have_vagrant():
+    if shutil.which("vagrant") is None:
+        pytest.fail("vagrant is not installed; `make deps` installs Debian's vagrant and vagrant-libvirt")
+
+
+def test_vagrantfile_validates_with_the_libvirt_provider(have_vagrant, tmp_path):
+    proc = vagrant(tmp_path, "validate", provider="libvirt")
+    assert proc.returncode == 0 and "validated successfully" in proc.stdout, proc.stdout + proc.stderr
+    assert not os.path.exists(os.path.join(VAGRANT_DIR, ".vagrant"))
+
+
+def test_vagrantfile_validates_for_every_provider_block(have_vagrant, tmp_path):
+    proc = vagrant(tmp_path, "validate", "--ignore-provider")
+    assert proc.returncode == 0 and "validated successfully" in proc.stdout, proc.stdout + proc.stderr
+
+
+def test_vagrantfile_declares_the_lab(have_vagrant):
+    text = open(os.path.join(VAGRANT_DIR, "Vagrantfile")).read()
+    assert 'config.vm.provider "virtualbox"' in text and 'config.vm.provider "libvirt"' in text
+    assert "debian/bookworm64" in text
+    for script in ("provision-etcd.sh", "provision-weft.sh", "smoke.sh"):
+        assert f'path: "{script}"' in text and os.access(os.path.join(VAGRANT_DIR, script), os.X_OK)
+    provision = open(os.path.join(VAGRANT_DIR, "provision-weft.sh")).read()
+    for step in ("make deps install", "conf/weftd.service", "weftctl network set", "systemctl enable --now weftd",
+                 "conf/10-weft.conflist"):
+        assert step in provision
+
+
+@pytest.mark.parametrize("path", SH_SCRIPTS + POSIX_SCRIPTS, ids=os.path.basename)
+def test_script_parses_and_passes_shellcheck(path):
+    shell = "bash" if path in SH_SCRIPTS else "sh"
+    proc = subprocess.run([shell, "-n", path], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    if shutil.which("shellcheck") is None:
+        pytest.fail("shellcheck is not installed (`make deps` installs it)")
+    proc = subprocess.run(["shellcheck", "-s", shell, path], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stdout
+
+
+def test_pod_helper_compiles():
+    source = open(os.path.join(VAGRANT_DIR, "pod.py")).read()
+    compile(source, "pod.py", "exec")
