@@ -1,5 +1,7 @@
 # weft — see README.md.  Everything here runs as root on Debian 12.
-PYTHON      ?= python3
+# Debian's interpreter when there is one: it starts ~1 ms faster than a self-built
+# one (PGO, static libpython), and every CNI call pays interpreter start-up
+PYTHON      ?= $(firstword $(wildcard /usr/bin/python3) python3)
 DEV_VENV    := .venv
 VENV        ?= /opt/weft/venv
 CNI_BIN_DIR ?= /opt/cni/bin

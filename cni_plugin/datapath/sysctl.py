@@ -1,37 +1,35 @@
-"""Per-interface sysctls in the plugin's own namespace."""
+"""Sysctls in the plugin's own (the node's) namespace."""
 
-import os
+from ..errors import IO_FAILURE, CniError
 
 
-def set_interface(family: str, ifname: str, key: str, value: str) -> bool:
-    """Write /proc/sys/net/<family>/conf/<ifname>/<key>; False if the knob is absent
-    (e.g. IPv6 disabled)."""
-    path = f"/proc/sys/net/{family}/conf/{ifname}/{key}"
+def _write(path: str, value: str) -> bool:
+    """False if the knob is absent (e.g. IPv6 disabled); a read-only or forbidden
+    /proc/sys is an error that says how to fix it."""
     try:
         with open(path, "w") as handle:
             handle.write(value)
         return True
     except FileNotFoundError:
         return False
+    except OSError as exc:
+        raise CniError(IO_FAILURE, f"cannot set {path} to {value}: {exc.strerror}; weft needs a "
+                       "writable /proc/sys (in a container: see weftd-container in the README)")
 
 
-def read_interface(family: str, ifname: str, key: str):
-    try:
-        with open(f"/proc/sys/net/{family}/conf/{ifname}/{key}") as handle:
-            return handle.read().strip()
-    except FileNotFoundError:
-        return None
+def set_interface(family: str, ifname: str, key: str, value: str) -> bool:
+    """Write /proc/sys/net/<family>/conf/<ifname>/<key>."""
+    return _write(f"/proc/sys/net/{family}/conf/{ifname}/{key}", value)
 
 
 def enable_forwarding(versions) -> None:
     """Turn on forwarding for the IP versions in use (the bridge is the pods' gateway)."""
     paths = {4: "/proc/sys/net/ipv4/ip_forward", 6: "/proc/sys/net/ipv6/conf/all/forwarding"}
     for version in versions:
-        path = paths[version]
-        if not os.path.exists(path):
+        try:
+            with open(paths[version]) as handle:
+                if handle.read().strip() == "1":
+                    continue
+        except FileNotFoundError:
             continue
-        with open(path) as handle:
-            if handle.read().strip() == "1":
-                continue
-        with open(path, "w") as handle:
-            handle.write("1")
+        _write(paths[version], "1")
