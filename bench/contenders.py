@@ -11,13 +11,13 @@ no masquerade, one /16 range).
 """
 
 import os
-import signal
 import socket
 import subprocess
 import time
 
 from lab import netns_batch
 from lab.cni import invoke
+from lab.namespaces import stop_process
 
 from .context import ensure_dir, rss_mib
 
@@ -107,14 +107,7 @@ class Contender:
 
     def stop_agent(self):
         agent, self.agent = self.agent, None
-        if agent is None or agent.poll() is not None:
-            return
-        agent.send_signal(signal.SIGTERM)
-        try:
-            agent.wait(timeout=AGENT_STOP_TIMEOUT)
-        except subprocess.TimeoutExpired:
-            agent.kill()
-            agent.wait(timeout=AGENT_STOP_TIMEOUT)
+        stop_process(agent, AGENT_STOP_TIMEOUT)
 
     # -- calls -----------------------------------------------------------------
     def call(self, command: str, pod_ns: str, cid: str):

@@ -15,7 +15,7 @@ import time
 
 from .cni import invoke
 from .etcd import EtcdServer
-from .namespaces import Namespace, sh
+from .namespaces import Namespace, sh, stop_process
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 UNDERLAY = "192.168.100"
@@ -115,14 +115,7 @@ class Node:
 
     def stop_agent(self, sig=signal.SIGTERM):
         agent, self.agent = self.agent, None
-        if agent is None or agent.poll() is not None:
-            return
-        agent.send_signal(sig)
-        try:
-            agent.wait(timeout=AGENT_STOP_TIMEOUT)
-        except subprocess.TimeoutExpired:
-            agent.kill()
-            agent.wait(timeout=AGENT_STOP_TIMEOUT)
+        stop_process(agent, AGENT_STOP_TIMEOUT, sig)
 
     def subnet_file(self, network="weft") -> str:
         return os.path.join(self.run_dir, f"{network}.env")

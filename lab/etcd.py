@@ -14,10 +14,11 @@ its data, certificates and log in its own workdir, and is stopped by its own PID
 import atexit
 import os
 import shutil
-import signal
 import socket
 import subprocess
 import time
+
+from .namespaces import stop_process
 
 ETCD = "/usr/bin/etcd"
 ETCDCTL = "/usr/bin/etcdctl"
@@ -178,14 +179,7 @@ class EtcdServer:
     def stop(self) -> None:
         """SIGTERM our own etcd, wait, SIGKILL if it lingers. Safe to call twice."""
         process, self.process = self.process, None
-        if process is None or process.poll() is not None:
-            return
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(timeout=STOP_TIMEOUT)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(timeout=STOP_TIMEOUT)
+        stop_process(process, STOP_TIMEOUT)
 
     def kill(self) -> None:
         """SIGKILL our own etcd at once (a crash, not a shutdown)."""

@@ -1,6 +1,7 @@
 """Network namespaces made for a test or the demo, removed by name."""
 
 import secrets
+import signal
 import subprocess
 
 RUN_TIMEOUT = 60
@@ -46,3 +47,15 @@ class Namespace:
 
     def __exit__(self, *exc):
         self.delete()
+
+
+def stop_process(process, timeout: float, sig=signal.SIGTERM) -> None:
+    """Signal our own child (by its Popen), wait, SIGKILL if it lingers; no-op when gone."""
+    if process is None or process.poll() is not None:
+        return
+    process.send_signal(sig)
+    try:
+        process.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait(timeout=timeout)
