@@ -28,7 +28,7 @@ install:
 	scripts/install.sh "$(VENV)" "$(CNI_BIN_DIR)" "$(BIN_DIR)" "$(PYTHON)"
 
 test: deps
-	$(DEV_VENV)/bin/python -m pytest $(PYTEST_ARGS)
+	scripts/with-docker-engine.sh $(DEV_VENV)/bin/python -m pytest $(PYTEST_ARGS)
 
 unit: venv
 	$(DEV_VENV)/bin/python -m pytest tests/unit $(PYTEST_ARGS)

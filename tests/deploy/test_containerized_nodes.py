@@ -43,7 +43,7 @@ def docker(*args, check=True, timeout=120, **kwargs):
 @pytest.fixture(scope="session")
 def docker_engine():
     if shutil.which("docker") is None or docker("info", check=False, timeout=30).returncode != 0:
-        pytest.fail("no Docker engine answers `docker info`; .ci/run starts one "
+        pytest.fail("no Docker engine answers `docker info`; make test starts one "
                     "(dockerd --exec-opt native.cgroupdriver=cgroupfs --bridge=none --iptables=false)")
 
 
