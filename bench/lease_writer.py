@@ -15,11 +15,11 @@ import json
 import sys
 import time
 
-from cni_plugin.subnet.registry import Registry
+from cni_plugin.subnet.etcd_registry import EtcdRegistry
 
 
 def main() -> int:
-    registry = Registry(sys.argv[1].split(","))
+    registry = EtcdRegistry(sys.argv[1].split(","))
     print(json.dumps({"ready": True}), flush=True)
     for line in sys.stdin:
         request = json.loads(line)

@@ -12,47 +12,11 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
-from ..forwarder import MAGIC
-from ..invocation import ROLES, run
+from ..cni import wire
+from ..roles import invoke
 
 WORKERS = 16
 READ_TIMEOUT = 30.0
-
-
-def _recv_exact(conn, size: int) -> bytes:
-    data = bytearray()
-    while len(data) < size:
-        chunk = conn.recv(size - len(data))
-        if not chunk:
-            raise ConnectionError("client went away")
-        data += chunk
-    return bytes(data)
-
-
-def _read_line(conn, limit=64) -> bytes:
-    line = bytearray()
-    while not line.endswith(b"\n"):
-        if len(line) > limit:
-            raise ValueError("request header too long")
-        line += _recv_exact(conn, 1)
-    return bytes(line[:-1])
-
-
-def decode_request(conn) -> tuple:
-    header = _read_line(conn)
-    if not header.startswith(MAGIC):
-        raise ValueError(f"not a weft request: {header[:20]!r}")
-    role = header[len(MAGIC):].decode()
-    if role not in ROLES:
-        raise ValueError(f"unknown role {role!r}")
-    env_block = _recv_exact(conn, int.from_bytes(_recv_exact(conn, 4), "big"))
-    stdin = _recv_exact(conn, int.from_bytes(_recv_exact(conn, 4), "big"))
-    environ = {}
-    for item in env_block.split(b"\0"):
-        key, sep, value = item.decode().partition("=")
-        if sep and key.startswith("CNI_"):
-            environ[key] = value
-    return role, environ, stdin
 
 
 class CniServer:
@@ -94,17 +58,17 @@ class CniServer:
         with conn:
             conn.settimeout(READ_TIMEOUT)
             try:
-                role, environ, stdin = decode_request(conn)
-            except (OSError, ValueError, UnicodeDecodeError) as exc:
+                role, environ, stdin = wire.read_request(conn)
+            except (OSError, ValueError) as exc:
                 self.log.warning(f"bad CNI request on {self.path}: {exc}")
                 return
             started = time.monotonic()
-            out, code = run(role, environ, stdin, via="agent")
+            out, code = invoke(role, environ, stdin, via="agent")
             if self.metrics is not None:
                 self.metrics.cni_seconds.labels(role, environ.get("CNI_COMMAND", ""), str(code)).observe(
                     time.monotonic() - started)
             try:
-                conn.sendall(code.to_bytes(4, "big", signed=True) + len(out).to_bytes(4, "big") + out)
+                conn.sendall(wire.encode_reply(out, code))
             except OSError as exc:  # the caller gave up (timeout): it already reported 11
                 self.log.warning(f"CNI {environ.get('CNI_COMMAND')} for "
                                  f"{environ.get('CNI_CONTAINERID')} finished after its caller left: {exc}")

@@ -7,7 +7,8 @@ import os
 import time
 from datetime import timedelta
 
-from ..ipam import history
+from ..fsutil import write_atomic
+from ..timestamps import format_ts, now
 
 PRUNE_EVERY = 300.0  # seconds between retention sweeps
 
@@ -33,11 +34,8 @@ class HistoryPublisher:
             return 0
 
     def _save_offset(self, network, offset):
-        path = self._offset_path(network)
-        os.makedirs(os.path.dirname(path), exist_ok=True)
-        with open(path + ".tmp", "w") as handle:
-            handle.write(str(offset))
-        os.rename(path + ".tmp", path)
+        # not durable: an offset lost in a crash only uploads records again (idempotent)
+        write_atomic(self._offset_path(network), str(offset), mode=0o644, durable=False, make_dirs=True)
 
     def _new_records(self, network):
         path = os.path.join(self.ipam_data_dir, network, "history.jsonl")
@@ -68,8 +66,8 @@ class HistoryPublisher:
             self.registry.put_history(network, self.node_name, records)
         if records or offset != self._offset(network):
             self._save_offset(network, offset)
-        now = time.monotonic()
-        if now - self.last_prune.get(network, 0) > PRUNE_EVERY:
-            self.registry.delete_history_before(network, history.format_ts(history.now() - self.retention))
-            self.last_prune[network] = now
+        moment = time.monotonic()
+        if moment - self.last_prune.get(network, 0) > PRUNE_EVERY:
+            self.registry.delete_history_before(network, format_ts(now() - self.retention))
+            self.last_prune[network] = moment
         return len(records)

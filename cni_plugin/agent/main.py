@@ -4,21 +4,20 @@ SIGTERM/SIGINT stop the agent and leave the datapath and the leases in place, so
 pods keep talking across a restart and the restarted agent finds its lease again.
 """
 
-import os
 import signal
 import sys
 import threading
 
+from .. import paths
 from . import logs, metrics as metrics_mod, options as options_mod
 
 
 def main(argv=None) -> int:
     args = options_mod.parse(argv)
     log = logs.setup(args.log_level)
-    from ..subnet.registry import Registry, RegistryError
-    from .backend import make_backend
+    from .. import etcd_flags
+    from ..subnet.registry import RegistryError
     from .cni_server import CniServer
-    from .history_publisher import HistoryPublisher
     from .network import NetworkAgent
     from .node import NodeError, NodeIdentity
 
@@ -28,16 +27,12 @@ def main(argv=None) -> int:
         log.error(str(exc), extra={"node": args.node_name})
         return 2
     try:
-        registry = Registry(args.etcd_endpoints, prefix=args.etcd_prefix, cafile=args.etcd_cafile,
-                            certfile=args.etcd_certfile, keyfile=args.etcd_keyfile,
-                            username=args.etcd_username, password=args.etcd_password)
+        registry = etcd_flags.registry(args)
     except RegistryError as exc:  # bad flags (e.g. unreadable cert); reachability is retried
         log.error(str(exc), extra={"node": node.name})
         return 2
     metrics = metrics_mod.Metrics()
-    publisher = HistoryPublisher(registry, args.ipam_data_dir, args.state_dir, node.name,
-                                 args.history_retention, log)
-    agents = [NetworkAgent(name, registry, args, node, metrics, log, make_backend, publisher)
+    agents = [NetworkAgent(name, registry, args, node, metrics, log)
               for name in args.networks]
 
     def health():
@@ -53,7 +48,7 @@ def main(argv=None) -> int:
     except OSError as exc:
         log.error(f"cannot serve metrics on {args.metrics_addr}: {exc.strerror}", extra={"node": node.name})
         return 2
-    cni = CniServer(os.path.join(args.run_dir, "weftd.sock"), log, metrics)
+    cni = CniServer(paths.agent_socket(args.run_dir), log, metrics)
     try:
         cni.start()
     except OSError as exc:

@@ -2,19 +2,15 @@
 
 import ipaddress
 import os
-import secrets
 from dataclasses import dataclass
 from typing import Optional
+
+from ..datapath.mac import random_mac
+from ..fsutil import write_atomic
 
 
 class NodeError(Exception):
     """The node's underlay cannot be determined; the message says which flag to set."""
-
-
-def _random_mac() -> str:
-    octets = bytearray(secrets.token_bytes(6))
-    octets[0] = (octets[0] & 0xFE) | 0x02  # unicast, locally administered
-    return ":".join(f"{b:02x}" for b in octets)
 
 
 @dataclass
@@ -26,40 +22,27 @@ class NodeIdentity:
 
     @classmethod
     def discover(cls, args) -> "NodeIdentity":
-        from ..datapath import overlay
-        from ..datapath.netns import open_host
+        from ..datapath import underlay
+        from ..datapath.errors import DatapathError
+        from ..datapath.netlink import open_agent
 
-        with open_host() as ipr:
+        with open_agent() as nl:
             if args.public_ip:
                 try:
                     public_ip = ipaddress.IPv4Address(args.public_ip)
                 except ValueError:
                     raise NodeError(f"--public-ip {args.public_ip!r} is not an IPv4 address") from None
             else:
-                public_ip = cls._address_of(ipr, overlay, args.iface)
+                try:
+                    public_ip = underlay.public_ipv4(nl, args.iface)
+                except DatapathError as exc:
+                    raise NodeError(str(exc)) from None
             try:
-                overlay.interface_of_ip(ipr, public_ip)
-            except overlay.OverlayError as exc:
+                underlay.interface_of_ip(nl, public_ip)
+            except DatapathError as exc:
                 raise NodeError(f"public IP {public_ip} is not on any interface of this node ({exc}); "
                                 "fix --public-ip or --iface") from None
         return cls(name=args.node_name, public_ip=public_ip, state_dir=args.state_dir)
-
-    @staticmethod
-    def _address_of(ipr, overlay, iface):
-        if iface:
-            found = ipr.link_lookup(ifname=iface)
-            if not found:
-                raise NodeError(f"--iface {iface} does not exist on this node")
-            index = found[0]
-        else:
-            try:
-                index = overlay.default_route_interface(ipr)
-            except overlay.OverlayError:
-                raise NodeError("no default route to pick the underlay from: set --public-ip or --iface") from None
-        for msg in ipr.addr("dump", index=index, family=2):
-            if msg.get("scope") == 0:
-                return ipaddress.IPv4Address(msg.get("IFA_ADDRESS"))
-        raise NodeError(f"interface #{index} has no global IPv4 address: set --public-ip")
 
     def vtep_mac(self, network: str) -> str:
         """Stable across restarts: made once, kept in <state-dir>/<network>/vtep-mac."""
@@ -71,11 +54,6 @@ class NodeIdentity:
                 return mac
         except OSError:
             pass
-        mac = _random_mac()
-        os.makedirs(os.path.dirname(path), exist_ok=True)
-        with open(path + ".tmp", "w") as handle:
-            handle.write(mac + "\n")
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.rename(path + ".tmp", path)
+        mac = random_mac()
+        write_atomic(path, mac + "\n", mode=0o644, make_dirs=True)
         return mac

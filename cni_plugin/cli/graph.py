@@ -199,6 +199,17 @@ def render(model: dict) -> str:
 
 # -- the model from etcd and weft-ipam stores -----------------------------------------
 
+def _device_label(lease) -> str:
+    """The lease's device as its backend names it (the backend's name when it has none)."""
+    from .. import backends
+
+    try:
+        backend = backends.get(lease.backend_type)
+    except KeyError:
+        return lease.backend_type
+    return backend.device_label(lease.backend_data)
+
+
 def pods_from_store(data_dir: str) -> list:
     """Attachments holding an address now, replayed from each network's history.jsonl."""
     from ..ipam import history
@@ -238,7 +249,7 @@ def model_from_registry(registry, networks=None, data_dirs=()) -> dict:
             config = None
         nets.append({"name": name, "network": str(config.network) if config else "?",
                      "backend": config.backend_type if config else "?",
-                     "vni": config.vni if config else None})
+                     "vni": getattr(config.backend, "vni", None) if config else None})
         raw, _ = registry.list_leases(name)
         for key, value, _ in raw:
             try:
@@ -248,11 +259,10 @@ def model_from_registry(registry, networks=None, data_dirs=()) -> dict:
             node = nodes.setdefault(lease.node_name, {"name": lease.node_name,
                                                       "publicIP": str(lease.public_ip),
                                                       "leases": [], "pods": []})
-            vxlan = lease.backend_type == "vxlan"
             node["leases"].append({"network": name, "subnet": str(lease.subnet),
-                                   "vtepMAC": lease.vtep_mac if vxlan else "",
-                                   "vni": lease.vni if vxlan else None,
-                                   "device": f"weft.{lease.vni}" if vxlan else "host-gw"})
+                                   "vtepMAC": lease.vtep_mac,
+                                   "vni": getattr(lease.backend_data, "vni", None),
+                                   "device": _device_label(lease)})
     pods = [p for d in data_dirs for p in pods_from_store(d)]
     for pod in pods:
         for node in nodes.values():

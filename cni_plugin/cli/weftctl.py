@@ -14,22 +14,19 @@ import json
 import os
 import sys
 
+from .. import paths
 from ..ipam import history
-from ..ipam.config import DEFAULT_DATA_DIR
+from ..subnet.registry import RegistryError
+from .. import etcd_flags
 from . import graph
+
+DEFAULT_DATA_DIR = paths.IPAM_DATA_DIR
 
 EXIT_OK, EXIT_NO_HOLDER, EXIT_USAGE, EXIT_FAILED = 0, 1, 2, 3
 
 
 def _etcd_flags(parser):
-    group = parser.add_argument_group("etcd")
-    group.add_argument("--etcd-endpoints", default=os.environ.get("WEFT_ETCD_ENDPOINTS", "http://127.0.0.1:2379"),
-                       help="comma-separated URLs (default $WEFT_ETCD_ENDPOINTS or %(default)s)")
-    group.add_argument("--etcd-prefix", default="/weft")
-    group.add_argument("--etcd-cafile")
-    group.add_argument("--etcd-certfile")
-    group.add_argument("--etcd-keyfile")
-    group.add_argument("--etcd-username", help="password from $WEFTD_ETCD_PASSWORD")
+    etcd_flags.add(parser, endpoints_env="WEFT_ETCD_ENDPOINTS", title="etcd")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -52,7 +49,7 @@ def _parser() -> argparse.ArgumentParser:
     _etcd_flags(leases)
 
     status = commands.add_parser("status", help="this node's agent status")
-    status.add_argument("--run-dir", default="/run/weft")
+    status.add_argument("--run-dir", default=paths.RUN_DIR)
     status.add_argument("--json", action="store_true")
 
     whois = commands.add_parser("whois", help="who holds (or held) an IP address")
@@ -74,11 +71,7 @@ def _fail(msg: str, code: int = EXIT_FAILED) -> int:
 
 
 def _registry(args):
-    from ..subnet.registry import Registry
-
-    return Registry([e.strip() for e in args.etcd_endpoints.split(",") if e.strip()], prefix=args.etcd_prefix,
-                    cafile=args.etcd_cafile, certfile=args.etcd_certfile, keyfile=args.etcd_keyfile,
-                    username=args.etcd_username, password=os.environ.get("WEFTD_ETCD_PASSWORD"))
+    return etcd_flags.registry(args)
 
 
 # -- network -----------------------------------------------------------------
@@ -115,9 +108,10 @@ def network(args) -> int:
             theirs = NetworkConfig.parse(other, registry.get_network_config(other) or "{}")
         except ConfigError:
             continue
-        if config.backend_type == "vxlan" and theirs.backend_type == "vxlan" and theirs.vni == config.vni:
-            return _fail(f"config refused: Backend.VNI {config.vni} is already used by network {other}; "
-                         "every VXLAN network needs its own VNI", EXIT_USAGE)
+        clash = config.backend_type == theirs.backend_type and \
+            config.backend_class.config_clash(config.backend, theirs.backend, other)
+        if clash:
+            return _fail(f"config refused: {clash}", EXIT_USAGE)
         if config.network.overlaps(theirs.network):
             return _fail(f"config refused: Network {config.network} overlaps network {other}'s "
                          f"{theirs.network}", EXIT_USAGE)
@@ -241,10 +235,8 @@ def main(argv=None) -> int:
     args = _parser().parse_args(argv)
     try:
         return COMMANDS[args.command](args)
-    except Exception as exc:  # RegistryError and friends: one line, no traceback
-        if type(exc).__name__ == "RegistryError":
-            return _fail(str(exc))
-        raise
+    except RegistryError as exc:  # one line, no traceback
+        return _fail(str(exc))
 
 
 if __name__ == "__main__":

@@ -2,8 +2,8 @@
 
 import errno
 
-from ..errors import CHECK_FAILED, IO_FAILURE, CniError
-from .rtnl import LOOPBACK_INDEX, RtnlError
+from .constants import LOOPBACK_INDEX
+from .errors import DatapathError, DriftFound, NetlinkError
 
 
 def configure(rt, ifname: str, mac: str, ips: list, routes: list) -> dict:
@@ -17,10 +17,10 @@ def configure(rt, ifname: str, mac: str, ips: list, routes: list) -> dict:
     for dst, gateway in routes:
         try:
             rt.add_route(dst, gateway, link.index)
-        except RtnlError as exc:
+        except NetlinkError as exc:
             if exc.code != errno.EEXIST:
-                raise CniError(IO_FAILURE, f"cannot add route {dst} via {gateway} in the "
-                               f"container: {exc.strerror}")
+                raise DatapathError(f"cannot add route {dst} via {gateway} in the "
+                                    f"container: {exc.strerror}") from None
     return {"index": link.index, "mac": mac or link.address, "mtu": link.mtu}
 
 
@@ -28,21 +28,21 @@ def verify(rt, ifname: str, mac: str, ips: list, routes: list, mtu: int) -> None
     """CHECK: the interface and everything ADD put there are still present."""
     link = rt.link(ifname)
     if link is None:
-        raise CniError(CHECK_FAILED, f"container interface {ifname} is missing")
+        raise DriftFound(f"container interface {ifname} is missing")
     if mac and link.address.lower() != mac.lower():
-        raise CniError(CHECK_FAILED, f"container interface {ifname} has MAC {link.address}, "
-                       f"expected {mac}")
+        raise DriftFound(f"container interface {ifname} has MAC {link.address}, "
+                         f"expected {mac}")
     if mtu and link.mtu != mtu:
-        raise CniError(CHECK_FAILED, f"container interface {ifname} has MTU {link.mtu}, "
-                       f"expected {mtu}")
+        raise DriftFound(f"container interface {ifname} has MTU {link.mtu}, "
+                         f"expected {mtu}")
     if not link.up:
-        raise CniError(CHECK_FAILED, f"container interface {ifname} is down")
+        raise DriftFound(f"container interface {ifname} is down")
     have = set(rt.addresses(link.index))
     for ip in ips:
         if ip not in have:
-            raise CniError(CHECK_FAILED, f"container interface {ifname} lacks address {ip}")
+            raise DriftFound(f"container interface {ifname} lacks address {ip}")
     present = rt.routes(link.index)
     for dst, gateway in routes:
         if (dst, gateway) not in present:
             via = f" via {gateway}" if gateway else ""
-            raise CniError(CHECK_FAILED, f"route {dst}{via} on {ifname} is missing in the container")
+            raise DriftFound(f"route {dst}{via} on {ifname} is missing in the container")

@@ -2,11 +2,10 @@
 
 import errno
 import ipaddress
-import os
 
-from ..errors import IO_FAILURE, LINK_CONFLICT, CniError
 from . import sysctl
-from .rtnl import RtnlError
+from .errors import DatapathError, LinkConflict, NetlinkError
+from .mac import random_mac
 
 
 def ensure_bridge(rt, name: str, mtu: int):
@@ -18,12 +17,12 @@ def ensure_bridge(rt, name: str, mtu: int):
             # the gateway's link-local must answer neighbour discovery at once, not
             # after a second of DAD (the first packets of every new node's pods)
             sysctl.set_interface("ipv6", name, "accept_dad", "0")
-        except RtnlError as exc:
+        except NetlinkError as exc:
             if exc.code != errno.EEXIST:  # a concurrent ADD made it first
-                raise CniError(IO_FAILURE, f"cannot create bridge {name}: {exc.strerror}")
+                raise DatapathError(f"cannot create bridge {name}: {exc.strerror}") from None
         link = rt.link(name)
     if link is None or link.kind != "bridge":
-        raise CniError(LINK_CONFLICT, f"link {name} exists and is not a bridge "
+        raise LinkConflict(f"link {name} exists and is not a bridge "
                        f"(kind {(link.kind if link else '') or 'unknown'}); set `bridge` to another name")
     if link.mtu != mtu or not link.up:
         rt.set_link(link.index, mtu=mtu, up=True)
@@ -41,26 +40,26 @@ def ensure_gateway_address(rt, bridge: str, index: int, gateway, network, force:
             return
         if have.network.overlaps(network):
             if not force:
-                raise CniError(LINK_CONFLICT, f"bridge {bridge} already has address {have}, not "
+                raise LinkConflict(f"bridge {bridge} already has address {have}, not "
                                f"{wanted}; remove it or set forceAddress: true")
             rt.delete_address(index, have)
     try:
         rt.add_address(index, wanted, nodad=wanted.version == 6)
-    except RtnlError as exc:
+    except NetlinkError as exc:
         if exc.code != errno.EEXIST:  # a concurrent ADD added it first
-            raise CniError(IO_FAILURE, f"cannot add {wanted} to bridge {bridge}: {exc.strerror}")
+            raise DatapathError(f"cannot add {wanted} to bridge {bridge}: {exc.strerror}") from None
 
 
 def create_veth(rt, host_name: str, netns_path: str, ifname: str, mtu: int):
     """A veth pair: host_name here, its peer named `ifname` inside netns_path."""
     try:
         rt.add_veth(host_name, ifname, netns_path, mtu)
-    except RtnlError as exc:
+    except NetlinkError as exc:
         if exc.code == errno.EEXIST:
-            raise CniError(LINK_CONFLICT, f"cannot create veth {host_name} with peer {ifname} in "
+            raise LinkConflict(f"cannot create veth {host_name} with peer {ifname} in "
                            f"{netns_path}: a link of that name already exists (in the host or the "
-                           "container)")
-        raise CniError(IO_FAILURE, f"cannot create veth {host_name}: {exc.strerror}")
+                               "container)") from None
+        raise DatapathError(f"cannot create veth {host_name}: {exc.strerror}") from None
     return rt.link(host_name)
 
 
@@ -68,12 +67,6 @@ def attach_to_bridge(rt, index: int, bridge_index: int, hairpin: bool) -> None:
     rt.set_link(index, master=bridge_index, up=not hairpin)
     if hairpin:  # a bridge-port option: only once it is a port
         rt.set_link(index, hairpin=True, up=True)
-
-
-def random_mac() -> str:
-    octets = bytearray(os.urandom(6))
-    octets[0] = (octets[0] & 0xFE) | 0x02  # unicast, locally administered
-    return ":".join(f"{b:02x}" for b in octets)
 
 
 def delete(rt, name: str) -> bool:
@@ -84,7 +77,7 @@ def delete(rt, name: str) -> bool:
     try:
         rt.delete_link(link.index)
         return True
-    except RtnlError as exc:
+    except NetlinkError as exc:
         if exc.code in (errno.ENODEV, errno.ENOENT):
             return False
         raise

@@ -1,4 +1,4 @@
-"""IP masquerade for pod traffic leaving the cluster, with nftables (the `nft` tool).
+"""IP masquerade for pod traffic leaving the cluster, in nftables (through nft.py).
 
 One table per network, `inet weft_<name>`: sets of pod addresses (each element
 carries the attachment as its comment, so DEL needs no state of ours) and of
@@ -8,31 +8,17 @@ multicast).  The table goes away with the last pod.
 
 import fcntl
 import ipaddress
-import json
 import os
 import re
-import subprocess
 from contextlib import contextmanager
 
-from ..errors import IO_FAILURE, CniError
+from . import nft
 
-NFT = "nft"
 _NEVER_MASQ = {4: ["224.0.0.0/4"], 6: ["ff00::/8"]}
 
 
 def table_name(network: str) -> str:
     return "weft_" + re.sub(r"[^A-Za-z0-9_]", "_", network)
-
-
-def _nft(args: list, stdin: str = None, check=True):
-    try:
-        proc = subprocess.run([NFT, *args], input=stdin, capture_output=True, text=True, timeout=30)
-    except FileNotFoundError:
-        raise CniError(IO_FAILURE, "ipMasq needs the nft tool (Debian package nftables); install it "
-                       "or set ipMasq: false")
-    if check and proc.returncode != 0:
-        raise CniError(IO_FAILURE, f"nft {' '.join(args[:4])} failed: {proc.stderr.strip()}")
-    return proc
 
 
 @contextmanager
@@ -47,26 +33,9 @@ def _locked(data_dir: str, network: str):
 
 
 def _list_table(table: str):
-    """The table's sets as {name: [(value, comment)]}, or None when there is no table.
-    Interval elements come back as ("10.0.0.0/16", "")."""
-    proc = _nft(["-j", "list", "table", "inet", table], check=False)
-    if proc.returncode != 0:
-        return None
-    sets = {}
-    for item in json.loads(proc.stdout).get("nftables", []):
-        nft_set = item.get("set")
-        if not nft_set:
-            continue
-        elements = sets.setdefault(nft_set["name"], [])
-        for elem in nft_set.get("elem", []):
-            comment = ""
-            if isinstance(elem, dict) and "elem" in elem:
-                comment = elem["elem"].get("comment", "")
-                elem = elem["elem"].get("val")
-            if isinstance(elem, dict) and "prefix" in elem:
-                elem = f"{elem['prefix']['addr']}/{elem['prefix']['len']}"
-            elements.append((str(elem), comment))
-    return sets
+    """The table's sets as {name: [(value, comment)]}, or None when there is no table."""
+    objects = nft.list_table("inet", table)
+    return None if objects is None else nft.sets_of(objects)
 
 
 def _uncovered(networks: list, present: list) -> list:
@@ -108,7 +77,7 @@ def add(data_dir: str, network: str, attachment: str, pod_ips: list, keep_local:
             script += f"add element inet {table} nomasq{net.version} {{ {net} }}\n"
         for ip in pod_ips:
             script += f'add element inet {table} pods{ip.version} {{ {ip.ip} comment "{attachment}" }}\n'
-        _nft(["-f", "-"], stdin=script)
+        nft.apply(script)
 
 
 def _elements(table: str) -> dict:
@@ -135,7 +104,7 @@ def remove(data_dir: str, network: str, attachment: str) -> None:
         if remaining == 0:
             script = f"delete table inet {table}\n"
         if script:
-            _nft(["-f", "-"], stdin=script)
+            nft.apply(script)
 
 
 def attachments(network: str) -> set:

@@ -4,10 +4,10 @@ import errno
 import fcntl
 import os
 
-from ..errors import INVALID_NETNS, CniError
+from .constants import CLONE_NEWNET
+from .errors import NetnsError
 
 _NS_GET_NSTYPE = 0xB703  # ioctl on an nsfs file: which kind of namespace
-_CLONE_NEWNET = 0x40000000
 
 
 def check_container_netns(path: str) -> None:
@@ -15,23 +15,23 @@ def check_container_netns(path: str) -> None:
     try:
         fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     except OSError as exc:
-        raise CniError(INVALID_NETNS, f"CNI_NETNS {path} cannot be opened: {exc.strerror}")
+        raise NetnsError(f"CNI_NETNS {path} cannot be opened: {exc.strerror}")
     try:
         try:
             kind = fcntl.ioctl(fd, _NS_GET_NSTYPE)
         except OSError as exc:
             if exc.errno in (errno.ENOTTY, errno.EINVAL):
-                raise CniError(INVALID_NETNS, f"CNI_NETNS {path} is not a namespace (expected a "
+                raise NetnsError(f"CNI_NETNS {path} is not a namespace (expected a "
                                "bind-mounted /proc/<pid>/ns/net, e.g. /run/netns/<name>)")
-            raise CniError(INVALID_NETNS, f"CNI_NETNS {path} cannot be inspected: {exc.strerror}")
-        if kind != _CLONE_NEWNET:
-            raise CniError(INVALID_NETNS, f"CNI_NETNS {path} is a namespace but not a network namespace")
+            raise NetnsError(f"CNI_NETNS {path} cannot be inspected: {exc.strerror}")
+        if kind != CLONE_NEWNET:
+            raise NetnsError(f"CNI_NETNS {path} is a namespace but not a network namespace")
         target = os.fstat(fd)
     finally:
         os.close(fd)
     own = os.stat("/proc/thread-self/ns/net")
     if (target.st_dev, target.st_ino) == (own.st_dev, own.st_ino):
-        raise CniError(INVALID_NETNS, f"CNI_NETNS {path} is the plugin's own network namespace; "
+        raise NetnsError(f"CNI_NETNS {path} is the plugin's own network namespace; "
                        "refusing to configure the host as a container")
 
 
@@ -41,7 +41,7 @@ def netns_exists(path: str) -> bool:
     except OSError:
         return False
     try:
-        return fcntl.ioctl(fd, _NS_GET_NSTYPE) == _CLONE_NEWNET
+        return fcntl.ioctl(fd, _NS_GET_NSTYPE) == CLONE_NEWNET
     except OSError:
         return False
     finally:
@@ -55,7 +55,7 @@ def open_container(path: str):
     try:
         return Rtnl(path)
     except OSError as exc:
-        raise CniError(INVALID_NETNS, f"CNI_NETNS {path} cannot be entered: {exc.strerror}")
+        raise NetnsError(f"CNI_NETNS {path} cannot be entered: {exc.strerror}")
 
 
 def open_node():
@@ -64,10 +64,3 @@ def open_node():
 
     return Rtnl()
 
-
-def open_host(path: str = None):
-    """pyroute2's full client for this namespace, or for `path` (the agent's overlay
-    work, and tests that build a node's overlay from outside)."""
-    from pyroute2 import IPRoute
-
-    return IPRoute(netns=path, flags=0) if path else IPRoute()

@@ -34,26 +34,16 @@ from pyroute2.netlink.rtnl.ifaddrmsg import ifaddrmsg
 from pyroute2.netlink.rtnl.ifinfmsg import ifinfmsg
 from pyroute2.netlink.rtnl.rtmsg import rtmsg
 
+from .constants import (CLONE_NEWNET, FAMILY, IFA_F_NODAD, IFF_UP, LOOPBACK_INDEX, RT_SCOPE_LINK,
+                        RT_SCOPE_UNIVERSE, RT_TABLE_MAIN, RTPROT_STATIC)
+from .errors import NetlinkError
+
 NETLINK_ROUTE = 0
 SOL_NETLINK, NETLINK_GET_STRICT_CHK = 270, 12
-LOOPBACK_INDEX = 1  # in every network namespace
-CLONE_NEWNET = 0x40000000
 NLMSG_ERROR, NLMSG_DONE = 2, 3
-IFF_UP = 0x1
-IFA_F_NODAD = 0x02
-RT_TABLE_MAIN = 254
-RTPROT_STATIC = 4
-AF = {4: socket.AF_INET, 6: socket.AF_INET6}
+__all__ = ["LOOPBACK_INDEX", "Link", "Rtnl", "NetlinkError"]
 _HEADER = struct.Struct("=IHHII")
 _libc = ctypes.CDLL(None, use_errno=True)
-
-
-class RtnlError(OSError):
-    """A request the kernel refused; .code is the errno (as pyroute2's NetlinkError)."""
-
-    def __init__(self, code: int, what: str):
-        super().__init__(code, f"{what}: {os.strerror(code)}")
-        self.code = code
 
 
 @dataclass
@@ -174,7 +164,7 @@ class Rtnl:
                     if kind == NLMSG_ERROR:
                         code = -struct.unpack_from("=i", data, offset + 16)[0]
                         if code:
-                            raise RtnlError(code, what)
+                            raise NetlinkError(code, what)
                         return replies  # the ACK
                     if kind == NLMSG_DONE:
                         return replies
@@ -192,7 +182,7 @@ class Rtnl:
         msg["attrs"] = [("IFLA_IFNAME", name)]
         try:
             found = self._request(msg, RTM_GETLINK, NLM_F_REQUEST, f"get link {name}", RawLink)
-        except RtnlError as exc:
+        except NetlinkError as exc:
             if exc.code == errno.ENODEV:
                 return None
             raise
@@ -259,13 +249,13 @@ class Rtnl:
         found = []
         for msg in self._request(query, RTM_GETADDR, NLM_F_REQUEST | NLM_F_DUMP,
                                  "list addresses", ifaddrmsg):
-            if msg["index"] == index and msg["scope"] == 0:
+            if msg["index"] == index and msg["scope"] == RT_SCOPE_UNIVERSE:
                 found.append(ipaddress.ip_interface(f"{msg.get_attr('IFA_ADDRESS')}/{msg['prefixlen']}"))
         return found
 
     def _address(self, kind: int, flags: int, index: int, iface, nodad: bool, what: str):
         msg = ifaddrmsg()
-        msg["family"] = AF[iface.version]
+        msg["family"] = FAMILY[iface.version]
         msg["prefixlen"] = iface.network.prefixlen
         msg["index"] = index
         attrs = [("IFA_ADDRESS", str(iface.ip))]
@@ -287,11 +277,11 @@ class Rtnl:
     # -- routes ----------------------------------------------------------------
     def add_route(self, dst, gateway, oif: int):
         msg = rtmsg()
-        msg["family"] = AF[dst.version]
+        msg["family"] = FAMILY[dst.version]
         msg["dst_len"] = dst.prefixlen
         msg["table"] = RT_TABLE_MAIN
         msg["proto"] = RTPROT_STATIC
-        msg["scope"] = 0  # universe
+        msg["scope"] = RT_SCOPE_UNIVERSE
         msg["type"] = 1  # unicast
         attrs = [("RTA_OIF", oif)]
         if dst.prefixlen:
@@ -299,7 +289,7 @@ class Rtnl:
         if gateway is not None:
             attrs.append(("RTA_GATEWAY", str(gateway)))
         else:
-            msg["scope"] = 253  # link
+            msg["scope"] = RT_SCOPE_LINK
         msg["attrs"] = attrs
         via = f" via {gateway}" if gateway is not None else ""
         self._request(msg, RTM_NEWROUTE, NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE | NLM_F_EXCL,
@@ -310,7 +300,7 @@ class Rtnl:
         found = set()
         for version in (4, 6):
             msg = rtmsg()
-            msg["family"] = AF[version]
+            msg["family"] = FAMILY[version]
             for route in self._request(msg, RTM_GETROUTE, NLM_F_REQUEST | NLM_F_DUMP, "list routes", rtmsg):
                 if route.get_attr("RTA_OIF") != oif or route.get_attr("RTA_TABLE") not in (None, RT_TABLE_MAIN):
                     continue

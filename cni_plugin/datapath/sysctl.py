@@ -1,6 +1,6 @@
 """Sysctls in the plugin's own (the node's) namespace."""
 
-from ..errors import IO_FAILURE, CniError
+from .errors import DatapathError
 
 
 def _write(path: str, value: str) -> bool:
@@ -13,7 +13,7 @@ def _write(path: str, value: str) -> bool:
     except FileNotFoundError:
         return False
     except OSError as exc:
-        raise CniError(IO_FAILURE, f"cannot set {path} to {value}: {exc.strerror}; weft needs a "
+        raise DatapathError(f"cannot set {path} to {value}: {exc.strerror}; weft needs a "
                        "writable /proc/sys (in a container: see weftd-container in the README)")
 
 

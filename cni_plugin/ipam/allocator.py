@@ -5,7 +5,7 @@ Addresses are walked lazily as integers, so an IPv6 /64 is never materialized.
 
 from collections.abc import Callable, Iterator
 
-from ..errors import INVALID_NETCONF, CniError
+from ..cni.errors import INVALID_NETCONF, CniError
 from .config import AddressRange, RangeSet
 
 

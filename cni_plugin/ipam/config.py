@@ -9,8 +9,8 @@ import json
 import os
 from dataclasses import dataclass, field
 
-from ..errors import INVALID_NETCONF, CniError
-from ..spec import netconf
+from ..cni.errors import INVALID_NETCONF, CniError
+from ..cni import netconf
 
 DEFAULT_DATA_DIR = "/var/lib/cni/networks"
 

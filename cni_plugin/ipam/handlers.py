@@ -9,7 +9,7 @@ import ipaddress
 import json
 from contextlib import contextmanager, suppress
 
-from ..errors import (
+from ..cni.errors import (
     ADDRESS_UNAVAILABLE,
     ATTACHMENT_EXISTS,
     CHECK_FAILED,
@@ -19,11 +19,10 @@ from ..errors import (
     RANGE_EXHAUSTED,
     CniError,
 )
-from ..spec import netconf
+from ..cni import netconf
 from . import allocator, config, history
 from .store import Attachment, Store, usability_problem
 
-VALID_ATTACHMENTS_KEY = "cni.dev/valid-attachments"
 NO_POD = (None, None)  # GC does not know which pod an attachment belonged to
 
 
@@ -302,21 +301,7 @@ def cmd_check(env, conf) -> None:
 
 
 def _valid_attachments(conf) -> set[Attachment]:
-    raw = conf.get(VALID_ATTACHMENTS_KEY)
-    if not isinstance(raw, list):
-        got = "is missing" if raw is None else f"must be a list, got {json.dumps(raw)}"
-        raise CniError(INVALID_NETCONF, f"GC: {VALID_ATTACHMENTS_KEY} {got}")
-    valid = set()
-    for i, item in enumerate(raw):
-        where = f"{VALID_ATTACHMENTS_KEY}[{i}]"
-        if not isinstance(item, dict):
-            raise CniError(INVALID_NETCONF, f"{where} must be an object, got {json.dumps(item)}")
-        container_id = netconf.typed(item, "containerID", str, f"{where}.", "")
-        ifname = netconf.typed(item, "ifname", str, f"{where}.", "")
-        if not container_id or not ifname:
-            raise CniError(INVALID_NETCONF, f"{where} needs both containerID and ifname")
-        valid.add(Attachment(container_id, ifname))
-    return valid
+    return {Attachment(container_id, ifname) for container_id, ifname in netconf.valid_attachments(conf)}
 
 
 def _adopt(store: Store, listed: dict, holder: Attachment, ip) -> None:

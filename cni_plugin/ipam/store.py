@@ -19,13 +19,14 @@ import stat
 from contextlib import contextmanager
 from typing import NamedTuple
 
+from ..fsutil import fsync_dir, is_temp_name, write_all, write_atomic
+
 DIR_MODE = 0o700
 FILE_MODE = 0o600
 INDEX_DIR = "by-attachment"
 LAST_RESERVED_PREFIX = "last_reserved_ip."
 HISTORY_FILE = "history.jsonl"
 LOCK_FILE = "lock"
-_TEMP_SUFFIX = ".tmp"
 
 
 class Attachment(NamedTuple):
@@ -58,34 +59,6 @@ def _parse_ip(text: str):
         return ipaddress.ip_address(text.strip())
     except ValueError:
         return None
-
-
-def _fsync_dir(path: str) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _write_and_sync(fd: int, data: bytes) -> None:
-    view = memoryview(data)
-    while view:
-        view = view[os.write(fd, view):]
-    os.fsync(fd)
-
-
-def _write_atomic(path: str, data: bytes) -> None:
-    """Replace path with data: temp file, fsync, rename, fsync the directory."""
-    directory, name = os.path.split(path)
-    temp = os.path.join(directory, f".{name}{_TEMP_SUFFIX}")  # unique: we hold the lock
-    fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, FILE_MODE)
-    try:
-        _write_and_sync(fd, data)
-    finally:
-        os.close(fd)
-    os.replace(temp, path)
-    _fsync_dir(directory)
 
 
 def _read_text(path: str) -> str | None:
@@ -163,13 +136,14 @@ class Store:
         except FileExistsError:
             return False
         try:
-            _write_and_sync(fd, f"{attachment.container_id}\r\n{attachment.ifname}".encode())
+            write_all(fd, f"{attachment.container_id}\r\n{attachment.ifname}".encode())
+            os.fsync(fd)
         except BaseException:
             os.close(fd)
             os.unlink(path)
             raise
         os.close(fd)
-        _fsync_dir(self.dir)
+        fsync_dir(self.dir)
         return True
 
     def release(self, ip, attachment: Attachment) -> bool:
@@ -198,14 +172,14 @@ class Store:
         return [ip for ip in map(_parse_ip, text.splitlines()) if ip is not None]
 
     def write_index(self, attachment: Attachment, ips) -> None:
-        _write_atomic(self._index_path(attachment), "".join(f"{ip}\n" for ip in ips).encode())
+        write_atomic(self._index_path(attachment), "".join(f"{ip}\n" for ip in ips), mode=FILE_MODE)
 
     def remove_index(self, attachment: Attachment) -> None:
         try:
             os.unlink(self._index_path(attachment))
         except FileNotFoundError:
             return
-        _fsync_dir(self.index_dir)
+        fsync_dir(self.index_dir)
 
     # --- round-robin position -----------------------------------------------
 
@@ -214,16 +188,10 @@ class Store:
         return None if text is None else _parse_ip(text)
 
     def set_last_reserved(self, range_set_index: int, ip) -> None:
-        """Atomic but not synced: the round-robin position is a hint, and a crash that
+        """Atomic but not durable: the round-robin position is a hint, and a crash that
         loses it only makes the next search start earlier (no address is at risk)."""
-        path = os.path.join(self.dir, f"{LAST_RESERVED_PREFIX}{range_set_index}")
-        temp = f"{path}{_TEMP_SUFFIX}"
-        fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, FILE_MODE)
-        try:
-            os.write(fd, str(ip).encode())
-        finally:
-            os.close(fd)
-        os.replace(temp, path)
+        write_atomic(os.path.join(self.dir, f"{LAST_RESERVED_PREFIX}{range_set_index}"), str(ip),
+                     mode=FILE_MODE, durable=False)
 
     # --- walking (GC only) --------------------------------------------------
 
@@ -241,7 +209,7 @@ class Store:
         """Leftovers of atomic writes interrupted by a crash."""
         for directory in (self.dir, self.index_dir):
             for name in os.listdir(directory):
-                if name.startswith(".") and name.endswith(_TEMP_SUFFIX):
+                if is_temp_name(name):
                     os.unlink(os.path.join(directory, name))
 
 

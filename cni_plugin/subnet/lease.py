@@ -1,4 +1,8 @@
-"""Network configuration and node leases as stored in etcd (pure data, stdlib only).
+"""Network configuration and node leases as stored in etcd (pure data, no I/O).
+
+The Backend section of a config and the BackendData of a lease belong to the backend
+named by their type (cni_plugin.backends): this module parses the generic keys and
+hands those parts to it.
 
 etcd layout (prefix default /weft):
   <prefix>/networks/<network>/config                 NetworkConfig JSON (flannel's key names)
@@ -7,12 +11,11 @@ etcd layout (prefix default /weft):
 
 import ipaddress
 import json
-import re
 from dataclasses import dataclass, field
 from typing import Optional
 
-BACKENDS = ("vxlan", "host-gw")
-_MAC = re.compile(r"^([0-9a-f]{2}:){5}[0-9a-f]{2}$")
+from .. import backends
+from ..backends.base import BackendDataError
 
 
 class ConfigError(ValueError):
@@ -33,6 +36,21 @@ def parse_subnet_key(key: str) -> ipaddress.IPv4Network:
         raise ConfigError(f"lease key {key!r}: {exc}") from None
 
 
+def _parse_backend(where: str, section: dict) -> tuple:
+    """(type, the backend's config object) from a config's Backend section."""
+    backend_type = section.get("Type", "vxlan")
+    try:
+        backend = backends.get(backend_type) if isinstance(backend_type, str) else None
+    except KeyError:
+        backend = None
+    if backend is None:
+        raise ConfigError(f"{where}: Backend.Type {backend_type!r} is not one of {', '.join(backends.names())}")
+    try:
+        return backend_type, backend.parse_config({k: v for k, v in section.items() if k != "Type"})
+    except BackendDataError as exc:
+        raise ConfigError(f"{where}: {exc}") from None
+
+
 @dataclass(frozen=True)
 class NetworkConfig:
     name: str
@@ -47,10 +65,12 @@ class NetworkConfig:
     ip_masq: bool = True
     mtu: Optional[int] = None
     backend_type: str = "vxlan"
-    vni: int = 1
-    port: int = 8472
-    direct_routing: bool = False
+    backend: object = None  # the backend's own config object (backends/<type>.py)
     raw: dict = field(default_factory=dict, compare=False)
+
+    @property
+    def backend_class(self):
+        return backends.get(self.backend_type)
 
     @classmethod
     def parse(cls, name: str, text: str) -> "NetworkConfig":
@@ -119,19 +139,7 @@ class NetworkConfig:
                 raise ConfigError(f"{where}: {key} {value} is outside Network {network}")
             return subnet
 
-        backend = get("Backend", dict, {}) or {}
-        backend_type = backend.get("Type", "vxlan")
-        if backend_type not in BACKENDS:
-            raise ConfigError(f"{where}: Backend.Type {backend_type!r} is not one of {', '.join(BACKENDS)}")
-        vni = backend.get("VNI", 1)
-        if isinstance(vni, bool) or not isinstance(vni, int) or not 0 < vni < 2 ** 24:
-            raise ConfigError(f"{where}: Backend.VNI {vni!r} must be an integer from 1 to 16777215")
-        port = backend.get("Port", 8472)
-        if isinstance(port, bool) or not isinstance(port, int) or not 0 < port < 65536:
-            raise ConfigError(f"{where}: Backend.Port {port!r} must be an integer from 1 to 65535")
-        direct = backend.get("DirectRouting", False)
-        if not isinstance(direct, bool):
-            raise ConfigError(f"{where}: Backend.DirectRouting must be true or false")
+        backend_type, backend_config = _parse_backend(where, get("Backend", dict, {}) or {})
         mtu = get("MTU", int)
         if mtu is not None and not 68 <= mtu <= 65535:
             raise ConfigError(f"{where}: MTU {mtu} is out of range (68-65535)")
@@ -141,7 +149,7 @@ class NetworkConfig:
             ipv6_network=ipv6_network if enable_ipv6 else None, ipv6_subnet_len=ipv6_subnet_len,
             enable_ipv4=enable_ipv4, enable_ipv6=enable_ipv6,
             ip_masq=get("IPMasq", bool, True), mtu=mtu, backend_type=backend_type,
-            vni=vni, port=port, direct_routing=direct, raw=raw,
+            backend=backend_config, raw=raw,
         )
         if config.subnet_min and config.subnet_max and config.subnet_min > config.subnet_max:
             raise ConfigError(f"{where}: SubnetMin {config.subnet_min} is above SubnetMax {config.subnet_max}")
@@ -187,10 +195,19 @@ class Lease:
     public_ip: ipaddress.IPv4Address
     node_name: str
     backend_type: str = "vxlan"
-    vni: int = 1
-    vtep_mac: str = ""
+    # the backend's value object (backends/<type>.py), or the raw dict of an unknown type
+    backend_data: object = None
     ipv6_subnet: Optional[ipaddress.IPv6Network] = None
     public_ipv6: Optional[ipaddress.IPv6Address] = None
+
+    def __post_init__(self):
+        if self.backend_data is None:  # the backend's defaults (e.g. VNI 1, no VTEP MAC)
+            object.__setattr__(self, "backend_data", _parse_data(self.backend_type, {}))
+
+    @property
+    def vtep_mac(self) -> str:
+        """The VTEP MAC a VXLAN lease carries ("" for other backends): shown by status tools."""
+        return getattr(self.backend_data, "vtep_mac", "")
 
     @property
     def key(self) -> str:
@@ -207,8 +224,7 @@ class Lease:
 
     def to_json(self) -> str:
         value = {"PublicIP": str(self.public_ip), "NodeName": self.node_name,
-                 "BackendType": self.backend_type,
-                 "BackendData": {"VNI": self.vni, "VtepMAC": self.vtep_mac}}
+                 "BackendType": self.backend_type, "BackendData": _data_json(self)}
         if self.public_ipv6 is not None:
             value["PublicIPv6"] = str(self.public_ipv6)
         if self.ipv6_subnet is not None:
@@ -220,19 +236,33 @@ class Lease:
         subnet = parse_subnet_key(key)
         try:
             raw = json.loads(text)
-            data = raw.get("BackendData") or {}
-            mac = str(data.get("VtepMAC", "")).lower()
-            if mac and not _MAC.match(mac):
-                raise ValueError(f"VtepMAC {mac!r}")
+            backend_type = str(raw.get("BackendType", "vxlan"))
             return cls(
                 subnet=subnet,
                 public_ip=ipaddress.IPv4Address(raw["PublicIP"]),
                 node_name=str(raw.get("NodeName", "")),
-                backend_type=str(raw.get("BackendType", "vxlan")),
-                vni=int(data.get("VNI", 1)),
-                vtep_mac=mac,
+                backend_type=backend_type,
+                backend_data=_parse_data(backend_type, raw.get("BackendData") or {}),
                 ipv6_subnet=ipaddress.IPv6Network(raw["IPv6Subnet"]) if raw.get("IPv6Subnet") else None,
                 public_ipv6=ipaddress.IPv6Address(raw["PublicIPv6"]) if raw.get("PublicIPv6") else None,
             )
         except (ValueError, KeyError, TypeError, AttributeError) as exc:
             raise ConfigError(f"lease {key}: unusable value: {exc}") from None
+
+
+def _parse_data(backend_type: str, data):
+    if not isinstance(data, dict):
+        raise ValueError(f"BackendData {data!r} is not an object")
+    try:
+        backend = backends.get(backend_type)
+    except KeyError:  # another backend's lease: kept as it is, never programmed here
+        return dict(data)
+    return backend.parse_lease_data(data)
+
+
+def _data_json(lease: Lease) -> dict:
+    try:
+        backend = backends.get(lease.backend_type)
+    except KeyError:
+        return dict(lease.backend_data or {})
+    return backend.lease_data_json(lease.backend_data)

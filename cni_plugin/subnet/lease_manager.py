@@ -1,7 +1,7 @@
 """Lease policy for one network on one node: acquire, renew, and never switch silently.
 
-Storage is the Registry's business (subnet/registry.py); this module decides which
-subnet to ask for and what to do when the lease vanished or was taken.
+Storage is the registry's business (the interface in subnet/registry.py); this module
+decides which subnet to ask for and what to do when the lease vanished or was taken.
 """
 
 import ipaddress
@@ -11,7 +11,9 @@ import random
 from dataclasses import dataclass, replace
 from typing import Optional
 
+from ..fsutil import write_atomic
 from .lease import ConfigError, Lease, NetworkConfig, parse_subnet_key
+from .registry import Registry
 
 CREATE_ATTEMPTS = 16
 
@@ -47,7 +49,7 @@ def remote_leases(raw: list, own_key: Optional[str]) -> list:
 
 
 class LeaseManager:
-    def __init__(self, registry, config: NetworkConfig, template: Lease, state_dir: str):
+    def __init__(self, registry: Registry, config: NetworkConfig, template: Lease, state_dir: str):
         """template: this node's Lease fields (public IP, node name, backend, VNI, VTEP MAC);
         its subnet is replaced by the one acquired."""
         self.registry = registry
@@ -67,14 +69,8 @@ class LeaseManager:
         return subnet if in_range else None
 
     def record(self, held: HeldLease) -> None:
-        os.makedirs(os.path.dirname(self.state_path), exist_ok=True)
-        tmp = self.state_path + ".tmp"
-        with open(tmp, "w") as handle:
-            json.dump({"subnet": str(held.lease.subnet), "lease_id": held.lease_id,
-                       "node": held.lease.node_name}, handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.rename(tmp, self.state_path)
+        write_atomic(self.state_path, json.dumps({"subnet": str(held.lease.subnet), "lease_id": held.lease_id,
+                                                  "node": held.lease.node_name}), mode=0o644, make_dirs=True)
 
     def _with_subnet(self, subnet) -> Lease:
         return replace(self.template, subnet=subnet, ipv6_subnet=self.config.ipv6_subnet_for(subnet))

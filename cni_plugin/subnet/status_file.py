@@ -5,11 +5,13 @@ STATUS answers 51 when it reports a lease conflict.
 """
 
 import json
-import os
+
+from .. import paths
+from ..fsutil import write_atomic
 
 
 def path_for(run_dir: str, network: str) -> str:
-    return os.path.join(run_dir, f"{network}.status.json")
+    return paths.status_file(run_dir, network)
 
 
 def beside_subnet_file(subnet_file: str) -> str:
@@ -19,12 +21,9 @@ def beside_subnet_file(subnet_file: str) -> str:
 
 
 def write(path: str, status: dict) -> None:
-    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-    tmp = f"{path}.tmp.{os.getpid()}"
-    with open(tmp, "w") as handle:
-        json.dump(status, handle, indent=2, sort_keys=True)
-    os.chmod(tmp, 0o644)
-    os.rename(tmp, path)
+    """Atomic, not durable (rewritten after every change), mode 0644."""
+    write_atomic(path, json.dumps(status, indent=2, sort_keys=True), mode=0o644, durable=False,
+                 make_dirs=True)
 
 
 def read(path: str):

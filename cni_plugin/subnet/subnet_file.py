@@ -10,9 +10,10 @@ Format (one KEY=VALUE per line, '#' comments allowed):
 """
 
 import ipaddress
-import os
 from dataclasses import dataclass
 from typing import Optional
+
+from ..fsutil import write_atomic
 
 
 class SubnetFileError(ValueError):
@@ -85,15 +86,5 @@ def read(path: str) -> SubnetLease:
 
 
 def write(path: str, lease: SubnetLease) -> None:
-    """Atomic replace (temp file + fsync + rename), mode 0644."""
-    directory = os.path.dirname(path) or "."
-    os.makedirs(directory, exist_ok=True)
-    tmp = f"{path}.tmp.{os.getpid()}"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-    try:
-        os.write(fd, lease.render().encode())
-        os.fchmod(fd, 0o644)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.rename(tmp, path)
+    """Atomic, durable replace (fsutil's policy), mode 0644."""
+    write_atomic(path, lease.render(), mode=0o644, make_dirs=True)

@@ -7,7 +7,8 @@ import time
 
 import pytest
 
-from cni_plugin.subnet.registry import Registry, RegistryError
+from cni_plugin.subnet.etcd_registry import EtcdRegistry
+from cni_plugin.subnet.registry import RegistryError
 from lab.etcd import EtcdServer, free_port
 
 WAIT = 10.0
@@ -65,7 +66,7 @@ def shared_etcd(tmp_path_factory):
 
 @pytest.fixture
 def registry(shared_etcd):
-    reg = Registry([shared_etcd.endpoint], timeout=5.0)
+    reg = EtcdRegistry([shared_etcd.endpoint], timeout=5.0)
     yield reg
     reg.close()
 
@@ -90,7 +91,7 @@ def test_network_config_roundtrip_and_names(registry, shared_etcd, net):
 
 
 def test_prefix_is_honoured(shared_etcd, net):
-    with Registry([shared_etcd.endpoint], prefix="/other/") as reg:
+    with EtcdRegistry([shared_etcd.endpoint], prefix="/other/") as reg:
         assert reg.config_key(net) == f"/other/networks/{net}/config"
         reg.put_network_config(net, "{}")
     assert shared_etcd.etcdctl("get", f"/other/networks/{net}/config", "--print-value-only").stdout.strip() == "{}"
@@ -224,7 +225,7 @@ def test_watch_from_a_compacted_revision_resyncs_once(registry, shared_etcd, net
 
 
 def test_close_cancels_watches_without_resync(shared_etcd, net):
-    reg = Registry([shared_etcd.endpoint])
+    reg = EtcdRegistry([shared_etcd.endpoint])
     events = Recorder()
     reg.watch_leases(net, 0, events)
     reg.close()
@@ -252,7 +253,7 @@ def test_handler_errors_do_not_end_the_watch(registry, net):
 
 
 def test_stopping_etcd_resyncs_the_watch_and_calls_fail_until_it_returns(etcd):
-    reg = Registry([etcd.endpoint], timeout=3.0)
+    reg = EtcdRegistry([etcd.endpoint], timeout=3.0)
     try:
         threads_before = threading.active_count()
         events = Recorder()
@@ -283,7 +284,7 @@ def test_stopping_etcd_resyncs_the_watch_and_calls_fail_until_it_returns(etcd):
 
 def test_unreachable_etcd_raises_registry_error_naming_the_endpoint():
     endpoint = f"http://127.0.0.1:{free_port()}"
-    reg = Registry([endpoint], timeout=2.0)
+    reg = EtcdRegistry([endpoint], timeout=2.0)
     started = time.monotonic()
     with pytest.raises(RegistryError, match=f"etcd at {endpoint} is unreachable"):
         reg.get_network_config("weft")
@@ -294,10 +295,10 @@ def test_unreachable_etcd_raises_registry_error_naming_the_endpoint():
 
 def test_failover_to_the_next_endpoint(shared_etcd):
     dead = [f"http://127.0.0.1:{free_port()}", f"127.0.0.1:{free_port()}"]
-    with Registry([dead[0], shared_etcd.endpoint]) as reg:
+    with EtcdRegistry([dead[0], shared_etcd.endpoint]) as reg:
         assert reg.connect() == shared_etcd.endpoint
         assert reg.get_network_config("absent") is None
-    with Registry(dead) as reg:
+    with EtcdRegistry(dead) as reg:
         with pytest.raises(RegistryError) as failure:
             reg.connect()
         assert dead[0] in str(failure.value) and "http://" + dead[1] in str(failure.value)
@@ -306,9 +307,9 @@ def test_failover_to_the_next_endpoint(shared_etcd):
 def test_bad_endpoints_are_refused():
     for bad in ("ftp://127.0.0.1:2379", "http://127.0.0.1:notaport", "http:///path"):
         with pytest.raises(RegistryError, match="invalid etcd endpoint"):
-            Registry([bad])
+            EtcdRegistry([bad])
     with pytest.raises(RegistryError):
-        Registry([])
+        EtcdRegistry([])
 
 
 # ---- TLS and auth ----
@@ -318,14 +319,14 @@ def test_tls_needs_the_client_certificate(tmp_path):
     try:
         server.start()
         kwargs = server.client_kwargs()
-        with Registry([server.endpoint], **kwargs) as reg:
+        with EtcdRegistry([server.endpoint], **kwargs) as reg:
             reg.put_network_config("weft", "{}")
             assert reg.network_names() == ["weft"]
-        with Registry([server.endpoint], cafile=kwargs["cafile"]) as reg:
+        with EtcdRegistry([server.endpoint], cafile=kwargs["cafile"]) as reg:
             with pytest.raises(RegistryError,
                                match=f"TLS handshake with {server.endpoint} failed.*client certificate"):
                 reg.network_names()
-        with Registry([server.endpoint]) as reg:  # system CAs do not know the test CA
+        with EtcdRegistry([server.endpoint]) as reg:  # system CAs do not know the test CA
             with pytest.raises(RegistryError, match="TLS handshake.*CERTIFICATE_VERIFY_FAILED"):
                 reg.network_names()
     finally:
@@ -337,7 +338,7 @@ def test_auth_accepts_the_right_password_only(tmp_path):
     try:
         server.start()
         kwargs = server.client_kwargs()
-        with Registry([server.endpoint], **kwargs) as reg:
+        with EtcdRegistry([server.endpoint], **kwargs) as reg:
             reg.put_network_config("weft", "{}")
             time.sleep(2.5)  # the simple token expires; the registry renews it
             assert reg.get_network_config("weft") == "{}"
@@ -347,13 +348,13 @@ def test_auth_accepts_the_right_password_only(tmp_path):
             reg.create_lease("weft", "10.244.1.0-24", "v", ttl=60)
             assert events.wait(1)[0][:2] == ("put", "10.244.1.0-24")
             cancel()
-        with Registry([server.endpoint], username=kwargs["username"], password="wrong") as reg:
+        with EtcdRegistry([server.endpoint], username=kwargs["username"], password="wrong") as reg:
             with pytest.raises(RegistryError, match="rejected the credentials for user weft"):
                 reg.network_names()
-        with Registry([server.endpoint]) as reg:
+        with EtcdRegistry([server.endpoint]) as reg:
             with pytest.raises(RegistryError, match="requires a username"):
                 reg.network_names()
-        with Registry([server.endpoint], prefix="/elsewhere", **kwargs) as reg:
+        with EtcdRegistry([server.endpoint], prefix="/elsewhere", **kwargs) as reg:
             with pytest.raises(RegistryError, match="denied user weft"):
                 reg.put_network_config("weft", "{}")
     finally:

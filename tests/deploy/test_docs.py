@@ -24,11 +24,13 @@ import xml.etree.ElementTree as ET
 import pytest
 import yaml
 
-from cni_plugin import plugin_config
+from cni_plugin.plugin import config as plugin_config
 from cni_plugin.agent import options
 from cni_plugin.cli import weftctl
 from cni_plugin.ipam import config as ipam_config
 from cni_plugin.subnet import subnet_file
+from cni_plugin import backends
+from cni_plugin.backends.vxlan import VxlanData
 from cni_plugin.subnet.lease import Lease, NetworkConfig
 
 from .artifacts import CONF, REPO
@@ -222,8 +224,8 @@ def test_network_config_table_lists_exactly_the_keys_the_parser_reads():
     documented = {key for row in rows for key in ticks(row[0])}
     source = inspect.getsource(NetworkConfig.from_dict)
     code = set(re.findall(r'(?<![.\w])(?:get|net|bound)\("(\w+)"', source))
-    code = {k for k in code if k != "Backend"}
-    code |= {f"Backend.{k}" for k in re.findall(r'backend\.get\("(\w+)"', source)}
+    code = {k for k in code if k != "Backend"} | {"Backend.Type"}
+    code |= {f"Backend.{k}" for name in backends.names() for k in backends.get(name).CONFIG_KEYS}
     assert documented == code
 
 
@@ -231,7 +233,7 @@ def test_lease_and_subnet_file_keys_match_the_code():
     text = section("### Leases")
     shown = set(re.findall(r"\w+", re.search(r"holds `(\{.*?\})`", text, re.S).group(1)))
     lease = Lease(subnet=ipaddress.IPv4Network("10.244.3.0/24"), public_ip=ipaddress.IPv4Address("192.0.2.9"),
-                  node_name="n", vtep_mac="02:00:00:00:00:01",
+                  node_name="n", backend_data=VxlanData(1, "02:00:00:00:00:01"),
                   ipv6_subnet=ipaddress.IPv6Network("fd00:10:244:3::/64"),
                   public_ipv6=ipaddress.IPv6Address("2001:db8::9"))
     value = json.loads(lease.to_json())
@@ -265,13 +267,13 @@ def test_architecture_svg_is_regenerated_from_its_source():
 
 def test_weftctl_graph_draws_a_real_cluster(installed, tmp_path):
     from cni_plugin.ipam import history
-    from cni_plugin.subnet.registry import Registry
+    from cni_plugin.subnet.etcd_registry import EtcdRegistry
     from lab.etcd import EtcdServer
 
     etcd = EtcdServer(tmp_path / "etcd")
     etcd.start()
     try:
-        with Registry([etcd.endpoint]) as registry:
+        with EtcdRegistry([etcd.endpoint]) as registry:
             registry.put_network_config("weft", json.dumps({"Network": "10.244.0.0/16"}))
             registry.put_network_config("weft2", json.dumps({"Network": "10.245.0.0/16",
                                                              "Backend": {"VNI": 2}}))
@@ -279,7 +281,7 @@ def test_weftctl_graph_draws_a_real_cluster(installed, tmp_path):
                 for network, vni, second in (("weft", 1, 244), ("weft2", 2, 245)):
                     lease = Lease(subnet=ipaddress.IPv4Network(f"10.{second}.{index}.0/24"),
                                   public_ip=ipaddress.IPv4Address(f"192.0.2.{index}"), node_name=f"node{index}",
-                                  vni=vni, vtep_mac=f"02:00:00:00:{vni:02x}:{index:02x}")
+                                  backend_data=VxlanData(vni, f"02:00:00:00:{vni:02x}:{index:02x}"))
                     assert registry.create_lease(network, lease.key, lease.to_json(), 600)
         store = tmp_path / "ipam"
         (store / "weft").mkdir(parents=True)

@@ -14,9 +14,9 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from cni_plugin import plugin_config
+from cni_plugin.plugin import config as plugin_config
 from cni_plugin.agent import options
-from cni_plugin.spec import netconf
+from cni_plugin.cni import netconf
 from cni_plugin.subnet import subnet_file
 from cni_plugin.subnet.lease import NetworkConfig
 
@@ -110,7 +110,7 @@ def test_network_configs_are_valid_and_distinct():
     data = artifacts.configmap_data()
     primary = NetworkConfig.parse("weft", data["net-conf.json"])
     secondary = NetworkConfig.parse("weft2", data["net-conf-weft2.json"])
-    assert primary.vni != secondary.vni
+    assert primary.backend.vni != secondary.backend.vni
     assert not primary.network.overlaps(secondary.network)
     with open(os.path.join(CONF, "kind-config.yaml")) as handle:
         kind = yaml.safe_load(handle)

@@ -12,15 +12,21 @@ import time
 
 import pytest
 
-from cni_plugin.datapath import overlay
-from cni_plugin.datapath.netns import open_host
-from cni_plugin.datapath.overlay import WEFT_RTPROT, Drift, OverlayError, Plan
-from cni_plugin.datapath.vxlan import ensure_vxlan, vxlan_device_name
+from cni_plugin import backends
+from cni_plugin.backends import engine
+from cni_plugin.backends.base import Device
+from cni_plugin.backends.engine import Drift, OverlayError, Plan
+from cni_plugin.backends.vxlan import VxlanData, device_name
+from cni_plugin.datapath import underlay
+from cni_plugin.datapath.constants import WEFT_RTPROT
+from cni_plugin.datapath.errors import DatapathError, LinkConflict
+from cni_plugin.datapath.netlink import open_agent
+from cni_plugin.datapath.vxlan import ensure_vxlan
 from cni_plugin.subnet.lease import Lease, NetworkConfig
 from lab.namespaces import Namespace
 
 VNI = 1
-DEV = vxlan_device_name(VNI)
+DEV = device_name(VNI)
 PING_TRIES = 3
 
 
@@ -42,15 +48,15 @@ class Node:
         lab.underlay.ip("link", "set", f"u{n}", "master", "br0", "up")
         self.ns.ip("addr", "add", str(self.public_ip), "dev", "eth0")
         self.ns.ip("link", "set", "eth0", "up")
-        self.ipr = open_host(self.ns.path)  # IPRoute(netns=path, flags=0)
+        self.ipr = open_agent(self.ns.path)  # bound to the node namespace
         lab.sockets.append(self.ipr)
         self.subnet = ipaddress.ip_network(f"10.244.{n}.0/24")
         self.subnet6 = cfg.ipv6_subnet_for(self.subnet)
         self.mac = f"0e:77:00:00:00:{n:02x}"
         self.lease = Lease(subnet=self.subnet, public_ip=self.public_ip.ip, node_name=f"node{n}",
-                           backend_type=cfg.backend_type, vni=VNI, vtep_mac=self.mac,
+                           backend_type=cfg.backend_type, backend_data=VxlanData(VNI, self.mac),
                            ipv6_subnet=self.subnet6)
-        self.underlay = overlay.interface_of_ip(self.ipr, self.public_ip.ip)
+        self.underlay = underlay.interface_of_ip(self.ipr, self.public_ip.ip)
         self.device = None
         self._pod_bridge()
 
@@ -77,9 +83,9 @@ class Node:
 
     def plan(self, peers) -> Plan:
         device = self.device
-        return Plan.for_network(self.cfg, self.lease, self.underlay,
-                                device_index=device.index if device else 0,
-                                device_name=DEV if device else "", peers=peers)
+        backend = backends.get(self.cfg.backend_type)(self.cfg.backend)
+        return Plan.for_network(backend, self.cfg, self.lease, self.underlay,
+                                device=Device(device.index, DEV) if device else Device(), peers=peers)
 
     def ping(self, other: "Node", version=4, size=None, tries=PING_TRIES) -> bool:
         """A bounded number of single pings, from our pod address to theirs."""
@@ -146,7 +152,7 @@ def lab():
 
 def program_all(nodes):
     leases = [node.lease for node in nodes]
-    return [overlay.reconcile(node.ipr, node.plan(leases)) for node in nodes]
+    return [engine.reconcile(node.ipr, node.plan(leases)) for node in nodes]
 
 
 def vxlan_cluster(lab, count, **cfg_args):
@@ -206,7 +212,7 @@ def test_ensure_vxlan_repairs_in_place_and_recreates_on_identity_change(lab):
 def test_ensure_vxlan_refuses_a_foreign_link_of_the_same_name(lab):
     node, = lab.nodes(1, config())
     node.ns.ip("link", "add", DEV, "type", "bridge")
-    with pytest.raises(OverlayError, match=rf"link {DEV} exists and is a bridge"):
+    with pytest.raises(LinkConflict, match=rf"link {DEV} exists and is a bridge"):
         node.ensure_device()
     assert node.ns.ip_json("-d", "link", "show", DEV)[0]["linkinfo"]["info_kind"] == "bridge"
 
@@ -215,13 +221,13 @@ def test_underlay_discovery(lab):
     node, = lab.nodes(1, config())
     node.ns.ip("route", "add", "default", "via", "192.168.77.254", "dev", "eth0")
     eth0 = node.ns.ip_json("link", "show", "eth0")[0]
-    assert overlay.default_route_interface(node.ipr) == eth0["ifindex"]
-    assert overlay.interface_of_ip(node.ipr, "192.168.77.1") == \
+    assert underlay.default_route_interface(node.ipr) == eth0["ifindex"]
+    assert underlay.interface_of_ip(node.ipr, "192.168.77.1") == \
         (eth0["ifindex"], "eth0", 1500, ipaddress.ip_network("192.168.77.0/24"))
-    with pytest.raises(OverlayError, match="no interface holds the public IP 192.168.77.9"):
-        overlay.interface_of_ip(node.ipr, "192.168.77.9")
-    with pytest.raises(OverlayError, match="no IPv6 default route"):
-        overlay.default_route_interface(node.ipr, 6)
+    with pytest.raises(DatapathError, match="no interface holds the public IP 192.168.77.9"):
+        underlay.interface_of_ip(node.ipr, "192.168.77.9")
+    with pytest.raises(DatapathError, match="no IPv6 default route"):
+        underlay.default_route_interface(node.ipr, 6)
 
 
 # -- VXLAN peers ----------------------------------------------------------------
@@ -244,7 +250,7 @@ def test_vxlan_peers_exact_kernel_state_and_pings_across_nodes(lab):
     too_big = a.ns.run(["ping", "-c", "1", "-W", "1", "-M", "do", "-s", str(1450 - 27), "-I",
                         str(a.pod_ip()), str(b.pod_ip())], check=False, timeout=10)
     assert too_big.returncode != 0 and "mtu=1450" in too_big.stdout + too_big.stderr
-    assert overlay.reconcile(a.ipr, a.plan([n.lease for n in nodes])) == Drift()
+    assert engine.reconcile(a.ipr, a.plan([n.lease for n in nodes])) == Drift()
 
 
 def test_reconcile_repairs_missing_and_wrong_entries_and_counts_them(lab):
@@ -256,7 +262,7 @@ def test_reconcile_repairs_missing_and_wrong_entries_and_counts_them(lab):
     a.ns.run(["bridge", "fdb", "replace", b.mac, "dev", DEV, "dst", "192.168.77.9", "self", "permanent"])
     assert a.cut_off(b) and a.cut_off(c)
 
-    drift = overlay.reconcile(a.ipr, a.plan([n.lease for n in nodes]))
+    drift = engine.reconcile(a.ipr, a.plan([n.lease for n in nodes]))
     assert (drift.added, drift.removed) == (4, 0), drift.details
     assert sorted(drift.details) == sorted([
         f"neighbour 10.244.3.0 lladdr {c.mac} dev {DEV} was missing",
@@ -265,13 +271,13 @@ def test_reconcile_repairs_missing_and_wrong_entries_and_counts_them(lab):
         f"route 10.244.2.0/24 via 10.244.2.0 dev {DEV} onlink was missing",
     ])
     assert a.ping(b) and a.ping(c)
-    assert overlay.reconcile(a.ipr, a.plan([n.lease for n in nodes])) == Drift()
+    assert engine.reconcile(a.ipr, a.plan([n.lease for n in nodes])) == Drift()
 
 
 def test_reconcile_removes_a_departed_lease_in_reverse_order(lab):
     a, b, c = nodes = vxlan_cluster(lab, 3)
     program_all(nodes)
-    drift = overlay.reconcile(a.ipr, a.plan([a.lease, b.lease]))
+    drift = engine.reconcile(a.ipr, a.plan([a.lease, b.lease]))
     assert (drift.added, drift.removed) == (0, 3)
     assert [d.split()[0] for d in drift.details] == ["route", "fdb", "neighbour"]
     assert all("10.244.3.0" in d or c.mac in d for d in drift.details)
@@ -298,7 +304,7 @@ def test_reconcile_removes_stale_weft_entries_but_never_foreign_routes(lab):
     a.ns.ip("route", "replace", "10.244.2.0/24", "via", "10.244.2.0", "dev", DEV, "onlink",
             "proto", "static")
 
-    drift = overlay.reconcile(a.ipr, a.plan([a.lease, b.lease]))
+    drift = engine.reconcile(a.ipr, a.plan([a.lease, b.lease]))
     assert (drift.added, drift.removed) == (1, 3), drift.details
     assert [d.split()[0] for d in drift.details] == ["route", "fdb", "neighbour", "route"]
     assert drift.details[-1] == f"route 10.244.2.0/24 via 10.244.2.0 dev {DEV} onlink was missing"
@@ -315,37 +321,37 @@ def test_reconcile_removes_stale_weft_entries_but_never_foreign_routes(lab):
 def test_unusable_lease_is_reported_by_key_and_others_are_still_programmed(lab):
     a, b, c = nodes = vxlan_cluster(lab, 3)
     program_all(nodes)
-    broken = Lease(subnet=c.subnet, public_ip=c.public_ip.ip, node_name="node3", vni=VNI, vtep_mac="")
+    broken = Lease(subnet=c.subnet, public_ip=c.public_ip.ip, node_name="node3", backend_data=VxlanData(VNI, ""))
     a.ns.ip("route", "del", "10.244.2.0/24")
     with pytest.raises(OverlayError) as err:
-        overlay.reconcile(a.ipr, a.plan([a.lease, b.lease, broken]))
+        engine.reconcile(a.ipr, a.plan([a.lease, b.lease, broken]))
     assert err.value.errors == ["lease 10.244.3.0-24 (node node3, 192.168.77.3): no VtepMAC"]
     assert (err.value.drift.added, err.value.drift.removed) == (1, 0)  # b's route was repaired
     # c's previous entries stay until its lease is fixed or gone
     assert len(a.routes()) == 2 and len(a.neighbours()) == 2 and len(a.fdb()) == 2
     assert a.ping(b) and a.ping(c)
     with pytest.raises(OverlayError, match="lease 10.244.3.0-24 .*VNI 7, but the local device uses VNI 1"):
-        overlay.apply_peer(a.ipr, a.plan([]), Lease(c.subnet, c.public_ip.ip, "node3", vni=7,
-                                                   vtep_mac=c.mac))
+        engine.apply_peer(a.ipr, a.plan([]), Lease(c.subnet, c.public_ip.ip, "node3",
+                                                  backend_data=VxlanData(7, c.mac)))
 
 
 def test_apply_peer_and_remove_peer_for_the_watch_path(lab):
     a, b = vxlan_cluster(lab, 2)
-    overlay.apply_peer(b.ipr, b.plan([]), a.lease)
+    engine.apply_peer(b.ipr, b.plan([]), a.lease)
     plan = a.plan([])
-    assert overlay.apply_peer(a.ipr, plan, a.lease) == Drift()  # our own lease: nothing
-    done = overlay.apply_peer(a.ipr, plan, b.lease)
+    assert engine.apply_peer(a.ipr, plan, a.lease) == Drift()  # our own lease: nothing
+    done = engine.apply_peer(a.ipr, plan, b.lease)
     assert done.added == 3
     assert [d.split()[1] for d in done.details] == ["neighbour", "fdb", "route"]
     assert a.ping(b)
-    assert overlay.apply_peer(a.ipr, plan, b.lease).added == 3  # replace: idempotent
+    assert engine.apply_peer(a.ipr, plan, b.lease).added == 3  # replace: idempotent
     assert len(a.routes()) == 1 and len(a.neighbours()) == 1 and len(a.fdb()) == 1
 
-    gone = overlay.remove_peer(a.ipr, plan, b.lease)
+    gone = engine.remove_peer(a.ipr, plan, b.lease)
     assert (gone.removed, [d.split()[1] for d in gone.details]) == (3, ["route", "fdb", "neighbour"])
     assert a.routes() == [] and a.neighbours() == [] and a.fdb() == []
     assert a.cut_off(b)
-    assert overlay.remove_peer(a.ipr, plan, b.lease) == Drift()
+    assert engine.remove_peer(a.ipr, plan, b.lease) == Drift()
 
 
 # -- DirectRouting, host-gw, dual-stack -------------------------------------------------------
@@ -366,7 +372,7 @@ def test_direct_routing_uses_plain_routes_on_the_shared_l2_network(lab):
     assert route_view(c.routes()) == [("10.244.1.0/24", "10.244.1.0", DEV, True),
                                       ("10.244.2.0/24", "10.244.2.0", DEV, True)]
     assert a.ping(b) and a.ping(c) and b.ping(c)
-    assert all(overlay.reconcile(n.ipr, n.plan([m.lease for m in nodes])) == Drift() for n in nodes)
+    assert all(engine.reconcile(n.ipr, n.plan([m.lease for m in nodes])) == Drift() for n in nodes)
 
 
 def test_host_gw_routes_via_public_ips(lab):
@@ -383,12 +389,12 @@ def test_host_gw_routes_via_public_ips(lab):
     far = Lease(ipaddress.ip_network("10.244.9.0/24"), ipaddress.ip_address("10.1.2.3"), "far",
                 backend_type="host-gw")
     with pytest.raises(OverlayError) as err:
-        overlay.reconcile(a.ipr, a.plan([b.lease, c.lease, far]))
+        engine.reconcile(a.ipr, a.plan([b.lease, c.lease, far]))
     assert len(err.value.errors) == 1
     assert err.value.errors[0].startswith("lease 10.244.9.0-24 (node far, 10.1.2.3): host-gw needs "
                                           "every node on one L2 network")
     assert err.value.drift.added == 1 and a.ping(c)
-    assert overlay.remove_peer(a.ipr, a.plan([]), c.lease).removed == 1
+    assert engine.remove_peer(a.ipr, a.plan([]), c.lease).removed == 1
     assert a.cut_off(c)
 
 
@@ -404,9 +410,9 @@ def test_dual_stack_pings_over_ipv6_through_the_same_vxlan_device(lab):
 
     a.ns.ip("-6", "route", "del", "fd00:10:244:2::/64")
     a.ns.ip("-6", "neigh", "del", "fd00:10:244:2::", "dev", DEV)
-    drift = overlay.reconcile(a.ipr, a.plan([b.lease]))
+    drift = engine.reconcile(a.ipr, a.plan([b.lease]))
     assert drift.added == 2 and a.ping(b, version=6)
-    gone = overlay.reconcile(a.ipr, a.plan([]))
+    gone = engine.reconcile(a.ipr, a.plan([]))
     assert (gone.added, gone.removed) == (0, 5)
     assert a.routes(6) == [] and a.neighbours() == [] and a.fdb() == []
     assert a.cut_off(b, version=6)
@@ -414,10 +420,10 @@ def test_dual_stack_pings_over_ipv6_through_the_same_vxlan_device(lab):
 
 def test_a_failed_neighbour_holds_back_that_leases_routes_and_names_the_lease(lab):
     a, b = nodes = vxlan_cluster(lab, 2, ipv6=True)
-    overlay.reconcile(b.ipr, b.plan([a.lease]))
+    engine.reconcile(b.ipr, b.plan([a.lease]))
     a.ns.run(["sysctl", "-q", "-w", f"net.ipv6.conf.{DEV.replace('.', '/')}.disable_ipv6=1"])
     with pytest.raises(OverlayError) as err:
-        overlay.reconcile(a.ipr, a.plan([n.lease for n in nodes]))
+        engine.reconcile(a.ipr, a.plan([n.lease for n in nodes]))
     assert len(err.value.errors) == 1
     assert err.value.errors[0].startswith(
         f"lease 10.244.2.0-24: cannot program neighbour fd00:10:244:2:: lladdr {b.mac} dev {DEV}: ")
@@ -427,5 +433,5 @@ def test_a_failed_neighbour_holds_back_that_leases_routes_and_names_the_lease(la
 
     a.ns.run(["sysctl", "-q", "-w", f"net.ipv6.conf.{DEV.replace('.', '/')}.disable_ipv6=0"])
     assert a.ensure_device().action == "updated"  # the IPv6 address came back
-    assert overlay.reconcile(a.ipr, a.plan([n.lease for n in nodes])).added == 4
+    assert engine.reconcile(a.ipr, a.plan([n.lease for n in nodes])).added == 4
     assert a.ping(b) and a.ping(b, version=6)

@@ -7,8 +7,8 @@ import os
 
 import pytest
 
-from cni_plugin import plugin_config
-from cni_plugin.spec import netconf
+from cni_plugin.plugin import config as plugin_config
+from cni_plugin.cni import netconf
 from cni_plugin.subnet import subnet_file
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))

@@ -8,6 +8,7 @@ import sys
 import pytest
 
 from cni_plugin import forwarder
+from cni_plugin.cni import wire
 
 
 @pytest.mark.parametrize("conf,expected", [
@@ -24,7 +25,7 @@ def test_socket_path(conf, expected):
 
 
 def test_request_carries_only_cni_variables():
-    request = forwarder.encode_request("weft", {"CNI_COMMAND": "ADD", "HOME": "/root"}, b"{}")
+    request = wire.encode_request("weft", {"CNI_COMMAND": "ADD", "HOME": "/root"}, b"{}")
     assert request.startswith(b"WEFT1 weft\n") and b"CNI_COMMAND=ADD\0" in request and b"HOME" not in request
 
 

@@ -6,7 +6,7 @@ import time
 
 import pytest
 
-from cni_plugin.errors import INVALID_NETCONF, CniError
+from cni_plugin.cni.errors import INVALID_NETCONF, CniError
 from cni_plugin.ipam import allocator, config
 
 A = ipaddress.ip_address

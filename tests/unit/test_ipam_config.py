@@ -5,7 +5,7 @@ import ipaddress
 
 import pytest
 
-from cni_plugin.errors import INVALID_NETCONF, CniError
+from cni_plugin.cni.errors import INVALID_NETCONF, CniError
 from cni_plugin.ipam import config
 
 A = ipaddress.ip_address

@@ -7,7 +7,7 @@ import threading
 
 import pytest
 
-from cni_plugin.errors import (
+from cni_plugin.cni.errors import (
     ADDRESS_UNAVAILABLE,
     ATTACHMENT_EXISTS,
     CHECK_FAILED,
@@ -19,7 +19,7 @@ from cni_plugin.errors import (
 from cni_plugin.ipam import history
 from cni_plugin.ipam.handlers import HANDLERS
 from cni_plugin.ipam.store import Store
-from cni_plugin.spec.dispatch import dispatch
+from cni_plugin.cni.dispatch import dispatch
 
 V4 = [{"subnet": "10.1.0.0/24"}]
 V6 = [{"subnet": "fd00:1::/64"}]

@@ -6,6 +6,7 @@ import json
 
 import pytest
 
+from cni_plugin.backends.vxlan import VxlanData
 from cni_plugin.subnet.lease import ConfigError, Lease, NetworkConfig, parse_subnet_key, subnet_key
 from cni_plugin.subnet.lease_manager import LeaseConflict, LeaseManager, NoFreeSubnet
 
@@ -50,7 +51,7 @@ CONFIG = NetworkConfig.parse("weft", json.dumps({"Network": "10.244.0.0/22", "Su
 
 def template(node="n1", mac="02:00:00:00:00:01"):
     return Lease(subnet=ipaddress.IPv4Network("0.0.0.0/32"), public_ip=ipaddress.IPv4Address("192.0.2.1"),
-                 node_name=node, vtep_mac=mac)
+                 node_name=node, backend_data=VxlanData(1, mac))
 
 
 def manager(registry, tmp_path, node="n1"):
@@ -64,7 +65,7 @@ def foreign(subnet, node):
 
 def test_config_defaults_and_range():
     assert CONFIG.subnet_range() == (ipaddress.IPv4Network("10.244.1.0/24"), ipaddress.IPv4Network("10.244.3.0/24"))
-    assert CONFIG.subnet_count() == 3 and CONFIG.backend_type == "vxlan" and CONFIG.vni == 1
+    assert CONFIG.subnet_count() == 3 and CONFIG.backend_type == "vxlan" and CONFIG.backend.vni == 1
 
 
 @pytest.mark.parametrize("raw,needle", [
@@ -84,7 +85,7 @@ def test_config_errors_name_the_key(raw, needle):
 
 def test_lease_round_trip_and_key():
     lease = Lease(subnet=ipaddress.IPv4Network("10.244.3.0/24"), public_ip=ipaddress.IPv4Address("192.0.2.3"),
-                  node_name="n3", vtep_mac="02:00:00:00:00:03",
+                  node_name="n3", backend_data=VxlanData(1, "02:00:00:00:00:03"),
                   ipv6_subnet=ipaddress.IPv6Network("fd00::/64"))
     assert lease.key == "10.244.3.0-24" == subnet_key(lease.subnet)
     assert parse_subnet_key("/weft/networks/x/subnets/10.244.3.0-24") == lease.subnet

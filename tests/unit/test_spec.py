@@ -4,9 +4,9 @@ import json
 
 import pytest
 
-from cni_plugin.plugin import HANDLERS
-from cni_plugin.spec import result as cni_result
-from cni_plugin.spec.dispatch import dispatch
+from cni_plugin.plugin.commands import HANDLERS
+from cni_plugin.cni import result as cni_result
+from cni_plugin.cni.dispatch import dispatch
 
 ENV = {"CNI_COMMAND": "ADD", "CNI_CONTAINERID": "c1", "CNI_NETNS": "/run/netns/x",
        "CNI_IFNAME": "eth0", "CNI_PATH": "/nonexistent"}

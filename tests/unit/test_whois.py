@@ -9,7 +9,7 @@ import pytest
 from cni_plugin.cli import weftctl
 from cni_plugin.ipam import history
 from cni_plugin.ipam.handlers import HANDLERS
-from cni_plugin.spec.dispatch import dispatch
+from cni_plugin.cni.dispatch import dispatch
 
 T0 = datetime(2026, 11, 22, 18, 0, 0, tzinfo=timezone.utc)
 

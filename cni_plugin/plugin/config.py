@@ -7,17 +7,17 @@ two in step.
 import copy
 from dataclasses import dataclass, field
 
-from .errors import INVALID_NETCONF, NOT_AVAILABLE, TRY_AGAIN_LATER, CniError
-from .spec import netconf
-from .spec.env import validate_ifname
-from .subnet import subnet_file
+from .. import paths
+from ..cni.errors import INVALID_NETCONF, NOT_AVAILABLE, TRY_AGAIN_LATER, CniError
+from ..cni import netconf
+from ..cni.env import validate_ifname
+from ..subnet import subnet_file
 
 DEFAULT_BRIDGE = "cbr0"
 DEFAULT_MTU = 1500
-DEFAULT_DATA_DIR = "/var/lib/weft/cni"
-DEFAULT_AGENT_SOCKET = "/run/weft/weftd.sock"
-DEFAULT_LOG_FILE = "/var/log/weft/weft.log"
-SUBNET_FILE_DIR = "/run/weft"
+DEFAULT_DATA_DIR = paths.PLUGIN_DATA_DIR
+DEFAULT_AGENT_SOCKET = paths.AGENT_SOCKET
+DEFAULT_LOG_FILE = paths.LOG_FILE
 
 
 @dataclass
@@ -112,7 +112,7 @@ def load(conf: dict, command: str) -> WeftConf:
     ipam = _ipam_section(conf)
     delegate_conf = conf
     cluster_networks = []
-    subnet_path = opt("subnetFile", str, f"{SUBNET_FILE_DIR}/{name}.env")
+    subnet_path = opt("subnetFile", str, paths.subnet_file(paths.RUN_DIR, name))
     lease = None
     if not _has_ranges(ipam):
         if command in ("ADD", "STATUS", "CHECK"):

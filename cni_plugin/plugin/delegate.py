@@ -8,8 +8,8 @@ import json
 import os
 import subprocess
 
-from .errors import DELEGATE_FAILED, INVALID_NETCONF, CniError
-from .spec import result as cni_result
+from ..cni.errors import DELEGATE_FAILED, INVALID_NETCONF, CniError
+from ..cni import result as cni_result
 
 DELEGATE_TIMEOUT = 60  # seconds; a runtime gives up long before this
 IN_PROCESS = "weft-ipam"  # found on CNI_PATH as usual, then run without an exec
@@ -54,12 +54,13 @@ def run(plugin_type: str, command: str, env, conf: dict):
 
 
 def _run_in_process(executable: str, command: str, env, conf: dict):
-    """weft-ipam is weft's own: run its handlers here (same code, same file lock as
-    the executable) instead of paying for an exec and an interpreter start."""
-    from .invocation import run as run_invocation
+    """weft-ipam is weft's own: dispatch to its handlers here (same code, same file lock
+    as the executable) instead of paying for an exec and an interpreter start."""
+    from ..cni.dispatch import dispatch
+    from ..ipam.handlers import HANDLERS
 
     environ = {**env.as_environ(), "CNI_COMMAND": command}
-    out, code = run_invocation(IN_PROCESS, environ, json.dumps(conf).encode())
+    out, code = dispatch(HANDLERS, environ, json.dumps(conf).encode())
     return _interpret(executable, command, subprocess.CompletedProcess([executable], code, out, b""))
 
 

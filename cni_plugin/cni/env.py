@@ -2,7 +2,7 @@
 
 import re
 
-from ..errors import INVALID_ENV, CniError
+from .errors import INVALID_ENV, CniError
 
 COMMANDS = ("ADD", "DEL", "CHECK", "GC", "STATUS", "VERSION")
 

@@ -1,13 +1,13 @@
 """Parsing a network configuration from stdin: the checks every weft binary shares.
 
 Plugin-specific keys and their defaults live with their owner
-(cni_plugin/plugin_config.py for weft, cni_plugin/ipam/config.py for weft-ipam).
+(cni_plugin/plugin/config.py for weft, cni_plugin/ipam/config.py for weft-ipam).
 """
 
 import json
 import re
 
-from ..errors import DECODE_FAILURE, INCOMPATIBLE_VERSION, INVALID_NETCONF, CniError
+from .errors import DECODE_FAILURE, INCOMPATIBLE_VERSION, INVALID_NETCONF, CniError
 from . import versions
 
 _NETWORK_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
@@ -81,3 +81,25 @@ def cni_args(conf: dict) -> dict:
     args = conf.get("args") or {}
     cni = args.get("cni") if isinstance(args, dict) else None
     return cni if isinstance(cni, dict) else {}
+
+
+VALID_ATTACHMENTS_KEY = "cni.dev/valid-attachments"
+
+
+def valid_attachments(conf: dict) -> set:
+    """GC's {(containerID, ifname)} from cni.dev/valid-attachments; error 7 naming the item."""
+    raw = conf.get(VALID_ATTACHMENTS_KEY)
+    if not isinstance(raw, list):
+        got = "is missing" if raw is None else f"must be a list, got {json.dumps(raw)}"
+        raise CniError(INVALID_NETCONF, f"GC: {VALID_ATTACHMENTS_KEY} {got}")
+    valid = set()
+    for i, item in enumerate(raw):
+        where = f"{VALID_ATTACHMENTS_KEY}[{i}]"
+        if not isinstance(item, dict):
+            raise CniError(INVALID_NETCONF, f"{where} must be an object, got {json.dumps(item)}")
+        container_id = typed(item, "containerID", str, f"{where}.", "")
+        ifname = typed(item, "ifname", str, f"{where}.", "")
+        if not container_id or not ifname:
+            raise CniError(INVALID_NETCONF, f"{where} needs both containerID and ifname")
+        valid.add((container_id, ifname))
+    return valid

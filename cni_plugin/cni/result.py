@@ -6,7 +6,7 @@ with ips as {"address": "10.1.0.5/24", "gateway"?: "10.1.0.1", "interface"?: 2}.
 
 import ipaddress
 
-from ..errors import DECODE_FAILURE, CniError
+from .errors import DECODE_FAILURE, CniError
 from . import versions
 
 _IFACE_KEYS_1_0 = ("name", "mac", "sandbox")

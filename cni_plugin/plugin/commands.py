@@ -1,16 +1,22 @@
 """weft's CNI commands: IPAM delegate + datapath, with rollback on failure.
 
-Handlers take (CniEnv, conf) as spec.dispatch calls them.  Kernel work lives in
-cni_plugin.datapath (imported lazily, so VERSION and STATUS never load pyroute2).
+Handlers take (CniEnv, conf) as cni.dispatch calls them.  Kernel work lives in
+cni_plugin.datapath (imported lazily, so VERSION and STATUS never load pyroute2);
+its errors become CNI codes in plugin/errors.py.
 """
 
 import ipaddress
 
-from . import delegate, plugin_config
-from .datapath.naming import HOST_VETH_PREFIX, host_veth_name
-from .errors import (ATTACHMENT_EXISTS, CHECK_FAILED, DELEGATE_FAILED, INVALID_NETCONF,
-                     NOT_AVAILABLE_LIMITED, CniError)
-from .spec import result as cni_result
+from ..cni import log
+from ..cni import result as cni_result
+from ..cni.errors import (ATTACHMENT_EXISTS, CHECK_FAILED, DELEGATE_FAILED, INTERNAL, INVALID_NETCONF,
+                          IO_FAILURE, NOT_AVAILABLE_LIMITED, CniError)
+from ..cni.netconf import valid_attachments
+from ..datapath.naming import HOST_VETH_PREFIX, host_veth_name
+from . import config as plugin_config
+from . import delegate
+from ..datapath.errors import DatapathError
+from .errors import as_cni_error, speaks_cni
 
 
 def _attachment(env) -> str:
@@ -43,7 +49,7 @@ def _container_routes(cfg, ipam: dict) -> list:
 
 
 def _setup(cfg, env, mac: str, ipam: dict, rt) -> dict:
-    from .datapath import container, links, masq, netns, sysctl
+    from ..datapath import container, links, masq, netns, sysctl
 
     ips = [ipaddress.ip_interface(entry["address"]) for entry in ipam["ips"]]
     bridge = links.ensure_bridge(rt, cfg.bridge, cfg.mtu)
@@ -93,7 +99,7 @@ def _release(cfg, env, errors: list) -> None:
 
 
 def cmd_add(env, conf):
-    from .datapath import netns
+    from ..datapath import netns
 
     cfg = plugin_config.load(conf, "ADD")
     mac = plugin_config.requested_mac(cfg, env)
@@ -114,20 +120,26 @@ def cmd_add(env, conf):
 
 
 def _rollback(cfg, env, rt, host_name: str) -> None:
-    """Undo a failed ADD: links, masquerade entries, the IP allocation."""
-    from .datapath import links, masq
+    """Undo a failed ADD: links, masquerade entries, the IP allocation.  Every step is
+    tried; a step that fails is written to the log file (the runtime sees the ADD's
+    own error, and the operator finds what may be left behind)."""
+    from ..datapath import links, masq
 
-    for step in (lambda: links.delete(rt, host_name),
-                 lambda: cfg.ip_masq and masq.remove(cfg.data_dir, cfg.name, _attachment(env)),
-                 lambda: delegate.run(cfg.ipam_type, "DEL", env, cfg.delegate_conf)):
+    steps = (("delete host veth " + host_name, lambda: links.delete(rt, host_name)),
+             ("remove masquerade entries", lambda: cfg.ip_masq and masq.remove(cfg.data_dir, cfg.name,
+                                                                               _attachment(env))),
+             (f"release the IP via {cfg.ipam_type} DEL",
+              lambda: delegate.run(cfg.ipam_type, "DEL", env, cfg.delegate_conf)))
+    for what, step in steps:
         try:
             step()
-        except Exception:  # keep undoing; the original error is what the runtime sees
-            pass
+        except Exception as exc:  # keep undoing
+            log.record(cfg.log_file, {"command": "ADD", "containerID": env.container_id,
+                                      "ifname": env.ifname, "rollback": what, "rollbackError": str(exc)})
 
 
 def cmd_del(env, conf):
-    from .datapath import links, masq, netns
+    from ..datapath import links, masq, netns
 
     cfg = plugin_config.load(conf, "DEL")
     errors = []
@@ -143,7 +155,7 @@ def cmd_del(env, conf):
     if cfg.ip_masq:
         try:
             masq.remove(cfg.data_dir, cfg.name, _attachment(env))
-        except CniError as exc:
+        except DatapathError as exc:
             errors.append(exc)
     _release(cfg, env, errors)
     _raise_first(errors)
@@ -152,7 +164,8 @@ def cmd_del(env, conf):
 def _raise_first(errors: list) -> None:
     if not errors:
         return
-    first = errors[0] if isinstance(errors[0], CniError) else CniError(999, str(errors[0]))
+    errors = [_known(e) for e in errors]
+    first = errors[0]
     if len(errors) > 1:
         first = CniError(first.code, "; ".join(getattr(e, "msg", str(e)) for e in errors), first.details)
     raise first
@@ -172,7 +185,7 @@ def _prev_attachment(cfg, env):
 
 
 def cmd_check(env, conf):
-    from .datapath import container, netns
+    from ..datapath import container, netns
 
     cfg = plugin_config.load(conf, "CHECK")
     iface, ips, prev = _prev_attachment(cfg, env)
@@ -205,24 +218,21 @@ def cmd_check(env, conf):
         raise CniError(CHECK_FAILED, f"host veth {host_name} has MTU {host.mtu}, expected {cfg.mtu}")
 
 
-def _valid_attachments(conf: dict) -> list:
-    valid = conf.get("cni.dev/valid-attachments")
-    if not isinstance(valid, list) or not all(
-        isinstance(a, dict) and isinstance(a.get("containerID"), str) and isinstance(a.get("ifname"), str)
-        for a in valid
-    ):
-        raise CniError(INVALID_NETCONF, "GC needs cni.dev/valid-attachments: a list of "
-                       '{"containerID": ..., "ifname": ...}')
-    return valid
+def _known(exc: Exception) -> CniError:
+    """A collected error as CNI error: datapath errors by class, anything else as a bug."""
+    try:
+        return as_cni_error(exc)
+    except Exception:
+        return CniError(INTERNAL, f"internal error: {exc!r}")
 
 
 def cmd_gc(env, conf):
-    from .datapath import links, masq, netns
+    from ..datapath import links, masq, netns
 
     cfg = plugin_config.load(conf, "GC")
-    valid = _valid_attachments(conf)
-    keep_links = {host_veth_name(a["containerID"], a["ifname"]) for a in valid}
-    keep_masq = {f"{a['containerID']}/{a['ifname']}" for a in valid}
+    valid = valid_attachments(conf)
+    keep_links = {host_veth_name(container_id, ifname) for container_id, ifname in valid}
+    keep_masq = {f"{container_id}/{ifname}" for container_id, ifname in valid}
     errors = []
     with netns.open_node() as rt:
         bridge = rt.link(cfg.bridge)
@@ -232,12 +242,12 @@ def cmd_gc(env, conf):
                     try:
                         links.delete(rt, name)
                     except Exception as exc:
-                        errors.append(CniError(5, f"cannot delete stale veth {name}: {exc}"))
+                        errors.append(CniError(IO_FAILURE, f"cannot delete stale veth {name}: {exc}"))
     if cfg.ip_masq:
         try:
             for stale in masq.attachments(cfg.name) - keep_masq:
                 masq.remove(cfg.data_dir, cfg.name, stale)
-        except CniError as exc:
+        except DatapathError as exc:
             errors.append(exc)
     try:
         delegate.run(cfg.ipam_type, "GC", env, cfg.delegate_conf)
@@ -247,7 +257,7 @@ def cmd_gc(env, conf):
 
 
 def cmd_status(env, conf):
-    from .subnet import status_file
+    from ..subnet import status_file
 
     cfg = plugin_config.load(conf, "STATUS")
     agent = status_file.read(status_file.beside_subnet_file(cfg.subnet_file))
@@ -256,4 +266,5 @@ def cmd_status(env, conf):
     delegate.run(cfg.ipam_type, "STATUS", env, cfg.delegate_conf)
 
 
-HANDLERS = {"ADD": cmd_add, "DEL": cmd_del, "CHECK": cmd_check, "GC": cmd_gc, "STATUS": cmd_status}
+HANDLERS = {name: speaks_cni(handler) for name, handler in
+            {"ADD": cmd_add, "DEL": cmd_del, "CHECK": cmd_check, "GC": cmd_gc, "STATUS": cmd_status}.items()}

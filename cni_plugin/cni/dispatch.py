@@ -9,7 +9,7 @@ import json
 import sys
 import traceback
 
-from ..errors import INTERNAL, CniError
+from .errors import INTERNAL, CniError
 from . import env as cni_env
 from . import netconf, versions
 from .result import render

@@ -1,0 +1,107 @@
+"""weftd's small controller runtime: one event loop per network, timers, backoff.
+
+A network's loop (network.NetworkAgent) owns a queue of events (watch events, stop),
+a set of periodic timers, and the controllers registered in agent/controllers/.
+Controllers are called from that one thread only, so they need no locks of their own.
+
+A controller subclasses Controller and overrides the hooks it needs:
+  prepare()            (re)start: config, lease, devices; may raise (the loop backs off)
+  after_prepare()      once every controller's prepare() succeeded
+  before_sync()        before each full listing of leases
+  sync(raw)            after each full listing: raw = [(key, value, etcd lease id)]
+  on_lease_event(kind, key, value, received)   one watch event ("put"/"delete")
+  timers()             [(interval seconds, callable)] run while serving
+  while_waiting()      between failed attempts (keep the datapath repaired)
+  status()             keys merged into the network's status file
+  close()              the agent stops
+"""
+
+import queue
+import time
+from typing import Callable, Optional, Protocol
+
+
+class Controller:
+    name = ""
+    order = 50  # lower runs first in every hook
+
+    def __init__(self, agent):
+        self.agent = agent  # network.NetworkAgent: shared state, log, metrics, options
+
+    def prepare(self) -> None: ...
+    def after_prepare(self) -> None: ...
+    def before_sync(self) -> None: ...
+    def sync(self, raw: list) -> None: ...
+    def on_lease_event(self, kind: str, key: str, value: str, received: float) -> None: ...
+    def timers(self) -> list:
+        return []
+    def while_waiting(self) -> None: ...
+    def status(self) -> dict:
+        return {}
+    def close(self) -> None: ...
+
+
+class WatchSource(Protocol):
+    """Where a network's lease events come from (etcd today; the Kubernetes API later).
+    on_event(kind, key, value, revision); kind "resync" ends the watch (re-list)."""
+
+    def watch_leases(self, network: str, start_revision: int,
+                     on_event: Callable[[str, Optional[str], Optional[str], int], None]) -> Callable[[], None]: ...
+
+
+class Backoff:
+    """Doubling delays between failed attempts, reset on success."""
+
+    def __init__(self, low: float = 0.5, high: float = 5.0):
+        self.low, self.high = low, high
+        self.delay = low
+
+    def reset(self) -> None:
+        self.delay = self.low
+
+    def next(self) -> float:
+        current = self.delay
+        self.delay = min(self.delay * 2, self.high)
+        return current
+
+
+class Timers:
+    """Periodic callables; due() runs the ones whose time has come."""
+
+    def __init__(self, entries: list):
+        now = time.monotonic()
+        self.entries = [[now + interval, interval, fn] for interval, fn in entries]
+
+    def wait(self) -> float:
+        if not self.entries:
+            return 3600.0
+        return max(0.0, min(e[0] for e in self.entries) - time.monotonic())
+
+    def due(self) -> None:
+        now = time.monotonic()
+        for entry in self.entries:
+            if now >= entry[0]:
+                entry[2]()
+                entry[0] = now + entry[1]
+
+
+class EventQueue:
+    """Watch events and the stop signal, in arrival order."""
+
+    STOP = ("stop", None, None, 0.0)
+
+    def __init__(self):
+        self.events = queue.Queue()
+
+    def post(self, kind, key=None, value=None, received: float = None) -> None:
+        self.events.put((kind, key, value, time.monotonic() if received is None else received))
+
+    def stop(self) -> None:
+        self.events.put(self.STOP)
+
+    def get(self, timeout: float):
+        """The next event, or None when the timeout passed first."""
+        try:
+            return self.events.get(timeout=timeout)
+        except queue.Empty:
+            return None

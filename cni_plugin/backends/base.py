@@ -1,0 +1,93 @@
+"""What a backend is: its config keys, its lease data, its device, its per-peer entries.
+
+Kernel entries are (kind, key, value) triples that the shared engine reads back,
+compares and writes:
+  route      ip_network  -> (gateway ip_address, oif, onlink)
+  neighbour  ip_address  -> MAC               (on the backend's device)
+  fdb        MAC         -> ip_address        (on the backend's device)
+"""
+
+from typing import ClassVar, NamedTuple, Optional
+
+ROUTE, FDB, NEIGH = "route", "fdb", "neighbour"
+
+
+class BackendDataError(ValueError):
+    """A lease's BackendData (or a config's Backend section) is unusable; says which key."""
+
+
+class Device(NamedTuple):
+    """The backend's own device on this node (index 0: it has none)."""
+
+    index: int = 0
+    name: str = ""
+
+
+class SetupResult(NamedTuple):
+    mtu: int              # the pod MTU this backend leaves room for
+    device: Device
+    action: str = ""      # what was done to the device, e.g. "recreated"
+    reason: str = ""
+
+
+class Backend:
+    """One backend type.  Subclasses set `name`, `CONFIG_KEYS` and override what they need."""
+
+    name: ClassVar[str] = ""
+    CONFIG_KEYS: ClassVar[tuple] = ()   # keys of the network config's Backend section
+    owns_device_entries: ClassVar[bool] = False  # permanent neighbours/FDB on its device are ours
+
+    # -- network config ------------------------------------------------------------
+    @classmethod
+    def parse_config(cls, section: dict):
+        """The Backend section (Type removed) -> this backend's frozen config object.
+        Keys of other backends are ignored (a config may be switched between types)."""
+        return None
+
+    @classmethod
+    def config_clash(cls, mine, theirs, other: str) -> Optional[str]:
+        """Why this network cannot share a node with network `other` (same backend type,
+        config `theirs`), or None."""
+        return None
+
+    # -- lease data (the opaque BackendData of a lease) --------------------------------
+    @classmethod
+    def parse_lease_data(cls, data: dict):
+        """etcd's BackendData -> a frozen value object; BackendDataError if unusable."""
+        return None
+
+    @classmethod
+    def lease_data_json(cls, data) -> dict:
+        return {}
+
+    @classmethod
+    def device_label(cls, data) -> str:
+        """The device a lease with this BackendData programs on its node, for display."""
+        return cls.name
+
+    @classmethod
+    def local_lease_data(cls, config, node, network: str):
+        """What this node publishes in its lease (config: the backend's config object)."""
+        return None
+
+    # -- this node -----------------------------------------------------------------------
+    def __init__(self, config, log=None):
+        self.config = config  # the backend's config object
+        self.log = log
+
+    def setup(self, nl, network, lease, node, underlay) -> SetupResult:
+        """Create or repair the device for `lease` (this node's); network: NetworkConfig."""
+        return SetupResult(underlay.mtu, Device())
+
+    # -- remote leases (pure) --------------------------------------------------------------
+    def check_peer(self, plan, lease) -> None:
+        """Raise ValueError naming what makes a remote lease unusable for this backend."""
+
+    def peer_entries(self, plan, lease) -> list:
+        """[(kind, key, value)] for one usable remote lease, in write order."""
+        raise NotImplementedError
+
+    def peer_owned(self, plan, lease) -> list:
+        """[(kind, key, value or None)] a lease may own, in removal order (value: what an
+        entry must still point at to be removed; None: remove by key)."""
+        return []

@@ -1,0 +1,326 @@
+"""The shared desired-vs-actual reconcile for every backend (planning is pure).
+
+For one network on one node, a Plan says what the kernel should hold: each usable
+remote lease gets the entries its backend lists (base.py explains kinds, keys and
+values).  `reconcile` reads back what this plan owns, removes stale entries, writes
+missing or wrong ones (netlink replace) and returns a Drift; `apply_peer` and
+`remove_peer` are the cheap single-lease paths for the watch.
+
+Ownership: routes are ours when they carry proto WEFT_RTPROT and their destination
+lies inside the plan's cluster network(s) (any interface, table main); when the
+backend owns its device's entries, every permanent neighbour and every FDB entry on
+that device is ours.  Nothing else is ever read as ours or removed.
+
+Writes go neighbour, FDB, route; removals the other way.  An unusable lease's
+existing entries are left alone until it is fixed or gone.  Failures are never
+skipped silently: they are collected per lease and raised as one OverlayError, which
+carries the Drift of what did get done.
+"""
+
+import ipaddress
+from dataclasses import dataclass, field
+from typing import Optional
+
+from ..datapath.constants import WEFT_RTPROT
+from ..datapath.errors import DatapathError
+from ..datapath.underlay import Underlay
+from .base import FDB, NEIGH, ROUTE, Device
+
+WRITE_ORDER = (NEIGH, FDB, ROUTE)
+REMOVE_ORDER = (ROUTE, FDB, NEIGH)
+
+
+class OverlayError(Exception):
+    """Programming failed for one or more leases; `errors` names each lease key,
+    `drift` is what was done anyway."""
+
+    def __init__(self, message: str, errors: Optional[list] = None, drift: "Drift" = None):
+        self.errors = list(errors or [message])
+        self.drift = drift
+        super().__init__(message if errors is None else f"{message}: " + "; ".join(self.errors))
+
+
+@dataclass
+class Drift:
+    added: int = 0
+    removed: int = 0
+    details: list = field(default_factory=list)
+
+    @property
+    def changed(self) -> bool:
+        return bool(self.added or self.removed)
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What one network on this node should look like in the kernel.
+
+    backend    the Backend instance (its .name and .config)
+    local      this node's Lease (its subnets are never routed)
+    networks   cluster networks: (IPv4Network,) or (IPv4Network, IPv6Network)
+    underlay   Underlay of the local public IPv4 address
+    device     the backend's Device (index 0: none)
+    underlay6  Underlay of the local public IPv6 address, if any
+    peers      remote Leases (the local lease, if present, is ignored)
+    """
+
+    backend: object
+    local: object
+    networks: tuple
+    underlay: Underlay
+    device: Device = Device()
+    underlay6: Optional[Underlay] = None
+    peers: tuple = ()
+
+    @classmethod
+    def for_network(cls, backend, config, local, underlay: Underlay, device: Device = Device(),
+                    peers=(), underlay6: Optional[Underlay] = None) -> "Plan":
+        """A Plan from a NetworkConfig (cni_plugin.subnet.lease)."""
+        networks = (config.network,) + ((config.ipv6_network,) if config.ipv6_network else ())
+        return cls(backend=backend, local=local, networks=networks, underlay=underlay, device=device,
+                   underlay6=underlay6, peers=tuple(peers))
+
+    @property
+    def ipv6(self) -> bool:
+        return any(n.version == 6 for n in self.networks)
+
+    def in_cluster(self, network) -> bool:
+        return any(network.version == n.version and network.subnet_of(n) for n in self.networks)
+
+    def oif_name(self, index: int) -> str:
+        if index == self.device.index and self.device.name:
+            return self.device.name
+        for underlay in (self.underlay, self.underlay6):
+            if underlay is not None and underlay.index == index:
+                return underlay.name
+        return f"if{index}"
+
+    def direct_ipv6(self, lease) -> Optional[ipaddress.IPv6Address]:
+        """The peer's PublicIPv6 when an IPv6 subnet can be routed to it directly."""
+        if self.underlay6 is not None and lease.public_ipv6 is not None \
+                and lease.public_ipv6 in self.underlay6.network:
+            return lease.public_ipv6
+        return None
+
+    def reads_device(self) -> bool:
+        return self.backend.owns_device_entries and bool(self.device.index)
+
+
+# -- desired state (pure) -----------------------------------------------------
+
+@dataclass
+class Desired:
+    """(kind, key) -> (value, lease key), plus what unusable leases protect."""
+
+    entries: dict = field(default_factory=dict)
+    protected: set = field(default_factory=set)  # (kind, key) of unusable leases: left alone
+    protected_fdb_dsts: set = field(default_factory=set)
+    errors: list = field(default_factory=list)
+
+    def add(self, kind, key, value, lease_key):
+        self.entries[(kind, key)] = (value, lease_key)
+
+
+def describe_lease(lease) -> str:
+    return f"lease {lease.key} (node {lease.node_name or '?'}, {lease.public_ip})"
+
+
+def is_local(plan: Plan, lease) -> bool:
+    return lease.subnet == plan.local.subnet
+
+
+def check_peer(plan: Plan, lease) -> None:
+    """Raise ValueError naming what makes `lease` unusable for this plan."""
+    if lease.backend_type != plan.backend.name:
+        raise ValueError(f"backend {lease.backend_type}, but this network uses {plan.backend.name}")
+    if not plan.in_cluster(lease.subnet):
+        raise ValueError(f"subnet {lease.subnet} is outside the cluster network")
+    if plan.ipv6 and lease.ipv6_subnet is not None and not plan.in_cluster(lease.ipv6_subnet):
+        raise ValueError(f"IPv6 subnet {lease.ipv6_subnet} is outside the cluster network")
+    plan.backend.check_peer(plan, lease)
+
+
+def peer_entries(plan: Plan, lease) -> list:
+    """[(kind, key, value)] for one remote lease, in write order; ValueError if unusable."""
+    check_peer(plan, lease)
+    return plan.backend.peer_entries(plan, lease)
+
+
+def _protect(plan: Plan, desired: Desired, lease) -> None:
+    for subnet in (lease.subnet, lease.ipv6_subnet):
+        if subnet is not None:
+            desired.protected.add((ROUTE, subnet))
+    for kind, key, _ in plan.backend.peer_owned(plan, lease):
+        desired.protected.add((kind, key))
+    desired.protected_fdb_dsts.add(lease.public_ip)
+
+
+def desired_state(plan: Plan) -> Desired:
+    desired = Desired()
+    for lease in plan.peers:
+        if is_local(plan, lease):
+            continue
+        try:
+            entries = peer_entries(plan, lease)
+        except ValueError as exc:
+            desired.errors.append(f"{describe_lease(lease)}: {exc}")
+            _protect(plan, desired, lease)
+            continue
+        for kind, key, value in entries:
+            desired.add(kind, key, value, lease.key)
+    return desired
+
+
+# -- kernel state ---------------------------------------------------------------
+
+def read_state(nl, plan: Plan) -> dict:
+    """(kind, key) -> value of every kernel entry this plan owns (see module doc)."""
+    state = {}
+    for version in sorted({n.version for n in plan.networks}):
+        for route in nl.routes(version, proto=WEFT_RTPROT):
+            if plan.in_cluster(route.dst):
+                state[(ROUTE, route.dst)] = (route.gateway, route.oif, route.onlink)
+    if plan.reads_device():
+        for ip, mac in nl.permanent_neighbours(plan.device.index).items():
+            state[(NEIGH, ip)] = mac
+        for mac, (dst, permanent) in nl.fdb(plan.device.index).items():
+            # a learned entry is never equal to a desired value: rewritten
+            state[(FDB, mac)] = dst if permanent else ("not permanent", dst)
+    return state
+
+
+def _write(nl, plan: Plan, kind: str, key, value) -> None:
+    if kind == NEIGH:
+        nl.replace_neighbour(plan.device.index, key, value)
+    elif kind == FDB:
+        nl.replace_fdb(plan.device.index, key, value)
+    else:
+        gateway, oif, onlink = value
+        nl.replace_route(key, gateway, oif, onlink)
+
+
+def _delete(nl, plan: Plan, kind: str, key, value) -> bool:
+    """Delete one entry; False when it was already gone."""
+    if kind == NEIGH:
+        return nl.delete_neighbour(plan.device.index, key)
+    if kind == FDB:
+        dst = value[1] if isinstance(value, tuple) else value
+        return nl.delete_fdb(plan.device.index, key, dst)
+    return nl.delete_weft_route(key)  # by destination and weft's protocol only
+
+
+def describe(plan: Plan, kind: str, key, value) -> str:
+    if kind == ROUTE:
+        gateway, oif, onlink = value
+        return f"route {key} via {gateway} dev {plan.oif_name(oif)}{' onlink' if onlink else ''}"
+    if kind == NEIGH:
+        return f"neighbour {key} lladdr {value} dev {plan.device.name}"
+    return f"fdb {key} dst {value} dev {plan.device.name}"
+
+
+# -- reconcile, apply, remove -------------------------------------------------------
+
+def stale_entries(desired: Desired, actual: dict) -> list:
+    out = []
+    for (kind, key), value in actual.items():
+        if (kind, key) in desired.entries or (kind, key) in desired.protected:
+            continue
+        if kind == FDB and value in desired.protected_fdb_dsts:
+            continue
+        out.append((kind, key, value))
+    return out
+
+
+def missing_entries(desired: Desired, actual: dict) -> list:
+    """[(kind, key, value, lease key)] to write, in write order."""
+    return [(kind, key, value, lease_key) for kind in WRITE_ORDER
+            for (entry_kind, key), (value, lease_key) in desired.entries.items()
+            if entry_kind == kind and actual.get((kind, key)) != value]
+
+
+def _remove_stale(nl, plan: Plan, stale: list, drift: Drift, errors: list) -> None:
+    for kind in REMOVE_ORDER:
+        for entry_kind, key, value in stale:
+            if entry_kind != kind:
+                continue
+            text = describe(plan, kind, key, value)
+            try:
+                if _delete(nl, plan, kind, key, value):
+                    drift.removed += 1
+                    drift.details.append(f"{text} was stale (no lease), removed")
+            except DatapathError as exc:
+                errors.append(f"cannot remove stale {text}: {exc}")
+
+
+def _add_missing(nl, plan: Plan, missing: list, actual: dict, drift: Drift, errors: list) -> None:
+    failed = set()  # lease keys with a failed entry: their later entries (the route) wait
+    for kind, key, value, lease_key in missing:
+        if lease_key in failed:
+            continue
+        text = describe(plan, kind, key, value)
+        try:
+            _write(nl, plan, kind, key, value)
+        except DatapathError as exc:
+            failed.add(lease_key)
+            errors.append(f"lease {lease_key}: cannot program {text}: {exc}")
+            continue
+        drift.added += 1
+        old = actual.get((kind, key))
+        drift.details.append(f"{text} was missing" if old is None else f"{text} was wrong (had {old})")
+
+
+def reconcile(nl, plan: Plan) -> Drift:
+    """Make the kernel match `plan` in both directions; the Drift says what was repaired.
+    Raises OverlayError (with .drift) if any lease could not be programmed."""
+    desired = desired_state(plan)
+    actual = read_state(nl, plan)
+    drift = Drift()
+    errors = list(desired.errors)
+    _remove_stale(nl, plan, stale_entries(desired, actual), drift, errors)
+    _add_missing(nl, plan, missing_entries(desired, actual), actual, drift, errors)
+    if errors:
+        raise OverlayError(f"network datapath {plan.device.name or plan.underlay.name}: "
+                           f"{len(errors)} problem(s)", errors, drift)
+    return drift
+
+
+def apply_peer(nl, plan: Plan, lease) -> Drift:
+    """Program one remote lease (idempotent replaces, no reads); Drift.added counts writes."""
+    drift = Drift()
+    if is_local(plan, lease):
+        return drift
+    try:
+        entries = peer_entries(plan, lease)
+    except ValueError as exc:
+        raise OverlayError(f"{describe_lease(lease)}: {exc}") from None
+    for kind, key, value in entries:
+        text = describe(plan, kind, key, value)
+        try:
+            _write(nl, plan, kind, key, value)
+        except DatapathError as exc:
+            raise OverlayError(f"lease {lease.key}: cannot program {text}: {exc}", drift=drift) from None
+        drift.added += 1
+        drift.details.append(f"programmed {text}")
+    return drift
+
+
+def remove_peer(nl, plan: Plan, lease) -> Drift:
+    """Remove what a remote lease had: its routes (by destination and weft's protocol, so
+    a route that moved to the underlay with DirectRouting goes too), then what its
+    backend owns on the device (e.g. FDB while it still points at the lease, neighbours)."""
+    drift = Drift()
+    if is_local(plan, lease):
+        return drift
+    subnets = [s for s in (lease.subnet, lease.ipv6_subnet) if s is not None]
+    entries = [(ROUTE, s, None) for s in subnets]
+    if plan.reads_device():
+        entries += plan.backend.peer_owned(plan, lease)
+    for kind, key, value in entries:
+        text = f"{kind} {key}" + (f" ({value})" if value is not None else "")
+        try:
+            if _delete(nl, plan, kind, key, value):
+                drift.removed += 1
+                drift.details.append(f"removed {text}")
+        except DatapathError as exc:
+            raise OverlayError(f"lease {lease.key}: cannot remove {text}: {exc}", drift=drift) from None
+    return drift

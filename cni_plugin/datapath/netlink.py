@@ -1,0 +1,242 @@
+"""The agent's netlink client: links, addresses, routes, neighbours, FDB, VXLAN devices.
+
+A thin layer over pyroute2's IPRoute that speaks plain values (ipaddress objects,
+MAC strings, ifindexes) and raises errors.NetlinkError, so nothing above datapath/
+sees pyroute2.  The per-pod path uses rtnl.py instead (a synchronous socket; see
+its docstring); both share constants.py and the error family.
+
+Ownership rules (what the agent may read back as its own and delete) are the
+caller's: this module does what it is asked, and reads only what it is asked for.
+"""
+
+import errno
+import ipaddress
+from contextlib import contextmanager
+from typing import NamedTuple, Optional
+
+from pyroute2 import IPRoute
+from pyroute2.netlink.exceptions import NetlinkError as _PyrouteError
+
+from .constants import (AF_INET, AF_INET6, FAMILY, IFA_F_NODAD, IFF_UP, NTF_SELF, NUD_PERMANENT,
+                        RT_SCOPE_UNIVERSE, RT_TABLE_MAIN, RTNH_F_ONLINK, WEFT_RTPROT)
+from .errors import NetlinkError
+
+_GONE = (errno.ENOENT, errno.ESRCH, errno.ENODEV)
+
+
+class LinkInfo(NamedTuple):
+    index: int
+    name: str
+    kind: str
+    mtu: int
+    up: bool
+    address: str
+    data: dict  # IFLA_INFO_DATA attributes by name (e.g. IFLA_VXLAN_ID)
+
+
+class RouteEntry(NamedTuple):
+    dst: ipaddress._BaseNetwork
+    gateway: Optional[ipaddress._BaseAddress]
+    oif: Optional[int]
+    onlink: bool
+
+
+@contextmanager
+def _refused(what: str):
+    try:
+        yield
+    except _PyrouteError as exc:
+        raise NetlinkError(exc.code, what) from None
+
+
+def _link_info(msg) -> LinkInfo:
+    info = msg.get("IFLA_LINKINFO")
+    data = info.get("IFLA_INFO_DATA") if info else None
+    return LinkInfo(index=msg["index"], name=msg.get("IFLA_IFNAME"),
+                    kind=(info.get("IFLA_INFO_KIND") if info else None) or "",
+                    mtu=msg.get("IFLA_MTU"), up=bool(msg["flags"] & IFF_UP),
+                    address=(msg.get("IFLA_ADDRESS") or "").lower(),
+                    data={name: value for name, value in (data["attrs"] if data else [])})
+
+
+class Netlink:
+    """One IPRoute socket in this namespace (or bound to `netns_path`)."""
+
+    def __init__(self, netns_path: str = None):
+        self.ipr = IPRoute(netns=netns_path, flags=0) if netns_path else IPRoute()
+
+    def close(self) -> None:
+        self.ipr.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    # -- links -------------------------------------------------------------------
+    def link(self, name: str = None, index: int = None) -> Optional[LinkInfo]:
+        query = {"ifname": name} if name is not None else {"index": index}
+        try:
+            return _link_info(self.ipr.link("get", **query)[0])
+        except _PyrouteError as exc:
+            if exc.code == errno.ENODEV:
+                return None
+            raise NetlinkError(exc.code, f"get link {name or index}") from None
+
+    def add_vxlan(self, name: str, vni: int, local_ip, port: int, underlay_index: int, mtu: int,
+                  mac: str) -> None:
+        with _refused(f"create VXLAN device {name} (VNI {vni}, local {local_ip}, dstport {port}, "
+                      f"underlay ifindex {underlay_index})"):
+            self.ipr.link("add", ifname=name, kind="vxlan", vxlan_id=vni, vxlan_local=str(local_ip),
+                          vxlan_port=port, vxlan_learning=0, vxlan_link=underlay_index, mtu=mtu,
+                          address=mac)
+
+    def set_link(self, index: int, **changes) -> None:
+        """changes: mtu=, address=, state="up"."""
+        with _refused(f"set link #{index} {changes}"):
+            self.ipr.link("set", index=index, **changes)
+
+    def delete_link(self, index: int) -> None:
+        with _refused(f"delete link #{index}"):
+            self.ipr.link("del", index=index)
+
+    # -- addresses -----------------------------------------------------------------
+    def addresses(self, index: int = None, version: int = None, scope=RT_SCOPE_UNIVERSE) -> list:
+        """[(ifindex, ip_interface)] of global addresses (of one link, of one family)."""
+        query = {}
+        if index is not None:
+            query["index"] = index
+        if version is not None:
+            query["family"] = FAMILY[version]
+        found = []
+        with _refused("list addresses"):
+            for msg in self.ipr.addr("dump", **query):
+                if index is not None and msg["index"] != index:
+                    continue
+                if scope is not None and msg["scope"] != scope:
+                    continue
+                local = msg.get("IFA_LOCAL") or msg.get("IFA_ADDRESS")
+                found.append((msg["index"], ipaddress.ip_interface(f"{local}/{msg['prefixlen']}")))
+        return found
+
+    def add_address(self, index: int, address) -> None:
+        extra = {"flags": IFA_F_NODAD} if address.version == 6 else {}
+        try:
+            self.ipr.addr("add", index=index, address=str(address.ip), prefixlen=address.network.prefixlen,
+                          family=FAMILY[address.version], **extra)
+        except _PyrouteError as exc:
+            if exc.code != errno.EEXIST:
+                raise NetlinkError(exc.code, f"add address {address} to link #{index}") from None
+
+    def delete_address(self, index: int, address) -> None:
+        with _refused(f"delete address {address} from link #{index}"):
+            self.ipr.addr("del", index=index, address=str(address.ip), prefixlen=address.network.prefixlen)
+
+    # -- routes ----------------------------------------------------------------------
+    def routes(self, version: int, proto: int = None) -> list:
+        """RouteEntry of every main-table route of one family (of one protocol)."""
+        found = []
+        with _refused("list routes"):
+            for msg in self.ipr.route("dump", family=FAMILY[version]):
+                if proto is not None and msg["proto"] != proto:
+                    continue
+                if msg.get("RTA_TABLE", msg["table"]) != RT_TABLE_MAIN:
+                    continue
+                dst = msg.get("RTA_DST") or ("0.0.0.0" if version == 4 else "::")
+                gateway = msg.get("RTA_GATEWAY")
+                oif = msg.get("RTA_OIF")
+                if oif is None and msg.get("RTA_MULTIPATH"):
+                    oif = msg.get("RTA_MULTIPATH")[0]["oif"]
+                found.append(RouteEntry(ipaddress.ip_network(f"{dst}/{msg['dst_len']}"),
+                                        ipaddress.ip_address(gateway) if gateway else None, oif,
+                                        bool(msg["flags"] & RTNH_F_ONLINK)))
+        return found
+
+    def default_route_oif(self, version: int) -> Optional[int]:
+        """ifindex of the main table's default route with the lowest metric."""
+        best = None
+        with _refused("list routes"):
+            for msg in self.ipr.route("dump", family=FAMILY[version]):
+                if msg["dst_len"] != 0 or msg.get("RTA_TABLE", msg["table"]) != RT_TABLE_MAIN:
+                    continue
+                oif = msg.get("RTA_OIF")
+                if oif is None and msg.get("RTA_MULTIPATH"):
+                    oif = msg.get("RTA_MULTIPATH")[0]["oif"]
+                if oif is None:
+                    continue  # unreachable/blackhole default: no interface to use
+                metric = msg.get("RTA_PRIORITY") or 0
+                if best is None or metric < best[0]:
+                    best = (metric, oif)
+        return None if best is None else best[1]
+
+    def replace_route(self, dst, gateway, oif: int, onlink: bool) -> None:
+        with _refused(f"replace route {dst} via {gateway}"):
+            self.ipr.route("replace", dst=str(dst), gateway=str(gateway), oif=oif, table=RT_TABLE_MAIN,
+                           proto=WEFT_RTPROT, flags=RTNH_F_ONLINK if onlink else 0)
+
+    def delete_weft_route(self, dst) -> bool:
+        """Delete the route to dst of weft's protocol (never someone else's); False if gone."""
+        return self._delete(f"delete route {dst}", self.ipr.route, "del", dst=str(dst),
+                            table=RT_TABLE_MAIN, proto=WEFT_RTPROT)
+
+    # -- neighbours and FDB ------------------------------------------------------------
+    def permanent_neighbours(self, ifindex: int) -> dict:
+        """{ip_address: mac} of the permanent neighbours on the link."""
+        found = {}
+        with _refused(f"list neighbours of link #{ifindex}"):
+            for family in (AF_INET, AF_INET6):
+                for msg in self.ipr.neigh("dump", ifindex=ifindex, family=family):
+                    if msg["family"] != family or msg["ifindex"] != ifindex:
+                        continue
+                    if not msg["state"] & NUD_PERMANENT or msg.get("NDA_DST") is None:
+                        continue
+                    found[ipaddress.ip_address(msg.get("NDA_DST"))] = (msg.get("NDA_LLADDR") or "").lower()
+        return found
+
+    def fdb(self, ifindex: int) -> dict:
+        """{mac: (dst ip_address or None, permanent)} of the link's own FDB entries."""
+        found = {}
+        with _refused(f"list the FDB of link #{ifindex}"):
+            for msg in self.ipr.fdb("dump", ifindex=ifindex):
+                if msg["ifindex"] != ifindex or msg.get("NDA_LLADDR") is None:
+                    continue
+                dst = msg.get("NDA_DST")
+                found[msg.get("NDA_LLADDR").lower()] = (ipaddress.ip_address(dst) if dst else None,
+                                                        bool(msg["state"] & NUD_PERMANENT))
+        return found
+
+    def replace_neighbour(self, ifindex: int, ip, mac: str) -> None:
+        with _refused(f"replace neighbour {ip} lladdr {mac}"):
+            self.ipr.neigh("replace", ifindex=ifindex, dst=str(ip), lladdr=mac, state=NUD_PERMANENT,
+                           family=AF_INET if ip.version == 4 else AF_INET6)
+
+    def delete_neighbour(self, ifindex: int, ip) -> bool:
+        return self._delete(f"delete neighbour {ip}", self.ipr.neigh, "del", ifindex=ifindex, dst=str(ip),
+                            family=AF_INET if ip.version == 4 else AF_INET6)
+
+    def replace_fdb(self, ifindex: int, mac: str, dst) -> None:
+        # pyroute2 0.9 fills in NTF_SELF/NUD_PERMANENT only for add/append/del;
+        # "replace" without flags=NTF_SELF goes to the (absent) bridge master: EOPNOTSUPP.
+        with _refused(f"replace fdb {mac} dst {dst}"):
+            self.ipr.fdb("replace", ifindex=ifindex, lladdr=mac, dst=str(dst), state=NUD_PERMANENT,
+                         flags=NTF_SELF)
+
+    def delete_fdb(self, ifindex: int, mac: str, dst=None) -> bool:
+        extra = {"dst": str(dst)} if dst is not None else {}
+        return self._delete(f"delete fdb {mac}", self.ipr.fdb, "del", ifindex=ifindex, lladdr=mac, **extra)
+
+    @staticmethod
+    def _delete(what: str, call, *args, **kwargs) -> bool:
+        try:
+            call(*args, **kwargs)
+        except _PyrouteError as exc:
+            if exc.code in _GONE:
+                return False
+            raise NetlinkError(exc.code, what) from None
+        return True
+
+
+def open_agent(netns_path: str = None) -> Netlink:
+    """The agent's client for this namespace (or a test's view of a node's)."""
+    return Netlink(netns_path)

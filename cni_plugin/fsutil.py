@@ -1,0 +1,66 @@
+"""Replacing a file atomically: the one helper every writer of weft state uses.
+
+Policy: the new content goes to a temporary file beside the target (named
+`.<name>.<pid>.<thread>.tmp`, so concurrent writers never share one), is renamed over
+the target, and
+  durable=True   the file is fsync'd before the rename and its directory after it:
+                 for state whose loss after a power cut would lose or duplicate
+                 something (IPAM records, the recorded lease, the VTEP MAC, the
+                 subnet file the plugin trusts);
+  durable=False  no fsync: for hints and derived state that is rewritten anyway
+                 (round-robin position, status files, upload offsets).
+A crash can leave a temporary file behind; `is_temp_name` recognises them for cleanup.
+"""
+
+import os
+import threading
+
+TEMP_SUFFIX = ".tmp"
+
+
+def is_temp_name(name: str) -> bool:
+    return name.startswith(".") and name.endswith(TEMP_SUFFIX)
+
+
+def fsync_dir(path: str) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
+
+
+def write_atomic(path: str, data, mode: int = 0o600, durable: bool = True,
+                 make_dirs: bool = False) -> None:
+    """Replace `path` with `data` (bytes or str) according to the policy above."""
+    directory, name = os.path.split(path)
+    directory = directory or "."
+    if make_dirs:
+        os.makedirs(directory, exist_ok=True)
+    if isinstance(data, str):
+        data = data.encode()
+    temp = os.path.join(directory, f".{name}.{os.getpid()}.{threading.get_ident()}{TEMP_SUFFIX}")
+    fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, mode)
+    try:
+        try:
+            os.fchmod(fd, mode)  # whatever the umask said
+            write_all(fd, data)
+            if durable:
+                os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(temp, path)
+    except BaseException:
+        try:
+            os.unlink(temp)
+        except FileNotFoundError:
+            pass
+        raise
+    if durable:
+        fsync_dir(directory)

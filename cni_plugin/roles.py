@@ -1,0 +1,26 @@
+"""Which handlers serve which CNI executable: the one place that knows both plugins.
+
+`weft` and `weft-ipam` are both answered by cni.dispatch; the forwarder's standalone
+mode and weftd's socket server look the handlers up here (imported lazily: the
+plugin's table pulls in the datapath).
+"""
+
+from . import paths
+from .cni.wire import ROLES
+
+
+def handlers_for(role: str) -> dict:
+    if role == "weft":
+        from .plugin.commands import HANDLERS
+    elif role == "weft-ipam":
+        from .ipam.handlers import HANDLERS
+    else:
+        raise ValueError(f"unknown role {role!r}; expected one of {', '.join(ROLES)}")
+    return HANDLERS
+
+
+def invoke(role: str, environ, stdin: bytes, via: str = "standalone") -> tuple:
+    """(stdout, exit code) of one call of `role`; weft's calls are logged."""
+    from .cni.invocation import run
+
+    return run(handlers_for(role), environ, stdin, via, paths.LOG_FILE if role == "weft" else None)

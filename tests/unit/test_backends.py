@@ -1,0 +1,145 @@
+"""Backends without root: registration, config keys, lease data, and the engine's
+planning (desired state, stale and missing entries) over pure values."""
+
+import ipaddress
+
+import pytest
+
+from cni_plugin import backends
+from cni_plugin.backends import engine
+from cni_plugin.backends.base import FDB, NEIGH, ROUTE, BackendDataError, Device
+from cni_plugin.backends.vxlan import VxlanConfig, VxlanData
+from cni_plugin.datapath.underlay import Underlay
+from cni_plugin.subnet.lease import ConfigError, Lease, NetworkConfig
+
+UNDERLAY = Underlay(2, "eth0", 1500, ipaddress.ip_network("192.168.77.0/24"))
+DEVICE = Device(9, "weft.1")
+
+
+def net(backend: dict, **extra) -> NetworkConfig:
+    return NetworkConfig.from_dict("n", {"Network": "10.244.0.0/16", "Backend": backend, **extra})
+
+
+def lease(n: int, backend_type="vxlan", mac=None, vni=1, public=None, v6=False) -> Lease:
+    data = VxlanData(vni, f"02:00:00:00:00:{n:02x}" if mac is None else mac) if backend_type == "vxlan" else None
+    return Lease(subnet=ipaddress.ip_network(f"10.244.{n}.0/24"),
+                 public_ip=ipaddress.ip_address(public or f"192.168.77.{n}"), node_name=f"node{n}",
+                 backend_type=backend_type, backend_data=data,
+                 ipv6_subnet=ipaddress.ip_network(f"fd00:10:244:{n}::/64") if v6 else None)
+
+
+def plan(config: NetworkConfig, peers, device=DEVICE) -> engine.Plan:
+    backend = backends.get(config.backend_type)(config.backend)
+    return engine.Plan.for_network(backend, config, lease(1, config.backend_type), UNDERLAY,
+                                   device if config.backend_type == "vxlan" else Device(), peers)
+
+
+def test_every_builtin_backend_is_registered_by_name():
+    assert backends.names() == ["host-gw", "vxlan"]
+    with pytest.raises(KeyError):
+        backends.get("wireguard-not-yet")
+
+
+def test_vxlan_config_keys_defaults_and_errors():
+    assert net({}).backend == VxlanConfig(vni=1, port=8472, direct_routing=False)
+    assert net({"VNI": 7, "Port": 4789, "DirectRouting": True}).backend == VxlanConfig(7, 4789, True)
+    for bad, message in (({"VNI": 0}, "Backend.VNI 0 must be an integer from 1 to 16777215"),
+                         ({"VNI": True}, "Backend.VNI True must be an integer"),
+                         ({"Port": 70000}, "Backend.Port 70000 must be an integer from 1 to 65535"),
+                         ({"DirectRouting": "yes"}, "Backend.DirectRouting must be true or false")):
+        with pytest.raises(ConfigError, match=f"network n: {message}"):
+            net(bad)
+
+
+def test_unknown_backend_type_names_the_known_ones():
+    with pytest.raises(ConfigError, match=r"Backend.Type 'ipsec' is not one of host-gw, vxlan"):
+        net({"Type": "ipsec"})
+
+
+def test_vni_clash_between_vxlan_networks():
+    vxlan = backends.get("vxlan")
+    assert vxlan.config_clash(VxlanConfig(vni=3), VxlanConfig(vni=3), "other") == \
+        "Backend.VNI 3 is already used by network other; every VXLAN network needs its own VNI"
+    assert vxlan.config_clash(VxlanConfig(vni=3), VxlanConfig(vni=4), "other") is None
+
+
+def test_lease_data_round_trips_and_bad_data_is_refused():
+    mine = lease(3)
+    again = Lease.from_json(mine.key, mine.to_json())
+    assert again == mine and again.backend_data == VxlanData(1, "02:00:00:00:00:03")
+    with pytest.raises(ConfigError, match="VtepMAC 'zz' is not a MAC address"):
+        Lease.from_json(mine.key, '{"PublicIP": "192.0.2.1", "BackendData": {"VtepMAC": "zz"}}')
+    with pytest.raises(ConfigError, match="VNI 'x' is not a number"):
+        Lease.from_json(mine.key, '{"PublicIP": "192.0.2.1", "BackendData": {"VNI": "x"}}')
+    with pytest.raises(BackendDataError):
+        backends.get("vxlan").parse_lease_data({"VtepMAC": "01:02"})
+    hostgw = Lease.from_json(mine.key, '{"PublicIP": "192.0.2.1", "BackendType": "host-gw"}')
+    assert hostgw.backend_data is None and hostgw.vtep_mac == ""
+    other = Lease.from_json(mine.key, '{"PublicIP": "192.0.2.1", "BackendType": "future", "BackendData": {"K": 1}}')
+    assert other.backend_data == {"K": 1} and '"K": 1' in other.to_json()
+
+
+def test_vxlan_planning_neighbour_fdb_route_in_that_order():
+    entries = engine.peer_entries(plan(net({}), []), lease(2))
+    mac, vtep = "02:00:00:00:00:02", ipaddress.ip_address("10.244.2.0")
+    assert entries == [(NEIGH, vtep, mac), (FDB, mac, ipaddress.ip_address("192.168.77.2")),
+                       (ROUTE, ipaddress.ip_network("10.244.2.0/24"), (vtep, DEVICE.index, True))]
+
+
+def test_vxlan_direct_routing_only_for_peers_on_the_underlay_network():
+    p = plan(net({"DirectRouting": True}), [])
+    near = engine.peer_entries(p, lease(2))
+    assert near == [(ROUTE, ipaddress.ip_network("10.244.2.0/24"),
+                     (ipaddress.ip_address("192.168.77.2"), UNDERLAY.index, False))]
+    far = engine.peer_entries(p, lease(3, public="10.9.9.9"))
+    assert [kind for kind, _, _ in far] == [NEIGH, FDB, ROUTE]
+
+
+@pytest.mark.parametrize("peer,problem", [
+    (lease(2, mac=""), "no VtepMAC"),
+    (lease(2, vni=5), "VNI 5, but the local device uses VNI 1"),
+    (lease(2, backend_type="host-gw"), "backend host-gw, but this network uses vxlan"),
+    (Lease(ipaddress.ip_network("10.9.0.0/24"), ipaddress.ip_address("192.168.77.9"), "x",
+           backend_data=VxlanData(1, "02:00:00:00:00:09")), "subnet 10.9.0.0/24 is outside the cluster network"),
+])
+def test_unusable_vxlan_peers_say_why(peer, problem):
+    with pytest.raises(ValueError, match=problem):
+        engine.peer_entries(plan(net({}), []), peer)
+
+
+def test_host_gw_planning_and_its_l2_rule():
+    p = plan(net({"Type": "host-gw"}), [])
+    assert engine.peer_entries(p, lease(2, "host-gw")) == [
+        (ROUTE, ipaddress.ip_network("10.244.2.0/24"), (ipaddress.ip_address("192.168.77.2"), UNDERLAY.index, False))]
+    with pytest.raises(ValueError, match="host-gw needs every node on one L2 network"):
+        engine.peer_entries(p, lease(3, "host-gw", public="10.1.2.3"))
+
+
+def test_desired_state_skips_the_local_lease_and_protects_unusable_ones():
+    broken = lease(3, mac="")
+    desired = engine.desired_state(plan(net({}), [lease(1), lease(2), broken]))
+    assert {lease_key for _, lease_key in desired.entries.values()} == {"10.244.2.0-24"}
+    assert desired.errors == ["lease 10.244.3.0-24 (node node3, 192.168.77.3): no VtepMAC"]
+    assert (ROUTE, ipaddress.ip_network("10.244.3.0/24")) in desired.protected
+    assert (NEIGH, ipaddress.ip_address("10.244.3.0")) in desired.protected
+
+
+def test_stale_and_missing_entries_against_an_actual_state():
+    p = plan(net({}), [lease(2)])
+    desired = engine.desired_state(p)
+    gone_route = (ROUTE, ipaddress.ip_network("10.244.7.0/24"))
+    actual = {gone_route: (ipaddress.ip_address("10.244.7.0"), DEVICE.index, True),
+              (FDB, "02:00:00:00:00:02"): ("not permanent", ipaddress.ip_address("192.168.77.2"))}
+    assert engine.stale_entries(desired, actual) == [(*gone_route, actual[gone_route])]
+    missing = engine.missing_entries(desired, actual)
+    assert [kind for kind, _, _, _ in missing] == [NEIGH, FDB, ROUTE]  # the learned FDB entry is rewritten
+    assert all(lease_key == "10.244.2.0-24" for _, _, _, lease_key in missing)
+
+
+def test_removal_lists_what_the_peer_owned():
+    p = plan(net({}), [])
+    owned = p.backend.peer_owned(p, lease(2, v6=True))
+    assert owned == [(FDB, "02:00:00:00:00:02", ipaddress.ip_address("192.168.77.2")),
+                     (NEIGH, ipaddress.ip_address("10.244.2.0"), "02:00:00:00:00:02"),
+                     (NEIGH, ipaddress.ip_address("fd00:10:244:2::"), "02:00:00:00:00:02")]
+    assert backends.get("host-gw")(None).peer_owned(p, lease(2, "host-gw")) == []

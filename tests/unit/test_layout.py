@@ -1,0 +1,121 @@
+"""The layout's rules, read from the source (README "Development"): no import cycle in
+cni_plugin/, heavy libraries only where they belong, no CNI codes in the datapath."""
+
+import ast
+import os
+
+import pytest
+
+PACKAGE = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))),
+                       "cni_plugin")
+
+
+def _modules() -> dict:
+    """{dotted module name: path} of every module of the package."""
+    found = {}
+    for directory, _, files in os.walk(PACKAGE):
+        for name in files:
+            if name.endswith(".py"):
+                rel = os.path.relpath(os.path.join(directory, name), os.path.dirname(PACKAGE))
+                dotted = rel[:-3].replace(os.sep, ".")
+                found[dotted[:-len(".__init__")] if dotted.endswith(".__init__") else dotted] = \
+                    os.path.join(directory, name)
+    return found
+
+
+MODULES = _modules()
+
+
+def _imports(module: str) -> set:
+    """Every module `module` imports, at any depth of its code (lazy imports count)."""
+    tree = ast.parse(open(MODULES[module]).read())
+    package = module if MODULES[module].endswith("__init__.py") else module.rpartition(".")[0]
+    out = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            out.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = package.split(".")
+                base = base[:len(base) - node.level + 1]
+                target = ".".join(base + ([node.module] if node.module else []))
+            else:
+                target = node.module
+            out.add(target)
+            out.update(f"{target}.{alias.name}" for alias in node.names)
+    return {name for name in out if name}
+
+
+GRAPH = {m: {i for i in _imports(m) if i in MODULES and i != m} for m in MODULES}
+
+
+def _owner(module: str) -> str:
+    """A module's package below cni_plugin (or the module itself at the top)."""
+    parts = module.split(".")
+    return ".".join(parts[:2])
+
+
+def test_no_import_cycle_between_modules():
+    seen, path, cycles = set(), [], []
+
+    def visit(module):
+        if module in path:
+            cycles.append(path[path.index(module):] + [module])
+            return
+        if module in seen:
+            return
+        seen.add(module)
+        path.append(module)
+        for target in sorted(GRAPH[module]):
+            if not (target in module.split(".") or module.startswith(target + ".")):  # a package's own __init__
+                visit(target)
+        path.pop()
+
+    for module in sorted(MODULES):
+        visit(module)
+    assert cycles == []
+
+
+def test_no_import_cycle_between_packages():
+    edges = {}
+    for module, targets in GRAPH.items():
+        for target in targets:
+            if _owner(module) != _owner(target) and target != "cni_plugin":
+                edges.setdefault(_owner(module), set()).add(_owner(target))
+
+    def reaches(start, goal):
+        seen, todo = set(), list(edges.get(start, ()))
+        while todo:
+            node = todo.pop()
+            if node == goal:
+                return True
+            if node not in seen:
+                seen.add(node)
+                todo.extend(edges.get(node, ()))
+        return False
+
+    assert sorted(p for p in edges if reaches(p, p)) == []
+
+
+@pytest.mark.parametrize("library,allowed", [
+    ("pyroute2", ("cni_plugin.datapath.",)),
+    ("etcd3", ("cni_plugin.subnet.etcd_transport",)),
+    ("grpc", ("cni_plugin.subnet.etcd_transport",)),
+])
+def test_heavy_libraries_stay_in_their_module(library, allowed):
+    users = sorted(m for m in MODULES if any(i == library or i.startswith(library + ".") for i in _imports(m)))
+    assert users and all(m.startswith(allowed) for m in users), users
+
+
+def test_the_datapath_speaks_no_cni_codes():
+    offenders = sorted(m for m in MODULES if m.startswith("cni_plugin.datapath")
+                       and any(i.startswith("cni_plugin.cni") for i in GRAPH[m]))
+    assert offenders == []
+
+
+def test_backends_and_the_protocol_layer_stay_below_their_users():
+    for module, targets in GRAPH.items():
+        if module.startswith(("cni_plugin.cni.", "cni_plugin.datapath.", "cni_plugin.backends.")):
+            above = {t for t in targets if t.startswith(("cni_plugin.agent", "cni_plugin.plugin",
+                                                         "cni_plugin.ipam", "cni_plugin.cli"))}
+            assert above == set(), module
