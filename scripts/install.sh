@@ -20,9 +20,16 @@ fi
 # gets this source built and installed with its dependencies, replacing the weft it
 # held (a second run upgrades in place).
 if ! ask "import cni_plugin, sys; sys.exit(not cni_plugin.__file__.startswith('$src/'))" 2>/dev/null; then
-  # pip always reinstalls a project given as a local directory, even at the same
-  # version; dependencies are upgraded only when the installed ones are too old
-  "$venv/bin/pip" install -q --upgrade "$src"
+  # Built from a copy holding only what the package is made of: setuptools builds in
+  # the source tree and never prunes its build/lib, so a module moved or deleted in
+  # the checkout would otherwise live on in the wheel.  pip always reinstalls a
+  # project given as a directory, even at the same version; dependencies are
+  # upgraded only when the installed ones are too old.
+  stage=$(mktemp -d)
+  trap 'rm -rf "$stage"' EXIT
+  tar -C "$src" --exclude=__pycache__ -cf - pyproject.toml setup.cfg README.md cni_plugin \
+    | tar -C "$stage" -xf -
+  "$venv/bin/pip" install -q --upgrade "$stage"
 fi
 pkg_dir=$(ask "import cni_plugin, os; print(os.path.dirname(os.path.dirname(cni_plugin.__file__)))")
 launch() {  # launch NAME DIR FLAGS: bin/NAME bound to the venv's interpreter
