@@ -14,7 +14,7 @@ import pytest
 
 from lab.namespaces import Namespace, suffix
 
-from cnitool_harness import Driver, build, inet, ipam_state, links, veths, weft_conflist
+from lab.cnitool import Driver, build, inet, ipam_state, links, veths, weft_conflist
 
 SUBNET = "10.22.0.0/24"
 

@@ -12,10 +12,12 @@
 //	CNI_ARGS     KEY=VALUE;KEY=VALUE pairs handed to every plugin
 //	CAP_ARGS     JSON object of capability arguments (runtimeConfig), e.g.
 //	             {"ips": ["10.22.0.9/24"], "mac": "02:00:00:00:00:09"}
-//	CNI_CACHE_DIR  weft's addition: where libcni keeps results [/var/lib/cni]
+//	CNI_CACHE_DIR    weft's addition: where libcni keeps results [/var/lib/cni]
+//	CNI_CONTAINERID  weft's addition: the container ID, as a runtime or Multus passes
+//	                 its sandbox ID [derived from NETNS]
 //
-// The container ID is derived from the absolute NETNS path, so add, check and del of
-// one namespace name the same attachment.  On success `add` prints the result JSON;
+// Without CNI_CONTAINERID the container ID is derived from the absolute NETNS path, so
+// add, check and del of one namespace name the same attachment.  On success `add` prints the result JSON;
 // on failure the error libcni returns goes to stderr, followed by a line
 // "code: N" when a plugin answered with a CNI error, and the exit status is 1.
 package main
@@ -38,7 +40,8 @@ import (
 const usage = `usage: cnitool add|check|del NETWORK NETNS
 
 environment: NETCONFPATH [/etc/cni/net.d], CNI_PATH, CNI_IFNAME [eth0],
-             CNI_ARGS (K=V;K=V), CAP_ARGS (JSON object), CNI_CACHE_DIR [/var/lib/cni]
+             CNI_ARGS (K=V;K=V), CAP_ARGS (JSON object), CNI_CACHE_DIR [/var/lib/cni],
+             CNI_CONTAINERID [cnitool-<hash of NETNS>]
 `
 
 func envOr(name, fallback string) string {
@@ -91,7 +94,7 @@ func runtimeConf(netns string) (*libcni.RuntimeConf, error) {
 	}
 	digest := sha256.Sum256([]byte(path))
 	return &libcni.RuntimeConf{
-		ContainerID:    "cnitool-" + hex.EncodeToString(digest[:10]),
+		ContainerID:    envOr("CNI_CONTAINERID", "cnitool-"+hex.EncodeToString(digest[:10])),
 		NetNS:          path,
 		IfName:         envOr("CNI_IFNAME", "eth0"),
 		Args:           args,

@@ -1,6 +1,7 @@
 """weft driven through libcni by weft's own cnitool (tools/cnitool, `make cnitool`).
 
-No pytest in here; tests/e2e/test_cnitool.py wraps it in fixtures.  The driver runs
+No pytest in here (tests/e2e/test_cnitool.py and tests/deploy/test_multus.py wrap it
+in fixtures).  libcni is what runtimes and Multus call plugins with.  The driver runs
 inside a node namespace the test made (`ip netns exec`), so the bridge and host-side
 veths land there; the pod is another namespace.  Every path weft and libcni write to
 (netconf dir, weft's dataDir/logFile/agentSocket, weft-ipam's dataDir, libcni's result
@@ -13,7 +14,7 @@ import os
 import subprocess
 from dataclasses import dataclass
 
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CNITOOL = os.path.join(REPO, "build", "cnitool")
 
 
@@ -84,9 +85,11 @@ class Driver:
         return path
 
     def __call__(self, command: str, network: str, pod, *, ifname=None, cni_args=None, cap_args=None,
-                 netconf_dir=None) -> Run:
-        env = {"PATH": os.environ["PATH"], "NETCONFPATH": netconf_dir or self.netconf_dir,
+                 netconf_dir=None, container_id=None, path=None) -> Run:
+        env = {"PATH": path or os.environ["PATH"], "NETCONFPATH": netconf_dir or self.netconf_dir,
                "CNI_PATH": self.cni_path, "CNI_CACHE_DIR": self.cache_dir}
+        if container_id:
+            env["CNI_CONTAINERID"] = container_id
         if ifname:
             env["CNI_IFNAME"] = ifname
         if cni_args:
