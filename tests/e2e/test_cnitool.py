@@ -8,13 +8,16 @@ plugin's error JSON into the error a runtime surfaces.  Every check reads the ke
 
 import ipaddress
 import json
+import os
+import re
 import subprocess
+import sys
 
 import pytest
 
 from lab.namespaces import Namespace, suffix
 
-from lab.cnitool import Driver, build, inet, ipam_state, links, veths, weft_conflist
+from lab.cnitool import REPO, Driver, build, inet, ipam_state, links, veths, weft_conflist
 
 SUBNET = "10.22.0.0/24"
 
@@ -192,3 +195,72 @@ def test_libcni_1_1_2_refuses_a_1_1_0_result_and_del_then_cleans_up(cnitool_exe,
     deleted = driver("del", name, pod)
     assert deleted.code == 0, str(deleted)
     assert_nothing_left(driver, node, pod, name)
+
+
+# -- the README's "Try it by hand with cnitool", run as written ---------------------------
+
+README = os.path.join(REPO, "README.md")
+
+
+def readme_cnitool_block():
+    text = open(README).read()
+    start = text.index("## Try it by hand with cnitool")
+    section = text[start:text.index("\n## ", start + 1)]
+    [conflist] = re.findall(r"```json\n(.*?)```", section, re.S)
+    [block] = re.findall(r"<!-- tested -->\n```sh\n(.*?)```", section, re.S)
+    return json.loads(conflist), block.splitlines()
+
+
+def test_readme_shows_the_shipped_try_conflist():
+    shown, _ = readme_cnitool_block()
+    with open(os.path.join(REPO, "conf", "cnitool", "weft-try.conflist")) as handle:
+        assert shown == json.loads(handle.read())
+
+
+def test_readme_cnitool_commands_run_as_written(cnitool_exe, installed, tmp_path):
+    """Each line of the README block runs in a shell from the checkout.  Only what would
+    touch this machine's own state is redirected: the install goes to the test's
+    directories, the namespaces get unique names, weft and libcni write under tmp_path."""
+    conflist, lines = readme_cnitool_block()
+    plugin = conflist["plugins"][0]
+    plugin.update(dataDir=f"{tmp_path}/weft", logFile=f"{tmp_path}/weft.log",
+                  agentSocket=f"{tmp_path}/no-agent.sock")
+    plugin["ipam"]["dataDir"] = f"{tmp_path}/ipam"
+    (tmp_path / "net.d").mkdir()
+    (tmp_path / "net.d" / "weft-try.conflist").write_text(json.dumps(conflist))
+    tag = suffix()
+    node_name, pod_name = f"try-node-{tag}", f"try-pod-{tag}"
+    substitutions = [
+        ("make install cnitool", f"make -s -C {REPO} install cnitool VENV={sys.prefix} "
+                                 f"CNI_BIN_DIR={installed}/cni BIN_DIR={installed}/bin"),
+        ("weftctl whois 10.22.0.9", f"{installed}/bin/weftctl whois 10.22.0.9 --data-dir {tmp_path}/ipam"),
+        ("NETCONFPATH=conf/cnitool", f"CNI_CACHE_DIR={tmp_path}/cache NETCONFPATH={tmp_path}/net.d"),
+        ("CNI_PATH=/opt/cni/bin:", f"CNI_PATH={installed}/cni:"),
+        ("try-node", node_name),
+        ("try-pod", pod_name),
+    ]
+    script = "\n".join(lines)
+    for old, new in substitutions:
+        assert old in script, f"the README block no longer says {old!r}: update this test with it"
+        script = script.replace(old, new)
+    outputs = []
+    try:
+        for line in script.splitlines():
+            proc = subprocess.run(["bash", "-euo", "pipefail", "-c", line], cwd=REPO, capture_output=True,
+                                  text=True, timeout=300)
+            assert proc.returncode == 0, f"{line}\n{proc.stderr}"
+            outputs.append(proc.stdout)
+    finally:
+        for name in (pod_name, node_name):
+            subprocess.run(["ip", "netns", "del", name], capture_output=True)
+    by_line = dict(zip(lines, outputs))
+    added = json.loads(next(out for line, out in by_line.items() if " add weft-try " in line))
+    assert [ip["address"] for ip in added["ips"]] == ["10.22.0.9/24"]
+    assert added["ips"][0]["gateway"] == "10.22.0.1"
+    shown = by_line["ip -n try-pod -br addr show eth0"]
+    assert "10.22.0.9/24" in shown and shown.split()[0].startswith("eth0")
+    assert "default/try" in by_line["weftctl whois 10.22.0.9"]
+    assert ipam_state(tmp_path, "weft-try") == ([], [])
+    assert os.listdir(tmp_path / "cache" / "results") == []
+    names = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
+    assert node_name not in names and pod_name not in names
