@@ -4,9 +4,10 @@
 # CNI_BIN_DIR (weft, weft-ipam) and BIN_DIR (weftd, weftctl).  Safe to run again.
 set -euo pipefail
 venv=$1 cni_bin=$2 bin_dir=$3 python=${4:-python3}
-src=$(cd "$(dirname "$0")/.." && pwd)
-# The launchers' #! lines name the venv: make it absolute (make -C changes directory).
-venv=$(realpath -m "$venv")
+src=$(cd "$(dirname "$0")/.." && pwd -P)
+# The launchers' #! lines name the venv: absolute (make -C changes directory), its
+# symlinks kept (/opt/weft may be a symlink switched between releases).
+venv=$(realpath -ms "$venv")
 # Every question asked of the venv's interpreter below runs isolated (-I: neither the
 # current directory nor PYTHONPATH is on sys.path) from /, so a source tree that
 # happens to be the caller's directory is never mistaken for an installed weft.

@@ -41,8 +41,9 @@ def test_the_dev_venv_is_the_one_install_that_runs_the_checkout_in_place(install
     """The dev venv (.venv, what the `installed` fixture uses) holds an editable install
     on purpose, so tests run the code being edited: its plugin launchers put the
     checkout on sys.path.  Every other venv gets a real install (tests below)."""
-    assert os.path.realpath(sys.prefix) == os.path.join(REPO, ".venv")
-    assert f'sys.path.insert(0, "{REPO}")' in (installed / "cni" / "weft").read_text()
+    checkout = os.path.realpath(REPO)
+    assert os.path.realpath(sys.prefix) == os.path.join(checkout, ".venv")
+    assert f'sys.path.insert(0, "{checkout}")' in (installed / "cni" / "weft").read_text()
 
 
 # -- a fresh venv, as an operator installs weft ------------------------------------------
