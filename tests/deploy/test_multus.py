@@ -27,8 +27,8 @@ import pytest
 
 from lab.cluster import serve_tcp
 from lab.cni import invoke, path_without_ip6tables
-from lab.cnitool import Driver, build, inet, ipam_state, links, veths
-from lab.namespaces import Namespace, stop_process
+from lab.cnitool import Driver, inet, ipam_state, links, veths
+from lab.namespaces import stop_process
 
 from . import artifacts
 from .artifacts import REPO
@@ -66,26 +66,14 @@ def network_status(result: dict, name: str, default: bool) -> dict:
     return status
 
 
-@pytest.fixture(scope="module")
-def cnitool_exe():
-    try:
-        return build()
-    except RuntimeError as exc:
-        pytest.fail(str(exc))
+@pytest.fixture
+def node(netns):
+    return netns("wmnode")
 
 
 @pytest.fixture
-def node():
-    ns = Namespace("wmnode")
-    yield ns
-    ns.delete()
-
-
-@pytest.fixture
-def pod():
-    ns = Namespace("wmpod")
-    yield ns
-    ns.delete()
+def pod(netns):
+    return netns("wmpod")
 
 
 def _lease(path, network, subnet):
@@ -136,8 +124,8 @@ def _nat_rules(node):
     return node.run(["iptables-save", "-t", "nat"], check=False).stdout
 
 
-def test_secondary_networks_as_multus_delegates_them(cnitool_exe, installed, node, pod, tmp_path):
-    driver = Driver(cnitool_exe, node, tmp_path, f"{installed}/cni:/usr/lib/cni")
+def test_secondary_networks_as_multus_delegates_them(cnitool, installed, node, pod, tmp_path):
+    driver = Driver(cnitool, node, tmp_path, f"{installed}/cni:/usr/lib/cni")
     primary_list, nad = _networks(driver, tmp_path)
     assert nad["cniVersion"] == "1.0.0"            # the newest libcni 1.1.2 (Multus 4's) accepts
     assert set(nad["capabilities"]) == {"ips", "mac"}

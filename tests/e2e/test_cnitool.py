@@ -15,46 +15,28 @@ import sys
 
 import pytest
 
-from lab.namespaces import Namespace, suffix
+from lab.namespaces import suffix
 
 from lab.cnitool import REPO, Driver, build, inet, ipam_state, links, veths, weft_conflist
 
 SUBNET = "10.22.0.0/24"
 
 
-@pytest.fixture(scope="session")
-def cnitool_exe():
-    try:
-        return build()
-    except RuntimeError as exc:
-        pytest.fail(str(exc))
+@pytest.fixture
+def node(netns):
+    return netns("wcnode")
 
 
 @pytest.fixture
-def node():
-    ns = Namespace("wcnode")
-    yield ns
-    ns.delete()
+def pods(netns):
+    return lambda: netns("wcpod")
 
 
 @pytest.fixture
-def pods():
-    made = []
-
-    def make():
-        made.append(Namespace("wcpod"))
-        return made[-1]
-
-    yield make
-    for ns in made:
-        ns.delete()
-
-
-@pytest.fixture
-def network(cnitool_exe, installed, node, tmp_path):
+def network(cnitool, installed, node, tmp_path):
     """(driver, network name, bridge) for a standalone weft network on `node`."""
     name, bridge = f"wc{suffix()}", f"cbc{suffix(5)}"
-    driver = Driver(cnitool_exe, node, tmp_path, f"{installed}/cni:/usr/lib/cni")
+    driver = Driver(cnitool, node, tmp_path, f"{installed}/cni:/usr/lib/cni")
     driver.write(weft_conflist(tmp_path, name, SUBNET, bridge))
     return driver, name, bridge
 
@@ -180,13 +162,12 @@ def test_a_missing_or_broken_conflist_is_refused_and_leaks_nothing(case, network
     assert_nothing_left(driver, node, pod, name)
 
 
-def test_libcni_1_1_2_refuses_a_1_1_0_result_and_del_then_cleans_up(cnitool_exe, installed, node, pods,
-                                                                     tmp_path):
+def test_libcni_1_1_2_refuses_a_1_1_0_result_and_del_then_cleans_up(cnitool, installed, node, pods, tmp_path):
     """What the README's cniVersion advice rests on: libcni 1.1.2 (Debian 12's, as in
     containerd 1.6) cannot parse a 1.1.0 result.  weft's ADD did its work, so the
     runtime's DEL (here cnitool's, without a cached result) must undo it."""
     name = f"wc{suffix()}"
-    driver = Driver(cnitool_exe, node, tmp_path, f"{installed}/cni:/usr/lib/cni")
+    driver = Driver(cnitool, node, tmp_path, f"{installed}/cni:/usr/lib/cni")
     driver.write(weft_conflist(tmp_path, name, SUBNET, f"cbc{suffix(5)}", version="1.1.0"))
     pod = pods()
     run = driver("add", name, pod)
@@ -217,7 +198,7 @@ def test_readme_shows_the_shipped_try_conflist():
         assert shown == json.loads(handle.read())
 
 
-def test_readme_cnitool_commands_run_as_written(cnitool_exe, installed, tmp_path):
+def test_readme_cnitool_commands_run_as_written(cnitool, installed, tmp_path):
     """Each line of the README block runs in a shell from the checkout.  Only what would
     touch this machine's own state is redirected: the install goes to the test's
     directories, the namespaces get unique names, weft and libcni write under tmp_path."""

@@ -5,8 +5,6 @@ import os
 import subprocess
 import sys
 
-import pytest
-
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
@@ -88,26 +86,10 @@ def launcher_lines(target):
             for name in names}
 
 
-@pytest.fixture
-def node():
-    from lab.namespaces import Namespace
-
-    ns = Namespace("winode")
-    yield ns
-    ns.delete()
-
-
-@pytest.fixture
-def pod():
-    from lab.namespaces import Namespace
-
-    ns = Namespace("wipod")
-    yield ns
-    ns.delete()
-
-
-def test_make_install_into_a_new_venv_from_another_directory_works(tmp_path, node, pod):
+def test_make_install_into_a_new_venv_from_another_directory_works(tmp_path, netns):
     from lab.cni import invoke
+
+    node, pod = netns("winode"), netns("wipod")
 
     target, elsewhere = tmp_path / "opt", tmp_path / "cwd"
     elsewhere.mkdir()
