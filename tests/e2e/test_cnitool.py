@@ -74,6 +74,7 @@ def test_add_check_del_through_libcni(network, node, pods, tmp_path):
     assert node.ip_json("link", "show", host_veth)[0]["master"] == bridge
     assert ipam_state(tmp_path, name)[0] == [str(address.ip)]
     assert len(driver.cached_results()) == 1
+    assert os.path.exists(f"{tmp_path}/weft.log"), "weft logs every call it serves"
 
     checked = driver("check", name, pod)
     assert checked.code == 0, str(checked)
@@ -160,6 +161,19 @@ def test_a_missing_or_broken_conflist_is_refused_and_leaks_nothing(case, network
     }[case]
     assert expected[0] in run.stderr and run.cni_code == expected[1], str(run)
     assert_nothing_left(driver, node, pod, name)
+
+
+@pytest.mark.parametrize("env,message", [
+    ({"cni_args": "K8S_POD_NAME"}, 'CNI_ARGS: "K8S_POD_NAME" is not KEY=VALUE'),
+    ({"cap_args": ["10.22.0.9/24"]}, "CAP_ARGS is not a JSON object"),
+])
+def test_malformed_driver_arguments_are_refused_before_any_plugin_runs(env, message, network, node, pods):
+    driver, name, _ = network
+    pod = pods()
+    run = driver("add", name, pod, **env)
+    assert run.code == 1 and message in run.stderr and run.cni_code is None, str(run)
+    assert_nothing_left(driver, node, pod, name)
+    assert not os.path.exists(f"{driver.work}/weft.log"), "weft was called"
 
 
 def test_libcni_1_1_2_refuses_a_1_1_0_result_and_del_then_cleans_up(cnitool, installed, node, pods, tmp_path):
