@@ -15,9 +15,8 @@ import sys
 
 import pytest
 
+from lab.cnitool import REPO, Driver, inet, ipam_state, links, veths, weft_conflist
 from lab.namespaces import suffix
-
-from lab.cnitool import REPO, Driver, build, inet, ipam_state, links, veths, weft_conflist
 
 SUBNET = "10.22.0.0/24"
 
