@@ -127,7 +127,7 @@ def _nat_rules(node):
 def test_secondary_networks_as_multus_delegates_them(cnitool, installed, node, pod, tmp_path):
     driver = Driver(cnitool, node, tmp_path, f"{installed}/cni:/usr/lib/cni")
     primary_list, nad = _networks(driver, tmp_path)
-    assert nad["cniVersion"] == "1.0.0"            # the newest libcni 1.1.2 (Multus 4's) accepts
+    assert nad["cniVersion"] == "1.0.0"            # the newest libcni 1.1.2 accepts
     assert set(nad["capabilities"]) == {"ips", "mac"}
     sandbox = uuid.uuid4().hex + uuid.uuid4().hex
     pod_uid = str(uuid.uuid4())
