@@ -9,11 +9,11 @@ BIN_DIR     ?= /usr/local/bin
 PYTEST_ARGS ?=
 BENCH_ARGS  ?=
 
-.PHONY: deps venv install test unit demo bench clean
+.PHONY: deps venv install cnitool test unit demo bench clean
 
 deps:
 	scripts/deps.sh
-	$(MAKE) venv
+	$(MAKE) venv cnitool
 
 # the development/test venv (editable install of this checkout)
 venv: $(DEV_VENV)/.installed
@@ -26,6 +26,15 @@ $(DEV_VENV)/.installed: setup.cfg pyproject.toml
 # weft, weft-ipam -> CNI_BIN_DIR; weftd, weftctl -> BIN_DIR; code in VENV.  Idempotent.
 install:
 	scripts/install.sh "$(VENV)" "$(CNI_BIN_DIR)" "$(BIN_DIR)" "$(PYTHON)"
+
+# weft's own libcni driver with cnitool's command line (tools/cnitool), built offline
+# from Debian's golang-go and libcni source (golang-github-appc-cni-dev)
+CNITOOL := build/cnitool
+cnitool: $(CNITOOL)
+$(CNITOOL): tools/cnitool/main.go
+	@command -v go >/dev/null || { echo "cnitool: no go compiler; run make deps (golang-go, golang-github-appc-cni-dev)" >&2; exit 1; }
+	cd tools/cnitool && GO111MODULE=off GOPATH=/usr/share/gocode \
+	  GOCACHE=$(CURDIR)/build/go-cache go build -o $(CURDIR)/$@ .
 
 test: deps
 	scripts/with-docker-engine.sh $(DEV_VENV)/bin/python -m pytest $(PYTEST_ARGS)

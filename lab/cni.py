@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 import subprocess
 from dataclasses import dataclass
 
@@ -65,3 +66,16 @@ def _find(plugin_type: str, cni_path: str) -> str:
         if os.access(candidate, os.X_OK):
             return candidate
     raise FileNotFoundError(f"{plugin_type} not in {cni_path}")
+
+
+def path_without_ip6tables(directory) -> str:
+    """A PATH where ip6tables is absent.  Debian's portmap 1.1.1 CHECKs its IPv4 DNAT
+    rules in the IPv6 table whenever ip6tables exists, so CHECK of any pod fails;
+    without ip6tables it manages IPv4 only, as it should for an IPv4 pod."""
+    tools = os.path.join(str(directory), "path")
+    os.makedirs(tools, exist_ok=True)
+    for name in ("iptables", "iptables-save", "iptables-restore", "nft", "tc"):
+        target = shutil.which(name)
+        if target and not os.path.lexists(os.path.join(tools, name)):
+            os.symlink(target, os.path.join(tools, name))
+    return f"{tools}:/usr/bin:/bin"

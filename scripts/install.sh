@@ -4,17 +4,35 @@
 # CNI_BIN_DIR (weft, weft-ipam) and BIN_DIR (weftd, weftctl).  Safe to run again.
 set -euo pipefail
 venv=$1 cni_bin=$2 bin_dir=$3 python=${4:-python3}
-src=$(cd "$(dirname "$0")/.." && pwd)
+src=$(cd "$(dirname "$0")/.." && pwd -P)
+# The launchers' #! lines name the venv: absolute (make -C changes directory), its
+# symlinks kept (/opt/weft may be a symlink switched between releases).
+venv=$(realpath -ms "$venv")
+# Every question asked of the venv's interpreter below runs isolated (-I: neither the
+# current directory nor PYTHONPATH is on sys.path) from /, so a source tree that
+# happens to be the caller's directory is never mistaken for an installed weft.
+ask() { (cd / && "$venv/bin/python" -I -c "$1"); }
 
 if [ ! -x "$venv/bin/python" ]; then
   "$python" -m venv "$venv"
 fi
-# A venv that already runs this very checkout (the dev venv's editable install) is
-# used as it is; any other venv gets this source installed (again).
-if ! "$venv/bin/python" -c "import cni_plugin, sys; sys.exit(not cni_plugin.__file__.startswith('$src/'))" 2>/dev/null; then
-  "$venv/bin/pip" install -q --upgrade "$src"
+# The one venv that runs this checkout in place is the dev venv (.venv: an editable
+# install, so tests run the code being edited); it is used as it is.  Any other venv
+# gets this source built and installed with its dependencies, replacing the weft it
+# held (a second run upgrades in place).
+if ! ask "import cni_plugin, sys; sys.exit(not cni_plugin.__file__.startswith('$src/'))" 2>/dev/null; then
+  # Built from a copy holding only what the package is made of: setuptools builds in
+  # the source tree and never prunes its build/lib, so a module moved or deleted in
+  # the checkout would otherwise live on in the wheel.  pip always reinstalls a
+  # project given as a directory, even at the same version; dependencies are
+  # upgraded only when the installed ones are too old.
+  stage=$(mktemp -d)
+  trap 'rm -rf "$stage"' EXIT
+  tar -C "$src" --exclude=__pycache__ -cf - pyproject.toml setup.cfg README.md cni_plugin \
+    | tar -C "$stage" -xf -
+  "$venv/bin/pip" install -q --upgrade "$stage"
 fi
-pkg_dir=$("$venv/bin/python" -c "import cni_plugin, os; print(os.path.dirname(os.path.dirname(cni_plugin.__file__)))")
+pkg_dir=$(ask "import cni_plugin, os; print(os.path.dirname(os.path.dirname(cni_plugin.__file__)))")
 launch() {  # launch NAME DIR FLAGS: bin/NAME bound to the venv's interpreter
   local tmp
   mkdir -p "$2"

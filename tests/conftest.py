@@ -28,3 +28,31 @@ def installed(tmp_path_factory):
 @pytest.fixture(scope="session")
 def cni_path(installed):
     return f"{installed}/cni:{REFERENCE_PLUGINS}"
+
+
+@pytest.fixture(scope="session")
+def cnitool():
+    """weft's libcni driver (tools/cnitool), built by `make cnitool`."""
+    from lab.cnitool import build
+
+    try:
+        return build()
+    except RuntimeError as exc:
+        pytest.fail(str(exc))
+
+
+@pytest.fixture
+def netns():
+    """make(prefix) -> a new network namespace named prefix-<random>; all are removed
+    when the test ends, passed or failed."""
+    from lab.namespaces import Namespace
+
+    made = []
+
+    def make(prefix):
+        made.append(Namespace(prefix))
+        return made[-1]
+
+    yield make
+    for ns in reversed(made):
+        ns.delete()

@@ -1,33 +1,49 @@
-"""weft as a Multus secondary network, invoked exactly as Multus invokes a delegate.
+"""weft as a Multus secondary network, invoked the way Multus invokes a delegate.
 
-The pod first gets the cluster-default network (conf/10-weft.conflist: weft + portmap,
-as the runtime runs it); then Multus, for the pod annotation `k8s.v1.cni.cncf.io/networks:
-weft2`, runs the NetworkAttachmentDefinition's spec.config with CNI_IFNAME=net1, its
-CNI_ARGS (IgnoreUnknown, K8S_POD_*) and the pod's requested ips/mac as runtimeConfig
-capability args.  The node's subnet files are written by hand (no agent needed); the
-plugin runs inside a node namespace the test made.
+Multus calls its delegates through libcni; so does this test, with weft's cnitool
+(tools/cnitool) built against Debian's libcni 1.1.2.  The pod first gets the
+cluster-default network (conf/10-weft.conflist: weft + portmap, as the runtime runs
+it).  Then, for the pod annotation
+
+    k8s.v1.cni.cncf.io/networks: '[{"name": "weft2", "ips": ["10.245.3.50/24"], "mac": "02:00:0a:f5:03:32"},
+                                   {"name": "weft3", "portMappings": [{"hostPort": 8080, "containerPort": 80, ...}]}]'
+
+Multus runs the NetworkAttachmentDefinition weft2 (conf/kubernetes, a single-plugin
+spec.config) as net1 and a second weft network weft3 (a conflist: weft + portmap) as
+net2, each with the sandbox ID as CNI_CONTAINERID, CNI_ARGS
+IgnoreUnknown=true;K8S_POD_NAMESPACE;K8S_POD_NAME;K8S_POD_INFRA_CONTAINER_ID;K8S_POD_UID
+and the selection's ips/mac/portMappings as capability args (libcni hands each plugin
+only the capabilities its config declares).  The node's subnet files are written by
+hand (no agent needed); everything runs in namespaces the test made.
 """
 
 import ipaddress
 import json
+import subprocess
+import sys
 import uuid
 
 import pytest
 
-from cni_plugin.subnet import subnet_file
-from lab.cni import invoke, run_chain
-from lab.namespaces import Namespace
+from lab.cluster import serve_tcp
+from lab.cni import invoke, path_without_ip6tables
+from lab.cnitool import Driver, inet, ipam_state, links, veths
+from lab.namespaces import stop_process
 
 from . import artifacts
+from .artifacts import REPO
 
 POD_NAMESPACE, POD_NAME = "default", "web-0"
 NET1_IP, NET1_MAC = "10.245.3.50", "02:00:0a:f5:03:32"
+HOST_PORT, CONTAINER_PORT = 8080, 80
+NAMESERVER, SEARCH = "10.96.0.10", "default.svc.cluster.local"
 
 
 def network_status(result: dict, name: str, default: bool) -> dict:
     """One entry of k8s.v1.cni.cncf.io/network-status as Multus builds it from a CNI result
-    (net-attach-def-client CreateNetworkStatus): the sandbox interface's name and MAC, the
-    result's IPs without prefix, gateways of default routes only, dns, default flag."""
+    (net-attach-def-client CreateNetworkStatus): the sandbox interface's name, MAC and
+    MTU, the result's IPs of that interface without prefix, gateways of default routes
+    only, dns, default flag."""
     status = {"name": name, "interface": None, "ips": [], "mac": None, "default": default,
               "dns": {}}
     sandbox = [i for i, iface in enumerate(result.get("interfaces", [])) if iface.get("sandbox")]
@@ -51,23 +67,18 @@ def network_status(result: dict, name: str, default: bool) -> dict:
 
 
 @pytest.fixture
-def node():
-    ns = Namespace("wmnode")
-    yield ns
-    ns.delete()
+def node(netns):
+    return netns("wmnode")
 
 
 @pytest.fixture
-def pod():
-    ns = Namespace("wmpod")
-    yield ns
-    ns.delete()
+def pod(netns):
+    return netns("wmpod")
 
 
 def _lease(path, network, subnet):
-    subnet_file.write(str(path), subnet_file.SubnetLease(
-        network=ipaddress.IPv4Network(network), subnet=ipaddress.IPv4Interface(subnet), mtu=1450,
-        ipmasq=False))
+    """The subnet file weftd would write (its format is a documented contract)."""
+    path.write_text(f"WEFT_NETWORK={network}\nWEFT_SUBNET={subnet}\nWEFT_MTU=1450\nWEFT_IPMASQ=false\n")
 
 
 def _local(conf: dict, tmp_path, name: str) -> dict:
@@ -79,70 +90,164 @@ def _local(conf: dict, tmp_path, name: str) -> dict:
     return conf
 
 
-def test_secondary_network_as_multus_delegates_it(installed, cni_path, node, pod, tmp_path):
+def _networks(driver, tmp_path):
+    """Write the three networks into the driver's NETCONFPATH, as a node and Multus hold them."""
     _lease(tmp_path / "weft.env", "10.244.0.0/16", "10.244.3.1/24")
     _lease(tmp_path / "weft2.env", "10.245.0.0/16", "10.245.3.1/24")
-    sandbox = uuid.uuid4().hex + uuid.uuid4().hex[:32]
+    _lease(tmp_path / "weft3.env", "10.246.0.0/16", "10.246.3.1/24")
+    primary = artifacts.load_json(f"{artifacts.CONF}/10-weft.conflist")
+    primary["plugins"][0] = _local(primary["plugins"][0], tmp_path, "weft")
+    driver.write(primary, "10-weft.conflist")
+    # the NAD's spec.config exactly as shipped (bar node paths): a single-plugin config,
+    # which libcni turns into a one-plugin list as it does for Multus
+    nad = _local(artifacts.nad_config(), tmp_path, "weft2")
+    driver.write(json.dumps(nad), "weft2.conf")
+    # a second weft network: its own bridge and subnet, DNS from a resolv.conf, portmap chained
+    resolv = tmp_path / "resolv.conf"
+    resolv.write_text(f"nameserver {NAMESERVER}\nsearch {SEARCH}\n")
+    weft3 = _local({**nad, "name": "weft3", "bridge": "cbr2"}, tmp_path, "weft3")
+    weft3["ipam"]["resolvConf"] = str(resolv)
+    entry = {k: v for k, v in weft3.items() if k not in ("cniVersion", "name")}
+    driver.write({"cniVersion": nad["cniVersion"], "name": "weft3",
+                  "plugins": [entry, {"type": "portmap", "capabilities": {"portMappings": True}}]})
+    return primary, nad
+
+
+def _kernel_view(pod, ifname):
+    """What must not change on one interface: MAC, MTU, addresses, its routes."""
+    link = links(pod)[ifname]
+    routes = [r for r in pod.ip_json("route", "show") if r.get("dev") == ifname]
+    return link["address"], link["mtu"], inet(link), routes
+
+
+def _nat_rules(node):
+    return node.run(["iptables-save", "-t", "nat"], check=False).stdout
+
+
+def test_secondary_networks_as_multus_delegates_them(cnitool, installed, node, pod, tmp_path):
+    driver = Driver(cnitool, node, tmp_path, f"{installed}/cni:/usr/lib/cni")
+    primary_list, nad = _networks(driver, tmp_path)
+    assert nad["cniVersion"] == "1.0.0"            # the newest libcni 1.1.2 accepts
+    assert set(nad["capabilities"]) == {"ips", "mac"}
+    sandbox = uuid.uuid4().hex + uuid.uuid4().hex
     pod_uid = str(uuid.uuid4())
     cni_args = (f"IgnoreUnknown=true;K8S_POD_NAMESPACE={POD_NAMESPACE};K8S_POD_NAME={POD_NAME};"
                 f"K8S_POD_INFRA_CONTAINER_ID={sandbox};K8S_POD_UID={pod_uid}")
+    path = path_without_ip6tables(tmp_path)      # portmap 1.1.1: see lab.cni
+    calls = {"eth0": ("weft", None),
+             "net1": ("weft2", {"ips": [f"{NET1_IP}/24"], "mac": NET1_MAC}),
+             "net2": ("weft3", {"portMappings": [{"hostPort": HOST_PORT, "containerPort": CONTAINER_PORT,
+                                                  "protocol": "tcp"}]})}
 
-    # the cluster-default network, as the runtime (through Multus) runs it
-    primary_list = artifacts.load_json(f"{artifacts.CONF}/10-weft.conflist")
-    primary_list["plugins"][0] = _local(primary_list["plugins"][0], tmp_path, "weft")
-    out, primary = run_chain(primary_list["plugins"], "ADD", primary_list, cni_path,
-                             container_id=sandbox, netns=pod.path, ifname="eth0", node=node,
-                             args=cni_args)
-    assert out.code == 0, str(out)
+    def cnitool(command, ifname):
+        network, caps = calls[ifname]
+        return driver(command, network, pod, ifname=ifname, cni_args=cni_args, cap_args=caps,
+                      container_id=sandbox, path=path)
 
-    # the secondary: the NAD's spec.config plus what Multus adds for the pod's selection
-    # {"name": "weft2", "ips": [...], "mac": ...}: runtimeConfig for declared capabilities
-    nad = artifacts.nad_config()
-    delegate = _local(nad, tmp_path, "weft2")
-    assert set(delegate.pop("capabilities")) == {"ips", "mac"}
-    delegate["runtimeConfig"] = {"ips": [f"{NET1_IP}/24"], "mac": NET1_MAC}
-    secondary_out = invoke(f"{installed}/cni/weft", "ADD", delegate, container_id=sandbox,
-                           netns=pod.path, ifname="net1", cni_path=cni_path, node=node, args=cni_args)
-    assert secondary_out.code == 0, str(secondary_out)
-    secondary = secondary_out.json
+    results, server = {}, None
     try:
-        # net1: the requested address and MAC, the cluster route of weft2, no default route
-        links = {link["ifname"]: link for link in pod.ip_json("addr", "show")}
-        net1 = links["net1"]
-        assert net1["address"] == NET1_MAC
-        assert [f"{a['local']}/{a['prefixlen']}" for a in net1["addr_info"] if a["family"] == "inet"] == \
-            [f"{NET1_IP}/24"]
+        for ifname in ("eth0", "net1", "net2"):
+            added = cnitool("add", ifname)
+            assert added.code == 0, f"{ifname}: {added}"
+            results[ifname] = added.json
+        kernel = links(pod)
+
+        # the annotation Multus writes, checked field by field against the kernel
+        statuses = {"eth0": network_status(results["eth0"], primary_list["name"], True),
+                    "net1": network_status(results["net1"], f"{POD_NAMESPACE}/weft2", False),
+                    "net2": network_status(results["net2"], f"{POD_NAMESPACE}/weft3", False)}
+        default_routes = [r for r in pod.ip_json("route", "show") if r["dst"] == "default"]
+        for ifname, status in statuses.items():
+            result = results[ifname]
+            assert status["interface"] == ifname
+            assert status["mac"] == kernel[ifname]["address"]
+            assert status["ips"] == [str(ipaddress.ip_interface(a).ip) for a in inet(kernel[ifname])]
+            assert len(status["ips"]) == 1
+            sandbox_ifaces = [i for i, iface in enumerate(result["interfaces"]) if iface.get("sandbox") == pod.path]
+            assert [result["interfaces"][i]["name"] for i in sandbox_ifaces] == [ifname]
+            assert all(ip["interface"] == sandbox_ifaces[0] for ip in result["ips"])
+            # cniVersion 1.0.0 results carry no interface MTU, so the annotation has none
+            assert "mtu" not in status and kernel[ifname]["mtu"] == 1450
+        assert statuses["net1"]["ips"] == [NET1_IP] and statuses["net1"]["mac"] == NET1_MAC
+        assert ipaddress.ip_address(statuses["net2"]["ips"][0]) in ipaddress.ip_network("10.246.3.0/24")
+        # only the cluster-default network has a gateway, and it is the pod's one default route
+        assert [(r["dev"], r["gateway"]) for r in default_routes] == [("eth0", "10.244.3.1")]
+        assert statuses["eth0"]["gateway"] == ["10.244.3.1"]
+        assert "gateway" not in statuses["net1"] and "gateway" not in statuses["net2"]
         routes = pod.ip_json("route", "show")
-        defaults = [r for r in routes if r["dst"] == "default"]
-        assert [(r["dev"], r["gateway"]) for r in defaults] == [("eth0", "10.244.3.1")]
-        assert any(r["dst"] == "10.245.0.0/16" and r["dev"] == "net1" and r.get("gateway") == "10.245.3.1"
-                   for r in routes), routes
-        # eth0 kept its address; net1 went on the secondary's own bridge
-        assert any(a["local"].startswith("10.244.3.") for a in links["eth0"]["addr_info"] if a["family"] == "inet")
+        for ifname, cluster, gateway in (("net1", "10.245.0.0/16", "10.245.3.1"),
+                                         ("net2", "10.246.0.0/16", "10.246.3.1")):
+            assert any(r["dst"] == cluster and r["dev"] == ifname and r.get("gateway") == gateway
+                       for r in routes), routes
+        assert statuses["eth0"]["dns"] == {} and statuses["net1"]["dns"] == {}
+        assert statuses["net2"]["dns"] == {"nameservers": [NAMESERVER], "search": [SEARCH]}
+        # each network on its own bridge in the node
         bridges = {link["ifname"] for link in node.ip_json("link", "show", "type", "bridge")}
-        assert {"cbr0", "cbr1"} <= bridges
+        assert {"cbr0", "cbr1", "cbr2"} <= bridges
+        assert len(veths(node)) == 3
 
-        # the pod annotation Multus writes
-        statuses = [network_status(primary, primary_list["name"], True),
-                    network_status(secondary, f"{POD_NAMESPACE}/{nad['name']}", False)]
-        assert statuses[1] == {"name": "default/weft2", "interface": "net1", "ips": [NET1_IP],
-                               "mac": NET1_MAC, "dns": {}}
-        assert statuses[0]["interface"] == "eth0" and statuses[0]["default"] is True
-        assert statuses[0]["gateway"] == ["10.244.3.1"]
-        annotation = json.dumps(statuses, indent=4)
-        assert json.loads(annotation)[1]["name"] == "default/weft2"
+        # the pod identity in CNI_ARGS reached the allocation history
+        whois = subprocess.run([f"{installed}/bin/weftctl", "whois", NET1_IP, "--data-dir", f"{tmp_path}/ipam",
+                                "--json"], capture_output=True, text=True, timeout=60)
+        assert whois.returncode == 0, whois.stderr
+        [holder] = json.loads(whois.stdout)["holders"]
+        assert (holder["podNamespace"], holder["podName"], holder["containerID"], holder["ifname"]) == \
+            (POD_NAMESPACE, POD_NAME, sandbox, "net1")
 
-        # CHECK as libcni does it, with the ADD result as prevResult
-        check = invoke(f"{installed}/cni/weft", "CHECK", {**delegate, "prevResult": secondary},
-                       container_id=sandbox, netns=pod.path, ifname="net1", cni_path=cni_path,
-                       node=node, args=cni_args)
-        assert check.code == 0, str(check)
-    finally:
-        # pod deletion: Multus deletes the secondary attachments, then the default network
-        deleted = invoke(f"{installed}/cni/weft", "DEL", delegate, container_id=sandbox, netns=pod.path,
-                         ifname="net1", cni_path=cni_path, node=node, args=cni_args)
+        # net2's portMappings reached portmap: the node's port 8080 leads to net2's port 80
+        net2_ip = statuses["net2"]["ips"][0]
+        assert f"{net2_ip}:{CONTAINER_PORT}" in _nat_rules(node)
+        server = serve_tcp(pod, net2_ip, CONTAINER_PORT, 1)
+        seen = node.run([sys.executable, "-m", "lab.tcp_echo", "ask", "10.244.3.1", str(HOST_PORT)],
+                        check=False, cwd=REPO)
+        assert seen.returncode == 0, f"node:{HOST_PORT} did not reach {net2_ip}:{CONTAINER_PORT}: {seen.stderr}"
+        stop_process(server, 10)
+
+        # CHECK as libcni does it, with the cached ADD result as prevResult
+        for ifname in ("net1", "net2"):
+            checked = cnitool("check", ifname)
+            assert checked.code == 0, f"{ifname}: {checked}"
+
+        # pod deletion starts with the secondaries: DEL of net1 leaves eth0 and net2 as they were
+        before = {ifname: _kernel_view(pod, ifname) for ifname in ("eth0", "net2")}
+        host_veths = set(veths(node))
+        deleted = cnitool("del", "net1")
         assert deleted.code == 0, str(deleted)
-        assert "net1" not in {link["ifname"] for link in pod.ip_json("link", "show")}
-        out, _ = run_chain(primary_list["plugins"], "DEL", primary_list, cni_path, container_id=sandbox, netns=pod.path,
-                           ifname="eth0", node=node, args=cni_args)
-        assert out.code == 0, str(out)
+        assert "net1" not in links(pod)
+        assert {ifname: _kernel_view(pod, ifname) for ifname in ("eth0", "net2")} == before
+        assert len(set(veths(node))) == 2 and set(veths(node)) < host_veths
+        assert ipam_state(tmp_path, "weft2") == ([], [])
+        assert ipam_state(tmp_path, "weft")[0] == [statuses["eth0"]["ips"][0]]
+    finally:
+        stop_process(server, 10)
+        outcomes = {ifname: cnitool("del", ifname) for ifname in ("net2", "net1", "eth0")}
+    for ifname, outcome in outcomes.items():
+        assert outcome.code == 0, f"DEL {ifname}: {outcome}"
+    assert veths(node) == [] and set(links(pod)) == {"lo"}
+    for network in ("weft", "weft2", "weft3"):
+        assert ipam_state(tmp_path, network) == ([], []), network
+    assert f":{CONTAINER_PORT}" not in _nat_rules(node)
+    assert driver.cached_results() == []
+
+
+def test_a_cni_1_1_delegate_reports_the_mtu_multus_records(installed, cni_path, node, pod, tmp_path):
+    """A Multus built on libcni 1.2 or later accepts cniVersion 1.1.0 delegates, whose
+    results name the interface MTU: the annotation's mtu is then the kernel's."""
+    _lease(tmp_path / "weft2.env", "10.245.0.0/16", "10.245.3.1/24")
+    delegate = _local(artifacts.nad_config(), tmp_path, "weft2")
+    delegate.pop("capabilities")
+    delegate.update(cniVersion="1.1.0", runtimeConfig={"ips": [f"{NET1_IP}/24"], "mac": NET1_MAC})
+    call = dict(container_id=uuid.uuid4().hex, netns=pod.path, ifname="net1", cni_path=cni_path, node=node,
+                args=f"IgnoreUnknown=true;K8S_POD_NAMESPACE={POD_NAMESPACE};K8S_POD_NAME={POD_NAME}")
+    added = invoke(f"{installed}/cni/weft", "ADD", delegate, **call)
+    assert added.code == 0, str(added)
+    try:
+        status = network_status(added.json, f"{POD_NAMESPACE}/weft2", False)
+        net1 = links(pod)["net1"]
+        assert status["mtu"] == net1["mtu"] == 1450
+        assert status["mac"] == net1["address"] == NET1_MAC
+        assert [f"{ip}/24" for ip in status["ips"]] == inet(net1)
+    finally:
+        deleted = invoke(f"{installed}/cni/weft", "DEL", delegate, **call)
+    assert deleted.code == 0, str(deleted)
+    assert "net1" not in links(pod) and veths(node) == []

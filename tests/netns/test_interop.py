@@ -1,23 +1,8 @@
 """weft with the Debian reference plugins (/usr/lib/cni), chained as libcni does."""
 
-import shutil
-
-from lab.cni import run_chain
+from lab.cni import path_without_ip6tables, run_chain
 
 from cni_plugin.datapath.naming import host_veth_name
-
-
-def iptables_without_ip6tables(tmp_path):
-    """A PATH where ip6tables is absent.  Debian's portmap 1.1.1 CHECKs its IPv4 DNAT
-    rules in the IPv6 table whenever ip6tables exists, so CHECK of any pod fails;
-    without ip6tables it manages IPv4 only, as it should for an IPv4 pod."""
-    tools = tmp_path / "path"
-    tools.mkdir()
-    for name in ("iptables", "iptables-save", "iptables-restore", "nft", "tc"):
-        target = shutil.which(name)
-        if target:
-            (tools / name).symlink_to(target)
-    return f"{tools}:/usr/bin:/bin"
 
 
 def test_weft_then_portmap_bandwidth_tuning(weft, node, pods, cni_path, tmp_path):
@@ -35,7 +20,7 @@ def test_weft_then_portmap_bandwidth_tuning(weft, node, pods, cni_path, tmp_path
         ],
     }
     kwargs = dict(container_id="chain1", netns=pod.path, ifname="eth0", node=node,
-                  extra_env={"PATH": iptables_without_ip6tables(tmp_path)})
+                  extra_env={"PATH": path_without_ip6tables(tmp_path)})
     out, result = run_chain(conflist["plugins"], "ADD", conflist, cni_path, **kwargs)
     assert out.code == 0, out
     assert result["ips"][0]["address"] == "10.244.1.2/24"
