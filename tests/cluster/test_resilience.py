@@ -80,6 +80,14 @@ def metric(node, name: str, network="weft") -> float:
     return float(match.group(1)) if match else 0.0
 
 
+def sample(node, series: str) -> float:
+    """The value of one exact series, e.g. 'weft_lease_events_total{kind="put",network="weft"}'."""
+    code, body = node.http("/metrics")
+    assert code == 200, f"{node.name} /metrics answered {code}"
+    match = re.search(rf"^{re.escape(series)} (\S+)$", body, re.M)
+    return float(match.group(1)) if match else 0.0
+
+
 def status_cni(node) -> dict:
     """The plugin's STATUS (CNI 1.1.0) inside the node: {"code": exit, "error": json or None}."""
     cni = os.path.join(node.cluster.installed, "cni")
@@ -143,6 +151,9 @@ def test_node_removal_cleans_peers(cluster):
         assert overlay_entries(node, subnet, mac, node3.ip) == {"route": True, "neigh": True, "fdb": True}
     assert pods[0].ping(pods[2].ip)
 
+    deletes = 'weft_lease_events_total{kind="delete",network="weft"}'
+    programmed = 'weft_peer_program_seconds_count{network="weft"}'
+    before = {node.name: (sample(node, deletes), sample(node, programmed)) for node in others}
     node3.stop_agent()
     started = time.monotonic()
     revoke(cluster, gone["leaseID"])
@@ -153,6 +164,9 @@ def test_node_removal_cleans_peers(cluster):
         converged[node.name] = time.monotonic() - started
         wait_for(lambda: all("node3" not in p for p in node.status()["peers"]), 10,
                  what=f"{node.name} status forgets node3")
+        # the watch's delete event was counted, and its path to the kernel timed
+        assert sample(node, deletes) == before[node.name][0] + 1, node.http("/metrics")[1]
+        assert sample(node, programmed) >= before[node.name][1] + 1, node.http("/metrics")[1]
     print("\nnode removal: revoke -> kernel cleanup "
           + ", ".join(f"{name} {secs * 1000:.0f} ms" for name, secs in converged.items())
           + f" (all nodes {max(converged.values()) * 1000:.0f} ms)")
@@ -231,6 +245,9 @@ def test_etcd_outage_keeps_datapath_and_recovers(cluster):
     node1, node2 = nodes
     old1, old2 = pods
     renewals = {node.name: metric(node, "weft_lease_renewals_total") for node in nodes}
+    etcd_errors = {node.name: metric(node, "weft_etcd_errors_total") for node in nodes}
+    for node in nodes:
+        assert metric(node, "weft_network_ready") == 1
     outage = 30.0
 
     cluster.etcd.stop()
@@ -242,6 +259,8 @@ def test_etcd_outage_keeps_datapath_and_recovers(cluster):
         assert "etcd" in (status["problem"] or ""), status
         code, body = node.http("/readyz")
         assert code == 503 and "etcd" in body, (code, body)
+        assert metric(node, "weft_network_ready") == 0
+        assert metric(node, "weft_etcd_errors_total") > etcd_errors[node.name]
     noticed = time.monotonic() - down_at
     # a new pod on every node while etcd is down: the plugin only needs the subnet file
     new1, new2 = node1.add_pod(), node2.add_pod()
@@ -261,6 +280,8 @@ def test_etcd_outage_keeps_datapath_and_recovers(cluster):
     for node in nodes:
         wait_for(lambda: (node.status() or {}).get("ready"), 30, what=f"{node.name} ready after etcd returned")
         assert node.http("/readyz")[0] == 200
+        wait_for(lambda: metric(node, "weft_network_ready") == 1, 30,
+                 what=f"{node.name}'s weft_network_ready back to 1")
     reconnected = time.monotonic() - back_at
     for node in nodes:
         wait_for(lambda: metric(node, "weft_lease_renewals_total") > during[node.name], 20,
@@ -396,6 +417,7 @@ def test_subnet_taken_while_running_keeps_datapath(cluster):
     code, body = node1.http("/readyz")
     assert code == 503 and INTRUDER in body, (code, body)
     assert status_cni(node1)["error"]["code"] == 51
+    assert metric(node1, "weft_lease_conflict") == 1 and metric(node1, "weft_network_ready") == 0
     reports = conflict_reports(node1)
     wait_for(lambda: conflict_reports(node1) >= reports + 2, 30,
              what="node1's agent retrying its lease twice more after the conflict")
@@ -413,6 +435,8 @@ def test_subnet_taken_while_running_keeps_datapath(cluster):
     wait_for(lambda: (s := node1.status()) and s["ready"] and not s["conflict"], 30,
              what="node1 ready after the intruder left")
     assert lease_of(cluster, "node1")["subnet"] == subnet
+    wait_for(lambda: metric(node1, "weft_lease_conflict") == 0 and metric(node1, "weft_network_ready") == 1, 30,
+             what="node1's weft_lease_conflict back to 0 and weft_network_ready to 1")
 
 
 # -- 7. own key deleted while its etcd lease lives ------------------------------------------
