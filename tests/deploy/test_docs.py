@@ -105,7 +105,7 @@ COMMANDS = commands(readme_blocks("checked"))
 RUN_ELSEWHERE = {
     "make demo": ("tests/e2e/test_demo.py", "test_make_demo", '"demo"'),
     "make install": ("tests/e2e/test_install.py", "install",  # into scratch dirs, not /opt or /usr
-                     '"install", f"VENV={sys.prefix}",\n                           f"CNI_BIN_DIR='),
+                     'f"CNI_BIN_DIR={target}/cni"'),
     "docker build -f conf/image/Containerfile": (  # BASE: a local Debian 12 rootfs (no registry here)
         "tests/deploy/images.py", "weft_image", '"--build-arg", f"BASE={base}"'),
 }
