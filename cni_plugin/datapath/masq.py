@@ -51,7 +51,9 @@ def _list_table(table: str):
     Interval elements come back as ("10.0.0.0/16", "")."""
     proc = _nft(["-j", "list", "table", "inet", table], check=False)
     if proc.returncode != 0:
-        return None
+        if "No such file or directory" in proc.stderr:  # nft's words for a missing table
+            return None
+        raise CniError(IO_FAILURE, f"nft list table inet {table} failed: {proc.stderr.strip()}")
     sets = {}
     for item in json.loads(proc.stdout).get("nftables", []):
         nft_set = item.get("set")
