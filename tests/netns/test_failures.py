@@ -175,3 +175,22 @@ def test_gc_reports_every_error_it_met(weft, node, pods):
     assert "nft stand-in refuses changes" in out.json["msg"] and "store busy" in out.json["msg"], out
     assert host_veth_name("stale", "eth0") not in {e["ifname"] for e in node.ip_json("link", "show")}
     assert '"stale/eth0"' in node.run(["nft", "list", "table", "inet", "weft_weftnet"]).stdout
+
+
+def test_gc_and_del_report_an_nft_that_cannot_list_the_table(weft, node, pods):
+    """Stand-in: an `nft` that fails every call; the masquerade entries stay, and the
+    runtime hears why instead of a success."""
+    conf = weft.conf("1.1.0", ipMasq=True)
+    pod = pods()
+    assert weft("ADD", conf, pod, cid="stale").code == 0
+    nft = weft.stub("nft", 'echo "nft stand-in: cache initialization failed" >&2\nexit 1\n')
+    broken = {"PATH": f"{nft}:{os.environ['PATH']}"}
+    gc = weft("GC", {**conf, "cni.dev/valid-attachments": []}, extra_env=broken)
+    assert gc.code == 1 and gc.json["code"] == 5, gc
+    assert "nft list table inet weft_weftnet" in gc.json["msg"] and "cache initialization failed" in gc.json["msg"]
+    deleted = weft("DEL", conf, pod, cid="stale", extra_env=broken)
+    assert deleted.code == 1 and deleted.json["code"] == 5, deleted
+    assert "cache initialization failed" in deleted.json["msg"], deleted
+    assert '"stale/eth0"' in node.run(["nft", "list", "table", "inet", "weft_weftnet"]).stdout
+    assert weft("DEL", conf, pod, cid="stale").code == 0  # with a working nft the entry goes
+    assert node.run(["nft", "list", "table", "inet", "weft_weftnet"], check=False).returncode != 0
