@@ -175,7 +175,7 @@ def test_weftctl_network_and_leases_against_etcd(cluster):
     assert reserved == ["weft", "10.244.8.0/24", "reserved", "192.168.100.8", "02:00:00:00:07:07",
                         "reservation"], rows[1]
     unset = cluster.underlay.run(weftctl, check=False, env={**os.environ, "WEFT_ETCD_ENDPOINTS": "http://127.0.0.1:9"})
-    assert unset.returncode != 0 and "http://127.0.0.1:9" in unset.stderr, unset
+    assert unset.returncode == 3 and "http://127.0.0.1:9" in unset.stderr, unset
 
 
 def test_etcd_prefix_log_level_and_history_retention(cluster):

@@ -364,7 +364,7 @@ def test_subnet_taken_while_away_is_a_conflict(cluster):
     code, body = node1.http("/readyz")
     assert code == 503 and INTRUDER in body and "node1" in body, (code, body)
     cni_status = status_cni(node1)
-    assert cni_status["exit"] != 0 and cni_status["error"]["code"] == 51, cni_status
+    assert cni_status["exit"] == 1 and cni_status["error"]["code"] == 51, cni_status
     assert INTRUDER in cni_status["error"]["msg"] + cni_status["error"].get("details", "")
     # it keeps asking (two more attempts), never takes another subnet, and the node's pods
     # keep their addresses

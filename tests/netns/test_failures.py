@@ -24,7 +24,7 @@ def test_bad_subnet_is_code_7(weft, node, pods, subnet, needle):
     conf = weft.conf(ipam={"type": "weft-ipam", "dataDir": f"{weft.tmp}/ipam",
                            "ranges": [[{"subnet": subnet}]]})
     out = weft("ADD", conf, pods())
-    assert out.code != 0 and out.json["code"] == 7 and needle in out.json["msg"], out
+    assert out.code == 1 and out.json["code"] == 7 and needle in out.json["msg"], out
     assert_nothing_left(weft, node)
 
 
@@ -74,7 +74,7 @@ def test_failure_after_ipam_add_rolls_back_interface_clash(weft, node, pods):
     pod = pods()
     pod.run(["ip", "link", "add", "eth0", "type", "veth", "peer", "name", "eth0peer"])
     out = weft("ADD", weft.conf(), pod)
-    assert out.code != 0 and out.json["code"] == 103, out
+    assert out.code == 1 and out.json["code"] == 103, out
     assert_nothing_left(weft, node)
     assert {e["ifname"] for e in pod.ip_json("link", "show")} == {"lo", "eth0", "eth0peer"}
 
