@@ -7,7 +7,8 @@ cd "$(dirname "$0")/.."
 PACKAGES=(iproute2 nftables containernetworking-plugins etcd-server etcd-client
           podman runc busybox-static iputils-ping iperf3 iptables python3-venv make
           docker.io docker-compose mmdebstrap vagrant vagrant-libvirt shellcheck
-          golang-go golang-github-appc-cni-dev)
+          golang-go golang-github-appc-cni-dev
+          systemd)  # systemd-analyze verifies conf/weftd.service
 missing=()
 for pkg in "${PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")

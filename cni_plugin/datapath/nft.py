@@ -32,10 +32,13 @@ def apply(script: str) -> None:
 
 
 def list_table(family: str, table: str):
-    """The table as nft's JSON list of objects, or None when it does not exist."""
+    """The table as nft's JSON list of objects, or None when it does not exist.  Any
+    other failure is an NftError: a table that cannot be read is not an absent one."""
     proc = _run(["-j", "list", "table", family, table])
     if proc.returncode != 0:
-        return None
+        if "No such file or directory" in proc.stderr:  # nft's words for a missing table
+            return None
+        raise NftError(f"nft list table {family} {table} failed: {proc.stderr.strip()}")
     try:
         return json.loads(proc.stdout).get("nftables", [])
     except ValueError as exc:

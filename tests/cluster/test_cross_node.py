@@ -2,6 +2,9 @@
 
 import itertools
 import json
+import os
+import re
+from datetime import datetime, timedelta, timezone
 
 from lab.cluster import ETCD_IP, Cluster, serve_tcp, wait_for
 
@@ -130,18 +133,80 @@ def test_secondary_network_beside_primary(cluster):
     assert open(nodes[0].subnet_file("weft2")).read().startswith("WEFT_NETWORK=10.250.0.0/16")
 
 
-def test_vni_clash_and_bad_config_are_refused_by_weftctl(cluster):
+def test_weftctl_network_and_leases_against_etcd(cluster):
     cluster.set_network("weft", VXLAN)
     clash = cluster.weftctl("network", "set", "other", "--config",
                             json.dumps({"Network": "10.99.0.0/16", "Backend": {"VNI": 1}}), check=False)
     assert clash.returncode == 2 and "VNI 1 is already used by network weft" in clash.stderr
+    overlap = cluster.weftctl("network", "set", "other", "--config",
+                              json.dumps({"Network": "10.244.128.0/17", "Backend": {"VNI": 7}}), check=False)
+    assert overlap.returncode == 2, overlap
+    assert "Network 10.244.128.0/17 overlaps network weft's 10.244.0.0/16" in overlap.stderr, overlap.stderr
     bad = cluster.weftctl("network", "set", "other", "--config", '{"Network": "10.99.0.0/33"}', check=False)
     assert bad.returncode == 2 and "10.99.0.0/33" in bad.stderr
     short = cluster.weftctl("network", "set", "other", "--config",
                             '{"Network": "10.99.0.0/16", "SubnetLen": 12}', check=False)
     assert short.returncode == 2 and "SubnetLen 12" in short.stderr
+    assert cluster.etcd.etcdctl("get", "/weft/networks/other/config").stdout == "", "a refused config was stored"
     got = json.loads(cluster.weftctl("network", "get", "weft").stdout)
     assert got["Network"] == "10.244.0.0/16"
+    missing = cluster.weftctl("network", "get", "other", check=False)
+    assert missing.returncode == 1 and missing.stdout == "", missing
+    assert "network other has no config at /weft/networks/other/config" in missing.stderr, missing.stderr
+
+    # leases as text: a live lease with its TTL, and a reservation (a key with no etcd lease)
+    granted = cluster.etcd.etcdctl("lease", "grant", "600", check=True).stdout
+    lease_hex = re.search(r"lease ([0-9a-f]+) granted", granted).group(1)
+    lease = {"PublicIP": "192.168.100.7", "NodeName": "nodeseven", "BackendType": "vxlan",
+             "BackendData": {"VNI": 1, "VtepMAC": "02:00:00:00:07:07"}}
+    cluster.etcd.etcdctl("put", f"--lease={lease_hex}", "/weft/networks/weft/subnets/10.244.7.0-24",
+                         json.dumps(lease), check=True)
+    cluster.etcd.etcdctl("put", "/weft/networks/weft/subnets/10.244.8.0-24",
+                         json.dumps({**lease, "NodeName": "reserved", "PublicIP": "192.168.100.8"}), check=True)
+    # endpoints from $WEFT_ETCD_ENDPOINTS (no --etcd-endpoints flag)
+    weftctl = [f"{cluster.installed}/bin/weftctl", "leases", "weft"]
+    text = cluster.underlay.run(weftctl, env={**os.environ, "WEFT_ETCD_ENDPOINTS": cluster.etcd.endpoint}).stdout
+    header, *rows = text.splitlines()
+    assert header.split() == ["NETWORK", "SUBNET", "NODE", "PUBLIC", "IP", "VTEP", "MAC", "TTL"], header
+    assert len(rows) == 2, text
+    live, reserved = (row.split() for row in rows)
+    assert live[:5] == ["weft", "10.244.7.0/24", "nodeseven", "192.168.100.7", "02:00:00:00:07:07"], rows[0]
+    assert re.fullmatch(r"\d+s", live[5]) and 0 < int(live[5][:-1]) <= 600, rows[0]
+    assert reserved == ["weft", "10.244.8.0/24", "reserved", "192.168.100.8", "02:00:00:00:07:07",
+                        "reservation"], rows[1]
+    unset = cluster.underlay.run(weftctl, check=False, env={**os.environ, "WEFT_ETCD_ENDPOINTS": "http://127.0.0.1:9"})
+    assert unset.returncode == 3 and "http://127.0.0.1:9" in unset.stderr, unset
+
+
+def test_etcd_prefix_log_level_and_history_retention(cluster):
+    """weftd with --etcd-prefix /other, --log-level warning, --history-retention 1 (hour)."""
+    config = json.dumps(VXLAN)
+    cluster.weftctl("network", "set", "weft", "--config", config, "--etcd-prefix", "/other")
+    node = cluster.add_node()
+    journal = os.path.join(node.ipam_dir, "weft", "history.jsonl")
+    os.makedirs(os.path.dirname(journal))
+    now = datetime.now(timezone.utc)
+    with open(journal, "w") as handle:
+        for cid, at in (("three-hours-ago", now - timedelta(hours=3)), ("just-now", now)):
+            handle.write(json.dumps({"ts": at.strftime("%Y-%m-%dT%H:%M:%SZ"), "event": "allocate",
+                                     "ip": "10.244.9.9", "network": "weft", "containerID": cid,
+                                     "ifname": "eth0", "podNamespace": "default", "podName": cid}) + "\n")
+    node.start_agent(extra=["--etcd-prefix", "/other", "--log-level", "warning", "--history-retention", "1"])
+    node.wait_ready()
+
+    def published():
+        return cluster.etcd.etcdctl("get", "--prefix", "/other/networks/weft/history/node1/",
+                                    "--print-value-only", check=True).stdout
+
+    wait_for(lambda: "just-now" in published() and "three-hours-ago" not in published(), 30,
+             what="the recent history record in etcd and the one older than --history-retention pruned")
+    (row,) = json.loads(cluster.weftctl("leases", "weft", "--etcd-prefix", "/other", "--json").stdout)
+    assert row["node"] == "node1" and row["subnet"] == node.status()["lease"]["subnet"]
+    assert cluster.etcd.etcdctl("get", "--prefix", "/weft/", "--keys-only", check=True).stdout.strip() == "", \
+        "weftd wrote outside its --etcd-prefix"
+    lines = [json.loads(line) for line in node.log().splitlines() if line.strip()]
+    assert all(line["level"] in ("warning", "error") for line in lines), lines
+    assert not [line for line in lines if line["msg"] == "lease acquired"]  # an info line
 
 
 def test_malformed_config_is_reported_and_other_networks_stay_up(cluster):

@@ -1,11 +1,17 @@
 """The README as an operator's manual that cannot drift from the code.
 
-- Blocks marked `<!-- tested -->` before a ```sh fence: every command must be accepted
-  as written: weftd/weftctl arguments parse with their real argparse parsers (and a
-  --config JSON is a valid network config), make targets and variables exist, every
-  repository path exists, kubectl -k points at a kustomization, kind's --name is the
+- Blocks marked `<!-- tested -->` before a ```sh fence run: here (weftd, weftctl, tail
+  against a real etcd with TLS and a real agent in a node namespace), or in the test that
+  RUN_ELSEWHERE names.  What stands in for the operator's machine is listed by each test
+  (etcd host names, certificate files, /var paths, the example IP).
+- Blocks marked `<!-- checked -->` need what this machine lacks (systemd as PID 1, a
+  Kubernetes cluster, kind, VMs): every command must be accepted as written, and each one
+  is checked by something: weftd/weftctl arguments parse with their real argparse parsers
+  (and a --config JSON is a valid network config), make targets and variables exist, every
+  repository path exists, kubectl names objects the manifests define, kind's --name is the
   kind config's, sed substitutions find their text, vagrant names real machines and
-  provisioners.  `<!-- tested: usage -->` blocks are synopses: subcommands and flags exist.
+  provisioners, systemctl/sysctl act on what the block installed.
+  `<!-- tested: usage -->` blocks are synopses: subcommands and flags exist.
 - The configuration tables list exactly the keys and flags the code defines.
 - docs/architecture.svg is what docs/architecture.py draws; `weftctl graph` draws a real
   cluster from a real etcd.
@@ -17,6 +23,7 @@ import json
 import os
 import re
 import shlex
+import shutil
 import subprocess
 import sys
 import xml.etree.ElementTree as ET
@@ -33,16 +40,25 @@ from cni_plugin import backends
 from cni_plugin.backends.vxlan import VxlanData
 from cni_plugin.subnet.lease import Lease, NetworkConfig
 
-from .artifacts import CONF, REPO
+from lab.cluster import Cluster
+from lab.etcd import free_port
+
+from . import artifacts
+from .artifacts import CONF, KUBE, REPO
 
 README = open(os.path.join(REPO, "README.md")).read()
 MAKEFILE = open(os.path.join(REPO, "Makefile")).read()
 REPO_PATH = re.compile(r"(?:^|[=\s])((?:conf|vagrant|docs|scripts|tests|bin)/[\w./-]*)")
 
 
-def readme_blocks(kind=None):
-    marker = "<!-- tested -->" if kind is None else f"<!-- tested: {kind} -->"
-    return re.findall(re.escape(marker) + r"\n```sh\n(.*?)```", README, re.S)
+def readme_blocks(marker="tested"):
+    return re.findall(re.escape(f"<!-- {marker} -->") + r"\n```sh\n(.*?)```", README, re.S)
+
+
+def readme_block(first_line: str) -> str:
+    """The one tested block that starts with first_line."""
+    (block,) = [b for b in readme_blocks() if b.startswith(first_line)]
+    return block
 
 
 def section(title: str) -> str:
@@ -62,10 +78,10 @@ def ticks(cell: str) -> list:
 
 # -- commands -----------------------------------------------------------------------------
 
-def commands():
-    """(block number, cwd relative to the repo, argv) of every tested command."""
+def commands(blocks):
+    """(block number, cwd relative to the repo, argv) of every command of the blocks."""
     out = []
-    for number, block in enumerate(readme_blocks()):
+    for number, block in enumerate(blocks):
         cwd = ""
         for line in block.replace("\\\n", " ").splitlines():
             tokens = shlex.split(line, comments=True)
@@ -85,11 +101,38 @@ def commands():
     return out
 
 
-COMMANDS = commands()
+COMMANDS = commands(readme_blocks("checked"))
+
+# Tested blocks run by another test: first line -> (file, test function, what it runs).
+RUN_ELSEWHERE = {
+    "make demo": ("tests/e2e/test_demo.py", "test_make_demo", '"demo"'),
+    "make install": ("tests/e2e/test_install.py", "install",  # into scratch dirs, not /opt or /usr
+                     'f"CNI_BIN_DIR={target}/cni"'),
+    "docker build -f conf/image/Containerfile": (  # BASE: a local Debian 12 rootfs (no registry here)
+        "tests/deploy/images.py", "weft_image", '"--build-arg", f"BASE={base}"'),
+}
+# `make test` is the suite itself: .ci/run runs it on every CI machine.
+RUN_HERE = ("weftctl network set weft --config", "weftctl status", "weftctl network set weft2",
+            "weftctl graph --ipam-data-dir")
 
 
 def test_readme_has_readme_blocks():
-    assert len(readme_blocks()) >= 10 and len(COMMANDS) >= 40
+    assert len(readme_blocks()) >= 6 and len(readme_blocks("checked")) >= 6 and len(COMMANDS) >= 30
+
+
+def test_every_tested_block_runs_in_the_suite():
+    for block in readme_blocks():
+        first = block.splitlines()[0]
+        if any(first.startswith(key) for key in RUN_HERE):
+            continue
+        key = next((k for k in RUN_ELSEWHERE if first.startswith(k)), None)
+        assert key, f"no test runs the README block starting {first!r}: run it, or mark it <!-- checked -->"
+        path, function, runs = RUN_ELSEWHERE[key]
+        source = open(os.path.join(REPO, path)).read()
+        body = re.search(rf"^def {function}\(.*?(?=^\S)", source + "\nEND", re.S | re.M)
+        assert body and runs in body.group(0), f"{path}::{function} no longer runs {key!r}"
+        if first.startswith("make demo"):
+            assert "make test" in open(os.path.join(REPO, ".ci", "run")).read()
 
 
 def _make_targets():
@@ -130,15 +173,67 @@ def _check_vagrant(argv):
         assert argv[argv.index("--provision-with") + 1] in provisioners
 
 
+def _block_of(number) -> list:
+    return [argv for n, _, argv in COMMANDS if n == number]
+
+
+def _kube_objects() -> set:
+    return {(doc["kind"], doc["metadata"].get("namespace"), doc["metadata"]["name"])
+            for path in artifacts.kube_files() for doc in artifacts.resources(path) if "metadata" in doc}
+
+
+def _check_kubectl(number, argv) -> bool:
+    namespace = argv[argv.index("-n") + 1] if "-n" in argv else None
+    if namespace:
+        at = argv.index("-n")
+        argv = argv[:at] + argv[at + 2:]
+    if argv[1:3] == ["apply", "-f"]:
+        assert artifacts.resources(os.path.join(REPO, argv[3])), argv
+    elif argv[1:3] == ["apply", "-k"]:
+        target = argv[3]
+        if target.startswith("/tmp/"):  # a copy the block made with cp -r
+            source = next(a[-2] for a in _block_of(number) if a[:2] == ["cp", "-r"] and a[-1] == target)
+            target = source
+        assert os.path.exists(os.path.join(REPO, target, "kustomization.yaml"))
+    elif argv[1:4] == ["create", "secret", "generic"]:
+        # the Secret's keys are the files the DaemonSet's containers read from its mount
+        volumes = artifacts.resource("DaemonSet")["spec"]["template"]["spec"]["volumes"]
+        (volume,) = [v["name"] for v in volumes if v.get("secret", {}).get("secretName") == argv[4]]
+        mount = next(m["mountPath"] for m in artifacts.daemonset_container("weftd")["volumeMounts"]
+                     if m["name"] == volume)
+        manifest = open(os.path.join(KUBE, "03-daemonset.yaml")).read()
+        keys = {a.split("=")[1] for a in argv if a.startswith("--from-file=")}
+        assert keys and all(f"{mount}/{key}" in manifest for key in keys), (keys, mount)
+    elif argv[1:3] == ["rollout", "status"]:
+        kind, name = argv[3].split("/")
+        assert ("DaemonSet", namespace, name) in _kube_objects() and kind == "daemonset", argv
+    elif argv[1] == "run":
+        assert any(a.startswith("--image=") for a in argv), argv
+    elif argv[1] == "exec":
+        created = {a[2] for a in _block_of(number) if a[:2] == ["kubectl", "run"]}
+        assert argv[2] in created, f"{argv[2]} is not created in the block"
+    else:
+        return False
+    return True
+
+
 @pytest.mark.parametrize("number,cwd,argv", COMMANDS,
                          ids=[f"{n}:{' '.join(a)[:50]}" for n, _, a in COMMANDS])
 def test_readme_command(number, cwd, argv):
     program = argv[0]
+    checked = []
     for arg in argv:
         for path in REPO_PATH.findall(arg):
             assert os.path.exists(os.path.join(REPO, cwd, path.rstrip("."))), f"{path} (in {argv})"
+            checked.append(path)
         if arg.startswith("WEFTD_ARGS="):
             _check_weftd(["weftd", *shlex.split(arg.split("=", 1)[1].strip("\""))])
+            unit = open(os.path.join(CONF, "weftd.service")).read()
+            target = argv[argv.index(arg) + 1].lstrip(">").strip() or argv[argv.index(arg) + 2]
+            assert f"EnvironmentFile=-{target}" in unit or f"EnvironmentFile={target}" in unit, target
+            checked.append(arg)
+    block = _block_of(number)
+    installed = [a[-1] for a in block if a[0] == "cp"]
     if program == "make":
         _check_make(argv)
     elif program == "weftctl":
@@ -148,10 +243,8 @@ def test_readme_command(number, cwd, argv):
     elif program == "vagrant":
         assert cwd == "vagrant", "vagrant commands run in vagrant/"
         _check_vagrant(argv)
-    elif program == "kubectl" and "-k" in argv:
-        target = argv[argv.index("-k") + 1]
-        if not target.startswith("/tmp/"):
-            assert os.path.exists(os.path.join(REPO, target, "kustomization.yaml"))
+    elif program == "kubectl":
+        assert _check_kubectl(number, argv), f"no check for {argv}"
     elif program == "kind" and argv[1:3] == ["create", "cluster"]:
         kind = yaml.safe_load(open(os.path.join(REPO, argv[argv.index("--config") + 1])))
         names = [a for i, a in enumerate(argv) if i and argv[i - 1] == "--name"]
@@ -160,20 +253,37 @@ def test_readme_command(number, cwd, argv):
         kind = yaml.safe_load(open(os.path.join(CONF, "kind-config.yaml")))
         assert argv[argv.index("--name") + 1] == kind["name"]
         assert any(a.startswith(f"{kind['name']}-control-plane") for c in COMMANDS for a in c[2])
+        assert argv[argv.index("docker-image") + 1] == _daemonset_image()
     elif program == "sed":
         expression = next(a for a in argv[1:] if a.startswith("s|"))
         old = expression.split("|")[1]
-        assert any(old in open(os.path.join(CONF, "kubernetes", f)).read()
-                   for f in os.listdir(os.path.join(CONF, "kubernetes"))), old
+        assert any(old in open(os.path.join(KUBE, f)).read() for f in os.listdir(KUBE)), old
     elif program == "docker" and argv[1] == "cp":
         kind = yaml.safe_load(open(os.path.join(CONF, "kind-config.yaml")))
         assert argv[2].startswith(f"{kind['name']}-control-plane:")
+    elif program == "docker" and argv[1] == "build":
+        assert argv[argv.index("-t") + 1] == _daemonset_image(), "the image the DaemonSet runs"
+    elif program == "systemctl":
+        units = {os.path.basename(p) for p in installed if p.startswith("/etc/systemd/system/")}
+        assert units, "systemctl in a block that installs no unit"
+        if "enable" in argv:
+            assert argv[-1] + ".service" in units, argv
+    elif program == "sysctl":
+        assert argv[1:] == ["--system"] and "/etc/sysctl.d/" in installed, (argv, installed)
+    elif program in ("cp", "echo"):
+        assert checked, f"{program} of nothing from the repository: {argv}"
+    else:
+        pytest.fail(f"nothing checks {argv}: add a check, or drop the command from the block")
+
+
+def _daemonset_image() -> str:
+    return artifacts.daemonset_container("weftd")["image"]
 
 
 def test_readme_usage_lines_name_real_subcommands_and_flags():
     parser = weftctl._parser()
     subparsers = next(a for a in parser._actions if a.__class__.__name__ == "_SubParsersAction").choices
-    lines = [line.split("  #")[0] for block in readme_blocks("usage") for line in block.splitlines()]
+    lines = [line.split("  #")[0] for block in readme_blocks("tested: usage") for line in block.splitlines()]
     assert lines
     for line in lines:
         words = line.split()
@@ -308,3 +418,99 @@ def test_weftctl_graph_draws_a_real_cluster(installed, tmp_path):
         assert only.returncode == 0 and "10.244.1.0/24" not in only.stdout and "10.245.1.0/24" in only.stdout
     finally:
         etcd.cleanup()
+
+
+# -- tested blocks that run here: a real agent on a real etcd with TLS ------------------------
+
+@pytest.fixture(scope="module")
+def readme_node(installed, tmp_path_factory):
+    """The README's weftd block run for real in a node namespace.  Stand-ins for the
+    operator's machine: etcd1 is a port nobody listens on (so the agent fails over to the
+    next endpoint), etcd2 is a real TLS etcd; ca.crt/node.crt/node.key are that etcd's
+    files in the working directory; weftctl gets that etcd's --etcd-* flags; weftd gets the
+    scratch paths and node identity every agent of the lab gets (run/state/ipam dirs,
+    --node-name, --public-ip, --metrics-addr)."""
+    work = tmp_path_factory.mktemp("readme")
+    cluster = Cluster(work / "cluster", installed, etcd_tls=True)
+    try:
+        node = cluster.add_node()
+        tls = cluster.etcd.client_kwargs()
+        for name, source in (("ca.crt", tls["cafile"]), ("node.crt", tls["certfile"]), ("node.key", tls["keyfile"])):
+            shutil.copy(source, work / name)
+        endpoints = f"https://127.0.0.1:{free_port()},{cluster.etcd.endpoint}"
+        scratch = {"https://etcd1:2379,https://etcd2:2379": endpoints}
+        for _, _, argv in commands([readme_block("weftctl network set weft --config")]):
+            argv = [scratch.get(a, a) for a in argv]
+            if argv[0] == "weftctl":
+                proc = readme_run(cluster, node, work, argv)
+                assert proc.returncode == 0, proc.stderr
+                continue
+            assert argv[0] == "weftd" and endpoints in argv
+            log = open(node.log_path, "ab")
+            node.agent = subprocess.Popen(
+                ["ip", "netns", "exec", node.ns.name, f"{installed}/bin/weftd", *argv[1:], "--node-name", node.name,
+                 "--public-ip", node.ip, "--run-dir", node.run_dir, "--state-dir", node.state_dir,
+                 "--ipam-data-dir", node.ipam_dir, "--metrics-addr", "127.0.0.1:9465"],
+                cwd=work, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT)
+            log.close()
+        node.wait_ready()
+        pod = node.add_pod()
+        yield cluster, node, pod, work
+    finally:
+        cluster.cleanup()
+
+
+def readme_run(cluster, node, cwd, argv):
+    """argv inside the node namespace; weftctl's etcd commands get the cluster's flags."""
+    if argv[0] == "weftctl" and argv[1] in ("network", "leases", "graph") and "--etcd-endpoints" not in argv:
+        argv = [*argv, "--etcd-endpoints", cluster.etcd.endpoint, *cluster.etcd_flags()]
+    env = dict(os.environ, PATH=f"{cluster.installed}/bin:{os.environ['PATH']}")
+    return node.ns.run(argv, check=False, cwd=cwd, env=env)
+
+
+def test_readme_weftd_block_leases_a_subnet_through_the_second_endpoint(readme_node):
+    cluster, node, pod, _ = readme_node
+    status = node.status()
+    assert status["ready"] and status["lease"]["publicIP"] == node.ip
+    (row,) = json.loads(cluster.weftctl("leases", "weft", "--json").stdout)
+    assert row["node"] == node.name and row["subnet"] == status["lease"]["subnet"]
+    assert json.loads(cluster.weftctl("network", "get", "weft").stdout) == \
+        {"Backend": {"Type": "vxlan", "VNI": 1}, "Network": "10.244.0.0/16"}
+    assert open(node.subnet_file()).read().startswith("WEFT_NETWORK=10.244.0.0/16\n")
+    assert pod.ip.startswith(status["lease"]["subnet"].rsplit(".", 1)[0] + ".")
+
+
+def test_readme_troubleshooting_block_runs_on_a_node(readme_node):
+    """Stand-ins: the node's own paths for /run/weft, /var/log/weft/weft.log and
+    /var/lib/cni/networks, and its pod's address for the example 10.244.3.7."""
+    cluster, node, pod, work = readme_node
+    scratch = {"/var/log/weft/weft.log": os.path.join(node.dir, "weft.log"), "10.244.3.7": pod.ip}
+    extra = {"status": ["--run-dir", node.run_dir], "whois": ["--data-dir", node.ipam_dir]}
+    out = {}
+    for _, _, argv in commands([readme_block("weftctl status")]):
+        argv = [scratch.get(a, a) for a in argv]
+        argv += extra.get(argv[1], []) if argv[0] == "weftctl" else []
+        proc = readme_run(cluster, node, work, argv)
+        assert proc.returncode == 0, (argv, proc.stderr)
+        out[argv[1] if argv[0] == "weftctl" else argv[0]] = proc.stdout
+    assert set(out) == {"status", "tail", "leases", "whois", "graph"}
+    assert f"network weft on node {node.name}: ready" in out["status"]
+    logged = [json.loads(line) for line in out["tail"].splitlines()]
+    assert [(e["command"], e["containerID"], e["exit"]) for e in logged] == [("ADD", pod.cid, 0)]
+    lease = node.status()["lease"]
+    assert any(line.split()[:4] == ["weft", lease["subnet"], node.name, node.ip] for line in out["leases"].splitlines())
+    assert pod.ns.name in out["whois"] and pod.cid in out["whois"]
+    texts = " ".join(t.text or "" for t in ET.parse(work / "cluster.svg").iter("{http://www.w3.org/2000/svg}text"))
+    assert node.name in texts and lease["subnet"] in texts
+
+
+def test_readme_secondary_network_and_graph_blocks_run(readme_node):
+    cluster, node, pod, work = readme_node
+    for first in ("weftctl network set weft2", "weftctl graph --ipam-data-dir"):
+        for _, _, argv in commands([readme_block(first)]):
+            argv = [{"/var/lib/cni/networks": node.ipam_dir, "cluster.svg": "graph.svg"}.get(a, a) for a in argv]
+            proc = readme_run(cluster, node, work, argv)
+            assert proc.returncode == 0, (argv, proc.stderr)
+    assert json.loads(cluster.weftctl("network", "get", "weft2").stdout)["Network"] == "10.245.0.0/16"
+    texts = " ".join(t.text or "" for t in ET.parse(work / "graph.svg").iter("{http://www.w3.org/2000/svg}text"))
+    assert pod.ip in texts and "10.245.0.0/16" in texts

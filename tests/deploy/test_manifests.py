@@ -197,6 +197,64 @@ def test_daemonset_install_container_runs_the_image_script():
     assert "weftctl network set weft --config /etc/weft/net-conf.json" in config["args"][0]
 
 
+def _kubelet_expand(text: str, env: dict) -> str:
+    """What the kubelet does to a container's args: $(NAME) becomes the env var's value."""
+    return re.sub(r"\$\((\w+)\)", lambda m: env.get(m.group(1), m.group(0)), text)
+
+
+def test_network_config_init_container_stores_the_config_once(installed, tmp_path):
+    """The init container's script, run with sh against a real etcd with TLS.  Stand-ins for
+    what only a kubelet provides: the $(VAR) expansion, and the ConfigMap and Secret mounts
+    (/etc/weft/net-conf.json, /etc/weft/etcd/*) as files in a scratch directory."""
+    from lab.etcd import EtcdServer
+
+    container = artifacts.daemonset_container("network-config", init=True)
+    assert container["command"] == ["sh", "-c"]
+    mounts = {m["mountPath"]: m["name"] for m in container["volumeMounts"]}
+    assert mounts == {"/etc/weft": "weft-config", "/etc/weft/etcd": "etcd-tls"}
+    etcd = EtcdServer(tmp_path / "etcd", tls=True)
+    etcd.start()
+    try:
+        tls = etcd.client_kwargs()
+        mounted = tmp_path / "etc-weft"
+        (mounted / "etcd").mkdir(parents=True)
+        net_conf = artifacts.configmap_data()["net-conf.json"]
+        (mounted / "net-conf.json").write_text(net_conf)
+        for name, source in (("ca.crt", tls["cafile"]), ("tls.crt", tls["certfile"]), ("tls.key", tls["keyfile"])):
+            shutil.copy(source, mounted / "etcd" / name)
+        env = {e["name"]: e.get("value", "") for e in container["env"]}
+        assert set(env) == {"WEFT_ETCD_ENDPOINTS", "ETCD_TLS"}
+        env["WEFT_ETCD_ENDPOINTS"] = etcd.endpoint  # the ConfigMap's etcd-endpoints, pointed here
+        script = _kubelet_expand(container["args"][0], env).replace("/etc/weft", str(mounted))
+        assert "$(" not in script
+
+        def init():
+            return subprocess.run(["sh", "-c", script], capture_output=True, text=True, timeout=60,
+                                  env={"PATH": f"{installed}/bin:/usr/bin:/bin",
+                                       "WEFT_ETCD_ENDPOINTS": env["WEFT_ETCD_ENDPOINTS"]})
+
+        def stored():
+            return etcd.etcdctl("get", "/weft/networks/weft/config", "--print-value-only", check=True).stdout
+
+        # no config yet: `weftctl network get` exits 1 and the script stores net-conf.json
+        first = init()
+        assert first.returncode == 0, first
+        assert json.loads(stored()) == json.loads(net_conf)
+        # a config is there (an operator changed it): the script leaves it alone
+        edited = json.dumps({**json.loads(net_conf), "MTU": 1400}, sort_keys=True)
+        etcd.etcdctl("put", "/weft/networks/weft/config", edited, check=True)
+        again = init()
+        assert again.returncode == 0, again
+        assert stored().strip() == edited
+        # etcd unreachable: `network get` fails with 3, the init container fails with it
+        etcd.stop()
+        down = init()
+        assert down.returncode == 3, down
+        assert etcd.endpoint in down.stderr, down.stderr
+    finally:
+        etcd.cleanup()
+
+
 # -- systemd and sysctl ----------------------------------------------------------------
 
 def test_systemd_unit_verifies_and_starts_the_installed_weftd(tmp_path):
@@ -208,7 +266,7 @@ def test_systemd_unit_verifies_and_starts_the_installed_weftd(tmp_path):
     args_example = re.search(r'WEFTD_ARGS="([^"]+)"', unit).group(1)
     options.parse(args_example.split())
     if shutil.which("systemd-analyze") is None:
-        pytest.skip("systemd-analyze is not installed")
+        pytest.fail("systemd-analyze is not installed: `make deps` installs it (Debian package systemd)")
     # verify with ExecStart pointed at an executable that exists here
     copy = tmp_path / "weftd.service"
     copy.write_text(unit.replace(exec_start, "/bin/true"))

@@ -6,11 +6,15 @@ setting fails), and --ignore-provider covers the VirtualBox block, whose provide
 needs VBoxManage (VirtualBox is not in Debian 12)."""
 
 import glob
+import json
 import os
 import shutil
 import subprocess
+import sys
 
 import pytest
+
+from lab.namespaces import Namespace
 
 from .artifacts import CONF, REPO
 
@@ -68,6 +72,38 @@ def test_script_parses_and_passes_shellcheck(path):
     assert proc.returncode == 0, proc.stdout
 
 
-def test_pod_helper_compiles():
-    source = open(os.path.join(VAGRANT_DIR, "pod.py")).read()
-    compile(source, "pod.py", "exec")
+def test_pod_helper_attaches_and_detaches_a_pod(installed, tmp_path):
+    """vagrant/pod.py run for real: conf/10-weft.conflist (weft + portmap) into a pod namespace,
+    inside a node namespace.  Stand-ins for the VM: a subnet file written here instead of
+    weftd's, and the conflist's paths pointed into a scratch directory."""
+    node, pod = Namespace("wvnode"), Namespace("wvpod")
+    try:
+        subnet = tmp_path / "weft.env"
+        subnet.write_text("WEFT_NETWORK=10.244.0.0/16\nWEFT_SUBNET=10.244.5.1/24\nWEFT_MTU=1450\n"
+                          "WEFT_IPMASQ=false\n")
+        conflist = json.loads(open(os.path.join(CONF, "10-weft.conflist")).read())
+        conflist["plugins"][0].update(subnetFile=str(subnet), dataDir=str(tmp_path / "weft"),
+                                      logFile=str(tmp_path / "weft.log"), agentSocket=str(tmp_path / "none.sock"))
+        conflist["plugins"][0]["ipam"]["dataDir"] = str(tmp_path / "ipam")
+        (tmp_path / "10-weft.conflist").write_text(json.dumps(conflist))
+        env = dict(os.environ, POD_CONFLIST=str(tmp_path / "10-weft.conflist"),
+                   POD_CNI_PATH=f"{installed}/cni:/usr/lib/cni")
+
+        def pod_py(command):
+            return node.run([sys.executable, os.path.join(VAGRANT_DIR, "pod.py"), command, pod.name],
+                            check=False, env=env)
+
+        added = pod_py("ADD")
+        assert added.returncode == 0, added.stderr
+        address = added.stdout.strip()
+        assert address.startswith("10.244.5."), added.stdout
+        eth0 = pod.ip_json("addr", "show", "dev", "eth0")[0]
+        assert [a["local"] for a in eth0["addr_info"] if a["family"] == "inet"] == [address]
+        assert eth0["mtu"] == 1450
+        assert pod.run(["ping", "-c1", "-W2", "10.244.5.1"], check=False).returncode == 0
+        deleted = pod_py("DEL")
+        assert deleted.returncode == 0, deleted.stderr
+        assert [e["ifname"] for e in pod.ip_json("link", "show")] == ["lo"]
+    finally:
+        pod.delete()
+        node.delete()

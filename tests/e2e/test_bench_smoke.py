@@ -19,7 +19,7 @@ def netns_names():
 
 def sane_ms(stats, n):
     assert stats["n"] == n, stats
-    assert 0 < stats["min"] <= stats["p50"] <= stats["p95"] <= stats["max"] < 60_000, stats
+    assert 0 < stats["min"] <= stats["p50"] <= stats["p95"] <= stats["max"], stats
 
 
 def test_bench_smoke(tmp_path, installed):
@@ -63,24 +63,32 @@ def test_bench_smoke(tmp_path, installed):
         assert scale[kind]["errors"] == {}, scale[kind]["error_samples"]
         for key in ("add_ms_at0", "add_ms_atN", "del_ms_at0", "del_ms_atN"):
             sane_ms(scale[kind][key], 5)
-        assert 0 < scale[kind]["add_ratio_atN_at0"] < 100 and 0 < scale[kind]["del_ratio_atN_at0"] < 100
+        assert scale[kind]["add_ratio_atN_at0"] > 0 and scale[kind]["del_ratio_atN_at0"] > 0
 
     tp = figures["throughput"]
     assert tp["weft_pod_mtu"] == tp["reference_pod_mtu"] == 1450
     for topo in ("same_node", "cross_node"):
-        assert tp[topo]["weft_gbps"] > 0.05 and tp[topo]["reference_gbps"] > 0.05, tp[topo]
-        assert 0.05 < tp[topo]["ratio"] < 20
+        assert tp[topo]["weft_gbps"] > 0 and tp[topo]["reference_gbps"] > 0 and tp[topo]["ratio"] > 0, tp[topo]
 
     conv = figures["convergence"]
     assert conv["nodes"] == 3 and conv["missing"] == 0 and conv["kernel_mismatches"] == []
     for phase in ("add", "remove"):
         assert conv[phase]["n"] == 3 * conv["leases"]  # the synthetic node is no agent: all 3 program it
-        assert 0 <= conv[phase]["p50_ms"] <= conv[phase]["max_ms"] < 15_000
+        assert 0 <= conv[phase]["p50_ms"] <= conv[phase]["max_ms"], conv[phase]
     rss = conv["agent_rss_mib"]
     assert rss["agents"] == 3 and rss["pids_are_weftd"] and 5 < rss["mean"] <= rss["max"] < 1024
 
-    assert all(check["pass"] in (True, False) for check in data["targets"]), data["targets"]
+    # every target was measured, judged by its own rule, and printed with that verdict
+    printed = {cells[0]: cells[-1] for cells in ([c.strip() for c in line.strip("|").split("|")]
+                                                 for line in proc.stdout.splitlines() if line.startswith("| "))}
     assert len(data["targets"]) >= 15
+    for check in data["targets"]:
+        value, limit = check["value"], check["limit"]
+        assert value is not None, check
+        if abs(value - limit) > 0.001:  # the value is rounded to 3 places; a tie could go either way
+            assert check["pass"] is (value <= limit if check["op"] == "<=" else value >= limit), check
+        assert printed.get(check["target"], "").startswith("PASS" if check["pass"] else "MISS"), \
+            (check, printed.get(check["target"]))
     for label in ("Go bridge+host-local", "weft standalone", "weft agent", "same node", "cross node",
                   "new lease", "Targets"):
         assert label in proc.stdout

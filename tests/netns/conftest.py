@@ -5,6 +5,7 @@ the plugin executables run inside the node namespace via `ip netns exec`, so
 bridges, veths and nftables tables never touch the machine's root namespace.
 """
 
+import json
 import os
 
 import pytest
@@ -58,10 +59,25 @@ class Weft:
         conf.update(overrides)
         return conf
 
-    def __call__(self, command, conf, pod=None, cid="c1", ifname="eth0", args="", exe=None):
+    def __call__(self, command, conf, pod=None, cid="c1", ifname="eth0", args="", exe=None, extra_env=None,
+                 cni_path=None):
         return invoke(exe or self.exe, command, conf, container_id=cid if command not in ("GC", "STATUS") else "",
                       netns=pod.path if pod is not None else "", ifname=ifname if command not in ("GC", "STATUS") else "",
-                      cni_path=self.cni_path, node=self.node, args=args)
+                      cni_path=cni_path or self.cni_path, node=self.node, args=args, extra_env=extra_env)
+
+    def stub(self, name: str, script: str) -> str:
+        """An executable shell script `name` in a directory of its own (a stand-in for a tool
+        or plugin that fails on cue); returns the directory."""
+        directory = self.tmp / f"stub-{name}"
+        directory.mkdir(exist_ok=True)
+        path = directory / name
+        path.write_text("#!/bin/sh\n" + script)
+        path.chmod(0o755)
+        return str(directory)
+
+    def log_lines(self) -> list:
+        path = self.tmp / "weft.log"
+        return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
 
     def ipam_files(self, network="weftnet"):
         """Allocated IP files in weft-ipam's store for `network`."""

@@ -1,6 +1,8 @@
 """Bad input and injected failures through the real executables: error JSON on
 stdout, a non-zero exit, and nothing left behind (no IP, no link, no table)."""
 
+import os
+
 import pytest
 
 from cni_plugin.datapath.naming import host_veth_name
@@ -22,7 +24,7 @@ def test_bad_subnet_is_code_7(weft, node, pods, subnet, needle):
     conf = weft.conf(ipam={"type": "weft-ipam", "dataDir": f"{weft.tmp}/ipam",
                            "ranges": [[{"subnet": subnet}]]})
     out = weft("ADD", conf, pods())
-    assert out.code != 0 and out.json["code"] == 7 and needle in out.json["msg"], out
+    assert out.code == 1 and out.json["code"] == 7 and needle in out.json["msg"], out
     assert_nothing_left(weft, node)
 
 
@@ -72,7 +74,7 @@ def test_failure_after_ipam_add_rolls_back_interface_clash(weft, node, pods):
     pod = pods()
     pod.run(["ip", "link", "add", "eth0", "type", "veth", "peer", "name", "eth0peer"])
     out = weft("ADD", weft.conf(), pod)
-    assert out.code != 0 and out.json["code"] == 103, out
+    assert out.code == 1 and out.json["code"] == 103, out
     assert_nothing_left(weft, node)
     assert {e["ifname"] for e in pod.ip_json("link", "show")} == {"lo", "eth0", "eth0peer"}
 
@@ -92,7 +94,103 @@ def test_failure_in_container_routes_rolls_back(weft, node, pods):
                                         "routes": [{"dst": "10.50.0.0/16", "gw": "192.0.2.1"}]})
     pod = pods()
     out = weft("ADD", conf, pod)
-    assert out.code != 0, out
+    assert out.code == 1 and out.json["code"] == 5, out
+    assert "10.50.0.0/16" in out.json["msg"] and "192.0.2.1" in out.json["msg"], out
     assert_nothing_left(weft, node)
     assert {e["ifname"] for e in pod.ip_json("link", "show")} == {"lo"}
+    assert node.run(["nft", "list", "table", "inet", "weft_weftnet"], check=False).returncode != 0
+
+
+def test_nft_failure_is_code_5_and_rolls_back(weft, node, pods):
+    """Stand-in: an `nft` first on PATH that fails every call (the real one works here)."""
+    stub = weft.stub("nft", 'echo "nft stand-in: netlink: Error: Operation not permitted" >&2\nexit 1\n')
+    out = weft("ADD", weft.conf(ipMasq=True), pods(), extra_env={"PATH": f"{stub}:{os.environ['PATH']}"})
+    assert out.code == 1 and out.json["code"] == 5, out
+    assert "nft" in out.json["msg"] and "Operation not permitted" in out.json["msg"], out
+    assert_nothing_left(weft, node)
+    assert node.run(["nft", "list", "table", "inet", "weft_weftnet"], check=False).returncode != 0
+
+
+def test_ipam_delegate_crash_is_code_105_with_its_stderr(weft, node, pods):
+    """Stand-in IPAM plugin that dies without CNI error JSON."""
+    stub = weft.stub("crashing-ipam", 'echo "segfault in crashing-ipam" >&2\nexit 139\n')
+    conf = weft.conf(ipam={"type": "crashing-ipam", "ranges": [[{"subnet": "10.244.1.0/24"}]]})
+    out = weft("ADD", conf, pods(), cni_path=f"{stub}:{weft.cni_path}")
+    assert out.code == 1 and out.json["code"] == 105, out
+    assert f"{stub}/crashing-ipam" in out.json["msg"] and "exit code 139" in out.json["msg"], out
+    assert "segfault in crashing-ipam" in out.json["details"], out
+    assert_nothing_left(weft, node)
+
+
+def test_failed_call_writes_its_error_json_to_the_log(weft, node, pods):
+    conf = weft.conf(ipam={"type": "weft-ipam", "dataDir": f"{weft.tmp}/ipam",
+                           "ranges": [[{"subnet": "10.1.0.0/33"}]]})
+    out = weft("ADD", conf, pods(), cid="logged")
+    assert out.json["code"] == 7, out
+    (line,) = [entry for entry in weft.log_lines() if entry["containerID"] == "logged"]
+    assert line["command"] == "ADD" and line["ifname"] == "eth0" and line["exit"] == 1, line
+    assert line["via"] == "standalone" and line["ms"] >= 0, line
+    assert line["error"] == out.json, line
+
+
+@pytest.mark.parametrize("log_file", ["file/weft.log", "adir"])
+def test_a_log_write_that_fails_never_fails_the_call(weft, node, pods, log_file):
+    (weft.tmp / "file").write_text("a regular file where a directory should be\n")
+    (weft.tmp / "adir").mkdir()
+    conf = weft.conf(logFile=f"{weft.tmp}/{log_file}")  # ENOTDIR / EISDIR on open
+    pod = pods()
+    added = weft("ADD", conf, pod)
+    assert added.code == 0, added
+    assert added.json["ips"][0]["address"] == "10.244.1.2/24"
+    assert weft("DEL", conf, pod).code == 0
+    failed = weft("ADD", {**conf, "cniVersion": "0.2.0"}, pod)
+    assert failed.code == 1 and failed.json["code"] == 1, failed   # the call's own error, not the log's
+    assert (weft.tmp / "file").read_text().startswith("a regular file") and not os.listdir(weft.tmp / "adir")
+
+
+def test_status_is_50_when_the_ipam_store_is_unusable(weft, node):
+    blocker = weft.tmp / "not-a-dir"
+    blocker.write_text("")
+    conf = weft.conf("1.1.0", ipam={"type": "weft-ipam", "dataDir": f"{blocker}/ipam",
+                                    "ranges": [[{"subnet": "10.244.1.0/24"}]]})
+    out = weft("STATUS", conf)
+    assert out.code == 1 and out.json["code"] == 50, out
+    assert f"{blocker}/ipam/weftnet" in out.json["msg"] and str(blocker) in out.json["msg"], out
+    assert weft("STATUS", weft.conf("1.1.0")).code == 0
+
+
+def test_gc_reports_every_error_it_met(weft, node, pods):
+    """Stand-ins: an `nft` that lists (the real tool) but refuses changes, and an IPAM plugin
+    whose GC fails; GC still deletes the stale veth and names both failures."""
+    conf = weft.conf("1.1.0", ipMasq=True)
+    assert weft("ADD", conf, pods(), cid="stale").code == 0
+    nft = weft.stub("nft", 'case " $* " in *" -f "*) echo "nft stand-in refuses changes" >&2; exit 1;; esac\n'
+                           'exec /usr/sbin/nft "$@"\n')
+    ipam = weft.stub("gc-failing-ipam", 'cat >/dev/null\n'
+                                        'echo \'{"cniVersion": "1.1.0", "code": 11, "msg": "store busy"}\'\n'
+                                        'exit 1\n')
+    gc_conf = {**conf, "ipam": {"type": "gc-failing-ipam"}, "cni.dev/valid-attachments": []}
+    out = weft("GC", gc_conf, extra_env={"PATH": f"{nft}:{os.environ['PATH']}"}, cni_path=f"{ipam}:{weft.cni_path}")
+    assert out.code == 1 and out.json["code"] == 5, out
+    assert "nft stand-in refuses changes" in out.json["msg"] and "store busy" in out.json["msg"], out
+    assert host_veth_name("stale", "eth0") not in {e["ifname"] for e in node.ip_json("link", "show")}
+    assert '"stale/eth0"' in node.run(["nft", "list", "table", "inet", "weft_weftnet"]).stdout
+
+
+def test_gc_and_del_report_an_nft_that_cannot_list_the_table(weft, node, pods):
+    """Stand-in: an `nft` that fails every call; the masquerade entries stay, and the
+    runtime hears why instead of a success."""
+    conf = weft.conf("1.1.0", ipMasq=True)
+    pod = pods()
+    assert weft("ADD", conf, pod, cid="stale").code == 0
+    nft = weft.stub("nft", 'echo "nft stand-in: cache initialization failed" >&2\nexit 1\n')
+    broken = {"PATH": f"{nft}:{os.environ['PATH']}"}
+    gc = weft("GC", {**conf, "cni.dev/valid-attachments": []}, extra_env=broken)
+    assert gc.code == 1 and gc.json["code"] == 5, gc
+    assert "nft list table inet weft_weftnet" in gc.json["msg"] and "cache initialization failed" in gc.json["msg"]
+    deleted = weft("DEL", conf, pod, cid="stale", extra_env=broken)
+    assert deleted.code == 1 and deleted.json["code"] == 5, deleted
+    assert "cache initialization failed" in deleted.json["msg"], deleted
+    assert '"stale/eth0"' in node.run(["nft", "list", "table", "inet", "weft_weftnet"]).stdout
+    assert weft("DEL", conf, pod, cid="stale").code == 0  # with a working nft the entry goes
     assert node.run(["nft", "list", "table", "inet", "weft_weftnet"], check=False).returncode != 0

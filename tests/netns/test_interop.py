@@ -25,11 +25,20 @@ def test_weft_then_portmap_bandwidth_tuning(weft, node, pods, cni_path, tmp_path
     assert out.code == 0, out
     assert result["ips"][0]["address"] == "10.244.1.2/24"
     # portmap programmed DNAT for the pod, bandwidth shaped the host veth, tuning set the sysctl
-    nat = node.run(["iptables-save", "-t", "nat"], check=False).stdout + \
-        node.run(["nft", "list", "ruleset"]).stdout
-    assert "8080" in nat and "10.244.1.2" in nat
-    qdisc = node.ip("-d", "link", "show")
-    assert "ifb" in qdisc or node.run(["tc", "qdisc", "show"]).stdout.count("tbf") >= 1
+    # portmap writes iptables rules (Debian's iptables is the nft variant, so iptables-save
+    # reads them back): one DNAT of host port 8080 to the pod's port 80
+    nat = node.run(["iptables-save", "-t", "nat"]).stdout.splitlines()
+    dnat = [line for line in nat if "--dport 8080" in line and "--to-destination 10.244.1.2:80" in line]
+    assert len(dnat) == 1, "\n".join(nat)
+    # bandwidth: a 1 Mbit tbf on the host veth, its ingress redirected to an ifb shaped the same
+    host = host_veth_name("chain1", "eth0")
+    veth_qdiscs = node.run(["tc", "qdisc", "show", "dev", host]).stdout
+    assert "qdisc tbf" in veth_qdiscs and "rate 1Mbit" in veth_qdiscs and "qdisc ingress" in veth_qdiscs, \
+        veth_qdiscs
+    ifbs = [e["ifname"] for e in node.ip_json("-d", "link", "show")
+            if e.get("linkinfo", {}).get("info_kind") == "ifb"]
+    assert len(ifbs) == 1, node.ip("-d", "link", "show")
+    assert "rate 1Mbit" in node.run(["tc", "qdisc", "show", "dev", ifbs[0]]).stdout
     assert pod.run(["cat", "/proc/sys/net/ipv4/conf/eth0/rp_filter"]).stdout.strip() == "2"
 
     out, _ = run_chain(conflist["plugins"], "CHECK", conflist, cni_path, prev_result=result, **kwargs)

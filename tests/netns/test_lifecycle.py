@@ -86,18 +86,72 @@ def test_check_reports_drift(weft, node, pods):
     pod = pods()
     conf = weft.conf("1.0.0")
     result = weft("ADD", conf, pod).json
+    host = host_veth_name("c1", "eth0")
+    mac = result["interfaces"][2]["mac"]
+
+    def drifted(*needles):
+        checked = weft("CHECK", {**conf, "prevResult": result}, pod)
+        assert checked.code == 1 and checked.json["code"] == 104, checked
+        assert all(needle in checked.json["msg"] for needle in needles), (needles, checked.json["msg"])
+
+    def healed():
+        checked = weft("CHECK", {**conf, "prevResult": result}, pod)
+        assert checked.code == 0, checked
+
     pod.run(["ip", "route", "del", "default"])
-    checked = weft("CHECK", {**conf, "prevResult": result}, pod)
-    assert checked.code != 0
-    assert "route 0.0.0.0/0 via 10.244.1.1" in checked.json["msg"]
+    drifted("route 0.0.0.0/0 via 10.244.1.1", "eth0")
     pod.run(["ip", "route", "add", "default", "via", "10.244.1.1"])
-    assert weft("CHECK", {**conf, "prevResult": result}, pod).code == 0
-    node.run(["ip", "link", "set", host_veth_name("c1", "eth0"), "nomaster"])
-    checked = weft("CHECK", {**conf, "prevResult": result}, pod)
-    assert "not attached to bridge cbr0" in checked.json["msg"]
+    healed()
+    pod.run(["ip", "addr", "del", "10.244.1.2/24", "dev", "eth0"])
+    drifted("eth0", "lacks address 10.244.1.2/24")
+    pod.run(["ip", "addr", "add", "10.244.1.2/24", "dev", "eth0"])
+    pod.run(["ip", "route", "replace", "default", "via", "10.244.1.1"])
+    healed()
+    pod.run(["ip", "link", "set", "eth0", "address", "02:00:00:00:00:42"])
+    drifted("eth0", "MAC 02:00:00:00:00:42", f"expected {mac}")
+    pod.run(["ip", "link", "set", "eth0", "address", mac])
+    healed()
+    pod.run(["ip", "link", "set", "eth0", "down"])
+    drifted("eth0 is down")
+    pod.run(["ip", "link", "set", "eth0", "up"])
+    pod.run(["ip", "route", "replace", "default", "via", "10.244.1.1"])
+    healed()
+    node.run(["ip", "link", "set", host, "mtu", "1400"])
+    drifted(f"host veth {host}", "MTU 1400", "expected 1500")
+    node.run(["ip", "link", "set", host, "mtu", "1500"])
+    healed()
+    node.run(["ip", "link", "set", host, "nomaster"])
+    drifted(f"host veth {host}", "not attached to bridge cbr0")
+    node.run(["ip", "link", "set", host, "master", "cbr0"])
+    healed()
     pod.run(["ip", "link", "set", "eth0", "mtu", "1300"])
-    checked = weft("CHECK", {**conf, "prevResult": result}, pod)
-    assert "MTU 1300" in checked.json["msg"]
+    drifted("eth0", "MTU 1300", "expected 1500")
+
+
+def test_del_when_the_interface_is_gone_but_the_namespace_remains(weft, node, pods):
+    pod = pods()
+    conf = weft.conf()
+    assert weft("ADD", conf, pod).code == 0
+    pod.run(["ip", "link", "del", "eth0"])  # takes the host end with it
+    assert link(node, host_veth_name("c1", "eth0")) is None
+    for _ in range(2):
+        deleted = weft("DEL", conf, pod)
+        assert deleted.code == 0, deleted
+    assert weft.ipam_files() == []
+    assert {e["ifname"] for e in pod.ip_json("link", "show")} == {"lo"}
+
+
+def test_is_gateway_false_leaves_the_bridge_without_address(weft, node, pods):
+    pod = pods()
+    conf = weft.conf(isGateway=False, isDefaultGateway=False)
+    added = weft("ADD", conf, pod)
+    assert added.code == 0, added
+    assert link(node, "cbr0")["linkinfo"]["info_kind"] == "bridge"
+    assert addresses(node, "cbr0") == set()
+    assert addresses(pod, "eth0") == {"10.244.1.2/24"}
+    assert "default" not in {dst for dst, _, _ in routes(pod)}
+    assert added.json.get("routes", []) == []
+    assert weft("CHECK", {**conf, "prevResult": added.json}, pod).code == 0
 
 
 def test_del_after_netns_is_gone_releases_ip(weft, node, pods):
@@ -133,6 +187,11 @@ def test_requested_mac_and_hairpin(weft, node, pods):
     other = pods()
     result = weft("ADD", weft.conf(), other, cid="c2", args="IgnoreUnknown=1;MAC=02:42:ac:11:00:98").json
     assert result["interfaces"][2]["mac"] == "02:42:ac:11:00:98"
+    assert link(other, "eth0")["address"] == "02:42:ac:11:00:98"
+    third = pods()
+    result = weft("ADD", weft.conf(args={"cni": {"mac": "02:42:ac:11:00:97"}}), third, cid="c3").json
+    assert result["interfaces"][2]["mac"] == "02:42:ac:11:00:97"
+    assert link(third, "eth0")["address"] == "02:42:ac:11:00:97"
 
 
 def test_force_address(weft, node, pods):
@@ -183,6 +242,19 @@ def test_gc_removes_stale_veths_and_allocations(weft, node, pods):
     assert weft("GC", {**conf, "cni.dev/valid-attachments": []}).code == 0
     assert weft.ipam_files() == []
     assert link(node, host_veth_name("keep", "eth0")) is None
+
+
+def test_gc_removes_stale_masquerade_entries(weft, node, pods):
+    conf = weft.conf("1.1.0", ipMasq=True)
+    assert weft("ADD", conf, pods(), cid="keep").code == 0
+    assert weft("ADD", conf, pods(), cid="stale").code == 0
+    gc = weft("GC", {**conf, "cni.dev/valid-attachments": [{"containerID": "keep", "ifname": "eth0"}]})
+    assert gc.code == 0, gc
+    table = node.run(["nft", "list", "table", "inet", "weft_weftnet"]).stdout
+    assert '"keep/eth0"' in table and '"stale/eth0"' not in table
+    assert "10.244.1.2" in table and "10.244.1.3" not in table
+    assert weft("GC", {**conf, "cni.dev/valid-attachments": []}).code == 0
+    assert node.run(["nft", "list", "table", "inet", "weft_weftnet"], check=False).returncode != 0
 
 
 def test_prev_result_from_an_earlier_plugin_is_kept(weft, node, pods):

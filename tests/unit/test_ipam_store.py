@@ -5,6 +5,7 @@ import ipaddress
 import os
 import stat
 import threading
+import time
 
 import pytest
 
@@ -112,14 +113,28 @@ def _second_locker(store, exclusive, acquired):
         acquired.set()
 
 
+def _flock_waiters(path) -> int:
+    """How many flock requests the kernel has queued on `path` (the "->" lines of /proc/locks)."""
+    inode = str(os.stat(path).st_ino)
+    with open("/proc/locks") as handle:
+        fields = [line.split() for line in handle]
+    return sum(1 for f in fields if len(f) > 6 and f[1] == "->" and f[2] == "FLOCK"
+               and f[6].split(":")[-1] == inode)
+
+
 @pytest.mark.parametrize("second_exclusive", [True, False])
 def test_exclusive_lock_blocks_other_threads(store, second_exclusive):
     acquired = threading.Event()
     with store.locked():
         t = threading.Thread(target=_second_locker, args=(store, second_exclusive, acquired))
         t.start()
-        assert not acquired.wait(0.3)
-    assert acquired.wait(5)
+        deadline = time.monotonic() + 10
+        while not _flock_waiters(os.path.join(store.dir, "lock")):
+            assert time.monotonic() < deadline, "the second locker never queued on the store's flock"
+            assert not acquired.is_set(), "the second locker got the lock while it was held"
+            time.sleep(0.01)
+        assert not acquired.is_set(), "the second locker got the lock while it was held"
+    assert acquired.wait(10), "the second locker never got the lock after it was released"
     t.join()
 
 

@@ -87,7 +87,8 @@ def test_ipam_type_with_path_is_code_7(ipam_type):
                                        ("bridge", "a" * 20), ("isGateway", 1)])
 def test_wrong_typed_keys_are_code_7(key, value):
     code, out = run(conf={**CONF, key: value})
-    assert out["code"] == 7
+    assert code == 1 and out["code"] == 7, out
+    assert key in out["msg"] and str(value) in out["msg"], out["msg"]
 
 
 def test_bad_mac_is_code_7():
@@ -137,3 +138,15 @@ def test_status_is_51_when_weftd_reports_a_lease_conflict(tmp_path):
     conf = {**CONF, "cniVersion": "1.1.0", "subnetFile": str(lease), "ipam": {"type": "weft-ipam"}}
     code, out = run({"CNI_COMMAND": "STATUS"}, conf=conf)
     assert out["code"] == 51 and "held by b" in out["msg"]
+
+
+def test_a_crashing_handler_is_code_999_with_the_traceback_in_details():
+    def cmd_add(env, conf):
+        raise KeyError("no-such-key")
+
+    out, code = dispatch({"ADD": cmd_add}, ENV, json.dumps(CONF).encode())
+    err = json.loads(out)
+    assert code == 1 and err["code"] == 999, err
+    assert err["msg"] == "internal error: KeyError: 'no-such-key'"
+    assert "Traceback" in err["details"] and "in cmd_add" in err["details"], err["details"]
+    assert err["cniVersion"] == CONF["cniVersion"]
