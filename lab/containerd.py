@@ -198,10 +198,21 @@ class Containerd:
             os.makedirs(conf_dir, exist_ok=True)
 
     # -- lifecycle -------------------------------------------------------------
+    def open(self):
+        """The config and the mount namespace holder, before containerd itself (so
+        e.g. the node's agent can be started in that namespace first)."""
+        if self.holder is None:
+            try:
+                self._write_config()
+                self._start_holder()
+            except BaseException:
+                self.cleanup()
+                raise
+        return self
+
     def start(self):
+        self.open()
         try:
-            self._write_config()
-            self._start_holder()
             self.start_daemon()
             self.import_image(pause_image_tar(os.path.join(self.dir, "pause.tar")))
         except BaseException:
@@ -342,9 +353,11 @@ disabled_plugins = ["io.containerd.snapshotter.v1.aufs", "io.containerd.snapshot
             raise ContainerdError(f"{' '.join(argv)} in {netns_path}: {proc.stderr.strip()}")
         return proc
 
-    def in_node(self, argv, check=True, timeout=60, **kwargs):
-        proc = subprocess.run([*self.enter(), *argv], capture_output=True, text=True, timeout=timeout,
-                              **kwargs)
+    def in_node(self, argv, check=True, timeout=60, cwd=None):
+        """Run argv where containerd runs (nsenter into a mount namespace starts in its
+        root directory; cwd is kept with --wd)."""
+        wd = [f"--wd={cwd}"] if cwd else []
+        proc = subprocess.run([*self.enter(), *wd, *argv], capture_output=True, text=True, timeout=timeout)
         if check and proc.returncode != 0:
             raise ContainerdError(f"{' '.join(argv)} in node {self.node_netns}: {proc.stderr.strip()}")
         return proc
