@@ -75,6 +75,11 @@ def targets(figures: dict, prepopulated=250) -> list:
                           RSS_LIMIT_MIB, "MiB"))
     if seq and "error" not in seq:
         out.append(_check("standalone ADD p50 (goal)", _get(seq, STANDALONE, "add_ms", "p50"), "<=", 400.0, "ms"))
+    crif = figures.get("cri")
+    if crif and "error" not in crif:
+        out.append(_check("RunPodSandbox p50 (containerd CRI), weft vs reference chain", crif.get("run_p50_ratio"),
+                          "<=", 1.05, "x", f"{_get(crif, 'weft', 'run_ms', 'p50')} vs "
+                                           f"{_get(crif, 'reference', 'run_ms', 'p50')} ms"))
     return out
 
 
@@ -163,6 +168,25 @@ def convergence_table(figures: dict) -> list:
     return lines
 
 
+def cri_table(figures: dict) -> list:
+    crif = figures.get("cri")
+    if not crif or "error" in crif:
+        return []
+    lines = [_row(["containerd CRI, one node", "weft (agent, conf/10-weft.conflist)",
+                   "bridge+host-local+portmap", "weft / reference"]), _row(["---"] * 4)]
+    for key, label in (("run_ms", "RunPodSandbox"), ("stop_ms", "StopPodSandbox")):
+        for stat in ("p50", "p95"):
+            weft, ref = _get(crif, "weft", key, stat), _get(crif, "reference", key, stat)
+            lines.append(_row([f"{label} {stat} (ms, {crif['rounds']} each, interleaved)", _fmt(weft), _fmt(ref),
+                               _fmt(_ratio(weft, ref), 2, "x")]))
+    lines.append(_row(["one plugin exec, VERSION, where containerd runs it (ms p50)",
+                       _fmt(_get(crif, "exec_ms", "weft")), _fmt(_get(crif, "exec_ms", "bridge")),
+                       _fmt(_ratio(_get(crif, "exec_ms", "weft"), _get(crif, "exec_ms", "bridge")), 2, "x")]))
+    lines.append(_row(["weft ADD inside its handlers (its log, ms p50)",
+                       _fmt(_get(crif, "weft_add_in_handlers_ms", "p50")), "—", ""]))
+    return lines
+
+
 def targets_table(checks: list) -> list:
     lines = [_row(["target", "measured", "goal", "result"]), _row(["---"] * 4)]
     for c in checks:
@@ -183,6 +207,7 @@ def render(results: dict) -> str:
                           attachment_table(figures)),
                          ("Datapath", datapath_table(figures)),
                          ("Control plane", convergence_table(figures)),
+                         ("Runtimes (containerd CRI)", cri_table(figures)),
                          ("Targets (issue 4)", targets_table(results["targets"]))):
         if len(lines) > 2:
             parts.append(f"**{title}**\n\n" + "\n".join(lines))

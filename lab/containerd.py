@@ -353,11 +353,12 @@ disabled_plugins = ["io.containerd.snapshotter.v1.aufs", "io.containerd.snapshot
             raise ContainerdError(f"{' '.join(argv)} in {netns_path}: {proc.stderr.strip()}")
         return proc
 
-    def in_node(self, argv, check=True, timeout=60, cwd=None):
+    def in_node(self, argv, check=True, timeout=60, cwd=None, input_text=None, env=None):
         """Run argv where containerd runs (nsenter into a mount namespace starts in its
         root directory; cwd is kept with --wd)."""
         wd = [f"--wd={cwd}"] if cwd else []
-        proc = subprocess.run([*self.enter(), *wd, *argv], capture_output=True, text=True, timeout=timeout)
+        proc = subprocess.run([*self.enter(), *wd, *argv], capture_output=True, text=True, timeout=timeout,
+                              input=input_text, env=env)
         if check and proc.returncode != 0:
             raise ContainerdError(f"{' '.join(argv)} in node {self.node_netns}: {proc.stderr.strip()}")
         return proc

@@ -1,0 +1,109 @@
+"""RunPodSandbox latency through containerd's CRI: weft vs the reference chain.
+
+One weft node (node namespace, real etcd, weftd holding its lease) with a private
+containerd (lab.cri_node) and two runtime handlers on that one containerd: the default
+one uses conf/10-weft.conflist as shipped (weft through the agent's socket, + portmap),
+"ref" uses bridge + host-local + portmap from /usr/lib/cni.  Each sandbox is timed
+around the RunPodSandbox gRPC call (CRI client in this process), then stopped and
+removed (StopPodSandbox timed too).  One unmeasured sandbox per handler warms up; the
+two handlers then take turns, the order swapping each round.
+
+Where weft's time goes: weft's log gives the milliseconds each ADD spent inside its
+handlers (in the agent); `exec_ms` is one VERSION call of `weft` (through the agent
+socket) and of the Go `bridge`, run where containerd runs them: the per-exec cost
+each plugin pays before doing any work.
+"""
+
+import json
+import os
+import time
+
+from lab.cluster import Cluster
+from lab.containerd import tool_versions
+from lab.cri_node import CriNode
+
+from .context import percentile, ratio, summary
+
+NETWORK = {"Network": "10.244.0.0/16", "Backend": {"Type": "vxlan", "VNI": 1}}
+HANDLERS = {"weft": "", "reference": "ref"}
+
+
+def _timed(call):
+    started = time.perf_counter()
+    value = call()
+    return value, (time.perf_counter() - started) * 1000.0
+
+
+def _one(node, handler: str, name: str) -> tuple:
+    client = node.client
+    sandbox_id, run_ms = _timed(lambda: client.run_pod_sandbox(node.runtime.sandbox_config(name), handler))
+    _, stop_ms = _timed(lambda: client.stop_pod_sandbox(sandbox_id))
+    client.remove_pod_sandbox(sandbox_id)
+    return run_ms, stop_ms
+
+
+def _exec_ms(node, plugin: str, rounds: int = 20) -> float:
+    """p50 of one VERSION call of `plugin` where containerd runs it (weft: through the
+    agent named by the conflist's agentSocket, as its ADDs go)."""
+    stdin = json.dumps({"cniVersion": "1.0.0", "name": "weft", "type": plugin,
+                        "agentSocket": node.conflists[""]["plugins"][0]["agentSocket"]})
+    samples = []
+    for _ in range(rounds):
+        started = time.perf_counter()
+        node.runtime.in_node([os.path.join(node.runtime.bin_dir, plugin)], input_text=stdin,
+                             env={"CNI_COMMAND": "VERSION", "PATH": os.environ.get("PATH", "")})
+        samples.append((time.perf_counter() - started) * 1000.0)
+    return round(percentile(samples, 50), 2)
+
+
+def _weft_add_ms(node) -> list:
+    """ms inside weft's handlers for every ADD in the node's weft log."""
+    out = []
+    try:
+        with open(os.path.join(node.node.dir, "weft.log")) as handle:
+            for line in handle:
+                try:
+                    record = json.loads(line)
+                except ValueError:
+                    continue
+                if record.get("command") == "ADD" and "ms" in record and not record.get("error"):
+                    out.append(record["ms"])
+    except OSError:
+        pass
+    return out
+
+
+def cri(ctx, rounds: int) -> dict:
+    cluster = Cluster(os.path.join(ctx.work, "cri"), ctx.installed)
+    node = None
+    try:
+        cluster.set_network("weft", NETWORK)
+        node = CriNode(cluster)
+        node.start_agent()
+        node.start()
+        ctx.record(cluster.namespace_names())
+        ctx.say(f"cri: containerd in {node.node.ns.name}, {rounds} sandboxes per handler")
+        for label, handler in HANDLERS.items():  # warm-up, unmeasured
+            _one(node, handler, f"warm-{label}")
+        samples = {label: {"run": [], "stop": []} for label in HANDLERS}
+        for index in range(rounds):
+            order = list(HANDLERS.items())
+            if index % 2:
+                order.reverse()
+            for label, handler in order:
+                run_ms, stop_ms = _one(node, handler, f"b{index}-{label}")
+                samples[label]["run"].append(run_ms)
+                samples[label]["stop"].append(stop_ms)
+        figure = {label: {"run_ms": summary(s["run"]), "stop_ms": summary(s["stop"])}
+                  for label, s in samples.items()}
+        figure["run_p50_ratio"] = ratio(figure["weft"]["run_ms"]["p50"], figure["reference"]["run_ms"]["p50"])
+        figure["stop_p50_ratio"] = ratio(figure["weft"]["stop_ms"]["p50"], figure["reference"]["stop_ms"]["p50"])
+        figure["weft_add_in_handlers_ms"] = summary(_weft_add_ms(node)[1:])  # not the warm-up
+        figure["exec_ms"] = {"weft": _exec_ms(node, "weft"), "bridge": _exec_ms(node, "bridge")}
+        figure["rounds"] = rounds
+        figure["versions"] = {**tool_versions(), "cri_api": node.client.version().runtime_api_version}
+        return figure
+    finally:
+        if node is not None:
+            node.cleanup()
+        cluster.cleanup()
