@@ -176,3 +176,49 @@ class RuntimeClient:
 
     def close(self):
         self.channel.close()
+
+
+def main(argv=None) -> int:
+    """python -m lab.cri SOCKET version|ls|run NAME [HANDLER] [PROTO:PORT:HOSTPORT]|status ID|rm ID"""
+    import json
+    import sys
+
+    args = list(sys.argv[1:] if argv is None else argv)
+    if len(args) < 2:
+        print(main.__doc__, file=sys.stderr)
+        return 2
+    client = RuntimeClient(args[0])
+    command, rest = args[1], args[2:]
+    try:
+        if command == "version":
+            reply = client.version()
+            print(reply.runtime_name, reply.runtime_version, "CRI", reply.runtime_api_version)
+        elif command == "ls":
+            for sandbox in client.list_pod_sandbox():
+                state = "READY" if sandbox.state == SANDBOX_READY else "NOTREADY"
+                print(sandbox.id[:13], state, f"{sandbox.metadata.namespace}/{sandbox.metadata.name}",
+                      sandbox.runtime_handler or "(default)")
+        elif command == "run":
+            mappings = [(m.split(":")[0], int(m.split(":")[1]), int(m.split(":")[2])) for m in rest[2:]]
+            config = client.sandbox_config(rest[0], f"uid-{rest[0]}", port_mappings=mappings)
+            print(client.run_pod_sandbox(config, rest[1] if len(rest) > 1 else ""))
+        elif command == "status":
+            status = client.pod_sandbox_status(rest[0])
+            print(json.dumps({"id": status.id, "ready": status.state == SANDBOX_READY,
+                              "ip": status.network.ip, "handler": status.runtime_handler}))
+        elif command == "rm":
+            client.stop_pod_sandbox(rest[0])
+            client.remove_pod_sandbox(rest[0])
+        else:
+            print(main.__doc__, file=sys.stderr)
+            return 2
+    except grpc.RpcError as exc:
+        print(f"{exc.code().name}: {exc.details()}", file=sys.stderr)
+        return 1
+    finally:
+        client.close()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
