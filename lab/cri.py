@@ -14,6 +14,7 @@ import time into a private descriptor pool (no protoc, no grpcio-tools).
 """
 
 import os
+import sys
 
 # etcd3 0.12 (same process in the tests) needs the pure-Python protobuf runtime,
 # and the choice is made when google.protobuf is first imported.
@@ -179,39 +180,47 @@ class RuntimeClient:
 
 
 def main(argv=None) -> int:
-    """python -m lab.cri SOCKET version|ls|run NAME [HANDLER] [PROTO:PORT:HOSTPORT]|status ID|rm ID"""
+    """python -m lab.cri SOCKET version | ls | status ID | rm ID
+                     | run NAME [--handler H] [--port tcp:8080:30080] [--cgroup-parent P]"""
+    import argparse
     import json
-    import sys
 
-    args = list(sys.argv[1:] if argv is None else argv)
-    if len(args) < 2:
-        print(main.__doc__, file=sys.stderr)
-        return 2
-    client = RuntimeClient(args[0])
-    command, rest = args[1], args[2:]
+    parser = argparse.ArgumentParser(prog="python -m lab.cri", description="a few CRI RuntimeService calls")
+    parser.add_argument("socket")
+    commands = parser.add_subparsers(dest="command", required=True)
+    commands.add_parser("version")
+    commands.add_parser("ls")
+    for name in ("status", "rm"):
+        commands.add_parser(name).add_argument("id")
+    run = commands.add_parser("run")
+    run.add_argument("name")
+    run.add_argument("--handler", default="", help="runtime handler (default: containerd's default)")
+    run.add_argument("--port", action="append", default=[], metavar="PROTO:PORT:HOSTPORT")
+    run.add_argument("--cgroup-parent", default="")
+    args = parser.parse_args(argv)
+    client = RuntimeClient(args.socket)
     try:
-        if command == "version":
+        if args.command == "version":
             reply = client.version()
             print(reply.runtime_name, reply.runtime_version, "CRI", reply.runtime_api_version)
-        elif command == "ls":
+        elif args.command == "ls":
             for sandbox in client.list_pod_sandbox():
                 state = "READY" if sandbox.state == SANDBOX_READY else "NOTREADY"
-                print(sandbox.id[:13], state, f"{sandbox.metadata.namespace}/{sandbox.metadata.name}",
+                print(sandbox.id, state, f"{sandbox.metadata.namespace}/{sandbox.metadata.name}",
                       sandbox.runtime_handler or "(default)")
-        elif command == "run":
-            mappings = [(m.split(":")[0], int(m.split(":")[1]), int(m.split(":")[2])) for m in rest[2:]]
-            config = client.sandbox_config(rest[0], f"uid-{rest[0]}", port_mappings=mappings)
-            print(client.run_pod_sandbox(config, rest[1] if len(rest) > 1 else ""))
-        elif command == "status":
-            status = client.pod_sandbox_status(rest[0])
+        elif args.command == "run":
+            mappings = [(proto, int(inner), int(outer))
+                        for proto, inner, outer in (m.split(":") for m in args.port)]
+            config = client.sandbox_config(args.name, f"uid-{args.name}", port_mappings=mappings,
+                                           cgroup_parent=args.cgroup_parent)
+            print(client.run_pod_sandbox(config, args.handler))
+        elif args.command == "status":
+            status = client.pod_sandbox_status(args.id)
             print(json.dumps({"id": status.id, "ready": status.state == SANDBOX_READY,
                               "ip": status.network.ip, "handler": status.runtime_handler}))
-        elif command == "rm":
-            client.stop_pod_sandbox(rest[0])
-            client.remove_pod_sandbox(rest[0])
         else:
-            print(main.__doc__, file=sys.stderr)
-            return 2
+            client.stop_pod_sandbox(args.id)
+            client.remove_pod_sandbox(args.id)
     except grpc.RpcError as exc:
         print(f"{exc.code().name}: {exc.details()}", file=sys.stderr)
         return 1

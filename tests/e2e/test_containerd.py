@@ -315,6 +315,28 @@ def test_missing_conflist_error_reaches_the_caller_and_nothing_leaks(nodes, sand
     assert "cni plugin not initialized" in details, details
 
 
+def test_the_cri_command_line_of_the_readme(nodes):
+    """`python -m lab.cri` (the README's by-hand recipe) against the same containerd."""
+    one = nodes[0]
+
+    def cri(*args):
+        proc = subprocess.run([sys.executable, "-m", "lab.cri", one.runtime.socket, *args], cwd=REPO,
+                              capture_output=True, text=True, timeout=120)
+        assert proc.returncode == 0, proc.stderr
+        return proc.stdout
+
+    assert cri("version").split()[::3] == ["containerd", "v1"]
+    sandbox_id = cri("run", f"cli-{suffix()}", "--port", "tcp:8080:31999",
+                     "--cgroup-parent", one.runtime.cgroup_parent).strip()
+    try:
+        status = json.loads(cri("status", sandbox_id))
+        assert status["ready"] and ipaddress.ip_address(status["ip"]) in ipaddress.ip_network(one.subnet())
+        assert f"{sandbox_id} READY" in cri("ls")
+    finally:
+        cri("rm", sandbox_id)
+    assert sandbox_id not in cri("ls")
+
+
 def test_every_pod_netns_is_gone_with_its_sandbox(nodes):
     """Run last in this module: the earlier tests' sandboxes were removed by their
     fixture, so containerd's /run/netns is empty again and no veth is left."""
