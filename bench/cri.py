@@ -3,10 +3,13 @@
 One weft node (node namespace, real etcd, weftd holding its lease) with a private
 containerd (lab.cri_node) and two runtime handlers on that one containerd: the default
 one uses conf/10-weft.conflist as shipped (weft through the agent's socket, + portmap),
-"ref" uses bridge + host-local + portmap from /usr/lib/cni.  Each sandbox is timed
+"ref" uses bridge + host-local + portmap from /usr/lib/cni (no masquerade), and a
+third, "nomasq", the weft conflist with `"ipMasq": false` (the shipped one takes
+IPMasq from the subnet file: true by default, an nftables masquerade per pod), to
+tell what masquerading costs.  Each sandbox is timed
 around the RunPodSandbox gRPC call (CRI client in this process), then stopped and
 removed (StopPodSandbox timed too).  One unmeasured sandbox per handler warms up; the
-two handlers then take turns, the order swapping each round.
+handlers then take turns, the order rotating each round.
 
 Where weft's time goes: weft's log gives the milliseconds each ADD spent inside its
 handlers (in the agent); `exec_ms` is one VERSION call of `weft` (through the agent
@@ -20,12 +23,12 @@ import time
 
 from lab.cluster import Cluster
 from lab.containerd import tool_versions
-from lab.cri_node import CriNode
+from lab.cri_node import CriNode, copy_conflist
 
-from .context import percentile, ratio, summary
+from .context import percentile, ratio, rotate, summary
 
 NETWORK = {"Network": "10.244.0.0/16", "Backend": {"Type": "vxlan", "VNI": 1}}
-HANDLERS = {"weft": "", "reference": "ref"}
+HANDLERS = {"weft": "", "reference": "ref", "weft_no_masq": "nomasq"}
 
 
 def _timed(call):
@@ -39,7 +42,7 @@ def _one(node, handler: str, name: str) -> tuple:
     sandbox_id, run_ms = _timed(lambda: client.run_pod_sandbox(node.runtime.sandbox_config(name), handler))
     _, stop_ms = _timed(lambda: client.stop_pod_sandbox(sandbox_id))
     client.remove_pod_sandbox(sandbox_id)
-    return run_ms, stop_ms
+    return sandbox_id, run_ms, stop_ms
 
 
 def _exec_ms(node, plugin: str, rounds: int = 20) -> float:
@@ -56,9 +59,10 @@ def _exec_ms(node, plugin: str, rounds: int = 20) -> float:
     return round(percentile(samples, 50), 2)
 
 
-def _weft_add_ms(node) -> list:
-    """ms inside weft's handlers for every ADD in the node's weft log."""
-    out = []
+def _weft_log_ms(node) -> dict:
+    """{(command, container ID): ms inside weft's handlers} from the node's weft log
+    (RemovePodSandbox runs a second DEL, which finds nothing left to do)."""
+    out = {}
     try:
         with open(os.path.join(node.node.dir, "weft.log")) as handle:
             for line in handle:
@@ -66,8 +70,8 @@ def _weft_add_ms(node) -> list:
                     record = json.loads(line)
                 except ValueError:
                     continue
-                if record.get("command") == "ADD" and "ms" in record and not record.get("error"):
-                    out.append(record["ms"])
+                if "ms" in record and not record.get("error"):  # the first DEL is StopPodSandbox's
+                    out.setdefault((record.get("command"), record.get("containerID")), record["ms"])
     except OSError:
         pass
     return out
@@ -78,27 +82,31 @@ def cri(ctx, rounds: int) -> dict:
     node = None
     try:
         cluster.set_network("weft", NETWORK)
-        node = CriNode(cluster)
+        node = CriNode(cluster, {"nomasq": lambda made: copy_conflist(made.conflists[""], "weft", ipMasq=False)})
         node.start_agent()
         node.start()
         ctx.record(cluster.namespace_names())
         ctx.say(f"cri: containerd in {node.node.ns.name}, {rounds} sandboxes per handler")
         for label, handler in HANDLERS.items():  # warm-up, unmeasured
             _one(node, handler, f"warm-{label}")
-        samples = {label: {"run": [], "stop": []} for label in HANDLERS}
+        samples = {label: {"run": [], "stop": [], "ids": []} for label in HANDLERS}
         for index in range(rounds):
-            order = list(HANDLERS.items())
-            if index % 2:
-                order.reverse()
-            for label, handler in order:
-                run_ms, stop_ms = _one(node, handler, f"b{index}-{label}")
+            for label, handler in rotate(list(HANDLERS.items()), index):
+                sandbox_id, run_ms, stop_ms = _one(node, handler, f"b{index}-{label}")
+                samples[label]["ids"].append(sandbox_id)
                 samples[label]["run"].append(run_ms)
                 samples[label]["stop"].append(stop_ms)
         figure = {label: {"run_ms": summary(s["run"]), "stop_ms": summary(s["stop"])}
                   for label, s in samples.items()}
         figure["run_p50_ratio"] = ratio(figure["weft"]["run_ms"]["p50"], figure["reference"]["run_ms"]["p50"])
+        figure["no_masq_run_p50_ratio"] = ratio(figure["weft_no_masq"]["run_ms"]["p50"],
+                                                figure["reference"]["run_ms"]["p50"])
         figure["stop_p50_ratio"] = ratio(figure["weft"]["stop_ms"]["p50"], figure["reference"]["stop_ms"]["p50"])
-        figure["weft_add_in_handlers_ms"] = summary(_weft_add_ms(node)[1:])  # not the warm-up
+        logged = _weft_log_ms(node)
+        for label in ("weft", "weft_no_masq"):
+            for command, key in (("ADD", "add_in_handlers_ms"), ("DEL", "del_in_handlers_ms")):
+                figure[label][key] = summary(logged[(command, i)] for i in samples[label]["ids"]
+                                             if (command, i) in logged)
         figure["exec_ms"] = {"weft": _exec_ms(node, "weft"), "bridge": _exec_ms(node, "bridge")}
         figure["rounds"] = rounds
         figure["versions"] = {**tool_versions(), "cri_api": node.client.version().runtime_api_version}

@@ -172,18 +172,23 @@ def cri_table(figures: dict) -> list:
     crif = figures.get("cri")
     if not crif or "error" in crif:
         return []
-    lines = [_row(["containerd CRI, one node", "weft (agent, conf/10-weft.conflist)",
-                   "bridge+host-local+portmap", "weft / reference"]), _row(["---"] * 4)]
+    ref = crif["reference"]
+    lines = [_row(["containerd CRI, one node", "weft (conf/10-weft.conflist, agent)", "weft, ipMasq false",
+                   "bridge+host-local+portmap", "weft / reference", "weft ipMasq false / reference"]),
+             _row(["---"] * 6)]
     for key, label in (("run_ms", "RunPodSandbox"), ("stop_ms", "StopPodSandbox")):
         for stat in ("p50", "p95"):
-            weft, ref = _get(crif, "weft", key, stat), _get(crif, "reference", key, stat)
-            lines.append(_row([f"{label} {stat} (ms, {crif['rounds']} each, interleaved)", _fmt(weft), _fmt(ref),
-                               _fmt(_ratio(weft, ref), 2, "x")]))
-    lines.append(_row(["one plugin exec, VERSION, where containerd runs it (ms p50)",
-                       _fmt(_get(crif, "exec_ms", "weft")), _fmt(_get(crif, "exec_ms", "bridge")),
-                       _fmt(_ratio(_get(crif, "exec_ms", "weft"), _get(crif, "exec_ms", "bridge")), 2, "x")]))
-    lines.append(_row(["weft ADD inside its handlers (its log, ms p50)",
-                       _fmt(_get(crif, "weft_add_in_handlers_ms", "p50")), "—", ""]))
+            weft, plain, base = (_get(crif, "weft", key, stat), _get(crif, "weft_no_masq", key, stat),
+                                 _get(ref, key, stat))
+            lines.append(_row([f"{label} {stat} (ms, {crif['rounds']} each, interleaved)", _fmt(weft), _fmt(plain),
+                               _fmt(base), _fmt(_ratio(weft, base), 2, "x"), _fmt(_ratio(plain, base), 2, "x")]))
+    for key, label in (("add_in_handlers_ms", "ADD"), ("del_in_handlers_ms", "DEL")):
+        lines.append(_row([f"weft {label} inside its handlers (its log, ms p50)",
+                           _fmt(_get(crif, "weft", key, "p50")), _fmt(_get(crif, "weft_no_masq", key, "p50")),
+                           "—", "", ""]))
+    lines.append(_row(["one plugin exec, VERSION, where containerd runs it (ms p50; Go: bridge)",
+                       _fmt(_get(crif, "exec_ms", "weft")), "", _fmt(_get(crif, "exec_ms", "bridge")),
+                       _fmt(_ratio(_get(crif, "exec_ms", "weft"), _get(crif, "exec_ms", "bridge")), 2, "x"), ""]))
     return lines
 
 
