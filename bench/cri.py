@@ -6,7 +6,9 @@ one uses conf/10-weft.conflist as shipped (weft through the agent's socket, + po
 "ref" uses bridge + host-local + portmap from /usr/lib/cni (no masquerade), and a
 third, "nomasq", the weft conflist with `"ipMasq": false` (the shipped one takes
 IPMasq from the subnet file: true by default, an nftables masquerade per pod), to
-tell what masquerading costs.  Each sandbox is timed
+tell what masquerading costs; and "refmasq", the reference chain with bridge's
+`"ipMasq": true` (iptables), so weft's default can also be set against the same
+semantics.  Each sandbox is timed
 around the RunPodSandbox gRPC call (CRI client in this process), then stopped and
 removed (StopPodSandbox timed too).  One unmeasured sandbox per handler warms up; the
 handlers then take turns, the order rotating each round.
@@ -28,7 +30,7 @@ from lab.cri_node import CriNode, copy_conflist
 from .context import percentile, ratio, rotate, summary
 
 NETWORK = {"Network": "10.244.0.0/16", "Backend": {"Type": "vxlan", "VNI": 1}}
-HANDLERS = {"weft": "", "reference": "ref", "weft_no_masq": "nomasq"}
+HANDLERS = {"weft": "", "reference": "ref", "weft_no_masq": "nomasq", "reference_masq": "refmasq"}
 
 
 def _timed(call):
@@ -82,7 +84,8 @@ def cri(ctx, rounds: int) -> dict:
     node = None
     try:
         cluster.set_network("weft", NETWORK)
-        node = CriNode(cluster, {"nomasq": lambda made: copy_conflist(made.conflists[""], "weft", ipMasq=False)})
+        node = CriNode(cluster, {"nomasq": lambda made: copy_conflist(made.conflists[""], "weft", ipMasq=False),
+                                 "refmasq": lambda made: copy_conflist(made.conflists["ref"], "ref", ipMasq=True)})
         node.start_agent()
         node.start()
         ctx.record(cluster.namespace_names())
@@ -101,6 +104,8 @@ def cri(ctx, rounds: int) -> dict:
         figure["run_p50_ratio"] = ratio(figure["weft"]["run_ms"]["p50"], figure["reference"]["run_ms"]["p50"])
         figure["no_masq_run_p50_ratio"] = ratio(figure["weft_no_masq"]["run_ms"]["p50"],
                                                 figure["reference"]["run_ms"]["p50"])
+        figure["masq_run_p50_ratio"] = ratio(figure["weft"]["run_ms"]["p50"],
+                                             figure["reference_masq"]["run_ms"]["p50"])
         figure["stop_p50_ratio"] = ratio(figure["weft"]["stop_ms"]["p50"], figure["reference"]["stop_ms"]["p50"])
         logged = _weft_log_ms(node)
         for label in ("weft", "weft_no_masq"):
