@@ -39,7 +39,7 @@ import tarfile
 import time
 
 from .cri import RuntimeClient
-from .namespaces import stop_process, suffix
+from .namespaces import file_tail, stop_process, suffix
 
 CONTAINERD = "/usr/bin/containerd"
 CTR = "/usr/bin/ctr"
@@ -320,11 +320,7 @@ disabled_plugins = ["io.containerd.snapshotter.v1.aufs", "io.containerd.snapshot
         return self._client
 
     def log_tail(self, lines: int = 30) -> str:
-        try:
-            with open(self.log_path, errors="replace") as handle:
-                return "".join(handle.readlines()[-lines:])
-        except OSError:
-            return ""
+        return file_tail(self.log_path, lines)
 
     # -- sandboxes -------------------------------------------------------------
     def sandbox_config(self, name: str, uid: str = None, namespace: str = "default", **kwargs):
