@@ -60,8 +60,10 @@ def mount(*args):
 mount("--make-rprivate", "/")
 subprocess.run(["umount", "-n", "-l", "/sys"], check=True, timeout=30)
 mount("-t", "sysfs", "sysfs", "/sys")
-mount("-t", "tmpfs", "-o", "mode=755", "cgroup", "/sys/fs/cgroup")
-for point, fstype, options in json.loads(sys.argv[1]):
+hierarchies = json.loads(sys.argv[1])
+if "/sys/fs/cgroup" not in [point for point, _, _ in hierarchies]:  # hybrid or v1: a tmpfs holds them
+    mount("-t", "tmpfs", "-o", "mode=755", "cgroup", "/sys/fs/cgroup")
+for point, fstype, options in hierarchies:  # the unified v2 root (if any) comes first
     os.makedirs(point, exist_ok=True)
     mount("-t", fstype, "-o", options, fstype, point)
 for private in ("/run", "/var/lib"):
@@ -95,14 +97,15 @@ def tool_versions() -> dict:
 
 
 def cgroup_mounts(mountinfo: str = "/proc/self/mountinfo") -> list:
-    """[(mount point, fstype, super options)] of the cgroup hierarchies under /sys/fs/cgroup."""
+    """[(mount point, fstype, super options)] of the cgroup hierarchies at or under
+    /sys/fs/cgroup, in mount order (hybrid v1+v2 here; a unified v2 host has one)."""
     found = []
     with open(mountinfo) as handle:
         for line in handle:
             head, _, tail = line.partition(" - ")
             point = head.split()[4]
             fstype, _source, options = tail.split()[:3]
-            if fstype in ("cgroup", "cgroup2") and point.startswith("/sys/fs/cgroup/"):
+            if fstype in ("cgroup", "cgroup2") and (point + "/").startswith("/sys/fs/cgroup/"):
                 kept = ",".join(opt for opt in options.split(",") if opt not in ("rw", "ro"))
                 found.append((point, fstype, kept or "rw"))
     return found
@@ -337,13 +340,18 @@ disabled_plugins = ["io.containerd.snapshotter.v1.aufs", "io.containerd.snapshot
                 return namespace["path"]
         raise ContainerdError(f"sandbox {sandbox_id} has no network namespace path")
 
-    def in_pod(self, netns_path: str, argv, check=True, timeout=60):
-        """Run argv inside a pod netns (the file lives in the holder's mount namespace)."""
+    def pod_enter(self, netns_path: str) -> list:
+        """argv prefix running a command in a pod netns (whose file lives in the holder's
+        mount namespace)."""
         # /var/run is an absolute symlink to /run: resolved under /proc/PID/root it would
         # leave the holder's root, so name the file by its real place
         if netns_path.startswith("/var/run/"):
             netns_path = netns_path[len("/var"):]
-        proc = subprocess.run(["nsenter", f"--net=/proc/{self.holder.pid}/root{netns_path}", *argv],
+        return ["nsenter", f"--net=/proc/{self.holder.pid}/root{netns_path}"]
+
+    def in_pod(self, netns_path: str, argv, check=True, timeout=60):
+        """Run argv inside a pod netns."""
+        proc = subprocess.run([*self.pod_enter(netns_path), *argv],
                               capture_output=True, text=True, timeout=timeout)
         if check and proc.returncode != 0:
             raise ContainerdError(f"{' '.join(argv)} in {netns_path}: {proc.stderr.strip()}")

@@ -195,8 +195,7 @@ def test_host_port_reaches_the_pod_through_portmap(nodes, sandboxes):
     host_port = 30000 + int(suffix(4), 16) % 2000
     sandbox_id = sandboxes(one, port_mappings=[("tcp", 8080, host_port)])
     ip = pod_ip(one, sandbox_id)
-    netns = one.runtime.netns_path(sandbox_id)
-    in_pod = ["nsenter", f"--net=/proc/{one.runtime.holder.pid}/root{netns.replace('/var/run/', '/run/')}"]
+    in_pod = one.runtime.pod_enter(one.runtime.netns_path(sandbox_id))
     server = subprocess.Popen([*in_pod, sys.executable, "-m", "lab.tcp_echo", "serve", ip, "8080", "2"],
                               stdout=subprocess.PIPE, text=True, cwd=REPO)
     try:
