@@ -1,17 +1,17 @@
 """RunPodSandbox latency through containerd's CRI: weft vs the reference chain.
 
 One weft node (node namespace, real etcd, weftd holding its lease) with a private
-containerd (lab.cri_node) and two runtime handlers on that one containerd: the default
-one uses conf/10-weft.conflist as shipped (weft through the agent's socket, + portmap),
-"ref" uses bridge + host-local + portmap from /usr/lib/cni (no masquerade), and a
-third, "nomasq", the weft conflist with `"ipMasq": false` (the shipped one takes
-IPMasq from the subnet file: true by default, an nftables masquerade per pod), to
-tell what masquerading costs; and "refmasq", the reference chain with bridge's
-`"ipMasq": true` (iptables), so weft's default can also be set against the same
-semantics.  Each sandbox is timed
-around the RunPodSandbox gRPC call (CRI client in this process), then stopped and
-removed (StopPodSandbox timed too).  One unmeasured sandbox per handler warms up; the
-handlers then take turns, the order rotating each round.
+containerd (lab.cri_node) and four runtime handlers on that one containerd:
+  ""       conf/10-weft.conflist as shipped: weft through the agent's socket, then
+           portmap; IPMasq comes from the subnet file (true by default: an nftables
+           masquerade per pod);
+  ref      bridge + host-local + portmap from /usr/lib/cni, no masquerade;
+  nomasq   the weft conflist with "ipMasq": false (what masquerading costs);
+  refmasq  the reference chain with bridge's "ipMasq": true (iptables), the same
+           semantics as weft's default.
+Each sandbox is timed around the RunPodSandbox gRPC call (CRI client in this
+process), then stopped (timed too) and removed.  One unmeasured sandbox per handler
+warms up; the handlers then take turns, the order rotating each round.
 
 Where weft's time goes: weft's log gives the milliseconds each ADD spent inside its
 handlers (in the agent); `exec_ms` is one VERSION call of `weft` (through the agent
