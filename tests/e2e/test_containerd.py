@@ -168,7 +168,9 @@ def test_sandbox_gets_an_address_of_the_node_subnet(nodes, sandboxes):
     # the identity containerd passes in CNI_ARGS lands in weft's allocation history
     answer = whois(one, ip)
     assert answer.returncode == 0, answer.stderr
-    assert "team-a" in answer.stdout and name in answer.stdout and uid in answer.stdout, answer.stdout
+    holder = json.loads(answer.stdout)["holders"][0]
+    assert (holder["podNamespace"], holder["podName"], holder["podUID"], holder["containerID"]) == \
+        ("team-a", name, uid, sandbox_id), holder
     assert ip in reservations(one)
 
 
