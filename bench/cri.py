@@ -79,7 +79,33 @@ def _weft_log_ms(node) -> dict:
     return out
 
 
+def _phase(node, rounds: int, tag: str) -> dict:
+    """`rounds` sandboxes per handler, interleaved; per handler the latencies and (weft)
+    the time inside its handlers, plus the ratios."""
+    samples = {label: {"run": [], "stop": [], "ids": []} for label in HANDLERS}
+    for index in range(rounds):
+        for label, handler in rotate(list(HANDLERS.items()), index):
+            sandbox_id, run_ms, stop_ms = _one(node, handler, f"{tag}{index}-{label}")
+            samples[label]["ids"].append(sandbox_id)
+            samples[label]["run"].append(run_ms)
+            samples[label]["stop"].append(stop_ms)
+    phase = {label: {"run_ms": summary(s["run"]), "stop_ms": summary(s["stop"])} for label, s in samples.items()}
+    logged = _weft_log_ms(node)
+    for label in ("weft", "weft_no_masq"):
+        for command, key in (("ADD", "add_in_handlers_ms"), ("DEL", "del_in_handlers_ms")):
+            phase[label][key] = summary(logged[(command, i)] for i in samples[label]["ids"] if (command, i) in logged)
+    p50 = {label: phase[label]["run_ms"]["p50"] for label in HANDLERS}
+    phase["run_p50_ratio"] = ratio(p50["weft"], p50["reference"])
+    phase["no_masq_run_p50_ratio"] = ratio(p50["weft_no_masq"], p50["reference"])
+    phase["masq_run_p50_ratio"] = ratio(p50["weft"], p50["reference_masq"])
+    phase["stop_p50_ratio"] = ratio(phase["weft"]["stop_ms"]["p50"], phase["reference"]["stop_ms"]["p50"])
+    return phase
+
+
 def cri(ctx, rounds: int) -> dict:
+    """Two phases: an empty node (each ADD also creates what the first pod needs: for
+    weft with masquerade the nftables table, which the DEL of the last pod removes),
+    then a node where one sandbox per handler stays up meanwhile (steady state)."""
     cluster = Cluster(os.path.join(ctx.work, "cri"), ctx.installed)
     node = None
     try:
@@ -89,29 +115,14 @@ def cri(ctx, rounds: int) -> dict:
         node.start_agent()
         node.start()
         ctx.record(cluster.namespace_names())
-        ctx.say(f"cri: containerd in {node.node.ns.name}, {rounds} sandboxes per handler")
+        ctx.say(f"cri: containerd in {node.node.ns.name}, {rounds} sandboxes per handler, twice")
         for label, handler in HANDLERS.items():  # warm-up, unmeasured
             _one(node, handler, f"warm-{label}")
-        samples = {label: {"run": [], "stop": [], "ids": []} for label in HANDLERS}
-        for index in range(rounds):
-            for label, handler in rotate(list(HANDLERS.items()), index):
-                sandbox_id, run_ms, stop_ms = _one(node, handler, f"b{index}-{label}")
-                samples[label]["ids"].append(sandbox_id)
-                samples[label]["run"].append(run_ms)
-                samples[label]["stop"].append(stop_ms)
-        figure = {label: {"run_ms": summary(s["run"]), "stop_ms": summary(s["stop"])}
-                  for label, s in samples.items()}
-        figure["run_p50_ratio"] = ratio(figure["weft"]["run_ms"]["p50"], figure["reference"]["run_ms"]["p50"])
-        figure["no_masq_run_p50_ratio"] = ratio(figure["weft_no_masq"]["run_ms"]["p50"],
-                                                figure["reference"]["run_ms"]["p50"])
-        figure["masq_run_p50_ratio"] = ratio(figure["weft"]["run_ms"]["p50"],
-                                             figure["reference_masq"]["run_ms"]["p50"])
-        figure["stop_p50_ratio"] = ratio(figure["weft"]["stop_ms"]["p50"], figure["reference"]["stop_ms"]["p50"])
-        logged = _weft_log_ms(node)
-        for label in ("weft", "weft_no_masq"):
-            for command, key in (("ADD", "add_in_handlers_ms"), ("DEL", "del_in_handlers_ms")):
-                figure[label][key] = summary(logged[(command, i)] for i in samples[label]["ids"]
-                                             if (command, i) in logged)
+        figure = _phase(node, rounds, "e")
+        residents = [node.run_sandbox(f"resident-{label}", handler) for label, handler in HANDLERS.items()]
+        figure["resident"] = _phase(node, rounds, "r")
+        for sandbox_id in residents:
+            node.remove_sandbox(sandbox_id)
         figure["exec_ms"] = {"weft": _exec_ms(node, "weft"), "bridge": _exec_ms(node, "bridge")}
         figure["rounds"] = rounds
         figure["versions"] = {**tool_versions(), "cri_api": node.client.version().runtime_api_version}
