@@ -13,6 +13,8 @@ Runtime handlers on every containerd (each its own cni_conf_dir):
   static     the weft conflist asking for one fixed address (netconf args.cni.ips)
   broken     a weft conflist with an invalid IPAM range
   missing    an empty conf dir
+  v110       weft alone with cniVersion 1.1.0 (newer than containerd 1.6 reads)
+  v110chain  the shipped chain (weft + portmap) with cniVersion 1.1.0
 
 A static IP through CRI: containerd 1.6 sends runtimeConfig only for portMappings,
 bandwidth, dns and its pod-annotations capability; there is no CRI field for `ips`
@@ -50,7 +52,17 @@ def broken_conflist(cri_node):
     return conflist
 
 
-HANDLERS = {"static": static_conflist, "broken": broken_conflist, "missing": None}
+def newer_version_conflist(cri_node, chained=True):
+    conflist = weft_conflist(cri_node.node)
+    conflist["cniVersion"] = "1.1.0"
+    if not chained:
+        conflist["plugins"] = conflist["plugins"][:1]  # weft alone, no portmap
+    return conflist
+
+
+HANDLERS = {"static": static_conflist, "broken": broken_conflist, "missing": None,
+            "v110": lambda cri_node: newer_version_conflist(cri_node, chained=False),
+            "v110chain": newer_version_conflist}
 
 
 @pytest.fixture(scope="module")
@@ -275,19 +287,21 @@ def test_taken_static_address_is_refused_and_nothing_leaks(nodes, sandboxes):
     assert pod_ip(one, first) == wanted and wanted in reservations(one)
 
 
-def fails_holding_nothing_until_mended(cri_node, sandboxes, handler) -> str:
+def fails_holding_nothing_until_mended(cri_node, sandboxes, handler, clean_meanwhile=True) -> str:
     """RunPodSandbox on `handler` fails; returns the gRPC error text.
 
     DEL fails for the same reason ADD did, so containerd 1.6 keeps the failed sandbox
     (NOTREADY, with its netns file) for a later StopPodSandbox to retry, as kubelet
-    does.  Meanwhile no veth and no address reservation may exist; once the conflist
-    is mended (the weft conflist written into the handler's dir) the retry succeeds
-    and nothing at all is left."""
+    does.  Meanwhile no veth and no address reservation may exist (unless
+    clean_meanwhile is False: a DEL that never reached weft); once the conflist is
+    mended (the weft conflist written into the handler's dir) the retry succeeds and
+    nothing at all is left."""
     before = state_of(cri_node)
     with pytest.raises(grpc.RpcError) as failed:
         sandboxes(cri_node, handler=handler)
     veths, held, _ = state_of(cri_node)
-    assert (veths, held) == before[:2], "a failed RunPodSandbox left a veth or a reservation"
+    if clean_meanwhile:
+        assert (veths, held) == before[:2], "a failed RunPodSandbox left a veth or a reservation"
     kept = [s for s in cri_node.client.list_pod_sandbox() if s.runtime_handler == handler]
     assert all(s.state != SANDBOX_READY for s in kept)
     cri_node.write_conflist(handler, weft_conflist(cri_node.node))  # the operator's fix
@@ -336,6 +350,23 @@ def test_the_cri_command_line_of_the_readme(nodes):
     finally:
         cri("rm", sandbox_id)
     assert sandbox_id not in cri("ls")
+
+
+def test_a_cni_1_1_conflist_is_refused_by_containerd_1_6_and_nothing_leaks(nodes, sandboxes):
+    """libcni 1.1.2 (containerd 1.6) knows result versions up to 1.0.0: weft's ADD
+    succeeds, containerd cannot read the 1.1.0 result, fails the sandbox and runs DEL,
+    which weft (supporting 1.1.0) completes: nothing is left."""
+    details = fails_holding_nothing_until_mended(nodes[0], sandboxes, "v110")
+    assert 'unsupported CNI result version "1.1.0"' in details, details
+
+
+def test_a_cni_1_1_chain_with_portmap_holds_the_pod_until_mended(nodes, sandboxes):
+    """The shipped chain at 1.1.0: DEL runs the chain backwards and Debian's portmap
+    (plugins 1.1.1, CNI <= 1.0.0) refuses first, so weft's DEL never runs and the
+    veth and address stay with the NOTREADY sandbox until the conflist says 1.0.0
+    again; then the retried StopPodSandbox releases everything."""
+    details = fails_holding_nothing_until_mended(nodes[0], sandboxes, "v110chain", clean_meanwhile=False)
+    assert 'unsupported CNI result version "1.1.0"' in details, details
 
 
 def test_every_pod_netns_is_gone_with_its_sandbox(nodes):
