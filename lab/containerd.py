@@ -191,6 +191,8 @@ class Containerd:
         self.suffix = suffix()
         self.cgroup_parent = f"/weft-cri-{self.suffix}"
         self.socket = os.path.join(self.dir, "containerd.sock")
+        if len(self.socket + ".ttrpc") >= 108:  # sun_path
+            raise ContainerdError(f"workdir {self.dir} is too long for containerd's unix sockets")
         self.config_path = os.path.join(self.dir, "config.toml")
         self.log_path = os.path.join(self.dir, "containerd.log")
         self.holder = None
