@@ -75,6 +75,18 @@ def targets(figures: dict, prepopulated=250) -> list:
                           RSS_LIMIT_MIB, "MiB"))
     if seq and "error" not in seq:
         out.append(_check("standalone ADD p50 (goal)", _get(seq, STANDALONE, "add_ms", "p50"), "<=", 400.0, "ms"))
+    crif = figures.get("cri")
+    if crif and "error" not in crif:
+        for phase, where in ((crif, "empty node"), (crif.get("resident"), "node with a pod")):
+            if not phase:
+                continue
+            weft = _get(phase, "weft", "run_ms", "p50")
+            out.append(_check(f"RunPodSandbox p50 (containerd CRI), weft vs reference chain, {where}",
+                              phase.get("run_p50_ratio"), "<=", 1.05, "x",
+                              f"{weft} vs {_get(phase, 'reference', 'run_ms', 'p50')} ms"))
+            out.append(_check(f"RunPodSandbox p50, weft vs reference chain, both masquerading, {where}",
+                              phase.get("masq_run_p50_ratio"), "<=", 1.05, "x",
+                              f"{weft} vs {_get(phase, 'reference_masq', 'run_ms', 'p50')} ms"))
     return out
 
 
@@ -163,6 +175,35 @@ def convergence_table(figures: dict) -> list:
     return lines
 
 
+CRI_COLUMNS = (("weft", "weft (conf/10-weft.conflist: agent, masquerade)"), ("weft_no_masq", "weft, ipMasq false"),
+               ("reference", "bridge+host-local+portmap"), ("reference_masq", "the same, bridge ipMasq true"))
+
+
+def cri_table(figures: dict, resident: bool = False) -> list:
+    crif = figures.get("cri")
+    if not crif or "error" in crif or (resident and not crif.get("resident")):
+        return []
+    phase = crif["resident"] if resident else crif
+    lines = [_row(["containerd CRI, one node" + (", one pod per handler stays up" if resident else ", empty"),
+                   *(title for _, title in CRI_COLUMNS), "weft / reference", "weft / reference, both masquerading"]),
+             _row(["---"] * 7)]
+    for key, label in (("run_ms", "RunPodSandbox"), ("stop_ms", "StopPodSandbox")):
+        for stat in ("p50", "p95"):
+            values = [_get(phase, name, key, stat) for name, _ in CRI_COLUMNS]
+            lines.append(_row([f"{label} {stat} (ms, {crif['rounds']} each, interleaved)",
+                               *(_fmt(v) for v in values), _fmt(_ratio(values[0], values[2]), 2, "x"),
+                               _fmt(_ratio(values[0], values[3]), 2, "x")]))
+    for key, label in (("add_in_handlers_ms", "ADD"), ("del_in_handlers_ms", "DEL")):
+        lines.append(_row([f"weft {label} inside its handlers (its log, ms p50)",
+                           _fmt(_get(phase, "weft", key, "p50")), _fmt(_get(phase, "weft_no_masq", key, "p50")),
+                           "—", "—", "", ""]))
+    if not resident:
+        lines.append(_row(["one plugin exec, VERSION, where containerd runs it (ms p50; Go: bridge)",
+                           _fmt(_get(crif, "exec_ms", "weft")), "", _fmt(_get(crif, "exec_ms", "bridge")), "",
+                           _fmt(_ratio(_get(crif, "exec_ms", "weft"), _get(crif, "exec_ms", "bridge")), 2, "x"), ""]))
+    return lines
+
+
 def targets_table(checks: list) -> list:
     lines = [_row(["target", "measured", "goal", "result"]), _row(["---"] * 4)]
     for c in checks:
@@ -183,6 +224,8 @@ def render(results: dict) -> str:
                           attachment_table(figures)),
                          ("Datapath", datapath_table(figures)),
                          ("Control plane", convergence_table(figures)),
+                         ("Runtimes (containerd CRI)", cri_table(figures)),
+                         ("Runtimes (containerd CRI), steady state", cri_table(figures, resident=True)),
                          ("Targets (issue 4)", targets_table(results["targets"]))):
         if len(lines) > 2:
             parts.append(f"**{title}**\n\n" + "\n".join(lines))

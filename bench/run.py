@@ -20,14 +20,14 @@ import tempfile
 import time
 import traceback
 
-from . import attach, convergence, report, throughput
+from . import attach, convergence, cri, report, throughput
 from .contenders import LABELS
 from .context import Context, quiesce
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-FIGURES = ("sequential", "parallel", "scale", "throughput", "convergence")
+FIGURES = ("sequential", "parallel", "scale", "throughput", "convergence", "cri")
 SMOKE = {"attachments": 10, "parallel": 10, "workers": 8, "parallel_rounds": 2, "prepopulate": 20, "measure": 5,
-         "iperf_seconds": 1, "iperf_rounds": 1, "nodes": 3, "leases": 2}
+         "iperf_seconds": 1, "iperf_rounds": 1, "nodes": 3, "leases": 2, "sandboxes": 3}
 
 
 def parse(argv=None):
@@ -43,6 +43,8 @@ def parse(argv=None):
     p.add_argument("--iperf-rounds", type=int, default=3)
     p.add_argument("--nodes", type=int, default=20, help="nodes of the convergence cluster (default 20)")
     p.add_argument("--leases", type=int, default=5, help="synthetic leases added and removed (default 5)")
+    p.add_argument("--sandboxes", type=int, default=30,
+                   help="RunPodSandbox calls per CRI runtime handler (weft, reference) (default 30)")
     p.add_argument("--smoke", action="store_true", help="tiny counts everywhere (CI; < 60 s)")
     p.add_argument("--only", default="", help=f"comma-separated subset of {','.join(FIGURES)}")
     p.add_argument("--out", default=os.path.join(REPO, "bench-results"), help="where the JSON goes")
@@ -80,7 +82,7 @@ def machine() -> dict:
 
 def versions() -> dict:
     pkgs = _out(["dpkg-query", "-W", "-f", "${Package} ${Version}\n", "containernetworking-plugins", "iperf3",
-                 "etcd-server"])
+                 "etcd-server", "containerd", "runc"])
     commit = _out(["git", "-C", REPO, "rev-parse", "--short", "HEAD"])
     dirty = bool(_out(["git", "-C", REPO, "status", "--porcelain", "--untracked-files=no"]))
     return {"packages": dict(line.split(" ", 1) for line in pkgs.splitlines() if " " in line),
@@ -101,6 +103,7 @@ def run_figures(ctx, args) -> dict:
         "scale": lambda: attach.scale(ctx, args.prepopulate, args.measure, args.workers),
         "throughput": lambda: throughput.throughput(ctx, args.iperf_seconds, args.iperf_rounds),
         "convergence": lambda: convergence.convergence(ctx, args.nodes, args.leases),
+        "cri": lambda: cri.cri(ctx, args.sandboxes),
     }
     figures = {}
     for name in args.figures:

@@ -94,9 +94,12 @@ class Node:
         self.ns.run(["ip", "link", "set", "eth0", "up"])
 
     # -- the agent ------------------------------------------------------------
-    def start_agent(self, networks=("weft",), extra=()):
+    def start_agent(self, networks=("weft",), extra=(), enter=None):
+        """enter: argv prefix that runs a command in this node (default `ip netns exec`;
+        e.g. a container runtime's mount namespace, so the agent opens the pod netns
+        paths the runtime hands to CNI)."""
         exe = os.path.join(self.cluster.installed, "bin", "weftd")
-        args = ["ip", "netns", "exec", self.ns.name, exe,
+        args = [*(enter or ["ip", "netns", "exec", self.ns.name]), exe,
                 "--etcd-endpoints", self.cluster.etcd.endpoint, "--node-name", self.name,
                 "--public-ip", self.ip, "--run-dir", self.run_dir, "--state-dir", self.state_dir,
                 "--ipam-data-dir", self.ipam_dir, "--reconcile-interval",

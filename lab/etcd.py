@@ -18,7 +18,7 @@ import socket
 import subprocess
 import time
 
-from .namespaces import stop_process
+from .namespaces import file_tail, stop_process
 
 ETCD = "/usr/bin/etcd"
 ETCDCTL = "/usr/bin/etcdctl"
@@ -199,11 +199,7 @@ class EtcdServer:
         shutil.rmtree(self.workdir, ignore_errors=True)
 
     def log_tail(self, lines: int = 30) -> str:
-        try:
-            with open(self.log_path, errors="replace") as f:
-                return "".join(f.readlines()[-lines:])
-        except OSError:
-            return ""
+        return file_tail(self.log_path, lines)
 
     # ---- internals ----
 

@@ -49,6 +49,15 @@ class Namespace:
         self.delete()
 
 
+def file_tail(path: str, lines: int = 30) -> str:
+    """The last lines of a log file a test process wrote ("" when there is none)."""
+    try:
+        with open(path, errors="replace") as handle:
+            return "".join(handle.readlines()[-lines:])
+    except OSError:
+        return ""
+
+
 def stop_process(process, timeout: float, sig=signal.SIGTERM) -> None:
     """Signal our own child (by its Popen), wait, SIGKILL if it lingers; no-op when gone."""
     if process is None or process.poll() is not None:

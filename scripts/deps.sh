@@ -5,7 +5,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 PACKAGES=(iproute2 nftables containernetworking-plugins etcd-server etcd-client
-          podman runc busybox-static iputils-ping iperf3 iptables python3-venv make
+          podman containerd runc busybox-static iputils-ping iperf3 iptables python3-venv make
           docker.io docker-compose mmdebstrap vagrant vagrant-libvirt shellcheck
           golang-go golang-github-appc-cni-dev
           systemd)  # systemd-analyze verifies conf/weftd.service

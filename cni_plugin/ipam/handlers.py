@@ -34,7 +34,7 @@ def _attachment(env) -> Attachment:
 
 
 def _pod(env) -> tuple:
-    return env.args.get("K8S_POD_NAMESPACE"), env.args.get("K8S_POD_NAME")
+    return env.args.get("K8S_POD_NAMESPACE"), env.args.get("K8S_POD_NAME"), env.args.get("K8S_POD_UID")
 
 
 @contextmanager

@@ -3,7 +3,8 @@
 Each line is one event:
   {"ts": "2026-11-22T18:00:00.123456Z", "event": "allocate"|"release", "ip": "10.1.0.5",
    "network": "weft", "containerID": ..., "ifname": ..., "podNamespace": ..., "podName": ...,
-   "reason": "del"|"gc"|"rollback"}            (reason on releases only)
+   "podUID": ..., "reason": "del"|"gc"|"rollback"}
+  (podUID only when the runtime passed K8S_POD_UID; reason on releases only)
 Writers hold the store lock; readers need no lock and skip lines they cannot parse.
 """
 
@@ -21,7 +22,7 @@ RELEASE = "release"
 
 def entry(event: str, ip, network: str, container_id: str, ifname: str,
           pod: tuple, reason: str | None = None, at: datetime | None = None) -> dict:
-    """One history record; pod is (namespace, name), either may be None."""
+    """One history record; pod is (namespace, name[, uid]), any may be None."""
     record = {
         "ts": format_ts(at or now()),
         "event": event,
@@ -32,6 +33,8 @@ def entry(event: str, ip, network: str, container_id: str, ifname: str,
         "podNamespace": pod[0],
         "podName": pod[1],
     }
+    if len(pod) > 2 and pod[2]:  # K8S_POD_UID, which CRI runtimes pass (containerd 1.6)
+        record["podUID"] = pod[2]
     if event == RELEASE:
         record["reason"] = reason
     return record

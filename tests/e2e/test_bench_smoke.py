@@ -9,7 +9,7 @@ import sys
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 KINDS = ("go", "weft-standalone", "weft-agent")
-FIGURES = {"sequential", "parallel", "scale", "throughput", "convergence"}
+FIGURES = {"sequential", "parallel", "scale", "throughput", "convergence", "cri"}
 
 
 def netns_names():
