@@ -16,24 +16,35 @@ class MemoryRegistry:
 
     def __init__(self):
         self.keys = {}  # key -> (value, lease id)
+        self.created = {}  # key -> create revision
+        self.modified = {}  # key -> mod revision
+        self.revision = 1
         self.alive = set()
         self.ids = itertools.count(100)
 
     def list_leases(self, network):
-        return [(k, v, lid) for k, (v, lid) in sorted(self.keys.items())], 1
+        return [(k, v, lid, self.created.get(k, 1)) for k, (v, lid) in sorted(self.keys.items())], self.revision
 
-    def create_lease(self, network, key, value, ttl):
+    def _put(self, key, value, lease_id):
+        self.revision += 1
+        self.created.setdefault(key, self.revision)
+        self.modified[key] = self.revision
+        self.keys[key] = (value, lease_id)
+
+    def create_lease(self, network, key, value, ttl, listed_at=0):
         if key in self.keys:
             return None
+        if listed_at and any(rev > listed_at for k, rev in self.modified.items() if k in self.keys):
+            return None  # as etcd's range Compare: a lease key changed since the listing
         lease_id = next(self.ids)
         self.alive.add(lease_id)
-        self.keys[key] = (value, lease_id)
+        self._put(key, value, lease_id)
         return lease_id
 
     def update_lease(self, network, key, value, lease_id):
         if self.keys.get(key, (None, None))[1] != lease_id:
             return False
-        self.keys[key] = (value, lease_id)
+        self._put(key, value, lease_id)
         return True
 
     def refresh(self, lease_id):
@@ -44,6 +55,7 @@ class MemoryRegistry:
         for key, (_, lid) in list(self.keys.items()):
             if lid == lease_id:
                 del self.keys[key]
+                self.created.pop(key, None)
 
 
 CONFIG = NetworkConfig.parse("weft", json.dumps({"Network": "10.244.0.0/22", "SubnetLen": 24}))

@@ -1,0 +1,152 @@
+"""Lease validation (pure): what may be programmed, oldest wins, per-backend data checks,
+config changes."""
+
+import ipaddress
+import json
+import random
+import subprocess
+import sys
+
+import pytest
+
+from cni_plugin.backends.base import BackendDataError
+from cni_plugin.backends.vxlan import Vxlan, VxlanConfig, VxlanData
+from cni_plugin.subnet import validation
+from cni_plugin.subnet.lease import NetworkConfig
+from cni_plugin.subnet.registry import LeaseRow
+
+CONFIG = NetworkConfig.parse("weft", json.dumps({"Network": "10.244.0.0/16", "Backend": {"VNI": 1}}))
+
+
+def value(public_ip="192.168.100.1", mac="02:00:00:00:00:01", vni=1, node="n1", backend="vxlan", **more):
+    raw = {"PublicIP": public_ip, "NodeName": node, "BackendType": backend,
+           "BackendData": {"VNI": vni, "VtepMAC": mac}, **more}
+    return json.dumps(raw)
+
+
+def row(key, created, **kw):
+    return LeaseRow(key, value(**kw), 0, created)
+
+
+def test_good_leases_are_all_valid():
+    rows = [row("10.244.1.0-24", 5, node="a", mac="02:00:00:00:00:0a"),
+            row("10.244.2.0-24", 6, node="b", mac="02:00:00:00:00:0b")]
+    verdict = validation.validate(CONFIG, rows)
+    assert list(verdict.valid) == ["10.244.1.0-24", "10.244.2.0-24"] and verdict.refused == {}
+
+
+@pytest.mark.parametrize("key,kw,reason,words", [
+    ("10.244.0.0-16", {}, validation.SUBNET_LENGTH, "SubnetLen is 24"),
+    ("10.244.3.0-26", {}, validation.SUBNET_LENGTH, "/26"),
+    ("10.99.1.0-24", {}, validation.OUTSIDE_NETWORK, "outside Network 10.244.0.0/16"),
+    ("10.244.3.0-24", {"public_ip": "127.0.0.1"}, validation.PUBLIC_IP, "loopback"),
+    ("10.244.3.0-24", {"public_ip": "0.0.0.0"}, validation.PUBLIC_IP, "unspecified"),
+    ("10.244.3.0-24", {"public_ip": "224.0.0.5"}, validation.PUBLIC_IP, "multicast"),
+    ("10.244.3.0-24", {"public_ip": "255.255.255.255"}, validation.PUBLIC_IP, "broadcast"),
+    ("10.244.3.0-24", {"public_ip": "169.254.3.3"}, validation.PUBLIC_IP, "link-local"),
+    ("10.244.3.0-24", {"public_ip": "240.1.2.3"}, validation.PUBLIC_IP, "reserved"),
+    ("10.244.3.0-24", {"public_ip": "10.244.9.9"}, validation.PUBLIC_IP, "inside the cluster network"),
+    ("10.244.3.0-24", {"mac": "ff:ff:ff:ff:ff:ff"}, validation.BACKEND_DATA, "broadcast"),
+    ("10.244.3.0-24", {"mac": "01:00:5e:00:00:01"}, validation.BACKEND_DATA, "multicast"),
+    ("10.244.3.0-24", {"mac": "33:33:00:00:00:01"}, validation.BACKEND_DATA, "multicast"),
+    ("10.244.3.0-24", {"mac": "00:00:00:00:00:00"}, validation.BACKEND_DATA, "all zeros"),
+    ("10.244.3.0-24", {"mac": ""}, validation.BACKEND_DATA, "no VtepMAC"),
+    ("10.244.3.0-24", {"vni": 7}, validation.BACKEND_DATA, "VNI 7"),
+    ("10.244.3.0-24", {"backend": "host-gw"}, validation.BACKEND_TYPE, "host-gw"),
+    ("10.244.3.0-24", {"public_ip": "not an ip"}, validation.UNREADABLE, "unusable value"),
+])
+def test_a_lease_is_refused_with_its_reason(key, kw, reason, words):
+    verdict = validation.validate(CONFIG, [row("10.244.1.0-24", 3), row(key, 9, node="bad", **kw)])
+    assert list(verdict.valid) == ["10.244.1.0-24"], "the good lease must stay valid"
+    refusal = verdict.refused[key]
+    assert refusal.reason == reason and words in refusal.detail and key in refusal.detail
+
+
+def test_overlap_oldest_wins_whatever_the_order_of_rows():
+    """A /25 inside a live /24: the lease with the lower create revision wins, and every
+    permutation of the rows (nodes see them in different orders) gives the same verdict."""
+    rows = [row("10.244.1.0-24", 10, node="owner", mac="02:00:00:00:00:0a"),
+            row("10.244.1.128-25", 20, node="intruder", mac="02:00:00:00:00:0b"),
+            row("10.244.2.0-24", 15, node="other", mac="02:00:00:00:00:0c")]
+    cfg = NetworkConfig.parse("weft", json.dumps({"Network": "10.244.0.0/16", "SubnetLen": 24}))
+    seen = set()
+    for seed in range(6):
+        shuffled = rows[:]
+        random.Random(seed).shuffle(shuffled)
+        verdict = validation.validate(cfg, shuffled)
+        seen.add((tuple(sorted(verdict.valid)), tuple(sorted(verdict.refused))))
+    assert seen == {(("10.244.1.0-24", "10.244.2.0-24"), ("10.244.1.128-25",))}
+    refusal = validation.validate(cfg, rows).refused["10.244.1.128-25"]
+    # refused for its length first: the /25 is not the network's SubnetLen either
+    assert refusal.reason == validation.SUBNET_LENGTH
+
+
+def test_overlap_between_well_formed_leases_is_refused_for_the_younger_one():
+    """Two IPv4 leases that pass the per-lease checks share one SubnetLen, so they overlap
+    only as the same key; their IPv6 subnets can still collide (hand-written or stale):
+    the lease created later is refused and names the older one."""
+    v6 = NetworkConfig.parse("weft", json.dumps({"Network": "10.244.0.0/16", "EnableIPv6": True,
+                                                 "IPv6Network": "fd00::/48"}))
+    a = LeaseRow("10.244.1.0-24", value(node="a", mac="02:00:00:00:00:0a", IPv6Subnet="fd00:0:0:1::/64"), 0, 8)
+    b = LeaseRow("10.244.2.0-24", value(node="b", mac="02:00:00:00:00:0b", IPv6Subnet="fd00:0:0:1::/64"), 0, 3)
+    for rows in ([a, b], [b, a]):
+        verdict = validation.validate(v6, rows)
+        assert list(verdict.valid) == ["10.244.2.0-24"]
+        refusal = verdict.refused["10.244.1.0-24"]
+        assert refusal.reason == validation.OVERLAP and "older lease 10.244.2.0-24" in refusal.detail
+
+
+def test_occupied_space_counts_every_key_valid_or_not():
+    rows = [row("10.244.1.0-24", 1), LeaseRow("10.244.4.0-22", "not json", 0, 2)]
+    space = validation.occupied(rows)
+    assert not validation.is_free(space, ipaddress.IPv4Network("10.244.1.0/24"))
+    assert not validation.is_free(space, ipaddress.IPv4Network("10.244.5.0/24"))
+    assert validation.is_free(space, ipaddress.IPv4Network("10.244.8.0/24"))
+
+
+def test_vxlan_validate_peer_data_is_the_backend_hook():
+    good = VxlanData(vni=1, vtep_mac="02:42:ac:11:00:02")
+    Vxlan.validate_peer_data(VxlanConfig(vni=1), good)
+    for mac in ("ff:ff:ff:ff:ff:ff", "01:80:c2:00:00:00", "00:00:00:00:00:00"):
+        with pytest.raises(BackendDataError):
+            Vxlan.validate_peer_data(VxlanConfig(vni=1), VxlanData(vni=1, vtep_mac=mac))
+    with pytest.raises(BackendDataError, match="VNI 2"):
+        Vxlan.validate_peer_data(VxlanConfig(vni=1), VxlanData(vni=2, vtep_mac="02:42:ac:11:00:02"))
+
+
+def test_contradicted_lists_leases_a_new_config_would_orphan():
+    rows = [row("10.244.1.0-24", 1, node="a", mac="02:00:00:00:00:0a"),
+            row("10.244.200.0-24", 2, node="b", mac="02:00:00:00:00:0b")]
+    narrower = NetworkConfig.parse("weft", json.dumps({"Network": "10.244.0.0/17"}))
+    assert [r.key for r in validation.contradicted(CONFIG, narrower, rows)] == ["10.244.200.0-24"]
+    longer = NetworkConfig.parse("weft", json.dumps({"Network": "10.244.0.0/16", "SubnetLen": 25}))
+    assert len(validation.contradicted(CONFIG, longer, rows)) == 2
+    other_vni = NetworkConfig.parse("weft", json.dumps({"Network": "10.244.0.0/16", "Backend": {"VNI": 9}}))
+    assert {r.reason for r in validation.contradicted(CONFIG, other_vni, rows)} == {validation.BACKEND_DATA}
+    wider = NetworkConfig.parse("weft", json.dumps({"Network": "10.244.0.0/15", "MTU": 1400}))
+    assert validation.contradicted(CONFIG, wider, rows) == []
+    # a lease already refused under the old config is not the new config's doing
+    hostile = rows + [row("10.244.3.0-24", 3, node="x", public_ip="127.0.0.1")]
+    assert validation.contradicted(CONFIG, wider, hostile) == []
+
+
+def test_config_change_splits_live_and_restart_changes():
+    new = NetworkConfig.parse("weft", json.dumps({"Network": "10.244.0.0/16", "MTU": 1400, "IPMasq": False,
+                                                  "Backend": {"VNI": 1}}))
+    live, restart = validation.config_change(CONFIG, new)
+    assert live == ["MTU: unset -> 1400", "IPMasq: True -> False"] and restart == []
+    moved = NetworkConfig.parse("weft", json.dumps({"Network": "10.245.0.0/16", "SubnetLen": 25,
+                                                    "Backend": {"Type": "host-gw"}}))
+    live, restart = validation.config_change(CONFIG, moved)
+    assert [c.split(":")[0] for c in restart] == ["Network", "SubnetLen", "Backend.Type"]
+    vni = NetworkConfig.parse("weft", json.dumps({"Network": "10.244.0.0/16", "Backend": {"VNI": 4}}))
+    assert validation.config_change(CONFIG, vni)[1] == ["Backend: vni=1, port=8472, direct_routing=False -> "
+                                                       "vni=4, port=8472, direct_routing=False"]
+
+
+def test_the_plugin_path_never_imports_netaddr():
+    """netaddr belongs to the agent and weftctl; the per-pod plugin must not pay for it."""
+    code = ("import sys; import cni_plugin.plugin.commands, cni_plugin.ipam.handlers, cni_plugin.cli.weft;"
+            "print('netaddr' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
