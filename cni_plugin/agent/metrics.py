@@ -17,7 +17,7 @@ class Metrics:
         self.ready = Gauge("weft_network_ready", "1 when the network is fully served", ["network"], registry=r)
         self.conflict = Gauge("weft_lease_conflict", "1 when another node holds our subnet",
                               ["network"], registry=r)
-        self.refused = Gauge("weft_leases_refused", "Leases of the network refused by validation now, "
+        self.refused = Gauge("weft_lease_refusals", "Leases of the network refused by validation now, "
                              "by reason (never programmed)", ["network", "reason"], registry=r)
         self.refused_total = Counter("weft_leases_refused_total", "Lease refusals logged, by reason",
                                      ["network", "reason"], registry=r)

@@ -143,7 +143,7 @@ class LeaseController(Controller):
     def _check_own(self, raw):
         """Our key must still name us; another node's name there is a conflict."""
         agent = self.agent
-        for key, value, _ in raw:
+        for key, value, *_ in raw:
             if key != agent.held.lease.key:
                 continue
             try:
