@@ -70,6 +70,8 @@ class LeaseController(Controller):
         agent.metrics.leases_held.labels(agent.name).set(1)
 
     def before_sync(self):
+        if self.agent.held.lease_id:  # a config changed while we were away: judge it first
+            self.on_config_event(self.agent.registry.get_network_config(self.agent.name))
         self.renew(verify=True)  # recreates a vanished lease, or raises LeaseConflict
 
     def sync(self, raw):
@@ -89,6 +91,10 @@ class LeaseController(Controller):
             if kind == "put":
                 self._check_namesakes([(key, value, 0, created)])
             return
+        if kind == "delete":
+            # the config and lease watches are separate streams: a migration's delete may
+            # arrive before its config change, so read the config before recreating anything
+            self.on_config_event(agent.registry.get_network_config(agent.name))
         if kind == "delete" and agent.config_problem:
             agent.log.warning("our lease was deleted while the network config changed; not recreating "
                               "it under the old config: restart weftd to lease under the new one",
