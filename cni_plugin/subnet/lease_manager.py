@@ -50,9 +50,9 @@ def _parse_all(raw: list) -> dict:
 
 
 def collision_message(network: str, mine: Lease, key: str, theirs: Lease, lease_id: int) -> str:
-    held = f"etcd lease {lease_id:x}" if lease_id else "a reservation"
+    held = {None: "", 0: ", a reservation"}.get(lease_id, f", etcd lease {lease_id or 0:x}")
     return (f"network {network}: node name {mine.node_name} is already held by another agent: lease "
-            f"{key} belongs to node {theirs.identity}, {held}; this agent is node {mine.identity}; two agents "
+            f"{key} belongs to node {theirs.identity}{held}; this agent is node {mine.identity}; two agents "
             "must not share a --node-name (cloned machine?). Give this agent its own --node-name, or, "
             f"if that agent is gone for good, delete its lease (etcdctl del <prefix>/networks/{network}"
             f"/subnets/{key}) and start this one again")

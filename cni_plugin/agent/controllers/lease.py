@@ -89,7 +89,7 @@ class LeaseController(Controller):
         agent = self.agent
         if key != agent.held.lease.key:
             if kind == "put":
-                self._check_namesakes([(key, value, 0, created)])
+                self._check_namesakes([(key, value, None, created)])  # lease id unknown here
             return
         if kind == "delete":
             # the config and lease watches are separate streams: a migration's delete may
