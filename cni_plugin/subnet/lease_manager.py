@@ -125,13 +125,13 @@ class LeaseManager:
                     f"{self.template.node_name} in {self.state_path} is now held by "
                     f"{self._holders(leases, recorded)}; not taking another subnet while pods may "
                     f"use this one (drain the node and delete {self.state_path} to take a fresh subnet)")
-            free = self._free_subnets(space)
-            if not free:
+            free = self._random_free(space)
+            if free is None:
                 first, last = self.config.subnet_range()
                 raise NoFreeSubnet(f"network {self.config.name}: no free /{self.config.subnet_len} subnet "
                                    f"between {first} and {last} ({self.config.subnet_count()} subnets, "
                                    "all leased, reserved or overlapped by other lease keys)")
-            held = self._create(random.choice(free), ttl, revision)
+            held = self._create(free, ttl, revision)
             if held is not None:
                 return held
         raise NoFreeSubnet(f"network {self.config.name}: the leases kept changing during "
@@ -148,9 +148,11 @@ class LeaseManager:
                 continue
         return ", ".join(names) or "another lease"
 
-    def _free_subnets(self, space) -> list:
-        return [subnet for subnet in (self.config.nth_subnet(i) for i in range(self.config.subnet_count()))
-                if validation.is_free(space, subnet)]
+    def _random_free(self, space):
+        """A random subnet of the range that no lease key touches, or None."""
+        blocks = validation.free_blocks(space, *self.config.subnet_range())
+        total = sum(count for _, count in blocks)
+        return validation.nth_free(blocks, random.randrange(total), self.config.subnet_len) if total else None
 
     def _adopt(self, key, lease, lease_id) -> HeldLease:
         mine = self._with_subnet(parse_subnet_key(key))

@@ -40,7 +40,6 @@ BACKEND_TYPE = "backend-type"
 BACKEND_DATA = "backend-data"
 REASONS = (UNREADABLE, OUTSIDE_NETWORK, SUBNET_LENGTH, OVERLAP, PUBLIC_IP, BACKEND_TYPE, BACKEND_DATA)
 
-_RESERVED_V4 = netaddr.IPSet(["0.0.0.0/8", "240.0.0.0/4"])
 
 
 @dataclass(frozen=True)
@@ -74,7 +73,7 @@ def address_problem(address, cluster: Optional[ipaddress._BaseNetwork] = None) -
         return "is a multicast address"
     if ip.is_link_local():
         return "is link-local"
-    if ip.version == 4 and ip in _RESERVED_V4:
+    if ip.version == 4 and (ip.value >> 24 == 0 or ip.value >> 28 == 0xF):
         return "is in a reserved range (0.0.0.0/8, 240.0.0.0/4)"
     if cluster is not None and ipaddress.ip_address(str(address)) in cluster:
         return f"lies inside the cluster network {cluster}"
@@ -120,33 +119,74 @@ def check_lease(lease: Lease, config: NetworkConfig) -> Optional[tuple]:
     return None
 
 
-def validate(config: NetworkConfig, rows) -> Verdict:
-    """rows: LeaseRow-like (key, value, lease id, create revision) -> Verdict."""
+class PrefixIndex:
+    """Prefixes added so far, answering "does this prefix overlap any of them" in at most
+    one lookup per prefix length (a prefix overlaps another iff one contains the other)."""
+
+    def __init__(self):
+        self.exact = set()      # (version, length, leading bits) of every prefix added
+        self.inside = set()     # the same for every proper ancestor of an added prefix
+
+    @staticmethod
+    def _keys(net):
+        """(version, length, leading bits) of net and of each of its ancestors, net first."""
+        value, bits, version = int(net.network_address), net.max_prefixlen, net.version
+        return [(version, length, value >> (bits - length)) for length in range(net.prefixlen, -1, -1)]
+
+    def overlaps(self, net) -> bool:
+        keys = self._keys(net)
+        if keys[0] in self.exact or keys[0] in self.inside:
+            return True   # the same prefix, or one inside it
+        return not self.exact.isdisjoint(keys[1:])  # one that contains it
+
+    def add(self, net) -> None:
+        keys = self._keys(net)
+        self.exact.add(keys[0])
+        self.inside.update(keys[1:])
+
+
+def _judge_row(config, key, value):
+    """("ok", Lease) or ("refused", Refusal) for one row alone (cacheable by key, value)."""
+    try:
+        lease = Lease.from_json(key, value)
+    except ConfigError as exc:
+        return "refused", Refusal(key, UNREADABLE, str(exc))
+    problem = check_lease(lease, config)
+    if problem:
+        return "refused", Refusal(key, problem[0], f"lease {key}: {problem[1]}", lease.node_name)
+    return "ok", lease
+
+
+def validate(config: NetworkConfig, rows, cache: Optional[dict] = None) -> Verdict:
+    """rows: LeaseRow-like (key, value, lease id, create revision) -> Verdict.
+
+    cache: a dict the caller keeps between calls for one config (clear it when the config
+    changes); it holds each (key, value)'s own checks, so a watch event costs the
+    overlap pass only."""
     verdict = Verdict()
     candidates = []
+    cache = {} if cache is None else cache
     for key, value, _lease_id, created in rows:
         verdict.created[key] = created
-        try:
-            lease = Lease.from_json(key, value)
-        except ConfigError as exc:
-            verdict.refused[key] = Refusal(key, UNREADABLE, str(exc))
-            continue
-        problem = check_lease(lease, config)
-        if problem:
-            verdict.refused[key] = Refusal(key, problem[0], f"lease {key}: {problem[1]}", lease.node_name)
-            continue
-        candidates.append((created, key, lease))
-    taken = netaddr.IPSet()
+        judged = cache.get((key, value))
+        if judged is None:
+            judged = cache[(key, value)] = _judge_row(config, key, value)
+        if judged[0] == "refused":
+            verdict.refused[key] = judged[1]
+        else:
+            candidates.append((created, key, judged[1]))
+    taken = PrefixIndex()
     for created, key, lease in sorted(candidates, key=lambda c: (c[0], c[1])):
-        mine = netaddr.IPSet([str(s) for s in (lease.subnet, lease.ipv6_subnet) if s is not None])
-        if not taken.isdisjoint(mine):
+        mine = [s for s in (lease.subnet, lease.ipv6_subnet) if s is not None]
+        if any(taken.overlaps(s) for s in mine):
             older = next(k for k, other in verdict.valid.items() if _overlap(other, lease))
             verdict.refused[key] = Refusal(
                 key, OVERLAP, f"lease {key} of node {lease.node_name or '?'} overlaps the older lease "
                 f"{older} of node {verdict.valid[older].node_name} (created at revision "
                 f"{verdict.created[older]}, this one at {created}); the older one wins", lease.node_name)
             continue
-        taken.update(mine)
+        for subnet in mine:
+            taken.add(subnet)
         verdict.valid[key] = lease
     return verdict
 
@@ -160,17 +200,35 @@ def _overlap(a: Lease, b: Lease) -> bool:
 def occupied(rows) -> netaddr.IPSet:
     """Address space no new lease may touch: every key's subnet, valid or not (an
     unreadable or refused lease still names space someone may route)."""
-    space = netaddr.IPSet()
+    keys = []
     for row in rows:
         try:
-            space.add(str(parse_subnet_key(row[0])))
+            keys.append(str(parse_subnet_key(row[0])))
         except ConfigError:
             continue
-    return space
+    return netaddr.IPSet(keys)
 
 
 def is_free(space: netaddr.IPSet, subnet: ipaddress.IPv4Network) -> bool:
     return space.isdisjoint(netaddr.IPSet([str(subnet)]))
+
+
+def free_blocks(space: netaddr.IPSet, first: ipaddress.IPv4Network, last: ipaddress.IPv4Network) -> list:
+    """[(free CIDR block, how many /len subnets it holds)] between first and last (same
+    length) that `space` does not touch: one set difference over the whole range."""
+    length = first.prefixlen
+    span = netaddr.IPSet(netaddr.IPRange(str(first.network_address), str(last.broadcast_address)))
+    return [(block, 1 << (length - block.prefixlen))
+            for block in (span - space).iter_cidrs() if block.prefixlen <= length]
+
+
+def nth_free(blocks: list, index: int, length: int) -> ipaddress.IPv4Network:
+    """The index-th free /length subnet of free_blocks()' answer."""
+    for block, count in blocks:
+        if index < count:
+            return ipaddress.IPv4Network((int(block.first) + (index << (32 - length)), length))
+        index -= count
+    raise IndexError(index)
 
 
 def contradicted(old: Optional[NetworkConfig], new: NetworkConfig, rows) -> list:

@@ -150,3 +150,39 @@ def test_the_plugin_path_never_imports_netaddr():
             "print('netaddr' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+def test_prefix_index_sees_containment_both_ways_and_per_family():
+    index = validation.PrefixIndex()
+    index.add(ipaddress.ip_network("10.244.4.0/23"))
+    index.add(ipaddress.ip_network("fd00:0:0:1::/64"))
+    assert index.overlaps(ipaddress.ip_network("10.244.5.0/24"))      # inside
+    assert index.overlaps(ipaddress.ip_network("10.244.0.0/16"))      # around
+    assert index.overlaps(ipaddress.ip_network("10.244.4.0/23"))      # the same
+    assert not index.overlaps(ipaddress.ip_network("10.244.6.0/24"))
+    assert not index.overlaps(ipaddress.ip_network("10.244.0.0/22"))
+    assert index.overlaps(ipaddress.ip_network("fd00::/48"))
+    assert not index.overlaps(ipaddress.ip_network("fd00:0:0:2::/64"))
+    # the IPv4 /16 with the same leading bits as an IPv6 prefix is another family
+    assert not index.overlaps(ipaddress.ip_network("253.0.0.0/8"))
+
+
+def test_free_blocks_count_and_index_the_free_subnets():
+    cfg = NetworkConfig.parse("weft", json.dumps({"Network": "10.244.0.0/22", "SubnetLen": 24}))
+    space = validation.occupied([row("10.244.2.0-24", 1), LeaseRow("10.244.3.128-25", "x", 0, 2)])
+    blocks = validation.free_blocks(space, *cfg.subnet_range())
+    assert sum(count for _, count in blocks) == 1  # .0 is skipped, .2 leased, .3 half taken
+    assert validation.nth_free(blocks, 0, 24) == ipaddress.ip_network("10.244.1.0/24")
+    with pytest.raises(IndexError):
+        validation.nth_free(blocks, 1, 24)
+
+
+def test_cached_validation_gives_the_same_verdict():
+    rows = [row("10.244.1.0-24", 1, node="a", mac="02:00:00:00:00:0a"),
+            row("10.244.3.0-24", 2, node="b", public_ip="127.0.0.1")]
+    cache = {}
+    first = validation.validate(CONFIG, rows, cache)
+    again = validation.validate(CONFIG, rows, cache)
+    assert (list(first.valid), list(first.refused)) == (list(again.valid), list(again.refused)) == \
+        (["10.244.1.0-24"], ["10.244.3.0-24"])
+    assert len(cache) == 2

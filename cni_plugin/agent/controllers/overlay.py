@@ -41,6 +41,7 @@ class OverlayController(Controller):
         self.last_reconcile = None
         self.rows = {}     # key -> LeaseRow: every lease key of the network, ours included
         self.refused = {}  # key -> validation.Refusal, as last logged
+        self.judged, self.judged_config = {}, None  # validation's per-row cache, for one config
 
     def prepare(self):
         agent = self.agent
@@ -84,7 +85,11 @@ class OverlayController(Controller):
         Logs each new refusal once and publishes the refusal counts."""
         agent = self.agent
         own = agent.held.lease
-        verdict = validation.validate(agent.config, self.rows.values())
+        if self.judged_config is not agent.config:  # per-row checks depend on the config
+            self.judged, self.judged_config = {}, agent.config
+        for stale in [k for k in self.judged if self.rows.get(k[0], (None, None))[1] != k[1]]:
+            del self.judged[stale]
+        verdict = validation.validate(agent.config, self.rows.values(), self.judged)
         refused = dict(verdict.refused)
         peers = {}
         for key, lease in verdict.valid.items():
