@@ -70,8 +70,9 @@ class LeaseController(Controller):
         agent.metrics.leases_held.labels(agent.name).set(1)
 
     def before_sync(self):
-        if self.agent.held.lease_id:  # a config changed while we were away: judge it first
-            self.on_config_event(self.agent.registry.get_network_config(self.agent.name))
+        # a config changed while etcd was away (or between prepare and now): judge it
+        # before the lease is verified, so a migrated lease is not recreated
+        self.on_config_event(self.agent.registry.get_network_config(self.agent.name))
         self.renew(verify=True)  # recreates a vanished lease, or raises LeaseConflict
 
     def sync(self, raw):
