@@ -272,14 +272,16 @@ def test_network_set_refuses_changes_that_live_leases_contradict(state):
     assert sorted(row["subnet"] for row in leases(cluster)) == keys
 
 
-def test_mtu_change_is_applied_live(state):
+def test_mtu_and_masquerade_changes_are_applied_live(state):
     cluster, nodes = state
     pids = [node.agent.pid for node in nodes]
-    out = cluster.set_network_raw({**VXLAN, "MTU": 1400})
-    assert out.returncode == 0 and "MTU: unset -> 1400" in out.stdout, out.stdout + out.stderr
+    out = cluster.set_network_raw({**VXLAN, "MTU": 1400, "IPMasq": False})
+    assert out.returncode == 0 and "MTU: unset -> 1400; IPMasq: True -> False" in out.stdout, \
+        out.stdout + out.stderr
     for node in nodes:
-        wait_for(lambda: "WEFT_MTU=1400\n" in open(node.subnet_file()).read(), 30,
-                 what=f"{node.name}'s subnet file saying WEFT_MTU=1400")
+        wait_for(lambda: {"WEFT_MTU=1400", "WEFT_IPMASQ=false"} <= set(open(node.subnet_file()).read().split())
+                 and "network config change applied live" in node.log(), 30,
+                 what=f"{node.name}'s subnet file saying WEFT_MTU=1400 and WEFT_IPMASQ=false, and its log why")
         assert node.status()["ready"]
     assert [node.agent.pid for node in nodes] == pids and all(n.agent.poll() is None for n in nodes)
     pod = nodes[1].add_pod()
@@ -289,7 +291,7 @@ def test_mtu_change_is_applied_live(state):
 def test_unsafe_change_with_force_migrate_then_restart(state):
     cluster, nodes = state
     before = {row["node"]: row["subnet"] for row in leases(cluster)}
-    new = {**VXLAN, "MTU": 1400, "Backend": {"Type": "vxlan", "VNI": 5}}
+    new = {**VXLAN, "MTU": 1400, "IPMasq": False, "Backend": {"Type": "vxlan", "VNI": 5}}
     out = cluster.set_network_raw(new, "--force-migrate")
     assert out.returncode == 0, out.stderr
     assert out.stdout.count("deleted lease") == 3 and "Backend" in out.stdout, out.stdout
@@ -312,6 +314,37 @@ def test_unsafe_change_with_force_migrate_then_restart(state):
     for node in nodes:
         others = {r["subnet"] for r in rows if r["node"] != node.name}
         assert others <= kernel(node, "weft.5")["routes"], (node.name, kernel(node, "weft.5"))
+
+
+# -- acquisition races ---------------------------------------------------------------------
+
+def test_two_agents_racing_for_the_last_free_space(cluster):
+    """Hand-written keys of other lengths cover all but one /24 of the network; two agents
+    start at once: one gets that /24, the other reports no free subnet, and neither takes
+    space a hand-written key covers.  Freed space is taken on the loser's next attempt."""
+    cluster.set_network("weft", {"Network": "10.246.0.0/21", "Backend": {"Type": "vxlan", "VNI": 1}})
+    covers = {"10.246.2.0-23": ipaddress.ip_network("10.246.2.0/23"),
+              "10.246.4.0-22": ipaddress.ip_network("10.246.4.0/22")}
+    for key in covers:
+        put(cluster, key, lease_value(node="reserved", mac="02:00:00:00:00:e1"))
+    nodes = [cluster.add_node(), cluster.add_node()]
+    for node in nodes:
+        node.start_agent()
+    wait_for(lambda: any((n.status() or {}).get("ready") for n in nodes)
+             and any("no free /24 subnet" in ((n.status() or {}).get("problem") or "") for n in nodes), 30,
+             what="one agent ready with the last /24 and the other reporting no free subnet")
+    winner = next(n for n in nodes if n.status()["ready"])
+    loser = next(n for n in nodes if n is not winner)
+    rows = [r for r in leases(cluster) if r.get("node") in ("node1", "node2")]
+    assert [r["subnet"] for r in rows] == ["10.246.1.0/24"] and rows[0]["node"] == winner.name, rows
+    delete(cluster, "10.246.2.0-23")
+    loser.wait_ready()
+    mine = ipaddress.ip_network(lease_of(cluster, loser.name)["subnet"])
+    assert mine.subnet_of(covers["10.246.2.0-23"]), mine
+    assert not mine.overlaps(covers["10.246.4.0-22"])
+    wait_for(lambda: len(winner.status()["peers"]) == 1 and len(loser.status()["peers"]) == 1, 30,
+             what="the two agents meshed")
+    assert set(refused(winner)) == {"10.246.4.0-22"}, refused(winner)
 
 
 # -- acquisition races (real etcd, no agents) ------------------------------------------------
