@@ -216,6 +216,8 @@ def status(args) -> int:
         print(f"network {state['network']} on node {state['node']}: {word}")
         print(f"  lease      {lease.get('subnet', '-')} (public IP {lease.get('publicIP', '-')}, "
               f"VTEP MAC {lease.get('vtepMAC', '-')})")
+        if state.get("nodeID"):
+            print(f"  node ID    {state['nodeID']}")
         if state.get("problem"):
             print(f"  problem    {state['problem']}")
         if state.get("fatal"):
