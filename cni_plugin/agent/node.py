@@ -45,6 +45,12 @@ class NodeIdentity:
                     public_ip = underlay.public_ipv4(nl, args.iface)
                 except DatapathError as exc:
                     raise NodeError(str(exc)) from None
+            from ..subnet.validation import address_problem
+
+            why = address_problem(public_ip)
+            if why:
+                raise NodeError(f"public IP {public_ip} {why}: other nodes would refuse this node's "
+                                "leases; fix --public-ip or --iface")
             try:
                 underlay.interface_of_ip(nl, public_ip)
             except DatapathError as exc:

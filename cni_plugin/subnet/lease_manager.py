@@ -169,6 +169,10 @@ class LeaseManager:
 
     def _create(self, subnet, ttl, listed_at: int) -> Optional[HeldLease]:
         lease = self._with_subnet(subnet)
+        problem = validation.check_lease(lease, self.config)
+        if problem:  # every other node would refuse it: say so here instead of publishing it
+            raise ConfigError(f"network {self.config.name}: this node's lease would be refused by "
+                              f"every node: {problem[1]}")
         lease_id = self.registry.create_lease(self.config.name, lease.key, lease.to_json(), ttl,
                                               listed_at=listed_at)
         if lease_id is None:

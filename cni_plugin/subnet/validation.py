@@ -179,7 +179,7 @@ def validate(config: NetworkConfig, rows, cache: Optional[dict] = None) -> Verdi
     for created, key, lease in sorted(candidates, key=lambda c: (c[0], c[1])):
         mine = [s for s in (lease.subnet, lease.ipv6_subnet) if s is not None]
         if any(taken.overlaps(s) for s in mine):
-            older = next(k for k, other in verdict.valid.items() if _overlap(other, lease))
+            older = next(k for k, other in verdict.valid.items() if leases_overlap(other, lease))
             verdict.refused[key] = Refusal(
                 key, OVERLAP, f"lease {key} of node {lease.node_name or '?'} overlaps the older lease "
                 f"{older} of node {verdict.valid[older].node_name} (created at revision "
@@ -191,7 +191,8 @@ def validate(config: NetworkConfig, rows, cache: Optional[dict] = None) -> Verdi
     return verdict
 
 
-def _overlap(a: Lease, b: Lease) -> bool:
+def leases_overlap(a: Lease, b: Lease) -> bool:
+    """Whether two leases share any address (IPv4 or IPv6 subnet)."""
     if a.subnet.overlaps(b.subnet):
         return True
     return a.ipv6_subnet is not None and b.ipv6_subnet is not None and a.ipv6_subnet.overlaps(b.ipv6_subnet)

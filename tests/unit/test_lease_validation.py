@@ -186,3 +186,66 @@ def test_cached_validation_gives_the_same_verdict():
     assert (list(first.valid), list(first.refused)) == (list(again.valid), list(again.refused)) == \
         (["10.244.1.0-24"], ["10.244.3.0-24"])
     assert len(cache) == 2
+
+
+class _Series:
+    def __init__(self):
+        self.values = {}
+
+    def labels(self, *labels):
+        series = self
+
+        class One:
+            def set(self, value):
+                series.values[labels] = value
+
+            def inc(self, value=1):
+                series.values[labels] = series.values.get(labels, 0) + value
+        return One()
+
+
+class _Log:
+    def __init__(self):
+        self.lines = []
+
+    def error(self, msg, extra=None):
+        self.lines.append(("error", msg))
+
+    def info(self, msg, extra=None):
+        self.lines.append(("info", msg))
+
+
+def test_the_overlay_never_routes_a_lease_overlapping_its_own_subnet_however_old():
+    """Validation alone lets an older lease win over ours (here: the same IPv6 subnet);
+    the overlay controller must still keep it off this node, and log the refusal once."""
+    from types import SimpleNamespace
+
+    from cni_plugin.agent.controllers.overlay import OverlayController
+    from cni_plugin.subnet.lease import Lease
+
+    v6 = NetworkConfig.parse("weft", json.dumps({"Network": "10.244.0.0/16", "EnableIPv6": True,
+                                                 "IPv6Network": "fd00::/48"}))
+    own_value = value(node="me", mac="02:00:00:00:00:0a", IPv6Subnet="fd00:0:0:1::/64")
+    own = Lease.from_json("10.244.1.0-24", own_value)
+    agent = SimpleNamespace(held=SimpleNamespace(lease=own), config=v6, log=_Log(), name="weft", conflict=None,
+                            metrics=SimpleNamespace(refused=_Series(), refused_total=_Series()),
+                            extra=lambda **kw: kw)
+    overlay = OverlayController(agent)
+    overlay.rows = {
+        "10.244.1.0-24": LeaseRow("10.244.1.0-24", own_value, 1, 50),
+        "10.244.2.0-24": LeaseRow("10.244.2.0-24", value(node="old", mac="02:00:00:00:00:0b",
+                                                         IPv6Subnet="fd00:0:0:1::/64"), 1, 10),
+        "10.244.3.0-24": LeaseRow("10.244.3.0-24", value(node="fine", mac="02:00:00:00:00:0c",
+                                                         IPv6Subnet="fd00:0:0:3::/64"), 1, 20),
+    }
+    for _ in range(2):
+        peers = overlay._judge()
+    assert list(peers) == ["10.244.3.0-24"]
+    assert "own subnet" in overlay.refused["10.244.2.0-24"].detail
+    assert [line for line in agent.log.lines if "of node old overlaps" in line[1]] == \
+        [("error", overlay.refused["10.244.2.0-24"].detail.join(["lease refused: ", ""]))]
+    assert agent.metrics.refused.values[("weft", "overlap")] == 2  # ours (by age) and theirs (by us)
+    # our own lease lost by age: nobody routes to us, so the node is in conflict
+    assert "this node's lease is refused" in agent.conflict and "older lease 10.244.2.0-24" in agent.conflict
+    del overlay.rows["10.244.2.0-24"]
+    assert list(overlay._judge()) == ["10.244.3.0-24"] and agent.conflict is None

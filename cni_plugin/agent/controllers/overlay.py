@@ -95,10 +95,11 @@ class OverlayController(Controller):
         for key, lease in verdict.valid.items():
             if key == own.key:
                 continue
-            if lease.subnet.overlaps(own.subnet):
+            if validation.leases_overlap(lease, own):
                 refused[key] = validation.Refusal(
                     key, validation.OVERLAP, f"lease {key} of node {lease.node_name} overlaps this node's "
-                    f"own subnet {own.subnet}; never routed here", lease.node_name)
+                    f"own subnet {own.subnet} ({own.ipv6_subnet or 'no IPv6'}); never routed here",
+                    lease.node_name)
                 continue
             peers[key] = lease
         for key, refusal in refused.items():
@@ -109,6 +110,7 @@ class OverlayController(Controller):
         for key in self.refused.keys() - refused.keys():
             agent.log.info("lease no longer refused", extra=agent.extra(peer=key))
         self.refused = refused
+        self._own_refused(refused.get(own.key))
         for reason in validation.REASONS:
             count = sum(1 for r in refused.values() if r.reason == reason)
             agent.metrics.refused.labels(agent.name, reason).set(count)
@@ -123,6 +125,22 @@ class OverlayController(Controller):
             agent.log.error(f"{done.split()[1]} failed: {exc}", extra=agent.extra(peer=peer))
             return
         agent.log.info(done, extra=agent.extra(peer=peer))
+
+    def _own_refused(self, refusal):
+        """Our own lease refused (e.g. an older lease shares its IPv6 subnet): every other
+        node refuses it too, so nobody routes to our pods: a conflict (not ready, STATUS 51)."""
+        agent = self.agent
+        message = None
+        if refusal is not None:
+            message = (f"network {agent.name}: this node's lease is refused by lease validation, so "
+                       f"no other node routes to it: {refusal.detail}")
+        if message is not None:
+            agent.conflict = message
+        elif agent.conflict is not None and agent.conflict == self.own_conflict:
+            agent.conflict = None
+        self.own_conflict = message
+
+    own_conflict = None
 
     def timers(self):
         return [(self.agent.options.reconcile_interval, self.reconcile)]
