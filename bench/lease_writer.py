@@ -27,7 +27,7 @@ def main() -> int:
         try:
             if op == "list":
                 leases, _ = registry.list_leases(request["network"])
-                answer = {"keys": [key for key, _, _ in leases]}
+                answer = {"keys": [row[0] for row in leases]}
             elif op == "create":
                 t0 = time.time()
                 lease_id = registry.create_lease(request["network"], request["key"], request["value"],

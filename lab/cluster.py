@@ -240,6 +240,10 @@ class Cluster:
     def set_network(self, name: str, config: dict):
         return self.weftctl("network", "set", name, "--config", json.dumps(config))
 
+    def set_network_raw(self, config: dict, *flags: str, name: str = "weft"):
+        """`weftctl network set` that may fail: the CompletedProcess (exit code, stdout, stderr)."""
+        return self.weftctl("network", "set", name, "--config", json.dumps(config), *flags, check=False)
+
     def namespace_names(self) -> list:
         names = [self.underlay.name]
         for node in self.nodes:

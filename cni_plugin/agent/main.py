@@ -11,6 +11,8 @@ import threading
 from .. import paths
 from . import logs, metrics as metrics_mod, options as options_mod
 
+EXIT_NODE_COLLISION = 3  # another agent identity holds this --node-name (see lease_manager)
+
 
 def main(argv=None) -> int:
     args = options_mod.parse(argv)
@@ -40,7 +42,7 @@ def main(argv=None) -> int:
         return (not dead, "ok" if not dead else f"network threads stopped: {', '.join(dead)}")
 
     def readiness():
-        waiting = [f"{a.name}: {a.conflict or a.problem}" for a in agents if not a.ready]
+        waiting = [f"{a.name}: {a.reason}" for a in agents if not a.ready]
         return (not waiting, "ready" if not waiting else "\n".join(waiting))
 
     try:
@@ -56,6 +58,8 @@ def main(argv=None) -> int:
         server.shutdown()
         return 2
     stop = threading.Event()
+    for agent in agents:
+        agent.on_fatal = stop.set
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
     log.info(f"weftd started: networks {', '.join(args.networks)}, public IP {node.public_ip}",
@@ -70,6 +74,10 @@ def main(argv=None) -> int:
         agent.stop()
     server.shutdown()
     registry.close()
+    fatal = [a.fatal for a in agents if a.fatal]
+    if fatal:
+        log.error(f"weftd exits: {fatal[0]}", extra={"node": node.name})
+        return EXIT_NODE_COLLISION
     return 0
 
 

@@ -17,6 +17,12 @@ class Metrics:
         self.ready = Gauge("weft_network_ready", "1 when the network is fully served", ["network"], registry=r)
         self.conflict = Gauge("weft_lease_conflict", "1 when another node holds our subnet",
                               ["network"], registry=r)
+        self.refused = Gauge("weft_lease_refusals", "Leases of the network refused by validation now, "
+                             "by reason (never programmed)", ["network", "reason"], registry=r)
+        self.refused_total = Counter("weft_leases_refused_total", "Lease refusals logged, by reason",
+                                     ["network", "reason"], registry=r)
+        self.collision = Gauge("weft_node_collision", "1 when another agent identity holds this "
+                               "node name (fatal)", ["network"], registry=r)
         self.reconcile_seconds = Histogram("weft_reconcile_duration_seconds",
                                            "Full kernel-vs-etcd reconcile duration", ["network"], registry=r)
         self.drift = Counter("weft_drift_repaired_total", "Kernel entries added or removed by reconcile",

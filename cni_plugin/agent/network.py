@@ -8,7 +8,8 @@ Failures back off and, meanwhile, controllers keep the datapath repaired against
 last known leases (etcd outages change nothing in the kernel).
 
 Shared state the controllers read and write: config, held (HeldLease), peers, mtu,
-problem, conflict.
+problem, conflict, config_problem (a config change this agent refuses to apply live),
+fatal (a node identity collision: weftd exits).
 """
 
 import threading
@@ -16,7 +17,7 @@ import time
 
 from .. import paths
 from ..subnet.lease import ConfigError
-from ..subnet.lease_manager import LeaseConflict, NoFreeSubnet
+from ..subnet.lease_manager import LeaseConflict, NodeCollision, NoFreeSubnet
 from ..subnet.registry import RegistryError
 from ..subnet import status_file
 from .controllers import all_controllers
@@ -38,6 +39,9 @@ class NetworkAgent:
         self.mtu = None
         self.problem = "starting"
         self.conflict = None
+        self.config_problem = None
+        self.fatal = None
+        self.on_fatal = lambda: None  # set by main: stop the whole agent
         self.events = EventQueue()
         self.stopping = threading.Event()
         self.controllers = [cls(self) for cls in all_controllers()]
@@ -60,7 +64,12 @@ class NetworkAgent:
 
     @property
     def ready(self) -> bool:
-        return self.problem is None and self.conflict is None
+        return self.problem is None and self.conflict is None and self.config_problem is None
+
+    @property
+    def reason(self):
+        """Why the network is not ready (None when it is)."""
+        return self.fatal or self.conflict or self.problem or self.config_problem
 
     def extra(self, **more):
         lease = self.held.lease.key if self.held else None
@@ -98,6 +107,12 @@ class NetworkAgent:
                 self._trouble(f"network config unusable: {exc}", "error")
             except NoFreeSubnet as exc:
                 self._trouble(str(exc), "error")
+            except NodeCollision as exc:  # two agents, one node name: never fight over the lease
+                self.fatal = self.conflict = str(exc)
+                self.metrics.collision.labels(self.name).set(1)
+                self._trouble(None, "error", f"fatal: {exc}")
+                self.on_fatal()
+                return
             except LeaseConflict as exc:
                 self.conflict = str(exc)
                 self.metrics.conflict.labels(self.name).set(1)
@@ -131,34 +146,53 @@ class NetworkAgent:
         self._each("before_sync")
         raw, revision = self.source.list_leases(self.name)
         self._each("sync", raw)
+        # read after the listing and watched from it: a change in between arrives twice at
+        # worst (applying a config is idempotent), never not at all
+        self._each("on_config_event", self.registry.get_network_config(self.name))
         cancel = self.source.watch_leases(self.name, revision + 1, self._on_watch)
+        try:
+            cancel_config = self.registry.watch_config(self.name, revision + 1, self._on_config_watch)
+        except BaseException:
+            cancel()
+            raise
         try:
             self._event_loop()
         finally:
+            cancel_config()
             cancel()
 
-    def _on_watch(self, kind, key, value, revision):
-        self.events.post(kind, key, value)
+    def _on_watch(self, kind, key, value, revision, created=0):
+        self.events.post(kind, key, value, created=created)
+
+    def _on_config_watch(self, kind, key, value, revision, created=0):
+        if kind == "resync":
+            self.events.post(kind)
+        else:
+            self.events.post("config", None, value if kind == "put" else None)
 
     def _event_loop(self):
         timers = Timers([t for c in self.controllers for t in c.timers()])
         while not self.stopping.is_set():
             event = self.events.get(timeout=timers.wait())
             if event is not None:
-                kind, key, value, received = event
+                kind, key, value, received, created = event
                 if kind == "stop":
                     return
                 if kind == "resync":
                     self.log.info("watch ended; relisting leases", extra=self.extra())
                     return
-                self.metrics.events.labels(self.name, kind).inc()
-                self._each("on_lease_event", kind, key, value, received)
+                if kind == "config":
+                    self._each("on_config_event", value)
+                else:
+                    self.metrics.events.labels(self.name, kind).inc()
+                    self._each("on_lease_event", kind, key, value, received, created)
             timers.due()
 
     def write_status(self):
-        status = {"network": self.name, "node": self.node.name, "ready": self.ready,
-                  "problem": self.problem, "conflict": self.conflict, "lease": None, "backend": None,
-                  "peers": [], "driftRepaired": 0, "lastReconcile": None}
+        status = {"network": self.name, "node": self.node.name, "nodeID": self.node.node_id,
+                  "ready": self.ready, "problem": self.problem or self.config_problem,
+                  "conflict": self.conflict, "fatal": self.fatal, "lease": None, "backend": None,
+                  "peers": [], "refused": [], "driftRepaired": 0, "lastReconcile": None}
         for controller in self.controllers:
             try:
                 status.update(controller.status())

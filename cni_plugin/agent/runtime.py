@@ -10,7 +10,12 @@ A controller subclasses Controller and overrides the hooks it needs:
   after_prepare()      once every controller's prepare() succeeded
   before_sync()        before each full listing of leases
   sync(raw)            after each full listing: raw = [(key, value, etcd lease id)]
-  on_lease_event(kind, key, value, received)   one watch event ("put"/"delete")
+  on_lease_event(kind, key, value, received, created)   one watch event ("put"/"delete";
+                       created: the key's etcd create revision, 0 on delete)
+  on_config_event(text)  the network's config key as read after each listing and on every
+                       change (None: deleted); the lease controller applies or refuses it
+  config_changed(old, new)  a live-safe config change was applied (agent.config is new):
+                       MTU, IPMasq, SubnetMin/Max; e.g. a masquerade controller re-reads it
   timers()             [(interval seconds, callable)] run while serving
   while_waiting()      between failed attempts (keep the datapath repaired)
   status()             keys merged into the network's status file
@@ -33,7 +38,9 @@ class Controller:
     def after_prepare(self) -> None: ...
     def before_sync(self) -> None: ...
     def sync(self, raw: list) -> None: ...
-    def on_lease_event(self, kind: str, key: str, value: str, received: float) -> None: ...
+    def on_lease_event(self, kind: str, key: str, value: str, received: float, created: int = 0) -> None: ...
+    def on_config_event(self, text) -> None: ...
+    def config_changed(self, old, new) -> None: ...
     def timers(self) -> list:
         return []
     def while_waiting(self) -> None: ...
@@ -45,12 +52,14 @@ class Controller:
 class LeaseSource(Protocol):
     """Where a network's leases come from (etcd's registry today; the Kubernetes API
     could be another): one listing, then a watch from the listing's revision.
-    on_event(kind, key, value, revision); kind "resync" ends the watch (re-list)."""
+    on_event(kind, key, value, revision, create_revision); kind "resync" ends the watch (re-list)."""
 
     def list_leases(self, network: str) -> tuple: ...
 
     def watch_leases(self, network: str, start_revision: int,
-                     on_event: Callable[[str, Optional[str], Optional[str], int], None]) -> Callable[[], None]: ...
+                     on_event: Callable[[str, Optional[str], Optional[str], int, int], None]) -> Callable[[], None]: ...
+    def watch_config(self, network: str, start_revision: int,
+                     on_event: Callable[[str, Optional[str], Optional[str], int, int], None]) -> Callable[[], None]: ...
 
 
 class Backoff:
@@ -92,13 +101,13 @@ class Timers:
 class EventQueue:
     """Watch events and the stop signal, in arrival order."""
 
-    STOP = ("stop", None, None, 0.0)
+    STOP = ("stop", None, None, 0.0, 0)
 
     def __init__(self):
         self.events = queue.Queue()
 
-    def post(self, kind, key=None, value=None, received: float = None) -> None:
-        self.events.put((kind, key, value, time.monotonic() if received is None else received))
+    def post(self, kind, key=None, value=None, received: float = None, created: int = 0) -> None:
+        self.events.put((kind, key, value, time.monotonic() if received is None else received, created))
 
     def stop(self) -> None:
         self.events.put(self.STOP)

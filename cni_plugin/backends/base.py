@@ -61,6 +61,16 @@ class Backend:
         return {}
 
     @classmethod
+    def validate_peer_data(cls, config, data) -> None:
+        """THE per-backend hook of lease validation (subnet/validation.py calls it for every
+        lease of a network of this type, at acquisition, on each watch event and at each
+        reconcile): raise BackendDataError naming the key and value when `data` (from
+        parse_lease_data) is implausible for a peer under this network's `config` (from
+        parse_config), e.g. a broadcast VTEP MAC, a foreign VNI, a malformed public key.
+        A lease refused here is never programmed on any node.  Keep it pure (no I/O) and
+        import heavy helpers (netaddr) inside the function."""
+
+    @classmethod
     def device_label(cls, data) -> str:
         """The device a lease with this BackendData programs on its node, for display."""
         return cls.name

@@ -85,6 +85,24 @@ class Vxlan(Backend):
         return VxlanData(vni=vni, vtep_mac=mac)
 
     @classmethod
+    def validate_peer_data(cls, config: VxlanConfig, data: VxlanData) -> None:
+        """A unicast, non-zero VTEP MAC (a broadcast or multicast one would flood the
+        peer's frames to every port) and the network's VNI."""
+        from netaddr import EUI
+
+        if not data.vtep_mac:
+            raise BackendDataError("no VtepMAC")
+        mac = EUI(data.vtep_mac)
+        if int(mac) == 0:
+            raise BackendDataError(f"VtepMAC {data.vtep_mac} is all zeros")
+        if int(mac) == 0xFFFFFFFFFFFF:
+            raise BackendDataError(f"VtepMAC {data.vtep_mac} is the broadcast address")
+        if mac.words[0] & 1:
+            raise BackendDataError(f"VtepMAC {data.vtep_mac} is a multicast address")
+        if data.vni != config.vni:
+            raise BackendDataError(f"VNI {data.vni}, but the network uses VNI {config.vni}")
+
+    @classmethod
     def lease_data_json(cls, data: VxlanData) -> dict:
         return {"VNI": data.vni, "VtepMAC": data.vtep_mac}
 

@@ -251,7 +251,7 @@ def model_from_registry(registry, networks=None, data_dirs=()) -> dict:
                      "backend": config.backend_type if config else "?",
                      "vni": getattr(config.backend, "vni", None) if config else None})
         raw, _ = registry.list_leases(name)
-        for key, value, _ in raw:
+        for key, value, *_ in raw:
             try:
                 lease = Lease.from_json(key, value)
             except ConfigError:

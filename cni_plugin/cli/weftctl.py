@@ -1,6 +1,7 @@
 """weftctl: the operator CLI.
 
-  weftctl network set NAME --config FILE|JSON     validate and store a network config in etcd
+  weftctl network set NAME --config FILE|JSON [--force-migrate]
+                                                  validate and store a network config in etcd
   weftctl network get NAME                        print it
   weftctl leases [NETWORK]                        every node's lease
   weftctl status [--run-dir DIR]                  this node's agent: lease, peers, drift
@@ -38,6 +39,10 @@ def _parser() -> argparse.ArgumentParser:
     net_set = network_cmds.add_parser("set", help="validate and store a network config")
     net_set.add_argument("name")
     net_set.add_argument("--config", required=True, help="a JSON file, or the JSON itself")
+    net_set.add_argument("--force-migrate", action="store_true",
+                         help="store a config that live leases contradict (other Network, SubnetLen, "
+                              "backend type or VNI) and delete those leases; their agents stop being "
+                              "ready until restarted, then lease under the new config")
     _etcd_flags(net_set)
     net_get = network_cmds.add_parser("get", help="print a network config")
     net_get.add_argument("name")
@@ -115,8 +120,42 @@ def network(args) -> int:
         if config.network.overlaps(theirs.network):
             return _fail(f"config refused: Network {config.network} overlaps network {other}'s "
                          f"{theirs.network}", EXIT_USAGE)
+    return _store_config(registry, args, config)
+
+
+def _store_config(registry, args, config) -> int:
+    """Refuse a config the network's leases contradict, unless --force-migrate (then the
+    contradicting leases are deleted once the config is stored)."""
+    from ..subnet import validation
+    from ..subnet.lease import ConfigError, NetworkConfig
+
+    old = None
+    text = registry.get_network_config(args.name)
+    if text is not None:
+        try:
+            old = NetworkConfig.parse(args.name, text)
+        except ConfigError:
+            old = None  # an unusable config protects no lease
+    rows, _ = registry.list_leases(args.name)
+    victims = validation.contradicted(old, config, rows)
+    listing = "".join(f"\n  {r.key} (node {r.node or '?'}): {r.detail}" for r in victims)
+    if victims and not args.force_migrate:
+        return _fail(f"config refused: {len(victims)} live lease(s) of network {args.name} contradict it:"
+                     f"{listing}\nchange it back, or pass --force-migrate to store it and delete these "
+                     "leases (their agents then report the change and lease again when restarted)",
+                     EXIT_USAGE)
     registry.put_network_config(args.name, json.dumps(config.raw, sort_keys=True))
     print(f"network {args.name} stored at {registry.config_key(args.name)}")
+    for refusal in victims:
+        registry.delete_lease_key(args.name, refusal.key)
+        print(f"deleted lease {refusal.key} of node {refusal.node or '?'} (--force-migrate): {refusal.detail}")
+    if old is not None:
+        live, restart = validation.config_change(old, config)
+        if restart:
+            print(f"agents serving {args.name} keep their running config until restarted "
+                  f"({'; '.join(restart)})")
+        elif live:
+            print(f"agents apply it live: {'; '.join(live)}")
     return EXIT_OK
 
 
@@ -130,13 +169,14 @@ def leases(args) -> int:
     rows = []
     for name in names:
         raw, _ = registry.list_leases(name)
-        for key, value, lease_id in raw:
+        for key, value, lease_id, _ in raw:
             try:
                 lease = Lease.from_json(key, value)
             except ConfigError as exc:
                 rows.append({"network": name, "subnet": key, "error": str(exc)})
                 continue
             rows.append({"network": name, "subnet": str(lease.subnet), "node": lease.node_name,
+                         "nodeID": lease.node_id or None,
                          "publicIP": str(lease.public_ip), "vtepMAC": lease.vtep_mac,
                          "ipv6Subnet": str(lease.ipv6_subnet) if lease.ipv6_subnet else None,
                          "leaseID": lease_id,
@@ -176,13 +216,23 @@ def status(args) -> int:
         print(f"network {state['network']} on node {state['node']}: {word}")
         print(f"  lease      {lease.get('subnet', '-')} (public IP {lease.get('publicIP', '-')}, "
               f"VTEP MAC {lease.get('vtepMAC') or '-'})")
+        if state.get("nodeID"):
+            print(f"  node ID    {state['nodeID']}")
         if state.get("problem"):
             print(f"  problem    {state['problem']}")
-        if state.get("conflict"):
+        if state.get("fatal"):
+            print(f"  FATAL      {state['fatal']}")
+        elif state.get("conflict"):
             print(f"  CONFLICT   {state['conflict']}")
         print(f"  peers      {len(state.get('peers') or [])} programmed")
         for peer in state.get("peers") or []:
             print(f"             {peer}")
+        refused = state.get("refused") or []
+        if refused:
+            print(f"  REFUSED    {len(refused)} lease(s) not programmed (lease conflicts)")
+        for item in refused:
+            print(f"             {item.get('key')} {item.get('node') or '?'} [{item.get('reason')}]: "
+                  f"{item.get('detail')}")
         print(f"  drift      {state.get('driftRepaired', 0)} kernel entries repaired since start")
     return EXIT_OK if all(s.get("ready") for s in states) else EXIT_NO_HOLDER
 

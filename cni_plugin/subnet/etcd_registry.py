@@ -20,7 +20,7 @@ import logging
 from .. import paths
 from ..timestamps import format_ts, parse_ts
 from .etcd_transport import EtcdTransport
-from .registry import RegistryError
+from .registry import LeaseRow, RegistryError
 
 log = logging.getLogger("weftd.registry")
 __all__ = ["EtcdRegistry", "RegistryError"]
@@ -112,16 +112,21 @@ class EtcdRegistry:
     # ---- leases ----
 
     def list_leases(self, network: str):
-        """([(key_suffix, value, etcd lease id or 0 for a reservation)], header revision)."""
+        """([LeaseRow(key_suffix, value, etcd lease id or 0 for a reservation, create
+        revision)], header revision)."""
         prefix = self.subnets_prefix(network)
-        kvs, revision = self.etcd.range_prefix(prefix.encode(), f"list the leases of network {network}")
-        return [(key.decode()[len(prefix):], value.decode(errors="replace"), lease)
-                for key, value, lease in kvs], revision
+        kvs, revision = self.etcd.range_prefix(prefix.encode(), f"list the leases of network {network}",
+                                               create_revisions=True)
+        return [LeaseRow(key.decode()[len(prefix):], value.decode(errors="replace"), lease, created)
+                for key, value, lease, created in kvs], revision
 
-    def create_lease(self, network: str, key_suffix: str, value: str, ttl: int):
-        """Grant a ttl-second etcd lease and bind key to it iff the key does not exist.
+    def create_lease(self, network: str, key_suffix: str, value: str, ttl: int, listed_at: int = 0):
+        """Grant a ttl-second etcd lease and bind key to it iff the key does not exist
+        (and, with listed_at, iff no lease key of the network changed after that revision:
+        the caller chose the subnet from a listing at listed_at).
 
-        Returns the etcd lease id, or None when the key exists (the granted lease is revoked).
+        Returns the etcd lease id, or None when the key exists or the leases changed (the
+        granted lease is revoked).
         On a RegistryError after the grant the lease is revoked best effort (else it expires).
         """
         if isinstance(ttl, bool) or not isinstance(ttl, int) or ttl < 1:
@@ -129,7 +134,9 @@ class EtcdRegistry:
         key = self.lease_key(network, key_suffix)
         lease_id = self.etcd.grant(ttl)
         try:
-            created = self.etcd.create_if_absent(key.encode(), value.encode(), lease_id, f"create {key}")
+            guard = self.subnets_prefix(network).encode() if listed_at else b""
+            created = self.etcd.create_if_absent(key.encode(), value.encode(), lease_id, f"create {key}",
+                                                 unchanged_prefix=guard, since_revision=listed_at)
         except RegistryError:
             self.etcd.revoke_quietly(lease_id)
             raise
@@ -163,15 +170,27 @@ class EtcdRegistry:
     def watch_leases(self, network: str, start_revision: int, on_event):
         """Watch the network's lease keys from start_revision in a background thread.
 
-        on_event(kind, key_suffix, value, revision) with kind "put" or "delete" (value "" on
-        delete), in etcd's order, called from the watch thread.  When the start revision is
+        on_event(kind, key_suffix, value, revision, create_revision) with kind "put" or
+        "delete" (value "" and create_revision 0 on delete; revision is the event's mod
+        revision), in etcd's order, called from the watch thread.  When the start revision is
         compacted, etcd cancels the watch, or the stream breaks (etcd down or restarted, the
         connection dropped by a failed call, close()), on_event("resync", None, None, rev) is
-        called once (rev = the compact revision, else 0) and the watch ends: re-list and watch
+        called once (rev = the compact revision, else 0; create_revision 0) and the watch ends: re-list and watch
         again.  Returns cancel(): stops without a resync, joins the thread, idempotent.
         Raises RegistryError at once when etcd cannot be reached or denies reading the prefix.
         """
         return self.etcd.watch_prefix(self.subnets_prefix(network), start_revision, on_event)
+
+    def watch_config(self, network: str, start_revision: int, on_event):
+        """Watch the network's config key; on_event as for watch_leases (key "" for the
+        config itself; keys that merely start with "config" are dropped)."""
+        key = self.config_key(network)
+
+        def exact(kind, suffix, value, revision, created):
+            if kind == "resync" or suffix == "":
+                on_event(kind, suffix, value, revision, created)
+
+        return self.etcd.watch_prefix(key, start_revision, exact)
 
     # ---- IP history ----
 

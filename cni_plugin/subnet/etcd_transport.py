@@ -190,8 +190,9 @@ class EtcdTransport:
         request = etcdrpc.PutRequest(key=key, value=value)
         self._call(what, lambda c: c.kv("Put", request))
 
-    def range_prefix(self, prefix: bytes, what: str, keys_only: bool = False):
-        """([(key, value, lease id)] under prefix, read page by page at one revision, revision)."""
+    def range_prefix(self, prefix: bytes, what: str, keys_only: bool = False, create_revisions: bool = False):
+        """([(key, value, lease id)] under prefix, read page by page at one revision, revision);
+        create_revisions: each row also carries the key's create revision (4-tuples)."""
         key, end = prefix, prefix_end(prefix)
         kvs, revision = [], 0
         while True:
@@ -199,7 +200,10 @@ class EtcdTransport:
                                            revision=revision, keys_only=keys_only)
             response = self._call(what, lambda c: c.kv("Range", request))
             revision = revision or response.header.revision
-            kvs.extend((kv.key, kv.value, kv.lease) for kv in response.kvs)
+            if create_revisions:
+                kvs.extend((kv.key, kv.value, kv.lease, kv.create_revision) for kv in response.kvs)
+            else:
+                kvs.extend((kv.key, kv.value, kv.lease) for kv in response.kvs)
             if not response.more or not response.kvs:
                 return kvs, revision
             key = response.kvs[-1].key + b"\0"
@@ -208,11 +212,23 @@ class EtcdTransport:
         request = etcdrpc.RangeRequest(key=prefix, range_end=prefix_end(prefix), count_only=True)
         return int(self._call(what, lambda c: c.kv("Range", request)).count)
 
-    def create_if_absent(self, key: bytes, value: bytes, lease_id: int, what: str) -> bool:
-        """Put key (bound to lease_id) iff it does not exist, in one transaction."""
+    def create_if_absent(self, key: bytes, value: bytes, lease_id: int, what: str,
+                         unchanged_prefix: bytes = b"", since_revision: int = 0) -> bool:
+        """Put key (bound to lease_id) iff it does not exist, in one transaction.
+
+        unchanged_prefix/since_revision: also require that no key under the prefix was
+        created or modified after since_revision (a range Compare, etcd >= 3.3), so a
+        decision made from a listing at that revision still holds when the key is written.
+        """
+        compare = [etcdrpc.Compare(key=key, target=etcdrpc.Compare.VERSION,
+                                   result=etcdrpc.Compare.EQUAL, version=0)]
+        if unchanged_prefix:
+            # every key in the range must satisfy it; an empty range compares as revision 0
+            compare.append(etcdrpc.Compare(key=unchanged_prefix, range_end=prefix_end(unchanged_prefix),
+                                           target=etcdrpc.Compare.MOD, result=etcdrpc.Compare.LESS,
+                                           mod_revision=since_revision + 1))
         request = etcdrpc.TxnRequest(
-            compare=[etcdrpc.Compare(key=key, target=etcdrpc.Compare.VERSION,
-                                     result=etcdrpc.Compare.EQUAL, version=0)],
+            compare=compare,
             success=[etcdrpc.RequestOp(request_put=etcdrpc.PutRequest(key=key, value=value, lease=lease_id))])
         return self._call(what, lambda c: c.kv("Txn", request)).succeeded
 
@@ -499,13 +515,14 @@ class _PrefixWatch:
             if self.call is not None:
                 self.call.cancel()
         if not self.stopping.is_set():
-            self._notify("resync", None, None, resync_revision)
+            self._notify("resync", None, None, resync_revision, 0)
 
     def _deliver(self, event) -> None:
         kind = "delete" if event.type == event.DELETE else "put"
         suffix = event.kv.key.decode()[len(self.prefix):]
         value = event.kv.value.decode(errors="replace") if kind == "put" else ""
-        self._notify(kind, suffix, value, event.kv.mod_revision)
+        self._notify(kind, suffix, value, event.kv.mod_revision,
+                     event.kv.create_revision if kind == "put" else 0)
 
     def _notify(self, *args) -> None:
         try:

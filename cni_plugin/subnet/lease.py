@@ -199,6 +199,9 @@ class Lease:
     backend_data: object = None
     ipv6_subnet: Optional[ipaddress.IPv6Network] = None
     public_ipv6: Optional[ipaddress.IPv6Address] = None
+    # the agent's stable identity (agent/node.py: made once in its state dir); "" in leases
+    # written by hand or by agents before node IDs
+    node_id: str = ""
 
     def __post_init__(self):
         if self.backend_data is None:  # the backend's defaults (e.g. VNI 1, no VTEP MAC)
@@ -220,7 +223,14 @@ class Lease:
             value["PublicIPv6"] = str(self.public_ipv6)
         if self.ipv6_subnet is not None:
             value["IPv6Subnet"] = str(self.ipv6_subnet)
+        if self.node_id:
+            value["NodeID"] = self.node_id
         return json.dumps(value, sort_keys=True)
+
+    @property
+    def identity(self) -> str:
+        """Who holds it, for messages: node name, node ID, public IP."""
+        return f"{self.node_name} (node ID {self.node_id or 'none'}, public IP {self.public_ip})"
 
     @classmethod
     def from_json(cls, key: str, text) -> "Lease":
@@ -236,6 +246,7 @@ class Lease:
                 backend_data=_parse_data(backend_type, raw.get("BackendData") or {}),
                 ipv6_subnet=ipaddress.IPv6Network(raw["IPv6Subnet"]) if raw.get("IPv6Subnet") else None,
                 public_ipv6=ipaddress.IPv6Address(raw["PublicIPv6"]) if raw.get("PublicIPv6") else None,
+                node_id=str(raw.get("NodeID", "")),
             )
         except (ValueError, KeyError, TypeError, AttributeError) as exc:
             raise ConfigError(f"lease {key}: unusable value: {exc}") from None

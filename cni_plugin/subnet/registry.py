@@ -5,14 +5,18 @@ etcd_registry.EtcdRegistry implements it over etcd (key layout in its docstring)
 tests of pure policy use an in-memory one.
 """
 
-from typing import Callable, Optional, Protocol
+from typing import Callable, NamedTuple, Optional, Protocol
 
 
 class RegistryError(Exception):
     """The store is unreachable, refused us, or failed; the message names endpoint and cause."""
 
 
-LeaseRow = tuple  # (subnet key suffix, JSON value, etcd lease id or 0 for a reservation)
+class LeaseRow(NamedTuple):
+    key: str               # subnet key suffix, e.g. 10.244.3.0-24
+    value: str             # the lease JSON
+    lease_id: int          # etcd lease id, 0 for a reservation
+    create_revision: int   # etcd revision that created the key: "oldest wins" compares it
 
 
 class Registry(Protocol):
@@ -23,14 +27,19 @@ class Registry(Protocol):
 
     def list_leases(self, network: str) -> tuple:
         """([LeaseRow], revision)."""
-    def create_lease(self, network: str, key_suffix: str, value: str, ttl: int) -> Optional[int]:
-        """The new etcd lease id, or None when the key exists."""
+    def create_lease(self, network: str, key_suffix: str, value: str, ttl: int,
+                     listed_at: int = 0) -> Optional[int]:
+        """The new etcd lease id, or None when the key exists (or, with listed_at, when any
+        lease key changed after that revision)."""
     def update_lease(self, network: str, key_suffix: str, value: str, lease_id: int) -> bool: ...
     def refresh(self, lease_id: int) -> int: ...
     def lease_ttl(self, lease_id: int) -> int: ...
     def revoke(self, lease_id: int) -> None: ...
     def watch_leases(self, network: str, start_revision: int,
-                     on_event: Callable[[str, Optional[str], Optional[str], int], None]) -> Callable[[], None]: ...
+                     on_event: Callable[[str, Optional[str], Optional[str], int, int], None]) -> Callable[[], None]: ...
+    def watch_config(self, network: str, start_revision: int,
+                     on_event: Callable[[str, Optional[str], Optional[str], int, int], None]) -> Callable[[], None]: ...
+    def delete_lease_key(self, network: str, key_suffix: str) -> None: ...
 
     def put_history(self, network: str, node: str, records: list) -> int: ...
     def history(self, network: Optional[str] = None) -> list: ...

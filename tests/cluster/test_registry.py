@@ -39,11 +39,13 @@ class Recorder:
 
     def __init__(self):
         self.events = []
+        self.created = []  # each event's create revision (0 on delete and resync)
         self.lock = threading.Lock()
 
-    def __call__(self, kind, key, value, revision):
+    def __call__(self, kind, key, value, revision, created):
         with self.lock:
             self.events.append((kind, key, value, revision))
+            self.created.append(created)
 
     def snapshot(self) -> list:
         with self.lock:
@@ -99,6 +101,47 @@ def test_prefix_is_honoured(shared_etcd, net):
 
 # ---- leases ----
 
+def rows3(registry, net) -> list:
+    """The leases as (key, value, etcd lease id), without the create revision."""
+    return [row[:3] for row in registry.list_leases(net)[0]]
+
+
+def test_rows_and_watch_events_carry_the_create_revision(registry, net):
+    """Oldest-wins validation needs every key's create revision, the same from a listing
+    and from the watch, and unchanged by later updates."""
+    _, start = registry.list_leases(net)
+    events = Recorder()
+    cancel = registry.watch_leases(net, start + 1, events)
+    try:
+        first = registry.create_lease(net, "10.244.1.0-24", "a", ttl=60)
+        registry.create_lease(net, "10.244.2.0-24", "b", ttl=60)
+        registry.update_lease(net, "10.244.1.0-24", "a2", first)
+        events.wait(3)
+    finally:
+        cancel()
+    rows = {row.key: row for row in registry.list_leases(net)[0]}
+    assert rows["10.244.1.0-24"].create_revision < rows["10.244.2.0-24"].create_revision
+    put_revisions = [e[3] for e in events.snapshot()]
+    assert events.created == [put_revisions[0], put_revisions[1], put_revisions[0]], \
+        "the update of 10.244.1.0-24 must keep its create revision"
+    assert events.created[0] == rows["10.244.1.0-24"].create_revision
+
+
+def test_create_lease_with_listed_at_fails_when_any_lease_key_changed(registry, shared_etcd, net):
+    """The acquisition guard: a subnet chosen from a listing is only created if no lease
+    key was created or rewritten since (here an overlapping /23 written by hand)."""
+    registry.create_lease(net, "10.244.1.0-24", "a", ttl=60)
+    _, listed_at = registry.list_leases(net)
+    assert registry.create_lease(net, "10.244.9.0-24", "x", ttl=60, listed_at=listed_at) is not None
+    _, listed_at = registry.list_leases(net)
+    shared_etcd.etcdctl("put", f"/weft/networks/{net}/subnets/10.244.4.0-23", "hostile", check=True)
+    before = etcd_leases(shared_etcd)
+    assert registry.create_lease(net, "10.244.5.0-24", "late", ttl=60, listed_at=listed_at) is None
+    assert "10.244.5.0-24" not in [row.key for row in registry.list_leases(net)[0]]
+    assert etcd_leases(shared_etcd) - before == set(), "the refused create leaked its etcd lease"
+    _, listed_at = registry.list_leases(net)
+    assert registry.create_lease(net, "10.244.6.0-24", "now", ttl=60, listed_at=listed_at) is not None
+
 def test_create_lease_is_exclusive_and_leaks_no_etcd_lease(registry, shared_etcd, net):
     before = etcd_leases(shared_etcd)
     lease_id = registry.create_lease(net, "10.244.3.0-24", '{"NodeName": "a"}', ttl=60)
@@ -106,26 +149,26 @@ def test_create_lease_is_exclusive_and_leaks_no_etcd_lease(registry, shared_etcd
     assert registry.create_lease(net, "10.244.3.0-24", '{"NodeName": "b"}', ttl=60) is None
     assert etcd_leases(shared_etcd) - before == {lease_id}
     leases, revision = registry.list_leases(net)
-    assert leases == [("10.244.3.0-24", '{"NodeName": "a"}', lease_id)]
+    assert [row[:3] for row in leases] == [("10.244.3.0-24", '{"NodeName": "a"}', lease_id)]
     assert revision > 0
 
 
 def test_update_lease_only_with_the_bound_lease_id(registry, net):
     lease_id = registry.create_lease(net, "10.244.4.0-24", "v1", ttl=60)
     assert registry.update_lease(net, "10.244.4.0-24", "other", lease_id + 1) is False
-    assert registry.list_leases(net)[0] == [("10.244.4.0-24", "v1", lease_id)]
+    assert rows3(registry, net) == [("10.244.4.0-24", "v1", lease_id)]
     assert registry.update_lease(net, "10.244.4.0-24", "v2", lease_id) is True
-    assert registry.list_leases(net)[0] == [("10.244.4.0-24", "v2", lease_id)]
+    assert rows3(registry, net) == [("10.244.4.0-24", "v2", lease_id)]
     assert registry.update_lease(net, "10.244.5.0-24", "v2", lease_id) is False
-    assert registry.list_leases(net)[0] == [("10.244.4.0-24", "v2", lease_id)]
+    assert rows3(registry, net) == [("10.244.4.0-24", "v2", lease_id)]
 
 
 def test_reservation_is_listed_with_lease_zero_and_never_taken(registry, shared_etcd, net):
     shared_etcd.etcdctl("put", f"/weft/networks/{net}/subnets/10.244.9.0-24", '{"NodeName": "r"}', check=True)
-    assert registry.list_leases(net)[0] == [("10.244.9.0-24", '{"NodeName": "r"}', 0)]
+    assert rows3(registry, net) == [("10.244.9.0-24", '{"NodeName": "r"}', 0)]
     assert registry.create_lease(net, "10.244.9.0-24", "mine", ttl=60) is None
     assert registry.update_lease(net, "10.244.9.0-24", "mine", 12345) is False
-    assert registry.list_leases(net)[0] == [("10.244.9.0-24", '{"NodeName": "r"}', 0)]
+    assert rows3(registry, net) == [("10.244.9.0-24", '{"NodeName": "r"}', 0)]
 
 
 def test_refresh_extends_the_ttl_and_reports_a_gone_lease(registry):
@@ -156,7 +199,7 @@ def test_delete_lease_key(registry, net):
 
 def test_lease_expires_after_its_ttl(registry, net):
     lease_id = registry.create_lease(net, "10.244.8.0-24", "v", ttl=2)
-    assert registry.list_leases(net)[0] == [("10.244.8.0-24", "v", lease_id)]
+    assert rows3(registry, net) == [("10.244.8.0-24", "v", lease_id)]
     assert 0 < registry.lease_ttl(lease_id) <= 2, "etcd does not hold the lease with the TTL asked for"
     wait_for(lambda: registry.list_leases(net)[0] == [], "the lease to expire", timeout=10)
     assert registry.lease_ttl(lease_id) == -1
@@ -248,7 +291,7 @@ def test_close_cancels_watches_without_resync(shared_etcd, net):
 def test_handler_errors_do_not_end_the_watch(registry, net):
     seen = []
 
-    def flaky(kind, key, value, revision):
+    def flaky(kind, key, value, revision, created):
         seen.append(key)
         if len(seen) == 1:
             raise RuntimeError("handler bug")

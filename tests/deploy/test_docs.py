@@ -351,7 +351,7 @@ def test_lease_and_subnet_file_keys_match_the_code():
     lease = Lease(subnet=ipaddress.IPv4Network("10.244.3.0/24"), public_ip=ipaddress.IPv4Address("192.0.2.9"),
                   node_name="n", backend_data=VxlanData(1, "02:00:00:00:00:01"),
                   ipv6_subnet=ipaddress.IPv6Network("fd00:10:244:3::/64"),
-                  public_ipv6=ipaddress.IPv6Address("2001:db8::9"))
+                  public_ipv6=ipaddress.IPv6Address("2001:db8::9"), node_id="0" * 32)
     value = json.loads(lease.to_json())
     assert shown == set(value) | set(value["BackendData"])
     block = re.search(r"### Subnet file.*?```\n(.*?)```", README, re.S).group(1)

@@ -16,24 +16,35 @@ class MemoryRegistry:
 
     def __init__(self):
         self.keys = {}  # key -> (value, lease id)
+        self.created = {}  # key -> create revision
+        self.modified = {}  # key -> mod revision
+        self.revision = 1
         self.alive = set()
         self.ids = itertools.count(100)
 
     def list_leases(self, network):
-        return [(k, v, lid) for k, (v, lid) in sorted(self.keys.items())], 1
+        return [(k, v, lid, self.created.get(k, 1)) for k, (v, lid) in sorted(self.keys.items())], self.revision
 
-    def create_lease(self, network, key, value, ttl):
+    def _put(self, key, value, lease_id):
+        self.revision += 1
+        self.created.setdefault(key, self.revision)
+        self.modified[key] = self.revision
+        self.keys[key] = (value, lease_id)
+
+    def create_lease(self, network, key, value, ttl, listed_at=0):
         if key in self.keys:
             return None
+        if listed_at and any(rev > listed_at for k, rev in self.modified.items() if k in self.keys):
+            return None  # as etcd's range Compare: a lease key changed since the listing
         lease_id = next(self.ids)
         self.alive.add(lease_id)
-        self.keys[key] = (value, lease_id)
+        self._put(key, value, lease_id)
         return lease_id
 
     def update_lease(self, network, key, value, lease_id):
         if self.keys.get(key, (None, None))[1] != lease_id:
             return False
-        self.keys[key] = (value, lease_id)
+        self._put(key, value, lease_id)
         return True
 
     def refresh(self, lease_id):
@@ -44,6 +55,7 @@ class MemoryRegistry:
         for key, (_, lid) in list(self.keys.items()):
             if lid == lease_id:
                 del self.keys[key]
+                self.created.pop(key, None)
 
 
 CONFIG = NetworkConfig.parse("weft", json.dumps({"Network": "10.244.0.0/22", "SubnetLen": 24}))
@@ -156,3 +168,69 @@ def test_adopt_publishes_a_changed_vtep_mac(tmp_path):
     again = changed.acquire(60)
     assert again.lease_id == held.lease_id
     assert json.loads(registry.keys[held.lease.key][0])["BackendData"]["VtepMAC"] == "02:00:00:00:00:99"
+
+
+# -- node identity ---------------------------------------------------------------------
+
+ME, OTHER = "a" * 32, "b" * 32
+
+
+def identified(tmp_path, node_id, node="n1"):
+    from dataclasses import replace
+
+    return LeaseManager(MemoryRegistry(), CONFIG, replace(template(node), node_id=node_id), str(tmp_path / node))
+
+
+def test_a_lease_under_our_name_with_another_node_id_is_a_collision(tmp_path):
+    from cni_plugin.subnet.lease_manager import NodeCollision
+
+    first = identified(tmp_path / "one", ME)
+    held = first.acquire(60)
+    assert json.loads(first.registry.keys[held.lease.key][0])["NodeID"] == ME
+    clone = LeaseManager(first.registry, CONFIG, Lease(
+        subnet=ipaddress.IPv4Network("0.0.0.0/32"), public_ip=ipaddress.IPv4Address("192.0.2.77"),
+        node_name="n1", backend_data=VxlanData(1, "02:00:00:00:00:77"), node_id=OTHER), str(tmp_path / "two"))
+    before = dict(first.registry.keys)
+    with pytest.raises(NodeCollision) as caught:
+        clone.acquire(60)
+    message = str(caught.value)
+    assert ME in message and OTHER in message and "192.0.2.1" in message and "192.0.2.77" in message
+    assert first.registry.keys == before, "the clone wrote to etcd"
+    # the same identity (a restart with the same state dir) adopts it
+    again = LeaseManager(first.registry, CONFIG, first.template, str(tmp_path / "one"))
+    assert again.acquire(60).lease_id == held.lease_id
+
+
+def test_a_lease_without_node_id_is_adopted_and_stamped(tmp_path):
+    policy = identified(tmp_path, ME)
+    registry = policy.registry
+    registry.create_lease("weft", "10.244.2.0-24", Lease(
+        subnet=ipaddress.IPv4Network("10.244.2.0/24"), public_ip=ipaddress.IPv4Address("192.0.2.1"),
+        node_name="n1", backend_data=VxlanData(1, "02:00:00:00:00:01")).to_json(), 60)
+    held = policy.acquire(60)
+    assert held.lease.key == "10.244.2.0-24"
+    assert json.loads(registry.keys["10.244.2.0-24"][0])["NodeID"] == ME
+
+
+def test_renew_never_adopts_a_namesake_that_rewrote_our_key(tmp_path):
+    from dataclasses import replace
+
+    from cni_plugin.subnet.lease_manager import NodeCollision
+
+    policy = identified(tmp_path, ME)
+    held = policy.acquire(60)
+    registry = policy.registry
+    registry.keys[held.lease.key] = (replace(held.lease, node_id=OTHER).to_json(), held.lease_id)
+    with pytest.raises(NodeCollision):
+        policy.renew(held, 60, verify=True)
+
+
+def test_acquire_avoids_space_of_odd_keys(tmp_path):
+    policy = identified(tmp_path, ME)
+    registry = policy.registry
+    registry.keys["10.244.0.0-22"] = ("hand-written, covers the whole network", 0)
+    with pytest.raises(NoFreeSubnet, match="overlapped by other lease keys"):
+        policy.acquire(60)
+    del registry.keys["10.244.0.0-22"]
+    registry.keys["10.244.2.0-23"] = ("covers .2 and .3", 0)
+    assert policy.acquire(60).lease.key == "10.244.1.0-24"

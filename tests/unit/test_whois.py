@@ -163,6 +163,19 @@ def test_cli_status_reads_the_agent_status_files(capsys, tmp_path):
         "network": "weft", "node": "n1", "ready": False, "conflict": "held by n9"})
     assert weftctl.main(["status", "--run-dir", str(tmp_path)]) == 1
     assert "CONFLICT   held by n9" in capsys.readouterr().out
+    status_file.write(paths.status_file(str(tmp_path), "weft"), {
+        "network": "weft", "node": "n1", "nodeID": "ab" * 16, "ready": True, "peers": [],
+        "refused": [{"key": "10.244.9.0-24", "node": "x", "reason": "public-ip",
+                     "detail": "lease 10.244.9.0-24: PublicIP 127.0.0.1 is a loopback address"}]})
+    assert weftctl.main(["status", "--run-dir", str(tmp_path)]) == 0, "refusals alone keep the node ready"
+    out = capsys.readouterr().out
+    assert "node ID    " + "ab" * 16 in out and "REFUSED    1 lease(s)" in out
+    assert "10.244.9.0-24 x [public-ip]: lease 10.244.9.0-24: PublicIP 127.0.0.1 is a loopback" in out
+    status_file.write(paths.status_file(str(tmp_path), "weft"), {
+        "network": "weft", "node": "n1", "ready": False, "conflict": "two agents", "fatal": "two agents"})
+    assert weftctl.main(["status", "--run-dir", str(tmp_path)]) == 1
+    out = capsys.readouterr().out
+    assert "FATAL      two agents" in out and "CONFLICT" not in out
     assert weftctl.main(["status", "--run-dir", str(tmp_path / "none")]) == 3
     assert "is weftd running" in capsys.readouterr().err
 

@@ -1,16 +1,24 @@
-"""The lease controller: this node's subnet lease for one network, and the subnet file.
+"""The lease controller: this node's subnet lease for one network, the subnet file, and
+the network config as it changes.
 
 Acquires (or finds again) the lease, renews it, notices when another node's name
-appears on our key (a conflict: the datapath stays), and writes the subnet file the
-plugin reads once the backend said which MTU pods get.
+appears on our key (a conflict: the datapath stays) or another agent identity under our
+node name (a collision: fatal), and writes the subnet file the plugin reads once the
+backend said which MTU pods get.
+
+Config changes arrive from the watch: MTU, IPMasq, SubnetMin/SubnetMax are applied at
+once (subnet file rewritten, controllers told through config_changed); a change of
+Network, SubnetLen, IPv6 or Backend is refused while running: the agent keeps serving
+the config it started with, reports config_problem (status `problem`, /readyz 503) and
+no longer recreates its lease, until weftd is restarted under the new config.
 """
 
 import ipaddress
 
 from ... import paths
-from ...subnet import subnet_file
+from ...subnet import subnet_file, validation
 from ...subnet.lease import ConfigError, Lease, NetworkConfig
-from ...subnet.lease_manager import LeaseConflict, LeaseManager
+from ...subnet.lease_manager import LeaseConflict, LeaseManager, NodeCollision, collision_message
 from ..runtime import Controller
 from . import register
 
@@ -35,7 +43,7 @@ class LeaseController(Controller):
             template = Lease(subnet=ipaddress.IPv4Network("0.0.0.0/32"), public_ip=node.public_ip,
                              node_name=node.name, backend_type=config.backend_type,
                              backend_data=config.backend_class.local_lease_data(config.backend, node, agent.name),
-                             public_ipv6=node.public_ipv6)
+                             public_ipv6=node.public_ipv6, node_id=node.node_id)
             self.manager = LeaseManager(agent.registry, config, template, agent.options.state_dir)
             agent.config = config
         if agent.held is None:
@@ -45,6 +53,9 @@ class LeaseController(Controller):
             agent.log.info("lease acquired", extra=agent.extra())
 
     def after_prepare(self):
+        self.write_subnet_file()
+
+    def write_subnet_file(self):
         agent = self.agent
         lease, config = agent.held.lease, agent.config
         gateway = lease.subnet.network_address + 1
@@ -59,26 +70,79 @@ class LeaseController(Controller):
         agent.metrics.leases_held.labels(agent.name).set(1)
 
     def before_sync(self):
+        # a config changed while etcd was away (or between prepare and now): judge it
+        # before the lease is verified, so a migrated lease is not recreated
+        self.on_config_event(self.agent.registry.get_network_config(self.agent.name))
         self.renew(verify=True)  # recreates a vanished lease, or raises LeaseConflict
 
     def sync(self, raw):
         agent = self.agent
+        self._created = {row[0]: row[3] for row in raw}
         self._check_own(raw)
+        self._check_namesakes(raw)
         if agent.conflict is not None:
             agent.log.info("lease conflict resolved", extra=agent.extra())
         agent.conflict = None
         agent.metrics.conflict.labels(agent.name).set(0)
         agent.problem = None
 
-    def on_lease_event(self, kind, key, value, received):
+    def on_lease_event(self, kind, key, value, received, created=0):
         agent = self.agent
         if key != agent.held.lease.key:
+            if kind == "put":
+                self._check_namesakes([(key, value, None, created)])  # lease id unknown here
             return
         if kind == "delete":
+            # the config and lease watches are separate streams: a migration's delete may
+            # arrive before its config change, so read the config before recreating anything
+            self.on_config_event(agent.registry.get_network_config(agent.name))
+        if kind == "delete" and agent.config_problem:
+            agent.log.warning("our lease was deleted while the network config changed; not recreating "
+                              "it under the old config: restart weftd to lease under the new one",
+                              extra=agent.extra())
+        elif kind == "delete":
             agent.log.warning("our lease vanished; recreating it", extra=agent.extra())
             self.renew(verify=True)
         else:
             self._check_own([(key, value, 1)])
+
+    def on_config_event(self, text):
+        """Apply a live-safe config change, or refuse one that needs a restart."""
+        agent = self.agent
+        if text is None:
+            self._config_problem(f"the network config {agent.registry.config_key(agent.name)} was "
+                                 "deleted; still serving the last one (restore it with weftctl network set)")
+            return
+        try:
+            new = NetworkConfig.parse(agent.name, text)
+        except ConfigError as exc:
+            self._config_problem(f"the new network config is unusable ({exc}); still serving the last one")
+            return
+        live, restart = validation.config_change(agent.config, new)
+        if restart:
+            self._config_problem(f"network config changed in a way a running agent does not apply "
+                                 f"({'; '.join(restart)}); still serving the config it started with: "
+                                 "restart weftd to migrate")
+            return
+        if agent.config_problem:
+            agent.log.info("network config problem resolved", extra=agent.extra())
+            agent.config_problem = None
+        if live:
+            old = agent.config
+            agent.config = self.manager.config = new
+            self.write_subnet_file()
+            agent.log.info(f"network config change applied live: {'; '.join(live)}", extra=agent.extra())
+            for controller in agent.controllers:
+                controller.config_changed(old, new)
+        agent.write_status()
+
+    def _config_problem(self, message):
+        agent = self.agent
+        if message != agent.config_problem:
+            agent.log.error(message, extra=agent.extra())
+        agent.config_problem = message
+        agent.metrics.ready.labels(agent.name).set(0)
+        agent.write_status()
 
     def timers(self):
         return [(min(self.agent.options.lease_ttl / 3.0, RENEW_EVERY_MAX), self.renew)]
@@ -86,7 +150,7 @@ class LeaseController(Controller):
     def _check_own(self, raw):
         """Our key must still name us; another node's name there is a conflict."""
         agent = self.agent
-        for key, value, _ in raw:
+        for key, value, *_ in raw:
             if key != agent.held.lease.key:
                 continue
             try:
@@ -96,9 +160,38 @@ class LeaseController(Controller):
             if lease.node_name != agent.node.name:
                 raise LeaseConflict(f"network {agent.name}: subnet {key} of node {agent.node.name} is "
                                     f"now held by {lease.node_name}; keeping the datapath")
+            self.manager.check_identity(key, lease, agent.held.lease_id)  # rewritten by a namesake
+
+    def _check_namesakes(self, raw):
+        """Another lease under our node name with another NodeID: two agents share the
+        name.  The newer lease's agent gives up (fatal); the older one logs it."""
+        agent = self.agent
+        own = agent.held.lease
+        for key, value, lease_id, created in raw:
+            if key == own.key:
+                continue
+            try:
+                lease = Lease.from_json(key, value)
+            except ConfigError:
+                continue
+            if lease.node_name != own.node_name or self.manager.is_mine(lease):
+                continue
+            message = collision_message(agent.name, own, key, lease, lease_id)
+            ours = self._created.get(own.key, 0)
+            if created and ours and created > ours:
+                agent.log.error(f"another agent uses this node name (it gives up): {message}",
+                                extra=agent.extra())
+                continue
+            raise NodeCollision(message)
+
+    _created = {}  # key -> create revision, from the last listing
 
     def renew(self, verify=False):
         agent = self.agent
+        if agent.config_problem and agent.held.lease_id:
+            # keep the etcd lease alive, but never recreate a deleted key under the old config
+            agent.registry.refresh(agent.held.lease_id)
+            return
         before = agent.held.lease_id
         agent.held = self.manager.renew(agent.held, agent.options.lease_ttl, verify)
         agent.metrics.renewals.labels(agent.name).inc()

@@ -1,9 +1,16 @@
-"""The overlay controller: every other node's lease programmed in the kernel.
+"""The overlay controller: every other node's valid lease programmed in the kernel.
 
 Sets up the backend's device (backends/<type>.py), programs each remote lease from
 the watch, and reconciles the kernel against the known leases periodically and while
 etcd is away (only against leases actually seen: an empty list would tear down
 every peer).
+
+Only leases subnet/validation.py accepts become peers: the whole set of rows is judged
+again after every listing and every watch event (oldest wins, so the verdict is the
+same on every node), a lease that turns invalid is removed from the kernel, and a lease
+overlapping this node's own subnet is never a peer, however old (the node's own pods
+must not be routed into the overlay).  Refusals are logged once each, counted in
+weft_leases_refused{network,reason} and listed in the status file.
 """
 
 import dataclasses
@@ -13,8 +20,8 @@ from ... import backends
 from ...backends import engine
 from ...datapath import sysctl, underlay
 from ...datapath.netlink import open_agent
-from ...subnet.lease import ConfigError, Lease
-from ...subnet.lease_manager import remote_leases
+from ...subnet import validation
+from ...subnet.registry import LeaseRow
 from ..runtime import Controller
 from . import register
 
@@ -32,6 +39,9 @@ class OverlayController(Controller):
         self.drift_repaired = 0
         self.synced_once = False  # the first full sync programs every peer: not drift
         self.last_reconcile = None
+        self.rows = {}     # key -> LeaseRow: every lease key of the network, ours included
+        self.refused = {}  # key -> validation.Refusal, as last logged
+        self.judged, self.judged_config = {}, None  # validation's per-row cache, for one config
 
     def prepare(self):
         agent = self.agent
@@ -49,29 +59,62 @@ class OverlayController(Controller):
         agent.mtu = result.mtu
 
     def sync(self, raw):
-        agent = self.agent
-        agent.peers = {lease.key: lease for lease in remote_leases(raw, agent.held.lease.key)}
+        self.rows = {row[0]: LeaseRow(*row) for row in raw}
+        self.agent.peers = self._judge()
         self.reconcile()
 
-    def on_lease_event(self, kind, key, value, received):
+    def on_lease_event(self, kind, key, value, received, created=0):
         agent = self.agent
-        if key == agent.held.lease.key:
-            return
         if kind == "put":
-            try:
-                lease = Lease.from_json(key, value)
-            except ConfigError as exc:
-                agent.log.error("ignoring unreadable lease", extra=agent.extra(peer=key, error=exc))
-                return
-            agent.peers[key] = lease
-            self._program(engine.apply_peer, lease, "peer programmed")
+            self.rows[key] = LeaseRow(key, value, 0, created)
         else:
-            lease = agent.peers.pop(key, None)
-            if lease is not None:
-                self._program(engine.remove_peer, lease, "peer removed")
+            self.rows.pop(key, None)
+        before, after = agent.peers, self._judge()
+        agent.peers = after
+        for gone in [k for k in before if k not in after]:
+            self._program(engine.remove_peer, before[gone], "peer removed")
+        for peer_key, lease in after.items():
+            if before.get(peer_key) != lease:
+                self._program(engine.apply_peer, lease, "peer programmed")
         agent.metrics.program_seconds.labels(agent.name).observe(time.monotonic() - received)
         agent.metrics.peers.labels(agent.name).set(len(agent.peers))
         agent.write_status()
+
+    def _judge(self) -> dict:
+        """The peers to program: valid leases of other nodes not overlapping our subnet.
+        Logs each new refusal once and publishes the refusal counts."""
+        agent = self.agent
+        own = agent.held.lease
+        if self.judged_config is not agent.config:  # per-row checks depend on the config
+            self.judged, self.judged_config = {}, agent.config
+        for stale in [k for k in self.judged if self.rows.get(k[0], (None, None))[1] != k[1]]:
+            del self.judged[stale]
+        verdict = validation.validate(agent.config, self.rows.values(), self.judged)
+        refused = dict(verdict.refused)
+        peers = {}
+        for key, lease in verdict.valid.items():
+            if key == own.key:
+                continue
+            if validation.leases_overlap(lease, own):
+                refused[key] = validation.Refusal(
+                    key, validation.OVERLAP, f"lease {key} of node {lease.node_name} overlaps this node's "
+                    f"own subnet {own.subnet} ({own.ipv6_subnet or 'no IPv6'}); never routed here",
+                    lease.node_name)
+                continue
+            peers[key] = lease
+        for key, refusal in refused.items():
+            if self.refused.get(key) != refusal:
+                agent.log.error(f"lease refused: {refusal.detail}",
+                                extra=agent.extra(peer=key, reason=refusal.reason))
+                agent.metrics.refused_total.labels(agent.name, refusal.reason).inc()
+        for key in self.refused.keys() - refused.keys():
+            agent.log.info("lease no longer refused", extra=agent.extra(peer=key))
+        self.refused = refused
+        self._own_refused(refused.get(own.key))
+        for reason in validation.REASONS:
+            count = sum(1 for r in refused.values() if r.reason == reason)
+            agent.metrics.refused.labels(agent.name, reason).set(count)
+        return peers
 
     def _program(self, step, lease, done: str):
         agent = self.agent
@@ -82,6 +125,22 @@ class OverlayController(Controller):
             agent.log.error(f"{done.split()[1]} failed: {exc}", extra=agent.extra(peer=peer))
             return
         agent.log.info(done, extra=agent.extra(peer=peer))
+
+    def _own_refused(self, refusal):
+        """Our own lease refused (e.g. an older lease shares its IPv6 subnet): every other
+        node refuses it too, so nobody routes to our pods: a conflict (not ready, STATUS 51)."""
+        agent = self.agent
+        message = None
+        if refusal is not None:
+            message = (f"network {agent.name}: this node's lease is refused by lease validation, so "
+                       f"no other node routes to it: {refusal.detail}")
+        if message is not None:
+            agent.conflict = message
+        elif agent.conflict is not None and agent.conflict == self.own_conflict:
+            agent.conflict = None
+        self.own_conflict = message
+
+    own_conflict = None
 
     def timers(self):
         return [(self.agent.options.reconcile_interval, self.reconcile)]
@@ -120,6 +179,7 @@ class OverlayController(Controller):
         agent = self.agent
         return {"backend": agent.config.backend_type if agent.config else None,
                 "peers": sorted(f"{p.key} {p.node_name} {p.public_ip}" for p in agent.peers.values()),
+                "refused": [r.as_status() for _, r in sorted(self.refused.items())],
                 "driftRepaired": self.drift_repaired, "lastReconcile": self.last_reconcile}
 
     def close(self):
