@@ -40,6 +40,7 @@ def dispatch(handlers: dict, environ: dict, stdin: bytes) -> tuple[bytes, int]:
         netconf.check_command_version(command, reply_version)
         env = cni_env.parse(environ)
         netconf.check_name(conf)
+        netconf.check_type(conf)
         result = handlers[command](env, conf)
         if command == "ADD":
             return _encode(render(result, reply_version)), 0

@@ -13,8 +13,10 @@ from ..cni.errors import (ATTACHMENT_EXISTS, CHECK_FAILED, DELEGATE_FAILED, INTE
                           IO_FAILURE, NOT_AVAILABLE_LIMITED, CniError)
 from ..cni.netconf import valid_attachments
 from ..datapath.naming import HOST_VETH_PREFIX, host_veth_name
+from ..cni import caller
 from . import config as plugin_config
 from . import delegate
+from . import lock as attachment_lock
 from ..datapath.errors import DatapathError
 from .errors import as_cni_error, speaks_cni
 
@@ -105,57 +107,59 @@ def cmd_add(env, conf):
     mac = plugin_config.requested_mac(cfg, env)
     netns.check_container_netns(env.netns)
     host_name = host_veth_name(env.container_id, env.ifname)
-    with netns.open_node() as rt:
+    with attachment_lock.attachment(cfg.data_dir, host_name, "ADD", cfg.lock_timeout) as held, \
+            netns.open_node() as rt:
+        caller.check("before ADD started")
         if rt.link(host_name) is not None:
-            raise CniError(ATTACHMENT_EXISTS, f"attachment {_attachment(env)} already exists (host "
-                           f"veth {host_name}); the runtime must DEL it before adding it again")
+            if held.state() != attachment_lock.ADDING:
+                raise CniError(ATTACHMENT_EXISTS, f"attachment {_attachment(env)} already exists (host "
+                               f"veth {host_name}); the runtime must DEL it before adding it again")
+            _delete(cfg, env, host_name)  # an ADD that died mid-way (weftd killed): its debris
+        _mark(held, attachment_lock.ADDING)
         ipam = delegate.run(cfg.ipam_type, "ADD", env, cfg.delegate_conf)
+        # from here on everything is this call's own: under the lock nobody else can
+        # have made the veth or the reservation the rollback removes
         try:
             if not ipam["ips"]:
                 raise CniError(DELEGATE_FAILED, f"IPAM plugin {cfg.ipam_type} returned no IP address")
-            return _setup(cfg, env, mac, ipam, rt)
+            result = _setup(cfg, env, mac, ipam, rt)
+            caller.check("before ADD committed")  # a DEL may be queued behind us: never finish
+            _mark(held, attachment_lock.ADDED)
+            return result
         except BaseException:
             _rollback(cfg, env, rt, host_name)
+            held.remove = True
             raise
 
 
-def _rollback(cfg, env, rt, host_name: str) -> None:
-    """Undo a failed ADD: links, masquerade entries, the IP allocation.  Every step is
-    tried; a step that fails is written to the log file (the runtime sees the ADD's
-    own error, and the operator finds what may be left behind)."""
-    from ..datapath import links, masq
-
-    steps = (("delete host veth " + host_name, lambda: links.delete(rt, host_name)),
-             ("remove masquerade entries", lambda: cfg.ip_masq and masq.remove(cfg.data_dir, cfg.name,
-                                                                               _attachment(env))),
-             (f"release the IP via {cfg.ipam_type} DEL",
-              lambda: delegate.run(cfg.ipam_type, "DEL", env, cfg.delegate_conf)))
-    for what, step in steps:
-        try:
-            step()
-        except Exception as exc:  # keep undoing
-            log.record(cfg.log_file, {"command": "ADD", "containerID": env.container_id,
-                                      "ifname": env.ifname, "rollback": what, "rollbackError": str(exc)})
-
-
 def cmd_del(env, conf):
+    cfg = plugin_config.load(conf, "DEL")
+    host_name = host_veth_name(env.container_id, env.ifname)
+    with attachment_lock.attachment(cfg.data_dir, host_name, "DEL", cfg.lock_timeout) as held:
+        _delete(cfg, env, host_name)
+        held.remove = True
+
+
+def _delete(cfg, env, host_name: str) -> None:
+    """Every step is tried whatever the others did; the errors are reported together."""
     from ..datapath import links, masq, netns
 
-    cfg = plugin_config.load(conf, "DEL")
     errors = []
-    host_name = host_veth_name(env.container_id, env.ifname)
     if env.netns and netns.netns_exists(env.netns):
         try:
             with netns.open_container(env.netns) as crt:
                 links.delete(crt, env.ifname)  # takes the host end with it
         except Exception as exc:
             errors.append(exc)
-    with netns.open_node() as rt:
-        links.delete(rt, host_name)
+    try:
+        with netns.open_node() as rt:
+            links.delete(rt, host_name)
+    except Exception as exc:
+        errors.append(exc)
     if cfg.ip_masq:
         try:
             masq.remove(cfg.data_dir, cfg.name, _attachment(env))
-        except DatapathError as exc:
+        except Exception as exc:
             errors.append(exc)
     _release(cfg, env, errors)
     _raise_first(errors)
@@ -185,10 +189,16 @@ def _prev_attachment(cfg, env):
 
 
 def cmd_check(env, conf):
-    from ..datapath import container, netns
-
     cfg = plugin_config.load(conf, "CHECK")
     iface, ips, prev = _prev_attachment(cfg, env)
+    host_name = host_veth_name(env.container_id, env.ifname)
+    with attachment_lock.attachment(cfg.data_dir, host_name, "CHECK", cfg.lock_timeout):
+        _check(cfg, env, iface, ips, prev, host_name)
+
+
+def _check(cfg, env, iface, ips, prev, host_name: str) -> None:
+    from ..datapath import container, netns
+
     delegate.run(cfg.ipam_type, "CHECK", env, cfg.delegate_conf)
     netns.check_container_netns(env.netns)
     routes = []
@@ -204,7 +214,6 @@ def cmd_check(env, conf):
               if dst.version in gateways]
     with netns.open_container(env.netns) as crt:
         container.verify(crt, env.ifname, iface.get("mac", ""), ips, routes, cfg.mtu)
-    host_name = host_veth_name(env.container_id, env.ifname)
     with netns.open_node() as rt:
         bridge = rt.link(cfg.bridge)
         host = rt.link(host_name)
@@ -219,9 +228,12 @@ def cmd_check(env, conf):
 
 
 def _known(exc: Exception) -> CniError:
-    """A collected error as CNI error: datapath errors by class, anything else as a bug."""
+    """A collected error as CNI error: datapath errors by class, file and socket errors
+    as I/O failures (5), anything else as a bug."""
     try:
         return as_cni_error(exc)
+    except OSError:
+        return CniError(IO_FAILURE, str(exc))
     except Exception:
         return CniError(INTERNAL, f"internal error: {exc!r}")
 
@@ -234,20 +246,27 @@ def cmd_gc(env, conf):
     keep_links = {host_veth_name(container_id, ifname) for container_id, ifname in valid}
     keep_masq = {f"{container_id}/{ifname}" for container_id, ifname in valid}
     errors = []
-    with netns.open_node() as rt:
-        bridge = rt.link(cfg.bridge)
-        if bridge is not None:
-            for name in links.veths_on_bridge(rt, bridge.index):
-                if name.startswith(HOST_VETH_PREFIX) and name not in keep_links:
-                    try:
-                        links.delete(rt, name)
-                    except Exception as exc:
-                        errors.append(CniError(IO_FAILURE, f"cannot delete stale veth {name}: {exc}"))
+    try:
+        with netns.open_node() as rt:
+            bridge = rt.link(cfg.bridge)
+            stale = links.veths_on_bridge(rt, bridge.index) if bridge is not None else []
+            # veths of killed ADDs that never reached a bridge are weft's too
+            stale += links.unattached_veths(rt, HOST_VETH_PREFIX)
+            for name in stale:
+                if not name.startswith(HOST_VETH_PREFIX) or name in keep_links \
+                        or attachment_lock.busy(cfg.data_dir, name):
+                    continue  # not weft's, still wanted, or a call is working on it
+                try:
+                    links.delete(rt, name)
+                except Exception as exc:
+                    errors.append(CniError(IO_FAILURE, f"cannot delete stale veth {name}: {exc}"))
+    except DatapathError as exc:
+        errors.append(exc)
     if cfg.ip_masq:
         try:
             for stale in masq.attachments(cfg.name) - keep_masq:
                 masq.remove(cfg.data_dir, cfg.name, stale)
-        except DatapathError as exc:
+        except Exception as exc:
             errors.append(exc)
     try:
         delegate.run(cfg.ipam_type, "GC", env, cfg.delegate_conf)
