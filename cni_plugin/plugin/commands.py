@@ -132,6 +132,32 @@ def cmd_add(env, conf):
             raise
 
 
+def _mark(held, stage: str) -> None:
+    try:
+        held.mark(stage)
+    except OSError as exc:
+        raise CniError(IO_FAILURE, f"cannot record the attachment's stage in {held.path}: {exc.strerror}")
+
+
+def _rollback(cfg, env, rt, host_name: str) -> None:
+    """Undo a failed ADD: links, masquerade entries, the IP allocation.  Every step is
+    tried; a step that fails is written to the log file (the runtime sees the ADD's
+    own error, and the operator finds what may be left behind)."""
+    from ..datapath import links, masq
+
+    steps = (("delete host veth " + host_name, lambda: links.delete(rt, host_name)),
+             ("remove masquerade entries", lambda: cfg.ip_masq and masq.remove(cfg.data_dir, cfg.name,
+                                                                               _attachment(env))),
+             (f"release the IP via {cfg.ipam_type} DEL",
+              lambda: delegate.run(cfg.ipam_type, "DEL", env, cfg.delegate_conf)))
+    for what, step in steps:
+        try:
+            step()
+        except Exception as exc:  # keep undoing
+            log.record(cfg.log_file, {"command": "ADD", "containerID": env.container_id,
+                                      "ifname": env.ifname, "rollback": what, "rollbackError": str(exc)})
+
+
 def cmd_del(env, conf):
     cfg = plugin_config.load(conf, "DEL")
     host_name = host_veth_name(env.container_id, env.ifname)
@@ -189,8 +215,11 @@ def _prev_attachment(cfg, env):
 
 
 def cmd_check(env, conf):
+    from ..datapath import netns
+
     cfg = plugin_config.load(conf, "CHECK")
     iface, ips, prev = _prev_attachment(cfg, env)
+    netns.check_container_netns(env.netns)
     host_name = host_veth_name(env.container_id, env.ifname)
     with attachment_lock.attachment(cfg.data_dir, host_name, "CHECK", cfg.lock_timeout):
         _check(cfg, env, iface, ips, prev, host_name)
@@ -200,7 +229,6 @@ def _check(cfg, env, iface, ips, prev, host_name: str) -> None:
     from ..datapath import container, netns
 
     delegate.run(cfg.ipam_type, "CHECK", env, cfg.delegate_conf)
-    netns.check_container_netns(env.netns)
     routes = []
     for route in prev["routes"]:
         dst = ipaddress.ip_network(route["dst"])
