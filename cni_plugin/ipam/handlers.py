@@ -63,14 +63,16 @@ def _records(event, ips, store, attachment, pod, reason=None) -> list[dict]:
 
 def _release(store: Store, attachment: Attachment, ips, pod, reason: str) -> None:
     """Free the attachment's addresses and its index; history first, so no release is
-    lost.  A history that cannot be written (full or read-only disk) does not keep the
-    addresses: they are freed anyway and the failure is reported (code 5) once the rest
-    is done; so is the first failure to free a file, after trying every one."""
-    problems = []
+    lost.  A history that cannot be written (full or read-only disk) keeps them: an
+    address freed without a record would show two holders in `weftctl whois`; the error
+    (code 5) tells the runtime to retry DEL, which finishes once the disk is usable."""
     try:
         history.append(store.history_path, _records(history.RELEASE, ips, store, attachment, pod, reason))
     except OSError as exc:
-        problems.append(f"the release was not recorded in {store.history_path}: {exc}")
+        raise CniError(IO_FAILURE, f"IPAM store {store.dir}: cannot record the release of "
+                       f"{', '.join(map(str, ips)) or 'nothing'} for {attachment} in {store.history_path} "
+                       f"({exc.strerror}); the addresses stay reserved until DEL is retried")
+    problems = []
     for ip in ips:
         try:
             store.release(ip, attachment)

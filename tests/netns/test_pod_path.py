@@ -238,7 +238,7 @@ def test_del_on_a_read_only_ipam_disk_frees_the_kernel_side_and_reports_5(weft, 
         sh(["mount", "-o", "remount,ro", str(weft.tmp / "ipam")])
         out = weft("DEL", conf, pod, cid="ro1")
         assert out.code == 1 and out.json["code"] == 5, out
-        assert "Read-only file system" in out.json["msg"], out
+        assert "Read-only file system" in out.json["msg"] and "retried" in out.json["msg"], out
         assert "eth0" not in pod_links(pod) and host_veth("ro1") not in node_links(node)
         sh(["mount", "-o", "remount,rw", str(weft.tmp / "ipam")])
         assert weft("DEL", conf, pod, cid="ro1").code == 0  # the runtime's retry finishes it
