@@ -78,7 +78,8 @@ def typed(section: dict, key: str, kind, where: str, default=None):
     else:
         ok = isinstance(value, kind)
     if not ok:
-        names = {bool: "a boolean", int: "an integer", str: "a string", dict: "an object", list: "a list"}
+        names = {bool: "a boolean", int: "an integer", str: "a string", dict: "an object", list: "a list",
+                 (int, float): "a number"}
         want = names.get(kind, getattr(kind, "__name__", str(kind)))
         raise CniError(INVALID_NETCONF, f"{where}{key} must be {want}, got {json.dumps(value)}")
     return value

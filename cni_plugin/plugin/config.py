@@ -93,20 +93,15 @@ def _fill_from_lease(ipam: dict, lease) -> list:
     return networks
 
 
-def _absolute(conf: dict, key: str, default: str) -> str:
-    """A path key: relative paths would land in the runtime's working directory."""
-    value = netconf.typed(conf, key, str, "", default)
-    if not value.startswith("/"):
-        raise CniError(INVALID_NETCONF, f"{key} {value!r} must be an absolute path")
-    return value
-
-
 def load(conf: dict, command: str) -> WeftConf:
     """conf has passed the shared checks (version, name); validate weft's own keys."""
     name = conf["name"]
 
-    def opt(key, kind, default):
-        return netconf.typed(conf, key, kind, "", default)
+    def opt(key, kind, default, absolute=False):
+        value = netconf.typed(conf, key, kind, "", default)
+        if absolute and not value.startswith("/"):  # relative: the runtime's cwd would decide
+            raise CniError(INVALID_NETCONF, f"{key} {value!r} must be an absolute path")
+        return value
 
     bridge = opt("bridge", str, DEFAULT_BRIDGE)
     try:
@@ -116,9 +111,8 @@ def load(conf: dict, command: str) -> WeftConf:
     mtu = opt("mtu", int, None)
     if mtu is not None and not 68 <= mtu <= 65535:
         raise CniError(INVALID_NETCONF, f"mtu {mtu} is out of range (68-65535)")
-    lock_timeout = conf.get("lockTimeout", DEFAULT_LOCK_TIMEOUT)
-    if isinstance(lock_timeout, bool) or not isinstance(lock_timeout, (int, float)) \
-            or not 0 < lock_timeout <= 300:
+    lock_timeout = opt("lockTimeout", (int, float), DEFAULT_LOCK_TIMEOUT)
+    if isinstance(lock_timeout, bool) or not 0 < lock_timeout <= 300:
         raise CniError(INVALID_NETCONF, f"lockTimeout {lock_timeout!r} must be a number of seconds "
                        "in (0, 300]")
     ip_masq = opt("ipMasq", bool, None)
@@ -127,7 +121,7 @@ def load(conf: dict, command: str) -> WeftConf:
     ipam = _ipam_section(conf)
     delegate_conf = conf
     cluster_networks = []
-    subnet_path = _absolute(conf, "subnetFile", paths.subnet_file(paths.RUN_DIR, name))
+    subnet_path = opt("subnetFile", str, paths.subnet_file(paths.RUN_DIR, name), absolute=True)
     lease = None
     if not _has_ranges(ipam):
         if command in ("ADD", "STATUS", "CHECK"):
@@ -156,9 +150,9 @@ def load(conf: dict, command: str) -> WeftConf:
         hairpin_mode=opt("hairpinMode", bool, False),
         ip_masq=bool(ip_masq),
         subnet_file=subnet_path,
-        data_dir=_absolute(conf, "dataDir", DEFAULT_DATA_DIR),
+        data_dir=opt("dataDir", str, DEFAULT_DATA_DIR, absolute=True),
         agent_socket=opt("agentSocket", str, DEFAULT_AGENT_SOCKET),
-        log_file=_absolute(conf, "logFile", DEFAULT_LOG_FILE),
+        log_file=opt("logFile", str, DEFAULT_LOG_FILE, absolute=True),
         lock_timeout=float(lock_timeout),
         ipam_type=ipam["type"],
         delegate_conf=delegate_conf,
