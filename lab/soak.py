@@ -16,7 +16,6 @@ and addresses the allocation history shows held by two attachments at once.
 tests/cluster/test_soak.py runs it bounded; `make soak` runs a longer one.
 """
 
-import hashlib
 import ipaddress
 import json
 import os
@@ -27,16 +26,13 @@ import threading
 import time
 from dataclasses import dataclass, field
 
+from .attachment import host_veth
 from .cluster import wait_for
 from .namespaces import Namespace, sh
 
 VXLAN = {"Network": "10.244.0.0/16", "Backend": {"Type": "vxlan", "VNI": 1}}
 DATA_SIZE = "2m"  # the node's dataDir tmpfs: small enough to fill in a moment
 CALL_TIMEOUT = 120.0  # a call that takes this long is a hang: the soak fails
-
-
-def host_veth(cid: str, ifname: str = "eth0") -> str:
-    return "wft" + hashlib.sha256(f"{cid}/{ifname}".encode()).hexdigest()[:12]
 
 
 @dataclass
@@ -157,13 +153,20 @@ class Soak:
             pass
         return proc.returncode, parsed, killed
 
-    def _outcome(self, command, code, parsed, killed):
-        cni_code = parsed.get("code") if isinstance(parsed, dict) else None
-        key = f"{command} killed" if killed else f"{command} " + ("ok" if code == 0 else f"code {cni_code}")
-        self.stats.count("outcomes", key)
+    def op(self, node, command: str, slot=None, kill=None, conf=None, label=None):
+        """One counted call: (succeeded, CNI error code or None, killed)."""
+        self.stats.count("ops", command)
+        code, parsed, killed = self.call(node, command, slot, conf=conf, kill_after=kill)
+        cni_code = parsed.get("code") if isinstance(parsed, dict) and code else None
+        label = label or command
+        self.stats.count("outcomes", f"{label} killed" if killed else
+                         f"{label} " + ("ok" if code == 0 else f"code {cni_code}"))
         if code != 0 and not killed and cni_code in (None, 999):
-            self.stats.problem(f"{command} answered {cni_code or 'no CNI error'}: "
-                               f"{(parsed or {}).get('msg', '')[:300]}")
+            self.stats.problem(f"{label} answered {cni_code or 'no CNI error'}: "
+                               f"{(parsed or {}).get('msg', '')[:300] if isinstance(parsed, dict) else ''}")
+        if code == 0 and not killed and command == "ADD" and slot is not None:
+            slot.result = parsed
+        return code == 0 and not killed, cni_code, killed
 
     # -- the runtime's side -----------------------------------------------------------
     def step(self, node, rng):
@@ -182,53 +185,47 @@ class Soak:
             elif choice < 0.80:
                 self.delete(node, slot, kill)
             elif choice < 0.85:
-                self.stats.count("ops", "ADD")
-                code, parsed, killed = self.call(node, "ADD", slot, kill_after=kill)
-                self._outcome("ADD of a live attachment", code, parsed, killed)
-                if code == 0 and not killed:
-                    self.stats.problem(f"second ADD of live {slot.cid} succeeded")
-                elif killed or parsed.get("code") not in (102, 11):
-                    slot.state = "dirty"  # the runtime saw an ADD fail: it DELs the sandbox
+                self.add_again(node, slot, kill)
             else:
                 self.gc(node)
 
     def add(self, node, slot, kill):
-        self.stats.count("ops", "ADD")
-        code, parsed, killed = self.call(node, "ADD", slot, kill_after=kill)
-        self._outcome("ADD", code, parsed, killed)
-        if code == 0 and not killed:
-            slot.state, slot.result = "present", parsed
+        ok, cni_code, _ = self.op(node, "ADD", slot, kill)
+        if ok:
+            slot.state = "present"
             self.no_double_holding(slot)
-        else:
-            if not killed and isinstance(parsed, dict) and parsed.get("code") == 102:
-                self.stats.problem(f"ADD of new sandbox {slot.cid} found it existing (102)")
-            slot.state = "dirty"  # a runtime DELs what failed (or what it killed)
+            return
+        if cni_code == 102:
+            self.stats.problem(f"ADD of new sandbox {slot.cid} found it existing (102)")
+        slot.state, slot.result = "dirty", None  # a runtime DELs what failed (or what it killed)
+
+    def add_again(self, node, slot, kill):
+        result = slot.result
+        ok, cni_code, killed = self.op(node, "ADD", slot, kill, label="ADD of a live attachment")
+        slot.result = result
+        if ok:
+            self.stats.problem(f"second ADD of live {slot.cid} succeeded")
+        elif killed or cni_code not in (102, 11):
+            slot.state = "dirty"  # the runtime saw an ADD fail: it DELs the sandbox
 
     def delete(self, node, slot, kill):
-        self.stats.count("ops", "DEL")
-        code, parsed, killed = self.call(node, "DEL", slot, kill_after=kill)
-        self._outcome("DEL", code, parsed, killed)
-        if code == 0 and not killed:
+        ok, _, _ = self.op(node, "DEL", slot, kill)
+        if ok:
             slot.state, slot.result = "absent", None
             slot.generation += 1  # a new sandbox next time, as a runtime would make
         else:
             slot.state = "dirty"
 
     def check(self, node, slot):
-        self.stats.count("ops", "CHECK")
-        conf = {**self.conf(node), "prevResult": slot.result}
-        code, parsed, killed = self.call(node, "CHECK", slot, conf=conf)
-        self._outcome("CHECK", code, parsed, killed)
-        if code != 0 and isinstance(parsed, dict) and parsed.get("code") == 104:
-            self.stats.problem(f"CHECK of live {slot.cid} failed: {parsed}")
+        _, cni_code, _ = self.op(node, "CHECK", slot, conf={**self.conf(node), "prevResult": slot.result})
+        if cni_code == 104:
+            self.stats.problem(f"CHECK of live {slot.cid} found drift")
 
     def gc(self, node):
-        self.stats.count("ops", "GC")
         valid = [{"containerID": s.cid, "ifname": "eth0"} for s in self.slots[node.index]
                  if s.state == "present"]
-        conf = {**self.conf(node), "cniVersion": "1.1.0", "cni.dev/valid-attachments": valid}
-        code, parsed, killed = self.call(node, "GC", conf=conf)
-        self._outcome("GC", code, parsed, killed)
+        self.op(node, "GC", conf={**self.conf(node), "cniVersion": "1.1.0",
+                                  "cni.dev/valid-attachments": valid})
 
     def no_double_holding(self, slot):
         for slots in self.slots.values():

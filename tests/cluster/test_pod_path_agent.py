@@ -1,43 +1,25 @@
 """The per-pod path through weftd (issue 13, item 5): a caller that leaves is abandoned
 and rolled back, never completed after a DEL; 11 means weft stopped; racing ADDs."""
 
-import fcntl
-import hashlib
 import ipaddress
 import json
 import os
 import socket
 import subprocess
 import time
-from contextlib import contextmanager
 
+from lab import attachment
+from lab.attachment import holding, host_veth
 from lab.cluster import wait_for
 from lab.cni import invoke
 from lab.namespaces import Namespace
 
 from cni_plugin.cni import wire
-
-VXLAN = {"Network": "10.244.0.0/16", "Backend": {"Type": "vxlan", "VNI": 1}}
-
-
-def host_veth(cid: str, ifname: str = "eth0") -> str:
-    return "wft" + hashlib.sha256(f"{cid}/{ifname}".encode()).hexdigest()[:12]
-
-
-def one_node(cluster):
-    cluster.set_network("weft", VXLAN)
-    node = cluster.add_node()
-    node.start_agent()
-    node.wait_ready()
-    return node
+from test_fast_path import VXLAN, fast_conf, one_node
 
 
 def socket_path(node) -> str:
     return os.path.join(node.run_dir, "weftd.sock")
-
-
-def fast_conf(node, **extra):
-    return node.netconf(agentSocket=socket_path(node), **extra)
 
 
 def cni(cluster, node, command, conf, pod, cid, extra_env=None, args=""):
@@ -69,18 +51,7 @@ def links(ns) -> set:
 
 
 def lock_file(node, cid: str) -> str:
-    return os.path.join(node.dir, "weft", "locks", host_veth(cid))
-
-
-@contextmanager
-def holding(path: str):
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        yield
-    finally:
-        os.close(fd)
+    return attachment.lock_file(os.path.join(node.dir, "weft"), cid)
 
 
 def test_add_whose_caller_vanishes_then_del_leaves_nothing_16_trials(cluster):

@@ -1,8 +1,6 @@
 """The per-pod path against hostile input, locks, full and read-only disks (issue 13,
 items 4-6), standalone executables in real namespaces."""
 
-import fcntl
-import hashlib
 import json
 import os
 import subprocess
@@ -11,13 +9,11 @@ from contextlib import contextmanager
 
 import pytest
 
+from lab import attachment
+from lab.attachment import holding, host_veth
 from lab.namespaces import sh
 
 HOSTILE_IFNAME = 'a",1.2.3.4}#'  # 12 characters a kernel accepts; it once reached nft text
-
-
-def host_veth(cid: str, ifname: str = "eth0") -> str:
-    return "wft" + hashlib.sha256(f"{cid}/{ifname}".encode()).hexdigest()[:12]
 
 
 def node_links(node) -> set:
@@ -34,19 +30,7 @@ def index_names(weft, network="weftnet") -> list:
 
 
 def lock_file(weft, cid: str, ifname: str = "eth0") -> str:
-    return f"{weft.tmp}/weft-data/locks/{host_veth(cid, ifname)}"
-
-
-@contextmanager
-def holding(path: str):
-    """Hold an attachment's lock the way another call would."""
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        yield
-    finally:
-        os.close(fd)
+    return attachment.lock_file(f"{weft.tmp}/weft-data", cid, ifname)
 
 
 @contextmanager
