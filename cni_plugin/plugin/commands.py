@@ -115,8 +115,12 @@ def cmd_add(env, conf):
                 raise CniError(ATTACHMENT_EXISTS, f"attachment {_attachment(env)} already exists (host "
                                f"veth {host_name}); the runtime must DEL it before adding it again")
             _delete(cfg, env, host_name)  # an ADD that died mid-way (weftd killed): its debris
-        _mark(held, attachment_lock.ADDING)
-        ipam = delegate.run(cfg.ipam_type, "ADD", env, cfg.delegate_conf)
+        try:
+            _mark(held, attachment_lock.ADDING)
+            ipam = delegate.run(cfg.ipam_type, "ADD", env, cfg.delegate_conf)
+        except BaseException:
+            held.remove = True  # nothing of ours exists (weft-ipam undoes its own failures)
+            raise
         # from here on everything is this call's own: under the lock nobody else can
         # have made the veth or the reservation the rollback removes
         try:

@@ -204,6 +204,7 @@ def test_add_on_a_full_ipam_disk_rolls_back_everything(weft, node, pods):
         assert "No space left on device" in out.json["msg"] and f"{weft.tmp}/ipam" in out.json["msg"], out
         assert weft.ipam_files() == [] and index_names(weft) == []
         assert node_links(node) == before and "eth0" not in pod_links(pod)
+        assert not os.path.exists(lock_file(weft, "full1"))  # a failed ADD leaves no lock file
         with open(f"{weft.tmp}/ipam/weftnet/history.jsonl") as handle:
             assert "full1" not in handle.read()  # an allocation that never took effect
         for path in fillers:
