@@ -202,16 +202,19 @@ def _allocate(store: Store, cfg, attachment: Attachment, requested: dict, pod) -
 
 def _rollback(store: Store, attachment: Attachment, recorded, taken, pod) -> None:
     """Best effort: free what this call took; the original error is what gets reported.
-    recorded: the addresses whose "allocate" made it into the history."""
+    recorded: the addresses whose "allocate" made it into the history.  Their release
+    is recorded first; if it cannot be, the reservation stays (like a DEL's, see
+    _release) for the runtime's DEL, rather than an address freed without a record."""
+    try:
+        history.append(store.history_path,
+                       _records(history.RELEASE, recorded, store, attachment, pod, "rollback"))
+    except OSError:
+        return
     for ip in taken:
         with suppress(OSError):
             store.release(ip, attachment)
     with suppress(OSError):
         store.remove_index(attachment)
-    with suppress(OSError):
-        history.append(
-            store.history_path, _records(history.RELEASE, recorded, store, attachment, pod, "rollback")
-        )
 
 
 def _one_per_range_set(cfg, ips) -> list[tuple] | None:
@@ -367,7 +370,11 @@ def _collect_garbage(store: Store, valid: set[Attachment]) -> None:
         if holder in valid:
             attempt(_adopt, store, listed, holder, ip)
             continue
-        attempt(history.append, store.history_path, _records(history.RELEASE, [ip], store, holder, NO_POD, "gc"))
+        try:  # history first, as in _release: no address is freed without a record
+            history.append(store.history_path, _records(history.RELEASE, [ip], store, holder, NO_POD, "gc"))
+        except OSError as exc:
+            problems.append(f"{ip} of {holder} stays reserved: cannot record its release ({exc})")
+            continue
         attempt(store.remove_ip_file, ip)
     attempt(store.remove_temp_files)
     if problems:

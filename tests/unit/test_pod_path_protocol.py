@@ -88,3 +88,28 @@ def test_tls_files_with_an_http_endpoint_are_refused(kwargs):
         EtcdTransport(["https://a:2379", "http://b:2379"], **kwargs)
     assert "http://b:2379" in str(raised.value) and "https://" in str(raised.value)
     assert "https://a:2379" not in str(raised.value).split("endpoint(s)")[1].split("use")[0]
+
+
+def test_history_append_is_all_or_nothing_and_never_continues_a_torn_line(tmp_path, monkeypatch):
+    from cni_plugin.ipam import history
+
+    path = str(tmp_path / "history.jsonl")
+    history.append(path, [{"event": "allocate", "ip": "10.0.0.2"}])
+    before = open(path, "rb").read()
+    real_write = os.write
+
+    def full_disk(fd, data):  # what a full disk does: take what fits, then refuse
+        if len(data) > 5:
+            return real_write(fd, bytes(data[:5]))
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(os, "write", full_disk)
+    with pytest.raises(OSError):
+        history.append(path, [{"event": "release", "ip": "10.0.0.2"}])
+    monkeypatch.setattr(os, "write", real_write)
+    assert open(path, "rb").read() == before
+    with open(path, "ab") as handle:
+        handle.write(b'{"event": "rel')  # a line torn by a crash
+    history.append(path, [{"event": "release", "ip": "10.0.0.3"}])
+    lines = open(path, "rb").read().splitlines()
+    assert lines[-1] == b'{"event":"release","ip":"10.0.0.3"}' and lines[-2] == b'{"event": "rel'
