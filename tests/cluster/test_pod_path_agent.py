@@ -54,6 +54,15 @@ def lock_file(node, cid: str) -> str:
     return attachment.lock_file(os.path.join(node.dir, "weft"), cid)
 
 
+def vanish(node, env: dict, conf: dict, delay: float) -> None:
+    """What a killed `weft` leaves: an ADD on weftd's socket whose caller is gone."""
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.connect(socket_path(node))
+    sock.sendall(wire.encode_request("weft", env, json.dumps(conf).encode()))
+    time.sleep(delay)
+    sock.close()
+
+
 def test_add_whose_caller_vanishes_then_del_leaves_nothing_16_trials(cluster):
     node = one_node(cluster)
     conf = fast_conf(node)
@@ -64,11 +73,16 @@ def test_add_whose_caller_vanishes_then_del_leaves_nothing_16_trials(cluster):
             cid = f"vanish{trial}"
             env = {"CNI_COMMAND": "ADD", "CNI_CONTAINERID": cid, "CNI_NETNS": pod.path,
                    "CNI_IFNAME": "eth0", "CNI_PATH": cni_dir}
-            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-            sock.connect(socket_path(node))
-            sock.sendall(wire.encode_request("weft", env, json.dumps(conf).encode()))
-            time.sleep((trial % 4) * 0.01)  # at once, or while the ADD is under way
-            sock.close()
+            if trial % 2:
+                vanish(node, env, conf, delay=(trial % 4) * 0.01)  # at once, or mid-ADD
+            else:
+                # the ADD is still queued (here: behind another call's lock) when its caller
+                # dies, so the runtime's DEL could overtake it: weftd must abandon it first
+                seen = node.log().count("the caller went away")
+                with holding(lock_file(node, cid)):
+                    vanish(node, env, conf, delay=(trial % 8) * 0.01)
+                    wait_for(lambda: node.log().count("the caller went away") > seen, 30,
+                             what=f"trial {trial}: weftd abandoning the queued ADD of a caller that left")
             out = cni(cluster, node, "DEL", conf, pod, cid)
             assert out.code == 0, f"trial {trial}: {out}"
             # DEL ran after the ADD (same lock) or before it started (then it abandons at once)
