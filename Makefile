@@ -9,7 +9,7 @@ BIN_DIR     ?= /usr/local/bin
 PYTEST_ARGS ?=
 BENCH_ARGS  ?=
 
-.PHONY: deps venv install cnitool test unit demo bench clean
+.PHONY: deps venv install cnitool test unit demo bench soak clean
 
 deps:
 	scripts/deps.sh
@@ -48,6 +48,13 @@ demo: deps
 # weft vs the reference Go plugins (README "Performance"); JSON in bench-results/
 bench: deps
 	$(DEV_VENV)/bin/python -m bench.run $(BENCH_ARGS)
+
+# the fault-injection soak of the per-pod path, longer than the suite's (README "Behaviour")
+SOAK_SECONDS ?= 600
+SOAK_OPS     ?= 20000
+soak: deps
+	WEFT_SOAK_SECONDS=$(SOAK_SECONDS) WEFT_SOAK_OPS=$(SOAK_OPS) \
+	  $(DEV_VENV)/bin/python -m pytest tests/cluster/test_soak.py -s $(PYTEST_ARGS)
 
 clean:
 	rm -rf $(DEV_VENV) build *.egg-info

@@ -8,7 +8,11 @@ the package's top so that a call imports no package it does not need (each costs
 `agentSocket`, default /run/weft/weftd.sock), sends the CNI environment and stdin,
 and relays the agent's stdout and exit code.  No agent listening: the handlers run
 in this process (standalone mode, same semantics).  An agent that accepted the call
-but does not answer within the deadline: CNI error 11, so the runtime retries.
+but does not answer within the deadline is told so (the forwarder shuts its sending
+half: weftd sees the caller leave, abandons the call and rolls it back) and the
+forwarder waits a grace period for its answer: the abandonment (code 11, nothing left
+behind: retry) or whatever the call ended with first.  Code 11 therefore always means
+weft stopped working on the call; no answer even then is code 5.
 
 The bytes on the socket are cni/wire.py's business.
 """
@@ -21,6 +25,11 @@ from .cni import wire
 DEFAULT_SOCKET = wire.DEFAULT_SOCKET
 
 DEFAULT_TIMEOUT = 60.0  # seconds; WEFT_AGENT_TIMEOUT overrides (runtimes wait minutes)
+ABANDON_GRACE = 15.0  # seconds the agent has to confirm it abandoned a call past its deadline
+
+
+class AgentSilent(Exception):
+    """weftd neither answered nor confirmed abandoning the call."""
 
 
 def socket_path(stdin: bytes) -> str:
@@ -41,7 +50,7 @@ def socket_path(stdin: bytes) -> str:
     try:
         conf = json.loads(stdin)
         path = conf.get("agentSocket") if isinstance(conf, dict) else None
-    except ValueError:
+    except (ValueError, RecursionError):
         return DEFAULT_SOCKET
     return path if isinstance(path, str) and path else DEFAULT_SOCKET
 
@@ -62,7 +71,16 @@ def ask_agent(path: str, role: str, environ, stdin: bytes, timeout: float):
         except (FileNotFoundError, ConnectionRefusedError, PermissionError):
             raise AgentUnavailable(path)
         sock.sendall(wire.encode_request(role, environ, stdin))
-        return wire.read_reply(sock)
+        try:
+            return wire.read_reply(sock)
+        except TimeoutError:
+            pass
+        sock.shutdown(_socket.SHUT_WR)  # "I left": weftd abandons the call and says so
+        sock.settimeout(min(timeout, ABANDON_GRACE))
+        try:
+            return wire.read_reply(sock)
+        except TimeoutError:
+            raise AgentSilent(path)
     finally:
         sock.close()
 
@@ -97,10 +115,11 @@ def main(role: str) -> int:
         out, code = ask_agent(path, role, environ, stdin, timeout)
     except AgentUnavailable:
         out, code = standalone(role, stdin)
-    except TimeoutError:
-        out, code = _cni_error(11, f"weftd did not answer within {timeout:g}s on {path}; "
-                                   "the runtime should retry", stdin), 1
-    except OSError as exc:
+    except AgentSilent:
+        out, code = _cni_error(5, f"weftd on {path} did not answer within {timeout:g}s nor confirm "
+                                  "abandoning the call; it may still be working on it: DEL the "
+                                  "attachment before retrying (weftd's log says more)", stdin), 1
+    except OSError as exc:  # connection reset mid-call: the agent died, and its work with it
         out, code = _cni_error(11, f"weftd on {path} failed mid-call ({exc}); "
                                    "the runtime should retry", stdin), 1
     sys.stdout.buffer.write(out)

@@ -64,3 +64,30 @@ def write_atomic(path: str, data, mode: int = 0o600, durable: bool = True,
         raise
     if durable:
         fsync_dir(directory)
+
+
+class LockTimeout(OSError):
+    """A bounded flock wait ran out (or the caller of the call it served went away)."""
+
+
+def flock_bounded(fd: int, exclusive: bool, timeout: float, path: str, abandoned=None) -> None:
+    """flock(fd) within `timeout` seconds, polling (flock itself cannot time out);
+    `abandoned()`: stop waiting early when it turns true.  LockTimeout otherwise."""
+    import fcntl
+    import time
+
+    mode = (fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH) | fcntl.LOCK_NB
+    deadline = time.monotonic() + timeout
+    pause = 0.002
+    while True:
+        try:
+            fcntl.flock(fd, mode)
+            return
+        except BlockingIOError:
+            pass
+        if abandoned is not None and abandoned():
+            raise LockTimeout(f"gave up waiting for {path}: the caller went away")
+        if time.monotonic() >= deadline:
+            raise LockTimeout(f"{path} is still held by another call after {timeout:g}s")
+        time.sleep(pause)
+        pause = min(pause * 2, 0.05)

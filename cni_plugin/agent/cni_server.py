@@ -4,15 +4,22 @@ Handlers run in this warm process (pyroute2 and friends already imported), in a
 bounded pool of threads; each call binds its own netlink sockets to the namespaces
 it touches, and weft-ipam allocates under the same file lock as the executable, so
 the agent and standalone executables can serve the same node at once.
+
+The caller's connection is watched: a `weft` process that was killed, or that gave up
+at its deadline (it then shuts its sending half), shows as end-of-file on the socket.
+cni/caller.py hands the handlers that test; they ask it while waiting for a lock and
+before they commit, and roll back instead of finishing a call nobody waits for (a
+DEL the runtime sends next would otherwise run first and the ADD complete after it).
 """
 
 import os
+import select
 import socket
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
-from ..cni import wire
+from ..cni import caller, wire
 from ..roles import invoke
 
 WORKERS = 16
@@ -63,13 +70,22 @@ class CniServer:
                 self.log.warning(f"bad CNI request on {self.path}: {exc}")
                 return
             started = time.monotonic()
-            out, code = invoke(role, environ, stdin, via="agent")
+            caller.set_probe(lambda: caller_left(conn))
+            try:
+                out, code = invoke(role, environ, stdin, via="agent")
+            finally:
+                caller.set_probe(None)
+            if caller_left(conn):
+                what = "had already committed" if code == 0 else "did not complete (nothing it made is left)"
+                self.log.warning(f"CNI {environ.get('CNI_COMMAND')} for {environ.get('CNI_CONTAINERID')} "
+                                 f"{environ.get('CNI_IFNAME')}: the caller went away; the call {what} "
+                                 f"(exit {code})")
             if self.metrics is not None:
                 self.metrics.cni_seconds.labels(role, environ.get("CNI_COMMAND", ""), str(code)).observe(
                     time.monotonic() - started)
             try:
                 conn.sendall(wire.encode_reply(out, code))
-            except OSError as exc:  # the caller gave up (timeout): it already reported 11
+            except OSError as exc:  # the caller is gone (logged above)
                 self.log.warning(f"CNI {environ.get('CNI_COMMAND')} for "
                                  f"{environ.get('CNI_CONTAINERID')} finished after its caller left: {exc}")
 
@@ -81,3 +97,24 @@ class CniServer:
             except FileNotFoundError:
                 pass
         self.pool.shutdown(wait=True)
+
+
+_HANGUP = select.POLLHUP | select.POLLERR | select.POLLNVAL | getattr(select, "POLLRDHUP", 0x2000)
+
+
+def caller_left(conn) -> bool:
+    """True once the peer closed or shut its sending half (a request is complete when
+    the handler runs, so any end-of-file means the caller is gone)."""
+    poller = select.poll()
+    poller.register(conn, select.POLLIN | _HANGUP)
+    events = poller.poll(0)
+    if not events:
+        return False
+    if events[0][1] & _HANGUP:
+        return True
+    try:
+        return conn.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT) == b""
+    except BlockingIOError:
+        return False
+    except OSError:
+        return True

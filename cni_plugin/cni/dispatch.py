@@ -9,7 +9,7 @@ import json
 import sys
 import traceback
 
-from .errors import INTERNAL, CniError
+from .errors import INTERNAL, IO_FAILURE, CniError
 from . import env as cni_env
 from . import netconf, versions
 from .result import render
@@ -40,11 +40,15 @@ def dispatch(handlers: dict, environ: dict, stdin: bytes) -> tuple[bytes, int]:
         netconf.check_command_version(command, reply_version)
         env = cni_env.parse(environ)
         netconf.check_name(conf)
+        netconf.check_type(conf)
         result = handlers[command](env, conf)
         if command == "ADD":
             return _encode(render(result, reply_version)), 0
         return b"", 0
     except CniError as err:
+        return _encode(err.to_dict(reply_version)), 1
+    except OSError as exc:  # a file or socket the handler did not expect to fail: still I/O
+        err = CniError(IO_FAILURE, f"I/O failure: {exc}", traceback.format_exc(limit=8))
         return _encode(err.to_dict(reply_version)), 1
     except Exception as exc:  # a bug: still answer in the protocol
         detail = "".join(traceback.format_exception_only(type(exc), exc)).strip()

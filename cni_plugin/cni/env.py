@@ -15,8 +15,12 @@ REQUIRED = {
     "VERSION": (),
 }
 
+# libcni's ValidateContainerID character set; the length bound keeps every file name
+# derived from it (ipam by-attachment/<id>:<ifname> and its atomic-write temp name)
+# inside NAME_MAX (255 bytes).  Runtimes use 64 hex digits.
 _CONTAINER_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
-IFNAME_MAX = 15  # IFNAMSIZ - 1
+CONTAINER_ID_MAX = 200
+IFNAME_MAX = 15  # IFNAMSIZ - 1, in bytes
 
 
 class CniEnv:
@@ -57,18 +61,35 @@ def command_of(environ: dict) -> str:
 
 
 def validate_ifname(ifname: str) -> None:
-    """Linux's own rules for an interface name (dev_valid_name) plus ':'."""
+    """Linux's own rules for an interface name (dev_valid_name) plus ':' (libcni's
+    ValidateInterfaceName) and no control characters (they would reach log lines).
+    Other characters (quotes, '#', braces) are legal: every consumer passes the name as
+    data (netlink attributes, JSON, digests), never inside command or rule text."""
     problem = None
     if not ifname:
         problem = "is empty"
-    elif len(ifname) > IFNAME_MAX:
-        problem = f"is {len(ifname)} characters long; the limit is {IFNAME_MAX}"
+    elif len(ifname.encode(errors="surrogateescape")) > IFNAME_MAX:
+        problem = f"is {len(ifname.encode(errors='surrogateescape'))} bytes long; the limit is {IFNAME_MAX}"
     elif ifname in (".", ".."):
         problem = "may not be '.' or '..'"
     elif any(c == "/" or c == ":" or c.isspace() for c in ifname):
         problem = "may not contain '/', ':' or whitespace"
+    elif any(ord(c) < 0x20 or ord(c) == 0x7F for c in ifname):
+        problem = "may not contain control characters"
     if problem:
         raise CniError(INVALID_ENV, f"CNI_IFNAME {ifname!r} {problem}")
+
+
+def validate_container_id(container_id: str) -> None:
+    if not _CONTAINER_ID.fullmatch(container_id):  # fullmatch: "$" admits a trailing "\n"
+        raise CniError(
+            INVALID_ENV,
+            f"CNI_CONTAINERID {container_id!r} must start with a letter or digit and "
+            "contain only letters, digits, '_', '.' and '-'",
+        )
+    if len(container_id) > CONTAINER_ID_MAX:
+        raise CniError(INVALID_ENV, f"CNI_CONTAINERID is {len(container_id)} characters long; "
+                       f"the limit is {CONTAINER_ID_MAX}")
 
 
 def parse_cni_args(raw: str) -> dict:
@@ -90,12 +111,8 @@ def parse(environ: dict) -> CniEnv:
             f"required environment variables not set for {command}: {', '.join(missing)}",
         )
     container_id = environ.get("CNI_CONTAINERID", "")
-    if container_id and not _CONTAINER_ID.match(container_id):
-        raise CniError(
-            INVALID_ENV,
-            f"CNI_CONTAINERID {container_id!r} must start with a letter or digit and "
-            "contain only letters, digits, '_', '.' and '-'",
-        )
+    if container_id:
+        validate_container_id(container_id)
     ifname = environ.get("CNI_IFNAME", "")
     if "CNI_IFNAME" in REQUIRED[command] or ifname:
         validate_ifname(ifname)

@@ -12,10 +12,11 @@ import time
 def _log_target(stdin: bytes, default: str) -> str:
     try:
         conf = json.loads(stdin)
-    except ValueError:
+    except (ValueError, RecursionError):
         return default
     target = conf.get("logFile", default) if isinstance(conf, dict) else default
-    return target if isinstance(target, str) else default
+    # a relative logFile is refused by the handler (code 7); never write beside the cwd
+    return target if isinstance(target, str) and target.startswith("/") else default
 
 
 def run(handlers: dict, environ, stdin: bytes, via: str = "standalone", log_file: str = None) -> tuple:

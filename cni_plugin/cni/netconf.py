@@ -18,6 +18,8 @@ def decode(stdin: bytes) -> dict:
         conf = json.loads(stdin)
     except (ValueError, UnicodeDecodeError) as exc:
         raise CniError(DECODE_FAILURE, f"network configuration on stdin is not valid JSON: {exc}")
+    except RecursionError:
+        raise CniError(DECODE_FAILURE, "network configuration on stdin is nested too deeply to decode")
     if not isinstance(conf, dict):
         raise CniError(DECODE_FAILURE, "network configuration on stdin must be a JSON object")
     return conf
@@ -37,13 +39,24 @@ def check_version(conf: dict) -> str:
 
 def check_name(conf: dict) -> str:
     name = conf.get("name")
-    if not isinstance(name, str) or not _NETWORK_NAME.match(name):
+    if not isinstance(name, str) or not _NETWORK_NAME.fullmatch(name):
         raise CniError(
             INVALID_NETCONF,
             f"network name {name!r} is invalid: it must start with a letter or digit and "
             "contain only letters, digits, '_', '.' and '-'",
         )
     return name
+
+
+def check_type(conf: dict) -> str:
+    """The spec's required `type`: a plugin name, as runtimes find it on CNI_PATH."""
+    kind = conf.get("type")
+    if not isinstance(kind, str) or not kind:
+        got = "is missing" if kind is None else f"must be a non-empty string, got {json.dumps(kind)}"
+        raise CniError(INVALID_NETCONF, f"network configuration key type {got}; name the plugin, e.g. \"weft\"")
+    if "/" in kind or kind in (".", ".."):
+        raise CniError(INVALID_NETCONF, f"type {kind!r} must be a plugin name, not a path")
+    return kind
 
 
 def check_command_version(command: str, version: str) -> None:
@@ -65,7 +78,8 @@ def typed(section: dict, key: str, kind, where: str, default=None):
     else:
         ok = isinstance(value, kind)
     if not ok:
-        names = {bool: "a boolean", int: "an integer", str: "a string", dict: "an object", list: "a list"}
+        names = {bool: "a boolean", int: "an integer", str: "a string", dict: "an object", list: "a list",
+                 (int, float): "a number"}
         want = names.get(kind, getattr(kind, "__name__", str(kind)))
         raise CniError(INVALID_NETCONF, f"{where}{key} must be {want}, got {json.dumps(value)}")
     return value

@@ -5,6 +5,11 @@ Both directions are length-prefixed (4-byte big-endian lengths):
   request:  b"WEFT1 " + role + b"\\n" + len + b"KEY=VALUE\\0..." + len + stdin
   reply:    exit code (4 bytes, signed) + len + stdout
 Only CNI_* variables cross the socket.
+
+Once its request is sent the client only reads; end-of-file on the server's side
+(the client closed, was killed, or shut its sending half at its deadline) means the
+caller left, and the server abandons the call (agent/cni_server.py).  A client that
+shut its sending half still reads the one reply: how the call ended.
 """
 
 DEFAULT_SOCKET = "/run/weft/weftd.sock"  # where weftd listens by default; paths.py derives RUN_DIR from it

@@ -86,3 +86,9 @@ def delete(rt, name: str) -> bool:
 def veths_on_bridge(rt, bridge_index: int) -> list:
     """Names of the veth links enslaved to the bridge."""
     return [link.name for link in rt.links() if link.master == bridge_index and link.kind == "veth"]
+
+
+def unattached_veths(rt, prefix: str) -> list:
+    """Names of veth links starting with `prefix` that are no bridge's port."""
+    return [link.name for link in rt.links()
+            if link.kind == "veth" and link.master is None and link.name.startswith(prefix)]

@@ -8,12 +8,15 @@ from .constants import CLONE_NEWNET
 from .errors import NetnsError
 
 _NS_GET_NSTYPE = 0xB703  # ioctl on an nsfs file: which kind of namespace
+# O_NONBLOCK: opening a FIFO (or a device that waits for a peer) must not block the call;
+# an nsfs file ignores the flag.  No O_NOFOLLOW: /proc/<pid>/ns/net is itself a symlink.
+OPEN_FLAGS = os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK | os.O_NOCTTY
 
 
 def check_container_netns(path: str) -> None:
     """path must be a network namespace other than the one the plugin runs in."""
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        fd = os.open(path, OPEN_FLAGS)
     except OSError as exc:
         raise NetnsError(f"CNI_NETNS {path} cannot be opened: {exc.strerror}")
     try:
@@ -37,7 +40,7 @@ def check_container_netns(path: str) -> None:
 
 def netns_exists(path: str) -> bool:
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        fd = os.open(path, OPEN_FLAGS)
     except OSError:
         return False
     try:

@@ -103,7 +103,7 @@ def _socket_in(netns_path: str) -> socket.socket:
 
     def enter_and_open():
         try:
-            fd = os.open(netns_path, os.O_RDONLY | os.O_CLOEXEC)
+            fd = os.open(netns_path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
         except OSError as exc:
             box["error"] = exc
             return
@@ -204,7 +204,7 @@ class Rtnl:
                         ("IFLA_LINKINFO", {"attrs": [("IFLA_INFO_KIND", "bridge")]})], f"add bridge {name}")
 
     def add_veth(self, name: str, peer: str, peer_netns_path: str, mtu: int):
-        fd = os.open(peer_netns_path, os.O_RDONLY | os.O_CLOEXEC)
+        fd = os.open(peer_netns_path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
         try:
             peer_attrs = {"attrs": [("IFLA_IFNAME", peer), ("IFLA_NET_NS_FD", fd), ("IFLA_MTU", mtu)]}
             self._new_link([("IFLA_IFNAME", name), ("IFLA_MTU", mtu),

@@ -19,7 +19,9 @@ from ..cni.errors import (
     RANGE_EXHAUSTED,
     CniError,
 )
-from ..cni import netconf
+from ..cni import caller, netconf
+from ..cni.errors import TRY_AGAIN_LATER
+from ..fsutil import LockTimeout
 from . import allocator, config, history
 from .store import Attachment, Store, usability_problem
 
@@ -39,9 +41,14 @@ def _pod(env) -> tuple:
 
 @contextmanager
 def _io_errors(store: Store):
-    """Report an OSError from the store as CNI error 5 naming the store."""
+    """Report an OSError from the store as CNI error 5 naming the store (11 for a lock
+    that stayed taken: another call is stuck, retry)."""
     try:
         yield
+    except LockTimeout as exc:
+        if caller.gone():
+            raise caller.CallerLeft(f"while waiting for IPAM store {store.dir}")
+        raise CniError(TRY_AGAIN_LATER, f"IPAM store {store.dir}: {exc}; retry later")
     except OSError as exc:
         raise CniError(IO_FAILURE, f"IPAM store {store.dir} failed: {exc}")
 
@@ -55,11 +62,28 @@ def _records(event, ips, store, attachment, pod, reason=None) -> list[dict]:
 
 
 def _release(store: Store, attachment: Attachment, ips, pod, reason: str) -> None:
-    """Free the attachment's addresses and its index; history first, so no release is lost."""
-    history.append(store.history_path, _records(history.RELEASE, ips, store, attachment, pod, reason))
+    """Free the attachment's addresses and its index; history first, so no release is
+    lost.  A history that cannot be written (full or read-only disk) keeps them: an
+    address freed without a record would show two holders in `weftctl whois`; the error
+    (code 5) tells the runtime to retry DEL, which finishes once the disk is usable."""
+    try:
+        history.append(store.history_path, _records(history.RELEASE, ips, store, attachment, pod, reason))
+    except OSError as exc:
+        raise CniError(IO_FAILURE, f"IPAM store {store.dir}: cannot record the release of "
+                       f"{', '.join(map(str, ips)) or 'nothing'} for {attachment} in {store.history_path} "
+                       f"({exc.strerror}); the addresses stay reserved until DEL is retried")
+    problems = []
     for ip in ips:
-        store.release(ip, attachment)
-    store.remove_index(attachment)
+        try:
+            store.release(ip, attachment)
+        except OSError as exc:
+            problems.append(f"cannot free {ip}: {exc}")
+    try:
+        store.remove_index(attachment)
+    except OSError as exc:
+        problems.append(f"cannot remove the index of {attachment}: {exc}")
+    if problems:
+        raise CniError(IO_FAILURE, f"IPAM store {store.dir}: " + "; ".join(problems))
 
 
 # --- requested addresses ----------------------------------------------------
@@ -152,36 +176,45 @@ def _choose(store: Store, cfg, requested: dict) -> list[tuple]:
 
 
 def _allocate(store: Store, cfg, attachment: Attachment, requested: dict, pod) -> list[tuple]:
-    """Take fresh addresses: index, history, then address files; undo everything on failure."""
+    """Take fresh addresses: index, address files, then the history's "allocate" (an
+    allocation is recorded once it took effect); undo everything on failure (a full
+    disk included: the reservation never outlives a failed ADD)."""
     chosen = _choose(store, cfg, requested)
     ips = [ip for _, ip in chosen]
-    store.write_index(attachment, ips)
-    taken = []
+    taken, recorded = [], False
     try:
-        history.append(store.history_path, _records(history.ALLOCATE, ips, store, attachment, pod))
+        store.write_index(attachment, ips)
         for ip in ips:
             if not store.reserve(ip, attachment):
                 raise _held_by_other(store, ip, cfg.network)
             taken.append(ip)
+        history.append(store.history_path, _records(history.ALLOCATE, ips, store, attachment, pod))
+        recorded = True
+        caller.check("before IPAM ADD committed")
     except BaseException:
-        _rollback(store, attachment, ips, taken, pod)
+        _rollback(store, attachment, ips if recorded else [], taken, pod)
         raise
     for range_set, ip in zip(cfg.range_sets, ips):
-        store.set_last_reserved(range_set.index, ip)
+        with suppress(OSError):  # a hint (see Store.set_last_reserved): never fails an ADD
+            store.set_last_reserved(range_set.index, ip)
     return chosen
 
 
-def _rollback(store: Store, attachment: Attachment, ips, taken, pod) -> None:
-    """Best effort: free what this call took; the original error is what gets reported."""
+def _rollback(store: Store, attachment: Attachment, recorded, taken, pod) -> None:
+    """Best effort: free what this call took; the original error is what gets reported.
+    recorded: the addresses whose "allocate" made it into the history.  Their release
+    is recorded first; if it cannot be, the reservation stays (like a DEL's, see
+    _release) for the runtime's DEL, rather than an address freed without a record."""
+    try:
+        history.append(store.history_path,
+                       _records(history.RELEASE, recorded, store, attachment, pod, "rollback"))
+    except OSError:
+        return
     for ip in taken:
         with suppress(OSError):
             store.release(ip, attachment)
     with suppress(OSError):
         store.remove_index(attachment)
-    with suppress(OSError):
-        history.append(
-            store.history_path, _records(history.RELEASE, ips, store, attachment, pod, "rollback")
-        )
 
 
 def _one_per_range_set(cfg, ips) -> list[tuple] | None:
@@ -247,7 +280,8 @@ def cmd_add(env, conf) -> dict:
     dns = config.load_dns(cfg.resolv_conf)
     attachment, pod = _attachment(env), _pod(env)
     store = Store(cfg.data_dir, cfg.network)
-    with _io_errors(store), store.locked():
+    with _io_errors(store), store.locked(abandoned=caller.gone):
+        store.remove_temp_files()  # a killed writer's debris goes with the next call
         allocation = _existing(store, cfg, attachment, requested, pod)
         if allocation is None:
             allocation = _allocate(store, cfg, attachment, requested, pod)
@@ -313,23 +347,38 @@ def _adopt(store: Store, listed: dict, holder: Attachment, ip) -> None:
 
 
 def _collect_garbage(store: Store, valid: set[Attachment]) -> None:
-    listed = {}
+    """Free what belongs to no valid attachment; every item is tried, whatever failed
+    before it, and the failures are reported together (code 5)."""
+    listed, problems = {}, []
+
+    def attempt(step, *args):
+        try:
+            step(*args)
+        except (OSError, CniError) as exc:
+            problems.append(getattr(exc, "msg", None) or str(exc))
+
     for attachment in store.indexed_attachments():
         ips = store.indexed_ips(attachment) or []
         if attachment in valid:
             listed[attachment] = ips
         else:
-            _release(store, attachment, ips, NO_POD, "gc")
+            attempt(_release, store, attachment, ips, NO_POD, "gc")
     for ip in store.ip_files():
         holder = store.holder(ip)
         if holder is None:
             continue
         if holder in valid:
-            _adopt(store, listed, holder, ip)
+            attempt(_adopt, store, listed, holder, ip)
             continue
-        history.append(store.history_path, _records(history.RELEASE, [ip], store, holder, NO_POD, "gc"))
-        store.remove_ip_file(ip)
-    store.remove_temp_files()
+        try:  # history first, as in _release: no address is freed without a record
+            history.append(store.history_path, _records(history.RELEASE, [ip], store, holder, NO_POD, "gc"))
+        except OSError as exc:
+            problems.append(f"{ip} of {holder} stays reserved: cannot record its release ({exc})")
+            continue
+        attempt(store.remove_ip_file, ip)
+    attempt(store.remove_temp_files)
+    if problems:
+        raise CniError(IO_FAILURE, f"GC of IPAM store {store.dir} left work undone: " + "; ".join(problems))
 
 
 def cmd_gc(env, conf) -> None:

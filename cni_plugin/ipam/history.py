@@ -41,16 +41,28 @@ def entry(event: str, ip, network: str, container_id: str, ifname: str,
 
 
 def append(path: str, records: list[dict]) -> None:
-    """Append records to the log at path (O_APPEND, one write, fsync)."""
+    """Append records to the log at path (O_APPEND, one write, fsync), all or nothing:
+    a write cut short (a full disk takes what fits) is truncated away, so a torn line
+    never swallows the record appended after it.  Writers hold the store lock."""
     if not records:
         return
     data = "".join(json.dumps(r, separators=(",", ":")) + "\n" for r in records).encode()
-    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, FILE_MODE)
+    fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, FILE_MODE)
     try:
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view):]
-        os.fsync(fd)
+        start = os.fstat(fd).st_size
+        if start and os.pread(fd, 1, start - 1) != b"\n":
+            data = b"\n" + data  # a crash tore the last line: start ours on a fresh one
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view):]
+            os.fsync(fd)
+        except OSError:
+            try:
+                os.ftruncate(fd, start)
+            except OSError:
+                pass  # read-only or worse: then nothing was written either
+            raise
     finally:
         os.close(fd)
 

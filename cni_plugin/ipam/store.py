@@ -12,14 +12,13 @@ Each locked() call opens its own descriptor, so threads of one process serialize
 """
 
 import errno
-import fcntl
 import ipaddress
 import os
 import stat
 from contextlib import contextmanager
 from typing import NamedTuple
 
-from ..fsutil import fsync_dir, is_temp_name, write_all, write_atomic
+from ..fsutil import flock_bounded, fsync_dir, is_temp_name, write_all, write_atomic
 
 DIR_MODE = 0o700
 FILE_MODE = 0o600
@@ -27,6 +26,7 @@ INDEX_DIR = "by-attachment"
 LAST_RESERVED_PREFIX = "last_reserved_ip."
 HISTORY_FILE = "history.jsonl"
 LOCK_FILE = "lock"
+LOCK_TIMEOUT = 30.0  # seconds; the lock is held for milliseconds, so this means a stuck holder
 
 
 class Attachment(NamedTuple):
@@ -98,14 +98,21 @@ class Store:
         _mkdir_private(self.index_dir)
 
     @contextmanager
-    def locked(self, exclusive: bool = True):
-        """Hold the store's flock; exclusive also creates the directories."""
+    def locked(self, exclusive: bool = True, abandoned=None):
+        """Hold the store's flock (fsutil.LockTimeout after LOCK_TIMEOUT); exclusive
+        also creates the directories.  A read-only store is still locked (flock needs
+        no write access), so DEL can read what it cannot free."""
         if exclusive:
             self.ensure_dirs()
-        flags = os.O_RDWR | os.O_CREAT | os.O_CLOEXEC
-        fd = os.open(os.path.join(self.dir, LOCK_FILE), flags, FILE_MODE)
+        path = os.path.join(self.dir, LOCK_FILE)
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, FILE_MODE)
+        except OSError as exc:
+            if exc.errno not in (errno.EROFS, errno.EACCES):
+                raise
+            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            flock_bounded(fd, exclusive, LOCK_TIMEOUT, path, abandoned)
             yield self
         finally:
             os.close(fd)  # releases the lock
@@ -206,11 +213,19 @@ class Store:
         return [ip for ip in map(_parse_ip, os.listdir(self.dir)) if ip is not None]
 
     def remove_temp_files(self) -> None:
-        """Leftovers of atomic writes interrupted by a crash."""
+        """Leftovers of atomic writes interrupted by a crash.  Every writer holds the
+        exclusive lock, so under it any temporary file is a dead writer's."""
         for directory in (self.dir, self.index_dir):
-            for name in os.listdir(directory):
+            try:
+                names = os.listdir(directory)
+            except FileNotFoundError:
+                continue
+            for name in names:
                 if is_temp_name(name):
-                    os.unlink(os.path.join(directory, name))
+                    try:
+                        os.unlink(os.path.join(directory, name))
+                    except FileNotFoundError:
+                        pass
 
 
 def usability_problem(store_dir: str) -> OSError | None:

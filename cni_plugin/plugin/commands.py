@@ -13,8 +13,10 @@ from ..cni.errors import (ATTACHMENT_EXISTS, CHECK_FAILED, DELEGATE_FAILED, INTE
                           IO_FAILURE, NOT_AVAILABLE_LIMITED, CniError)
 from ..cni.netconf import valid_attachments
 from ..datapath.naming import HOST_VETH_PREFIX, host_veth_name
+from ..cni import caller
 from . import config as plugin_config
 from . import delegate
+from . import lock as attachment_lock
 from ..datapath.errors import DatapathError
 from .errors import as_cni_error, speaks_cni
 
@@ -105,18 +107,40 @@ def cmd_add(env, conf):
     mac = plugin_config.requested_mac(cfg, env)
     netns.check_container_netns(env.netns)
     host_name = host_veth_name(env.container_id, env.ifname)
-    with netns.open_node() as rt:
+    with attachment_lock.attachment(cfg.data_dir, host_name, "ADD", cfg.lock_timeout) as held, \
+            netns.open_node() as rt:
+        caller.check("before ADD started")
         if rt.link(host_name) is not None:
-            raise CniError(ATTACHMENT_EXISTS, f"attachment {_attachment(env)} already exists (host "
-                           f"veth {host_name}); the runtime must DEL it before adding it again")
-        ipam = delegate.run(cfg.ipam_type, "ADD", env, cfg.delegate_conf)
+            if held.state() != attachment_lock.ADDING:
+                raise CniError(ATTACHMENT_EXISTS, f"attachment {_attachment(env)} already exists (host "
+                               f"veth {host_name}); the runtime must DEL it before adding it again")
+            _delete(cfg, env, host_name)  # an ADD that died mid-way (weftd killed): its debris
+        try:
+            _mark(held, attachment_lock.ADDING)
+            ipam = delegate.run(cfg.ipam_type, "ADD", env, cfg.delegate_conf)
+        except BaseException:
+            held.remove = True  # nothing of ours exists (weft-ipam undoes its own failures)
+            raise
+        # from here on everything is this call's own: under the lock nobody else can
+        # have made the veth or the reservation the rollback removes
         try:
             if not ipam["ips"]:
                 raise CniError(DELEGATE_FAILED, f"IPAM plugin {cfg.ipam_type} returned no IP address")
-            return _setup(cfg, env, mac, ipam, rt)
+            result = _setup(cfg, env, mac, ipam, rt)
+            caller.check("before ADD committed")  # a DEL may be queued behind us: never finish
+            _mark(held, attachment_lock.ADDED)
+            return result
         except BaseException:
             _rollback(cfg, env, rt, host_name)
+            held.remove = True
             raise
+
+
+def _mark(held, stage: str) -> None:
+    try:
+        held.mark(stage)
+    except OSError as exc:
+        raise CniError(IO_FAILURE, f"cannot record the attachment's stage in {held.path}: {exc.strerror}")
 
 
 def _rollback(cfg, env, rt, host_name: str) -> None:
@@ -139,23 +163,33 @@ def _rollback(cfg, env, rt, host_name: str) -> None:
 
 
 def cmd_del(env, conf):
+    cfg = plugin_config.load(conf, "DEL")
+    host_name = host_veth_name(env.container_id, env.ifname)
+    with attachment_lock.attachment(cfg.data_dir, host_name, "DEL", cfg.lock_timeout) as held:
+        _delete(cfg, env, host_name)
+        held.remove = True
+
+
+def _delete(cfg, env, host_name: str) -> None:
+    """Every step is tried whatever the others did; the errors are reported together."""
     from ..datapath import links, masq, netns
 
-    cfg = plugin_config.load(conf, "DEL")
     errors = []
-    host_name = host_veth_name(env.container_id, env.ifname)
     if env.netns and netns.netns_exists(env.netns):
         try:
             with netns.open_container(env.netns) as crt:
                 links.delete(crt, env.ifname)  # takes the host end with it
         except Exception as exc:
             errors.append(exc)
-    with netns.open_node() as rt:
-        links.delete(rt, host_name)
+    try:
+        with netns.open_node() as rt:
+            links.delete(rt, host_name)
+    except Exception as exc:
+        errors.append(exc)
     if cfg.ip_masq:
         try:
             masq.remove(cfg.data_dir, cfg.name, _attachment(env))
-        except DatapathError as exc:
+        except Exception as exc:
             errors.append(exc)
     _release(cfg, env, errors)
     _raise_first(errors)
@@ -185,12 +219,20 @@ def _prev_attachment(cfg, env):
 
 
 def cmd_check(env, conf):
-    from ..datapath import container, netns
+    from ..datapath import netns
 
     cfg = plugin_config.load(conf, "CHECK")
     iface, ips, prev = _prev_attachment(cfg, env)
-    delegate.run(cfg.ipam_type, "CHECK", env, cfg.delegate_conf)
     netns.check_container_netns(env.netns)
+    host_name = host_veth_name(env.container_id, env.ifname)
+    with attachment_lock.attachment(cfg.data_dir, host_name, "CHECK", cfg.lock_timeout):
+        _check(cfg, env, iface, ips, prev, host_name)
+
+
+def _check(cfg, env, iface, ips, prev, host_name: str) -> None:
+    from ..datapath import container, netns
+
+    delegate.run(cfg.ipam_type, "CHECK", env, cfg.delegate_conf)
     routes = []
     for route in prev["routes"]:
         dst = ipaddress.ip_network(route["dst"])
@@ -204,7 +246,6 @@ def cmd_check(env, conf):
               if dst.version in gateways]
     with netns.open_container(env.netns) as crt:
         container.verify(crt, env.ifname, iface.get("mac", ""), ips, routes, cfg.mtu)
-    host_name = host_veth_name(env.container_id, env.ifname)
     with netns.open_node() as rt:
         bridge = rt.link(cfg.bridge)
         host = rt.link(host_name)
@@ -219,8 +260,12 @@ def cmd_check(env, conf):
 
 
 def _known(exc: Exception) -> CniError:
-    """A collected error as CNI error: datapath errors by class, anything else as a bug."""
-    return as_cni_error(exc) or CniError(INTERNAL, str(exc))
+    """A collected error as CNI error: datapath errors by class, file and socket errors
+    as I/O failures (5), anything else as a bug."""
+    known = as_cni_error(exc)
+    if known is not None:
+        return known
+    return CniError(IO_FAILURE if isinstance(exc, OSError) else INTERNAL, str(exc))
 
 
 def cmd_gc(env, conf):
@@ -231,20 +276,27 @@ def cmd_gc(env, conf):
     keep_links = {host_veth_name(container_id, ifname) for container_id, ifname in valid}
     keep_masq = {f"{container_id}/{ifname}" for container_id, ifname in valid}
     errors = []
-    with netns.open_node() as rt:
-        bridge = rt.link(cfg.bridge)
-        if bridge is not None:
-            for name in links.veths_on_bridge(rt, bridge.index):
-                if name.startswith(HOST_VETH_PREFIX) and name not in keep_links:
-                    try:
-                        links.delete(rt, name)
-                    except Exception as exc:
-                        errors.append(CniError(IO_FAILURE, f"cannot delete stale veth {name}: {exc}"))
+    try:
+        with netns.open_node() as rt:
+            bridge = rt.link(cfg.bridge)
+            stale = links.veths_on_bridge(rt, bridge.index) if bridge is not None else []
+            # veths of killed ADDs that never reached a bridge are weft's too
+            stale += links.unattached_veths(rt, HOST_VETH_PREFIX)
+            for name in stale:
+                if not name.startswith(HOST_VETH_PREFIX) or name in keep_links \
+                        or attachment_lock.busy(cfg.data_dir, name):
+                    continue  # not weft's, still wanted, or a call is working on it
+                try:
+                    links.delete(rt, name)
+                except Exception as exc:
+                    errors.append(CniError(IO_FAILURE, f"cannot delete stale veth {name}: {exc}"))
+    except DatapathError as exc:
+        errors.append(exc)
     if cfg.ip_masq:
         try:
             for stale in masq.attachments(cfg.name) - keep_masq:
                 masq.remove(cfg.data_dir, cfg.name, stale)
-        except DatapathError as exc:
+        except Exception as exc:
             errors.append(exc)
     try:
         delegate.run(cfg.ipam_type, "GC", env, cfg.delegate_conf)

@@ -18,6 +18,7 @@ DEFAULT_MTU = 1500
 DEFAULT_DATA_DIR = paths.PLUGIN_DATA_DIR
 DEFAULT_AGENT_SOCKET = paths.AGENT_SOCKET
 DEFAULT_LOG_FILE = paths.LOG_FILE
+DEFAULT_LOCK_TIMEOUT = 45.0  # seconds: below the forwarder's 60 s deadline
 
 
 @dataclass
@@ -35,6 +36,7 @@ class WeftConf:
     data_dir: str
     agent_socket: str
     log_file: str
+    lock_timeout: float
     ipam_type: str
     # the netconf handed to the IPAM delegate (ranges filled from the subnet file)
     delegate_conf: dict
@@ -95,8 +97,11 @@ def load(conf: dict, command: str) -> WeftConf:
     """conf has passed the shared checks (version, name); validate weft's own keys."""
     name = conf["name"]
 
-    def opt(key, kind, default):
-        return netconf.typed(conf, key, kind, "", default)
+    def opt(key, kind, default, absolute=False):
+        value = netconf.typed(conf, key, kind, "", default)
+        if absolute and not value.startswith("/"):  # relative: the runtime's cwd would decide
+            raise CniError(INVALID_NETCONF, f"{key} {value!r} must be an absolute path")
+        return value
 
     bridge = opt("bridge", str, DEFAULT_BRIDGE)
     try:
@@ -106,13 +111,17 @@ def load(conf: dict, command: str) -> WeftConf:
     mtu = opt("mtu", int, None)
     if mtu is not None and not 68 <= mtu <= 65535:
         raise CniError(INVALID_NETCONF, f"mtu {mtu} is out of range (68-65535)")
+    lock_timeout = opt("lockTimeout", (int, float), DEFAULT_LOCK_TIMEOUT)
+    if isinstance(lock_timeout, bool) or not 0 < lock_timeout <= 300:
+        raise CniError(INVALID_NETCONF, f"lockTimeout {lock_timeout!r} must be a number of seconds "
+                       "in (0, 300]")
     ip_masq = opt("ipMasq", bool, None)
     is_default_gateway = opt("isDefaultGateway", bool, True)
     is_gateway = opt("isGateway", bool, True) or is_default_gateway
     ipam = _ipam_section(conf)
     delegate_conf = conf
     cluster_networks = []
-    subnet_path = opt("subnetFile", str, paths.subnet_file(paths.RUN_DIR, name))
+    subnet_path = opt("subnetFile", str, paths.subnet_file(paths.RUN_DIR, name), absolute=True)
     lease = None
     if not _has_ranges(ipam):
         if command in ("ADD", "STATUS", "CHECK"):
@@ -141,9 +150,10 @@ def load(conf: dict, command: str) -> WeftConf:
         hairpin_mode=opt("hairpinMode", bool, False),
         ip_masq=bool(ip_masq),
         subnet_file=subnet_path,
-        data_dir=opt("dataDir", str, DEFAULT_DATA_DIR),
+        data_dir=opt("dataDir", str, DEFAULT_DATA_DIR, absolute=True),
         agent_socket=opt("agentSocket", str, DEFAULT_AGENT_SOCKET),
-        log_file=opt("logFile", str, DEFAULT_LOG_FILE),
+        log_file=opt("logFile", str, DEFAULT_LOG_FILE, absolute=True),
+        lock_timeout=float(lock_timeout),
         ipam_type=ipam["type"],
         delegate_conf=delegate_conf,
         cluster_networks=cluster_networks,
@@ -155,13 +165,18 @@ def load(conf: dict, command: str) -> WeftConf:
 
 def requested_mac(cfg: WeftConf, env) -> str:
     """runtimeConfig.mac, then args.cni.mac, then CNI_ARGS MAC=; '' when none."""
-    mac = cfg.runtime_config.get("mac") or netconf.cni_args(cfg.raw).get("mac") or env.args.get("MAC", "")
+    sources = (("runtimeConfig.mac", cfg.runtime_config.get("mac")),
+               ("args.cni.mac", netconf.cni_args(cfg.raw).get("mac")), ("CNI_ARGS MAC", env.args.get("MAC")))
+    where, mac = next(((w, v) for w, v in sources if v), ("", ""))
+    if not isinstance(mac, str):
+        raise CniError(INVALID_NETCONF, f"requested MAC address {where} must be a string, got {mac!r}")
     if mac:
         parts = mac.split(":")
         if len(parts) != 6 or not all(len(p) == 2 and all(c in "0123456789abcdefABCDEF" for c in p)
                                       for p in parts):
-            raise CniError(INVALID_NETCONF, f"requested MAC address {mac!r} is not of the form 02:42:ac:11:00:02")
+            raise CniError(INVALID_NETCONF, f"requested MAC address {where} {mac!r} is not of the form "
+                           "02:42:ac:11:00:02")
         if int(parts[0], 16) & 1:
-            raise CniError(INVALID_NETCONF, f"requested MAC address {mac!r} is a multicast address")
+            raise CniError(INVALID_NETCONF, f"requested MAC address {where} {mac!r} is a multicast address")
     return mac.lower()
 

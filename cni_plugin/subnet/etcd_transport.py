@@ -169,6 +169,11 @@ class EtcdTransport:
             raise RegistryError("etcd client certificate and key must be given together")
         if (username is None) != (password is None):
             raise RegistryError("etcd username and password must be given together")
+        plain = [e.url for e in self.endpoints if e.scheme != "https"]
+        if plain and (cafile or certfile):
+            raise RegistryError(f"etcd TLS files are given but endpoint(s) {', '.join(plain)} use plain "
+                                "http: the certificates would be ignored and traffic sent unencrypted; "
+                                "write the endpoints as https://host:port (or drop the TLS flags)")
         self.cafile, self.certfile, self.keyfile = cafile, certfile, keyfile
         self.username, self.password = username, password
         self.timeout = timeout

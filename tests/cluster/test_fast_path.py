@@ -102,7 +102,9 @@ def test_dead_agent_falls_back_to_standalone(cluster):
     assert log_entries(node)[-1]["via"] == "standalone"
 
 
-def test_agent_that_does_not_answer_is_error_11(cluster, tmp_path):
+def test_agent_that_does_not_answer_nor_abandon_is_error_5(cluster, tmp_path):
+    """11 would tell the runtime "retry, nothing happened"; a peer that never answers,
+    not even after the forwarder hung up its sending half, may still be working."""
     node = one_node(cluster)
     silent = tmp_path / "silent.sock"
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -115,8 +117,9 @@ def test_agent_that_does_not_answer_is_error_11(cluster, tmp_path):
         out = invoke(f"{cluster.installed}/cni/weft", "ADD", node.netconf(agentSocket=str(silent)),
                      container_id="slow1", netns=pod_ns.path, ifname="eth0",
                      cni_path=f"{cluster.installed}/cni", extra_env={"WEFT_AGENT_TIMEOUT": "1"})
-        assert out.code == 1 and out.json["code"] == 11, out
-        assert "did not answer within 1s" in out.json["msg"] and str(silent) in out.json["msg"]
+        assert out.code == 1 and out.json["code"] == 5, out
+        assert "did not answer within 1s nor confirm abandoning" in out.json["msg"], out
+        assert str(silent) in out.json["msg"] and "DEL the attachment" in out.json["msg"], out
         assert out.json["cniVersion"] == "1.0.0"
     finally:
         pod_ns.delete()

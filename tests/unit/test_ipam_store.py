@@ -2,6 +2,7 @@
 
 import errno
 import ipaddress
+import fcntl
 import os
 import stat
 import threading
@@ -113,26 +114,23 @@ def _second_locker(store, exclusive, acquired):
         acquired.set()
 
 
-def _flock_waiters(path) -> int:
-    """How many flock requests the kernel has queued on `path` (the "->" lines of /proc/locks)."""
-    inode = str(os.stat(path).st_ino)
-    with open("/proc/locks") as handle:
-        fields = [line.split() for line in handle]
-    return sum(1 for f in fields if len(f) > 6 and f[1] == "->" and f[2] == "FLOCK"
-               and f[6].split(":")[-1] == inode)
-
-
 @pytest.mark.parametrize("second_exclusive", [True, False])
-def test_exclusive_lock_blocks_other_threads(store, second_exclusive):
-    acquired = threading.Event()
+def test_exclusive_lock_blocks_other_threads(store, second_exclusive, monkeypatch):
+    acquired, refused = threading.Event(), threading.Event()
+    real_flock = fcntl.flock
+
+    def flock(fd, op):  # the bounded wait polls: record each refusal it meets
+        try:
+            return real_flock(fd, op)
+        except BlockingIOError:
+            refused.set()
+            raise
+
+    monkeypatch.setattr(fcntl, "flock", flock)
     with store.locked():
         t = threading.Thread(target=_second_locker, args=(store, second_exclusive, acquired))
         t.start()
-        deadline = time.monotonic() + 10
-        while not _flock_waiters(os.path.join(store.dir, "lock")):
-            assert time.monotonic() < deadline, "the second locker never queued on the store's flock"
-            assert not acquired.is_set(), "the second locker got the lock while it was held"
-            time.sleep(0.01)
+        assert refused.wait(10), "the second locker never tried the store's flock"
         assert not acquired.is_set(), "the second locker got the lock while it was held"
     assert acquired.wait(10), "the second locker never got the lock after it was released"
     t.join()

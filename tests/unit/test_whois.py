@@ -190,7 +190,7 @@ def test_cli_without_command_is_a_usage_error(capsys):
 
 
 def run(command, data_dir, container, args=""):
-    conf = {"cniVersion": "1.1.0", "name": "weft",
+    conf = {"cniVersion": "1.1.0", "name": "weft", "type": "bridge",
             "ipam": {"type": "weft-ipam", "dataDir": data_dir, "ranges": [[{"subnet": "10.1.0.0/24"}]]}}
     environ = {"CNI_COMMAND": command, "CNI_CONTAINERID": container, "CNI_NETNS": "/x",
                "CNI_IFNAME": "eth0", "CNI_PATH": "/opt/cni/bin", "CNI_ARGS": args}
