@@ -14,6 +14,7 @@ problem, conflict.
 import threading
 import time
 
+from ..datapath.errors import DatapathError
 from ..subnet.lease import ConfigError
 from ..subnet.lease_manager import LeaseConflict, NoFreeSubnet
 from ..subnet.registry import RegistryError
@@ -60,6 +61,13 @@ class NetworkAgent:
         lease = self.held.lease.key if self.held else None
         return {"network": self.name, "node": self.node.name, "lease": lease, **more}
 
+    def controller(self, name: str):
+        return next(c for c in self.controllers if c.name == name)
+
+    def command(self, name: str) -> None:
+        """Queue an operator command for this network's loop (from a signal handler)."""
+        self.events.post("command", name)
+
     def _each(self, hook: str, *args):
         for controller in self.controllers:
             getattr(controller, hook)(*args)
@@ -81,6 +89,8 @@ class NetworkAgent:
                 self._trouble(f"network config unusable: {exc}", "error")
             except NoFreeSubnet as exc:
                 self._trouble(str(exc), "error")
+            except DatapathError as exc:  # e.g. no WireGuard at all: names the package
+                self._trouble(f"datapath: {exc}", "error")
             except LeaseConflict as exc:
                 self.conflict = str(exc)
                 self.metrics.conflict.labels(self.name).set(1)
@@ -138,6 +148,10 @@ class NetworkAgent:
                 if kind == "resync":
                     self.log.info("watch ended; relisting leases", extra=self.extra())
                     return
+                if kind == "command":
+                    self._each("on_command", key)
+                    timers.due()
+                    continue
                 self.metrics.events.labels(self.name, kind).inc()
                 self._each("on_lease_event", kind, key, value, received)
             timers.due()

@@ -10,6 +10,7 @@ A controller subclasses Controller and overrides the hooks it needs:
   before_sync()        before each full listing of leases
   sync(raw)            after each full listing: raw = [(key, value, etcd lease id)]
   on_lease_event(kind, key, value, received)   one watch event ("put"/"delete")
+  on_command(name)     an operator's request to the running agent (e.g. "rotate-key" on SIGHUP)
   timers()             [(interval seconds, callable)] run while serving
   while_waiting()      between failed attempts (keep the datapath repaired)
   status()             keys merged into the network's status file
@@ -33,6 +34,7 @@ class Controller:
     def before_sync(self) -> None: ...
     def sync(self, raw: list) -> None: ...
     def on_lease_event(self, kind: str, key: str, value: str, received: float) -> None: ...
+    def on_command(self, name: str) -> None: ...
     def timers(self) -> list:
         return []
     def while_waiting(self) -> None: ...
@@ -86,7 +88,7 @@ class Timers:
 
 
 class EventQueue:
-    """Watch events and the stop signal, in arrival order."""
+    """Watch events, operator commands ("command", name) and the stop signal, in arrival order."""
 
     STOP = ("stop", None, None, 0.0)
 

@@ -180,6 +180,10 @@ def status(args) -> int:
             print(f"  problem    {state['problem']}")
         if state.get("conflict"):
             print(f"  CONFLICT   {state['conflict']}")
+        wireguard = state.get("wireguard")
+        if wireguard:
+            print(f"  wireguard  {wireguard.get('device')} ({wireguard.get('implementation') or 'not set up'}), "
+                  f"port {wireguard.get('listenPort')}, public key {wireguard.get('publicKey') or '-'}")
         print(f"  peers      {len(state.get('peers') or [])} programmed")
         for peer in state.get("peers") or []:
             print(f"             {peer}")

@@ -101,6 +101,12 @@ class LeaseManager:
                     f"delete {self.state_path} to take a fresh subnet)")
         return self._create_random(set(leases), ttl)
 
+    def republish(self, held: HeldLease, backend_data) -> HeldLease:
+        """This node's lease with new BackendData (e.g. a rotated key), written to etcd
+        now and on every later adopt/renew."""
+        self.template = replace(self.template, backend_data=backend_data)
+        return self._adopt(held.lease.key, held.lease, held.lease_id)
+
     def _adopt(self, key, lease, lease_id) -> HeldLease:
         mine = self._with_subnet(parse_subnet_key(key))
         if mine != lease:  # e.g. new public IP or VTEP MAC: publish it

@@ -80,6 +80,13 @@ class LeaseController(Controller):
         else:
             self._check_own([(key, value, 1)])
 
+    def publish(self, backend_data) -> None:
+        """Put new BackendData of this node (e.g. a rotated key) into its lease."""
+        agent = self.agent
+        agent.held = self.manager.republish(agent.held, backend_data)
+        agent.log.info("lease republished with new backend data", extra=agent.extra())
+        agent.write_status()
+
     def timers(self):
         return [(min(self.agent.options.lease_ttl / 3.0, RENEW_EVERY_MAX), self.renew)]
 

@@ -3,7 +3,8 @@
 Sets up the backend's device (backends/<type>.py), programs each remote lease from
 the watch, and reconciles the kernel against the known leases periodically and while
 etcd is away (only against leases actually seen: an empty list would tear down
-every peer).
+every peer).  The "rotate-key" command (weftd's SIGHUP) has the backend make a new
+key, then the lease controller publishes it; peers re-program from their watch.
 """
 
 import dataclasses
@@ -63,8 +64,10 @@ class OverlayController(Controller):
             except ConfigError as exc:
                 agent.log.error("ignoring unreadable lease", extra=agent.extra(peer=key, error=exc))
                 return
+            previous = agent.peers.get(key)
             agent.peers[key] = lease
-            self._program(engine.apply_peer, lease, "peer programmed")
+            self._program(lambda nl, plan, new: engine.apply_peer(nl, plan, new, previous), lease,
+                          "peer programmed")
         else:
             lease = agent.peers.pop(key, None)
             if lease is not None:
@@ -82,6 +85,26 @@ class OverlayController(Controller):
             agent.log.error(f"{done.split()[1]} failed: {exc}", extra=agent.extra(peer=peer))
             return
         agent.log.info(done, extra=agent.extra(peer=peer))
+
+    def on_command(self, name):
+        if name != "rotate-key" or self.backend is None or self.agent.held is None:
+            return
+        agent = self.agent
+        try:
+            data = self.backend.rotate_key(self.nl, agent.config, agent.held.lease, agent.node)
+        except NotImplementedError as exc:
+            agent.log.info(f"key rotation requested: {exc}", extra=agent.extra())
+            return
+        except Exception as exc:  # the old key stays in use everywhere
+            agent.log.error(f"key rotation failed: {exc}", extra=agent.extra())
+            return
+        try:
+            agent.controller("lease").publish(data)
+        except Exception as exc:  # the next renew publishes it (the template holds it)
+            agent.log.error(f"rotated key not published yet: {exc}", extra=agent.extra())
+        self.plan = dataclasses.replace(self.plan, local=agent.held.lease)
+        agent.log.info("node key rotated", extra=agent.extra())
+        agent.write_status()
 
     def timers(self):
         return [(self.agent.options.reconcile_interval, self.reconcile)]
@@ -118,7 +141,8 @@ class OverlayController(Controller):
 
     def status(self):
         agent = self.agent
-        return {"backend": agent.config.backend_type if agent.config else None,
+        extra = self.backend.status() if self.backend is not None else {}
+        return {**extra, "backend": agent.config.backend_type if agent.config else None,
                 "peers": sorted(f"{p.key} {p.node_name} {p.public_ip}" for p in agent.peers.values()),
                 "driftRepaired": self.drift_repaired, "lastReconcile": self.last_reconcile}
 
