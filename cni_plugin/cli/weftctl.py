@@ -140,7 +140,9 @@ def leases(args) -> int:
                          "publicIP": str(lease.public_ip), "vtepMAC": lease.vtep_mac,
                          "ipv6Subnet": str(lease.ipv6_subnet) if lease.ipv6_subnet else None,
                          "leaseID": lease_id,
-                         "ttl": registry.lease_ttl(lease_id) if lease_id else None})
+                         "ttl": registry.lease_ttl(lease_id) if lease_id else None,
+                         "backendType": lease.backend_type,
+                         "backendData": json.loads(lease.to_json())["BackendData"]})
     if args.json:
         print(json.dumps(rows, indent=2))
         return EXIT_OK

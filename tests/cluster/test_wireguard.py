@@ -8,6 +8,7 @@ in the underlay namespace: an oracle independent of weft's own UAPI client.
 import json
 import os
 import shutil
+import signal
 import stat
 import subprocess
 import time
@@ -144,3 +145,106 @@ def test_underlay_sees_only_wireguard_udp_and_never_the_payload(cluster, backend
     assert between_nodes, "no packet between the nodes was captured"
     off = [l for l in between_nodes if f".{PORT}: UDP" not in l and f".{PORT} > " not in l]
     assert not off, f"non-WireGuard traffic between the nodes: {off[:5]}"
+
+
+def _leases(cluster) -> list:
+    return json.loads(cluster.weftctl("leases", "weft", "--json").stdout)
+
+
+def test_agent_restart_keeps_key_device_and_traffic(cluster):
+    nodes = start(cluster, 2, WIREGUARD)
+    one, two = nodes
+    src, dst = one.add_pod(), two.add_pod()
+    wait_tcp(src, dst, 7300, "pod-to-pod TCP before the restart")
+    key, pid, before = public_key(one), one.wireguard_pids()[DEV], peers(one)
+    one.stop_agent()
+    # wireguard-go outlives weftd, so the datapath (and the pods' traffic) stays
+    assert one.wireguard_pids() == {DEV: pid}
+    assert peers(one) == before
+    server = dst.serve_tcp(7301, 1)
+    try:
+        assert src.tcp(dst.ip, 7301), "pod traffic stopped while weftd was down"
+    finally:
+        server.kill()
+        server.wait()
+    one.start_agent()
+    one.wait_ready()
+    assert public_key(one) == key and one.status()["wireguard"]["implementation"] == "userspace"
+    assert one.wireguard_pids() == {DEV: pid}, "the restarted agent started a second wireguard-go"
+    assert [row for row in _leases(cluster) if row["node"] == "node1"]
+    wait_peers(two, [one], "node2 still has node1's unchanged key")
+    assert peers(one) == before
+    wait_tcp(src, dst, 7302, "pod-to-pod TCP after the restart")
+
+
+def test_key_rotation_reaches_every_peer_and_traffic_recovers(cluster):
+    nodes = start(cluster, 3, WIREGUARD)
+    one, two, three = nodes
+    pods = [node.add_pod() for node in nodes]
+    wait_tcp(pods[0], pods[1], 7400, "node1 -> node2 before rotation")
+    wait_tcp(pods[2], pods[1], 7401, "node3 -> node2 before rotation")
+    old_key = public_key(two)
+    old_private = open(os.path.join(two.state_dir, "weft", "wireguard.key")).read()
+    two.agent.send_signal(signal.SIGHUP)
+    wait_for(lambda: public_key(two) != old_key, 20, 0.1, what="node2 reports a new public key")
+    new_key = public_key(two)
+    key_file = os.path.join(two.state_dir, "weft", "wireguard.key")
+    assert open(key_file).read() != old_private and stat.S_IMODE(os.stat(key_file).st_mode) == 0o600
+    lease = [row for row in _leases(cluster) if row["node"] == "node2"]
+    assert lease and new_key in json.dumps(lease), lease
+    for node in (one, three):  # the watch brings the new key; the old peer is gone
+        wait_peers(node, [n for n in nodes if n is not node], "peers carry node2's new key")
+        assert old_key not in peers(node)
+    wait_tcp(pods[0], pods[1], 7402, "node1 -> node2 after rotation")
+    wait_tcp(pods[1], pods[2], 7403, "node2 -> node3 after rotation")
+    assert "node key rotated" in two.log()
+
+
+def test_reconcile_restores_a_deleted_peer_and_node_removal_drops_it(cluster):
+    nodes = start(cluster, 3, WIREGUARD)
+    one, two, three = nodes
+    three_key = public_key(three)
+    subnet = three.status()["lease"]["subnet"]
+    # drift: remove node3's peer from node1 behind the agent's back
+    one.wg("set", DEV, "peer", three_key, "remove")
+    assert three_key not in peers(one)
+    wait_peers(one, [two, three], "node1's reconcile restores node3's deleted peer")
+    wait_for(lambda: "was missing" in one.log() and three_key in one.log(), 20,
+             what="node1 logs the repaired peer")
+    assert one.status()["driftRepaired"] >= 1
+    # node removal: node3 leaves (its etcd lease revoked); both others drop peer and route
+    lease_id = [row for row in _leases(cluster) if row["node"] == "node3"][0]["leaseID"]
+    three.stop_agent()
+    cluster.etcd.etcdctl("lease", "revoke", format(lease_id, "x"), check=True)
+    for node in (one, two):
+        wait_for(lambda: three_key not in peers(node), 20, 0.1, what=f"{node.name} drops node3's peer")
+        wait_for(lambda: subnet not in node.ns.ip("route", "show", "proto", "119"), 20, 0.1,
+                 what=f"{node.name} drops node3's route")
+        assert peers(node) == expected_peers(node, [n for n in (one, two) if n is not node])
+
+
+def _fake_lease(cluster, subnet: str, data: dict):
+    value = {"PublicIP": "192.168.100.77", "NodeName": "forged", "BackendType": "wireguard",
+             "BackendData": data}
+    key = f"/weft/networks/weft/subnets/{subnet.replace('/', '-')}"
+    cluster.etcd.etcdctl("put", key, json.dumps(value), check=True)
+
+
+@pytest.mark.parametrize("data, complaint", [
+    ({"PublicKey": "bm90IGEga2V5", "ListenPort": PORT}, "is 9 bytes, a WireGuard key is 32"),
+    ({"PublicKey": "!!!not base64!!!", "ListenPort": PORT}, "is not base64"),
+    ({"PublicKey": "x" * 43 + "=", "ListenPort": 70000}, "ListenPort 70000 must be an integer"),
+])
+def test_lease_with_a_malformed_key_or_port_is_refused(cluster, data, complaint):
+    nodes = start(cluster, 2, WIREGUARD)
+    one, two = nodes
+    before = peers(one)
+    _fake_lease(cluster, "10.246.200.0/24", data)
+    wait_for(lambda: complaint in one.log(), 20, 0.1, what=f"node1 refuses the forged lease ({complaint})")
+    refused = [json.loads(line) for line in one.log().splitlines() if "unreadable lease" in line]
+    assert refused and "10.246.200.0-24" in json.dumps(refused[-1]), refused
+    # nothing programmed: same peers, no route to the forged subnet, even after a reconcile
+    drift = one.status()["lastReconcile"]
+    wait_for(lambda: (one.status()["lastReconcile"] or 0) > (drift or 0), 20, 0.1, what="a reconcile after the put")
+    assert peers(one) == before
+    assert "10.246.200.0" not in one.ns.ip("route", "show")
