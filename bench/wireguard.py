@@ -15,7 +15,7 @@ from lab.cluster import Cluster, wait_for
 
 from .context import quiesce, rotate
 from .reference import WG_MTU, ReferenceTopology
-from .throughput import _link_mtu, _median, iperf
+from .throughput import _link_mtu, _median, iperf, two_nodes
 
 VXLAN = {"Network": "10.244.0.0/16", "Backend": {"Type": "vxlan", "VNI": 1}}
 WIREGUARD = {"Network": "10.245.0.0/16", "Backend": {"Type": "wireguard"}}
@@ -27,16 +27,7 @@ def wireguard(ctx, seconds: int, rounds: int) -> dict:
     cluster = Cluster(os.path.join(ctx.work, "wg-cluster"), ctx.installed, reconcile_interval=10.0)
     reference = None
     try:
-        cluster.set_network("weft", VXLAN)
-        cluster.set_network("wg", WIREGUARD)
-        nodes = [cluster.add_node() for _ in range(2)]
-        for node in nodes:
-            node.start_agent(networks=("weft", "wg"))
-        for node in nodes:
-            for network in ("weft", "wg"):
-                node.wait_ready(network, timeout=60)
-                wait_for(lambda: len((node.status(network) or {}).get("peers", [])) == 1, 30,
-                         what=f"{node.name} {network} peer")
+        nodes = two_nodes(cluster, {"weft": VXLAN, "wg": WIREGUARD})
 
         def pod(node, network, bridge, name):
             conf = node.netconf(network, bridge=bridge, agentSocket=os.path.join(node.run_dir, "weftd.sock"))

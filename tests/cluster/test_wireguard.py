@@ -15,7 +15,7 @@ import time
 
 import pytest
 
-from lab.cluster import serve_tcp, wait_for
+from lab.cluster import wait_for
 from lab.namespaces import suffix
 
 from test_cross_node import assert_full_mesh, start
