@@ -90,11 +90,19 @@ class UserspaceWireGuard:
         self.pid_path = os.path.join(sock_dir, f"{name}.pid")
 
     def alive(self) -> bool:
-        try:
-            self._request("get=1\n")
-        except WireGuardError:
-            return False
-        return True
+        return self.probe() is None
+
+    def probe(self, attempts: int = 1) -> Optional[str]:
+        """None when wireguard-go answers on the socket, else why not (after `attempts`)."""
+        for attempt in range(attempts):
+            try:
+                self._request("get=1\n")
+                return None
+            except WireGuardError as exc:
+                problem = str(exc)
+            if attempt + 1 < attempts:
+                time.sleep(0.2)
+        return problem
 
     def pid(self) -> Optional[int]:
         try:
@@ -274,6 +282,15 @@ def _create(nl, name: str, sock_dir: str):
     return driver
 
 
+def _gone(nl, name: str, wait: float = 3.0) -> bool:
+    deadline = time.monotonic() + wait
+    while nl.link(name) is not None:
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.05)
+    return True
+
+
 def ensure_wireguard(nl, name: str, private_key: str, listen_port: int, mtu: int, addresses: list,
                      sock_dir: str) -> WireGuardDevice:
     """Make `name` a WireGuard device (kernel or wireguard-go) with this key, port, MTU,
@@ -289,12 +306,15 @@ def ensure_wireguard(nl, name: str, private_key: str, listen_port: int, mtu: int
             raise WireGuardError(f"{name} was created but is not in this namespace")
     elif link.kind == "wireguard":
         driver = KernelWireGuard(name)
-    elif link.kind == "tun" and UserspaceWireGuard(name, sock_dir).alive():
-        driver = UserspaceWireGuard(name, sock_dir)
     else:
-        raise LinkConflict(f"link {name} exists and is a {link.kind or 'link of unknown kind'} that is "
-                           f"not a WireGuard device weft can configure (no UAPI socket at "
-                           f"{UserspaceWireGuard(name, sock_dir).socket_path}); remove it")
+        driver = UserspaceWireGuard(name, sock_dir)
+        problem = driver.probe(attempts=5) if link.kind == "tun" else "not a tun link"
+        if problem is not None and link.kind == "tun" and _gone(nl, name):
+            # a wireguard-go that was exiting (killed, crashed): its tun link went with it
+            return ensure_wireguard(nl, name, private_key, listen_port, mtu, addresses, sock_dir)
+        if problem is not None:
+            raise LinkConflict(f"link {name} exists and is a {link.kind or 'link of unknown kind'} that is "
+                               f"not a WireGuard device weft can configure ({problem}); remove it")
     current_key, current_port, _ = driver.state()
     if current_key != private_key or current_port != listen_port:
         driver.configure(private_key, listen_port)

@@ -151,6 +151,8 @@ class LeaseManager:
         current = _parse_all(raw).get(held.lease.key)
         if alive and current is not None and current[1] == held.lease_id and current[0] is not None \
                 and current[0].node_name == held.lease.node_name:
+            if current[0] != self._with_subnet(held.lease.subnet):  # e.g. a rotated key not yet published
+                return self._adopt(held.lease.key, current[0], current[1])
             return held
         if current is None:
             again = self._create(held.lease.subnet, ttl)

@@ -54,7 +54,13 @@ def expected_peers(node, others) -> dict:
 
 def wait_peers(node, others, what):
     want = expected_peers(node, others)
-    return wait_for(lambda: peers(node) == want, 30, 0.2, what=f"{node.name}: {what} (want {want})")
+
+    def matches():
+        try:
+            return peers(node) == want
+        except (RuntimeError, KeyError):  # wireguard-go (re)starting: no socket or PID yet
+            return False
+    return wait_for(matches, 30, 0.2, what=f"{node.name}: {what} (want {want})")
 
 
 def wait_tcp(src, dst, port, what):
@@ -175,6 +181,15 @@ def test_agent_restart_keeps_key_device_and_traffic(cluster):
     wait_peers(two, [one], "node2 still has node1's unchanged key")
     assert peers(one) == before
     wait_tcp(src, dst, 7302, "pod-to-pod TCP after the restart")
+    # wireguard-go dies under a running agent: a reconcile sets the device up again
+    created = one.log().count("(created)")
+    os.kill(pid, signal.SIGKILL)
+    wait_for(lambda: one.wireguard_pids().get(DEV) not in (None, pid), 30, 0.1,
+             what="node1's agent starts a new wireguard-go")
+    wait_peers(one, [two], "node1's peers are back on the new device")
+    assert one.log().count("(created)") == created + 1
+    assert public_key(one) == key
+    wait_tcp(src, dst, 7303, "pod-to-pod TCP after wireguard-go was replaced")
 
 
 def test_key_rotation_reaches_every_peer_and_traffic_recovers(cluster):

@@ -117,6 +117,10 @@ class OverlayController(Controller):
         agent = self.agent
         started = time.monotonic()
         try:
+            if self._device_gone():  # e.g. wireguard-go was killed: build the device again
+                agent.log.warning(f"device {self.plan.device.name} is gone; setting it up again",
+                                  extra=agent.extra())
+                self.prepare()
             drift = engine.reconcile(self.nl, dataclasses.replace(self.plan, peers=tuple(agent.peers.values())))
         except Exception as exc:  # OverlayError carries what was done before the failures
             agent.log.error(f"reconcile incomplete: {exc}", extra=agent.extra())
@@ -138,6 +142,13 @@ class OverlayController(Controller):
         agent.metrics.peers.labels(agent.name).set(len(agent.peers))
         agent.metrics.ready.labels(agent.name).set(1 if agent.ready else 0)
         agent.write_status()
+
+    def _device_gone(self) -> bool:
+        device = self.plan.device
+        if not device.index:
+            return False
+        link = self.nl.link(index=device.index)
+        return link is None or link.name != device.name
 
     def status(self):
         agent = self.agent
