@@ -35,6 +35,7 @@ import threading
 import time
 from typing import NamedTuple, Optional
 
+from ..fsutil import write_atomic
 from .errors import DatapathError, LinkConflict, NetlinkError
 from .vxlan import fix_addresses
 
@@ -131,8 +132,7 @@ class UserspaceWireGuard:
             log.close()
         # reap it if it exits while we run (it normally outlives this process)
         threading.Thread(target=proc.wait, name=f"reap-{self.name}", daemon=True).start()
-        with open(self.pid_path, "w") as handle:
-            handle.write(f"{proc.pid}\n")
+        write_atomic(self.pid_path, f"{proc.pid}\n", mode=0o644, durable=False)
         deadline = time.monotonic() + START_TIMEOUT
         while not self.alive():
             if proc.poll() is not None:
