@@ -102,6 +102,20 @@ def test_three_nodes_peers_routes_mtu_and_traffic(cluster):
     assert "userspace implementation" in one.log()
 
 
+def test_dual_stack_pods_talk_over_one_peer_per_node(cluster):
+    config = {**WIREGUARD, "EnableIPv6": True, "IPv6Network": "fd00:246::/48"}
+    one, two = start(cluster, 2, config)
+    pods = [one.add_pod(), two.add_pod()]
+    assert all(len(pod.ips) == 2 and ":" in pod.ips[1] for pod in pods)
+    lease = two.status()["lease"]
+    want = {public_key(two): (f"{two.ip}:{PORT}", tuple(sorted([lease["subnet"], lease["ipv6Subnet"]])))}
+    wait_for(lambda: peers(one) == want, 30, 0.2, what=f"node1 has node2's peer with both subnets ({want})")
+    v6_routes = one.ns.ip_json("-6", "route", "show", "proto", "119")
+    assert [(r["dst"], r["dev"]) for r in v6_routes] == [(lease["ipv6Subnet"], DEV)]
+    wait_for(lambda: pods[0].ping(pods[1].ips[1]), 40, 0.2, what="the first IPv6 ping (handshake)")
+    assert_full_mesh(pods, tcp=False)
+
+
 def _capture(cluster, send):
     """Run `send()` while tcpdump in the underlay namespace writes every packet on the
     bridge to a file; returns (bytes of the capture, summary lines)."""
