@@ -8,7 +8,20 @@ permanent neighbour (peer .0 -> peer VTEP MAC), an FDB entry (MAC -> peer addres
 and a route (peer subnet via peer .0 dev vxlan onlink).  Pods are namespaces with a
 veth (MTU 1450) on cbr0, an address from the node's subnet and a default route via
 the gateway.  No agent, no plugin, nothing else.
+
+With overlay="wireguard" each node instead gets a WireGuard device `wgref` (MTU
+1440, address <subnet>.0/32, port 51820, keys from `wg genkey`) and, per peer, a
+peer (endpoint peer:51820, allowed-ips peer subnet) set with `wg` plus the route
+`peer subnet dev wgref`: the kernel's device when the module exists, else
+wireguard-go, started in a private mount namespace (its socket directory bound over
+/run, as weft does) so the nodes' sockets never collide; `wg` runs inside it.
 """
+
+import os
+import shutil
+import signal
+import subprocess
+import time
 
 from lab.namespaces import sh
 
@@ -23,9 +36,15 @@ def vtep_mac(index: int) -> str:
     return f"0a:58:0a:f4:{index:02x}:00"
 
 
+WG_DEVICE, WG_PORT, WG_MTU = "wgref", 51820, 1440
+
+
 class ReferenceNode:
     def __init__(self, topology, index: int):
+        self.topology = topology
         self.index = index
+        self.mtu = WG_MTU if topology.overlay == "wireguard" else MTU
+        self.wg_pid = None
         self.ns = topology.ctx.namespace(f"wbrn{index}")
         self.ip = f"{UNDERLAY}.{index}"
         self.subnet = f"10.244.{index}"
@@ -36,17 +55,69 @@ class ReferenceNode:
         sh(["ip", "-n", ul, "link", "add", port, "type", "veth", "peer", "name", "eth0", "netns", self.ns.name])
         sh(["ip", "-n", ul, "link", "set", port, "master", "ul0", "up"])
         self._ip(f"addr add {self.ip}/24 dev eth0", "link set eth0 up",
-                 f"link add {DEVICE} type vxlan id {VNI} local {self.ip} dstport {PORT} nolearning dev eth0",
-                 f"link set {DEVICE} mtu {MTU} address {vtep_mac(index)}",
-                 f"addr add {self.subnet}.0/32 dev {DEVICE}", f"link set {DEVICE} up",
-                 "link add cbr0 type bridge", f"link set cbr0 mtu {MTU}",
+                 "link add cbr0 type bridge", f"link set cbr0 mtu {self.mtu}",
                  f"addr add {self.subnet}.1/24 dev cbr0", "link set cbr0 up")
+        if topology.overlay == "wireguard":
+            self._wireguard()
+        else:
+            self._ip(f"link add {DEVICE} type vxlan id {VNI} local {self.ip} dstport {PORT} nolearning dev eth0",
+                     f"link set {DEVICE} mtu {MTU} address {vtep_mac(index)}",
+                     f"addr add {self.subnet}.0/32 dev {DEVICE}", f"link set {DEVICE} up")
         self.ns.run(["sysctl", "-qw", "net.ipv4.ip_forward=1"])
+
+    # -- wireguard ---------------------------------------------------------------
+    def _wireguard(self):
+        work = os.path.join(self.topology.ctx.work, f"wgref-{self.ns.name}")
+        os.makedirs(work, exist_ok=True)
+        self.key_file = os.path.join(work, "private")
+        private = sh(["wg", "genkey"]).stdout.strip()
+        with open(os.open(self.key_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "w") as handle:
+            handle.write(private + "\n")
+        self.public_key = sh(["wg", "pubkey"], input=private + "\n").stdout.strip()
+        kernel = self.ns.run(["ip", "link", "add", WG_DEVICE, "type", "wireguard"], check=False).returncode == 0
+        self.topology.implementation = "kernel" if kernel else "userspace"
+        if not kernel:
+            log = open(os.path.join(work, "wireguard-go.log"), "ab")
+            proc = subprocess.Popen(["ip", "netns", "exec", self.ns.name, "unshare", "--mount", "--propagation",
+                                     "private", "sh", "-c", 'mount --bind "$1" /run && exec wireguard-go -f "$2"',
+                                     "sh", work, WG_DEVICE], stdout=log, stderr=subprocess.STDOUT,
+                                    stdin=subprocess.DEVNULL, start_new_session=True)
+            log.close()
+            self.wg_proc = proc
+            self.wg_pid = proc.pid
+            deadline = time.monotonic() + 10
+            while not os.path.exists(os.path.join(work, "wireguard", f"{WG_DEVICE}.sock")):
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError(f"reference wireguard-go in {self.ns.name} did not start")
+                time.sleep(0.05)
+        self.wg("set", WG_DEVICE, "private-key", self.key_file, "listen-port", str(WG_PORT))
+        self._ip(f"link set {WG_DEVICE} mtu {WG_MTU}", f"addr add {self.subnet}.0/32 dev {WG_DEVICE}",
+                 f"link set {WG_DEVICE} up")
+
+    def wg(self, *args):
+        """`wg` in this node (inside wireguard-go's mount namespace when it runs)."""
+        enter = ["nsenter", "-t", str(self.wg_pid), "-m", "-n"] if self.wg_pid else \
+            ["ip", "netns", "exec", self.ns.name]
+        return sh([*enter, "wg", *args])
+
+    def stop(self):
+        if self.wg_pid:
+            try:
+                os.kill(self.wg_pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+            self.wg_proc.wait(timeout=10)
+            self.wg_pid = None
 
     def _ip(self, *commands: str):
         sh(["ip", "-n", self.ns.name, "-batch", "-"], input="\n".join(commands) + "\n")
 
     def peer_with(self, other):
+        if self.topology.overlay == "wireguard":
+            self.wg("set", WG_DEVICE, "peer", other.public_key, "endpoint", f"{other.ip}:{WG_PORT}",
+                    "allowed-ips", f"{other.subnet}.0/24")
+            self._ip(f"route add {other.subnet}.0/24 dev {WG_DEVICE}")
+            return
         self._ip(f"neigh add {other.subnet}.0 lladdr {vtep_mac(other.index)} dev {DEVICE} nud permanent")
         sh(["bridge", "-n", self.ns.name, "fdb", "append", vtep_mac(other.index), "dev", DEVICE,
             "dst", other.ip])
@@ -59,23 +130,36 @@ class ReferenceNode:
         self.pod_names.append(pod.name)
         address = f"{self.subnet}.{self.pods + 1}"
         host = f"rv{self.index}{self.pods}-{pod.name[-6:]}"
-        self._ip(f"link add {host} mtu {MTU} type veth peer name eth0 netns {pod.name}",
+        self._ip(f"link add {host} mtu {self.mtu} type veth peer name eth0 netns {pod.name}",
                  f"link set {host} master cbr0 up")
         sh(["ip", "-n", pod.name, "-batch", "-"],
-           input=f"link set eth0 mtu {MTU}\naddr add {address}/24 dev eth0\nlink set eth0 up\n"
+           input=f"link set eth0 mtu {self.mtu}\naddr add {address}/24 dev eth0\nlink set eth0 up\n"
                  f"route add default via {self.subnet}.1\n")
         return pod, address
 
 
 class ReferenceTopology:
-    """Two (or more) reference nodes on one underlay bridge, fully meshed."""
+    """Two (or more) reference nodes on one underlay bridge, fully meshed.
+    overlay: "vxlan" or "wireguard"; implementation: "kernel"/"userspace" (wireguard)."""
 
-    def __init__(self, ctx, nodes: int = 2):
+    def __init__(self, ctx, nodes: int = 2, overlay: str = "vxlan"):
+        if overlay == "wireguard":
+            for tool, package in (("wg", "wireguard-tools"), ("wireguard-go", "wireguard-go")):
+                if shutil.which(tool) is None:
+                    raise RuntimeError(f"{tool} is missing: apt-get install --no-install-recommends {package}")
         self.ctx = ctx
+        self.overlay = overlay
+        self.implementation = None
         self.underlay = ctx.namespace("wbru")
         self.underlay.run(["ip", "link", "add", "ul0", "type", "bridge"])
         self.underlay.run(["ip", "link", "set", "ul0", "up"])
-        self.nodes = [ReferenceNode(self, i + 1) for i in range(nodes)]
+        self.nodes = []
+        try:
+            for i in range(nodes):
+                self.nodes.append(ReferenceNode(self, i + 1))
+        except BaseException:
+            self.stop()
+            raise
         for node in self.nodes:
             for other in self.nodes:
                 if other is not node:
@@ -86,3 +170,8 @@ class ReferenceTopology:
         for node in self.nodes:
             names += [node.ns.name] + node.pod_names
         return names
+
+    def stop(self):
+        """Stop the reference's processes (wireguard-go) by PID."""
+        for node in self.nodes:
+            node.stop()

@@ -58,6 +58,12 @@ def targets(figures: dict, prepopulated=250) -> list:
             out.append(_check(f"pod-to-pod throughput {label}, weft / reference", _get(tp, topo, "ratio"),
                               ">=", 0.95, "x", f"{_get(tp, topo, 'weft_gbps')} vs "
                                                f"{_get(tp, topo, 'reference_gbps')} Gbit/s"))
+    wg = figures.get("wireguard")
+    if wg and "error" not in wg:
+        out.append(_check(f"cross-node pod TCP over wireguard ({wg.get('weft_implementation')}), weft / "
+                          "hand-built pair", wg.get("ratio_vs_reference"), ">=", 0.95, "x",
+                          f"{_get(wg, 'weft_wireguard', 'gbps')} vs {_get(wg, 'reference_wireguard', 'gbps')} "
+                          "Gbit/s"))
     if conv and "error" not in conv:
         missing = conv.get("missing", 0)
         for phase, label in (("add", "new lease -> route+neigh+FDB"), ("remove", "lease removal -> cleanup")):
@@ -148,12 +154,30 @@ def attachment_table(figures: dict) -> list:
 def datapath_table(figures: dict) -> list:
     tp = figures.get("throughput")
     if not tp or "error" in tp:
-        return []
+        return wireguard_rows(figures, [])
     lines = [_row(["pod-to-pod TCP, iperf3", "weft (Gbit/s)", "reference (Gbit/s)", "weft / reference"]),
              _row(["---"] * 4)]
     for topo, label in (("same_node", "same node (bridge)"), ("cross_node", "cross node (VXLAN, MTU 1450)")):
         lines.append(_row([label, _fmt(_get(tp, topo, "weft_gbps"), 2), _fmt(_get(tp, topo, "reference_gbps"), 2),
                            _fmt(_get(tp, topo, "ratio"), 2, "x")]))
+    return wireguard_rows(figures, lines)
+
+
+def wireguard_rows(figures: dict, lines: list) -> list:
+    """The wireguard figure: weft wireguard vs the hand-built pair, weft vxlan beside."""
+    wg = figures.get("wireguard")
+    if not wg or "error" in wg:
+        return lines
+    if not lines:
+        lines = [_row(["pod-to-pod TCP, iperf3", "weft (Gbit/s)", "reference (Gbit/s)", "weft / reference"]),
+                 _row(["---"] * 4)]
+    impl = wg.get("weft_implementation")
+    lines.append(_row([f"cross node (WireGuard {impl}, MTU {wg.get('weft_wireguard_pod_mtu')}; reference: "
+                       f"hand-built {wg.get('reference_implementation')} pair)",
+                       _fmt(_get(wg, "weft_wireguard", "gbps"), 2), _fmt(_get(wg, "reference_wireguard", "gbps"), 2),
+                       _fmt(wg.get("ratio_vs_reference"), 2, "x")]))
+    lines.append(_row(["cross node, same run: weft wireguard / weft vxlan", _fmt(_get(wg, "weft_vxlan", "gbps"), 2)
+                       + " (vxlan)", "", _fmt(wg.get("ratio_vs_vxlan"), 2, "x")]))
     return lines
 
 

@@ -20,12 +20,12 @@ import tempfile
 import time
 import traceback
 
-from . import attach, convergence, cri, report, throughput
+from . import attach, convergence, cri, report, throughput, wireguard
 from .contenders import LABELS
 from .context import Context, quiesce
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-FIGURES = ("sequential", "parallel", "scale", "throughput", "convergence", "cri")
+FIGURES = ("sequential", "parallel", "scale", "throughput", "wireguard", "convergence", "cri")
 SMOKE = {"attachments": 10, "parallel": 10, "workers": 8, "parallel_rounds": 2, "prepopulate": 20, "measure": 5,
          "iperf_seconds": 1, "iperf_rounds": 1, "nodes": 3, "leases": 2, "sandboxes": 3}
 
@@ -102,6 +102,7 @@ def run_figures(ctx, args) -> dict:
         "parallel": lambda: attach.parallel(ctx, args.parallel, args.workers, args.parallel_rounds),
         "scale": lambda: attach.scale(ctx, args.prepopulate, args.measure, args.workers),
         "throughput": lambda: throughput.throughput(ctx, args.iperf_seconds, args.iperf_rounds),
+        "wireguard": lambda: wireguard.wireguard(ctx, args.iperf_seconds, args.iperf_rounds),
         "convergence": lambda: convergence.convergence(ctx, args.nodes, args.leases),
         "cri": lambda: cri.cri(ctx, args.sandboxes),
     }

@@ -66,18 +66,27 @@ def _link_mtu(ns, ifname="eth0"):
     return links[0].get("mtu") if links else None
 
 
+def two_nodes(cluster, networks: dict) -> list:
+    """Two nodes whose agents serve `networks` ({name: config}), each ready and peered."""
+    for name, config in networks.items():
+        cluster.set_network(name, config)
+    nodes = [cluster.add_node() for _ in range(2)]
+    for node in nodes:
+        node.start_agent(networks=tuple(networks))
+    for node in nodes:
+        for name in networks:
+            node.wait_ready(name, timeout=60)
+            wait_for(lambda: len((node.status(name) or {}).get("peers", [])) == 1, 30,
+                     what=f"{node.name} {name} peer")
+    return nodes
+
+
 def throughput(ctx, seconds: int, rounds: int) -> dict:
     ctx.say(f"throughput: iperf3 {seconds}s x {rounds} rounds, same-node and cross-node, weft vs reference")
     cluster = Cluster(os.path.join(ctx.work, "tp-cluster"), ctx.installed, reconcile_interval=10.0)
     reference = None
     try:
-        cluster.set_network("weft", NETWORK)
-        nodes = [cluster.add_node() for _ in range(2)]
-        for node in nodes:
-            node.start_agent()
-        for node in nodes:
-            node.wait_ready(timeout=60)
-            wait_for(lambda: len((node.status() or {}).get("peers", [])) == 1, 30, what=f"{node.name} peer")
+        nodes = two_nodes(cluster, {"weft": NETWORK})
 
         def conf(node):
             return node.netconf(agentSocket=os.path.join(node.run_dir, "weftd.sock"))

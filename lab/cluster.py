@@ -55,9 +55,10 @@ class Pod:
         """A TCP responder on this pod's first address answering `count` connections."""
         return serve_tcp(self.ns, self.ip, port, count)
 
-    def tcp(self, address: str, port: int):
+    def tcp(self, address: str, port: int, payload: str = None):
         """The source address the server saw (None when unreachable)."""
-        out = self.ns.run([sys.executable, "-m", "lab.tcp_echo", "ask", address, str(port)],
+        out = self.ns.run([sys.executable, "-m", "lab.tcp_echo", "ask", address, str(port),
+                           *([payload] if payload else [])],
                           check=False, cwd=REPO)
         return out.stdout.strip() if out.returncode == 0 else None
 
@@ -184,8 +185,45 @@ class Node:
         return invoke(f"{cni}/weft", "DEL", conf or self.netconf(pod.network), container_id=pod.cid,
                       netns=pod.ns.path, ifname=pod.ifname, cni_path=cni, node=self.ns)
 
+    # -- wireguard-go processes (they outlive weftd by design) ------------------
+    def wireguard_pids(self) -> dict:
+        """{device: PID} of the wireguard-go processes this node's agent started and that
+        still run (read from <run-dir>/wireguard/<dev>.pid, checked against /proc)."""
+        found = {}
+        directory = os.path.join(self.run_dir, "wireguard")
+        for name in sorted(os.listdir(directory)) if os.path.isdir(directory) else ():
+            if not name.endswith(".pid"):
+                continue
+            try:
+                pid = int(open(os.path.join(directory, name)).read().strip())
+                cmdline = open(f"/proc/{pid}/cmdline", "rb").read().split(b"\0")
+            except (OSError, ValueError):
+                continue
+            if any(arg.endswith(b"wireguard-go") for arg in cmdline):
+                found[name[:-len(".pid")]] = pid
+        return found
+
+    def wg(self, *args) -> str:
+        """`wg` (wireguard-tools) against this node's wireguard-go, inside its mount and
+        network namespaces: an oracle independent of weft's UAPI client.  Never `dump`
+        or `showconf` (they print the private key)."""
+        device = args[1] if len(args) > 1 else None
+        pid = self.wireguard_pids()[device]
+        return sh(["nsenter", "-t", str(pid), "-m", "-n", "wg", *args]).stdout
+
+    def stop_wireguard(self):
+        for pid in self.wireguard_pids().values():
+            try:
+                os.kill(pid, signal.SIGTERM)
+            except ProcessLookupError:
+                continue
+            deadline = time.monotonic() + 5
+            while os.path.exists(f"/proc/{pid}") and time.monotonic() < deadline:
+                time.sleep(0.05)
+
     def cleanup(self):
         self.stop_agent()
+        self.stop_wireguard()
         for pod in self.pods:
             pod.ns.delete()
         self.ns.delete()

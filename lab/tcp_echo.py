@@ -1,7 +1,7 @@
 """A tiny TCP responder for reachability checks inside namespaces (stdlib only).
 
     python -m lab.tcp_echo serve ADDRESS PORT COUNT   # answer COUNT connections, then exit
-    python -m lab.tcp_echo ask ADDRESS PORT           # prints the source address the server saw
+    python -m lab.tcp_echo ask ADDRESS PORT [PAYLOAD] # prints the source address the server saw
 
 The server answers each connection with the peer address it saw, so a test can
 tell whether traffic was masqueraded on the way.
@@ -29,11 +29,12 @@ def serve(address: str, port: int, count: int) -> None:
                 conn.sendall(peer[0].encode())
 
 
-def ask(address: str, port: int):
-    """The source address the server saw, or None when unreachable."""
+def ask(address: str, port: int, payload: str = "weft"):
+    """The source address the server saw, or None when unreachable (payload: what is
+    sent first, at most 64 bytes, e.g. a marker a capture looks for)."""
     try:
         with socket.create_connection((address, port), timeout=TIMEOUT) as conn:
-            conn.sendall(b"weft")
+            conn.sendall(payload.encode())
             return conn.recv(64).decode() or None
     except OSError:
         return None
@@ -43,6 +44,6 @@ if __name__ == "__main__":
     if sys.argv[1] == "serve":
         serve(sys.argv[2], int(sys.argv[3]), int(sys.argv[4]))
     else:
-        seen = ask(sys.argv[2], int(sys.argv[3]))
+        seen = ask(sys.argv[2], int(sys.argv[3]), *sys.argv[4:5])
         print(seen or "")
         sys.exit(0 if seen else 1)

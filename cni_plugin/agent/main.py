@@ -2,6 +2,8 @@
 
 SIGTERM/SIGINT stop the agent and leave the datapath and the leases in place, so
 pods keep talking across a restart and the restarted agent finds its lease again.
+SIGHUP rotates the node's key on every network whose backend has one (wireguard):
+new key in the state dir, on the device, then in the lease, which peers watch.
 """
 
 import signal
@@ -62,6 +64,7 @@ def main(argv=None) -> int:
         agent.on_fatal = stop.set
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
+    signal.signal(signal.SIGHUP, lambda *_: [agent.command("rotate-key") for agent in agents])
     log.info(f"weftd started: networks {', '.join(args.networks)}, public IP {node.public_ip}",
              extra={"node": node.name})
     for agent in agents:

@@ -16,6 +16,7 @@ import threading
 import time
 
 from .. import paths
+from ..datapath.errors import DatapathError
 from ..subnet.lease import ConfigError
 from ..subnet.lease_manager import LeaseConflict, NodeCollision, NoFreeSubnet
 from ..subnet.registry import RegistryError
@@ -75,6 +76,13 @@ class NetworkAgent:
         lease = self.held.lease.key if self.held else None
         return {"network": self.name, "node": self.node.name, "lease": lease, **more}
 
+    def controller(self, name: str):
+        return next(c for c in self.controllers if c.name == name)
+
+    def command(self, name: str) -> None:
+        """Queue an operator command for this network's loop (from a signal handler)."""
+        self.events.post("command", name)
+
     def _each(self, hook: str, *args):
         """Run a hook of every controller in order; the first exception ends the pass
         (the loop backs off and starts again from prepare)."""
@@ -113,6 +121,8 @@ class NetworkAgent:
                 self._trouble(None, "error", f"fatal: {exc}")
                 self.on_fatal()
                 return
+            except DatapathError as exc:  # e.g. no WireGuard at all: names the package
+                self._trouble(f"datapath: {exc}", "error")
             except LeaseConflict as exc:
                 self.conflict = str(exc)
                 self.metrics.conflict.labels(self.name).set(1)
@@ -181,6 +191,10 @@ class NetworkAgent:
                 if kind == "resync":
                     self.log.info("watch ended; relisting leases", extra=self.extra())
                     return
+                if kind == "command":
+                    self._each("on_command", key)
+                    timers.due()
+                    continue
                 if kind == "config":
                     self._each("on_config_event", value)
                 else:

@@ -27,6 +27,7 @@ class NodeIdentity:
     state_dir: str
     public_ipv6: Optional[ipaddress.IPv6Address] = None
     node_id: str = ""
+    run_dir: str = ""  # --run-dir: backends keep runtime sockets below it (e.g. wireguard-go's)
 
     @classmethod
     def discover(cls, args) -> "NodeIdentity":
@@ -57,7 +58,7 @@ class NodeIdentity:
                 raise NodeError(f"public IP {public_ip} is not on any interface of this node ({exc}); "
                                 "fix --public-ip or --iface") from None
         return cls(name=args.node_name, public_ip=public_ip, state_dir=args.state_dir,
-                   node_id=node_id(args.state_dir))
+                   node_id=node_id(args.state_dir), run_dir=args.run_dir)
 
     def vtep_mac(self, network: str) -> str:
         """Stable across restarts: made once, kept in <state-dir>/<network>/vtep-mac."""

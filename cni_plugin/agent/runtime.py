@@ -16,6 +16,7 @@ A controller subclasses Controller and overrides the hooks it needs:
                        change (None: deleted); the lease controller applies or refuses it
   config_changed(old, new)  a live-safe config change was applied (agent.config is new):
                        MTU, IPMasq, SubnetMin/Max; e.g. a masquerade controller re-reads it
+  on_command(name)     an operator's request to the running agent (e.g. "rotate-key" on SIGHUP)
   timers()             [(interval seconds, callable)] run while serving
   while_waiting()      between failed attempts (keep the datapath repaired)
   status()             keys merged into the network's status file
@@ -41,6 +42,7 @@ class Controller:
     def on_lease_event(self, kind: str, key: str, value: str, received: float, created: int = 0) -> None: ...
     def on_config_event(self, text) -> None: ...
     def config_changed(self, old, new) -> None: ...
+    def on_command(self, name: str) -> None: ...
     def timers(self) -> list:
         return []
     def while_waiting(self) -> None: ...
@@ -99,7 +101,7 @@ class Timers:
 
 
 class EventQueue:
-    """Watch events and the stop signal, in arrival order."""
+    """Watch events, operator commands ("command", name) and the stop signal, in arrival order."""
 
     STOP = ("stop", None, None, 0.0, 0)
 

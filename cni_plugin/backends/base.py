@@ -5,6 +5,10 @@ compares and writes:
   route      ip_network  -> (gateway ip_address, oif, onlink)
   neighbour  ip_address  -> MAC               (on the backend's device)
   fdb        MAC         -> ip_address        (on the backend's device)
+plus the backend's own "device entries" (its DEVICE_KINDS, e.g. WireGuard peers),
+which the backend itself reads back, writes and deletes on its device; the engine
+treats them like the others (compare, write, remove stale) and orders them after
+neighbours/FDB and before routes when writing (reverse when removing).
 """
 
 from typing import ClassVar, NamedTuple, Optional
@@ -36,6 +40,7 @@ class Backend:
     name: ClassVar[str] = ""
     CONFIG_KEYS: ClassVar[tuple] = ()   # keys of the network config's Backend section
     owns_device_entries: ClassVar[bool] = False  # permanent neighbours/FDB on its device are ours
+    DEVICE_KINDS: ClassVar[tuple] = ()  # kinds of entry this backend reads/writes on its device
 
     # -- network config ------------------------------------------------------------
     @classmethod
@@ -88,6 +93,30 @@ class Backend:
     def setup(self, nl, network, lease, node, underlay) -> SetupResult:
         """Create or repair the device for `lease` (this node's); network: NetworkConfig."""
         return SetupResult(underlay.mtu, Device())
+
+    def rotate_key(self, nl, network, lease, node):
+        """Replace this node's key (backends that have one); returns the new BackendData
+        to publish in the lease.  NotImplementedError: this backend has no key."""
+        raise NotImplementedError(f"backend {self.name} has no key to rotate")
+
+    def status(self) -> dict:
+        """Keys merged into the network's status file (e.g. which implementation runs)."""
+        return {}
+
+    # -- device entries (DEVICE_KINDS): the backend's own reader and writer ----------------
+    def read_device_entries(self, nl, plan) -> dict:
+        """{(kind, key): value} of every entry of DEVICE_KINDS on the plan's device."""
+        return {}
+
+    def write_device_entry(self, nl, plan, kind: str, key, value) -> None:
+        raise NotImplementedError(kind)
+
+    def delete_device_entry(self, nl, plan, kind: str, key, value) -> bool:
+        """Remove one entry; False when it was already gone."""
+        raise NotImplementedError(kind)
+
+    def describe_device_entry(self, plan, kind: str, key, value) -> str:
+        return f"{kind} {key} {value}"
 
     # -- remote leases (pure) --------------------------------------------------------------
     def check_peer(self, plan, lease) -> None:

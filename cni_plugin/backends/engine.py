@@ -11,7 +11,8 @@ lies inside the plan's cluster network(s) (any interface, table main); when the
 backend owns its device's entries, every permanent neighbour and every FDB entry on
 that device is ours.  Nothing else is ever read as ours or removed.
 
-Writes go neighbour, FDB, route; removals the other way.  An unusable lease's
+Writes go neighbour, FDB, the backend's device entries (base.py), route; removals
+the other way.  An unusable lease's
 existing entries are left alone until it is fixed or gone.  Failures are never
 skipped silently: they are collected per lease and raised as one OverlayError, which
 carries the Drift of what did get done.
@@ -26,8 +27,11 @@ from ..datapath.errors import DatapathError
 from ..datapath.underlay import Underlay
 from .base import FDB, NEIGH, ROUTE, Device
 
-WRITE_ORDER = (NEIGH, FDB, ROUTE)
-REMOVE_ORDER = (ROUTE, FDB, NEIGH)
+WRITE_RANK = {NEIGH: 0, FDB: 1, ROUTE: 3}  # a backend's device kinds: 2
+
+
+def write_rank(kind: str) -> int:
+    return WRITE_RANK.get(kind, 2)
 
 
 class OverlayError(Exception):
@@ -104,6 +108,11 @@ class Plan:
 
     def reads_device(self) -> bool:
         return self.backend.owns_device_entries and bool(self.device.index)
+
+    def has_device_entries(self) -> bool:
+        """The backend owns entries on its device (neighbours/FDB or its own kinds)."""
+        return bool(self.device.index) and (self.backend.owns_device_entries
+                                            or bool(self.backend.DEVICE_KINDS))
 
 
 # -- desired state (pure) -----------------------------------------------------
@@ -186,6 +195,8 @@ def read_state(nl, plan: Plan) -> dict:
         for mac, (dst, permanent) in nl.fdb(plan.device.index).items():
             # a learned entry is never equal to a desired value: rewritten
             state[(FDB, mac)] = dst if permanent else ("not permanent", dst)
+    if plan.device.index and plan.backend.DEVICE_KINDS:
+        state.update(plan.backend.read_device_entries(nl, plan))
     return state
 
 
@@ -194,9 +205,11 @@ def _write(nl, plan: Plan, kind: str, key, value) -> None:
         nl.replace_neighbour(plan.device.index, key, value)
     elif kind == FDB:
         nl.replace_fdb(plan.device.index, key, value)
-    else:
+    elif kind == ROUTE:
         gateway, oif, onlink = value
         nl.replace_route(key, gateway, oif, onlink)
+    else:
+        plan.backend.write_device_entry(nl, plan, kind, key, value)
 
 
 def _delete(nl, plan: Plan, kind: str, key, value) -> bool:
@@ -206,16 +219,21 @@ def _delete(nl, plan: Plan, kind: str, key, value) -> bool:
     if kind == FDB:
         dst = value[1] if isinstance(value, tuple) else value
         return nl.delete_fdb(plan.device.index, key, dst)
-    return nl.delete_weft_route(key)  # by destination and weft's protocol only
+    if kind == ROUTE:
+        return nl.delete_weft_route(key)  # by destination and weft's protocol only
+    return plan.backend.delete_device_entry(nl, plan, kind, key, value)
 
 
 def describe(plan: Plan, kind: str, key, value) -> str:
     if kind == ROUTE:
         gateway, oif, onlink = value
-        return f"route {key} via {gateway} dev {plan.oif_name(oif)}{' onlink' if onlink else ''}"
+        via = f" via {gateway}" if gateway is not None else ""
+        return f"route {key}{via} dev {plan.oif_name(oif)}{' onlink' if onlink else ''}"
     if kind == NEIGH:
         return f"neighbour {key} lladdr {value} dev {plan.device.name}"
-    return f"fdb {key} dst {value} dev {plan.device.name}"
+    if kind == FDB:
+        return f"fdb {key} dst {value} dev {plan.device.name}"
+    return plan.backend.describe_device_entry(plan, kind, key, value)
 
 
 # -- reconcile, apply, remove -------------------------------------------------------
@@ -233,23 +251,20 @@ def stale_entries(desired: Desired, actual: dict) -> list:
 
 def missing_entries(desired: Desired, actual: dict) -> list:
     """[(kind, key, value, lease key)] to write, in write order."""
-    return [(kind, key, value, lease_key) for kind in WRITE_ORDER
-            for (entry_kind, key), (value, lease_key) in desired.entries.items()
-            if entry_kind == kind and actual.get((kind, key)) != value]
+    wrong = [(kind, key, value, lease_key) for (kind, key), (value, lease_key) in desired.entries.items()
+             if actual.get((kind, key)) != value]
+    return sorted(wrong, key=lambda entry: write_rank(entry[0]))  # stable: lease order kept
 
 
 def _remove_stale(nl, plan: Plan, stale: list, drift: Drift, errors: list) -> None:
-    for kind in REMOVE_ORDER:
-        for entry_kind, key, value in stale:
-            if entry_kind != kind:
-                continue
-            text = describe(plan, kind, key, value)
-            try:
-                if _delete(nl, plan, kind, key, value):
-                    drift.removed += 1
-                    drift.details.append(f"{text} was stale (no lease), removed")
-            except DatapathError as exc:
-                errors.append(f"cannot remove stale {text}: {exc}")
+    for kind, key, value in sorted(stale, key=lambda entry: -write_rank(entry[0])):
+        text = describe(plan, kind, key, value)
+        try:
+            if _delete(nl, plan, kind, key, value):
+                drift.removed += 1
+                drift.details.append(f"{text} was stale (no lease), removed")
+        except DatapathError as exc:
+            errors.append(f"cannot remove stale {text}: {exc}")
 
 
 def _add_missing(nl, plan: Plan, missing: list, actual: dict, drift: Drift, errors: list) -> None:
@@ -284,8 +299,10 @@ def reconcile(nl, plan: Plan) -> Drift:
     return drift
 
 
-def apply_peer(nl, plan: Plan, lease) -> Drift:
-    """Program one remote lease (idempotent replaces, no reads); Drift.added counts writes."""
+def apply_peer(nl, plan: Plan, lease, previous=None) -> Drift:
+    """Program one remote lease (idempotent replaces, no reads); Drift.added counts writes.
+    previous: the lease's last known version; what it owned and the new one does not
+    (e.g. a rotated WireGuard key, a new VtepMAC) is removed after the writes."""
     drift = Drift()
     if is_local(plan, lease):
         return drift
@@ -301,20 +318,30 @@ def apply_peer(nl, plan: Plan, lease) -> Drift:
             raise OverlayError(f"lease {lease.key}: cannot program {text}: {exc}", drift=drift) from None
         drift.added += 1
         drift.details.append(f"programmed {text}")
+    if previous is not None and plan.has_device_entries():
+        kept = {(kind, key) for kind, key, _ in entries}
+        superseded = [e for e in plan.backend.peer_owned(plan, previous) if (e[0], e[1]) not in kept]
+        _remove_entries(nl, plan, lease, superseded, drift)
     return drift
 
 
 def remove_peer(nl, plan: Plan, lease) -> Drift:
     """Remove what a remote lease had: its routes (by destination and weft's protocol, so
     a route that moved to the underlay with DirectRouting goes too), then what its
-    backend owns on the device (e.g. FDB while it still points at the lease, neighbours)."""
+    backend owns on the device (e.g. FDB while it still points at the lease, neighbours,
+    WireGuard peers)."""
     drift = Drift()
     if is_local(plan, lease):
         return drift
     subnets = [s for s in (lease.subnet, lease.ipv6_subnet) if s is not None]
     entries = [(ROUTE, s, None) for s in subnets]
-    if plan.reads_device():
+    if plan.has_device_entries():
         entries += plan.backend.peer_owned(plan, lease)
+    _remove_entries(nl, plan, lease, entries, drift)
+    return drift
+
+
+def _remove_entries(nl, plan: Plan, lease, entries: list, drift: Drift) -> None:
     for kind, key, value in entries:
         text = f"{kind} {key}" + (f" ({value})" if value is not None else "")
         try:
@@ -323,4 +350,3 @@ def remove_peer(nl, plan: Plan, lease) -> Drift:
                 drift.details.append(f"removed {text}")
         except DatapathError as exc:
             raise OverlayError(f"lease {lease.key}: cannot remove {text}: {exc}", drift=drift) from None
-    return drift

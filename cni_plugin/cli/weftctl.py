@@ -180,7 +180,9 @@ def leases(args) -> int:
                          "publicIP": str(lease.public_ip), "vtepMAC": lease.vtep_mac,
                          "ipv6Subnet": str(lease.ipv6_subnet) if lease.ipv6_subnet else None,
                          "leaseID": lease_id,
-                         "ttl": registry.lease_ttl(lease_id) if lease_id else None})
+                         "ttl": registry.lease_ttl(lease_id) if lease_id else None,
+                         "backendType": lease.backend_type,
+                         "backendData": json.loads(lease.to_json())["BackendData"]})
     if args.json:
         print(json.dumps(rows, indent=2))
         return EXIT_OK
@@ -224,6 +226,10 @@ def status(args) -> int:
             print(f"  FATAL      {state['fatal']}")
         elif state.get("conflict"):
             print(f"  CONFLICT   {state['conflict']}")
+        wireguard = state.get("wireguard")
+        if wireguard:
+            print(f"  wireguard  {wireguard.get('device')} ({wireguard.get('implementation') or 'not set up'}), "
+                  f"port {wireguard.get('listenPort')}, public key {wireguard.get('publicKey') or '-'}")
         print(f"  peers      {len(state.get('peers') or [])} programmed")
         for peer in state.get("peers") or []:
             print(f"             {peer}")

@@ -92,6 +92,11 @@ class Netlink:
                           vxlan_port=port, vxlan_learning=0, vxlan_link=underlay_index, mtu=mtu,
                           address=mac)
 
+    def add_link_of_kind(self, name: str, kind: str) -> None:
+        """A bare link of a kind that needs no attributes (e.g. wireguard)."""
+        with _refused(f"create {kind} link {name}"):
+            self.ipr.link("add", ifname=name, kind=kind)
+
     def set_link(self, index: int, **changes) -> None:
         """changes: mtu=, address=, state="up"."""
         with _refused(f"set link #{index} {changes}"):
@@ -171,9 +176,11 @@ class Netlink:
         return None if best is None else best[1]
 
     def replace_route(self, dst, gateway, oif: int, onlink: bool) -> None:
-        with _refused(f"replace route {dst} via {gateway}"):
-            self.ipr.route("replace", dst=str(dst), gateway=str(gateway), oif=oif, table=RT_TABLE_MAIN,
-                           proto=WEFT_RTPROT, flags=RTNH_F_ONLINK if onlink else 0)
+        """gateway None: a device route (e.g. into a WireGuard device)."""
+        via = {"gateway": str(gateway)} if gateway is not None else {}
+        with _refused(f"replace route {dst} via {gateway or 'the device'}"):
+            self.ipr.route("replace", dst=str(dst), oif=oif, table=RT_TABLE_MAIN,
+                           proto=WEFT_RTPROT, flags=RTNH_F_ONLINK if onlink else 0, **via)
 
     def delete_weft_route(self, dst) -> bool:
         """Delete the route to dst of weft's protocol (never someone else's); False if gone."""

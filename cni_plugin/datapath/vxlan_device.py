@@ -41,7 +41,7 @@ def _fix_link(nl, link, mtu: int, mac: str) -> list:
     return [f"{key} -> {value}" for key, value in changes.items()]
 
 
-def _fix_addresses(nl, index: int, addresses: list) -> list:
+def fix_addresses(nl, index: int, addresses: list) -> list:
     """Exactly `addresses` as global addresses (link-local ones are left alone)."""
     wanted = {ipaddress.ip_interface(str(a)) for a in addresses}
     have = set()
@@ -81,7 +81,7 @@ def ensure_vxlan(nl, name: str, vni: int, local_ip, port: int, underlay_index: i
         nl.add_vxlan(name, vni, local_ip, port, underlay_index, mtu, mac)
         link = nl.link(name)
         action = "created" if action == "unchanged" else action
-    changes = _fix_link(nl, link, mtu, mac) + _fix_addresses(nl, link.index, addresses)
+    changes = _fix_link(nl, link, mtu, mac) + fix_addresses(nl, link.index, addresses)
     if changes and action == "unchanged":
         action, reason = "updated", "; ".join(changes)
     return VxlanDevice(link.index, action, reason)

@@ -154,6 +154,12 @@ class LeaseManager:
         total = sum(count for _, count in blocks)
         return validation.nth_free(blocks, random.randrange(total), self.config.subnet_len) if total else None
 
+    def republish(self, held: HeldLease, backend_data) -> HeldLease:
+        """This node's lease with new BackendData (e.g. a rotated key), written to etcd
+        now and on every later adopt/renew."""
+        self.template = replace(self.template, backend_data=backend_data)
+        return self._adopt(held.lease.key, held.lease, held.lease_id)
+
     def _adopt(self, key, lease, lease_id) -> HeldLease:
         mine = self._with_subnet(parse_subnet_key(key))
         problem = validation.check_lease(mine, self.config)
@@ -194,6 +200,8 @@ class LeaseManager:
         raw, revision = self.registry.list_leases(self.config.name)
         current = _parse_all(raw).get(held.lease.key)
         if alive and current is not None and current[1] == held.lease_id and self.is_mine(current[0]):
+            if current[0] != self._with_subnet(held.lease.subnet):  # e.g. a rotated key not yet published
+                return self._adopt(held.lease.key, current[0], current[1])
             return held
         if current is None and validation.is_free(validation.occupied(raw), held.lease.subnet):
             again = self._create(held.lease.subnet, ttl, revision)

@@ -24,7 +24,7 @@ import time
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 SUITE = "bookworm"
 BASE_PACKAGES = ["python3.11", "python3.11-venv", "patchelf", "iproute2", "nftables",
-                 "iputils-ping", "procps"]
+                 "iputils-ping", "procps", "wireguard-go"]
 # rootfs trimmed of what no test reads
 DPKG_EXCLUDES = ["/usr/share/doc/*", "/usr/share/man/*", "/usr/share/locale/*", "/usr/share/info/*"]
 CONTEXT_PATHS = ["cni_plugin", "bin", "scripts", "conf", "setup.cfg", "pyproject.toml", "README.md"]

@@ -9,7 +9,7 @@ import sys
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 KINDS = ("go", "weft-standalone", "weft-agent")
-FIGURES = {"sequential", "parallel", "scale", "throughput", "convergence", "cri"}
+FIGURES = {"sequential", "parallel", "scale", "throughput", "wireguard", "convergence", "cri"}
 
 
 def netns_names():
@@ -69,6 +69,13 @@ def test_bench_smoke(tmp_path, installed):
     assert tp["weft_pod_mtu"] == tp["reference_pod_mtu"] == 1450
     for topo in ("same_node", "cross_node"):
         assert tp[topo]["weft_gbps"] > 0 and tp[topo]["reference_gbps"] > 0 and tp[topo]["ratio"] > 0, tp[topo]
+
+    wg = figures["wireguard"]
+    assert wg["weft_implementation"] == wg["reference_implementation"] in ("kernel", "userspace"), wg
+    assert wg["weft_wireguard_pod_mtu"] == wg["reference_pod_mtu"] == 1440 and wg["weft_vxlan_pod_mtu"] == 1450
+    for kind in ("weft_wireguard", "weft_vxlan", "reference_wireguard"):
+        assert wg[kind]["gbps"] > 0, wg
+    assert wg["ratio_vs_reference"] > 0 and wg["ratio_vs_vxlan"] > 0
 
     conv = figures["convergence"]
     assert conv["nodes"] == 3 and conv["missing"] == 0 and conv["kernel_mismatches"] == []

@@ -35,7 +35,7 @@ def plan(config: NetworkConfig, peers, device=DEVICE) -> engine.Plan:
 
 
 def test_every_builtin_backend_is_registered_by_name():
-    assert backends.names() == ["host-gw", "vxlan"]
+    assert backends.names() == ["host-gw", "vxlan", "wireguard"]
     with pytest.raises(KeyError):
         backends.get("wireguard-not-yet")
 
@@ -52,7 +52,7 @@ def test_vxlan_config_keys_defaults_and_errors():
 
 
 def test_unknown_backend_type_names_the_known_ones():
-    with pytest.raises(ConfigError, match=r"Backend.Type 'ipsec' is not one of host-gw, vxlan"):
+    with pytest.raises(ConfigError, match=r"Backend.Type 'ipsec' is not one of host-gw, vxlan, wireguard"):
         net({"Type": "ipsec"})
 
 

@@ -234,3 +234,18 @@ def test_acquire_avoids_space_of_odd_keys(tmp_path):
     del registry.keys["10.244.0.0-22"]
     registry.keys["10.244.2.0-23"] = ("covers .2 and .3", 0)
     assert policy.acquire(60).lease.key == "10.244.1.0-24"
+
+
+def test_republish_writes_new_backend_data_and_verify_retries_an_unpublished_one(tmp_path):
+    registry = MemoryRegistry()
+    policy = manager(registry, tmp_path)
+    held = policy.acquire(60)
+    held = policy.republish(held, VxlanData(1, "02:00:00:00:00:42"))  # e.g. a rotated key
+    assert json.loads(registry.keys[held.lease.key][0])["BackendData"]["VtepMAC"] == "02:00:00:00:00:42"
+    # the write was lost (etcd away): the next verifying renew publishes the new data
+    registry.keys[held.lease.key] = (held.lease.to_json().replace("02:00:00:00:00:42", "02:00:00:00:00:01"),
+                                     held.lease_id)
+    assert policy.renew(held, 60) is held  # a plain renew does not read the value
+    again = policy.renew(held, 60, verify=True)
+    assert again.lease_id == held.lease_id
+    assert json.loads(registry.keys[held.lease.key][0])["BackendData"]["VtepMAC"] == "02:00:00:00:00:42"

@@ -142,6 +142,12 @@ class LeaseController(Controller):
             agent.log.error(message, extra=agent.extra())
         agent.config_problem = message
         agent.metrics.ready.labels(agent.name).set(0)
+
+    def publish(self, backend_data) -> None:
+        """Put new BackendData of this node (e.g. a rotated key) into its lease."""
+        agent = self.agent
+        agent.held = self.manager.republish(agent.held, backend_data)
+        agent.log.info("lease republished with new backend data", extra=agent.extra())
         agent.write_status()
 
     def timers(self):

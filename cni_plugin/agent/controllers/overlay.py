@@ -11,6 +11,9 @@ same on every node), a lease that turns invalid is removed from the kernel, and 
 overlapping this node's own subnet is never a peer, however old (the node's own pods
 must not be routed into the overlay).  Refusals are logged once each, counted in
 weft_leases_refused{network,reason} and listed in the status file.
+
+The "rotate-key" command (weftd's SIGHUP) has the backend make a new key, then the
+lease controller publishes it; peers re-program from their watch.
 """
 
 import dataclasses
@@ -74,8 +77,10 @@ class OverlayController(Controller):
         for gone in [k for k in before if k not in after]:
             self._program(engine.remove_peer, before[gone], "peer removed")
         for peer_key, lease in after.items():
-            if before.get(peer_key) != lease:
-                self._program(engine.apply_peer, lease, "peer programmed")
+            previous = before.get(peer_key)
+            if previous != lease:  # the previous version's entries that changed go (e.g. a rotated key)
+                self._program(lambda nl, plan, new, previous=previous: engine.apply_peer(nl, plan, new, previous),
+                              lease, "peer programmed")
         agent.metrics.program_seconds.labels(agent.name).observe(time.monotonic() - received)
         agent.metrics.peers.labels(agent.name).set(len(agent.peers))
         agent.write_status()
@@ -142,6 +147,26 @@ class OverlayController(Controller):
 
     own_conflict = None
 
+    def on_command(self, name):
+        if name != "rotate-key" or self.backend is None or self.agent.held is None:
+            return
+        agent = self.agent
+        try:
+            data = self.backend.rotate_key(self.nl, agent.config, agent.held.lease, agent.node)
+        except NotImplementedError as exc:
+            agent.log.info(f"key rotation requested: {exc}", extra=agent.extra())
+            return
+        except Exception as exc:  # the old key stays in use everywhere
+            agent.log.error(f"key rotation failed: {exc}", extra=agent.extra())
+            return
+        try:
+            agent.controller("lease").publish(data)
+        except Exception as exc:  # the next renew publishes it (the template holds it)
+            agent.log.error(f"rotated key not published yet: {exc}", extra=agent.extra())
+        self.plan = dataclasses.replace(self.plan, local=agent.held.lease)
+        agent.log.info("node key rotated", extra=agent.extra())
+        agent.write_status()
+
     def timers(self):
         return [(self.agent.options.reconcile_interval, self.reconcile)]
 
@@ -153,6 +178,10 @@ class OverlayController(Controller):
         agent = self.agent
         started = time.monotonic()
         try:
+            if self._device_gone():  # e.g. wireguard-go was killed: build the device again
+                agent.log.warning(f"device {self.plan.device.name} is gone; setting it up again",
+                                  extra=agent.extra())
+                self.prepare()
             drift = engine.reconcile(self.nl, dataclasses.replace(self.plan, peers=tuple(agent.peers.values())))
         except Exception as exc:  # OverlayError carries what was done before the failures
             agent.log.error(f"reconcile incomplete: {exc}", extra=agent.extra())
@@ -175,9 +204,17 @@ class OverlayController(Controller):
         agent.metrics.ready.labels(agent.name).set(1 if agent.ready else 0)
         agent.write_status()
 
+    def _device_gone(self) -> bool:
+        device = self.plan.device
+        if not device.index:
+            return False
+        link = self.nl.link(index=device.index)
+        return link is None or link.name != device.name
+
     def status(self):
         agent = self.agent
-        return {"backend": agent.config.backend_type if agent.config else None,
+        extra = self.backend.status() if self.backend is not None else {}
+        return {**extra, "backend": agent.config.backend_type if agent.config else None,
                 "peers": sorted(f"{p.key} {p.node_name} {p.public_ip}" for p in agent.peers.values()),
                 "refused": [r.as_status() for _, r in sorted(self.refused.items())],
                 "driftRepaired": self.drift_repaired, "lastReconcile": self.last_reconcile}

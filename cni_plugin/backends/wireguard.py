@@ -1,0 +1,241 @@
+"""Backend "wireguard": pod traffic between nodes encrypted, one WireGuard peer per node.
+
+Per network, this node has one device `weft-wg.<ListenPort>` (the kernel's WireGuard
+where the module exists, else wireguard-go: datapath/wireguard.py), address
+<subnet>.0/32, MTU = underlay MTU - 60 (IPv4 underlay; 80 over IPv6), listening on
+ListenPort.  Per remote lease: one peer (its PublicKey; endpoint PublicIP:ListenPort;
+AllowedIPs = its subnet, plus its IPv6 subnet when dual-stack), then the route
+`remote subnet dev weft-wg.<port>` (no gateway: the device picks the peer by AllowedIPs).
+
+Keys: the node's X25519 private key is made on first use with the `cryptography`
+package, kept base64 in <state-dir>/<network>/wireguard.key (mode 0600, never in
+etcd, never logged) and reused across restarts; the lease publishes only the public
+key.  rotate_key() writes a new one there, sets it on the device and returns the
+BackendData to publish; peers pick it up from the watch (weftd does this on SIGHUP).
+
+Config keys: ListenPort [51820].  BackendData: {PublicKey, ListenPort}; a malformed
+PublicKey (not 32 bytes of base64) or ListenPort is a BackendDataError, so such a
+lease is never programmed.
+"""
+
+import base64
+import binascii
+import ipaddress
+import os
+from dataclasses import dataclass
+
+from ..datapath.wireguard import WgPeer, endpoint_text
+from . import register
+from .base import ROUTE, Backend, BackendDataError, Device, SetupResult
+
+PEER = "peer"  # device entry: public key -> (endpoint "ip:port", allowed IPs as sorted CIDR text)
+DEFAULT_PORT = 51820
+OVERHEAD = {4: 60, 6: 80}  # outer IP 20/40 + UDP 8 + WireGuard header 16 + tag 16
+KEY_FILE = "wireguard.key"
+KEY_BYTES = 32
+
+
+def device_name(port: int) -> str:
+    return f"weft-wg.{port}"
+
+
+def check_key(value, what: str = "PublicKey") -> str:
+    """A WireGuard key as base64 text of exactly 32 bytes, or BackendDataError."""
+    shown = repr(value)[:60]
+    if not isinstance(value, str):
+        raise BackendDataError(f"{what} {shown} is not a WireGuard key (base64 text of 32 bytes)")
+    try:
+        raw = base64.b64decode(value, validate=True)
+    except (binascii.Error, ValueError):
+        raise BackendDataError(f"{what} {shown} is not base64 (a WireGuard key is 32 bytes, "
+                               "44 characters of base64)") from None
+    if len(raw) != KEY_BYTES:
+        raise BackendDataError(f"{what} {shown} is {len(raw)} bytes, a WireGuard key is {KEY_BYTES}")
+    return value
+
+
+def _port(value, what: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 65535:
+        raise BackendDataError(f"{what} {value!r} must be an integer from 1 to 65535")
+    return value
+
+
+# -- keys: cryptography's X25519, imported only here and only when a key is needed ------
+
+def new_private_key() -> str:
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+
+    raw = X25519PrivateKey.generate().private_bytes(
+        serialization.Encoding.Raw, serialization.PrivateFormat.Raw, serialization.NoEncryption())
+    return base64.b64encode(raw).decode()
+
+
+def public_key_of(private_key: str) -> str:
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+
+    key = X25519PrivateKey.from_private_bytes(base64.b64decode(private_key))
+    raw = key.public_key().public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+    return base64.b64encode(raw).decode()
+
+
+def key_path(state_dir: str, network: str) -> str:
+    return os.path.join(state_dir, network, KEY_FILE)
+
+
+def load_or_create_key(state_dir: str, network: str) -> str:
+    """This node's private key for `network`: read from its 0600 file, made when absent.
+    An unreadable or malformed file is an error naming it (never silently replaced:
+    peers would lose the node until its new key spread)."""
+    path = key_path(state_dir, network)
+    try:
+        with open(path) as handle:
+            text = handle.read().strip()
+    except FileNotFoundError:
+        return write_new_key(state_dir, network)
+    except OSError as exc:
+        raise BackendDataError(f"cannot read the WireGuard key {path}: {exc.strerror}") from None
+    try:
+        return check_key(text, f"the WireGuard key in {path}")
+    except BackendDataError as exc:
+        raise BackendDataError(f"{exc}; delete {path} to make a new one (or send weftd SIGHUP)") from None
+
+
+def write_new_key(state_dir: str, network: str) -> str:
+    from ..fsutil import write_atomic
+
+    key = new_private_key()
+    write_atomic(key_path(state_dir, network), key + "\n", mode=0o600, make_dirs=True)
+    return key
+
+
+@dataclass(frozen=True)
+class WireguardConfig:
+    listen_port: int = DEFAULT_PORT
+
+
+@dataclass(frozen=True)
+class WireguardData:
+    """A lease's BackendData: the node's public key ("" when absent) and its port."""
+
+    public_key: str = ""
+    listen_port: int = DEFAULT_PORT
+
+
+@register
+class Wireguard(Backend):
+    name = "wireguard"
+    CONFIG_KEYS = ("ListenPort",)
+    DEVICE_KINDS = (PEER,)
+
+    def __init__(self, config, log=None):
+        super().__init__(config, log)
+        self.driver = None  # datapath.wireguard's Kernel/UserspaceWireGuard, after setup()
+        self.public_key = ""
+
+    # -- network config ------------------------------------------------------------
+    @classmethod
+    def parse_config(cls, section: dict) -> WireguardConfig:
+        return WireguardConfig(listen_port=_port(section.get("ListenPort", DEFAULT_PORT), "Backend.ListenPort"))
+
+    @classmethod
+    def config_clash(cls, mine: WireguardConfig, theirs: WireguardConfig, other: str):
+        if mine.listen_port == theirs.listen_port:
+            return (f"Backend.ListenPort {mine.listen_port} is already used by network {other}; every "
+                    "WireGuard network needs its own port")
+        return None
+
+    # -- lease data ----------------------------------------------------------------
+    @classmethod
+    def parse_lease_data(cls, data: dict) -> WireguardData:
+        key = data.get("PublicKey", "")
+        if key != "":
+            check_key(key)
+        return WireguardData(public_key=key, listen_port=_port(data.get("ListenPort", DEFAULT_PORT), "ListenPort"))
+
+    @classmethod
+    def lease_data_json(cls, data: WireguardData) -> dict:
+        return {"PublicKey": data.public_key, "ListenPort": data.listen_port}
+
+    @classmethod
+    def device_label(cls, data: WireguardData) -> str:
+        return device_name(data.listen_port)
+
+    @classmethod
+    def local_lease_data(cls, config: WireguardConfig, node, network: str) -> WireguardData:
+        key = load_or_create_key(node.state_dir, network)
+        return WireguardData(public_key=public_key_of(key), listen_port=config.listen_port)
+
+    # -- this node -------------------------------------------------------------------
+    def setup(self, nl, network, lease, node, underlay) -> SetupResult:
+        from ..datapath.wireguard import ensure_wireguard
+
+        name = device_name(self.config.listen_port)
+        private_key = load_or_create_key(node.state_dir, network.name)
+        self.public_key = public_key_of(private_key)
+        addresses = [ipaddress.ip_interface(f"{lease.vtep_ip}/32")]
+        if lease.ipv6_subnet is not None:
+            addresses.append(ipaddress.ip_interface(f"{lease.vtep_ipv6}/128"))
+        mtu = underlay.mtu - OVERHEAD[node.public_ip.version]
+        device = ensure_wireguard(nl, name, private_key, self.config.listen_port, mtu, addresses,
+                                  os.path.join(node.run_dir, "wireguard"))
+        self.driver = device.driver
+        if self.log is not None:
+            self.log.info(f"WireGuard device {name}: {device.driver.implementation} implementation "
+                          f"({device.action}), public key {self.public_key}, port {self.config.listen_port}",
+                          extra={"network": network.name, "node": node.name})
+        return SetupResult(mtu, Device(device.index, name), device.action, device.reason)
+
+    def rotate_key(self, nl, network, lease, node) -> WireguardData:
+        private_key = write_new_key(node.state_dir, network.name)
+        self.public_key = public_key_of(private_key)
+        if self.driver is not None:
+            self.driver.configure(private_key, self.config.listen_port)
+        return WireguardData(public_key=self.public_key, listen_port=self.config.listen_port)
+
+    def status(self) -> dict:
+        return {"wireguard": {"device": device_name(self.config.listen_port),
+                              "implementation": getattr(self.driver, "implementation", None),
+                              "publicKey": self.public_key, "listenPort": self.config.listen_port}}
+
+    # -- device entries: peers ---------------------------------------------------------
+    def read_device_entries(self, nl, plan) -> dict:
+        _, _, peers = self.driver.state()
+        return {(PEER, key): (peer.endpoint, peer.allowed_ips) for key, peer in peers.items()}
+
+    def write_device_entry(self, nl, plan, kind: str, key, value) -> None:
+        endpoint, allowed_ips = value
+        self.driver.set_peer(WgPeer(key, endpoint, allowed_ips))
+
+    def delete_device_entry(self, nl, plan, kind: str, key, value) -> bool:
+        return self.driver.remove_peer(key)
+
+    def describe_device_entry(self, plan, kind: str, key, value) -> str:
+        endpoint, allowed_ips = value if value is not None else ("?", ())
+        return f"peer {key} endpoint {endpoint} allowed-ips {','.join(allowed_ips)} dev {plan.device.name}"
+
+    # -- remote leases (pure) ------------------------------------------------------------
+    def check_peer(self, plan, lease) -> None:
+        if not plan.device.index:
+            raise ValueError("the plan has no WireGuard device")
+        data = lease.backend_data
+        if not data.public_key:
+            raise ValueError("no PublicKey (its agent has not published one)")
+        if data.public_key == getattr(plan.local.backend_data, "public_key", None):
+            raise ValueError("its PublicKey is this node's own key; two nodes cannot share a key")
+
+    def peer_entries(self, plan, lease) -> list:
+        data = lease.backend_data
+        endpoint = endpoint_text(lease.public_ip, data.listen_port)
+        subnets = [lease.subnet]
+        if plan.ipv6 and lease.ipv6_subnet is not None:
+            subnets.append(lease.ipv6_subnet)
+        allowed = tuple(sorted(str(s) for s in subnets))
+        return [(PEER, data.public_key, (endpoint, allowed))] + \
+            [(ROUTE, s, (None, plan.device.index, False)) for s in subnets]
+
+    def peer_owned(self, plan, lease) -> list:
+        key = getattr(lease.backend_data, "public_key", "")
+        return [(PEER, key, None)] if key else []
+

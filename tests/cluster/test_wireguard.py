@@ -1,0 +1,287 @@
+"""The wireguard backend on real node agents: encrypted pod traffic between namespaces.
+
+Peers are read back with `wg` (wireguard-tools) inside each wireguard-go's own mount
+and network namespace, routes with `ip -j`, and the underlay is captured with tcpdump
+in the underlay namespace: an oracle independent of weft's own UAPI client.
+"""
+
+import json
+import os
+import shutil
+import signal
+import stat
+import subprocess
+import time
+
+import pytest
+
+from lab.cluster import wait_for
+from lab.namespaces import suffix
+
+from test_cross_node import assert_full_mesh, start
+
+WIREGUARD = {"Network": "10.246.0.0/16", "Backend": {"Type": "wireguard"}}
+VXLAN = {"Network": "10.246.0.0/16", "Backend": {"Type": "vxlan", "VNI": 1}}
+DEV = "weft-wg.51820"
+PORT = 51820
+
+
+@pytest.fixture(autouse=True)
+def tools():
+    for tool, package in (("wireguard-go", "wireguard-go"), ("wg", "wireguard-tools"),
+                          ("tcpdump", "tcpdump")):
+        if shutil.which(tool) is None:
+            pytest.fail(f"{tool} is missing: apt-get install --no-install-recommends {package} "
+                        "(scripts/deps.sh installs it)")
+
+
+def peers(node) -> dict:
+    """{public key: (endpoint, sorted allowed ips)} from `wg show` (never `dump`: it
+    prints the private key)."""
+    endpoints = dict(line.split("\t") for line in node.wg("show", DEV, "endpoints").splitlines())
+    allowed = {key: tuple(sorted(ips.split())) for key, ips in
+               (line.split("\t") for line in node.wg("show", DEV, "allowed-ips").splitlines())}
+    return {key: (endpoint, allowed.get(key, ())) for key, endpoint in endpoints.items()}
+
+
+def public_key(node) -> str:
+    return node.status()["wireguard"]["publicKey"]
+
+
+def expected_peers(node, others) -> dict:
+    return {public_key(o): (f"{o.ip}:{PORT}", (o.status()["lease"]["subnet"],)) for o in others}
+
+
+def wait_peers(node, others, what):
+    want = expected_peers(node, others)
+
+    def matches():
+        try:
+            return peers(node) == want
+        except (RuntimeError, KeyError):  # wireguard-go (re)starting: no socket or PID yet
+            return False
+    return wait_for(matches, 30, 0.2, what=f"{node.name}: {what} (want {want})")
+
+
+def wait_tcp(src, dst, port, what):
+    """Polls a TCP exchange pod->pod until it works (a handshake may take ~5 s)."""
+    server = dst.serve_tcp(port, 1000)
+    try:
+        return wait_for(lambda: src.tcp(dst.ip, port), 40, 0.2, what=what)
+    finally:
+        server.kill()
+        server.wait()
+
+
+def test_three_nodes_peers_routes_mtu_and_traffic(cluster):
+    nodes = start(cluster, 3, WIREGUARD)
+    for node in nodes:
+        wait_peers(node, [n for n in nodes if n is not node], "one peer per other node")
+    pods = [node.add_pod() for node in nodes]
+    for src, dst in ((0, 1), (1, 2), (2, 0)):  # handshakes first (polled), then the strict mesh
+        wait_tcp(pods[src], pods[dst], 7100 + src, f"first tcp {src}->{dst}")
+    assert_full_mesh(pods)
+    one = nodes[0]
+    link = one.ns.ip_json("-d", "link", "show", DEV)[0]
+    assert link["mtu"] == 1500 - 60 and link["linkinfo"]["info_kind"] == "tun"
+    env = open(one.subnet_file()).read()
+    assert "WEFT_MTU=1440\n" in env
+    routes = {(r["dst"], r.get("gateway"), r["dev"]) for r in one.ns.ip_json("route", "show", "proto", "119")}
+    assert routes == {(n.status()["lease"]["subnet"], None, DEV) for n in nodes[1:]}
+    # the private key: 0600 in the state dir, not in etcd, not in any log
+    key_file = os.path.join(one.state_dir, "weft", "wireguard.key")
+    assert stat.S_IMODE(os.stat(key_file).st_mode) == 0o600
+    private = open(key_file).read().strip()
+    leases = cluster.weftctl("leases", "weft", "--json").stdout
+    dump = cluster.etcd.etcdctl("get", "--prefix", "/", check=True).stdout
+    assert public_key(one) in dump and private not in dump and private not in leases
+    assert private not in one.log()
+    # weftctl status names the implementation and the key
+    status = one.ns.run([f"{cluster.installed}/bin/weftctl", "status", "--run-dir", one.run_dir]).stdout
+    assert f"wireguard  {DEV} (userspace), port {PORT}, public key {public_key(one)}" in status
+    assert "userspace implementation" in one.log()
+
+
+def test_dual_stack_pods_talk_over_one_peer_per_node(cluster):
+    config = {**WIREGUARD, "EnableIPv6": True, "IPv6Network": "fd00:246::/48"}
+    one, two = start(cluster, 2, config)
+    pods = [one.add_pod(), two.add_pod()]
+    assert all(len(pod.ips) == 2 and ":" in pod.ips[1] for pod in pods)
+    lease = two.status()["lease"]
+    want = {public_key(two): (f"{two.ip}:{PORT}", tuple(sorted([lease["subnet"], lease["ipv6Subnet"]])))}
+    wait_for(lambda: peers(one) == want, 30, 0.2, what=f"node1 has node2's peer with both subnets ({want})")
+    v6_routes = one.ns.ip_json("-6", "route", "show", "proto", "119")
+    assert [(r["dst"], r["dev"]) for r in v6_routes] == [(lease["ipv6Subnet"], DEV)]
+    wait_for(lambda: pods[0].ping(pods[1].ips[1]), 40, 0.2, what="the first IPv6 ping (handshake)")
+    assert_full_mesh(pods, tcp=False)
+
+
+def _capture(cluster, send):
+    """Run `send()` while tcpdump in the underlay namespace writes every packet on the
+    bridge to a file; returns (bytes of the capture, summary lines)."""
+    path = os.path.join(cluster.workdir, f"cap-{suffix()}.pcap")
+    dump = subprocess.Popen(["ip", "netns", "exec", cluster.underlay.name, "tcpdump", "-i", "ul0", "-U",
+                             "--immediate-mode", "-n", "-s", "0", "-w", path],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        assert "listening" in dump.stderr.readline().decode()
+        send()
+    finally:
+        time.sleep(1)  # let the last frames reach the file before tcpdump stops
+        dump.terminate()
+        dump.wait(10)
+    raw = open(path, "rb").read()
+    lines = subprocess.run(["tcpdump", "-n", "-r", path], capture_output=True, text=True).stdout.splitlines()
+    return raw, lines
+
+
+def _send_marker(nodes, marker: str, port: int):
+    """Pods on node1 and node2 talk once (the handshake, polled), then `send()` sends
+    the marker pod to pod over TCP three times."""
+    src, dst = nodes[0].add_pod(), nodes[1].add_pod()
+    wait_tcp(src, dst, port, "pod-to-pod TCP before the capture")
+
+    def send():
+        server = dst.serve_tcp(port + 1, 3)
+        try:
+            for _ in range(3):
+                assert src.tcp(dst.ip, port + 1, marker), "the marker's TCP exchange failed"
+        finally:
+            server.kill()
+            server.wait()
+    return send
+
+
+@pytest.mark.parametrize("backend", ["wireguard", "vxlan"])
+def test_underlay_sees_only_wireguard_udp_and_never_the_payload(cluster, backend):
+    nodes = start(cluster, 2, WIREGUARD if backend == "wireguard" else VXLAN)
+    marker = f"WEFT-CLEAR-{suffix(10)}"
+    raw, lines = _capture(cluster, _send_marker(nodes, marker, 7200))
+    between_nodes = [l for l in lines if f"{nodes[0].ip}." in l and f"{nodes[1].ip}." in l]
+    if backend == "vxlan":  # the same check on the clear overlay: it can fail
+        assert marker.encode() in raw, "the capture never saw the marker sent over VXLAN: the check proves nothing"
+        return
+    assert marker.encode() not in raw
+    assert between_nodes, "no packet between the nodes was captured"
+    off = [l for l in between_nodes if f".{PORT}: UDP" not in l and f".{PORT} > " not in l]
+    assert not off, f"non-WireGuard traffic between the nodes: {off[:5]}"
+
+
+def _leases(cluster) -> list:
+    return json.loads(cluster.weftctl("leases", "weft", "--json").stdout)
+
+
+def test_agent_restart_keeps_key_device_and_traffic(cluster):
+    nodes = start(cluster, 2, WIREGUARD)
+    one, two = nodes
+    src, dst = one.add_pod(), two.add_pod()
+    wait_tcp(src, dst, 7300, "pod-to-pod TCP before the restart")
+    key, pid, before = public_key(one), one.wireguard_pids()[DEV], peers(one)
+    one.stop_agent()
+    # wireguard-go outlives weftd, so the datapath (and the pods' traffic) stays
+    assert one.wireguard_pids() == {DEV: pid}
+    assert peers(one) == before
+    server = dst.serve_tcp(7301, 1)
+    try:
+        assert src.tcp(dst.ip, 7301), "pod traffic stopped while weftd was down"
+    finally:
+        server.kill()
+        server.wait()
+    one.start_agent()
+    one.wait_ready()
+    assert public_key(one) == key and one.status()["wireguard"]["implementation"] == "userspace"
+    assert one.wireguard_pids() == {DEV: pid}, "the restarted agent started a second wireguard-go"
+    assert [row for row in _leases(cluster) if row["node"] == "node1"]
+    wait_peers(two, [one], "node2 still has node1's unchanged key")
+    assert peers(one) == before
+    wait_tcp(src, dst, 7302, "pod-to-pod TCP after the restart")
+    # wireguard-go dies under a running agent: a reconcile sets the device up again
+    created = one.log().count("(created)")
+    os.kill(pid, signal.SIGKILL)
+    wait_for(lambda: one.wireguard_pids().get(DEV) not in (None, pid), 30, 0.1,
+             what="node1's agent starts a new wireguard-go")
+    wait_peers(one, [two], "node1's peers are back on the new device")
+    assert one.log().count("(created)") == created + 1
+    assert public_key(one) == key
+    wait_tcp(src, dst, 7303, "pod-to-pod TCP after wireguard-go was replaced")
+
+
+def test_key_rotation_reaches_every_peer_and_traffic_recovers(cluster):
+    nodes = start(cluster, 3, WIREGUARD)
+    one, two, three = nodes
+    pods = [node.add_pod() for node in nodes]
+    wait_tcp(pods[0], pods[1], 7400, "node1 -> node2 before rotation")
+    wait_tcp(pods[2], pods[1], 7401, "node3 -> node2 before rotation")
+    old_key = public_key(two)
+    old_private = open(os.path.join(two.state_dir, "weft", "wireguard.key")).read()
+    two.agent.send_signal(signal.SIGHUP)
+    wait_for(lambda: public_key(two) != old_key, 20, 0.1, what="node2 reports a new public key")
+    new_key = public_key(two)
+    key_file = os.path.join(two.state_dir, "weft", "wireguard.key")
+    assert open(key_file).read() != old_private and stat.S_IMODE(os.stat(key_file).st_mode) == 0o600
+    lease = [row for row in _leases(cluster) if row["node"] == "node2"]
+    assert lease and new_key in json.dumps(lease), lease
+    for node in (one, three):  # the watch brings the new key; the old peer is gone
+        wait_peers(node, [n for n in nodes if n is not node], "peers carry node2's new key")
+        assert old_key not in peers(node)
+    wait_tcp(pods[0], pods[1], 7402, "node1 -> node2 after rotation")
+    wait_tcp(pods[1], pods[2], 7403, "node2 -> node3 after rotation")
+    assert "node key rotated" in two.log()
+
+
+def test_reconcile_restores_a_deleted_peer_and_node_removal_drops_it(cluster):
+    nodes = start(cluster, 3, WIREGUARD)
+    one, two, three = nodes
+    three_key = public_key(three)
+    subnet = three.status()["lease"]["subnet"]
+    # drift: remove node3's peer from node1 behind the agent's back
+    one.wg("set", DEV, "peer", three_key, "remove")
+    assert three_key not in peers(one)
+    wait_peers(one, [two, three], "node1's reconcile restores node3's deleted peer")
+    wait_for(lambda: "was missing" in one.log() and three_key in one.log(), 20,
+             what="node1 logs the repaired peer")
+    assert one.status()["driftRepaired"] >= 1
+    # node removal: node3 leaves (its etcd lease revoked); both others drop peer and route
+    lease_id = [row for row in _leases(cluster) if row["node"] == "node3"][0]["leaseID"]
+    three.stop_agent()
+    cluster.etcd.etcdctl("lease", "revoke", format(lease_id, "x"), check=True)
+    for node in (one, two):
+        wait_for(lambda: three_key not in peers(node), 20, 0.1, what=f"{node.name} drops node3's peer")
+        wait_for(lambda: subnet not in node.ns.ip("route", "show", "proto", "119"), 20, 0.1,
+                 what=f"{node.name} drops node3's route")
+        assert peers(node) == expected_peers(node, [n for n in (one, two) if n is not node])
+
+
+def _fake_lease(cluster, subnet: str, data: dict):
+    value = {"PublicIP": "192.168.100.77", "NodeName": "forged", "BackendType": "wireguard",
+             "BackendData": data}
+    key = f"/weft/networks/weft/subnets/{subnet.replace('/', '-')}"
+    cluster.etcd.etcdctl("put", key, json.dumps(value), check=True)
+
+
+FORGED = [  # (subnet, BackendData, what the agent says)
+    ("10.246.200.0/24", {"PublicKey": "bm90IGEga2V5", "ListenPort": PORT}, "is 9 bytes, a WireGuard key is 32"),
+    ("10.246.201.0/24", {"PublicKey": "!!!not base64!!!", "ListenPort": PORT}, "is not base64"),
+    ("10.246.202.0/24", {"PublicKey": "x" * 43 + "=", "ListenPort": 70000}, "ListenPort 70000 must be an integer"),
+]
+
+
+def test_leases_with_a_malformed_key_or_port_are_refused(cluster):
+    nodes = start(cluster, 2, WIREGUARD)
+    one, two = nodes
+    before = peers(one)
+    for subnet, data, _ in FORGED:
+        _fake_lease(cluster, subnet, data)
+    for subnet, _, complaint in FORGED:
+        key = subnet.replace("/", "-")
+        wait_for(lambda: any(complaint in line and key in line for line in one.log().splitlines()), 20, 0.1,
+                 what=f"node1 refuses the forged lease {key} ({complaint})")
+    # nothing programmed: same peers, no route to a forged subnet, even after a reconcile
+    last = one.status()["lastReconcile"] or 0
+    wait_for(lambda: (one.status()["lastReconcile"] or 0) > last, 20, 0.1, what="a reconcile after the puts")
+    assert peers(one) == before
+    routes = one.ns.ip("route", "show")
+    assert not [subnet for subnet, _, _ in FORGED if subnet.split("/")[0] in routes]
+    # operators see why: weftctl leases marks them unreadable, naming the key
+    table = cluster.weftctl("leases", "weft").stdout
+    assert all(f"unreadable: lease {s.replace('/', '-')}" in table for s, _, _ in FORGED), table

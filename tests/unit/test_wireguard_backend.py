@@ -1,0 +1,195 @@
+"""The wireguard backend without root: config keys, lease-data validation, key files,
+and the engine's planning/reconcile of peers (a device entry kind) over pure values.
+
+The fakes below stand in for the kernel only in these pure-logic tests; the real
+device, peers and traffic are tested in tests/cluster/test_wireguard.py.
+"""
+
+import base64
+import ipaddress
+import os
+import stat
+
+import pytest
+
+from cni_plugin import backends
+from cni_plugin.backends import engine
+from cni_plugin.backends.base import ROUTE, BackendDataError, Device
+from cni_plugin.backends.wireguard import (PEER, WireguardConfig, WireguardData, check_key,
+                                           key_path, load_or_create_key, public_key_of, write_new_key)
+from cni_plugin.datapath.underlay import Underlay
+from cni_plugin.subnet.lease import ConfigError, Lease, NetworkConfig
+
+UNDERLAY = Underlay(2, "eth0", 1500, ipaddress.ip_network("192.168.77.0/24"))
+DEVICE = Device(9, "weft-wg.51820")
+WG = backends.get("wireguard")
+
+
+def key(n: int) -> str:
+    return base64.b64encode(bytes([n]) * 32).decode()
+
+
+def net(backend: dict, **extra) -> NetworkConfig:
+    return NetworkConfig.from_dict("n", {"Network": "10.244.0.0/16", "Backend": {"Type": "wireguard", **backend},
+                                         **extra})
+
+
+def lease(n: int, public_key=None, port=51820, v6=False) -> Lease:
+    return Lease(subnet=ipaddress.ip_network(f"10.244.{n}.0/24"),
+                 public_ip=ipaddress.ip_address(f"192.168.77.{n}"), node_name=f"node{n}",
+                 backend_type="wireguard", backend_data=WireguardData(key(n) if public_key is None else public_key, port),
+                 ipv6_subnet=ipaddress.ip_network(f"fd00:10:244:{n}::/64") if v6 else None)
+
+
+class FakeDriver:
+    """A WireGuard device's peers as a dict (what KernelWireGuard/UserspaceWireGuard hold)."""
+
+    def __init__(self):
+        self.peers = {}
+
+    def state(self):
+        from cni_plugin.datapath.wireguard import WgPeer
+
+        return "", 51820, {k: WgPeer(k, e, a) for k, (e, a) in self.peers.items()}
+
+    def set_peer(self, peer):
+        self.peers[peer.public_key] = (peer.endpoint, peer.allowed_ips)
+
+    def remove_peer(self, public_key):
+        return self.peers.pop(public_key, None) is not None
+
+
+class FakeNetlink:
+    def __init__(self):
+        self.table = {}
+
+    def routes(self, version, proto=None):
+        from cni_plugin.datapath.netlink import RouteEntry
+
+        return [RouteEntry(dst, gw, oif, onlink) for dst, (gw, oif, onlink) in self.table.items()
+                if dst.version == version]
+
+    def replace_route(self, dst, gateway, oif, onlink):
+        self.table[dst] = (gateway, oif, onlink)
+
+    def delete_weft_route(self, dst):
+        return self.table.pop(dst, None) is not None
+
+
+def plan(config: NetworkConfig, peers, local_key=None):
+    backend = WG(config.backend)
+    backend.driver = FakeDriver()
+    return engine.Plan.for_network(backend, config, lease(1, local_key), UNDERLAY, DEVICE, peers)
+
+
+def test_config_keys_defaults_errors_and_port_clash():
+    assert net({}).backend == WireguardConfig(listen_port=51820)
+    assert net({"ListenPort": 51900}).backend == WireguardConfig(51900)
+    for bad in (0, 70000, True, "51820"):
+        with pytest.raises(ConfigError, match=f"network n: Backend.ListenPort {bad!r} must be an integer from 1 to 65535"):
+            net({"ListenPort": bad})
+    assert WG.config_clash(WireguardConfig(51820), WireguardConfig(51820), "b") == (
+        "Backend.ListenPort 51820 is already used by network b; every WireGuard network needs its own port")
+    assert WG.config_clash(WireguardConfig(51820), WireguardConfig(51821), "b") is None
+
+
+def test_lease_data_round_trips():
+    mine = lease(3)
+    again = Lease.from_json(mine.key, mine.to_json())
+    assert again == mine and again.backend_data == WireguardData(key(3), 51820)
+    assert '"PublicKey": "' + key(3) in mine.to_json()
+    assert Lease.from_json(mine.key, '{"PublicIP": "192.0.2.1", "BackendType": "wireguard"}').backend_data == \
+        WireguardData("", 51820)
+
+
+@pytest.mark.parametrize("data, message", [
+    ({"PublicKey": "bm90IGEga2V5"}, "PublicKey 'bm90IGEga2V5' is 9 bytes, a WireGuard key is 32"),
+    ({"PublicKey": "%%%"}, "PublicKey '%%%' is not base64"),
+    ({"PublicKey": base64.b64encode(b"k" * 33).decode()}, "is 33 bytes"),
+    ({"PublicKey": 7}, "PublicKey 7 is not a WireGuard key"),
+    ({"PublicKey": key(1), "ListenPort": 0}, "ListenPort 0 must be an integer from 1 to 65535"),
+    ({"PublicKey": key(1), "ListenPort": "51820"}, "ListenPort '51820' must be an integer"),
+])
+def test_malformed_lease_data_is_refused_naming_the_key(data, message):
+    with pytest.raises(BackendDataError, match=message):
+        WG.parse_lease_data(data)
+    text = '{"PublicIP": "192.0.2.1", "BackendType": "wireguard", "BackendData": %s}' % (
+        __import__("json").dumps(data))
+    with pytest.raises(ConfigError, match=f"lease 10.244.3.0-24: unusable value: .*{message[:12]}"):
+        Lease.from_json("10.244.3.0-24", text)
+
+
+def test_check_key_accepts_only_32_bytes_of_strict_base64():
+    assert check_key(key(5)) == key(5)
+    with pytest.raises(BackendDataError):
+        check_key(key(5)[:-2] + "\n=")
+
+
+def test_key_file_is_0600_kept_and_a_broken_one_is_an_error(tmp_path):
+    first = load_or_create_key(str(tmp_path), "weft")
+    path = key_path(str(tmp_path), "weft")
+    assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
+    assert load_or_create_key(str(tmp_path), "weft") == first  # kept across restarts
+    assert len(base64.b64decode(public_key_of(first))) == 32 and public_key_of(first) != first
+    rotated = write_new_key(str(tmp_path), "weft")
+    assert rotated != first and load_or_create_key(str(tmp_path), "weft") == rotated
+    open(path, "w").write("garbage\n")
+    with pytest.raises(BackendDataError, match=f"the WireGuard key in {path} .*delete {path}"):
+        load_or_create_key(str(tmp_path), "weft")
+
+
+def test_local_lease_data_publishes_the_public_key_only(tmp_path):
+    node = type("Node", (), {"state_dir": str(tmp_path)})()
+    data = WG.local_lease_data(WireguardConfig(51830), node, "weft")
+    private = open(key_path(str(tmp_path), "weft")).read().strip()
+    assert data == WireguardData(public_key_of(private), 51830)
+    assert private not in str(WG.lease_data_json(data))
+
+
+def test_planning_peer_then_route_and_dual_stack_allowed_ips():
+    config = net({}, IPv6Network="fd00:10:244::/48", EnableIPv6=True)
+    p = plan(config, [])
+    assert engine.peer_entries(p, lease(2, v6=True)) == [
+        (PEER, key(2), ("192.168.77.2:51820", ("10.244.2.0/24", "fd00:10:244:2::/64"))),
+        (ROUTE, ipaddress.ip_network("10.244.2.0/24"), (None, DEVICE.index, False)),
+        (ROUTE, ipaddress.ip_network("fd00:10:244:2::/64"), (None, DEVICE.index, False))]
+    assert WG.device_label(WireguardData(key(1), 51830)) == "weft-wg.51830"
+
+
+@pytest.mark.parametrize("peer, problem", [
+    (lease(2, public_key=""), "no PublicKey"),
+    (lease(2, public_key=key(1)), "this node's own key"),
+])
+def test_unusable_peers_say_why_and_are_not_programmed(peer, problem):
+    p = plan(net({}), [peer])
+    desired = engine.desired_state(p)
+    assert not desired.entries and problem in desired.errors[0]
+    with pytest.raises(engine.OverlayError, match=problem):
+        engine.apply_peer(FakeNetlink(), p, peer)
+
+
+def test_reconcile_writes_repairs_and_removes_stale_peers():
+    nl = FakeNetlink()
+    p = plan(net({}), [lease(2), lease(3)])
+    driver = p.backend.driver
+    driver.peers[key(9)] = ("192.168.77.9:51820", ("10.244.9.0/24",))  # a node that left
+    driver.peers[key(3)] = ("192.168.77.99:1", ("10.244.3.0/24",))  # wrong endpoint
+    drift = engine.reconcile(nl, p)
+    assert driver.peers == {key(2): ("192.168.77.2:51820", ("10.244.2.0/24",)),
+                            key(3): ("192.168.77.3:51820", ("10.244.3.0/24",))}
+    assert set(nl.table) == {ipaddress.ip_network("10.244.2.0/24"), ipaddress.ip_network("10.244.3.0/24")}
+    assert drift.removed == 1 and drift.added == 4
+    assert any(d.startswith(f"peer {key(9)} endpoint 192.168.77.9:51820") and "stale" in d for d in drift.details)
+    assert engine.reconcile(nl, p).changed is False  # converged
+
+
+def test_rotated_key_replaces_the_old_peer_and_removal_drops_peer_and_route():
+    nl = FakeNetlink()
+    old, new = lease(2), lease(2, public_key=key(42))
+    p = plan(net({}), [old])
+    engine.apply_peer(nl, p, old)
+    assert set(p.backend.driver.peers) == {key(2)}
+    engine.apply_peer(nl, p, new, previous=old)
+    assert set(p.backend.driver.peers) == {key(42)}
+    drift = engine.remove_peer(nl, p, new)
+    assert p.backend.driver.peers == {} and nl.table == {} and drift.removed == 2
