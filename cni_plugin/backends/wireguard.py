@@ -174,9 +174,10 @@ class Wireguard(Backend):
         name = device_name(self.config.listen_port)
         private_key = load_or_create_key(node.state_dir, network.name)
         self.public_key = public_key_of(private_key)
-        addresses = [ipaddress.ip_interface(f"{lease.vtep_ip}/32")]
+        # the subnet's .0 (and ::) on the device, as VXLAN does: the node answers on it
+        addresses = [ipaddress.ip_interface(f"{lease.subnet.network_address}/32")]
         if lease.ipv6_subnet is not None:
-            addresses.append(ipaddress.ip_interface(f"{lease.vtep_ipv6}/128"))
+            addresses.append(ipaddress.ip_interface(f"{lease.ipv6_subnet.network_address}/128"))
         mtu = underlay.mtu - OVERHEAD[node.public_ip.version]
         device = ensure_wireguard(nl, name, private_key, self.config.listen_port, mtu, addresses,
                                   os.path.join(node.run_dir, "wireguard"))
