@@ -20,8 +20,9 @@ READ_TIMEOUT = 30.0
 
 
 class CniServer:
-    def __init__(self, path: str, log, metrics=None):
+    def __init__(self, path: str, log, metrics=None, masquerades=None):
         self.path = path
+        self.masquerades = masquerades  # network name -> True when this agent owns its table
         self.log = log
         self.metrics = metrics
         self.pool = ThreadPoolExecutor(max_workers=WORKERS, thread_name_prefix="weftd-cni")
@@ -63,7 +64,7 @@ class CniServer:
                 self.log.warning(f"bad CNI request on {self.path}: {exc}")
                 return
             started = time.monotonic()
-            out, code = invoke(role, environ, stdin, via="agent")
+            out, code = invoke(role, environ, stdin, via="agent", agent_masquerades=self.masquerades)
             if self.metrics is not None:
                 self.metrics.cni_seconds.labels(role, environ.get("CNI_COMMAND", ""), str(code)).observe(
                     time.monotonic() - started)

@@ -7,7 +7,7 @@ its errors become CNI codes in plugin/errors.py.
 
 import ipaddress
 
-from ..cni import log
+from ..cni import invocation, log
 from ..cni import result as cni_result
 from ..cni.errors import (ATTACHMENT_EXISTS, CHECK_FAILED, DELEGATE_FAILED, INTERNAL, INVALID_NETCONF,
                           IO_FAILURE, NOT_AVAILABLE_LIMITED, CniError)
@@ -15,7 +15,6 @@ from ..cni.netconf import valid_attachments
 from ..datapath.naming import HOST_VETH_PREFIX, host_veth_name
 from . import config as plugin_config
 from . import delegate
-from ..datapath.errors import DatapathError
 from .errors import as_cni_error, speaks_cni
 
 
@@ -48,27 +47,41 @@ def _container_routes(cfg, ipam: dict) -> list:
     return routes
 
 
-def _setup(cfg, env, mac: str, ipam: dict, rt) -> dict:
-    from ..datapath import container, links, masq, netns, sysctl
+def _ensure_masquerade(cfg, ips: list) -> None:
+    """Node-wide masquerade (datapath/masq.py).  When the serving weftd owns the
+    network's table there is nothing to do per pod; standalone, the pod's subnet is
+    made part of the table (one listing once it is)."""
+    from ..datapath import masq
 
+    if not cfg.ip_masq or invocation.current().agent_masquerades(cfg.name):
+        return
+    masq.ensure(masq.Masquerade(cfg.name, tuple(ip.network for ip in ips),
+                                tuple([ip.network for ip in ips] + list(cfg.cluster_networks))), exact=False)
+
+
+def _setup(cfg, env, mac: str, ipam: dict, rt) -> dict:
+    from ..datapath import container, links, netns, sysctl
+
+    step = invocation.current().step
     ips = [ipaddress.ip_interface(entry["address"]) for entry in ipam["ips"]]
-    bridge = links.ensure_bridge(rt, cfg.bridge, cfg.mtu)
-    sysctl.set_interface("ipv6", cfg.bridge, "accept_ra", "0")
-    if cfg.is_gateway:
-        for entry, ip in zip(ipam["ips"], ips):
-            links.ensure_gateway_address(rt, cfg.bridge, bridge.index, _gateway_of(entry),
-                                         ip.network, cfg.force_address)
-        sysctl.enable_forwarding({ip.version for ip in ips})
+    with step("bridge"):
+        bridge = links.ensure_bridge(rt, cfg.bridge, cfg.mtu)
+        sysctl.set_interface("ipv6", cfg.bridge, "accept_ra", "0")
+        if cfg.is_gateway:
+            for entry, ip in zip(ipam["ips"], ips):
+                links.ensure_gateway_address(rt, cfg.bridge, bridge.index, _gateway_of(entry),
+                                             ip.network, cfg.force_address)
+            sysctl.enable_forwarding({ip.version for ip in ips})
     host_name = host_veth_name(env.container_id, env.ifname)
-    host = links.create_veth(rt, host_name, env.netns, env.ifname, cfg.mtu)
-    sysctl.set_interface("ipv6", host_name, "accept_ra", "0")
-    links.attach_to_bridge(rt, host.index, bridge.index, cfg.hairpin_mode)
+    with step("veth"):
+        host = links.create_veth(rt, host_name, env.netns, env.ifname, cfg.mtu)
+        sysctl.set_interface("ipv6", host_name, "accept_ra", "0")
+        links.attach_to_bridge(rt, host.index, bridge.index, cfg.hairpin_mode)
     routes = _container_routes(cfg, ipam)
-    with netns.open_container(env.netns) as crt:
+    with step("container"), netns.open_container(env.netns) as crt:
         inside = container.configure(crt, env.ifname, mac, ips, routes)
-    if cfg.ip_masq:
-        masq.add(cfg.data_dir, cfg.name, _attachment(env), ips,
-                 [ip.network for ip in ips] + list(cfg.cluster_networks))
+    with step("masquerade"):
+        _ensure_masquerade(cfg, ips)
     return _result(cfg, env, ipam, routes, inside, [(cfg.bridge, bridge.address), (host_name, host.address)])
 
 
@@ -101,15 +114,18 @@ def _release(cfg, env, errors: list) -> None:
 def cmd_add(env, conf):
     from ..datapath import netns
 
-    cfg = plugin_config.load(conf, "ADD")
-    mac = plugin_config.requested_mac(cfg, env)
-    netns.check_container_netns(env.netns)
+    step = invocation.current().step
+    with step("config"):
+        cfg = plugin_config.load(conf, "ADD")
+        mac = plugin_config.requested_mac(cfg, env)
+        netns.check_container_netns(env.netns)
     host_name = host_veth_name(env.container_id, env.ifname)
     with netns.open_node() as rt:
         if rt.link(host_name) is not None:
             raise CniError(ATTACHMENT_EXISTS, f"attachment {_attachment(env)} already exists (host "
                            f"veth {host_name}); the runtime must DEL it before adding it again")
-        ipam = delegate.run(cfg.ipam_type, "ADD", env, cfg.delegate_conf)
+        with step("ipam"):
+            ipam = delegate.run(cfg.ipam_type, "ADD", env, cfg.delegate_conf)
         try:
             if not ipam["ips"]:
                 raise CniError(DELEGATE_FAILED, f"IPAM plugin {cfg.ipam_type} returned no IP address")
@@ -120,14 +136,13 @@ def cmd_add(env, conf):
 
 
 def _rollback(cfg, env, rt, host_name: str) -> None:
-    """Undo a failed ADD: links, masquerade entries, the IP allocation.  Every step is
-    tried; a step that fails is written to the log file (the runtime sees the ADD's
-    own error, and the operator finds what may be left behind)."""
-    from ..datapath import links, masq
+    """Undo a failed ADD: links, the IP allocation (masquerade is node-wide: nothing of
+    the pod's is in it).  Every step is tried; a step that fails is written to the log
+    file (the runtime sees the ADD's own error, and the operator finds what may be
+    left behind)."""
+    from ..datapath import links
 
     steps = (("delete host veth " + host_name, lambda: links.delete(rt, host_name)),
-             ("remove masquerade entries", lambda: cfg.ip_masq and masq.remove(cfg.data_dir, cfg.name,
-                                                                               _attachment(env))),
              (f"release the IP via {cfg.ipam_type} DEL",
               lambda: delegate.run(cfg.ipam_type, "DEL", env, cfg.delegate_conf)))
     for what, step in steps:
@@ -139,25 +154,24 @@ def _rollback(cfg, env, rt, host_name: str) -> None:
 
 
 def cmd_del(env, conf):
-    from ..datapath import links, masq, netns
+    from ..datapath import links, netns
 
-    cfg = plugin_config.load(conf, "DEL")
+    step = invocation.current().step
+    with step("config"):
+        cfg = plugin_config.load(conf, "DEL")
     errors = []
     host_name = host_veth_name(env.container_id, env.ifname)
     if env.netns and netns.netns_exists(env.netns):
         try:
-            with netns.open_container(env.netns) as crt:
+            with step("container"), netns.open_container(env.netns) as crt:
                 links.delete(crt, env.ifname)  # takes the host end with it
         except Exception as exc:
             errors.append(exc)
-    with netns.open_node() as rt:
+    with step("host-veth"), netns.open_node() as rt:
         links.delete(rt, host_name)
-    if cfg.ip_masq:
-        try:
-            masq.remove(cfg.data_dir, cfg.name, _attachment(env))
-        except DatapathError as exc:
-            errors.append(exc)
-    _release(cfg, env, errors)
+    # masquerade is node-wide (datapath/masq.py): a DEL leaves nothing of the pod's in it
+    with step("ipam"):
+        _release(cfg, env, errors)
     _raise_first(errors)
 
 
@@ -227,12 +241,11 @@ def _known(exc: Exception) -> CniError:
 
 
 def cmd_gc(env, conf):
-    from ..datapath import links, masq, netns
+    from ..datapath import links, netns
 
     cfg = plugin_config.load(conf, "GC")
     valid = valid_attachments(conf)
     keep_links = {host_veth_name(container_id, ifname) for container_id, ifname in valid}
-    keep_masq = {f"{container_id}/{ifname}" for container_id, ifname in valid}
     errors = []
     with netns.open_node() as rt:
         bridge = rt.link(cfg.bridge)
@@ -243,12 +256,6 @@ def cmd_gc(env, conf):
                         links.delete(rt, name)
                     except Exception as exc:
                         errors.append(CniError(IO_FAILURE, f"cannot delete stale veth {name}: {exc}"))
-    if cfg.ip_masq:
-        try:
-            for stale in masq.attachments(cfg.name) - keep_masq:
-                masq.remove(cfg.data_dir, cfg.name, stale)
-        except DatapathError as exc:
-            errors.append(exc)
     try:
         delegate.run(cfg.ipam_type, "GC", env, cfg.delegate_conf)
     except CniError as exc:
