@@ -236,7 +236,8 @@ def test_ip_masq_towards_outside_but_not_between_pods(cluster):
     assert a.tcp(b.ip, 7101) == a.ip
     server.wait(timeout=10)
     table = nodes[0].ns.run(["nft", "list", "table", "inet", "weft_weft"]).stdout
-    assert "masquerade" in table and "10.244.0.0/16" in table and a.ip in table
+    subnet = nodes[0].status()["lease"]["subnet"]  # node-wide: the node's subnet, not each pod
+    assert "masquerade" in table and "10.244.0.0/16" in table and subnet in table and a.ip not in table
 
 
 def test_etcd_with_tls_and_auth(tmp_path, installed):
