@@ -24,5 +24,7 @@ def invoke(role: str, environ, stdin: bytes, via: str = "standalone", agent_masq
     agent_masquerades(network) -> bool: the serving agent owns that network's table."""
     from .cni.invocation import run
 
-    return run(handlers_for(role), environ, stdin, via, paths.LOG_FILE if role == "weft" else None,
+    # VERSION needs no handler: the plugin's table (and the datapath behind it) stays unloaded
+    handlers = {} if environ.get("CNI_COMMAND") == "VERSION" else handlers_for(role)
+    return run(handlers, environ, stdin, via, paths.LOG_FILE if role == "weft" else None,
                agent_masquerades)

@@ -9,9 +9,6 @@ them and collects the per-step timings that the log line carries at logLevel deb
 import contextvars
 import json
 import time
-from contextlib import contextmanager
-from dataclasses import dataclass, field
-from typing import Callable
 
 LOG_LEVELS = ("info", "debug")
 
@@ -20,20 +17,33 @@ def _never(network: str) -> bool:
     return False
 
 
-@dataclass
-class Context:
-    via: str = "standalone"
-    # network name -> True when the serving agent owns that network's masquerade table
-    agent_masquerades: Callable[[str], bool] = _never
-    steps: list = field(default_factory=list)  # [(step, ms)] in order
+class _Step:
+    """Times one handler step into its context (a plain class: dataclasses and
+    contextlib would cost the standalone executables an import each)."""
+    __slots__ = ("steps", "name", "started")
 
-    @contextmanager
-    def step(self, name: str):
-        started = time.monotonic()
-        try:
-            yield
-        finally:
-            self.steps.append((name, round((time.monotonic() - started) * 1000, 2)))
+    def __init__(self, steps: list, name: str):
+        self.steps, self.name = steps, name
+
+    def __enter__(self):
+        self.started = time.monotonic()
+
+    def __exit__(self, *exc):
+        self.steps.append((self.name, round((time.monotonic() - self.started) * 1000, 2)))
+        return False
+
+
+class Context:
+    """via: "agent" or "standalone"; agent_masquerades(network) -> True when the serving
+    agent owns that network's masquerade table; steps: [(step, ms)] in order."""
+
+    def __init__(self, via: str = "standalone", agent_masquerades=None):
+        self.via = via
+        self.agent_masquerades = agent_masquerades or _never
+        self.steps = []
+
+    def step(self, name: str) -> _Step:
+        return _Step(self.steps, name)
 
 
 _CURRENT = contextvars.ContextVar("weft_invocation")
@@ -60,14 +70,14 @@ def _log_settings(stdin: bytes, default: str) -> tuple:
 
 
 def run(handlers: dict, environ, stdin: bytes, via: str = "standalone", log_file: str = None,
-        agent_masquerades: Callable[[str], bool] = None) -> tuple:
+        agent_masquerades=None) -> tuple:
     """(stdout bytes, exit code) for one invocation.  log_file: the log's default path
     (netconf `logFile` overrides it); None: the call is not logged."""
     from . import log
     from .dispatch import dispatch
 
     started = time.monotonic()
-    context = Context(via=via, agent_masquerades=agent_masquerades or _never)
+    context = Context(via, agent_masquerades)
     token = _CURRENT.set(context)
     try:
         out, code = dispatch(handlers, environ, stdin)
