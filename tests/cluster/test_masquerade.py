@@ -103,6 +103,8 @@ def test_table_survives_restart_and_reconcile_repairs_drift(cluster):
     _, metrics = node.http("/metrics")
     assert metric_value(metrics, 'weft_drift_repaired_total{network="weft"}') >= 2
     assert "reconcile repaired masquerade table" in node.log()
+    status = cluster.weftctl("status", "--run-dir", node.run_dir).stdout
+    assert "masquerade inet weft_weft: installed, 2 repairs since start" in status, status
     server = serve_tcp(cluster.underlay, ETCD_IP, 7202, 1)
     assert pod.tcp(ETCD_IP, 7202) == node.ip, "after repair, pod -> outside is not masqueraded"
     server.wait(timeout=10)
