@@ -141,7 +141,7 @@ def _shape_problems(objects: list) -> list:
     return problems
 
 
-def inspect(spec: Masquerade, exact: bool = True):
+def compare(spec: Masquerade, exact: bool = True):
     """(objects or None, wanted sets, differences) for the table as it is now.
     exact=False (standalone): sources/destinations already present are kept."""
     objects = nft.list_table(FAMILY, spec.table)
@@ -169,7 +169,7 @@ def inspect(spec: Masquerade, exact: bool = True):
 
 def ensure(spec: Masquerade, exact: bool = True) -> Outcome:
     """Make the table say what spec says, atomically; one listing when nothing differs."""
-    objects, wanted, differences = inspect(spec, exact)
+    objects, wanted, differences = compare(spec, exact)
     if not differences:
         return Outcome("unchanged")
     commands = _create_commands(spec.table, wanted)

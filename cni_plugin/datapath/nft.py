@@ -121,16 +121,15 @@ def _execute(commands: list, what: str) -> list:
 
 
 def _describe(commands: list) -> str:
-    verbs = []
+    """A short account of the commands for error messages: "[add table weft_x; add set src4]"."""
+    parts = []
     for command in commands[:3]:
-        if isinstance(command, dict) and command:
-            verb, obj = next(iter(command.items()))
-            kind = next(iter(obj), "") if isinstance(obj, dict) else ""
-            inner = obj.get(kind, {}) if isinstance(obj, dict) else {}
-            name = inner.get("name") or inner.get("table") if isinstance(inner, dict) else ""
-            verbs.append(f"{verb} {kind} {name}".strip())
+        verb, obj = next(iter(command.items())) if isinstance(command, dict) and command else ("?", {})
+        kind, inner = next(iter(obj.items())) if isinstance(obj, dict) and obj else ("", {})
+        name = (inner.get("name") or inner.get("table") or "") if isinstance(inner, dict) else ""
+        parts.append(" ".join(p for p in (verb, kind, str(name)) if p))
     more = f" (+{len(commands) - 3} more)" if len(commands) > 3 else ""
-    return "[" + "; ".join(verbs) + more + "]"
+    return "[" + "; ".join(parts) + more + "]"
 
 
 def run(commands: list) -> list:

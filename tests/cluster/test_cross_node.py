@@ -12,15 +12,7 @@ VXLAN = {"Network": "10.244.0.0/16", "Backend": {"Type": "vxlan", "VNI": 1}}
 
 
 def start(cluster, count, config=VXLAN, network="weft"):
-    cluster.set_network(network, config)
-    nodes = [cluster.add_node() for _ in range(count)]
-    for node in nodes:
-        node.start_agent(networks=(network,))
-    for node in nodes:
-        node.wait_ready(network)
-    for node in nodes:  # every agent has programmed every other lease
-        wait_for(lambda: len(node.status(network)["peers"]) == count - 1, 20, what=f"{node.name} peers")
-    return nodes
+    return cluster.start_nodes(count, config, network)
 
 
 def assert_full_mesh(pods, tcp=True):

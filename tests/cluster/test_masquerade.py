@@ -14,14 +14,7 @@ TABLE = "weft_weft"
 
 
 def start(cluster, count):
-    cluster.set_network("weft", VXLAN)
-    nodes = [cluster.add_node() for _ in range(count)]
-    for node in nodes:
-        node.start_agent()
-    for node in nodes:
-        node.wait_ready()
-        wait_for(lambda: len(node.status()["peers"]) == count - 1, 20, what=f"{node.name} peers")
-    return nodes
+    return cluster.start_nodes(count, VXLAN)
 
 
 def fast_conf(node, **extra):
