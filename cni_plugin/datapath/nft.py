@@ -20,7 +20,6 @@ are one transaction: all of them apply or none does.
 """
 
 import ctypes
-import ctypes.util
 import json
 import threading
 
