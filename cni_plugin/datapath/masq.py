@@ -15,7 +15,7 @@ masquerade controller creates the table with the lease, repairs it at every
 reconcile and removes it with the network.  Without an agent, ADD calls ensure()
 in additive mode: the first ADD on the node creates the table, later ones only read it.
 
-The table is rebuilt as one transaction (delete + add), so there is never a moment
+The table is rebuilt as one transaction (add, delete, add), so there is never a moment
 without masquerade, and a table of the same name that is not in this shape — in
 particular the per-pod table of weft before issue 14 (sets pods4/pods6 holding one
 element per attachment) — is replaced by the node-wide one: its pods are covered by
@@ -172,11 +172,13 @@ def ensure(spec: Masquerade, exact: bool = True) -> Outcome:
     objects, wanted, differences = compare(spec, exact)
     if not differences:
         return Outcome("unchanged")
-    commands = _create_commands(spec.table, wanted)
+    # add (a no-op when it exists) + delete + the whole table, in one transaction: the
+    # result is exactly one copy even when another process created it since our listing
+    table = {"table": {"family": FAMILY, "name": spec.table}}
+    commands = [{"add": table}, {"delete": table}, *_create_commands(spec.table, wanted)]
     if objects is None:
         action = "created"
     else:
-        commands.insert(0, {"delete": {"table": {"family": FAMILY, "name": spec.table}}})
         action = "migrated" if differences == ["per-pod table of an older weft"] else \
             ("extended" if not exact else "repaired")
     nft.run(commands)

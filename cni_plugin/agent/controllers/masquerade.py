@@ -48,14 +48,15 @@ class MasqueradeController(Controller):
         return [(self.agent.options.reconcile_interval, self.reconcile)]
 
     def while_waiting(self):
+        # the loop waits because etcd or the config failed: repair against what is known
         if self.agent.held is not None and self.agent.config is not None:
-            self.reconcile()
+            self.reconcile(ask_etcd=False)
 
-    def _gone(self, first: bool):
+    def _gone(self, ask_etcd: bool):
         """"deleted" when the config left etcd, "off" when it says IPMasq false, else None
         (an etcd outage or an unreadable config changes nothing)."""
         agent = self.agent
-        if first:
+        if not ask_etcd:
             return None if agent.config.ip_masq else "off"
         try:
             text = agent.registry.get_network_config(agent.name)
@@ -68,12 +69,12 @@ class MasqueradeController(Controller):
         except ConfigError:
             return None if agent.config.ip_masq else "off"
 
-    def reconcile(self, first=False):
+    def reconcile(self, first=False, ask_etcd=True):
         agent = self.agent
         self.last_check = time.time()
         before = self.state
         try:
-            gone = self._gone(first)
+            gone = self._gone(ask_etcd and not first)
             if gone is not None:
                 # IPMasq false: a table this agent installed goes, one a netconf's explicit
                 # ipMasq true made (standalone ensure) is left to its owner
