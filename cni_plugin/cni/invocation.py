@@ -17,33 +17,23 @@ def _never(network: str) -> bool:
     return False
 
 
-class _Step:
-    """Times one handler step into its context (a plain class: dataclasses and
-    contextlib would cost the standalone executables an import each)."""
-    __slots__ = ("steps", "name", "started")
-
-    def __init__(self, steps: list, name: str):
-        self.steps, self.name = steps, name
-
-    def __enter__(self):
-        self.started = time.monotonic()
-
-    def __exit__(self, *exc):
-        self.steps.append((self.name, round((time.monotonic() - self.started) * 1000, 2)))
-        return False
-
-
 class Context:
     """via: "agent" or "standalone"; agent_masquerades(network) -> True when the serving
-    agent owns that network's masquerade table; steps: [(step, ms)] in order."""
+    agent owns that network's masquerade table; steps: [(step, ms)] in order, recorded
+    by lap() (a plain class: dataclasses would cost the standalone executables an
+    import)."""
 
     def __init__(self, via: str = "standalone", agent_masquerades=None):
         self.via = via
         self.agent_masquerades = agent_masquerades or _never
         self.steps = []
+        self._mark = time.monotonic()
 
-    def step(self, name: str) -> _Step:
-        return _Step(self.steps, name)
+    def lap(self, name: str) -> None:
+        """Record the time since the previous lap (or the call's start) as step `name`."""
+        now = time.monotonic()
+        self.steps.append((name, round((now - self._mark) * 1000, 2)))
+        self._mark = now
 
 
 _CURRENT = contextvars.ContextVar("weft_invocation")

@@ -62,26 +62,27 @@ def _ensure_masquerade(cfg, ips: list) -> None:
 def _setup(cfg, env, mac: str, ipam: dict, rt) -> dict:
     from ..datapath import container, links, netns, sysctl
 
-    step = invocation.current().step
+    lap = invocation.current().lap
     ips = [ipaddress.ip_interface(entry["address"]) for entry in ipam["ips"]]
-    with step("bridge"):
-        bridge = links.ensure_bridge(rt, cfg.bridge, cfg.mtu)
-        sysctl.set_interface("ipv6", cfg.bridge, "accept_ra", "0")
-        if cfg.is_gateway:
-            for entry, ip in zip(ipam["ips"], ips):
-                links.ensure_gateway_address(rt, cfg.bridge, bridge.index, _gateway_of(entry),
-                                             ip.network, cfg.force_address)
-            sysctl.enable_forwarding({ip.version for ip in ips})
+    bridge = links.ensure_bridge(rt, cfg.bridge, cfg.mtu)
+    sysctl.set_interface("ipv6", cfg.bridge, "accept_ra", "0")
+    if cfg.is_gateway:
+        for entry, ip in zip(ipam["ips"], ips):
+            links.ensure_gateway_address(rt, cfg.bridge, bridge.index, _gateway_of(entry),
+                                         ip.network, cfg.force_address)
+        sysctl.enable_forwarding({ip.version for ip in ips})
+    lap("bridge")
     host_name = host_veth_name(env.container_id, env.ifname)
-    with step("veth"):
-        host = links.create_veth(rt, host_name, env.netns, env.ifname, cfg.mtu)
-        sysctl.set_interface("ipv6", host_name, "accept_ra", "0")
-        links.attach_to_bridge(rt, host.index, bridge.index, cfg.hairpin_mode)
+    host = links.create_veth(rt, host_name, env.netns, env.ifname, cfg.mtu)
+    sysctl.set_interface("ipv6", host_name, "accept_ra", "0")
+    links.attach_to_bridge(rt, host.index, bridge.index, cfg.hairpin_mode)
+    lap("veth")
     routes = _container_routes(cfg, ipam)
-    with step("container"), netns.open_container(env.netns) as crt:
+    with netns.open_container(env.netns) as crt:
         inside = container.configure(crt, env.ifname, mac, ips, routes)
-    with step("masquerade"):
-        _ensure_masquerade(cfg, ips)
+    lap("container")
+    _ensure_masquerade(cfg, ips)
+    lap("masquerade")
     return _result(cfg, env, ipam, routes, inside, [(cfg.bridge, bridge.address), (host_name, host.address)])
 
 
@@ -114,18 +115,17 @@ def _release(cfg, env, errors: list) -> None:
 def cmd_add(env, conf):
     from ..datapath import netns
 
-    step = invocation.current().step
-    with step("config"):
-        cfg = plugin_config.load(conf, "ADD")
-        mac = plugin_config.requested_mac(cfg, env)
-        netns.check_container_netns(env.netns)
+    cfg = plugin_config.load(conf, "ADD")
+    mac = plugin_config.requested_mac(cfg, env)
+    netns.check_container_netns(env.netns)
     host_name = host_veth_name(env.container_id, env.ifname)
     with netns.open_node() as rt:
         if rt.link(host_name) is not None:
             raise CniError(ATTACHMENT_EXISTS, f"attachment {_attachment(env)} already exists (host "
                            f"veth {host_name}); the runtime must DEL it before adding it again")
-        with step("ipam"):
-            ipam = delegate.run(cfg.ipam_type, "ADD", env, cfg.delegate_conf)
+        invocation.current().lap("config")
+        ipam = delegate.run(cfg.ipam_type, "ADD", env, cfg.delegate_conf)
+        invocation.current().lap("ipam")
         try:
             if not ipam["ips"]:
                 raise CniError(DELEGATE_FAILED, f"IPAM plugin {cfg.ipam_type} returned no IP address")
@@ -156,22 +156,23 @@ def _rollback(cfg, env, rt, host_name: str) -> None:
 def cmd_del(env, conf):
     from ..datapath import links, netns
 
-    step = invocation.current().step
-    with step("config"):
-        cfg = plugin_config.load(conf, "DEL")
+    lap = invocation.current().lap
+    cfg = plugin_config.load(conf, "DEL")
+    lap("config")
     errors = []
     host_name = host_veth_name(env.container_id, env.ifname)
     if env.netns and netns.netns_exists(env.netns):
         try:
-            with step("container"), netns.open_container(env.netns) as crt:
+            with netns.open_container(env.netns) as crt:
                 links.delete(crt, env.ifname)  # takes the host end with it
         except Exception as exc:
             errors.append(exc)
-    with step("host-veth"), netns.open_node() as rt:
+    lap("container")
+    with netns.open_node() as rt:
         links.delete(rt, host_name)
-    # masquerade is node-wide (datapath/masq.py): a DEL leaves nothing of the pod's in it
-    with step("ipam"):
-        _release(cfg, env, errors)
+    lap("host-veth")  # masquerade is node-wide (datapath/masq.py): nothing of the pod's there
+    _release(cfg, env, errors)
+    lap("ipam")
     _raise_first(errors)
 
 
