@@ -30,22 +30,76 @@ def _check(name, value, op, limit, unit, detail=""):
             "unit": unit, "pass": passed, "miss_by": by, "detail": detail}
 
 
+FORWARDER_RSS_LIMIT_MB = 15.0
+
+
+def default_targets(d) -> list:
+    """The headline targets (issue 14): the default configuration through libcni."""
+    if not d or "error" in d:
+        return []
+    w, g = d["weft"], d["go"]
+    out = [_check("default config: ADD p50 vs Go chain, libcni", d.get("add_ms_p50_ratio"), "<=", 1.0, "x",
+                  f"{w['add_ms']['p50']} vs {g['add_ms']['p50']} ms"),
+           _check("default config: ADD p50 vs Go chain, libcni (stretch)", d.get("add_ms_p50_ratio"), "<=", 0.7,
+                  "x", f"{w['add_ms']['p50']} vs {g['add_ms']['p50']} ms"),
+           _check("default config: DEL p50 vs Go chain, libcni", d.get("del_ms_p50_ratio"), "<=", 1.0, "x",
+                  f"{w['del_ms']['p50']} vs {g['del_ms']['p50']} ms"),
+           _check(f"default config: {d['adds']} ADDs by {d['workers']} callers, wall vs Go chain",
+                  d.get("add_wall_s_ratio"), "<=", 1.0, "x", f"{w['add_wall_s']} vs {g['add_wall_s']} s")]
+    rss = _get(w, "forwarder_peak_rss_mib", "version_via_agent")
+    out.append(_check("forwarder peak RSS, installed launcher, VERSION via the agent",
+                      None if rss is None else rss * 1.048576, "<=", FORWARDER_RSS_LIMIT_MB, "MB",
+                      f"{rss} MiB, {_get(w, 'forwarder_peak_rss_mib', 'method')}"))
+    return out
+
+
+def default_table(figures: dict) -> list:
+    d = figures.get("default")
+    if not d or "error" in d:
+        return []
+    labels = d["labels"]
+    lines = [_row(["figure", labels["go"], labels["weft"], "weft / Go"]), _row(["---"] * 4)]
+    for key, label in (("add_ms", "ADD"), ("del_ms", "DEL")):
+        for stat in ("p50", "p95"):
+            a, b = _get(d, "go", key, stat), _get(d, "weft", key, stat)
+            lines.append(_row([f"{label} {stat}, {d['attachments']} sequential (ms)", _fmt(a), _fmt(b),
+                               _fmt(_ratio(b, a), 2, "x")]))
+    for key, label in (("add_wall_s", "ADDs"), ("del_wall_s", "DELs")):
+        a, b = _get(d, "go", key), _get(d, "weft", key)
+        lines.append(_row([f"{d['adds']} {label}, {d['workers']} callers: wall (s, median of {d['rounds']})",
+                           _fmt(a, 2), _fmt(b, 2), _fmt(_ratio(b, a), 2, "x")]))
+    for command in ("add", "del"):
+        steps = _get(d, "weft", "steps_p50_ms", command) or {}
+        if steps:
+            detail = ", ".join(f"{k} {v:.1f}" for k, v in steps.items() if k != "handler")
+            lines.append(_row([f"weft {command.upper()} inside the agent (its log, ms p50): {detail}", "",
+                               _fmt(steps.get("handler")), ""]))
+    floor = d.get("kernel_floor") or {}
+    lines.append(_row(["kernel: delete a veth pair (`ip link del`, minus the exec of `ip`; ms p50)",
+                       _fmt(floor.get("veth_del_ms")), _fmt(floor.get("veth_del_ms")), ""]))
+    rss = _get(d, "weft", "forwarder_peak_rss_mib") or {}
+    lines.append(_row(["`weft` launcher peak RSS, VERSION via the agent / standalone (MiB)", "",
+                       f"{_fmt(rss.get('version_via_agent'), 1)} / {_fmt(rss.get('version_standalone'), 1)}", ""]))
+    return lines
+
+
 def targets(figures: dict, prepopulated=250) -> list:
     seq, par, scale = figures.get("sequential"), figures.get("parallel"), figures.get("scale")
     tp, conv = figures.get("throughput"), figures.get("convergence")
-    out = []
+    out = default_targets(figures.get("default"))
     if seq and "error" not in seq:
         go_add, ag_add = _get(seq, GO, "add_ms", "p50"), _get(seq, AGENT, "add_ms", "p50")
         go_del, ag_del = _get(seq, GO, "del_ms", "p50"), _get(seq, AGENT, "del_ms", "p50")
-        out.append(_check("ADD p50 through the agent vs Go chain", _ratio(ag_add, go_add), "<=", 1.0, "x",
+        out.append(_check("direct exec, masquerade off: ADD p50 through the agent vs Go chain", _ratio(ag_add, go_add), "<=", 1.0, "x",
                           f"{ag_add} vs {go_add} ms"))
-        out.append(_check("ADD p50 through the agent vs Go chain (stretch)", _ratio(ag_add, go_add), "<=", 0.7,
+        out.append(_check("direct exec, masquerade off: ADD p50 through the agent vs Go chain (stretch)", _ratio(ag_add, go_add), "<=", 0.7,
                           "x", f"{ag_add} vs {go_add} ms"))
-        out.append(_check("DEL p50 through the agent vs Go chain", _ratio(ag_del, go_del), "<=", 1.0, "x",
+        out.append(_check("direct exec, masquerade off: DEL p50 through the agent vs Go chain", _ratio(ag_del, go_del), "<=", 1.0, "x",
                           f"{ag_del} vs {go_del} ms"))
     if par and "error" not in par:
         go_w, ag_w = _get(par, GO, "add_wall_s"), _get(par, AGENT, "add_wall_s")
-        out.append(_check(f"{par['adds']}-ADD batch wall ({par['workers']} callers), agent vs Go",
+        out.append(_check(f"direct exec, masquerade off: {par['adds']}-ADD batch wall ({par['workers']} callers), "
+                          "agent vs Go",
                           _ratio(ag_w, go_w), "<=", 1.0, "x", f"{ag_w} vs {go_w} s"))
     if scale and "error" not in scale:
         n = scale["prepopulated"]
@@ -244,17 +298,20 @@ def targets_table(checks: list) -> list:
 def render(results: dict) -> str:
     figures = results["figures"]
     parts = []
-    for title, lines in (("Attachments (same harness, interleaved; ratio = contender / Go chain)",
+    for title, lines in (("Default configuration through libcni (the headline; interleaved, ratio = weft / Go)",
+                          default_table(figures)),
+                         ("Direct exec, masquerade off on both sides (same harness, interleaved; "
+                          "ratio = contender / Go chain)",
                           attachment_table(figures)),
                          ("Datapath", datapath_table(figures)),
                          ("Control plane", convergence_table(figures)),
                          ("Runtimes (containerd CRI)", cri_table(figures)),
                          ("Runtimes (containerd CRI), steady state", cri_table(figures, resident=True)),
-                         ("Targets (issue 4)", targets_table(results["targets"]))):
+                         ("Targets (issues 4 and 14)", targets_table(results["targets"]))):
         if len(lines) > 2:
             parts.append(f"**{title}**\n\n" + "\n".join(lines))
         floor = _get(figures, "sequential", "harness_floor_ms", "p50")
-        if title.startswith("Attachments") and floor is not None:
+        if title.startswith("Direct exec") and floor is not None:
             parts[-1] += (f"\n\nEvery call is timed around `ip netns exec <node> <plugin>`; that wrapper alone "
                           f"(exec of /bin/true) costs {floor:.1f} ms p50 and is in every figure above.")
     busy = [f"{name} (idle {fig['cpu_idle_before']:.0%})" for name, fig in figures.items()

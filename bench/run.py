@@ -20,12 +20,12 @@ import tempfile
 import time
 import traceback
 
-from . import attach, convergence, cri, report, throughput, wireguard
+from . import attach, convergence, cri, default_config, report, throughput, wireguard
 from .contenders import LABELS
 from .context import Context, quiesce
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-FIGURES = ("sequential", "parallel", "scale", "throughput", "wireguard", "convergence", "cri")
+FIGURES = ("default", "sequential", "parallel", "scale", "throughput", "wireguard", "convergence", "cri")
 SMOKE = {"attachments": 10, "parallel": 10, "workers": 8, "parallel_rounds": 2, "prepopulate": 20, "measure": 5,
          "iperf_seconds": 1, "iperf_rounds": 1, "nodes": 3, "leases": 2, "sandboxes": 3}
 
@@ -98,6 +98,8 @@ def install(work: str) -> str:
 
 def run_figures(ctx, args) -> dict:
     steps = {
+        "default": lambda: default_config.default_config(ctx, args.attachments, args.parallel, args.workers,
+                                                         args.parallel_rounds),
         "sequential": lambda: attach.sequential(ctx, args.attachments),
         "parallel": lambda: attach.parallel(ctx, args.parallel, args.workers, args.parallel_rounds),
         "scale": lambda: attach.scale(ctx, args.prepopulate, args.measure, args.workers),

@@ -98,9 +98,11 @@ def _cni_error(code: int, msg: str, stdin: bytes) -> bytes:
 
 def standalone(role: str, stdin: bytes) -> tuple:
     import os
-    import site
 
-    site.main()  # the launcher skipped site processing; the handlers need site-packages
+    if posix.environ.get(b"CNI_COMMAND") != b"VERSION":  # VERSION is answered by cni/ alone
+        import site
+
+        site.main()  # the launcher skipped site processing; the handlers need site-packages
     from .roles import invoke
 
     return invoke(role, os.environ, stdin)

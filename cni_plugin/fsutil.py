@@ -5,8 +5,9 @@ Policy: the new content goes to a temporary file beside the target (named
 the target, and
   durable=True   the file is fsync'd before the rename and its directory after it:
                  for state whose loss after a power cut would lose or duplicate
-                 something (IPAM records, the recorded lease, the VTEP MAC, the
-                 subnet file the plugin trusts);
+                 something (the recorded lease, the VTEP MAC, the subnet file the
+                 plugin trusts; not weft-ipam's address files, whose pods a power cut
+                 ends anyway: see ipam/store.py);
   durable=False  no fsync: for hints and derived state that is rewritten anyway
                  (round-robin position, status files, upload offsets).
 A crash can leave a temporary file behind; `is_temp_name` recognises them for cleanup.

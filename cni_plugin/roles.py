@@ -19,8 +19,12 @@ def handlers_for(role: str) -> dict:
     return HANDLERS
 
 
-def invoke(role: str, environ, stdin: bytes, via: str = "standalone") -> tuple:
-    """(stdout, exit code) of one call of `role`; weft's calls are logged."""
+def invoke(role: str, environ, stdin: bytes, via: str = "standalone", agent_masquerades=None) -> tuple:
+    """(stdout, exit code) of one call of `role`; weft's calls are logged.
+    agent_masquerades(network) -> bool: the serving agent owns that network's table."""
     from .cni.invocation import run
 
-    return run(handlers_for(role), environ, stdin, via, paths.LOG_FILE if role == "weft" else None)
+    # VERSION needs no handler: the plugin's table (and the datapath behind it) stays unloaded
+    handlers = {} if environ.get("CNI_COMMAND") == "VERSION" else handlers_for(role)
+    return run(handlers, environ, stdin, via, paths.LOG_FILE if role == "weft" else None,
+               agent_masquerades)

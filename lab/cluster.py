@@ -261,6 +261,19 @@ class Cluster:
         self.nodes.append(node)
         return node
 
+    def start_nodes(self, count: int, config: dict, network: str = "weft") -> list:
+        """Store the network config, add `count` nodes each running weftd, and wait until
+        every agent is ready and has programmed every other node's lease."""
+        self.set_network(network, config)
+        nodes = [self.add_node() for _ in range(count)]
+        for node in nodes:
+            node.start_agent(networks=(network,))
+        for node in nodes:
+            node.wait_ready(network)
+        for node in nodes:
+            wait_for(lambda: len(node.status(network)["peers"]) == count - 1, 20, what=f"{node.name} peers")
+        return nodes
+
     def weftctl(self, *args, check=True):
         """weftctl inside the underlay namespace (where etcd is reachable)."""
         exe = os.path.join(self.installed, "bin", "weftctl")

@@ -4,7 +4,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-PACKAGES=(iproute2 nftables containernetworking-plugins etcd-server etcd-client
+PACKAGES=(iproute2 nftables libnftables1 containernetworking-plugins etcd-server etcd-client
           wireguard-go wireguard-tools tcpdump  # the wireguard backend, its tests, its bench
           podman containerd runc busybox-static iputils-ping iperf3 iptables python3-venv make
           docker.io docker-compose mmdebstrap vagrant vagrant-libvirt shellcheck

@@ -27,8 +27,9 @@ READ_TIMEOUT = 30.0
 
 
 class CniServer:
-    def __init__(self, path: str, log, metrics=None):
+    def __init__(self, path: str, log, metrics=None, masquerades=None):
         self.path = path
+        self.masquerades = masquerades  # network name -> True when this agent owns its table
         self.log = log
         self.metrics = metrics
         self.pool = ThreadPoolExecutor(max_workers=WORKERS, thread_name_prefix="weftd-cni")
@@ -72,7 +73,7 @@ class CniServer:
             started = time.monotonic()
             caller.set_probe(lambda: caller_left(conn))
             try:
-                out, code = invoke(role, environ, stdin, via="agent")
+                out, code = invoke(role, environ, stdin, via="agent", agent_masquerades=self.masquerades)
             finally:
                 caller.set_probe(None)
             if caller_left(conn):

@@ -52,7 +52,13 @@ def main(argv=None) -> int:
     except OSError as exc:
         log.error(f"cannot serve metrics on {args.metrics_addr}: {exc.strerror}", extra={"node": node.name})
         return 2
-    cni = CniServer(paths.agent_socket(args.run_dir), log, metrics)
+    by_name = {a.name: a for a in agents}
+
+    def masquerades(network: str) -> bool:
+        agent = by_name.get(network)
+        return agent is not None and agent.masquerade_installed
+
+    cni = CniServer(paths.agent_socket(args.run_dir), log, metrics, masquerades)
     try:
         cni.start()
     except OSError as exc:

@@ -64,6 +64,12 @@ class NetworkAgent:
                                    extra=self.extra(error=repr(exc)))
 
     @property
+    def masquerade_installed(self) -> bool:
+        """The masquerade controller holds this network's node-wide table."""
+        return any(getattr(c, "state", None) == "installed" for c in self.controllers
+                   if c.name == "masquerade")
+
+    @property
     def ready(self) -> bool:
         return self.problem is None and self.conflict is None and self.config_problem is None
 

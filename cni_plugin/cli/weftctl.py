@@ -240,6 +240,10 @@ def status(args) -> int:
             print(f"             {item.get('key')} {item.get('node') or '?'} [{item.get('reason')}]: "
                   f"{item.get('detail')}")
         print(f"  drift      {state.get('driftRepaired', 0)} kernel entries repaired since start")
+        masq = state.get("masquerade") or {}
+        if masq:
+            print(f"  masquerade {masq.get('table')}: {masq.get('state')}, "
+                  f"{masq.get('driftRepaired', 0)} repairs since start")
     return EXIT_OK if all(s.get("ready") for s in states) else EXIT_NO_HOLDER
 
 

@@ -2,40 +2,91 @@
 
 run() dispatches and writes the plugin's log line; the standalone executables and
 weftd's socket server both reach it through roles.invoke, so both paths have exactly
-the same semantics.
+the same semantics.  The call's Context (current()) tells handlers which path serves
+them and collects the per-step timings that the log line carries at logLevel debug.
 """
 
+import contextvars
 import json
 import time
 
+LOG_LEVELS = ("info", "debug")
 
-def _log_target(stdin: bytes, default: str) -> str:
+
+def _never(network: str) -> bool:
+    return False
+
+
+class Context:
+    """via: "agent" or "standalone"; agent_masquerades(network) -> True when the serving
+    agent owns that network's masquerade table; steps: [(step, ms)] in order, recorded
+    by lap() (a plain class: dataclasses would cost the standalone executables an
+    import)."""
+
+    def __init__(self, via: str = "standalone", agent_masquerades=None):
+        self.via = via
+        self.agent_masquerades = agent_masquerades or _never
+        self.steps = []
+        self._mark = time.monotonic()
+
+    def lap(self, name: str) -> None:
+        """Record the time since the previous lap (or the call's start) as step `name`."""
+        now = time.monotonic()
+        self.steps.append((name, round((now - self._mark) * 1000, 2)))
+        self._mark = now
+
+
+_CURRENT = contextvars.ContextVar("weft_invocation")
+
+
+def current() -> Context:
+    """The running call's context (a fresh standalone one outside run())."""
+    try:
+        return _CURRENT.get()
+    except LookupError:
+        return Context()
+
+
+def _log_settings(stdin: bytes, default: str) -> tuple:
     try:
         conf = json.loads(stdin)
     except (ValueError, RecursionError):
-        return default
-    target = conf.get("logFile", default) if isinstance(conf, dict) else default
+        return default, "info"
+    if not isinstance(conf, dict):
+        return default, "info"
+    target = conf.get("logFile", default)
+    level = conf.get("logLevel", "info")
     # a relative logFile is refused by the handler (code 7); never write beside the cwd
-    return target if isinstance(target, str) and target.startswith("/") else default
+    target = target if isinstance(target, str) and target.startswith("/") else default
+    return target, (level if level in LOG_LEVELS else "info")
 
 
-def run(handlers: dict, environ, stdin: bytes, via: str = "standalone", log_file: str = None) -> tuple:
+def run(handlers: dict, environ, stdin: bytes, via: str = "standalone", log_file: str = None,
+        agent_masquerades=None) -> tuple:
     """(stdout bytes, exit code) for one invocation.  log_file: the log's default path
     (netconf `logFile` overrides it); None: the call is not logged."""
     from . import log
     from .dispatch import dispatch
 
     started = time.monotonic()
-    out, code = dispatch(handlers, environ, stdin)
+    context = Context(via, agent_masquerades)
+    token = _CURRENT.set(context)
+    try:
+        out, code = dispatch(handlers, environ, stdin)
+    finally:
+        _CURRENT.reset(token)
     command = environ.get("CNI_COMMAND", "")
     if log_file is not None and command != "VERSION":
         entry = {"command": command, "containerID": environ.get("CNI_CONTAINERID", ""),
                  "ifname": environ.get("CNI_IFNAME", ""), "exit": code, "via": via,
                  "ms": round((time.monotonic() - started) * 1000, 1)}
+        target, level = _log_settings(stdin, log_file)
+        if level == "debug" and context.steps:
+            entry["steps"] = dict(context.steps)
         if code:
             try:
                 entry["error"] = json.loads(out)
             except ValueError:
                 pass
-        log.record(_log_target(stdin, log_file), entry)
+        log.record(target, entry)
     return out, code

@@ -11,7 +11,8 @@ links.py      bridge and veth links; container.py the pod side of an attachment
 vxlan_device.py  a VXLAN device with exactly the wanted settings
 underlay.py   the node's underlay interface and address
 sysctl.py     per-interface and forwarding knobs
-nft.py        the one nftables module; masq.py the masquerade table over it
+nft.py        the one nftables module (libnftables' JSON API in-process, ctypes);
+              masq.py the node-wide masquerade table over it
 naming.py     names of the links weft creates; mac.py random unicast MACs
 
 Sockets are bound to a namespace when opened; the process never switches its own.

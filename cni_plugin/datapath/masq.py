@@ -1,112 +1,194 @@
-"""IP masquerade for pod traffic leaving the cluster, in nftables (through nft.py).
+"""Node-wide IP masquerade for one network, as flannel does it (through nft.py).
 
-One table per network, `inet weft_<name>`: sets of pod addresses (each element
-carries the attachment as its comment, so DEL needs no state of ours) and of
-destinations that are never masqueraded (the pod subnet / cluster network and
-multicast).  The table goes away with the last pod.
+One table per network, `inet weft_<name>`, describing the node, not its pods:
+
+    set src4/src6       the sources masqueraded: the node's pod subnet(s)
+    set nomasq4/nomasq6 destinations never masqueraded: the cluster network(s), multicast
+    chain postrouting   nat, srcnat priority:
+        ip  saddr @src4 ip  daddr != @nomasq4 masquerade fully-random
+        ip6 saddr @src6 ip6 daddr != @nomasq6 masquerade fully-random
+
+Pod-to-pod traffic (same node or across nodes) keeps its source address; only traffic
+leaving the cluster network is masqueraded.  Nothing in the table changes per pod,
+so ADD and DEL never touch nftables when weftd serves the node: the agent's
+masquerade controller creates the table with the lease, repairs it at every
+reconcile and removes it with the network.  Without an agent, ADD calls ensure()
+in additive mode: the first ADD on the node creates the table, later ones only read it.
+
+The table is rebuilt as one transaction (add, delete, add), so there is never a moment
+without masquerade, and a table of the same name that is not in this shape — in
+particular the per-pod table of weft before issue 14 (sets pods4/pods6 holding one
+element per attachment) — is replaced by the node-wide one: its pods are covered by
+the subnet in src4/src6.
 """
 
-import fcntl
 import ipaddress
-import os
 import re
-from contextlib import contextmanager
+from dataclasses import dataclass, field
 
 from . import nft
 
-_NEVER_MASQ = {4: ["224.0.0.0/4"], 6: ["ff00::/8"]}
+FAMILY = "inet"
+CHAIN = "postrouting"
+PRIORITY_SRCNAT = 100
+MULTICAST = {4: ipaddress.ip_network("224.0.0.0/4"), 6: ipaddress.ip_network("ff00::/8")}
+_PROTO = {4: ("ip", "ipv4_addr"), 6: ("ip6", "ipv6_addr")}
+LEGACY_SETS = ("pods4", "pods6")  # the per-pod table of weft before issue 14
 
 
 def table_name(network: str) -> str:
     return "weft_" + re.sub(r"[^A-Za-z0-9_]", "_", network)
 
 
-@contextmanager
-def _locked(data_dir: str, network: str):
-    os.makedirs(data_dir, mode=0o700, exist_ok=True)
-    fd = os.open(os.path.join(data_dir, f"masq-{network}.lock"), os.O_RDWR | os.O_CREAT, 0o600)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        yield
-    finally:
-        os.close(fd)
+def _rule_comment(version: int) -> str:
+    return f"weft: masquerade pod traffic leaving the cluster network (IPv{version})"
 
 
-def _list_table(table: str):
-    """The table's sets as {name: [(value, comment)]}, or None when there is no table."""
-    objects = nft.list_table("inet", table)
-    return None if objects is None else nft.sets_of(objects)
+@dataclass(frozen=True)
+class Masquerade:
+    """What the table must say: masquerade `sources` towards anything outside `keep`."""
+    network: str
+    sources: tuple = ()  # ip_network
+    keep: tuple = ()     # ip_network (the cluster network(s)); multicast is added
+
+    @property
+    def table(self) -> str:
+        return table_name(self.network)
 
 
-def _uncovered(networks: list, present: list) -> list:
-    """The networks not inside one already in the set (nft refuses overlapping intervals)."""
-    have = [ipaddress.ip_network(value, strict=False) for value, _ in present]
-    wanted = []
+@dataclass
+class Outcome:
+    action: str  # "unchanged", "created", "repaired", "migrated", "extended"
+    details: list = field(default_factory=list)
+
+    @property
+    def changed(self) -> bool:
+        return self.action != "unchanged"
+
+
+def _collapse(networks, version: int) -> list:
+    return sorted(ipaddress.collapse_addresses(n for n in networks if n.version == version))
+
+
+def _element(net) -> object:
+    if net.prefixlen == net.max_prefixlen:
+        return str(net.network_address)
+    return {"prefix": {"addr": str(net.network_address), "len": net.prefixlen}}
+
+
+def _wanted_sets(sources, keep) -> dict:
+    out = {}
     for version in (4, 6):
-        mine = [n for n in networks if n.version == version]
-        for net in ipaddress.collapse_addresses(mine):
-            if not any(h.version == version and net.subnet_of(h) for h in have):
-                wanted.append(net)
-    return wanted
+        out[f"src{version}"] = _collapse(sources, version)
+        out[f"nomasq{version}"] = _collapse([*keep, MULTICAST[version]], version)
+    return out
 
 
-def _table_script(table: str) -> str:
-    return f"""table inet {table} {{
-  set pods4 {{ type ipv4_addr; }}
-  set pods6 {{ type ipv6_addr; }}
-  set nomasq4 {{ type ipv4_addr; flags interval; auto-merge; elements = {{ {', '.join(_NEVER_MASQ[4])} }} }}
-  set nomasq6 {{ type ipv6_addr; flags interval; auto-merge; elements = {{ {', '.join(_NEVER_MASQ[6])} }} }}
-  chain postrouting {{
-    type nat hook postrouting priority srcnat; policy accept;
-    ip saddr @pods4 ip daddr != @nomasq4 masquerade
-    ip6 saddr @pods6 ip6 daddr != @nomasq6 masquerade
-  }}
-}}
-"""
+def _rule_expr(version: int) -> list:
+    proto = _PROTO[version][0]
+    return [{"match": {"op": "==", "left": {"payload": {"protocol": proto, "field": "saddr"}},
+                       "right": f"@src{version}"}},
+            {"match": {"op": "!=", "left": {"payload": {"protocol": proto, "field": "daddr"}},
+                       "right": f"@nomasq{version}"}},
+            {"masquerade": {"flags": "fully-random"}}]
 
 
-def add(data_dir: str, network: str, attachment: str, pod_ips: list, keep_local: list) -> None:
-    """Masquerade pod_ips (ip_interface) towards anything outside keep_local (networks)."""
+def _create_commands(table: str, sets: dict) -> list:
+    commands = [{"add": {"table": {"family": FAMILY, "name": table}}}]
+    for name, members in sets.items():
+        version = int(name[-1])
+        nft_set = {"family": FAMILY, "table": table, "name": name, "type": _PROTO[version][1],
+                   "flags": ["interval"]}
+        if members:
+            nft_set["elem"] = [_element(n) for n in members]
+        commands.append({"add": {"set": nft_set}})
+    commands.append({"add": {"chain": {"family": FAMILY, "table": table, "name": CHAIN, "type": "nat",
+                                       "hook": "postrouting", "prio": PRIORITY_SRCNAT, "policy": "accept"}}})
+    for version in (4, 6):
+        commands.append({"add": {"rule": {"family": FAMILY, "table": table, "chain": CHAIN,
+                                          "comment": _rule_comment(version), "expr": _rule_expr(version)}}})
+    return commands
+
+
+def _present_sets(objects: list) -> dict:
+    out = {}
+    for name, elements in nft.sets_of(objects).items():
+        nets = []
+        for value, _ in elements:
+            try:
+                nets.append(ipaddress.ip_network(value, strict=False))
+            except ValueError:
+                continue  # a range or something weft never writes: differs from the wanted list
+        out[name] = sorted(ipaddress.collapse_addresses(nets)) if nets else []
+    return out
+
+
+def _shape_problems(objects: list) -> list:
+    """What in the table's chain/rules differs from the node-wide shape ([] when none)."""
+    problems = []
+    chain = nft.chains_of(objects).get(CHAIN)
+    if chain is None:
+        return [f"chain {CHAIN} missing"]
+    if (chain.get("type"), chain.get("hook"), chain.get("prio")) != ("nat", "postrouting", PRIORITY_SRCNAT):
+        problems.append(f"chain {CHAIN} is not a nat postrouting chain at srcnat priority")
+    rules = [(r.get("comment"), r.get("expr")) for r in nft.rules_of(objects, CHAIN)]
+    wanted = [(_rule_comment(v), _rule_expr(v)) for v in (4, 6)]
+    if rules != wanted:
+        problems.append(f"chain {CHAIN} holds {len(rules)} rule(s), not the {len(wanted)} masquerade rules")
+    extra = sorted(set(nft.chains_of(objects)) - {CHAIN})
+    if extra:
+        problems.append(f"unexpected chain(s) {', '.join(extra)}")
+    return problems
+
+
+def compare(spec: Masquerade, exact: bool = True):
+    """(objects or None, wanted sets, differences) for the table as it is now.
+    exact=False (standalone): sources/destinations already present are kept."""
+    objects = nft.list_table(FAMILY, spec.table)
+    if objects is None:
+        return None, _wanted_sets(spec.sources, spec.keep), ["table missing"]
+    present = _present_sets(objects)
+    if any(name in present for name in LEGACY_SETS):
+        return objects, _wanted_sets(spec.sources, spec.keep), ["per-pod table of an older weft"]
+    sources, keep = list(spec.sources), list(spec.keep)
+    if not exact:
+        for version in (4, 6):
+            sources += present.get(f"src{version}", [])
+            keep += present.get(f"nomasq{version}", [])
+    wanted = _wanted_sets(sources, keep)
+    differences = _shape_problems(objects)
+    for name, members in wanted.items():
+        have = present.get(name)
+        if have is None:
+            differences.append(f"set {name} missing")
+        elif have != members:
+            differences.append(f"set {name} holds {', '.join(map(str, have)) or 'nothing'}, "
+                               f"wanted {', '.join(map(str, members)) or 'nothing'}")
+    return objects, wanted, differences
+
+
+def ensure(spec: Masquerade, exact: bool = True) -> Outcome:
+    """Make the table say what spec says, atomically; one listing when nothing differs."""
+    objects, wanted, differences = compare(spec, exact)
+    if not differences:
+        return Outcome("unchanged")
+    # add (a no-op when it exists) + delete + the whole table, in one transaction: the
+    # result is exactly one copy even when another process created it since our listing
+    table = {"table": {"family": FAMILY, "name": spec.table}}
+    commands = [{"add": table}, {"delete": table}, *_create_commands(spec.table, wanted)]
+    if objects is None:
+        action = "created"
+    else:
+        action = "migrated" if differences == ["per-pod table of an older weft"] else \
+            ("extended" if not exact else "repaired")
+    nft.run(commands)
+    return Outcome(action, differences)
+
+
+def remove(network: str) -> bool:
+    """Delete the network's table; False when there was none."""
     table = table_name(network)
-    with _locked(data_dir, network):
-        sets = _list_table(table)
-        script = _table_script(table) if sets is None else ""
-        sets = sets or {}
-        present = sets.get("nomasq4", []) + sets.get("nomasq6", [])
-        for net in _uncovered(list(keep_local), present):
-            script += f"add element inet {table} nomasq{net.version} {{ {net} }}\n"
-        for ip in pod_ips:
-            script += f'add element inet {table} pods{ip.version} {{ {ip.ip} comment "{attachment}" }}\n'
-        nft.apply(script)
-
-
-def _elements(table: str) -> dict:
-    """{pod set name: [(value, comment)]}; {} when the table is absent."""
-    sets = _list_table(table)
-    return {} if sets is None else {name: sets.get(name, []) for name in ("pods4", "pods6")}
-
-
-def remove(data_dir: str, network: str, attachment: str) -> None:
-    """Drop the attachment's pod addresses; the table goes when no pod is left."""
-    table = table_name(network)
-    with _locked(data_dir, network):
-        sets = _elements(table)
-        if not sets:
-            return
-        script = ""
-        remaining = 0
-        for set_name, elements in sets.items():
-            for value, comment in elements:
-                if comment == attachment:
-                    script += f"delete element inet {table} {set_name} {{ {value} }}\n"
-                else:
-                    remaining += 1
-        if remaining == 0:
-            script = f"delete table inet {table}\n"
-        if script:
-            nft.apply(script)
-
-
-def attachments(network: str) -> set:
-    """The attachment comments present in the table (for GC)."""
-    return {comment for elements in _elements(table_name(network)).values() for _, comment in elements}
+    if nft.list_table(FAMILY, table) is None:
+        return False
+    nft.run([{"delete": {"table": {"family": FAMILY, "name": table}}}])
+    return True

@@ -1,53 +1,166 @@
 """The one nftables module: every nftables read and change weft makes goes through here.
 
-Today it drives the `nft` tool (JSON listing, scripts on stdin); callers see only
-these functions and NftError, so moving to libnftables' in-process API changes
-this file alone.
+It drives libnftables' JSON API in-process (libnftables.so.1, Debian's libnftables1,
+which the nftables package depends on) through a small ctypes binding: no `nft`
+process is ever started, and no rule text is ever built.  Callers hand run() a list
+of JSON commands (dicts, strings as data: a hostile name stays a JSON string and
+never becomes syntax) and get back the objects nft answered with.
+
+Why ctypes and not Debian's python3-nftables: the project's venv does not see
+Debian's dist-packages, and that binding is a thin wrapper over the same eight C
+calls used here; binding them directly keeps the venv self-contained.
+
+Namespaces: libnftables talks netlink from the calling thread's network namespace.
+weftd and the plugin run inside the node's namespace (tests start them with
+`ip netns exec`), so every call lands in the node's ruleset.
+
+One context per thread (libnftables contexts are not thread-safe; weftd serves CNI
+calls from a thread pool and runs one thread per network).  Commands in one run()
+are one transaction: all of them apply or none does.
 """
 
+import ctypes
 import json
-import subprocess
+import threading
 
 from .errors import NftError
 
-NFT = "nft"
-TIMEOUT = 30  # seconds
+LIBRARY = "libnftables.so.1"
+INSTALL_HINT = ("install Debian's nftables package (it brings libnftables1), or set ipMasq: false")
+
+_NFT_CTX_DEFAULT = 0
+_NFT_CTX_OUTPUT_JSON = 1 << 4
+_NO_SUCH = "No such file or directory"  # libnftables' words for a missing object
+
+_lib = None
+_lib_lock = threading.Lock()
+_local = threading.local()
 
 
-def _run(args: list, stdin: str = None) -> subprocess.CompletedProcess:
+def _library():
+    global _lib
+    with _lib_lock:
+        if _lib is None:
+            try:
+                lib = ctypes.CDLL(LIBRARY)
+            except OSError as exc:
+                raise NftError(f"nftables is unavailable: cannot load {LIBRARY} ({exc}); "
+                               f"{INSTALL_HINT}") from None
+            lib.nft_ctx_new.restype = ctypes.c_void_p
+            lib.nft_ctx_new.argtypes = [ctypes.c_uint32]
+            lib.nft_ctx_free.argtypes = [ctypes.c_void_p]
+            lib.nft_ctx_output_set_flags.argtypes = [ctypes.c_void_p, ctypes.c_uint]
+            lib.nft_ctx_buffer_output.argtypes = [ctypes.c_void_p]
+            lib.nft_ctx_buffer_error.argtypes = [ctypes.c_void_p]
+            lib.nft_ctx_get_output_buffer.restype = ctypes.c_char_p
+            lib.nft_ctx_get_output_buffer.argtypes = [ctypes.c_void_p]
+            lib.nft_ctx_get_error_buffer.restype = ctypes.c_char_p
+            lib.nft_ctx_get_error_buffer.argtypes = [ctypes.c_void_p]
+            lib.nft_run_cmd_from_buffer.restype = ctypes.c_int
+            lib.nft_run_cmd_from_buffer.argtypes = [ctypes.c_void_p, ctypes.c_char_p]
+            _lib = lib
+    return _lib
+
+
+class _Context:
+    """One libnftables context with buffered JSON output and errors."""
+
+    def __init__(self):
+        self.lib = _library()
+        self.ctx = self.lib.nft_ctx_new(_NFT_CTX_DEFAULT)
+        if not self.ctx:
+            raise NftError("nft_ctx_new failed: libnftables could not make a context")
+        self.lib.nft_ctx_output_set_flags(self.ctx, _NFT_CTX_OUTPUT_JSON)
+        if self.lib.nft_ctx_buffer_output(self.ctx) or self.lib.nft_ctx_buffer_error(self.ctx):
+            raise NftError("libnftables could not buffer its output")
+
+    def run(self, text: bytes) -> tuple:
+        rc = self.lib.nft_run_cmd_from_buffer(self.ctx, text)
+        out = self.lib.nft_ctx_get_output_buffer(self.ctx) or b""
+        err = self.lib.nft_ctx_get_error_buffer(self.ctx) or b""
+        return rc, out.decode(errors="replace"), err.decode(errors="replace")
+
+    def __del__(self):
+        if getattr(self, "ctx", None):
+            self.lib.nft_ctx_free(self.ctx)
+            self.ctx = None
+
+
+def _context() -> _Context:
+    ctx = getattr(_local, "ctx", None)
+    if ctx is None:
+        ctx = _local.ctx = _Context()
+    return ctx
+
+
+def available() -> bool:
+    """True when libnftables can be loaded here."""
     try:
-        return subprocess.run([NFT, *args], input=stdin, capture_output=True, text=True, timeout=TIMEOUT)
-    except FileNotFoundError:
-        raise NftError("ipMasq needs the nft tool (Debian package nftables); install it "
-                       "or set ipMasq: false") from None
-    except subprocess.TimeoutExpired:
-        raise NftError(f"nft {' '.join(args[:4])} did not finish within {TIMEOUT}s") from None
+        _library()
+    except NftError:
+        return False
+    return True
 
 
-def apply(script: str) -> None:
-    """Run an nft script atomically (all of it or none)."""
-    proc = _run(["-f", "-"], stdin=script)
-    if proc.returncode != 0:
-        raise NftError(f"nft -f - failed: {proc.stderr.strip()}")
-
-
-def list_table(family: str, table: str):
-    """The table as nft's JSON list of objects, or None when it does not exist.  Any
-    other failure is an NftError: a table that cannot be read is not an absent one."""
-    proc = _run(["-j", "list", "table", family, table])
-    if proc.returncode != 0:
-        if "No such file or directory" in proc.stderr:  # nft's words for a missing table
-            return None
-        raise NftError(f"nft list table {family} {table} failed: {proc.stderr.strip()}")
+def _execute(commands: list, what: str) -> list:
+    if not isinstance(commands, list):
+        raise TypeError("nft.run takes a list of JSON commands")
+    if not commands:
+        return []
+    text = json.dumps({"nftables": commands}).encode()
+    rc, out, err = _context().run(text)
+    if rc != 0:
+        raise NftError(f"nftables refused {what}: {' '.join(err.split()) or 'no reason given'}")
+    if not out.strip():
+        return []
     try:
-        return json.loads(proc.stdout).get("nftables", [])
+        return json.loads(out).get("nftables", [])
     except ValueError as exc:
-        raise NftError(f"nft -j list table {family} {table} printed no JSON: {exc}") from None
+        raise NftError(f"nftables answered {what} with no JSON: {exc}") from None
+
+
+def _describe(commands: list) -> str:
+    """A short account of the commands for error messages: "[add table weft_x; add set src4]"."""
+    parts = []
+    for command in commands[:3]:
+        verb, obj = next(iter(command.items())) if isinstance(command, dict) and command else ("?", {})
+        kind, inner = next(iter(obj.items())) if isinstance(obj, dict) and obj else ("", {})
+        name = (inner.get("name") or inner.get("table") or "") if isinstance(inner, dict) else ""
+        parts.append(" ".join(p for p in (verb, kind, str(name)) if p))
+    more = f" (+{len(commands) - 3} more)" if len(commands) > 3 else ""
+    return "[" + "; ".join(parts) + more + "]"
+
+
+def run(commands: list) -> list:
+    """Run JSON commands (e.g. [{"add": {"table": {...}}}]) as one transaction; returns
+    the objects nftables answered with (listings), [] for changes.  NftError names
+    the commands and nftables' reason."""
+    return _execute(commands, _describe(commands))
+
+
+def list_table(family: str, name: str):
+    """The table's objects (table, sets with elements, chains, rules) as nft's JSON
+    dicts, or None when it does not exist.  Any other failure is an NftError: a table
+    that cannot be read is not an absent one."""
+    try:
+        return _execute([{"list": {"table": {"family": family, "name": name}}}],
+                        f"list table {family} {name}")
+    except NftError as exc:
+        if _NO_SUCH in str(exc):
+            return None
+        raise
+
+
+def list_tables(family: str = None) -> list:
+    """[(family, name)] of every table (of one family when given)."""
+    objects = _execute([{"list": {"tables": {}}}], "list tables")
+    return [(t["family"], t["name"]) for t in (o.get("table") for o in objects) if t
+            and (family is None or t["family"] == family)]
 
 
 def sets_of(objects: list) -> dict:
     """{set name: [(value, comment)]} from list_table's objects; interval elements come
-    back as ("10.0.0.0/16", "")."""
+    back as ("10.0.0.0/16", ""), ranges as ("a-b", "")."""
     sets = {}
     for item in objects:
         nft_set = item.get("set")
@@ -61,5 +174,17 @@ def sets_of(objects: list) -> dict:
                 elem = elem["elem"].get("val")
             if isinstance(elem, dict) and "prefix" in elem:
                 elem = f"{elem['prefix']['addr']}/{elem['prefix']['len']}"
+            elif isinstance(elem, dict) and "range" in elem:
+                elem = f"{elem['range'][0]}-{elem['range'][1]}"
             elements.append((str(elem), comment))
     return sets
+
+
+def rules_of(objects: list, chain: str) -> list:
+    """The rules of one chain from list_table's objects, in order."""
+    return [item["rule"] for item in objects if "rule" in item and item["rule"].get("chain") == chain]
+
+
+def chains_of(objects: list) -> dict:
+    """{chain name: chain dict} from list_table's objects."""
+    return {item["chain"]["name"]: item["chain"] for item in objects if "chain" in item}

@@ -7,7 +7,7 @@ its errors become CNI codes in plugin/errors.py.
 
 import ipaddress
 
-from ..cni import log
+from ..cni import invocation, log
 from ..cni import result as cni_result
 from ..cni.errors import (ATTACHMENT_EXISTS, CHECK_FAILED, DELEGATE_FAILED, INTERNAL, INVALID_NETCONF,
                           IO_FAILURE, NOT_AVAILABLE_LIMITED, CniError)
@@ -50,9 +50,22 @@ def _container_routes(cfg, ipam: dict) -> list:
     return routes
 
 
-def _setup(cfg, env, mac: str, ipam: dict, rt) -> dict:
-    from ..datapath import container, links, masq, netns, sysctl
+def _ensure_masquerade(cfg, ips: list) -> None:
+    """Node-wide masquerade (datapath/masq.py).  When the serving weftd owns the
+    network's table there is nothing to do per pod; standalone, the pod's subnet is
+    made part of the table (one listing once it is)."""
+    from ..datapath import masq
 
+    if not cfg.ip_masq or invocation.current().agent_masquerades(cfg.name):
+        return
+    masq.ensure(masq.Masquerade(cfg.name, tuple(ip.network for ip in ips),
+                                tuple([ip.network for ip in ips] + list(cfg.cluster_networks))), exact=False)
+
+
+def _setup(cfg, env, mac: str, ipam: dict, rt) -> dict:
+    from ..datapath import container, links, netns, sysctl
+
+    lap = invocation.current().lap
     ips = [ipaddress.ip_interface(entry["address"]) for entry in ipam["ips"]]
     bridge = links.ensure_bridge(rt, cfg.bridge, cfg.mtu)
     sysctl.set_interface("ipv6", cfg.bridge, "accept_ra", "0")
@@ -61,16 +74,18 @@ def _setup(cfg, env, mac: str, ipam: dict, rt) -> dict:
             links.ensure_gateway_address(rt, cfg.bridge, bridge.index, _gateway_of(entry),
                                          ip.network, cfg.force_address)
         sysctl.enable_forwarding({ip.version for ip in ips})
+    lap("bridge")
     host_name = host_veth_name(env.container_id, env.ifname)
     host = links.create_veth(rt, host_name, env.netns, env.ifname, cfg.mtu)
     sysctl.set_interface("ipv6", host_name, "accept_ra", "0")
     links.attach_to_bridge(rt, host.index, bridge.index, cfg.hairpin_mode)
+    lap("veth")
     routes = _container_routes(cfg, ipam)
     with netns.open_container(env.netns) as crt:
         inside = container.configure(crt, env.ifname, mac, ips, routes)
-    if cfg.ip_masq:
-        masq.add(cfg.data_dir, cfg.name, _attachment(env), ips,
-                 [ip.network for ip in ips] + list(cfg.cluster_networks))
+    lap("container")
+    _ensure_masquerade(cfg, ips)
+    lap("masquerade")
     return _result(cfg, env, ipam, routes, inside, [(cfg.bridge, bridge.address), (host_name, host.address)])
 
 
@@ -117,7 +132,9 @@ def cmd_add(env, conf):
             _delete(cfg, env, host_name)  # an ADD that died mid-way (weftd killed): its debris
         try:
             _mark(held, attachment_lock.ADDING)
+            invocation.current().lap("config")
             ipam = delegate.run(cfg.ipam_type, "ADD", env, cfg.delegate_conf)
+            invocation.current().lap("ipam")
         except BaseException:
             held.remove = True  # nothing of ours exists (weft-ipam undoes its own failures)
             raise
@@ -144,14 +161,13 @@ def _mark(held, stage: str) -> None:
 
 
 def _rollback(cfg, env, rt, host_name: str) -> None:
-    """Undo a failed ADD: links, masquerade entries, the IP allocation.  Every step is
-    tried; a step that fails is written to the log file (the runtime sees the ADD's
-    own error, and the operator finds what may be left behind)."""
-    from ..datapath import links, masq
+    """Undo a failed ADD: links, the IP allocation (masquerade is node-wide: nothing of
+    the pod's is in it).  Every step is tried; a step that fails is written to the log
+    file (the runtime sees the ADD's own error, and the operator finds what may be
+    left behind)."""
+    from ..datapath import links
 
     steps = (("delete host veth " + host_name, lambda: links.delete(rt, host_name)),
-             ("remove masquerade entries", lambda: cfg.ip_masq and masq.remove(cfg.data_dir, cfg.name,
-                                                                               _attachment(env))),
              (f"release the IP via {cfg.ipam_type} DEL",
               lambda: delegate.run(cfg.ipam_type, "DEL", env, cfg.delegate_conf)))
     for what, step in steps:
@@ -163,7 +179,9 @@ def _rollback(cfg, env, rt, host_name: str) -> None:
 
 
 def cmd_del(env, conf):
+    lap = invocation.current().lap
     cfg = plugin_config.load(conf, "DEL")
+    lap("config")
     host_name = host_veth_name(env.container_id, env.ifname)
     with attachment_lock.attachment(cfg.data_dir, host_name, "DEL", cfg.lock_timeout) as held:
         _delete(cfg, env, host_name)
@@ -172,8 +190,9 @@ def cmd_del(env, conf):
 
 def _delete(cfg, env, host_name: str) -> None:
     """Every step is tried whatever the others did; the errors are reported together."""
-    from ..datapath import links, masq, netns
+    from ..datapath import links, netns
 
+    lap = invocation.current().lap
     errors = []
     if env.netns and netns.netns_exists(env.netns):
         try:
@@ -181,17 +200,15 @@ def _delete(cfg, env, host_name: str) -> None:
                 links.delete(crt, env.ifname)  # takes the host end with it
         except Exception as exc:
             errors.append(exc)
+    lap("container")
     try:
         with netns.open_node() as rt:
             links.delete(rt, host_name)
     except Exception as exc:
         errors.append(exc)
-    if cfg.ip_masq:
-        try:
-            masq.remove(cfg.data_dir, cfg.name, _attachment(env))
-        except Exception as exc:
-            errors.append(exc)
+    lap("host-veth")  # masquerade is node-wide (datapath/masq.py): nothing of the pod's there
     _release(cfg, env, errors)
+    lap("ipam")
     _raise_first(errors)
 
 
@@ -269,12 +286,11 @@ def _known(exc: Exception) -> CniError:
 
 
 def cmd_gc(env, conf):
-    from ..datapath import links, masq, netns
+    from ..datapath import links, netns
 
     cfg = plugin_config.load(conf, "GC")
     valid = valid_attachments(conf)
     keep_links = {host_veth_name(container_id, ifname) for container_id, ifname in valid}
-    keep_masq = {f"{container_id}/{ifname}" for container_id, ifname in valid}
     errors = []
     try:
         with netns.open_node() as rt:
@@ -292,12 +308,6 @@ def cmd_gc(env, conf):
                     errors.append(CniError(IO_FAILURE, f"cannot delete stale veth {name}: {exc}"))
     except DatapathError as exc:
         errors.append(exc)
-    if cfg.ip_masq:
-        try:
-            for stale in masq.attachments(cfg.name) - keep_masq:
-                masq.remove(cfg.data_dir, cfg.name, stale)
-        except Exception as exc:
-            errors.append(exc)
     try:
         delegate.run(cfg.ipam_type, "GC", env, cfg.delegate_conf)
     except CniError as exc:

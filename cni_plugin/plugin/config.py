@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 
 from .. import paths
 from ..cni.errors import INVALID_NETCONF, NOT_AVAILABLE, TRY_AGAIN_LATER, CniError
-from ..cni import netconf
+from ..cni import invocation, netconf
 from ..cni.env import validate_ifname
 from ..subnet import subnet_file
 
@@ -108,6 +108,9 @@ def load(conf: dict, command: str) -> WeftConf:
         validate_ifname(bridge)
     except CniError as exc:
         raise CniError(INVALID_NETCONF, exc.msg.replace("CNI_IFNAME", "bridge"))
+    log_level = opt("logLevel", str, "info")
+    if log_level not in invocation.LOG_LEVELS:
+        raise CniError(INVALID_NETCONF, f"logLevel {log_level!r} is not one of {', '.join(invocation.LOG_LEVELS)}")
     mtu = opt("mtu", int, None)
     if mtu is not None and not 68 <= mtu <= 65535:
         raise CniError(INVALID_NETCONF, f"mtu {mtu} is out of range (68-65535)")

@@ -12,15 +12,7 @@ VXLAN = {"Network": "10.244.0.0/16", "Backend": {"Type": "vxlan", "VNI": 1}}
 
 
 def start(cluster, count, config=VXLAN, network="weft"):
-    cluster.set_network(network, config)
-    nodes = [cluster.add_node() for _ in range(count)]
-    for node in nodes:
-        node.start_agent(networks=(network,))
-    for node in nodes:
-        node.wait_ready(network)
-    for node in nodes:  # every agent has programmed every other lease
-        wait_for(lambda: len(node.status(network)["peers"]) == count - 1, 20, what=f"{node.name} peers")
-    return nodes
+    return cluster.start_nodes(count, config, network)
 
 
 def assert_full_mesh(pods, tcp=True):
@@ -236,7 +228,8 @@ def test_ip_masq_towards_outside_but_not_between_pods(cluster):
     assert a.tcp(b.ip, 7101) == a.ip
     server.wait(timeout=10)
     table = nodes[0].ns.run(["nft", "list", "table", "inet", "weft_weft"]).stdout
-    assert "masquerade" in table and "10.244.0.0/16" in table and a.ip in table
+    subnet = nodes[0].status()["lease"]["subnet"]  # node-wide: the node's subnet, not each pod
+    assert "masquerade" in table and "10.244.0.0/16" in table and subnet in table and a.ip not in table
 
 
 def test_etcd_with_tls_and_auth(tmp_path, installed):

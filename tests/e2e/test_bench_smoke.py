@@ -9,7 +9,7 @@ import sys
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 KINDS = ("go", "weft-standalone", "weft-agent")
-FIGURES = {"sequential", "parallel", "scale", "throughput", "wireguard", "convergence", "cri"}
+FIGURES = {"default", "sequential", "parallel", "scale", "throughput", "wireguard", "convergence", "cri"}
 
 
 def netns_names():
@@ -26,7 +26,7 @@ def test_bench_smoke(tmp_path, installed):
     out = tmp_path / "results"
     proc = subprocess.run([sys.executable, "-m", "bench.run", "--smoke", "--out", str(out),
                            "--installed", str(installed)], cwd=REPO, capture_output=True, text=True,
-                          timeout=150, stdin=subprocess.DEVNULL)
+                          timeout=200, stdin=subprocess.DEVNULL)
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
     files = sorted(p.name for p in out.iterdir())
     assert len(files) == 2 and "latest.json" in files, files
@@ -37,6 +37,19 @@ def test_bench_smoke(tmp_path, installed):
     assert not [name for name, fig in figures.items() if "error" in fig], figures
     meta = data["meta"]
     assert meta["smoke"] is True and meta["machine"]["nproc"] >= 1 and meta["machine"]["kernel"]
+
+    default = figures["default"]  # the headline: weft as installed, agent with a lease, through libcni
+    for kind in ("weft", "go"):
+        assert default[kind]["errors"] == 0, default[kind]["error_samples"]
+        sane_ms(default[kind]["add_ms"], 10)
+        sane_ms(default[kind]["del_ms"], 10)
+    assert default["masquerade_table"]["state"] == "installed", default["masquerade_table"]
+    steps = default["weft"]["steps_p50_ms"]
+    assert {"ipam", "veth", "container", "masquerade"} <= set(steps["add"]), steps
+    assert {"container", "host-veth", "ipam"} <= set(steps["del"]), steps
+    rss = default["weft"]["forwarder_peak_rss_mib"]
+    assert 0 < rss["version_via_agent"] and 0 < rss["version_standalone"], rss
+    assert 0 < default["kernel_floor"]["veth_del_ms"], default["kernel_floor"]
 
     seq = figures["sequential"]
     for kind in KINDS:

@@ -1,5 +1,8 @@
 """ADD -> CHECK -> DEL -> DEL in real namespaces, for every supported cniVersion."""
 
+import json
+import os
+
 import pytest
 
 from cni_plugin.datapath.naming import host_veth_name
@@ -205,18 +208,105 @@ def test_force_address(weft, node, pods):
     assert addresses(node, "cbr0") == {"10.244.1.1/24"}
 
 
-def test_ip_masq_table_lives_with_its_pods(weft, node, pods):
+def masq_table(node, table="weft_weftnet"):
+    """The table as `nft -j` prints it (the nft tool: an oracle apart from weft's libnftables
+    binding), or None when absent."""
+    out = node.run(["nft", "-j", "list", "table", "inet", table], check=False)
+    return json.loads(out.stdout)["nftables"] if out.returncode == 0 else None
+
+
+def masq_sets(objects) -> dict:
+    """{set name: sorted element strings} of a listed table."""
+    sets = {}
+    for item in objects:
+        if "set" in item:
+            elems = item["set"].get("elem", [])
+            sets[item["set"]["name"]] = sorted(
+                f"{e['prefix']['addr']}/{e['prefix']['len']}" if isinstance(e, dict) and "prefix" in e else str(e)
+                for e in elems)
+    return sets
+
+
+def handles(objects) -> list:
+    return [(kind, item[kind]["handle"]) for item in objects for kind in ("table", "set", "chain", "rule")
+            if kind in item]
+
+
+def test_standalone_masquerade_is_node_wide_and_installed_once(weft, node, pods):
+    """No agent: the first ADD installs the node-wide table; later ADDs and DELs leave it
+    exactly as it is (same object handles), and nothing in it names a pod."""
     conf = weft.conf(ipMasq=True)
     a, b = pods(), pods()
     assert weft("ADD", conf, a, cid="ca").code == 0
+    first = masq_table(node)
+    assert first is not None, "the first ADD with ipMasq did not create inet weft_weftnet"
+    sets = masq_sets(first)
+    assert sets["src4"] == ["10.244.1.0/24"], sets
+    assert sets["nomasq4"] == ["10.244.1.0/24", "224.0.0.0/4"], sets
+    assert not any("pods4" == name for name in sets), sets
+    rules = [item["rule"] for item in first if "rule" in item]
+    assert len(rules) == 2 and all(r["expr"][-1] == {"masquerade": {"flags": "fully-random"}} for r in rules)
     assert weft("ADD", conf, b, cid="cb").code == 0
-    table = node.run(["nft", "list", "table", "inet", "weft_weftnet"]).stdout
-    assert "masquerade" in table and '"ca/eth0"' in table and '"cb/eth0"' in table
     assert weft("DEL", conf, a, cid="ca").code == 0
-    table = node.run(["nft", "list", "table", "inet", "weft_weftnet"]).stdout
-    assert '"ca/eth0"' not in table and '"cb/eth0"' in table
     assert weft("DEL", conf, b, cid="cb").code == 0
-    assert node.run(["nft", "list", "table", "inet", "weft_weftnet"], check=False).returncode != 0
+    assert weft("GC", {**weft.conf("1.1.0", ipMasq=True), "cni.dev/valid-attachments": []}).code == 0
+    after = masq_table(node)
+    assert after is not None, "DEL/GC removed the node-wide table"
+    assert handles(after) == handles(first), "per-pod calls rewrote the node-wide table"
+
+
+def test_standalone_add_replaces_a_per_pod_table_of_an_older_weft(weft, node, pods):
+    """Upgrade: weft before issue 14 kept `inet weft_<net>` with per-pod sets pods4/pods6;
+    the first ADD swaps it for the node-wide table in one transaction."""
+    node.run(["nft", "-f", "-"], input="""table inet weft_weftnet {
+  set pods4 { type ipv4_addr; elements = { 10.244.1.7 comment "old/eth0" } }
+  set pods6 { type ipv6_addr; }
+  set nomasq4 { type ipv4_addr; flags interval; elements = { 10.244.1.0/24, 224.0.0.0/4 } }
+  chain postrouting { type nat hook postrouting priority srcnat; policy accept;
+    ip saddr @pods4 ip daddr != @nomasq4 masquerade
+  }
+}
+""")
+    assert weft("ADD", weft.conf(ipMasq=True), pods()).code == 0
+    sets = masq_sets(masq_table(node))
+    assert "pods4" not in sets and "pods6" not in sets, sets
+    assert sets["src4"] == ["10.244.1.0/24"], sets
+
+
+def test_hostile_ifname_and_container_id_never_reach_nftables(weft, node, pods):
+    """An ifname with nft syntax in it: refused by env validation, or accepted without
+    changing anything in nftables (the per-pod path has no nftables work at all)."""
+    conf = weft.conf(ipMasq=True)
+    assert weft("ADD", conf, pods(), cid="plain").code == 0
+    before = node.run(["nft", "-j", "list", "ruleset"]).stdout
+    hostile = pods()
+    out = weft("ADD", conf, hostile, cid="hostile", ifname='a",1.2.3.4}#')
+    if out.code:
+        assert out.json["code"] == 4 and "CNI_IFNAME" in out.json["msg"], out
+    else:
+        assert link(hostile, 'a",1.2.3.4}#') is not None
+    assert node.run(["nft", "-j", "list", "ruleset"]).stdout == before
+    assert weft("DEL", conf, hostile, cid="hostile", ifname='a",1.2.3.4}#').code == 0
+    refused = weft("ADD", conf, pods(), cid='x"}#1.2.3.4')
+    assert refused.code == 1 and refused.json["code"] == 4 and "CNI_CONTAINERID" in refused.json["msg"], refused
+    assert node.run(["nft", "-j", "list", "ruleset"]).stdout == before
+    assert "1.2.3.4" not in before
+
+
+def test_per_pod_path_starts_no_process(weft, node, pods, tmp_path):
+    """Stand-ins for nft, iptables, sysctl and modprobe first on PATH record any call:
+    standalone ADD/DEL with masquerade (the table made on the first ADD) exec none of them."""
+    marker = tmp_path / "exec-called"
+    script = f'echo "$0 $*" >> {marker}\nexit 1\n'
+    stub = weft.stub("nft", script)
+    for name in ("iptables", "sysctl", "modprobe"):  # not `ip`: the harness runs `ip netns exec`
+        os.symlink(f"{stub}/nft", f"{stub}/{name}")
+    env = {"PATH": f"{stub}:{os.environ['PATH']}"}
+    conf = weft.conf(ipMasq=True)
+    pod = pods()
+    assert weft("ADD", conf, pod, extra_env=env).code == 0
+    assert weft("DEL", conf, pod, extra_env=env).code == 0
+    assert not marker.exists(), marker.read_text()
 
 
 def test_second_add_of_same_attachment_is_refused_and_keeps_the_first(weft, node, pods):
@@ -242,19 +332,6 @@ def test_gc_removes_stale_veths_and_allocations(weft, node, pods):
     assert weft("GC", {**conf, "cni.dev/valid-attachments": []}).code == 0
     assert weft.ipam_files() == []
     assert link(node, host_veth_name("keep", "eth0")) is None
-
-
-def test_gc_removes_stale_masquerade_entries(weft, node, pods):
-    conf = weft.conf("1.1.0", ipMasq=True)
-    assert weft("ADD", conf, pods(), cid="keep").code == 0
-    assert weft("ADD", conf, pods(), cid="stale").code == 0
-    gc = weft("GC", {**conf, "cni.dev/valid-attachments": [{"containerID": "keep", "ifname": "eth0"}]})
-    assert gc.code == 0, gc
-    table = node.run(["nft", "list", "table", "inet", "weft_weftnet"]).stdout
-    assert '"keep/eth0"' in table and '"stale/eth0"' not in table
-    assert "10.244.1.2" in table and "10.244.1.3" not in table
-    assert weft("GC", {**conf, "cni.dev/valid-attachments": []}).code == 0
-    assert node.run(["nft", "list", "table", "inet", "weft_weftnet"], check=False).returncode != 0
 
 
 def test_prev_result_from_an_earlier_plugin_is_kept(weft, node, pods):

@@ -1,0 +1,231 @@
+"""The headline figure: weft as users run it, against the Go chain as flannel deploys it.
+
+  weft  conf/10-weft.conflist (weft + portmap) with only its paths moved under the run's
+        directory, called through libcni (build/cnitool, the driver runtimes embed) with
+        the `weft` launcher exactly as `make install` writes it, served by a weftd that
+        holds a real etcd lease (lab.cluster: etcd on an underlay namespace, the network
+        config's defaults, so IPMasq true: the agent's node-wide masquerade table);
+  go    bridge (ipMasq false, hairpinMode, isDefaultGateway, MTU 1450) + host-local +
+        portmap through the same driver: flannel's delegate chain (flannel masquerades
+        once per node, not in the chain).
+
+Both run in their own node namespace, one attachment at a time, ADD then DEL, the
+order of the two contenders rotating per attachment; then a batch of ADDs (and DELs)
+by parallel callers, rounds rotating.  Also: weft's own per-step breakdown from its
+log (netconf logLevel debug), the forwarder's peak RSS, and the kernel's veth
+teardown floor that every DEL pays.
+"""
+
+import json
+import os
+import subprocess
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+from lab import cnitool, netns_batch
+from lab.cluster import Cluster
+
+from .context import ensure_dir, quiesce, ratio, rotate, rss_mib, summary
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CONFLIST = os.path.join(REPO, "conf", "10-weft.conflist")
+REFERENCE_PLUGINS = "/usr/lib/cni"
+NETWORK = {"Network": "10.244.0.0/16", "Backend": {"Type": "vxlan", "VNI": 1}}  # IPMasq: default true
+WEFT, GO = "weft", "go"
+LABELS = {WEFT: "weft default (agent + etcd lease, masquerade on, libcni)",
+          GO: "Go bridge+host-local+portmap, ipMasq false (libcni)"}
+FLOOR_RUNS = 20
+
+
+class _Pod:
+    def __init__(self, name):
+        self.name, self.path = name, netns_batch.path(name)
+
+
+def _weft_conflist(node) -> dict:
+    with open(CONFLIST) as handle:
+        conflist = json.load(handle)
+    weft = conflist["plugins"][0]
+    weft.update({"subnetFile": node.subnet_file(), "agentSocket": os.path.join(node.run_dir, "weftd.sock"),
+                 "dataDir": os.path.join(node.dir, "weft"), "logFile": os.path.join(node.dir, "weft.log"),
+                 "logLevel": "debug"})
+    weft["ipam"] = {**weft["ipam"], "dataDir": node.ipam_dir}
+    return conflist
+
+
+def _go_conflist(work) -> dict:
+    return {"cniVersion": "1.0.0", "name": "gochain", "plugins": [
+        {"type": "bridge", "bridge": "cni0", "isGateway": True, "isDefaultGateway": True, "ipMasq": False,
+         "hairpinMode": True, "mtu": 1450,
+         "ipam": {"type": "host-local", "dataDir": os.path.join(work, "host-local"),
+                  "ranges": [[{"subnet": "10.245.7.0/24"}]], "routes": [{"dst": "10.245.0.0/16"}]}},
+        {"type": "portmap", "capabilities": {"portMappings": True}}]}
+
+
+class _Contender:
+    def __init__(self, kind, driver, network):
+        self.kind, self.driver, self.network = kind, driver, network
+
+    def call(self, command, pod, cid):
+        started = time.perf_counter()
+        out = self.driver(command, self.network, pod, ifname="eth0", container_id=cid)
+        return (time.perf_counter() - started) * 1000.0, out
+
+
+def _steps(log_path: str, prefix: str) -> dict:
+    """Median milliseconds per handler step (weft's log, logLevel debug) for ADD and DEL."""
+    per = {}
+    try:
+        lines = open(log_path).read().splitlines()
+    except OSError:
+        return {}
+    for line in lines:
+        try:
+            entry = json.loads(line)
+        except ValueError:
+            continue
+        if not str(entry.get("containerID", "")).startswith(prefix) or entry.get("exit") != 0:
+            continue
+        command = entry.get("command", "").lower()
+        bucket = per.setdefault(command, {"handler": []})
+        bucket["handler"].append(entry.get("ms", 0.0))
+        for step, ms in (entry.get("steps") or {}).items():
+            bucket.setdefault(step, []).append(ms)
+    return {command: {step: summary(values)["p50"] for step, values in steps.items()}
+            for command, steps in per.items()}
+
+
+BUSYBOX = "/bin/busybox"  # busybox-static (scripts/deps.sh)
+RSS_RUNS = 5
+
+
+def _peak_rss_mib(argv, env, stdin: bytes):
+    """Peak RSS of one process as `busybox time -v` sees it (wait4's ru_maxrss).
+
+    Measured from busybox, not from this Python process: a child forked from a 40 MiB
+    Python inherits that process's high-water mark on exec and would report it.
+    busybox 1.35 prints ru_maxrss multiplied by 4 (it takes the kilobytes for 4 KiB
+    pages); the value is divided back.  None when busybox is missing."""
+    if not os.path.exists(BUSYBOX):
+        return None
+    proc = subprocess.run([BUSYBOX, "time", "-v", *argv], input=stdin, env=env, capture_output=True, timeout=60)
+    for line in proc.stderr.decode(errors="replace").splitlines():
+        if "Maximum resident set size" in line:
+            return round(int(line.rsplit(":", 1)[1]) / 4 / 1024.0, 2)
+    return None
+
+
+def _forwarder_rss(ctx, node, conflist) -> dict:
+    """The installed launcher as a runtime starts it: VERSION with the default netconf,
+    forwarded to the agent over its socket (the forwarder does no kernel work, so it
+    runs in this namespace: nothing is changed anywhere), and without an agent
+    (standalone: the handlers' table stays unloaded for VERSION).  Max of RSS_RUNS."""
+    exe = os.path.join(ctx.installed, "cni", "weft")
+    conf = {**conflist["plugins"][0], "cniVersion": conflist["cniVersion"], "name": conflist["name"]}
+    env = {"PATH": os.environ["PATH"], "CNI_COMMAND": "VERSION", "CNI_PATH": os.path.join(ctx.installed, "cni")}
+    out = {}
+    for label, sock in (("version_via_agent", conf["agentSocket"]),
+                        ("version_standalone", os.path.join(node.dir, "nobody-listens.sock"))):
+        values = [_peak_rss_mib([exe], env, json.dumps({**conf, "agentSocket": sock}).encode())
+                  for _ in range(RSS_RUNS)]
+        out[label] = max(values) if None not in values else None
+    out["method"] = "busybox time -v (ru_maxrss / 4), max of %d runs" % RSS_RUNS
+    return out
+
+
+def _veth_floor(ctx, node_name: str) -> dict:
+    """What the kernel alone costs: `ip` creating and deleting a veth pair in a node
+    namespace, minus an `ip` call that does nothing (its exec)."""
+    adds, dels, idle = [], [], []
+    for i in range(FLOOR_RUNS):
+        for argv, bucket in ((["ip", "-n", node_name, "link", "show", "lo"], idle),
+                             (["ip", "-n", node_name, "link", "add", "flr0", "type", "veth", "peer", "name",
+                               "flr1"], adds),
+                             (["ip", "-n", node_name, "link", "del", "flr0"], dels)):
+            started = time.perf_counter()
+            subprocess.run(argv, check=True, capture_output=True, timeout=30)
+            bucket.append((time.perf_counter() - started) * 1000.0)
+    base = summary(idle)["p50"]
+    return {"ip_exec_ms": base, "veth_add_ms": round(summary(adds)["p50"] - base, 2),
+            "veth_del_ms": round(summary(dels)["p50"] - base, 2)}
+
+
+def default_config(ctx, attachments: int, adds: int, workers: int, rounds: int) -> dict:
+    ctx.say(f"default config: {attachments} ADD+DEL per contender through libcni, then {adds} ADDs by "
+            f"{workers} callers x {rounds} rounds")
+    exe = cnitool.build()
+    work = ensure_dir(os.path.join(ctx.work, "default"))
+    cluster = Cluster(os.path.join(work, "cluster"), ctx.installed, reconcile_interval=10.0)
+    go_node = None
+    pods = []
+    try:
+        cluster.set_network("weft", NETWORK)
+        node = cluster.add_node()
+        node.start_agent()
+        node.wait_ready()
+        ctx.record(cluster.namespace_names())
+        go_node = ctx.namespace("wbdgo")
+        weft_driver = cnitool.Driver(exe, node.ns, os.path.join(work, "weft-driver"),
+                                     f"{ctx.installed}/cni:{REFERENCE_PLUGINS}")
+        go_driver = cnitool.Driver(exe, go_node, os.path.join(work, "go-driver"), REFERENCE_PLUGINS)
+        conflist = _weft_conflist(node)
+        weft_driver.write(conflist)
+        go_driver.write(_go_conflist(work))
+        contenders = [_Contender(WEFT, weft_driver, "weft"), _Contender(GO, go_driver, "gochain")]
+        count = attachments + adds + 2
+        names = {c.kind: ctx.pod_namespaces(f"wbd{c.kind[0]}", count) for c in contenders}
+        pods = [n for v in names.values() for n in v]
+        pod_of = {k: [_Pod(n) for n in v] for k, v in names.items()}
+        for c in contenders:  # warm-up: bridge, caches, the agent's code paths
+            for command in ("add", "del"):
+                _, out = c.call(command, pod_of[c.kind][-1], f"warm-{c.kind}")
+                if out.code != 0:
+                    raise RuntimeError(f"{LABELS[c.kind]} warm-up {command} failed: {out}")
+        times = {c.kind: {"add": [], "del": []} for c in contenders}
+        errors = {c.kind: [] for c in contenders}
+        quiesce(ctx)
+        for i in range(attachments):
+            for c in rotate(contenders, i):
+                for command in ("add", "del"):
+                    ms, out = c.call(command, pod_of[c.kind][i], f"seq-{c.kind}-{i}")
+                    (times[c.kind][command] if out.code == 0 else errors[c.kind]).append(
+                        ms if out.code == 0 else f"{command}: {out}"[:300])
+        ctx.say("default config: sequential done")
+        walls = {c.kind: {"add": [], "del": []} for c in contenders}
+        batch = {c.kind: pod_of[c.kind][attachments:attachments + adds] for c in contenders}
+        for r in range(rounds):
+            quiesce(ctx)
+            for c in rotate(contenders, r):
+                cids = [f"par{r}-{c.kind}-{i}" for i in range(adds)]
+                for command in ("add", "del"):
+                    started = time.perf_counter()
+                    with ThreadPoolExecutor(max_workers=workers) as pool:
+                        outs = list(pool.map(lambda item: c.call(command, *item), zip(batch[c.kind], cids)))
+                    walls[c.kind][command].append(round(time.perf_counter() - started, 3))
+                    errors[c.kind] += [f"parallel {command}: {o}"[:300] for _, o in outs if o.code != 0]
+            ctx.say(f"default config parallel round {r + 1}: "
+                    + ", ".join(f"{c.kind} {walls[c.kind]['add'][-1]:.2f}s" for c in contenders))
+        result = {"attachments": attachments, "adds": adds, "workers": workers, "rounds": rounds,
+                  "labels": LABELS, "masquerade_table": node.status().get("masquerade")}
+        for c in contenders:
+            add, delete = summary(times[c.kind]["add"]), summary(times[c.kind]["del"])
+            result[c.kind] = {"add_ms": add, "del_ms": delete,
+                              "add_wall_s": sorted(walls[c.kind]["add"])[len(walls[c.kind]["add"]) // 2],
+                              "del_wall_s": sorted(walls[c.kind]["del"])[len(walls[c.kind]["del"]) // 2],
+                              "add_walls_s": walls[c.kind]["add"], "del_walls_s": walls[c.kind]["del"],
+                              "errors": len(errors[c.kind]), "error_samples": errors[c.kind][:3]}
+        for key in ("add_ms", "del_ms"):
+            result[f"{key}_p50_ratio"] = ratio(result[WEFT][key]["p50"], result[GO][key]["p50"])
+        for key in ("add_wall_s", "del_wall_s"):
+            result[f"{key}_ratio"] = ratio(result[WEFT][key], result[GO][key])
+        result[WEFT]["steps_p50_ms"] = _steps(os.path.join(node.dir, "weft.log"), "seq-")
+        result[WEFT]["forwarder_peak_rss_mib"] = _forwarder_rss(ctx, node, conflist)
+        result[WEFT]["agent_rss_mib"] = rss_mib(node.agent.pid)
+        result["kernel_floor"] = _veth_floor(ctx, go_node.name)
+        return result
+    finally:
+        cluster.cleanup()
+        if go_node is not None:
+            ctx.release([go_node.name])
+        ctx.release(pods)
+

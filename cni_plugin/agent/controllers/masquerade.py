@@ -1,0 +1,112 @@
+"""The masquerade controller: the network's node-wide nftables table (datapath/masq.py).
+
+With the network config's IPMasq (default true, as flannel) the table masquerades
+traffic from this node's pod subnet(s) to anything outside the cluster network(s).
+It is created once the lease is held, compared with the kernel at every reconcile
+interval and while etcd is away (a deleted table, set or rule comes back and is
+counted as drift), and removed when the network goes: its config vanished from etcd,
+or IPMasq turned false.  The plugin does no nftables work per pod while an agent
+serves the network.  SIGTERM leaves the table in place, like the rest of the
+datapath.  A per-pod table left by an older weft is replaced on the first pass.
+"""
+
+import time
+
+from ...datapath import masq
+from ...datapath.errors import DatapathError
+from ...subnet.lease import ConfigError, NetworkConfig
+from ...subnet.registry import RegistryError
+from ..runtime import Controller
+from . import register
+
+
+@register
+class MasqueradeController(Controller):
+    name = "masquerade"
+    order = 25
+
+    def __init__(self, agent):
+        super().__init__(agent)
+        self.drift_repaired = 0
+        self.state = None  # "installed", "absent" (IPMasq false / network gone), "failed: ..."
+        self.last_check = None
+
+    def _spec(self):
+        agent = self.agent
+        lease, config = agent.held.lease, agent.config
+        sources = [lease.subnet] + ([lease.ipv6_subnet] if lease.ipv6_subnet is not None else [])
+        keep = [config.network] + ([config.ipv6_network] if config.ipv6_network is not None else [])
+        return masq.Masquerade(agent.name, tuple(sources), tuple(keep))
+
+    def prepare(self):
+        pass  # the lease controller's prepare gives us the lease; install in after_prepare
+
+    def after_prepare(self):
+        self.reconcile(first=True)
+
+    def timers(self):
+        return [(self.agent.options.reconcile_interval, self.reconcile)]
+
+    def while_waiting(self):
+        # the loop waits because etcd or the config failed: repair against what is known
+        if self.agent.held is not None and self.agent.config is not None:
+            self.reconcile(ask_etcd=False)
+
+    def _gone(self, ask_etcd: bool):
+        """"deleted" when the config left etcd, "off" when it says IPMasq false, else None
+        (an etcd outage or an unreadable config changes nothing)."""
+        agent = self.agent
+        if not ask_etcd:
+            return None if agent.config.ip_masq else "off"
+        try:
+            text = agent.registry.get_network_config(agent.name)
+        except RegistryError:
+            return None if agent.config.ip_masq else "off"
+        if text is None:
+            return "deleted"
+        try:
+            return None if NetworkConfig.parse(agent.name, text).ip_masq else "off"
+        except ConfigError:
+            return None if agent.config.ip_masq else "off"
+
+    def reconcile(self, first=False, ask_etcd=True):
+        agent = self.agent
+        self.last_check = time.time()
+        before = self.state
+        try:
+            gone = self._gone(ask_etcd and not first)
+            if gone is not None:
+                # IPMasq false: a table this agent installed goes, one a netconf's explicit
+                # ipMasq true made (standalone ensure) is left to its owner
+                if (gone == "deleted" or before == "installed") and masq.remove(agent.name):
+                    reason = "the network config left etcd" if gone == "deleted" else "IPMasq is false now"
+                    agent.log.info(f"masquerade table {masq.table_name(agent.name)} removed: {reason}",
+                                   extra=agent.extra())
+                self.state = "absent"
+                return
+            outcome = masq.ensure(self._spec())
+        except DatapathError as exc:
+            self.state = f"failed: {exc}"
+            agent.log.error(f"masquerade table not in place: {exc}", extra=agent.extra())
+            return
+        self.state = "installed"
+        table = masq.table_name(agent.name)
+        if outcome.action == "created" and (first or before in (None, "absent")):
+            agent.log.info(f"masquerade table {table} created", extra=agent.extra())
+        elif outcome.action == "migrated":
+            agent.log.warning(f"masquerade table {table}: replaced the per-pod table of an older weft "
+                              "with the node-wide one", extra=agent.extra())
+        elif outcome.changed and first:
+            agent.log.info(f"masquerade table {table} updated: {'; '.join(outcome.details)}",
+                           extra=agent.extra())
+        elif outcome.changed:
+            self.drift_repaired += 1
+            agent.metrics.drift.labels(agent.name).inc()
+            agent.log.warning(f"reconcile repaired masquerade table {table}: {'; '.join(outcome.details)}",
+                              extra=agent.extra())
+            agent.write_status()
+
+    def status(self):
+        return {"masquerade": {"table": f"{masq.FAMILY} {masq.table_name(self.agent.name)}",
+                               "state": self.state, "driftRepaired": self.drift_repaired,
+                               "lastCheck": self.last_check}}
