@@ -14,6 +14,7 @@ problem, conflict.
 import threading
 import time
 
+from .. import paths
 from ..subnet.lease import ConfigError
 from ..subnet.lease_manager import LeaseConflict, NoFreeSubnet
 from ..subnet.registry import RegistryError
@@ -23,9 +24,10 @@ from .runtime import Backoff, EventQueue, Timers
 
 
 class NetworkAgent:
-    def __init__(self, name, registry, options, node, metrics, log):
+    def __init__(self, name, registry, options, node, metrics, log, source=None):
         self.name = name
-        self.registry = registry  # also the watch source (runtime.WatchSource)
+        self.registry = registry
+        self.source = source or registry  # where lease listings and events come from (runtime.LeaseSource)
         self.options = options
         self.node = node  # agent.node.NodeIdentity
         self.metrics = metrics
@@ -50,7 +52,11 @@ class NetworkAgent:
         self.events.stop()
         self.thread.join(timeout)
         for controller in self.controllers:
-            controller.close()
+            try:
+                controller.close()
+            except Exception as exc:  # close the others all the same
+                self.log.exception(f"{controller.name} controller failed to close",
+                                   extra=self.extra(error=repr(exc)))
 
     @property
     def masquerade_installed(self) -> bool:
@@ -67,8 +73,19 @@ class NetworkAgent:
         return {"network": self.name, "node": self.node.name, "lease": lease, **more}
 
     def _each(self, hook: str, *args):
+        """Run a hook of every controller in order; the first exception ends the pass
+        (the loop backs off and starts again from prepare)."""
         for controller in self.controllers:
             getattr(controller, hook)(*args)
+
+    def _each_guarded(self, hook: str, *args):
+        """Run a hook of every controller; one that fails is logged and the others run."""
+        for controller in self.controllers:
+            try:
+                getattr(controller, hook)(*args)
+            except Exception as exc:  # a bug must not end the network's thread
+                self.log.exception(f"{controller.name} controller failed in {hook}",
+                                   extra=self.extra(error=repr(exc)))
 
     # -- main loop ---------------------------------------------------------
     def _run(self):
@@ -105,14 +122,10 @@ class NetworkAgent:
         self.write_status()
 
     def _wait(self, seconds):
-        """Until the next attempt, let controllers keep the kernel in line."""
-        for controller in self.controllers:
-            try:
-                controller.while_waiting()
-            except Exception as exc:  # a bug must not end the network's thread
-                self.log.exception(f"{controller.name} controller failed while waiting",
-                                   extra=self.extra(error=repr(exc)))
+        """Until the next attempt, let controllers keep the kernel in line (the repair
+        counts against the wait, as a retry should not come later for it)."""
         deadline = time.monotonic() + seconds
+        self._each_guarded("while_waiting")
         while not self.stopping.is_set():  # watch events now are stale: the next listing covers them
             left = deadline - time.monotonic()
             event = self.events.get(timeout=left) if left > 0 else None
@@ -122,9 +135,9 @@ class NetworkAgent:
     # -- steady state: one listing, then watch events and timers ---------------
     def _serve(self):
         self._each("before_sync")
-        raw, revision = self.registry.list_leases(self.name)
+        raw, revision = self.source.list_leases(self.name)
         self._each("sync", raw)
-        cancel = self.registry.watch_leases(self.name, revision + 1, self._on_watch)
+        cancel = self.source.watch_leases(self.name, revision + 1, self._on_watch)
         try:
             self._event_loop()
         finally:
@@ -153,5 +166,12 @@ class NetworkAgent:
                   "problem": self.problem, "conflict": self.conflict, "lease": None, "backend": None,
                   "peers": [], "driftRepaired": 0, "lastReconcile": None}
         for controller in self.controllers:
-            status.update(controller.status())
-        status_file.write(status_file.path_for(self.options.run_dir, self.name), status)
+            try:
+                status.update(controller.status())
+            except Exception as exc:  # the rest of the status is still worth writing
+                self.log.exception(f"{controller.name} controller failed to report status",
+                                   extra=self.extra(error=repr(exc)))
+        try:
+            status_file.write(paths.status_file(self.options.run_dir, self.name), status)
+        except OSError as exc:  # a full or read-only run dir: say so, keep serving
+            self.log.error(f"cannot write the status file: {exc}", extra=self.extra())

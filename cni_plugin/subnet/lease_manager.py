@@ -50,7 +50,7 @@ def remote_leases(raw: list, own_key: Optional[str]) -> list:
 
 class LeaseManager:
     def __init__(self, registry: Registry, config: NetworkConfig, template: Lease, state_dir: str):
-        """template: this node's Lease fields (public IP, node name, backend, VNI, VTEP MAC);
+        """template: this node's Lease fields (public IP, node name, backend and its data);
         its subnet is replaced by the one acquired."""
         self.registry = registry
         self.config = config
