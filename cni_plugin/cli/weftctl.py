@@ -6,6 +6,8 @@
   weftctl status [--run-dir DIR]                  this node's agent: lease, peers, drift
   weftctl whois IP [--at TIME] [--cluster]        who held an address (this node, or all)
   weftctl graph [NETWORK] [--ipam-data-dir DIR]   the cluster as an SVG (nodes, subnets, VTEPs, pods)
+  weftctl apply|delete -f FILE                    NetworkPolicy/Namespace/Pod objects (policy_cmds.py)
+  weftctl policy explain SRC DST [PORT/PROTO]     which policies allow or deny a flow
 """
 
 import argparse
@@ -18,7 +20,7 @@ from .. import paths
 from ..ipam import history
 from ..subnet.registry import RegistryError
 from .. import etcd_flags
-from . import graph
+from . import graph, policy_cmds
 
 DEFAULT_DATA_DIR = paths.IPAM_DATA_DIR
 
@@ -62,6 +64,7 @@ def _parser() -> argparse.ArgumentParser:
     whois.add_argument("--json", action="store_true", help="print JSON")
     _etcd_flags(whois)
     graph.add_parser(commands, _etcd_flags)
+    policy_cmds.add_parsers(commands, _etcd_flags)
     return parser
 
 
@@ -184,6 +187,11 @@ def status(args) -> int:
         for peer in state.get("peers") or []:
             print(f"             {peer}")
         print(f"  drift      {state.get('driftRepaired', 0)} kernel entries repaired since start")
+        policy = state.get("policy") or {}
+        if policy.get("source") not in (None, "none"):
+            print(f"  policy     generation {policy.get('generation')}: {policy.get('policies')} policies, "
+                  f"{policy.get('localPods')} local pods, {policy.get('rules')} rules in {policy.get('table')}; "
+                  f"{policy.get('state')}")
     return EXIT_OK if all(s.get("ready") for s in states) else EXIT_NO_HOLDER
 
 
@@ -228,7 +236,8 @@ def whois(args) -> int:
 
 
 COMMANDS = {"network": network, "leases": leases, "status": status, "whois": whois,
-            "graph": lambda args: graph.run(args, _registry)}
+            "graph": lambda args: graph.run(args, _registry),
+            **{verb: (lambda args: policy_cmds.run(args, _registry)) for verb in ("apply", "delete", "policy")}}
 
 
 def main(argv=None) -> int:
