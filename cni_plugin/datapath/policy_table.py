@@ -1,0 +1,140 @@
+"""The node's NetworkPolicy table in the kernel, through nft.py (policy/compile.py plans it).
+
+apply() makes the kernel hold a planned Table: when only set elements changed since
+the last apply (pods came, went or changed labels) it adds and deletes those elements;
+otherwise (policies changed, or the table is missing) it rebuilds the table in one
+transaction (add, delete, add: there is never a moment with half a table, and the
+conntrack entries of allowed connections are untouched).  inspect() compares the
+kernel with a plan (the reconcile); counters() reads the per-policy drop counters.
+"""
+
+import ipaddress
+
+from . import nft
+
+FAMILY = "inet"
+
+
+def _element(value: str, interval: bool):
+    if interval and "/" in value:
+        addr, _, length = value.partition("/")
+        return {"prefix": {"addr": addr, "len": int(length)}}
+    return value
+
+
+def _table_obj(name: str) -> dict:
+    return {"family": FAMILY, "name": name}
+
+
+def _build(table) -> list:
+    t = table.name
+    commands = [{"add": {"table": _table_obj(t)}}]
+    for name, (kind, interval, elements) in sorted(table.sets.items()):
+        spec = {"family": FAMILY, "table": t, "name": name, "type": kind}
+        if interval:
+            spec["flags"] = ["interval"]
+        if elements:
+            spec["elem"] = [_element(e, interval) for e in sorted(elements)]
+        commands.append({"add": {"set": spec}})
+    for name in sorted(table.counters):
+        commands.append({"add": {"counter": {"family": FAMILY, "table": t, "name": name}}})
+    for chain in table.chains:
+        spec = {"family": FAMILY, "table": t, "name": chain}
+        if chain == "forward":
+            spec.update(type="filter", hook="forward", prio=0, policy="accept")
+        commands.append({"add": {"chain": spec}})
+    for chain, rules in table.chains.items():
+        for comment, expr in rules:
+            commands.append({"add": {"rule": {"family": FAMILY, "table": t, "chain": chain,
+                                              "comment": comment[:127], "expr": expr}}})
+    return commands
+
+
+def _element_changes(table, previous) -> list:
+    commands = []
+    for name, (_, interval, elements) in table.sets.items():
+        before = previous.sets[name][2]
+        gone, new = sorted(before - elements), sorted(elements - before)
+        base = {"family": FAMILY, "table": table.name, "name": name}
+        if gone:
+            commands.append({"delete": {"element": {**base, "elem": [_element(e, interval) for e in gone]}}})
+        if new:
+            commands.append({"add": {"element": {**base, "elem": [_element(e, interval) for e in new]}}})
+    return commands
+
+
+def apply(table, previous=None) -> str:
+    """Program `table`; previous: the Table last applied (None: unknown).  Returns
+    "unchanged", "elements" or "rebuilt"."""
+    if previous is not None and previous.shape() == table.shape():
+        commands = _element_changes(table, previous)
+        if not commands:
+            return "unchanged"
+        nft.run(commands)
+        return "elements"
+    nft.run([{"add": {"table": _table_obj(table.name)}}, {"delete": {"table": _table_obj(table.name)}},
+             *_build(table)])
+    return "rebuilt"
+
+
+def _normal(values, interval: bool) -> frozenset:
+    """nft's listing of a set as the plan writes it: interval sets as collapsed networks,
+    /32 and /128 bare."""
+    if not interval:
+        return frozenset(value for value, _ in values)
+    nets = []
+    for value, _ in values:
+        if "-" in value:
+            low, _, high = value.partition("-")
+            nets.extend(ipaddress.summarize_address_range(ipaddress.ip_address(low), ipaddress.ip_address(high)))
+        else:
+            nets.append(ipaddress.ip_network(value, strict=False))
+    out = set()
+    for version in (4, 6):
+        for net in ipaddress.collapse_addresses(n for n in nets if n.version == version):
+            out.add(str(net.network_address) if net.prefixlen == net.max_prefixlen else str(net))
+    return frozenset(out)
+
+
+def inspect(table) -> list:
+    """What in the kernel differs from `table` ([] when nothing)."""
+    objects = nft.list_table(FAMILY, table.name)
+    if objects is None:
+        return [f"table {FAMILY} {table.name} missing"]
+    problems = []
+    present = nft.sets_of(objects)
+    for name, (_, interval, elements) in sorted(table.sets.items()):
+        if name not in present:
+            problems.append(f"set {name} missing")
+        elif _normal(present[name], interval) != elements:
+            problems.append(f"set {name} holds {len(present[name])} element(s), wanted {len(elements)}")
+    extra = sorted(set(present) - set(table.sets))
+    if extra:
+        problems.append(f"unexpected set(s) {', '.join(extra)}")
+    chains = nft.chains_of(objects)
+    for chain, rules in table.chains.items():
+        if chain not in chains:
+            problems.append(f"chain {chain} missing")
+            continue
+        have = [r.get("comment") for r in nft.rules_of(objects, chain)]
+        if have != [c[:127] for c, _ in rules]:
+            problems.append(f"chain {chain} holds {len(have)} rule(s), wanted {len(rules)}")
+    counters = {item["counter"]["name"] for item in objects if "counter" in item}
+    missing = sorted(set(table.counters) - counters)
+    if missing:
+        problems.append(f"counter(s) {', '.join(missing)} missing")
+    return problems
+
+
+def counters(name: str) -> dict:
+    """{counter name: packets} of the table (empty when it is missing)."""
+    objects = nft.list_table(FAMILY, name) or []
+    return {item["counter"]["name"]: int(item["counter"].get("packets", 0)) for item in objects
+            if "counter" in item}
+
+
+def remove(name: str) -> bool:
+    if nft.list_table(FAMILY, name) is None:
+        return False
+    nft.run([{"delete": {"table": _table_obj(name)}}])
+    return True
