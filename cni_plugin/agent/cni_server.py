@@ -20,8 +20,9 @@ READ_TIMEOUT = 30.0
 
 
 class CniServer:
-    def __init__(self, path: str, log, metrics=None, masquerades=None):
+    def __init__(self, path: str, log, metrics=None, masquerades=None, attaching=None):
         self.path = path
+        self.attaching = attaching  # the policy fast path: (network, ips, namespace, name)
         self.masquerades = masquerades  # network name -> True when this agent owns its table
         self.log = log
         self.metrics = metrics
@@ -64,7 +65,8 @@ class CniServer:
                 self.log.warning(f"bad CNI request on {self.path}: {exc}")
                 return
             started = time.monotonic()
-            out, code = invoke(role, environ, stdin, via="agent", agent_masquerades=self.masquerades)
+            out, code = invoke(role, environ, stdin, via="agent", agent_masquerades=self.masquerades,
+                               agent_attaching=self.attaching)
             if self.metrics is not None:
                 self.metrics.cni_seconds.labels(role, environ.get("CNI_COMMAND", ""), str(code)).observe(
                     time.monotonic() - started)

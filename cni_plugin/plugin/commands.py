@@ -10,7 +10,7 @@ import ipaddress
 from ..cni import invocation, log
 from ..cni import result as cni_result
 from ..cni.errors import (ATTACHMENT_EXISTS, CHECK_FAILED, DELEGATE_FAILED, INTERNAL, INVALID_NETCONF,
-                          IO_FAILURE, NOT_AVAILABLE_LIMITED, CniError)
+                          IO_FAILURE, NOT_AVAILABLE_LIMITED, TRY_AGAIN_LATER, CniError)
 from ..cni.netconf import valid_attachments
 from ..datapath.naming import HOST_VETH_PREFIX, host_veth_name
 from . import config as plugin_config
@@ -59,11 +59,24 @@ def _ensure_masquerade(cfg, ips: list) -> None:
                                 tuple([ip.network for ip in ips] + list(cfg.cluster_networks))), exact=False)
 
 
+def _policy_fast_path(cfg, env, ips: list) -> None:
+    try:
+        invocation.current().agent_attaching(cfg.name, [ip.ip for ip in ips], env.args.get("K8S_POD_NAMESPACE"),
+                                             env.args.get("K8S_POD_NAME"))
+    except CniError:
+        raise
+    except Exception as exc:  # fail closed: a pod the policy cannot cover is not added
+        raise CniError(TRY_AGAIN_LATER, f"weftd could not put the pod into network {cfg.name}'s "
+                       f"NetworkPolicy sets: {exc}") from None
+
+
 def _setup(cfg, env, mac: str, ipam: dict, rt) -> dict:
     from ..datapath import container, links, netns, sysctl
 
     step = invocation.current().step
     ips = [ipaddress.ip_interface(entry["address"]) for entry in ipam["ips"]]
+    with step("policy"):  # the serving agent's sets hold the pod before it has an interface
+        _policy_fast_path(cfg, env, ips)
     with step("bridge"):
         bridge = links.ensure_bridge(rt, cfg.bridge, cfg.mtu)
         sysctl.set_interface("ipv6", cfg.bridge, "accept_ra", "0")

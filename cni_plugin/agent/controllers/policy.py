@@ -1,0 +1,284 @@
+"""The policy controller: NetworkPolicy enforced in this node's nftables table.
+
+Inputs (etcd mode, `--policy-source etcd`, the default): the objects `weftctl apply`
+stores under <prefix>/policy/, and the allocation records every node publishes
+(history controller) plus this node's own IPAM journal, which say which pod
+(K8S_POD_NAMESPACE/K8S_POD_NAME of its ADD) holds which address.  Both are listed,
+then watched; every change replans the table (policy/compile.py, pure) and applies
+the difference (datapath/policy_table.py: element changes when only pods moved, one
+atomic rebuild when policies changed).
+
+The controller runs its own thread, so a slow etcd or a large replan never delays
+the lease and overlay controllers.  The fast path: an ADD served by this agent calls
+attaching() from the CNI worker thread before the pod has an interface; the pod is
+in its sets when ADD returns (the ADD fails with "try again later" when the objects
+could not be loaded: fail closed, never a pod the policy does not cover).
+
+At every reconcile interval (and while etcd is away) the kernel is compared with the
+last plan; a deleted table, set, element or rule is put back and counted as drift.
+SIGTERM leaves the table in place: pods stay isolated across an agent restart, and
+the restarted agent replans from etcd.  Per-policy drop counters are harvested into
+weft_policy_drops_total{network,policy}.
+"""
+
+import json
+import os
+import queue
+import threading
+import time
+
+from ...datapath import policy_table, sysctl
+from ...datapath.errors import DatapathError
+from ...ipam import history as ipam_history
+from ...policy import compile as policy_compile
+from ...policy.state import PolicyState
+from ...subnet.registry import RegistryError
+from ..runtime import Backoff, Controller
+from . import register
+
+READY_WAIT = 10.0  # seconds an ADD waits for the first listing before it is refused
+_STOP = ("stop", None, None, None, 0)
+_RESYNC = "resync"
+
+
+class _Relist(Exception):
+    """A watch ended: list again."""
+
+
+@register
+class PolicyController(Controller):
+    name = "policy"
+    order = 40
+
+    def __init__(self, agent):
+        super().__init__(agent)
+        self.enabled = getattr(agent.options, "policy_source", "etcd") != "none"
+        self.lock = threading.Lock()
+        self.state = PolicyState()
+        self.loaded = threading.Event()
+        self.applied = None        # the Table last programmed
+        self.local = ()            # this node's pod subnets
+        self.events = queue.Queue()
+        self.stopping = threading.Event()
+        self.thread = None
+        self.cancels = []
+        self.drift_repaired = 0
+        self.problem = "starting" if self.enabled else None
+        self.bridge_problem = None
+        self.counted = {}          # counter name -> packets already in the metric
+        self.last_program_ms = None
+
+    # -- hooks ---------------------------------------------------------------
+    def after_prepare(self):
+        if not self.enabled or self.thread is not None:
+            return
+        lease = self.agent.held.lease
+        self.local = tuple(n for n in (lease.subnet, lease.ipv6_subnet) if n is not None)
+        self.thread = threading.Thread(target=self._run, name=f"weftd-policy-{self.agent.name}", daemon=True)
+        self.thread.start()
+
+    def attaching(self, ips, namespace, name):
+        if not self.enabled:
+            return
+        if not self.loaded.wait(READY_WAIT):
+            raise RuntimeError(f"the policy objects are not loaded yet ({self.problem or 'starting'})")
+        with self.lock:
+            changed = False
+            for ip in ips:
+                changed |= self.state.record({"event": "allocate", "ip": str(ip), "podNamespace": namespace,
+                                              "podName": name, "node": self.agent.node.name})
+            if changed:
+                self._program("attach")
+
+    def close(self):
+        self.stopping.set()
+        self.events.put(_STOP)
+        self._cancel_watches()
+        if self.thread is not None:
+            self.thread.join(10.0)
+
+    def status(self):
+        if not self.enabled:
+            return {"policy": {"source": "none"}}
+        applied = self.applied
+        return {"policy": {
+            "source": "etcd", "generation": self.state.generation,
+            "table": f"{policy_compile.FAMILY} {policy_compile.table_name(self.agent.name)}",
+            "policies": len(self.state.policies),
+            "knownPods": len(self.state.holders),
+            "localPods": sum(1 for ip in self.state.holders if any(ip in n for n in self.local)),
+            "state": self.problem or self.bridge_problem or "enforcing",
+            "rejected": dict(self.state.rejected), "driftRepaired": self.drift_repaired,
+            "lastProgramMs": self.last_program_ms,
+            "rules": sum(len(r) for r in applied.chains.values()) if applied else 0}}
+
+    # -- the controller's thread -------------------------------------------------
+    def _run(self):
+        backoff = Backoff()
+        while not self.stopping.is_set():
+            try:
+                self._sync()
+                backoff.reset()
+                self._serve()
+                continue
+            except _Relist:
+                self.agent.log.info("policy watch ended; listing again", extra=self.agent.extra())
+                continue
+            except RegistryError as exc:
+                self.problem = f"etcd unavailable: {exc}"
+                self.agent.log.warning(f"policy objects not read: {exc}", extra=self.agent.extra())
+            except DatapathError as exc:
+                self.problem = f"table not programmed: {exc}"
+                self.agent.log.error(f"policy table not programmed: {exc}", extra=self.agent.extra())
+            except Exception as exc:  # a bug: report, keep the kernel table, retry
+                self.problem = f"internal error: {exc!r}"
+                self.agent.log.exception("policy controller failed", extra=self.agent.extra(error=repr(exc)))
+            finally:
+                self._cancel_watches()
+            self._write_status()
+            self._reconcile()  # the last plan stays enforced while etcd is away
+            self.stopping.wait(backoff.next())
+
+    def _cancel_watches(self):
+        cancels, self.cancels = self.cancels, []
+        for cancel in cancels:
+            cancel()
+
+    def _local_records(self) -> list:
+        path = os.path.join(self.agent.options.ipam_data_dir, self.agent.name, ipam_history.HISTORY_FILE)
+        return [{**record, "node": self.agent.node.name} for _, record in ipam_history.read_events(path)]
+
+    def _sync(self):
+        agent, registry = self.agent, self.agent.registry
+        try:
+            sysctl.enable_bridge_netfilter()
+            self.bridge_problem = None
+        except DatapathError as exc:
+            if self.bridge_problem is None:
+                agent.log.error(f"same-node pod traffic is not policed: {exc}", extra=agent.extra())
+            self.bridge_problem = f"same-node traffic not policed: {exc}"
+        rows, revision = registry.list_policy_objects()
+        records, history_revision = registry.list_history(agent.name)
+        with self.lock:
+            self.state.load_objects(rows, revision)
+            self.state.load_holders(records + self._local_records())
+            for suffix, reason in self.state.rejected.items():
+                agent.log.error(f"policy object {suffix} ignored: {reason}", extra=agent.extra())
+            self._program("sync")
+        self.problem = None
+        self.loaded.set()
+        self.cancels.append(registry.watch_policy_objects(
+            revision + 1, lambda *event: self.events.put(("objects", *event))))
+        self.cancels.append(registry.watch_history(
+            agent.name, history_revision + 1, lambda *event: self.events.put(("history", *event))))
+        self._write_status()
+
+    def _serve(self):
+        interval = self.agent.options.reconcile_interval
+        due = time.monotonic() + interval
+        while not self.stopping.is_set():
+            try:
+                batch = [self.events.get(timeout=max(0.0, due - time.monotonic()))]
+            except queue.Empty:
+                self._reconcile()
+                due = time.monotonic() + interval
+                continue
+            while True:  # take every event already queued: one replan for a burst
+                try:
+                    batch.append(self.events.get_nowait())
+                except queue.Empty:
+                    break
+            self._handle(batch)
+
+    def _handle(self, batch):
+        changed = False
+        with self.lock:
+            for source, kind, key, value, revision in batch:
+                if source == "stop":
+                    return
+                if kind == _RESYNC:
+                    raise _Relist()
+                if source == "objects":
+                    if kind == "put":
+                        self.state.put_object(key, value, revision)
+                        if key in self.state.rejected:
+                            self.agent.log.error(f"policy object {key} ignored: {self.state.rejected[key]}",
+                                                 extra=self.agent.extra())
+                    else:
+                        self.state.delete_object(key, revision)
+                    changed = True
+                elif kind == "put":
+                    try:
+                        record = json.loads(value)
+                    except ValueError:
+                        continue
+                    if isinstance(record, dict):
+                        changed |= self.state.record(record)
+            if changed:
+                self._program("watch")
+        if changed:
+            self._write_status()
+
+    # -- kernel ----------------------------------------------------------------------
+    def _plan(self):
+        return policy_compile.plan(self.agent.name, self.state.cluster(), self.state.endpoints(), self.local)
+
+    def _program(self, why: str):
+        """Replan and apply (the caller holds the lock)."""
+        started = time.monotonic()
+        table = self._plan()
+        if self.applied is None or self.applied.shape() != table.shape():
+            self._harvest(reset=True)
+        outcome = policy_table.apply(table, self.applied)
+        self.applied = table
+        self.last_program_ms = round((time.monotonic() - started) * 1000, 2)
+        if outcome != "unchanged":
+            self.agent.metrics.policy_programmed.labels(self.agent.name, outcome).inc()
+            self.agent.log.debug(f"policy table {outcome} ({why}) in {self.last_program_ms} ms",
+                                 extra=self.agent.extra())
+
+    def _harvest(self, reset=False):
+        """Add the drop counters' growth to the metric (reset: the table is about to be
+        rebuilt and its counters start again from 0)."""
+        applied = self.applied
+        if applied is None:
+            return
+        try:
+            found = policy_table.counters(applied.name)
+        except DatapathError:
+            return
+        for name, packets in found.items():
+            ref = applied.counters.get(name)
+            grown = packets - self.counted.get(name, 0)
+            if ref is not None and grown > 0:
+                self.agent.metrics.policy_drops.labels(self.agent.name, ref).inc(grown)
+            self.counted[name] = 0 if reset else packets
+        if reset:
+            self.counted = {}
+
+    def _reconcile(self):
+        with self.lock:
+            if self.applied is None:
+                return
+            try:
+                problems = policy_table.inspect(self.applied)
+                if problems:
+                    self._harvest(reset=True)
+                    policy_table.apply(self.applied, None)
+                    self.drift_repaired += 1
+                    self.agent.metrics.drift.labels(self.agent.name).inc()
+                    self.agent.log.warning(f"reconcile repaired policy table {self.applied.name}: "
+                                           f"{'; '.join(problems[:5])}", extra=self.agent.extra())
+                else:
+                    self._harvest()
+            except DatapathError as exc:
+                self.agent.log.error(f"policy table not repaired: {exc}", extra=self.agent.extra())
+                return
+        if problems:
+            self._write_status()
+
+    def _write_status(self):
+        try:
+            self.agent.write_status()
+        except Exception as exc:  # the status is a report; enforcement goes on
+            self.agent.log.warning(f"status not written: {exc!r}", extra=self.agent.extra())
