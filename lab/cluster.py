@@ -230,7 +230,8 @@ class Cluster:
         env = dict(os.environ)
         if self.etcd.auth:
             env["WEFTD_ETCD_PASSWORD"] = self.etcd.client_kwargs()["password"]
-        command = args[0] if args[0] in ("network", "leases", "whois", "apply", "delete", "policy") else None
+        command = args[0] if args[0] in ("network", "leases", "whois", "apply", "delete", "policy") \
+            and args[:2] != ("policy", "denials") else None
         extra = ["--etcd-endpoints", self.etcd.endpoint, *self.etcd_flags()] if command else []
         proc = subprocess.run(["ip", "netns", "exec", self.underlay.name, exe, *args, *extra],
                               capture_output=True, text=True, timeout=60, env=env)

@@ -4,6 +4,7 @@
   weftctl delete -f FILE           delete the objects the documents name
   weftctl policy explain SRC DST [PORT/PROTO]   which policies allow or deny a flow
   weftctl policy list              the stored objects
+  weftctl policy denials [--since T]   this node's denied-flow journal (weftd --state-dir)
 
 FILE is multi-document YAML (or JSON) of NetworkPolicy, Namespace and Pod objects;
 `-` reads standard input.  SRC/DST: a pod as namespace/name, or an address.
@@ -31,6 +32,11 @@ def add_parsers(commands, etcd_flags):
                          help="e.g. 80/TCP, 53/UDP (default 80/TCP)")
     explain.add_argument("--network", help="only this network's allocation records")
     etcd_flags(explain)
+    denials = verbs.add_parser("denials", help="flows this node's agent denied, naming both workloads")
+    denials.add_argument("--since", metavar="ISO-TIME", help="only records at or after this time")
+    denials.add_argument("--state-dir", default=None, help="weftd's --state-dir (default /var/lib/weft)")
+    denials.add_argument("--network", help="one network (default: every network in the state dir)")
+    denials.add_argument("--json", action="store_true")
     listing = verbs.add_parser("list", help="the stored objects")
     listing.add_argument("--json", action="store_true")
     etcd_flags(listing)
@@ -165,9 +171,54 @@ def listing(args, registry_of) -> int:
     return EXIT_OK
 
 
+def denials(args, registry_of=None) -> int:
+    import os
+
+    from .. import paths
+    from ..timestamps import parse_ts
+
+    state_dir = args.state_dir or paths.STATE_DIR
+    try:
+        since = parse_ts(args.since) if args.since else None
+    except ValueError:
+        return _fail(f"--since {args.since!r} is not an ISO-8601 time (e.g. 2026-11-22T18:00:00Z)", EXIT_USAGE)
+    try:
+        networks = [args.network] if args.network else sorted(os.listdir(state_dir))
+    except OSError as exc:
+        return _fail(f"cannot read {state_dir}: {exc.strerror}; is this weftd's --state-dir?", EXIT_FAILED)
+    records = []
+    for network in networks:
+        path = os.path.join(state_dir, network, "policy-denials.jsonl")
+        for name in (path + ".1", path):
+            try:
+                with open(name, encoding="utf-8", errors="replace") as handle:
+                    lines = handle.readlines()
+            except OSError:
+                continue
+            for line in lines:
+                try:
+                    record = json.loads(line)
+                    moment = parse_ts(record["ts"])
+                except (ValueError, KeyError, TypeError):
+                    continue
+                if since is None or moment >= since:
+                    records.append((moment, record))
+    records.sort(key=lambda item: item[0])
+    if args.json:
+        print(json.dumps([r for _, r in records], indent=2))
+        return EXIT_OK
+    for _, r in records:
+        src = f"{r['srcPod']} ({r['src']})" if r.get("srcPod") else r.get("src")
+        dst = f"{r['dstPod']} ({r['dst']})" if r.get("dstPod") else r.get("dst")
+        by = ", ".join(r.get("policies") or []) or "a policy"
+        print(f"{r['ts']} {r.get('node')} {r.get('network')}: {r.get('direction')} denied {src} -> {dst} "
+              f"{r.get('protocol')}/{r.get('port')} (isolated by {by})")
+    return EXIT_OK
+
+
 def run(args, registry_of) -> int:
     if args.command == "apply":
         return apply(args, registry_of)
     if args.command == "delete":
         return delete(args, registry_of)
-    return {"explain": explain, "list": listing}[args.policy_command](args, registry_of)
+    return {"explain": explain, "list": listing, "denials": denials}[args.policy_command](args, registry_of)

@@ -12,6 +12,8 @@ import ipaddress
 
 from . import nft
 
+DENIED_TIMEOUT = 60   # seconds a denied flow stays recorded in its set
+DENIED_SIZE = 4096
 FAMILY = "inet"
 
 
@@ -36,6 +38,10 @@ def _build(table) -> list:
         if elements:
             spec["elem"] = [_element(e, interval) for e in sorted(elements)]
         commands.append({"add": {"set": spec}})
+    for name, kind in sorted(table.dynamic.items()):
+        commands.append({"add": {"set": {"family": FAMILY, "table": t, "name": name, "type": kind,
+                                         "flags": ["timeout"], "timeout": DENIED_TIMEOUT,
+                                         "size": DENIED_SIZE}}})
     for name in sorted(table.counters):
         commands.append({"add": {"counter": {"family": FAMILY, "table": t, "name": name}}})
     for chain in table.chains:
@@ -108,7 +114,10 @@ def inspect(table) -> list:
             problems.append(f"set {name} missing")
         elif _normal(present[name], interval) != elements:
             problems.append(f"set {name} holds {len(present[name])} element(s), wanted {len(elements)}")
-    extra = sorted(set(present) - set(table.sets))
+    missing = sorted(set(table.dynamic) - set(present))
+    if missing:
+        problems.append(f"set(s) {', '.join(missing)} missing")
+    extra = sorted(set(present) - set(table.sets) - set(table.dynamic))
     if extra:
         problems.append(f"unexpected set(s) {', '.join(extra)}")
     chains = nft.chains_of(objects)
@@ -131,6 +140,23 @@ def counters(name: str) -> dict:
     objects = nft.list_table(FAMILY, name) or []
     return {item["counter"]["name"]: int(item["counter"].get("packets", 0)) for item in objects
             if "counter" in item}
+
+
+def denied_flows(table) -> list:
+    """[(set name, (src, dst, protocol, port), seconds until it expires)] recorded in the
+    table's dynamic sets."""
+    objects = nft.list_table(FAMILY, table.name) or []
+    out = []
+    for item in objects:
+        nft_set = item.get("set")
+        if not nft_set or nft_set.get("name") not in table.dynamic:
+            continue
+        for elem in nft_set.get("elem", []):
+            inner = elem.get("elem", {}) if isinstance(elem, dict) else {}
+            values = (inner.get("val") or {}).get("concat") if isinstance(inner.get("val"), dict) else None
+            if isinstance(values, list) and len(values) == 4:
+                out.append((nft_set["name"], tuple(values), inner.get("expires", 0)))
+    return out
 
 
 def remove(name: str) -> bool:

@@ -54,17 +54,19 @@ def policy_id(ref: str) -> str:
 class Table:
     """What the node's table must hold.  sets: name -> (nft type, interval?, frozenset of
     str (addresses, or networks in interval sets)); chains: name -> [(comment, expr)];
-    counters: {counter name: policy ref}."""
+    counters: {counter name: policy ref}; dynamic: name -> nft type of the sets the
+    packet path fills (denied flows), whose elements are the kernel's own."""
     name: str
     sets: dict = field(default_factory=dict)
     chains: dict = field(default_factory=dict)
     counters: dict = field(default_factory=dict)
+    dynamic: dict = field(default_factory=dict)
 
     def shape(self) -> tuple:
         """Everything but set elements: equal shapes differ only in elements."""
         return (self.name, tuple(sorted((n, t, i) for n, (t, i, _) in self.sets.items())),
                 tuple(sorted((c, tuple(x for x, _ in rules)) for c, rules in self.chains.items())),
-                tuple(sorted(self.counters)))
+                tuple(sorted(self.counters)), tuple(sorted(self.dynamic)))
 
 
 def _addr(version: int, field_name: str) -> dict:
@@ -113,6 +115,24 @@ def _port_matches(ports) -> list:
                                    "right": right}})
         out.append((protocol.lower(), expr))
     return out
+
+
+DENIAL_PROTOCOLS = {"set": ["tcp", "udp", "sctp"]}
+DENIED_RATE = 100       # new denied flows recorded per second at most
+
+
+def denied_set(direction: str, version: int) -> str:
+    return f"denied_{'in' if direction == 'ingress' else 'out'}{version}"
+
+
+def _record_denial(direction: str, version: int) -> list:
+    proto = PROTO[version][0]
+    return [{"match": {"op": "==", "left": {"meta": {"key": "l4proto"}}, "right": DENIAL_PROTOCOLS}},
+            {"match": {"op": "==", "left": {"meta": {"key": "nfproto"}}, "right": f"ipv{version}"}},
+            {"limit": {"rate": DENIED_RATE, "per": "second"}},
+            {"set": {"op": "add", "set": f"@{denied_set(direction, version)}", "elem": {"concat": [
+                _addr(version, "saddr"), _addr(version, "daddr"), {"meta": {"key": "l4proto"}},
+                {"payload": {"protocol": "th", "field": "dport"}}]}}}]
 
 
 def plan(network: str, cluster, endpoints: dict, local_networks) -> Table:
@@ -173,6 +193,11 @@ def plan(network: str, cluster, endpoints: dict, local_networks) -> Table:
                                       [_in_set(version, mine, f"iso_{letters}{version}"),
                                        {"jump": {"target": direction}}]))
         chains[direction].extend(drops[direction])
+        for version in VERSIONS:
+            table.dynamic[denied_set(direction, version)] = [PROTO[version][1], PROTO[version][1],
+                                                             "inet_proto", "inet_service"]
+            chains[direction].append((f"record denied {direction} flows IPv{version}",
+                                      _record_denial(direction, version)))
         chains[direction].append((f"{direction} denied", [{"drop": None}]))
     table.chains = chains
     return table

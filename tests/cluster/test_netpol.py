@@ -417,3 +417,19 @@ def test_explain_names_the_policies(world):
     assert denied.returncode == 1, denied
     assert "DENIED" in denied.stdout and "isolated by x/fromy" in denied.stdout, denied.stdout
     world.check()
+
+
+def test_denied_flows_are_journalled_naming_both_workloads(world):
+    world.only(policy("deny", "x", select=labels(pod="b"), ingress=[]))
+    started = world.cluster.weftctl("policy", "list").stdout  # etcd answers: the cluster is up
+    assert "NetworkPolicy/x/deny" in started
+    src, dst = world.pods["y", "a"], world.pods["x", "b"]
+    out = src.ns.run([sys.executable, "-m", "lab.netpol_probe", "ask", str(PROBE_TIMEOUT),
+                      f"{dst.ip}/TCP/81"], cwd=REPO).stdout
+    assert json.loads(out) == [False]
+    line = (f"ingress denied y/a ({src.ip}) -> x/b ({dst.ip}) TCP/81 (isolated by x/deny)")
+    wait_for(lambda: line in world.cluster.weftctl("policy", "denials", "--state-dir", dst.node.state_dir).stdout,
+             CONVERGE, what=f"the denial {line!r} in {dst.node.name}'s journal")
+    future = world.cluster.weftctl("policy", "denials", "--state-dir", dst.node.state_dir,
+                                   "--since", "2999-01-01T00:00:00Z").stdout
+    assert future == ""

@@ -33,10 +33,14 @@ from ...ipam import history as ipam_history
 from ...policy import compile as policy_compile
 from ...policy.state import PolicyState
 from ...subnet.registry import RegistryError
+from ...timestamps import format_ts, now
 from ..runtime import Backoff, Controller
 from . import register
 
 READY_WAIT = 10.0  # seconds an ADD waits for the first listing before it is refused
+DENIAL_POLL = 1.0  # seconds between readings of the denied-flow sets
+DENIALS_FILE = "policy-denials.jsonl"
+DENIALS_MAX_BYTES = 8 << 20  # then the journal moves to .1 and starts again
 _STOP = ("stop", None, None, None, 0)
 _RESYNC = "resync"
 
@@ -67,6 +71,8 @@ class PolicyController(Controller):
         self.bridge_problem = None
         self.counted = {}          # counter name -> packets already in the metric
         self.last_program_ms = None
+        self.seen_denials = {}     # (set, flow) -> monotonic time its element expires
+        self.denials = 0
 
     # -- hooks ---------------------------------------------------------------
     def after_prepare(self):
@@ -109,7 +115,7 @@ class PolicyController(Controller):
             "localPods": sum(1 for ip in self.state.holders if any(ip in n for n in self.local)),
             "state": self.problem or self.bridge_problem or "enforcing",
             "rejected": dict(self.state.rejected), "driftRepaired": self.drift_repaired,
-            "lastProgramMs": self.last_program_ms,
+            "lastProgramMs": self.last_program_ms, "deniedFlows": self.denials,
             "rules": sum(len(r) for r in applied.chains.values()) if applied else 0}}
 
     # -- the controller's thread -------------------------------------------------
@@ -176,12 +182,18 @@ class PolicyController(Controller):
     def _serve(self):
         interval = self.agent.options.reconcile_interval
         due = time.monotonic() + interval
+        due_denials = time.monotonic() + DENIAL_POLL
         while not self.stopping.is_set():
             try:
-                batch = [self.events.get(timeout=max(0.0, due - time.monotonic()))]
+                batch = [self.events.get(timeout=max(0.0, min(due, due_denials) - time.monotonic()))]
             except queue.Empty:
-                self._reconcile()
-                due = time.monotonic() + interval
+                if time.monotonic() >= due_denials:
+                    with self.lock:
+                        self._collect_denials()
+                    due_denials = time.monotonic() + DENIAL_POLL
+                if time.monotonic() >= due:
+                    self._reconcile()
+                    due = time.monotonic() + interval
                 continue
             while True:  # take every event already queued: one replan for a burst
                 try:
@@ -229,6 +241,7 @@ class PolicyController(Controller):
         table = self._plan()
         if self.applied is None or self.applied.shape() != table.shape():
             self._harvest(reset=True)
+            self._collect_denials()  # a rebuild empties the denied-flow sets
         outcome = policy_table.apply(table, self.applied)
         self.applied = table
         self.last_program_ms = round((time.monotonic() - started) * 1000, 2)
@@ -255,6 +268,69 @@ class PolicyController(Controller):
             self.counted[name] = 0 if reset else packets
         if reset:
             self.counted = {}
+
+    def _collect_denials(self):
+        """Turn flows new in the denied-flow sets into journal records naming both
+        workloads and the isolating policies (the caller holds the lock)."""
+        applied = self.applied
+        if applied is None:
+            return
+        try:
+            flows = policy_table.denied_flows(applied)
+        except DatapathError as exc:
+            self.agent.log.warning(f"denied flows not read: {exc}", extra=self.agent.extra())
+            return
+        now = time.monotonic()
+        records = []
+        current = {}
+        for set_name, flow, expires in flows:
+            key = (set_name, flow)
+            current[key] = now + expires
+            if key in self.seen_denials and now < self.seen_denials[key]:
+                continue
+            records.append(self._denial_record("ingress" if "_in" in set_name else "egress", flow))
+        self.seen_denials = current
+        if records:
+            self._journal(records)
+
+    def _denial_record(self, direction, flow) -> dict:
+        src_ip, dst_ip, protocol, port = flow
+        endpoints = {}
+        for role, ip in (("src", src_ip), ("dst", dst_ip)):
+            try:
+                endpoints[role] = self.state.endpoint(str(ip))
+            except ValueError:
+                endpoints[role] = None
+        record = {"ts": format_ts(now()), "node": self.agent.node.name,
+                  "network": self.agent.name, "direction": direction, "src": str(src_ip), "dst": str(dst_ip),
+                  "protocol": str(protocol).upper(), "port": int(port) if str(port).isdigit() else port,
+                  "srcPod": None, "dstPod": None, "policies": []}
+        src, dst = endpoints["src"], endpoints["dst"]
+        if src is not None and src.pod is not None:
+            record["srcPod"] = src.pod.ref
+        if dst is not None and dst.pod is not None:
+            record["dstPod"] = dst.pod.ref
+        if src is not None and dst is not None and isinstance(record["port"], int):
+            verdict = self.state.cluster().decide(src, dst, record["protocol"], record["port"])
+            record["policies"] = list((verdict.ingress if direction == "ingress" else verdict.egress).selecting)
+        return record
+
+    def _journal(self, records):
+        path = os.path.join(self.agent.options.state_dir, self.agent.name, DENIALS_FILE)
+        try:
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            if os.path.exists(path) and os.path.getsize(path) > DENIALS_MAX_BYTES:
+                os.replace(path, path + ".1")
+            with open(path, "a", encoding="utf-8") as handle:
+                handle.write("".join(json.dumps(r, sort_keys=True) + "\n" for r in records))
+        except OSError as exc:
+            self.agent.log.error(f"denied flows not journalled in {path}: {exc.strerror}", extra=self.agent.extra())
+        self.denials += len(records)
+        for record in records:
+            self.agent.log.info(f"policy denied {record['direction']} {record['srcPod'] or record['src']} -> "
+                                f"{record['dstPod'] or record['dst']} {record['protocol']}/{record['port']} "
+                                f"(isolated by {', '.join(record['policies']) or 'a policy'})",
+                                extra=self.agent.extra())
 
     def _reconcile(self):
         with self.lock:
