@@ -32,6 +32,7 @@ in the kernel (see the README's limits).
 
 import hashlib
 import ipaddress
+import json
 from dataclasses import dataclass, field
 
 from .verdict import Endpoint
@@ -65,7 +66,8 @@ class Table:
     def shape(self) -> tuple:
         """Everything but set elements: equal shapes differ only in elements."""
         return (self.name, tuple(sorted((n, t, i) for n, (t, i, _) in self.sets.items())),
-                tuple(sorted((c, tuple(x for x, _ in rules)) for c, rules in self.chains.items())),
+                tuple(sorted((c, tuple((x, json.dumps(e, sort_keys=True)) for x, e in rules))
+                             for c, rules in self.chains.items())),
                 tuple(sorted(self.counters)), tuple(sorted(self.dynamic)))
 
 

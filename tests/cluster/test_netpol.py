@@ -306,6 +306,11 @@ def test_policy_update_and_delete(world):
     moved = policy("moving", "x", ingress=[{"from": [{"namespaceSelector": labels(ns="z")}]}])
     world.apply(moved)  # same name: an update
     world.check()
+    ported = policy("moving", "x", ingress=[{"from": [{"namespaceSelector": labels(ns="z")}],
+                                             "ports": [{"protocol": "UDP", "port": 81}]}])
+    world.apply(ported)  # only a port changes: the rules, not the sets
+    world.check()
+    moved = ported
     world.delete(moved)
     world.check()
 

@@ -96,3 +96,12 @@ def test_apply_refuses_bad_files_without_touching_etcd(tmp_path, capsys, text, w
     assert policy_cmds.run(args, _never) == policy_cmds.EXIT_USAGE
     err = capsys.readouterr().err
     assert words in err and str(path) in err, err
+
+
+def test_a_port_change_is_a_new_shape():
+    state = _state(4, 1)
+    before = plan_mod.plan("weft", state.cluster(), state.endpoints(), LOCAL)
+    state.put_object(*_policy("p0", "x", {"podSelector": {"matchLabels": {"app": "a0"}},
+                                          "ingress": [{"from": [{"podSelector": {}}], "ports": [{"port": 81}]}]}))
+    after = plan_mod.plan("weft", state.cluster(), state.endpoints(), LOCAL)
+    assert before.shape() != after.shape()  # applied as a rebuild, never as "unchanged"
