@@ -39,10 +39,12 @@ def parse_ts(text: str) -> float:
 
 
 class LogFollower:
-    """Reads new lines of one weftd log; remembers (msg, peer key) -> first ts."""
+    """Reads new lines of one weftd log; remembers (msg, peer key) -> first ts (or another
+    field's value in place of the peer key)."""
 
-    def __init__(self, path: str):
+    def __init__(self, path: str, field: str = "peer"):
         self.path = path
+        self.field = field
         self.offset = 0
         self.partial = b""
         self.events = {}
@@ -62,7 +64,7 @@ class LogFollower:
                 entry = json.loads(line)
             except ValueError:
                 continue
-            peer = entry.get("peer")
+            peer = entry.get(self.field)
             if peer:
                 self.events.setdefault((entry.get("msg", ""), peer.split()[0]), parse_ts(entry["ts"]))
 

@@ -98,10 +98,12 @@ def apply(args, registry_of) -> int:
                          "nothing was stored", EXIT_USAGE)
         seen.add(key)
     registry = registry_of(args)
-    registry.put_policy_objects([(*key, json.dumps(doc, sort_keys=True)) for key, doc in zip(keys, documents)])
+    revision = registry.put_policy_objects([(*key, json.dumps(doc, sort_keys=True))
+                                            for key, doc in zip(keys, documents)])
     for kind, namespace, name in keys:
         print(f"{kind.lower()} {'/'.join(p for p in (namespace, name) if p)} stored at "
               f"{registry.policy_key(kind, namespace, name)}")
+    print(f"generation {revision}: enforced on a node once `weftctl status` there shows it")
     return EXIT_OK
 
 

@@ -259,9 +259,10 @@ class EtcdRegistry:
         parts.append(check_name("name", name))
         return self.policy_prefix() + "/".join(parts)
 
-    def put_policy_objects(self, items: list) -> None:
-        """[(kind, namespace or None, name, JSON text)], in as few transactions as etcd allows."""
-        self.etcd.put_many([(self.policy_key(k, ns, n).encode(), text.encode()) for k, ns, n, text in items],
+    def put_policy_objects(self, items: list) -> int:
+        """[(kind, namespace or None, name, JSON text)], in as few transactions as etcd
+        allows; the revision they are stored at (agents report it as their generation)."""
+        return self.etcd.put_many([(self.policy_key(k, ns, n).encode(), text.encode()) for k, ns, n, text in items],
                            f"store {len(items)} policy object(s)")
 
     def delete_policy_objects(self, items: list) -> int:

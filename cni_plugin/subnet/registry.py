@@ -41,8 +41,8 @@ class Registry(Protocol):
                       on_event: Callable[[str, Optional[str], Optional[str], int], None]) -> Callable[[], None]: ...
 
     def policy_key(self, kind: str, namespace: Optional[str], name: str) -> str: ...
-    def put_policy_objects(self, items: list) -> None:
-        """[(kind, namespace or None, name, JSON text)]."""
+    def put_policy_objects(self, items: list) -> int:
+        """[(kind, namespace or None, name, JSON text)]; the revision stored at."""
     def delete_policy_objects(self, items: list) -> int: ...
     def list_policy_objects(self) -> tuple:
         """([(key suffix "<Kind>/[<namespace>/]<name>", JSON text)], revision)."""

@@ -247,8 +247,9 @@ class PolicyController(Controller):
         self.last_program_ms = round((time.monotonic() - started) * 1000, 2)
         if outcome != "unchanged":
             self.agent.metrics.policy_programmed.labels(self.agent.name, outcome).inc()
-            self.agent.log.debug(f"policy table {outcome} ({why}) in {self.last_program_ms} ms",
-                                 extra=self.agent.extra())
+            level = self.agent.log.info if why in ("watch", "sync") else self.agent.log.debug
+            level("policy programmed", extra=self.agent.extra(
+                policyGeneration=str(self.state.generation), change=outcome, why=why, ms=self.last_program_ms))
 
     def _harvest(self, reset=False):
         """Add the drop counters' growth to the metric (reset: the table is about to be
