@@ -10,6 +10,7 @@ kernel with a plan (the reconcile); counters() reads the per-policy drop counter
 
 import ipaddress
 
+from ..policy.compile import HOOKS, rules_key
 from . import nft
 
 DENIED_TIMEOUT = 60   # seconds a denied flow stays recorded in its set
@@ -28,56 +29,107 @@ def _table_obj(name: str) -> dict:
     return {"family": FAMILY, "name": name}
 
 
+def _set_command(table_name: str, name: str, kind, interval: bool, elements) -> dict:
+    spec = {"family": FAMILY, "table": table_name, "name": name, "type": kind}
+    if interval:
+        spec["flags"] = ["interval"]
+    if elements:
+        spec["elem"] = [_element(e, interval) for e in sorted(elements)]
+    return {"add": {"set": spec}}
+
+
+def _chain_command(table_name: str, chain: str) -> dict:
+    spec = {"family": FAMILY, "table": table_name, "name": chain}
+    if chain in HOOKS:
+        spec.update(type="filter", hook="forward", prio=HOOKS[chain][1], policy="accept")
+    return {"add": {"chain": spec}}
+
+
+def _rule_commands(table_name: str, chain: str, rules) -> list:
+    return [{"add": {"rule": {"family": FAMILY, "table": table_name, "chain": chain, "comment": comment[:127],
+                              "expr": expr}}} for comment, expr in rules]
+
+
+def _dynamic_command(table_name: str, name: str, kind) -> dict:
+    return {"add": {"set": {"family": FAMILY, "table": table_name, "name": name, "type": kind,
+                            "flags": ["timeout"], "timeout": DENIED_TIMEOUT, "size": DENIED_SIZE}}}
+
+
 def _build(table) -> list:
     t = table.name
     commands = [{"add": {"table": _table_obj(t)}}]
-    for name, (kind, interval, elements) in sorted(table.sets.items()):
-        spec = {"family": FAMILY, "table": t, "name": name, "type": kind}
-        if interval:
-            spec["flags"] = ["interval"]
-        if elements:
-            spec["elem"] = [_element(e, interval) for e in sorted(elements)]
-        commands.append({"add": {"set": spec}})
-    for name, kind in sorted(table.dynamic.items()):
-        commands.append({"add": {"set": {"family": FAMILY, "table": t, "name": name, "type": kind,
-                                         "flags": ["timeout"], "timeout": DENIED_TIMEOUT,
-                                         "size": DENIED_SIZE}}})
-    for name in sorted(table.counters):
+    commands += [_set_command(t, n, k, i, e) for n, (k, i, e) in sorted(table.sets.items())]
+    commands += [_dynamic_command(t, n, k) for n, k in sorted(table.dynamic.items())]
+    commands += [{"add": {"counter": {"family": FAMILY, "table": t, "name": n}}} for n in sorted(table.counters)]
+    commands += [_chain_command(t, c) for c in table.chains]
+    for chain, rules in table.chains.items():
+        commands += _rule_commands(t, chain, rules)
+    return commands
+
+
+def element_commands(table_name: str, kinds: dict, adds: dict, removes: dict) -> list:
+    """Element changes: adds/removes {set name: iterable of str}; kinds {set name: interval?}."""
+    commands = []
+    for verb, changes in (("delete", removes), ("add", adds)):
+        for name, values in sorted(changes.items()):
+            values = sorted(values)
+            if values:
+                commands.append({verb: {"element": {"family": FAMILY, "table": table_name, "name": name,
+                                                     "elem": [_element(v, kinds[name]) for v in values]}}})
+    return commands
+
+
+def _changes(table, previous) -> list:
+    """The commands that turn `previous` (what the kernel holds) into `table`: new sets,
+    counters and chains first, changed chains flushed and refilled, then what went, then
+    element changes of the sets both hold."""
+    t, commands, late = table.name, [], []
+    new_sets, old_sets = set(table.sets), set(previous.sets)
+    for name in sorted(new_sets - old_sets):
+        commands.append(_set_command(t, name, *table.sets[name]))
+    for name in sorted(set(table.dynamic) - set(previous.dynamic)):
+        commands.append(_dynamic_command(t, name, table.dynamic[name]))
+    for name in sorted(set(table.counters) - set(previous.counters)):
         commands.append({"add": {"counter": {"family": FAMILY, "table": t, "name": name}}})
     for chain in table.chains:
-        spec = {"family": FAMILY, "table": t, "name": chain}
-        if chain == "forward":
-            spec.update(type="filter", hook="forward", prio=0, policy="accept")
-        commands.append({"add": {"chain": spec}})
+        if chain not in previous.chains:
+            commands.append(_chain_command(t, chain))
     for chain, rules in table.chains.items():
-        for comment, expr in rules:
-            commands.append({"add": {"rule": {"family": FAMILY, "table": t, "chain": chain,
-                                              "comment": comment[:127], "expr": expr}}})
-    return commands
-
-
-def _element_changes(table, previous) -> list:
-    commands = []
-    for name, (_, interval, elements) in table.sets.items():
-        before = previous.sets[name][2]
-        gone, new = sorted(before - elements), sorted(elements - before)
-        base = {"family": FAMILY, "table": table.name, "name": name}
-        if gone:
-            commands.append({"delete": {"element": {**base, "elem": [_element(e, interval) for e in gone]}}})
-        if new:
-            commands.append({"add": {"element": {**base, "elem": [_element(e, interval) for e in new]}}})
-    return commands
+        if chain in previous.chains:
+            if rules_key(rules) == rules_key(previous.chains[chain]):
+                continue
+            commands.append({"flush": {"chain": {"family": FAMILY, "table": t, "name": chain}}})
+        commands += _rule_commands(t, chain, rules)
+    for chain in previous.chains:
+        if chain not in table.chains:
+            late.append({"flush": {"chain": {"family": FAMILY, "table": t, "name": chain}}})
+            late.append({"delete": {"chain": {"family": FAMILY, "table": t, "name": chain}}})
+    for name in sorted(old_sets - new_sets) + sorted(set(previous.dynamic) - set(table.dynamic)):
+        late.append({"delete": {"set": {"family": FAMILY, "table": t, "name": name}}})
+    for name in sorted(set(previous.counters) - set(table.counters)):
+        late.append({"delete": {"counter": {"family": FAMILY, "table": t, "name": name}}})
+    adds, removes, kinds = {}, {}, {}
+    for name in new_sets & old_sets:
+        kind, interval, elements = table.sets[name]
+        before = previous.sets[name]
+        if before[:2] != (kind, interval):  # never planned; handled for safety: replace the set
+            late.append({"delete": {"set": {"family": FAMILY, "table": t, "name": name}}})
+            late.append(_set_command(t, name, kind, interval, elements))
+            continue
+        kinds[name] = interval
+        adds[name], removes[name] = elements - before[2], before[2] - elements
+    return commands + late + element_commands(t, kinds, adds, removes)
 
 
 def apply(table, previous=None) -> str:
-    """Program `table`; previous: the Table last applied (None: unknown).  Returns
-    "unchanged", "elements" or "rebuilt"."""
-    if previous is not None and previous.shape() == table.shape():
-        commands = _element_changes(table, previous)
+    """Program `table`; previous: the Table the kernel holds (None: unknown, rebuild).
+    Returns "unchanged", "changed" or "rebuilt"; always one transaction."""
+    if previous is not None:
+        commands = _changes(table, previous)
         if not commands:
             return "unchanged"
         nft.run(commands)
-        return "elements"
+        return "changed"
     nft.run([{"add": {"table": _table_obj(table.name)}}, {"delete": {"table": _table_obj(table.name)}},
              *_build(table)])
     return "rebuilt"

@@ -5,29 +5,30 @@ connection forwarded to or from this node's pods; replies of allowed connections
 by conntrack.  Rules grow with policies, elements with pods (O(pods + policies) rules,
 never one rule per pod pair):
 
-    set iso_in4/iso_in6     local pods some policy isolates for ingress
-    set iso_out4/iso_out6   local pods some policy isolates for egress
-    per policy P (id p<hash of namespace/name>):
-      set P_sel4/6          local pods P selects
-      set P_i<j>_4/6        peers of P's ingress rule j (pods anywhere in the cluster by
-                            selector, ipBlocks minus their excepts; interval sets)
-      set P_e<j>_4/6        the same for egress rule j
-      counter P_drop        packets dropped while P isolated the pod
-    chain forward           filter hook forward:
-      ct state established,related accept
-      ip saddr @iso_out4 jump egress         (and ip6)
-      ip daddr @iso_in4  jump ingress        (and ip6)
-    chain egress            one rule per (policy, rule, protocol): saddr in P_sel, daddr in
-                            P_e<j>, the rule's ports -> return (allowed: on to ingress);
-                            then per policy `saddr @P_sel counter P_drop`; then drop
-    chain ingress           the mirror image with daddr/saddr swapped
+    chain egress_hook   filter hook forward priority 0:
+        ct state established,related accept
+        ip saddr @iso_out4 jump egress                    (and ip6)
+    chain ingress_hook  filter hook forward priority 1: the same with daddr, iso_in, ingress
+    chain egress        per policy P with type Egress: ip saddr @P_sel4 jump P_out;
+                        then per P: ip saddr @P_sel4 counter P_drop; record the denied
+                        flow (rate-limited, into denied_out4/6); drop
+    chain P_out         one rule per (rule, peer kind, protocol): saddr in P_sel, daddr
+                        in P_e<j>_pods (pods by selector anywhere in the cluster) or
+                        P_e<j>_blocks (ipBlocks minus excepts, an interval set), the
+                        rule's ports -> accept (this hook is done; the ingress hook
+                        still decides at priority 1)
+    chain ingress, P_in the mirror image
+    sets iso_in/iso_out local pods some policy isolates; P_sel local pods P selects
 
 Only this node's pods are in the P_sel/iso sets: ingress is decided where the
 destination lives, egress where the source lives, so same-node (bridged) and
 cross-node (VXLAN, host-gw) flows meet the same rules.  Traffic the node itself sends
 (kubelet probes) leaves through the output hook, which the table does not hook.
-Named ports (a rule port given by name) are not programmed: such a port allows nothing
-in the kernel (see the README's limits).
+
+A policy's sets, chains and counter form its Fragment; a table is assembled from
+fragments, so a policy change replans one fragment, and a pod change is a handful of
+set elements (memberships()).  Named ports (a rule port given by name) are not
+programmed: such a port allows nothing in the kernel (see the README's limits).
 """
 
 import hashlib
@@ -35,12 +36,16 @@ import ipaddress
 import json
 from dataclasses import dataclass, field
 
-from .verdict import Endpoint
 
 FAMILY = "inet"
 VERSIONS = (4, 6)
 PROTO = {4: ("ip", "ipv4_addr"), 6: ("ip6", "ipv6_addr")}
 L4 = {"TCP": "tcp", "UDP": "udp", "SCTP": "sctp"}
+HOOKS = {"egress_hook": ("egress", 0), "ingress_hook": ("ingress", 1)}  # base chain -> (direction, priority)
+DENIAL_PROTOCOLS = {"set": ["tcp", "udp", "sctp"]}
+DENIED_RATE = 100       # new denied flows recorded per second at most
+_LETTER = {"ingress": "i", "egress": "e"}
+_SIDES = {"ingress": ("daddr", "saddr", "in"), "egress": ("saddr", "daddr", "out")}  # mine, theirs, suffix
 
 
 def table_name(network: str) -> str:
@@ -54,21 +59,29 @@ def policy_id(ref: str) -> str:
 @dataclass
 class Table:
     """What the node's table must hold.  sets: name -> (nft type, interval?, frozenset of
-    str (addresses, or networks in interval sets)); chains: name -> [(comment, expr)];
-    counters: {counter name: policy ref}; dynamic: name -> nft type of the sets the
-    packet path fills (denied flows), whose elements are the kernel's own."""
+    str (addresses, or networks in interval sets)); chains: name -> [(comment, expr)]
+    (base chains are HOOKS); counters: {counter name: policy ref}; dynamic: name -> nft
+    type of the sets the packet path fills (denied flows)."""
     name: str
     sets: dict = field(default_factory=dict)
     chains: dict = field(default_factory=dict)
     counters: dict = field(default_factory=dict)
     dynamic: dict = field(default_factory=dict)
 
-    def shape(self) -> tuple:
-        """Everything but set elements: equal shapes differ only in elements."""
-        return (self.name, tuple(sorted((n, t, i) for n, (t, i, _) in self.sets.items())),
-                tuple(sorted((c, tuple((x, json.dumps(e, sort_keys=True)) for x, e in rules))
-                             for c, rules in self.chains.items())),
-                tuple(sorted(self.counters)), tuple(sorted(self.dynamic)))
+
+@dataclass
+class Fragment:
+    """One policy's part of the table."""
+    ref: str
+    pid: str
+    types: frozenset
+    sets: dict = field(default_factory=dict)
+    chains: dict = field(default_factory=dict)
+
+
+def rules_key(rules) -> tuple:
+    """A chain's rules as comparable data (comment and expression)."""
+    return tuple((c, json.dumps(e, sort_keys=True)) for c, e in rules)
 
 
 def _addr(version: int, field_name: str) -> dict:
@@ -99,8 +112,8 @@ def _block_networks(block) -> list:
 
 
 def _port_matches(ports) -> list:
-    """[(comment part, [expr])] one per protocol of the rule's numeric ports; [("", [])]
-    when the rule has no ports (every port of every protocol)."""
+    """[(comment part, [expr])] one per protocol of the rule's numeric ports;
+    [("any port", [])] when the rule has no ports (every port of every protocol)."""
     if not ports:
         return [("any port", [])]
     out = []
@@ -119,16 +132,11 @@ def _port_matches(ports) -> list:
     return out
 
 
-DENIAL_PROTOCOLS = {"set": ["tcp", "udp", "sctp"]}
-DENIED_RATE = 100       # new denied flows recorded per second at most
-
-
 def denied_set(direction: str, version: int) -> str:
-    return f"denied_{'in' if direction == 'ingress' else 'out'}{version}"
+    return f"denied_{_SIDES[direction][2]}{version}"
 
 
 def _record_denial(direction: str, version: int) -> list:
-    proto = PROTO[version][0]
     return [{"match": {"op": "==", "left": {"meta": {"key": "l4proto"}}, "right": DENIAL_PROTOCOLS}},
             {"match": {"op": "==", "left": {"meta": {"key": "nfproto"}}, "right": f"ipv{version}"}},
             {"limit": {"rate": DENIED_RATE, "per": "second"}},
@@ -137,69 +145,176 @@ def _record_denial(direction: str, version: int) -> list:
                 {"payload": {"protocol": "th", "field": "dport"}}]}}}]
 
 
-def plan(network: str, cluster, endpoints: dict, local_networks) -> Table:
-    """The table for this node.  cluster: policy.verdict.Cluster; endpoints: {ip: Pod} of
-    every pod address known cluster-wide; local_networks: this node's pod subnet(s)."""
-    table = Table(table_name(network))
-    local = {ip: pod for ip, pod in endpoints.items() if any(ip in net for net in local_networks)}
-    everyone = [Endpoint(ip, pod) for ip, pod in sorted(endpoints.items(), key=lambda i: (i[0].version, i[0]))]
-    chains = {"forward": [("accept replies of allowed connections",
-                           [{"match": {"op": "in", "left": {"ct": {"key": "state"}},
-                                       "right": ["established", "related"]}}, {"accept": None}])],
-              "egress": [], "ingress": []}
-    isolated = {"ingress": set(), "egress": set()}
-    drops = {"ingress": [], "egress": []}
-    for policy in cluster.policies:
-        pid = policy_id(policy.ref)
-        selected = [ip for ip, pod in local.items()
-                    if pod.namespace == policy.namespace and policy.pod_selector.matches(pod.label_map)]
-        for version in VERSIONS:
-            table.sets[f"{pid}_sel{version}"] = (PROTO[version][1], False,
-                                                 frozenset(str(ip) for ip in selected if ip.version == version))
-        table.counters[f"{pid}_drop"] = policy.ref
-        for direction, rules, letter in (("ingress", policy.ingress, "i"), ("egress", policy.egress, "e")):
-            if direction.capitalize() not in policy.types:
+def _directions(policy):
+    for direction in ("ingress", "egress"):
+        if direction.capitalize() in policy.types:
+            yield direction, policy.ingress if direction == "ingress" else policy.egress
+
+
+class _Members:
+    """The pods a plan matches selectors against, prepared once per plan: label dicts
+    built once, namespace labels looked up once (selectors run pods x policies times)."""
+
+    def __init__(self, cluster, endpoints: dict, local_networks):
+        self.cluster = cluster
+        self.ns_labels = {}
+        self.by_namespace = {}  # namespace -> [(ip, pod, labels, is_local)]
+        for ip, pod in endpoints.items():
+            if pod is None:
                 continue
-            isolated[direction].update(selected)
-            mine, theirs = ("daddr", "saddr") if direction == "ingress" else ("saddr", "daddr")
+            is_local = any(ip in net for net in local_networks)
+            self.by_namespace.setdefault(pod.namespace, []).append((ip, pod, pod.label_map, is_local))
+
+    def peer_pods(self, policy, peer):
+        """The prepared pods a selector peer of `policy` matches."""
+        if peer.namespace_selector is None:
+            spaces = [policy.namespace]
+        else:
+            spaces = [ns for ns in self.by_namespace if peer.namespace_selector.matches(self.namespace_labels(ns))]
+        for ns in spaces:
+            for entry in self.by_namespace.get(ns, ()):
+                if peer.pod_selector is None or peer.pod_selector.matches(entry[2]):
+                    yield entry
+
+    def namespace_labels(self, name: str) -> dict:
+        found = self.ns_labels.get(name)
+        if found is None:
+            found = self.ns_labels[name] = self.cluster.namespace_labels(name)
+        return found
+
+    def peer_matches(self, policy, peer, pod, labels) -> bool:
+        """verdict.Cluster._peer_matches for a selector peer, on prepared labels."""
+        if peer.namespace_selector is None:
+            if pod.namespace != policy.namespace:
+                return False
+        elif not peer.namespace_selector.matches(self.namespace_labels(pod.namespace)):
+            return False
+        return peer.pod_selector is None or peer.pod_selector.matches(labels)
+
+    def names(self, policy, pid, pod, labels, version, is_local) -> set:
+        """The pod-address sets of `policy` an address of `pod` belongs in."""
+        names = set()
+        if is_local and pod.namespace == policy.namespace and policy.pod_selector.matches(labels):
+            names.add(f"{pid}_sel{version}")
+        for direction, rules in _directions(policy):
             for index, rule in enumerate(rules):
-                peers_set = None
-                if rule.peers:
-                    peers_set = f"{pid}_{letter}{index}_"
-                    nets = []
-                    for peer in rule.peers:
-                        if peer.ip_block is not None:
-                            nets.extend(_block_networks(peer.ip_block))
-                        else:
-                            nets.extend(ipaddress.ip_network(e.ip) for e in everyone
-                                        if cluster._peer_matches(policy, peer, e))
-                    for version in VERSIONS:
-                        table.sets[f"{peers_set}{version}"] = (PROTO[version][1], True, _networks(nets, version))
+                if any(peer.ip_block is None and self.peer_matches(policy, peer, pod, labels) for peer in rule.peers):
+                    names.add(f"{pid}_{_LETTER[direction]}{index}_pods{version}")
+        return names
+
+
+def memberships(cluster, ip, pod, is_local: bool) -> set:
+    """The names of the pod-address sets `ip` (held by `pod`, None: no pod) belongs in:
+    P_sel<v> of the policies selecting it (local pods only) and P_<l><j>_pods<v> of the
+    rules whose selector peers match it.  The iso sets follow from P_sel (assemble)."""
+    if pod is None:
+        return set()
+    members, labels = _Members(cluster, {}, ()), pod.label_map
+    return set().union(*(members.names(p, policy_id(p.ref), pod, labels, ip.version, is_local)
+                         for p in cluster.policies))
+
+
+def policy_fragment(policy, cluster, endpoints: dict, local_networks, members=None) -> Fragment:
+    """The policy's sets (with their pod elements) and chains.  members: a _Members
+    shared by the fragments of one plan."""
+    members = members or _Members(cluster, endpoints, local_networks)
+    pid = policy_id(policy.ref)
+    frag = Fragment(policy.ref, pid, frozenset(policy.types))
+    for direction, rules in _directions(policy):
+        mine, theirs, suffix = _SIDES[direction]
+        chain = []
+        for index, rule in enumerate(rules):
+            base = f"{pid}_{_LETTER[direction]}{index}"
+            kinds = []
+            if any(p.ip_block is None for p in rule.peers):
+                kinds.append("pods")
+                for version in VERSIONS:
+                    frag.sets[f"{base}_pods{version}"] = (PROTO[version][1], False, frozenset())
+            blocks = [n for p in rule.peers if p.ip_block is not None for n in _block_networks(p.ip_block)]
+            if blocks:
+                kinds.append("blocks")
+                for version in VERSIONS:
+                    frag.sets[f"{base}_blocks{version}"] = (PROTO[version][1], True, _networks(blocks, version))
+            for kind in kinds or [None]:
                 for what, port_expr in _port_matches(rule.ports):
                     for version in VERSIONS:
                         expr = [_in_set(version, mine, f"{pid}_sel{version}")]
-                        if peers_set:
-                            expr.append(_in_set(version, theirs, f"{peers_set}{version}"))
-                        chains[direction].append((f"{policy.ref} {direction}[{index}] {what} IPv{version}",
-                                                  expr + port_expr + [{"return": None}]))
+                        if kind:
+                            expr.append(_in_set(version, theirs, f"{base}_{kind}{version}"))
+                        chain.append((f"{policy.ref} {direction}[{index}] {kind or 'any peer'} {what} IPv{version}",
+                                      expr + port_expr + [{"accept": None}]))
+        frag.chains[f"{pid}_{suffix}"] = chain
+    for version in VERSIONS:
+        frag.sets[f"{pid}_sel{version}"] = (PROTO[version][1], False, frozenset())
+    elements = {}
+    for ip, pod, labels, is_local in members.by_namespace.get(policy.namespace, ()):
+        if is_local and policy.pod_selector.matches(labels):
+            elements.setdefault(f"{pid}_sel{ip.version}", set()).add(str(ip))
+    for direction, rules in _directions(policy):
+        for index, rule in enumerate(rules):
+            base = f"{pid}_{_LETTER[direction]}{index}_pods"
+            for peer in rule.peers:
+                if peer.ip_block is None:
+                    for ip, _, _, _ in members.peer_pods(policy, peer):
+                        elements.setdefault(f"{base}{ip.version}", set()).add(str(ip))
+    for name, found in elements.items():
+        kind, interval, _ = frag.sets[name]
+        frag.sets[name] = (kind, interval, frozenset(found))
+    return frag
+
+
+def assemble(network: str, fragments) -> Table:
+    """The whole table from the policies' fragments (in policy order)."""
+    table = Table(table_name(network))
+    fragments = sorted(fragments, key=lambda f: f.ref)
+    isolated = {"ingress": {4: set(), 6: set()}, "egress": {4: set(), 6: set()}}
+    dispatch = {"ingress": [], "egress": []}
+    drops = {"ingress": [], "egress": []}
+    for frag in fragments:
+        table.sets.update(frag.sets)
+        table.chains.update(frag.chains)
+        table.counters[f"{frag.pid}_drop"] = frag.ref
+        for direction in ("ingress", "egress"):
+            if direction.capitalize() not in frag.types:
+                continue
+            mine, _, suffix = _SIDES[direction]
             for version in VERSIONS:
-                drops[direction].append((f"{policy.ref} isolates IPv{version}",
-                                         [_in_set(version, mine, f"{pid}_sel{version}"),
-                                          {"counter": f"{pid}_drop"}]))
-    for direction, letters in (("egress", "out"), ("ingress", "in")):
-        mine = "saddr" if direction == "egress" else "daddr"
+                sel = f"{frag.pid}_sel{version}"
+                isolated[direction][version].update(frag.sets[sel][2])
+                dispatch[direction].append((f"{frag.ref} {direction} IPv{version}",
+                                            [_in_set(version, mine, sel), {"jump": {"target": f"{frag.pid}_{suffix}"}}]))
+                drops[direction].append((f"{frag.ref} isolates IPv{version}",
+                                         [_in_set(version, mine, sel), {"counter": f"{frag.pid}_drop"}]))
+    established = ("accept replies of allowed connections",
+                   [{"match": {"op": "in", "left": {"ct": {"key": "state"}}, "right": ["established", "related"]}},
+                    {"accept": None}])
+    for hook, (direction, _) in HOOKS.items():
+        mine, _, suffix = _SIDES[direction]
+        rules = [established]
         for version in VERSIONS:
-            table.sets[f"iso_{letters}{version}"] = (PROTO[version][1], False, frozenset(
-                str(ip) for ip in isolated[direction] if ip.version == version))
-            chains["forward"].append((f"{direction} of isolated pods IPv{version}",
-                                      [_in_set(version, mine, f"iso_{letters}{version}"),
-                                       {"jump": {"target": direction}}]))
-        chains[direction].extend(drops[direction])
+            table.sets[f"iso_{suffix}{version}"] = (PROTO[version][1], False,
+                                                     frozenset(isolated[direction][version]))
+            rules.append((f"{direction} of isolated pods IPv{version}",
+                          [_in_set(version, mine, f"iso_{suffix}{version}"), {"jump": {"target": direction}}]))
+        table.chains[hook] = rules
+        chain = dispatch[direction] + drops[direction]
         for version in VERSIONS:
             table.dynamic[denied_set(direction, version)] = [PROTO[version][1], PROTO[version][1],
                                                              "inet_proto", "inet_service"]
-            chains[direction].append((f"record denied {direction} flows IPv{version}",
-                                      _record_denial(direction, version)))
-        chains[direction].append((f"{direction} denied", [{"drop": None}]))
-    table.chains = chains
+            chain.append((f"record denied {direction} flows IPv{version}", _record_denial(direction, version)))
+        chain.append((f"{direction} denied", [{"drop": None}]))
+        table.chains[direction] = chain
     return table
+
+
+def plan(network: str, cluster, endpoints: dict, local_networks) -> Table:
+    """The table for this node.  cluster: policy.verdict.Cluster; endpoints: {ip: Pod} of
+    every pod address known cluster-wide; local_networks: this node's pod subnet(s)."""
+    members = _Members(cluster, endpoints, local_networks)
+    return assemble(network, [policy_fragment(p, cluster, endpoints, local_networks, members)
+                              for p in cluster.policies])
+
+
+def prepare(cluster, endpoints: dict, local_networks):
+    """What the fragments of one plan share (pass to policy_fragment)."""
+    return _Members(cluster, endpoints, local_networks)

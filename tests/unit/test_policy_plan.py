@@ -7,6 +7,7 @@ import json
 import pytest
 
 from cni_plugin.cli import policy_cmds
+from cni_plugin.datapath import policy_table
 from cni_plugin.policy import compile as plan_mod
 from cni_plugin.policy.objects import IpBlock
 from cni_plugin.policy.state import PolicyState
@@ -42,7 +43,8 @@ def test_rule_count_grows_with_policies_not_pods():
     a = plan_mod.plan("weft", small.cluster(), small.endpoints(), LOCAL)
     b = plan_mod.plan("weft", large.cluster(), large.endpoints(), LOCAL)
     assert _rules(a) == _rules(b)
-    assert a.shape() == b.shape()  # pods only change elements: an element update, no rebuild
+    verbs = {(verb, next(iter(obj))) for command in policy_table._changes(b, a) for verb, obj in command.items()}
+    assert verbs <= {("add", "element"), ("delete", "element")}  # pods only change elements
     more = _state(10, 40)
     assert _rules(plan_mod.plan("weft", more.cluster(), more.endpoints(), LOCAL)) > _rules(a)
 
@@ -53,7 +55,8 @@ def test_only_local_pods_are_selected_and_remote_ones_are_peers():
     pid = plan_mod.policy_id("x/p0")
     assert table.sets[f"{pid}_sel4"][2] == frozenset({"10.244.1.10"})  # pod0 (app a0) only
     assert table.sets["iso_in4"][2] == frozenset({"10.244.1.10"})
-    assert table.sets[f"{pid}_i0_4"][2] == frozenset({"10.244.1.10/31", "10.244.2.10/31"})  # every pod of x
+    assert table.sets[f"{pid}_i0_pods4"][2] == frozenset(  # every pod of x, wherever it runs
+        {"10.244.1.10", "10.244.1.11", "10.244.2.10", "10.244.2.11"})
 
 
 def test_ipblock_except_leaves_holes():
@@ -98,10 +101,27 @@ def test_apply_refuses_bad_files_without_touching_etcd(tmp_path, capsys, text, w
     assert words in err and str(path) in err, err
 
 
-def test_a_port_change_is_a_new_shape():
-    state = _state(4, 1)
+def test_a_port_change_refills_only_that_policys_chain():
+    state = _state(4, 2)
     before = plan_mod.plan("weft", state.cluster(), state.endpoints(), LOCAL)
     state.put_object(*_policy("p0", "x", {"podSelector": {"matchLabels": {"app": "a0"}},
                                           "ingress": [{"from": [{"podSelector": {}}], "ports": [{"port": 81}]}]}))
     after = plan_mod.plan("weft", state.cluster(), state.endpoints(), LOCAL)
-    assert before.shape() != after.shape()  # applied as a rebuild, never as "unchanged"
+    flushed = [c["flush"]["chain"]["name"] for c in policy_table._changes(after, before) if "flush" in c]
+    assert flushed == [f"{plan_mod.policy_id('x/p0')}_in"]
+
+
+def test_membership_updates_match_a_full_plan():
+    state = _state(20, 10)
+    frags = {p.ref: plan_mod.policy_fragment(p, state.cluster(), state.endpoints(), LOCAL)
+             for p in state.cluster().policies}
+    ip = ipaddress.ip_address("10.244.1.200")
+    state.record({"event": "allocate", "ip": str(ip), "podNamespace": "x", "podName": "pod3", "ts": "99"})
+    wanted = plan_mod.memberships(state.cluster(), ip, state.pod("x", "pod3"), True)
+    for frag in frags.values():
+        for name, (kind, interval, elements) in list(frag.sets.items()):
+            if name in wanted:
+                frag.sets[name] = (kind, interval, elements | {str(ip)})
+    incremental = plan_mod.assemble("weft", frags.values())
+    full = plan_mod.plan("weft", state.cluster(), state.endpoints(), LOCAL)
+    assert incremental.sets == full.sets and wanted

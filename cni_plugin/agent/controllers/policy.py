@@ -4,9 +4,10 @@ Inputs (etcd mode, `--policy-source etcd`, the default): the objects `weftctl ap
 stores under <prefix>/policy/, and the allocation records every node publishes
 (history controller) plus this node's own IPAM journal, which say which pod
 (K8S_POD_NAMESPACE/K8S_POD_NAME of its ADD) holds which address.  Both are listed,
-then watched; every change replans the table (policy/compile.py, pure) and applies
-the difference (datapath/policy_table.py: element changes when only pods moved, one
-atomic rebuild when policies changed).
+then watched.  A policy change replans that policy's fragment (its sets and chain,
+policy/compile.py, pure); a pod change (allocation record, Pod labels) recomputes that
+address's set memberships; a Namespace change replans everything.  The difference to
+what the kernel holds is applied as one transaction (datapath/policy_table.py).
 
 The controller runs its own thread, so a slow etcd or a large replan never delays
 the lease and overlay controllers.  The fast path: an ADD served by this agent calls
@@ -21,6 +22,7 @@ the restarted agent replans from etcd.  Per-policy drop counters are harvested i
 weft_policy_drops_total{network,policy}.
 """
 
+import ipaddress
 import json
 import os
 import queue
@@ -61,6 +63,7 @@ class PolicyController(Controller):
         self.state = PolicyState()
         self.loaded = threading.Event()
         self.applied = None        # the Table last programmed
+        self.fragments = {}        # policy ref -> compile.Fragment
         self.local = ()            # this node's pod subnets
         self.events = queue.Queue()
         self.stopping = threading.Event()
@@ -89,12 +92,11 @@ class PolicyController(Controller):
         if not self.loaded.wait(READY_WAIT):
             raise RuntimeError(f"the policy objects are not loaded yet ({self.problem or 'starting'})")
         with self.lock:
-            changed = False
-            for ip in ips:
-                changed |= self.state.record({"event": "allocate", "ip": str(ip), "podNamespace": namespace,
-                                              "podName": name, "node": self.agent.node.name})
+            changed = [ip for ip in ips if self.state.record({
+                "event": "allocate", "ip": str(ip), "podNamespace": namespace, "podName": name,
+                "node": self.agent.node.name})]
             if changed:
-                self._program("attach")
+                self._addresses_changed(changed, "attach")
 
     def close(self):
         self.stopping.set()
@@ -203,14 +205,16 @@ class PolicyController(Controller):
             self._handle(batch)
 
     def _handle(self, batch):
-        changed = False
+        everything, refs, addresses = False, set(), set()
         with self.lock:
+            generation = self.state.generation
             for source, kind, key, value, revision in batch:
                 if source == "stop":
                     return
                 if kind == _RESYNC:
                     raise _Relist()
                 if source == "objects":
+                    before = self.state.objects.get(key)
                     if kind == "put":
                         self.state.put_object(key, value, revision)
                         if key in self.state.rejected:
@@ -218,28 +222,77 @@ class PolicyController(Controller):
                                                  extra=self.agent.extra())
                     else:
                         self.state.delete_object(key, revision)
-                    changed = True
+                    kind_name = key.split("/", 1)[0]
+                    if kind_name == "NetworkPolicy":
+                        refs.add(key.split("/", 1)[1])
+                    elif kind_name == "Pod":
+                        ns_name = tuple(key.split("/")[1:3])
+                        addresses.update(ip for ip, h in self.state.holders.items() if h[:2] == ns_name)
+                    elif before is not None or key in self.state.objects:
+                        everything = True
                 elif kind == "put":
                     try:
                         record = json.loads(value)
-                    except ValueError:
+                        ip = ipaddress.ip_address(str(record.get("ip")))
+                    except (ValueError, AttributeError):
                         continue
-                    if isinstance(record, dict):
-                        changed |= self.state.record(record)
-            if changed:
+                    if self.state.record(record):
+                        addresses.add(ip)
+            if everything or self.applied is None:
                 self._program("watch")
-        if changed:
+            elif refs:
+                self._program("watch", refs)
+            if addresses and not everything:
+                self._addresses_changed(addresses, "watch")
+            elif generation != self.state.generation and not (everything or refs):
+                self._log_programmed("watch", "unchanged")  # e.g. a Pod object of no pod here
+        if everything or refs or addresses:
             self._write_status()
 
     # -- kernel ----------------------------------------------------------------------
-    def _plan(self):
-        return policy_compile.plan(self.agent.name, self.state.cluster(), self.state.endpoints(), self.local)
-
-    def _program(self, why: str):
-        """Replan and apply (the caller holds the lock)."""
+    def _program(self, why: str, refs=None):
+        """Replan the fragments of `refs` (policy refs; None: all) and apply (the caller
+        holds the lock)."""
         started = time.monotonic()
-        table = self._plan()
-        if self.applied is None or self.applied.shape() != table.shape():
+        cluster, endpoints = self.state.cluster(), self.state.endpoints()
+        members = policy_compile.prepare(cluster, endpoints, self.local)
+        if refs is None or self.applied is None:
+            self.fragments = {p.ref: policy_compile.policy_fragment(p, cluster, endpoints, self.local, members)
+                              for p in cluster.policies}
+        else:
+            policies = {p.ref: p for p in cluster.policies}
+            for ref in refs:
+                if ref in policies:
+                    self.fragments[ref] = policy_compile.policy_fragment(policies[ref], cluster, endpoints,
+                                                                         self.local, members)
+                else:
+                    self.fragments.pop(ref, None)
+        self._apply(policy_compile.assemble(self.agent.name, self.fragments.values()), why, started)
+
+    def _addresses_changed(self, addresses, why: str):
+        """Recompute the set memberships of these addresses only (a pod came, went or
+        changed labels); the caller holds the lock."""
+        if self.applied is None:
+            self._program(why)
+            return
+        started = time.monotonic()
+        cluster, by_pid = self.state.cluster(), {f.pid: f for f in self.fragments.values()}
+        for ip in addresses:
+            holder = self.state.holders.get(ip)
+            pod = self.state.pod(holder[0], holder[1]) if holder else None
+            wanted = policy_compile.memberships(cluster, ip, pod, any(ip in n for n in self.local))
+            text = str(ip)
+            for frag in by_pid.values():
+                for name, (kind, interval, elements) in list(frag.sets.items()):
+                    if interval:
+                        continue
+                    inside, should = text in elements, name in wanted
+                    if inside != should:
+                        frag.sets[name] = (kind, interval, elements | {text} if should else elements - {text})
+        self._apply(policy_compile.assemble(self.agent.name, self.fragments.values()), why, started)
+
+    def _apply(self, table, why: str, started: float):
+        if self.applied is None:
             self._harvest(reset=True)
             self._collect_denials()  # a rebuild empties the denied-flow sets
         outcome = policy_table.apply(table, self.applied)
@@ -247,9 +300,12 @@ class PolicyController(Controller):
         self.last_program_ms = round((time.monotonic() - started) * 1000, 2)
         if outcome != "unchanged":
             self.agent.metrics.policy_programmed.labels(self.agent.name, outcome).inc()
-            level = self.agent.log.info if why in ("watch", "sync") else self.agent.log.debug
-            level("policy programmed", extra=self.agent.extra(
-                policyGeneration=str(self.state.generation), change=outcome, why=why, ms=self.last_program_ms))
+        self._log_programmed(why, outcome)
+
+    def _log_programmed(self, why: str, outcome: str):
+        level = self.agent.log.info if why in ("watch", "sync") else self.agent.log.debug
+        level("policy programmed", extra=self.agent.extra(policyGeneration=str(self.state.generation),
+                                                          change=outcome, why=why, ms=self.last_program_ms))
 
     def _harvest(self, reset=False):
         """Add the drop counters' growth to the metric (reset: the table is about to be
