@@ -9,6 +9,7 @@ One JSON request per stdin line, one JSON answer per stdout line:
   {"op": "revoke", "id": ID}                                -> {"t0": .., "t1": ..}
   {"op": "put_objects", "items": [[kind, ns, name, json]]}  -> {"revision": R, "t0": .., "t1": ..}
   {"op": "put_history", "network": N, "node": X, "records": [...]} -> {"stored": n}
+  {"op": "delete_objects", "items": [[kind, ns, name]]}     -> {"deleted": n}
 t0/t1 are time.time() just before and just after the etcd call: the same clock as
 the agents' log timestamps.  The connection is made before the first timed call.
 """
@@ -43,6 +44,8 @@ def main() -> int:
                 t0 = time.time()
                 revision = registry.put_policy_objects([tuple(item) for item in request["items"]])
                 answer = {"revision": revision, "t0": t0, "t1": time.time()}
+            elif op == "delete_objects":
+                answer = {"deleted": registry.delete_policy_objects([tuple(i) for i in request["items"]])}
             elif op == "put_history":
                 answer = {"stored": registry.put_history(request["network"], request["node"], request["records"])}
             else:
