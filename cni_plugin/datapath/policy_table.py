@@ -96,7 +96,8 @@ def _changes(table, previous) -> list:
             commands.append(_chain_command(t, chain))
     for chain, rules in table.chains.items():
         if chain in previous.chains:
-            if rules_key(rules) == rules_key(previous.chains[chain]):
+            before = previous.chains[chain]
+            if rules is before or rules_key(rules) == rules_key(before):
                 continue
             commands.append({"flush": {"chain": {"family": FAMILY, "table": t, "name": chain}}})
         commands += _rule_commands(t, chain, rules)

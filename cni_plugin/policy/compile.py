@@ -67,6 +67,7 @@ class Table:
     chains: dict = field(default_factory=dict)
     counters: dict = field(default_factory=dict)
     dynamic: dict = field(default_factory=dict)
+    signature: tuple = ()  # the fragments' (ref, id, types) the dispatch chains were made for
 
 
 @dataclass
@@ -263,10 +264,13 @@ def policy_fragment(policy, cluster, endpoints: dict, local_networks, members=No
     return frag
 
 
-def assemble(network: str, fragments) -> Table:
-    """The whole table from the policies' fragments (in policy order)."""
+def assemble(network: str, fragments, previous=None) -> Table:
+    """The whole table from the policies' fragments (in policy order).  previous: the
+    table assembled last; its dispatch chains are reused (the very same lists) when the
+    same policies with the same types are there, so comparing chains stays cheap."""
     table = Table(table_name(network))
     fragments = sorted(fragments, key=lambda f: f.ref)
+    table.signature = tuple((f.ref, f.pid, f.types) for f in fragments)
     isolated = {"ingress": {4: set(), 6: set()}, "egress": {4: set(), 6: set()}}
     dispatch = {"ingress": [], "egress": []}
     drops = {"ingress": [], "egress": []}
@@ -304,6 +308,8 @@ def assemble(network: str, fragments) -> Table:
             chain.append((f"record denied {direction} flows IPv{version}", _record_denial(direction, version)))
         chain.append((f"{direction} denied", [{"drop": None}]))
         table.chains[direction] = chain
+        if previous is not None and previous.signature == table.signature and previous.name == table.name:
+            table.chains[hook], table.chains[direction] = previous.chains[hook], previous.chains[direction]
     return table
 
 

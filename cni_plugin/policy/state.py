@@ -39,15 +39,17 @@ class PolicyState:
         self.rejected = {}   # key suffix -> reason
         self.holders = {}    # ip address -> (namespace, name, node)
         self.generation = 0  # store revision of the newest object change applied
+        self._cluster = None  # the verdict model, until an object changes
 
     # -- objects ----------------------------------------------------------------
     def load_objects(self, rows, revision: int = 0) -> None:
-        self.objects, self.rejected = {}, {}
+        self.objects, self.rejected, self._cluster = {}, {}, None
         for suffix, text in rows:
             self.put_object(suffix, text)
         self.generation = max(self.generation, revision)
 
     def put_object(self, suffix: str, text: str, revision: int = 0) -> None:
+        self._cluster = None
         try:
             raw = json.loads(text)
             obj = parse_object(raw)
@@ -62,6 +64,7 @@ class PolicyState:
         self.generation = max(self.generation, revision)
 
     def delete_object(self, suffix: str, revision: int = 0) -> None:
+        self._cluster = None
         self.objects.pop(suffix, None)
         self.rejected.pop(suffix, None)
         self.generation = max(self.generation, revision)
@@ -102,7 +105,9 @@ class PolicyState:
         return found if found is not None else Pod(namespace, name, ())
 
     def cluster(self) -> Cluster:
-        return Cluster(self._of(Namespace), self.policies)
+        if self._cluster is None:
+            self._cluster = Cluster(self._of(Namespace), self.policies)
+        return self._cluster
 
     def endpoints(self) -> dict:
         """{ip address: Pod} of every address a pod holds."""

@@ -74,6 +74,7 @@ class PolicyController(Controller):
         self.bridge_problem = None
         self.counted = {}          # counter name -> packets already in the metric
         self.last_program_ms = None
+        self.objects_source = None  # the registry (etcd mode) or a KubeSource
         self.seen_denials = {}     # (set, flow) -> monotonic time its element expires
         self.denials = 0
 
@@ -110,7 +111,7 @@ class PolicyController(Controller):
             return {"policy": {"source": "none"}}
         applied = self.applied
         return {"policy": {
-            "source": "etcd", "generation": self.state.generation,
+            "source": self.agent.options.policy_source, "generation": self.state.generation,
             "table": f"{policy_compile.FAMILY} {policy_compile.table_name(self.agent.name)}",
             "policies": len(self.state.policies),
             "knownPods": len(self.state.holders),
@@ -165,7 +166,14 @@ class PolicyController(Controller):
             if self.bridge_problem is None:
                 agent.log.error(f"same-node pod traffic is not policed: {exc}", extra=agent.extra())
             self.bridge_problem = f"same-node traffic not policed: {exc}"
-        rows, revision = registry.list_policy_objects()
+        if self.objects_source is None:
+            self.objects_source = registry
+            if agent.options.policy_source == "kubernetes":
+                from ..kube_source import KubeSource
+
+                self.objects_source = KubeSource(agent.options.kube_api_server or None,
+                                                 agent.options.kube_serviceaccount_dir)
+        rows, revision = self.objects_source.list_policy_objects()
         records, history_revision = registry.list_history(agent.name)
         with self.lock:
             self.state.load_objects(rows, revision)
@@ -175,7 +183,7 @@ class PolicyController(Controller):
             self._program("sync")
         self.problem = None
         self.loaded.set()
-        self.cancels.append(registry.watch_policy_objects(
+        self.cancels.append(self.objects_source.watch_policy_objects(
             revision + 1, lambda *event: self.events.put(("objects", *event))))
         self.cancels.append(registry.watch_history(
             agent.name, history_revision + 1, lambda *event: self.events.put(("history", *event))))
@@ -267,7 +275,7 @@ class PolicyController(Controller):
                                                                          self.local, members)
                 else:
                     self.fragments.pop(ref, None)
-        self._apply(policy_compile.assemble(self.agent.name, self.fragments.values()), why, started)
+        self._apply(policy_compile.assemble(self.agent.name, self.fragments.values(), self.applied), why, started)
 
     def _addresses_changed(self, addresses, why: str):
         """Recompute the set memberships of these addresses only (a pod came, went or
@@ -289,7 +297,7 @@ class PolicyController(Controller):
                     inside, should = text in elements, name in wanted
                     if inside != should:
                         frag.sets[name] = (kind, interval, elements | {text} if should else elements - {text})
-        self._apply(policy_compile.assemble(self.agent.name, self.fragments.values()), why, started)
+        self._apply(policy_compile.assemble(self.agent.name, self.fragments.values(), self.applied), why, started)
 
     def _apply(self, table, why: str, started: float):
         if self.applied is None:
