@@ -219,8 +219,13 @@ def convergence(ctx, node_count: int, leases: int) -> dict:
                                   "mean": round(sum(rss) / len(rss), 1) if rss else None,
                                   "pids_are_weftd": all_weftd}}
     finally:
-        if writer is not None:
-            writer.close()
-        _stop_agents(nodes)
-        ctx.record(cluster.namespace_names())
-        cluster.cleanup()
+        teardown(ctx, cluster, nodes, writer)
+
+
+def teardown(ctx, cluster, nodes, writer) -> None:
+    """A figure's cluster goes: the writer, every agent (by PID), its namespaces."""
+    if writer is not None:
+        writer.close()
+    _stop_agents(nodes)
+    ctx.record(cluster.namespace_names())
+    cluster.cleanup()

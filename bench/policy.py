@@ -25,7 +25,7 @@ import time
 from lab.cluster import Cluster, wait_for
 
 from .context import percentile, rss_mib
-from .convergence import LogFollower, Writer, _stats, _stop_agents
+from .convergence import LogFollower, Writer, _stats, teardown
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NETWORK = {"Network": "10.64.0.0/10", "SubnetLen": 20, "Backend": {"Type": "vxlan", "VNI": 1}}
@@ -165,8 +165,4 @@ def policy(ctx, node_count: int, pods: int, policies: int, changes: int, adds: i
                                           "ratio": round(policy_tcp / baseline_tcp, 3) if baseline_tcp else None},
                 "agent_rss_mib": {"max": max(rss) if rss else None}}
     finally:
-        if writer is not None:
-            writer.close()
-        _stop_agents(nodes)
-        ctx.record(cluster.namespace_names())
-        cluster.cleanup()
+        teardown(ctx, cluster, nodes, writer)

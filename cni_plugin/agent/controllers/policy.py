@@ -198,8 +198,7 @@ class PolicyController(Controller):
                 batch = [self.events.get(timeout=max(0.0, min(due, due_denials) - time.monotonic()))]
             except queue.Empty:
                 if time.monotonic() >= due_denials:
-                    with self.lock:
-                        self._collect_denials()
+                    self._collect_denials()
                     due_denials = time.monotonic() + DENIAL_POLL
                 if time.monotonic() >= due:
                     self._reconcile()
@@ -301,8 +300,7 @@ class PolicyController(Controller):
 
     def _apply(self, table, why: str, started: float):
         if self.applied is None:
-            self._harvest(reset=True)
-            self._collect_denials()  # a rebuild empties the denied-flow sets
+            self.counted = {}  # a rebuilt table's counters start from 0
         outcome = policy_table.apply(table, self.applied)
         self.applied = table
         self.last_program_ms = round((time.monotonic() - started) * 1000, 2)
@@ -336,7 +334,8 @@ class PolicyController(Controller):
 
     def _collect_denials(self):
         """Turn flows new in the denied-flow sets into journal records naming both
-        workloads and the isolating policies (the caller holds the lock)."""
+        workloads and the isolating policies.  Reads the kernel without the lock (the
+        fast path must not wait for it); only the controller's thread calls this."""
         applied = self.applied
         if applied is None:
             return
@@ -345,6 +344,10 @@ class PolicyController(Controller):
         except DatapathError as exc:
             self.agent.log.warning(f"denied flows not read: {exc}", extra=self.agent.extra())
             return
+        with self.lock:
+            self._denials_of(flows)
+
+    def _denials_of(self, flows):
         now = time.monotonic()
         records = []
         current = {}
@@ -398,11 +401,18 @@ class PolicyController(Controller):
                                 extra=self.agent.extra())
 
     def _reconcile(self):
+        applied = self.applied
+        if applied is None:
+            return
+        try:  # the listing runs without the lock: an ADD meanwhile must not wait for it
+            problems = policy_table.inspect(applied)
+        except DatapathError as exc:
+            self.agent.log.error(f"policy table not read: {exc}", extra=self.agent.extra())
+            return
         with self.lock:
-            if self.applied is None:
+            if self.applied is not applied:  # changed meanwhile: the next pass compares again
                 return
             try:
-                problems = policy_table.inspect(self.applied)
                 if problems:
                     self._harvest(reset=True)
                     policy_table.apply(self.applied, None)
