@@ -124,6 +124,11 @@ def _changes(table, previous) -> list:
     return commands + late + element_commands(t, kinds, adds, removes)
 
 
+def run(commands: list) -> None:
+    """Run element_commands() (one transaction)."""
+    nft.run(commands)
+
+
 def apply(table, previous=None) -> str:
     """Program `table`; previous: the Table the kernel holds (None: unknown, rebuild).
     Returns "unchanged", "changed" or "rebuilt"; always one transaction."""

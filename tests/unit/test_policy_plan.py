@@ -125,3 +125,10 @@ def test_membership_updates_match_a_full_plan():
     incremental = plan_mod.assemble("weft", frags.values())
     full = plan_mod.plan("weft", state.cluster(), state.endpoints(), LOCAL)
     assert incremental.sets == full.sets and wanted
+
+
+def test_iso_sets_follow_the_selecting_policies():
+    state = _state(4, 3)
+    table = plan_mod.plan("weft", state.cluster(), state.endpoints(), LOCAL)
+    selected = set().union(*(e for n, (_, _, e) in table.sets.items() if n.endswith("_sel4")))
+    assert table.sets["iso_in4"][2] == selected and table.sets["iso_out4"][2] == frozenset()

@@ -22,6 +22,7 @@ the restarted agent replans from etcd.  Per-policy drop counters are harvested i
 weft_policy_drops_total{network,policy}.
 """
 
+import dataclasses
 import ipaddress
 import json
 import os
@@ -283,20 +284,41 @@ class PolicyController(Controller):
             self._program(why)
             return
         started = time.monotonic()
-        cluster, by_pid = self.state.cluster(), {f.pid: f for f in self.fragments.values()}
+        cluster, applied = self.state.cluster(), self.applied
+        sets = dict(applied.sets)
+        adds, removes = {}, {}
         for ip in addresses:
             holder = self.state.holders.get(ip)
             pod = self.state.pod(holder[0], holder[1]) if holder else None
             wanted = policy_compile.memberships(cluster, ip, pod, any(ip in n for n in self.local))
             text = str(ip)
-            for frag in by_pid.values():
+            isolated = {"in": False, "out": False}
+            for frag in self.fragments.values():
                 for name, (kind, interval, elements) in list(frag.sets.items()):
                     if interval:
                         continue
                     inside, should = text in elements, name in wanted
                     if inside != should:
-                        frag.sets[name] = (kind, interval, elements | {text} if should else elements - {text})
-        self._apply(policy_compile.assemble(self.agent.name, self.fragments.values(), self.applied), why, started)
+                        frag.sets[name] = sets[name] = (kind, interval,
+                                                        elements | {text} if should else elements - {text})
+                        (adds if should else removes).setdefault(name, set()).add(text)
+                if f"{frag.pid}_sel{ip.version}" in wanted:
+                    isolated["in"] |= "Ingress" in frag.types
+                    isolated["out"] |= "Egress" in frag.types
+            for suffix, should in isolated.items():  # the iso sets follow from the P_sel sets
+                name = f"iso_{suffix}{ip.version}"
+                kind, interval, elements = sets[name]
+                if (text in elements) != should:
+                    sets[name] = (kind, interval, elements | {text} if should else elements - {text})
+                    (adds if should else removes).setdefault(name, set()).add(text)
+        commands = policy_table.element_commands(applied.name, {n: False for n in {*adds, *removes}}, adds, removes)
+        if commands:
+            policy_table.run(commands)
+        self.applied = dataclasses.replace(applied, sets=sets)
+        self.last_program_ms = round((time.monotonic() - started) * 1000, 2)
+        if commands:
+            self.agent.metrics.policy_programmed.labels(self.agent.name, "elements").inc()
+        self._log_programmed(why, "elements" if commands else "unchanged")
 
     def _apply(self, table, why: str, started: float):
         if self.applied is None:
