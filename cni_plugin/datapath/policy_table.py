@@ -19,6 +19,9 @@ FAMILY = "inet"
 
 
 def _element(value: str, interval: bool):
+    if " . " in value:  # address . protocol . port (named ports)
+        address, protocol, port = value.split(" . ")
+        return {"concat": [address, protocol, int(port)]}
     if interval and "/" in value:
         addr, _, length = value.partition("/")
         return {"prefix": {"addr": addr, "len": int(length)}}

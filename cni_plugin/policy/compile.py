@@ -27,8 +27,9 @@ cross-node (VXLAN, host-gw) flows meet the same rules.  Traffic the node itself 
 
 A policy's sets, chains and counter form its Fragment; a table is assembled from
 fragments, so a policy change replans one fragment, and a pod change is a handful of
-set elements (memberships()).  Named ports (a rule port given by name) are not
-programmed: such a port allows nothing in the kernel (see the README's limits).
+set elements (memberships()).  A named port is a set of `address . protocol . port`
+of the pods defining that name (the fragment is marked `named` and replanned when
+pods change).
 """
 
 import hashlib
@@ -72,12 +73,15 @@ class Table:
 
 @dataclass
 class Fragment:
-    """One policy's part of the table."""
+    """One policy's part of the table.  named: it has a named port, whose elements
+    (address . protocol . port of the pods defining the name) follow Pod objects, so
+    the fragment is replanned when pods change."""
     ref: str
     pid: str
     types: frozenset
     sets: dict = field(default_factory=dict)
     chains: dict = field(default_factory=dict)
+    named: bool = False
 
 
 def rules_key(rules) -> tuple:
@@ -236,14 +240,40 @@ def policy_fragment(policy, cluster, endpoints: dict, local_networks, members=No
                 kinds.append("blocks")
                 for version in VERSIONS:
                     frag.sets[f"{base}_blocks{version}"] = (PROTO[version][1], True, _networks(blocks, version))
+            named = sorted({(p.protocol, p.port) for p in rule.ports if isinstance(p.port, str)})
+            port_variants = _port_matches([p for p in rule.ports if not isinstance(p.port, str)]) \
+                if len(named) < len(rule.ports) else []
+            if named:  # the destination pod's own port of that name (theirs for egress, ours for ingress)
+                frag.named = True
+                for version in VERSIONS:
+                    np_name = f"{base}_np{version}"
+                    found = set()
+                    for entries in members.by_namespace.values():
+                        for ip, pod, _, is_local in entries:
+                            if ip.version != version or (direction == "ingress" and not is_local):
+                                continue
+                            for protocol, port_name in named:
+                                number = pod.named_port(port_name, protocol)
+                                if number is not None:
+                                    found.add(f"{ip} . {L4[protocol]} . {number}")
+                    frag.sets[np_name] = ([PROTO[version][1], "inet_proto", "inet_service"], False, frozenset(found))
+                port_variants.append(("named port", "np"))
             for kind in kinds or [None]:
-                for what, port_expr in _port_matches(rule.ports):
+                for what, port_expr in port_variants or [("any port", [])]:
+                    if port_expr == "np":
+                        port_expr = None
                     for version in VERSIONS:
                         expr = [_in_set(version, mine, f"{pid}_sel{version}")]
                         if kind:
                             expr.append(_in_set(version, theirs, f"{base}_{kind}{version}"))
+                        if port_expr is None:
+                            port_expr_v = [{"match": {"op": "==", "left": {"concat": [
+                                _addr(version, "daddr"), {"meta": {"key": "l4proto"}},
+                                {"payload": {"protocol": "th", "field": "dport"}}]}, "right": f"@{base}_np{version}"}}]
+                        else:
+                            port_expr_v = port_expr
                         chain.append((f"{policy.ref} {direction}[{index}] {kind or 'any peer'} {what} IPv{version}",
-                                      expr + port_expr + [{"accept": None}]))
+                                      expr + port_expr_v + [{"accept": None}]))
         frag.chains[f"{pid}_{suffix}"] = chain
     for version in VERSIONS:
         frag.sets[f"{pid}_sel{version}"] = (PROTO[version][1], False, frozenset())

@@ -37,8 +37,13 @@ def namespace(name, **labels):
 
 
 def pod(ns, name, **labels):
-    return {"apiVersion": "v1", "kind": "Pod",
-            "metadata": {"namespace": ns, "name": name, "labels": {"pod": name, **labels}}}
+    """Pods a and c name their ports (http = TCP 80, alt = UDP 81); b names none."""
+    doc = {"apiVersion": "v1", "kind": "Pod", "metadata": {"namespace": ns, "name": name,
+                                                         "labels": {"pod": name, **labels}}}
+    if name in ("a", "c"):
+        doc["spec"] = {"containers": [{"name": "app", "ports": [
+            {"name": "http", "containerPort": 80}, {"name": "alt", "containerPort": 81, "protocol": "UDP"}]}]}
+    return doc
 
 
 def policy(name, ns="x", select=None, ingress=None, egress=None, types=None):
@@ -268,6 +273,11 @@ SCENARIOS = {
         policy("inx", "x", ingress=[{"from": [{"namespaceSelector": labels(ns="y")}]}]),
         policy("outy", "y", egress=[{"to": [{"namespaceSelector": labels(ns="z")}]}], types=["Egress"])],
     "a policy for one pod leaves its neighbours open": [policy("onlyb", "z", select=labels(pod="b"), ingress=[])],
+    "named port http from namespace y": [policy("http", "x", ingress=[{
+        "from": [{"namespaceSelector": labels(ns="y")}], "ports": [{"port": "http"}]}])],
+    "named UDP port alt plus TCP 81": [policy("alt", "z", ingress=[{
+        "ports": [{"protocol": "UDP", "port": "alt"}, {"port": 81}]}])],
+    "egress to named port http": [policy("tohttp", "y", egress=[{"ports": [{"port": "http"}]}], types=["Egress"])],
     "deny all ingress cluster-wide except from x": [
         policy("dx", "x", ingress=[{"from": [X_ONLY]}]), policy("dy", "y", ingress=[{"from": [X_ONLY]}]),
         policy("dz", "z", ingress=[{"from": [X_ONLY]}])],

@@ -318,7 +318,11 @@ class PolicyController(Controller):
         self.last_program_ms = round((time.monotonic() - started) * 1000, 2)
         if commands:
             self.agent.metrics.policy_programmed.labels(self.agent.name, "elements").inc()
-        self._log_programmed(why, "elements" if commands else "unchanged")
+        named = [f.ref for f in self.fragments.values() if f.named]
+        if named:  # named ports follow the pods' container ports: replan those policies
+            self._program(why, named)
+        else:
+            self._log_programmed(why, "elements" if commands else "unchanged")
 
     def _apply(self, table, why: str, started: float):
         if self.applied is None:
