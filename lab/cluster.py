@@ -231,7 +231,7 @@ class Cluster:
         if self.etcd.auth:
             env["WEFTD_ETCD_PASSWORD"] = self.etcd.client_kwargs()["password"]
         command = args[0] if args[0] in ("network", "leases", "whois", "apply", "delete", "policy") \
-            and args[:2] != ("policy", "denials") else None
+            and args[:2] != ("policy", "denials") or args[:2] == ("status", "--cluster") else None
         extra = ["--etcd-endpoints", self.etcd.endpoint, *self.etcd_flags()] if command else []
         proc = subprocess.run(["ip", "netns", "exec", self.underlay.name, exe, *args, *extra],
                               capture_output=True, text=True, timeout=60, env=env)

@@ -53,6 +53,9 @@ def _parser() -> argparse.ArgumentParser:
     status = commands.add_parser("status", help="this node's agent status")
     status.add_argument("--run-dir", default=paths.RUN_DIR)
     status.add_argument("--json", action="store_true")
+    status.add_argument("--cluster", action="store_true",
+                        help="every node's NetworkPolicy generation, from etcd (not this node's files)")
+    _etcd_flags(status)
 
     whois = commands.add_parser("whois", help="who holds (or held) an IP address")
     whois.add_argument("ip", metavar="IP")
@@ -160,9 +163,39 @@ def leases(args) -> int:
 
 # -- status --------------------------------------------------------------------
 
+def _cluster_status(args) -> int:
+    from ..policy.state import PolicyState
+
+    registry = _registry(args)
+    stored = PolicyState()
+    stored.load_objects(*registry.list_policy_objects())
+    current = stored.digest()
+    rows = []
+    for network in registry.network_names():
+        for node, text in sorted(registry.policy_statuses(network).items()):
+            try:
+                state = json.loads(text)
+            except ValueError:
+                state = {}
+            rows.append({"network": network, "node": node, **state})
+    behind = [r for r in rows if r.get("objects") != current]
+    if args.json:
+        print(json.dumps({"objects": current, "nodes": rows}, indent=2))
+        return EXIT_OK if not behind else EXIT_NO_HOLDER
+    print(f"policy objects in etcd: {len(stored.texts)} (digest {current}); "
+          + ("every node enforces them" if not behind else f"{len(behind)} node(s) behind"))
+    for r in rows:
+        word = "current" if r.get("objects") == current else "BEHIND"
+        print(f"  {r['network']} {r['node']}: {word}, generation {r.get('generation')}, {r.get('policies')} "
+              f"policies, {r.get('rules')} rules, {r.get('state')} (at {r.get('ts')})")
+    return EXIT_OK if not behind else EXIT_NO_HOLDER
+
+
 def status(args) -> int:
     from ..subnet import status_file
 
+    if args.cluster:
+        return _cluster_status(args)
     try:
         names = sorted(n for n in os.listdir(args.run_dir) if n.endswith(".status.json"))
     except OSError as exc:

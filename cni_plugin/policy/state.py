@@ -40,16 +40,18 @@ class PolicyState:
         self.holders = {}    # ip address -> (namespace, name, node)
         self.generation = 0  # store revision of the newest object change applied
         self._cluster = None  # the verdict model, until an object changes
+        self.texts = {}       # key suffix -> the stored text (for digest())
 
     # -- objects ----------------------------------------------------------------
     def load_objects(self, rows, revision: int = 0) -> None:
-        self.objects, self.rejected, self._cluster = {}, {}, None
+        self.objects, self.rejected, self._cluster, self.texts = {}, {}, None, {}
         for suffix, text in rows:
             self.put_object(suffix, text)
         self.generation = max(self.generation, revision)
 
     def put_object(self, suffix: str, text: str, revision: int = 0) -> None:
         self._cluster = None
+        self.texts[suffix] = text
         try:
             raw = json.loads(text)
             obj = parse_object(raw)
@@ -65,9 +67,17 @@ class PolicyState:
 
     def delete_object(self, suffix: str, revision: int = 0) -> None:
         self._cluster = None
+        self.texts.pop(suffix, None)
         self.objects.pop(suffix, None)
         self.rejected.pop(suffix, None)
         self.generation = max(self.generation, revision)
+
+    def digest(self) -> str:
+        """A short digest of the objects held: equal on every node that holds the same
+        objects, however it got them (a listing or a run of watch events)."""
+        import hashlib
+
+        return hashlib.sha256(json.dumps(sorted(self.texts.items())).encode()).hexdigest()[:12]
 
     def _of(self, cls) -> list:
         return [o for o in self.objects.values() if isinstance(o, cls)]

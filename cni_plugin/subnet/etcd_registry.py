@@ -10,6 +10,8 @@ Keys (prefix default /weft):
                                                       hash of the record, so uploads are idempotent
   <prefix>/policy/<Kind>/<namespace>/<name>           a NetworkPolicy or Pod object (JSON, as applied)
   <prefix>/policy/Namespace/<name>                    a Namespace object (its labels)
+  <prefix>/networks/<network>/policy-status/<node>    what that node's agent has programmed
+                                                      (JSON: generation, policies, rules, state)
 
 The connection, failover and watches are etcd_transport.py's; this module only knows keys.
 Invalid arguments (names with "/", ttl < 1, lease id 0) raise ValueError.
@@ -247,6 +249,16 @@ class EtcdRegistry:
         return deleted
 
     # ---- NetworkPolicy objects (cluster-wide: every network enforces the same objects) ----
+
+    def put_policy_status(self, network: str, node: str, text: str) -> None:
+        key = self.network_prefix(network) + "policy-status/" + check_name("node", node)
+        self.etcd.put(key.encode(), text.encode(), f"write {key}")
+
+    def policy_statuses(self, network: str) -> dict:
+        """{node: status JSON text} of every agent serving the network."""
+        base = self.network_prefix(network) + "policy-status/"
+        kvs, _ = self.etcd.range_prefix(base.encode(), f"read the policy status of {network}")
+        return {key.decode()[len(base):]: value.decode(errors="replace") for key, value, _ in kvs}
 
     def policy_prefix(self) -> str:
         return f"{self.prefix}/policy/"

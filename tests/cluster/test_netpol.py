@@ -411,6 +411,10 @@ def test_agent_restart_keeps_rules_and_reconciles(world):
     wait_for(lambda: world.generations()[1] >= world.generations()[0], CONVERGE,
              what=f"{node.name} catching up with the change after its restart")
     world.check()
+    wait_for(lambda: world.cluster.weftctl("status", "--cluster", check=False).returncode == 0, CONVERGE,
+             what="weftctl status --cluster reporting every node current")
+    converged = world.cluster.weftctl("status", "--cluster").stdout
+    assert "every node enforces them" in converged and "weft node2: current" in converged, converged
     repaired = node.status()["policy"]["driftRepaired"]
     assert _nft(node, "delete", "table", "inet", "weft_policy_weft").returncode == 0
     wait_for(lambda: node.status()["policy"]["driftRepaired"] > repaired, CONVERGE,

@@ -76,6 +76,7 @@ class PolicyController(Controller):
         self.counted = {}          # counter name -> packets already in the metric
         self.last_program_ms = None
         self.objects_source = None  # the registry (etcd mode) or a KubeSource
+        self.published = None       # the summary last written to etcd
         self.seen_denials = {}     # (set, flow) -> monotonic time its element expires
         self.denials = 0
 
@@ -113,6 +114,7 @@ class PolicyController(Controller):
         applied = self.applied
         return {"policy": {
             "source": self.agent.options.policy_source, "generation": self.state.generation,
+            "objects": self.state.digest(),
             "table": f"{policy_compile.FAMILY} {policy_compile.table_name(self.agent.name)}",
             "policies": len(self.state.policies),
             "knownPods": len(self.state.holders),
@@ -459,3 +461,17 @@ class PolicyController(Controller):
             self.agent.write_status()
         except Exception as exc:  # the status is a report; enforcement goes on
             self.agent.log.warning(f"status not written: {exc!r}", extra=self.agent.extra())
+        self._publish_status()
+
+    def _publish_status(self):
+        """This node's generation in etcd, for `weftctl status --cluster` (once per change)."""
+        mine = self.status().get("policy", {})
+        summary = {k: mine.get(k) for k in ("generation", "objects", "policies", "rules", "state", "source")}
+        if summary == self.published:
+            return
+        try:
+            self.agent.registry.put_policy_status(self.agent.name, self.agent.node.name,
+                                                  json.dumps({**summary, "ts": format_ts(now())}))
+            self.published = summary
+        except RegistryError as exc:  # the next change tries again
+            self.agent.log.warning(f"policy status not published: {exc}", extra=self.agent.extra())
