@@ -41,6 +41,7 @@ class PolicyState:
         self.generation = 0  # store revision of the newest object change applied
         self._cluster = None  # the verdict model, until an object changes
         self.texts = {}       # key suffix -> the stored text (for digest())
+        self.since = {}       # ip -> ts of the newest record applied to it
 
     # -- objects ----------------------------------------------------------------
     def load_objects(self, rows, revision: int = 0) -> None:
@@ -88,7 +89,7 @@ class PolicyState:
 
     # -- holders -------------------------------------------------------------------
     def load_holders(self, records) -> None:
-        self.holders = {}
+        self.holders, self.since = {}, {}
         for record in sorted(records, key=lambda r: str(r.get("ts", ""))):
             self.record(record)
 
@@ -99,6 +100,11 @@ class PolicyState:
         except ValueError:
             return False
         before = self.holders.get(ip)
+        ts = str(record.get("ts") or "")
+        if ts and ts < self.since.get(ip, ""):
+            return False  # older than what we know of the address (e.g. a late release of its last pod)
+        if ts:
+            self.since[ip] = ts
         if record.get("event") == "allocate":
             namespace, name = record.get("podNamespace"), record.get("podName")
             if isinstance(namespace, str) and isinstance(name, str) and namespace and name:

@@ -132,3 +132,14 @@ def test_iso_sets_follow_the_selecting_policies():
     table = plan_mod.plan("weft", state.cluster(), state.endpoints(), LOCAL)
     selected = set().union(*(e for n, (_, _, e) in table.sets.items() if n.endswith("_sel4")))
     assert table.sets["iso_in4"][2] == selected and table.sets["iso_out4"][2] == frozenset()
+
+
+def test_a_late_release_of_the_previous_pod_keeps_the_new_holder():
+    state = PolicyState()
+    state.record({"event": "allocate", "ip": "10.244.1.5", "podNamespace": "x", "podName": "old",
+                  "ts": "2026-12-02T01:00:00.000000Z"})
+    state.record({"event": "allocate", "ip": "10.244.1.5", "podNamespace": "x", "podName": "new",
+                  "ts": "2026-12-02T01:00:05.000000Z"})  # the fast path, before the release arrives
+    assert not state.record({"event": "release", "ip": "10.244.1.5", "ts": "2026-12-02T01:00:02.000000Z"})
+    assert state.endpoint("x/new").ip == ipaddress.ip_address("10.244.1.5")
+    assert state.record({"event": "release", "ip": "10.244.1.5", "ts": "2026-12-02T01:00:09.000000Z"})

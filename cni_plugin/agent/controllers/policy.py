@@ -97,7 +97,7 @@ class PolicyController(Controller):
         with self.lock:
             changed = [ip for ip in ips if self.state.record({
                 "event": "allocate", "ip": str(ip), "podNamespace": namespace, "podName": name,
-                "node": self.agent.node.name})]
+                "node": self.agent.node.name, "ts": format_ts(now())})]
             if changed:
                 self._addresses_changed(changed, "attach")
 
