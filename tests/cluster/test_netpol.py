@@ -452,3 +452,32 @@ def test_denied_flows_are_journalled_naming_both_workloads(world):
     future = world.cluster.weftctl("policy", "denials", "--state-dir", dst.node.state_dir,
                                    "--since", "2999-01-01T00:00:00Z").stdout
     assert future == ""
+
+
+def test_host_gw_cross_node_traffic_is_enforced_alike(cluster, tmp_path):
+    """The same table decides routed host-gw traffic: x/a on node1 admits only y/b (on
+    node2), not z/c (on node2); replies of allowed connections come back."""
+    cluster.set_network("weft", {"Network": "10.245.0.0/16", "Backend": {"Type": "host-gw"}})
+    nodes = [cluster.add_node() for _ in range(2)]
+    for node in nodes:
+        node.start_agent()
+    for node in nodes:
+        node.wait_ready()
+        wait_for(lambda: len(node.status()["peers"]) == 1, 20, what=f"{node.name} peers")
+    here = World(cluster, nodes, str(tmp_path))
+    here.apply(*[namespace(n) for n in NAMESPACES], pod("x", "a"), pod("y", "b"), pod("z", "c"))
+    try:
+        for node, (ns, name) in ((nodes[0], ("x", "a")), (nodes[1], ("y", "b")), (nodes[1], ("z", "c"))):
+            start_pod(here, node, ns, name)
+        for node in nodes:
+            wait_for(lambda: (node.status().get("policy") or {}).get("knownPods") == 3, CONVERGE,
+                     what=f"{node.name} knowing the 3 pods")
+        here.apply(policy("fromb", "x", ingress=[{"from": [{"namespaceSelector": {},
+                                                             "podSelector": labels(pod="b")}]}]))
+        here.check()
+        expected = here.expected()
+        assert expected[("y", "b"), ("x", "a")] == (True,) * 4 and expected[("z", "c"), ("x", "a")] == (False,) * 4
+    finally:
+        for server in here.servers:
+            server.kill()
+            server.wait()
