@@ -60,6 +60,9 @@ def _ensure_masquerade(cfg, ips: list) -> None:
 
 
 def _policy_fast_path(cfg, env, ips: list) -> None:
+    if invocation.current().via != "agent":
+        _refuse_unpoliced(cfg)
+        return
     try:
         invocation.current().agent_attaching(cfg.name, [ip.ip for ip in ips], env.args.get("K8S_POD_NAMESPACE"),
                                              env.args.get("K8S_POD_NAME"))
@@ -68,6 +71,20 @@ def _policy_fast_path(cfg, env, ips: list) -> None:
     except Exception as exc:  # fail closed: a pod the policy cannot cover is not added
         raise CniError(TRY_AGAIN_LATER, f"weftd could not put the pod into network {cfg.name}'s "
                        f"NetworkPolicy sets: {exc}") from None
+
+
+def _refuse_unpoliced(cfg) -> None:
+    """Standalone (no weftd serving the call): when this node enforces NetworkPolicy for
+    the network, nobody can put the new pod into the policy's sets before it gets an
+    address, so it is not added (fail closed; the runtime retries until weftd is back)."""
+    from ..datapath import nft
+    from ..policy.compile import table_name
+
+    table = table_name(cfg.name)
+    if nft.list_table("inet", table) is not None:
+        raise CniError(TRY_AGAIN_LATER, f"network {cfg.name} enforces NetworkPolicy on this node (nftables "
+                       f"table inet {table}) but weftd is not serving this call, so the new pod could not "
+                       "be put into its policy sets; start weftd (the runtime retries)")
 
 
 def _setup(cfg, env, mac: str, ipam: dict, rt) -> dict:
