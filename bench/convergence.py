@@ -39,10 +39,12 @@ def parse_ts(text: str) -> float:
 
 
 class LogFollower:
-    """Reads new lines of one weftd log; remembers (msg, peer key) -> first ts."""
+    """Reads new lines of one weftd log; remembers (msg, peer key) -> first ts (or another
+    field's value in place of the peer key)."""
 
-    def __init__(self, path: str):
+    def __init__(self, path: str, field: str = "peer"):
         self.path = path
+        self.field = field
         self.offset = 0
         self.partial = b""
         self.events = {}
@@ -62,7 +64,7 @@ class LogFollower:
                 entry = json.loads(line)
             except ValueError:
                 continue
-            peer = entry.get("peer")
+            peer = entry.get(self.field)
             if peer:
                 self.events.setdefault((entry.get("msg", ""), peer.split()[0]), parse_ts(entry["ts"]))
 
@@ -217,8 +219,13 @@ def convergence(ctx, node_count: int, leases: int) -> dict:
                                   "mean": round(sum(rss) / len(rss), 1) if rss else None,
                                   "pids_are_weftd": all_weftd}}
     finally:
-        if writer is not None:
-            writer.close()
-        _stop_agents(nodes)
-        ctx.record(cluster.namespace_names())
-        cluster.cleanup()
+        teardown(ctx, cluster, nodes, writer)
+
+
+def teardown(ctx, cluster, nodes, writer) -> None:
+    """A figure's cluster goes: the writer, every agent (by PID), its namespaces."""
+    if writer is not None:
+        writer.close()
+    _stop_agents(nodes)
+    ctx.record(cluster.namespace_names())
+    cluster.cleanup()

@@ -7,6 +7,9 @@ One JSON request per stdin line, one JSON answer per stdout line:
   {"op": "create", "network": N, "key": K, "value": V, "ttl": T}
                                                             -> {"id": ID, "t0": .., "t1": ..}
   {"op": "revoke", "id": ID}                                -> {"t0": .., "t1": ..}
+  {"op": "put_objects", "items": [[kind, ns, name, json]]}  -> {"revision": R, "t0": .., "t1": ..}
+  {"op": "put_history", "network": N, "node": X, "records": [...]} -> {"stored": n}
+  {"op": "delete_objects", "items": [[kind, ns, name]]}     -> {"deleted": n}
 t0/t1 are time.time() just before and just after the etcd call: the same clock as
 the agents' log timestamps.  The connection is made before the first timed call.
 """
@@ -37,6 +40,14 @@ def main() -> int:
                 t0 = time.time()
                 registry.revoke(int(request["id"]))
                 answer = {"t0": t0, "t1": time.time()}
+            elif op == "put_objects":
+                t0 = time.time()
+                revision = registry.put_policy_objects([tuple(item) for item in request["items"]])
+                answer = {"revision": revision, "t0": t0, "t1": time.time()}
+            elif op == "delete_objects":
+                answer = {"deleted": registry.delete_policy_objects([tuple(i) for i in request["items"]])}
+            elif op == "put_history":
+                answer = {"stored": registry.put_history(request["network"], request["node"], request["records"])}
             else:
                 answer = {"error": f"unknown op {op!r}"}
         except Exception as exc:  # report, keep serving

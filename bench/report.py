@@ -135,6 +135,23 @@ def targets(figures: dict, prepopulated=250) -> list:
                           RSS_LIMIT_MIB, "MiB"))
     if seq and "error" not in seq:
         out.append(_check("standalone ADD p50 (goal)", _get(seq, STANDALONE, "add_ms", "p50"), "<=", 400.0, "ms"))
+    pol = figures.get("policy")
+    if pol and "error" not in pol:
+        note = f"{pol['pods']} pods, {pol['policies']} policies, {pol['nodes']} nodes"
+        missing = _get(pol, "change_to_enforced", "missing")
+        out.append(_check("policy change -> enforced on every node, p50", _get(pol, "change_to_enforced", "p50_ms"),
+                          "<=", 100.0, "ms", note))
+        out.append(_check("policy change -> enforced on every node, max",
+                          float("inf") if missing else _get(pol, "change_to_enforced", "max_ms"), "<=", 1000.0, "ms",
+                          note + (f", {missing} changes never seen" if missing else "")))
+        out.append(_check("ADD p50 with the policies vs none", _get(pol, "add_p50_ms", "ratio"), "<=", 1.1, "x",
+                          f"{_get(pol, 'add_p50_ms', 'policies')} vs {_get(pol, 'add_p50_ms', 'no_policy')} ms"))
+        out.append(_check("pod-to-pod TCP connections/s with the policies vs none",
+                          _get(pol, "tcp_connections_per_s", "ratio"), ">=", 0.95, "x",
+                          f"{_get(pol, 'tcp_connections_per_s', 'policies')} vs "
+                          f"{_get(pol, 'tcp_connections_per_s', 'no_policy')}/s"))
+        out.append(_check("agent RSS max, policy cluster (issue 15's limit)", _get(pol, "agent_rss_mib", "max"),
+                          "<=", 100.0, "MiB", note))
     crif = figures.get("cri")
     if crif and "error" not in crif:
         for phase, where in ((crif, "empty node"), (crif.get("resident"), "node with a pod")):

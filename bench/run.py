@@ -20,14 +20,15 @@ import tempfile
 import time
 import traceback
 
-from . import attach, convergence, cri, default_config, report, throughput, wireguard
+from . import attach, convergence, cri, default_config, policy, report, throughput, wireguard
 from .contenders import LABELS
 from .context import Context, quiesce
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-FIGURES = ("default", "sequential", "parallel", "scale", "throughput", "wireguard", "convergence", "cri")
+FIGURES = ("default", "sequential", "parallel", "scale", "throughput", "wireguard", "convergence", "cri", "policy")
 SMOKE = {"attachments": 10, "parallel": 10, "workers": 8, "parallel_rounds": 2, "prepopulate": 20, "measure": 5,
-         "iperf_seconds": 1, "iperf_rounds": 1, "nodes": 3, "leases": 2, "sandboxes": 3}
+         "iperf_seconds": 1, "iperf_rounds": 1, "nodes": 3, "leases": 2, "sandboxes": 3,
+         "policy_pods": 40, "policy_count": 10, "policy_changes": 3, "policy_adds": 3}
 
 
 def parse(argv=None):
@@ -45,6 +46,10 @@ def parse(argv=None):
     p.add_argument("--leases", type=int, default=5, help="synthetic leases added and removed (default 5)")
     p.add_argument("--sandboxes", type=int, default=30,
                    help="RunPodSandbox calls per CRI runtime handler (weft, reference) (default 30)")
+    p.add_argument("--policy-pods", type=int, default=1000, help="synthetic pods of the policy figure")
+    p.add_argument("--policy-count", type=int, default=200, help="NetworkPolicies of the policy figure")
+    p.add_argument("--policy-changes", type=int, default=20, help="policy changes timed to enforcement")
+    p.add_argument("--policy-adds", type=int, default=20, help="ADD+DEL pairs with and without the policies")
     p.add_argument("--smoke", action="store_true", help="tiny counts everywhere (CI; < 60 s)")
     p.add_argument("--only", default="", help=f"comma-separated subset of {','.join(FIGURES)}")
     p.add_argument("--out", default=os.path.join(REPO, "bench-results"), help="where the JSON goes")
@@ -107,6 +112,8 @@ def run_figures(ctx, args) -> dict:
         "wireguard": lambda: wireguard.wireguard(ctx, args.iperf_seconds, args.iperf_rounds),
         "convergence": lambda: convergence.convergence(ctx, args.nodes, args.leases),
         "cri": lambda: cri.cri(ctx, args.sandboxes),
+        "policy": lambda: policy.policy(ctx, 2, args.policy_pods, args.policy_count, args.policy_changes,
+                                        args.policy_adds),
     }
     figures = {}
     for name in args.figures:

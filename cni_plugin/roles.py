@@ -19,7 +19,8 @@ def handlers_for(role: str) -> dict:
     return HANDLERS
 
 
-def invoke(role: str, environ, stdin: bytes, via: str = "standalone", agent_masquerades=None) -> tuple:
+def invoke(role: str, environ, stdin: bytes, via: str = "standalone", agent_masquerades=None,
+           agent_attaching=None) -> tuple:
     """(stdout, exit code) of one call of `role`; weft's calls are logged.
     agent_masquerades(network) -> bool: the serving agent owns that network's table."""
     from .cni.invocation import run
@@ -27,4 +28,4 @@ def invoke(role: str, environ, stdin: bytes, via: str = "standalone", agent_masq
     # VERSION needs no handler: the plugin's table (and the datapath behind it) stays unloaded
     handlers = {} if environ.get("CNI_COMMAND") == "VERSION" else handlers_for(role)
     return run(handlers, environ, stdin, via, paths.LOG_FILE if role == "weft" else None,
-               agent_masquerades)
+               agent_masquerades, agent_attaching)

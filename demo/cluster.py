@@ -3,7 +3,9 @@
 etcd runs in an 'underlay' namespace; each node is a namespace on the underlay
 bridge running its own weftd; pods are namespaces attached by the real `weft`
 executable inside their node.  Prints the cross-node ping matrix and the leases,
-then removes everything it made.
+then applies a NetworkPolicy (only pods labelled app=web may reach the app=db pod)
+and shows a flow going from allowed to denied while the web pod still gets through,
+with `weftctl policy explain`; then removes everything it made.
 """
 
 import json
@@ -12,11 +14,53 @@ import subprocess
 import sys
 import tempfile
 
+import yaml
+
 from lab.cluster import Cluster, wait_for
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NODES, PODS_PER_NODE = 3, 2
 NETWORK = {"Network": "10.244.0.0/16", "SubnetLen": 24, "Backend": {"Type": "vxlan", "VNI": 1}}
+
+
+POLICY = [
+    {"apiVersion": "v1", "kind": "Pod", "metadata": {"namespace": "default", "name": "node1-pod0",
+                                                      "labels": {"app": "db"}}},
+    {"apiVersion": "v1", "kind": "Pod", "metadata": {"namespace": "default", "name": "node2-pod0",
+                                                      "labels": {"app": "web"}}},
+    {"apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
+     "metadata": {"namespace": "default", "name": "db-from-web"},
+     "spec": {"podSelector": {"matchLabels": {"app": "db"}},
+              "ingress": [{"from": [{"podSelector": {"matchLabels": {"app": "web"}}}]}]}},
+]
+
+
+def policy_demo(cluster, nodes, pods, work) -> bool:
+    """A flow from allowed to denied: node3-pod0 -> node1-pod0 (db) once db-from-web is applied."""
+    db, web, other = pods[0], pods[2], pods[4]
+    for node in nodes:  # the agents learn the pods from the published allocation records
+        wait_for(lambda: ((node.status() or {}).get("policy") or {}).get("knownPods", 0) >= len(pods), 30,
+                 what=f"{node.name} knowing every pod")
+    before = other.ping(db.ip)
+    print(f"\nflow default/node3-pod0 -> default/node1-pod0 (ping {db.ip}) before the policy: "
+          f"{'allowed' if before else 'DENIED (unexpected)'}")
+    path = os.path.join(work, "policy.yaml")
+    with open(path, "w") as handle:
+        yaml.safe_dump_all(POLICY, handle)
+    print("$ weftctl apply -f policy.yaml\n" + cluster.weftctl("apply", "-f", path).stdout)
+    try:
+        wait_for(lambda: not other.ping(db.ip, wait=1), 30, interval=0.2,
+                 what="the flow node3-pod0 -> node1-pod0 denied")
+        after = False
+    except TimeoutError:
+        after = True
+    web_ok = web.ping(db.ip)
+    print(f"flow default/node3-pod0 -> default/node1-pod0 after the policy: {'ALLOWED (unexpected)' if after else 'denied'}")
+    print(f"flow default/node2-pod0 (app=web) -> default/node1-pod0 after the policy: "
+          f"{'allowed' if web_ok else 'DENIED (unexpected)'}")
+    explain = cluster.weftctl("policy", "explain", "default/node3-pod0", "default/node1-pod0", check=False).stdout
+    print("$ weftctl policy explain default/node3-pod0 default/node1-pod0\n" + explain)
+    return before and not after and web_ok
 
 
 def main() -> int:
@@ -53,6 +97,7 @@ def main() -> int:
                 ok &= reached
                 cells.append(f"{'ok' if reached else 'FAILED':>12}")
             print(f"{src.node.name + '/' + src.ip:<{width}}  " + "  ".join(cells))
+        ok &= policy_demo(cluster, nodes, pods, work)
         status = nodes[0].ns.run([f"{cluster.installed}/bin/weftctl", "status", "--run-dir",
                                   nodes[0].run_dir], check=False).stdout
         print("\nweftctl status on node1:\n" + status)

@@ -160,7 +160,8 @@ class Node:
         conf.update(overrides)
         return conf
 
-    def add_pod(self, network="weft", ifname="eth0", ns=None, conf=None, name=None) -> Pod:
+    def add_pod(self, network="weft", ifname="eth0", ns=None, conf=None, name=None,
+                pod_namespace="default") -> Pod:
         cni = os.path.join(self.cluster.installed, "cni")
         made = ns is None
         ns = ns or Namespace(f"wp{self.index}")
@@ -169,7 +170,7 @@ class Node:
         try:
             out = invoke(f"{cni}/weft", "ADD", conf or self.netconf(network), container_id=cid,
                          netns=ns.path, ifname=ifname, cni_path=cni, node=self.ns,
-                         args=f"K8S_POD_NAMESPACE=default;K8S_POD_NAME={pod_name}")
+                         args=f"K8S_POD_NAMESPACE={pod_namespace};K8S_POD_NAME={pod_name}")
             if out.code != 0:
                 raise RuntimeError(f"ADD on {self.name} failed: {out}")
         except BaseException:
@@ -280,7 +281,8 @@ class Cluster:
         env = dict(os.environ)
         if self.etcd.auth:
             env["WEFTD_ETCD_PASSWORD"] = self.etcd.client_kwargs()["password"]
-        command = args[0] if args[0] in ("network", "leases", "whois") else None
+        command = args[0] if args[0] in ("network", "leases", "whois", "apply", "delete", "policy") \
+            and args[:2] != ("policy", "denials") or args[:2] == ("status", "--cluster") else None
         extra = ["--etcd-endpoints", self.etcd.endpoint, *self.etcd_flags()] if command else []
         proc = subprocess.run(["ip", "netns", "exec", self.underlay.name, exe, *args, *extra],
                               capture_output=True, text=True, timeout=60, env=env)

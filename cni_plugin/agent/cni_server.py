@@ -27,8 +27,9 @@ READ_TIMEOUT = 30.0
 
 
 class CniServer:
-    def __init__(self, path: str, log, metrics=None, masquerades=None):
+    def __init__(self, path: str, log, metrics=None, masquerades=None, attaching=None):
         self.path = path
+        self.attaching = attaching  # the policy fast path: (network, ips, namespace, name)
         self.masquerades = masquerades  # network name -> True when this agent owns its table
         self.log = log
         self.metrics = metrics
@@ -73,7 +74,8 @@ class CniServer:
             started = time.monotonic()
             caller.set_probe(lambda: caller_left(conn))
             try:
-                out, code = invoke(role, environ, stdin, via="agent", agent_masquerades=self.masquerades)
+                out, code = invoke(role, environ, stdin, via="agent", agent_masquerades=self.masquerades,
+                               agent_attaching=self.attaching)
             finally:
                 caller.set_probe(None)
             if caller_left(conn):

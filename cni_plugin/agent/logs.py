@@ -5,7 +5,7 @@ import logging
 import sys
 import time
 
-_FIELDS = ("network", "node", "lease", "peer", "error")
+_FIELDS = ("network", "node", "lease", "peer", "error", "policyGeneration")
 
 
 class JsonFormatter(logging.Formatter):

@@ -58,7 +58,12 @@ def main(argv=None) -> int:
         agent = by_name.get(network)
         return agent is not None and agent.masquerade_installed
 
-    cni = CniServer(paths.agent_socket(args.run_dir), log, metrics, masquerades)
+    def attaching(network: str, ips, namespace, name) -> None:
+        agent = by_name.get(network)
+        if agent is not None:
+            agent.attaching(ips, namespace, name)
+
+    cni = CniServer(paths.agent_socket(args.run_dir), log, metrics, masquerades, attaching)
     try:
         cni.start()
     except OSError as exc:

@@ -28,6 +28,10 @@ class Metrics:
         self.drift = Counter("weft_drift_repaired_total", "Kernel entries added or removed by reconcile",
                              ["network"], registry=r)
         self.etcd_errors = Counter("weft_etcd_errors_total", "Failed etcd operations", ["network"], registry=r)
+        self.policy_drops = Counter("weft_policy_drops_total", "New connections dropped while a "
+                                    "NetworkPolicy isolated the pod", ["network", "policy"], registry=r)
+        self.policy_programmed = Counter("weft_policy_programs_total", "Policy table changes applied, by kind",
+                                         ["network", "kind"], registry=r)
         self.renewals = Counter("weft_lease_renewals_total", "Successful lease renewals", ["network"], registry=r)
         self.events = Counter("weft_lease_events_total", "Lease changes received from the watch",
                               ["network", "kind"], registry=r)

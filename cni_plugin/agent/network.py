@@ -69,6 +69,13 @@ class NetworkAgent:
         return any(getattr(c, "state", None) == "installed" for c in self.controllers
                    if c.name == "masquerade")
 
+    def attaching(self, ips, namespace, name) -> None:
+        """A pod is being added through this agent: controllers that key kernel state by
+        pod address (policy) take it in now, before ADD returns; one that raises refuses
+        the ADD.  Called from a CNI worker thread."""
+        for controller in self.controllers:
+            controller.attaching(ips, namespace, name)
+
     @property
     def ready(self) -> bool:
         return self.problem is None and self.conflict is None and self.config_problem is None

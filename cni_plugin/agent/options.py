@@ -16,7 +16,14 @@ _VALUED_FLAGS = (
     ("--metrics-addr", paths.METRICS_ADDR, str, None, "HOST:PORT for /metrics, /healthz, /readyz"),
     ("--ipam-data-dir", paths.IPAM_DATA_DIR, str, None, "weft-ipam dataDir whose history is published to etcd"),
     ("--history-retention", 168.0, float, "HOURS", "how long published IP history is kept in etcd"),
+    ("--policy-source", "etcd", str, "SOURCE", "where NetworkPolicy objects come from: etcd (weftctl apply), "
+     "kubernetes (the API server, with the ServiceAccount) or none (no enforcement)"),
+    ("--kube-api-server", None, str, "URL", "the Kubernetes API for --policy-source kubernetes (None: "
+     "https://$KUBERNETES_SERVICE_HOST:$KUBERNETES_SERVICE_PORT)"),
+    ("--kube-serviceaccount-dir", "/var/run/secrets/kubernetes.io/serviceaccount", str, None,
+     "token and ca.crt for --policy-source kubernetes"),
 )
+POLICY_SOURCES = ("etcd", "kubernetes", "none")
 
 
 def parser() -> argparse.ArgumentParser:
@@ -48,6 +55,8 @@ def parse(argv=None) -> argparse.Namespace:
         p.error("--lease-ttl must be at least 10 seconds")
     if args.reconcile_interval <= 0:
         p.error("--reconcile-interval must be positive")
+    if args.policy_source not in POLICY_SOURCES:
+        p.error(f"--policy-source {args.policy_source!r} is not one of {', '.join(POLICY_SOURCES)}")
     host, sep, port = args.metrics_addr.rpartition(":")
     if not sep or not port.isdigit():
         p.error(f"--metrics-addr {args.metrics_addr!r} is not HOST:PORT")

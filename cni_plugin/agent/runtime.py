@@ -19,6 +19,8 @@ A controller subclasses Controller and overrides the hooks it needs:
   on_command(name)     an operator's request to the running agent (e.g. "rotate-key" on SIGHUP)
   timers()             [(interval seconds, callable)] run while serving
   while_waiting()      between failed attempts (keep the datapath repaired)
+  attaching(ips, ns, name)  a pod is being added through the agent (a CNI worker thread,
+                       before ADD returns; raising refuses the ADD)
   status()             keys merged into the network's status file
   close()              the agent stops
 """
@@ -46,6 +48,7 @@ class Controller:
     def timers(self) -> list:
         return []
     def while_waiting(self) -> None: ...
+    def attaching(self, ips: list, namespace, name) -> None: ...
     def status(self) -> dict:
         return {}
     def close(self) -> None: ...

@@ -7,6 +7,8 @@
   weftctl status [--run-dir DIR]                  this node's agent: lease, peers, drift
   weftctl whois IP [--at TIME] [--cluster]        who held an address (this node, or all)
   weftctl graph [NETWORK] [--ipam-data-dir DIR]   the cluster as an SVG (nodes, subnets, VTEPs, pods)
+  weftctl apply|delete -f FILE                    NetworkPolicy/Namespace/Pod objects (policy_cmds.py)
+  weftctl policy explain SRC DST [PORT/PROTO]     which policies allow or deny a flow
 """
 
 import argparse
@@ -19,7 +21,7 @@ from .. import paths
 from ..ipam import history
 from ..subnet.registry import RegistryError
 from .. import etcd_flags
-from . import graph
+from . import graph, policy_cmds
 
 DEFAULT_DATA_DIR = paths.IPAM_DATA_DIR
 
@@ -56,6 +58,9 @@ def _parser() -> argparse.ArgumentParser:
     status = commands.add_parser("status", help="this node's agent status")
     status.add_argument("--run-dir", default=paths.RUN_DIR)
     status.add_argument("--json", action="store_true")
+    status.add_argument("--cluster", action="store_true",
+                        help="every node's NetworkPolicy generation, from etcd (not this node's files)")
+    _etcd_flags(status)
 
     whois = commands.add_parser("whois", help="who holds (or held) an IP address")
     whois.add_argument("ip", metavar="IP")
@@ -67,6 +72,7 @@ def _parser() -> argparse.ArgumentParser:
     whois.add_argument("--json", action="store_true", help="print JSON")
     _etcd_flags(whois)
     graph.add_parser(commands, _etcd_flags)
+    policy_cmds.add_parsers(commands, _etcd_flags)
     return parser
 
 
@@ -199,9 +205,39 @@ def leases(args) -> int:
 
 # -- status --------------------------------------------------------------------
 
+def _cluster_status(args) -> int:
+    from ..policy.state import PolicyState
+
+    registry = _registry(args)
+    stored = PolicyState()
+    stored.load_objects(*registry.list_policy_objects())
+    current = stored.digest()
+    rows = []
+    for network in registry.network_names():
+        for node, text in sorted(registry.policy_statuses(network).items()):
+            try:
+                state = json.loads(text)
+            except ValueError:
+                state = {}
+            rows.append({"network": network, "node": node, **state})
+    behind = [r for r in rows if r.get("objects") != current]
+    if args.json:
+        print(json.dumps({"objects": current, "nodes": rows}, indent=2))
+        return EXIT_OK if not behind else EXIT_NO_HOLDER
+    print(f"policy objects in etcd: {len(stored.texts)} (digest {current}); "
+          + ("every node enforces them" if not behind else f"{len(behind)} node(s) behind"))
+    for r in rows:
+        word = "current" if r.get("objects") == current else "BEHIND"
+        print(f"  {r['network']} {r['node']}: {word}, generation {r.get('generation')}, {r.get('policies')} "
+              f"policies, {r.get('rules')} rules, {r.get('state')} (at {r.get('ts')})")
+    return EXIT_OK if not behind else EXIT_NO_HOLDER
+
+
 def status(args) -> int:
     from ..subnet import status_file
 
+    if args.cluster:
+        return _cluster_status(args)
     try:
         names = sorted(n for n in os.listdir(args.run_dir) if n.endswith(".status.json"))
     except OSError as exc:
@@ -244,6 +280,11 @@ def status(args) -> int:
         if masq:
             print(f"  masquerade {masq.get('table')}: {masq.get('state')}, "
                   f"{masq.get('driftRepaired', 0)} repairs since start")
+        policy = state.get("policy") or {}
+        if policy.get("source") not in (None, "none"):
+            print(f"  policy     generation {policy.get('generation')}: {policy.get('policies')} policies, "
+                  f"{policy.get('localPods')} local pods, {policy.get('rules')} rules in {policy.get('table')}; "
+                  f"{policy.get('state')}")
     return EXIT_OK if all(s.get("ready") for s in states) else EXIT_NO_HOLDER
 
 
@@ -288,7 +329,8 @@ def whois(args) -> int:
 
 
 COMMANDS = {"network": network, "leases": leases, "status": status, "whois": whois,
-            "graph": lambda args: graph.run(args, _registry)}
+            "graph": lambda args: graph.run(args, _registry),
+            **{verb: (lambda args: policy_cmds.run(args, _registry)) for verb in ("apply", "delete", "policy")}}
 
 
 def main(argv=None) -> int:

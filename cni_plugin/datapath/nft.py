@@ -160,7 +160,7 @@ def list_tables(family: str = None) -> list:
 
 def sets_of(objects: list) -> dict:
     """{set name: [(value, comment)]} from list_table's objects; interval elements come
-    back as ("10.0.0.0/16", ""), ranges as ("a-b", "")."""
+    back as ("10.0.0.0/16", ""), ranges as ("a-b", ""), concatenations as ("a . b", "")."""
     sets = {}
     for item in objects:
         nft_set = item.get("set")
@@ -176,6 +176,8 @@ def sets_of(objects: list) -> dict:
                 elem = f"{elem['prefix']['addr']}/{elem['prefix']['len']}"
             elif isinstance(elem, dict) and "range" in elem:
                 elem = f"{elem['range'][0]}-{elem['range'][1]}"
+            elif isinstance(elem, dict) and "concat" in elem:  # nft's own spelling: a . b . c
+                elem = " . ".join(str(part) for part in elem["concat"])
             elements.append((str(elem), comment))
     return sets
 

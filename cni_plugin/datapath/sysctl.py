@@ -33,3 +33,24 @@ def enable_forwarding(versions) -> None:
         except FileNotFoundError:
             continue
         _write(paths[version], "1")
+
+
+BRIDGE_NF = {4: "/proc/sys/net/bridge/bridge-nf-call-iptables",
+             6: "/proc/sys/net/bridge/bridge-nf-call-ip6tables"}
+
+
+def enable_bridge_netfilter() -> None:
+    """Send bridged IPv4/IPv6 frames through the inet hooks (per network namespace since
+    Linux 5.3), so pods on one bridge meet the same forward-hook rules as routed
+    traffic.  DatapathError with the fix when br_netfilter is not loaded."""
+    import os
+
+    if not os.path.isdir("/proc/sys/net/bridge"):
+        raise DatapathError("br_netfilter is not loaded (no /proc/sys/net/bridge): traffic between pods "
+                            "of one node would bypass NetworkPolicy; run `modprobe br_netfilter` and "
+                            "add it to /etc/modules-load.d/")
+    for path in BRIDGE_NF.values():
+        with open(path) as handle:
+            if handle.read().strip() == "1":
+                continue
+        _write(path, "1")

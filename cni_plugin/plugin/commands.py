@@ -10,7 +10,7 @@ import ipaddress
 from ..cni import invocation, log
 from ..cni import result as cni_result
 from ..cni.errors import (ATTACHMENT_EXISTS, CHECK_FAILED, DELEGATE_FAILED, INTERNAL, INVALID_NETCONF,
-                          IO_FAILURE, NOT_AVAILABLE_LIMITED, CniError)
+                          IO_FAILURE, NOT_AVAILABLE_LIMITED, TRY_AGAIN_LATER, CniError)
 from ..cni.netconf import valid_attachments
 from ..datapath.naming import HOST_VETH_PREFIX, host_veth_name
 from ..cni import caller
@@ -62,11 +62,45 @@ def _ensure_masquerade(cfg, ips: list) -> None:
                                 tuple([ip.network for ip in ips] + list(cfg.cluster_networks))), exact=False)
 
 
+def _policy_fast_path(cfg, env, ips: list) -> None:
+    if invocation.current().via != "agent":
+        _refuse_unpoliced(cfg)
+        return
+    try:
+        invocation.current().agent_attaching(cfg.name, [ip.ip for ip in ips], env.args.get("K8S_POD_NAMESPACE"),
+                                             env.args.get("K8S_POD_NAME"))
+    except CniError:
+        raise
+    except Exception as exc:  # fail closed: a pod the policy cannot cover is not added
+        raise CniError(TRY_AGAIN_LATER, f"weftd could not put the pod into network {cfg.name}'s "
+                       f"NetworkPolicy sets: {exc}") from None
+
+
+def _refuse_unpoliced(cfg) -> None:
+    """Standalone (no weftd serving the call): when this node enforces a NetworkPolicy for
+    the network, nobody can put the new pod into the policy's sets before it gets an
+    address, so it is not added (fail closed; the runtime retries until weftd is back).
+    A node whose table holds no policy isolates nobody: the pod is added."""
+    from ..datapath import nft
+    from ..policy.compile import table_name
+
+    table = table_name(cfg.name)
+    objects = nft.list_table("inet", table) or []
+    base = {"egress_hook", "ingress_hook", "egress", "ingress"}
+    # a chain of its own per NetworkPolicy: with none, no pod can be isolated
+    if any("chain" in item and item["chain"].get("name") not in base for item in objects):
+        raise CniError(TRY_AGAIN_LATER, f"network {cfg.name} enforces NetworkPolicy on this node (nftables "
+                       f"table inet {table} has policies) but weftd is not serving this call, so the new pod could not "
+                       "be put into its policy sets; start weftd (the runtime retries)")
+
+
 def _setup(cfg, env, mac: str, ipam: dict, rt) -> dict:
     from ..datapath import container, links, netns, sysctl
 
     lap = invocation.current().lap
     ips = [ipaddress.ip_interface(entry["address"]) for entry in ipam["ips"]]
+    _policy_fast_path(cfg, env, ips)  # the serving agent's sets hold the pod before it has an interface
+    lap("policy")
     bridge = links.ensure_bridge(rt, cfg.bridge, cfg.mtu)
     sysctl.set_interface("ipv6", cfg.bridge, "accept_ra", "0")
     if cfg.is_gateway:

@@ -8,6 +8,10 @@ Keys (prefix default /weft):
                                                       one IPAM history record (JSON) per key; ts is
                                                       the record's "ts" in canonical form, digest a
                                                       hash of the record, so uploads are idempotent
+  <prefix>/policy/<Kind>/<namespace>/<name>           a NetworkPolicy or Pod object (JSON, as applied)
+  <prefix>/policy/Namespace/<name>                    a Namespace object (its labels)
+  <prefix>/networks/<network>/policy-status/<node>    what that node's agent has programmed
+                                                      (JSON: generation, policies, rules, state)
 
 The connection, failover and watches are etcd_transport.py's; this module only knows keys.
 Invalid arguments (names with "/", ttl < 1, lease id 0) raise ValueError.
@@ -217,6 +221,10 @@ class EtcdRegistry:
         base = f"{self.prefix}/networks/"
         scope = self.history_prefix(network) if network is not None else base
         kvs, _ = self.etcd.range_prefix(scope.encode(), f"read the history of {network or 'all networks'}")
+        return self._history_records(base, kvs)
+
+    @staticmethod
+    def _history_records(base: str, kvs) -> list:
         records = []
         for key, value, _ in kvs:
             parts = key.decode()[len(base):].split("/")   # network, "history", node, name
@@ -235,6 +243,18 @@ class EtcdRegistry:
             records.append((canonical_ts, parts[2], record))
         return [record for _, _, record in sorted(records, key=lambda item: item[:2])]
 
+    def list_history(self, network: str) -> tuple:
+        """(the network's history records as history() gives them, the revision read at)."""
+        base = f"{self.prefix}/networks/"
+        kvs, revision = self.etcd.range_prefix(self.history_prefix(network).encode(),
+                                               f"read the history of {network}")
+        return self._history_records(base, kvs), revision
+
+    def watch_history(self, network: str, start_revision: int, on_event):
+        """Watch the network's history keys (as watch_leases): on_event(kind, "<node>/<name>",
+        record JSON, revision); returns cancel()."""
+        return self.etcd.watch_prefix(self.history_prefix(network), start_revision, on_event)
+
     def delete_history_before(self, network: str, iso_ts: str) -> int:
         """Delete the network's history records with ts strictly before iso_ts; the count."""
         cutoff = format_ts(parse_ts(iso_ts))
@@ -246,3 +266,50 @@ class EtcdRegistry:
             deleted += self.etcd.delete(f"{base}{node}/".encode(), f"trim the history of {node}",
                                         range_end=f"{base}{node}/{cutoff}".encode())
         return deleted
+
+    # ---- NetworkPolicy objects (cluster-wide: every network enforces the same objects) ----
+
+    def put_policy_status(self, network: str, node: str, text: str) -> None:
+        key = self.network_prefix(network) + "policy-status/" + check_name("node", node)
+        self.etcd.put(key.encode(), text.encode(), f"write {key}")
+
+    def policy_statuses(self, network: str) -> dict:
+        """{node: status JSON text} of every agent serving the network."""
+        base = self.network_prefix(network) + "policy-status/"
+        kvs, _ = self.etcd.range_prefix(base.encode(), f"read the policy status of {network}")
+        return {key.decode()[len(base):]: value.decode(errors="replace") for key, value, _ in kvs}
+
+    def policy_prefix(self) -> str:
+        return f"{self.prefix}/policy/"
+
+    def policy_key(self, kind: str, namespace, name: str) -> str:
+        """<prefix>/policy/<Kind>/<namespace>/<name>; Namespaces have no namespace part."""
+        parts = [check_name("kind", kind)]
+        if namespace is not None:
+            parts.append(check_name("namespace", namespace))
+        parts.append(check_name("name", name))
+        return self.policy_prefix() + "/".join(parts)
+
+    def put_policy_objects(self, items: list) -> int:
+        """[(kind, namespace or None, name, JSON text)], in as few transactions as etcd
+        allows; the revision they are stored at (agents report it as their generation)."""
+        return self.etcd.put_many([(self.policy_key(k, ns, n).encode(), text.encode()) for k, ns, n, text in items],
+                           f"store {len(items)} policy object(s)")
+
+    def delete_policy_objects(self, items: list) -> int:
+        """[(kind, namespace or None, name)]; how many keys existed and went."""
+        deleted = 0
+        for kind, namespace, name in items:
+            key = self.policy_key(kind, namespace, name)
+            deleted += self.etcd.delete(key.encode(), f"delete {key}")
+        return deleted
+
+    def list_policy_objects(self) -> tuple:
+        """([(key suffix "<Kind>/[<namespace>/]<name>", JSON text)], revision)."""
+        prefix = self.policy_prefix()
+        kvs, revision = self.etcd.range_prefix(prefix.encode(), "list the policy objects")
+        return [(key.decode()[len(prefix):], value.decode(errors="replace")) for key, value, _ in kvs], revision
+
+    def watch_policy_objects(self, start_revision: int, on_event):
+        """Watch every policy object (as watch_leases): on_event(kind, key suffix, JSON, revision)."""
+        return self.etcd.watch_prefix(self.policy_prefix(), start_revision, on_event)

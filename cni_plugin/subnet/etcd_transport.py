@@ -248,13 +248,15 @@ class EtcdTransport:
         except _LeaseNotFound:
             return False
 
-    def put_many(self, items: list, what: str) -> None:
-        """[(key, value)] in transactions of at most TXN_MAX_OPS puts."""
+    def put_many(self, items: list, what: str) -> int:
+        """[(key, value)] in transactions of at most TXN_MAX_OPS puts; the revision of the last."""
+        revision = 0
         for start in range(0, len(items), TXN_MAX_OPS):
             ops = [etcdrpc.RequestOp(request_put=etcdrpc.PutRequest(key=k, value=v))
                    for k, v in items[start:start + TXN_MAX_OPS]]
             request = etcdrpc.TxnRequest(success=ops)
-            self._call(what, lambda c: c.kv("Txn", request))
+            revision = self._call(what, lambda c: c.kv("Txn", request)).header.revision
+        return revision
 
     def delete(self, key: bytes, what: str, range_end: bytes = b"") -> int:
         """Delete key (or [key, range_end)); how many keys went."""

@@ -169,7 +169,10 @@ def test_daemonset_weftd_flags_parse_and_probes_use_the_metrics_port():
 
 def test_daemonset_privileges_are_the_listed_capabilities_only():
     spec = artifacts.resource("DaemonSet")["spec"]["template"]["spec"]
-    assert spec["hostNetwork"] is True and spec["automountServiceAccountToken"] is False
+    assert spec["hostNetwork"] is True and spec["automountServiceAccountToken"] is True  # policy source
+    (role,) = [r for r in artifacts.resources(os.path.join(KUBE, "04-rbac.yaml")) if r["kind"] == "ClusterRole"]
+    assert all(rule["verbs"] == ["get", "list", "watch"] for rule in role["rules"])  # read-only
+    assert {r for rule in role["rules"] for r in rule["resources"]} == {"pods", "namespaces", "networkpolicies"}
     weftd = artifacts.daemonset_container("weftd")["securityContext"]
     assert weftd["privileged"] is False
     assert set(weftd["capabilities"]["add"]) == DAEMONSET_CAPS and weftd["capabilities"]["drop"] == ["ALL"]

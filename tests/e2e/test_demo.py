@@ -24,4 +24,8 @@ def test_make_demo(tmp_path):
     assert proc.stdout.count(" ok") == 6 * 5
     assert all(f"node{i}" in proc.stdout for i in (1, 2, 3))
     assert "network weft on node node1: ready" in proc.stdout
+    assert "node1-pod0 (ping 10.244." in proc.stdout and "before the policy: allowed" in proc.stdout
+    assert "node3-pod0 -> default/node1-pod0 after the policy: denied" in proc.stdout
+    assert "(app=web) -> default/node1-pod0 after the policy: allowed" in proc.stdout
+    assert "DENIED: default/node3-pod0" in proc.stdout and "isolated by default/db-from-web" in proc.stdout
     assert not set(made) & netns_names(), "the demo left namespaces behind"
