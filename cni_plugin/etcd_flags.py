@@ -26,8 +26,7 @@ def add(parser, endpoints_env: str = None, title: str = None) -> None:
 
 
 def endpoints(args) -> list:
-    value = args.etcd_endpoints
-    return value if isinstance(value, list) else [e.strip() for e in value.split(",") if e.strip()]
+    return [e.strip() for e in args.etcd_endpoints.split(",") if e.strip()]
 
 
 def registry(args):

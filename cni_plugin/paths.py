@@ -7,8 +7,7 @@ one module the forwarder imports on every CNI call).
 
 from .cni.wire import DEFAULT_SOCKET as AGENT_SOCKET
 
-RUN_DIR = "/run/weft"                 # subnet files, status files, the agent socket
-AGENT_SOCKET_NAME = "weftd.sock"
+RUN_DIR, _, AGENT_SOCKET_NAME = AGENT_SOCKET.rpartition("/")  # subnet files, status files, the socket
 STATE_DIR = "/var/lib/weft"           # weftd: recorded subnets, VTEP MACs, history offsets
 PLUGIN_DATA_DIR = "/var/lib/weft/cni"  # weft: its own locks
 IPAM_DATA_DIR = "/var/lib/cni/networks"  # weft-ipam: host-local's default
@@ -29,5 +28,3 @@ def subnet_file(run_dir: str, network: str) -> str:
 def status_file(run_dir: str, network: str) -> str:
     return f"{run_dir}/{network}.status.json"
 
-
-assert AGENT_SOCKET == agent_socket(RUN_DIR)

@@ -15,6 +15,7 @@ fatal (a node identity collision: weftd exits).
 import threading
 import time
 
+from .. import paths
 from ..subnet.lease import ConfigError
 from ..subnet.lease_manager import LeaseConflict, NodeCollision, NoFreeSubnet
 from ..subnet.registry import RegistryError
@@ -24,9 +25,10 @@ from .runtime import Backoff, EventQueue, Timers
 
 
 class NetworkAgent:
-    def __init__(self, name, registry, options, node, metrics, log):
+    def __init__(self, name, registry, options, node, metrics, log, source=None):
         self.name = name
-        self.registry = registry  # also the watch source (runtime.WatchSource)
+        self.registry = registry
+        self.source = source or registry  # where lease listings and events come from (runtime.LeaseSource)
         self.options = options
         self.node = node  # agent.node.NodeIdentity
         self.metrics = metrics
@@ -54,7 +56,11 @@ class NetworkAgent:
         self.events.stop()
         self.thread.join(timeout)
         for controller in self.controllers:
-            controller.close()
+            try:
+                controller.close()
+            except Exception as exc:  # close the others all the same
+                self.log.exception(f"{controller.name} controller failed to close",
+                                   extra=self.extra(error=repr(exc)))
 
     @property
     def ready(self) -> bool:
@@ -70,8 +76,19 @@ class NetworkAgent:
         return {"network": self.name, "node": self.node.name, "lease": lease, **more}
 
     def _each(self, hook: str, *args):
+        """Run a hook of every controller in order; the first exception ends the pass
+        (the loop backs off and starts again from prepare)."""
         for controller in self.controllers:
             getattr(controller, hook)(*args)
+
+    def _each_guarded(self, hook: str, *args):
+        """Run a hook of every controller; one that fails is logged and the others run."""
+        for controller in self.controllers:
+            try:
+                getattr(controller, hook)(*args)
+            except Exception as exc:  # a bug must not end the network's thread
+                self.log.exception(f"{controller.name} controller failed in {hook}",
+                                   extra=self.extra(error=repr(exc)))
 
     # -- main loop ---------------------------------------------------------
     def _run(self):
@@ -114,14 +131,10 @@ class NetworkAgent:
         self.write_status()
 
     def _wait(self, seconds):
-        """Until the next attempt, let controllers keep the kernel in line."""
-        for controller in self.controllers:
-            try:
-                controller.while_waiting()
-            except Exception as exc:  # a bug must not end the network's thread
-                self.log.exception(f"{controller.name} controller failed while waiting",
-                                   extra=self.extra(error=repr(exc)))
+        """Until the next attempt, let controllers keep the kernel in line (the repair
+        counts against the wait, as a retry should not come later for it)."""
         deadline = time.monotonic() + seconds
+        self._each_guarded("while_waiting")
         while not self.stopping.is_set():  # watch events now are stale: the next listing covers them
             left = deadline - time.monotonic()
             event = self.events.get(timeout=left) if left > 0 else None
@@ -131,12 +144,12 @@ class NetworkAgent:
     # -- steady state: one listing, then watch events and timers ---------------
     def _serve(self):
         self._each("before_sync")
-        raw, revision = self.registry.list_leases(self.name)
+        raw, revision = self.source.list_leases(self.name)
         self._each("sync", raw)
         # read after the listing and watched from it: a change in between arrives twice at
         # worst (applying a config is idempotent), never not at all
         self._each("on_config_event", self.registry.get_network_config(self.name))
-        cancel = self.registry.watch_leases(self.name, revision + 1, self._on_watch)
+        cancel = self.source.watch_leases(self.name, revision + 1, self._on_watch)
         try:
             cancel_config = self.registry.watch_config(self.name, revision + 1, self._on_config_watch)
         except BaseException:
@@ -181,5 +194,12 @@ class NetworkAgent:
                   "conflict": self.conflict, "fatal": self.fatal, "lease": None, "backend": None,
                   "peers": [], "refused": [], "driftRepaired": 0, "lastReconcile": None}
         for controller in self.controllers:
-            status.update(controller.status())
-        status_file.write(status_file.path_for(self.options.run_dir, self.name), status)
+            try:
+                status.update(controller.status())
+            except Exception as exc:  # the rest of the status is still worth writing
+                self.log.exception(f"{controller.name} controller failed to report status",
+                                   extra=self.extra(error=repr(exc)))
+        try:
+            status_file.write(paths.status_file(self.options.run_dir, self.name), status)
+        except OSError as exc:  # a full or read-only run dir: say so, keep serving
+            self.log.error(f"cannot write the status file: {exc}", extra=self.extra())

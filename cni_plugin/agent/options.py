@@ -42,7 +42,8 @@ def parse(argv=None) -> argparse.Namespace:
     args.networks = args.networks or ["weft"]
     if len(set(args.networks)) != len(args.networks):
         p.error("--network names must be distinct")
-    args.etcd_endpoints = etcd_flags.endpoints(args)
+    if not etcd_flags.endpoints(args):
+        p.error("--etcd-endpoints names no endpoint")
     if args.lease_ttl < 10:
         p.error("--lease-ttl must be at least 10 seconds")
     if args.reconcile_interval <= 0:

@@ -1,6 +1,7 @@
 """weftd's small controller runtime: one event loop per network, timers, backoff.
 
-A network's loop (network.NetworkAgent) owns a queue of events (watch events, stop),
+A network's loop (network.NetworkAgent) lists leases from a LeaseSource and owns a
+queue of events (watch events, stop),
 a set of periodic timers, and the controllers registered in agent/controllers/.
 Controllers are called from that one thread only, so they need no locks of their own.
 
@@ -48,9 +49,12 @@ class Controller:
     def close(self) -> None: ...
 
 
-class WatchSource(Protocol):
-    """Where a network's lease events come from (etcd today; the Kubernetes API later).
+class LeaseSource(Protocol):
+    """Where a network's leases come from (etcd's registry today; the Kubernetes API
+    could be another): one listing, then a watch from the listing's revision.
     on_event(kind, key, value, revision, create_revision); kind "resync" ends the watch (re-list)."""
+
+    def list_leases(self, network: str) -> tuple: ...
 
     def watch_leases(self, network: str, start_revision: int,
                      on_event: Callable[[str, Optional[str], Optional[str], int, int], None]) -> Callable[[], None]: ...

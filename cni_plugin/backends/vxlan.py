@@ -14,6 +14,7 @@ import ipaddress
 import re
 from dataclasses import dataclass
 
+from ..datapath.vxlan_device import ensure_vxlan
 from . import register
 from .base import FDB, NEIGH, ROUTE, Backend, BackendDataError, Device, SetupResult
 
@@ -23,6 +24,11 @@ _MAC = re.compile(r"^([0-9a-f]{2}:){5}[0-9a-f]{2}$")
 
 def device_name(vni: int) -> str:
     return f"weft.{vni}"
+
+
+def vtep_ip(subnet):
+    """A node's VTEP address in one of its subnets: the subnet's .0 (or ::)."""
+    return subnet.network_address
 
 
 def _int_in(section: dict, key: str, default: int, low: int, high: int) -> int:
@@ -109,12 +115,10 @@ class Vxlan(Backend):
         return VxlanData(vni=config.vni, vtep_mac=node.vtep_mac(network))
 
     def setup(self, nl, network, lease, node, underlay) -> SetupResult:
-        from ..datapath.vxlan import ensure_vxlan
-
         name = device_name(self.config.vni)
-        addresses = [ipaddress.ip_interface(f"{lease.vtep_ip}/32")]
+        addresses = [ipaddress.ip_interface(f"{vtep_ip(lease.subnet)}/32")]
         if lease.ipv6_subnet is not None:
-            addresses.append(ipaddress.ip_interface(f"{lease.vtep_ipv6}/128"))
+            addresses.append(ipaddress.ip_interface(f"{vtep_ip(lease.ipv6_subnet)}/128"))
         mtu = underlay.mtu - VXLAN_OVERHEAD
         device = ensure_vxlan(nl, name, self.config.vni, node.public_ip, self.config.port,
                               underlay.index, mtu, lease.backend_data.vtep_mac, addresses)
@@ -137,13 +141,13 @@ class Vxlan(Backend):
         if direct4:
             routes.append((ROUTE, lease.subnet, (lease.public_ip, plan.underlay.index, False)))
         else:
-            neighbours.append((NEIGH, lease.vtep_ip, mac))
-            routes.append((ROUTE, lease.subnet, (lease.vtep_ip, plan.device.index, True)))
+            neighbours.append((NEIGH, vtep_ip(lease.subnet), mac))
+            routes.append((ROUTE, lease.subnet, (vtep_ip(lease.subnet), plan.device.index, True)))
         if v6 and direct6 is not None:
             routes.append((ROUTE, lease.ipv6_subnet, (direct6, plan.underlay6.index, False)))
         elif v6:
-            neighbours.append((NEIGH, lease.vtep_ipv6, mac))
-            routes.append((ROUTE, lease.ipv6_subnet, (lease.vtep_ipv6, plan.device.index, True)))
+            neighbours.append((NEIGH, vtep_ip(lease.ipv6_subnet), mac))
+            routes.append((ROUTE, lease.ipv6_subnet, (vtep_ip(lease.ipv6_subnet), plan.device.index, True)))
         fdb = [(FDB, mac, lease.public_ip)] if neighbours else []
         return neighbours + fdb + routes
 

@@ -215,7 +215,7 @@ def status(args) -> int:
         word = "ready" if state.get("ready") else "NOT READY"
         print(f"network {state['network']} on node {state['node']}: {word}")
         print(f"  lease      {lease.get('subnet', '-')} (public IP {lease.get('publicIP', '-')}, "
-              f"VTEP MAC {lease.get('vtepMAC', '-')})")
+              f"VTEP MAC {lease.get('vtepMAC') or '-'})")
         if state.get("problem"):
             print(f"  problem    {state['problem']}")
         if state.get("fatal"):

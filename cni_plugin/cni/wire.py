@@ -7,7 +7,7 @@ Both directions are length-prefixed (4-byte big-endian lengths):
 Only CNI_* variables cross the socket.
 """
 
-DEFAULT_SOCKET = "/run/weft/weftd.sock"  # paths.AGENT_SOCKET; defined here for the forwarder
+DEFAULT_SOCKET = "/run/weft/weftd.sock"  # where weftd listens by default; paths.py derives RUN_DIR from it
 MAGIC = b"WEFT1 "
 ROLES = ("weft", "weft-ipam")
 HEADER_LIMIT = 64

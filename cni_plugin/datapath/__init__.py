@@ -8,6 +8,7 @@ constants.py  netlink numbers used by both, defined once
 errors.py     DatapathError and its family (no CNI codes here)
 netns.py      opening namespaces safely, without blocking
 links.py      bridge and veth links; container.py the pod side of an attachment
+vxlan_device.py  a VXLAN device with exactly the wanted settings
 underlay.py   the node's underlay interface and address
 sysctl.py     per-interface and forwarding knobs
 nft.py        the one nftables module; masq.py the masquerade table over it

@@ -10,9 +10,10 @@ import os
 from dataclasses import dataclass, field
 
 from ..cni.errors import INVALID_NETCONF, CniError
+from .. import paths
 from ..cni import netconf
 
-DEFAULT_DATA_DIR = "/var/lib/cni/networks"
+DEFAULT_DATA_DIR = paths.IPAM_DATA_DIR
 
 # The longest prefix that still leaves room for a gateway and at least one host.
 _LONGEST_PREFIX = {4: 30, 6: 126}

@@ -220,10 +220,7 @@ def cmd_check(env, conf):
 
 def _known(exc: Exception) -> CniError:
     """A collected error as CNI error: datapath errors by class, anything else as a bug."""
-    try:
-        return as_cni_error(exc)
-    except Exception:
-        return CniError(INTERNAL, f"internal error: {exc!r}")
+    return as_cni_error(exc) or CniError(INTERNAL, str(exc))
 
 
 def cmd_gc(env, conf):

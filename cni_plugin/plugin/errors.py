@@ -9,14 +9,15 @@ _CODES = ((LinkConflict, LINK_CONFLICT), (NetnsError, INVALID_NETNS), (DriftFoun
           (DatapathError, IO_FAILURE))
 
 
-def as_cni_error(exc: Exception) -> CniError:
-    """exc as the CniError the runtime sees (datapath errors by class; others are bugs)."""
+def as_cni_error(exc: Exception):
+    """exc as the CniError the runtime sees (datapath errors by class), or None when
+    it is neither (a bug)."""
     if isinstance(exc, CniError):
         return exc
     for kind, code in _CODES:
         if isinstance(exc, kind):
             return CniError(code, str(exc))
-    raise exc
+    return None
 
 
 def speaks_cni(handler):
@@ -26,5 +27,5 @@ def speaks_cni(handler):
         try:
             return handler(env, conf)
         except DatapathError as exc:
-            raise as_cni_error(exc) from exc
+            raise as_cni_error(exc) from exc  # a DatapathError always maps
     return wrapped

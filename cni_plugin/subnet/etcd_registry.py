@@ -17,6 +17,7 @@ import hashlib
 import json
 import logging
 
+from .. import paths
 from ..timestamps import format_ts, parse_ts
 from .etcd_transport import EtcdTransport
 from .registry import LeaseRow, RegistryError
@@ -44,7 +45,7 @@ def history_key_name(record: dict) -> str:
 class EtcdRegistry:
     """weft's view of etcd (implements registry.Registry); thread-safe."""
 
-    def __init__(self, endpoints, prefix: str = "/weft", cafile=None, certfile=None, keyfile=None,
+    def __init__(self, endpoints, prefix: str = paths.ETCD_PREFIX, cafile=None, certfile=None, keyfile=None,
                  username=None, password=None, timeout: float = 5.0):
         self.etcd = EtcdTransport(endpoints, cafile=cafile, certfile=certfile, keyfile=keyfile,
                                   username=username, password=password, timeout=timeout)

@@ -216,15 +216,6 @@ class Lease:
     def key(self) -> str:
         return subnet_key(self.subnet)
 
-    @property
-    def vtep_ip(self) -> ipaddress.IPv4Address:
-        """The subnet's .0: the address of the node's VXLAN device."""
-        return self.subnet.network_address
-
-    @property
-    def vtep_ipv6(self) -> Optional[ipaddress.IPv6Address]:
-        return self.ipv6_subnet.network_address if self.ipv6_subnet else None
-
     def to_json(self) -> str:
         value = {"PublicIP": str(self.public_ip), "NodeName": self.node_name,
                  "BackendType": self.backend_type, "BackendData": _data_json(self)}

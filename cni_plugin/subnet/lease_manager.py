@@ -60,7 +60,7 @@ def collision_message(network: str, mine: Lease, key: str, theirs: Lease, lease_
 
 class LeaseManager:
     def __init__(self, registry: Registry, config: NetworkConfig, template: Lease, state_dir: str):
-        """template: this node's Lease fields (public IP, node name, backend, VNI, VTEP MAC);
+        """template: this node's Lease fields (public IP, node name, backend and its data);
         its subnet is replaced by the one acquired."""
         self.registry = registry
         self.config = config

@@ -6,12 +6,7 @@ STATUS answers 51 when it reports a lease conflict.
 
 import json
 
-from .. import paths
 from ..fsutil import write_atomic
-
-
-def path_for(run_dir: str, network: str) -> str:
-    return paths.status_file(run_dir, network)
 
 
 def beside_subnet_file(subnet_file: str) -> str:

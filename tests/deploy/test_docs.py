@@ -335,7 +335,13 @@ def test_network_config_table_lists_exactly_the_keys_the_parser_reads():
     source = inspect.getsource(NetworkConfig.from_dict)
     code = set(re.findall(r'(?<![.\w])(?:get|net|bound)\("(\w+)"', source))
     code = {k for k in code if k != "Backend"} | {"Backend.Type"}
-    code |= {f"Backend.{k}" for name in backends.names() for k in backends.get(name).CONFIG_KEYS}
+    for name in backends.names():
+        backend = backends.get(name)
+        # the keys each backend's parser reads, from its source, must be the ones it declares
+        read = set(re.findall(r'(?:section\.get|_int_in\(section,) ?\(?"(\w+)"',
+                              inspect.getsource(inspect.getmodule(backend))))
+        assert read == set(backend.CONFIG_KEYS), name
+        code |= {f"Backend.{k}" for k in read}
     assert documented == code
 
 

@@ -15,6 +15,7 @@ import pytest
 import yaml
 
 from cni_plugin.plugin import config as plugin_config
+from cni_plugin import etcd_flags
 from cni_plugin.agent import options
 from cni_plugin.cni import netconf
 from cni_plugin.subnet import subnet_file
@@ -151,7 +152,7 @@ def test_daemonset_weftd_flags_parse_and_probes_use_the_metrics_port():
     env = {"NODE_NAME": "node-a", "WEFT_ETCD_ENDPOINTS": artifacts.configmap_data()["etcd-endpoints"]}
     args = options.parse([_expand(a, env) for a in weftd["args"]])
     assert args.node_name == "node-a" and args.networks == ["weft"]
-    assert args.etcd_endpoints[0].startswith("https://")
+    assert etcd_flags.endpoints(args)[0].startswith("https://")
     mounts = {m["mountPath"]: m for m in weftd["volumeMounts"]}
     for path in (args.etcd_cafile, args.etcd_certfile, args.etcd_keyfile):
         assert os.path.dirname(path) in mounts

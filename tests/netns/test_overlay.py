@@ -21,7 +21,7 @@ from cni_plugin.datapath import underlay
 from cni_plugin.datapath.constants import WEFT_RTPROT
 from cni_plugin.datapath.errors import DatapathError, LinkConflict
 from cni_plugin.datapath.netlink import open_agent
-from cni_plugin.datapath.vxlan import ensure_vxlan
+from cni_plugin.datapath.vxlan_device import ensure_vxlan
 from cni_plugin.subnet.lease import Lease, NetworkConfig
 from lab.namespaces import Namespace
 

@@ -149,16 +149,17 @@ def test_cli_bad_input_exits_2_naming_the_value(timeline, capsys, argv, fragment
 
 
 def test_cli_status_reads_the_agent_status_files(capsys, tmp_path):
+    from cni_plugin import paths
     from cni_plugin.subnet import status_file
 
-    status_file.write(status_file.path_for(str(tmp_path), "weft"), {
+    status_file.write(paths.status_file(str(tmp_path), "weft"), {
         "network": "weft", "node": "n1", "ready": True, "problem": None, "conflict": None,
         "lease": {"subnet": "10.244.3.0/24", "publicIP": "192.168.1.2", "vtepMAC": "02:00:00:00:00:01"},
         "peers": ["10.244.4.0-24 n2 192.168.1.3"], "driftRepaired": 2})
     assert weftctl.main(["status", "--run-dir", str(tmp_path)]) == 0
     out = capsys.readouterr().out
     assert "network weft on node n1: ready" in out and "10.244.4.0-24 n2" in out and "2 kernel" in out
-    status_file.write(status_file.path_for(str(tmp_path), "weft"), {
+    status_file.write(paths.status_file(str(tmp_path), "weft"), {
         "network": "weft", "node": "n1", "ready": False, "conflict": "held by n9"})
     assert weftctl.main(["status", "--run-dir", str(tmp_path)]) == 1
     assert "CONFLICT   held by n9" in capsys.readouterr().out

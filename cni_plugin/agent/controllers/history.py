@@ -1,5 +1,6 @@
 """The history controller: this node's weft-ipam history published to etcd (for
-`weftctl whois --cluster`), after every sync and at every reconcile interval."""
+`weftctl whois --cluster`), after every sync and at every reconcile interval.  Not
+while the network waits for etcd: the journal keeps its offset until etcd is back."""
 
 from ...subnet.registry import RegistryError
 from ..history_publisher import HistoryPublisher
@@ -12,7 +13,9 @@ class HistoryController(Controller):
     name = "history"
     order = 30
 
-    publisher = None
+    def __init__(self, agent):
+        super().__init__(agent)
+        self.publisher = None
 
     def prepare(self):
         if self.publisher is None:
@@ -32,10 +35,6 @@ class HistoryController(Controller):
 
     def sync(self, raw):
         self.publish()
-
-    def while_waiting(self):
-        if self.agent.held is not None:
-            self.publish()
 
     def timers(self):
         return [(self.agent.options.reconcile_interval, self.publish)]
