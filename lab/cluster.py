@@ -14,7 +14,7 @@ import sys
 import time
 
 from .cni import invoke
-from .etcd import EtcdServer
+from .etcd import EtcdCluster, EtcdServer
 from .namespaces import Namespace, sh, stop_process
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -192,7 +192,10 @@ class Node:
 
 
 class Cluster:
-    def __init__(self, workdir, installed, etcd_tls=False, etcd_auth=False, reconcile_interval=2.0):
+    def __init__(self, workdir, installed, etcd_tls=False, etcd_auth=False, reconcile_interval=2.0,
+                 etcd_members=1):
+        """etcd_members > 1: an EtcdCluster on ETCD_IP, .253, .252 ... (no TLS/auth); the
+        agents and weftctl get every member's endpoint."""
         self.workdir = str(workdir)
         self.installed = str(installed)
         self.reconcile_interval = reconcile_interval
@@ -200,10 +203,18 @@ class Cluster:
         self.underlay = Namespace("wul")
         try:
             self.underlay.run(["ip", "link", "add", "ul0", "type", "bridge"])
-            self.underlay.run(["ip", "addr", "add", f"{ETCD_IP}/24", "dev", "ul0"])
+            hosts = [f"{UNDERLAY}.{254 - i}" for i in range(etcd_members)]
+            for host in hosts:
+                self.underlay.run(["ip", "addr", "add", f"{host}/24", "dev", "ul0"])
             self.underlay.run(["ip", "link", "set", "ul0", "up"])
-            self.etcd = EtcdServer(os.path.join(self.workdir, "etcd"), tls=etcd_tls, auth=etcd_auth,
-                                   netns=self.underlay.name, host=ETCD_IP)
+            if etcd_members > 1:
+                if etcd_tls or etcd_auth:
+                    raise ValueError("Cluster: a multi-member etcd runs without TLS and auth here")
+                self.etcd = EtcdCluster(os.path.join(self.workdir, "etcd"), etcd_members,
+                                        netns=self.underlay.name, hosts=hosts)
+            else:
+                self.etcd = EtcdServer(os.path.join(self.workdir, "etcd"), tls=etcd_tls, auth=etcd_auth,
+                                       netns=self.underlay.name, host=ETCD_IP)
             self.etcd.start()
         except BaseException:
             self.underlay.delete()

@@ -43,6 +43,7 @@ DEFAULT_CA_BUNDLE = "/etc/ssl/certs/ca-certificates.crt"
 PAGE_SIZE = 500          # keys per range request (keeps responses far below gRPC's 4 MiB)
 TXN_MAX_OPS = 100        # etcd refuses transactions above --max-txn-ops (default 128)
 WATCH_JOIN_TIMEOUT = 5.0
+REQUIRE_LEADER = (("hasleader", "true"),)  # etcd's rpctypes.MetadataRequireLeaderKey
 GRPC_OPTIONS = [
     ("grpc.enable_http_proxy", 0),             # etcd is never reached through an HTTP proxy
     ("grpc.keepalive_time_ms", 30_000),        # etcd's --grpc-keepalive-min-time is 5 s
@@ -120,7 +121,11 @@ class _Connection:
 
     @property
     def metadata(self):
-        return self.client.metadata
+        """The auth token (if any) and etcd's "require leader" flag on every call: a member
+        that lost its quorum answers "etcdserver: no leader" at once (and cancels our
+        watches within a few election timeouts) instead of stalling them, so the agent
+        moves to another endpoint or reports etcd unavailable."""
+        return (self.client.metadata or ()) + REQUIRE_LEADER
 
     def unary(self, stub, method: str, request):
         return getattr(stub, method)(request, timeout=self.timeout, metadata=self.metadata)
