@@ -501,8 +501,10 @@ class _PrefixWatch:
             for response in self.call:
                 if self.stopping.is_set():
                     return
-                if response.compact_revision:
+                if response.compact_revision:  # we fell behind a compaction: re-list
                     resync_revision = response.compact_revision
+                    log.warning("watch on %s fell behind etcd's compaction at revision %d; "
+                                "relisting", self.prefix, response.compact_revision)
                     break
                 if response.canceled:
                     log.warning("etcd cancelled the watch on %s: %s", self.prefix,
