@@ -42,6 +42,7 @@ log = logging.getLogger("weftd.etcd")
 DEFAULT_CA_BUNDLE = "/etc/ssl/certs/ca-certificates.crt"
 PAGE_SIZE = 500          # keys per range request (keeps responses far below gRPC's 4 MiB)
 TXN_MAX_OPS = 100        # etcd refuses transactions above --max-txn-ops (default 128)
+TTL_WINDOW = 1000        # lease TTL requests in flight at once (time_to_live_many)
 WATCH_JOIN_TIMEOUT = 5.0
 REQUIRE_LEADER = (("hasleader", "true"),)  # etcd's rpctypes.MetadataRequireLeaderKey
 GRPC_OPTIONS = [
@@ -248,10 +249,11 @@ class EtcdTransport:
         except _LeaseNotFound:
             return False
 
-    def put_many(self, items: list, what: str) -> None:
-        """[(key, value)] in transactions of at most TXN_MAX_OPS puts."""
+    def put_many(self, items: list, what: str, lease_id: int = 0) -> None:
+        """[(key, value)] in transactions of at most TXN_MAX_OPS puts (bound to lease_id
+        when given)."""
         for start in range(0, len(items), TXN_MAX_OPS):
-            ops = [etcdrpc.RequestOp(request_put=etcdrpc.PutRequest(key=k, value=v))
+            ops = [etcdrpc.RequestOp(request_put=etcdrpc.PutRequest(key=k, value=v, lease=lease_id))
                    for k, v in items[start:start + TXN_MAX_OPS]]
             request = etcdrpc.TxnRequest(success=ops)
             self._call(what, lambda c: c.kv("Txn", request))
@@ -276,6 +278,29 @@ class EtcdTransport:
         """Seconds the lease has left, -1 when it is gone."""
         request = etcdrpc.LeaseTimeToLiveRequest(ID=lease_id)
         return int(self._call(f"read lease {lease_id:x}", lambda c: c.lease("LeaseTimeToLive", request)).TTL)
+
+    def time_to_live_many(self, lease_ids) -> dict:
+        """{lease id: seconds left, -1 when gone} for many leases in one round: every
+        request is in flight at once on the one channel (gRPC futures), in windows of
+        TTL_WINDOW, instead of one round trip per lease."""
+        ids = sorted({int(i) for i in lease_ids if i})
+        ttls = {}
+        for start in range(0, len(ids), TTL_WINDOW):
+            window = ids[start:start + TTL_WINDOW]
+            ttls.update(self._call(f"read {len(window)} leases", lambda c: self._ttl_window(c, window)))
+        return ttls
+
+    @staticmethod
+    def _ttl_window(conn, ids) -> dict:
+        stub = conn.client.leasestub
+        futures = [(lease_id, stub.LeaseTimeToLive.future(etcdrpc.LeaseTimeToLiveRequest(ID=lease_id),
+                                                          timeout=conn.timeout, metadata=conn.metadata))
+                   for lease_id in ids]
+        try:
+            return {lease_id: int(future.result().TTL) for lease_id, future in futures}
+        finally:
+            for _, future in futures:
+                future.cancel()
 
     def revoke(self, lease_id: int) -> None:
         """Revoke the lease (its keys vanish); a lease that is already gone is fine."""
