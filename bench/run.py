@@ -20,14 +20,15 @@ import tempfile
 import time
 import traceback
 
-from . import attach, convergence, cri, report, throughput
+from . import attach, convergence, cri, report, scale, throughput
 from .contenders import LABELS
 from .context import Context, quiesce
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-FIGURES = ("sequential", "parallel", "scale", "throughput", "convergence", "cri")
+FIGURES = ("sequential", "parallel", "density", "throughput", "convergence", "cri", "scale")
 SMOKE = {"attachments": 10, "parallel": 10, "workers": 8, "parallel_rounds": 2, "prepopulate": 20, "measure": 5,
-         "iperf_seconds": 1, "iperf_rounds": 1, "nodes": 3, "leases": 2, "sandboxes": 3}
+         "iperf_seconds": 1, "iperf_rounds": 1, "nodes": 3, "leases": 2, "sandboxes": 3,
+         "scale_nodes": "10", "scale_churn": 6, "scale_quiet": 2.0}
 
 
 def parse(argv=None):
@@ -45,6 +46,13 @@ def parse(argv=None):
     p.add_argument("--leases", type=int, default=5, help="synthetic leases added and removed (default 5)")
     p.add_argument("--sandboxes", type=int, default=30,
                    help="RunPodSandbox calls per CRI runtime handler (weft, reference) (default 30)")
+    p.add_argument("--scale-nodes", default="100,1000,5000",
+                   help="cluster sizes N of the scale figure: N leases in etcd, a few real agents (default 100,1000,5000)")
+    p.add_argument("--scale-agents", type=int, default=2, help="real agents in the scale figure (default 2)")
+    p.add_argument("--scale-churn", type=int, default=200,
+                   help="lease changes (adds and removes alternating) at 20/s per N (default 200)")
+    p.add_argument("--scale-quiet", type=float, default=30.0,
+                   help="seconds of a quiet cluster measured per N: reconcile CPU, etcd requests (default 30)")
     p.add_argument("--smoke", action="store_true", help="tiny counts everywhere (CI; < 60 s)")
     p.add_argument("--only", default="", help=f"comma-separated subset of {','.join(FIGURES)}")
     p.add_argument("--out", default=os.path.join(REPO, "bench-results"), help="where the JSON goes")
@@ -54,6 +62,12 @@ def parse(argv=None):
         for key, value in SMOKE.items():
             setattr(args, key, value)
     args.figures = [f.strip() for f in args.only.split(",") if f.strip()] or list(FIGURES)
+    try:
+        args.scale_sizes = sorted({int(n) for n in str(args.scale_nodes).split(",") if n.strip()})
+    except ValueError:
+        p.error(f"--scale-nodes {args.scale_nodes!r}: expected comma-separated node counts, e.g. 100,1000,5000")
+    if not args.scale_sizes or min(args.scale_sizes) <= args.scale_agents:
+        p.error(f"--scale-nodes {args.scale_nodes!r}: every N must exceed --scale-agents ({args.scale_agents})")
     unknown = set(args.figures) - set(FIGURES)
     if unknown:
         p.error(f"unknown figure(s) {', '.join(sorted(unknown))}; choose from {', '.join(FIGURES)}")
@@ -100,10 +114,12 @@ def run_figures(ctx, args) -> dict:
     steps = {
         "sequential": lambda: attach.sequential(ctx, args.attachments),
         "parallel": lambda: attach.parallel(ctx, args.parallel, args.workers, args.parallel_rounds),
-        "scale": lambda: attach.scale(ctx, args.prepopulate, args.measure, args.workers),
+        "density": lambda: attach.scale(ctx, args.prepopulate, args.measure, args.workers),
         "throughput": lambda: throughput.throughput(ctx, args.iperf_seconds, args.iperf_rounds),
         "convergence": lambda: convergence.convergence(ctx, args.nodes, args.leases),
         "cri": lambda: cri.cri(ctx, args.sandboxes),
+        "scale": lambda: scale.scale(ctx, args.scale_sizes, args.scale_agents, args.scale_churn,
+                                     args.scale_quiet, args.out),
     }
     figures = {}
     for name in args.figures:
