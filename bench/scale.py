@@ -26,6 +26,7 @@ Measured per N, per real agent:
 The figure also writes <out>/scale.svg: each cost against N.
 """
 
+import collections
 import ipaddress
 import json
 import os
@@ -154,6 +155,7 @@ def one_size(ctx, n: int, agents: int, churn: int, quiet: float) -> dict:
             follower.offset = os.path.getsize(node.log_path)
             followers[node.name] = follower
         changes = []
+        removable = collections.deque(key for key, _, _ in ghosts)  # oldest first; adds join the end
         churn_started = time.monotonic()
         for i in range(churn):
             due = churn_started + i / CHURN_RATE
@@ -162,8 +164,9 @@ def one_size(ctx, n: int, agents: int, churn: int, quiet: float) -> dict:
                 key, value, _ = ghost(n + i)
                 answer = writer.ask(op="create", network="weft", key=key, value=value, ttl=GHOST_TTL)
                 changes.append((key, "peer programmed", answer["t0"]))
+                removable.append(key)
             else:
-                key = ghosts[i // 2][0]
+                key = removable.popleft()
                 answer = writer.ask(op="delete", network="weft", key=key)
                 changes.append((key, "peer removed", answer["t0"]))
 
