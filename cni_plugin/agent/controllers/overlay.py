@@ -6,8 +6,9 @@ etcd is away (only against leases actually seen: an empty list would tear down
 every peer).
 
 Only leases subnet/validation.py accepts become peers: the whole set of rows is judged
-again after every listing and every watch event (oldest wins, so the verdict is the
-same on every node), a lease that turns invalid is removed from the kernel, and a lease
+after every listing and kept judged on every watch event (subnet/live_verdict.py: the
+same verdict, O(1) per event; oldest wins, so the verdict is the same on every node),
+a lease that turns invalid is removed from the kernel, and a lease
 overlapping this node's own subnet is never a peer, however old (the node's own pods
 must not be routed into the overlay).  Refusals are logged once each, counted in
 weft_leases_refused{network,reason} and listed in the status file.
@@ -21,7 +22,7 @@ from ...backends import engine
 from ...datapath import sysctl, underlay
 from ...datapath.netlink import open_agent
 from ...subnet import validation
-from ...subnet.registry import LeaseRow
+from ...subnet.live_verdict import LiveVerdict
 from ..runtime import Controller
 from . import register
 
@@ -39,8 +40,10 @@ class OverlayController(Controller):
         self.drift_repaired = 0
         self.synced_once = False  # the first full sync programs every peer: not drift
         self.last_reconcile = None
-        self.rows = {}     # key -> LeaseRow: every lease key of the network, ours included
+        self.live = None   # LiveVerdict over every lease key of the network, ours included
+        self.own_overlaps = {}  # key -> Refusal: valid leases overlapping our own subnet
         self.refused = {}  # key -> validation.Refusal, as last logged
+        self._published = False
 
     def prepare(self):
         agent = self.agent
@@ -58,44 +61,72 @@ class OverlayController(Controller):
         agent.mtu = result.mtu
 
     def sync(self, raw):
-        self.rows = {row[0]: LeaseRow(*row) for row in raw}
-        self.agent.peers = self._judge()
+        self.live = LiveVerdict(self.agent.config, raw)
+        self.agent.peers = self._judge_all()
         self.reconcile()
+
+    def config_changed(self, old, new):
+        if self.live is not None:
+            self.live.reset(new, self.live.rows.values())
 
     def on_lease_event(self, kind, key, value, received, created=0):
         agent = self.agent
-        if kind == "put":
-            self.rows[key] = LeaseRow(key, value, 0, created)
+        changed = self.live.apply(kind, key, value, created)
+        before = agent.peers
+        if changed is None:  # re-judged as a whole (an overlap): compare everything
+            after = self._judge_all()
+            changed = set(before) | set(after)
         else:
-            self.rows.pop(key, None)
-        before, after = agent.peers, self._judge()
+            after = dict(before)
+            for changed_key in changed:
+                lease = self._peer(changed_key)
+                if lease is None:
+                    after.pop(changed_key, None)
+                else:
+                    after[changed_key] = lease
+            self._publish_refusals()
         agent.peers = after
-        for gone in [k for k in before if k not in after]:
+        for gone in [k for k in changed if k in before and k not in after]:
             self._program(engine.remove_peer, before[gone], "peer removed")
-        for peer_key, lease in after.items():
-            if before.get(peer_key) != lease:
-                self._program(engine.apply_peer, lease, "peer programmed")
+        for peer_key in [k for k in changed if k in after and before.get(k) != after[k]]:
+            self._program(engine.apply_peer, after[peer_key], "peer programmed")
         agent.metrics.program_seconds.labels(agent.name).observe(time.monotonic() - received)
         agent.metrics.peers.labels(agent.name).set(len(agent.peers))
-        agent.write_status()
+        agent.status_changed()
 
-    def _judge(self) -> dict:
-        """The peers to program: valid leases of other nodes not overlapping our subnet.
-        Logs each new refusal once and publishes the refusal counts."""
-        agent = self.agent
-        own = agent.held.lease
-        verdict = validation.validate(agent.config, self.rows.values())
-        refused = dict(verdict.refused)
+    def _peer(self, key):
+        """The Lease to program for `key`, or None (not valid, ours, or overlapping ours)."""
+        own = self.agent.held.lease
+        self.own_overlaps.pop(key, None)
+        lease = self.live.valid.get(key)
+        if lease is None or key == own.key:
+            return None
+        if lease.subnet.overlaps(own.subnet):
+            self.own_overlaps[key] = validation.Refusal(
+                key, validation.OVERLAP, f"lease {key} of node {lease.node_name} overlaps this node's "
+                f"own subnet {own.subnet}; never routed here", lease.node_name)
+            return None
+        return lease
+
+    def _judge_all(self) -> dict:
+        """The peers to program: valid leases of other nodes not overlapping our subnet."""
+        self.own_overlaps = {}
         peers = {}
-        for key, lease in verdict.valid.items():
-            if key == own.key:
-                continue
-            if lease.subnet.overlaps(own.subnet):
-                refused[key] = validation.Refusal(
-                    key, validation.OVERLAP, f"lease {key} of node {lease.node_name} overlaps this node's "
-                    f"own subnet {own.subnet}; never routed here", lease.node_name)
-                continue
-            peers[key] = lease
+        for key in list(self.live.valid):
+            lease = self._peer(key)
+            if lease is not None:
+                peers[key] = lease
+        self._publish_refusals()
+        return peers
+
+    def _publish_refusals(self) -> None:
+        """Log each new refusal once and publish the refusal counts."""
+        agent = self.agent
+        refused = dict(self.live.refused)
+        refused.update(self.own_overlaps)
+        if refused == self.refused and self._published:
+            return
+        self._published = True
         for key, refusal in refused.items():
             if self.refused.get(key) != refusal:
                 agent.log.error(f"lease refused: {refusal.detail}",
@@ -107,7 +138,6 @@ class OverlayController(Controller):
         for reason in validation.REASONS:
             count = sum(1 for r in refused.values() if r.reason == reason)
             agent.metrics.refused.labels(agent.name, reason).set(count)
-        return peers
 
     def _program(self, step, lease, done: str):
         agent = self.agent
