@@ -184,12 +184,19 @@ class NetworkAgent:
                     return
                 if kind == "config":
                     self._each("on_config_event", value)
+                elif kind == "call":
+                    value()
                 else:
                     self.metrics.events.labels(self.name, kind).inc()
                     self._each("on_lease_event", kind, key, value, received, created)
             timers.due()
             if self._status_dirty and self.events.empty():
                 self.write_status()
+
+    def call_soon(self, fn) -> None:
+        """Run fn on this network's loop, after the events queued before it (from any
+        thread; dropped if the loop is waiting out a failure: it re-lists afterwards)."""
+        self.events.post("call", None, fn)
 
     def status_changed(self):
         """Something in the status changed on a watch event: the file is written once the

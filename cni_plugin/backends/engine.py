@@ -272,12 +272,21 @@ def _add_missing(nl, plan: Plan, missing: list, actual: dict, drift: Drift, erro
 def reconcile(nl, plan: Plan) -> Drift:
     """Make the kernel match `plan` in both directions; the Drift says what was repaired.
     Raises OverlayError (with .drift) if any lease could not be programmed."""
+    return reconcile_from(nl, plan, read_state(nl, plan))
+
+
+def reconcile_from(nl, plan: Plan, actual: dict, unsettled=frozenset()) -> Drift:
+    """reconcile() against `actual`, a read_state() taken a moment ago (e.g. by another
+    thread while watch events kept being applied).  unsettled: lease keys programmed or
+    removed since that read; their missing entries are the watch path's business (they
+    would only show up as false drift).  Stale entries are deleted either way: one that
+    a later event already removed is simply gone (not counted)."""
     desired = desired_state(plan)
-    actual = read_state(nl, plan)
     drift = Drift()
     errors = list(desired.errors)
     _remove_stale(nl, plan, stale_entries(desired, actual), drift, errors)
-    _add_missing(nl, plan, missing_entries(desired, actual), actual, drift, errors)
+    missing = [entry for entry in missing_entries(desired, actual) if entry[3] not in unsettled]
+    _add_missing(nl, plan, missing, actual, drift, errors)
     if errors:
         raise OverlayError(f"network datapath {plan.device.name or plan.underlay.name}: "
                            f"{len(errors)} problem(s)", errors, drift)

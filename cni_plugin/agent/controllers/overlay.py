@@ -21,6 +21,7 @@ from ... import backends
 from ...backends import engine
 from ...datapath import sysctl, underlay
 from ...datapath.netlink import open_agent
+from ..background_read import BackgroundRead
 from ...subnet import validation
 from ...subnet.live_verdict import LiveVerdict
 from ..runtime import Controller
@@ -35,6 +36,7 @@ class OverlayController(Controller):
     def __init__(self, agent):
         super().__init__(agent)
         self.nl = None
+        self.reader = None  # BackgroundRead: the periodic reconcile's dumps, off the loop
         self.backend = None
         self.plan = None
         self.drift_repaired = 0
@@ -49,7 +51,9 @@ class OverlayController(Controller):
         agent = self.agent
         if self.backend is None:
             self.nl = open_agent()
+            self.reader = BackgroundRead(agent.name, open_agent, engine.read_state, agent.call_soon, agent.log)
             self.backend = backends.get(agent.config.backend_type)(agent.config.backend, agent.log)
+        self.reader.reset()
         lease = agent.held.lease
         local = underlay.interface_of_ip(self.nl, agent.node.public_ip)
         sysctl.enable_forwarding({4, 6} if lease.ipv6_subnet else {4})
@@ -61,6 +65,7 @@ class OverlayController(Controller):
         agent.mtu = result.mtu
 
     def sync(self, raw):
+        self.reader.reset()
         self.live = LiveVerdict(self.agent.config, raw)
         self.agent.peers = self._judge_all()
         self.reconcile()
@@ -87,8 +92,10 @@ class OverlayController(Controller):
             self._publish_refusals()
         agent.peers = after
         for gone in [k for k in changed if k in before and k not in after]:
+            self.reader.touched(gone)
             self._program(engine.remove_peer, before[gone], "peer removed")
         for peer_key in [k for k in changed if k in after and before.get(k) != after[k]]:
+            self.reader.touched(peer_key)
             self._program(engine.apply_peer, after[peer_key], "peer programmed")
         agent.metrics.program_seconds.labels(agent.name).observe(time.monotonic() - received)
         agent.metrics.peers.labels(agent.name).set(len(agent.peers))
@@ -150,17 +157,38 @@ class OverlayController(Controller):
         agent.log.info(done, extra=agent.extra(peer=peer))
 
     def timers(self):
-        return [(self.agent.options.reconcile_interval, self.reconcile)]
+        return [(self.agent.options.reconcile_interval, self.reconcile_in_background)]
+
+    def reconcile_in_background(self):
+        """The periodic pass: dumps on the reader's thread, then _reconciled on the loop."""
+        self._read_started = time.monotonic()
+        if not self.reader.start(self.plan, self._reconciled):
+            self.agent.log.warning("reconcile skipped: the previous kernel read has not finished",
+                                   extra=self.agent.extra())
+
+    def _reconciled(self, plan, actual, unsettled, error):
+        if plan is not self.plan:
+            return  # the device was set up again meanwhile: the next pass reads afresh
+        if error is not None:
+            self.agent.log.error(f"reconcile incomplete: cannot read the kernel: {error}",
+                                 extra=self.agent.extra())
+            return
+        self.reconcile(actual, unsettled, self._read_started)
 
     def while_waiting(self):
         if self.backend is not None and self.agent.held is not None and self.synced_once:
             self.reconcile()
 
-    def reconcile(self):
+    def reconcile(self, actual=None, unsettled=frozenset(), started=None):
+        """Make the kernel match the peers; actual: a read taken off the loop (else read now)."""
         agent = self.agent
-        started = time.monotonic()
+        started = time.monotonic() if started is None else started
+        plan = dataclasses.replace(self.plan, peers=tuple(agent.peers.values()))
         try:
-            drift = engine.reconcile(self.nl, dataclasses.replace(self.plan, peers=tuple(agent.peers.values())))
+            if actual is None:
+                drift = engine.reconcile(self.nl, plan)
+            else:
+                drift = engine.reconcile_from(self.nl, plan, actual, unsettled)
         except Exception as exc:  # OverlayError carries what was done before the failures
             agent.log.error(f"reconcile incomplete: {exc}", extra=agent.extra())
             drift = getattr(exc, "drift", None)
@@ -190,5 +218,7 @@ class OverlayController(Controller):
                 "driftRepaired": self.drift_repaired, "lastReconcile": self.last_reconcile}
 
     def close(self):
+        if self.reader is not None:
+            self.reader.close()
         if self.nl is not None:
             self.nl.close()
