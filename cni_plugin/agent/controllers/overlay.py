@@ -20,6 +20,7 @@ import time
 from ... import backends
 from ...backends import engine
 from ...datapath import sysctl, underlay
+from ...datapath.changes import KernelChanges
 from ...datapath.netlink import open_agent
 from ..background_read import BackgroundRead
 from ...subnet import validation
@@ -37,6 +38,8 @@ class OverlayController(Controller):
         super().__init__(agent)
         self.nl = None
         self.reader = None  # BackgroundRead: the periodic reconcile's dumps, off the loop
+        self.changes = None  # KernelChanges: has anything weft owns changed since the last read?
+        self.force_read = True
         self.backend = None
         self.plan = None
         self.drift_repaired = 0
@@ -62,6 +65,7 @@ class OverlayController(Controller):
             agent.log.warning(f"device {result.device.name} {result.action}: {result.reason}",
                               extra=agent.extra())
         self.plan = engine.Plan.for_network(self.backend, agent.config, lease, local, result.device)
+        self._watch_kernel(result.device.index)
         agent.mtu = result.mtu
 
     def sync(self, raw):
@@ -153,14 +157,34 @@ class OverlayController(Controller):
             step(self.nl, self.plan, lease)
         except Exception as exc:  # the next reconcile retries; say what failed now
             agent.log.error(f"{done.split()[1]} failed: {exc}", extra=agent.extra(peer=peer))
+            self.force_read = True  # a failed write may change nothing: the next pass reads
             return
         agent.log.info(done, extra=agent.extra(peer=peer))
 
     def timers(self):
         return [(self.agent.options.reconcile_interval, self.reconcile_in_background)]
 
+    def _watch_kernel(self, device_index):
+        """Follow kernel changes from now on (before the listing's full reconcile)."""
+        if self.changes is not None:
+            self.changes.close()
+            self.changes = None
+        try:
+            self.changes = KernelChanges(device_index)
+        except OSError as exc:  # every pass then reads the kernel, as before
+            self.agent.log.warning(f"cannot follow kernel changes ({exc}); every reconcile reads the kernel",
+                                   extra=self.agent.extra())
+        self.force_read = True
+
     def reconcile_in_background(self):
-        """The periodic pass: dumps on the reader's thread, then _reconciled on the loop."""
+        """The periodic pass: when nothing weft owns changed in the kernel since the last
+        read (its change notifications say so), the kernel still matches the peers: no
+        dump.  Otherwise the dumps run on the reader's thread, then _reconciled on the loop."""
+        if self.changes is not None and not self.force_read and not self.changes.changed():
+            self.last_reconcile = time.time()
+            self.agent.status_changed()
+            return
+        self.force_read = False
         self._read_started = time.monotonic()
         if not self.reader.start(self.plan, self._reconciled):
             self.agent.log.warning("reconcile skipped: the previous kernel read has not finished",
@@ -172,6 +196,7 @@ class OverlayController(Controller):
         if error is not None:
             self.agent.log.error(f"reconcile incomplete: cannot read the kernel: {error}",
                                  extra=self.agent.extra())
+            self.force_read = True
             return
         self.reconcile(actual, unsettled, self._read_started)
 
@@ -191,6 +216,7 @@ class OverlayController(Controller):
                 drift = engine.reconcile_from(self.nl, plan, actual, unsettled)
         except Exception as exc:  # OverlayError carries what was done before the failures
             agent.log.error(f"reconcile incomplete: {exc}", extra=agent.extra())
+            self.force_read = True
             drift = getattr(exc, "drift", None)
             if drift is None:
                 return
@@ -218,6 +244,8 @@ class OverlayController(Controller):
                 "driftRepaired": self.drift_repaired, "lastReconcile": self.last_reconcile}
 
     def close(self):
+        if self.changes is not None:
+            self.changes.close()
         if self.reader is not None:
             self.reader.close()
         if self.nl is not None:
