@@ -36,7 +36,7 @@ import time
 from lab.cluster import Cluster, wait_for
 
 from .context import percentile, rss_mib
-from .convergence import LogFollower, Writer, _stop_agents
+from .convergence import LogFollower, Writer, teardown
 
 NETWORK = {"Network": "10.0.0.0/8", "SubnetLen": 24, "Backend": {"Type": "vxlan", "VNI": 1}}
 RECONCILE_INTERVAL = 10.0
@@ -228,11 +228,7 @@ def one_size(ctx, n: int, agents: int, churn: int, quiet: float) -> dict:
                 f"weftctl leases {leases_ms['median_ms']} ms")
         return point
     finally:
-        if writer is not None:
-            writer.close()
-        _stop_agents(nodes)
-        ctx.record(cluster.namespace_names())
-        cluster.cleanup()
+        teardown(ctx, cluster, writer, nodes)
 
 
 def _round(value, digits=1):
