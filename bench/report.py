@@ -212,6 +212,8 @@ def scale_table(figures: dict) -> list:
             ("churn: new/removed lease -> kernel, p50 (ms)", ("churn", "p50_ms"), 1),
             ("churn: p99 (ms)", ("churn", "p99_ms"), 1),
             ("churn: max (ms)", ("churn", "max_ms"), 1),
+            ("churn: from etcd's answer, p50 / p99 (ms)", None, 1),
+            ("churn: etcd write p50 (ms); changes/s achieved", None, 1),
             ("quiet: agent CPU per 10 s reconcile interval (ms)", ("quiet", "cpu_ms_per_interval", "max"), 1),
             ("quiet: etcd requests per agent per minute", ("quiet", "etcd_requests_per_agent_per_min"), 2),
             ("agent RSS (MiB)", ("rss_mib", "max"), 1),
@@ -219,7 +221,15 @@ def scale_table(figures: dict) -> list:
             ("weftctl whois (ms)", ("weftctl_ms", "whois", "median_ms"), 0),
             ("weftctl leases, N rows (ms)", ("weftctl_ms", "leases", "median_ms"), 0))
     for label, path, digits in rows:
-        lines.append(_row([label] + [_fmt(_get(p, *path), digits) for p in points]))
+        if path is None and label.startswith("churn: from"):
+            cells = [f"{_fmt(_get(p, 'churn', 'after_etcd_ack_p50_ms'))} / {_fmt(_get(p, 'churn', 'after_etcd_ack_p99_ms'))}"
+                     for p in points]
+        elif path is None:
+            cells = [f"{_fmt(_get(p, 'churn', 'etcd_write_p50_ms'))}; {_fmt(_get(p, 'churn', 'achieved_rate_per_s'))}"
+                     for p in points]
+        else:
+            cells = [_fmt(_get(p, *path), digits) for p in points]
+        lines.append(_row([label] + cells))
     lines.append(_row(["kernel matches etcd after the churn"] + ["yes" if p.get("kernel_matches_etcd") else "NO"
                                                               for p in points]))
     reconcile = [_get(p, "quiet", "reconcile_wall_ms") or [] for p in points]
