@@ -17,6 +17,7 @@ from .lease import ConfigError, Lease, NetworkConfig, parse_subnet_key
 from .registry import Registry
 
 CREATE_ATTEMPTS = 16
+RANDOM_PROBES = 64      # random subnets tried before listing every free one
 
 
 class LeaseConflict(Exception):
@@ -125,13 +126,13 @@ class LeaseManager:
                     f"{self.template.node_name} in {self.state_path} is now held by "
                     f"{self._holders(leases, recorded)}; not taking another subnet while pods may "
                     f"use this one (drain the node and delete {self.state_path} to take a fresh subnet)")
-            free = self._free_subnets(space)
+            free = self._random_free_subnet(space)
             if not free:
                 first, last = self.config.subnet_range()
                 raise NoFreeSubnet(f"network {self.config.name}: no free /{self.config.subnet_len} subnet "
                                    f"between {first} and {last} ({self.config.subnet_count()} subnets, "
                                    "all leased, reserved or overlapped by other lease keys)")
-            held = self._create(random.choice(free), ttl, revision)
+            held = self._create(free[0], ttl, revision)
             if held is not None:
                 return held
         raise NoFreeSubnet(f"network {self.config.name}: the leases kept changing during "
@@ -147,6 +148,19 @@ class LeaseManager:
             except ConfigError:
                 continue
         return ", ".join(names) or "another lease"
+
+    def _random_free_subnet(self, space) -> list:
+        """[one free subnet, uniformly at random among the free ones] or [] when none is.
+        Random probes first (rejection sampling: uniform over the free ones); listing every
+        subnet (65,536 of a /8 with SubnetLen 24, each checked against the leases) only
+        when the probes keep hitting taken ones."""
+        count = self.config.subnet_count()
+        for _ in range(RANDOM_PROBES):
+            subnet = self.config.nth_subnet(random.randrange(count))
+            if validation.is_free(space, subnet):
+                return [subnet]
+        free = self._free_subnets(space)
+        return [random.choice(free)] if free else []
 
     def _free_subnets(self, space) -> list:
         return [subnet for subnet in (self.config.nth_subnet(i) for i in range(self.config.subnet_count()))

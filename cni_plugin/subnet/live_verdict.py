@@ -27,10 +27,24 @@ class LiveVerdict:
         self.reset(config, rows)
 
     def reset(self, config, rows) -> None:
-        """Judge a whole listing (rows: (key, value, lease id, create revision))."""
+        """Judge a whole listing (rows: (key, value, lease id, create revision)): oldest
+        first, as validate does, with the dict in place of address sets; the first overlap
+        hands the whole listing to validate."""
         self.config = config
         self.rows = {row[0]: tuple(row) for row in rows}
-        self._full()
+        self.verdict = validation.Verdict()
+        self._overlaps = False
+        self._by_subnet = {}
+        for key, value, _lease_id, created in sorted(self.rows.values(), key=lambda r: (r[3], r[0])):
+            self.verdict.created[key] = created
+            lease = self._judge_alone(key, value)
+            if lease is None:
+                continue
+            if any(s is not None and s in self._by_subnet for s in (lease.subnet, lease.ipv6_subnet)):
+                self._full()
+                return
+            self.verdict.valid[key] = lease
+            self._remember(key, lease)
 
     @property
     def valid(self) -> dict:
@@ -61,14 +75,8 @@ class LiveVerdict:
             return {key}
         row = self.rows[key]
         verdict.created[key] = row[3]
-        try:
-            lease = Lease.from_json(key, value)
-        except ConfigError as exc:
-            verdict.refused[key] = validation.Refusal(key, validation.UNREADABLE, str(exc))
-            return {key}
-        problem = validation.check_lease(lease, self.config)
-        if problem:
-            verdict.refused[key] = validation.Refusal(key, problem[0], f"lease {key}: {problem[1]}", lease.node_name)
+        lease = self._judge_alone(key, value)
+        if lease is None:
             return {key}
         if any(s is not None and s in self._by_subnet for s in (lease.subnet, lease.ipv6_subnet)):
             return self._full()  # a new overlap: oldest wins, as validate decides
@@ -77,6 +85,20 @@ class LiveVerdict:
         return {key}
 
     # -- internals -------------------------------------------------------------
+    def _judge_alone(self, key, value):
+        """The Lease when it passes check_lease; else None, with its refusal recorded."""
+        try:
+            lease = Lease.from_json(key, value)
+        except ConfigError as exc:
+            self.verdict.refused[key] = validation.Refusal(key, validation.UNREADABLE, str(exc))
+            return None
+        problem = validation.check_lease(lease, self.config)
+        if problem:
+            self.verdict.refused[key] = validation.Refusal(key, problem[0], f"lease {key}: {problem[1]}",
+                                                           lease.node_name)
+            return None
+        return lease
+
     def _full(self) -> None:
         """Judge every row again; every key may have changed (None)."""
         self.verdict = validation.validate(self.config, self.rows.values())

@@ -35,6 +35,7 @@ def test_every_event_sequence_matches_a_full_validation():
             revision += 1
             rows[key] = (key, value(rng, revision), 0, revision)
         live = LiveVerdict(CONFIG, rows.values())
+        assert judged(live.verdict) == judged(validation.validate(CONFIG, rows.values())), trial
         for step in range(40):
             key = rng.choice(KEYS)
             revision += 1
