@@ -180,7 +180,8 @@ class OverlayController(Controller):
         """The periodic pass: when nothing weft owns changed in the kernel since the last
         read (its change notifications say so), the kernel still matches the peers: no
         dump.  Otherwise the dumps run on the reader's thread, then _reconciled on the loop."""
-        if self.changes is not None and not self.force_read and not self.changes.changed():
+        changed = self.changes.changed() if self.changes is not None else True  # always drained
+        if not changed and not self.force_read:
             self.last_reconcile = time.time()
             self.agent.status_changed()
             return
