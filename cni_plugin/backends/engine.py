@@ -252,7 +252,14 @@ def _remove_stale(nl, plan: Plan, stale: list, drift: Drift, errors: list) -> No
                 errors.append(f"cannot remove stale {text}: {exc}")
 
 
+BATCH_MIN = 2  # missing entries from which they are written in batches (datapath/batch.py)
+
+
 def _add_missing(nl, plan: Plan, missing: list, actual: dict, drift: Drift, errors: list) -> None:
+    batch = nl.batch() if len(missing) >= BATCH_MIN and hasattr(nl, "batch") else None
+    if batch is not None:
+        _add_missing_batched(batch, plan, missing, actual, drift, errors)
+        return
     failed = set()  # lease keys with a failed entry: their later entries (the route) wait
     for kind, key, value, lease_key in missing:
         if lease_key in failed:
@@ -267,6 +274,31 @@ def _add_missing(nl, plan: Plan, missing: list, actual: dict, drift: Drift, erro
         drift.added += 1
         old = actual.get((kind, key))
         drift.details.append(f"{text} was missing" if old is None else f"{text} was wrong (had {old})")
+
+
+def _add_missing_batched(batch, plan: Plan, missing: list, actual: dict, drift: Drift, errors: list) -> None:
+    """_add_missing in one batch per kind, in write order: every lease's neighbour, then
+    the FDB entries of the leases whose neighbour went in, then their routes."""
+    failed = set()
+    for kind in WRITE_ORDER:
+        todo = [entry for entry in missing if entry[0] == kind and entry[3] not in failed]
+        if not todo:
+            continue
+        if kind == NEIGH:
+            failures = batch.replace_neighbours(plan.device.index, [(key, value) for _, key, value, _ in todo])
+        elif kind == FDB:
+            failures = batch.replace_fdbs(plan.device.index, [(key, value) for _, key, value, _ in todo])
+        else:
+            failures = batch.replace_routes([(key, *value) for _, key, value, _ in todo])
+        for position, (_, key, value, lease_key) in enumerate(todo):
+            text = describe(plan, kind, key, value)
+            if position in failures:
+                failed.add(lease_key)
+                errors.append(f"lease {lease_key}: cannot program {text}: {failures[position]}")
+                continue
+            drift.added += 1
+            old = actual.get((kind, key))
+            drift.details.append(f"{text} was missing" if old is None else f"{text} was wrong (had {old})")
 
 
 def reconcile(nl, plan: Plan) -> Drift:
