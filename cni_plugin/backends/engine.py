@@ -264,16 +264,25 @@ def _add_missing(nl, plan: Plan, missing: list, actual: dict, drift: Drift, erro
     for kind, key, value, lease_key in missing:
         if lease_key in failed:
             continue
-        text = describe(plan, kind, key, value)
         try:
             _write(nl, plan, kind, key, value)
         except DatapathError as exc:
-            failed.add(lease_key)
-            errors.append(f"lease {lease_key}: cannot program {text}: {exc}")
+            _written(plan, (kind, key, value, lease_key), exc, actual, drift, errors, failed)
             continue
-        drift.added += 1
-        old = actual.get((kind, key))
-        drift.details.append(f"{text} was missing" if old is None else f"{text} was wrong (had {old})")
+        _written(plan, (kind, key, value, lease_key), None, actual, drift, errors, failed)
+
+
+def _written(plan: Plan, entry, error, actual: dict, drift: Drift, errors: list, failed: set) -> None:
+    """Account for one write: a failure names the lease (its later entries then wait)."""
+    kind, key, value, lease_key = entry
+    text = describe(plan, kind, key, value)
+    if error is not None:
+        failed.add(lease_key)
+        errors.append(f"lease {lease_key}: cannot program {text}: {error}")
+        return
+    drift.added += 1
+    old = actual.get((kind, key))
+    drift.details.append(f"{text} was missing" if old is None else f"{text} was wrong (had {old})")
 
 
 def _add_missing_batched(batch, plan: Plan, missing: list, actual: dict, drift: Drift, errors: list) -> None:
@@ -290,15 +299,8 @@ def _add_missing_batched(batch, plan: Plan, missing: list, actual: dict, drift: 
             failures = batch.replace_fdbs(plan.device.index, [(key, value) for _, key, value, _ in todo])
         else:
             failures = batch.replace_routes([(key, *value) for _, key, value, _ in todo])
-        for position, (_, key, value, lease_key) in enumerate(todo):
-            text = describe(plan, kind, key, value)
-            if position in failures:
-                failed.add(lease_key)
-                errors.append(f"lease {lease_key}: cannot program {text}: {failures[position]}")
-                continue
-            drift.added += 1
-            old = actual.get((kind, key))
-            drift.details.append(f"{text} was missing" if old is None else f"{text} was wrong (had {old})")
+        for position, entry in enumerate(todo):
+            _written(plan, entry, failures.get(position), actual, drift, errors, failed)
 
 
 def reconcile(nl, plan: Plan) -> Drift:
