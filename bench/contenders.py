@@ -36,6 +36,8 @@ def cni_args(pod: str, cid: str) -> str:
     return f"IgnoreUnknown=1;K8S_POD_NAMESPACE=bench;K8S_POD_NAME={pod};K8S_POD_INFRA_CONTAINER_ID={cid}"
 
 
+BENCH_PUBLIC_IP = "198.51.100.1"  # TEST-NET-2, only ever inside the bench's node namespaces
+
 class Contender:
     def __init__(self, ctx, kind: str, index: int, tag: str):
         self.ctx = ctx
@@ -69,10 +71,18 @@ class Contender:
     def start_agent(self):
         """weftd inside this node namespace; its CNI socket serves without etcd."""
         exe = os.path.join(self.ctx.installed, "bin", "weftd")
+        # weftd refuses a loopback public IP (other nodes would refuse its leases): a
+        # documentation address on a dummy link of this bench's own node namespace
+        if subprocess.run(["ip", "-n", self.node.name, "link", "show", "benchpub0"],
+                          capture_output=True).returncode != 0:
+            for cmd in (["link", "add", "benchpub0", "type", "dummy"],
+                        ["addr", "add", f"{BENCH_PUBLIC_IP}/32", "dev", "benchpub0"],
+                        ["link", "set", "benchpub0", "up"]):
+                subprocess.run(["ip", "-n", self.node.name, *cmd], check=True, capture_output=True)
         args = ["ip", "netns", "exec", self.node.name, exe,
                 "--run-dir", os.path.dirname(self.socket), "--state-dir", os.path.join(self.dir, "state"),
                 "--ipam-data-dir", os.path.join(self.dir, "ipam"), "--etcd-endpoints", "http://127.0.0.1:1",
-                "--network", "none", "--public-ip", "127.0.0.1", "--metrics-addr", "127.0.0.1:9465",
+                "--network", "none", "--public-ip", BENCH_PUBLIC_IP, "--metrics-addr", "127.0.0.1:9465",
                 "--node-name", f"bench-{self.node.name}"]
         with open(self.agent_log, "ab") as log:
             self.agent = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT)

@@ -121,6 +121,15 @@ def _stop_agents(nodes) -> None:
         node.stop_agent()
 
 
+def teardown(ctx, cluster, writer, nodes) -> None:
+    """Close the lease writer, stop the agents, record and remove the cluster."""
+    if writer is not None:
+        writer.close()
+    _stop_agents(nodes)
+    ctx.record(cluster.namespace_names())
+    cluster.cleanup()
+
+
 def _stats(values) -> dict:
     return {"n": len(values),
             "p50_ms": round(percentile(values, 50), 1) if values else None,
@@ -219,13 +228,5 @@ def convergence(ctx, node_count: int, leases: int) -> dict:
                                   "mean": round(sum(rss) / len(rss), 1) if rss else None,
                                   "pids_are_weftd": all_weftd}}
     finally:
-        teardown(ctx, cluster, nodes, writer)
+        teardown(ctx, cluster, writer, nodes)
 
-
-def teardown(ctx, cluster, nodes, writer) -> None:
-    """A figure's cluster goes: the writer, every agent (by PID), its namespaces."""
-    if writer is not None:
-        writer.close()
-    _stop_agents(nodes)
-    ctx.record(cluster.namespace_names())
-    cluster.cleanup()

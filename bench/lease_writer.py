@@ -10,15 +10,36 @@ One JSON request per stdin line, one JSON answer per stdout line:
   {"op": "put_objects", "items": [[kind, ns, name, json]]}  -> {"revision": R, "t0": .., "t1": ..}
   {"op": "put_history", "network": N, "node": X, "records": [...]} -> {"stored": n}
   {"op": "delete_objects", "items": [[kind, ns, name]]}     -> {"deleted": n}
+  {"op": "delete", "network": N, "key": K}                  -> {"t0": .., "t1": ..}
+  {"op": "bulk", "network": N, "items": [[K, V], ...], "ttl": T}
+                        -> {"id": ID, "seconds": ..}   (all bound to one etcd lease, 100 per txn)
+  {"op": "etcd_metrics", "url": U}  -> {"started": {method: n}}  (etcd's grpc_server_started_total)
 t0/t1 are time.time() just before and just after the etcd call: the same clock as
 the agents' log timestamps.  The connection is made before the first timed call.
 """
 
 import json
+import re
 import sys
 import time
+import urllib.request
 
 from cni_plugin.subnet.etcd_registry import EtcdRegistry
+
+
+STARTED = re.compile(r'^grpc_server_started_total\{([^}]*)\} (\S+)$', re.M)
+
+
+def etcd_requests(url: str) -> dict:
+    """{grpc method: requests started} from one etcd member's /metrics (etcd's own count)."""
+    with urllib.request.urlopen(url, timeout=10) as response:
+        text = response.read().decode()
+    counts = {}
+    for labels, value in STARTED.findall(text):
+        method = re.search(r'grpc_method="([^"]*)"', labels)
+        if method:
+            counts[method.group(1)] = counts.get(method.group(1), 0) + float(value)
+    return counts
 
 
 def main() -> int:
@@ -48,6 +69,19 @@ def main() -> int:
                 answer = {"deleted": registry.delete_policy_objects([tuple(i) for i in request["items"]])}
             elif op == "put_history":
                 answer = {"stored": registry.put_history(request["network"], request["node"], request["records"])}
+            elif op == "delete":
+                t0 = time.time()
+                registry.delete_lease_key(request["network"], request["key"])
+                answer = {"t0": t0, "t1": time.time()}
+            elif op == "bulk":
+                t0 = time.monotonic()
+                lease_id = registry.etcd.grant(int(request["ttl"]))
+                prefix = registry.subnets_prefix(request["network"])
+                registry.etcd.put_many([((prefix + k).encode(), v.encode()) for k, v in request["items"]],
+                                       "bulk-write leases", lease_id=lease_id)
+                answer = {"id": lease_id, "seconds": time.monotonic() - t0}
+            elif op == "etcd_metrics":
+                answer = {"started": etcd_requests(request["url"])}
             else:
                 answer = {"error": f"unknown op {op!r}"}
         except Exception as exc:  # report, keep serving

@@ -165,4 +165,4 @@ def policy(ctx, node_count: int, pods: int, policies: int, changes: int, adds: i
                                           "ratio": round(policy_tcp / baseline_tcp, 3) if baseline_tcp else None},
                 "agent_rss_mib": {"max": max(rss) if rss else None}}
     finally:
-        teardown(ctx, cluster, nodes, writer)
+        teardown(ctx, cluster, writer, nodes)

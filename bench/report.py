@@ -84,7 +84,7 @@ def default_table(figures: dict) -> list:
 
 
 def targets(figures: dict, prepopulated=250) -> list:
-    seq, par, scale = figures.get("sequential"), figures.get("parallel"), figures.get("scale")
+    seq, par, scale = figures.get("sequential"), figures.get("parallel"), figures.get("density")
     tp, conv = figures.get("throughput"), figures.get("convergence")
     out = default_targets(figures.get("default"))
     if seq and "error" not in seq:
@@ -129,7 +129,7 @@ def targets(figures: dict, prepopulated=250) -> list:
         out.append(_check(f"agent RSS max, {conv['nodes']}-node cluster", _get(conv, "agent_rss_mib", "max"),
                           "<=", RSS_LIMIT_MIB, "MiB", f"mean {_get(conv, 'agent_rss_mib', 'mean')} MiB"))
     cni_rss = [v for v in (_get(figures.get(f), AGENT, "agent_rss_mib")
-                           for f in ("sequential", "parallel", "scale")) if v is not None]
+                           for f in ("sequential", "parallel", "density")) if v is not None]
     if cni_rss:
         out.append(_check("agent RSS max, CNI-serving agent after each attachment figure", max(cni_rss), "<=",
                           RSS_LIMIT_MIB, "MiB"))
@@ -152,6 +152,7 @@ def targets(figures: dict, prepopulated=250) -> list:
                           f"{_get(pol, 'tcp_connections_per_s', 'no_policy')}/s"))
         out.append(_check("agent RSS max, policy cluster (issue 15's limit)", _get(pol, "agent_rss_mib", "max"),
                           "<=", 100.0, "MiB", note))
+    out += scale_targets(figures.get("scale"))
     crif = figures.get("cri")
     if crif and "error" not in crif:
         for phase, where in ((crif, "empty node"), (crif.get("resident"), "node with a pod")):
@@ -164,6 +165,31 @@ def targets(figures: dict, prepopulated=250) -> list:
             out.append(_check(f"RunPodSandbox p50, weft vs reference chain, both masquerading, {where}",
                               phase.get("masq_run_p50_ratio"), "<=", 1.05, "x",
                               f"{weft} vs {_get(phase, 'reference_masq', 'run_ms', 'p50')} ms"))
+    return out
+
+
+SCALE_TARGETS = (  # issue 17, at the largest N measured (the goal is stated for N = 5,000)
+    ("all peers programmed after agent start", ("start_to_programmed_s", "max"), 5.0, "s"),
+    ("new lease -> programmed p50 under churn", ("churn", "p50_ms"), 20.0, "ms"),
+    ("new lease -> programmed p99 under churn", ("churn", "p99_ms"), 100.0, "ms"),
+    ("agent CPU per reconcile interval, quiet cluster", ("quiet", "cpu_ms_per_interval", "max"), 20.0, "ms"),
+    ("agent RSS", ("rss_mib", "max"), 100.0, "MiB"),
+    ("steady-state etcd requests per agent per minute", ("quiet", "etcd_requests_per_agent_per_min"), 1.0, "/min"),
+    ("weftctl leases, every row", ("weftctl_ms", "leases", "median_ms"), 1000.0, "ms"),
+)
+
+
+def scale_targets(fig) -> list:
+    if not fig or "error" in fig or not fig.get("points"):
+        return []
+    point = max(fig["points"], key=lambda p: p["n"])
+    out = []
+    for label, path, limit, unit in SCALE_TARGETS:
+        value = _get(point, *path)
+        if path[0] == "churn" and point["churn"].get("missing"):
+            value = float("inf")  # a change never seen is no latency
+        out.append(_check(f"scale @N={point['n']}: {label}", value, "<=", limit, unit,
+                          "" if point.get("kernel_matches_etcd") else "kernel did NOT match etcd"))
     return out
 
 
@@ -181,7 +207,7 @@ def _row(cells):
 
 
 def attachment_table(figures: dict) -> list:
-    seq, par, scale = figures.get("sequential"), figures.get("parallel"), figures.get("scale")
+    seq, par, scale = figures.get("sequential"), figures.get("parallel"), figures.get("density")
     head = ["figure"] + [LABELS[k] for k in KINDS] + [f"{LABELS[STANDALONE]} / Go", f"{LABELS[AGENT]} / Go"]
     lines = [_row(head), _row(["---"] * len(head))]
 
@@ -270,6 +296,42 @@ def convergence_table(figures: dict) -> list:
     return lines
 
 
+def scale_table(figures: dict) -> list:
+    fig = figures.get("scale")
+    if not fig or "error" in fig or not fig.get("points"):
+        return []
+    points = fig["points"]
+    lines = [_row(["N nodes (" + str(fig["agents"]) + " real agents)"] + [f"{p['n']:,}" for p in points]),
+             _row(["---"] * (len(points) + 1))]
+    rows = (("agent start -> all N-1 peers programmed (s)", ("start_to_programmed_s", "max"), 2),
+            ("churn: new/removed lease -> kernel, p50 (ms)", ("churn", "p50_ms"), 1),
+            ("churn: p99 (ms)", ("churn", "p99_ms"), 1),
+            ("churn: max (ms)", ("churn", "max_ms"), 1),
+            ("churn: from etcd's answer, p50 / p99 (ms)", None, 1),
+            ("churn: etcd write p50 (ms); changes/s achieved", None, 1),
+            ("quiet: agent CPU per 10 s reconcile interval (ms)", ("quiet", "cpu_ms_per_interval", "max"), 1),
+            ("quiet: etcd requests per agent per minute", ("quiet", "etcd_requests_per_agent_per_min"), 2),
+            ("agent RSS (MiB)", ("rss_mib", "max"), 1),
+            ("weftctl status (ms)", ("weftctl_ms", "status", "median_ms"), 0),
+            ("weftctl whois (ms)", ("weftctl_ms", "whois", "median_ms"), 0),
+            ("weftctl leases, N rows (ms)", ("weftctl_ms", "leases", "median_ms"), 0))
+    for label, path, digits in rows:
+        if path is None and label.startswith("churn: from"):
+            cells = [f"{_fmt(_get(p, 'churn', 'after_etcd_ack_p50_ms'))} / {_fmt(_get(p, 'churn', 'after_etcd_ack_p99_ms'))}"
+                     for p in points]
+        elif path is None:
+            cells = [f"{_fmt(_get(p, 'churn', 'etcd_write_p50_ms'))}; {_fmt(_get(p, 'churn', 'achieved_rate_per_s'))}"
+                     for p in points]
+        else:
+            cells = [_fmt(_get(p, *path), digits) for p in points]
+        lines.append(_row([label] + cells))
+    lines.append(_row(["kernel matches etcd after the churn"] + ["yes" if p.get("kernel_matches_etcd") else "NO"
+                                                              for p in points]))
+    reconcile = [_get(p, "quiet", "reconcile_wall_ms") or [] for p in points]
+    lines.append(_row(["quiet: one reconcile pass, wall (ms, agent 1)"] + [_fmt(r[0] if r else None) for r in reconcile]))
+    return lines
+
+
 CRI_COLUMNS = (("weft", "weft (conf/10-weft.conflist: agent, masquerade)"), ("weft_no_masq", "weft, ipMasq false"),
                ("reference", "bridge+host-local+portmap"), ("reference_masq", "the same, bridge ipMasq true"))
 
@@ -322,9 +384,10 @@ def render(results: dict) -> str:
                           attachment_table(figures)),
                          ("Datapath", datapath_table(figures)),
                          ("Control plane", convergence_table(figures)),
+                         ("Scale (issue 17): cost against N", scale_table(figures)),
                          ("Runtimes (containerd CRI)", cri_table(figures)),
                          ("Runtimes (containerd CRI), steady state", cri_table(figures, resident=True)),
-                         ("Targets (issues 4 and 14)", targets_table(results["targets"]))):
+                         ("Targets (issues 4, 14, 15, 17)", targets_table(results["targets"]))):
         if len(lines) > 2:
             parts.append(f"**{title}**\n\n" + "\n".join(lines))
         floor = _get(figures, "sequential", "harness_floor_ms", "p50")

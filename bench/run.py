@@ -20,15 +20,17 @@ import tempfile
 import time
 import traceback
 
-from . import attach, convergence, cri, default_config, policy, report, throughput, wireguard
+from . import attach, convergence, cri, default_config, policy, report, scale, throughput, wireguard
 from .contenders import LABELS
 from .context import Context, quiesce
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-FIGURES = ("default", "sequential", "parallel", "scale", "throughput", "wireguard", "convergence", "cri", "policy")
+FIGURES = ("default", "sequential", "parallel", "density", "throughput", "wireguard", "convergence", "cri",
+           "policy", "scale")
 SMOKE = {"attachments": 10, "parallel": 10, "workers": 8, "parallel_rounds": 2, "prepopulate": 20, "measure": 5,
          "iperf_seconds": 1, "iperf_rounds": 1, "nodes": 3, "leases": 2, "sandboxes": 3,
-         "policy_pods": 40, "policy_count": 10, "policy_changes": 3, "policy_adds": 3}
+         "policy_pods": 40, "policy_count": 10, "policy_changes": 3, "policy_adds": 3,
+         "scale_nodes": "10", "scale_churn": 6, "scale_quiet": 2.0}
 
 
 def parse(argv=None):
@@ -50,6 +52,13 @@ def parse(argv=None):
     p.add_argument("--policy-count", type=int, default=200, help="NetworkPolicies of the policy figure")
     p.add_argument("--policy-changes", type=int, default=20, help="policy changes timed to enforcement")
     p.add_argument("--policy-adds", type=int, default=20, help="ADD+DEL pairs with and without the policies")
+    p.add_argument("--scale-nodes", default="100,1000,5000",
+                   help="cluster sizes N of the scale figure: N leases in etcd, a few real agents (default 100,1000,5000)")
+    p.add_argument("--scale-agents", type=int, default=2, help="real agents in the scale figure (default 2)")
+    p.add_argument("--scale-churn", type=int, default=200,
+                   help="lease changes (adds and removes alternating) at 20/s per N (default 200)")
+    p.add_argument("--scale-quiet", type=float, default=30.0,
+                   help="seconds of a quiet cluster measured per N: reconcile CPU, etcd requests (default 30)")
     p.add_argument("--smoke", action="store_true", help="tiny counts everywhere (CI; < 60 s)")
     p.add_argument("--only", default="", help=f"comma-separated subset of {','.join(FIGURES)}")
     p.add_argument("--out", default=os.path.join(REPO, "bench-results"), help="where the JSON goes")
@@ -59,6 +68,12 @@ def parse(argv=None):
         for key, value in SMOKE.items():
             setattr(args, key, value)
     args.figures = [f.strip() for f in args.only.split(",") if f.strip()] or list(FIGURES)
+    try:
+        args.scale_sizes = sorted({int(n) for n in str(args.scale_nodes).split(",") if n.strip()})
+    except ValueError:
+        p.error(f"--scale-nodes {args.scale_nodes!r}: expected comma-separated node counts, e.g. 100,1000,5000")
+    if not args.scale_sizes or min(args.scale_sizes) <= args.scale_agents:
+        p.error(f"--scale-nodes {args.scale_nodes!r}: every N must exceed --scale-agents ({args.scale_agents})")
     unknown = set(args.figures) - set(FIGURES)
     if unknown:
         p.error(f"unknown figure(s) {', '.join(sorted(unknown))}; choose from {', '.join(FIGURES)}")
@@ -107,13 +122,15 @@ def run_figures(ctx, args) -> dict:
                                                          args.parallel_rounds),
         "sequential": lambda: attach.sequential(ctx, args.attachments),
         "parallel": lambda: attach.parallel(ctx, args.parallel, args.workers, args.parallel_rounds),
-        "scale": lambda: attach.scale(ctx, args.prepopulate, args.measure, args.workers),
+        "density": lambda: attach.scale(ctx, args.prepopulate, args.measure, args.workers),
         "throughput": lambda: throughput.throughput(ctx, args.iperf_seconds, args.iperf_rounds),
         "wireguard": lambda: wireguard.wireguard(ctx, args.iperf_seconds, args.iperf_rounds),
         "convergence": lambda: convergence.convergence(ctx, args.nodes, args.leases),
         "cri": lambda: cri.cri(ctx, args.sandboxes),
         "policy": lambda: policy.policy(ctx, 2, args.policy_pods, args.policy_count, args.policy_changes,
                                         args.policy_adds),
+        "scale": lambda: scale.scale(ctx, args.scale_sizes, args.scale_agents, args.scale_churn,
+                                     args.scale_quiet, args.out),
     }
     figures = {}
     for name in args.figures:

@@ -14,8 +14,8 @@ import sys
 import time
 
 from .cni import invoke
-from .etcd import EtcdServer
-from .namespaces import Namespace, sh, stop_process
+from .etcd import EtcdCluster, EtcdServer
+from .namespaces import file_tail, Namespace, sh, stop_process
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 UNDERLAY = "192.168.100"
@@ -132,8 +132,12 @@ class Node:
             return None
 
     def wait_ready(self, network="weft", timeout=30.0):
-        return wait_for(lambda: (self.status(network) or {}).get("ready"), timeout,
-                        what=f"{self.name} ready on {network} (log {self.log_path})")
+        try:
+            return wait_for(lambda: (self.status(network) or {}).get("ready"), timeout,
+                            what=f"{self.name} ready on {network} (log {self.log_path})")
+        except TimeoutError as exc:  # the log is gone with the test's directory: carry its tail
+            raise TimeoutError(f"{exc}; status {self.status(network)}; log tail:\n{file_tail(self.log_path, 15)}") \
+                from None
 
     def http(self, path: str):
         """(status code, body) from the agent's metrics endpoint inside the node."""
@@ -231,7 +235,10 @@ class Node:
 
 
 class Cluster:
-    def __init__(self, workdir, installed, etcd_tls=False, etcd_auth=False, reconcile_interval=2.0):
+    def __init__(self, workdir, installed, etcd_tls=False, etcd_auth=False, reconcile_interval=2.0,
+                 etcd_members=1):
+        """etcd_members > 1: an EtcdCluster on ETCD_IP, .253, .252 ... (no TLS/auth); the
+        agents and weftctl get every member's endpoint."""
         self.workdir = str(workdir)
         self.installed = str(installed)
         self.reconcile_interval = reconcile_interval
@@ -239,10 +246,18 @@ class Cluster:
         self.underlay = Namespace("wul")
         try:
             self.underlay.run(["ip", "link", "add", "ul0", "type", "bridge"])
-            self.underlay.run(["ip", "addr", "add", f"{ETCD_IP}/24", "dev", "ul0"])
+            hosts = [f"{UNDERLAY}.{254 - i}" for i in range(etcd_members)]
+            for host in hosts:
+                self.underlay.run(["ip", "addr", "add", f"{host}/24", "dev", "ul0"])
             self.underlay.run(["ip", "link", "set", "ul0", "up"])
-            self.etcd = EtcdServer(os.path.join(self.workdir, "etcd"), tls=etcd_tls, auth=etcd_auth,
-                                   netns=self.underlay.name, host=ETCD_IP)
+            if etcd_members > 1:
+                if etcd_tls or etcd_auth:
+                    raise ValueError("Cluster: a multi-member etcd runs without TLS and auth here")
+                self.etcd = EtcdCluster(os.path.join(self.workdir, "etcd"), etcd_members,
+                                        netns=self.underlay.name, hosts=hosts)
+            else:
+                self.etcd = EtcdServer(os.path.join(self.workdir, "etcd"), tls=etcd_tls, auth=etcd_auth,
+                                       netns=self.underlay.name, host=ETCD_IP)
             self.etcd.start()
         except BaseException:
             self.underlay.delete()

@@ -1,4 +1,4 @@
-"""A throwaway single-member etcd for tests and demos (no pytest import).
+"""Throwaway etcd for tests and demos (no pytest import): one member, or a cluster.
 
     server = EtcdServer(workdir, tls=True, auth=True)
     server.start()
@@ -9,9 +9,16 @@
 Every server listens on 127.0.0.1 ports picked by the kernel (or, with netns=,
 on `host` inside a namespace a test made, so node namespaces can reach it), keeps
 its data, certificates and log in its own workdir, and is stopped by its own PID only.
+
+    members = EtcdCluster(workdir, size=3, netns=underlay, hosts=[...])
+    members.start()          # every member spawned, then each waited for
+    members.endpoint         # "http://a:2379,http://b:2379,http://c:2379" (etcdctl, weftd)
+    members.leader()         # the EtcdServer that leads now
+    members.cleanup()
 """
 
 import atexit
+import json
 import os
 import shutil
 import socket
@@ -88,14 +95,16 @@ class EtcdServer:
     """One etcd member on 127.0.0.1 with its data, log and certificates in workdir."""
 
     def __init__(self, workdir, tls: bool = False, auth: bool = False, extra_args=(),
-                 netns: str = None, host: str = "127.0.0.1"):
+                 netns: str = None, host: str = "127.0.0.1", name: str = None):
         self.workdir = os.path.abspath(str(workdir))
         self.netns = netns
         self.host = host
         self.tls = tls
         self.auth = auth
         self.extra_args = list(extra_args)
-        self.name = "weft-" + os.path.basename(self.workdir.rstrip("/"))[-20:]
+        self.name = name or "weft-" + os.path.basename(self.workdir.rstrip("/"))[-20:]
+        self.initial_cluster = None  # set by EtcdCluster: "name=peer-url,..." of every member
+        self.cluster_token = None
         self.data_dir = os.path.join(self.workdir, "data")
         self.log_path = os.path.join(self.workdir, "etcd.log")
         self.certs = Certificates(os.path.join(self.workdir, "pki"), host)
@@ -129,9 +138,10 @@ class EtcdServer:
             kwargs.update(username=WEFT_USER, password=WEFT_PASSWORD)
         return kwargs
 
-    def etcdctl(self, *args: str, check: bool = False, timeout: float = ETCDCTL_TIMEOUT):
-        """Run etcdctl (API v3) against this server as root; CompletedProcess with text output."""
-        cmd = self._in_netns([ETCDCTL, f"--endpoints={self.endpoint}", "--dial-timeout=3s",
+    def etcdctl(self, *args: str, check: bool = False, timeout: float = ETCDCTL_TIMEOUT, endpoints=None):
+        """Run etcdctl (API v3) against this server (or `endpoints`, a comma-separated list)
+        as root; CompletedProcess with text output."""
+        cmd = self._in_netns([ETCDCTL, f"--endpoints={endpoints or self.endpoint}", "--dial-timeout=3s",
                               "--command-timeout=5s"])
         if self.tls:
             cmd += [f"--cacert={self.certs.ca}", f"--cert={self.certs.client_cert}",
@@ -209,7 +219,8 @@ class EtcdServer:
         cmd = [ETCD, "--name", self.name, "--data-dir", self.data_dir,
                "--listen-client-urls", client_url, "--advertise-client-urls", client_url,
                "--listen-peer-urls", peer_url, "--initial-advertise-peer-urls", peer_url,
-               "--initial-cluster", f"{self.name}={peer_url}", "--initial-cluster-state", "new",
+               "--initial-cluster", self.initial_cluster or f"{self.name}={peer_url}",
+               "--initial-cluster-state", "new", "--initial-cluster-token", self.cluster_token or self.name,
                "--logger", "zap", "--log-outputs", "stderr"]
         if self.tls:
             cmd += ["--cert-file", self.certs.server_cert, "--key-file", self.certs.server_key,
@@ -251,3 +262,97 @@ class EtcdServer:
             if proc.returncode != 0 and "already" not in proc.stderr:
                 raise EtcdError(f"etcdctl {' '.join(step)} failed: {proc.stderr.strip()}")
         self._auth_ready = True
+
+
+class EtcdCluster:
+    """`size` etcd members forming one cluster (plain HTTP, no auth), each an EtcdServer
+    with its own data dir, log and PID.  With netns=, member i listens on hosts[i]:2379
+    (peers on :2380) inside that namespace; without, on 127.0.0.1 ports picked now.
+
+    Quacks like an EtcdServer where tests and lab.cluster need it (endpoint, etcdctl,
+    client_kwargs, tls/auth, stop/start/cleanup), so a Cluster can run on either."""
+
+    tls = False
+    auth = False
+
+    def __init__(self, workdir, size: int = 3, netns: str = None, hosts=None):
+        self.workdir = os.path.abspath(str(workdir))
+        hosts = list(hosts or ["127.0.0.1"] * size)
+        if len(hosts) != size:
+            raise EtcdError(f"EtcdCluster: {size} members need {size} hosts, got {hosts}")
+        token = "weft-" + os.path.basename(self.workdir.rstrip("/"))[-16:]
+        self.members = []
+        for index, host in enumerate(hosts):
+            member = EtcdServer(os.path.join(self.workdir, f"m{index}"), netns=netns, host=host,
+                                name=f"{token}-m{index}")
+            member.cluster_token = token
+            if not netns:
+                member.client_port, member.peer_port = free_port(), free_port()
+            self.members.append(member)
+        initial = ",".join(f"{m.name}=http://{m.host}:{m.peer_port}" for m in self.members)
+        for member in self.members:
+            member.initial_cluster = initial
+
+    @property
+    def endpoint(self) -> str:
+        """Every member's client URL, comma-separated (what --etcd-endpoints takes)."""
+        return ",".join(m.endpoint for m in self.members)
+
+    @property
+    def endpoints(self) -> list:
+        return [m.endpoint for m in self.members]
+
+    def client_kwargs(self) -> dict:
+        return {}
+
+    def etcdctl(self, *args: str, check: bool = False, timeout: float = ETCDCTL_TIMEOUT):
+        """etcdctl against every running member (its client picks one that answers)."""
+        live = [m.endpoint for m in self.members if m.process is not None] or self.endpoints
+        return self.members[0].etcdctl(*args, check=check, timeout=timeout, endpoints=",".join(live))
+
+    def start(self) -> None:
+        """Spawn every stopped member, then wait for each: a new member is only healthy
+        once a quorum of its peers runs."""
+        waiting = [m for m in self.members if m.process is None or m.process.poll() is not None]
+        for member in waiting:
+            os.makedirs(member.workdir, exist_ok=True)
+            member._spawn()
+        for member in waiting:
+            if not member._wait_healthy():
+                log = member.log_tail()
+                self.stop()
+                raise EtcdError(f"etcd member {member.name} did not become healthy within "
+                                f"{START_TIMEOUT:.0f}s (log {member.log_path}):\n{log}")
+
+    def member_status(self, member: EtcdServer):
+        """etcdctl endpoint status of one member as a dict (None when it does not answer)."""
+        proc = member.etcdctl("endpoint", "status", "-w", "json", timeout=10)
+        if proc.returncode != 0:
+            return None
+        try:
+            rows = json.loads(proc.stdout)
+        except ValueError:
+            return None
+        return rows[0]["Status"] if rows else None
+
+    def leader(self):
+        """The running member that leads now, or None (no quorum, or an election under way)."""
+        for member in self.members:
+            if member.process is None:
+                continue
+            status = self.member_status(member)
+            if status and status.get("leader") and status["leader"] == status["header"]["member_id"]:
+                return member
+        return None
+
+    def stop(self) -> None:
+        for member in self.members:
+            member.stop()
+
+    def cleanup(self) -> None:
+        for member in self.members:
+            member.cleanup()
+        shutil.rmtree(self.workdir, ignore_errors=True)
+
+    def log_tail(self, lines: int = 10) -> str:
+        return "\n".join(f"--- {m.name}\n{m.log_tail(lines)}" for m in self.members)

@@ -43,6 +43,7 @@ class NetworkAgent:
         self.config_problem = None
         self.fatal = None
         self.on_fatal = lambda: None  # set by main: stop the whole agent
+        self._status_dirty = False
         self.events = EventQueue()
         self.stopping = threading.Event()
         self.controllers = [cls(self) for cls in all_controllers()]
@@ -210,12 +211,28 @@ class NetworkAgent:
                     continue
                 if kind == "config":
                     self._each("on_config_event", value)
+                elif kind == "call":
+                    value()
                 else:
                     self.metrics.events.labels(self.name, kind).inc()
                     self._each("on_lease_event", kind, key, value, received, created)
             timers.due()
+            if self._status_dirty and self.events.empty():
+                self.write_status()
+
+    def call_soon(self, fn) -> None:
+        """Run fn on this network's loop, after the events queued before it (from any
+        thread; dropped if the loop is waiting out a failure: it re-lists afterwards)."""
+        self.events.post("call", None, fn)
+
+    def status_changed(self):
+        """Something in the status changed on a watch event: the file is written once the
+        queue has no more events (a burst costs one write of the N-peer file, not one
+        per event)."""
+        self._status_dirty = True
 
     def write_status(self):
+        self._status_dirty = False
         status = {"network": self.name, "node": self.node.name, "nodeID": self.node.node_id,
                   "ready": self.ready, "problem": self.problem or self.config_problem,
                   "conflict": self.conflict, "fatal": self.fatal, "lease": None, "backend": None,

@@ -117,6 +117,9 @@ class EventQueue:
     def stop(self) -> None:
         self.events.put(self.STOP)
 
+    def empty(self) -> bool:
+        return self.events.empty()
+
     def get(self, timeout: float):
         """The next event, or None when the timeout passed first."""
         try:

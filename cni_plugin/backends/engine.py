@@ -267,32 +267,75 @@ def _remove_stale(nl, plan: Plan, stale: list, drift: Drift, errors: list) -> No
             errors.append(f"cannot remove stale {text}: {exc}")
 
 
+BATCH_MIN = 2  # missing entries from which they are written in batches (datapath/batch.py)
+
+
 def _add_missing(nl, plan: Plan, missing: list, actual: dict, drift: Drift, errors: list) -> None:
+    batch = nl.batch() if len(missing) >= BATCH_MIN and hasattr(nl, "batch") else None
+    if batch is not None:
+        _add_missing_batched(batch, plan, missing, actual, drift, errors)
+        return
     failed = set()  # lease keys with a failed entry: their later entries (the route) wait
     for kind, key, value, lease_key in missing:
         if lease_key in failed:
             continue
-        text = describe(plan, kind, key, value)
         try:
             _write(nl, plan, kind, key, value)
         except DatapathError as exc:
-            failed.add(lease_key)
-            errors.append(f"lease {lease_key}: cannot program {text}: {exc}")
+            _written(plan, (kind, key, value, lease_key), exc, actual, drift, errors, failed)
             continue
-        drift.added += 1
-        old = actual.get((kind, key))
-        drift.details.append(f"{text} was missing" if old is None else f"{text} was wrong (had {old})")
+        _written(plan, (kind, key, value, lease_key), None, actual, drift, errors, failed)
+
+
+def _written(plan: Plan, entry, error, actual: dict, drift: Drift, errors: list, failed: set) -> None:
+    """Account for one write: a failure names the lease (its later entries then wait)."""
+    kind, key, value, lease_key = entry
+    text = describe(plan, kind, key, value)
+    if error is not None:
+        failed.add(lease_key)
+        errors.append(f"lease {lease_key}: cannot program {text}: {error}")
+        return
+    drift.added += 1
+    old = actual.get((kind, key))
+    drift.details.append(f"{text} was missing" if old is None else f"{text} was wrong (had {old})")
+
+
+def _add_missing_batched(batch, plan: Plan, missing: list, actual: dict, drift: Drift, errors: list) -> None:
+    """_add_missing in one batch per kind, in write order: every lease's neighbour, then
+    the FDB entries of the leases whose neighbour went in, then their routes."""
+    failed = set()
+    for kind in WRITE_ORDER:
+        todo = [entry for entry in missing if entry[0] == kind and entry[3] not in failed]
+        if not todo:
+            continue
+        if kind == NEIGH:
+            failures = batch.replace_neighbours(plan.device.index, [(key, value) for _, key, value, _ in todo])
+        elif kind == FDB:
+            failures = batch.replace_fdbs(plan.device.index, [(key, value) for _, key, value, _ in todo])
+        else:
+            failures = batch.replace_routes([(key, *value) for _, key, value, _ in todo])
+        for position, entry in enumerate(todo):
+            _written(plan, entry, failures.get(position), actual, drift, errors, failed)
 
 
 def reconcile(nl, plan: Plan) -> Drift:
     """Make the kernel match `plan` in both directions; the Drift says what was repaired.
     Raises OverlayError (with .drift) if any lease could not be programmed."""
+    return reconcile_from(nl, plan, read_state(nl, plan))
+
+
+def reconcile_from(nl, plan: Plan, actual: dict, unsettled=frozenset()) -> Drift:
+    """reconcile() against `actual`, a read_state() taken a moment ago (e.g. by another
+    thread while watch events kept being applied).  unsettled: lease keys programmed or
+    removed since that read; their missing entries are the watch path's business (they
+    would only show up as false drift).  Stale entries are deleted either way: one that
+    a later event already removed is simply gone (not counted)."""
     desired = desired_state(plan)
-    actual = read_state(nl, plan)
     drift = Drift()
     errors = list(desired.errors)
     _remove_stale(nl, plan, stale_entries(desired, actual), drift, errors)
-    _add_missing(nl, plan, missing_entries(desired, actual), actual, drift, errors)
+    missing = [entry for entry in missing_entries(desired, actual) if entry[3] not in unsettled]
+    _add_missing(nl, plan, missing, actual, drift, errors)
     if errors:
         raise OverlayError(f"network datapath {plan.device.name or plan.underlay.name}: "
                            f"{len(errors)} problem(s)", errors, drift)

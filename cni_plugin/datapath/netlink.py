@@ -17,6 +17,7 @@ from typing import NamedTuple, Optional
 from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError as _PyrouteError
 
+from .batch import Batch
 from .constants import (AF_INET, AF_INET6, FAMILY, IFA_F_NODAD, IFF_UP, NTF_SELF, NUD_PERMANENT,
                         RT_SCOPE_UNIVERSE, RT_TABLE_MAIN, RTNH_F_ONLINK, WEFT_RTPROT)
 from .errors import NetlinkError
@@ -64,9 +65,19 @@ class Netlink:
 
     def __init__(self, netns_path: str = None):
         self.ipr = IPRoute(netns=netns_path, flags=0) if netns_path else IPRoute()
+        self.netns_path = netns_path
+        self._batch = None
 
     def close(self) -> None:
+        if self._batch is not None:
+            self._batch.close()
         self.ipr.close()
+
+    def batch(self):
+        """A batch.Batch (same namespace) for many writes in few round trips."""
+        if self._batch is None:
+            self._batch = Batch(self.netns_path)
+        return self._batch
 
     def __enter__(self):
         return self

@@ -164,6 +164,10 @@ class EtcdRegistry:
         """Seconds the lease has left, -1 when it is gone."""
         return self.etcd.time_to_live(lease_id)
 
+    def lease_ttls(self, lease_ids) -> dict:
+        """{lease id: seconds left, -1 when gone} for many leases, read in one round."""
+        return self.etcd.time_to_live_many(lease_ids)
+
     def revoke(self, lease_id: int) -> None:
         self.etcd.revoke(lease_id)
 

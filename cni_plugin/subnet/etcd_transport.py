@@ -42,7 +42,9 @@ log = logging.getLogger("weftd.etcd")
 DEFAULT_CA_BUNDLE = "/etc/ssl/certs/ca-certificates.crt"
 PAGE_SIZE = 500          # keys per range request (keeps responses far below gRPC's 4 MiB)
 TXN_MAX_OPS = 100        # etcd refuses transactions above --max-txn-ops (default 128)
+TTL_WINDOW = 1000        # lease TTL requests in flight at once (time_to_live_many)
 WATCH_JOIN_TIMEOUT = 5.0
+REQUIRE_LEADER = (("hasleader", "true"),)  # etcd's rpctypes.MetadataRequireLeaderKey
 GRPC_OPTIONS = [
     ("grpc.enable_http_proxy", 0),             # etcd is never reached through an HTTP proxy
     ("grpc.keepalive_time_ms", 30_000),        # etcd's --grpc-keepalive-min-time is 5 s
@@ -117,10 +119,15 @@ class _Connection:
         self.client = client
         self.timeout = timeout
         self.watch_stub = etcdrpc.WatchStub(client.channel)
+        self._raw_ttl = None
 
     @property
     def metadata(self):
-        return self.client.metadata
+        """The auth token (if any) and etcd's "require leader" flag on every call: a member
+        that lost its quorum answers "etcdserver: no leader" at once (and cancels our
+        watches within a few election timeouts) instead of stalling them, so the agent
+        moves to another endpoint or reports etcd unavailable."""
+        return (self.client.metadata or ()) + REQUIRE_LEADER
 
     def unary(self, stub, method: str, request):
         return getattr(stub, method)(request, timeout=self.timeout, metadata=self.metadata)
@@ -133,6 +140,12 @@ class _Connection:
 
     def status(self):
         return self.unary(self.client.maintenancestub, "Status", etcdrpc.StatusRequest())
+
+    def raw_ttl(self):
+        """LeaseTimeToLive on bytes (request and response left encoded)."""
+        if self._raw_ttl is None:
+            self._raw_ttl = self.client.channel.unary_unary("/etcdserverpb.Lease/LeaseTimeToLive")
+        return self._raw_ttl
 
     def keepalive_once(self, lease_id: int):
         stream = self.client.leasestub.LeaseKeepAlive(
@@ -248,11 +261,12 @@ class EtcdTransport:
         except _LeaseNotFound:
             return False
 
-    def put_many(self, items: list, what: str) -> int:
-        """[(key, value)] in transactions of at most TXN_MAX_OPS puts; the revision of the last."""
+    def put_many(self, items: list, what: str, lease_id: int = 0) -> int:
+        """[(key, value)] in transactions of at most TXN_MAX_OPS puts (bound to lease_id
+        when given); the revision of the last."""
         revision = 0
         for start in range(0, len(items), TXN_MAX_OPS):
-            ops = [etcdrpc.RequestOp(request_put=etcdrpc.PutRequest(key=k, value=v))
+            ops = [etcdrpc.RequestOp(request_put=etcdrpc.PutRequest(key=k, value=v, lease=lease_id))
                    for k, v in items[start:start + TXN_MAX_OPS]]
             request = etcdrpc.TxnRequest(success=ops)
             revision = self._call(what, lambda c: c.kv("Txn", request)).header.revision
@@ -278,6 +292,31 @@ class EtcdTransport:
         """Seconds the lease has left, -1 when it is gone."""
         request = etcdrpc.LeaseTimeToLiveRequest(ID=lease_id)
         return int(self._call(f"read lease {lease_id:x}", lambda c: c.lease("LeaseTimeToLive", request)).TTL)
+
+    def time_to_live_many(self, lease_ids) -> dict:
+        """{lease id: seconds left, -1 when gone} for many leases in one round: every
+        request is in flight at once on the one channel (gRPC futures), in windows of
+        TTL_WINDOW, instead of one round trip per lease."""
+        ids = sorted({int(i) for i in lease_ids if i})
+        ttls = {}
+        for start in range(0, len(ids), TTL_WINDOW):
+            window = ids[start:start + TTL_WINDOW]
+            ttls.update(self._call(f"read {len(window)} leases", lambda c: self._ttl_window(c, window)))
+        return ttls
+
+    @staticmethod
+    def _ttl_window(conn, ids) -> dict:
+        # raw bytes in and out: the message is one varint each way, and the pure-Python
+        # protobuf runtime etcd3 needs costs more than the round trip at thousands of rows
+        call = conn.raw_ttl()
+        futures = [(lease_id, call.future(_varint_field(1, lease_id), timeout=conn.timeout,
+                                          metadata=conn.metadata))
+                   for lease_id in ids]
+        try:
+            return {lease_id: _ttl_of(future.result()) for lease_id, future in futures}
+        finally:
+            for _, future in futures:
+                future.cancel()
 
     def revoke(self, lease_id: int) -> None:
         """Revoke the lease (its keys vanish); a lease that is already gone is fine."""
@@ -451,6 +490,53 @@ class EtcdTransport:
         return error
 
 
+def _varint_field(number: int, value: int) -> bytes:
+    """One protobuf varint field (int64: negative values take ten bytes)."""
+    value &= (1 << 64) - 1
+    out = bytearray([number << 3])
+    while True:
+        byte = value & 0x7F
+        value >>= 7
+        out.append(byte | (0x80 if value else 0))
+        if not value:
+            return bytes(out)
+
+
+def _ttl_of(data: bytes) -> int:
+    """The TTL (field 3, int64) of an encoded LeaseTimeToLiveResponse; other fields skipped."""
+    pos, ttl = 0, 0
+    while pos < len(data):
+        key, pos = _read_varint(data, pos)
+        number, wire = key >> 3, key & 7
+        if wire == 0:
+            value, pos = _read_varint(data, pos)
+            if number == 3:
+                ttl = value - (1 << 64) if value >= 1 << 63 else value
+        elif wire == 2:
+            length, pos = _read_varint(data, pos)
+            pos += length
+        elif wire == 1:
+            pos += 8
+        elif wire == 5:
+            pos += 4
+        else:
+            raise RegistryError(f"etcd sent an unreadable LeaseTimeToLive answer (wire type {wire})")
+    return ttl
+
+
+def _read_varint(data: bytes, pos: int) -> tuple:
+    value = shift = 0
+    while True:
+        if pos >= len(data):
+            raise RegistryError("etcd sent a truncated LeaseTimeToLive answer")
+        byte = data[pos]
+        pos += 1
+        value |= (byte & 0x7F) << shift
+        if not byte & 0x80:
+            return value, pos
+        shift += 7
+
+
 class _LeaseNotFound(RegistryError):
     """etcd: requested lease not found (internal: mapped to False/ignored by the callers)."""
 
@@ -503,8 +589,10 @@ class _PrefixWatch:
             for response in self.call:
                 if self.stopping.is_set():
                     return
-                if response.compact_revision:
+                if response.compact_revision:  # we fell behind a compaction: re-list
                     resync_revision = response.compact_revision
+                    log.warning("watch on %s fell behind etcd's compaction at revision %d; "
+                                "relisting", self.prefix, response.compact_revision)
                     break
                 if response.canceled:
                     log.warning("etcd cancelled the watch on %s: %s", self.prefix,

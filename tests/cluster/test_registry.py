@@ -181,6 +181,18 @@ def test_refresh_extends_the_ttl_and_reports_a_gone_lease(registry):
     assert registry.lease_ttl(lease_id) == -1
 
 
+def test_lease_ttls_reads_many_leases_in_one_round(registry, net):
+    ids = {ttl: registry.create_lease(net, f"10.244.{ttl}.0-24", "v", ttl=ttl) for ttl in (100, 200, 300)}
+    gone = registry.create_lease(net, "10.244.99.0-24", "v", ttl=60)
+    registry.revoke(gone)
+    ttls = registry.lease_ttls([*ids.values(), gone, ids[100], 0])  # duplicates and 0 ignored
+    assert sorted(ttls) == sorted([*ids.values(), gone])
+    for ttl, lease_id in ids.items():
+        assert ttl - 5 <= ttls[lease_id] <= ttl, (ttl, ttls)
+    assert ttls[gone] == -1
+    assert registry.lease_ttls([]) == {}
+
+
 def test_revoke_removes_the_key_and_is_idempotent(registry, shared_etcd, net):
     lease_id = registry.create_lease(net, "10.244.6.0-24", "v", ttl=60)
     registry.revoke(lease_id)

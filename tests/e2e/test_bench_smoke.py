@@ -9,7 +9,7 @@ import sys
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 KINDS = ("go", "weft-standalone", "weft-agent")
-FIGURES = {"default", "sequential", "parallel", "scale", "throughput", "wireguard", "convergence", "cri"}
+FIGURES = {"default", "sequential", "parallel", "density", "throughput", "wireguard", "convergence", "cri", "scale"}
 
 
 def netns_names():
@@ -70,7 +70,7 @@ def test_bench_smoke(tmp_path, installed):
         assert par[kind]["errors"] == {} and par[kind]["distinct_ips"] == 10, par[kind]
         assert par[kind]["add_wall_s"] > 0 and par[kind]["pods_per_s"] > 0 and par[kind]["del_wall_s"] > 0
 
-    scale = figures["scale"]
+    scale = figures["density"]
     assert scale["prepopulated"] == 20
     for kind in KINDS:
         assert scale[kind]["errors"] == {}, scale[kind]["error_samples"]

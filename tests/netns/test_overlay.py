@@ -287,6 +287,29 @@ def test_reconcile_removes_a_departed_lease_in_reverse_order(lab):
     assert a.ping(b) and a.cut_off(c)
 
 
+def test_reconcile_from_an_older_read_leaves_unsettled_leases_to_the_watch(lab):
+    """A read taken before a watch event (as the agent's background read is): the lease the
+    event programmed is not re-written as false drift, a lease removed since is not
+    resurrected, and real drift of a settled lease is still repaired."""
+    a, b, c = nodes = vxlan_cluster(lab, 3)
+    program_all(nodes)
+    engine.reconcile(a.ipr, a.plan([a.lease, b.lease]))  # a does not know c yet
+    a.ns.ip("route", "del", "10.244.2.0/24")  # real drift on b, a settled lease
+    before = engine.read_state(a.ipr, a.plan([a.lease, b.lease]))
+    engine.apply_peer(a.ipr, a.plan([a.lease, b.lease, c.lease]), c.lease)  # an event after the read
+    drift = engine.reconcile_from(a.ipr, a.plan([a.lease, b.lease, c.lease]), before,
+                                  unsettled={c.lease.key})
+    assert drift.details == [f"route 10.244.2.0/24 via 10.244.2.0 dev {DEV} onlink was missing"], drift.details
+    assert a.ping(b) and a.ping(c)
+    # c leaves after another read: the entries that read saw are deleted, not re-added
+    before = engine.read_state(a.ipr, a.plan([a.lease, b.lease, c.lease]))
+    engine.remove_peer(a.ipr, a.plan([a.lease, b.lease]), c.lease)
+    drift = engine.reconcile_from(a.ipr, a.plan([a.lease, b.lease]), before, unsettled={c.lease.key})
+    assert (drift.added, drift.removed) == (0, 0), drift.details  # already gone: nothing to count
+    assert route_view(a.routes()) == [("10.244.2.0/24", "10.244.2.0", DEV, True)]
+    assert [f["mac"] for f in a.fdb()] == [b.mac] and a.cut_off(c)
+
+
 def test_reconcile_removes_stale_weft_entries_but_never_foreign_routes(lab):
     a, b = nodes = vxlan_cluster(lab, 2)
     program_all(nodes)

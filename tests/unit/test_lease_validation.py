@@ -222,6 +222,7 @@ def test_the_overlay_never_routes_a_lease_overlapping_its_own_subnet_however_old
 
     from cni_plugin.agent.controllers.overlay import OverlayController
     from cni_plugin.subnet.lease import Lease
+    from cni_plugin.subnet.live_verdict import LiveVerdict
 
     v6 = NetworkConfig.parse("weft", json.dumps({"Network": "10.244.0.0/16", "EnableIPv6": True,
                                                  "IPv6Network": "fd00::/48"}))
@@ -231,15 +232,13 @@ def test_the_overlay_never_routes_a_lease_overlapping_its_own_subnet_however_old
                             metrics=SimpleNamespace(refused=_Series(), refused_total=_Series()),
                             extra=lambda **kw: kw)
     overlay = OverlayController(agent)
-    overlay.rows = {
-        "10.244.1.0-24": LeaseRow("10.244.1.0-24", own_value, 1, 50),
-        "10.244.2.0-24": LeaseRow("10.244.2.0-24", value(node="old", mac="02:00:00:00:00:0b",
-                                                         IPv6Subnet="fd00:0:0:1::/64"), 1, 10),
-        "10.244.3.0-24": LeaseRow("10.244.3.0-24", value(node="fine", mac="02:00:00:00:00:0c",
-                                                         IPv6Subnet="fd00:0:0:3::/64"), 1, 20),
-    }
+    overlay.live = LiveVerdict(v6, [
+        LeaseRow("10.244.1.0-24", own_value, 1, 50),
+        LeaseRow("10.244.2.0-24", value(node="old", mac="02:00:00:00:00:0b", IPv6Subnet="fd00:0:0:1::/64"), 1, 10),
+        LeaseRow("10.244.3.0-24", value(node="fine", mac="02:00:00:00:00:0c", IPv6Subnet="fd00:0:0:3::/64"), 1, 20),
+    ])
     for _ in range(2):
-        peers = overlay._judge()
+        peers = overlay._judge_all()
     assert list(peers) == ["10.244.3.0-24"]
     assert "own subnet" in overlay.refused["10.244.2.0-24"].detail
     assert [line for line in agent.log.lines if "of node old overlaps" in line[1]] == \
@@ -247,5 +246,5 @@ def test_the_overlay_never_routes_a_lease_overlapping_its_own_subnet_however_old
     assert agent.metrics.refused.values[("weft", "overlap")] == 2  # ours (by age) and theirs (by us)
     # our own lease lost by age: nobody routes to us, so the node is in conflict
     assert "this node's lease is refused" in agent.conflict and "older lease 10.244.2.0-24" in agent.conflict
-    del overlay.rows["10.244.2.0-24"]
-    assert list(overlay._judge()) == ["10.244.3.0-24"] and agent.conflict is None
+    overlay.live.apply("delete", "10.244.2.0-24", "", 0)
+    assert list(overlay._judge_all()) == ["10.244.3.0-24"] and agent.conflict is None

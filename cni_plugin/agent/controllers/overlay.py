@@ -6,8 +6,9 @@ etcd is away (only against leases actually seen: an empty list would tear down
 every peer).
 
 Only leases subnet/validation.py accepts become peers: the whole set of rows is judged
-again after every listing and every watch event (oldest wins, so the verdict is the
-same on every node), a lease that turns invalid is removed from the kernel, and a lease
+after every listing and kept judged on every watch event (subnet/live_verdict.py: the
+same verdict, O(1) per event; oldest wins, so the verdict is the same on every node),
+a lease that turns invalid is removed from the kernel, and a lease
 overlapping this node's own subnet is never a peer, however old (the node's own pods
 must not be routed into the overlay).  Refusals are logged once each, counted in
 weft_leases_refused{network,reason} and listed in the status file.
@@ -22,9 +23,11 @@ import time
 from ... import backends
 from ...backends import engine
 from ...datapath import sysctl, underlay
+from ...datapath.changes import KernelChanges
 from ...datapath.netlink import open_agent
+from ..background_read import BackgroundRead
 from ...subnet import validation
-from ...subnet.registry import LeaseRow
+from ...subnet.live_verdict import LiveVerdict
 from ..runtime import Controller
 from . import register
 
@@ -37,20 +40,26 @@ class OverlayController(Controller):
     def __init__(self, agent):
         super().__init__(agent)
         self.nl = None
+        self.reader = None  # BackgroundRead: the periodic reconcile's dumps, off the loop
+        self.changes = None  # KernelChanges: has anything weft owns changed since the last read?
+        self.force_read = True
         self.backend = None
         self.plan = None
         self.drift_repaired = 0
         self.synced_once = False  # the first full sync programs every peer: not drift
         self.last_reconcile = None
-        self.rows = {}     # key -> LeaseRow: every lease key of the network, ours included
+        self.live = None   # LiveVerdict over every lease key of the network, ours included
+        self.own_overlaps = {}  # key -> Refusal: valid leases overlapping our own subnet
         self.refused = {}  # key -> validation.Refusal, as last logged
-        self.judged, self.judged_config = {}, None  # validation's per-row cache, for one config
+        self._published = False
 
     def prepare(self):
         agent = self.agent
         if self.backend is None:
             self.nl = open_agent()
+            self.reader = BackgroundRead(agent.name, open_agent, engine.read_state, agent.call_soon, agent.log)
             self.backend = backends.get(agent.config.backend_type)(agent.config.backend, agent.log)
+        self.reader.reset()
         lease = agent.held.lease
         local = underlay.interface_of_ip(self.nl, agent.node.public_ip)
         sysctl.enable_forwarding({4, 6} if lease.ipv6_subnet else {4})
@@ -59,54 +68,82 @@ class OverlayController(Controller):
             agent.log.warning(f"device {result.device.name} {result.action}: {result.reason}",
                               extra=agent.extra())
         self.plan = engine.Plan.for_network(self.backend, agent.config, lease, local, result.device)
+        self._watch_kernel(result.device.index)
         agent.mtu = result.mtu
 
     def sync(self, raw):
-        self.rows = {row[0]: LeaseRow(*row) for row in raw}
-        self.agent.peers = self._judge()
+        self.reader.reset()
+        self.live = LiveVerdict(self.agent.config, raw)
+        self.agent.peers = self._judge_all()
         self.reconcile()
+
+    def config_changed(self, old, new):
+        if self.live is not None:
+            self.live.reset(new, self.live.rows.values())
 
     def on_lease_event(self, kind, key, value, received, created=0):
         agent = self.agent
-        if kind == "put":
-            self.rows[key] = LeaseRow(key, value, 0, created)
+        changed = self.live.apply(kind, key, value, created)
+        before = agent.peers
+        if changed is None:  # re-judged as a whole (an overlap): compare everything
+            after = self._judge_all()
+            changed = set(before) | set(after)
         else:
-            self.rows.pop(key, None)
-        before, after = agent.peers, self._judge()
+            after = dict(before)
+            for changed_key in changed:
+                lease = self._peer(changed_key)
+                if lease is None:
+                    after.pop(changed_key, None)
+                else:
+                    after[changed_key] = lease
+            self._publish_refusals()
         agent.peers = after
-        for gone in [k for k in before if k not in after]:
+        for gone in [k for k in changed if k in before and k not in after]:
+            self.reader.touched(gone)
             self._program(engine.remove_peer, before[gone], "peer removed")
-        for peer_key, lease in after.items():
-            previous = before.get(peer_key)
-            if previous != lease:  # the previous version's entries that changed go (e.g. a rotated key)
-                self._program(lambda nl, plan, new, previous=previous: engine.apply_peer(nl, plan, new, previous),
-                              lease, "peer programmed")
+        for peer_key in [k for k in changed if k in after and before.get(k) != after[k]]:
+            self.reader.touched(peer_key)
+            previous = before.get(peer_key)  # its entries that changed go (e.g. a rotated key)
+            self._program(lambda nl, plan, new, previous=previous: engine.apply_peer(nl, plan, new, previous),
+                          after[peer_key], "peer programmed")
         agent.metrics.program_seconds.labels(agent.name).observe(time.monotonic() - received)
         agent.metrics.peers.labels(agent.name).set(len(agent.peers))
-        agent.write_status()
+        agent.status_changed()
 
-    def _judge(self) -> dict:
-        """The peers to program: valid leases of other nodes not overlapping our subnet.
-        Logs each new refusal once and publishes the refusal counts."""
-        agent = self.agent
-        own = agent.held.lease
-        if self.judged_config is not agent.config:  # per-row checks depend on the config
-            self.judged, self.judged_config = {}, agent.config
-        for stale in [k for k in self.judged if self.rows.get(k[0], (None, None))[1] != k[1]]:
-            del self.judged[stale]
-        verdict = validation.validate(agent.config, self.rows.values(), self.judged)
-        refused = dict(verdict.refused)
+    def _peer(self, key):
+        """The Lease to program for `key`, or None (not valid, ours, or overlapping ours)."""
+        own = self.agent.held.lease
+        self.own_overlaps.pop(key, None)
+        lease = self.live.valid.get(key)
+        if lease is None or key == own.key:
+            return None
+        if validation.leases_overlap(lease, own):
+            self.own_overlaps[key] = validation.Refusal(
+                key, validation.OVERLAP, f"lease {key} of node {lease.node_name} overlaps this node's "
+                f"own subnet {own.subnet} ({own.ipv6_subnet or 'no IPv6'}); never routed here",
+                lease.node_name)
+            return None
+        return lease
+
+    def _judge_all(self) -> dict:
+        """The peers to program: valid leases of other nodes not overlapping our subnet."""
+        self.own_overlaps = {}
         peers = {}
-        for key, lease in verdict.valid.items():
-            if key == own.key:
-                continue
-            if validation.leases_overlap(lease, own):
-                refused[key] = validation.Refusal(
-                    key, validation.OVERLAP, f"lease {key} of node {lease.node_name} overlaps this node's "
-                    f"own subnet {own.subnet} ({own.ipv6_subnet or 'no IPv6'}); never routed here",
-                    lease.node_name)
-                continue
-            peers[key] = lease
+        for key in list(self.live.valid):
+            lease = self._peer(key)
+            if lease is not None:
+                peers[key] = lease
+        self._publish_refusals()
+        return peers
+
+    def _publish_refusals(self) -> None:
+        """Log each new refusal once and publish the refusal counts."""
+        agent = self.agent
+        refused = dict(self.live.refused)
+        refused.update(self.own_overlaps)
+        if refused == self.refused and self._published:
+            return
+        self._published = True
         for key, refusal in refused.items():
             if self.refused.get(key) != refusal:
                 agent.log.error(f"lease refused: {refusal.detail}",
@@ -115,11 +152,10 @@ class OverlayController(Controller):
         for key in self.refused.keys() - refused.keys():
             agent.log.info("lease no longer refused", extra=agent.extra(peer=key))
         self.refused = refused
-        self._own_refused(refused.get(own.key))
+        self._own_refused(refused.get(agent.held.lease.key))
         for reason in validation.REASONS:
             count = sum(1 for r in refused.values() if r.reason == reason)
             agent.metrics.refused.labels(agent.name, reason).set(count)
-        return peers
 
     def _program(self, step, lease, done: str):
         agent = self.agent
@@ -128,6 +164,7 @@ class OverlayController(Controller):
             step(self.nl, self.plan, lease)
         except Exception as exc:  # the next reconcile retries; say what failed now
             agent.log.error(f"{done.split()[1]} failed: {exc}", extra=agent.extra(peer=peer))
+            self.force_read = True  # a failed write may change nothing: the next pass reads
             return
         agent.log.info(done, extra=agent.extra(peer=peer))
 
@@ -168,23 +205,68 @@ class OverlayController(Controller):
         agent.write_status()
 
     def timers(self):
-        return [(self.agent.options.reconcile_interval, self.reconcile)]
+        return [(self.agent.options.reconcile_interval, self.reconcile_in_background)]
+
+    def _watch_kernel(self, device_index):
+        """Follow kernel changes from now on (before the listing's full reconcile)."""
+        if self.changes is not None:
+            self.changes.close()
+            self.changes = None
+        try:
+            self.changes = KernelChanges(device_index)
+        except OSError as exc:  # every pass then reads the kernel, as before
+            self.agent.log.warning(f"cannot follow kernel changes ({exc}); every reconcile reads the kernel",
+                                   extra=self.agent.extra())
+        self.force_read = True
+
+    def reconcile_in_background(self):
+        """The periodic pass: when nothing weft owns changed in the kernel since the last
+        read (its change notifications say so), the kernel still matches the peers: no
+        dump.  Otherwise the dumps run on the reader's thread, then _reconciled on the loop."""
+        changed = self.changes.changed() if self.changes is not None else True  # always drained
+        if not changed and not self.force_read:
+            self.last_reconcile = time.time()
+            self.agent.status_changed()
+            return
+        self.force_read = False
+        self._read_started = time.monotonic()
+        if not self.reader.start(self.plan, self._reconciled):
+            self.agent.log.warning("reconcile skipped: the previous kernel read has not finished",
+                                   extra=self.agent.extra())
+
+    def _reconciled(self, plan, actual, unsettled, error):
+        if plan is not self.plan:
+            return  # the device was set up again meanwhile: the next pass reads afresh
+        if error is not None:
+            self.agent.log.error(f"reconcile incomplete: cannot read the kernel: {error}",
+                                 extra=self.agent.extra())
+            self.force_read = True
+            return
+        self.reconcile(actual, unsettled, self._read_started)
 
     def while_waiting(self):
         if self.backend is not None and self.agent.held is not None and self.synced_once:
             self.reconcile()
 
-    def reconcile(self):
+    def reconcile(self, actual=None, unsettled=frozenset(), started=None):
+        """Make the kernel match the peers; actual: a read taken off the loop (else read now)."""
         agent = self.agent
-        started = time.monotonic()
+        started = time.monotonic() if started is None else started
+        plan = dataclasses.replace(self.plan, peers=tuple(agent.peers.values()))
         try:
             if self._device_gone():  # e.g. wireguard-go was killed: build the device again
                 agent.log.warning(f"device {self.plan.device.name} is gone; setting it up again",
                                   extra=agent.extra())
                 self.prepare()
-            drift = engine.reconcile(self.nl, dataclasses.replace(self.plan, peers=tuple(agent.peers.values())))
+                plan = dataclasses.replace(self.plan, peers=tuple(agent.peers.values()))
+                actual = None  # a read of the old device says nothing of the new one
+            if actual is None:
+                drift = engine.reconcile(self.nl, plan)
+            else:
+                drift = engine.reconcile_from(self.nl, plan, actual, unsettled)
         except Exception as exc:  # OverlayError carries what was done before the failures
             agent.log.error(f"reconcile incomplete: {exc}", extra=agent.extra())
+            self.force_read = True
             drift = getattr(exc, "drift", None)
             if drift is None:
                 return
@@ -220,5 +302,9 @@ class OverlayController(Controller):
                 "driftRepaired": self.drift_repaired, "lastReconcile": self.last_reconcile}
 
     def close(self):
+        if self.changes is not None:
+            self.changes.close()
+        if self.reader is not None:
+            self.reader.close()
         if self.nl is not None:
             self.nl.close()

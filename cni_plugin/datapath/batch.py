@@ -1,0 +1,117 @@
+"""Many kernel entries written in a few netlink round trips (the agent's first programming).
+
+Netlink.replace_* send one request and wait for its answer through pyroute2's asyncio
+loop: about 1 ms per entry, 15 s for the 15,000 entries of a 5,000-node cluster.  Here
+the same requests (NLM_F_CREATE | NLM_F_REPLACE, as `ip ... replace` sends them) are
+encoded with pyroute2's message classes, packed many to a send() on a plain blocking
+socket, and the kernel's acknowledgements are read back afterwards; each failure is
+returned with its position, so callers report the entry that failed and go on.
+"""
+
+import socket
+import struct
+
+from pyroute2.netlink import NLM_F_ACK, NLM_F_CREATE, NLM_F_REQUEST
+from pyroute2.netlink.rtnl import RTM_NEWNEIGH, RTM_NEWROUTE
+from pyroute2.netlink.rtnl.ndmsg import ndmsg
+from pyroute2.netlink.rtnl.rtmsg import rtmsg
+
+from .constants import (AF_BRIDGE, AF_INET, AF_INET6, FAMILY, NTF_SELF, NUD_PERMANENT, RT_SCOPE_UNIVERSE,
+                        RT_TABLE_MAIN, RTNH_F_ONLINK, WEFT_RTPROT)
+from .errors import NetlinkError
+from .rtnl import _socket_in
+
+NETLINK_ROUTE = 0
+NLM_F_REPLACE = 0x100
+NLMSG_ERROR = 2
+PER_SEND = 256          # requests per send(): the acknowledgements fit the receive buffer
+_HEADER = struct.Struct("=IHHII")
+_FLAGS = NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE | NLM_F_REPLACE
+
+
+class Batch:
+    """One plain rtnetlink socket in this network namespace (or in netns_path)."""
+
+    def __init__(self, netns_path: str = None):
+        if netns_path:
+            self.sock = _socket_in(netns_path)
+        else:
+            self.sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_ROUTE)
+        self.sock.bind((0, 0))
+        self.seq = 0
+
+    def close(self) -> None:
+        self.sock.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def replace_neighbours(self, ifindex: int, entries) -> dict:
+        """[(ip, mac)] as permanent neighbours on ifindex; {position: NetlinkError}."""
+        messages = []
+        for ip, mac in entries:
+            msg = ndmsg()
+            msg["family"] = AF_INET if ip.version == 4 else AF_INET6
+            msg["ifindex"], msg["state"] = ifindex, NUD_PERMANENT
+            msg["attrs"] = [("NDA_DST", str(ip)), ("NDA_LLADDR", mac)]
+            messages.append((msg, RTM_NEWNEIGH, f"replace neighbour {ip} lladdr {mac}"))
+        return self._send_all(messages)
+
+    def replace_fdbs(self, ifindex: int, entries) -> dict:
+        """[(mac, dst ip)] as permanent FDB entries of ifindex itself; {position: error}."""
+        messages = []
+        for mac, dst in entries:
+            msg = ndmsg()
+            msg["family"], msg["ifindex"] = AF_BRIDGE, ifindex
+            msg["state"], msg["flags"] = NUD_PERMANENT, NTF_SELF
+            msg["attrs"] = [("NDA_LLADDR", mac), ("NDA_DST", str(dst))]
+            messages.append((msg, RTM_NEWNEIGH, f"replace fdb {mac} dst {dst}"))
+        return self._send_all(messages)
+
+    def replace_routes(self, entries) -> dict:
+        """[(dst, gateway, oif, onlink)] as weft's main-table routes; {position: error}."""
+        messages = []
+        for dst, gateway, oif, onlink in entries:
+            msg = rtmsg()
+            msg["family"], msg["dst_len"] = FAMILY[dst.version], dst.prefixlen
+            msg["table"], msg["proto"], msg["scope"], msg["type"] = RT_TABLE_MAIN, WEFT_RTPROT, RT_SCOPE_UNIVERSE, 1
+            msg["flags"] = RTNH_F_ONLINK if onlink else 0
+            msg["attrs"] = [("RTA_DST", str(dst.network_address)), ("RTA_GATEWAY", str(gateway)),
+                            ("RTA_OIF", oif)]
+            messages.append((msg, RTM_NEWROUTE, f"replace route {dst} via {gateway}"))
+        return self._send_all(messages)
+
+    def _send_all(self, messages) -> dict:
+        failures = {}
+        for start in range(0, len(messages), PER_SEND):
+            failures.update(self._send_some(messages[start:start + PER_SEND], start))
+        return failures
+
+    def _send_some(self, messages, offset: int) -> dict:
+        pending, chunks = {}, []
+        for position, (msg, kind, what) in enumerate(messages, offset):
+            self.seq += 1
+            msg["header"]["type"], msg["header"]["flags"] = kind, _FLAGS
+            msg["header"]["sequence_number"] = self.seq
+            msg.encode()
+            chunks.append(msg.data)
+            pending[self.seq] = (position, what)
+        self.sock.send(b"".join(chunks))
+        failures = {}
+        while pending:
+            data = self.sock.recv(1 << 20)
+            at = 0
+            while at + _HEADER.size <= len(data):
+                length, kind, _, seq, _ = _HEADER.unpack_from(data, at)
+                if length < _HEADER.size:
+                    break
+                if kind == NLMSG_ERROR and seq in pending:
+                    position, what = pending.pop(seq)
+                    code = -struct.unpack_from("=i", data, at + _HEADER.size)[0]
+                    if code:
+                        failures[position] = NetlinkError(code, what)
+                at += (length + 3) & ~3
+        return failures
