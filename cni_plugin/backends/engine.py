@@ -273,7 +273,7 @@ BATCH_MIN = 2  # missing entries from which they are written in batches (datapat
 def _add_missing(nl, plan: Plan, missing: list, actual: dict, drift: Drift, errors: list) -> None:
     batch = nl.batch() if len(missing) >= BATCH_MIN and hasattr(nl, "batch") else None
     if batch is not None:
-        _add_missing_batched(batch, plan, missing, actual, drift, errors)
+        _add_missing_batched(nl, batch, plan, missing, actual, drift, errors)
         return
     failed = set()  # lease keys with a failed entry: their later entries (the route) wait
     for kind, key, value, lease_key in missing:
@@ -300,13 +300,23 @@ def _written(plan: Plan, entry, error, actual: dict, drift: Drift, errors: list,
     drift.details.append(f"{text} was missing" if old is None else f"{text} was wrong (had {old})")
 
 
-def _add_missing_batched(batch, plan: Plan, missing: list, actual: dict, drift: Drift, errors: list) -> None:
+def _add_missing_batched(nl, batch, plan: Plan, missing: list, actual: dict, drift: Drift, errors: list) -> None:
     """_add_missing in one batch per kind, in write order: every lease's neighbour, then
-    the FDB entries of the leases whose neighbour went in, then their routes."""
+    the FDB entries of the leases whose neighbour went in, then their routes.  A
+    backend's own device entries (e.g. WireGuard peers) are written one by one."""
     failed = set()
-    for kind in WRITE_ORDER:
+    for kind in sorted({entry[0] for entry in missing}, key=write_rank):
         todo = [entry for entry in missing if entry[0] == kind and entry[3] not in failed]
         if not todo:
+            continue
+        if kind not in (NEIGH, FDB, ROUTE):
+            for entry in todo:
+                try:
+                    _write(nl, plan, *entry[:3])
+                except DatapathError as exc:
+                    _written(plan, entry, exc, actual, drift, errors, failed)
+                    continue
+                _written(plan, entry, None, actual, drift, errors, failed)
             continue
         if kind == NEIGH:
             failures = batch.replace_neighbours(plan.device.index, [(key, value) for _, key, value, _ in todo])
