@@ -143,3 +143,44 @@ def test_removal_lists_what_the_peer_owned():
                      (NEIGH, ipaddress.ip_address("10.244.2.0"), "02:00:00:00:00:02"),
                      (NEIGH, ipaddress.ip_address("fd00:10:244:2::"), "02:00:00:00:00:02")]
     assert backends.get("host-gw")(None).peer_owned(p, lease(2, "host-gw")) == []
+
+
+class _RecordingNetlink:
+    """A kernel that holds nothing and records every write (batched or one by one)."""
+
+    def __init__(self):
+        self.writes = []
+
+    def routes(self, version, proto=None):
+        return []
+
+    def permanent_neighbours(self, index):
+        return {}
+
+    def fdb(self, index):
+        return {}
+
+    def batch(self):
+        writes = self.writes
+
+        class Batch:
+            def replace_neighbours(self, index, items):
+                writes.extend(("neighbour", key) for key, _ in items)
+                return {}
+
+            def replace_fdbs(self, index, items):
+                writes.extend(("fdb", key) for key, _ in items)
+                return {}
+
+            def replace_routes(self, items):
+                writes.extend(("route", item[0]) for item in items)
+                return {}
+        return Batch()
+
+
+def test_a_batched_reconcile_writes_every_kind_in_write_order():
+    nl = _RecordingNetlink()
+    drift = engine.reconcile(nl, plan(net({}), [lease(n) for n in range(2, 7)]))
+    assert drift.added == 15 and len(nl.writes) == 15
+    kinds = [kind for kind, _ in nl.writes]
+    assert kinds == ["neighbour"] * 5 + ["fdb"] * 5 + ["route"] * 5
