@@ -72,13 +72,9 @@ class Contender:
         """weftd inside this node namespace; its CNI socket serves without etcd."""
         exe = os.path.join(self.ctx.installed, "bin", "weftd")
         # weftd refuses a loopback public IP (other nodes would refuse its leases): a
-        # documentation address on a dummy link of this bench's own node namespace
-        if subprocess.run(["ip", "-n", self.node.name, "link", "show", "benchpub0"],
-                          capture_output=True).returncode != 0:
-            for cmd in (["link", "add", "benchpub0", "type", "dummy"],
-                        ["addr", "add", f"{BENCH_PUBLIC_IP}/32", "dev", "benchpub0"],
-                        ["link", "set", "benchpub0", "up"]):
-                subprocess.run(["ip", "-n", self.node.name, *cmd], check=True, capture_output=True)
+        # documentation address on the loopback link of this bench's own node namespace
+        subprocess.run(["ip", "-n", self.node.name, "addr", "replace", f"{BENCH_PUBLIC_IP}/32", "dev", "lo"],
+                       check=True, capture_output=True)
         args = ["ip", "netns", "exec", self.node.name, exe,
                 "--run-dir", os.path.dirname(self.socket), "--state-dir", os.path.join(self.dir, "state"),
                 "--ipam-data-dir", os.path.join(self.dir, "ipam"), "--etcd-endpoints", "http://127.0.0.1:1",

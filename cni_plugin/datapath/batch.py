@@ -77,11 +77,14 @@ class Batch:
         for dst, gateway, oif, onlink in entries:
             msg = rtmsg()
             msg["family"], msg["dst_len"] = FAMILY[dst.version], dst.prefixlen
+            # gateway None: a device route (e.g. into a WireGuard device); scope universe
+            # like netlink.replace_route's, so delete_weft_route matches it
             msg["table"], msg["proto"], msg["scope"], msg["type"] = RT_TABLE_MAIN, WEFT_RTPROT, RT_SCOPE_UNIVERSE, 1
             msg["flags"] = RTNH_F_ONLINK if onlink else 0
-            msg["attrs"] = [("RTA_DST", str(dst.network_address)), ("RTA_GATEWAY", str(gateway)),
-                            ("RTA_OIF", oif)]
-            messages.append((msg, RTM_NEWROUTE, f"replace route {dst} via {gateway}"))
+            msg["attrs"] = [("RTA_DST", str(dst.network_address)), ("RTA_OIF", oif)]
+            if gateway is not None:
+                msg["attrs"].append(("RTA_GATEWAY", str(gateway)))
+            messages.append((msg, RTM_NEWROUTE, f"replace route {dst} via {gateway or 'the device'}"))
         return self._send_all(messages)
 
     def _send_all(self, messages) -> dict:

@@ -25,6 +25,8 @@ import threading
 
 from .errors import NftError
 
+NAME_MAX = 256  # the longest table, chain or set name nftables accepts
+
 LIBRARY = "libnftables.so.1"
 INSTALL_HINT = ("install Debian's nftables package (it brings libnftables1), or set ipMasq: false")
 

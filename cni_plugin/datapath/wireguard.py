@@ -48,6 +48,21 @@ UAPI_TIMEOUT = 5.0
 START_TIMEOUT = 10.0
 
 
+
+def _connect_by_directory(sock, path: str) -> None:
+    """connect() to a unix socket whose path may be longer than AF_UNIX allows (108
+    bytes: a deep --run-dir): through a descriptor of its directory,
+    /proc/self/fd/<n>/<name>, which is always short."""
+    if len(path.encode()) < 100:
+        sock.connect(path)
+        return
+    directory, name = os.path.split(path)
+    fd = os.open(directory, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        sock.connect(f"/proc/self/fd/{fd}/{name}")
+    finally:
+        os.close(fd)
+
 class WgPeer(NamedTuple):
     """One peer as weft programs it: endpoint "ip:port", allowed IPs as sorted CIDR text."""
 
@@ -148,7 +163,7 @@ class UserspaceWireGuard:
         try:
             with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
                 sock.settimeout(UAPI_TIMEOUT)
-                sock.connect(self.socket_path)
+                _connect_by_directory(sock, self.socket_path)
                 sock.sendall((text + "\n").encode())
                 data = b""
                 while not data.endswith(b"\n\n"):

@@ -85,6 +85,8 @@ def _refuse_unpoliced(cfg) -> None:
     from ..policy.compile import table_name
 
     table = table_name(cfg.name)
+    if len(table) > nft.NAME_MAX:
+        return  # nftables refuses such a name: no table of it can exist
     objects = nft.list_table("inet", table) or []
     base = {"egress_hook", "ingress_hook", "egress", "ingress"}
     # a chain of its own per NetworkPolicy: with none, no pod can be isolated

@@ -3,13 +3,15 @@ with tiny counts and must produce a complete, sane JSON for all three contenders
 Timing goals are the benchmark's business; nothing here asserts a speed."""
 
 import json
+import xml.etree.ElementTree as ET
 import os
 import subprocess
 import sys
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 KINDS = ("go", "weft-standalone", "weft-agent")
-FIGURES = {"default", "sequential", "parallel", "density", "throughput", "wireguard", "convergence", "cri", "scale"}
+FIGURES = {"default", "sequential", "parallel", "density", "throughput", "wireguard", "convergence", "cri", "policy",
+           "scale"}
 
 
 def netns_names():
@@ -29,9 +31,11 @@ def test_bench_smoke(tmp_path, installed):
                           timeout=200, stdin=subprocess.DEVNULL)
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
     files = sorted(p.name for p in out.iterdir())
-    assert len(files) == 2 and "latest.json" in files, files
+    # the run's JSON, latest.json, and the scale figure's plot
+    assert len(files) == 3 and "latest.json" in files and "scale.svg" in files, files
+    ET.parse(out / "scale.svg")
     data = json.loads((out / "latest.json").read_text())
-    assert data == json.loads((out / [f for f in files if f != "latest.json"][0]).read_text())
+    assert data == json.loads((out / [f for f in files if f.endswith("Z.json")][0]).read_text())
     figures = data["figures"]
     assert set(figures) == FIGURES
     assert not [name for name, fig in figures.items() if "error" in fig], figures
