@@ -25,12 +25,11 @@ import time
 from lab.cluster import Cluster, wait_for
 
 from .context import percentile, rss_mib
-from .convergence import LogFollower, Writer, _stats, teardown
+from .convergence import Writer, _stats, teardown
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NETWORK = {"Network": "10.64.0.0/10", "SubnetLen": 20, "Backend": {"Type": "vxlan", "VNI": 1}}
 APPS, NAMESPACES = 50, 10
-MSG = "policy programmed"
 ROUNDS = 3
 
 
@@ -125,23 +124,24 @@ def policy(ctx, node_count: int, pods: int, policies: int, changes: int, adds: i
                      and _policy_status(node).get("knownPods", 0) >= pods, 180,
                      what=f"{node.name} holding {pods} pods and {policies} policies")
         rules = max(_policy_status(n).get("rules", 0) for n in nodes)
-        followers = [LogFollower(node.log_path, field="policyGeneration") for node in nodes]
         latencies, missing = [], 0
         for k in range(changes):
             answer = writer.ask(op="put_objects", items=[_policy(k % policies, 1000 + k)])
-            revision = str(answer["revision"])
+            revision = int(answer["revision"])
+            seen = {}
 
-            def all_seen():
-                for follower in followers:
-                    follower.poll()
-                return all(f.seen(MSG, revision) for f in followers)
+            def all_seen():  # each node's status file reports the generation it enforces
+                for node in nodes:
+                    if node.name not in seen and _policy_status(node).get("generation", 0) >= revision:
+                        seen[node.name] = time.time()
+                return len(seen) == len(nodes)
 
             try:
-                wait_for(all_seen, 30, interval=0.01, what=f"policy generation {revision} on every node")
+                wait_for(all_seen, 30, interval=0.005, what=f"policy generation {revision} on every node")
             except TimeoutError:
                 missing += 1
                 continue
-            latencies.extend((f.seen(MSG, revision) - answer["t0"]) * 1000.0 for f in followers)
+            latencies.extend((t - answer["t0"]) * 1000.0 for t in seen.values())
         rss = [v for v in (rss_mib(n.agent.pid) for n in nodes if n.agent is not None) if v is not None]
         stored = [_policy(i, 80) for i in range(policies)]
         baseline_add, policy_add, baseline_tcp, policy_tcp = [], [], [], []
