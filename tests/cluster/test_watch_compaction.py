@@ -17,7 +17,8 @@ import sys
 
 from lab.cluster import REPO, wait_for
 
-VXLAN = {"Network": "10.244.0.0/16", "Backend": {"Type": "vxlan", "VNI": 1}}
+# agents lease at most 10.244.200.0/24: the synthetic leases (240 and up) never collide
+VXLAN = {"Network": "10.244.0.0/16", "SubnetMax": "10.244.200.0", "Backend": {"Type": "vxlan", "VNI": 1}}
 DEVICE = "weft.1"
 ROUTE_PROTO = "119"
 PREFIX = "/weft/networks/weft/subnets/"
