@@ -277,7 +277,7 @@ class Cluster:
         self.nodes.append(node)
         return node
 
-    def start_nodes(self, count: int, config: dict, network: str = "weft") -> list:
+    def start_nodes(self, count: int, config: dict, network: str = "weft", mesh_timeout: float = 20.0) -> list:
         """Store the network config, add `count` nodes each running weftd, and wait until
         every agent is ready and has programmed every other node's lease."""
         self.set_network(network, config)
@@ -287,7 +287,8 @@ class Cluster:
         for node in nodes:
             node.wait_ready(network)
         for node in nodes:
-            wait_for(lambda: len(node.status(network)["peers"]) == count - 1, 20, what=f"{node.name} peers")
+            wait_for(lambda: len(node.status(network)["peers"]) == count - 1, mesh_timeout,
+                     what=f"{node.name} meshed with {count - 1} peers")
         return nodes
 
     def weftctl(self, *args, check=True):

@@ -33,13 +33,7 @@ CONTROL_IP = "192.168.100.250"
 def state(tmp_path_factory, installed):
     cluster = Cluster(tmp_path_factory.mktemp("state"), installed)
     try:
-        cluster.set_network("weft", VXLAN)
-        nodes = [cluster.add_node() for _ in range(3)]
-        for node in nodes:
-            node.start_agent()
-        for node in nodes:
-            node.wait_ready()
-            wait_for(lambda: len(node.status()["peers"]) == 2, 30, what=f"{node.name} meshed with 2 peers")
+        nodes = cluster.start_nodes(3, VXLAN, mesh_timeout=30)
         yield cluster, nodes
     finally:
         cluster.cleanup()

@@ -457,13 +457,7 @@ def test_denied_flows_are_journalled_naming_both_workloads(world):
 def test_host_gw_cross_node_traffic_is_enforced_alike(cluster, tmp_path):
     """The same table decides routed host-gw traffic: x/a on node1 admits only y/b (on
     node2), not z/c (on node2); replies of allowed connections come back."""
-    cluster.set_network("weft", {"Network": "10.245.0.0/16", "Backend": {"Type": "host-gw"}})
-    nodes = [cluster.add_node() for _ in range(2)]
-    for node in nodes:
-        node.start_agent()
-    for node in nodes:
-        node.wait_ready()
-        wait_for(lambda: len(node.status()["peers"]) == 1, 20, what=f"{node.name} peers")
+    nodes = cluster.start_nodes(2, {"Network": "10.245.0.0/16", "Backend": {"Type": "host-gw"}})
     here = World(cluster, nodes, str(tmp_path))
     here.apply(*[namespace(n) for n in NAMESPACES], pod("x", "a"), pod("y", "b"), pod("z", "c"))
     try:
