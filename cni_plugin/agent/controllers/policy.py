@@ -187,10 +187,14 @@ class PolicyController(Controller):
         self.problem = None
         self.loaded.set()
         self.cancels.append(self.objects_source.watch_policy_objects(
-            revision + 1, lambda *event: self.events.put(("objects", *event))))
+            revision + 1, self._post_watch_event("objects")))
         self.cancels.append(registry.watch_history(
-            agent.name, history_revision + 1, lambda *event: self.events.put(("history", *event))))
+            agent.name, history_revision + 1, self._post_watch_event("history")))
         self._write_status()
+
+    def _post_watch_event(self, source):
+        """A watch callback queueing (source, kind, key, value, revision) for _handle."""
+        return lambda kind, key, value, revision, created=0: self.events.put((source, kind, key, value, revision))
 
     def _serve(self):
         interval = self.agent.options.reconcile_interval
