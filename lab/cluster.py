@@ -111,6 +111,9 @@ class Node:
         env = dict(os.environ)
         if self.cluster.etcd.auth:
             env["WEFTD_ETCD_PASSWORD"] = self.cluster.etcd.client_kwargs()["password"]
+        for name in os.listdir(self.run_dir) if os.path.isdir(self.run_dir) else ():
+            if name.endswith(".status.json"):  # a previous run's "ready" must not answer wait_ready
+                os.unlink(os.path.join(self.run_dir, name))
         log = open(self.log_path, "ab")
         self.agent = subprocess.Popen([*args, *extra], stdin=subprocess.DEVNULL, stdout=log,
                                       stderr=subprocess.STDOUT, env=env)

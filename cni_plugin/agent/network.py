@@ -51,6 +51,8 @@ class NetworkAgent:
 
     # -- lifecycle ---------------------------------------------------------
     def start(self):
+        # the file a previous run left says "ready": replace it before anything can read it
+        self.write_status()
         self.thread.start()
 
     def stop(self, timeout=10.0):
