@@ -237,6 +237,9 @@ class OverlayController(Controller):
     def _reconciled(self, plan, actual, unsettled, error):
         if plan is not self.plan:
             return  # the device was set up again meanwhile: the next pass reads afresh
+        if error is not None and self._device_gone():  # e.g. wireguard-go died: nothing to read
+            self.reconcile()  # sets the device up again, then reads it here
+            return
         if error is not None:
             self.agent.log.error(f"reconcile incomplete: cannot read the kernel: {error}",
                                  extra=self.agent.extra())
