@@ -80,8 +80,8 @@ def test_table_survives_restart_and_reconcile_repairs_drift(cluster):
     assert handles(table(node)) == before, "SIGTERM must leave the masquerade table in place"
     restarted = time.time()
     node.start_agent()
-    # the old agent's status file says ready: wait for the new agent's own check
-    wait_for(lambda: (node.status().get("masquerade") or {}).get("lastCheck", 0) > restarted
+    # wait for the new agent's own check, not just any status file
+    wait_for(lambda: (((node.status() or {}).get("masquerade") or {}).get("lastCheck") or 0) > restarted
              and node.status()["ready"], 20, what="the restarted agent checked the masquerade table")
     assert handles(table(node)) == before, "a restarted agent rebuilt a table that was right"
     assert node.status()["masquerade"]["driftRepaired"] == 0
