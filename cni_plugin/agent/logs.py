@@ -17,6 +17,8 @@ class JsonFormatter(logging.Formatter):
             value = getattr(record, field, None)
             if value is not None:
                 entry[field] = str(value)
+        if record.exc_info:  # a bug report needs the stack, on the same line as its message
+            entry["traceback"] = self.formatException(record.exc_info)
         return json.dumps(entry)
 
 
