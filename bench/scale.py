@@ -38,6 +38,7 @@ import tempfile
 import time
 
 from lab.cluster import Cluster, wait_for
+from lab.namespaces import file_tail
 
 from .context import percentile, rss_mib
 from .convergence import LogFollower, Writer, teardown
@@ -136,7 +137,11 @@ def one_size(ctx, n: int, agents: int, churn: int, quiet: float) -> dict:
         for node in nodes:
             routes = _weft_routes(node)
             if len(routes) != n - 1:
-                raise RuntimeError(f"{node.name}: {len(routes)} weft routes in the kernel, expected {n - 1}")
+                status = node.status() or {}
+                raise RuntimeError(f"{node.name}: {len(routes)} weft routes in the kernel, expected {n - 1} "
+                                   f"(status: ready {status.get('ready')}, problem {status.get('problem')}, "
+                                   f"{len(status.get('peers') or [])} peers); log tail:\n"
+                                   f"{file_tail(node.log_path, 15)}")
         ctx.say(f"scale N={n}: all peers programmed {max(start_s):.2f}s after start")
         pod = nodes[0].add_pod()
         # -- quiet cluster: CPU per reconcile interval, etcd requests; from the first
