@@ -8,7 +8,6 @@ socket, and the kernel's acknowledgements are read back afterwards; each failure
 returned with its position, so callers report the entry that failed and go on.
 """
 
-import socket
 import struct
 
 from pyroute2.netlink import NLM_F_ACK, NLM_F_CREATE, NLM_F_REQUEST
@@ -19,9 +18,8 @@ from pyroute2.netlink.rtnl.rtmsg import rtmsg
 from .constants import (AF_BRIDGE, AF_INET, AF_INET6, FAMILY, NTF_SELF, NUD_PERMANENT, RT_SCOPE_UNIVERSE,
                         RT_TABLE_MAIN, RTNH_F_ONLINK, WEFT_RTPROT)
 from .errors import NetlinkError
-from .rtnl import _socket_in
+from .rtnl import RouteSocket
 
-NETLINK_ROUTE = 0
 NLM_F_REPLACE = 0x100
 NLMSG_ERROR = 2
 PER_SEND = 256          # requests per send(): the acknowledgements fit the receive buffer
@@ -29,25 +27,8 @@ _HEADER = struct.Struct("=IHHII")
 _FLAGS = NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE | NLM_F_REPLACE
 
 
-class Batch:
+class Batch(RouteSocket):
     """One plain rtnetlink socket in this network namespace (or in netns_path)."""
-
-    def __init__(self, netns_path: str = None):
-        if netns_path:
-            self.sock = _socket_in(netns_path)
-        else:
-            self.sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_ROUTE)
-        self.sock.bind((0, 0))
-        self.seq = 0
-
-    def close(self) -> None:
-        self.sock.close()
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.close()
 
     def replace_neighbours(self, ifindex: int, entries) -> dict:
         """[(ip, mac)] as permanent neighbours on ifindex; {position: NetlinkError}."""

@@ -25,6 +25,7 @@ from ...backends import engine
 from ...datapath import sysctl, underlay
 from ...datapath.changes import KernelChanges
 from ...datapath.netlink import open_agent
+from ...datapath.owned_dump import open_reader
 from ..background_read import BackgroundRead
 from ...subnet import validation
 from ...subnet.live_verdict import LiveVerdict
@@ -39,7 +40,8 @@ class OverlayController(Controller):
 
     def __init__(self, agent):
         super().__init__(agent)
-        self.nl = None
+        self.nl = None     # pyroute2 (netlink.py): the device and every write
+        self.dump = None   # owned_dump.py: the loop's own reads of weft's entries (filtered dumps)
         self.reader = None  # BackgroundRead: the periodic reconcile's dumps, off the loop
         self.changes = None  # KernelChanges: has anything weft owns changed since the last read?
         self.force_read = True
@@ -57,7 +59,8 @@ class OverlayController(Controller):
         agent = self.agent
         if self.backend is None:
             self.nl = open_agent()
-            self.reader = BackgroundRead(agent.name, open_agent, engine.read_state, agent.call_soon, agent.log)
+            self.dump = open_reader()
+            self.reader = BackgroundRead(agent.name, open_reader, engine.read_state, agent.call_soon, agent.log)
             self.backend = backends.get(agent.config.backend_type)(agent.config.backend, agent.log)
         self.reader.reset()
         lease = agent.held.lease
@@ -261,9 +264,8 @@ class OverlayController(Controller):
                 plan = dataclasses.replace(self.plan, peers=tuple(agent.peers.values()))
                 actual = None  # a read of the old device says nothing of the new one
             if actual is None:
-                drift = engine.reconcile(self.nl, plan)
-            else:
-                drift = engine.reconcile_from(self.nl, plan, actual, unsettled)
+                actual = engine.read_state(self.dump, plan)
+            drift = engine.reconcile_from(self.nl, plan, actual, unsettled)
         except Exception as exc:  # OverlayError carries what was done before the failures
             agent.log.error(f"reconcile incomplete: {exc}", extra=agent.extra())
             self.force_read = True
@@ -306,5 +308,7 @@ class OverlayController(Controller):
             self.changes.close()
         if self.reader is not None:
             self.reader.close()
+        if self.dump is not None:
+            self.dump.close()
         if self.nl is not None:
             self.nl.close()
