@@ -25,15 +25,14 @@ from cni_plugin.subnet.lease import Lease, NetworkConfig
 PEERS = 300
 
 
-def _batch(node, tool, lines):
-    path = f"/tmp/{node.name}-{tool}.batch"
-    with open(path, "w") as handle:
-        handle.write("\n".join(lines) + "\n")
-    node.run([tool, "-batch", path])
+def _batch(node, tool, lines, directory):
+    path = directory / f"{tool}.batch"
+    path.write_text("\n".join(lines) + "\n")
+    node.run([tool, "-batch", str(path)])
 
 
 @pytest.fixture
-def populated(node):
+def populated(node, tmp_path):
     run = node.run
     for name in ("eth0", "wg0"):  # veth pairs stand in for the underlay and a plain device
         run(["ip", "link", "add", name, "type", "veth", "peer", "name", f"{name}p"])
@@ -74,8 +73,8 @@ def populated(node):
     ip.append(f"route add fd77:1::/64 via fd77::2 dev eth0 proto {proto}")
     bridge.append("fdb append 00:00:00:00:00:00 dev weft.1 dst 192.168.77.2 self permanent")
     bridge.append("fdb append 00:00:00:00:00:00 dev weft.1 dst 192.168.77.3 self permanent")
-    _batch(node, "ip", ip)
-    _batch(node, "bridge", bridge)
+    _batch(node, "ip", ip, tmp_path)
+    _batch(node, "bridge", bridge, tmp_path)
     return node
 
 
