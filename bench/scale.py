@@ -3,8 +3,8 @@
 For each N (default 100, 1,000, 5,000): a lab.cluster (one etcd, underlay namespace)
 holds the network 10.0.0.0/8 with SubnetLen 24 (65,536 subnets); bench.lease_writer,
 inside the underlay, writes N - agents synthetic leases (valid, distinct subnets from
-10.128.0.0 up, distinct VTEP MACs and public IPs, as an agent would write them; bound
-to one etcd lease), then `agents` real weftd processes start in their own node
+10.128.0.0 up, distinct VTEP MACs and public IPs, as an agent would write them; each
+bound to an etcd lease of its own, as every agent holds one), then `agents` real weftd processes start in their own node
 namespaces and each programs the other N - 1 peers (the synthetic ones and each other).
 
 Measured per N, per real agent:

@@ -2,7 +2,8 @@
 
 A reconcile pass is a read (route, neighbour and FDB dumps: the costly part, linear in
 the number of peers) and a few writes.  BackgroundRead runs the read on a worker
-thread with a netlink socket of its own (opened there, used only there), and hands
+thread with a netlink socket of its own (opened there, used only there; the overlay
+controller's is datapath/owned_dump.py: kernel-filtered dumps, decoded by hand), and hands
 the result back to the network's loop through `post` (NetworkAgent.call_soon), where
 the comparison and every write happen: the loop stays the only writer of the kernel,
 and watch events are applied while a read is under way.

@@ -124,17 +124,23 @@ def _socket_in(netns_path: str) -> socket.socket:
     return box["sock"]
 
 
-class Rtnl:
-    """One rtnetlink socket, in this namespace or in `netns_path`."""
+class RouteSocket:
+    """One plain rtnetlink socket, in this namespace or in `netns_path` (bound, with its
+    own sequence numbers); strict: the kernel checks dump requests strictly and filters
+    dumps by what they name (NETLINK_GET_STRICT_CHK, Linux 4.20)."""
 
-    def __init__(self, netns_path: str = None):
+    def __init__(self, netns_path: str = None, strict: bool = False):
         if netns_path:
             self.sock = _socket_in(netns_path)
         else:
             self.sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_ROUTE)
-        # kernel-side filtering of dumps (addresses of one link, routes of one table)
-        self.sock.setsockopt(SOL_NETLINK, NETLINK_GET_STRICT_CHK, 1)
-        self.sock.bind((0, 0))
+        try:
+            if strict:
+                self.sock.setsockopt(SOL_NETLINK, NETLINK_GET_STRICT_CHK, 1)
+            self.sock.bind((0, 0))
+        except OSError:
+            self.sock.close()
+            raise
         self.seq = 0
 
     def close(self):
@@ -145,6 +151,14 @@ class Rtnl:
 
     def __exit__(self, *exc):
         self.close()
+
+
+class Rtnl(RouteSocket):
+    """One rtnetlink socket, in this namespace or in `netns_path`."""
+
+    def __init__(self, netns_path: str = None):
+        # kernel-side filtering of dumps (addresses of one link, routes of one table)
+        super().__init__(netns_path, strict=True)
 
     # -- transport -------------------------------------------------------------
     def _request(self, msg, msg_type: int, flags: int, what: str, reply_class=None) -> list:

@@ -141,6 +141,12 @@ def denied_set(direction: str, version: int) -> str:
     return f"denied_{_SIDES[direction][2]}{version}"
 
 
+def isolates_any(table) -> bool:
+    """Whether the table isolates any local pod (an iso_* set holds an address): only
+    then can its rules record a denied flow."""
+    return any(elements for name, (_, _, elements) in table.sets.items() if name.startswith("iso_"))
+
+
 def _record_denial(direction: str, version: int) -> list:
     return [{"match": {"op": "==", "left": {"meta": {"key": "l4proto"}}, "right": DENIAL_PROTOCOLS}},
             {"match": {"op": "==", "left": {"meta": {"key": "nfproto"}}, "right": f"ipv{version}"}},

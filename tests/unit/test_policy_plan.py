@@ -143,3 +143,13 @@ def test_a_late_release_of_the_previous_pod_keeps_the_new_holder():
     assert not state.record({"event": "release", "ip": "10.244.1.5", "ts": "2026-12-02T01:00:02.000000Z"})
     assert state.endpoint("x/new").ip == ipaddress.ip_address("10.244.1.5")
     assert state.record({"event": "release", "ip": "10.244.1.5", "ts": "2026-12-02T01:00:09.000000Z"})
+
+
+def test_isolates_any_only_when_a_local_pod_is_isolated():
+    """The agent reads the denied-flow sets only while this can be true."""
+    assert not plan_mod.isolates_any(plan_mod.plan("weft", _state(0, 0).cluster(), _state(0, 0).endpoints(), LOCAL))
+    remote_only = _state(4, 1)
+    assert not plan_mod.isolates_any(plan_mod.plan("weft", remote_only.cluster(), remote_only.endpoints(),
+                                                   [ipaddress.ip_network("10.244.9.0/24")]))
+    local = _state(4, 1)
+    assert plan_mod.isolates_any(plan_mod.plan("weft", local.cluster(), local.endpoints(), LOCAL))

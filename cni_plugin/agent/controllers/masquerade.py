@@ -30,6 +30,13 @@ class MasqueradeController(Controller):
         self.drift_repaired = 0
         self.state = None  # "installed", "absent" (IPMasq false / network gone), "failed: ..."
         self.last_check = None
+        # the network config as the agent's listing and config watch last delivered it
+        # (None: deleted); _gone reads it instead of asking etcd every interval
+        self.watched = False
+        self.watched_text = None
+
+    def on_config_event(self, text):
+        self.watched, self.watched_text = True, text
 
     def _spec(self):
         agent = self.agent
@@ -58,10 +65,13 @@ class MasqueradeController(Controller):
         agent = self.agent
         if not ask_etcd:
             return None if agent.config.ip_masq else "off"
-        try:
-            text = agent.registry.get_network_config(agent.name)
-        except RegistryError:
-            return None if agent.config.ip_masq else "off"
+        if self.watched:
+            text = self.watched_text
+        else:
+            try:
+                text = agent.registry.get_network_config(agent.name)
+            except RegistryError:
+                return None if agent.config.ip_masq else "off"
         if text is None:
             return "deleted"
         try:

@@ -78,6 +78,7 @@ class PolicyController(Controller):
         self.objects_source = None  # the registry (etcd mode) or a KubeSource
         self.published = None       # the summary last written to etcd
         self.seen_denials = {}     # (set, flow) -> monotonic time its element expires
+        self.isolated_at_last_reading = True  # read once at first, whatever the table
         self.denials = 0
 
     # -- hooks ---------------------------------------------------------------
@@ -371,6 +372,12 @@ class PolicyController(Controller):
         applied = self.applied
         if applied is None:
             return
+        # no pod isolated now nor at the last reading, and no flow left from before:
+        # nothing can be denied, so the sets are not read (4 nft listings a second)
+        isolating = policy_compile.isolates_any(applied)
+        if not isolating and not self.isolated_at_last_reading and not self.seen_denials:
+            return
+        self.isolated_at_last_reading = isolating
         try:
             flows = policy_table.denied_flows(applied)
         except DatapathError as exc:
