@@ -11,8 +11,9 @@ Measured per N, per real agent:
   start      agent start -> every peer programmed (its status file lists N - 1 peers),
              and the kernel then holds N - 1 weft routes;
   quiet      over --scale-quiet seconds with nothing changing: CPU the agent used
-             (/proc/<pid>/stat utime+stime) scaled to one reconcile interval, the
-             reconcile passes' own wall time (weft_reconcile_duration_seconds), how
+             (/proc/<pid>/stat utime+stime) scaled to one reconcile interval, how many
+             passes had to read the kernel (weft_reconcile_duration_seconds counts only
+             those: a pass with no kernel change notification reads nothing), how
              many kernel entries a pass has to look at, and the etcd requests the
              agents sent (etcd's grpc_server_started_total, all methods) per agent per
              minute;
