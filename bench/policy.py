@@ -7,8 +7,9 @@ their allocation records (addresses in the nodes' real subnets, as the history
 controller publishes them), then `policies` NetworkPolicies (each selecting one app
 label of its namespace, ingress from another app label on TCP 80).
   change -> enforced: one policy's port is changed (a table rebuild: the worst case);
-      from just before the etcd write to the moment each node's weftd logs "policy
-      programmed" at that write's revision (log timestamps, this machine's clock).
+      from just before the etcd write to the moment each node's status file reports
+      that write's revision as its policy generation (the generation the kernel table
+      has taken in; each file polled every 5 ms).
   ADD:  p50 of ADD through the agent on one node with the policies stored and with them
       deleted (the same agent and pod population), in interleaved rounds.
   TCP:  new TCP connections per second between two real pods on different nodes, with

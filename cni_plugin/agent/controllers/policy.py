@@ -80,6 +80,7 @@ class PolicyController(Controller):
         self.seen_denials = {}     # (set, flow) -> monotonic time its element expires
         self.isolated_at_last_reading = True  # read once at first, whatever the table
         self.denials = 0
+        self.enforced = 0          # the object generation the kernel table last took in
 
     # -- hooks ---------------------------------------------------------------
     def after_prepare(self):
@@ -114,7 +115,7 @@ class PolicyController(Controller):
             return {"policy": {"source": "none"}}
         applied = self.applied
         return {"policy": {
-            "source": self.agent.options.policy_source, "generation": self.state.generation,
+            "source": self.agent.options.policy_source, "generation": self.enforced,
             "objects": self.state.digest(),
             "table": f"{policy_compile.FAMILY} {policy_compile.table_name(self.agent.name)}",
             "policies": len(self.state.policies),
@@ -342,6 +343,9 @@ class PolicyController(Controller):
         self._log_programmed(why, outcome)
 
     def _log_programmed(self, why: str, outcome: str):
+        # the status reports this, not the generation being planned: a status written by
+        # another thread mid-transaction must not claim a change that is not in the kernel yet
+        self.enforced = self.state.generation
         level = self.agent.log.info if why in ("watch", "sync") else self.agent.log.debug
         level("policy programmed", extra=self.agent.extra(policyGeneration=str(self.state.generation),
                                                           change=outcome, why=why, ms=self.last_program_ms))
