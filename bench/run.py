@@ -57,8 +57,8 @@ def parse(argv=None):
     p.add_argument("--scale-agents", type=int, default=2, help="real agents in the scale figure (default 2)")
     p.add_argument("--scale-churn", type=int, default=200,
                    help="lease changes (adds and removes alternating) at 20/s per N (default 200)")
-    p.add_argument("--scale-quiet", type=float, default=30.0,
-                   help="seconds of a quiet cluster measured per N: reconcile CPU, etcd requests (default 30)")
+    p.add_argument("--scale-quiet", type=float, default=60.0,
+                   help="seconds of a quiet cluster measured per N: reconcile CPU, etcd requests (default 60: CPU is counted in 10 ms ticks)")
     p.add_argument("--smoke", action="store_true", help="tiny counts everywhere (CI; < 60 s)")
     p.add_argument("--only", default="", help=f"comma-separated subset of {','.join(FIGURES)}")
     p.add_argument("--out", default=os.path.join(REPO, "bench-results"), help="where the JSON goes")
