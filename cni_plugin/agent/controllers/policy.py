@@ -203,8 +203,10 @@ class PolicyController(Controller):
         due = time.monotonic() + interval
         due_denials = time.monotonic() + DENIAL_POLL
         while not self.stopping.is_set():
+            # while nothing can be denied the thread sleeps until the reconcile, not each second
+            wake = due if self._nothing_to_deny() else min(due, due_denials)
             try:
-                batch = [self.events.get(timeout=max(0.0, min(due, due_denials) - time.monotonic()))]
+                batch = [self.events.get(timeout=max(0.0, wake - time.monotonic()))]
             except queue.Empty:
                 if time.monotonic() >= due_denials:
                     self._collect_denials()
@@ -369,19 +371,21 @@ class PolicyController(Controller):
         if reset:
             self.counted = {}
 
+    def _nothing_to_deny(self) -> bool:
+        """No table, or no pod isolated now nor at the last reading and no flow left
+        from before: the denied-flow sets can hold nothing new."""
+        applied = self.applied
+        return applied is None or (not policy_compile.isolates_any(applied)
+                                   and not self.isolated_at_last_reading and not self.seen_denials)
+
     def _collect_denials(self):
         """Turn flows new in the denied-flow sets into journal records naming both
         workloads and the isolating policies.  Reads the kernel without the lock (the
         fast path must not wait for it); only the controller's thread calls this."""
         applied = self.applied
-        if applied is None:
+        if self._nothing_to_deny():  # the sets are not read (4 nft listings a second)
             return
-        # no pod isolated now nor at the last reading, and no flow left from before:
-        # nothing can be denied, so the sets are not read (4 nft listings a second)
-        isolating = policy_compile.isolates_any(applied)
-        if not isolating and not self.isolated_at_last_reading and not self.seen_denials:
-            return
-        self.isolated_at_last_reading = isolating
+        self.isolated_at_last_reading = policy_compile.isolates_any(applied)
         try:
             flows = policy_table.denied_flows(applied)
         except DatapathError as exc:
