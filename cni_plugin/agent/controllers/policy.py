@@ -81,6 +81,7 @@ class PolicyController(Controller):
         self.isolated_at_last_reading = True  # read once at first, whatever the table
         self.denials = 0
         self.enforced = 0          # the object generation the kernel table last took in
+        self.enforced_digest = None  # and the digest of those objects
 
     # -- hooks ---------------------------------------------------------------
     def after_prepare(self):
@@ -101,7 +102,10 @@ class PolicyController(Controller):
                 "event": "allocate", "ip": str(ip), "podNamespace": namespace, "podName": name,
                 "node": self.agent.node.name, "ts": format_ts(now())})]
             if changed:
+                idle = self._nothing_to_deny()
                 self._addresses_changed(changed, "attach")
+                if idle and not self._nothing_to_deny():  # the denial poll starts now, not at the reconcile
+                    self.events.put(("wake", None, None, None, 0))
 
     def close(self):
         self.stopping.set()
@@ -116,7 +120,7 @@ class PolicyController(Controller):
         applied = self.applied
         return {"policy": {
             "source": self.agent.options.policy_source, "generation": self.enforced,
-            "objects": self.state.digest(),
+            "objects": self.enforced_digest,
             "table": f"{policy_compile.FAMILY} {policy_compile.table_name(self.agent.name)}",
             "policies": len(self.state.policies),
             "knownPods": len(self.state.holders),
@@ -186,6 +190,7 @@ class PolicyController(Controller):
             for suffix, reason in self.state.rejected.items():
                 agent.log.error(f"policy object {suffix} ignored: {reason}", extra=agent.extra())
             self._program("sync")
+            self._enforced_now()
         self.problem = None
         self.loaded.set()
         self.cancels.append(self.objects_source.watch_policy_objects(
@@ -264,7 +269,8 @@ class PolicyController(Controller):
                 self._addresses_changed(addresses, "watch")
             elif generation != self.state.generation and not (everything or refs):
                 self._log_programmed("watch", "unchanged")  # e.g. a Pod object of no pod here
-        if everything or refs or addresses:
+            self._enforced_now()
+        if everything or refs or addresses or generation != self.state.generation:
             self._write_status()
 
     # -- kernel ----------------------------------------------------------------------
@@ -344,10 +350,13 @@ class PolicyController(Controller):
             self.agent.metrics.policy_programmed.labels(self.agent.name, outcome).inc()
         self._log_programmed(why, outcome)
 
+    def _enforced_now(self):
+        """Every transaction for the objects held has succeeded: the status may say so.
+        (It reports this, not the state being planned: a status written by another thread
+        mid-transaction, or after a failed one, must not claim what the kernel lacks.)"""
+        self.enforced, self.enforced_digest = self.state.generation, self.state.digest()
+
     def _log_programmed(self, why: str, outcome: str):
-        # the status reports this, not the generation being planned: a status written by
-        # another thread mid-transaction must not claim a change that is not in the kernel yet
-        self.enforced = self.state.generation
         level = self.agent.log.info if why in ("watch", "sync") else self.agent.log.debug
         level("policy programmed", extra=self.agent.extra(policyGeneration=str(self.state.generation),
                                                           change=outcome, why=why, ms=self.last_program_ms))
