@@ -44,6 +44,7 @@ class NetworkAgent:
         self.fatal = None
         self.on_fatal = lambda: None  # set by main: stop the whole agent
         self._status_dirty = False
+        self._status_lock = threading.Lock()
         self.events = EventQueue()
         self.stopping = threading.Event()
         self.controllers = [cls(self) for cls in all_controllers()]
@@ -234,6 +235,10 @@ class NetworkAgent:
         self._status_dirty = True
 
     def write_status(self):
+        with self._status_lock:  # the loop and the policy thread both write: the last snapshot lands last
+            self._write_status()
+
+    def _write_status(self):
         self._status_dirty = False
         status = {"network": self.name, "node": self.node.name, "nodeID": self.node.node_id,
                   "ready": self.ready, "problem": self.problem or self.config_problem,

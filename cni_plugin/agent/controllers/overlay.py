@@ -24,6 +24,7 @@ import time
 from ... import backends
 from ...backends import engine
 from ...datapath import sysctl, underlay
+from ...datapath.errors import DatapathError
 from ...datapath.changes import KernelChanges
 from ...datapath.netlink import open_agent
 from ...datapath.owned_dump import open_reader
@@ -247,7 +248,7 @@ class OverlayController(Controller):
     def _reconciled(self, plan, actual, unsettled, error):
         if plan is not self.plan:
             return  # the device was set up again meanwhile: the next pass reads afresh
-        if error is not None and self._device_gone():  # e.g. wireguard-go died: nothing to read
+        if error is not None and self._device_gone_quietly():  # e.g. wireguard-go died
             self.reconcile()  # sets the device up again, then reads it here
             return
         if error is not None:
@@ -297,6 +298,13 @@ class OverlayController(Controller):
         agent.metrics.peers.labels(agent.name).set(len(agent.peers))
         agent.metrics.ready.labels(agent.name).set(1 if agent.ready else 0)
         agent.write_status()
+
+    def _device_gone_quietly(self) -> bool:
+        """_device_gone, False when netlink cannot tell (the read error is reported then)."""
+        try:
+            return self._device_gone()
+        except DatapathError:
+            return False
 
     def _device_gone(self) -> bool:
         device = self.plan.device
