@@ -330,9 +330,9 @@ class Cluster:
                 if '"traceback": ' in line or line.startswith("Traceback (most recent call last)")]
 
     def cleanup(self):
-        errors = [] if self.allow_internal_errors else self.internal_errors()
         for node in self.nodes:
             node.cleanup()
+        errors = [] if self.allow_internal_errors else self.internal_errors()  # shutdown included
         self.etcd.cleanup()
         self.underlay.delete()
         shutil.rmtree(self.workdir, ignore_errors=True)
