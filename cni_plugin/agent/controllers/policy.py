@@ -269,7 +269,8 @@ class PolicyController(Controller):
                 self._addresses_changed(addresses, "watch")
             elif generation != self.state.generation and not (everything or refs):
                 self._log_programmed("watch", "unchanged")  # e.g. a Pod object of no pod here
-            self._enforced_now()
+            if generation != self.state.generation:  # else it stands (a failed batch relists)
+                self._enforced_now()
         if everything or refs or addresses or generation != self.state.generation:
             self._write_status()
 
