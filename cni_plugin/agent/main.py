@@ -13,6 +13,7 @@ import threading
 from .. import paths
 from . import logs, metrics as metrics_mod, options as options_mod
 
+STOP_POLL = 30.0
 EXIT_NODE_COLLISION = 3  # another agent identity holds this --node-name (see lease_manager)
 
 
@@ -20,6 +21,7 @@ def main(argv=None) -> int:
     args = options_mod.parse(argv)
     log = logs.setup(args.log_level)
     from .. import etcd_flags
+    from ..subnet.etcd_transport import wait_for_notifications_only
     from ..subnet.registry import RegistryError
     from .cni_server import CniServer
     from .network import NetworkAgent
@@ -35,6 +37,7 @@ def main(argv=None) -> int:
     except RegistryError as exc:  # bad flags (e.g. unreadable cert); reachability is retried
         log.error(str(exc), extra={"node": node.name})
         return 2
+    wait_for_notifications_only()  # this thread never blocks in gRPC: see etcd_transport
     metrics = metrics_mod.Metrics()
     agents = [NetworkAgent(name, registry, args, node, metrics, log)
               for name in args.networks]
@@ -80,7 +83,9 @@ def main(argv=None) -> int:
              extra={"node": node.name})
     for agent in agents:
         agent.start()
-    while not stop.wait(1.0):
+    # the signal handlers run in this thread: Linux hands a process's signal to its main
+    # thread first, and the wait is interrupted for them; the timeout is a backstop only
+    while not stop.wait(STOP_POLL):
         pass
     log.info("weftd stopping; datapath and leases stay in place", extra={"node": node.name})
     cni.stop()  # finish calls in flight, then the networks

@@ -1,4 +1,8 @@
-"""Registry against a real etcd: configs, exclusive leases, watches, TLS, auth, history."""
+"""Registry against a real etcd: configs, exclusive leases, watches, TLS, auth, history.
+
+gRPC's blocking waits run as in weftd (etcd_transport.wait_for_notifications_only: no
+periodic wake-ups), so every watch ending, cancel and outage below must reach its
+thread through gRPC's own notification."""
 
 import json
 import secrets
@@ -7,6 +11,9 @@ import time
 
 import pytest
 
+import grpc
+
+from cni_plugin.subnet import etcd_transport
 from cni_plugin.subnet.etcd_registry import EtcdRegistry
 from cni_plugin.subnet.registry import RegistryError
 from lab.etcd import EtcdServer, free_port
@@ -53,6 +60,15 @@ class Recorder:
 
     def wait(self, count: int) -> list:
         return wait_for(lambda: len(self.snapshot()) >= count and self.snapshot(), f"{count} watch events")
+
+
+@pytest.fixture(scope="module", autouse=True)
+def waits_as_in_weftd():
+    before = grpc._common.MAXIMUM_WAIT_TIMEOUT
+    etcd_transport.wait_for_notifications_only()
+    assert grpc._common.MAXIMUM_WAIT_TIMEOUT >= etcd_transport.AGENT_WAIT_SLICE
+    yield
+    grpc._common.MAXIMUM_WAIT_TIMEOUT = before
 
 
 @pytest.fixture(scope="module")
