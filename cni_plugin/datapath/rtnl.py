@@ -97,7 +97,7 @@ class RawLink:
                          address=":".join(f"{b:02x}" for b in mac))
 
 
-def _socket_in(netns_path: str) -> socket.socket:
+def socket_in(netns_path: str, protocol: int = NETLINK_ROUTE) -> socket.socket:
     """A netlink socket that lives in netns_path (opened by a thread that setns'd)."""
     box = {}
 
@@ -112,7 +112,7 @@ def _socket_in(netns_path: str) -> socket.socket:
                 code = ctypes.get_errno()
                 box["error"] = OSError(code, f"setns({netns_path}): {os.strerror(code)}")
                 return
-            box["sock"] = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_ROUTE)
+            box["sock"] = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, protocol)
         finally:
             os.close(fd)
 
@@ -131,7 +131,7 @@ class RouteSocket:
 
     def __init__(self, netns_path: str = None, strict: bool = False):
         if netns_path:
-            self.sock = _socket_in(netns_path)
+            self.sock = socket_in(netns_path)
         else:
             self.sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_ROUTE)
         try:

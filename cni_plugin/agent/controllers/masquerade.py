@@ -4,8 +4,9 @@ With the network config's IPMasq (default true, as flannel) the table masquerade
 traffic from this node's pod subnet(s) to anything outside the cluster network(s).
 It is created once the lease is held, compared with the kernel at every reconcile
 interval and while etcd is away (a deleted table, set or rule comes back and is
-counted as drift), and removed when the network goes: its config vanished from etcd,
-or IPMasq turned false.  The plugin does no nftables work per pod while an agent
+counted as drift; a pass lists the table only when nftables' change notifications
+say something touched it, or when the wanted table changed), and removed when the
+network goes: its config vanished from etcd, or IPMasq turned false.  The plugin does no nftables work per pod while an agent
 serves the network.  SIGTERM leaves the table in place, like the rest of the
 datapath.  A per-pod table left by an older weft is replaced on the first pass.
 """
@@ -13,6 +14,7 @@ datapath.  A per-pod table left by an older weft is replaced on the first pass.
 import time
 
 from ...datapath import masq
+from ...datapath.changes import TableChanges
 from ...datapath.errors import DatapathError
 from ...subnet.lease import ConfigError, NetworkConfig
 from ...subnet.registry import RegistryError
@@ -34,6 +36,8 @@ class MasqueradeController(Controller):
         # (None: deleted); _gone reads it instead of asking etcd every interval
         self.watched = False
         self.watched_text = None
+        self.table_changes = None  # nftables notifications about our table (None: list every pass)
+        self.ensured = None        # the spec the kernel table last matched
 
     def on_config_event(self, text):
         self.watched, self.watched_text = True, text
@@ -49,6 +53,12 @@ class MasqueradeController(Controller):
         pass  # the lease controller's prepare gives us the lease; install in after_prepare
 
     def after_prepare(self):
+        if self.table_changes is None:
+            try:  # before the first listing: a change after it is never missed
+                self.table_changes = TableChanges(masq.FAMILY, masq.table_name(self.agent.name))
+            except OSError as exc:
+                self.agent.log.warning(f"cannot follow nftables changes ({exc}); every reconcile lists "
+                                       f"table {masq.table_name(self.agent.name)}", extra=self.agent.extra())
         self.reconcile(first=True)
 
     def timers(self):
@@ -83,9 +93,11 @@ class MasqueradeController(Controller):
         agent = self.agent
         self.last_check = time.time()
         before = self.state
+        touched = self.table_changes.changed() if self.table_changes is not None else True  # always drained
         try:
             gone = self._gone(ask_etcd and not first)
             if gone is not None:
+                self.ensured = None
                 # IPMasq false: a table this agent installed goes, one a netconf's explicit
                 # ipMasq true made (standalone ensure) is left to its owner
                 if (gone == "deleted" or before == "installed") and masq.remove(agent.name):
@@ -94,7 +106,12 @@ class MasqueradeController(Controller):
                                    extra=agent.extra())
                 self.state = "absent"
                 return
-            outcome = masq.ensure(self._spec())
+            spec = self._spec()
+            if not touched and before == "installed" and spec == self.ensured:
+                return  # nothing touched the table since it matched this spec
+            self.ensured = None
+            outcome = masq.ensure(spec)
+            self.ensured = spec
         except DatapathError as exc:
             self.state = f"failed: {exc}"
             agent.log.error(f"masquerade table not in place: {exc}", extra=agent.extra())
@@ -115,6 +132,10 @@ class MasqueradeController(Controller):
             agent.log.warning(f"reconcile repaired masquerade table {table}: {'; '.join(outcome.details)}",
                               extra=agent.extra())
             agent.write_status()
+
+    def close(self):
+        if self.table_changes is not None:
+            self.table_changes.close()
 
     def status(self):
         return {"masquerade": {"table": f"{masq.FAMILY} {masq.table_name(self.agent.name)}",

@@ -17,6 +17,8 @@ could not be loaded: fail closed, never a pod the policy does not cover).
 
 At every reconcile interval (and while etcd is away) the kernel is compared with the
 last plan; a deleted table, set, element or rule is put back and counted as drift.
+The table is listed only when nftables' change notifications say something touched
+it since the last listing (or that listing could not be used).
 SIGTERM leaves the table in place: pods stay isolated across an agent restart, and
 the restarted agent replans from etcd.  Per-policy drop counters are harvested into
 weft_policy_drops_total{network,policy}.
@@ -31,6 +33,7 @@ import threading
 import time
 
 from ...datapath import policy_table, sysctl
+from ...datapath.changes import TableChanges
 from ...datapath.errors import DatapathError
 from ...ipam import history as ipam_history
 from ...policy import compile as policy_compile
@@ -82,6 +85,8 @@ class PolicyController(Controller):
         self.denials = 0
         self.enforced = 0          # the object generation the kernel table last took in
         self.enforced_digest = None  # and the digest of those objects
+        self.table_changes = None  # nftables notifications about our table (None: list every pass)
+        self.inspect_anyway = True  # the last listing is not to be trusted (none yet, failed, raced)
 
     # -- hooks ---------------------------------------------------------------
     def after_prepare(self):
@@ -89,6 +94,12 @@ class PolicyController(Controller):
             return
         lease = self.agent.held.lease
         self.local = tuple(n for n in (lease.subnet, lease.ipv6_subnet) if n is not None)
+        table = policy_compile.table_name(self.agent.name)
+        try:  # before the first programming: a change after it is never missed
+            self.table_changes = TableChanges(policy_table.FAMILY, table)
+        except OSError as exc:
+            self.agent.log.warning(f"cannot follow nftables changes ({exc}); every reconcile lists "
+                                   f"table {table}", extra=self.agent.extra())
         self.thread = threading.Thread(target=self._run, name=f"weftd-policy-{self.agent.name}", daemon=True)
         self.thread.start()
 
@@ -113,6 +124,8 @@ class PolicyController(Controller):
         self._cancel_watches()
         if self.thread is not None:
             self.thread.join(10.0)
+        if self.table_changes is not None:
+            self.table_changes.close()
 
     def status(self):
         if not self.enabled:
@@ -461,13 +474,19 @@ class PolicyController(Controller):
         applied = self.applied
         if applied is None:
             return
+        touched = self.table_changes.changed() if self.table_changes is not None else True  # always drained
+        touched, self.inspect_anyway = touched or self.inspect_anyway, False
+        if not touched and self._nothing_to_deny():
+            return  # the table is as last listed, and no drop counter can have grown
         try:  # the listing runs without the lock: an ADD meanwhile must not wait for it
-            problems = policy_table.inspect(applied)
+            problems = policy_table.inspect(applied) if touched else []
         except DatapathError as exc:
+            self.inspect_anyway = True
             self.agent.log.error(f"policy table not read: {exc}", extra=self.agent.extra())
             return
         with self.lock:
             if self.applied is not applied:  # changed meanwhile: the next pass compares again
+                self.inspect_anyway = True
                 return
             try:
                 if problems:
@@ -480,6 +499,7 @@ class PolicyController(Controller):
                 else:
                     self._harvest()
             except DatapathError as exc:
+                self.inspect_anyway = True
                 self.agent.log.error(f"policy table not repaired: {exc}", extra=self.agent.extra())
                 return
         if problems:
