@@ -10,6 +10,7 @@ Every etcd/gRPC failure surfaces as RegistryError naming the endpoint and the ca
 Operations take and return plain bytes/ints: nothing above this module sees etcd3's types.
 """
 
+import concurrent.futures
 import logging
 import os
 import threading
@@ -35,6 +36,7 @@ with warnings.catch_warnings():  # ~100 DeprecationWarnings about descriptor cre
         raise ImportError("etcd3 needs PROTOCOL_BUFFERS_PYTHON_IMPLEMENTATION=python before "
                           f"google.protobuf is first imported: {str(exc).splitlines()[0]}") from None
 
+from . import etcd_h2  # noqa: E402
 from .registry import RegistryError  # noqa: E402
 
 # gRPC's blocking waits (a watch stream's next message, a future's result) wake every
@@ -64,6 +66,10 @@ PAGE_SIZE = 500          # keys per range request (keeps responses far below gRP
 TXN_MAX_OPS = 100        # etcd refuses transactions above --max-txn-ops (default 128)
 RAW_TTL, RAW_RANGE = "/etcdserverpb.Lease/LeaseTimeToLive", "/etcdserverpb.KV/Range"
 TTL_WINDOW = 1000        # lease TTL requests in flight at once (time_to_live_many)
+HAND_FRAMED_MIN = 64     # from this many TTLs on, the round is framed by hand (etcd_h2)
+# connections the hand-framed round spreads over: etcd then answers on more than one of
+# its cores (5,000 TTLs here: 579 ms on one connection, 472 on two, 453 on four)
+HAND_FRAMED_CONNECTIONS = 2
 WATCH_JOIN_TIMEOUT = 5.0
 REQUIRE_LEADER = (("hasleader", "true"),)  # etcd's rpctypes.MetadataRequireLeaderKey
 GRPC_OPTIONS = [
@@ -332,10 +338,36 @@ class EtcdTransport:
         request is in flight at once on the one channel (gRPC futures), in windows of
         TTL_WINDOW, instead of one round trip per lease."""
         ids = sorted({int(i) for i in lease_ids if i})
-        ttls = {}
-        for start in range(0, len(ids), TTL_WINDOW):
-            window = ids[start:start + TTL_WINDOW]
+        ttls = self._ttls_framed_by_hand(ids) if len(ids) >= HAND_FRAMED_MIN else {}
+        rest = [lease_id for lease_id in ids if lease_id not in ttls]
+        for start in range(0, len(rest), TTL_WINDOW):
+            window = rest[start:start + TTL_WINDOW]
             ttls.update(self._call(f"read {len(window)} leases", lambda c: self._ttl_window(c, window)))
+        return ttls
+
+    def _ttls_framed_by_hand(self, ids) -> dict:
+        """What etcd_h2 could read of the TTLs on the current endpoint; the rest (errors,
+        an endpoint that refuses the connection) is left to grpcio."""
+        conn = self._connect()
+        endpoint = conn.endpoint
+        try:
+            context = etcd_h2.tls_context(self.cafile or DEFAULT_CA_BUNDLE, self.certfile, self.keyfile) \
+                if endpoint.tls else None
+            parts = [ids[k::HAND_FRAMED_CONNECTIONS] for k in range(HAND_FRAMED_CONNECTIONS)]
+            with concurrent.futures.ThreadPoolExecutor(len(parts)) as pool:
+                answers = list(pool.map(lambda part: etcd_h2.unary_many(
+                    endpoint.host, endpoint.port, RAW_TTL, [_varint_field(1, lease_id) for lease_id in part],
+                    metadata=conn.metadata, timeout=self.timeout, context=context, window=TTL_WINDOW), parts))
+        except (OSError, etcd_h2.ProtocolError) as exc:  # ssl.SSLError is an OSError
+            log.debug("TTLs framed by hand failed on %s (%s); asking through grpcio", endpoint.url, exc)
+            return {}
+        ttls = {}
+        for lease_id, answer in zip((i for part in parts for i in part), (a for got in answers for a in got)):
+            if answer is not None:
+                try:
+                    ttls[lease_id] = _ttl_of(answer)
+                except RegistryError:  # a truncated answer: grpcio asks again
+                    pass
         return ttls
 
     @staticmethod

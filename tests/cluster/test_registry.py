@@ -209,6 +209,51 @@ def test_lease_ttls_reads_many_leases_in_one_round(registry, net):
     assert registry.lease_ttls([]) == {}
 
 
+def _many_leases(reg, net, count=etcd_transport.HAND_FRAMED_MIN + 6) -> dict:
+    """{lease id: granted TTL} of `count` leases with distinct TTLs (one revoked: -1)."""
+    granted = {reg.create_lease(net, f"10.245.{i}.0-24", "v", ttl=600 + 7 * i): 600 + 7 * i for i in range(count)}
+    gone = next(iter(granted))
+    reg.revoke(gone)
+    granted[gone] = -1
+    return granted
+
+
+def _framed_by_hand_matches_grpcio(reg, granted: dict) -> None:
+    ids = sorted(granted)
+    by_hand = reg.etcd._ttls_framed_by_hand(ids)
+    assert sorted(by_hand) == ids, "the hand-framed round left calls to grpcio"
+    through_grpcio = reg.etcd._call("ttls", lambda c: reg.etcd._ttl_window(c, ids))
+    for lease_id, ttl in granted.items():
+        if ttl == -1:
+            assert by_hand[lease_id] == through_grpcio[lease_id] == -1
+        else:
+            assert ttl - 10 <= by_hand[lease_id] <= ttl and abs(by_hand[lease_id] - through_grpcio[lease_id]) <= 2
+    assert reg.lease_ttls(ids).keys() == by_hand.keys()
+
+
+def test_a_large_ttl_round_is_framed_by_hand_with_grpcios_answers(registry, net):
+    """From HAND_FRAMED_MIN leases on, the TTLs come over etcd_h2's own HTTP/2
+    connections: every one answered there, each the value grpcio reads."""
+    _framed_by_hand_matches_grpcio(registry, _many_leases(registry, net))
+
+
+def test_the_hand_framed_round_leaves_to_grpcio_what_it_cannot_read(registry, net):
+    granted = _many_leases(registry, net)
+    ids = sorted(granted)
+    # an endpoint that answers nothing: the whole round goes through grpcio
+    conn = registry.etcd._connect()
+    real = conn.endpoint
+    conn.endpoint = etcd_transport.Endpoint(f"http://127.0.0.1:{free_port()}", "http", "127.0.0.1",
+                                            free_port())
+    try:
+        assert registry.etcd._ttls_framed_by_hand(ids) == {}
+        ttls = registry.lease_ttls(ids)
+    finally:
+        conn.endpoint = real
+    assert sorted(ttls) == ids
+    assert all((ttls[i] == -1) == (granted[i] == -1) for i in ids)
+
+
 def test_revoke_removes_the_key_and_is_idempotent(registry, shared_etcd, net):
     lease_id = registry.create_lease(net, "10.244.6.0-24", "v", ttl=60)
     registry.revoke(lease_id)
@@ -400,6 +445,7 @@ def test_tls_needs_the_client_certificate(tmp_path):
         with EtcdRegistry([server.endpoint], **kwargs) as reg:
             reg.put_network_config("weft", "{}")
             assert reg.network_names() == ["weft"]
+            _framed_by_hand_matches_grpcio(reg, _many_leases(reg, "weft"))  # TLS with a client certificate
         with EtcdRegistry([server.endpoint], cafile=kwargs["cafile"]) as reg:
             with pytest.raises(RegistryError,
                                match=f"TLS handshake with {server.endpoint} failed.*client certificate"):
@@ -428,6 +474,11 @@ def test_auth_accepts_the_right_password_only(tmp_path):
             reg.create_lease("weft", "10.244.1.0-24", "v", ttl=60)
             assert events.wait(1)[0][:2] == ("put", "10.244.1.0-24")
             cancel()
+            granted = _many_leases(reg, "weft")
+            _framed_by_hand_matches_grpcio(reg, granted)  # the token travels on the hand-framed calls
+            time.sleep(2.5)  # expired: whichever path answers, every TTL is read
+            ttls = reg.lease_ttls(sorted(granted))
+            assert sorted(ttls) == sorted(granted) and min(ttls.values()) == -1
         with EtcdRegistry([server.endpoint], username=kwargs["username"], password="wrong") as reg:
             with pytest.raises(RegistryError, match="rejected the credentials for user weft"):
                 reg.network_names()
