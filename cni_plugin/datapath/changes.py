@@ -139,3 +139,17 @@ class TableChanges(_Notifications):
                 return data[offset + _ATTR.size:offset + length].rstrip(b"\0") == self.name
             offset += (length + 3) & ~3
         return True  # a change naming no table: do not guess
+
+
+def since_last(follower) -> bool:
+    """follower.changed(), or True without a follower (every pass then reads)."""
+    return True if follower is None else follower.changed()
+
+
+def follow_table(family: str, name: str, warn):
+    """TableChanges of one table, or None after warn(text) said why it cannot be followed."""
+    try:
+        return TableChanges(family, name)
+    except OSError as exc:
+        warn(f"cannot follow nftables changes ({exc}); every reconcile lists table {name}")
+        return None

@@ -362,12 +362,13 @@ class EtcdTransport:
             log.debug("TTLs framed by hand failed on %s (%s); asking through grpcio", endpoint.url, exc)
             return {}
         ttls = {}
-        for lease_id, answer in zip((i for part in parts for i in part), (a for got in answers for a in got)):
-            if answer is not None:
-                try:
-                    ttls[lease_id] = _ttl_of(answer)
-                except RegistryError:  # a truncated answer: grpcio asks again
-                    pass
+        for part, got in zip(parts, answers):
+            for lease_id, answer in zip(part, got):
+                if answer is not None:
+                    try:
+                        ttls[lease_id] = _ttl_of(answer)
+                    except RegistryError:  # a truncated answer: grpcio asks again
+                        pass
         return ttls
 
     @staticmethod

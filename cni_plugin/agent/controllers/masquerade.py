@@ -6,15 +6,16 @@ It is created once the lease is held, compared with the kernel at every reconcil
 interval and while etcd is away (a deleted table, set or rule comes back and is
 counted as drift; a pass lists the table only when nftables' change notifications
 say something touched it, or when the wanted table changed), and removed when the
-network goes: its config vanished from etcd, or IPMasq turned false.  The plugin does no nftables work per pod while an agent
-serves the network.  SIGTERM leaves the table in place, like the rest of the
-datapath.  A per-pod table left by an older weft is replaced on the first pass.
+network goes: its config vanished from etcd, or IPMasq turned false.  The plugin does
+no nftables work per pod while an agent serves the network.  SIGTERM leaves the table
+in place, like the rest of the datapath.  A per-pod table left by an older weft is
+replaced on the first pass.
 """
 
 import time
 
 from ...datapath import masq
-from ...datapath.changes import TableChanges
+from ...datapath.changes import follow_table, since_last
 from ...datapath.errors import DatapathError
 from ...subnet.lease import ConfigError, NetworkConfig
 from ...subnet.registry import RegistryError
@@ -53,12 +54,9 @@ class MasqueradeController(Controller):
         pass  # the lease controller's prepare gives us the lease; install in after_prepare
 
     def after_prepare(self):
-        if self.table_changes is None:
-            try:  # before the first listing: a change after it is never missed
-                self.table_changes = TableChanges(masq.FAMILY, masq.table_name(self.agent.name))
-            except OSError as exc:
-                self.agent.log.warning(f"cannot follow nftables changes ({exc}); every reconcile lists "
-                                       f"table {masq.table_name(self.agent.name)}", extra=self.agent.extra())
+        if self.table_changes is None:  # before the first listing: a change after it is never missed
+            self.table_changes = follow_table(masq.FAMILY, masq.table_name(self.agent.name),
+                                              lambda text: self.agent.log.warning(text, extra=self.agent.extra()))
         self.reconcile(first=True)
 
     def timers(self):
@@ -93,7 +91,7 @@ class MasqueradeController(Controller):
         agent = self.agent
         self.last_check = time.time()
         before = self.state
-        touched = self.table_changes.changed() if self.table_changes is not None else True  # always drained
+        touched = since_last(self.table_changes)  # drained on every pass
         try:
             gone = self._gone(ask_etcd and not first)
             if gone is not None:

@@ -25,7 +25,7 @@ from ... import backends
 from ...backends import engine
 from ...datapath import sysctl, underlay
 from ...datapath.errors import DatapathError
-from ...datapath.changes import KernelChanges
+from ...datapath.changes import KernelChanges, since_last
 from ...datapath.netlink import open_agent
 from ...datapath.owned_dump import open_reader
 from ..background_read import BackgroundRead
@@ -234,7 +234,7 @@ class OverlayController(Controller):
         """The periodic pass: when nothing weft owns changed in the kernel since the last
         read (its change notifications say so), the kernel still matches the peers: no
         dump.  Otherwise the dumps run on the reader's thread, then _reconciled on the loop."""
-        changed = self.changes.changed() if self.changes is not None else True  # always drained
+        changed = since_last(self.changes)  # drained on every pass
         if not changed and not self.force_read:
             self.last_reconcile = time.time()
             self.agent.status_changed()

@@ -33,7 +33,7 @@ import threading
 import time
 
 from ...datapath import policy_table, sysctl
-from ...datapath.changes import TableChanges
+from ...datapath.changes import follow_table, since_last
 from ...datapath.errors import DatapathError
 from ...ipam import history as ipam_history
 from ...policy import compile as policy_compile
@@ -94,12 +94,9 @@ class PolicyController(Controller):
             return
         lease = self.agent.held.lease
         self.local = tuple(n for n in (lease.subnet, lease.ipv6_subnet) if n is not None)
-        table = policy_compile.table_name(self.agent.name)
-        try:  # before the first programming: a change after it is never missed
-            self.table_changes = TableChanges(policy_table.FAMILY, table)
-        except OSError as exc:
-            self.agent.log.warning(f"cannot follow nftables changes ({exc}); every reconcile lists "
-                                   f"table {table}", extra=self.agent.extra())
+        # before the first programming: a change after it is never missed
+        self.table_changes = follow_table(policy_table.FAMILY, policy_compile.table_name(self.agent.name),
+                                          lambda text: self.agent.log.warning(text, extra=self.agent.extra()))
         self.thread = threading.Thread(target=self._run, name=f"weftd-policy-{self.agent.name}", daemon=True)
         self.thread.start()
 
@@ -474,8 +471,8 @@ class PolicyController(Controller):
         applied = self.applied
         if applied is None:
             return
-        touched = self.table_changes.changed() if self.table_changes is not None else True  # always drained
-        touched, self.inspect_anyway = touched or self.inspect_anyway, False
+        touched = since_last(self.table_changes) or self.inspect_anyway  # drained on every pass
+        self.inspect_anyway = False
         if not touched and self._nothing_to_deny():
             return  # the table is as last listed, and no drop counter can have grown
         try:  # the listing runs without the lock: an ADD meanwhile must not wait for it
