@@ -2,7 +2,8 @@
 
 It drives libnftables' JSON API in-process (libnftables.so.1, Debian's libnftables1,
 which the nftables package depends on) through a small ctypes binding: no `nft`
-process is ever started, and no rule text is ever built.  Callers hand run() a list
+process is ever started, and no rule text is ever built (one fixed declaration,
+declare_typeof_set, is text: nftables 1.0.6's JSON cannot say it; see there).  Callers hand run() a list
 of JSON commands (dicts, strings as data: a hostile name stays a JSON string and
 never becomes syntax) and get back the objects nft answered with.
 
@@ -21,6 +22,7 @@ are one transaction: all of them apply or none does.
 
 import ctypes
 import json
+import re
 import threading
 
 from .errors import NftError
@@ -138,6 +140,34 @@ def run(commands: list) -> list:
     the objects nftables answered with (listings), [] for changes.  NftError names
     the commands and nftables' reason."""
     return _execute(commands, _describe(commands))
+
+
+def is_missing(exc: NftError) -> bool:
+    """Whether nftables refused because a table, set, chain or element does not exist."""
+    return _NO_SUCH in str(exc)
+
+
+_PLAIN_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+_TYPEOF_ALLOWED = frozenset({"iifname . @th,64,128"})
+_FAMILIES = frozenset({"ip", "ip6", "inet", "arp", "bridge", "netdev"})
+
+
+def declare_typeof_set(family: str, table: str, name: str, typeof: str) -> None:
+    """Add (or keep) a set declared by `typeof`, the one text command weft sends.
+
+    nftables 1.0.6's JSON has no `typeof`, and a set keyed by a raw payload (the target
+    of a neighbour advertisement) can only be declared that way.  Nothing from a runtime
+    or a netconf reaches this text: the family and typeof come from a fixed list, the
+    table and set names must be plain identifiers (weft makes them from [A-Za-z0-9_]),
+    and anything else raises ValueError before nftables sees it.  Elements are then
+    added through run() as JSON like any other."""
+    if family not in _FAMILIES or typeof not in _TYPEOF_ALLOWED or not _PLAIN_NAME.match(table) \
+            or not _PLAIN_NAME.match(name):
+        raise ValueError(f"declare_typeof_set: refusing {family!r} {table!r} {name!r} {typeof!r}")
+    text = f"add table {family} {table}\nadd set {family} {table} {name} {{ typeof {typeof} ; }}\n"
+    rc, _, err = _context().run(text.encode())
+    if rc != 0:
+        raise NftError(f"nftables refused [add set {family} {table} {name}]: {' '.join(err.split()) or 'no reason given'}")
 
 
 def list_table(family: str, name: str):

@@ -40,13 +40,12 @@ from ...policy import compile as policy_compile
 from ...policy.state import PolicyState
 from ...subnet.registry import RegistryError
 from ...timestamps import format_ts, now
+from .. import denial_journal
 from ..runtime import Backoff, Controller
 from . import register
 
 READY_WAIT = 10.0  # seconds an ADD waits for the first listing before it is refused
 DENIAL_POLL = 1.0  # seconds between readings of the denied-flow sets
-DENIALS_FILE = "policy-denials.jsonl"
-DENIALS_MAX_BYTES = 8 << 20  # then the journal moves to .1 and starts again
 _STOP = ("stop", None, None, None, 0)
 _RESYNC = "resync"
 
@@ -436,7 +435,7 @@ class PolicyController(Controller):
                 endpoints[role] = self.state.endpoint(str(ip))
             except ValueError:
                 endpoints[role] = None
-        record = {"ts": format_ts(now()), "node": self.agent.node.name,
+        record = {"ts": format_ts(now()), "node": self.agent.node.name, "kind": "policy",
                   "network": self.agent.name, "direction": direction, "src": str(src_ip), "dst": str(dst_ip),
                   "protocol": str(protocol).upper(), "port": int(port) if str(port).isdigit() else port,
                   "srcPod": None, "dstPod": None, "policies": []}
@@ -451,15 +450,11 @@ class PolicyController(Controller):
         return record
 
     def _journal(self, records):
-        path = os.path.join(self.agent.options.state_dir, self.agent.name, DENIALS_FILE)
         try:
-            os.makedirs(os.path.dirname(path), exist_ok=True)
-            if os.path.exists(path) and os.path.getsize(path) > DENIALS_MAX_BYTES:
-                os.replace(path, path + ".1")
-            with open(path, "a", encoding="utf-8") as handle:
-                handle.write("".join(json.dumps(r, sort_keys=True) + "\n" for r in records))
+            denial_journal.append(self.agent.options.state_dir, self.agent.name, records)
         except OSError as exc:
-            self.agent.log.error(f"denied flows not journalled in {path}: {exc.strerror}", extra=self.agent.extra())
+            where = denial_journal.path(self.agent.options.state_dir, self.agent.name)
+            self.agent.log.error(f"denied flows not journalled in {where}: {exc.strerror}", extra=self.agent.extra())
         self.denials += len(records)
         for record in records:
             self.agent.log.info(f"policy denied {record['direction']} {record['srcPod'] or record['src']} -> "

@@ -1,0 +1,180 @@
+"""Port records: what each pod interface of a network may send as (stdlib only).
+
+One file per attachment, written by the plugin's ADD before the pod's interface comes
+up and removed by its DEL (or GC), in `<run dir>/<network>.ports/` beside the subnet
+file (`/run/weft/weft.ports/` by default).  The run dir is a tmpfs: a record lives
+exactly as long as the veth it describes, and a reboot takes both.
+
+    <host veth>   JSON: {"port", "network", "containerID", "ifname", "addresses",
+                         "mac", "validated", "podNamespace", "podName", "bridge"}
+
+The records are the truth the kernel's source validation is compared with (weftd's
+source-guard controller reads them at every reconcile and repairs the kernel from
+them) and what names a pod in the denial journal.  `validated: false` marks a pod of
+a network whose netconf says `allowSpoofing: true`: it has a record (so its name is
+known) but no validation elements.
+
+Locking: `locked()` takes an exclusive flock on the directory itself.  ADD and DEL
+hold it while they write a record and change the kernel's elements; the controller
+holds it while it compares and repairs, so it never sees one without the other.
+"""
+
+import errno
+import ipaddress
+import json
+import os
+import re
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+from ..fsutil import flock_bounded, is_temp_name, write_atomic
+
+DIR_SUFFIX = ".ports"
+LOCK_TIMEOUT = 30.0
+_PORT = re.compile(r"^wft[0-9a-f]{12}$")
+_MAC = re.compile(r"^[0-9a-f]{2}(:[0-9a-f]{2}){5}$")
+
+
+class PortRecordError(ValueError):
+    """A record that does not parse; the message names the file and the field."""
+
+
+def directory(run_dir: str, network: str) -> str:
+    return os.path.join(run_dir, network + DIR_SUFFIX)
+
+
+def directory_beside(subnet_file: str, network: str) -> str:
+    """The records directory of the network whose subnet file is `subnet_file`."""
+    return directory(os.path.dirname(subnet_file) or ".", network)
+
+
+@dataclass(frozen=True)
+class PortRecord:
+    port: str              # the host veth (wft + 12 hex digits)
+    network: str
+    container_id: str
+    ifname: str
+    addresses: tuple       # ip_address objects, the pod's own
+    mac: str               # lower case, the pod interface's
+    validated: bool = True
+    pod_namespace: str = None
+    pod_name: str = None
+    bridge: str = None
+
+    @property
+    def pod(self):
+        """"namespace/name" of the pod (None when the runtime gave no K8S_POD_* args)."""
+        if self.pod_namespace and self.pod_name:
+            return f"{self.pod_namespace}/{self.pod_name}"
+        return None
+
+    def to_json(self) -> str:
+        return json.dumps({"port": self.port, "network": self.network, "containerID": self.container_id,
+                           "ifname": self.ifname, "addresses": [str(a) for a in self.addresses],
+                           "mac": self.mac, "validated": self.validated, "podNamespace": self.pod_namespace,
+                           "podName": self.pod_name, "bridge": self.bridge}, sort_keys=True)
+
+    @classmethod
+    def parse(cls, text: str, where: str) -> "PortRecord":
+        try:
+            data = json.loads(text)
+        except ValueError as exc:
+            raise PortRecordError(f"port record {where} is not JSON: {exc}") from None
+        if not isinstance(data, dict):
+            raise PortRecordError(f"port record {where} is not a JSON object")
+        port = data.get("port")
+        if not isinstance(port, str) or not _PORT.match(port):
+            raise PortRecordError(f"port record {where}: port {port!r} is not a weft host veth name")
+        mac = data.get("mac")
+        if not isinstance(mac, str) or not _MAC.match(mac):
+            raise PortRecordError(f"port record {where}: mac {mac!r} is not a lower-case MAC address")
+        raw = data.get("addresses")
+        if not isinstance(raw, list) or not raw:
+            raise PortRecordError(f"port record {where}: addresses must be a non-empty list")
+        try:
+            addresses = tuple(ipaddress.ip_address(a) for a in raw if isinstance(a, str))
+        except ValueError as exc:
+            raise PortRecordError(f"port record {where}: {exc}") from None
+        if len(addresses) != len(raw):
+            raise PortRecordError(f"port record {where}: addresses must be strings")
+        validated = data.get("validated", True)
+        if not isinstance(validated, bool):
+            raise PortRecordError(f"port record {where}: validated must be true or false")
+        texts = {}
+        for key in ("network", "containerID", "ifname", "podNamespace", "podName", "bridge"):
+            value = data.get(key)
+            if value is not None and not isinstance(value, str):
+                raise PortRecordError(f"port record {where}: {key} must be a string")
+            texts[key] = value
+        return cls(port=port, network=texts["network"] or "", container_id=texts["containerID"] or "",
+                   ifname=texts["ifname"] or "", addresses=addresses, mac=mac, validated=validated,
+                   pod_namespace=texts["podNamespace"], pod_name=texts["podName"], bridge=texts["bridge"])
+
+
+@contextmanager
+def locked(path: str, timeout: float = LOCK_TIMEOUT):
+    """Hold the records directory `path` exclusively (made when missing)."""
+    os.makedirs(path, mode=0o700, exist_ok=True)
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        flock_bounded(fd, True, timeout, path)
+        yield
+    finally:
+        os.close(fd)  # releases the flock
+
+
+def write(path: str, record: PortRecord) -> None:
+    """Replace the record of record.port (no fsync: /run does not outlive its veths)."""
+    write_atomic(os.path.join(path, record.port), record.to_json(), durable=False, make_dirs=True)
+
+
+def remove(path: str, port: str) -> bool:
+    """Remove the record of `port`; False when there was none."""
+    if not _PORT.match(port):
+        raise ValueError(f"{port!r} is not a weft host veth name")
+    try:
+        os.unlink(os.path.join(path, port))
+        return True
+    except FileNotFoundError:
+        return False
+
+
+def read(path: str, port: str):
+    """The record of `port`, or None."""
+    try:
+        with open(os.path.join(path, port), encoding="utf-8") as handle:
+            return PortRecord.parse(handle.read(), os.path.join(path, port))
+    except FileNotFoundError:
+        return None
+
+
+def read_all(path: str) -> tuple:
+    """({port: PortRecord}, [problem text]) of every record in the directory; a missing
+    directory holds none.  A file that does not parse is a problem, never a record."""
+    try:
+        names = os.listdir(path)
+    except OSError as exc:
+        if exc.errno == errno.ENOENT:
+            return {}, []
+        return {}, [f"cannot read port records in {path}: {exc.strerror}"]
+    records, problems = {}, []
+    for name in sorted(names):
+        if is_temp_name(name) or not _PORT.match(name):
+            continue
+        where = os.path.join(path, name)
+        try:
+            with open(where, encoding="utf-8") as handle:
+                record = PortRecord.parse(handle.read(), where)
+        except FileNotFoundError:
+            continue  # removed since the listing
+        except OSError as exc:
+            problems.append(f"cannot read port record {where}: {exc.strerror}")
+            continue
+        except PortRecordError as exc:
+            problems.append(str(exc))
+            continue
+        if record.port != name:
+            problems.append(f"port record {where} names port {record.port}")
+            continue
+        records[name] = record
+    return records, problems
