@@ -27,9 +27,13 @@ class Metrics:
                                "node name (fatal)", ["network"], registry=r)
         self.reconcile_seconds = Histogram("weft_reconcile_duration_seconds",
                                            "Full kernel-vs-etcd reconcile duration", ["network"], registry=r)
+        self.spoofed = Counter("weft_spoofed_packets_total", "Packets pods sent as someone else (another "
+                               "address or MAC), dropped by source validation", ["network"], registry=r)
         self.drift = Counter("weft_drift_repaired_total", "Kernel entries added or removed by reconcile",
                              ["network"], registry=r)
         self.etcd_errors = Counter("weft_etcd_errors_total", "Failed etcd operations", ["network"], registry=r)
+        self.control_refused = Counter("weft_control_plane_refused_total", "Packets from pods to etcd or "
+                                       "weftd's ports refused by the control-plane guard", ["network"], registry=r)
         self.policy_drops = Counter("weft_policy_drops_total", "New connections dropped while a "
                                     "NetworkPolicy isolated the pod", ["network", "policy"], registry=r)
         self.policy_programmed = Counter("weft_policy_programs_total", "Policy table changes applied, by kind",

@@ -210,6 +210,11 @@ def denials(args, registry_of=None) -> int:
         print(json.dumps([r for _, r in records], indent=2))
         return EXIT_OK
     for _, r in records:
+        if r.get("kind") == "spoofed":
+            pod = r.get("srcPod") or f"the pod on {r.get('interface')}"
+            print(f"{r['ts']} {r.get('node')} {r.get('network')}: spoofed, dropped: {pod} "
+                  f"({', '.join(r.get('podAddresses') or [])}) sent as {r.get('src')}: {r.get('reason')}")
+            continue
         src = f"{r['srcPod']} ({r['src']})" if r.get("srcPod") else r.get("src")
         dst = f"{r['dstPod']} ({r['dst']})" if r.get("dstPod") else r.get("dst")
         by = ", ".join(r.get("policies") or []) or "a policy"

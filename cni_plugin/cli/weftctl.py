@@ -300,6 +300,23 @@ def status(args) -> int:
         if masq:
             print(f"  masquerade {masq.get('table')}: {masq.get('state')}, "
                   f"{masq.get('driftRepaired', 0)} repairs since start")
+        sources = state.get("sourceValidation") or {}
+        if sources:
+            exempt = sources.get("exempt", 0)
+            names = ", ".join(sources.get("exemptPods") or [])
+            print(f"  sources    {sources.get('table')}: {sources.get('state')}, {sources.get('ports', 0)} pod "
+                  f"interface(s) validated, {exempt} exempt (netconf allowSpoofing: true)"
+                  f"{': ' + names if names else ''}; {sources.get('spoofedPackets', 0)} spoofed packets dropped, "
+                  f"{sources.get('driftRepaired', 0)} repairs since start")
+            for problem in sources.get("recordProblems") or []:
+                print(f"             {problem}")
+        guard = state.get("controlPlane") or {}
+        if guard:
+            excepted = ", ".join(e.get("pod", "?") for e in guard.get("excepted") or []) or "none"
+            print(f"  control    {guard.get('table')}: {guard.get('state')}, "
+                  f"{len(guard.get('endpoints') or [])} etcd endpoint(s), "
+                  f"{guard.get('refused', 0)} packets refused, {guard.get('driftRepaired', 0)} repairs "
+                  f"since start; let through: {excepted}")
         policy = state.get("policy") or {}
         if policy.get("source") not in (None, "none"):
             print(f"  policy     generation {policy.get('generation')}: {policy.get('policies')} policies, "

@@ -24,6 +24,14 @@ def configure(rt, ifname: str, mac: str, ips: list, routes: list) -> dict:
     return {"index": link.index, "mac": mac or link.address, "mtu": link.mtu}
 
 
+def current_mac(rt, ifname: str) -> str:
+    """The MAC the interface has now (the kernel's random one until configure sets another)."""
+    link = rt.link(ifname)
+    if link is None:
+        raise DatapathError(f"container interface {ifname} is missing")
+    return link.address
+
+
 def verify(rt, ifname: str, mac: str, ips: list, routes: list, mtu: int) -> None:
     """CHECK: the interface and everything ADD put there are still present."""
     link = rt.link(ifname)

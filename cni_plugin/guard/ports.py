@@ -20,6 +20,7 @@ holds it while it compares and repairs, so it never sees one without the other.
 """
 
 import errno
+import hashlib
 import ipaddress
 import json
 import os
@@ -30,6 +31,7 @@ from dataclasses import dataclass
 from ..fsutil import flock_bounded, is_temp_name, write_atomic
 
 DIR_SUFFIX = ".ports"
+NAME_MAX = 255  # bytes in one path component
 LOCK_TIMEOUT = 30.0
 _PORT = re.compile(r"^wft[0-9a-f]{12}$")
 _MAC = re.compile(r"^[0-9a-f]{2}(:[0-9a-f]{2}){5}$")
@@ -40,7 +42,13 @@ class PortRecordError(ValueError):
 
 
 def directory(run_dir: str, network: str) -> str:
-    return os.path.join(run_dir, network + DIR_SUFFIX)
+    """<run dir>/<network>.ports; a name too long for one path component (CNI allows
+    any length) is shortened with a digest of the whole name."""
+    name = network
+    if len(name) + len(DIR_SUFFIX) > NAME_MAX:
+        digest = hashlib.sha256(network.encode()).hexdigest()[:16]
+        name = f"{network[:NAME_MAX - len(DIR_SUFFIX) - 17]}-{digest}"
+    return os.path.join(run_dir, name + DIR_SUFFIX)
 
 
 def directory_beside(subnet_file: str, network: str) -> str:

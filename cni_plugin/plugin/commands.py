@@ -15,7 +15,7 @@ from ..cni.netconf import valid_attachments
 from ..datapath.naming import HOST_VETH_PREFIX, host_veth_name
 from ..cni import caller
 from . import config as plugin_config
-from . import delegate
+from . import delegate, source_validation
 from . import lock as attachment_lock
 from ..datapath.errors import DatapathError
 from .errors import as_cni_error, speaks_cni
@@ -118,6 +118,10 @@ def _setup(cfg, env, mac: str, ipam: dict, rt) -> dict:
     lap("veth")
     routes = _container_routes(cfg, ipam)
     with netns.open_container(env.netns) as crt:
+        # the pod may send only as itself from its first frame: validation before it is up
+        source_validation.attach(cfg, source_validation.record_of(
+            cfg, env, host_name, mac or container.current_mac(crt, env.ifname), ips))
+        lap("validation")
         inside = container.configure(crt, env.ifname, mac, ips, routes)
     lap("container")
     _ensure_masquerade(cfg, ips)
@@ -204,6 +208,7 @@ def _rollback(cfg, env, rt, host_name: str) -> None:
     from ..datapath import links
 
     steps = (("delete host veth " + host_name, lambda: links.delete(rt, host_name)),
+             ("take the port out of source validation", lambda: source_validation.detach(cfg, host_name)),
              (f"release the IP via {cfg.ipam_type} DEL",
               lambda: delegate.run(cfg.ipam_type, "DEL", env, cfg.delegate_conf)))
     for what, step in steps:
@@ -243,6 +248,11 @@ def _delete(cfg, env, host_name: str) -> None:
     except Exception as exc:
         errors.append(exc)
     lap("host-veth")  # masquerade is node-wide (datapath/masq.py): nothing of the pod's there
+    try:  # before the address is released: nothing validated as this pod stays behind
+        source_validation.detach(cfg, host_name)
+    except Exception as exc:
+        errors.append(exc)
+    lap("validation")
     _release(cfg, env, errors)
     lap("ipam")
     _raise_first(errors)
@@ -299,6 +309,7 @@ def _check(cfg, env, iface, ips, prev, host_name: str) -> None:
               if dst.version in gateways]
     with netns.open_container(env.netns) as crt:
         container.verify(crt, env.ifname, iface.get("mac", ""), ips, routes, cfg.mtu)
+        mac = iface.get("mac") or container.current_mac(crt, env.ifname)
     with netns.open_node() as rt:
         bridge = rt.link(cfg.bridge)
         host = rt.link(host_name)
@@ -310,6 +321,7 @@ def _check(cfg, env, iface, ips, prev, host_name: str) -> None:
         raise CniError(CHECK_FAILED, f"host veth {host_name} is not attached to bridge {cfg.bridge}")
     if host.mtu != cfg.mtu:
         raise CniError(CHECK_FAILED, f"host veth {host_name} has MTU {host.mtu}, expected {cfg.mtu}")
+    source_validation.check(cfg, host_name, mac, ips)
 
 
 def _known(exc: Exception) -> CniError:
@@ -344,6 +356,8 @@ def cmd_gc(env, conf):
                     errors.append(CniError(IO_FAILURE, f"cannot delete stale veth {name}: {exc}"))
     except DatapathError as exc:
         errors.append(exc)
+    errors += source_validation.forget_stale(cfg, keep_links,
+                                             lambda name: attachment_lock.busy(cfg.data_dir, name))
     try:
         delegate.run(cfg.ipam_type, "GC", env, cfg.delegate_conf)
     except CniError as exc:

@@ -11,6 +11,7 @@ from .. import paths
 from ..cni.errors import INVALID_NETCONF, NOT_AVAILABLE, TRY_AGAIN_LATER, CniError
 from ..cni import invocation, netconf
 from ..cni.env import validate_ifname
+from ..guard import ports
 from ..subnet import subnet_file
 
 DEFAULT_BRIDGE = "cbr0"
@@ -32,6 +33,8 @@ class WeftConf:
     mtu: int
     hairpin_mode: bool
     ip_masq: bool
+    # allowSpoofing: the network's pods may send from any address and MAC (routers, VPNs)
+    allow_spoofing: bool
     subnet_file: str
     data_dir: str
     agent_socket: str
@@ -45,6 +48,11 @@ class WeftConf:
     runtime_config: dict = field(default_factory=dict)
     prev_result: dict = None
     raw: dict = field(default_factory=dict)
+
+    @property
+    def ports_dir(self) -> str:
+        """Where the network's port records live (guard/ports.py): beside the subnet file."""
+        return ports.directory_beside(self.subnet_file, self.name)
 
 
 def _ipam_section(conf: dict) -> dict:
@@ -152,6 +160,7 @@ def load(conf: dict, command: str) -> WeftConf:
         mtu=mtu or DEFAULT_MTU,
         hairpin_mode=opt("hairpinMode", bool, False),
         ip_masq=bool(ip_masq),
+        allow_spoofing=opt("allowSpoofing", bool, False),
         subnet_file=subnet_path,
         data_dir=opt("dataDir", str, DEFAULT_DATA_DIR, absolute=True),
         agent_socket=opt("agentSocket", str, DEFAULT_AGENT_SOCKET),

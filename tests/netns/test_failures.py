@@ -102,14 +102,15 @@ def test_failure_in_container_routes_rolls_back(weft, node, pods):
 
 
 def test_nft_failure_is_code_5_and_rolls_back(weft, node, pods):
-    """A real refusal, no stand-in: a 252-character network name makes the masquerade
-    table's name (weft_ + name) longer than nftables' 256-character limit.  Everything
-    before the masquerade step worked; the error names the table, and is undone."""
+    """A real refusal, no stand-in: a 252-character network name makes the nftables
+    tables' names (weft_source_ + name, weft_ + name) longer than nftables' 256-character
+    limit.  Everything before the first nftables step (source validation) worked; the
+    error names the table, and is undone."""
     name = "n" * 252
     conf = weft.conf(ipMasq=True, name=name)
     out = weft("ADD", conf, pods())
     assert out.code == 1 and out.json["code"] == 5, out
-    assert "nftables refused" in out.json["msg"] and f"weft_{name}" in out.json["msg"], out
+    assert "nftables refused" in out.json["msg"] and f"weft_source_{name}" in out.json["msg"], out
     assert "name too long" in out.json["msg"], out
     assert weft.ipam_files(name) == []
     links = {entry["ifname"] for entry in node.ip_json("link", "show")}

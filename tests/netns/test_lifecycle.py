@@ -274,22 +274,36 @@ def test_standalone_add_replaces_a_per_pod_table_of_an_older_weft(weft, node, po
 
 
 def test_hostile_ifname_and_container_id_never_reach_nftables(weft, node, pods):
-    """An ifname with nft syntax in it: refused by env validation, or accepted without
-    changing anything in nftables (the per-pod path has no nftables work at all)."""
+    """An ifname with nft syntax in it: refused by env validation, or accepted with
+    nftables seeing only the host veth's digest name and the pod's address (the
+    source-validation elements), never the runtime's strings."""
     conf = weft.conf(ipMasq=True)
     assert weft("ADD", conf, pods(), cid="plain").code == 0
-    before = node.run(["nft", "-j", "list", "ruleset"]).stdout
+
+    def ruleset():
+        return node.run(["nft", "-j", "list", "ruleset"]).stdout
+
+    def other_tables():  # everything but the per-port source-validation elements
+        objects = json.loads(ruleset())["nftables"]
+        return [o for o in objects if "metainfo" not in o and not ("set" in o and o["set"]["table"].startswith(
+            "weft_source_"))]
+
+    before, before_rest = ruleset(), other_tables()
     hostile = pods()
     out = weft("ADD", conf, hostile, cid="hostile", ifname='a",1.2.3.4}#')
     if out.code:
         assert out.json["code"] == 4 and "CNI_IFNAME" in out.json["msg"], out
+        assert ruleset() == before
     else:
         assert link(hostile, 'a",1.2.3.4}#') is not None
-    assert node.run(["nft", "-j", "list", "ruleset"]).stdout == before
+        assert other_tables() == before_rest
+        assert host_veth_name("hostile", 'a",1.2.3.4}#') in ruleset()
+    assert "1.2.3.4" not in ruleset() and "}#" not in ruleset()
     assert weft("DEL", conf, hostile, cid="hostile", ifname='a",1.2.3.4}#').code == 0
+    assert ruleset() == before
     refused = weft("ADD", conf, pods(), cid='x"}#1.2.3.4')
     assert refused.code == 1 and refused.json["code"] == 4 and "CNI_CONTAINERID" in refused.json["msg"], refused
-    assert node.run(["nft", "-j", "list", "ruleset"]).stdout == before
+    assert ruleset() == before
     assert "1.2.3.4" not in before
 
 
