@@ -15,6 +15,7 @@ equal to the records:
 SIGTERM leaves the table in place: pods stay validated across an agent restart.
 """
 
+import os
 import time
 from datetime import timedelta
 
@@ -45,6 +46,8 @@ class SourceGuardController(Controller):
         self.passes = 0
         self.inspect_anyway = True  # the last listing is not to be trusted (none yet, or it failed)
         self.records = {}
+        self.records_stamp = None    # the records directory's mtime when last read
+        self.records_at_listing = None  # the ports the last listing was compared with
         self.record_problems = []
         self.counted = 0           # the kernel counter's packets already in the metric
         self.spoofed = 0           # packets dropped since this agent started
@@ -77,10 +80,15 @@ class SourceGuardController(Controller):
         before = self.state
         try:
             with ports.locked(self.directory):
-                records, problems = ports.read_all(self.directory)
-                self._report_record_problems(problems)
-                self.records = records
+                stamp = os.stat(self.directory).st_mtime_ns
+                if touched or stamp != self.records_stamp:  # an ADD or DEL renamed or removed a file
+                    records, problems = ports.read_all(self.directory)
+                    self._report_record_problems(problems)
+                    self.records, self.records_stamp = records, stamp
+                    touched = touched or frozenset(records) != self.records_at_listing
+                records = self.records
                 if touched:
+                    self.records_at_listing = frozenset(records)
                     wanted = [source_guard.Port(r.port, r.mac, r.addresses) for r in records.values() if r.validated]
                     self.inspect_anyway = True
                     outcome = source_guard.ensure(agent.name, wanted)
