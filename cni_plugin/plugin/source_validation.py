@@ -9,6 +9,7 @@ serving the call) the table is also brought into shape here, since no agent repa
 """
 
 import ipaddress
+import os
 
 from ..cni import invocation
 from ..cni.errors import CHECK_FAILED, IO_FAILURE, CniError
@@ -21,11 +22,7 @@ def _standalone() -> bool:
 
 
 def _locked(cfg):
-    try:
-        return ports.locked(cfg.ports_dir, cfg.lock_timeout)
-    except OSError as exc:
-        raise CniError(IO_FAILURE, f"cannot open the port records directory {cfg.ports_dir}: {exc.strerror}; "
-                       "it lives beside the subnet file (netconf subnetFile)") from None
+    return ports.locked(cfg.ports_dir, cfg.lock_timeout)
 
 
 def record_of(cfg, env, host_name: str, mac: str, ips) -> ports.PortRecord:
@@ -54,13 +51,15 @@ def attach(cfg, record: ports.PortRecord) -> None:
         raise CniError(IO_FAILURE, f"port records of network {cfg.name}: {exc}") from None
     except OSError as exc:
         raise CniError(IO_FAILURE, f"cannot write the port record of {record.port} in {cfg.ports_dir}: "
-                       f"{exc.strerror}") from None
+                       f"{exc.strerror}; the records live beside the subnet file (netconf subnetFile)") from None
 
 
 def detach(cfg, host_name: str) -> None:
     """Take the port out of validation and forget its record; nothing to do when gone."""
     from ..datapath import source_guard
 
+    if not os.path.isdir(cfg.ports_dir):
+        return  # no ADD of this network ever wrote a record here
     try:
         with _locked(cfg):
             try:
