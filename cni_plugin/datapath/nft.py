@@ -152,7 +152,8 @@ _TYPEOF_ALLOWED = frozenset({"iifname . @th,64,128"})
 _FAMILIES = frozenset({"ip", "ip6", "inet", "arp", "bridge", "netdev"})
 
 
-def declare_typeof_set(family: str, table: str, name: str, typeof: str) -> None:
+def declare_typeof_set(family: str, table: str, name: str, typeof: str, timeout: int = None,
+                       size: int = None) -> None:
     """Add (or keep) a set declared by `typeof`, the one text command weft sends.
 
     nftables 1.0.6's JSON has no `typeof`, and a set keyed by a raw payload (the target
@@ -162,9 +163,10 @@ def declare_typeof_set(family: str, table: str, name: str, typeof: str) -> None:
     and anything else raises ValueError before nftables sees it.  Elements are then
     added through run() as JSON like any other."""
     if family not in _FAMILIES or typeof not in _TYPEOF_ALLOWED or not _PLAIN_NAME.match(table) \
-            or not _PLAIN_NAME.match(name):
+            or not _PLAIN_NAME.match(name) or not all(v is None or type(v) is int and v > 0 for v in (timeout, size)):
         raise ValueError(f"declare_typeof_set: refusing {family!r} {table!r} {name!r} {typeof!r}")
-    text = f"add table {family} {table}\nadd set {family} {table} {name} {{ typeof {typeof} ; }}\n"
+    extra = (f" flags timeout ; timeout {timeout}s ;" if timeout else "") + (f" size {size} ;" if size else "")
+    text = f"add table {family} {table}\nadd set {family} {table} {name} {{ typeof {typeof} ;{extra} }}\n"
     rc, _, err = _context().run(text.encode())
     if rc != 0:
         raise NftError(f"nftables refused [add set {family} {table} {name}]: {' '.join(err.split()) or 'no reason given'}")

@@ -59,7 +59,7 @@ SEEN_SETS = {  # name -> (key type, what the journal says was wrong)
     "seen_arp": (["ifname", "ipv4_addr"], "ARP for an address not the pod's"),
     "seen4": (["ifname", "ipv4_addr"], "IPv4 source not the pod's"),
     "seen6": (["ifname", "ipv6_addr"], "IPv6 source not the pod's"),
-    "seen_na": (["ifname", "ipv6_addr"], "neighbour advertisement for an address not the pod's"),
+    "seen_na": (None, "neighbour advertisement for an address not the pod's"),  # typeof ND_TYPEOF
     "seen_type": (["ifname", "ether_type"], "protocol other than IPv4, IPv6 and ARP"),
 }
 CHAINS = ("prerouting", "validate", "arp", "ipv4", "ipv6", "na", "na_target")
@@ -200,7 +200,7 @@ def rules() -> dict:
         "na_target": [
             ("weft: advertising the pod's own address", [_m(_port_key(ND_TARGET), f"@{ND_SET}"), {"accept": None}]),
             ("weft: advertising a link-local address", [_m(ND_TARGET_PREFIX10, 0x3FA), {"accept": None}]),
-            ("weft: advertising another address", _drop("seen_na", ip6_src)),
+            ("weft: advertising another address", _drop("seen_na", ND_TARGET)),
         ],
     }
 
@@ -212,6 +212,8 @@ def _shape_commands(table: str, ports=()) -> list:
     for name, kind in PORT_SETS.items():
         commands.append({"add": {"set": {**t, "name": name, "type": kind}}})
     for name, (kind, _) in SEEN_SETS.items():
+        if kind is None:
+            continue  # declared by _declare
         commands.append({"add": {"set": {**t, "name": name, "type": kind, "flags": ["timeout"],
                                          "timeout": SEEN_TIMEOUT, "size": SEEN_SIZE}}})
     commands.append({"add": {"counter": {**t, "name": COUNTER}}})
@@ -240,6 +242,7 @@ def _declare(table: str) -> None:
     if not _NAME.match(table):
         raise ValueError(f"table name {table!r} is not made of [A-Za-z0-9_]")
     nft.declare_typeof_set(FAMILY, table, ND_SET, ND_TYPEOF)
+    nft.declare_typeof_set(FAMILY, table, "seen_na", ND_TYPEOF, timeout=SEEN_TIMEOUT, size=SEEN_SIZE)
 
 
 def create(network: str, ports=()) -> None:
@@ -363,18 +366,17 @@ def ensure(network: str, ports=None) -> Outcome:
 
 
 # -- per pod ------------------------------------------------------------------------------
-def add_port(network: str, port: Port, standalone: bool = False) -> None:
-    """Put the port under validation (one transaction).  standalone: also make sure the
-    table is in shape first (no agent repairs it)."""
+def add_port(network: str, port: Port) -> None:
+    """Put the port under validation (one transaction).  A table gone meanwhile (drift)
+    comes back with this port; the agent's reconcile restores the others' elements
+    (standalone callers use ensure() with every record instead)."""
     table = table_name(network)
-    if standalone:
-        ensure(network)
     try:
         nft.run(element_commands(table, "add", [port]))
     except NftError as exc:
-        if standalone or not nft.is_missing(exc):
+        if not nft.is_missing(exc):
             raise
-        ensure(network)  # the table went (drift): back, then the port
+        ensure(network)
         nft.run(element_commands(table, "add", [port]))
 
 
@@ -450,7 +452,13 @@ def dropped_sources(network: str) -> list:
                 value = inner.get("val")
                 parts = value.get("concat") if isinstance(value, dict) else None
                 if isinstance(parts, list) and len(parts) == 2:
-                    out.append((name, str(parts[0]), str(parts[1]), int(inner.get("expires", SEEN_TIMEOUT))))
+                    value = str(parts[1])
+                    if SEEN_SETS[name][0] is None:  # a raw 128-bit target: show it as the address it is
+                        try:
+                            value = str(ipaddress.IPv6Address(int(value, 0)))
+                        except ValueError:
+                            pass
+                    out.append((name, str(parts[0]), value, int(inner.get("expires", SEEN_TIMEOUT))))
     return out
 
 

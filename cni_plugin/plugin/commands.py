@@ -12,6 +12,7 @@ from ..cni import result as cni_result
 from ..cni.errors import (ATTACHMENT_EXISTS, CHECK_FAILED, DELEGATE_FAILED, INTERNAL, INVALID_NETCONF,
                           IO_FAILURE, NOT_AVAILABLE_LIMITED, TRY_AGAIN_LATER, CniError)
 from ..cni.netconf import valid_attachments
+from ..datapath.mac import random_mac
 from ..datapath.naming import HOST_VETH_PREFIX, host_veth_name
 from ..cni import caller
 from . import config as plugin_config
@@ -117,11 +118,12 @@ def _setup(cfg, env, mac: str, ipam: dict, rt) -> dict:
     links.attach_to_bridge(rt, host.index, bridge.index, cfg.hairpin_mode)
     lap("veth")
     routes = _container_routes(cfg, ipam)
+    # the pod may send only as itself from its first frame: validation before it is up.
+    # Its MAC is chosen here (random unless requested) so that no read is needed to know it.
+    mac = mac or random_mac()
+    source_validation.attach(cfg, source_validation.record_of(cfg, env, host_name, mac, ips))
+    lap("validation")
     with netns.open_container(env.netns) as crt:
-        # the pod may send only as itself from its first frame: validation before it is up
-        source_validation.attach(cfg, source_validation.record_of(
-            cfg, env, host_name, mac or container.current_mac(crt, env.ifname), ips))
-        lap("validation")
         inside = container.configure(crt, env.ifname, mac, ips, routes)
     lap("container")
     _ensure_masquerade(cfg, ips)

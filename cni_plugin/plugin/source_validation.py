@@ -45,8 +45,12 @@ def attach(cfg, record: ports.PortRecord) -> None:
     try:
         with _locked(cfg):
             ports.write(cfg.ports_dir, record)
-            if record.validated:
-                source_guard.add_port(cfg.name, _port(record), standalone=_standalone())
+            if record.validated and _standalone():
+                # no agent repairs the table: bring it to what every record of the node says
+                records, _ = ports.read_all(cfg.ports_dir)
+                source_guard.ensure(cfg.name, [_port(r) for r in records.values() if r.validated])
+            elif record.validated:
+                source_guard.add_port(cfg.name, _port(record))
     except LockTimeout as exc:
         raise CniError(IO_FAILURE, f"port records of network {cfg.name}: {exc}") from None
     except OSError as exc:
