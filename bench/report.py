@@ -153,6 +153,7 @@ def targets(figures: dict, prepopulated=250) -> list:
         out.append(_check("agent RSS max, policy cluster (issue 15's limit)", _get(pol, "agent_rss_mib", "max"),
                           "<=", 100.0, "MiB", note))
     out += scale_targets(figures.get("scale"))
+    out += source_validation_targets(figures.get("source-validation"))
     crif = figures.get("cri")
     if crif and "error" not in crif:
         for phase, where in ((crif, "empty node"), (crif.get("resident"), "node with a pod")):
@@ -191,6 +192,51 @@ def scale_targets(fig) -> list:
         out.append(_check(f"scale @N={point['n']}: {label}", value, "<=", limit, unit,
                           "" if point.get("kernel_matches_etcd") else "kernel did NOT match etcd"))
     return out
+
+
+SV_ROWS = (("connections_per_s", "new TCP connections/s", 0), ("gbps", "pod-to-pod TCP throughput, iperf3 (Gbit/s)", 2))
+SV_TOPOLOGIES = (("same_node", "same node"), ("cross_node", "cross node"))
+
+
+def source_validation_targets(fig) -> list:
+    """Issue 22: validation on (the default) against off (`allowSpoofing: true`), same run."""
+    if not fig or "error" in fig:
+        return []
+    out = []
+    for key, label, digits in SV_ROWS:
+        for topo, where in SV_TOPOLOGIES:
+            entry = _get(fig, topo, key) or {}
+            detail = f"{_fmt(entry.get('on'), digits)} vs {_fmt(entry.get('off'), digits)}"
+            if not _get(fig, "validation_active", "on"):
+                detail += "; the 'on' nodes validated no pod"
+            out.append(_check(f"source validation on / off: {label.split(',')[0]}, {where}", entry.get("ratio"),
+                              ">=", fig.get("target", 0.97), "x", detail))
+    return out
+
+
+def source_validation_table(figures: dict) -> list:
+    fig = figures.get("source-validation")
+    if not fig or "error" in fig:
+        return []
+    labels = fig["labels"]
+    lines = [_row([f"{fig['rounds']} rounds, interleaved", labels["on"], labels["off"],
+                   "on / off (median of the rounds' pairs)"]),
+             _row(["---"] * 4)]
+    for key, label, digits in SV_ROWS:
+        for topo, where in SV_TOPOLOGIES:
+            entry = _get(fig, topo, key) or {}
+            lines.append(_row([f"{label}, {where} (median)", _fmt(entry.get("on"), digits),
+                               _fmt(entry.get("off"), digits), _fmt(entry.get("ratio"), 2, "x")]))
+    add_del = fig.get("add_del") or {}
+    for key, label in (("add_ms", "ADD"), ("del_ms", "DEL")):
+        lines.append(_row([f"{label} p50 through the agent (ms, {_get(add_del, 'on', key, 'n')} each)",
+                           _fmt(_get(add_del, "on", key, "p50")), _fmt(_get(add_del, "off", key, "p50")),
+                           _fmt(add_del.get(f"{key[:3]}_p50_ratio"), 2, "x")]))
+    present, elements = fig.get("source_table_present") or {}, fig.get("source_set_elements") or {}
+    lines.append(_row(["`bridge weft_source_<network>` on the side's nodes; its set elements",
+                       *(f"{'yes' if present.get(side) else 'no'}; {sum((elements.get(side) or {}).values())}"
+                         for side in ("on", "off")), ""]))
+    return lines
 
 
 # -- tables ---------------------------------------------------------------------------
@@ -384,11 +430,12 @@ def render(results: dict) -> str:
                           "ratio = contender / Go chain)",
                           attachment_table(figures)),
                          ("Datapath", datapath_table(figures)),
+                         ("Source validation (issue 22): on vs off, same run", source_validation_table(figures)),
                          ("Control plane", convergence_table(figures)),
                          ("Scale (issue 17): cost against N", scale_table(figures)),
                          ("Runtimes (containerd CRI)", cri_table(figures)),
                          ("Runtimes (containerd CRI), steady state", cri_table(figures, resident=True)),
-                         ("Targets (issues 4, 14, 15, 17)", targets_table(results["targets"]))):
+                         ("Targets (issues 4, 14, 15, 17, 22)", targets_table(results["targets"]))):
         if len(lines) > 2:
             parts.append(f"**{title}**\n\n" + "\n".join(lines))
         floor = _get(figures, "sequential", "harness_floor_ms", "p50")

@@ -20,17 +20,18 @@ import tempfile
 import time
 import traceback
 
-from . import attach, convergence, cri, default_config, policy, report, scale, throughput, wireguard
+from . import attach, convergence, cri, default_config, policy, report, scale, source_validation, throughput, wireguard
 from .contenders import LABELS
 from .context import Context, quiesce
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-FIGURES = ("default", "sequential", "parallel", "density", "throughput", "wireguard", "convergence", "cri",
-           "policy", "scale")
+FIGURES = ("default", "sequential", "parallel", "density", "throughput", "source-validation", "wireguard",
+           "convergence", "cri", "policy", "scale")
 SMOKE = {"attachments": 10, "parallel": 10, "workers": 8, "parallel_rounds": 2, "prepopulate": 20, "measure": 5,
          "iperf_seconds": 1, "iperf_rounds": 1, "nodes": 3, "leases": 2, "sandboxes": 3,
          "policy_pods": 40, "policy_count": 10, "policy_changes": 3, "policy_adds": 3,
-         "scale_nodes": "10", "scale_churn": 6, "scale_quiet": 2.0}
+         "scale_nodes": "10", "scale_churn": 6, "scale_quiet": 2.0,
+         "sv_rounds": 1, "sv_seconds": 1.0, "sv_adds": 2}
 
 
 def parse(argv=None):
@@ -44,6 +45,12 @@ def parse(argv=None):
     p.add_argument("--measure", type=int, default=30, help="ADD+DEL pairs measured at 0 and at --prepopulate")
     p.add_argument("--iperf-seconds", type=int, default=5)
     p.add_argument("--iperf-rounds", type=int, default=3)
+    p.add_argument("--sv-rounds", type=int, default=7,
+                   help="source-validation figure: rounds, each measuring validation on and off (default 7)")
+    p.add_argument("--sv-seconds", type=float, default=2.0,
+                   help="source-validation figure: seconds of each connection-rate and iperf3 run (default 2)")
+    p.add_argument("--sv-adds", type=int, default=4,
+                   help="source-validation figure: ADD+DEL pairs per side per round (default 4)")
     p.add_argument("--nodes", type=int, default=20, help="nodes of the convergence cluster (default 20)")
     p.add_argument("--leases", type=int, default=5, help="synthetic leases added and removed (default 5)")
     p.add_argument("--sandboxes", type=int, default=30,
@@ -124,6 +131,8 @@ def run_figures(ctx, args) -> dict:
         "parallel": lambda: attach.parallel(ctx, args.parallel, args.workers, args.parallel_rounds),
         "density": lambda: attach.scale(ctx, args.prepopulate, args.measure, args.workers),
         "throughput": lambda: throughput.throughput(ctx, args.iperf_seconds, args.iperf_rounds),
+        "source-validation": lambda: source_validation.source_validation(ctx, args.sv_seconds, args.sv_rounds,
+                                                                          args.sv_adds),
         "wireguard": lambda: wireguard.wireguard(ctx, args.iperf_seconds, args.iperf_rounds),
         "convergence": lambda: convergence.convergence(ctx, args.nodes, args.leases),
         "cri": lambda: cri.cri(ctx, args.sandboxes),

@@ -10,8 +10,8 @@ import sys
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 KINDS = ("go", "weft-standalone", "weft-agent")
-FIGURES = {"default", "sequential", "parallel", "density", "throughput", "wireguard", "convergence", "cri", "policy",
-           "scale"}
+FIGURES = {"default", "sequential", "parallel", "density", "throughput", "source-validation", "wireguard",
+           "convergence", "cri", "policy", "scale"}
 
 
 def netns_names():
@@ -49,8 +49,8 @@ def test_bench_smoke(tmp_path, installed):
         sane_ms(default[kind]["del_ms"], 10)
     assert default["masquerade_table"]["state"] == "installed", default["masquerade_table"]
     steps = default["weft"]["steps_p50_ms"]
-    assert {"ipam", "veth", "container", "masquerade"} <= set(steps["add"]), steps
-    assert {"container", "host-veth", "ipam"} <= set(steps["del"]), steps
+    assert {"ipam", "veth", "validation", "container", "masquerade"} <= set(steps["add"]), steps  # validation on
+    assert {"container", "host-veth", "validation", "ipam"} <= set(steps["del"]), steps
     rss = default["weft"]["forwarder_peak_rss_mib"]
     assert 0 < rss["version_via_agent"] and 0 < rss["version_standalone"], rss
     assert 0 < default["kernel_floor"]["veth_del_ms"], default["kernel_floor"]
@@ -86,6 +86,17 @@ def test_bench_smoke(tmp_path, installed):
     assert tp["weft_pod_mtu"] == tp["reference_pod_mtu"] == 1450
     for topo in ("same_node", "cross_node"):
         assert tp[topo]["weft_gbps"] > 0 and tp[topo]["reference_gbps"] > 0 and tp[topo]["ratio"] > 0, tp[topo]
+
+    sv = figures["source-validation"]  # issue 22: the default netconf validates, allowSpoofing does not
+    assert sv["validation_active"] == {"on": True, "off": False}, sv["nft_tables"]
+    assert all(n > 0 for n in sv["source_set_elements"]["on"].values()), sv["source_set_elements"]
+    for topo in ("same_node", "cross_node"):
+        for key in ("connections_per_s", "gbps"):
+            assert sv[topo][key]["on"] > 0 and sv[topo][key]["off"] > 0 and sv[topo][key]["ratio"] > 0, sv[topo]
+        assert sv[topo]["connection_errors"] == {"on": 0, "off": 0}, sv[topo]
+    for side in ("on", "off"):
+        sane_ms(sv["add_del"][side]["add_ms"], 2)
+        sane_ms(sv["add_del"][side]["del_ms"], 2)
 
     wg = figures["wireguard"]
     assert wg["weft_implementation"] == wg["reference_implementation"] in ("kernel", "userspace"), wg
