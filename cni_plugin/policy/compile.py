@@ -7,6 +7,7 @@ never one rule per pod pair):
 
     chain egress_hook   filter hook forward priority 0:
         ct state established,related accept
+        icmpv6 type {nd-router-solicit, nd-router-advert, nd-neighbor-solicit, nd-neighbor-advert} accept
         ip saddr @iso_out4 jump egress                    (and ip6)
     chain ingress_hook  filter hook forward priority 1: the same with daddr, iso_in, ingress
     chain egress        per policy P with type Egress: ip saddr @P_sel4 jump P_out;
@@ -328,9 +329,16 @@ def assemble(network: str, fragments, previous=None) -> Table:
     established = ("accept replies of allowed connections",
                    [{"match": {"op": "in", "left": {"ct": {"key": "state"}}, "right": ["established", "related"]}},
                     {"accept": None}])
+    # IPv6 neighbour discovery is how pods find each other on the link, not a connection:
+    # conntrack leaves it untracked, so without this an isolated pod could not be found
+    neighbour_discovery = ("accept IPv6 neighbour discovery",
+                           [{"match": {"op": "==", "left": {"payload": {"protocol": "icmpv6", "field": "type"}},
+                                       "right": {"set": ["nd-router-solicit", "nd-router-advert",
+                                                         "nd-neighbor-solicit", "nd-neighbor-advert"]}}},
+                            {"accept": None}])
     for hook, (direction, _) in HOOKS.items():
         mine, _, suffix = _SIDES[direction]
-        rules = [established]
+        rules = [established, neighbour_discovery]
         for version in VERSIONS:
             table.sets[f"iso_{suffix}{version}"] = (PROTO[version][1], False,
                                                      frozenset(isolated[direction][version]))
