@@ -189,8 +189,10 @@ class PolicyController(Controller):
             if agent.options.policy_source == "kubernetes":
                 from ..kube_source import KubeSource
 
-                self.objects_source = KubeSource(agent.options.kube_api_server or None,
-                                                 agent.options.kube_serviceaccount_dir)
+                self.objects_source = KubeSource(
+                    agent.options.kube_api_server or None, agent.options.kube_serviceaccount_dir,
+                    errors=lambda reason: agent.metrics.kube_watch_errors.labels(agent.name, reason).inc(),
+                    warn=lambda text: agent.log.warning(text, extra=agent.extra()))
         rows, revision = self.objects_source.list_policy_objects()
         records, history_revision = registry.list_history(agent.name)
         with self.lock:
