@@ -20,7 +20,8 @@ again from the last version after a delay that doubles from 100 ms to 5 s, with 
 (the three watches do not retry in step); a stream that opens but ends before it served
 anything counts as a failure, so a server that hangs up at once is not hammered.  A line
 that does not parse is counted (`errors("unparsable")`, weft_kube_watch_errors_total),
-logged once per kind of problem, and skipped: the watch goes on.
+logged once per kind of problem, and skipped: the watch goes on.  A failing stream is
+logged once per outage (once per distinct error until a stream serves again).
 
 Threads: one per watched resource.  Each holds its open connection's socket where
 cancel() can reach it: cancel() (and stop(), for every watch of the source) sets the
@@ -253,6 +254,11 @@ class KubeSource:
         self.warn(text)
 
 
+    def _forget(self, prefix: str) -> None:
+        with self.lock:
+            self._logged = {key for key in self._logged if not key.startswith(prefix)}
+
+
 class _Watch:
     """One watch_policy_objects(): a thread per resource, and the sockets they read."""
 
@@ -302,6 +308,8 @@ class _Watch:
                                      f"{self.source._version(kind) or '(none)'}: {text}")
                 served = False
             if served:
+                if backoff.delay != backoff.low:  # it had failed: the next outage is logged again
+                    self.source._forget(f"stream {kind} ")
                 backoff.reset()
             elif self.stopping.wait(backoff.next()):
                 return

@@ -252,17 +252,21 @@ def test_a_failing_server_is_retried_from_the_last_version_with_growing_delays(t
     """Every watch request fails (HTTP 500): the attempts on one path come at gaps that
     double from RETRY_FIRST up to a cap (lowered here to keep the test short), each within
     the jitter of its nominal value (the lower bounds are exact; the upper ones allow for
-    a busy machine); once the server answers again the watch resumes from the listing's
-    version, and the failure was logged once but counted every time."""
+    a busy machine).  The failure is logged once per kind but counted every time; once
+    the server answers again the watch resumes from the listing's version, and after a
+    stream that served, the next outage is logged again."""
     monkeypatch.setattr(kube_source, "RETRY_MOST", 0.8)
-    served = standins(watch_status=500)
+    bookmark = {"type": "BOOKMARK", "object": {"metadata": {"resourceVersion": "1003"}}}
+    served = standins(watches={POLICIES: [[bookmark]]}, watch_status=500)
     seen = _Seen()
     source, cancel = seen.watch(served, tmp_path)
     try:
         wait_for(lambda: len(served.watches(POLICIES)) >= 8, 60, what="eight failed watch attempts")
+        assert len(seen.warnings) == 3
         served.watch_status = None
-        failed = len(served.watches(POLICIES))
-        wait_for(lambda: len(served.watches(POLICIES)) > failed, 30, what="a watch after the server recovered")
+        wait_for(lambda: source.versions["NetworkPolicy"] == "1003", 30, what="a watch after the server recovered")
+        served.watch_status = 500
+        wait_for(lambda: len(seen.warnings) == 4, 30, what="the second outage logged")
     finally:
         cancel()
     at = [s["at"] for s in served.watches(POLICIES)[:8]]
@@ -273,11 +277,14 @@ def test_a_failing_server_is_retried_from_the_last_version_with_growing_delays(t
     # times the most the first may be without a busy machine in the way
     for gap, want in zip(gaps, nominal):
         assert want * low - 0.01 <= gap <= want * high + 1.0, (gaps, nominal)  # uncapped, gap 6 would be 6.4 s
-    assert {s["query"]["resourceVersion"] for s in served.watches(POLICIES)} == {"1002"}
-    assert seen.events == []
+    versions = [s["query"]["resourceVersion"] for s in served.watches(POLICIES)]
+    assert versions[:9] == ["1002"] * 9 and set(versions) == {"1002", "1003"}
+    assert seen.events == []  # a bookmark moves the version on and delivers nothing
     assert seen.errors.count("stream") >= 3 * 7 and set(seen.errors) == {"stream"}
-    assert len(seen.warnings) == 3 and all("HTTP 500" in w and "retrying from resourceVersion" in w
-                                           for w in seen.warnings)
+    assert all("HTTP 500" in w for w in seen.warnings)
+    assert sorted(w.split(" failed")[0] for w in seen.warnings[:3]) == [
+        "Kubernetes watch of Namespace", "Kubernetes watch of NetworkPolicy", "Kubernetes watch of Pod"]
+    assert seen.warnings[3].startswith("Kubernetes watch of NetworkPolicy failed, retrying from resourceVersion 1003")
 
 
 def test_versions_stay_consistent_under_three_watch_threads(tmp_path, standins):
