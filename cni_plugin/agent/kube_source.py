@@ -136,6 +136,7 @@ class KubeSource:
         self.versions = {}   # kind -> resourceVersion of the last listing or event
         self._watches = []   # the live _Watch sets, for stop()
         self._logged = set()  # watch problems already logged
+        self._counts = {}     # reason -> watch problems counted, for weftctl status
         self._context = None
 
     # -- HTTP -----------------------------------------------------------------------
@@ -245,6 +246,7 @@ class KubeSource:
         """Count a watch problem; log it the first time it is seen (bounded)."""
         self.errors(reason)
         with self.lock:
+            self._counts[reason] = self._counts.get(reason, 0) + 1
             if key in self._logged or len(self._logged) > LOGGED_PROBLEMS:
                 return
             self._logged.add(key)
@@ -253,6 +255,11 @@ class KubeSource:
                         "counted (weft_kube_watch_errors_total)")
         self.warn(text)
 
+
+    def problems(self) -> dict:
+        """{reason: count} of the watch problems seen so far."""
+        with self.lock:
+            return dict(self._counts)
 
     def _forget(self, prefix: str) -> None:
         with self.lock:

@@ -238,7 +238,7 @@ def test_unparsable_lines_are_counted_logged_once_and_skipped(tmp_path, standins
         cancel()
     assert [(kind, key) for kind, key, _, _ in seen.events] == [("put", "NetworkPolicy/x/p1"),
                                                                 ("put", "NetworkPolicy/x/p2")]
-    assert seen.errors == ["unparsable"] * 7
+    assert seen.errors == ["unparsable"] * 7 and source.problems() == {"unparsable": 7}
     problems = sorted(w.split("(", 1)[1].split(")", 1)[0] for w in seen.warnings)
     assert problems == ["no object", "no type", "not JSON", "not a JSON object", "object.metadata is not an object"]
     assert all(w.startswith("Kubernetes watch of NetworkPolicy: skipped a line") for w in seen.warnings)
@@ -329,3 +329,17 @@ def test_versions_stay_consistent_under_three_watch_threads(tmp_path, standins):
     for kind in source.versions:
         seen = [int(s[kind]) for s in snapshots if kind in s]
         assert seen == sorted(seen), f"{kind}'s version went backwards"
+
+
+def test_weftctl_status_shows_the_watch_problems(tmp_path, capsys):
+    from cni_plugin import paths
+    from cni_plugin.cli import weftctl
+    from cni_plugin.subnet import status_file
+
+    status_file.write(paths.status_file(str(tmp_path), "weft"), {
+        "network": "weft", "node": "n1", "ready": True, "peers": [],
+        "policy": {"source": "kubernetes", "generation": 9, "policies": 1, "localPods": 2, "rules": 4,
+                   "table": "inet weft_policy_weft", "state": "enforcing",
+                   "watchErrors": {"unparsable": 3, "stream": 12}}})
+    assert weftctl.main(["status", "--run-dir", str(tmp_path)]) == 0
+    assert "Kubernetes watch problems: 12 stream, 3 unparsable" in capsys.readouterr().out

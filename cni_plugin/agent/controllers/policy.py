@@ -137,7 +137,9 @@ class PolicyController(Controller):
             "state": self.problem or self.bridge_problem or "enforcing",
             "rejected": dict(self.state.rejected), "driftRepaired": self.drift_repaired,
             "lastProgramMs": self.last_program_ms, "deniedFlows": self.denials,
-            "rules": sum(len(r) for r in applied.chains.values()) if applied else 0}}
+            "rules": sum(len(r) for r in applied.chains.values()) if applied else 0,
+            # the Kubernetes source's watch problems (lines skipped, streams failed)
+            "watchErrors": getattr(self.objects_source, "problems", dict)()}}
 
     # -- the controller's thread -------------------------------------------------
     def _run(self):
