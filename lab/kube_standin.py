@@ -4,24 +4,38 @@
 
 RECORDING holds {"lists": {path: [page, ...]}, "watches": {path: [[line, ...], ...]}}:
 a list request gets page n+1 when it carries `continue=<n>`; the k-th watch request on
-a path gets the k-th recorded stream (newline-delimited events), then empty streams
-that end after a second.  Every request must carry `Authorization: Bearer TOKEN`
-(else 403, as an API server refuses a ServiceAccount without RBAC).  The paths it saw
-are appended to `seen` (and printed as JSON lines on stdout when run as a program).
+a path gets the k-th recorded stream (newline-delimited events: an object is sent as
+JSON, a string as it is, so a recording can hold lines that do not parse), then what
+`idle` says: "end" (the default) empty streams that end after a second, "hold" streams
+that stay open and send nothing until stop().  `watch_status` (an HTTP status), when
+set, answers every watch request with that error instead (a failing server; it may be
+changed while serving).  Every request must carry `Authorization: Bearer TOKEN` (else
+403, as an API server refuses a ServiceAccount without RBAC).  The requests it saw are
+appended to `seen` with their monotonic time `at` (and printed as JSON lines on stdout
+when run as a program); `holding` counts the watch streams held open now.
+`tls=(certfile, keyfile)` serves HTTPS.
 """
 
 import json
+import ssl
 import sys
 import threading
 import time
 import urllib.parse
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
+HOLD_SECONDS = 600  # a held stream's bound, should stop() never come
+
 
 class StandIn:
-    def __init__(self, address: str, port: int, recording: dict, token: str, echo=False):
+    def __init__(self, address: str, port: int, recording: dict, token: str, echo=False, idle="end",
+                 watch_status=None, tls=None):
         self.recording, self.token, self.echo = recording, token, echo
+        self.idle, self.watch_status = idle, watch_status
         self.seen, self.watch_count = [], {}
+        self.lock = threading.Lock()
+        self.holding = 0
+        self.closing = threading.Event()
         standin = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -33,6 +47,10 @@ class StandIn:
 
         self.server = ThreadingHTTPServer((address, port), Handler)
         self.server.daemon_threads = True
+        if tls:
+            context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            context.load_cert_chain(*tls)
+            self.server.socket = context.wrap_socket(self.server.socket, server_side=True)
         self.port = self.server.server_address[1]
 
     def start(self):
@@ -40,37 +58,56 @@ class StandIn:
         return self
 
     def stop(self):
+        self.closing.set()
         self.server.shutdown()
         self.server.server_close()
+
+    def watches(self, path: str) -> list:
+        """The watch requests seen on path, in order."""
+        return [s for s in list(self.seen) if s["path"] == path and s["query"].get("watch") == "1"]
 
     def handle(self, req):
         url = urllib.parse.urlsplit(req.path)
         query = dict(urllib.parse.parse_qsl(url.query))
-        self.seen.append({"path": url.path, "query": query})
+        self.seen.append({"path": url.path, "query": query, "at": time.monotonic()})
         if self.echo:
             print(json.dumps(self.seen[-1]), flush=True)
         if req.headers.get("Authorization") != f"Bearer {self.token}":
             return self._send(req, 403, {"kind": "Status", "code": 403, "reason": "Forbidden",
                                          "message": f"cannot list resource at {url.path}"})
         if query.get("watch") == "1":
-            count = self.watch_count.get(url.path, 0)
-            self.watch_count[url.path] = count + 1
-            streams = self.recording.get("watches", {}).get(url.path, [])
-            req.send_response(200)
-            req.send_header("Content-Type", "application/json")
-            req.end_headers()
-            if count < len(streams):
-                for line in streams[count]:
-                    req.wfile.write((json.dumps(line) + "\n").encode())
-                    req.wfile.flush()
-            else:
-                time.sleep(1.0)
-            return None
+            return self._watch(req, url.path)
         pages = self.recording.get("lists", {}).get(url.path)
         if pages is None:
             return self._send(req, 404, {"kind": "Status", "code": 404, "message": f"{url.path} not found"})
         index = int(query.get("continue") or 0)
         return self._send(req, 200, pages[index])
+
+    def _watch(self, req, path):
+        status = self.watch_status
+        if status:
+            return self._send(req, status, {"kind": "Status", "code": status, "message": "recorded failure"})
+        with self.lock:
+            count = self.watch_count.get(path, 0)
+            self.watch_count[path] = count + 1
+        streams = self.recording.get("watches", {}).get(path, [])
+        req.send_response(200)
+        req.send_header("Content-Type", "application/json")
+        req.end_headers()
+        if count < len(streams):
+            for line in streams[count]:
+                req.wfile.write((line if isinstance(line, str) else json.dumps(line)).encode() + b"\n")
+                req.wfile.flush()
+        elif self.idle == "hold":
+            with self.lock:
+                self.holding += 1
+            try:
+                self.closing.wait(HOLD_SECONDS)
+            finally:
+                with self.lock:
+                    self.holding -= 1
+        else:
+            time.sleep(1.0)
 
     @staticmethod
     def _send(req, code, body):

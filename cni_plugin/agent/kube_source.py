@@ -2,38 +2,101 @@
 
 The agent lists, then watches, Namespaces, Pods and NetworkPolicies with its
 ServiceAccount (token and CA from /var/run/secrets/kubernetes.io/serviceaccount, the
-server from $KUBERNETES_SERVICE_HOST/PORT, or --kube-api-server), over plain HTTPS
-with the standard library: no client library in the agent's memory, and the same
-interface as the etcd registry's policy keys (rows keyed "<Kind>/[<namespace>/]<name>"
-holding the object's JSON), so the policy controller is the same in both modes.
+server from $KUBERNETES_SERVICE_HOST/PORT, or --kube-api-server), over HTTPS with the
+standard library's http.client (no client library in the agent's memory; the README's
+NetworkPolicy section says why), and with the same interface as the etcd registry's
+policy keys (rows keyed "<Kind>/[<namespace>/]<name>" holding the object's JSON), so the
+policy controller is the same in both modes.
 
 Generations: Kubernetes has one resourceVersion per resource type, not a cluster-wide
 revision, so this source numbers the changes it has seen (a listing, then each watch
 event) and hands that counter to the controller as the revision.
 
-Watches follow the API's rules: resourceVersion from the listing, bookmarks move it
-on, a stream that ends is opened again from the last version, and "410 Gone" (the
-version is too old) ends the watch with a resync: the controller lists again.
+Watches follow the API's rules: resourceVersion from the listing, bookmarks move it on,
+a stream that ends after serving (the server's timeoutSeconds) is opened again at once
+from the last version, and "410 Gone" (the version is too old) ends the watch with a
+resync: the controller lists again.  A stream that cannot be opened or breaks is opened
+again from the last version after a delay that doubles from 100 ms to 5 s, with jitter
+(the three watches do not retry in step); a stream that opens but ends before it served
+anything counts as a failure, so a server that hangs up at once is not hammered.  A line
+that does not parse is counted (`errors("unparsable")`, weft_kube_watch_errors_total),
+logged once per kind of problem, and skipped: the watch goes on.  A failing stream is
+logged once per outage (once per distinct error until a stream serves again).
+
+Threads: one per watched resource.  Each holds its open connection's socket where
+cancel() can reach it: cancel() (and stop(), for every watch of the source) sets the
+stop flag, shuts those sockets down, which ends a blocking read at once, and joins the
+threads for at most STOP_SECONDS.  Only a connection attempt still in progress (a server
+that does not answer SYNs, a slow DNS lookup) can outlast that bound; such a thread
+delivers nothing more and ends when its attempt gives up (the source's timeout, 10 s).
+`versions` and the change counter are shared by the listing and the three threads and
+are only touched under `lock`; events are delivered under it too, so they reach the
+controller in counter order (on_event must only queue, never block or call back).
+
 RBAC: get, list, watch on namespaces, pods (core) and networkpolicies
 (networking.k8s.io); see conf/kubernetes/.
 """
 
+import http.client
 import itertools
 import json
+import logging
 import os
+import socket
 import ssl
 import threading
-import urllib.error
+import time
 import urllib.parse
-import urllib.request
 
 from ..subnet.registry import RegistryError
+from .runtime import Backoff
 
 SERVICEACCOUNT_DIR = "/var/run/secrets/kubernetes.io/serviceaccount"
 RESOURCES = (("Namespace", "/api/v1/namespaces"), ("Pod", "/api/v1/pods"),
              ("NetworkPolicy", "/apis/networking.k8s.io/v1/networkpolicies"))
 PAGE = 500
-WATCH_SECONDS = 300
+WATCH_SECONDS = 300         # timeoutSeconds asked of the server; the read timeout is 30 s longer
+RETRY_FIRST, RETRY_MOST = 0.1, 5.0   # seconds between failed watch attempts: doubling, capped
+RETRY_JITTER = 0.2          # each delay is drawn within +-20 % of its nominal value
+SERVED_SECONDS = RETRY_MOST  # a stream open this long (or that delivered a line) served
+STOP_SECONDS = 5.0          # how long cancel()/stop() wait for the watch threads, together
+LOGGED_PROBLEMS = 32        # distinct watch problems logged per source; later ones are only counted
+THREAD_PREFIX = "weft-kube-watch"
+
+
+class ApiError(RegistryError):
+    """The API server answered with an HTTP error status."""
+
+    def __init__(self, text: str, status: int):
+        super().__init__(text)
+        self.status = status
+
+
+class _Resync(Exception):
+    """The watch cannot go on from its version: the controller must list again."""
+
+
+class _BadLine(ValueError):
+    """A watch line that does not parse; the text names the problem, not the line."""
+
+
+def _parse_line(line: bytes) -> tuple:
+    """(type, object, object's metadata) of one watch line, or _BadLine."""
+    try:
+        event = json.loads(line)
+    except ValueError:
+        raise _BadLine("not JSON") from None
+    if not isinstance(event, dict):
+        raise _BadLine("not a JSON object")
+    kind_of_event, obj = event.get("type"), event.get("object")
+    if not isinstance(kind_of_event, str) or not kind_of_event:
+        raise _BadLine("no type")
+    if not isinstance(obj, dict):
+        raise _BadLine("no object")
+    meta = obj.get("metadata") or {}
+    if not isinstance(meta, dict):
+        raise _BadLine("object.metadata is not an object")
+    return kind_of_event, obj, meta
 
 
 def _suffix(kind: str, obj: dict) -> str:
@@ -43,7 +106,10 @@ def _suffix(kind: str, obj: dict) -> str:
 
 
 class KubeSource:
-    def __init__(self, server: str = None, serviceaccount_dir: str = SERVICEACCOUNT_DIR, timeout: float = 10.0):
+    def __init__(self, server: str = None, serviceaccount_dir: str = SERVICEACCOUNT_DIR, timeout: float = 10.0,
+                 errors=None, warn=None):
+        """errors(reason): counts a watch problem ("unparsable": a line; "stream": a stream
+        that failed); warn(text): logs one.  Both optional."""
         if not server:
             host, port = os.environ.get("KUBERNETES_SERVICE_HOST"), os.environ.get("KUBERNETES_SERVICE_PORT", "443")
             if not host:
@@ -51,11 +117,26 @@ class KubeSource:
                                     "pass --kube-api-server URL")
             server = f"https://{host}:{port}" if ":" not in host else f"https://[{host}]:{port}"
         self.server = server.rstrip("/")
+        url = urllib.parse.urlsplit(self.server)
+        try:
+            port = url.port
+        except ValueError:
+            port = -1
+        if url.scheme not in ("http", "https") or not url.hostname or port == -1:
+            raise RegistryError(f"Kubernetes API server {server!r} is not an http(s)://HOST[:PORT] URL")
+        self._https = url.scheme == "https"
+        self._host, self._port = url.hostname, port or (443 if self._https else 80)
+        self._prefix = url.path
         self.dir = serviceaccount_dir
         self.timeout = timeout
+        self.errors = errors or (lambda reason: None)
+        self.warn = warn or logging.getLogger("weft.kube").warning
+        self.lock = threading.Lock()  # guards everything below
         self.counter = itertools.count(1)
         self.versions = {}   # kind -> resourceVersion of the last listing or event
-        self.lock = threading.Lock()
+        self._watches = []   # the live _Watch sets, for stop()
+        self._logged = set()  # watch problems already logged
+        self._counts = {}     # reason -> watch problems counted, for weftctl status
         self._context = None
 
     # -- HTTP -----------------------------------------------------------------------
@@ -66,36 +147,57 @@ class KubeSource:
         except OSError:
             return None
 
-    def _open(self, path: str, timeout: float):
-        headers = {"Accept": "application/json"}
-        token = self._read("token")  # read every time: kubelet rotates it
-        if token:
-            headers["Authorization"] = f"Bearer {token}"
-        context = None
-        if self.server.startswith("https:"):
+    def _connection(self, timeout: float) -> http.client.HTTPConnection:
+        if not self._https:
+            return http.client.HTTPConnection(self._host, self._port, timeout=timeout)
+        with self.lock:
             if self._context is None:
                 ca = os.path.join(self.dir, "ca.crt")
                 self._context = ssl.create_default_context(cafile=ca if os.path.exists(ca) else None)
             context = self._context
-        request = urllib.request.Request(self.server + path, headers=headers)
+        return http.client.HTTPSConnection(self._host, self._port, timeout=timeout, context=context)
+
+    def _get(self, path: str, read_timeout: float = None, hold=None):
+        """GET path: the connection and its 2xx response, or RegistryError.  Connecting
+        may take `timeout` seconds, each read read_timeout (default: the same).  hold(sock),
+        when given, is called with the connected socket before the request is sent; when
+        it returns False (the watch is stopping) the connection is closed and None returned."""
+        headers = {"Accept": "application/json"}
+        token = self._read("token")  # read every time: kubelet rotates it
+        if token:
+            headers["Authorization"] = f"Bearer {token}"
+        conn = self._connection(self.timeout)
         try:
-            return urllib.request.urlopen(request, timeout=timeout, context=context)
-        except urllib.error.HTTPError as exc:
-            detail = exc.read(300).decode(errors="replace").strip()
-            hint = " (RBAC: weftd's ServiceAccount needs get/list/watch, see conf/kubernetes/)" \
-                if exc.code in (401, 403) else ""
-            raise RegistryError(f"Kubernetes API {self.server}{path.split('?')[0]}: HTTP {exc.code}{hint}: "
-                                f"{detail}") from None
-        except (urllib.error.URLError, OSError) as exc:
-            reason = getattr(exc, "reason", exc)
-            raise RegistryError(f"Kubernetes API {self.server} unreachable: {reason}") from None
+            conn.connect()
+            if read_timeout is not None:
+                conn.sock.settimeout(read_timeout)
+            if hold is not None and not hold(conn.sock):
+                conn.close()
+                return None
+            conn.request("GET", self._prefix + path, headers=headers)
+            response = conn.getresponse()
+            if 200 <= response.status < 300:
+                return conn, response
+            detail = response.read(300).decode(errors="replace").strip()
+        except (OSError, http.client.HTTPException) as exc:
+            conn.close()
+            raise RegistryError(f"Kubernetes API {self.server} unreachable: {exc or type(exc).__name__}") from None
+        conn.close()
+        hint = " (RBAC: weftd's ServiceAccount needs get/list/watch, see conf/kubernetes/)" \
+            if response.status in (401, 403) else ""
+        raise ApiError(f"Kubernetes API {self.server}{path.split('?')[0]}: HTTP {response.status}{hint}: "
+                       f"{detail}", response.status)
 
     def _get_json(self, path: str) -> dict:
-        with self._open(path, self.timeout) as response:
-            try:
-                return json.loads(response.read())
-            except ValueError as exc:
-                raise RegistryError(f"Kubernetes API {self.server}{path}: not JSON: {exc}") from None
+        conn, response = self._get(path)
+        try:
+            return json.loads(response.read())
+        except ValueError as exc:
+            raise RegistryError(f"Kubernetes API {self.server}{path}: not JSON: {exc}") from None
+        except (OSError, http.client.HTTPException) as exc:
+            raise RegistryError(f"Kubernetes API {self.server}{path}: answer cut short: {exc}") from None
+        finally:
+            conn.close()
 
     # -- the registry's policy interface --------------------------------------------
     def list_policy_objects(self) -> tuple:
@@ -119,57 +221,183 @@ class KubeSource:
 
     def watch_policy_objects(self, start_revision: int, on_event):
         """Watch the three resources from the last listing's versions, each on its own
-        thread; on_event(kind, suffix, JSON, counter).  Returns cancel()."""
-        stopping = threading.Event()
-        threads = [threading.Thread(target=self._watch, args=(kind, path, on_event, stopping), daemon=True,
-                                    name=f"weft-kube-watch {kind}") for kind, path in RESOURCES]
-        for thread in threads:
+        thread; on_event(kind, suffix, JSON, counter), or ("resync", None, reason, 0) once
+        when the watch must end and the objects be listed again.  Returns cancel(): when it
+        returns the watch threads have ended (see the module's note for the one exception)."""
+        watch = _Watch(self, on_event)
+        with self.lock:
+            self._watches.append(watch)
+        watch.start()
+        return watch.stop
+
+    def stop(self) -> None:
+        """End every watch of this source (as each one's cancel() does)."""
+        with self.lock:
+            watches = list(self._watches)
+        for watch in watches:
+            watch.stop()
+
+    # -- shared state, under the lock -------------------------------------------------
+    def _version(self, kind: str) -> str:
+        with self.lock:
+            return self.versions.get(kind, "")
+
+    def _problem(self, reason: str, key: str, text: str) -> None:
+        """Count a watch problem; log it the first time it is seen (bounded)."""
+        self.errors(reason)
+        with self.lock:
+            self._counts[reason] = self._counts.get(reason, 0) + 1
+            if key in self._logged or len(self._logged) > LOGGED_PROBLEMS:
+                return
+            self._logged.add(key)
+            if len(self._logged) > LOGGED_PROBLEMS:
+                text = (f"more than {LOGGED_PROBLEMS} kinds of Kubernetes watch problems: the rest are only "
+                        "counted (weft_kube_watch_errors_total)")
+        self.warn(text)
+
+
+    def problems(self) -> dict:
+        """{reason: count} of the watch problems seen so far."""
+        with self.lock:
+            return dict(self._counts)
+
+    def _forget(self, prefix: str) -> None:
+        with self.lock:
+            self._logged = {key for key in self._logged if not key.startswith(prefix)}
+
+
+class _Watch:
+    """One watch_policy_objects(): a thread per resource, and the sockets they read."""
+
+    def __init__(self, source: KubeSource, on_event):
+        self.source, self.on_event = source, on_event
+        self.stopping = threading.Event()
+        self.sockets = {}   # kind -> the socket of its open connection (under source.lock)
+        self.threads = [threading.Thread(target=self._run, args=(kind, path), daemon=True,
+                                         name=f"{THREAD_PREFIX} {kind}") for kind, path in RESOURCES]
+
+    def start(self) -> None:
+        for thread in self.threads:
             thread.start()
 
-        def cancel():
-            stopping.set()
-
-        return cancel
-
-    def _watch(self, kind, path, on_event, stopping):
-        while not stopping.is_set():
-            version = self.versions.get(kind, "")
-            query = urllib.parse.urlencode({"watch": "1", "resourceVersion": version, "allowWatchBookmarks": "true",
-                                            "timeoutSeconds": WATCH_SECONDS})
+    def stop(self) -> None:
+        self.stopping.set()
+        with self.source.lock:
+            sockets = list(self.sockets.values())
+        for sock in sockets:
             try:
-                with self._open(f"{path}?{query}", WATCH_SECONDS + 30) as stream:
-                    for line in stream:
-                        if stopping.is_set():
-                            return
-                        if not self._event(kind, line, on_event):
-                            return
-            except RegistryError as exc:
-                if not stopping.is_set():
-                    on_event("resync", None, str(exc), 0)
-                return
+                sock.shutdown(socket.SHUT_RDWR)  # the blocked read returns now
             except OSError:
-                if not stopping.is_set():
-                    on_event("resync", None, "watch stream broke", 0)
+                pass  # already closed or never connected
+        deadline = time.monotonic() + STOP_SECONDS
+        for thread in self.threads:
+            if thread is not threading.current_thread():
+                thread.join(max(0.0, deadline - time.monotonic()))
+        with self.source.lock:
+            if self in self.source._watches:
+                self.source._watches.remove(self)
+
+    # -- a watch thread ---------------------------------------------------------------
+    def _run(self, kind: str, path: str) -> None:
+        backoff = Backoff(RETRY_FIRST, RETRY_MOST, RETRY_JITTER)
+        while not self.stopping.is_set():
+            try:
+                served = self._stream(kind, path)
+            except _Resync as exc:
+                self._deliver(("resync", None, str(exc), 0), resync=True)
+                return
+            except Exception as exc:  # RegistryError; anything else is a bug, retried all the same
+                if self.stopping.is_set():
+                    return
+                text = str(exc) if isinstance(exc, RegistryError) else f"internal error: {exc!r}"
+                self.source._problem("stream", f"stream {kind} {text}",
+                                     f"Kubernetes watch of {kind} failed, retrying from resourceVersion "
+                                     f"{self.source._version(kind) or '(none)'}: {text}")
+                served = False
+            if served:
+                if backoff.delay != backoff.low:  # it had failed: the next outage is logged again
+                    self.source._forget(f"stream {kind} ")
+                backoff.reset()
+            elif self.stopping.wait(backoff.next()):
                 return
 
-    def _event(self, kind, line, on_event) -> bool:
-        """Deliver one watch line; False when the watch must end (resync sent)."""
+    def _hold(self, kind: str, sock) -> bool:
+        with self.source.lock:
+            if self.stopping.is_set():
+                return False
+            self.sockets[kind] = sock
+            return True
+
+    def _stream(self, kind: str, path: str) -> bool:
+        """One watch request, read to its end.  True when it served (delivered a line, or
+        stayed open SERVED_SECONDS); False when it ended at once.  Raises RegistryError
+        when it could not be opened or broke, _Resync when the version is too old."""
+        query = urllib.parse.urlencode({"watch": "1", "resourceVersion": self.source._version(kind),
+                                        "allowWatchBookmarks": "true", "timeoutSeconds": WATCH_SECONDS})
+        opened, served = time.monotonic(), False
         try:
-            event = json.loads(line)
-            kind_of_event, obj = event["type"], event["object"]
-        except (ValueError, KeyError, TypeError):
-            return True
-        version = (obj.get("metadata") or {}).get("resourceVersion")
+            got = self.source._get(f"{path}?{query}", WATCH_SECONDS + 30, hold=lambda sock: self._hold(kind, sock))
+            if got is None:
+                return True
+            conn, response = got
+            try:
+                for line in response:
+                    if self.stopping.is_set():
+                        return True
+                    if line.strip():
+                        self._line(kind, line)
+                        served = True
+            except (OSError, ValueError, http.client.HTTPException) as exc:
+                if self.stopping.is_set():
+                    return True
+                raise RegistryError(f"Kubernetes watch of {kind} broke: {exc or type(exc).__name__}") from None
+            finally:
+                conn.close()
+        except ApiError as exc:
+            if exc.status == 410:  # Gone: the version is too old
+                raise _Resync(str(exc)) from None
+            raise
+        finally:
+            with self.source.lock:
+                self.sockets.pop(kind, None)
+        return served or time.monotonic() - opened >= SERVED_SECONDS
+
+    def _line(self, kind: str, line: bytes) -> None:
+        """Deliver one watch line; a line that does not parse is counted and skipped."""
+        try:
+            kind_of_event, obj, meta = _parse_line(line)
+        except _BadLine as exc:
+            problem = str(exc)
+            excerpt = line[:120].decode(errors="replace").strip()
+            self.source._problem("unparsable", f"line {kind} {problem}",
+                                 f"Kubernetes watch of {kind}: skipped a line that does not parse ({problem}): "
+                                 f"{excerpt!r}")
+            return
         if kind_of_event == "ERROR":  # 410 Gone: our version is too old; list again
-            on_event("resync", None, obj.get("message", "watch error"), 0)
-            return False
-        if version:
-            self.versions[kind] = version
+            raise _Resync(obj.get("message", "watch error"))
+        version = meta.get("resourceVersion")
         if kind_of_event == "BOOKMARK":
-            return True
+            self._deliver(None, kind=kind, version=version)
+            return
         text = json.dumps({**obj, "kind": kind, "apiVersion": _api_version(kind)})
-        on_event("delete" if kind_of_event == "DELETED" else "put", _suffix(kind, obj), text, next(self.counter))
-        return True
+        self._deliver(("delete" if kind_of_event == "DELETED" else "put", _suffix(kind, obj), text),
+                      kind=kind, version=version)
+
+    def _deliver(self, event, kind=None, version=None, resync=False) -> None:
+        """Under the source's lock: move kind's version on and hand the event over with
+        the next counter value, unless this watch is stopping (a cancelled watch says
+        nothing more and leaves the versions to the next listing)."""
+        with self.source.lock:
+            if self.stopping.is_set():
+                return
+            if resync:  # the watch ends here: one resync, whichever thread saw it first
+                self.stopping.set()
+                self.on_event(*event)
+                return
+            if version:
+                self.source.versions[kind] = version
+            if event is not None:
+                self.on_event(*event, next(self.source.counter))
 
 
 def _api_version(kind: str) -> str:

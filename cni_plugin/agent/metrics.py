@@ -38,6 +38,9 @@ class Metrics:
                                     "NetworkPolicy isolated the pod", ["network", "policy"], registry=r)
         self.policy_programmed = Counter("weft_policy_programs_total", "Policy table changes applied, by kind",
                                          ["network", "kind"], registry=r)
+        self.kube_watch_errors = Counter("weft_kube_watch_errors_total", "Kubernetes watch problems "
+                                         "(--policy-source kubernetes), by reason: unparsable (a line "
+                                         "skipped) or stream (a watch failed)", ["network", "reason"], registry=r)
         self.renewals = Counter("weft_lease_renewals_total", "Successful lease renewals", ["network"], registry=r)
         self.events = Counter("weft_lease_events_total", "Lease changes received from the watch",
                               ["network", "kind"], registry=r)

@@ -26,6 +26,7 @@ A controller subclasses Controller and overrides the hooks it needs:
 """
 
 import queue
+import random
 import time
 from typing import Callable, Optional, Protocol
 
@@ -68,10 +69,12 @@ class LeaseSource(Protocol):
 
 
 class Backoff:
-    """Doubling delays between failed attempts, reset on success."""
+    """Doubling delays between failed attempts, reset on success.  With jitter j each
+    delay is drawn within +-j of its nominal value (j=0.2: 80-120 %), so clients that
+    failed together do not retry in step."""
 
-    def __init__(self, low: float = 0.5, high: float = 5.0):
-        self.low, self.high = low, high
+    def __init__(self, low: float = 0.5, high: float = 5.0, jitter: float = 0.0):
+        self.low, self.high, self.jitter = low, high, jitter
         self.delay = low
 
     def reset(self) -> None:
@@ -80,7 +83,7 @@ class Backoff:
     def next(self) -> float:
         current = self.delay
         self.delay = min(self.delay * 2, self.high)
-        return current
+        return current * random.uniform(1 - self.jitter, 1 + self.jitter) if self.jitter else current
 
 
 class Timers:

@@ -14,6 +14,7 @@ import ipaddress
 import re
 from dataclasses import dataclass
 
+from ..checks import PORT_MAX, PORT_MIN, int_in
 from ..datapath.vxlan_device import ensure_vxlan
 from . import register
 from .base import FDB, NEIGH, ROUTE, Backend, BackendDataError, Device, SetupResult
@@ -33,7 +34,7 @@ def vtep_ip(subnet):
 
 def _int_in(section: dict, key: str, default: int, low: int, high: int) -> int:
     value = section.get(key, default)
-    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+    if not int_in(value, low, high):
         raise BackendDataError(f"Backend.{key} {value!r} must be an integer from {low} to {high}")
     return value
 
@@ -65,7 +66,7 @@ class Vxlan(Backend):
         if not isinstance(direct, bool):
             raise BackendDataError("Backend.DirectRouting must be true or false")
         return VxlanConfig(vni=_int_in(section, "VNI", 1, 1, 2 ** 24 - 1),
-                           port=_int_in(section, "Port", 8472, 1, 65535), direct_routing=direct)
+                           port=_int_in(section, "Port", 8472, PORT_MIN, PORT_MAX), direct_routing=direct)
 
     @classmethod
     def config_clash(cls, mine: VxlanConfig, theirs: VxlanConfig, other: str):

@@ -24,6 +24,7 @@ import ipaddress
 import os
 from dataclasses import dataclass
 
+from ..checks import is_port
 from ..datapath.wireguard import WgPeer, endpoint_text
 from . import register
 from .base import ROUTE, Backend, BackendDataError, Device, SetupResult
@@ -55,7 +56,7 @@ def check_key(value, what: str = "PublicKey") -> str:
 
 
 def _port(value, what: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 65535:
+    if not is_port(value):
         raise BackendDataError(f"{what} {value!r} must be an integer from 1 to 65535")
     return value
 

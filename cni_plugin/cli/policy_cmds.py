@@ -13,6 +13,8 @@ FILE is multi-document YAML (or JSON) of NetworkPolicy, Namespace and Pod object
 import json
 import sys
 
+from ..checks import is_port
+
 EXIT_OK, EXIT_DENIED, EXIT_USAGE, EXIT_FAILED = 0, 1, 2, 3
 
 
@@ -142,7 +144,7 @@ def explain(args, registry_of) -> int:
 
     port_text, _, protocol = args.port.partition("/")
     protocol = (protocol or "TCP").upper()
-    if not port_text.isdigit() or not 1 <= int(port_text) <= 65535 or protocol not in PROTOCOLS:
+    if not port_text.isdigit() or not is_port(int(port_text)) or protocol not in PROTOCOLS:
         return _fail(f"PORT/PROTO {args.port!r} must be like 80/TCP (protocols {', '.join(PROTOCOLS)})",
                      EXIT_USAGE)
     state = _state(registry_of(args), args.network)

@@ -322,6 +322,9 @@ def status(args) -> int:
             print(f"  policy     generation {policy.get('generation')}: {policy.get('policies')} policies, "
                   f"{policy.get('localPods')} local pods, {policy.get('rules')} rules in {policy.get('table')}; "
                   f"{policy.get('state')}")
+            if policy.get("watchErrors"):
+                print("             Kubernetes watch problems: " + ", ".join(
+                    f"{count} {reason}" for reason, count in sorted(policy["watchErrors"].items())))
     return EXIT_OK if all(s.get("ready") for s in states) else EXIT_NO_HOLDER
 
 

@@ -7,6 +7,7 @@ Plugin-specific keys and their defaults live with their owner
 import json
 import re
 
+from ..checks import is_a
 from .errors import DECODE_FAILURE, INCOMPATIBLE_VERSION, INVALID_NETCONF, CniError
 from . import versions
 
@@ -73,11 +74,7 @@ def typed(section: dict, key: str, kind, where: str, default=None):
     value = section.get(key, default)
     if value is default:
         return value
-    if kind is int and isinstance(value, bool):
-        ok = False
-    else:
-        ok = isinstance(value, kind)
-    if not ok:
+    if not is_a(value, kind):
         names = {bool: "a boolean", int: "an integer", str: "a string", dict: "an object", list: "a list",
                  (int, float): "a number"}
         want = names.get(kind, getattr(kind, "__name__", str(kind)))

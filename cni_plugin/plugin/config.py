@@ -8,6 +8,7 @@ import copy
 from dataclasses import dataclass, field
 
 from .. import paths
+from ..checks import is_mtu
 from ..cni.errors import INVALID_NETCONF, NOT_AVAILABLE, TRY_AGAIN_LATER, CniError
 from ..cni import invocation, netconf
 from ..cni.env import validate_ifname
@@ -120,10 +121,10 @@ def load(conf: dict, command: str) -> WeftConf:
     if log_level not in invocation.LOG_LEVELS:
         raise CniError(INVALID_NETCONF, f"logLevel {log_level!r} is not one of {', '.join(invocation.LOG_LEVELS)}")
     mtu = opt("mtu", int, None)
-    if mtu is not None and not 68 <= mtu <= 65535:
+    if mtu is not None and not is_mtu(mtu):
         raise CniError(INVALID_NETCONF, f"mtu {mtu} is out of range (68-65535)")
     lock_timeout = opt("lockTimeout", (int, float), DEFAULT_LOCK_TIMEOUT)
-    if isinstance(lock_timeout, bool) or not 0 < lock_timeout <= 300:
+    if not 0 < lock_timeout <= 300:  # typed() has refused a bool
         raise CniError(INVALID_NETCONF, f"lockTimeout {lock_timeout!r} must be a number of seconds "
                        "in (0, 300]")
     ip_masq = opt("ipMasq", bool, None)

@@ -11,6 +11,7 @@ import re
 from dataclasses import dataclass
 from typing import Optional, Union
 
+from ..checks import PORT_MAX, PORT_MIN, is_int, is_port
 from . import selectors
 from .selectors import Selector, SelectorError
 
@@ -156,11 +157,9 @@ def _selector(raw, where: str, owner: str) -> Selector:
 
 
 def _port_value(value, where: str, owner: str):
-    if isinstance(value, bool):
-        raise PolicyError(f"{owner}: {where} {value!r} is not a port")
-    if isinstance(value, int):
-        if not 1 <= value <= 65535:
-            raise PolicyError(f"{owner}: {where} {value} is out of range (1-65535)")
+    if is_int(value):
+        if not is_port(value):
+            raise PolicyError(f"{owner}: {where} {value} is out of range ({PORT_MIN}-{PORT_MAX})")
         return value
     if isinstance(value, str) and value.isdigit():
         return _port_value(int(value), where, owner)
@@ -169,12 +168,17 @@ def _port_value(value, where: str, owner: str):
     raise PolicyError(f"{owner}: {where} {value!r} is neither a port number nor a port name")
 
 
-def _port_rule(raw, where: str, owner: str) -> PortRule:
-    if not isinstance(raw, dict):
-        raise PolicyError(f"{owner}: {where} must be an object")
+def _protocol(raw: dict, where: str, owner: str) -> str:
     protocol = raw.get("protocol", "TCP")
     if protocol not in PROTOCOLS:
         raise PolicyError(f"{owner}: {where}.protocol {protocol!r} is not one of {', '.join(PROTOCOLS)}")
+    return protocol
+
+
+def _port_rule(raw, where: str, owner: str) -> PortRule:
+    if not isinstance(raw, dict):
+        raise PolicyError(f"{owner}: {where} must be an object")
+    protocol = _protocol(raw, where, owner)
     port = raw.get("port")
     port = None if port is None else _port_value(port, f"{where}.port", owner)
     end_port = raw.get("endPort")
@@ -284,9 +288,7 @@ def parse_pod(raw: dict) -> Pod:
             number = _port_value(port.get("containerPort"), f"{at}.containerPort", owner)
             if not isinstance(number, int):
                 raise PolicyError(f"{owner}: {at}.containerPort must be a number")
-            protocol = port.get("protocol", "TCP")
-            if protocol not in PROTOCOLS:
-                raise PolicyError(f"{owner}: {at}.protocol {protocol!r} is not one of {', '.join(PROTOCOLS)}")
+            protocol = _protocol(port, at, owner)
             if port.get("name"):
                 ports.append(ContainerPort(_port_value(port["name"], f"{at}.name", owner), number, protocol))
     return Pod(namespace, name, labels, tuple(ports))

@@ -22,6 +22,7 @@ import json
 import logging
 
 from .. import paths
+from ..checks import int_in
 from ..timestamps import format_ts, parse_ts
 from .etcd_transport import EtcdTransport
 from .registry import LeaseRow, RegistryError
@@ -133,7 +134,7 @@ class EtcdRegistry:
         granted lease is revoked).
         On a RegistryError after the grant the lease is revoked best effort (else it expires).
         """
-        if isinstance(ttl, bool) or not isinstance(ttl, int) or ttl < 1:
+        if not int_in(ttl, 1):
             raise ValueError(f"lease ttl {ttl!r} must be a positive number of seconds")
         key = self.lease_key(network, key_suffix)
         lease_id = self.etcd.grant(ttl)

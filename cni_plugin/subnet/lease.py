@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Optional
 
 from .. import backends
+from ..checks import is_a, is_mtu
 from ..backends.base import BackendDataError
 
 
@@ -91,7 +92,7 @@ class NetworkConfig:
             value = raw.get(key, default)
             if value is default:
                 return value
-            if (kind is int and isinstance(value, bool)) or not isinstance(value, kind):
+            if not is_a(value, kind):
                 raise ConfigError(f"{where}: {key} has the wrong type: {json.dumps(value)}")
             return value
 
@@ -142,7 +143,7 @@ class NetworkConfig:
 
         backend_type, backend_config = _parse_backend(where, get("Backend", dict, {}) or {})
         mtu = get("MTU", int)
-        if mtu is not None and not 68 <= mtu <= 65535:
+        if mtu is not None and not is_mtu(mtu):
             raise ConfigError(f"{where}: MTU {mtu} is out of range (68-65535)")
         config = cls(
             name=name, network=network, subnet_len=subnet_len,

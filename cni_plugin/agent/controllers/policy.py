@@ -137,7 +137,9 @@ class PolicyController(Controller):
             "state": self.problem or self.bridge_problem or "enforcing",
             "rejected": dict(self.state.rejected), "driftRepaired": self.drift_repaired,
             "lastProgramMs": self.last_program_ms, "deniedFlows": self.denials,
-            "rules": sum(len(r) for r in applied.chains.values()) if applied else 0}}
+            "rules": sum(len(r) for r in applied.chains.values()) if applied else 0,
+            # the Kubernetes source's watch problems (lines skipped, streams failed)
+            "watchErrors": getattr(self.objects_source, "problems", dict)()}}
 
     # -- the controller's thread -------------------------------------------------
     def _run(self):
@@ -189,8 +191,10 @@ class PolicyController(Controller):
             if agent.options.policy_source == "kubernetes":
                 from ..kube_source import KubeSource
 
-                self.objects_source = KubeSource(agent.options.kube_api_server or None,
-                                                 agent.options.kube_serviceaccount_dir)
+                self.objects_source = KubeSource(
+                    agent.options.kube_api_server or None, agent.options.kube_serviceaccount_dir,
+                    errors=lambda reason: agent.metrics.kube_watch_errors.labels(agent.name, reason).inc(),
+                    warn=lambda text: agent.log.warning(text, extra=agent.extra()))
         rows, revision = self.objects_source.list_policy_objects()
         records, history_revision = registry.list_history(agent.name)
         with self.lock:
