@@ -1,10 +1,14 @@
-"""Kernel state only: the one package that imports pyroute2.
+"""Kernel state only: the one package that imports pyroute2 or speaks raw netlink.
 
+nlcodec.py    the one netlink codec: header, attribute layout, message numbers,
+              encoders and decoders (stdlib only; fuzz-tested)
 rtnl.py       synchronous rtnetlink client for the per-pod path (links, addresses,
-              routes) over pyroute2's message classes
-netlink.py    the agent's netlink client (neighbours, FDB, routes, VXLAN devices)
-              over pyroute2's IPRoute; same errors, same constants
-constants.py  netlink numbers used by both, defined once
+              routes) over nlcodec; never imports pyroute2
+netlink.py    the agent's netlink client (devices, single writes) over pyroute2's
+              IPRoute; its reads of weft's entries go to owned_dump.py
+owned_dump.py the reconcile's one reader (kernel-filtered dumps); batch.py many
+              writes per send; changes.py change notifications (all over nlcodec)
+constants.py  netlink numbers shared by both clients, defined once
 errors.py     DatapathError and its family (no CNI codes here)
 netns.py      opening namespaces safely, without blocking
 links.py      bridge and veth links; container.py the pod side of an attachment

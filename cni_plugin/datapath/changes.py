@@ -22,30 +22,17 @@ to a dynamic set send no notification: readers of such sets keep their own sched
 
 import errno
 import socket
-import struct
 
+from . import nlcodec as nl
 from .constants import WEFT_RTPROT
 from .rtnl import socket_in
 
-NETLINK_ROUTE, NETLINK_NETFILTER = 0, 12
-RTMGRP_LINK, RTMGRP_NEIGH, RTMGRP_IPV4_ROUTE, RTMGRP_IPV6_ROUTE = 0x1, 0x4, 0x40, 0x400
-NFNLGRP_NFTABLES = 7
-RTM_NEWLINK, RTM_DELLINK = 16, 17
-RTM_NEWROUTE, RTM_DELROUTE = 24, 25
-RTM_NEWNEIGH, RTM_DELNEIGH = 28, 29
-NLMSG_OVERRUN = 4
-NFNL_SUBSYS_NFTABLES = 10
-NFT_MSG_NEWGEN = 15                        # a transaction's commit: names no table
-NFT_TABLE_ATTRIBUTE = 1                    # NFTA_TABLE_NAME, NFTA_CHAIN_TABLE, NFTA_RULE_TABLE, ... all 1
-NLA_TYPE_MASK = 0x3FFF
 # nftables family names (as libnftables' JSON spells them) -> nfgenmsg's nfgen_family
 NFT_FAMILIES = {"inet": 1, "ip": 2, "arp": 3, "netdev": 5, "bridge": 7, "ip6": 10}
-_HEADER = struct.Struct("=IHHII")         # nlmsghdr: len, type, flags, seq, pid
-_ATTR = struct.Struct("=HH")              # nlattr: len, type
-_NFGENMSG_SIZE = 4                        # family, version, res_id
-_IFINDEX_AT = 4                            # ifinfomsg and ndmsg: family, pads, then ifindex
-_RTM_PROTOCOL_AT = 5                       # rtmsg: family, dst_len, src_len, tos, table, protocol
 RECEIVE_BUFFER = 4 << 20
+# messages that name an ifindex: (layout, position of the ifindex in it)
+_INDEXED = {nl.RTM_NEWLINK: (nl.IFINFOMSG, 2), nl.RTM_DELLINK: (nl.IFINFOMSG, 2),
+            nl.RTM_NEWNEIGH: (nl.NDMSG, 1), nl.RTM_DELNEIGH: (nl.NDMSG, 1)}
 
 
 class _Notifications:
@@ -80,14 +67,14 @@ class _Notifications:
             changed = changed or self._any_relevant(data)
 
     def _any_relevant(self, data: bytes) -> bool:
-        offset = 0
-        while offset + _HEADER.size <= len(data):
-            length, kind = _HEADER.unpack_from(data, offset)[:2]
-            if length < _HEADER.size or kind == NLMSG_OVERRUN:
-                return True  # malformed or lost: do not guess
-            if self._relevant(data, kind, offset + _HEADER.size, offset + length):
-                return True
-            offset += (length + 3) & ~3
+        try:
+            for offset, length, kind, _, _ in nl.messages(data):
+                if kind == nl.NLMSG_OVERRUN:
+                    return True  # lost: do not guess
+                if self._relevant(data, kind, offset + nl.HEADER.size, offset + length):
+                    return True
+        except nl.MalformedMessage:
+            return True  # malformed: do not guess
         return False
 
     def _relevant(self, data: bytes, kind: int, body: int, end: int) -> bool:
@@ -99,21 +86,22 @@ class _Notifications:
 
 class KernelChanges(_Notifications):
     def __init__(self, device_index: int = 0, netns_path: str = None):
-        super().__init__(NETLINK_ROUTE, RTMGRP_LINK | RTMGRP_NEIGH | RTMGRP_IPV4_ROUTE | RTMGRP_IPV6_ROUTE,
-                         netns_path)
+        super().__init__(nl.NETLINK_ROUTE,
+                         nl.RTMGRP_LINK | nl.RTMGRP_NEIGH | nl.RTMGRP_IPV4_ROUTE | nl.RTMGRP_IPV6_ROUTE, netns_path)
         self.device_index = device_index
 
     def _relevant(self, data, kind, body, end):
-        if kind in (RTM_NEWROUTE, RTM_DELROUTE):
-            return end > body + _RTM_PROTOCOL_AT and data[body + _RTM_PROTOCOL_AT] == WEFT_RTPROT
-        if kind in (RTM_NEWNEIGH, RTM_DELNEIGH, RTM_NEWLINK, RTM_DELLINK) and end >= body + _IFINDEX_AT + 4:
-            index = struct.unpack_from("=i", data, body + _IFINDEX_AT)[0]
+        if kind in (nl.RTM_NEWROUTE, nl.RTM_DELROUTE):
+            return end >= body + nl.RTMSG.size and nl.RTMSG.unpack_from(data, body)[5] == WEFT_RTPROT  # protocol
+        layout, at = _INDEXED.get(kind, (None, 0))
+        if layout is not None and end >= body + layout.size:
+            index = layout.unpack_from(data, body)[at]
             if index == self.device_index and index:
                 return True
             # without a device of its own (host-gw) weft's routes hang off the underlay,
             # and IPv4 routes flushed with a link come with no route message: any link
             # change counts
-            return not self.device_index and kind in (RTM_NEWLINK, RTM_DELLINK)
+            return not self.device_index and kind in (nl.RTM_NEWLINK, nl.RTM_DELLINK)
         return False
 
 
@@ -121,24 +109,20 @@ class TableChanges(_Notifications):
     """Changes to the nftables table `family` `name`."""
 
     def __init__(self, family: str, name: str, netns_path: str = None):
-        super().__init__(NETLINK_NETFILTER, 1 << (NFNLGRP_NFTABLES - 1), netns_path)
+        super().__init__(nl.NETLINK_NETFILTER, 1 << (nl.NFNLGRP_NFTABLES - 1), netns_path)
         self.family = NFT_FAMILIES[family]
         self.name = name.encode()
 
     def _relevant(self, data, kind, body, end):
-        if kind >> 8 != NFNL_SUBSYS_NFTABLES or kind & 0xFF == NFT_MSG_NEWGEN:
+        if kind >> 8 != nl.NFNL_SUBSYS_NFTABLES or kind & 0xFF == nl.NFT_MSG_NEWGEN:
             return False
-        if end < body + _NFGENMSG_SIZE or data[body] != self.family:
+        if end < body + nl.NFGENMSG_SIZE or data[body] != self.family:
             return False
-        offset = body + _NFGENMSG_SIZE
-        while offset + _ATTR.size <= end:
-            length, kind_of = _ATTR.unpack_from(data, offset)
-            if length < _ATTR.size:
-                return True  # malformed: do not guess
-            if kind_of & NLA_TYPE_MASK == NFT_TABLE_ATTRIBUTE:
-                return data[offset + _ATTR.size:offset + length].rstrip(b"\0") == self.name
-            offset += (length + 3) & ~3
-        return True  # a change naming no table: do not guess
+        table = nl.attributes(data, body + nl.NFGENMSG_SIZE, end, (nl.NFT_TABLE_ATTRIBUTE,)).get(
+            nl.NFT_TABLE_ATTRIBUTE)
+        if table is None:
+            return True  # a change naming no table: do not guess
+        return table.rstrip(b"\0") == self.name
 
 
 def since_last(follower) -> bool:

@@ -2,8 +2,12 @@
 
 A thin layer over pyroute2's IPRoute that speaks plain values (ipaddress objects,
 MAC strings, ifindexes) and raises errors.NetlinkError, so nothing above datapath/
-sees pyroute2.  The per-pod path uses rtnl.py instead (a synchronous socket; see
-its docstring); both share constants.py and the error family.
+sees pyroute2.  pyroute2 serves where its speed suffices: devices, one write per
+event, the underlay's default route.  Where it does not, raw rtnetlink over the one
+codec (nlcodec.py) serves instead: the per-pod path (rtnl.py), many writes at once
+(batch.py, through batch()) and the reads of weft's own entries (owned_dump.py):
+routes(), permanent_neighbours() and fdb() hand their reads to it, so the reconcile
+has one reader whichever client it is given.
 
 Ownership rules (what the agent may read back as its own and delete) are the
 caller's: this module does what it is asked, and reads only what it is asked for.
@@ -21,6 +25,10 @@ from .batch import Batch
 from .constants import (AF_INET, AF_INET6, FAMILY, IFA_F_NODAD, IFF_UP, NTF_SELF, NUD_PERMANENT,
                         RT_SCOPE_UNIVERSE, RT_TABLE_MAIN, RTNH_F_ONLINK, WEFT_RTPROT)
 from .errors import NetlinkError
+from .nlcodec import RouteEntry
+from .owned_dump import OwnedDump
+
+__all__ = ["LinkInfo", "Netlink", "RouteEntry", "open_agent"]
 
 _GONE = (errno.ENOENT, errno.ESRCH, errno.ENODEV)
 
@@ -33,13 +41,6 @@ class LinkInfo(NamedTuple):
     up: bool
     address: str
     data: dict  # IFLA_INFO_DATA attributes by name (e.g. IFLA_VXLAN_ID)
-
-
-class RouteEntry(NamedTuple):
-    dst: ipaddress._BaseNetwork
-    gateway: Optional[ipaddress._BaseAddress]
-    oif: Optional[int]
-    onlink: bool
 
 
 @contextmanager
@@ -67,10 +68,12 @@ class Netlink:
         self.ipr = IPRoute(netns=netns_path, flags=0) if netns_path else IPRoute()
         self.netns_path = netns_path
         self._batch = None
+        self._reader = None
 
     def close(self) -> None:
-        if self._batch is not None:
-            self._batch.close()
+        for raw in (self._batch, self._reader):
+            if raw is not None:
+                raw.close()
         self.ipr.close()
 
     def batch(self):
@@ -78,6 +81,12 @@ class Netlink:
         if self._batch is None:
             self._batch = Batch(self.netns_path)
         return self._batch
+
+    def reader(self) -> OwnedDump:
+        """The reconcile's reader (owned_dump.py, same namespace): weft's own entries."""
+        if self._reader is None:
+            self._reader = OwnedDump(self.netns_path)
+        return self._reader
 
     def __enter__(self):
         return self
@@ -152,22 +161,7 @@ class Netlink:
     # -- routes ----------------------------------------------------------------------
     def routes(self, version: int, proto: int = None) -> list:
         """RouteEntry of every main-table route of one family (of one protocol)."""
-        found = []
-        with _refused("list routes"):
-            for msg in self.ipr.route("dump", family=FAMILY[version]):
-                if proto is not None and msg["proto"] != proto:
-                    continue
-                if msg.get("RTA_TABLE", msg["table"]) != RT_TABLE_MAIN:
-                    continue
-                dst = msg.get("RTA_DST") or ("0.0.0.0" if version == 4 else "::")
-                gateway = msg.get("RTA_GATEWAY")
-                oif = msg.get("RTA_OIF")
-                if oif is None and msg.get("RTA_MULTIPATH"):
-                    oif = msg.get("RTA_MULTIPATH")[0]["oif"]
-                found.append(RouteEntry(ipaddress.ip_network(f"{dst}/{msg['dst_len']}"),
-                                        ipaddress.ip_address(gateway) if gateway else None, oif,
-                                        bool(msg["flags"] & RTNH_F_ONLINK)))
-        return found
+        return self.reader().routes(version, proto)
 
     def default_route_oif(self, version: int) -> Optional[int]:
         """ifindex of the main table's default route with the lowest metric."""
@@ -201,28 +195,11 @@ class Netlink:
     # -- neighbours and FDB ------------------------------------------------------------
     def permanent_neighbours(self, ifindex: int) -> dict:
         """{ip_address: mac} of the permanent neighbours on the link."""
-        found = {}
-        with _refused(f"list neighbours of link #{ifindex}"):
-            for family in (AF_INET, AF_INET6):
-                for msg in self.ipr.neigh("dump", ifindex=ifindex, family=family):
-                    if msg["family"] != family or msg["ifindex"] != ifindex:
-                        continue
-                    if not msg["state"] & NUD_PERMANENT or msg.get("NDA_DST") is None:
-                        continue
-                    found[ipaddress.ip_address(msg.get("NDA_DST"))] = (msg.get("NDA_LLADDR") or "").lower()
-        return found
+        return self.reader().permanent_neighbours(ifindex)
 
     def fdb(self, ifindex: int) -> dict:
         """{mac: (dst ip_address or None, permanent)} of the link's own FDB entries."""
-        found = {}
-        with _refused(f"list the FDB of link #{ifindex}"):
-            for msg in self.ipr.fdb("dump", ifindex=ifindex):
-                if msg["ifindex"] != ifindex or msg.get("NDA_LLADDR") is None:
-                    continue
-                dst = msg.get("NDA_DST")
-                found[msg.get("NDA_LLADDR").lower()] = (ipaddress.ip_address(dst) if dst else None,
-                                                        bool(msg["state"] & NUD_PERMANENT))
-        return found
+        return self.reader().fdb(ifindex)
 
     def replace_neighbour(self, ifindex: int, ip, mac: str) -> None:
         with _refused(f"replace neighbour {ip} lladdr {mac}"):

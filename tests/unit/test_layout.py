@@ -119,3 +119,40 @@ def test_backends_and_the_protocol_layer_stay_below_their_users():
             above = {t for t in targets if t.startswith(("cni_plugin.agent", "cni_plugin.plugin",
                                                          "cni_plugin.ipam", "cni_plugin.cli"))}
             assert above == set(), module
+
+
+# modules that frame a wire protocol by hand, each the one place for its protocol
+# (subnet/etcd_h2.py: HTTP/2 for weftctl's TTL round, issue 23 item 2 replaces it)
+WIRE_CODECS = {"cni_plugin.datapath.nlcodec": "netlink", "cni_plugin.subnet.etcd_h2": "HTTP/2"}
+
+
+def test_raw_netlink_is_framed_only_in_the_codec():
+    """struct (byte layouts) only in the declared codecs: a second copy of the netlink
+    header or attribute layout anywhere else fails here."""
+    users = sorted(m for m in MODULES if "struct" in _imports(m))
+    assert set(users) <= set(WIRE_CODECS), users
+    datapath = sorted(m for m in MODULES if m.startswith("cni_plugin.datapath.") and
+                      any(i.startswith("pyroute2.netlink.rtnl") for i in _imports(m)))
+    assert datapath == []  # messages are built by the codec, not from pyroute2's classes
+
+
+def _reachable(module: str) -> set:
+    seen, todo = set(), [module]
+    while todo:
+        current = todo.pop()
+        if current not in seen:
+            seen.add(current)
+            todo.extend(GRAPH[current])
+    return seen
+
+
+@pytest.mark.parametrize("module", ["cni_plugin.datapath.rtnl", "cni_plugin.datapath.netns",
+                                    "cni_plugin.datapath.links", "cni_plugin.datapath.container",
+                                    "cni_plugin.datapath.owned_dump", "cni_plugin.datapath.changes",
+                                    "cni_plugin.datapath.batch", "cni_plugin.datapath.nlcodec"])
+def test_raw_netlink_never_loads_pyroute2(module):
+    """The per-pod path and the raw readers: pyroute2 (~0.2 s to import) stays out, at
+    any depth, lazy imports included."""
+    loaders = sorted(m for m in _reachable(module)
+                     if any(i == "pyroute2" or i.startswith("pyroute2.") for i in _imports(m)))
+    assert loaders == []
