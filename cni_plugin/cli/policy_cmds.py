@@ -217,6 +217,11 @@ def denials(args, registry_of=None) -> int:
             print(f"{r['ts']} {r.get('node')} {r.get('network')}: spoofed, dropped: {pod} "
                   f"({', '.join(r.get('podAddresses') or [])}) sent as {r.get('src')}: {r.get('reason')}")
             continue
+        if r.get("kind") == "control-plane":
+            src = f"{r['srcPod']} ({r['src']})" if r.get("srcPod") else r.get("src")
+            print(f"{r['ts']} {r.get('node')} {r.get('network')}: control plane refused {src} -> {r.get('dst')} "
+                  f"{r.get('protocol')}/{r.get('port')} ({r.get('target')}; not in ControlPlaneAccess)")
+            continue
         src = f"{r['srcPod']} ({r['src']})" if r.get("srcPod") else r.get("src")
         dst = f"{r['dstPod']} ({r['dst']})" if r.get("dstPod") else r.get("dst")
         by = ", ".join(r.get("policies") or []) or "a policy"

@@ -62,7 +62,8 @@ SEEN_SETS = {  # name -> (key type, what the journal says was wrong)
     "seen_na": (None, "neighbour advertisement for an address not the pod's"),  # typeof ND_TYPEOF
     "seen_type": (["ifname", "ether_type"], "protocol other than IPv4, IPv6 and ARP"),
 }
-CHAINS = ("prerouting", "validate", "arp", "ipv4", "ipv6", "na", "na_target")
+CHAINS = ("prerouting", "validate", "arp", "ipv4", "ipv6", "na", "na_target", "drop_mac", "drop_arp_mac",
+          "drop_arp", "drop4", "drop6", "drop_na", "drop_type")
 _LINK_LOCAL = ipaddress.ip_network("fe80::/10")
 _NAME = re.compile(r"^[A-Za-z0-9_]+$")
 
@@ -129,9 +130,29 @@ def _port_key(second):
     return {"concat": [_meta("iifname"), second]}
 
 
-def _drop(seen: str, value) -> list:
-    """Record (port, value) in seen set `seen`, count, drop."""
-    return [{"set": {"op": "add", "set": f"@{seen}", "elem": _port_key(value)}}, {"counter": COUNTER}, {"drop": None}]
+# Each kind of refusal ends in its own two-rule chain: record (port, what was claimed)
+# in a seen set, then count and drop.  Two rules, not one: when a seen set is full the
+# recording fails, which ends its rule — the drop must not be part of that rule, or a
+# pod that filled the set would fall through the chain and be accepted.
+DROPS = {  # chain -> (seen set, the value recorded)
+    "drop_mac": ("seen_mac", _pl("ether", "saddr")),
+    "drop_arp_mac": ("seen_mac", _pl("arp", "saddr ether")),
+    "drop_arp": ("seen_arp", _pl("arp", "saddr ip")),
+    "drop4": ("seen4", _pl("ip", "saddr")),
+    "drop6": ("seen6", _pl("ip6", "saddr")),
+    "drop_na": ("seen_na", {"payload": {"base": "th", "offset": 64, "len": 128}}),
+    "drop_type": ("seen_type", _pl("ether", "type")),
+}
+
+
+def _drop(chain: str) -> list:
+    return [{"goto": {"target": chain}}]
+
+
+def _drop_chains() -> dict:
+    return {chain: [(f"weft: record in {seen}", [{"set": {"op": "add", "set": f"@{seen}", "elem": _port_key(value)}}]),
+                    ("weft: count and drop", [{"counter": COUNTER}, {"drop": None}])]
+            for chain, (seen, value) in DROPS.items()}
 
 
 def _icmpv6(*types):
@@ -154,26 +175,26 @@ def rules() -> dict:
         "prerouting": [("weft: validate what the network's pods send",
                         [_m(_meta("iifname"), "@ports"), {"jump": {"target": "validate"}}])],
         "validate": [
-            ("weft: the pod's own MAC only", [_m(_port_key(ether_src), "@mac", "!="), *_drop("seen_mac", ether_src)]),
+            ("weft: the pod's own MAC only", [_m(_port_key(ether_src), "@mac", "!="), *_drop("drop_mac")]),
             ("weft: ARP", [_m(_pl("ether", "type"), "arp"), {"goto": {"target": "arp"}}]),
             ("weft: IPv4", [_m(_pl("ether", "type"), "ip"), {"goto": {"target": "ipv4"}}]),
             ("weft: IPv6", [_m(_pl("ether", "type"), "ip6"), {"goto": {"target": "ipv6"}}]),
-            ("weft: nothing but IPv4, IPv6 and ARP", _drop("seen_type", _pl("ether", "type"))),
+            ("weft: nothing but IPv4, IPv6 and ARP", _drop("drop_type")),
         ],
         "arp": [
-            ("weft: ARP sender MAC is the pod's", [_m(_port_key(arp_sha), "@mac", "!="), *_drop("seen_mac", arp_sha)]),
+            ("weft: ARP sender MAC is the pod's", [_m(_port_key(arp_sha), "@mac", "!="), *_drop("drop_arp_mac")]),
             ("weft: ARP probes claim nothing", [_m(_pl("arp", "operation"), "request"), _m(arp_spa, "0.0.0.0"),
                                                 {"accept": None}]),
             ("weft: ARP for the pod's own addresses", [_m(_port_key(arp_spa), "@addr4"), {"accept": None}]),
-            ("weft: ARP for another address", _drop("seen_arp", arp_spa)),
+            ("weft: ARP for another address", _drop("drop_arp")),
         ],
         "ipv4": [
             ("weft: IPv4 from the pod's own addresses", [_m(_port_key(ip_src), "@addr4"), {"accept": None}]),
-            ("weft: IPv4 from another address", _drop("seen4", ip_src)),
+            ("weft: IPv4 from another address", _drop("drop4")),
         ],
         "ipv6": [
             ("weft: no router advertisements or redirects from pods",
-             [_icmpv6("nd-router-advert", "nd-redirect"), *_drop("seen6", ip6_src)]),
+             [_icmpv6("nd-router-advert", "nd-redirect"), *_drop("drop6")]),
             ("weft: neighbour advertisements", [_icmpv6("nd-neighbor-advert"), {"goto": {"target": "na"}}]),
             ("weft: IPv6 from the pod's own addresses", [_m(_port_key(ip6_src), "@addr6"), {"accept": None}]),
             ("weft: link-local for neighbour discovery", [_m(ip6_src, _prefix(_LINK_LOCAL)),
@@ -188,20 +209,21 @@ def rules() -> dict:
                                                    {"accept": None}]),
             ("weft: joining the solicited-node group for DAD", [_m(ip6_src, "::"), _icmpv6("mld2-listener-report"),
                                                                 _m(ip6_dst, "ff02::16"), {"accept": None}]),
-            ("weft: IPv6 from another address", _drop("seen6", ip6_src)),
+            ("weft: IPv6 from another address", _drop("drop6")),
         ],
         "na": [
             ("weft: advertisement from the pod's own address", [_m(_port_key(ip6_src), "@addr6"),
                                                                  {"goto": {"target": "na_target"}}]),
             ("weft: advertisement from link-local", [_m(ip6_src, _prefix(_LINK_LOCAL)),
                                                       {"goto": {"target": "na_target"}}]),
-            ("weft: advertisement from another address", _drop("seen6", ip6_src)),
+            ("weft: advertisement from another address", _drop("drop6")),
         ],
         "na_target": [
             ("weft: advertising the pod's own address", [_m(_port_key(ND_TARGET), f"@{ND_SET}"), {"accept": None}]),
             ("weft: advertising a link-local address", [_m(ND_TARGET_PREFIX10, 0x3FA), {"accept": None}]),
-            ("weft: advertising another address", _drop("seen_na", ND_TARGET)),
+            ("weft: advertising another address", _drop("drop_na")),
         ],
+        **_drop_chains(),
     }
 
 

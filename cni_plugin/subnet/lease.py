@@ -12,6 +12,7 @@ etcd layout (prefix default /weft):
 import functools
 import ipaddress
 import json
+import re
 from dataclasses import dataclass, field
 from typing import Optional
 
@@ -53,6 +54,36 @@ def _parse_backend(where: str, section: dict) -> tuple:
         raise ConfigError(f"{where}: {exc}") from None
 
 
+# Kubernetes names: a namespace is an RFC 1123 label, a pod name an RFC 1123 subdomain
+_K8S_NAMESPACE = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
+_K8S_POD_NAME = re.compile(r"^(?=.{1,253}$)[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
+
+
+def _control_plane_access(where: str, entries: list) -> tuple:
+    """ControlPlaneAccess: a list of "namespace/name" or "namespace/*" (sorted, unique)."""
+    if not isinstance(entries, list):
+        raise ConfigError(f"{where}: ControlPlaneAccess is {json.dumps(entries)}, not a list; give the pods "
+                          "allowed to reach etcd and weftd as [\"namespace/name\", \"namespace/*\", ...] "
+                          "(or [] for none)")
+    out = set()
+    for index, entry in enumerate(entries):
+        at = f"{where}: ControlPlaneAccess[{index}]"
+        if not isinstance(entry, str):
+            raise ConfigError(f"{at} is {json.dumps(entry)}, not a string; write each pod as "
+                              "\"namespace/name\" or a whole namespace as \"namespace/*\"")
+        namespace, sep, name = entry.partition("/")
+        if not sep or "/" in name:
+            raise ConfigError(f"{at} {entry!r} is not \"namespace/name\" or \"namespace/*\"")
+        if not _K8S_NAMESPACE.match(namespace):
+            raise ConfigError(f"{at} {entry!r}: namespace {namespace!r} is not a Kubernetes namespace name "
+                              "(lower-case letters, digits and '-', at most 63, starting and ending alphanumeric)")
+        if name != "*" and not _K8S_POD_NAME.match(name):
+            raise ConfigError(f"{at} {entry!r}: {name!r} is not a Kubernetes pod name (lower-case letters, "
+                              "digits, '-' and '.', at most 253) nor \"*\" (every pod of the namespace)")
+        out.add(entry)
+    return tuple(sorted(out))
+
+
 @dataclass(frozen=True)
 class NetworkConfig:
     name: str
@@ -68,6 +99,8 @@ class NetworkConfig:
     mtu: Optional[int] = None
     backend_type: str = "vxlan"
     backend: object = None  # the backend's own config object (backends/<type>.py)
+    # "namespace/name" or "namespace/*": pods the control-plane guard lets reach etcd and weftd
+    control_plane_access: tuple = ()
     raw: dict = field(default_factory=dict, compare=False)
 
     @property
@@ -152,6 +185,7 @@ class NetworkConfig:
             enable_ipv4=enable_ipv4, enable_ipv6=enable_ipv6,
             ip_masq=get("IPMasq", bool, True), mtu=mtu, backend_type=backend_type,
             backend=backend_config, raw=raw,
+            control_plane_access=_control_plane_access(where, get("ControlPlaneAccess", object, [])),
         )
         if config.subnet_min and config.subnet_max and config.subnet_min > config.subnet_max:
             raise ConfigError(f"{where}: SubnetMin {config.subnet_min} is above SubnetMax {config.subnet_max}")

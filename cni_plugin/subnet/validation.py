@@ -249,7 +249,8 @@ def contradicted(old: Optional[NetworkConfig], new: NetworkConfig, rows) -> list
 
 # config keys a running agent applies live; every other change needs a restart (and,
 # when leases contradict it, weftctl network set --force-migrate)
-LIVE_FIELDS = (("MTU", "mtu"), ("IPMasq", "ip_masq"), ("SubnetMin", "subnet_min"), ("SubnetMax", "subnet_max"))
+LIVE_FIELDS = (("MTU", "mtu"), ("IPMasq", "ip_masq"), ("SubnetMin", "subnet_min"), ("SubnetMax", "subnet_max"),
+               ("ControlPlaneAccess", "control_plane_access"))
 RESTART_FIELDS = (("Network", "network"), ("SubnetLen", "subnet_len"), ("EnableIPv6", "enable_ipv6"),
                   ("IPv6Network", "ipv6_network"), ("IPv6SubnetLen", "ipv6_subnet_len"),
                   ("Backend.Type", "backend_type"), ("Backend", "backend"))
@@ -274,6 +275,8 @@ def config_change(old: NetworkConfig, new: NetworkConfig) -> tuple:
 def _shown(value) -> str:
     if value is None:
         return "unset"
+    if isinstance(value, tuple):  # ControlPlaneAccess
+        return "[" + ", ".join(map(str, value)) + "]"
     if hasattr(value, "__dataclass_fields__"):
         return ", ".join(f"{k}={getattr(value, k)}" for k in value.__dataclass_fields__)
     return str(value)

@@ -81,20 +81,26 @@ def test_an_ipv4_only_port_has_no_ipv6_elements():
     assert set(elements) == {"ports", "mac", "addr4"}
 
 
-def test_every_drop_counts_and_records_and_every_chain_ends_closed():
+def test_every_refusal_records_then_drops_in_separate_rules():
+    """A full seen set fails its recording rule; the drop must be a rule of its own."""
     plan = source_guard.rules()
     assert set(plan) == set(source_guard.CHAINS)
     for chain, chain_rules in plan.items():
         comments = [c for c, _ in chain_rules]
         assert len(set(comments)) == len(comments), chain  # the reconcile compares by comment
         for comment, expr in chain_rules:
+            gotos = [e["goto"]["target"] for e in expr if "goto" in e]
+            if any("set" in e for e in expr):  # a recording rule: nothing after the recording
+                assert chain in source_guard.DROPS and not any("drop" in e or "accept" in e for e in expr)
             if {"drop": None} in expr:
-                assert {"counter": source_guard.COUNTER} in expr, comment
-                adds = [e["set"]["set"] for e in expr if "set" in e]
-                assert len(adds) == 1 and adds[0][1:] in source_guard.SEEN_SETS, comment
-        if chain not in ("prerouting",):  # a regular chain that falls through would accept
-            assert {"drop": None} in chain_rules[-1][1] or chain == "validate" and \
-                {"drop": None} in chain_rules[-1][1], chain
+                assert expr == [{"counter": source_guard.COUNTER}, {"drop": None}], comment
+            assert all(target in plan for target in gotos), comment
+        if chain in source_guard.DROPS:
+            seen, _ = source_guard.DROPS[chain]
+            assert seen in source_guard.SEEN_SETS
+            assert chain_rules[-1][1] == [{"counter": source_guard.COUNTER}, {"drop": None}]
+        elif chain not in ("prerouting",):  # a regular chain must not fall through to accept
+            assert chain_rules[-1][1] in ([{"goto": {"target": t}}] for t in source_guard.DROPS), chain
 
 
 def test_listed_nd_elements_compare_whatever_padding_nft_prints():

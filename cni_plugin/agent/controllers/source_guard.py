@@ -126,17 +126,21 @@ class SourceGuardController(Controller):
 
     # -- what was dropped -------------------------------------------------------------
     def _harvest(self):
+        """The seen sets first (listing one set is cheap; reading the named counter makes
+        libnftables load the whole ruleset, every table's elements included), then the
+        counter only while something was dropped in the last minute or was journalled."""
         agent = self.agent
+        entries = source_guard.dropped_sources(agent.name)
+        if not entries and not self.journalled:
+            return
         packets = source_guard.dropped_packets(agent.name)
         grown = packets - self.counted if packets >= self.counted else packets  # a rebuilt table starts at 0
         self.counted = packets
-        if grown <= 0 and not self.journalled:
-            return
         if grown > 0:
             self.spoofed += grown
             agent.metrics.spoofed.labels(agent.name).inc(grown)
             agent.status_changed()
-        self._journal(source_guard.dropped_sources(agent.name))
+        self._journal(entries)
 
     def _journal(self, entries):
         agent = self.agent
