@@ -470,7 +470,12 @@ class EtcdTransport:
                 known = etcd_errors.lookup(code.name, details)
                 if known is not None and known.kind == etcd_errors.TOKEN_EXPIRED and attempt == 0 \
                         and self.username:
-                    await self._authenticate(conn)
+                    try:
+                        await self._authenticate(conn)
+                    except grpc.RpcError as renewal:
+                        if etcd_errors.is_endpoint_failure(renewal.code().name):
+                            await self._drop(conn)
+                        raise self._error(renewal, conn.endpoint, "authenticate") from None
                     continue
                 if known is not None and known.kind == etcd_errors.LEASE_GONE:
                     raise _LeaseNotFound(details) from None

@@ -130,6 +130,17 @@ def test_an_expired_token_is_renewed_once_and_the_call_retried(members):
             etcd.count_prefix(b"/weft/", "count")
 
 
+def test_a_refused_renewal_is_reported_as_such(members):
+    (member, url), _ = members
+    with EtcdTransport([url], username="weft", password="pw", timeout=5.0) as etcd:
+        etcd.connect()
+        member.failures["Range"].append(("UNAUTHENTICATED", "etcdserver: invalid auth token"))
+        member.failures["Authenticate"].append(
+            ("INVALID_ARGUMENT", "etcdserver: authentication failed, invalid user ID or password"))
+        with pytest.raises(RegistryError, match=f"etcd at {url} rejected the credentials for user weft"):
+            etcd.count_prefix(b"/weft/", "count")
+
+
 def test_wrong_credentials_are_final_not_tried_elsewhere(members):
     (first, url), (second, other) = members
     first.failures["Authenticate"].append(
