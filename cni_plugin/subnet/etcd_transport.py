@@ -483,6 +483,18 @@ class EtcdTransport:
                         (known is not None and known.kind == etcd_errors.MEMBER):
                     await self._drop(conn)
                 raise self._error(exc, conn.endpoint, what) from None
+            except asyncio.CancelledError:
+                task = asyncio.current_task()
+                if task is not None and task.cancelling():
+                    raise  # this call itself was cancelled
+                # grpc cancels the calls of a channel that closes: another call found the
+                # endpoint failing and dropped it (or close() ran).  Not retried here: the
+                # request may have been applied (a transaction), and the caller decides.
+                if self._closed:
+                    raise RegistryError("the etcd registry is closed") from None
+                raise RegistryError(f"etcd at {conn.endpoint.url}: the connection was closed while trying to "
+                                    f"{what} (another call found the endpoint failing); the next call "
+                                    "connects again") from None
 
     async def _connect(self) -> _Connection:
         if self._closed:

@@ -2,6 +2,8 @@
 (etcd_errors), never by other text: the table itself, then the transport against small
 in-process gRPC servers built from the same generated stubs that answer as etcd would."""
 
+import threading
+import time
 from concurrent import futures
 
 import grpc
@@ -63,6 +65,8 @@ class FakeMember(rpc.KVServicer, rpc.LeaseServicer, rpc.AuthServicer, rpc.Mainte
         self.failures = {"Range": [], "LeaseRevoke": [], "Authenticate": []}
         self.calls = {"Range": 0, "LeaseRevoke": 0, "Authenticate": 0, "Status": 0}
         self.tokens = []   # the token metadata each Range carried
+        self.slow_count = threading.Event()  # set: a count (count_only Range) waits ~2 s
+        self.counting = threading.Event()    # set while such a slow count is in etcd's hands
 
     def _answer(self, method, context):
         self.calls[method] += 1
@@ -76,6 +80,9 @@ class FakeMember(rpc.KVServicer, rpc.LeaseServicer, rpc.AuthServicer, rpc.Mainte
 
     def Range(self, request, context):
         self.tokens.append(dict(context.invocation_metadata()).get("token"))
+        if request.count_only and self.slow_count.is_set():
+            self.counting.set()
+            time.sleep(2.0)
         self._answer("Range", context)
         return pb.RangeResponse(header=pb.ResponseHeader(revision=7), count=3)
 
@@ -161,6 +168,34 @@ def test_a_member_without_leader_is_left_for_the_next(members):
             etcd.count_prefix(b"/weft/", "count")
         assert etcd.count_prefix(b"/weft/", "count") == 3
         assert etcd.connect() == other and second.calls["Range"] == 1
+
+
+def test_a_call_on_a_channel_dropped_under_it_fails_as_a_registry_error(members):
+    """One call finds the member without leader and drops the channel while another
+    call waits on it: that one fails with a RegistryError too (grpc cancels it), not
+    with a bare cancellation, and the next call goes to the next member."""
+    (first, url), (second, other) = members
+    with EtcdTransport([url, other], timeout=5.0) as etcd:
+        assert etcd.connect() == url
+        first.slow_count.set()
+        outcome = []
+
+        def slow():
+            try:
+                outcome.append(etcd.count_prefix(b"/weft/", "count"))
+            except Exception as exc:  # noqa: BLE001 - the test looks at its type
+                outcome.append(exc)
+
+        waiting = threading.Thread(target=slow)
+        waiting.start()
+        assert first.counting.wait(5)
+        first.failures["LeaseRevoke"].append(("UNAVAILABLE", "etcdserver: no leader"))
+        with pytest.raises(RegistryError, match="no leader"):
+            etcd.revoke(0x42)
+        waiting.join(10)
+        assert len(outcome) == 1 and isinstance(outcome[0], RegistryError), outcome
+        assert "connection was closed while trying to count" in str(outcome[0])
+        assert etcd.count_prefix(b"/weft/", "count") == 3 and etcd.connect() == other
 
 
 def test_a_refused_request_keeps_the_endpoint_and_says_what_to_do(members):
