@@ -9,7 +9,7 @@ BIN_DIR     ?= /usr/local/bin
 PYTEST_ARGS ?=
 BENCH_ARGS  ?=
 
-.PHONY: deps venv install cnitool test unit demo bench soak clean
+.PHONY: deps venv install cnitool stubs test unit demo bench soak clean
 
 deps:
 	scripts/deps.sh
@@ -35,6 +35,12 @@ $(CNITOOL): tools/cnitool/main.go
 	@command -v go >/dev/null || { echo "cnitool: no go compiler; run make deps (golang-go, golang-github-appc-cni-dev)" >&2; exit 1; }
 	cd tools/cnitool && GO111MODULE=off GOPATH=/usr/share/gocode \
 	  GOCACHE=$(CURDIR)/build/go-cache go build -o $(CURDIR)/$@ .
+
+# the etcd gRPC stubs, generated from cni_plugin/subnet/etcd_api/etcd.proto with the
+# test extra's grpcio-tools; committed, so installing weft needs no protoc
+# (tests/unit/test_etcd_stubs.py fails while they differ from what the .proto gives)
+stubs: venv
+	$(DEV_VENV)/bin/python scripts/etcd_stubs.py
 
 test: deps
 	scripts/with-docker-engine.sh $(DEV_VENV)/bin/python -m pytest $(PYTEST_ARGS)

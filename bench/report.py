@@ -177,6 +177,7 @@ SCALE_TARGETS = (  # issue 17, at the largest N measured (the goal is stated for
     ("agent RSS", ("rss_mib", "max"), 100.0, "MiB"),
     ("steady-state etcd requests per agent per minute", ("quiet", "etcd_requests_per_agent_per_min"), 1.0, "/min"),
     ("weftctl leases, every row", ("weftctl_ms", "leases", "median_ms"), 1000.0, "ms"),
+    ("weftctl leases --ttl, every row and its TTL", ("weftctl_ms", "leases_ttl", "median_ms"), 2000.0, "ms"),
 )
 
 
@@ -360,7 +361,8 @@ def scale_table(figures: dict) -> list:
             ("agent RSS (MiB)", ("rss_mib", "max"), 1),
             ("weftctl status (ms)", ("weftctl_ms", "status", "median_ms"), 0),
             ("weftctl whois (ms)", ("weftctl_ms", "whois", "median_ms"), 0),
-            ("weftctl leases, N rows (ms)", ("weftctl_ms", "leases", "median_ms"), 0))
+            ("weftctl leases, N rows (ms)", ("weftctl_ms", "leases", "median_ms"), 0),
+            ("weftctl leases --ttl, N rows (ms)", ("weftctl_ms", "leases_ttl", "median_ms"), 0))
     for label, path, digits in rows:
         if path is None and label.startswith("churn: from"):
             cells = [f"{_fmt(_get(p, 'churn', 'after_etcd_ack_p50_ms'))} / {_fmt(_get(p, 'churn', 'after_etcd_ack_p99_ms'))}"

@@ -24,7 +24,9 @@ Measured per N, per real agent:
              kernel is checked against etcd's listing, exactly;
   RSS        VmRSS of each weftd after the churn;
   CLI        `weftctl status` (node namespace), `weftctl whois` (a pod's IP, its IPAM
-             dir) and `weftctl leases` (all N rows, TTLs included), median of 3 runs each.
+             dir), `weftctl leases` (all N rows) and `weftctl leases --ttl` (all N rows
+             with the TTL of each row's etcd lease: one request per lease), median of 3
+             runs each.
 The cluster's directory (etcd's data included) is on /dev/shm when there is one: the
 figure is about the agents, not about fsync on a disk shared with other work.
 The figure also writes <out>/scale.svg: each cost against N.
@@ -229,8 +231,10 @@ def one_size(ctx, n: int, agents: int, churn: int, quiet: float) -> dict:
         node1 = nodes[0]
         status_ms = _timed(["ip", "netns", "exec", node1.ns.name, exe, "status", "--run-dir", node1.run_dir])
         whois_ms = _timed(["ip", "netns", "exec", node1.ns.name, exe, "whois", pod.ip, "--data-dir", node1.ipam_dir])
-        leases_ms = _timed(["ip", "netns", "exec", cluster.underlay.name, exe, "leases", "weft",
-                            "--etcd-endpoints", cluster.etcd.endpoint])
+        leases = ["ip", "netns", "exec", cluster.underlay.name, exe, "leases", "weft",
+                  "--etcd-endpoints", cluster.etcd.endpoint]
+        leases_ms = _timed(leases)
+        leases_ttl_ms = _timed(leases + ["--ttl"])
         point = {
             "n": n, "agents": agents, "bulk_write_s": round(wrote, 2),
             "start_to_programmed_s": {"max": round(max(start_s), 2), "each": [round(s, 2) for s in start_s]},
@@ -249,12 +253,13 @@ def one_size(ctx, n: int, agents: int, churn: int, quiet: float) -> dict:
                       "etcd_requests_per_agent_per_min": _round(etcd_per_agent_min, 2),
                       "etcd_methods_total": {k: int(v) for k, v in sorted(methods.items()) if v}},
             "rss_mib": {"max": max(r for r in rss if r is not None), "each": rss},
-            "weftctl_ms": {"status": status_ms, "whois": whois_ms, "leases": leases_ms},
+            "weftctl_ms": {"status": status_ms, "whois": whois_ms, "leases": leases_ms,
+                           "leases_ttl": leases_ttl_ms},
         }
         ctx.say(f"scale N={n}: churn p50 {point['churn']['p50_ms']} ms p99 {point['churn']['p99_ms']} ms, "
                 f"quiet CPU {point['quiet']['cpu_ms_per_interval']['max']} ms/interval, RSS {point['rss_mib']['max']} "
                 f"MiB, etcd {point['quiet']['etcd_requests_per_agent_per_min']} req/agent/min, "
-                f"weftctl leases {leases_ms['median_ms']} ms")
+                f"weftctl leases {leases_ms['median_ms']} ms, with --ttl {leases_ttl_ms['median_ms']} ms")
         return point
     finally:
         teardown(ctx, cluster, writer, nodes)

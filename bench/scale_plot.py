@@ -22,7 +22,8 @@ PANELS = (
     ("agent CPU per reconcile interval, quiet", [("max", ("quiet", "cpu_ms_per_interval", "max"))], 20.0, "ms"),
     ("agent RSS", [("max", ("rss_mib", "max"))], 100.0, "MiB"),
     ("etcd requests per agent per minute", [("quiet", ("quiet", "etcd_requests_per_agent_per_min"))], 1.0, ""),
-    ("weftctl leases (all N rows)", [("median", ("weftctl_ms", "leases", "median_ms"))], 1000.0, "ms"),
+    ("weftctl leases (all N rows)", [("median", ("weftctl_ms", "leases", "median_ms")),
+                                     ("--ttl", ("weftctl_ms", "leases_ttl", "median_ms"))], 1000.0, "ms"),
 )
 
 

@@ -30,7 +30,7 @@ def endpoints(args) -> list:
 
 
 def registry(args):
-    """The EtcdRegistry the parsed flags describe (imports etcd3: call only when needed)."""
+    """The EtcdRegistry the parsed flags describe (imports grpc: call only when needed)."""
     from .subnet.etcd_registry import EtcdRegistry
 
     return EtcdRegistry(endpoints(args), prefix=args.etcd_prefix, cafile=args.etcd_cafile,

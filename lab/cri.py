@@ -13,15 +13,10 @@ import time into a private descriptor pool (no protoc, no grpcio-tools).
     client.pod_sandbox_status(sandbox_id).network.ip
 """
 
-import os
 import sys
 
-# etcd3 0.12 (same process in the tests) needs the pure-Python protobuf runtime,
-# and the choice is made when google.protobuf is first imported.
-os.environ.setdefault("PROTOCOL_BUFFERS_PYTHON_IMPLEMENTATION", "python")
-
-import grpc  # noqa: E402
-from google.protobuf import descriptor_pb2, descriptor_pool, message_factory  # noqa: E402
+import grpc
+from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
 
 PACKAGE = "runtime.v1"
 SERVICE = f"/{PACKAGE}.RuntimeService/"

@@ -21,7 +21,6 @@ def main(argv=None) -> int:
     args = options_mod.parse(argv)
     log = logs.setup(args.log_level)
     from .. import etcd_flags
-    from ..subnet.etcd_transport import wait_for_notifications_only
     from ..subnet.registry import RegistryError
     from .cni_server import CniServer
     from .network import NetworkAgent
@@ -37,7 +36,6 @@ def main(argv=None) -> int:
     except RegistryError as exc:  # bad flags (e.g. unreadable cert); reachability is retried
         log.error(str(exc), extra={"node": node.name})
         return 2
-    wait_for_notifications_only()  # this thread never blocks in gRPC: see etcd_transport
     metrics = metrics_mod.Metrics()
     agents = [NetworkAgent(name, registry, args, node, metrics, log)
               for name in args.networks]

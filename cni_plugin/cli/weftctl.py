@@ -3,7 +3,7 @@
   weftctl network set NAME --config FILE|JSON [--force-migrate]
                                                   validate and store a network config in etcd
   weftctl network get NAME                        print it
-  weftctl leases [NETWORK]                        every node's lease
+  weftctl leases [NETWORK] [--ttl]                every node's lease (--ttl: and its time left)
   weftctl status [--run-dir DIR]                  this node's agent: lease, peers, drift
   weftctl whois IP [--at TIME] [--cluster]        who held an address (this node, or all)
   weftctl graph [NETWORK] [--ipam-data-dir DIR]   the cluster as an SVG (nodes, subnets, VTEPs, pods)
@@ -27,6 +27,7 @@ from . import graph, policy_cmds
 DEFAULT_DATA_DIR = paths.IPAM_DATA_DIR
 
 EXIT_OK, EXIT_NO_HOLDER, EXIT_USAGE, EXIT_FAILED = 0, 1, 2, 3
+EXIT_INTERRUPTED = 130  # as a shell reports a command ended by SIGINT
 
 
 def _etcd_flags(parser):
@@ -54,6 +55,9 @@ def _parser() -> argparse.ArgumentParser:
     leases = commands.add_parser("leases", help="every node's subnet lease")
     leases.add_argument("network", nargs="?")
     leases.add_argument("--json", action="store_true")
+    leases.add_argument("--ttl", action="store_true",
+                        help="also read each lease's seconds left from etcd (one request per lease, "
+                             "all in flight at once)")
     _etcd_flags(leases)
 
     status = commands.add_parser("status", help="this node's agent status")
@@ -82,8 +86,13 @@ def _fail(msg: str, code: int = EXIT_FAILED) -> int:
     return code
 
 
+_OPEN = []  # the registries this run opened, closed when the command ends
+
+
 def _registry(args):
-    return etcd_flags.registry(args)
+    registry = etcd_flags.registry(args)
+    _OPEN.append(registry)
+    return registry
 
 
 # -- network -----------------------------------------------------------------
@@ -187,24 +196,29 @@ def leases(args) -> int:
     names = [args.network] if args.network else registry.network_names()
     rows = []
     listings = {name: registry.list_leases(name)[0] for name in names}
-    # every TTL in one round (a row per node: one request per row, in sequence, took
-    # seconds at thousands of nodes), on a thread while the rows are parsed here: most of
-    # the round is waiting for etcd's answers
-    with concurrent.futures.ThreadPoolExecutor(1) as pool:
-        ttl_round = pool.submit(registry.lease_ttls, [row[2] for raw in listings.values() for row in raw])
+    ttls = {}
+    if args.ttl:
+        # etcd has no call for many leases' TTLs: one request per lease, all in one round,
+        # on a thread while the rows are parsed here (most of the round is etcd's answers)
+        with concurrent.futures.ThreadPoolExecutor(1) as pool:
+            ttl_round = pool.submit(registry.lease_ttls, [row[2] for raw in listings.values() for row in raw])
+            parsed = _parse_leases(listings)
+            ttls = ttl_round.result()
+    else:
         parsed = _parse_leases(listings)
-        ttls = ttl_round.result()
     for name, key, lease_id, lease, error in parsed:
         if error is not None:
             rows.append({"network": name, "subnet": key, "error": error})
             continue
-        rows.append({"network": name, "subnet": str(lease.subnet), "node": lease.node_name,
-                     "nodeID": lease.node_id or None,
-                     "publicIP": str(lease.public_ip), "vtepMAC": lease.vtep_mac,
-                     "ipv6Subnet": str(lease.ipv6_subnet) if lease.ipv6_subnet else None,
-                     "leaseID": lease_id,
-                     "ttl": ttls.get(lease_id, -1) if lease_id else None,
-                     "backendType": lease.backend_type, "lease": lease})
+        row = {"network": name, "subnet": str(lease.subnet), "node": lease.node_name,
+               "nodeID": lease.node_id or None,
+               "publicIP": str(lease.public_ip), "vtepMAC": lease.vtep_mac,
+               "ipv6Subnet": str(lease.ipv6_subnet) if lease.ipv6_subnet else None,
+               "leaseID": lease_id,
+               "backendType": lease.backend_type, "lease": lease}
+        if args.ttl:
+            row["ttl"] = ttls.get(lease_id, -1) if lease_id else None
+        rows.append(row)
     for row in rows:  # only --json prints it: re-encoding 5,000 leases is a tenth of a second
         lease = row.pop("lease", None)
         if args.json and lease is not None:
@@ -212,14 +226,18 @@ def leases(args) -> int:
     if args.json:
         print(json.dumps(rows, indent=2))
         return EXIT_OK
-    print(f"{'NETWORK':12} {'SUBNET':18} {'NODE':16} {'PUBLIC IP':16} {'VTEP MAC':18} TTL")
+    last = "TTL" if args.ttl else "LEASE"
+    print(f"{'NETWORK':12} {'SUBNET':18} {'NODE':16} {'PUBLIC IP':16} {'VTEP MAC':18} {last}")
     for row in rows:
         if "error" in row:
             print(f"{row['network']:12} {row['subnet']:18} unreadable: {row['error']}")
             continue
-        ttl = "reservation" if not row["leaseID"] else f"{row['ttl']}s"
+        if not row["leaseID"]:
+            held = "reservation"
+        else:
+            held = f"{row['ttl']}s" if args.ttl else f"{row['leaseID']:016x}"  # as etcdctl shows ids
         print(f"{row['network']:12} {row['subnet']:18} {row['node']:16} {row['publicIP']:16} "
-              f"{row['vtepMAC'] or '-':18} {ttl}")
+              f"{row['vtepMAC'] or '-':18} {held}")
     return EXIT_OK
 
 
@@ -379,6 +397,11 @@ def main(argv=None) -> int:
         return COMMANDS[args.command](args)
     except RegistryError as exc:  # one line, no traceback
         return _fail(str(exc))
+    except KeyboardInterrupt:  # Ctrl-C: a blocked etcd call is abandoned, not waited for
+        return _fail("interrupted", EXIT_INTERRUPTED)
+    finally:
+        while _OPEN:
+            _OPEN.pop().close()
 
 
 if __name__ == "__main__":

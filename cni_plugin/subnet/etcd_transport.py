@@ -1,20 +1,35 @@
-"""The etcd transport: connections, failover, deadlines, auth, watches (the only etcd3/grpc user).
+"""The etcd transport: connections, failover, deadlines, auth, watches (the only grpc user).
 
-Connection: the client talks to one endpoint at a time and connects lazily on the first
-call, trying the endpoints in order until one answers Status.  A failure that points at
-the endpoint (unreachable, deadline, TLS, "no leader") closes that connection and the next
-call starts with the next endpoint.  Every RPC has the `timeout` deadline.  An expired auth
-token ("invalid auth token") is renewed once and the call retried.
+Calls go through the stubs generated from etcd_api/etcd.proto (messages parsed by
+protobuf's C runtime, upb), on grpcio's asyncio API.  Each transport owns one event loop
+on a daemon thread ("weft-etcd-loop", started by the first call) and one channel to the
+endpoint in use; every RPC runs on that loop, and the synchronous methods below hand
+their work to it and wait for the answer.  Why asyncio: a blocking gRPC wait in grpcio's
+synchronous API (a watch stream's next message, a future's result) wakes every 0.1 s so
+that signal handlers can run, ~8 ms of CPU per idle watch per 10 s; the asyncio channel
+waits in the C core until something arrives and costs nothing while etcd is quiet.  A
+blocking caller waits on a concurrent.futures.Future, which Ctrl-C interrupts.
 
-Every etcd/gRPC failure surfaces as RegistryError naming the endpoint and the cause.
-Operations take and return plain bytes/ints: nothing above this module sees etcd3's types.
+Connection: the endpoint in use answered Status (after Authenticate, with a username);
+the first call connects, trying the endpoints in order.  A failure that points at the
+endpoint (see etcd_errors: unreachable, deadline, TLS, "no leader") closes its channel
+and the next call starts with the next endpoint.  Every RPC has the `timeout` deadline.
+An expired auth token is renewed once and the call retried.
+
+Watches: one stream per watched prefix, read by a task on the loop; its events are
+handed, in order, to a thread of the watch's own ("weft-watch <prefix>"), which calls
+the handler, so a slow or blocking handler never holds up the loop or other watches.
+
+Every etcd/gRPC failure surfaces as RegistryError naming the endpoint and the cause
+(judged as etcd_errors says: status code first, then etcd's own message table).
+Operations take and return plain bytes/ints: nothing above this module sees gRPC types.
 """
 
-import concurrent.futures
+import asyncio
 import logging
 import os
+import queue
 import threading
-import warnings
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
@@ -22,55 +37,23 @@ from urllib.parse import urlsplit
 # Corruption detected."); every failure reaches the caller as a RegistryError instead.
 os.environ.setdefault("GRPC_VERBOSITY", "NONE")
 import grpc  # noqa: E402
+from grpc import aio  # noqa: E402
 
-# etcd3 0.12's generated protobuf modules only load with the pure-Python protobuf runtime
-# (upb refuses them: "Descriptors cannot be created directly"); the choice is made when
-# google.protobuf is first imported, so this must run before anything imports protobuf.
-os.environ.setdefault("PROTOCOL_BUFFERS_PYTHON_IMPLEMENTATION", "python")
-with warnings.catch_warnings():  # ~100 DeprecationWarnings about descriptor creation
-    warnings.simplefilter("ignore", DeprecationWarning)
-    try:
-        import etcd3  # noqa: E402
-        from etcd3 import etcdrpc  # noqa: E402
-    except TypeError as exc:  # protobuf was imported earlier with its upb runtime
-        raise ImportError("etcd3 needs PROTOCOL_BUFFERS_PYTHON_IMPLEMENTATION=python before "
-                          f"google.protobuf is first imported: {str(exc).splitlines()[0]}") from None
-
-from . import etcd_h2  # noqa: E402
+from . import etcd_errors  # noqa: E402
+from .etcd_api import etcd_pb2 as pb  # noqa: E402
+from .etcd_api import etcd_pb2_grpc as rpc  # noqa: E402
 from .registry import RegistryError  # noqa: E402
-
-# gRPC's blocking waits (a watch stream's next message, a future's result) wake every
-# grpc._common.MAXIMUM_WAIT_TIMEOUT (0.1 s) so that the main thread's signal handlers
-# can run.  Their waits end the moment a message, a cancel, a deadline or a channel
-# close arrives (gRPC notifies them); only a signal handler of a main thread blocked in
-# gRPC (weftctl's Ctrl-C) waits up to the slice.  Each wake-up costs ~0.1 ms of CPU here.
-WAIT_SLICE = 1.0
-# weftd's main thread never calls gRPC (it waits on its stop event), so nothing there
-# needs the slice: its four idle watch threads would still wake 4 times a second,
-# ~4.8 ms of CPU per quiet 10 s reconcile interval (measured per thread, N = 100).
-AGENT_WAIT_SLICE = 3600.0
-if getattr(grpc._common, "MAXIMUM_WAIT_TIMEOUT", WAIT_SLICE) < WAIT_SLICE:
-    grpc._common.MAXIMUM_WAIT_TIMEOUT = WAIT_SLICE
-
-
-def wait_for_notifications_only() -> None:
-    """For a process whose main thread never blocks in gRPC (weftd): blocking waits
-    wake on gRPC's notifications, not on a slice."""
-    grpc._common.MAXIMUM_WAIT_TIMEOUT = max(grpc._common.MAXIMUM_WAIT_TIMEOUT, AGENT_WAIT_SLICE)
-
 
 log = logging.getLogger("weftd.etcd")
 
 DEFAULT_CA_BUNDLE = "/etc/ssl/certs/ca-certificates.crt"
 PAGE_SIZE = 500          # keys per range request (keeps responses far below gRPC's 4 MiB)
 TXN_MAX_OPS = 100        # etcd refuses transactions above --max-txn-ops (default 128)
-RAW_TTL, RAW_RANGE = "/etcdserverpb.Lease/LeaseTimeToLive", "/etcdserverpb.KV/Range"
-TTL_WINDOW = 1000        # lease TTL requests in flight at once (time_to_live_many)
-HAND_FRAMED_MIN = 64     # from this many TTLs on, the round is framed by hand (etcd_h2)
-# connections the hand-framed round spreads over: etcd then answers on more than one of
-# its cores (5,000 TTLs here: 579 ms on one connection, 472 on two, 453 on four)
-HAND_FRAMED_CONNECTIONS = 2
+WINDOW = 1000            # unary requests in flight at once (grant_many, time_to_live_many)
+LISTING_ATTEMPTS = 3     # a paged listing whose revision is compacted meanwhile starts over
 WATCH_JOIN_TIMEOUT = 5.0
+CLOSE_TIMEOUT = 5.0      # close() waits this long for the loop to close the channel
+PROBE_TIMEOUT = 1.0      # the TCP probe that tells a refused TLS handshake from a dead port
 REQUIRE_LEADER = (("hasleader", "true"),)  # etcd's rpctypes.MetadataRequireLeaderKey
 GRPC_OPTIONS = [
     ("grpc.enable_http_proxy", 0),             # etcd is never reached through an HTTP proxy
@@ -80,12 +63,6 @@ GRPC_OPTIONS = [
     ("grpc.initial_reconnect_backoff_ms", 500),
     ("grpc.max_reconnect_backoff_ms", 5_000),
 ]
-# gRPC codes after which the endpoint is abandoned and the next call tries the next one.
-_ENDPOINT_FAILURES = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED,
-                      grpc.StatusCode.UNKNOWN, grpc.StatusCode.INTERNAL, grpc.StatusCode.CANCELLED}
-# How gRPC reports TLS trouble; a server that wants a client certificate we did not send
-# shows up as "Unwrap failed (TSI_DATA_CORRUPTED)" after the handshake.
-_TLS_WORDS = ("ssl", "tls", "tsi_", "handshake", "certificate", "unwrap")
 
 
 @dataclass(frozen=True)
@@ -100,8 +77,10 @@ class Endpoint:
         return self.scheme == "https"
 
     @property
-    def grpc_host(self) -> str:
-        return f"[{self.host}]" if ":" in self.host else self.host
+    def target(self) -> str:
+        """host:port as gRPC names it ([v6]:port)."""
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{host}:{self.port}"
 
 
 def parse_endpoint(text: str) -> Endpoint:
@@ -132,68 +111,62 @@ def prefix_end(prefix: bytes) -> bytes:
     return b"\0"  # every key
 
 
+class _Loop:
+    """An asyncio event loop on a daemon thread of its own; run() waits for a coroutine."""
+
+    def __init__(self):
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True, name="weft-etcd-loop")
+        self.thread.start()
+
+    def run(self, coroutine, timeout=None):
+        """The coroutine's result, run on the loop; its exception raised here."""
+        if threading.current_thread() is self.thread:
+            coroutine.close()
+            raise RuntimeError("a blocking etcd call from the transport's own loop would wait for itself")
+        return asyncio.run_coroutine_threadsafe(coroutine, self.loop).result(timeout)
+
+    def soon(self, callback, *args) -> None:
+        """callback(*args) on the loop, from any thread; nothing once the loop is closed."""
+        try:
+            self.loop.call_soon_threadsafe(callback, *args)
+        except RuntimeError:  # the loop is closed: nothing left there to do
+            pass
+
+    def stop(self) -> None:
+        self.soon(self.loop.stop)
+        if threading.current_thread() is not self.thread:
+            self.thread.join(CLOSE_TIMEOUT)
+            if not self.thread.is_alive():
+                self.loop.close()
+
+
 class _Connection:
-    """One etcd3 client (gRPC channel + auth token) to one endpoint; raw RPCs with deadlines.
+    """One channel to one endpoint, its stubs, and the auth token its calls carry."""
 
-    Only the channel and the token come from etcd3: its own methods attach the token as call
-    credentials, which gRPC refuses on plain-text channels (UNAUTHENTICATED "Established
-    channel does not have a sufficient security level to transfer call credential."), and
-    they drop gRPC's error details; here the token travels as metadata on every call.
-    """
-
-    def __init__(self, endpoint: Endpoint, client, timeout: float):
+    def __init__(self, endpoint: Endpoint, channel, timeout: float):
         self.endpoint = endpoint
-        self.client = client
+        self.channel = channel
         self.timeout = timeout
-        self.watch_stub = etcdrpc.WatchStub(client.channel)
-        self._raw = {}
+        self.token = None
+        self.kv = rpc.KVStub(channel)
+        self.lease = rpc.LeaseStub(channel)
+        self.watch = rpc.WatchStub(channel)
+        self.auth = rpc.AuthStub(channel)
+        self.maintenance = rpc.MaintenanceStub(channel)
 
     @property
-    def metadata(self):
+    def metadata(self) -> tuple:
         """The auth token (if any) and etcd's "require leader" flag on every call: a member
         that lost its quorum answers "etcdserver: no leader" at once (and cancels our
         watches within a few election timeouts) instead of stalling them, so the agent
-        moves to another endpoint or reports etcd unavailable."""
-        return (self.client.metadata or ()) + REQUIRE_LEADER
+        moves to another endpoint or reports etcd unavailable.  The token travels as
+        metadata, not as call credentials: gRPC refuses those on plain-text channels."""
+        return ((("token", self.token),) if self.token else ()) + REQUIRE_LEADER
 
-    def unary(self, stub, method: str, request):
-        return getattr(stub, method)(request, timeout=self.timeout, metadata=self.metadata)
-
-    def kv(self, method: str, request):
-        return self.unary(self.client.kvstub, method, request)
-
-    def lease(self, method: str, request):
-        return self.unary(self.client.leasestub, method, request)
-
-    def status(self):
-        return self.unary(self.client.maintenancestub, "Status", etcdrpc.StatusRequest())
-
-    def raw(self, method: str):
-        """A unary method on bytes (request and response left encoded), e.g.
-        "/etcdserverpb.Lease/LeaseTimeToLive"."""
-        if method not in self._raw:
-            self._raw[method] = self.client.channel.unary_unary(method)
-        return self._raw[method]
-
-    def keepalive_once(self, lease_id: int):
-        stream = self.client.leasestub.LeaseKeepAlive(
-            iter([etcdrpc.LeaseKeepAliveRequest(ID=lease_id)]), timeout=self.timeout, metadata=self.metadata)
-        try:
-            response = next(stream, None)
-        finally:
-            stream.cancel()
-        if response is None:
-            raise RegistryError(f"etcd at {self.endpoint.url} ended the keepalive of lease {lease_id:x} "
-                                "without an answer")
-        return response
-
-    def reauthenticate(self, username: str, password: str) -> None:
-        response = etcdrpc.AuthStub(self.client.channel).Authenticate(
-            etcdrpc.AuthenticateRequest(name=username, password=password), timeout=self.timeout)
-        self.client.metadata = (("token", response.token),)
-
-    def close(self) -> None:
-        self.client.close()
+    def unary(self, method, request):
+        """The call (awaitable) of a unary method with this connection's deadline and metadata."""
+        return method(request, timeout=self.timeout, metadata=self.metadata)
 
 
 class EtcdTransport:
@@ -218,45 +191,67 @@ class EtcdTransport:
         self.cafile, self.certfile, self.keyfile = cafile, certfile, keyfile
         self.username, self.password = username, password
         self.timeout = timeout
-        self._lock = threading.RLock()
-        self._conn = None
-        self._next = 0               # index of the endpoint tried first on the next connect
+        self._lock = threading.Lock()   # guards _loop, _closed and _watches
+        self._loop = None
         self._closed = False
         self._watches = set()
+        # used on the loop only
+        self._conn = None
+        self._next = 0                  # index of the endpoint tried first on the next connect
+        self._connecting = None         # asyncio.Lock, made on the loop
 
     # ---- key-value ----
 
     def get(self, key: bytes, what: str):
         """The value at key, or None."""
-        request = etcdrpc.RangeRequest(key=key)
-        response = self._call(what, lambda c: c.kv("Range", request))
-        return response.kvs[0].value if response.kvs else None
+        async def op(conn):
+            response = await conn.unary(conn.kv.Range, pb.RangeRequest(key=key))
+            return response.kvs[0].value if response.kvs else None
+        return self._call(what, op)
 
     def put(self, key: bytes, value: bytes, what: str) -> None:
-        request = etcdrpc.PutRequest(key=key, value=value)
-        self._call(what, lambda c: c.kv("Put", request))
+        async def op(conn):
+            await conn.unary(conn.kv.Put, pb.PutRequest(key=key, value=value))
+        self._call(what, op)
 
     def range_prefix(self, prefix: bytes, what: str, keys_only: bool = False, create_revisions: bool = False):
         """([(key, value, lease id)] under prefix, read page by page at one revision, revision);
         create_revisions: each row also carries the key's create revision (4-tuples)."""
-        # the answers are decoded by hand (_range_page): the pure-Python protobuf runtime
-        # etcd3 needs took ~40 us per key, 0.2 s for a listing of 5,000 leases
+        async def op(conn):
+            for attempt in range(LISTING_ATTEMPTS):
+                try:
+                    return await self._list(conn, prefix, keys_only, create_revisions)
+                except grpc.RpcError as exc:
+                    error = etcd_errors.lookup(exc.code().name, exc.details() or "")
+                    if attempt + 1 < LISTING_ATTEMPTS and error is not None and \
+                            error.message == "etcdserver: mvcc: required revision has been compacted":
+                        continue  # compacted between two pages: read it all again, at a new revision
+                    raise
+        return self._call(what, op)
+
+    @staticmethod
+    async def _list(conn, prefix: bytes, keys_only: bool, create_revisions: bool) -> tuple:
         key, end = prefix, prefix_end(prefix)
-        kvs, revision = [], 0
+        rows, revision = [], 0
         while True:
-            request = etcdrpc.RangeRequest(key=key, range_end=end, limit=PAGE_SIZE, revision=revision,
-                                           keys_only=keys_only).SerializeToString()
-            answer = self._call(what, lambda c: c.raw(RAW_RANGE)(request, timeout=c.timeout, metadata=c.metadata))
-            page, header_revision, more = _range_page(answer)
-            revision = revision or header_revision
-            kvs.extend(page if create_revisions else [row[:3] for row in page])
-            if not more or not page:
-                return kvs, revision
-            key = page[-1][0] + b"\0"
+            response = await conn.unary(conn.kv.Range, pb.RangeRequest(
+                key=key, range_end=end, limit=PAGE_SIZE, revision=revision, keys_only=keys_only))
+            revision = revision or response.header.revision
+            kvs = response.kvs
+            if create_revisions:
+                rows.extend([(kv.key, kv.value, kv.lease, kv.create_revision) for kv in kvs])
+            else:
+                rows.extend([(kv.key, kv.value, kv.lease) for kv in kvs])
+            if not response.more or not kvs:
+                return rows, revision
+            key = kvs[-1].key + b"\0"
 
     def count_prefix(self, prefix: bytes, what: str) -> int:
-        request = etcdrpc.RangeRequest(key=prefix, range_end=prefix_end(prefix), count_only=True)
-        return int(self._call(what, lambda c: c.kv("Range", request)).count)
+        async def op(conn):
+            response = await conn.unary(conn.kv.Range, pb.RangeRequest(
+                key=prefix, range_end=prefix_end(prefix), count_only=True))
+            return int(response.count)
+        return self._call(what, op)
 
     def create_if_absent(self, key: bytes, value: bytes, lease_id: int, what: str,
                          unchanged_prefix: bytes = b"", since_revision: int = 0) -> bool:
@@ -266,125 +261,121 @@ class EtcdTransport:
         created or modified after since_revision (a range Compare, etcd >= 3.3), so a
         decision made from a listing at that revision still holds when the key is written.
         """
-        compare = [etcdrpc.Compare(key=key, target=etcdrpc.Compare.VERSION,
-                                   result=etcdrpc.Compare.EQUAL, version=0)]
+        compare = [pb.Compare(key=key, target=pb.Compare.VERSION, result=pb.Compare.EQUAL, version=0)]
         if unchanged_prefix:
             # every key in the range must satisfy it; an empty range compares as revision 0
-            compare.append(etcdrpc.Compare(key=unchanged_prefix, range_end=prefix_end(unchanged_prefix),
-                                           target=etcdrpc.Compare.MOD, result=etcdrpc.Compare.LESS,
-                                           mod_revision=since_revision + 1))
-        request = etcdrpc.TxnRequest(
-            compare=compare,
-            success=[etcdrpc.RequestOp(request_put=etcdrpc.PutRequest(key=key, value=value, lease=lease_id))])
-        return self._call(what, lambda c: c.kv("Txn", request)).succeeded
+            compare.append(pb.Compare(key=unchanged_prefix, range_end=prefix_end(unchanged_prefix),
+                                      target=pb.Compare.MOD, result=pb.Compare.LESS,
+                                      mod_revision=since_revision + 1))
+        request = pb.TxnRequest(compare=compare, success=[
+            pb.RequestOp(request_put=pb.PutRequest(key=key, value=value, lease=lease_id))])
+
+        async def op(conn):
+            return (await conn.unary(conn.kv.Txn, request)).succeeded
+        return self._call(what, op)
 
     def update_if_lease(self, key: bytes, value: bytes, lease_id: int, what: str) -> bool:
         """Overwrite key iff it is still bound to lease_id; False otherwise (or lease gone)."""
-        request = etcdrpc.TxnRequest(
-            compare=[etcdrpc.Compare(key=key, target=etcdrpc.Compare.LEASE,
-                                     result=etcdrpc.Compare.EQUAL, lease=lease_id)],
-            success=[etcdrpc.RequestOp(request_put=etcdrpc.PutRequest(key=key, value=value, lease=lease_id))])
+        request = pb.TxnRequest(
+            compare=[pb.Compare(key=key, target=pb.Compare.LEASE, result=pb.Compare.EQUAL, lease=lease_id)],
+            success=[pb.RequestOp(request_put=pb.PutRequest(key=key, value=value, lease=lease_id))])
+
+        async def op(conn):
+            return (await conn.unary(conn.kv.Txn, request)).succeeded
         try:
-            return self._call(what, lambda c: c.kv("Txn", request)).succeeded
+            return self._call(what, op)
         except _LeaseNotFound:
             return False
 
     def put_many(self, items: list, what: str, lease_id: int = 0) -> int:
         """[(key, value)] in transactions of at most TXN_MAX_OPS puts (bound to lease_id
         when given; an item (key, value, lease id) names its own); the revision of the last."""
-        revision = 0
-        for start in range(0, len(items), TXN_MAX_OPS):
-            ops = [etcdrpc.RequestOp(request_put=etcdrpc.PutRequest(
-                       key=item[0], value=item[1], lease=item[2] if len(item) > 2 else lease_id))
-                   for item in items[start:start + TXN_MAX_OPS]]
-            request = etcdrpc.TxnRequest(success=ops)
-            revision = self._call(what, lambda c: c.kv("Txn", request)).header.revision
-        return revision
+        requests = [pb.TxnRequest(success=[
+                        pb.RequestOp(request_put=pb.PutRequest(
+                            key=item[0], value=item[1], lease=item[2] if len(item) > 2 else lease_id))
+                        for item in items[start:start + TXN_MAX_OPS]])
+                    for start in range(0, len(items), TXN_MAX_OPS)]
+
+        async def op(conn):
+            revision = 0
+            for request in requests:
+                revision = (await conn.unary(conn.kv.Txn, request)).header.revision
+            return revision
+        return self._call(what, op) if requests else 0
 
     def delete(self, key: bytes, what: str, range_end: bytes = b"") -> int:
         """Delete key (or [key, range_end)); how many keys went."""
-        request = etcdrpc.DeleteRangeRequest(key=key, range_end=range_end)
-        return int(self._call(what, lambda c: c.kv("DeleteRange", request)).deleted)
+        async def op(conn):
+            response = await conn.unary(conn.kv.DeleteRange, pb.DeleteRangeRequest(key=key, range_end=range_end))
+            return int(response.deleted)
+        return self._call(what, op)
 
     # ---- leases ----
 
     def grant(self, ttl: int) -> int:
-        request = etcdrpc.LeaseGrantRequest(TTL=ttl)
-        return self._call(f"grant a {ttl}s lease", lambda c: c.lease("LeaseGrant", request)).ID
+        async def op(conn):
+            return (await conn.unary(conn.lease.LeaseGrant, pb.LeaseGrantRequest(TTL=ttl))).ID
+        return self._call(f"grant a {ttl}s lease", op)
 
     def grant_many(self, ttl: int, count: int) -> list:
         """`count` new leases of ttl seconds (their ids), the requests in flight at once
-        in windows of TTL_WINDOW (a benchmark's thousands of synthetic nodes)."""
-        request = etcdrpc.LeaseGrantRequest(TTL=ttl)
-        ids = []
-        while len(ids) < count:
-            size = min(TTL_WINDOW, count - len(ids))
-            ids += self._call(f"grant {size} leases", lambda c: [
-                response.ID for response in _in_flight(c.client.leasestub.LeaseGrant, [request] * size, c)])
-        return ids
+        in windows of WINDOW (a benchmark's thousands of synthetic nodes)."""
+        request = pb.LeaseGrantRequest(TTL=ttl)
+
+        async def op(conn):
+            answers = await _in_flight(conn, conn.lease.LeaseGrant, [request] * count)
+            return [answer.ID for answer in answers]
+        return self._call(f"grant {count} leases", op)
 
     def keepalive(self, lease_id: int) -> int:
         """Send one keepalive; the TTL etcd granted again, 0 when the lease is gone."""
-        response = self._call(f"keep lease {lease_id:x} alive", lambda c: c.keepalive_once(lease_id))
-        return max(int(response.TTL), 0)
+        async def op(conn):
+            call = conn.lease.LeaseKeepAlive(timeout=conn.timeout, metadata=conn.metadata)
+            try:
+                await call.write(pb.LeaseKeepAliveRequest(ID=lease_id))
+                response = await call.read()
+            finally:
+                call.cancel()
+            if response is aio.EOF:
+                raise RegistryError(f"etcd at {conn.endpoint.url} ended the keepalive of lease {lease_id:x} "
+                                    "without an answer")
+            return max(int(response.TTL), 0)
+        return self._call(f"keep lease {lease_id:x} alive", op)
 
     def time_to_live(self, lease_id: int) -> int:
         """Seconds the lease has left, -1 when it is gone."""
-        request = etcdrpc.LeaseTimeToLiveRequest(ID=lease_id)
-        return int(self._call(f"read lease {lease_id:x}", lambda c: c.lease("LeaseTimeToLive", request)).TTL)
+        async def op(conn):
+            return int((await conn.unary(conn.lease.LeaseTimeToLive, pb.LeaseTimeToLiveRequest(ID=lease_id))).TTL)
+        return self._call(f"read lease {lease_id:x}", op)
 
     def time_to_live_many(self, lease_ids) -> dict:
-        """{lease id: seconds left, -1 when gone} for many leases in one round: every
-        request is in flight at once on the one channel (gRPC futures), in windows of
-        TTL_WINDOW, instead of one round trip per lease."""
+        """{lease id: seconds left, -1 when gone} for many leases in one round: the
+        requests in flight at once on the one channel, in windows of WINDOW, instead of
+        one round trip per lease."""
         ids = sorted({int(i) for i in lease_ids if i})
-        ttls = self._ttls_framed_by_hand(ids) if len(ids) >= HAND_FRAMED_MIN else {}
-        rest = [lease_id for lease_id in ids if lease_id not in ttls]
-        for start in range(0, len(rest), TTL_WINDOW):
-            window = rest[start:start + TTL_WINDOW]
-            ttls.update(self._call(f"read {len(window)} leases", lambda c: self._ttl_window(c, window)))
-        return ttls
-
-    def _ttls_framed_by_hand(self, ids) -> dict:
-        """What etcd_h2 could read of the TTLs on the current endpoint; the rest (errors,
-        an endpoint that refuses the connection) is left to grpcio."""
-        conn = self._connect()
-        endpoint = conn.endpoint
-        try:
-            context = etcd_h2.tls_context(self.cafile or DEFAULT_CA_BUNDLE, self.certfile, self.keyfile) \
-                if endpoint.tls else None
-            parts = [ids[k::HAND_FRAMED_CONNECTIONS] for k in range(HAND_FRAMED_CONNECTIONS)]
-            with concurrent.futures.ThreadPoolExecutor(len(parts)) as pool:
-                answers = list(pool.map(lambda part: etcd_h2.unary_many(
-                    endpoint.host, endpoint.port, RAW_TTL, [_varint_field(1, lease_id) for lease_id in part],
-                    metadata=conn.metadata, timeout=self.timeout, context=context, window=TTL_WINDOW), parts))
-        except (OSError, etcd_h2.ProtocolError) as exc:  # ssl.SSLError is an OSError
-            log.debug("TTLs framed by hand failed on %s (%s); asking through grpcio", endpoint.url, exc)
+        if not ids:
             return {}
-        ttls = {}
-        for part, got in zip(parts, answers):
-            for lease_id, answer in zip(part, got):
-                if answer is not None:
-                    try:
-                        ttls[lease_id] = _ttl_of(answer)
-                    except RegistryError:  # a truncated answer: grpcio asks again
-                        pass
-        return ttls
 
-    @staticmethod
-    def _ttl_window(conn, ids) -> dict:
-        # raw bytes in and out: the message is one varint each way, and the pure-Python
-        # protobuf runtime etcd3 needs costs more than the round trip at thousands of rows
-        answers = _in_flight(conn.raw(RAW_TTL), [_varint_field(1, lease_id) for lease_id in ids], conn)
-        return {lease_id: _ttl_of(answer) for lease_id, answer in zip(ids, answers)}
+        async def op(conn):
+            answers = await _in_flight(conn, conn.lease.LeaseTimeToLive,
+                                       [pb.LeaseTimeToLiveRequest(ID=lease_id) for lease_id in ids])
+            return {lease_id: int(answer.TTL) for lease_id, answer in zip(ids, answers)}
+        return self._call(f"read {len(ids)} leases", op)
 
     def revoke(self, lease_id: int) -> None:
         """Revoke the lease (its keys vanish); a lease that is already gone is fine."""
-        request = etcdrpc.LeaseRevokeRequest(ID=lease_id)
+        async def op(conn):
+            await conn.unary(conn.lease.LeaseRevoke, pb.LeaseRevokeRequest(ID=lease_id))
         try:
-            self._call(f"revoke lease {lease_id:x}", lambda c: c.lease("LeaseRevoke", request))
+            self._call(f"revoke lease {lease_id:x}", op)
         except _LeaseNotFound:
             pass
+
+    def revoke_quietly(self, lease_id: int) -> None:
+        try:
+            self.revoke(lease_id)
+        except RegistryError as exc:
+            log.warning("could not revoke unused lease %x (it expires by itself): %s", lease_id, exc)
 
     # ---- watches ----
 
@@ -393,29 +384,46 @@ class EtcdTransport:
         # A cheap read first: it renews an expired auth token (etcd cancels a watch created
         # with one: "invalid auth token") and reports a missing permission synchronously.
         self.count_prefix(prefix.encode(), f"watch {prefix}")
-        conn = self._connect()
-        watch = _PrefixWatch(conn, prefix, start_revision, on_event, self._forget_watch)
+        loop = self._start_loop()
+        watch = _PrefixWatch(self, loop, prefix, start_revision, on_event)
         with self._lock:
+            if self._closed:
+                raise RegistryError("the etcd registry is closed")
             self._watches.add(watch)
-        watch.start()
+        try:
+            self._call(f"watch {prefix}", watch.open)
+        except BaseException:
+            self._forget_watch(watch)
+            raise
         return watch.cancel
+
+    def _forget_watch(self, watch) -> None:
+        with self._lock:
+            self._watches.discard(watch)
 
     # ---- connection ----
 
     def connect(self) -> str:
         """Connect now (normally lazy); returns the URL of the endpoint in use."""
-        return self._connect().endpoint.url
+        return self._start_loop().run(self._guarded(self._connect)).endpoint.url
 
     def close(self) -> None:
         """Cancel every watch (no resync) and close the connection; later calls raise."""
         with self._lock:
+            if self._closed:
+                return
             self._closed = True
             watches, self._watches = list(self._watches), set()
-            conn, self._conn = self._conn, None
+            loop = self._loop
         for watch in watches:
             watch.cancel()
-        if conn is not None:
-            conn.close()
+        if loop is None:
+            return
+        try:
+            loop.run(self._close_channel(watches), CLOSE_TIMEOUT)
+        except Exception as exc:  # the loop is stuck or gone: the process ends it anyway
+            log.debug("closing the etcd channel: %s", exc)
+        loop.stop()
 
     def __enter__(self):
         return self
@@ -423,285 +431,270 @@ class EtcdTransport:
     def __exit__(self, *exc):
         self.close()
 
-    def _connect(self) -> _Connection:
+    async def _close_channel(self, watches) -> None:
+        """Close the channel and let the cancelled watches' tasks finish (runs on the loop)."""
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            await conn.channel.close()
+        await asyncio.gather(*(w.task for w in watches if w.task is not None), return_exceptions=True)
+
+    def _start_loop(self) -> _Loop:
         with self._lock:
             if self._closed:
                 raise RegistryError("the etcd registry is closed")
-            if self._conn is not None:
+            if self._loop is None:
+                self._loop = _Loop()
+            return self._loop
+
+    def _call(self, what: str, op):
+        """op(connection), a coroutine function, run on the loop with failover bookkeeping
+        and one token renewal; RegistryError."""
+        return self._start_loop().run(self._guarded(self._attempts, what, op))
+
+    async def _guarded(self, function, *args):
+        """function(*args) on the loop; a closed registry or channel becomes RegistryError."""
+        try:
+            return await function(*args)
+        except aio.UsageError as exc:  # "Channel is closed": close() ran meanwhile
+            if self._closed:
+                raise RegistryError("the etcd registry is closed") from None
+            raise RegistryError(f"etcd: the connection closed under a call: {exc}") from None
+
+    async def _attempts(self, what: str, op):
+        for attempt in range(2):
+            conn = await self._connect()
+            try:
+                return await op(conn)
+            except grpc.RpcError as exc:
+                code, details = exc.code(), exc.details() or ""
+                known = etcd_errors.lookup(code.name, details)
+                if known is not None and known.kind == etcd_errors.TOKEN_EXPIRED and attempt == 0 \
+                        and self.username:
+                    try:
+                        await self._authenticate(conn)
+                    except grpc.RpcError as renewal:
+                        if etcd_errors.is_endpoint_failure(renewal.code().name):
+                            await self._drop(conn)
+                        raise self._error(renewal, conn.endpoint, "authenticate") from None
+                    continue
+                if known is not None and known.kind == etcd_errors.LEASE_GONE:
+                    raise _LeaseNotFound(details) from None
+                if etcd_errors.is_endpoint_failure(code.name) or \
+                        (known is not None and known.kind == etcd_errors.MEMBER):
+                    await self._drop(conn)
+                raise self._error(exc, conn.endpoint, what) from None
+            except asyncio.CancelledError:
+                task = asyncio.current_task()
+                if task is not None and task.cancelling():
+                    raise  # this call itself was cancelled
+                # grpc cancels the calls of a channel that closes: another call found the
+                # endpoint failing and dropped it (or close() ran).  Not retried here: the
+                # request may have been applied (a transaction), and the caller decides.
+                if self._closed:
+                    raise RegistryError("the etcd registry is closed") from None
+                raise RegistryError(f"etcd at {conn.endpoint.url}: the connection was closed while trying to "
+                                    f"{what} (another call found the endpoint failing); the next call "
+                                    "connects again") from None
+
+    async def _connect(self) -> _Connection:
+        if self._closed:
+            raise RegistryError("the etcd registry is closed")
+        if self._conn is not None:
+            return self._conn
+        if self._connecting is None:
+            self._connecting = asyncio.Lock()
+        async with self._connecting:
+            if self._conn is not None:   # another call connected while this one waited
                 return self._conn
             failures = []
             for step in range(len(self.endpoints)):
                 index = (self._next + step) % len(self.endpoints)
-                endpoint = self.endpoints[index]
                 try:
-                    self._conn = self._open(endpoint)
+                    conn = await self._open(self.endpoints[index])
                 except RegistryError as exc:
                     if getattr(exc, "final", False):
                         raise
                     failures.append(str(exc))
                     continue
-                self._next = index
-                return self._conn
+                if self._closed:
+                    await conn.channel.close()
+                    raise RegistryError("the etcd registry is closed")
+                self._conn, self._next = conn, index
+                return conn
             if len(failures) == 1:
                 raise RegistryError(failures[0])
             raise RegistryError("no etcd endpoint answered: " + "; ".join(failures))
 
-    def _open(self, endpoint: Endpoint) -> _Connection:
+    async def _open(self, endpoint: Endpoint) -> _Connection:
         """A connection that answered Status, or RegistryError (final=True for bad credentials)."""
+        if endpoint.tls:
+            channel = aio.secure_channel(endpoint.target, self._credentials(endpoint), options=GRPC_OPTIONS)
+        else:
+            channel = aio.insecure_channel(endpoint.target, options=GRPC_OPTIONS)
+        conn = _Connection(endpoint, channel, self.timeout)
+        step = "answer status"
         try:
-            client = etcd3.client(host=endpoint.grpc_host, port=endpoint.port, timeout=self.timeout,
-                                  user=self.username, password=self.password,
-                                  grpc_options=GRPC_OPTIONS, **self._tls_files(endpoint))
-        except OSError as exc:
-            raise RegistryError(f"cannot read the TLS files for {endpoint.url}: {exc}") from None
+            if self.username:
+                step = "authenticate"
+                await self._authenticate(conn)
+                step = "answer status"
+            await conn.unary(conn.maintenance.Status, pb.StatusRequest())
         except grpc.RpcError as exc:
-            raise self._error(exc, endpoint, "authenticate") from None
-        conn = _Connection(endpoint, client, self.timeout)
-        try:
-            conn.status()
-        except grpc.RpcError as exc:
-            conn.close()
-            raise self._error(exc, endpoint, "answer status") from None
+            await channel.close()
+            refused = exc.code() == grpc.StatusCode.UNAVAILABLE and endpoint.tls and await _port_open(endpoint)
+            raise self._error(exc, endpoint, step, tls_refused=refused) from None
         return conn
 
-    def _tls_files(self, endpoint: Endpoint) -> dict:
-        if not endpoint.tls:
-            return {}
-        files = {"ca_cert": self.cafile or DEFAULT_CA_BUNDLE}
+    def _credentials(self, endpoint: Endpoint):
+        """The TLS credentials for an https endpoint, read from the files now (so a
+        certificate renewed on disk is used by the next connection)."""
+        files = {"root_certificates": self.cafile or DEFAULT_CA_BUNDLE}
         if self.certfile:
-            files.update(cert_cert=self.certfile, cert_key=self.keyfile)
-        return files
-
-    def _call(self, what: str, rpc):
-        """rpc(connection) with failover bookkeeping and one token renewal; RegistryError."""
-        for attempt in range(2):
-            conn = self._connect()
+            files.update(certificate_chain=self.certfile, private_key=self.keyfile)
+        contents = {}
+        for name, path in files.items():
             try:
-                return rpc(conn)
-            except grpc.RpcError as exc:
-                if attempt == 0 and self.username and _is_expired_token(exc):
-                    self._renew_token(conn)
-                    continue
-                if exc.code() == grpc.StatusCode.NOT_FOUND and "lease not found" in (exc.details() or ""):
-                    raise _LeaseNotFound(exc.details()) from None
-                if exc.code() in _ENDPOINT_FAILURES:
-                    self._drop(conn)
-                raise self._error(exc, conn.endpoint, what) from None
-            except ValueError as exc:
-                if "closed channel" not in str(exc):   # "Cannot invoke RPC on closed channel!"
-                    raise
-                if self._closed:
-                    raise RegistryError("the etcd registry is closed") from None
-                self._drop(conn)
-                raise RegistryError(f"etcd at {conn.endpoint.url}: {what} failed: {exc}") from None
+                with open(path, "rb") as handle:
+                    contents[name] = handle.read()
+            except OSError as exc:
+                raise RegistryError(f"cannot read the TLS file {path} for {endpoint.url}: "
+                                    f"{exc.strerror}") from None
+        return grpc.ssl_channel_credentials(**contents)
 
-    def _renew_token(self, conn: _Connection) -> None:
-        try:
-            conn.reauthenticate(self.username, self.password)
-        except grpc.RpcError as exc:
-            raise self._error(exc, conn.endpoint, "authenticate") from None
+    async def _authenticate(self, conn: _Connection) -> None:
+        """A fresh token for conn (RpcError when etcd refuses)."""
+        response = await conn.auth.Authenticate(pb.AuthenticateRequest(name=self.username, password=self.password),
+                                                timeout=conn.timeout)
+        conn.token = response.token
 
-    def _drop(self, conn: _Connection) -> None:
+    async def _drop(self, conn: _Connection) -> None:
         """Abandon a failing endpoint: the next call connects, starting with the next one."""
-        with self._lock:
-            if self._conn is conn:
-                self._conn = None
-                self._next = (self.endpoints.index(conn.endpoint) + 1) % len(self.endpoints)
-        conn.close()
+        if self._conn is conn:
+            self._conn = None
+            self._next = (self.endpoints.index(conn.endpoint) + 1) % len(self.endpoints)
+        await conn.channel.close()
 
-    def _forget_watch(self, watch) -> None:
-        with self._lock:
-            self._watches.discard(watch)
-
-    def revoke_quietly(self, lease_id: int) -> None:
-        try:
-            self.revoke(lease_id)
-        except RegistryError as exc:
-            log.warning("could not revoke unused lease %x (it expires by itself): %s", lease_id, exc)
-
-    def _error(self, exc: grpc.RpcError, endpoint: Endpoint, what: str) -> RegistryError:
-        """A RegistryError that names the endpoint and explains the gRPC failure."""
+    def _error(self, exc: grpc.RpcError, endpoint: Endpoint, what: str, tls_refused: bool = False) -> RegistryError:
+        """A RegistryError that names the endpoint and explains the gRPC failure: by its
+        status code first, then by etcd's own message (etcd_errors)."""
         code, details = exc.code(), exc.details() or ""
+        known = etcd_errors.lookup(code.name, details)
         user = self.username
         final = False
-        if code == grpc.StatusCode.UNAVAILABLE and endpoint.tls and any(w in details.lower() for w in _TLS_WORDS):
+        if tls_refused:
+            # the port takes TCP connections, yet gRPC could not set the channel up: the
+            # TLS handshake (or HTTP/2 over it) failed
+            ca = self.cafile or DEFAULT_CA_BUNDLE
             message = f"TLS handshake with {endpoint.url} failed: {details}"
-            if "CERTIFICATE_VERIFY_FAILED" in details:
-                message += f" (is {self.cafile or DEFAULT_CA_BUNDLE} the CA that signed etcd's certificate?)"
-            elif "TSI_DATA_CORRUPTED" in details and not self.certfile:
-                message += " (no client certificate was given: etcd probably requires one)"
-        elif code == grpc.StatusCode.UNAVAILABLE:
-            message = f"etcd at {endpoint.url} is unreachable: {details}"
+            if not self.certfile:
+                message += (" (no client certificate was given: if etcd requires one "
+                            "(--client-cert-auth), pass --etcd-certfile and --etcd-keyfile;")
+            else:
+                message += f" (client certificate {self.certfile};"
+            message += f" CA bundle {ca}: is it the CA that signed etcd's certificate?)"
         elif code == grpc.StatusCode.DEADLINE_EXCEEDED:
             message = f"etcd at {endpoint.url} did not {what} within {self.timeout:g}s"
-        elif "authentication failed" in details or "invalid auth token" in details:
-            message, final = f"etcd at {endpoint.url} rejected the credentials for user {user}: {details}", True
-        elif "user name is empty" in details:
-            message, final = (f"etcd at {endpoint.url} requires a username and password: {details}", True)
-        elif "authentication is not enabled" in details:
-            message, final = (f"etcd at {endpoint.url} has authentication disabled, "
-                              f"but user {user} was given: {details}", True)
-        elif code == grpc.StatusCode.PERMISSION_DENIED:
+        elif code == grpc.StatusCode.UNAVAILABLE and known is None:
+            message = f"etcd at {endpoint.url} is unreachable: {details}"
+        elif known is not None and known.kind == etcd_errors.CREDENTIALS:
+            final = True
+            if known.message.endswith("invalid user ID or password"):
+                message = f"etcd at {endpoint.url} rejected the credentials for user {user}: {details}"
+            elif known.message.endswith("user name is empty"):
+                message = f"etcd at {endpoint.url} requires a username and password: {details}"
+            else:
+                message = f"etcd at {endpoint.url} has authentication disabled, but user {user} was given: {details}"
+        elif known is not None and known.kind == etcd_errors.PERMISSION:
             message = f"etcd at {endpoint.url} denied user {user or '(none)'} to {what}: {details}"
+        elif known is not None and known.kind == etcd_errors.MEMBER:
+            message = f"etcd at {endpoint.url} cannot {what} now: {details}"
         else:
             message = f"etcd at {endpoint.url} failed to {what}: {code.name}: {details}"
+        if known is not None and known.fix:
+            message += f" ({known.fix})"
         error = RegistryError(message)
         error.final = final
         return error
 
 
-def _in_flight(method, requests: list, conn) -> list:
-    """The answers to `requests` on one unary method, every request sent before the
-    first answer is awaited (gRPC futures on the one channel)."""
-    futures = [method.future(request, timeout=conn.timeout, metadata=conn.metadata) for request in requests]
+async def _in_flight(conn: _Connection, method, requests: list) -> list:
+    """The answers to `requests` on one unary method, in order: WINDOW of them in flight
+    at once on the one channel; the first failure cancels the rest and is raised."""
+    answers = []
+    for start in range(0, len(requests), WINDOW):
+        calls = [conn.unary(method, request) for request in requests[start:start + WINDOW]]
+        try:
+            answers += await asyncio.gather(*calls)
+        finally:
+            for call in calls:
+                call.cancel()  # a no-op on calls that ended
+    return answers
+
+
+async def _port_open(endpoint: Endpoint) -> bool:
+    """Does the endpoint's port accept a TCP connection (within PROBE_TIMEOUT)?"""
     try:
-        return [future.result() for future in futures]
-    finally:
-        for future in futures:
-            future.cancel()
-
-
-def _varint_field(number: int, value: int) -> bytes:
-    """One protobuf varint field (int64: negative values take ten bytes)."""
-    value &= (1 << 64) - 1
-    out = bytearray([number << 3])
-    while True:
-        byte = value & 0x7F
-        value >>= 7
-        out.append(byte | (0x80 if value else 0))
-        if not value:
-            return bytes(out)
-
-
-def _fields(data: bytes):
-    """(field number, value) of one encoded protobuf message: an int for a varint, bytes
-    for a length-delimited field (fixed-width fields are skipped)."""
-    pos, end = 0, len(data)
-    while pos < end:
-        key, pos = _read_varint(data, pos)
-        wire = key & 7
-        if wire == 0:
-            value, pos = _read_varint(data, pos)
-            yield key >> 3, value
-        elif wire == 2:
-            length, pos = _read_varint(data, pos)
-            if pos + length > end:
-                raise RegistryError("etcd sent a truncated answer")
-            yield key >> 3, data[pos:pos + length]
-            pos += length
-        elif wire == 1:
-            pos += 8
-        elif wire == 5:
-            pos += 4
-        else:
-            raise RegistryError(f"etcd sent an unreadable answer (wire type {wire})")
-
-
-def _int64(value: int) -> int:
-    return value - (1 << 64) if value >= 1 << 63 else value
-
-
-def _ttl_of(data: bytes) -> int:
-    """The TTL (field 3, int64) of an encoded LeaseTimeToLiveResponse; other fields skipped."""
-    ttl = 0
-    for number, value in _fields(data):
-        if number == 3:
-            ttl = _int64(value)
-    return ttl
-
-
-def _range_page(data: bytes) -> tuple:
-    """([(key, value, lease, create revision)], header revision, more) of an encoded
-    RangeResponse (header = 1 {revision = 3}, kvs = 2, more = 3; KeyValue: key = 1,
-    create_revision = 2, value = 5, lease = 6)."""
-    rows, revision, more = [], 0, False
-    for number, value in _fields(data):
-        if number == 2:
-            key, created, kv_value, lease = b"", 0, b"", 0
-            for field, item in _fields(value):
-                if field == 1:
-                    key = item
-                elif field == 2:
-                    created = _int64(item)
-                elif field == 5:
-                    kv_value = item
-                elif field == 6:
-                    lease = _int64(item)
-            rows.append((key, kv_value, lease, created))
-        elif number == 1:
-            for field, item in _fields(value):
-                if field == 3:
-                    revision = _int64(item)
-        elif number == 3:
-            more = bool(value)
-    return rows, revision, more
-
-
-def _read_varint(data: bytes, pos: int) -> tuple:
-    value = shift = 0
-    while True:
-        if pos >= len(data):
-            raise RegistryError("etcd sent a truncated answer")
-        byte = data[pos]
-        pos += 1
-        value |= (byte & 0x7F) << shift
-        if not byte & 0x80:
-            return value, pos
-        shift += 7
+        _, writer = await asyncio.wait_for(asyncio.open_connection(endpoint.host, endpoint.port), PROBE_TIMEOUT)
+    except (OSError, asyncio.TimeoutError):
+        return False
+    writer.close()
+    return True
 
 
 class _LeaseNotFound(RegistryError):
     """etcd: requested lease not found (internal: mapped to False/ignored by the callers)."""
 
 
-def _is_expired_token(exc: grpc.RpcError) -> bool:
-    return exc.code() == grpc.StatusCode.UNAUTHENTICATED and "invalid auth token" in (exc.details() or "")
+_STOP = object()  # tells a watch's thread to end without a word
 
 
 class _PrefixWatch:
-    """One watch stream on its own thread; see EtcdRegistry.watch_leases."""
+    """One watch stream: read by a task on the transport's loop, its events handed in
+    order to a thread of its own that calls on_event; see EtcdRegistry.watch_leases."""
 
-    def __init__(self, conn: _Connection, prefix: str, start_revision: int, on_event, on_end):
-        self.conn = conn
+    def __init__(self, transport: EtcdTransport, loop: _Loop, prefix: str, start_revision: int, on_event):
+        self.transport = transport
+        self.loop = loop
         self.prefix = prefix
         self.start_revision = max(int(start_revision), 0)
         self.on_event = on_event
-        self.on_end = on_end
         self.stopping = threading.Event()    # set by cancel(): end silently
-        self.finished = threading.Event()    # set when the stream is over: request iterator ends
+        self.events = queue.SimpleQueue()    # (kind, ...) items from the loop, _STOP last
         self.call = None
-        self.thread = threading.Thread(target=self._run, daemon=True, name=f"weft-watch {prefix}")
+        self.task = None
+        self.thread = threading.Thread(target=self._deliver, daemon=True, name=f"weft-watch {prefix}")
 
-    def start(self) -> None:
-        key = self.prefix.encode()
-        create = etcdrpc.WatchCreateRequest(key=key, range_end=prefix_end(key),
-                                            start_revision=self.start_revision)
-        try:
-            self.call = self.conn.watch_stub.Watch(self._requests(create), metadata=self.conn.metadata)
-        except ValueError as exc:  # channel closed meanwhile
-            self.finished.set()
-            self.on_end(self)
-            raise RegistryError(f"etcd at {self.conn.endpoint.url}: cannot watch {self.prefix}: {exc}") from None
+    async def open(self, conn: _Connection) -> None:
+        """Start the stream on conn (runs on the loop)."""
+        self.call = conn.watch.Watch(metadata=conn.metadata)
+        self.task = asyncio.ensure_future(self._read(conn.endpoint, self.call))
         self.thread.start()
 
     def cancel(self) -> None:
+        """Stop without a resync and wait for the watch's thread; idempotent, any thread."""
         self.stopping.set()
-        self.finished.set()
-        if self.call is not None:
-            self.call.cancel()
+        self.loop.soon(self._stop_stream)
+        self.events.put(_STOP)
         if self.thread.is_alive() and self.thread is not threading.current_thread():
             self.thread.join(WATCH_JOIN_TIMEOUT)
 
-    def _requests(self, create):
-        yield etcdrpc.WatchRequest(create_request=create)
-        self.finished.wait()
+    def _stop_stream(self) -> None:
+        if self.call is not None:
+            self.call.cancel()
+        if self.task is not None:
+            self.task.cancel()
 
-    def _run(self) -> None:
+    async def _read(self, endpoint: Endpoint, call) -> None:
+        key = self.prefix.encode()
         resync_revision = 0
         try:
-            for response in self.call:
-                if self.stopping.is_set():
-                    return
+            await call.write(pb.WatchRequest(create_request=pb.WatchCreateRequest(
+                key=key, range_end=prefix_end(key), start_revision=self.start_revision)))
+            while not self.stopping.is_set():
+                response = await call.read()
+                if response is aio.EOF:
+                    log.warning("etcd at %s ended the watch on %s", endpoint.url, self.prefix)
+                    break
                 if response.compact_revision:  # we fell behind a compaction: re-list
                     resync_revision = response.compact_revision
                     log.warning("watch on %s fell behind etcd's compaction at revision %d; "
@@ -711,26 +704,41 @@ class _PrefixWatch:
                     log.warning("etcd cancelled the watch on %s: %s", self.prefix,
                                 response.cancel_reason or "no reason given")
                     break
-                for event in response.events:
-                    self._deliver(event)
+                if response.events:
+                    self.events.put(("events", response.events))
+        except asyncio.CancelledError:
+            pass  # cancel(): _STOP is queued already
         except grpc.RpcError as exc:
             if not self.stopping.is_set():
-                log.warning("watch on %s at %s broke: %s: %s", self.prefix, self.conn.endpoint.url,
+                log.warning("watch on %s at %s broke: %s: %s", self.prefix, endpoint.url,
                             exc.code().name, exc.details())
+        except aio.UsageError as exc:  # the channel closed before the stream began
+            if not self.stopping.is_set():
+                log.warning("watch on %s at %s could not start: %s", self.prefix, endpoint.url, exc)
         finally:
-            self.finished.set()
-            self.on_end(self)
-            if self.call is not None:
-                self.call.cancel()
-        if not self.stopping.is_set():
-            self._notify("resync", None, None, resync_revision, 0)
+            call.cancel()
+            self.transport._forget_watch(self)
+            self.events.put(_STOP if self.stopping.is_set() else ("resync", resync_revision))
 
-    def _deliver(self, event) -> None:
-        kind = "delete" if event.type == event.DELETE else "put"
-        suffix = event.kv.key.decode()[len(self.prefix):]
-        value = event.kv.value.decode(errors="replace") if kind == "put" else ""
-        self._notify(kind, suffix, value, event.kv.mod_revision,
-                     event.kv.create_revision if kind == "put" else 0)
+    def _deliver(self) -> None:
+        """The watch's thread: on_event for each event, in order, until the stream ends."""
+        while True:
+            item = self.events.get()
+            if item is _STOP or self.stopping.is_set():
+                return
+            if item[0] == "resync":
+                self._notify("resync", None, None, item[1], 0)
+                return
+            for event in item[1]:
+                if self.stopping.is_set():
+                    return
+                kv = event.kv
+                suffix = kv.key.decode()[len(self.prefix):]
+                if event.type == pb.Event.DELETE:
+                    self._notify("delete", suffix, "", kv.mod_revision, 0)
+                else:
+                    self._notify("put", suffix, kv.value.decode(errors="replace"), kv.mod_revision,
+                                 kv.create_revision)
 
     def _notify(self, *args) -> None:
         try:

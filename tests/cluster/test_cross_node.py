@@ -50,9 +50,11 @@ def test_two_nodes_vxlan_kernel_state_and_operability(cluster):
     assert "WEFT_NETWORK=10.244.0.0/16\n" in env and "WEFT_MTU=1450\n" in env
     assert f"WEFT_SUBNET={subnet.replace('.0/', '.1/')}\n" in env and "WEFT_IPMASQ=true\n" in env
     # operability: leases, status, metrics, health
-    leases = json.loads(cluster.weftctl("leases", "weft", "--json").stdout)
+    leases = json.loads(cluster.weftctl("leases", "weft", "--json", "--ttl").stdout)
     assert sorted(row["node"] for row in leases) == ["node1", "node2"]
     assert all(row["ttl"] > 0 for row in leases)
+    assert all("ttl" not in row for row in json.loads(cluster.weftctl("leases", "weft", "--json").stdout)), \
+        "TTLs were read without --ttl"
     status = one.ns.run([f"{cluster.installed}/bin/weftctl", "status", "--run-dir", one.run_dir])
     assert "network weft on node node1: ready" in status.stdout and "1 programmed" in status.stdout
     code, metrics = one.http("/metrics")
@@ -146,7 +148,8 @@ def test_weftctl_network_and_leases_against_etcd(cluster):
     assert missing.returncode == 1 and missing.stdout == "", missing
     assert "network other has no config at /weft/networks/other/config" in missing.stderr, missing.stderr
 
-    # leases as text: a live lease with its TTL, and a reservation (a key with no etcd lease)
+    # leases as text: a live lease with its etcd lease (--ttl: its TTL), and a reservation
+    # (a key with no etcd lease)
     granted = cluster.etcd.etcdctl("lease", "grant", "600", check=True).stdout
     lease_hex = re.search(r"lease ([0-9a-f]+) granted", granted).group(1)
     lease = {"PublicIP": "192.168.100.7", "NodeName": "nodeseven", "BackendType": "vxlan",
@@ -157,15 +160,20 @@ def test_weftctl_network_and_leases_against_etcd(cluster):
                          json.dumps({**lease, "NodeName": "reserved", "PublicIP": "192.168.100.8"}), check=True)
     # endpoints from $WEFT_ETCD_ENDPOINTS (no --etcd-endpoints flag)
     weftctl = [f"{cluster.installed}/bin/weftctl", "leases", "weft"]
-    text = cluster.underlay.run(weftctl, env={**os.environ, "WEFT_ETCD_ENDPOINTS": cluster.etcd.endpoint}).stdout
-    header, *rows = text.splitlines()
-    assert header.split() == ["NETWORK", "SUBNET", "NODE", "PUBLIC", "IP", "VTEP", "MAC", "TTL"], header
-    assert len(rows) == 2, text
-    live, reserved = (row.split() for row in rows)
-    assert live[:5] == ["weft", "10.244.7.0/24", "nodeseven", "192.168.100.7", "02:00:00:00:07:07"], rows[0]
-    assert re.fullmatch(r"\d+s", live[5]) and 0 < int(live[5][:-1]) <= 600, rows[0]
-    assert reserved == ["weft", "10.244.8.0/24", "reserved", "192.168.100.8", "02:00:00:00:07:07",
-                        "reservation"], rows[1]
+    for extra, last in (([], "LEASE"), (["--ttl"], "TTL")):
+        text = cluster.underlay.run(weftctl + extra,
+                                    env={**os.environ, "WEFT_ETCD_ENDPOINTS": cluster.etcd.endpoint}).stdout
+        header, *rows = text.splitlines()
+        assert header.split() == ["NETWORK", "SUBNET", "NODE", "PUBLIC", "IP", "VTEP", "MAC", last], header
+        assert len(rows) == 2, text
+        live, reserved = (row.split() for row in rows)
+        assert live[:5] == ["weft", "10.244.7.0/24", "nodeseven", "192.168.100.7", "02:00:00:00:07:07"], rows[0]
+        if extra:
+            assert re.fullmatch(r"\d+s", live[5]) and 0 < int(live[5][:-1]) <= 600, rows[0]
+        else:
+            assert int(live[5], 16) == int(lease_hex, 16), rows[0]
+        assert reserved == ["weft", "10.244.8.0/24", "reserved", "192.168.100.8", "02:00:00:00:07:07",
+                            "reservation"], rows[1]
     unset = cluster.underlay.run(weftctl, check=False, env={**os.environ, "WEFT_ETCD_ENDPOINTS": "http://127.0.0.1:9"})
     assert unset.returncode == 3 and "http://127.0.0.1:9" in unset.stderr, unset
 

@@ -1,17 +1,17 @@
 """Registry against a real etcd: configs, exclusive leases, watches, TLS, auth, history.
 
-gRPC's blocking waits run as in weftd (etcd_transport.wait_for_notifications_only: no
-periodic wake-ups), so every watch ending, cancel and outage below must reach its
-thread through gRPC's own notification."""
+The transport waits for gRPC on its asyncio loop, so every watch ending, cancel and
+outage below must reach its watch through gRPC's own notification (nothing polls)."""
 
 import json
+import os
 import secrets
+import subprocess
+import sys
 import threading
 import time
 
 import pytest
-
-import grpc
 
 from cni_plugin.subnet import etcd_transport
 from cni_plugin.subnet.etcd_registry import EtcdRegistry
@@ -60,15 +60,6 @@ class Recorder:
 
     def wait(self, count: int) -> list:
         return wait_for(lambda: len(self.snapshot()) >= count and self.snapshot(), f"{count} watch events")
-
-
-@pytest.fixture(scope="module", autouse=True)
-def waits_as_in_weftd():
-    before = grpc._common.MAXIMUM_WAIT_TIMEOUT
-    etcd_transport.wait_for_notifications_only()
-    assert grpc._common.MAXIMUM_WAIT_TIMEOUT >= etcd_transport.AGENT_WAIT_SLICE
-    yield
-    grpc._common.MAXIMUM_WAIT_TIMEOUT = before
 
 
 @pytest.fixture(scope="module")
@@ -209,49 +200,74 @@ def test_lease_ttls_reads_many_leases_in_one_round(registry, net):
     assert registry.lease_ttls([]) == {}
 
 
-def _many_leases(reg, net, count=etcd_transport.HAND_FRAMED_MIN + 6) -> dict:
-    """{lease id: granted TTL} of `count` leases with distinct TTLs (one revoked: -1)."""
-    granted = {reg.create_lease(net, f"10.245.{i}.0-24", "v", ttl=600 + 7 * i): 600 + 7 * i for i in range(count)}
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def _node_lease(index: int) -> str:
+    return json.dumps({"PublicIP": f"192.168.7.{index + 1}", "NodeName": f"node-{index}", "BackendType": "vxlan",
+                       "BackendData": {"VNI": 1, "VtepMAC": f"0e:00:00:00:07:{index:02x}"}})
+
+
+def _many_leases(reg, net, count=70) -> dict:
+    """{lease id: granted TTL} of `count` node leases with distinct TTLs (one revoked: -1)."""
+    granted = {reg.create_lease(net, f"10.245.{i}.0-24", _node_lease(i), ttl=600 + 7 * i): 600 + 7 * i
+               for i in range(count)}
     gone = next(iter(granted))
     reg.revoke(gone)
     granted[gone] = -1
     return granted
 
 
-def _framed_by_hand_matches_grpcio(reg, granted: dict) -> None:
-    ids = sorted(granted)
-    by_hand = reg.etcd._ttls_framed_by_hand(ids)
-    assert sorted(by_hand) == ids, "the hand-framed round left calls to grpcio"
-    through_grpcio = reg.etcd._call("ttls", lambda c: reg.etcd._ttl_window(c, ids))
+def _round_reads_every_ttl(reg, granted: dict) -> None:
+    """One lease_ttls round answers every lease with its own TTL (-1 for the revoked one),
+    each as a single LeaseTimeToLive reads it."""
+    ttls = reg.lease_ttls(sorted(granted))
+    assert sorted(ttls) == sorted(granted)
     for lease_id, ttl in granted.items():
         if ttl == -1:
-            assert by_hand[lease_id] == through_grpcio[lease_id] == -1
+            assert ttls[lease_id] == -1
         else:
-            assert ttl - 10 <= by_hand[lease_id] <= ttl and abs(by_hand[lease_id] - through_grpcio[lease_id]) <= 2
-    assert reg.lease_ttls(ids).keys() == by_hand.keys()
+            assert ttl - 10 <= ttls[lease_id] <= ttl
+            assert abs(ttls[lease_id] - reg.lease_ttl(lease_id)) <= 2
 
 
-def test_a_large_ttl_round_is_framed_by_hand_with_grpcios_answers(registry, net):
-    """From HAND_FRAMED_MIN leases on, the TTLs come over etcd_h2's own HTTP/2
-    connections: every one answered there, each the value grpcio reads."""
-    _framed_by_hand_matches_grpcio(registry, _many_leases(registry, net))
+def _weftctl_shows_every_ttl(net: str, granted: dict, flags=(), password=None) -> None:
+    """`weftctl leases NET --ttl --json` with these etcd flags: a row per live lease (the
+    revoked one's key went with it), each with the TTL etcd holds; without --ttl, none.
+    Rows that are no node lease (a test's value "v") are left aside."""
+    env = {**os.environ, "WEFTD_ETCD_PASSWORD": password} if password else dict(os.environ)
+    command = [sys.executable, "-m", "cni_plugin.cli.weftctl", "leases", net, "--json", *flags]
+    for extra in (["--ttl"], []):
+        out = subprocess.run(command + extra, cwd=REPO, env=env, capture_output=True, text=True, timeout=60)
+        assert out.returncode == 0, out.stderr
+        rows = [row for row in json.loads(out.stdout) if "error" not in row]
+        assert sorted(row["leaseID"] for row in rows) == sorted(i for i, ttl in granted.items() if ttl != -1)
+        for row in rows:
+            if extra:
+                assert granted[row["leaseID"]] - 10 <= row["ttl"] <= granted[row["leaseID"]], row
+            else:
+                assert "ttl" not in row, row
 
 
-def test_the_hand_framed_round_leaves_to_grpcio_what_it_cannot_read(registry, net):
+def test_a_ttl_round_reads_every_lease(registry, shared_etcd, net):
     granted = _many_leases(registry, net)
-    ids = sorted(granted)
-    # an endpoint that answers nothing: the whole round goes through grpcio
-    conn = registry.etcd._connect()
-    real = conn.endpoint
-    conn.endpoint = etcd_transport.Endpoint(f"http://127.0.0.1:{free_port()}", "http", "127.0.0.1",
-                                            free_port())
+    _round_reads_every_ttl(registry, granted)
+    _weftctl_shows_every_ttl(net, granted, ["--etcd-endpoints", shared_etcd.endpoint])
+
+
+def test_a_round_larger_than_its_window_keeps_every_answer_in_place(registry):
+    """More leases than requests in flight at once: the answers still land on their ids."""
+    ids = registry.etcd.grant_many(600, etcd_transport.WINDOW + 7)
+    assert len(set(ids)) == etcd_transport.WINDOW + 7
+    gone = ids[etcd_transport.WINDOW + 3]
+    registry.revoke(gone)
     try:
-        assert registry.etcd._ttls_framed_by_hand(ids) == {}
         ttls = registry.lease_ttls(ids)
+        assert sorted(ttls) == sorted(ids)
+        assert ttls[gone] == -1 and all(590 <= ttls[i] <= 600 for i in ids if i != gone)
     finally:
-        conn.endpoint = real
-    assert sorted(ttls) == ids
-    assert all((ttls[i] == -1) == (granted[i] == -1) for i in ids)
+        for lease_id in ids:
+            registry.etcd.revoke_quietly(lease_id)
 
 
 def test_revoke_removes_the_key_and_is_idempotent(registry, shared_etcd, net):
@@ -381,9 +397,9 @@ def test_handler_errors_do_not_end_the_watch(registry, net):
 def test_stopping_etcd_resyncs_the_watch_and_calls_fail_until_it_returns(etcd):
     reg = EtcdRegistry([etcd.endpoint], timeout=3.0)
     try:
-        threads_before = threading.active_count()
         events = Recorder()
         _, revision = reg.list_leases("weft")
+        threads_before = threading.active_count()  # the transport's loop thread included
         reg.watch_leases("weft", revision + 1, events)
         etcd.stop()
         assert events.wait(1) == [("resync", None, None, 0)]
@@ -445,7 +461,12 @@ def test_tls_needs_the_client_certificate(tmp_path):
         with EtcdRegistry([server.endpoint], **kwargs) as reg:
             reg.put_network_config("weft", "{}")
             assert reg.network_names() == ["weft"]
-            _framed_by_hand_matches_grpcio(reg, _many_leases(reg, "weft"))  # TLS with a client certificate
+            granted = _many_leases(reg, "weft")
+            _round_reads_every_ttl(reg, granted)  # TLS with a client certificate
+        _weftctl_shows_every_ttl("weft", granted, ["--etcd-endpoints", server.endpoint,
+                                                   "--etcd-cafile", kwargs["cafile"],
+                                                   "--etcd-certfile", kwargs["certfile"],
+                                                   "--etcd-keyfile", kwargs["keyfile"]])
         with EtcdRegistry([server.endpoint], cafile=kwargs["cafile"]) as reg:
             with pytest.raises(RegistryError,
                                match=f"TLS handshake with {server.endpoint} failed.*client certificate"):
@@ -475,10 +496,13 @@ def test_auth_accepts_the_right_password_only(tmp_path):
             assert events.wait(1)[0][:2] == ("put", "10.244.1.0-24")
             cancel()
             granted = _many_leases(reg, "weft")
-            _framed_by_hand_matches_grpcio(reg, granted)  # the token travels on the hand-framed calls
-            time.sleep(2.5)  # expired: whichever path answers, every TTL is read
+            _round_reads_every_ttl(reg, granted)  # the token travels on every call of the round
+            time.sleep(2.5)  # expired: the round renews it and reads every TTL
             ttls = reg.lease_ttls(sorted(granted))
             assert sorted(ttls) == sorted(granted) and min(ttls.values()) == -1
+        _weftctl_shows_every_ttl("weft", granted, ["--etcd-endpoints", server.endpoint,
+                                                   "--etcd-username", kwargs["username"]],
+                                 password=kwargs["password"])
         with EtcdRegistry([server.endpoint], username=kwargs["username"], password="wrong") as reg:
             with pytest.raises(RegistryError, match="rejected the credentials for user weft"):
                 reg.network_names()

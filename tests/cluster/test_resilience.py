@@ -40,7 +40,7 @@ def start(cluster, count, pods_per_node=1, extra=()):
 
 
 def leases(cluster) -> list:
-    return json.loads(cluster.weftctl("leases", "weft", "--json").stdout)
+    return json.loads(cluster.weftctl("leases", "weft", "--json", "--ttl").stdout)
 
 
 def lease_of(cluster, node_name) -> dict:

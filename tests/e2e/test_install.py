@@ -98,9 +98,17 @@ def test_make_install_into_a_new_venv_from_another_directory_works(tmp_path, net
     # weft and its dependencies are in the venv itself, not found through the checkout
     site = isolated(target, "import sysconfig; print(sysconfig.get_paths()['purelib'])", cwd=REPO)
     assert site.startswith(f"{target}/venv/")
-    for module in ("cni_plugin", "pyroute2", "etcd3", "prometheus_client"):
+    for module in ("cni_plugin", "pyroute2", "grpc", "google.protobuf", "prometheus_client"):
         where = isolated(target, f"import importlib.util as u; print(u.find_spec('{module}').origin)", cwd=REPO)
         assert where.startswith(site + "/"), (module, where)
+    # the etcd stubs ship generated (nothing to build), with their schema, and load under
+    # protobuf's C runtime; the etcd3 package is no dependency any more
+    stubs = "from cni_plugin.subnet.etcd_api import etcd_pb2_grpc, etcd_pb2; " \
+            "from google.protobuf.internal import api_implementation as a; print(a.Type(), etcd_pb2.__file__)"
+    runtime, where = isolated(target, stubs, cwd=REPO).split()
+    assert runtime == "upb" and where.startswith(site + "/")
+    assert os.path.exists(os.path.join(os.path.dirname(where), "etcd.proto"))
+    assert isolated(target, "import importlib.util as u; print(u.find_spec('etcd3'))", cwd=REPO) == "None"
     for name, text in launcher_lines(target).items():
         assert REPO not in text, f"{name} points into the checkout"
         assert text.splitlines()[0].startswith(f"#!{target}/venv/bin/python -I"), name

@@ -99,12 +99,20 @@ def test_no_import_cycle_between_packages():
 
 @pytest.mark.parametrize("library,allowed", [
     ("pyroute2", ("cni_plugin.datapath.",)),
-    ("etcd3", ("cni_plugin.subnet.etcd_transport",)),
-    ("grpc", ("cni_plugin.subnet.etcd_transport",)),
+    # gRPC and protobuf: the transport, and the stubs generated for it (etcd_api/)
+    ("grpc", ("cni_plugin.subnet.etcd_transport", "cni_plugin.subnet.etcd_api.")),
+    ("google.protobuf", ("cni_plugin.subnet.etcd_api.",)),
+    ("cni_plugin.subnet.etcd_api", ("cni_plugin.subnet.etcd_transport", "cni_plugin.subnet.etcd_api.")),
 ])
 def test_heavy_libraries_stay_in_their_module(library, allowed):
     users = sorted(m for m in MODULES if any(i == library or i.startswith(library + ".") for i in _imports(m)))
     assert users and all(m.startswith(allowed) for m in users), users
+
+
+def test_etcd3_is_gone():
+    """etcd's API goes through weft's own generated stubs; the etcd3 package (its
+    generated modules need the pure-Python protobuf runtime) is not used anywhere."""
+    assert sorted(m for m in MODULES if any(i == "etcd3" or i.startswith("etcd3.") for i in _imports(m))) == []
 
 
 def test_the_datapath_speaks_no_cni_codes():
@@ -122,8 +130,8 @@ def test_backends_and_the_protocol_layer_stay_below_their_users():
 
 
 # modules that frame a wire protocol by hand, each the one place for its protocol
-# (subnet/etcd_h2.py: HTTP/2 for weftctl's TTL round, issue 23 item 2 replaces it)
-WIRE_CODECS = {"cni_plugin.datapath.nlcodec": "netlink", "cni_plugin.subnet.etcd_h2": "HTTP/2"}
+# (etcd is reached through generated stubs: subnet/etcd_api/)
+WIRE_CODECS = {"cni_plugin.datapath.nlcodec": "netlink"}
 
 
 def test_raw_netlink_is_framed_only_in_the_codec():
