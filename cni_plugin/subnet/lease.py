@@ -185,7 +185,7 @@ class NetworkConfig:
             enable_ipv4=enable_ipv4, enable_ipv6=enable_ipv6,
             ip_masq=get("IPMasq", bool, True), mtu=mtu, backend_type=backend_type,
             backend=backend_config, raw=raw,
-            control_plane_access=_control_plane_access(where, get("ControlPlaneAccess", object, [])),
+            control_plane_access=_control_plane_access(where, raw.get("ControlPlaneAccess", [])),
         )
         if config.subnet_min and config.subnet_max and config.subnet_min > config.subnet_max:
             raise ConfigError(f"{where}: SubnetMin {config.subnet_min} is above SubnetMax {config.subnet_max}")
