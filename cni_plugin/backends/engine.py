@@ -358,16 +358,18 @@ def reconcile(nl, plan: Plan) -> Drift:
     return reconcile_from(nl, plan, read_state(nl, plan))
 
 
-def reconcile_from(nl, plan: Plan, actual: dict, unsettled=frozenset(), kinds=None) -> Drift:
+def reconcile_from(nl, plan: Plan, actual: dict, unsettled=frozenset(), kinds=None, desired=None) -> Drift:
     """reconcile() against `actual`, a read_state() taken a moment ago (e.g. by another
     thread while watch events kept being applied).  unsettled: lease keys programmed or
     removed since that read; their missing entries are the watch path's business (they
     would only show up as false drift).  Stale entries are deleted either way: one that
     a later event already removed is simply gone (not counted).  kinds: `actual` holds
-    only entries of these kinds (read_state's), so only they are compared."""
-    desired = desired_state(plan)
+    only entries of these kinds (read_state's), so only they are compared.  desired:
+    desired_state(plan), when the caller kept it (it is not changed here)."""
+    desired = desired_state(plan) if desired is None else desired
     if kinds is not None:
-        desired.entries = {entry: value for entry, value in desired.entries.items() if entry[0] in kinds}
+        desired = Desired({entry: value for entry, value in desired.entries.items() if entry[0] in kinds},
+                          desired.protected, desired.protected_fdb_dsts, desired.errors)
     drift = Drift()
     errors = list(desired.errors)
     _remove_stale(nl, plan, stale_entries(desired, actual), drift, errors)

@@ -282,7 +282,7 @@ class OverlayController(Controller):
             if actual is None:
                 read, kinds = self.schedule.taken(why), None
                 actual = engine.read_state(self.dump, plan)
-            drift = engine.reconcile_from(self.nl, plan, actual, unsettled, kinds)
+            drift = engine.reconcile_from(self.nl, plan, actual, unsettled, kinds, self._desired(plan))
         except Exception as exc:  # OverlayError carries what was done before the failures
             agent.log.error(f"reconcile incomplete: {exc}", extra=agent.extra())
             drift, failed = getattr(exc, "drift", None), True
@@ -300,13 +300,25 @@ class OverlayController(Controller):
         elif repaired:
             self.drift_repaired += repaired
             agent.metrics.drift.labels(agent.name).inc(repaired)
-            agent.log.warning(f"reconcile repaired {repaired} kernel entries: {'; '.join(drift.details)}",
+            agent.log.warning(f"reconcile repaired {repaired} kernel entries ({read.scope} read: {read.why}): "
+                              f"{'; '.join(drift.details)}",
                               extra=agent.extra())
         self.synced_once = True
         self.last_reconcile = time.time()
         agent.metrics.peers.labels(agent.name).set(len(agent.peers))
         agent.metrics.ready.labels(agent.name).set(1 if agent.ready else 0)
         agent.write_status()
+
+    def _desired(self, plan):
+        """engine.desired_state(plan), kept while the peers and the plan stay the same:
+        a quiet WireGuard pass compares its peer read with it every interval, and
+        planning N leases again each time would cost more than the read."""
+        key = (self.agent.peers, self.plan)
+        if self._desired_key is None or any(a is not b for a, b in zip(key, self._desired_key)):
+            self._desired_key, self._desired_value = key, engine.desired_state(plan)
+        return self._desired_value
+
+    _desired_key = _desired_value = None
 
     def _device_gone_quietly(self) -> bool:
         """_device_gone, False when netlink cannot tell (the read error is reported then)."""
