@@ -30,7 +30,7 @@ FIGURES = ("default", "sequential", "parallel", "density", "throughput", "source
 SMOKE = {"attachments": 10, "parallel": 10, "workers": 8, "parallel_rounds": 2, "prepopulate": 20, "measure": 5,
          "iperf_seconds": 1, "iperf_rounds": 1, "nodes": 3, "leases": 2, "sandboxes": 3,
          "policy_pods": 40, "policy_count": 10, "policy_changes": 3, "policy_adds": 3,
-         "scale_nodes": "10", "scale_churn": 6, "scale_quiet": 2.0,
+         "scale_nodes": "10", "scale_wireguard_nodes": "10", "scale_churn": 6, "scale_quiet": 2.0,
          "sv_rounds": 1, "sv_seconds": 1.0, "sv_adds": 2}
 
 
@@ -61,6 +61,9 @@ def parse(argv=None):
     p.add_argument("--policy-adds", type=int, default=20, help="ADD+DEL pairs with and without the policies")
     p.add_argument("--scale-nodes", default="100,1000,5000",
                    help="cluster sizes N of the scale figure: N leases in etcd, a few real agents (default 100,1000,5000)")
+    p.add_argument("--scale-wireguard-nodes", default="1000",
+                   help="cluster sizes N of the scale figure's wireguard run (peers read every pass; "
+                        "default 1000, empty: none)")
     p.add_argument("--scale-agents", type=int, default=2, help="real agents in the scale figure (default 2)")
     p.add_argument("--scale-churn", type=int, default=200,
                    help="lease changes (adds and removes alternating) at 20/s per N (default 200)")
@@ -81,6 +84,12 @@ def parse(argv=None):
         p.error(f"--scale-nodes {args.scale_nodes!r}: expected comma-separated node counts, e.g. 100,1000,5000")
     if not args.scale_sizes or min(args.scale_sizes) <= args.scale_agents:
         p.error(f"--scale-nodes {args.scale_nodes!r}: every N must exceed --scale-agents ({args.scale_agents})")
+    try:
+        args.scale_wireguard_sizes = sorted({int(n) for n in str(args.scale_wireguard_nodes).split(",") if n.strip()})
+    except ValueError:
+        p.error(f"--scale-wireguard-nodes {args.scale_wireguard_nodes!r}: expected comma-separated node counts")
+    if args.scale_wireguard_sizes and min(args.scale_wireguard_sizes) <= args.scale_agents:
+        p.error(f"--scale-wireguard-nodes: every N must exceed --scale-agents ({args.scale_agents})")
     unknown = set(args.figures) - set(FIGURES)
     if unknown:
         p.error(f"unknown figure(s) {', '.join(sorted(unknown))}; choose from {', '.join(FIGURES)}")
@@ -139,7 +148,7 @@ def run_figures(ctx, args) -> dict:
         "policy": lambda: policy.policy(ctx, 2, args.policy_pods, args.policy_count, args.policy_changes,
                                         args.policy_adds),
         "scale": lambda: scale.scale(ctx, args.scale_sizes, args.scale_agents, args.scale_churn,
-                                     args.scale_quiet, args.out),
+                                     args.scale_quiet, args.out, args.scale_wireguard_sizes),
     }
     figures = {}
     for name in args.figures:

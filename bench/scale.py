@@ -29,10 +29,16 @@ Measured per N, per real agent:
              runs each.
 The cluster's directory (etcd's data included) is on /dev/shm when there is one: the
 figure is about the agents, not about fsync on a disk shared with other work.
+The same is run for a `wireguard` network (--scale-wireguard-nodes, default 1,000):
+synthetic leases carry a PublicKey, each agent programs N - 1 peers into its
+wireguard-go and their routes, and the quiet figure includes the peer read every pass
+makes (peers send no change notification; agent/read_schedule.py).
 The figure also writes <out>/scale.svg: each cost against N.
 """
 
+import base64
 import collections
+import hashlib
 import ipaddress
 import json
 import os
@@ -47,6 +53,7 @@ from .context import percentile, rss_mib
 from .convergence import LogFollower, Writer, teardown
 
 NETWORK = {"Network": "10.0.0.0/8", "SubnetLen": 24, "Backend": {"Type": "vxlan", "VNI": 1}}
+NETWORKS = {"vxlan": NETWORK, "wireguard": {**NETWORK, "Backend": {"Type": "wireguard"}}}
 RECONCILE_INTERVAL = 10.0
 CHURN_RATE = 20.0           # changes per second
 BULK_CHUNK = 1000           # leases per writer request
@@ -58,13 +65,17 @@ CLI_RUNS = 3
 SHM = "/dev/shm"
 
 
-def ghost(index: int) -> tuple:
-    """(key suffix, value, subnet) of synthetic node `index`."""
+def ghost(index: int, backend: str = "vxlan") -> tuple:
+    """(key suffix, value, subnet) of synthetic node `index` of a `backend` network."""
     subnet = ipaddress.IPv4Network((int(ipaddress.IPv4Address("10.128.0.0")) + index * 256, 24))
     public_ip = ipaddress.IPv4Address(int(ipaddress.IPv4Address("172.16.0.1")) + index)
-    mac = "0e:" + ":".join(f"{b:02x}" for b in (index + 1).to_bytes(5, "big"))
-    value = json.dumps({"PublicIP": str(public_ip), "NodeName": f"scale-ghost-{index}", "BackendType": "vxlan",
-                        "BackendData": {"VNI": 1, "VtepMAC": mac}}, sort_keys=True)
+    if backend == "wireguard":  # a distinct, well-formed public key per node (no private half needed)
+        data = {"PublicKey": base64.b64encode(hashlib.sha256(b"scale-ghost-%d" % index).digest()).decode(),
+                "ListenPort": 51820}
+    else:
+        data = {"VNI": 1, "VtepMAC": "0e:" + ":".join(f"{b:02x}" for b in (index + 1).to_bytes(5, "big"))}
+    value = json.dumps({"PublicIP": str(public_ip), "NodeName": f"scale-ghost-{index}", "BackendType": backend,
+                        "BackendData": data}, sort_keys=True)
     return f"{subnet.network_address}-24", value, str(subnet)
 
 
@@ -110,8 +121,8 @@ def _etcd_requests(writer, cluster) -> float:
     return sum(started.values()), started
 
 
-def one_size(ctx, n: int, agents: int, churn: int, quiet: float) -> dict:
-    ctx.say(f"scale N={n}: {n - agents} synthetic leases, {agents} real agents")
+def one_size(ctx, n: int, agents: int, churn: int, quiet: float, backend: str = "vxlan") -> dict:
+    ctx.say(f"scale N={n} ({backend}): {n - agents} synthetic leases, {agents} real agents")
     # on tmpfs when there is one: etcd fsyncs every write, and on a disk shared with other
     # work that alone took ~150 ms per write here; the figure is about the agents
     base = SHM if os.path.isdir(SHM) and os.access(SHM, os.W_OK) else ctx.work
@@ -119,11 +130,11 @@ def one_size(ctx, n: int, agents: int, churn: int, quiet: float) -> dict:
     cluster = Cluster(workdir, ctx.installed, reconcile_interval=RECONCILE_INTERVAL)
     writer, nodes = None, []
     try:
-        cluster.set_network("weft", NETWORK)
+        cluster.set_network("weft", NETWORKS[backend])
         nodes = [cluster.add_node() for _ in range(agents)]
         ctx.record(cluster.namespace_names())
         writer = Writer(cluster)
-        ghosts = [ghost(i) for i in range(n - agents)]
+        ghosts = [ghost(i, backend) for i in range(n - agents)]
         wrote = 0.0
         for start in range(0, len(ghosts), BULK_CHUNK):
             items = [[key, value] for key, value, _ in ghosts[start:start + BULK_CHUNK]]
@@ -184,7 +195,7 @@ def one_size(ctx, n: int, agents: int, churn: int, quiet: float) -> dict:
             due = churn_started + i / CHURN_RATE
             time.sleep(max(0.0, due - time.monotonic()))
             if i % 2 == 0:
-                key, value, _ = ghost(n + i)
+                key, value, _ = ghost(n + i, backend)
                 answer = writer.ask(op="create", network="weft", key=key, value=value, ttl=GHOST_TTL)
                 changes.append((key, "peer programmed", answer["t0"], answer["t1"]))
                 removable.append(key)
@@ -236,7 +247,7 @@ def one_size(ctx, n: int, agents: int, churn: int, quiet: float) -> dict:
         leases_ms = _timed(leases)
         leases_ttl_ms = _timed(leases + ["--ttl"])
         point = {
-            "n": n, "agents": agents, "bulk_write_s": round(wrote, 2),
+            "n": n, "backend": backend, "agents": agents, "bulk_write_s": round(wrote, 2),
             "start_to_programmed_s": {"max": round(max(start_s), 2), "each": [round(s, 2) for s in start_s]},
             "churn": {"changes": churn, "rate_per_s": CHURN_RATE, "samples": len(latencies), "missing": missing,
                       "p50_ms": _round(percentile(latencies, 50)), "p99_ms": _round(percentile(latencies, 99)),
@@ -256,7 +267,7 @@ def one_size(ctx, n: int, agents: int, churn: int, quiet: float) -> dict:
             "weftctl_ms": {"status": status_ms, "whois": whois_ms, "leases": leases_ms,
                            "leases_ttl": leases_ttl_ms},
         }
-        ctx.say(f"scale N={n}: churn p50 {point['churn']['p50_ms']} ms p99 {point['churn']['p99_ms']} ms, "
+        ctx.say(f"scale N={n} ({backend}): churn p50 {point['churn']['p50_ms']} ms p99 {point['churn']['p99_ms']} ms, "
                 f"quiet CPU {point['quiet']['cpu_ms_per_interval']['max']} ms/interval, RSS {point['rss_mib']['max']} "
                 f"MiB, etcd {point['quiet']['etcd_requests_per_agent_per_min']} req/agent/min, "
                 f"weftctl leases {leases_ms['median_ms']} ms, with --ttl {leases_ttl_ms['median_ms']} ms")
@@ -269,12 +280,14 @@ def _round(value, digits=1):
     return None if value is None else round(value, digits)
 
 
-def scale(ctx, sizes, agents: int, churn: int, quiet: float, out_dir: str) -> dict:
+def scale(ctx, sizes, agents: int, churn: int, quiet: float, out_dir: str, wireguard_sizes=()) -> dict:
     from .scale_plot import plot
 
     points = [one_size(ctx, n, agents, churn, quiet) for n in sizes]
     figure = {"sizes": list(sizes), "agents": agents, "reconcile_interval_s": RECONCILE_INTERVAL,
-              "network": NETWORK["Network"], "points": points}
+              "network": NETWORK["Network"], "points": points,
+              # peers are read on every pass: the quiet figure of a wireguard network
+              "wireguard": [one_size(ctx, n, agents, churn, quiet, "wireguard") for n in wireguard_sizes]}
     os.makedirs(out_dir, exist_ok=True)
     path = os.path.join(out_dir, "scale.svg")
     with open(path, "w") as handle:

@@ -26,13 +26,14 @@ class BackgroundRead:
         self.thread = threading.Thread(target=self._work, name=f"weftd-read-{name}", daemon=True)
         self.thread.start()
 
-    def start(self, plan, done) -> bool:
-        """Begin a read of `plan`'s entries; done(plan, actual or None, unsettled, error)
-        runs on the loop.  False when a read is still in flight."""
+    def start(self, plan, done, kinds=None) -> bool:
+        """Begin a read of `plan`'s entries (kinds: of these kinds only; None: all);
+        done(plan, actual or None, unsettled, error) runs on the loop.  False when a read
+        is still in flight."""
         if self.pending is not None:
             return False
         self.pending = (self.generation, set())
-        self.requests.put((self.generation, plan, done, self.pending[1]))
+        self.requests.put((self.generation, plan, done, self.pending[1], kinds))
         return True
 
     def touched(self, lease_key: str) -> None:
@@ -54,12 +55,12 @@ class BackgroundRead:
             request = self.requests.get()
             if request is None:
                 break
-            generation, plan, done, unsettled = request
+            generation, plan, done, unsettled, kinds = request
             actual, error = None, None
             try:
                 if sock is None:
                     sock = self.open_socket()
-                actual = self.read(sock, plan)
+                actual = self.read(sock, plan, kinds)
             except Exception as exc:  # reported on the loop
                 error = exc
             self.post(lambda g=generation, a=actual, e=error, p=plan, u=unsettled, d=done:

@@ -31,6 +31,9 @@ class Metrics:
                                "address or MAC), dropped by source validation", ["network"], registry=r)
         self.drift = Counter("weft_drift_repaired_total", "Kernel entries added or removed by reconcile",
                              ["network"], registry=r)
+        self.kernel_reads = Counter("weft_kernel_reads_total", "Reconcile passes that read the kernel, by "
+                                    "controller, scope (full, unnotified) and why", ["network", "controller",
+                                                                                      "read", "why"], registry=r)
         self.etcd_errors = Counter("weft_etcd_errors_total", "Failed etcd operations", ["network"], registry=r)
         self.control_refused = Counter("weft_control_plane_refused_total", "Packets from pods to etcd or "
                                        "weftd's ports refused by the control-plane guard", ["network"], registry=r)

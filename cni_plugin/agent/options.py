@@ -12,7 +12,11 @@ _VALUED_FLAGS = (
     ("--run-dir", paths.RUN_DIR, str, None, "subnet files <network>.env, status files, the agent socket"),
     ("--state-dir", paths.STATE_DIR, str, None, "recorded subnets and VTEP MACs"),
     ("--lease-ttl", 86400, int, "SECONDS", "etcd lease TTL"),
-    ("--reconcile-interval", 10.0, float, "SECONDS", "full kernel-vs-etcd comparison period"),
+    ("--reconcile-interval", 10.0, float, "SECONDS", "reconcile pass period: the kernel is compared with the "
+     "known leases and tables where change notifications say it changed, entries without notifications "
+     "(WireGuard peers) always"),
+    ("--resync-interval", 300.0, float, "SECONDS", "a full read of every kernel entry weft owns at least this "
+     "often, whatever change notifications said"),
     ("--metrics-addr", paths.METRICS_ADDR, str, None, "HOST:PORT for /metrics, /healthz, /readyz"),
     ("--ipam-data-dir", paths.IPAM_DATA_DIR, str, None, "weft-ipam dataDir whose history is published to etcd"),
     ("--history-retention", 168.0, float, "HOURS", "how long published IP history is kept in etcd"),
@@ -55,6 +59,8 @@ def parse(argv=None) -> argparse.Namespace:
         p.error("--lease-ttl must be at least 10 seconds")
     if args.reconcile_interval <= 0:
         p.error("--reconcile-interval must be positive")
+    if not args.resync_interval > 0 or args.resync_interval == float("inf"):
+        p.error("--resync-interval must be a positive number of seconds")
     if args.policy_source not in POLICY_SOURCES:
         p.error(f"--policy-source {args.policy_source!r} is not one of {', '.join(POLICY_SOURCES)}")
     host, sep, port = args.metrics_addr.rpartition(":")

@@ -8,8 +8,24 @@ agent passes in, so every backend's planning runs in unit tests without root.
 """
 
 from ..catalogue import Catalogue
+from .base import FDB, NEIGH, ROUTE
 
 _CATALOGUE = Catalogue("backend", __name__, __path__, shared=("base", "engine"))
-register = _CATALOGUE.register
+
+
+def register(cls):
+    """Class decorator: a backend under its name, once it has said which of its entries
+    the kernel notifies about (base.py: NOTIFIED_KINDS; the others are read every pass)."""
+    notified = cls.NOTIFIED_KINDS
+    if not isinstance(notified, frozenset):
+        raise TypeError(f"backend {cls.name!r} must declare NOTIFIED_KINDS (a frozenset of the kinds of "
+                        "its entries the kernel sends change notifications for)")
+    unknown = notified - {ROUTE, NEIGH, FDB}
+    if unknown:
+        raise TypeError(f"backend {cls.name!r}: NOTIFIED_KINDS names {sorted(unknown)}, but change "
+                        "notifications cover routes, neighbours and FDB entries only")
+    return _CATALOGUE.register(cls)
+
+
 names = _CATALOGUE.names
 get = _CATALOGUE.get

@@ -9,6 +9,14 @@ plus the backend's own "device entries" (its DEVICE_KINDS, e.g. WireGuard peers)
 which the backend itself reads back, writes and deletes on its device; the engine
 treats them like the others (compare, write, remove stale) and orders them after
 neighbours/FDB and before routes when writing (reverse when removing).
+
+Every backend declares NOTIFIED_KINDS: the kinds of its entries whose changes the
+kernel announces over rtnetlink (datapath/changes.py KernelChanges follows routes of
+weft's protocol, and neighbours and FDB entries on the backend's device).  A quiet
+reconcile pass skips reading those; every other kind it owns (a WireGuard peer lives
+behind generic netlink or wireguard-go's socket: no notification) is read on every
+pass.  register() refuses a backend that leaves it undeclared, so a new backend (an
+IPv6 device included) cannot silently go unrepaired.
 """
 
 from typing import ClassVar, NamedTuple, Optional
@@ -41,6 +49,7 @@ class Backend:
     CONFIG_KEYS: ClassVar[tuple] = ()   # keys of the network config's Backend section
     owns_device_entries: ClassVar[bool] = False  # permanent neighbours/FDB on its device are ours
     DEVICE_KINDS: ClassVar[tuple] = ()  # kinds of entry this backend reads/writes on its device
+    NOTIFIED_KINDS: ClassVar[Optional[frozenset]] = None  # see the module doc; must be declared
 
     # -- network config ------------------------------------------------------------
     @classmethod

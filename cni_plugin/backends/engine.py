@@ -11,6 +11,11 @@ lies inside the plan's cluster network(s) (any interface, table main); when the
 backend owns its device's entries, every permanent neighbour and every FDB entry on
 that device is ours.  Nothing else is ever read as ours or removed.
 
+Partial reads: `read_state` and `reconcile_from` take `kinds`, a subset of the kinds
+the plan owns (owned_kinds); only entries of those kinds are read, compared and
+repaired.  A quiet reconcile pass reads `unnotified_kinds` this way (base.py:
+NOTIFIED_KINDS), a full one everything.
+
 Writes go neighbour, FDB, the backend's device entries (base.py), route; removals
 the other way.  An unusable lease's
 existing entries are left alone until it is fixed or gone.  Failures are never
@@ -109,6 +114,20 @@ class Plan:
     def reads_device(self) -> bool:
         return self.backend.owns_device_entries and bool(self.device.index)
 
+    def owned_kinds(self) -> frozenset:
+        """Every kind of kernel entry this plan owns."""
+        kinds = {ROUTE}
+        if self.reads_device():
+            kinds |= {NEIGH, FDB}
+        if self.device.index:
+            kinds |= set(self.backend.DEVICE_KINDS)
+        return frozenset(kinds)
+
+    def unnotified_kinds(self) -> frozenset:
+        """The kinds this plan owns that the kernel sends no change notification for:
+        read on every reconcile pass."""
+        return self.owned_kinds() - self.backend.NOTIFIED_KINDS
+
     def has_device_entries(self) -> bool:
         """The backend owns entries on its device (neighbours/FDB or its own kinds)."""
         return bool(self.device.index) and (self.backend.owns_device_entries
@@ -182,21 +201,26 @@ def desired_state(plan: Plan) -> Desired:
 
 # -- kernel state ---------------------------------------------------------------
 
-def read_state(nl, plan: Plan) -> dict:
-    """(kind, key) -> value of every kernel entry this plan owns (see module doc)."""
+def read_state(nl, plan: Plan, kinds=None) -> dict:
+    """(kind, key) -> value of every kernel entry this plan owns (see module doc);
+    kinds: only entries of these kinds (None: all)."""
     state = {}
-    for version in sorted({n.version for n in plan.networks}):
-        for route in nl.routes(version, proto=WEFT_RTPROT):
-            if plan.in_cluster(route.dst):
-                state[(ROUTE, route.dst)] = (route.gateway, route.oif, route.onlink)
-    if plan.reads_device():
+    wanted = plan.owned_kinds() if kinds is None else plan.owned_kinds() & kinds
+    if ROUTE in wanted:
+        for version in sorted({n.version for n in plan.networks}):
+            for route in nl.routes(version, proto=WEFT_RTPROT):
+                if plan.in_cluster(route.dst):
+                    state[(ROUTE, route.dst)] = (route.gateway, route.oif, route.onlink)
+    if NEIGH in wanted:
         for ip, mac in nl.permanent_neighbours(plan.device.index).items():
             state[(NEIGH, ip)] = mac
+    if FDB in wanted:
         for mac, (dst, permanent) in nl.fdb(plan.device.index).items():
             # a learned entry is never equal to a desired value: rewritten
             state[(FDB, mac)] = dst if permanent else ("not permanent", dst)
-    if plan.device.index and plan.backend.DEVICE_KINDS:
-        state.update(plan.backend.read_device_entries(nl, plan))
+    if wanted & set(plan.backend.DEVICE_KINDS):
+        state.update((entry, value) for entry, value in plan.backend.read_device_entries(nl, plan).items()
+                     if entry[0] in wanted)
     return state
 
 
@@ -334,13 +358,18 @@ def reconcile(nl, plan: Plan) -> Drift:
     return reconcile_from(nl, plan, read_state(nl, plan))
 
 
-def reconcile_from(nl, plan: Plan, actual: dict, unsettled=frozenset()) -> Drift:
+def reconcile_from(nl, plan: Plan, actual: dict, unsettled=frozenset(), kinds=None, desired=None) -> Drift:
     """reconcile() against `actual`, a read_state() taken a moment ago (e.g. by another
     thread while watch events kept being applied).  unsettled: lease keys programmed or
     removed since that read; their missing entries are the watch path's business (they
     would only show up as false drift).  Stale entries are deleted either way: one that
-    a later event already removed is simply gone (not counted)."""
-    desired = desired_state(plan)
+    a later event already removed is simply gone (not counted).  kinds: `actual` holds
+    only entries of these kinds (read_state's), so only they are compared.  desired:
+    desired_state(plan), when the caller kept it (it is not changed here)."""
+    desired = desired_state(plan) if desired is None else desired
+    if kinds is not None:
+        desired = Desired({entry: value for entry, value in desired.entries.items() if entry[0] in kinds},
+                          desired.protected, desired.protected_fdb_dsts, desired.errors)
     drift = Drift()
     errors = list(desired.errors)
     _remove_stale(nl, plan, stale_entries(desired, actual), drift, errors)

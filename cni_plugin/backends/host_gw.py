@@ -11,6 +11,7 @@ from .base import ROUTE, Backend
 @register
 class HostGw(Backend):
     name = "host-gw"
+    NOTIFIED_KINDS = frozenset({ROUTE})
 
     def check_peer(self, plan, lease) -> None:
         if lease.public_ip not in plan.underlay.network:

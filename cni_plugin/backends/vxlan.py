@@ -59,6 +59,7 @@ class Vxlan(Backend):
     name = "vxlan"
     CONFIG_KEYS = ("VNI", "Port", "DirectRouting")
     owns_device_entries = True
+    NOTIFIED_KINDS = frozenset({ROUTE, NEIGH, FDB})  # all in rtnetlink
 
     @classmethod
     def parse_config(cls, section: dict) -> VxlanConfig:

@@ -129,6 +129,7 @@ class Wireguard(Backend):
     name = "wireguard"
     CONFIG_KEYS = ("ListenPort",)
     DEVICE_KINDS = (PEER,)
+    NOTIFIED_KINDS = frozenset({ROUTE})  # peers: no notification, read every pass
 
     def __init__(self, config, log=None):
         super().__init__(config, log)

@@ -15,9 +15,14 @@ device (a link, neighbour or FDB change on its ifindex) or a route of weft's pro
 
 TableChanges (nfnetlink): the nftables group; a message counts when it changes one
 nftables table (the table, or one of its chains, rules, sets, elements, objects),
-whoever made the change, weft included.  The masquerade and policy controllers use it
-to skip listing their tables when nothing touched them.  Elements the packet path adds
-to a dynamic set send no notification: readers of such sets keep their own schedule.
+whoever made the change, weft included.  The masquerade, source-guard and policy
+controllers use it to skip listing their tables when nothing touched them.  Elements
+the packet path adds to a dynamic set send no notification: readers of such sets keep
+their own schedule.
+
+Notifications only ever save a read: agent/read_schedule.py decides each pass, with
+a full read at least every --resync-interval, and an overflowed (ENOBUFS,
+NLMSG_OVERRUN) or failed socket counted as a change.
 """
 
 import errno
@@ -124,16 +129,3 @@ class TableChanges(_Notifications):
             return True  # a change naming no table: do not guess
         return table.rstrip(b"\0") == self.name
 
-
-def since_last(follower) -> bool:
-    """follower.changed(), or True without a follower (every pass then reads)."""
-    return True if follower is None else follower.changed()
-
-
-def follow_table(family: str, name: str, warn):
-    """TableChanges of one table, or None after warn(text) said why it cannot be followed."""
-    try:
-        return TableChanges(family, name)
-    except OSError as exc:
-        warn(f"cannot follow nftables changes ({exc}); every reconcile lists table {name}")
-        return None

@@ -28,6 +28,7 @@ import base64
 import errno
 import ipaddress
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -160,6 +161,10 @@ class UserspaceWireGuard:
 
     def _request(self, text: str) -> list:
         """Send one UAPI request; the answer's key=value pairs (errno checked, never logged)."""
+        return _pairs(self._exchange(text), self.name)
+
+    def _exchange(self, text: str) -> bytes:
+        """One UAPI request and its raw answer (it may hold the private key: never logged)."""
         try:
             with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
                 sock.settimeout(UAPI_TIMEOUT)
@@ -174,28 +179,32 @@ class UserspaceWireGuard:
         except OSError as exc:
             raise WireGuardError(f"wireguard-go UAPI {self.socket_path}: "
                                  f"{exc.strerror or exc}") from None
-        pairs = [tuple(line.split("=", 1)) for line in data.decode().splitlines() if "=" in line]
-        code = dict(pairs).get("errno")
-        if code != "0":
-            raise WireGuardError(f"wireguard-go {self.name} refused the request (errno {code})")
-        return pairs
+        return data
 
     def state(self) -> tuple:
-        """(private key base64 or "", listen port, {public key: WgPeer})."""
-        private, port, peers, current = "", 0, {}, None
-        for key, value in self._request("get=1\n"):
-            if key == "private_key":
-                private = hex_to_key(value)
-            elif key == "listen_port" and current is None:
-                port = int(value)
-            elif key == "public_key":
-                current = hex_to_key(value)
-                peers[current] = WgPeer(current, "", ())
-            elif current is not None and key == "endpoint":
-                peers[current] = peers[current]._replace(endpoint=value)
-            elif current is not None and key == "allowed_ip":
-                ips = peers[current].allowed_ips + (str(ipaddress.ip_network(value, strict=False)),)
-                peers[current] = peers[current]._replace(allowed_ips=tuple(sorted(ips)))
+        """(private key base64 or "", listen port, {public key: WgPeer}).  Read on every
+        reconcile pass (peers send no change notification), so kept lean: wireguard-go
+        prints each allowed IP as a masked prefix, which is already the text weft plans."""
+        private, port, peers = "", 0, {}
+        current = endpoint = None
+        ips = []
+        text = _checked(self._exchange("get=1\n"), self.name)
+        for key, value in _STATE_LINE.findall(text):  # only the lines weft compares (C speed)
+            if key == "public_key":
+                if current is not None:
+                    peers[current] = WgPeer(current, endpoint or "", tuple(sorted(ips)))
+                current, endpoint, ips = hex_to_key(value), None, []
+            elif current is None:
+                if key == "private_key":
+                    private = hex_to_key(value)
+                elif key == "listen_port":
+                    port = int(value)
+            elif key == "allowed_ip":
+                ips.append(value)
+            elif key == "endpoint":
+                endpoint = value
+        if current is not None:
+            peers[current] = WgPeer(current, endpoint or "", tuple(sorted(ips)))
         return private, port, peers
 
     def configure(self, private_key: str, listen_port: int) -> None:
@@ -211,6 +220,25 @@ class UserspaceWireGuard:
             return False
         self._request(f"set=1\npublic_key={key_to_hex(public_key)}\nremove=true\n")
         return True
+
+
+_ERRNO = re.compile(r"^errno=(-?\d+)$", re.M)
+_STATE_LINE = re.compile(r"^(private_key|listen_port|public_key|endpoint|allowed_ip)=(.*)$", re.M)
+
+
+def _checked(data: bytes, name: str) -> str:
+    """A UAPI answer as text, its errno checked (the text is never logged)."""
+    text = data.decode()
+    found = _ERRNO.findall(text)
+    code = found[-1] if found else None
+    if code != "0":
+        raise WireGuardError(f"wireguard-go {name} refused the request (errno {code})")
+    return text
+
+
+def _pairs(data: bytes, name: str) -> list:
+    """A UAPI answer's key=value pairs, its errno checked."""
+    return [line.split("=", 1) for line in _checked(data, name).split("\n") if "=" in line]
 
 
 # -- kernel: generic netlink through pyroute2 ------------------------------------------

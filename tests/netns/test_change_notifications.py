@@ -1,9 +1,14 @@
-"""The change-notification sockets that let a quiet reconcile skip its kernel reads.
+"""The change-notification sockets that let a quiet reconcile skip its kernel reads,
+and the schedule (agent/read_schedule.py) that decides each pass from them.
 
 Each is opened in a fresh node namespace; changes are made there with nft, ip and
 bridge, and changed() must say True exactly when something weft owns was touched
-since the last call (and False again once drained)."""
+since the last call (and False again once drained); an overflowed or failed socket
+is a change, and a full read still comes every resync interval."""
 
+import socket
+
+from cni_plugin.agent.read_schedule import FULL, PARTIAL, ReadSchedule
 from cni_plugin.datapath.changes import KernelChanges, TableChanges
 from cni_plugin.datapath.constants import WEFT_RTPROT
 
@@ -64,3 +69,91 @@ def test_kernel_changes_name_only_the_device_and_weft_routes(node):
             assert ours.changed() is False, command
     finally:
         ours.close()
+
+
+def test_an_overflowed_socket_counts_as_a_change(node):
+    """Nothing weft owns changes, but the socket lost messages (ENOBUFS): it cannot tell."""
+    node.run(["ip", "link", "add", "other0", "type", "veth", "peer", "name", "other1"])
+    node.run(["ip", "link", "set", "other0", "up"])
+    ours = KernelChanges(0x7fff, netns_path=node.path)
+    try:
+        ours.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1024)  # the kernel's minimum
+        batch = "".join(f"route add 10.{n // 250}.{n % 250}.0/24 dev other0 proto static\n" for n in range(600))
+        node.run(["ip", "-batch", "-"], input=batch)
+        assert ours.changed() is True  # static routes only, but some notifications were lost
+        assert ours.changed() is False
+    finally:
+        ours.close()
+
+
+class _Clock:
+    def __init__(self):
+        self.now = 1000.0
+
+    def __call__(self):
+        return self.now
+
+
+def test_the_schedule_reads_on_notice_on_failure_and_every_resync_interval(node):
+    clock, table, warnings = _Clock(), "weft_sched_test", []
+    _nft(node, f"add table inet {table}")
+    schedule = ReadSchedule("test", lambda: TableChanges("inet", table, netns_path=node.path), 60.0,
+                            warn=warnings.append, clock=clock)
+    try:
+        first = schedule.next()
+        assert (first.scope, first.why) == (FULL, "first")
+        assert schedule.next().why == "first"  # not reported done: still due
+        schedule.full_read_done(first)
+        assert schedule.next() is None  # quiet: nothing to read
+        _nft(node, f"add chain inet {table} c")
+        notified = schedule.next()
+        assert (notified.scope, notified.why) == (FULL, "notified")
+        schedule.full_read_done(notified)
+        clock.now += 59.0
+        assert schedule.next() is None
+        clock.now += 1.0  # --resync-interval after the last full read, nothing notified
+        resync = schedule.next()
+        assert (resync.scope, resync.why) == (FULL, "resync")
+        schedule.full_read_done(resync)
+        assert schedule.next() is None
+        schedule.again()  # a failed write: the next pass reads
+        retry = schedule.next()
+        assert retry.why == "retry"
+        schedule.full_read_done(retry)
+        # the notification socket is lost: a change, and it is opened again
+        schedule.follower.sock.close()
+        lost = schedule.next()
+        assert (lost.scope, lost.why) == (FULL, "notifications lost") and warnings
+        schedule.full_read_done(lost)
+        assert schedule.next() is None
+        _nft(node, f"delete chain inet {table} c")
+        assert schedule.next().why == "notified"  # the new socket follows the table
+        assert schedule.status()["full"] == 7 and schedule.status()["skipped"] == 4
+    finally:
+        schedule.close()
+
+
+def test_entries_without_notifications_are_read_every_quiet_pass(node):
+    clock = _Clock()
+    schedule = ReadSchedule("overlay", lambda: KernelChanges(0x7fff, netns_path=node.path), 300.0,
+                            unnotified=True, clock=clock)
+    try:
+        schedule.full_read_done(schedule.next())
+        for _ in range(3):
+            read = schedule.next()
+            assert (read.scope, read.why) == (PARTIAL, "unnotified")
+        assert schedule.status()["quietSinceFull"] == 3
+        clock.now += 300.0
+        assert schedule.next().scope == FULL
+    finally:
+        schedule.close()
+
+
+def test_without_a_notification_socket_every_pass_reads_in_full(node):
+    def refused():
+        raise OSError("no netlink here")
+
+    warnings = []
+    schedule = ReadSchedule("masquerade", refused, 300.0, warn=warnings.append, clock=_Clock())
+    schedule.full_read_done(schedule.next())
+    assert schedule.next().why == "unfollowed" and "every reconcile pass reads" in warnings[0]

@@ -40,6 +40,34 @@ def test_every_builtin_backend_is_registered_by_name():
         backends.get("wireguard-not-yet")
 
 
+def test_every_backend_declares_which_entries_the_kernel_notifies_about():
+    """A quiet pass skips only what notifications cover; the rest is read every pass."""
+    kinds = {name: engine.Plan.for_network(backends.get(name)(None), net({"Type": name}),
+                                           lease(1, name), UNDERLAY, DEVICE).unnotified_kinds()
+             for name in backends.names()}
+    assert kinds == {"host-gw": frozenset(), "vxlan": frozenset(), "wireguard": frozenset({"peer"})}
+    for name in backends.names():
+        assert isinstance(backends.get(name).NOTIFIED_KINDS, frozenset), name
+
+
+def test_a_backend_that_does_not_declare_its_notified_entries_is_refused():
+    from cni_plugin.backends.base import Backend
+
+    class Undeclared(Backend):
+        name = "ipv6-tunnel-not-yet"
+
+    class Overclaiming(Backend):
+        name = "overclaiming-not-yet"
+        DEVICE_KINDS = ("session",)
+        NOTIFIED_KINDS = frozenset({ROUTE, "session"})
+
+    with pytest.raises(TypeError, match="must declare NOTIFIED_KINDS"):
+        backends.register(Undeclared)
+    with pytest.raises(TypeError, match="session"):
+        backends.register(Overclaiming)
+    assert "ipv6-tunnel-not-yet" not in backends.names()
+
+
 def test_vxlan_config_keys_defaults_and_errors():
     assert net({}).backend == VxlanConfig(vni=1, port=8472, direct_routing=False)
     assert net({"VNI": 7, "Port": 4789, "DirectRouting": True}).backend == VxlanConfig(7, 4789, True)

@@ -183,6 +183,27 @@ def test_reconcile_writes_repairs_and_removes_stale_peers():
     assert engine.reconcile(nl, p).changed is False  # converged
 
 
+def test_a_quiet_pass_reads_and_repairs_the_peers_only():
+    """The kinds without notifications (peers) are read and repaired on every pass; a
+    missing route waits for the notification-driven (or resync) full read."""
+    nl = FakeNetlink()
+    p = plan(net({}), [lease(2), lease(3)])
+    engine.reconcile(nl, p)
+    driver = p.backend.driver
+    del driver.peers[key(3)]                                         # `wg set ... peer remove`
+    driver.peers[key(9)] = ("192.168.77.9:51820", ("10.244.9.0/24",))  # a peer no lease wants
+    del nl.table[ipaddress.ip_network("10.244.2.0/24")]
+    kinds = p.unnotified_kinds()
+    assert kinds == {PEER}
+    actual = engine.read_state(nl, p, kinds)
+    assert {kind for kind, _ in actual} == {PEER}
+    drift = engine.reconcile_from(nl, p, actual, kinds=kinds)
+    assert (drift.added, drift.removed) == (1, 1)
+    assert set(driver.peers) == {key(2), key(3)}
+    assert ipaddress.ip_network("10.244.2.0/24") not in nl.table  # not this pass's business
+    assert engine.reconcile(nl, p).added == 1  # the full read puts the route back
+
+
 def test_rotated_key_replaces_the_old_peer_and_removal_drops_peer_and_route():
     nl = FakeNetlink()
     old, new = lease(2), lease(2, public_key=key(42))

@@ -13,8 +13,9 @@ writes per attachment (guard/ports.py).
 The table is created once the lease is held and compared with the kernel at every
 reconcile interval and while etcd is away.  A pass lists it only when nftables'
 change notifications say something touched it, when the wanted table changed (peers,
-config, pods named in ControlPlaneAccess), or on every FULL_READ_EVERY-th pass
-whatever the notifications said.  A deleted table, rule or element comes back and
+config, pods named in ControlPlaneAccess), or when the read schedule says so
+(agent/read_schedule.py: at least every --resync-interval, whatever the
+notifications said).  A deleted table, rule or element comes back and
 counts as drift.  Every pass reads the knocked sets (the flows the packet path
 recorded, a small listing); new flows become journal records (denial_journal, kind
 "control-plane") and log lines, each flow once while it stays recorded.  Only while
@@ -33,16 +34,17 @@ from urllib.parse import urlsplit
 
 from ... import etcd_flags
 from ...datapath import control_guard
-from ...datapath.changes import follow_table, since_last
+from ...datapath.changes import TableChanges
 from ...datapath.errors import DatapathError
 from ...guard import ports as port_records
 from ...subnet.registry import RegistryError
 from ...timestamps import format_ts, now
 from .. import denial_journal
+from ..read_schedule import for_controller
 from ..runtime import Controller
 from . import register
 
-FULL_READ_EVERY = 30   # passes: a full listing whatever the notifications said (the backstop)
+FULL_READ_EVERY = 30   # passes between two resolutions of the etcd endpoints' names
 QUIET_GAP = control_guard.KNOCKED_TIMEOUT - 10  # seconds between passes within which empty sets mean no refusal
 ARRIVING_GRACE = 30.0  # seconds a named pod's addresses are let through before its port record shows
 ETCD_DEFAULT_PORT = 2379
@@ -101,7 +103,7 @@ class ControlGuardController(Controller):
         self.passes = 0
         self.watched = False
         self.watched_text = None
-        self.table_changes = None
+        self.schedule = None       # when a pass lists the table (agent/read_schedule.py)
         self.ensured = None      # the spec the kernel table last matched
         # inputs of the spec, recomputed only when they may have changed
         self.endpoints = {}      # (host, port) -> [(ip_address, port)] (the last good answer)
@@ -129,9 +131,9 @@ class ControlGuardController(Controller):
         self.records_stamp = None  # ControlPlaneAccess or the backend port may differ
 
     def after_prepare(self):
-        if self.table_changes is None:  # before the first listing: a change after it is never missed
-            self.table_changes = follow_table(control_guard.FAMILY, control_guard.table_name(self.agent.name),
-                                              lambda text: self.agent.log.warning(text, extra=self.agent.extra()))
+        if self.schedule is None:  # before the first listing: a change after it is never missed
+            table = control_guard.table_name(self.agent.name)
+            self.schedule = for_controller(self, lambda: TableChanges(control_guard.FAMILY, table))
         if not self.endpoints:
             self._resolve_endpoints(wait=True)
         if self.state is None and self._kept():
@@ -204,8 +206,8 @@ class ControlGuardController(Controller):
             self.reconcile(ask_etcd=False)
 
     def close(self):
-        if self.table_changes is not None:
-            self.table_changes.close()
+        if self.schedule is not None:
+            self.schedule.close()
 
     def status(self):
         return {"controlPlane": {
@@ -219,7 +221,8 @@ class ControlGuardController(Controller):
             "exceptions": list(self.agent.config.control_plane_access) if self.agent.config else [],
             "excepted": [{"pod": pod, "addresses": addresses} for pod, addresses in sorted(self.excepted.items())],
             "refused": self.refused, "refusedFlows": self.flows, "driftRepaired": self.drift_repaired,
-            "lastCheck": self.last_check}}
+            "lastCheck": self.last_check,
+            "kernelReads": self.schedule.status() if self.schedule is not None else None}}
 
     # -- the spec -----------------------------------------------------------------------
     def _resolve_endpoints(self, wait: bool):
@@ -349,9 +352,10 @@ class ControlGuardController(Controller):
         agent = self.agent
         self.last_check = time.time()
         self.passes += 1
-        backstop = first or self.passes % FULL_READ_EVERY == 0
+        backstop = first or self.passes % FULL_READ_EVERY == 0  # resolve the endpoints again
         before = self.state
-        touched = since_last(self.table_changes)  # drained on every pass
+        read = self.schedule.next() if self.schedule is not None else None  # drains the notifications
+        touched = read is not None and read.full
         try:
             if self._gone(ask_etcd and not first):
                 self.ensured, self.counted = None, None
@@ -365,13 +369,18 @@ class ControlGuardController(Controller):
             if before == "installed":
                 self._harvest()
             spec = self._spec(force=backstop)
-            if not touched and not backstop and before == "installed" and spec == self.ensured:
+            if not touched and before == "installed" and spec == self.ensured:
                 return  # nothing touched the table since it matched this spec
             expected = spec != self.ensured  # a new spec: differences are updates, not drift
             self.ensured = None
+            read = read if touched else self.schedule.taken("the wanted table changed") if self.schedule else None
             outcome = control_guard.ensure(spec)
             self.ensured = spec
+            if read is not None:
+                self.schedule.full_read_done(read)
         except DatapathError as exc:
+            if self.schedule is not None:
+                self.schedule.again()
             self.state = f"failed: {exc}"
             agent.log.error(f"control-plane table not in place: {exc}", extra=agent.extra())
             return

@@ -4,8 +4,9 @@ With the network config's IPMasq (default true, as flannel) the table masquerade
 traffic from this node's pod subnet(s) to anything outside the cluster network(s).
 It is created once the lease is held, compared with the kernel at every reconcile
 interval and while etcd is away (a deleted table, set or rule comes back and is
-counted as drift; a pass lists the table only when nftables' change notifications
-say something touched it, or when the wanted table changed), and removed when the
+counted as drift; a pass lists the table when nftables' change notifications say
+something touched it, when the wanted table changed, and at least every
+--resync-interval whatever was notified: agent/read_schedule.py), and removed when the
 network goes: its config vanished from etcd, or IPMasq turned false.  The plugin does
 no nftables work per pod while an agent serves the network.  SIGTERM leaves the table
 in place, like the rest of the datapath.  A per-pod table left by an older weft is
@@ -15,10 +16,11 @@ replaced on the first pass.
 import time
 
 from ...datapath import masq
-from ...datapath.changes import follow_table, since_last
+from ...datapath.changes import TableChanges
 from ...datapath.errors import DatapathError
 from ...subnet.lease import ConfigError, NetworkConfig
 from ...subnet.registry import RegistryError
+from ..read_schedule import for_controller
 from ..runtime import Controller
 from . import register
 
@@ -37,7 +39,7 @@ class MasqueradeController(Controller):
         # (None: deleted); _gone reads it instead of asking etcd every interval
         self.watched = False
         self.watched_text = None
-        self.table_changes = None  # nftables notifications about our table (None: list every pass)
+        self.schedule = None       # when a pass lists the table (agent/read_schedule.py)
         self.ensured = None        # the spec the kernel table last matched
 
     def on_config_event(self, text):
@@ -54,10 +56,14 @@ class MasqueradeController(Controller):
         pass  # the lease controller's prepare gives us the lease; install in after_prepare
 
     def after_prepare(self):
-        if self.table_changes is None:  # before the first listing: a change after it is never missed
-            self.table_changes = follow_table(masq.FAMILY, masq.table_name(self.agent.name),
-                                              lambda text: self.agent.log.warning(text, extra=self.agent.extra()))
         self.reconcile(first=True)
+
+    def _follow(self):
+        """Follow the table before its first listing: a change after it is never missed."""
+        if self.schedule is None:
+            table = masq.table_name(self.agent.name)
+            self.schedule = for_controller(self, lambda: TableChanges(masq.FAMILY, table))
+        return self.schedule
 
     def timers(self):
         return [(self.agent.options.reconcile_interval, self.reconcile)]
@@ -91,7 +97,7 @@ class MasqueradeController(Controller):
         agent = self.agent
         self.last_check = time.time()
         before = self.state
-        touched = since_last(self.table_changes)  # drained on every pass
+        read = self._follow().next()  # drained on every pass
         try:
             gone = self._gone(ask_etcd and not first)
             if gone is not None:
@@ -105,12 +111,15 @@ class MasqueradeController(Controller):
                 self.state = "absent"
                 return
             spec = self._spec()
-            if not touched and before == "installed" and spec == self.ensured:
+            if read is None and before == "installed" and spec == self.ensured:
                 return  # nothing touched the table since it matched this spec
+            read = read if read is not None and read.full else self.schedule.taken("wanted table changed")
             self.ensured = None
             outcome = masq.ensure(spec)
             self.ensured = spec
+            self.schedule.full_read_done(read)
         except DatapathError as exc:
+            self.schedule.again()
             self.state = f"failed: {exc}"
             agent.log.error(f"masquerade table not in place: {exc}", extra=agent.extra())
             return
@@ -132,10 +141,11 @@ class MasqueradeController(Controller):
             agent.write_status()
 
     def close(self):
-        if self.table_changes is not None:
-            self.table_changes.close()
+        if self.schedule is not None:
+            self.schedule.close()
 
     def status(self):
         return {"masquerade": {"table": f"{masq.FAMILY} {masq.table_name(self.agent.name)}",
                                "state": self.state, "driftRepaired": self.drift_repaired,
-                               "lastCheck": self.last_check}}
+                               "lastCheck": self.last_check,
+                               "kernelReads": self.schedule.status() if self.schedule is not None else None}}

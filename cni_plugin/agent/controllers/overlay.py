@@ -25,10 +25,11 @@ from ... import backends
 from ...backends import engine
 from ...datapath import sysctl, underlay
 from ...datapath.errors import DatapathError
-from ...datapath.changes import KernelChanges, since_last
+from ...datapath.changes import KernelChanges
 from ...datapath.netlink import open_agent
 from ...datapath.owned_dump import open_reader
 from ..background_read import BackgroundRead
+from ..read_schedule import for_controller
 from ...subnet import validation
 from ...subnet.live_verdict import LiveVerdict
 from ..runtime import Controller
@@ -45,8 +46,7 @@ class OverlayController(Controller):
         self.nl = None     # pyroute2 (netlink.py): the device and every write
         self.dump = None   # owned_dump.py: the loop's own reads of weft's entries (filtered dumps)
         self.reader = None  # BackgroundRead: the periodic reconcile's dumps, off the loop
-        self.changes = None  # KernelChanges: has anything weft owns changed since the last read?
-        self.force_read = True
+        self.schedule = None  # ReadSchedule: what the next periodic pass reads (agent/read_schedule.py)
         self.backend = None
         self.plan = None
         self.drift_repaired = 0
@@ -175,7 +175,7 @@ class OverlayController(Controller):
             step(self.nl, self.plan, lease)
         except Exception as exc:  # the next reconcile retries; say what failed now
             agent.log.error(f"{done.split()[1]} failed: {exc}", extra=agent.extra(peer=peer))
-            self.force_read = True  # a failed write may change nothing: the next pass reads
+            self.schedule.again()  # a failed write may change nothing: the next pass reads
             return
         agent.log.info(done, extra=agent.extra(peer=peer))
 
@@ -219,68 +219,77 @@ class OverlayController(Controller):
         return [(self.agent.options.reconcile_interval, self.reconcile_in_background)]
 
     def _watch_kernel(self, device_index):
-        """Follow kernel changes from now on (before the listing's full reconcile)."""
-        if self.changes is not None:
-            self.changes.close()
-            self.changes = None
-        try:
-            self.changes = KernelChanges(device_index)
-        except OSError as exc:  # every pass then reads the kernel, as before
-            self.agent.log.warning(f"cannot follow kernel changes ({exc}); every reconcile reads the kernel",
-                                   extra=self.agent.extra())
-        self.force_read = True
+        """Follow kernel changes from now on (before the listing's full reconcile): the
+        device's links, neighbours and FDB entries and weft's routes (datapath/changes.py);
+        the backend's entries without notifications are read on every pass."""
+        def follow():
+            return KernelChanges(device_index)
+
+        if self.schedule is None:
+            self.schedule = for_controller(self, follow)
+        else:
+            self.schedule.follow_anew(follow)
+        self.schedule.unnotified = bool(self.plan.unnotified_kinds())
 
     def reconcile_in_background(self):
-        """The periodic pass: when nothing weft owns changed in the kernel since the last
-        read (its change notifications say so), the kernel still matches the peers: no
-        dump.  Otherwise the dumps run on the reader's thread, then _reconciled on the loop."""
-        changed = since_last(self.changes)  # drained on every pass
-        if not changed and not self.force_read:
+        """The periodic pass (agent/read_schedule.py decides what it reads): everything
+        weft owns when a notification, the resync interval or a failure says so; else
+        the backend's entries that have no notifications (e.g. WireGuard peers); else
+        nothing (the kernel still matches the peers).  The read runs on the reader's
+        thread, then _reconciled on the loop."""
+        read = self.schedule.next()
+        if read is None:
             self.last_reconcile = time.time()
             self.agent.status_changed()
             return
-        self.force_read = False
+        kinds = None if read.full else self.plan.unnotified_kinds()
         self._read_started = time.monotonic()
-        if not self.reader.start(self.plan, self._reconciled):
+        if not self.reader.start(self.plan, lambda *result: self._reconciled(read, kinds, *result), kinds):
             self.agent.log.warning("reconcile skipped: the previous kernel read has not finished",
                                    extra=self.agent.extra())
 
-    def _reconciled(self, plan, actual, unsettled, error):
+    def _reconciled(self, read, kinds, plan, actual, unsettled, error):
         if plan is not self.plan:
             return  # the device was set up again meanwhile: the next pass reads afresh
         if error is not None and self._device_gone_quietly():  # e.g. wireguard-go died
-            self.reconcile()  # sets the device up again, then reads it here
+            self.reconcile(why="device rebuilt")  # sets the device up again, then reads it here
             return
         if error is not None:
             self.agent.log.error(f"reconcile incomplete: cannot read the kernel: {error}",
                                  extra=self.agent.extra())
-            self.force_read = True
+            self.schedule.again()
             return
-        self.reconcile(actual, unsettled, self._read_started)
+        self.reconcile(actual, unsettled, self._read_started, kinds, read)
 
     def while_waiting(self):
         if self.backend is not None and self.agent.held is not None and self.synced_once:
-            self.reconcile()
+            self.reconcile(why="etcd away")
 
-    def reconcile(self, actual=None, unsettled=frozenset(), started=None):
-        """Make the kernel match the peers; actual: a read taken off the loop (else read now)."""
+    def reconcile(self, actual=None, unsettled=frozenset(), started=None, kinds=None, read=None, why="listing"):
+        """Make the kernel match the peers; actual: a read taken off the loop as `read`
+        decided (of `kinds` only, None: everything), else a full read now (`why`)."""
         agent = self.agent
         started = time.monotonic() if started is None else started
         plan = dataclasses.replace(self.plan, peers=tuple(agent.peers.values()))
+        failed = False
         try:
             if self._device_gone():  # e.g. wireguard-go was killed: build the device again
                 agent.log.warning(f"device {self.plan.device.name} is gone; setting it up again",
                                   extra=agent.extra())
                 self.prepare()
                 plan = dataclasses.replace(self.plan, peers=tuple(agent.peers.values()))
-                actual = None  # a read of the old device says nothing of the new one
+                actual, why = None, "device rebuilt"  # a read of the old device says nothing of the new one
             if actual is None:
+                read, kinds = self.schedule.taken(why), None
                 actual = engine.read_state(self.dump, plan)
-            drift = engine.reconcile_from(self.nl, plan, actual, unsettled)
+            drift = engine.reconcile_from(self.nl, plan, actual, unsettled, kinds, self._desired(plan))
         except Exception as exc:  # OverlayError carries what was done before the failures
             agent.log.error(f"reconcile incomplete: {exc}", extra=agent.extra())
-            self.force_read = True
-            drift = getattr(exc, "drift", None)
+            drift, failed = getattr(exc, "drift", None), True
+        if read is not None and read.full and (drift is not None or not failed):
+            self.schedule.full_read_done(read)  # compared: the resync clock starts again
+        if failed:
+            self.schedule.again()
             if drift is None:
                 return
         agent.metrics.reconcile_seconds.labels(agent.name).observe(time.monotonic() - started)
@@ -291,13 +300,25 @@ class OverlayController(Controller):
         elif repaired:
             self.drift_repaired += repaired
             agent.metrics.drift.labels(agent.name).inc(repaired)
-            agent.log.warning(f"reconcile repaired {repaired} kernel entries: {'; '.join(drift.details)}",
+            agent.log.warning(f"reconcile repaired {repaired} kernel entries ({read.scope} read: {read.why}): "
+                              f"{'; '.join(drift.details)}",
                               extra=agent.extra())
         self.synced_once = True
         self.last_reconcile = time.time()
         agent.metrics.peers.labels(agent.name).set(len(agent.peers))
         agent.metrics.ready.labels(agent.name).set(1 if agent.ready else 0)
         agent.write_status()
+
+    def _desired(self, plan):
+        """engine.desired_state(plan), kept while the peers and the plan stay the same:
+        a quiet WireGuard pass compares its peer read with it every interval, and
+        planning N leases again each time would cost more than the read."""
+        key = (self.agent.peers, self.plan)
+        if self._desired_key is None or any(a is not b for a, b in zip(key, self._desired_key)):
+            self._desired_key, self._desired_value = key, engine.desired_state(plan)
+        return self._desired_value
+
+    _desired_key = _desired_value = None
 
     def _device_gone_quietly(self) -> bool:
         """_device_gone, False when netlink cannot tell (the read error is reported then)."""
@@ -346,11 +367,12 @@ class OverlayController(Controller):
         return {**extra, "backend": agent.config.backend_type if agent.config else None,
                 "peers": self._peer_lines(),
                 "refused": [r.as_status() for _, r in sorted(self.refused.items())],
-                "driftRepaired": self.drift_repaired, "lastReconcile": self.last_reconcile}
+                "driftRepaired": self.drift_repaired, "lastReconcile": self.last_reconcile,
+                "kernelReads": self.schedule.status() if self.schedule is not None else None}
 
     def close(self):
-        if self.changes is not None:
-            self.changes.close()
+        if self.schedule is not None:
+            self.schedule.close()
         if self.reader is not None:
             self.reader.close()
         if self.dump is not None:

@@ -17,8 +17,9 @@ could not be loaded: fail closed, never a pod the policy does not cover).
 
 At every reconcile interval (and while etcd is away) the kernel is compared with the
 last plan; a deleted table, set, element or rule is put back and counted as drift.
-The table is listed only when nftables' change notifications say something touched
-it since the last listing (or that listing could not be used).
+The table is listed when nftables' change notifications say something touched it
+since the last listing, when that listing could not be used, and at least every
+--resync-interval whatever was notified (agent/read_schedule.py).
 SIGTERM leaves the table in place: pods stay isolated across an agent restart, and
 the restarted agent replans from etcd.  Per-policy drop counters are harvested into
 weft_policy_drops_total{network,policy}.
@@ -33,7 +34,7 @@ import threading
 import time
 
 from ...datapath import policy_table, sysctl
-from ...datapath.changes import follow_table, since_last
+from ...datapath.changes import TableChanges
 from ...datapath.errors import DatapathError
 from ...ipam import history as ipam_history
 from ...policy import compile as policy_compile
@@ -41,6 +42,7 @@ from ...policy.state import PolicyState
 from ...subnet.registry import RegistryError
 from ...timestamps import format_ts, now
 from .. import denial_journal
+from ..read_schedule import for_controller
 from ..runtime import Backoff, Controller
 from . import register
 
@@ -84,8 +86,7 @@ class PolicyController(Controller):
         self.denials = 0
         self.enforced = 0          # the object generation the kernel table last took in
         self.enforced_digest = None  # and the digest of those objects
-        self.table_changes = None  # nftables notifications about our table (None: list every pass)
-        self.inspect_anyway = True  # the last listing is not to be trusted (none yet, failed, raced)
+        self.schedule = None       # when a pass lists the table (agent/read_schedule.py)
 
     # -- hooks ---------------------------------------------------------------
     def after_prepare(self):
@@ -94,8 +95,8 @@ class PolicyController(Controller):
         lease = self.agent.held.lease
         self.local = tuple(n for n in (lease.subnet, lease.ipv6_subnet) if n is not None)
         # before the first programming: a change after it is never missed
-        self.table_changes = follow_table(policy_table.FAMILY, policy_compile.table_name(self.agent.name),
-                                          lambda text: self.agent.log.warning(text, extra=self.agent.extra()))
+        table = policy_compile.table_name(self.agent.name)
+        self.schedule = for_controller(self, lambda: TableChanges(policy_table.FAMILY, table))
         self.thread = threading.Thread(target=self._run, name=f"weftd-policy-{self.agent.name}", daemon=True)
         self.thread.start()
 
@@ -120,8 +121,8 @@ class PolicyController(Controller):
         self._cancel_watches()
         if self.thread is not None:
             self.thread.join(10.0)
-        if self.table_changes is not None:
-            self.table_changes.close()
+        if self.schedule is not None:
+            self.schedule.close()
 
     def status(self):
         if not self.enabled:
@@ -139,7 +140,8 @@ class PolicyController(Controller):
             "lastProgramMs": self.last_program_ms, "deniedFlows": self.denials,
             "rules": sum(len(r) for r in applied.chains.values()) if applied else 0,
             # the Kubernetes source's watch problems (lines skipped, streams failed)
-            "watchErrors": getattr(self.objects_source, "problems", dict)()}}
+            "watchErrors": getattr(self.objects_source, "problems", dict)(),
+            "kernelReads": self.schedule.status() if self.schedule is not None else None}}
 
     # -- the controller's thread -------------------------------------------------
     def _run(self):
@@ -470,19 +472,18 @@ class PolicyController(Controller):
         applied = self.applied
         if applied is None:
             return
-        touched = since_last(self.table_changes) or self.inspect_anyway  # drained on every pass
-        self.inspect_anyway = False
-        if not touched and self._nothing_to_deny():
-            return  # the table is as last listed, and no drop counter can have grown
+        read = self.schedule.next()  # drained on every pass; None: the table is as last listed
+        if read is None and self._nothing_to_deny():
+            return  # and no drop counter can have grown
         try:  # the listing runs without the lock: an ADD meanwhile must not wait for it
-            problems = policy_table.inspect(applied) if touched else []
+            problems = policy_table.inspect(applied) if read is not None else []
         except DatapathError as exc:
-            self.inspect_anyway = True
+            self.schedule.again()
             self.agent.log.error(f"policy table not read: {exc}", extra=self.agent.extra())
             return
         with self.lock:
             if self.applied is not applied:  # changed meanwhile: the next pass compares again
-                self.inspect_anyway = True
+                self.schedule.again("raced")
                 return
             try:
                 if problems:
@@ -495,9 +496,11 @@ class PolicyController(Controller):
                 else:
                     self._harvest()
             except DatapathError as exc:
-                self.inspect_anyway = True
+                self.schedule.again()
                 self.agent.log.error(f"policy table not repaired: {exc}", extra=self.agent.extra())
                 return
+            if read is not None:
+                self.schedule.full_read_done(read)
         if problems:
             self._write_status()
 

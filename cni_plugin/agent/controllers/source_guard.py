@@ -6,9 +6,10 @@ equal to the records:
   - once the lease is held, and at every reconcile interval (and while etcd is away),
     the table is listed and repaired — a deleted table, chain, rule or element comes
     back, an element no record wants goes — and each repair is counted as drift;
-    a pass lists the table only when nftables' change notifications say something
-    touched it, and in any case every BACKSTOP_PASSES passes (5 min at the default
-    interval), so a lost notification delays a repair, never prevents it;
+    a pass lists the table when nftables' change notifications say something touched
+    it, when the port records changed, and at least every --resync-interval whatever
+    was notified (agent/read_schedule.py), so a lost notification delays a repair,
+    never prevents it;
   - the drop counter becomes weft_spoofed_packets_total{network}, and every new
     (port, forged source) the kernel recorded becomes one denial-journal record naming
     the pod, logged once.
@@ -20,15 +21,15 @@ import time
 from datetime import timedelta
 
 from ...datapath import source_guard
-from ...datapath.changes import follow_table, since_last
+from ...datapath.changes import TableChanges
 from ...datapath.errors import DatapathError
 from ...guard import ports
 from ...timestamps import format_ts, now
 from .. import denial_journal
+from ..read_schedule import for_controller
 from ..runtime import Controller
 from . import register
 
-BACKSTOP_PASSES = 30  # a full listing at least every 30 reconcile passes, notified or not
 EXEMPT_NAMES_SHOWN = 20
 
 
@@ -42,9 +43,7 @@ class SourceGuardController(Controller):
         self.state = None         # "enforcing", "failed: ..."
         self.drift_repaired = 0
         self.last_check = None
-        self.table_changes = None
-        self.passes = 0
-        self.inspect_anyway = True  # the last listing is not to be trusted (none yet, or it failed)
+        self.schedule = None       # when a pass lists the table (agent/read_schedule.py)
         self.records = {}
         self.records_stamp = None    # the records directory's mtime when last read
         self.records_at_listing = None  # the ports the last listing was compared with
@@ -59,10 +58,14 @@ class SourceGuardController(Controller):
         return ports.directory(self.agent.options.run_dir, self.agent.name)
 
     def after_prepare(self):
-        if self.table_changes is None:  # before the first listing: a change after it is never missed
-            self.table_changes = follow_table(source_guard.FAMILY, source_guard.table_name(self.agent.name),
-                                              lambda text: self.agent.log.warning(text, extra=self.agent.extra()))
         self.reconcile(first=self.state is None)
+
+    def _follow(self):
+        """Follow the table before its first listing: a change after it is never missed."""
+        if self.schedule is None:
+            table = source_guard.table_name(self.agent.name)
+            self.schedule = for_controller(self, lambda: TableChanges(source_guard.FAMILY, table))
+        return self.schedule
 
     def timers(self):
         return [(self.agent.options.reconcile_interval, self.reconcile)]
@@ -74,9 +77,8 @@ class SourceGuardController(Controller):
     def reconcile(self, first=False):
         agent = self.agent
         self.last_check = time.time()
-        self.passes += 1
-        touched = since_last(self.table_changes) or self.inspect_anyway or first \
-            or self.passes % BACKSTOP_PASSES == 0
+        read = self._follow().next()  # drained on every pass; None: the table is as last listed
+        touched = read is not None
         before = self.state
         try:
             with ports.locked(self.directory):
@@ -90,9 +92,9 @@ class SourceGuardController(Controller):
                 if touched:
                     self.records_at_listing = frozenset(records)
                     wanted = [source_guard.Port(r.port, r.mac, r.addresses) for r in records.values() if r.validated]
-                    self.inspect_anyway = True
+                    read = read or self.schedule.taken("port records changed")
                     outcome = source_guard.ensure(agent.name, wanted)
-                    self.inspect_anyway = False
+                    self.schedule.full_read_done(read)
                 else:
                     outcome = None
             self.state = "enforcing"
@@ -100,6 +102,7 @@ class SourceGuardController(Controller):
                 self._repaired(outcome, first or before is None)
             self._harvest()
         except (DatapathError, OSError) as exc:
+            self.schedule.again()
             self.state = f"failed: {exc}"
             agent.log.error(f"source validation not in place: {exc}", extra=agent.extra())
         if self.state != before:
@@ -176,8 +179,8 @@ class SourceGuardController(Controller):
                 "dst": None, "dstPod": None, "protocol": None, "port": None, "policies": []}
 
     def close(self):
-        if self.table_changes is not None:
-            self.table_changes.close()
+        if self.schedule is not None:
+            self.schedule.close()
 
     def status(self):
         exempt = [r for r in self.records.values() if not r.validated]
@@ -186,4 +189,5 @@ class SourceGuardController(Controller):
             "state": self.state, "ports": len(self.records) - len(exempt), "exempt": len(exempt),
             "exemptPods": sorted(r.pod or r.port for r in exempt)[:EXEMPT_NAMES_SHOWN],
             "spoofedPackets": self.spoofed, "driftRepaired": self.drift_repaired,
-            "recordProblems": self.record_problems[:5], "lastCheck": self.last_check}}
+            "recordProblems": self.record_problems[:5], "lastCheck": self.last_check,
+            "kernelReads": self.schedule.status() if self.schedule is not None else None}}
