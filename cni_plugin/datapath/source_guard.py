@@ -29,7 +29,7 @@ What a validated port may send (everything else is dropped, counted and recorded
     (router/neighbour solicitations and advertisements) and to link-local
     destinations (fe80::/10, ff02::/16); from the unspecified address only for
     duplicate address detection (a neighbour solicitation to a solicited-node
-    group, and the MLDv2 report that joins it); neighbour advertisements only for
+    group, and the MLD report that joins it: MLDv2 to ff02::16, MLDv1 to the group); neighbour advertisements only for
     its own addresses or a link-local one; never a router advertisement or redirect.
 
 Per-pod state is elements only: add_port() before the pod's interface comes up,
@@ -209,6 +209,9 @@ def rules() -> dict:
                                                    {"accept": None}]),
             ("weft: joining the solicited-node group for DAD", [_m(ip6_src, "::"), _icmpv6("mld2-listener-report"),
                                                                 _m(ip6_dst, "ff02::16"), {"accept": None}]),
+            ("weft: joining the solicited-node group for DAD (MLDv1)",
+             [_m(ip6_src, "::"), _icmpv6("mld-listener-report"),
+              _m(ip6_dst, _prefix(ipaddress.ip_network("ff02::1:ff00:0/104"))), {"accept": None}]),
             ("weft: IPv6 from another address", _drop("drop6")),
         ],
         "na": [
