@@ -176,7 +176,7 @@ def test_malformed_driver_arguments_are_refused_before_any_plugin_runs(env, mess
 
 
 def test_libcni_1_1_2_refuses_a_1_1_0_result_and_del_then_cleans_up(cnitool, installed, node, pods, tmp_path):
-    """What the README's cniVersion advice rests on: libcni 1.1.2 (Debian 12's, as in
+    """What the docs' cniVersion advice rests on: libcni 1.1.2 (Debian 12's, as in
     containerd 1.6) cannot parse a 1.1.0 result.  weft's ADD did its work, so the
     runtime's DEL (here cnitool's, without a cached result) must undo it."""
     name = f"wc{suffix()}"
@@ -191,13 +191,13 @@ def test_libcni_1_1_2_refuses_a_1_1_0_result_and_del_then_cleans_up(cnitool, ins
     assert_nothing_left(driver, node, pod, name)
 
 
-# -- the README's "Try it by hand with cnitool", run as written ---------------------------
+# -- docs/runtimes.md's "Try it by hand with cnitool", run as written ---------------------------
 
-README = os.path.join(REPO, "README.md")
+RUNTIMES = os.path.join(REPO, "docs", "runtimes.md")
 
 
 def readme_cnitool_block():
-    text = open(README).read()
+    text = open(RUNTIMES).read()
     start = text.index("## Try it by hand with cnitool")
     section = text[start:text.index("\n## ", start + 1)]
     [conflist] = re.findall(r"```json\n(.*?)```", section, re.S)
@@ -212,7 +212,7 @@ def test_readme_shows_the_shipped_try_conflist():
 
 
 def test_readme_cnitool_commands_run_as_written(cnitool, installed, tmp_path):
-    """Each line of the README block runs in a shell from the checkout.  Only what would
+    """Each line of the docs/runtimes.md block runs in a shell from the checkout.  Only what would
     touch this machine's own state is redirected: the install goes to the test's
     directories, the namespaces get unique names, weft and libcni write under tmp_path."""
     conflist, lines = readme_cnitool_block()
@@ -235,7 +235,7 @@ def test_readme_cnitool_commands_run_as_written(cnitool, installed, tmp_path):
     ]
     script = "\n".join(lines)
     for old, new in substitutions:
-        assert old in script, f"the README block no longer says {old!r}: update this test with it"
+        assert old in script, f"the docs/runtimes.md block no longer says {old!r}: update this test with it"
         script = script.replace(old, new)
     outputs = []
     try:
