@@ -51,11 +51,11 @@ unit: venv
 demo: deps
 	$(DEV_VENV)/bin/python -m demo.cluster
 
-# weft vs the reference Go plugins (README "Performance"); JSON in bench-results/
+# weft vs the reference Go plugins (docs/performance.md); JSON in bench-results/
 bench: deps
 	$(DEV_VENV)/bin/python -m bench.run $(BENCH_ARGS)
 
-# the fault-injection soak of the per-pod path, longer than the suite's (README "Behaviour")
+# the fault-injection soak of the per-pod path, longer than the suite's (docs/operations.md "Behaviour")
 SOAK_SECONDS ?= 600
 SOAK_OPS     ?= 20000
 soak: deps

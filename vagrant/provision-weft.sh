@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# provision-weft.sh NAME IP ETCD [NETWORK_CONFIG] -- a weft node, as README "Install with
+# provision-weft.sh NAME IP ETCD [NETWORK_CONFIG] -- a weft node, as docs/operations.md "With
 # systemd" says: make deps install, the unit and sysctls, weftd on the lab network, the
 # conflist in /etc/cni/net.d; then a pod "smoke" whose address goes to etcd (/weft-smoke/NAME).
 set -euo pipefail

@@ -3,8 +3,8 @@
 The agent lists, then watches, Namespaces, Pods and NetworkPolicies with its
 ServiceAccount (token and CA from /var/run/secrets/kubernetes.io/serviceaccount, the
 server from $KUBERNETES_SERVICE_HOST/PORT, or --kube-api-server), over HTTPS with the
-standard library's http.client (no client library in the agent's memory; the README's
-NetworkPolicy section says why), and with the same interface as the etcd registry's
+standard library's http.client (no client library in the agent's memory; docs/networkpolicy.md
+says why), and with the same interface as the etcd registry's
 policy keys (rows keyed "<Kind>/[<namespace>/]<name>" holding the object's JSON), so the
 policy controller is the same in both modes.
 

@@ -2,7 +2,7 @@
 
 Codes 1-99 are reserved by the CNI specification; weft only uses the ones
 the spec defines there.  Codes >= 100 are weft's own and are documented in
-the README's troubleshooting section.
+docs/operations.md (Errors, Troubleshooting).
 """
 
 # Codes defined by the CNI specification (SPEC.md, "Error").

@@ -14,7 +14,7 @@ def _write(path: str, value: str) -> bool:
         return False
     except OSError as exc:
         raise DatapathError(f"cannot set {path} to {value}: {exc.strerror}; weft needs a "
-                       "writable /proc/sys (in a container: see weftd-container in the README)")
+                       "writable /proc/sys (in a container: see weftd-container in docs/operations.md)")
 
 
 def set_interface(family: str, ifname: str, key: str, value: str) -> bool:

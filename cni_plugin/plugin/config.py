@@ -1,6 +1,6 @@
 """weft's network configuration: defaults, validation and the subnet-file fill-in.
 
-Every key and default is listed in the README's configuration reference; keep the
+Every key and default is listed in docs/configuration.md; keep the
 two in step.
 """
 

@@ -331,7 +331,7 @@ def test_missing_conflist_error_reaches_the_caller_and_nothing_leaks(nodes, sand
 
 
 def test_the_cri_command_line_of_the_readme(nodes):
-    """`python -m lab.cri` (the README's by-hand recipe) against the same containerd."""
+    """`python -m lab.cri` (docs/runtimes.md's by-hand recipe) against the same containerd."""
     one = nodes[0]
 
     def cri(*args):

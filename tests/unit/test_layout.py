@@ -1,4 +1,4 @@
-"""The layout's rules, read from the source (README "Development"): no import cycle in
+"""The layout's rules, read from the source (docs/design.md "Development"): no import cycle in
 cni_plugin/, heavy libraries only where they belong, no CNI codes in the datapath."""
 
 import ast
