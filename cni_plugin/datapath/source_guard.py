@@ -417,6 +417,21 @@ def remove_port(network: str, port: Port) -> None:
             raise
 
 
+def remove_addresses(network: str, port_name: str, addresses) -> None:
+    """Take some addresses from a port, leaving it validated (its MAC and other addresses stay)."""
+    elements = Port(port_name, "00:00:00:00:00:00", tuple(addresses)).elements()
+    table = table_name(network)
+    commands = []
+    for verb in ("add", "delete"):  # add-then-delete: never fails for an element already gone
+        commands += [{verb: {"element": {"family": FAMILY, "table": table, "name": name, "elem": values}}}
+                     for name, values in sorted(elements.items()) if name not in ("ports", "mac")]
+    try:
+        nft.run(commands)
+    except NftError as exc:
+        if not nft.is_missing(exc):
+            raise
+
+
 def port_state(network: str, port_name: str):
     """CHECK: (table present?, {set name: {listed value}} of the elements of `port_name`)."""
     objects = nft.list_table(FAMILY, table_name(network))

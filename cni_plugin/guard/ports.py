@@ -68,6 +68,14 @@ class PortRecord:
     pod_namespace: str = None
     pod_name: str = None
     bridge: str = None
+    # the pod's addresses on its other weft interfaces (Multus): a multi-homed pod may
+    # answer from any of its own addresses through any of its interfaces
+    pod_addresses: tuple = ()
+
+    @property
+    def sources(self) -> tuple:
+        """Every address this port may send from."""
+        return self.addresses + tuple(a for a in self.pod_addresses if a not in self.addresses)
 
     @property
     def pod(self):
@@ -80,7 +88,8 @@ class PortRecord:
         return json.dumps({"port": self.port, "network": self.network, "containerID": self.container_id,
                            "ifname": self.ifname, "addresses": [str(a) for a in self.addresses],
                            "mac": self.mac, "validated": self.validated, "podNamespace": self.pod_namespace,
-                           "podName": self.pod_name, "bridge": self.bridge}, sort_keys=True)
+                           "podName": self.pod_name, "bridge": self.bridge,
+                           "podAddresses": [str(a) for a in self.pod_addresses]}, sort_keys=True)
 
     @classmethod
     def parse(cls, text: str, where: str) -> "PortRecord":
@@ -105,6 +114,13 @@ class PortRecord:
             raise PortRecordError(f"port record {where}: {exc}") from None
         if len(addresses) != len(raw):
             raise PortRecordError(f"port record {where}: addresses must be strings")
+        extra = data.get("podAddresses", [])
+        try:
+            if not isinstance(extra, list) or not all(isinstance(a, str) for a in extra):
+                raise ValueError("podAddresses must be a list of strings")
+            pod_addresses = tuple(ipaddress.ip_address(a) for a in extra)
+        except ValueError as exc:
+            raise PortRecordError(f"port record {where}: {exc}") from None
         validated = data.get("validated", True)
         if not isinstance(validated, bool):
             raise PortRecordError(f"port record {where}: validated must be true or false")
@@ -116,7 +132,8 @@ class PortRecord:
             texts[key] = value
         return cls(port=port, network=texts["network"] or "", container_id=texts["containerID"] or "",
                    ifname=texts["ifname"] or "", addresses=addresses, mac=mac, validated=validated,
-                   pod_namespace=texts["podNamespace"], pod_name=texts["podName"], bridge=texts["bridge"])
+                   pod_namespace=texts["podNamespace"], pod_name=texts["podName"], bridge=texts["bridge"],
+                   pod_addresses=pod_addresses)
 
 
 @contextmanager
@@ -186,3 +203,54 @@ def read_all(path: str) -> tuple:
             continue
         records[name] = record
     return records, problems
+
+
+# -- the pod's other attachments ----------------------------------------------------------
+# <run dir>/weft-pods/<digest of containerID>/<digest of the records dir>:<port>, each
+# file holding its records directory's name (a network name may be too long to repeat)
+POD_INDEX = "weft-pods"
+
+
+def pod_index(run_dir: str, container_id: str) -> str:
+    return os.path.join(run_dir, POD_INDEX, hashlib.sha256(container_id.encode()).hexdigest()[:24])
+
+
+def _marker(records_dir: str, port: str) -> str:
+    return f"{hashlib.sha256(os.path.basename(records_dir).encode()).hexdigest()[:16]}:{port}"
+
+
+def siblings(run_dir: str, container_id: str, port: str) -> list:
+    """[(records directory, port)] of the pod's other attachments, from the pod index."""
+    index = pod_index(run_dir, container_id)
+    try:
+        names = sorted(os.listdir(index))
+    except FileNotFoundError:
+        return []
+    out = []
+    for name in names:
+        _, sep, other = name.rpartition(":")
+        if not sep or not _PORT.match(other) or other == port:
+            continue
+        try:
+            with open(os.path.join(index, name), encoding="utf-8") as handle:
+                directory_name = handle.read().strip()
+        except OSError:
+            continue
+        if directory_name.endswith(DIR_SUFFIX) and "/" not in directory_name:
+            out.append((os.path.join(run_dir, directory_name), other))
+    return out
+
+
+def index_add(run_dir: str, container_id: str, records_dir: str, port: str) -> None:
+    index = pod_index(run_dir, container_id)
+    os.makedirs(index, mode=0o700, exist_ok=True)
+    write_atomic(os.path.join(index, _marker(records_dir, port)), os.path.basename(records_dir), durable=False)
+
+
+def index_remove(run_dir: str, container_id: str, records_dir: str, port: str) -> None:
+    index = pod_index(run_dir, container_id)
+    try:
+        os.unlink(os.path.join(index, _marker(records_dir, port)))
+        os.rmdir(index)  # the pod's last attachment
+    except OSError:
+        pass

@@ -8,6 +8,7 @@ rolled-back ADD: detach().  CHECK: check().  GC: forget_stale().  Standalone (no
 serving the call) the table is also brought into shape here, since no agent repairs it.
 """
 
+import dataclasses
 import ipaddress
 import os
 
@@ -36,7 +37,47 @@ def record_of(cfg, env, host_name: str, mac: str, ips) -> ports.PortRecord:
 def _port(record: ports.PortRecord):
     from ..datapath import source_guard
 
-    return source_guard.Port(record.port, record.mac, record.addresses)
+    return source_guard.Port(record.port, record.mac, record.sources)
+
+
+# A pod with several weft interfaces (Multus) may answer from any of its own addresses
+# through any of them (the kernel picks the route, not the interface the address is
+# on): each port's record carries the pod's addresses on its other interfaces
+# (podAddresses), found through the pod index beside the records directories.
+def _others(cfg, record) -> list:
+    """[(records directory, PortRecord)] of the pod's other attachments."""
+    run_dir = os.path.dirname(cfg.ports_dir)
+    out = []
+    for directory, port in ports.siblings(run_dir, record.container_id, record.port):
+        try:
+            other = ports.read(directory, port)
+        except ports.PortRecordError:
+            other = None
+        if other is not None and other.container_id == record.container_id:
+            out.append((directory, other))
+    return out
+
+
+def _restate(cfg, directory: str, port: str, change) -> None:
+    """Rewrite another attachment's record with change(record) (its podAddresses) and
+    its elements to match, under its directory's lock (ours is held already)."""
+    from contextlib import nullcontext
+
+    from ..datapath import source_guard
+
+    with (nullcontext() if directory == cfg.ports_dir else ports.locked(directory, cfg.lock_timeout)):
+        other = ports.read(directory, port)
+        if other is None:
+            return
+        new = change(other)
+        ports.write(directory, new)
+        if other.validated:
+            added = [a for a in new.sources if a not in other.sources]
+            gone = [a for a in other.sources if a not in new.sources]
+            if added:
+                source_guard.add_port(other.network, source_guard.Port(other.port, other.mac, tuple(added)))
+            if gone:
+                source_guard.remove_addresses(other.network, other.port, gone)
 
 
 def attach(cfg, record: ports.PortRecord) -> None:
@@ -44,7 +85,14 @@ def attach(cfg, record: ports.PortRecord) -> None:
 
     try:
         with _locked(cfg):
+            others = _others(cfg, record)
+            extra = tuple(a for _, o in others for a in o.addresses if a not in record.addresses)
+            record = dataclasses.replace(record, pod_addresses=tuple(dict.fromkeys(extra)))
             ports.write(cfg.ports_dir, record)
+            ports.index_add(os.path.dirname(cfg.ports_dir), record.container_id, cfg.ports_dir, record.port)
+            for directory, other in others:
+                _restate(cfg, directory, other.port, lambda o: dataclasses.replace(
+                    o, pod_addresses=tuple(dict.fromkeys(o.pod_addresses + record.addresses))))
             if record.validated and _standalone():
                 # no agent repairs the table: bring it to what every record of the node says
                 records, _ = ports.read_all(cfg.ports_dir)
@@ -72,6 +120,10 @@ def detach(cfg, host_name: str) -> None:
                 record = None  # unreadable: the agent's reconcile removes what no record wants
             if record is not None:
                 source_guard.remove_port(cfg.name, _port(record))
+                for directory, other in _others(cfg, record):
+                    _restate(cfg, directory, other.port, lambda o: dataclasses.replace(
+                        o, pod_addresses=tuple(a for a in o.pod_addresses if a not in record.addresses)))
+                ports.index_remove(os.path.dirname(cfg.ports_dir), record.container_id, cfg.ports_dir, host_name)
             ports.remove(cfg.ports_dir, host_name)
     except LockTimeout as exc:
         raise CniError(IO_FAILURE, f"port records of network {cfg.name}: {exc}") from None
@@ -86,7 +138,13 @@ def check(cfg, host_name: str, mac: str, ips) -> None:
     from ..datapath import source_guard
 
     table = f"{source_guard.FAMILY} {source_guard.table_name(cfg.name)}"
-    port = source_guard.Port(host_name, mac.lower(), tuple(ipaddress.ip_interface(ip).ip for ip in ips))
+    own = tuple(ipaddress.ip_interface(ip).ip for ip in ips)
+    try:
+        record = ports.read(cfg.ports_dir, host_name)
+    except ports.PortRecordError:
+        record = None
+    extra = tuple(a for a in record.pod_addresses if a not in own) if record is not None else ()
+    port = source_guard.Port(host_name, mac.lower(), own + extra)
     if cfg.allow_spoofing:
         _, held = source_guard.port_state(cfg.name, host_name)
         if held:

@@ -107,3 +107,24 @@ def test_listed_nd_elements_compare_whatever_padding_nft_prints():
     padded = source_guard.Port(PORT, "02:00:00:00:00:01", (ipaddress.ip_address("::5"),)).listed()["nd6"]
     assert padded == {source_guard._normal("nd6", f"{PORT} . 0x5")}
     assert source_guard._normal("addr4", f"{PORT} . 10.0.0.1") == f"{PORT} . 10.0.0.1"
+
+
+def test_the_pod_index_finds_a_pods_other_attachments(tmp_path):
+    run = str(tmp_path)
+    first, second = ports.directory(run, "weft"), ports.directory(run, "n" * 300)
+    ports.index_add(run, "c1", first, PORT)
+    ports.index_add(run, "c1", second, "wft0123456789ac")
+    ports.index_add(run, "c2", first, "wft0123456789ad")
+    assert ports.siblings(run, "c1", PORT) == [(second, "wft0123456789ac")]
+    assert ports.siblings(run, "c1", "wft0123456789ac") == [(first, PORT)]
+    ports.index_remove(run, "c1", second, "wft0123456789ac")
+    assert ports.siblings(run, "c1", PORT) == []
+    ports.index_remove(run, "c1", first, PORT)
+    assert not (tmp_path / ports.POD_INDEX / ports.pod_index(run, "c1").rsplit("/", 1)[1]).exists()
+
+
+def test_a_record_allows_the_pods_addresses_on_its_other_interfaces():
+    parsed = ports.PortRecord.parse(json.dumps(record(podAddresses=["10.246.3.2", "10.244.1.5"])), "f")
+    assert [str(a) for a in parsed.sources] == ["10.244.1.5", "fd10::5", "10.246.3.2"]
+    with pytest.raises(ports.PortRecordError, match="podAddresses"):
+        ports.PortRecord.parse(json.dumps(record(podAddresses="10.0.0.1")), "f")

@@ -91,7 +91,7 @@ class SourceGuardController(Controller):
                 records = self.records
                 if touched:
                     self.records_at_listing = frozenset(records)
-                    wanted = [source_guard.Port(r.port, r.mac, r.addresses) for r in records.values() if r.validated]
+                    wanted = [source_guard.Port(r.port, r.mac, r.sources) for r in records.values() if r.validated]
                     read = read or self.schedule.taken("port records changed")
                     outcome = source_guard.ensure(agent.name, wanted)
                     self.schedule.full_read_done(read)
