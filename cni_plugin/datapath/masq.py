@@ -187,8 +187,4 @@ def ensure(spec: Masquerade, exact: bool = True) -> Outcome:
 
 def remove(network: str) -> bool:
     """Delete the network's table; False when there was none."""
-    table = table_name(network)
-    if nft.list_table(FAMILY, table) is None:
-        return False
-    nft.run([{"delete": {"table": {"family": FAMILY, "name": table}}}])
-    return True
+    return nft.remove_table(FAMILY, table_name(network))

@@ -185,6 +185,14 @@ def list_table(family: str, name: str):
         raise
 
 
+def remove_table(family: str, name: str) -> bool:
+    """Delete a table; False when there was none."""
+    if list_table(family, name) is None:
+        return False
+    _execute([{"delete": {"table": {"family": family, "name": name}}}], f"delete table {family} {name}")
+    return True
+
+
 def list_tables(family: str = None) -> list:
     """[(family, name)] of every table (of one family when given)."""
     objects = _execute([{"list": {"tables": {}}}], "list tables")

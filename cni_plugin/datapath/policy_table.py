@@ -229,7 +229,4 @@ def denied_flows(table) -> list:
 
 
 def remove(name: str) -> bool:
-    if nft.list_table(FAMILY, name) is None:
-        return False
-    nft.run([{"delete": {"table": _table_obj(name)}}])
-    return True
+    return nft.remove_table(FAMILY, name)

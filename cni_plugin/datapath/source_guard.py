@@ -500,11 +500,3 @@ def dropped_sources(network: str) -> list:
                             pass
                     out.append((name, str(parts[0]), value, int(inner.get("expires", SEEN_TIMEOUT))))
     return out
-
-
-def remove(network: str) -> bool:
-    table = table_name(network)
-    if nft.list_table(FAMILY, table) is None:
-        return False
-    nft.run([{"delete": {"table": {"family": FAMILY, "name": table}}}])
-    return True
