@@ -13,6 +13,7 @@ BENCH_ARGS  ?=
 
 deps:
 	scripts/deps.sh
+	scripts/fetch-runtimes.sh
 	$(MAKE) venv cnitool
 
 # the development/test venv (editable install of this checkout)
