@@ -155,3 +155,14 @@ def test_a_block_on_two_pages_is_an_error(tmp_path):
     with pytest.raises(DocTablesError, match=r"c\.md: <!-- bench:policy --> is also on .*b\.md"):
         doc_tables.update(RESULTS, str(docs))
 
+
+def test_every_figure_has_a_renderer_and_one_block_in_docs_and_every_block_a_figure():
+    assert set(doc_tables.RENDERERS) == set(run.FIGURES)
+    pages = doc_tables.pages(os.path.join(REPO, "docs"))
+    owner = doc_tables.where(pages)  # raises on an unknown, repeated or unclosed marker
+    assert set(owner) == set(run.FIGURES), set(run.FIGURES) ^ set(owner)
+    with open(os.path.join(REPO, "README.md")) as handle:
+        assert not doc_tables.MARKER.search(handle.read()), "README.md: the tables live in docs/"
+    for name, path in owner.items():  # each block names the run it came from
+        start, end = doc_tables.markers(pages[path], path)[name]
+        assert pages[path][start:end].lstrip("\n").startswith("_Run of "), (path, name)
