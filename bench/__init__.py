@@ -9,5 +9,6 @@ contenders (the three CNI contenders), attach (sequential / parallel / scale
 figures), throughput (iperf3 against hand-built topologies), source_validation
 (issue 22: TCP connections/s and iperf3 with validation on vs `allowSpoofing`, via
 conn_rate's loop), convergence (a
-20-node cluster: lease -> datapath on every node, agent RSS), report (targets, tables).
+20-node cluster: lease -> datapath on every node, agent RSS), report (targets, tables),
+doc_tables (each figure's table written into its block of docs/).
 """

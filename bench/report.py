@@ -316,12 +316,16 @@ def wireguard_rows(figures: dict, lines: list) -> list:
         lines = [_row(["pod-to-pod TCP, iperf3", "weft (Gbit/s)", "reference (Gbit/s)", "weft / reference"]),
                  _row(["---"] * 4)]
     impl = wg.get("weft_implementation")
+
+    def gbps(kind):  # the median, then every round's figure
+        samples = _get(wg, kind, "samples_gbps") or []
+        return _fmt(_get(wg, kind, "gbps"), 2) + (f" (rounds {', '.join(f'{s:.2f}' for s in samples)})" if samples else "")
+
     lines.append(_row([f"cross node (WireGuard {impl}, MTU {wg.get('weft_wireguard_pod_mtu')}; reference: "
                        f"hand-built {wg.get('reference_implementation')} pair)",
-                       _fmt(_get(wg, "weft_wireguard", "gbps"), 2), _fmt(_get(wg, "reference_wireguard", "gbps"), 2),
-                       _fmt(wg.get("ratio_vs_reference"), 2, "x")]))
-    lines.append(_row(["cross node, same run: weft wireguard / weft vxlan", _fmt(_get(wg, "weft_vxlan", "gbps"), 2)
-                       + " (vxlan)", "", _fmt(wg.get("ratio_vs_vxlan"), 2, "x")]))
+                       gbps("weft_wireguard"), gbps("reference_wireguard"), _fmt(wg.get("ratio_vs_reference"), 2, "x")]))
+    lines.append(_row(["cross node, same run: weft wireguard / weft vxlan", "vxlan " + gbps("weft_vxlan"), "",
+                       _fmt(wg.get("ratio_vs_vxlan"), 2, "x")]))
     return lines
 
 
@@ -381,6 +385,35 @@ def scale_table(figures: dict) -> list:
     return lines
 
 
+def policy_table(figures: dict) -> list:
+    pol = figures.get("policy")
+    if not pol or "error" in pol:
+        return []
+    change = pol.get("change_to_enforced") or {}
+    lines = [_row([f"{pol['pods']:,} pods, {pol['policies']} policies ({pol['rules_per_node']:,} rules per node), "
+                   f"{pol['nodes']} nodes", "with the policies", "without", "with / without"]),
+             _row(["---"] * 4),
+             _row([f"policy change -> enforced on every node, p50 / p95 / max (ms; {change.get('changes')} changes, "
+                   f"{change.get('n')} samples)",
+                   " / ".join(_fmt(change.get(k)) for k in ("p50_ms", "p95_ms", "max_ms")), "", ""])]
+    for key, label, digits in (("add_p50_ms", "ADD p50 through the agent (ms, interleaved rounds)", 1),
+                               ("tcp_connections_per_s", "new pod-to-pod TCP connections/s (median of the rounds)", 0)):
+        entry = pol.get(key) or {}
+        lines.append(_row([label, _fmt(entry.get("policies"), digits), _fmt(entry.get("no_policy"), digits),
+                           _fmt(entry.get("ratio"), 2, "x")]))
+    lines.append(_row(["agent RSS max (MiB)", _fmt(_get(pol, "agent_rss_mib", "max")), "", ""]))
+    return lines
+
+
+def harness_floor_note(figures: dict) -> str:
+    """What the direct-exec figures' timing wrapper costs by itself, as a sentence ("" unmeasured)."""
+    floor = _get(figures, "sequential", "harness_floor_ms", "p50")
+    if floor is None:
+        return ""
+    return (f"Every call is timed around `ip netns exec <node> <plugin>`; that wrapper alone "
+            f"(exec of /bin/true) costs {floor:.1f} ms p50 and is in every figure above.")
+
+
 CRI_COLUMNS = (("weft", "weft (conf/10-weft.conflist: agent, masquerade)"), ("weft_no_masq", "weft, ipMasq false"),
                ("reference", "bridge+host-local+portmap"), ("reference_masq", "the same, bridge ipMasq true"))
 
@@ -434,16 +467,15 @@ def render(results: dict) -> str:
                          ("Datapath", datapath_table(figures)),
                          ("Source validation (issue 22): on vs off, same run", source_validation_table(figures)),
                          ("Control plane", convergence_table(figures)),
+                         ("NetworkPolicy", policy_table(figures)),
                          ("Scale (issue 17): cost against N", scale_table(figures)),
                          ("Runtimes (containerd CRI)", cri_table(figures)),
                          ("Runtimes (containerd CRI), steady state", cri_table(figures, resident=True)),
                          ("Targets (issues 4, 14, 15, 17, 22)", targets_table(results["targets"]))):
         if len(lines) > 2:
             parts.append(f"**{title}**\n\n" + "\n".join(lines))
-        floor = _get(figures, "sequential", "harness_floor_ms", "p50")
-        if title.startswith("Direct exec") and floor is not None:
-            parts[-1] += (f"\n\nEvery call is timed around `ip netns exec <node> <plugin>`; that wrapper alone "
-                          f"(exec of /bin/true) costs {floor:.1f} ms p50 and is in every figure above.")
+        if title.startswith("Direct exec") and harness_floor_note(figures):
+            parts[-1] += "\n\n" + harness_floor_note(figures)
     busy = [f"{name} (idle {fig['cpu_idle_before']:.0%})" for name, fig in figures.items()
             if isinstance(fig, dict) and fig.get("cpu_idle_before") is not None and fig["cpu_idle_before"] < 0.7]
     if busy:

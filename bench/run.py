@@ -1,9 +1,10 @@
 """`make bench`: weft against the reference Go plugins, one run, every figure.
 
-    python -m bench.run [--attachments 200] [--smoke] [--out bench-results] [--only a,b]
+    python -m bench.run [--attachments 200] [--smoke] [--out bench-results] [--only a,b] [--docs DIR]
 
-Writes <out>/<UTC timestamp>.json and <out>/latest.json and prints the tables
-(Markdown) on stdout; progress goes to stderr.  Needs root: everything happens in
+Writes <out>/<UTC timestamp>.json and <out>/latest.json, prints the tables (Markdown)
+on stdout and rewrites the tables of the figures it ran in docs/ (bench/doc_tables.py);
+progress goes to stderr.  Needs root: everything happens in
 network namespaces made for the run, all removed at the end (also on Ctrl-C).
 """
 
@@ -12,6 +13,7 @@ import datetime
 import json
 import os
 import platform
+import shlex
 import shutil
 import signal
 import subprocess
@@ -20,7 +22,8 @@ import tempfile
 import time
 import traceback
 
-from . import attach, convergence, cri, default_config, policy, report, scale, source_validation, throughput, wireguard
+from . import (attach, convergence, cri, default_config, doc_tables, policy, report, scale, source_validation,
+               throughput, wireguard)
 from .contenders import LABELS
 from .context import Context, quiesce
 
@@ -73,7 +76,14 @@ def parse(argv=None):
     p.add_argument("--only", default="", help=f"comma-separated subset of {','.join(FIGURES)}")
     p.add_argument("--out", default=os.path.join(REPO, "bench-results"), help="where the JSON goes")
     p.add_argument("--installed", help="an existing `make install` root (cni/, bin/); default: install into a temp dir")
+    p.add_argument("--docs", help="rewrite the tables of the figures run in this directory's pages "
+                                  "(bench/doc_tables.py; default: docs/ of this checkout, none with --smoke)")
+    p.add_argument("--no-docs", action="store_true", help="leave the docs' tables alone")
     args = p.parse_args(argv)
+    if args.docs is None and not args.smoke:
+        args.docs = doc_tables.DOCS
+    if args.no_docs:
+        args.docs = None
     if args.smoke:
         for key, value in SMOKE.items():
             setattr(args, key, value)
@@ -166,6 +176,13 @@ def run_figures(ctx, args) -> dict:
     return figures
 
 
+def command(argv: list) -> str:
+    """How this run was started, as the docs' tables quote it."""
+    if os.environ.get("MAKELEVEL"):  # `make bench BENCH_ARGS=...` runs `python -m bench.run $(BENCH_ARGS)`
+        return "make bench" + (f" BENCH_ARGS={shlex.quote(' '.join(argv))}" if argv else "")
+    return shlex.join(["python", "-m", "bench.run", *argv])
+
+
 def _interrupt(signum, frame):
     raise KeyboardInterrupt(f"signal {signum}")
 
@@ -191,9 +208,8 @@ def main(argv=None) -> int:
         shutil.rmtree(work, ignore_errors=True)
     results = {
         "meta": {"date": started.isoformat(timespec="seconds"), "smoke": args.smoke,
-                 "command": "make bench" if os.environ.get("MAKELEVEL") else
-                 "python -m bench.run " + " ".join(sys.argv[1:] if argv is None else argv),
-                 "args": {k: v for k, v in vars(args).items() if k not in ("out", "installed", "only")},
+                 "command": command(sys.argv[1:] if argv is None else argv),
+                 "args": {k: v for k, v in vars(args).items() if k not in ("out", "installed", "only", "docs", "no_docs")},
                  "duration_s": round((datetime.datetime.now(datetime.timezone.utc) - started).total_seconds(), 1),
                  "machine": machine(), **versions(),
                  "contenders": LABELS,
@@ -216,7 +232,15 @@ def main(argv=None) -> int:
           f"kernel {m['kernel']}; {results['meta']['duration_s']} s)\n")
     print(table)
     print(f"results: {path}")
-    return 1 if any("error" in f for f in figures.values()) else 0
+    failed = any("error" in f for f in figures.values())
+    if args.docs:
+        try:
+            for name, page in doc_tables.update(results, args.docs, args.out):
+                print(f"table rewritten: {page} ({name})")
+        except doc_tables.DocTablesError as exc:
+            print(f"docs not rewritten: {exc}", file=sys.stderr)
+            failed = True
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":

@@ -3,10 +3,13 @@ with tiny counts and must produce a complete, sane JSON for all three contenders
 Timing goals are the benchmark's business; nothing here asserts a speed."""
 
 import json
-import xml.etree.ElementTree as ET
 import os
+import shutil
 import subprocess
 import sys
+import xml.etree.ElementTree as ET
+
+from bench import doc_tables
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 KINDS = ("go", "weft-standalone", "weft-agent")
@@ -26,9 +29,11 @@ def sane_ms(stats, n):
 
 def test_bench_smoke(tmp_path, installed):
     out = tmp_path / "results"
+    docs = tmp_path / "docs"  # a copy: the smoke run writes its tables there, never into the tree
+    shutil.copytree(os.path.join(REPO, "docs"), docs)
     proc = subprocess.run([sys.executable, "-m", "bench.run", "--smoke", "--out", str(out),
-                           "--installed", str(installed)], cwd=REPO, capture_output=True, text=True,
-                          timeout=200, stdin=subprocess.DEVNULL)
+                           "--installed", str(installed), "--docs", str(docs)], cwd=REPO, capture_output=True,
+                          text=True, timeout=200, stdin=subprocess.DEVNULL)
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
     files = sorted(p.name for p in out.iterdir())
     # the run's JSON, latest.json, and the scale figure's plot
@@ -127,6 +132,20 @@ def test_bench_smoke(tmp_path, installed):
     for label in ("Go bridge+host-local", "weft standalone", "weft agent", "same node", "cross node",
                   "new lease", "Targets"):
         assert label in proc.stdout
+    # every figure's table in the docs (the copy) is now this run's, and nothing else moved
+    assert "--smoke" in meta["command"], meta["command"]
+    pages = doc_tables.pages(str(docs))
+    owner = doc_tables.where(pages)
+    assert set(owner) == FIGURES
+    for name, path in owner.items():
+        start, end = doc_tables.markers(pages[path], path)[name]
+        assert pages[path][start:end].strip() == doc_tables.render(name, figures[name], meta), name
+        assert f"table rewritten: {path} ({name})" in proc.stdout
+    for path, text in pages.items():
+        with open(os.path.join(REPO, "docs", os.path.basename(path))) as handle:
+            assert doc_tables.without_blocks(text, path) == doc_tables.without_blocks(handle.read(), path), path
+    assert (docs / "scale.svg").read_bytes() == (out / "scale.svg").read_bytes()
+
     made = set(data["namespaces_made"])
     assert len(made) > 3 * 10
     assert not made & netns_names(), "the benchmark left namespaces behind"
