@@ -80,6 +80,17 @@ def write_source(tmp_path, conflist) -> str:
     return str(path)
 
 
+def first_install(payload, tmp_path, plugin_dir):
+    """(node, network name, source conflist, installer run) on a node whose bin dir holds
+    portmap from `plugin_dir`; the installer succeeded."""
+    node = Node(tmp_path / "host", plugin_dir)
+    name = f"wi{suffix()}"
+    source = chained(tmp_path, name, f"cbi{suffix(5)}")
+    proc = node.install(payload, write_source(tmp_path, source))
+    assert proc.returncode == 0, proc.stderr
+    return node, name, source, proc
+
+
 def dnat_rules(node) -> list:
     nat = node.run(["iptables-save", "-t", "nat"]).stdout.splitlines()
     return [line for line in nat if "--dport 8080" in line and "--to-destination" in line]
@@ -103,11 +114,7 @@ def attach_through_libcni(driver, name, node, pod, net_d, path, version):
 
 def test_plugins_1_1_keep_the_conflist_at_1_0_0_which_libcni_1_1_runs(payload, cnitool, netns, tmp_path):
     node_ns, pod = netns("wicnode"), netns("wicpod")
-    node = Node(tmp_path / "host", OLD_PLUGINS)
-    name = f"wi{suffix()}"
-    source = chained(tmp_path, name, f"cbi{suffix(5)}")
-    proc = node.install(payload, write_source(tmp_path, source))
-    assert proc.returncode == 0, proc.stderr
+    node, name, source, proc = first_install(payload, tmp_path, OLD_PLUGINS)
     assert (f"weftctl install-conflist: cniVersion 1.0.0 for {node.conflist}: not 1.1.0, held back by: "
             f"portmap ({node.bin_dir}/portmap) supports {OLD_VERSIONS}\n") in proc.stdout
     assert f"wrote {node.conflist}" in proc.stdout
@@ -123,11 +130,7 @@ def test_plugins_1_1_keep_the_conflist_at_1_0_0_which_libcni_1_1_runs(payload, c
 
 def test_plugins_1_9_raise_the_conflist_to_1_1_0_with_gc_and_status(payload, cnitool, netns, tmp_path):
     node_ns, pod = netns("wicnode"), netns("wicpod")
-    node = Node(tmp_path / "host", runtimes.cni_plugins_19())
-    name = f"wi{suffix()}"
-    source = chained(tmp_path, name, f"cbi{suffix(5)}")
-    proc = node.install(payload, write_source(tmp_path, source))
-    assert proc.returncode == 0, proc.stderr
+    node, name, source, proc = first_install(payload, tmp_path, runtimes.cni_plugins_19())
     assert (f"cniVersion 1.1.0 for {node.conflist}: every plugin of the chain supports 1.1.0: "
             f"weft, weft-ipam, portmap\n") in proc.stdout
     assert "containerd 1.6 and 1.7" in proc.stdout and "WEFT_CNI_VERSION=1.0.0" in proc.stdout

@@ -30,6 +30,16 @@ def chain_path(installed, reference):
     return f"{installed}/cni:{reference[0]}"
 
 
+def weft_chain(weft, version, *chained, **weft_keys) -> dict:
+    """A conflist: weft (the fixture's standalone network), then `chained` entries."""
+    entry = {k: v for k, v in weft.conf(**weft_keys).items() if k not in ("cniVersion", "name")}
+    return {"cniVersion": version, "name": "weftnet", "plugins": [entry, *chained]}
+
+
+PORTMAP = {"type": "portmap", "capabilities": {"portMappings": True},
+           "runtimeConfig": {"portMappings": [{"hostPort": 8080, "containerPort": 80, "protocol": "tcp"}]}}
+
+
 def rules(node, table):
     return node.run(["iptables-save", "-t", table]).stdout.splitlines()
 
@@ -63,20 +73,12 @@ def status_and_gc(conflist, chain_path, kwargs):
 
 
 def test_weft_then_portmap_bandwidth_tuning(weft, node, pods, reference, chain_path, tmp_path):
-    plugins, version = reference
+    version = reference[1]
     pod = pods()
-    conflist = {
-        "cniVersion": version,
-        "name": "weftnet",
-        "plugins": [
-            {k: v for k, v in weft.conf().items() if k not in ("cniVersion", "name")},
-            {"type": "portmap", "capabilities": {"portMappings": True},
-             "runtimeConfig": {"portMappings": [{"hostPort": 8080, "containerPort": 80, "protocol": "tcp"}]}},
-            {"type": "bandwidth", "ingressRate": 1000000, "ingressBurst": 100000,
-             "egressRate": 1000000, "egressBurst": 100000},
-            {"type": "tuning", "sysctl": {"net.ipv4.conf.eth0.rp_filter": "2"}},
-        ],
-    }
+    conflist = weft_chain(weft, version, PORTMAP,
+                          {"type": "bandwidth", "ingressRate": 1000000, "ingressBurst": 100000,
+                           "egressRate": 1000000, "egressBurst": 100000},
+                          {"type": "tuning", "sysctl": {"net.ipv4.conf.eth0.rp_filter": "2"}})
     kwargs = dict(container_id="chain1", netns=pod.path, ifname="eth0", node=node,
                   extra_env={"PATH": plugin_path(reference, tmp_path)})
     out, result = run_chain(conflist["plugins"], "ADD", conflist, chain_path, **kwargs)
@@ -122,15 +124,7 @@ def test_weft_then_portmap_with_the_nftables_backend_of_plugins_1_9(weft, node, 
     Its table lives beside weft's own masquerade table."""
     chain_path = f"{installed}/cni:{runtimes.cni_plugins_19()}"
     pod = pods()
-    conflist = {
-        "cniVersion": "1.1.0",
-        "name": "weftnet",
-        "plugins": [
-            {k: v for k, v in weft.conf(ipMasq=True).items() if k not in ("cniVersion", "name")},
-            {"type": "portmap", "backend": "nftables", "capabilities": {"portMappings": True},
-             "runtimeConfig": {"portMappings": [{"hostPort": 8080, "containerPort": 80, "protocol": "tcp"}]}},
-        ],
-    }
+    conflist = weft_chain(weft, "1.1.0", {**PORTMAP, "backend": "nftables"}, ipMasq=True)
     kwargs = dict(container_id="chain3", netns=pod.path, ifname="eth0", node=node,
                   extra_env={"PATH": "/usr/sbin:/usr/bin:/sbin:/bin"})
     out, result = run_chain(conflist["plugins"], "ADD", conflist, chain_path, **kwargs)
@@ -157,16 +151,9 @@ def test_weft_then_portmap_with_the_nftables_backend_of_plugins_1_9(weft, node, 
 
 def test_weft_then_firewall(weft, node, pods, reference, chain_path):
     """firewall needs ip6tables (it sets up both families), so it runs on the full PATH."""
-    plugins, version = reference
+    version = reference[1]
     pod = pods()
-    conflist = {
-        "cniVersion": version,
-        "name": "weftnet",
-        "plugins": [
-            {k: v for k, v in weft.conf().items() if k not in ("cniVersion", "name")},
-            {"type": "firewall", "ingressPolicy": "same-bridge"},
-        ],
-    }
+    conflist = weft_chain(weft, version, {"type": "firewall", "ingressPolicy": "same-bridge"})
     kwargs = dict(container_id="chain2", netns=pod.path, ifname="eth0", node=node,
                   extra_env={"PATH": "/usr/sbin:/usr/bin:/sbin:/bin"})
     out, result = run_chain(conflist["plugins"], "ADD", conflist, chain_path, **kwargs)
@@ -214,7 +201,7 @@ def test_reference_bridge_with_weft_ipam(weft, node, pods, reference, chain_path
 
 
 def test_weft_with_reference_host_local(weft, node, pods, reference, chain_path, tmp_path):
-    plugins, version = reference
+    version = reference[1]
     pod = pods()
     conf = weft.conf(version=version, ipam={"type": "host-local", "dataDir": str(tmp_path / "hl"),
                                             "ranges": [[{"subnet": "10.78.0.0/24"}]]})
