@@ -130,7 +130,10 @@ def ask(plugin_type, directories, timeout: float = ASK_TIMEOUT, limit: int = ASK
         stdout, problem = _read_bounded(proc, timeout, limit)
     finally:
         if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)  # its own session: the plugin and anything it started
+            try:
+                os.killpg(proc.pid, signal.SIGKILL)  # its own session: the plugin and what it started
+            except ProcessLookupError:
+                pass  # it exited meanwhile
             proc.wait()
         proc.stdout.close()
     if problem:
