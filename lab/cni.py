@@ -37,10 +37,15 @@ def invoke(executable: str, command: str, conf: dict, *, container_id="", netns=
     return Outcome(proc.returncode, proc.stdout.decode(), proc.stderr.decode())
 
 
-def run_chain(plugins: list, command: str, conflist: dict, cni_path: str, *, container_id: str,
-              netns: str, ifname: str, node=None, args: str = "", prev_result=None, extra_env=None):
+def run_chain(plugins: list, command: str, conflist: dict, cni_path: str, *, container_id: str = "",
+              netns: str = "", ifname: str = "", node=None, args: str = "", prev_result=None, extra_env=None,
+              valid_attachments=None):
     """Run a conflist as libcni does: ADD in order threading prevResult, DEL in
-    reverse, CHECK in order with the final result.  Returns (Outcome, result)."""
+    reverse, CHECK in order with the final result; GC and STATUS (cniVersion 1.1.0) in
+    order with no attachment (no container ID, netns or ifname; GC gets
+    `valid_attachments` as cni.dev/valid-attachments).  Returns (Outcome, result)."""
+    if command in ("GC", "STATUS"):
+        container_id = netns = ifname = ""
     base = {"cniVersion": conflist["cniVersion"], "name": conflist["name"]}
     entries = conflist["plugins"]
     order = list(reversed(entries)) if command == "DEL" else entries
@@ -48,7 +53,9 @@ def run_chain(plugins: list, command: str, conflist: dict, cni_path: str, *, con
     last = None
     for entry in order:
         conf = {**entry, **base}
-        if result is not None:
+        if command == "GC":
+            conf["cni.dev/valid-attachments"] = valid_attachments or []
+        if result is not None and command not in ("GC", "STATUS"):
             conf["prevResult"] = result
         executable = _find(entry["type"], cni_path)
         last = invoke(executable, command, conf, container_id=container_id, netns=netns,

@@ -9,6 +9,9 @@
   weftctl graph [NETWORK] [--ipam-data-dir DIR]   the cluster as an SVG (nodes, subnets, VTEPs, pods)
   weftctl apply|delete -f FILE                    NetworkPolicy/Namespace/Pod objects (policy_cmds.py)
   weftctl policy explain SRC DST [PORT/PROTO]     which policies allow or deny a flow
+  weftctl install-conflist SRC DEST [--cni-bin-dir DIR] [--cni-version auto|V]
+                                                  write a conflist with the cniVersion the node's
+                                                  plugins support (install_conflist.py)
 """
 
 import argparse
@@ -22,7 +25,7 @@ from .. import paths
 from ..ipam import history
 from ..subnet.registry import RegistryError
 from .. import etcd_flags
-from . import graph, policy_cmds
+from . import graph, install_conflist, policy_cmds
 
 DEFAULT_DATA_DIR = paths.IPAM_DATA_DIR
 
@@ -78,6 +81,7 @@ def _parser() -> argparse.ArgumentParser:
     _etcd_flags(whois)
     graph.add_parser(commands, _etcd_flags)
     policy_cmds.add_parsers(commands, _etcd_flags)
+    install_conflist.add_parser(commands)
     return parser
 
 
@@ -387,7 +391,7 @@ def whois(args) -> int:
 
 
 COMMANDS = {"network": network, "leases": leases, "status": status, "whois": whois,
-            "graph": lambda args: graph.run(args, _registry),
+            "graph": lambda args: graph.run(args, _registry), "install-conflist": install_conflist.run,
             **{verb: (lambda args: policy_cmds.run(args, _registry)) for verb in ("apply", "delete", "policy")}}
 
 

@@ -10,18 +10,18 @@ import subprocess
 
 from ..cni.errors import DELEGATE_FAILED, INVALID_NETCONF, CniError
 from ..cni import result as cni_result
+from ..cni.plugins import is_plain_name, locate
 
 DELEGATE_TIMEOUT = 60  # seconds; a runtime gives up long before this
 IN_PROCESS = "weft-ipam"  # found on CNI_PATH as usual, then run without an exec
 
 
 def find_plugin(plugin_type: str, path: list) -> str:
-    if os.sep in plugin_type or plugin_type in ("", ".", ".."):
+    if not is_plain_name(plugin_type):
         raise CniError(INVALID_NETCONF, f"plugin type {plugin_type!r} must be a plain name, not a path")
-    for directory in path:
-        candidate = os.path.join(directory, plugin_type)
-        if os.path.isfile(candidate) and os.access(candidate, os.X_OK):
-            return candidate
+    found = locate(plugin_type, path)
+    if found:
+        return found
     raise CniError(
         INVALID_NETCONF,
         f"IPAM plugin {plugin_type!r} not found in CNI_PATH ({':'.join(path) or 'empty'}); "

@@ -201,6 +201,11 @@ def test_install_is_what_the_daemonset_does(cluster):
     # a restarted init container (same image) changes nothing
     again = cluster.compose.execute("run --rm -T install1").decode()
     assert "copied release" not in again and "wrote" not in again, again
+    # the conflist's cniVersion, chosen in the container by the image's weftctl asking the
+    # node's plugins: portmap is not in the node's /opt/cni/bin (it runs from /usr/lib/cni)
+    assert ("cniVersion 1.0.0 for /host/etc/cni/net.d/10-weft.conflist: not 1.1.0, held back by: "
+            "portmap (/host/opt/cni/bin) is not an executable file in /host/opt/cni/bin") in again, again
+    assert conflist(cluster, "node1")["cniVersion"] == "1.0.0"
 
 
 def test_pods_on_different_nodes_ping_each_other(cluster):

@@ -17,7 +17,8 @@ import yaml
 from cni_plugin.plugin import config as plugin_config
 from cni_plugin import etcd_flags
 from cni_plugin.agent import options
-from cni_plugin.cni import netconf
+from cni_plugin.cli import install_conflist
+from cni_plugin.cni import chain_version, netconf
 from cni_plugin.subnet import subnet_file
 from cni_plugin.subnet.lease import NetworkConfig
 
@@ -195,8 +196,15 @@ def test_daemonset_install_container_runs_the_image_script():
     text = open(script).read()
     mounts = {m["mountPath"] for m in install["volumeMounts"]}
     assert {"/host/opt", "/host/etc/cni/net.d"} <= mounts
-    assert next(e["value"] for e in install["env"] if e["name"] == "WEFT_CONFLIST").startswith("/etc/weft/")
+    env = {e["name"]: e["value"] for e in install["env"]}
+    assert env["WEFT_CONFLIST"].startswith("/etc/weft/")
     assert "WEFT_CONFLIST" in text
+    # the conflist's cniVersion: weftctl install-conflist decides from the node's bin dir,
+    # WEFT_CNI_VERSION (read by weftctl from the environment) overrides it
+    assert 'weftctl" install-conflist "$conflist"' in text and '--cni-bin-dir "$host/opt/cni/bin"' in text
+    assert install_conflist.VERSION_ENV in env
+    if env[install_conflist.VERSION_ENV] != install_conflist.AUTO:
+        chain_version.check_forced(env[install_conflist.VERSION_ENV], install_conflist.VERSION_ENV)
     config = artifacts.daemonset_container("network-config", init=True)
     assert "weftctl network set weft --config /etc/weft/net-conf.json" in config["args"][0]
 
