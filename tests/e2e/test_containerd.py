@@ -317,12 +317,12 @@ def test_taken_static_address_is_refused_and_nothing_leaks(nodes, sandboxes):
 def fails_holding_nothing_until_mended(cri_node, sandboxes, handler, clean_meanwhile=True) -> str:
     """RunPodSandbox on `handler` fails; returns the gRPC error text.
 
-    DEL fails for the same reason ADD did, so containerd 1.6 keeps the failed sandbox
-    (NOTREADY, with its netns file) for a later StopPodSandbox to retry, as kubelet
-    does.  Meanwhile no veth and no address reservation may exist (unless
-    clean_meanwhile is False: a DEL that never reached weft); once the conflist is
-    mended (the weft conflist written into the handler's dir) the retry succeeds and
-    nothing at all is left."""
+    containerd 1.6: DEL fails for the same reason ADD did, so containerd keeps the
+    failed sandbox (NOTREADY, with its netns file) for a later StopPodSandbox to retry,
+    as kubelet does.  containerd 2.1 lists no sandbox after a failed setup.  Meanwhile
+    no veth and no address reservation may exist (unless clean_meanwhile is False: a
+    DEL that never reached weft); once the conflist is mended (the weft conflist
+    written into the handler's dir) the retry succeeds and nothing at all is left."""
     before = state_of(cri_node)
     with pytest.raises(grpc.RpcError) as failed:
         sandboxes(cri_node, handler=handler)
@@ -331,6 +331,8 @@ def fails_holding_nothing_until_mended(cri_node, sandboxes, handler, clean_meanw
         assert (veths, held) == before[:2], "a failed RunPodSandbox left a veth or a reservation"
     kept = [s for s in cri_node.client.list_pod_sandbox() if s.runtime_handler == handler]
     assert all(s.state != SANDBOX_READY for s in kept)
+    if cri_node.release.name == "2.1":
+        assert kept == [], "containerd 2.1 removed the sandboxes whose setup failed until now"
     cri_node.write_conflist(handler, cri_node.weft_conflist())  # the operator's fix
 
     def retried():
