@@ -45,6 +45,7 @@ import sys
 import tarfile
 import time
 
+from . import runtimes
 from .cri import RuntimeClient
 from .namespaces import file_tail, stop_process, suffix
 
@@ -106,13 +107,11 @@ RELEASES = ("1.6", "2.1")
 
 def release(name: str = "1.6") -> Release:
     """1.6: Debian 12's containerd (libcni 1.1.2: conflists up to 1.0.0) with its
-    plugins 1.1.1; 2.1: containerd 2.1.9 (libcni 1.3: 1.1.0, STATUS) with plugins 1.9.1,
+    plugins 1.1.1; 2.1: containerd 2.1.9 (a libcni of CNI 1.1: 1.1.0, STATUS) with plugins 1.9.1,
     both from build/runtimes (RuntimeNotFetched names the command when missing)."""
     if name == "1.6":
         return Release(name, "/usr/bin", "/usr/lib/cni", "1.0.0", 2)
     if name == "2.1":
-        from . import runtimes
-
         return Release(name, runtimes.containerd2_bin(), runtimes.cni_plugins_19(), "1.1.0", 3)
     raise ValueError(f"no containerd release {name!r} in the lab (known: {', '.join(RELEASES)})")
 
@@ -413,8 +412,8 @@ class Containerd:
         stop_process(process, STOP_TIMEOUT, sig)
 
     def import_image(self, tar_path: str):
-        proc = subprocess.run([*self.enter(), self.release.tool("ctr"), "--address", self.socket, "-n", "k8s.io", "images",
-                               "import", "--snapshotter", "overlayfs", tar_path],
+        proc = subprocess.run([*self.enter(), self.release.tool("ctr"), "--address", self.socket,
+                               "-n", "k8s.io", "images", "import", "--snapshotter", "overlayfs", tar_path],
                               capture_output=True, text=True, timeout=120)
         if proc.returncode != 0:
             raise ContainerdError(f"ctr images import {tar_path}: {proc.stderr.strip()}")

@@ -58,7 +58,8 @@ class CriNode:
         self.cluster = cluster
         self.release = which or release()
         self.node = cluster.add_node()
-        self.conflists = {"": self.weft_conflist(), "ref": reference_conflist(self.node, self.release.cni_version)}
+        self.conflists = {"": self.weft_conflist(),
+                          "ref": reference_conflist(self.node, self.release.cni_version)}
         self.conflists.update(extra_handlers or {})
         self.conf_dirs = {handler: os.path.join(self.node.dir, f"net.d-{handler or 'weft'}")
                           for handler in self.conflists}

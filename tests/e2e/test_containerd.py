@@ -6,8 +6,8 @@ both): two weft nodes (node namespaces on an underlay, real etcd, a weftd each),
 with a private containerd of that release in the node (lab/containerd.py) and a CNI
 bin dir of the installed weft launchers plus that release's reference plugins (Debian
 12's 1.1.1 beside 1.6, 1.9.1 beside 2.1).  Every conflist says the cniVersion the
-leg's libcni reads: 1.0.0 on 1.6 (libcni 1.1.2), 1.1.0 on 2.1 (libcni 1.3, which
-also sends STATUS).  The tests speak runtime.v1 CRI to containerd (lab/cri.py) and
+leg's libcni reads: 1.0.0 on 1.6 (libcni 1.1.2), 1.1.0 on 2.1 (a libcni of CNI
+1.1, which also sends STATUS).  The tests speak runtime.v1 CRI to containerd (lab/cri.py) and
 read the result back from the kernel (`ip -j` in the node and in the pod netns), from
 containerd (Status, PodSandboxStatus, ListPodSandbox) and from weft itself (its
 allocation history through `weftctl whois`, its per-call log).
@@ -395,7 +395,7 @@ def test_weft_alone_at_the_other_cni_version(nodes, sandboxes):
     """containerd 1.6, 1.1.0: libcni 1.1.2 knows result versions up to 1.0.0: weft's ADD
     succeeds, containerd cannot read the 1.1.0 result, fails the sandbox and runs DEL,
     which weft (supporting 1.1.0) completes: nothing is left.
-    containerd 2.1, 1.0.0: libcni 1.3 reads every version up to 1.1.0; a 1.0.0
+    containerd 2.1, 1.0.0: its libcni reads every version up to 1.1.0; a 1.0.0
     conflist (what the installer writes when the node's plugins are older) works."""
     if nodes[0].release.name == "1.6":
         details = fails_holding_nothing_until_mended(nodes[0], sandboxes, "other")
@@ -419,9 +419,10 @@ def test_the_shipped_chain_at_the_other_cni_version(nodes, sandboxes):
 
 def test_cri_status_asks_weft_on_2_1_only(nodes):
     """containerd 2.1 answers CRI Status by sending STATUS through the default
-    handler's conflist (libcni 1.3: conflists at 1.1.0), once per Status call; weft
-    answers it in weftd.  containerd 1.6's libcni has no STATUS: NetworkReady only
-    says that a conflist was loaded."""
+    handler's conflist (its libcni reads conflists at 1.1.0), once per Status call; weft
+    answers it in weftd.  Only the default handler is asked: the other handlers'
+    weft conflists log to the same file and add no record.  containerd 1.6's libcni
+    has no STATUS: NetworkReady only says that a conflist was loaded."""
     one = nodes[0]
     before = len(plugin_calls(one, "STATUS"))
     assert network_ready(one) == (True, "", "")
