@@ -158,6 +158,15 @@ class Node:
         except OSError:
             return ""
 
+    def plugin_log(self) -> list:
+        """The records of weft's per-call log (the netconf's logFile, node.dir/weft.log):
+        one dict per call weft served, e.g. {"command": "STATUS", "exit": 0, "via": "agent"}."""
+        try:
+            with open(os.path.join(self.dir, "weft.log")) as handle:
+                return [json.loads(line) for line in handle if line.strip()]
+        except FileNotFoundError:
+            return []
+
     # -- pods ------------------------------------------------------------------
     def netconf(self, network="weft", bridge="cbr0", **overrides) -> dict:
         conf = {"cniVersion": "1.0.0", "name": network, "type": "weft", "bridge": bridge,

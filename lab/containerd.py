@@ -1,6 +1,8 @@
-"""A private containerd (Debian's 1.6, CRI plugin) inside a node network namespace.
+"""A private containerd (CRI plugin) inside a node network namespace: Debian 12's 1.6
+or the 2.1 that scripts/fetch-runtimes.sh unpacks into build/runtimes.
 
-    runtime = Containerd(node_ns_name, workdir, cni_bin_dir, {"": weft_conf_dir, "ref": ref_dir})
+    runtime = Containerd(node_ns_name, workdir, cni_bin_dir, {"": weft_conf_dir, "ref": ref_dir},
+                         release("2.1"))
     runtime.start()                      # holder, containerd, pause image imported
     client = runtime.client()            # lab.cri.RuntimeClient on its socket
     ...
@@ -20,8 +22,13 @@ How it is kept private, and what this machine needs (see TESTING.md):
   /var/lib/cni): nothing outlives the holder, two nodes never share a shim socket.
 - CRI config: restrict_oom_score_adj (no CAP_SYS_RESOURCE here; runc otherwise fails
   "can't get final child's PID from pipe"), SystemdCgroup = false, overlayfs, a
-  locally built pause image as sandbox_image, one runtime handler per CNI conf dir
-  (containerd 1.6's per-runtime `cni_conf_dir`).
+  locally built pause image as the sandbox image, one runtime handler per CNI conf dir
+  (the per-runtime `cni_conf_dir`).  containerd 1.6 reads config version 2 (all of
+  CRI under io.containerd.grpc.v1.cri), 2.x version 3 (CNI and runtimes under
+  io.containerd.cri.v1.runtime, the sandbox image under io.containerd.cri.v1.images).
+- Each release runs its own shim: containerd finds `containerd-shim-runc-v2` on its
+  PATH, so the release's bin dir comes first there (and each handler names it in
+  runtime_path on 2.x); both run Debian 12's runc 1.1.5.
 - Every sandbox gets cgroup_parent /weft-cri-<suffix>; cleanup kills what is left in
   that cgroup and removes it.  Shims are found by the `-address <our socket>` on
   their command line and stopped by PID.
@@ -38,16 +45,17 @@ import sys
 import tarfile
 import time
 
+from . import runtimes
 from .cri import RuntimeClient
 from .namespaces import file_tail, stop_process, suffix
 
-CONTAINERD = "/usr/bin/containerd"
-CTR = "/usr/bin/ctr"
 RUNC = "/usr/sbin/runc"
+SHIM = "containerd-shim-runc-v2"
 BUSYBOX = "/bin/busybox"
 REFERENCE_PLUGINS = "/usr/lib/cni"
 PAUSE_IMAGE = "weft.local/pause:1"
-INSTALL_HINT = "run scripts/deps.sh (installs Debian's containerd, runc and busybox-static)"
+INSTALL_HINT = "run `make deps` (Debian's containerd, runc and busybox-static; containerd 2 and " \
+               "CNI plugins 1.9 unpacked into build/runtimes by scripts/fetch-runtimes.sh)"
 START_TIMEOUT = 60.0
 STOP_TIMEOUT = 20.0
 
@@ -79,18 +87,49 @@ class ContainerdError(RuntimeError):
     pass
 
 
-def require_tools():
+class Release:
+    """One containerd release as the lab runs it: where its binaries are, the reference
+    CNI plugins beside it, the conflist cniVersion its libcni reads, its config version."""
+
+    def __init__(self, name: str, bin_dir: str, plugins_dir: str, cni_version: str, config_version: int):
+        self.name, self.bin_dir, self.plugins_dir = name, bin_dir, plugins_dir
+        self.cni_version, self.config_version = cni_version, config_version
+
+    def tool(self, name: str) -> str:
+        return os.path.join(self.bin_dir, name)
+
+    def __repr__(self):
+        return f"containerd {self.name}"
+
+
+RELEASES = ("1.6", "2.1")
+
+
+def release(name: str = "1.6") -> Release:
+    """1.6: Debian 12's containerd (libcni 1.1.2: conflists up to 1.0.0) with its
+    plugins 1.1.1; 2.1: containerd 2.1.9 (a libcni of CNI 1.1: 1.1.0, STATUS) with plugins 1.9.1,
+    both from build/runtimes (RuntimeNotFetched names the command when missing)."""
+    if name == "1.6":
+        return Release(name, "/usr/bin", "/usr/lib/cni", "1.0.0", 2)
+    if name == "2.1":
+        return Release(name, runtimes.containerd2_bin(), runtimes.cni_plugins_19(), "1.1.0", 3)
+    raise ValueError(f"no containerd release {name!r} in the lab (known: {', '.join(RELEASES)})")
+
+
+def require_tools(which: Release):
     """Fail (not skip) with the install hint when a runtime piece is missing."""
-    missing = [path for path in (CONTAINERD, CTR, RUNC, BUSYBOX, "/usr/bin/containerd-shim-runc-v2",
-                                 f"{REFERENCE_PLUGINS}/portmap", f"{REFERENCE_PLUGINS}/loopback")
+    missing = [path for path in (which.tool("containerd"), which.tool("ctr"), which.tool(SHIM), RUNC,
+                                 BUSYBOX, f"{which.plugins_dir}/portmap", f"{which.plugins_dir}/loopback")
                if not os.access(path, os.X_OK)]
     if missing:
         raise ContainerdError(f"missing {', '.join(missing)}: {INSTALL_HINT}")
 
 
-def tool_versions() -> dict:
+def tool_versions(which: Release = None) -> dict:
     """containerd and runc versions as they print them (for the README and the bench)."""
-    containerd = subprocess.run([CONTAINERD, "--version"], capture_output=True, text=True).stdout.split()
+    which = which or release()
+    containerd = subprocess.run([which.tool("containerd"), "--version"], capture_output=True,
+                                text=True).stdout.split()
     runc = subprocess.run([RUNC, "--version"], capture_output=True, text=True).stdout.split()
     return {"containerd": containerd[2] if len(containerd) > 2 else "?",
             "runc": runc[2] if len(runc) > 2 else "?"}
@@ -161,16 +200,108 @@ def pause_image_tar(path: str, name: str = PAUSE_IMAGE) -> str:
     return path
 
 
-def cni_bin_dir(path: str, weft_cni_dir: str) -> str:
+def cni_bin_dir(path: str, weft_cni_dir: str, plugins_dir: str = REFERENCE_PLUGINS) -> str:
     """One directory with weft's launchers and the reference plugins (containerd 1.6's
     bin_dir is a single directory; CRI also needs `loopback` there)."""
     os.makedirs(path, exist_ok=True)
-    for source_dir in (weft_cni_dir, REFERENCE_PLUGINS):
+    for source_dir in (weft_cni_dir, plugins_dir):
         for name in os.listdir(source_dir):
             link = os.path.join(path, name)
             if not os.path.lexists(link):
                 os.symlink(os.path.join(source_dir, name), link)
     return path
+
+
+# -- containerd's config --------------------------------------------------------
+
+_DISABLED = ["io.containerd.snapshotter.v1.aufs", "io.containerd.snapshotter.v1.btrfs",
+             "io.containerd.snapshotter.v1.zfs", "io.containerd.snapshotter.v1.devmapper",
+             "io.containerd.internal.v1.tracing", "io.containerd.tracing.processor.v1.otlp"]
+# 2.x only: snapshotters this host has no use for, and NRI (it would listen under /var/run/nri)
+_DISABLED_V3 = ["io.containerd.snapshotter.v1.blockfile", "io.containerd.snapshotter.v1.erofs",
+                "io.containerd.differ.v1.erofs", "io.containerd.nri.v1.nri"]
+
+
+def _common(runtime, version: int, disabled: list) -> str:
+    """The top of either config version: own root, state, sockets; no debug or metrics
+    listener; containerd's opt dir inside the workdir."""
+    q = json.dumps
+    return f"""version = {version}
+root = {q(os.path.join(runtime.dir, "root"))}
+state = {q(os.path.join(runtime.dir, "state"))}
+disabled_plugins = {q(disabled)}
+[grpc]
+  address = {q(runtime.socket)}
+[ttrpc]
+  address = {q(runtime.socket + ".ttrpc")}
+[debug]
+  address = ""
+  level = "info"
+[metrics]
+  address = ""
+[plugins."io.containerd.internal.v1.opt"]
+  path = {q(os.path.join(runtime.dir, "opt"))}
+"""
+
+
+def _runtimes(runtime, prefix: str, shim: str = None) -> str:
+    """One runc runtime per handler ("" is `runc`, the default), each non-default one
+    with its own CNI conf dir; shim: the shim binary to name (2.x)."""
+    q = json.dumps
+    out = []
+    for handler, conf_dir in runtime.conf_dirs.items():
+        table = f'{prefix}.containerd.runtimes.{handler or "runc"}'
+        out.append(f'[{table}]\n  runtime_type = "io.containerd.runc.v2"\n'
+                   + (f"  runtime_path = {q(shim)}\n" if shim else "")
+                   + (f"  cni_conf_dir = {q(conf_dir)}\n  cni_max_conf_num = 1\n" if handler else "")
+                   + f"[{table}.options]\n  SystemdCgroup = false\n  BinaryName = {q(RUNC)}\n")
+    return "".join(out)
+
+
+def config_v2(runtime) -> str:
+    """containerd 1.6: every CRI setting under io.containerd.grpc.v1.cri."""
+    q = json.dumps
+    cri = 'plugins."io.containerd.grpc.v1.cri"'
+    return _common(runtime, 2, _DISABLED) + f"""[{cri}]
+  sandbox_image = {q(PAUSE_IMAGE)}
+  restrict_oom_score_adj = true
+  disable_apparmor = true
+  stream_server_address = "127.0.0.1"
+  stream_server_port = "0"
+[{cri}.containerd]
+  snapshotter = "overlayfs"
+  default_runtime_name = "runc"
+[{cri}.cni]
+  bin_dir = {q(runtime.bin_dir)}
+  conf_dir = {q(runtime.default_conf_dir())}
+  max_conf_num = 1
+""" + _runtimes(runtime, cri)
+
+
+def config_v3(runtime) -> str:
+    """containerd 2.x: the CRI runtime plugin (CNI, runtimes, OCI settings), the CRI
+    images plugin (snapshotter, the pinned sandbox image) and the CRI gRPC plugin
+    (streaming) are separate plugins with their own tables."""
+    q = json.dumps
+    run = 'plugins."io.containerd.cri.v1.runtime"'
+    images = 'plugins."io.containerd.cri.v1.images"'
+    return _common(runtime, 3, _DISABLED + _DISABLED_V3) + f"""[{images}]
+  snapshotter = "overlayfs"
+[{images}.pinned_images]
+  sandbox = {q(PAUSE_IMAGE)}
+[plugins."io.containerd.grpc.v1.cri"]
+  stream_server_address = "127.0.0.1"
+  stream_server_port = "0"
+[{run}]
+  restrict_oom_score_adj = true
+  disable_apparmor = true
+[{run}.containerd]
+  default_runtime_name = "runc"
+[{run}.cni]
+  bin_dirs = [{q(runtime.bin_dir)}]
+  conf_dir = {q(runtime.default_conf_dir())}
+  max_conf_num = 1
+""" + _runtimes(runtime, run, shim=runtime.release.tool(SHIM))
 
 
 # -- containerd ------------------------------------------------------------------
@@ -180,10 +311,12 @@ class Containerd:
     """containerd with the CRI plugin for one node namespace.
 
     conf_dirs: {runtime handler: CNI conf dir}; "" is the default handler ("runc").
+    which: the Release to run (default: Debian 12's 1.6).
     """
 
-    def __init__(self, node_netns: str, workdir: str, bin_dir: str, conf_dirs: dict):
-        require_tools()
+    def __init__(self, node_netns: str, workdir: str, bin_dir: str, conf_dirs: dict, which: Release = None):
+        self.release = which or release()
+        require_tools(self.release)
         self.node_netns = node_netns
         self.dir = os.path.abspath(str(workdir))
         self.bin_dir = bin_dir
@@ -201,6 +334,9 @@ class Containerd:
         os.makedirs(self.dir, exist_ok=True)
         for conf_dir in self.conf_dirs.values():
             os.makedirs(conf_dir, exist_ok=True)
+
+    def default_conf_dir(self) -> str:
+        return self.conf_dirs.get("", os.path.join(self.dir, "net.d"))
 
     # -- lifecycle -------------------------------------------------------------
     def open(self):
@@ -226,46 +362,7 @@ class Containerd:
         return self
 
     def _write_config(self):
-        q = json.dumps
-        runtimes = []
-        for handler, conf_dir in self.conf_dirs.items():
-            name = handler or "runc"
-            prefix = f'[plugins."io.containerd.grpc.v1.cri".containerd.runtimes.{name}]'
-            runtimes.append(f'{prefix}\n  runtime_type = "io.containerd.runc.v2"\n'
-                            + (f"  cni_conf_dir = {q(conf_dir)}\n  cni_max_conf_num = 1\n" if handler else "")
-                            + f"{prefix[:-1]}.options]\n  SystemdCgroup = false\n  BinaryName = {q(RUNC)}\n")
-        default_conf = self.conf_dirs.get("", os.path.join(self.dir, "net.d"))
-        text = f"""version = 2
-root = {q(os.path.join(self.dir, "root"))}
-state = {q(os.path.join(self.dir, "state"))}
-disabled_plugins = ["io.containerd.snapshotter.v1.aufs", "io.containerd.snapshotter.v1.btrfs",
-                    "io.containerd.snapshotter.v1.zfs", "io.containerd.snapshotter.v1.devmapper",
-                    "io.containerd.internal.v1.tracing", "io.containerd.tracing.processor.v1.otlp"]
-[grpc]
-  address = {q(self.socket)}
-[ttrpc]
-  address = {q(self.socket + ".ttrpc")}
-[debug]
-  address = ""
-  level = "info"
-[metrics]
-  address = ""
-[plugins."io.containerd.internal.v1.opt"]
-  path = {q(os.path.join(self.dir, "opt"))}
-[plugins."io.containerd.grpc.v1.cri"]
-  sandbox_image = {q(PAUSE_IMAGE)}
-  restrict_oom_score_adj = true
-  disable_apparmor = true
-  stream_server_address = "127.0.0.1"
-  stream_server_port = "0"
-[plugins."io.containerd.grpc.v1.cri".containerd]
-  snapshotter = "overlayfs"
-  default_runtime_name = "runc"
-[plugins."io.containerd.grpc.v1.cri".cni]
-  bin_dir = {q(self.bin_dir)}
-  conf_dir = {q(default_conf)}
-  max_conf_num = 1
-""" + "".join(runtimes)
+        text = (config_v2 if self.release.config_version == 2 else config_v3)(self)
         with open(self.config_path, "w") as handle:
             handle.write(text)
 
@@ -287,8 +384,10 @@ disabled_plugins = ["io.containerd.snapshotter.v1.aufs", "io.containerd.snapshot
     def start_daemon(self):
         """containerd itself (again after stop_daemon: a restart)."""
         log = open(self.log_path, "ab")
-        self.process = subprocess.Popen([*self.enter(), CONTAINERD, "--config", self.config_path],
-                                        stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT)
+        env = dict(os.environ, PATH=f"{self.release.bin_dir}:{os.environ.get('PATH', '/usr/bin:/bin')}")
+        self.process = subprocess.Popen([*self.enter(), self.release.tool("containerd"), "--config",
+                                         self.config_path], stdin=subprocess.DEVNULL, stdout=log,
+                                        stderr=subprocess.STDOUT, env=env)
         log.close()
         deadline = time.monotonic() + START_TIMEOUT
         last = None
@@ -313,8 +412,8 @@ disabled_plugins = ["io.containerd.snapshotter.v1.aufs", "io.containerd.snapshot
         stop_process(process, STOP_TIMEOUT, sig)
 
     def import_image(self, tar_path: str):
-        proc = subprocess.run([*self.enter(), CTR, "--address", self.socket, "-n", "k8s.io", "images",
-                               "import", "--snapshotter", "overlayfs", tar_path],
+        proc = subprocess.run([*self.enter(), self.release.tool("ctr"), "--address", self.socket,
+                               "-n", "k8s.io", "images", "import", "--snapshotter", "overlayfs", tar_path],
                               capture_output=True, text=True, timeout=120)
         if proc.returncode != 0:
             raise ContainerdError(f"ctr images import {tar_path}: {proc.stderr.strip()}")

@@ -1,6 +1,6 @@
 """A minimal CRI client (runtime.v1 RuntimeService) over grpcio, no generated code.
 
-Only the six calls the tests and the benchmark use are described: Version,
+Only the calls the tests and the benchmark use are described: Version, Status,
 RunPodSandbox, PodSandboxStatus, StopPodSandbox, RemovePodSandbox, ListPodSandbox.
 The schema below is written from the public CRI API (kubernetes/cri-api,
 pkg/apis/runtime/v1/api.proto): same package, message and field names, same field
@@ -66,6 +66,11 @@ MESSAGES = {
                    ("labels", 5, STRING, MAP), ("annotations", 6, STRING, MAP),
                    ("runtime_handler", 7, STRING, None)],
     "ListPodSandboxResponse": [("items", 1, "PodSandbox", REPEATED)],
+    "StatusRequest": [("verbose", 1, BOOL, None)],
+    "RuntimeCondition": [("type", 1, STRING, None), ("status", 2, BOOL, None), ("reason", 3, STRING, None),
+                         ("message", 4, STRING, None)],
+    "RuntimeStatus": [("conditions", 1, "RuntimeCondition", REPEATED)],
+    "StatusResponse": [("status", 1, "RuntimeStatus", None), ("info", 2, STRING, MAP)],
 }
 ENUMS = {
     "Protocol": [("TCP", 0), ("UDP", 1), ("SCTP", 2)],
@@ -74,6 +79,7 @@ ENUMS = {
 # rpc name -> (request, response)
 CALLS = {
     "Version": ("VersionRequest", "VersionResponse"),
+    "Status": ("StatusRequest", "StatusResponse"),
     "RunPodSandbox": ("RunPodSandboxRequest", "RunPodSandboxResponse"),
     "StopPodSandbox": ("StopPodSandboxRequest", "StopPodSandboxResponse"),
     "RemovePodSandbox": ("RemovePodSandboxRequest", "RemovePodSandboxResponse"),
@@ -141,6 +147,11 @@ class RuntimeClient:
 
     def version(self):
         return self.call("Version", version="v1")
+
+    def conditions(self) -> dict:
+        """The runtime's Status conditions: {type: (status, reason, message)}, e.g.
+        "NetworkReady" (false while the CNI plugin's STATUS fails, on runtimes that ask)."""
+        return {c.type: (c.status, c.reason, c.message) for c in self.call("Status").status.conditions}
 
     def sandbox_config(self, name: str, uid: str, namespace: str = "default", port_mappings=(),
                        cgroup_parent: str = "", annotations=None, labels=None, hostname: str = ""):

@@ -1,7 +1,8 @@
 """A weft cluster node driven through containerd's CRI, as kubelet drives it.
 
     cluster.set_network("weft", {...})
-    node = CriNode(cluster, extra_handlers={"broken": {...conflist...}, "missing": None})
+    node = CriNode(cluster, extra_handlers={"broken": {...conflist...}, "missing": None},
+                   which=release("2.1"))      # default: Debian 12's containerd 1.6
     node.start()          # weftd (in containerd's mount namespace), ready, conflists, containerd
     sandbox = node.run_sandbox("web")        # RunPodSandbox on the default (weft) handler
     node.cleanup()        # sandboxes and containerd; the cluster stops the agent
@@ -10,7 +11,10 @@ Handlers: "" (default, `runc`) uses the weft conflist, conf/10-weft.conflist wit
 node's paths (subnet file, agent socket, data dirs); "ref" the reference chain
 (bridge + host-local + portmap) on its own bridge and /24; more from extra_handlers
 (a conflist dict, None for an empty conf dir, or a callable(CriNode) -> conflist
-called once the node has its lease).
+called once the node has its lease).  The weft and reference conflists say the
+cniVersion the release's libcni reads (1.0.0 for 1.6, 1.1.0 for 2.1), and the CNI bin
+dir holds weft's launchers beside that release's reference plugins (Debian 12's 1.1.1
+for 1.6, 1.9.1 for 2.1).
 """
 
 import copy
@@ -18,16 +22,19 @@ import json
 import os
 
 from .cluster import REPO
-from .containerd import Containerd, cni_bin_dir
+from .containerd import Containerd, cni_bin_dir, release
 
 WEFT_CONFLIST = os.path.join(REPO, "conf", "10-weft.conflist")
 REF_BRIDGE = "cni-ref"
 
 
-def weft_conflist(node, network: str = "weft") -> dict:
-    """The shipped default conflist, pointed at this node's agent and directories."""
+def weft_conflist(node, network: str = "weft", cni_version: str = None) -> dict:
+    """The shipped default conflist, pointed at this node's agent and directories
+    (cni_version: instead of the shipped cniVersion)."""
     with open(WEFT_CONFLIST) as handle:
         conflist = json.load(handle)
+    if cni_version:
+        conflist["cniVersion"] = cni_version
     weft = conflist["plugins"][0]
     weft.update(subnetFile=node.subnet_file(network), agentSocket=os.path.join(node.run_dir, "weftd.sock"),
                 dataDir=os.path.join(node.dir, "weft"), logFile=os.path.join(node.dir, "weft.log"))
@@ -35,10 +42,10 @@ def weft_conflist(node, network: str = "weft") -> dict:
     return conflist
 
 
-def reference_conflist(node) -> dict:
-    """bridge + host-local + portmap from /usr/lib/cni, the same semantics as weft's
-    default (gateway on the bridge, default route, hairpin)."""
-    return {"cniVersion": "1.0.0", "name": "ref", "plugins": [
+def reference_conflist(node, cni_version: str = "1.0.0") -> dict:
+    """bridge + host-local + portmap (the runtime's reference plugins), the same
+    semantics as weft's default (gateway on the bridge, default route, hairpin)."""
+    return {"cniVersion": cni_version, "name": "ref", "plugins": [
         {"type": "bridge", "bridge": REF_BRIDGE, "isGateway": True, "isDefaultGateway": True,
          "hairpinMode": True,
          "ipam": {"type": "host-local", "ranges": [[{"subnet": f"10.99.{node.index}.0/24"}]],
@@ -47,16 +54,26 @@ def reference_conflist(node) -> dict:
 
 
 class CriNode:
-    def __init__(self, cluster, extra_handlers=None):
+    def __init__(self, cluster, extra_handlers=None, which=None):
         self.cluster = cluster
+        self.release = which or release()
         self.node = cluster.add_node()
-        self.conflists = {"": weft_conflist(self.node), "ref": reference_conflist(self.node)}
+        self.conflists = {"": self.weft_conflist(),
+                          "ref": reference_conflist(self.node, self.release.cni_version)}
         self.conflists.update(extra_handlers or {})
         self.conf_dirs = {handler: os.path.join(self.node.dir, f"net.d-{handler or 'weft'}")
                           for handler in self.conflists}
-        bin_dir = cni_bin_dir(os.path.join(self.node.dir, "cni-bin"), os.path.join(cluster.installed, "cni"))
+        bin_dir = cni_bin_dir(os.path.join(self.node.dir, "cni-bin"), os.path.join(cluster.installed, "cni"),
+                              self.release.plugins_dir)
         self.runtime = Containerd(self.node.ns.name, os.path.join(self.node.dir, "containerd"), bin_dir,
-                                  self.conf_dirs)
+                                  self.conf_dirs, self.release)
+
+    def weft_conflist(self, **overrides) -> dict:
+        """The shipped conflist with this node's paths at the release's cniVersion;
+        overrides: keys of the weft plugin replaced."""
+        conflist = weft_conflist(self.node, cni_version=self.release.cni_version)
+        conflist["plugins"][0].update(overrides)
+        return conflist
 
     @property
     def client(self):

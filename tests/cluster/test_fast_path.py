@@ -1,6 +1,5 @@
 """The CNI fast path: `weft`/`weft-ipam` hand calls to the node's weftd over its socket."""
 
-import json
 import os
 import socket
 import threading
@@ -26,8 +25,7 @@ def fast_conf(node, **extra):
 
 
 def log_entries(node):
-    with open(os.path.join(node.dir, "weft.log")) as handle:
-        return [json.loads(line) for line in handle]
+    return node.plugin_log()
 
 
 def test_socket_is_root_only_and_calls_go_through_the_agent(cluster):

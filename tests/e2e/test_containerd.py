@@ -1,20 +1,29 @@
-"""weft driven by containerd's CRI, the way kubelet drives it (Debian's containerd 1.6).
+"""weft driven by containerd's CRI, the way kubelet drives it: a matrix over
+containerd 1.6 (Debian 12's) and 2.1 (2.1.9 from Debian sid, unpacked by `make deps`).
 
-Two weft nodes (node namespaces on an underlay, real etcd, a weftd each), each with a
-private containerd in the node (lab/containerd.py) and the installed weft launchers
-plus /usr/lib/cni as its CNI bin dir.  The tests speak runtime.v1 CRI to containerd
-(lab/cri.py) and read the result back from the kernel (`ip -j` in the node and in the
-pod netns), from containerd (PodSandboxStatus, ListPodSandbox) and from weft's own
-allocation history (`weftctl whois`).
+Per leg (the module fixture `nodes` is parametrized by release; every test runs on
+both): two weft nodes (node namespaces on an underlay, real etcd, a weftd each), each
+with a private containerd of that release in the node (lab/containerd.py) and a CNI
+bin dir of the installed weft launchers plus that release's reference plugins (Debian
+12's 1.1.1 beside 1.6, 1.9.1 beside 2.1).  Every conflist says the cniVersion the
+leg's libcni reads: 1.0.0 on 1.6 (libcni 1.1.2), 1.1.0 on 2.1 (a libcni of CNI
+1.1, which also sends STATUS).  The tests speak runtime.v1 CRI to containerd (lab/cri.py) and
+read the result back from the kernel (`ip -j` in the node and in the pod netns), from
+containerd (Status, PodSandboxStatus, ListPodSandbox) and from weft itself (its
+allocation history through `weftctl whois`, its per-call log).
 
 Runtime handlers on every containerd (each its own cni_conf_dir):
-  "" (runc)  conf/10-weft.conflist (weft + portmap) with the node's paths
-  ref        bridge + host-local + portmap (the reference chain, side by side)
-  static     the weft conflist asking for one fixed address (netconf args.cni.ips)
-  broken     a weft conflist with an invalid IPAM range
-  missing    an empty conf dir
-  v110       weft alone with cniVersion 1.1.0 (newer than containerd 1.6 reads)
-  v110chain  the shipped chain (weft + portmap) with cniVersion 1.1.0
+  "" (runc)   conf/10-weft.conflist (weft + portmap) with the node's paths
+  ref         bridge + host-local + portmap (the reference chain, side by side)
+  static      the weft conflist asking for one fixed address (netconf args.cni.ips)
+  broken      a weft conflist with an invalid IPAM range
+  missing     an empty conf dir
+  other       weft alone at the other cniVersion (1.1.0 on the 1.6 leg, 1.0.0 on 2.1)
+  otherchain  the shipped chain (weft + portmap) at the other cniVersion
+
+Version-specific behaviour (tests that assert it say which leg does what): 1.6 refuses
+1.1.0 conflists and never calls STATUS, so its NetworkReady ignores weft; 2.1 reads
+1.0.0 and 1.1.0 and asks weft's STATUS on every CRI Status call (default handler only).
 
 A static IP through CRI: containerd 1.6 sends runtimeConfig only for portMappings,
 bandwidth, dns and its pod-annotations capability; there is no CRI field for `ips`
@@ -32,8 +41,9 @@ import grpc
 import pytest
 
 from lab.cluster import REPO, Cluster, wait_for
+from lab.containerd import RELEASES, release
 from lab.cri import SANDBOX_READY
-from lab.cri_node import CriNode, copy_conflist, weft_conflist
+from lab.cri_node import CriNode, copy_conflist
 from lab.namespaces import suffix
 
 VXLAN = {"Network": "10.244.0.0/16", "Backend": {"Type": "vxlan", "VNI": 1}}
@@ -42,36 +52,42 @@ STATIC_HOST = 200  # subnet.200 is what the "static" handler asks for
 
 def static_conflist(cri_node):
     subnet = ipaddress.ip_network(cri_node.subnet())
-    return copy_conflist(weft_conflist(cri_node.node), "weft",
+    return copy_conflist(cri_node.weft_conflist(), "weft",
                          args={"cni": {"ips": [str(subnet.network_address + STATIC_HOST)]}})
 
 
 def broken_conflist(cri_node):
-    conflist = weft_conflist(cri_node.node)
+    conflist = cri_node.weft_conflist()
     conflist["plugins"][0]["ipam"]["ranges"] = [[{"subnet": "10.244.300.0/24"}]]
     return conflist
 
 
-def newer_version_conflist(cri_node, chained=True):
-    conflist = weft_conflist(cri_node.node)
-    conflist["cniVersion"] = "1.1.0"
+def other_version(cri_node) -> str:
+    """The cniVersion the leg's conflists do not say: 1.1.0 on 1.6, 1.0.0 on 2.1."""
+    return "1.1.0" if cri_node.release.cni_version == "1.0.0" else "1.0.0"
+
+
+def other_version_conflist(cri_node, chained=True):
+    conflist = cri_node.weft_conflist()
+    conflist["cniVersion"] = other_version(cri_node)
     if not chained:
         conflist["plugins"] = conflist["plugins"][:1]  # weft alone, no portmap
     return conflist
 
 
 HANDLERS = {"static": static_conflist, "broken": broken_conflist, "missing": None,
-            "v110": lambda cri_node: newer_version_conflist(cri_node, chained=False),
-            "v110chain": newer_version_conflist}
+            "other": lambda cri_node: other_version_conflist(cri_node, chained=False),
+            "otherchain": other_version_conflist}
 
 
-@pytest.fixture(scope="module")
-def nodes(tmp_path_factory, installed):
+@pytest.fixture(scope="module", params=RELEASES, ids=[f"containerd{name}" for name in RELEASES])
+def nodes(request, tmp_path_factory, installed):
+    which = release(request.param)
     cluster = Cluster(tmp_path_factory.mktemp("cri") / "cluster", installed)
     made = []
     try:
         cluster.set_network("weft", VXLAN)
-        made = [CriNode(cluster, HANDLERS) for _ in range(2)]
+        made = [CriNode(cluster, HANDLERS, which) for _ in range(2)]
         for cri_node in made:
             cri_node.start_agent()
         for cri_node in made:
@@ -152,6 +168,16 @@ def pod_ip(cri_node, sandbox_id) -> str:
     return status.network.ip
 
 
+def network_ready(cri_node) -> tuple:
+    """CRI Status's NetworkReady condition: (status, reason, message)."""
+    return cri_node.client.conditions()["NetworkReady"]
+
+
+def plugin_calls(cri_node, command: str) -> list:
+    """weft's log records of `command` calls on the node, oldest first."""
+    return [record for record in cri_node.node.plugin_log() if record.get("command") == command]
+
+
 def state_of(cri_node):
     """What a failed or finished sandbox could leave: veths, reservations, netns files."""
     return pod_veths(cri_node), reservations(cri_node), cri_node.runtime.pod_netns_files()
@@ -163,6 +189,7 @@ def state_of(cri_node):
 def test_versions_spoken(nodes):
     version = nodes[0].client.version()
     assert version.runtime_name == "containerd" and version.runtime_api_version == "v1"
+    assert version.runtime_version.startswith(nodes[0].release.name + "."), version
 
 
 def test_sandbox_gets_an_address_of_the_node_subnet(nodes, sandboxes):
@@ -290,12 +317,12 @@ def test_taken_static_address_is_refused_and_nothing_leaks(nodes, sandboxes):
 def fails_holding_nothing_until_mended(cri_node, sandboxes, handler, clean_meanwhile=True) -> str:
     """RunPodSandbox on `handler` fails; returns the gRPC error text.
 
-    DEL fails for the same reason ADD did, so containerd 1.6 keeps the failed sandbox
-    (NOTREADY, with its netns file) for a later StopPodSandbox to retry, as kubelet
-    does.  Meanwhile no veth and no address reservation may exist (unless
-    clean_meanwhile is False: a DEL that never reached weft); once the conflist is
-    mended (the weft conflist written into the handler's dir) the retry succeeds and
-    nothing at all is left."""
+    containerd 1.6: DEL fails for the same reason ADD did, so containerd keeps the
+    failed sandbox (NOTREADY, with its netns file) for a later StopPodSandbox to retry,
+    as kubelet does.  containerd 2.1 lists no sandbox after a failed setup.  Meanwhile
+    no veth and no address reservation may exist (unless clean_meanwhile is False: a
+    DEL that never reached weft); once the conflist is mended (the weft conflist
+    written into the handler's dir) the retry succeeds and nothing at all is left."""
     before = state_of(cri_node)
     with pytest.raises(grpc.RpcError) as failed:
         sandboxes(cri_node, handler=handler)
@@ -304,7 +331,9 @@ def fails_holding_nothing_until_mended(cri_node, sandboxes, handler, clean_meanw
         assert (veths, held) == before[:2], "a failed RunPodSandbox left a veth or a reservation"
     kept = [s for s in cri_node.client.list_pod_sandbox() if s.runtime_handler == handler]
     assert all(s.state != SANDBOX_READY for s in kept)
-    cri_node.write_conflist(handler, weft_conflist(cri_node.node))  # the operator's fix
+    if cri_node.release.name == "2.1":
+        assert kept == [], "containerd 2.1 removed the sandboxes whose setup failed until now"
+    cri_node.write_conflist(handler, cri_node.weft_conflist())  # the operator's fix
 
     def retried():
         try:
@@ -352,21 +381,123 @@ def test_the_cri_command_line_of_the_readme(nodes):
     assert sandbox_id not in cri("ls")
 
 
-def test_a_cni_1_1_conflist_is_refused_by_containerd_1_6_and_nothing_leaks(nodes, sandboxes):
-    """libcni 1.1.2 (containerd 1.6) knows result versions up to 1.0.0: weft's ADD
+def runs_and_releases(cri_node, sandboxes, handler):
+    """A sandbox on `handler` gets an address of the node's subnet; StopPodSandbox
+    leaves nothing (a DEL through the whole chain)."""
+    before = state_of(cri_node)
+    sandbox_id = sandboxes(cri_node, handler=handler)
+    assert ipaddress.ip_address(pod_ip(cri_node, sandbox_id)) in ipaddress.ip_network(cri_node.subnet())
+    cri_node.remove_sandbox(sandbox_id)
+    assert state_of(cri_node) == before
+
+
+def test_weft_alone_at_the_other_cni_version(nodes, sandboxes):
+    """containerd 1.6, 1.1.0: libcni 1.1.2 knows result versions up to 1.0.0: weft's ADD
     succeeds, containerd cannot read the 1.1.0 result, fails the sandbox and runs DEL,
-    which weft (supporting 1.1.0) completes: nothing is left."""
-    details = fails_holding_nothing_until_mended(nodes[0], sandboxes, "v110")
-    assert 'unsupported CNI result version "1.1.0"' in details, details
+    which weft (supporting 1.1.0) completes: nothing is left.
+    containerd 2.1, 1.0.0: its libcni reads every version up to 1.1.0; a 1.0.0
+    conflist (what the installer writes when the node's plugins are older) works."""
+    if nodes[0].release.name == "1.6":
+        details = fails_holding_nothing_until_mended(nodes[0], sandboxes, "other")
+        assert 'unsupported CNI result version "1.1.0"' in details, details
+    else:
+        runs_and_releases(nodes[0], sandboxes, "other")
 
 
-def test_a_cni_1_1_chain_with_portmap_holds_the_pod_until_mended(nodes, sandboxes):
-    """The shipped chain at 1.1.0: DEL runs the chain backwards and Debian's portmap
-    (plugins 1.1.1, CNI <= 1.0.0) refuses first, so weft's DEL never runs and the
-    veth and address stay with the NOTREADY sandbox until the conflist says 1.0.0
-    again; then the retried StopPodSandbox releases everything."""
-    details = fails_holding_nothing_until_mended(nodes[0], sandboxes, "v110chain", clean_meanwhile=False)
-    assert 'unsupported CNI result version "1.1.0"' in details, details
+def test_the_shipped_chain_at_the_other_cni_version(nodes, sandboxes):
+    """containerd 1.6, 1.1.0: DEL runs the chain backwards and Debian's portmap (plugins
+    1.1.1, CNI <= 1.0.0) refuses first, so weft's DEL never runs and the veth and
+    address stay with the NOTREADY sandbox until the conflist says 1.0.0 again; then
+    the retried StopPodSandbox releases everything.
+    containerd 2.1, 1.0.0: weft + portmap 1.9.1 at 1.0.0 attach and detach."""
+    if nodes[0].release.name == "1.6":
+        details = fails_holding_nothing_until_mended(nodes[0], sandboxes, "otherchain", clean_meanwhile=False)
+        assert 'unsupported CNI result version "1.1.0"' in details, details
+    else:
+        runs_and_releases(nodes[0], sandboxes, "otherchain")
+
+
+def test_cri_status_asks_weft_on_2_1_only(nodes):
+    """containerd 2.1 answers CRI Status by sending STATUS through the default
+    handler's conflist (its libcni reads conflists at 1.1.0), once per Status call; weft
+    answers it in weftd.  Only the default handler is asked: the other handlers'
+    weft conflists log to the same file and add no record.  containerd 1.6's libcni
+    has no STATUS: NetworkReady only says that a conflist was loaded."""
+    one = nodes[0]
+    before = len(plugin_calls(one, "STATUS"))
+    assert network_ready(one) == (True, "", "")
+    asked = [(record["exit"], record["via"]) for record in plugin_calls(one, "STATUS")[before:]]
+    assert asked == ([(0, "agent")] if one.release.name == "2.1" else []), asked
+
+
+def test_an_unusable_ipam_store_turns_network_ready_false_on_2_1(nodes):
+    """The IPAM store's file system turns read-only (bound read-only where containerd
+    and weftd run): weft's STATUS answers 50 naming the store, and containerd 2.1
+    reports NetworkReady false with weft's message (kubelet then marks the node
+    NotReady and schedules no new pods there).  1.6 never asks."""
+    one = nodes[0]
+    ipam = one.node.ipam_dir
+    one.runtime.in_node(["mount", "-n", "--bind", ipam, ipam])
+    try:
+        one.runtime.in_node(["mount", "-n", "-o", "remount,bind,ro", ipam])
+        ready, reason, message = network_ready(one)
+    finally:
+        one.runtime.in_node(["umount", "-n", ipam])
+    if one.release.name == "2.1":
+        assert not ready and reason == "NetworkPluginNotReady", (ready, reason, message)
+        # libcni hands on the plugin's msg as it is (no "plugin type=... failed" prefix)
+        assert message.startswith(f"Network plugin returns error: IPAM store {ipam}/weft is not usable") \
+            and "Read-only file system" in message, message
+        assert plugin_calls(one, "STATUS")[-1]["error"]["code"] == 50
+    else:
+        assert ready, (reason, message)
+    assert network_ready(one) == (True, "", "")
+
+
+def test_a_weftd_restart_keeps_the_node_network_ready(nodes, sandboxes):
+    """A rolling update of weftd (stop, start) must not flap NetworkReady: while weftd
+    is down, `weft` runs the calls itself (standalone) from the subnet file weftd left
+    in /run, so STATUS still answers 0 and a new sandbox still gets its address; the
+    starting weftd answers from the same file before its lease is confirmed.  Only a
+    node without a subnet file (never leased, or /run wiped and weftd not back) is
+    not ready: STATUS 50 naming the file (2.1; 1.6 never asks)."""
+    one = nodes[0]
+    seen = []  # NetworkReady at every step of the restart
+    asked_before = len(plugin_calls(one, "STATUS"))
+    one.node.stop_agent()
+    try:
+        seen.append(network_ready(one))
+        sandbox_id = sandboxes(one)
+        assert ipaddress.ip_address(pod_ip(one, sandbox_id)) in ipaddress.ip_network(one.subnet())
+        assert [r["via"] for r in plugin_calls(one, "ADD") if r["containerID"] == sandbox_id] == ["standalone"]
+        seen.append(network_ready(one))
+        subnet_file = one.node.subnet_file()
+        os.rename(subnet_file, subnet_file + ".away")
+        try:
+            without_lease = network_ready(one)
+        finally:
+            os.rename(subnet_file + ".away", subnet_file)
+    finally:
+        one.start_agent()
+
+    def started():
+        seen.append(network_ready(one))
+        return (one.node.status() or {}).get("ready")
+
+    wait_for(started, 30, interval=0.1, what=f"{one.node.name}'s weftd ready again")
+    seen.append(network_ready(one))  # asked of the new weftd (its socket is up before it is ready)
+    assert all(ready for ready, _, _ in seen), [entry for entry in seen if not entry[0]]
+    if one.release.name == "2.1":
+        ready, reason, message = without_lease
+        assert not ready and reason == "NetworkPluginNotReady", without_lease
+        assert f"subnet file {subnet_file} does not exist" in message, message
+        assert any(r.get("error", {}).get("code") == 50 and r["via"] == "standalone"
+                   for r in plugin_calls(one, "STATUS")[asked_before:])
+        assert {r["via"] for r in plugin_calls(one, "STATUS")[asked_before:]} == {"standalone", "agent"}
+    else:
+        assert without_lease == (True, "", "")
+    sandbox_id = sandboxes(one)
+    assert [r["via"] for r in plugin_calls(one, "ADD") if r["containerID"] == sandbox_id] == ["agent"]
 
 
 def test_every_pod_netns_is_gone_with_its_sandbox(nodes):
@@ -376,4 +507,7 @@ def test_every_pod_netns_is_gone_with_its_sandbox(nodes):
         assert [s.id for s in cri_node.client.list_pod_sandbox()] == []
         assert cri_node.runtime.pod_netns_files() == []
         assert pod_veths(cri_node) == set()
+        # neither release sends GC (containerd 2.1.9's go-cni has no GC call): stale
+        # attachments are removed by the DEL of StopPodSandbox, not by garbage collection
+        assert plugin_calls(cri_node, "GC") == [], "containerd now sends GC: say so in docs/runtimes.md"
 
