@@ -15,8 +15,8 @@ import pytest
 from cni_plugin import backends
 from cni_plugin.backends import engine
 from cni_plugin.backends.base import ROUTE, BackendDataError, Device
-from cni_plugin.backends.wireguard import (PEER, WireguardConfig, WireguardData, check_key,
-                                           key_path, load_or_create_key, public_key_of, write_new_key)
+from cni_plugin.backends.wireguard import (PEER, WireguardConfig, WireguardData, check_key, key_path,
+                                           load_or_create_key, new_private_key, public_key_of, write_new_key)
 from cni_plugin.datapath.underlay import Underlay
 from cni_plugin.subnet.lease import ConfigError, Lease, NetworkConfig
 
@@ -136,6 +136,25 @@ def test_key_file_is_0600_kept_and_a_broken_one_is_an_error(tmp_path):
     open(path, "w").write("garbage\n")
     with pytest.raises(BackendDataError, match=f"the WireGuard key in {path} .*delete {path}"):
         load_or_create_key(str(tmp_path), "weft")
+
+
+def test_keys_are_clamped_and_derived_as_rfc_7748_says_without_cryptography_in_the_caller():
+    """The public key comes from a child interpreter (cryptography maps ~14 MiB into the
+    process that imports it); RFC 7748 section 6.1's pair checks the derivation."""
+    import subprocess
+    import sys
+
+    alice = base64.b64encode(bytes.fromhex("77076d0a7318a57d3c16c17251b26645df4c2f87ebc0992ab177fba51db92c2a"))
+    assert base64.b64decode(public_key_of(alice.decode())).hex() == \
+        "8520f0098930a754748b7ddcb43ef75a0dbf3a0d26381af4eba4a98eaa9b4e6a"
+    raw = base64.b64decode(new_private_key())
+    assert len(raw) == 32 and raw[0] & 7 == 0 and raw[31] & 0xC0 == 0x40
+    code = ("import sys\nfrom cni_plugin.backends.wireguard import new_private_key, public_key_of\n"
+            "public_key_of(new_private_key())\nprint('cryptography' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "False"
+    with pytest.raises(BackendDataError, match="cannot derive the WireGuard public key"):
+        public_key_of("bm90IGEga2V5")  # 9 bytes
 
 
 def test_local_lease_data_publishes_the_public_key_only(tmp_path):
