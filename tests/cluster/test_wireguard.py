@@ -17,7 +17,7 @@ import time
 import pytest
 
 from lab.cluster import Cluster, wait_for
-from lab.namespaces import suffix
+from lab.namespaces import file_tail, suffix
 
 from test_cross_node import assert_full_mesh, start
 
@@ -291,13 +291,16 @@ def test_leases_with_a_malformed_key_or_port_are_refused(cluster):
 STARTS = 20  # fresh 3-node clusters (1 in 8 had a pair that never connected: issue 23)
 
 
-def test_fresh_three_node_clusters_connect_every_pair_every_time(tmp_path, installed):
+def test_fresh_three_node_clusters_connect_every_pair_every_time(tmp_path, installed, monkeypatch):
     """A start-up race left two nodes' pods unable to reach each other in about 1 of 8
     fresh 3-node clusters.  Here 3 fresh agents (new keys, leases, wireguard-go
     devices, pods) start at once, with the default 10 s reconcile interval so a quick
     reconcile cannot hide a missed peer, STARTS times over; every ordered pair of pods
     must ping within 12 s every time.  etcd and the underlay bridge are kept between
-    rounds (the leases are deleted) to keep the test short."""
+    rounds (the leases are deleted) to keep the test short.  wireguard-go logs verbosely
+    (LOG_LEVEL, inherited through weftd), so a failure shows each side's handshakes
+    (python -m lab.wireguard_starts runs the same rounds with fresh etcds, under load)."""
+    monkeypatch.setenv("LOG_LEVEL", "verbose")
     cluster = Cluster(tmp_path / "cluster", installed, reconcile_interval=10.0)
     failures = []
     try:
@@ -333,4 +336,6 @@ def _programmed(node) -> str:
         held = f"peers {sorted(peers(node).values())}, handshakes {node.wg('show', DEV, 'latest-handshakes').split()}"
     except (RuntimeError, KeyError) as exc:
         held = f"wg unreadable ({exc})"
-    return f"{node.name}: {held}; log: {logged[-6:]}"
+    wg_log = file_tail(os.path.join(node.run_dir, "wireguard", f"{DEV}.log"), 400).splitlines()
+    handshakes = [line[:200] for line in wg_log if "andshake" in line or "invalid" in line or "Interface" in line]
+    return f"{node.name}: {held}; log: {logged[-6:]}; wireguard-go: {handshakes[-12:]}"
