@@ -64,11 +64,12 @@ def problems(node) -> list:
     return found[:30]
 
 
-def stall_etcd(cluster, longest: float, record: dict) -> threading.Thread:
-    """Stop etcd (SIGSTOP) for a random while soon after the agents start: a disk that
-    stalls fsync, a member that hangs.  Always continued (SIGCONT) by this thread."""
+def stall_etcd(cluster, longest: float, record: dict, within: float = 1.0) -> threading.Thread:
+    """Stop etcd (SIGSTOP) for a random while (0.5 s to `longest`), starting within
+    `within` seconds: a disk that stalls fsync, a member that hangs.  Always continued
+    (SIGCONT) by this thread."""
     def run():
-        time.sleep(random.uniform(0.0, 1.0))
+        time.sleep(random.uniform(0.0, within))
         pid, pause = cluster.etcd.pid, random.uniform(0.5, longest)
         record["etcd_stall_s"] = round(pause, 2)
         os.kill(pid, signal.SIGSTOP)
@@ -82,7 +83,7 @@ def stall_etcd(cluster, longest: float, record: dict) -> threading.Thread:
 
 
 def one_round(workdir, installed, stagger: float, order: str, deadline: float, slow: float,
-              etcd_stall: float = 0.0, early: bool = False) -> dict:
+              etcd_stall: float = 0.0, early: bool = False, stall_after_ready: float = 0.0) -> dict:
     cluster = Cluster(workdir, installed, reconcile_interval=10.0)
     record = {"pairs": {}, "slow": [], "failed": []}
     stall = None
@@ -106,6 +107,8 @@ def one_round(workdir, installed, stagger: float, order: str, deadline: float, s
             node.wait_ready(timeout=60.0)
             if early:
                 pods[node.name] = node.add_pod()
+        if stall_after_ready:  # every node says ready: is every node also listening for leases?
+            stall = stall_etcd(cluster, stall_after_ready, record, within=0.0)
         pods = [pods[node.name] if early else node.add_pod() for node in nodes]
         for src, dst in itertools.permutations(pods, 2):
             name = f"{src.node.name}->{dst.node.name}"
@@ -141,6 +144,8 @@ def main(argv=None) -> int:
     p.add_argument("--etcd-stall", type=float, default=0.0,
                    help="stop etcd for 0.5 s up to this many seconds, within 1 s of the agents' start")
     p.add_argument("--early", action="store_true", help="add each node's pod as soon as it is ready")
+    p.add_argument("--stall-after-ready", type=float, default=0.0,
+                   help="stop etcd for 0.5 s up to this many seconds once every node is ready")
     p.add_argument("--out", default="-")
     args = p.parse_args(argv)
     os.environ["LOG_LEVEL"] = "verbose"  # wireguard-go's, inherited through weftd
@@ -155,7 +160,8 @@ def main(argv=None) -> int:
             workdir = tempfile.mkdtemp(prefix="weft-wgstart-")
             try:
                 record = one_round(os.path.join(workdir, "c"), args.installed, args.stagger, args.order,
-                                   args.deadline, args.slow, args.etcd_stall, args.early)
+                                   args.deadline, args.slow, args.etcd_stall, args.early,
+                                   args.stall_after_ready)
             except Exception as exc:  # a round that could not start is a finding too
                 record = {"error": repr(exc)[:4000]}
             finally:
