@@ -171,7 +171,8 @@ def main(argv=None) -> int:
             failed += bool(record.get("failed") or record.get("error"))
             out.write(json.dumps(record) + "\n")
             out.flush()
-            print(f"round {round_}: max {max((v or 99) for v in record.get('pairs', {}).values()) if record.get('pairs') else '-'} s"
+            times = [v for v in record.get("pairs", {}).values() if v is not None]
+            print(f"round {round_}: max {max(times) if times else '-'} s"
                   f" slow {record.get('slow')} failed {record.get('failed')} {record.get('error', '')[:200]}",
                   file=sys.stderr, flush=True)
     finally:
