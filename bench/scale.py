@@ -216,6 +216,7 @@ def one_size(ctx, n: int, agents: int, churn: int, quiet: float, backend: str = 
         # from the write's start (etcd's commit included) and from etcd's answer (the agent's
         # share: the watch event leaves etcd at the commit, at most this much earlier)
         latencies, after_ack, write_ms, missing = [], [], [], 0
+        by_kind = {"peer programmed": [], "peer removed": []}
         for key, msg, t0, t1 in changes:
             write_ms.append((t1 - t0) * 1000.0)
             for follower in followers.values():
@@ -225,6 +226,7 @@ def one_size(ctx, n: int, agents: int, churn: int, quiet: float, backend: str = 
                 else:
                     latencies.append(max(0.0, (ts - t0) * 1000.0))
                     after_ack.append(max(0.0, (ts - t1) * 1000.0))
+                    by_kind[msg].append(latencies[-1])
         # the kernel matches etcd exactly afterwards
         listed = set(writer.ask(op="list", network="weft")["keys"])
         mismatches = {}
@@ -255,6 +257,9 @@ def one_size(ctx, n: int, agents: int, churn: int, quiet: float, backend: str = 
                       "after_etcd_ack_p50_ms": _round(percentile(after_ack, 50)),
                       "after_etcd_ack_p99_ms": _round(percentile(after_ack, 99)),
                       "etcd_write_p50_ms": _round(percentile(write_ms, 50)),
+                      "adds_p99_ms": _round(percentile(by_kind["peer programmed"], 99)),
+                      "removals_p99_ms": _round(percentile(by_kind["peer removed"], 99)),
+                      "slowest_ms": [_round(x) for x in sorted(latencies)[-8:]],
                       "achieved_rate_per_s": _round(churn / max(time.monotonic() - churn_started, 1e-6), 1)},
             "kernel_matches_etcd": not mismatches, "kernel_mismatches": mismatches,
             "quiet": {"seconds": quiet, "cpu_ms_per_interval": {"max": _round(max(cpu_ms)),

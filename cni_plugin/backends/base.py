@@ -121,7 +121,8 @@ class Backend:
         raise NotImplementedError(kind)
 
     def delete_device_entry(self, nl, plan, kind: str, key, value) -> bool:
-        """Remove one entry; False when it was already gone."""
+        """Remove one entry; False when it was already gone (True also when the device
+        cannot tell, e.g. wireguard-go: callers remove only what they read or wrote)."""
         raise NotImplementedError(kind)
 
     def describe_device_entry(self, plan, kind: str, key, value) -> str:

@@ -7,10 +7,13 @@ ListenPort.  Per remote lease: one peer (its PublicKey; endpoint PublicIP:Listen
 AllowedIPs = its subnet, plus its IPv6 subnet when dual-stack), then the route
 `remote subnet dev weft-wg.<port>` (no gateway: the device picks the peer by AllowedIPs).
 
-Keys: the node's X25519 private key is made on first use with the `cryptography`
-package, kept base64 in <state-dir>/<network>/wireguard.key (mode 0600, never in
-etcd, never logged) and reused across restarts; the lease publishes only the public
-key.  rotate_key() writes a new one there, sets it on the device and returns the
+Keys: the node's X25519 private key is 32 random bytes clamped as X25519 wants them
+(what `wg genkey` makes), made on first use, kept base64 in
+<state-dir>/<network>/wireguard.key (mode 0600, never in etcd, never logged) and
+reused across restarts; the lease publishes only the public key, which the
+`cryptography` package derives in a short-lived child process (importing it maps
+~14 MiB of OpenSSL and bindings into whatever process does, and weftd needs it only at
+start and on rotation).  rotate_key() writes a new one there, sets it on the device and returns the
 BackendData to publish; peers pick it up from the watch (weftd does this on SIGHUP).
 
 Config keys: ListenPort [51820].  BackendData: {PublicKey, ListenPort}; a malformed
@@ -22,6 +25,7 @@ import base64
 import binascii
 import ipaddress
 import os
+import sys
 from dataclasses import dataclass
 
 from ..checks import is_port
@@ -61,24 +65,49 @@ def _port(value, what: str) -> int:
     return value
 
 
-# -- keys: cryptography's X25519, imported only here and only when a key is needed ------
+# -- keys ---------------------------------------------------------------------------------
 
 def new_private_key() -> str:
-    from cryptography.hazmat.primitives import serialization
-    from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+    """A new X25519 private key: random bytes, clamped (RFC 7748 section 5)."""
+    raw = bytearray(os.urandom(KEY_BYTES))
+    raw[0] &= 248
+    raw[31] = (raw[31] & 127) | 64
+    return base64.b64encode(bytes(raw)).decode()
 
-    raw = X25519PrivateKey.generate().private_bytes(
-        serialization.Encoding.Raw, serialization.PrivateFormat.Raw, serialization.NoEncryption())
-    return base64.b64encode(raw).decode()
+
+# run by public_key_of() in a child interpreter: the private key comes on stdin, never
+# on a command line; the public key goes to stdout
+_DERIVE = """
+import base64, sys
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+key = X25519PrivateKey.from_private_bytes(base64.b64decode(sys.stdin.read().strip(), validate=True))
+print(base64.b64encode(key.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)).decode())
+"""
+DERIVE_TIMEOUT = 60.0
+_derived = {}  # private key -> public key: the last one, so start-up derives once
 
 
 def public_key_of(private_key: str) -> str:
-    from cryptography.hazmat.primitives import serialization
-    from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+    """The X25519 public key of `private_key` (base64 both), from `cryptography` in a
+    child interpreter (see the module doc); BackendDataError when it cannot answer."""
+    import subprocess
 
-    key = X25519PrivateKey.from_private_bytes(base64.b64decode(private_key))
-    raw = key.public_key().public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
-    return base64.b64encode(raw).decode()
+    if private_key in _derived:
+        return _derived[private_key]
+    try:
+        child = subprocess.run([sys.executable, "-I", "-c", _DERIVE], input=private_key, capture_output=True,
+                               text=True, timeout=DERIVE_TIMEOUT)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        raise BackendDataError(f"cannot derive the WireGuard public key: {exc}") from None
+    public = child.stdout.strip()
+    if child.returncode != 0 or not public:
+        problem = (child.stderr.strip().splitlines() or ["no output"])[-1][:300]
+        raise BackendDataError(f"cannot derive the WireGuard public key (the cryptography package, "
+                               f"run by {sys.executable}): {problem}")
+    _derived.clear()
+    _derived[private_key] = check_key(public, "the derived public key")
+    return public
 
 
 def key_path(state_dir: str, network: str) -> str:

@@ -15,8 +15,8 @@ import pytest
 from cni_plugin import backends
 from cni_plugin.backends import engine
 from cni_plugin.backends.base import ROUTE, BackendDataError, Device
-from cni_plugin.backends.wireguard import (PEER, WireguardConfig, WireguardData, check_key,
-                                           key_path, load_or_create_key, public_key_of, write_new_key)
+from cni_plugin.backends.wireguard import (PEER, WireguardConfig, WireguardData, check_key, key_path,
+                                           load_or_create_key, new_private_key, public_key_of, write_new_key)
 from cni_plugin.datapath.underlay import Underlay
 from cni_plugin.subnet.lease import ConfigError, Lease, NetworkConfig
 
@@ -138,6 +138,25 @@ def test_key_file_is_0600_kept_and_a_broken_one_is_an_error(tmp_path):
         load_or_create_key(str(tmp_path), "weft")
 
 
+def test_keys_are_clamped_and_derived_as_rfc_7748_says_without_cryptography_in_the_caller():
+    """The public key comes from a child interpreter (cryptography maps ~14 MiB into the
+    process that imports it); RFC 7748 section 6.1's pair checks the derivation."""
+    import subprocess
+    import sys
+
+    alice = base64.b64encode(bytes.fromhex("77076d0a7318a57d3c16c17251b26645df4c2f87ebc0992ab177fba51db92c2a"))
+    assert base64.b64decode(public_key_of(alice.decode())).hex() == \
+        "8520f0098930a754748b7ddcb43ef75a0dbf3a0d26381af4eba4a98eaa9b4e6a"
+    raw = base64.b64decode(new_private_key())
+    assert len(raw) == 32 and raw[0] & 7 == 0 and raw[31] & 0xC0 == 0x40
+    code = ("import sys\nfrom cni_plugin.backends.wireguard import new_private_key, public_key_of\n"
+            "public_key_of(new_private_key())\nprint('cryptography' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "False"
+    with pytest.raises(BackendDataError, match="cannot derive the WireGuard public key"):
+        public_key_of("bm90IGEga2V5")  # 9 bytes
+
+
 def test_local_lease_data_publishes_the_public_key_only(tmp_path):
     node = type("Node", (), {"state_dir": str(tmp_path)})()
     data = WG.local_lease_data(WireguardConfig(51830), node, "weft")
@@ -214,3 +233,65 @@ def test_rotated_key_replaces_the_old_peer_and_removal_drops_peer_and_route():
     assert set(p.backend.driver.peers) == {key(42)}
     drift = engine.remove_peer(nl, p, new)
     assert p.backend.driver.peers == {} and nl.table == {} and drift.removed == 2
+
+
+# -- wireguard-go's UAPI answer, read over a real unix socket ------------------------
+
+def _uapi_server(tmp_path, answer: bytes, piece: int):
+    """A one-connection stand-in for wireguard-go's UAPI socket: reads the request up
+    to its empty line, then writes `answer` `piece` bytes at a time (wireguard-go's
+    bufio writer sends 4 KiB pieces)."""
+    import socket
+    import threading
+
+    sock_dir = tmp_path / "wg"
+    (sock_dir / "wireguard").mkdir(parents=True)
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(str(sock_dir / "wireguard" / "weft-wg.51820.sock"))
+    listener.listen(1)
+
+    def serve():
+        conn, _ = listener.accept()
+        with conn:
+            request = b""
+            while not request.endswith(b"\n\n"):
+                request += conn.recv(4096)
+            for start in range(0, len(answer), piece):
+                conn.sendall(answer[start:start + piece])
+        listener.close()
+
+    threading.Thread(target=serve, daemon=True).start()
+    return str(sock_dir)
+
+
+def _get_answer(peers: int, errno: int = 0) -> bytes:
+    lines = ["private_key=" + "ab" * 32, "listen_port=51820"]
+    for n in range(peers):
+        lines += [f"public_key={bytes([n % 256, n // 256]).hex() * 16}", "preshared_key=" + "00" * 32,
+                  "protocol_version=1", f"endpoint=192.168.{n // 250}.{n % 250 + 1}:51820",
+                  "last_handshake_time_sec=0", "last_handshake_time_nsec=0", "tx_bytes=0", "rx_bytes=0",
+                  "persistent_keepalive_interval=0", f"allowed_ip=10.{n // 256}.{n % 256}.0/24"]
+    return ("\n".join(lines) + f"\nerrno={errno}\n\n").encode()
+
+
+@pytest.mark.parametrize("piece", [4096, 1, 4095])
+def test_a_large_get_answer_in_pieces_reads_every_peer(tmp_path, piece):
+    """Every peer of a 2,000-peer answer sent in pieces, the closing empty line split
+    across two pieces included (piece 1)."""
+    from cni_plugin.datapath.wireguard import UserspaceWireGuard, hex_to_key
+
+    peers = 2000 if piece > 1 else 50
+    driver = UserspaceWireGuard("weft-wg.51820", _uapi_server(tmp_path, _get_answer(peers), piece))
+    private, port, found = driver.state()
+    assert private == hex_to_key("ab" * 32) and port == 51820 and len(found) == peers
+    last = found[hex_to_key(bytes([(peers - 1) % 256, (peers - 1) // 256]).hex() * 16)]
+    assert last.endpoint == f"192.168.{(peers - 1) // 250}.{(peers - 1) % 250 + 1}:51820"
+    assert last.allowed_ips == (f"10.{(peers - 1) // 256}.{(peers - 1) % 256}.0/24",)
+
+
+def test_a_refused_request_is_an_error_whatever_its_length(tmp_path):
+    from cni_plugin.datapath.wireguard import UserspaceWireGuard, WireGuardError
+
+    driver = UserspaceWireGuard("weft-wg.51820", _uapi_server(tmp_path, _get_answer(300, errno=-22), 4096))
+    with pytest.raises(WireGuardError, match="errno -22"):
+        driver.state()

@@ -15,10 +15,16 @@ weft_leases_refused{network,reason} and listed in the status file.
 
 The "rotate-key" command (weftd's SIGHUP) has the backend make a new key, then the
 lease controller publishes it; peers re-program from their watch.
+
+A write or read that failed is retried by a full pass soon, not at the next periodic
+one: RETRY_FIRST seconds, doubling to the reconcile interval while it keeps failing.
+A fresh WireGuard cluster must connect within seconds, and one reconcile interval (10 s
+by default) plus wireguard-go's handshake retry (5 s) is longer than that.
 """
 
 import bisect
 import dataclasses
+import threading
 import time
 
 from ... import backends
@@ -32,8 +38,10 @@ from ..background_read import BackgroundRead
 from ..read_schedule import for_controller
 from ...subnet import validation
 from ...subnet.live_verdict import LiveVerdict
-from ..runtime import Controller
+from ..runtime import Backoff, Controller
 from . import register
+
+RETRY_FIRST = 0.5  # seconds from a failed write or read to the full pass that retries it
 
 
 @register
@@ -61,6 +69,8 @@ class OverlayController(Controller):
         self._lines = {}          # key -> line
         self._sorted_lines = []
         self._lines_for = None    # the agent.peers dict the lines describe
+        self._retry = None        # threading.Timer of the pass that retries a failure
+        self._retry_backoff = None
 
     def prepare(self):
         agent = self.agent
@@ -173,9 +183,10 @@ class OverlayController(Controller):
         peer = f"{lease.key} {lease.node_name} {lease.public_ip}"
         try:
             step(self.nl, self.plan, lease)
-        except Exception as exc:  # the next reconcile retries; say what failed now
+        except Exception as exc:  # a full pass retries soon; say what failed now
             agent.log.error(f"{done.split()[1]} failed: {exc}", extra=agent.extra(peer=peer))
             self.schedule.again()  # a failed write may change nothing: the next pass reads
+            self._retry_soon()
             return
         agent.log.info(done, extra=agent.extra(peer=peer))
 
@@ -258,8 +269,33 @@ class OverlayController(Controller):
             self.agent.log.error(f"reconcile incomplete: cannot read the kernel: {error}",
                                  extra=self.agent.extra())
             self.schedule.again()
+            self._retry_soon()
             return
         self.reconcile(actual, unsettled, self._read_started, kinds, read)
+
+    def _retry_soon(self) -> None:
+        """A full pass in a moment (see the module doc); one at a time."""
+        if self._retry is not None:
+            return
+        if self._retry_backoff is None:
+            self._retry_backoff = Backoff(RETRY_FIRST, max(RETRY_FIRST, self.agent.options.reconcile_interval))
+        self._retry = threading.Timer(self._retry_backoff.next(), self._retry_due)
+        self._retry.daemon = True
+        self._retry.start()
+
+    def _retry_due(self) -> None:
+        """The timer's thread: hand the pass to the loop (a loop waiting out a failure
+        drops it, and relists and reads everything afterwards anyway)."""
+        self._retry = None
+        self.agent.call_soon(self._retry_pass)
+
+    def _retry_pass(self) -> None:
+        if self.schedule is None or self.plan is None:
+            return
+        if self.reader.pending is not None:  # a read is under way: its result is compared first
+            self._retry_soon()
+            return
+        self.reconcile_in_background()
 
     def while_waiting(self):
         if self.backend is not None and self.agent.held is not None and self.synced_once:
@@ -290,8 +326,11 @@ class OverlayController(Controller):
             self.schedule.full_read_done(read)  # compared: the resync clock starts again
         if failed:
             self.schedule.again()
+            self._retry_soon()
             if drift is None:
                 return
+        elif self._retry_backoff is not None:
+            self._retry_backoff.reset()
         agent.metrics.reconcile_seconds.labels(agent.name).observe(time.monotonic() - started)
         repaired = drift.added + drift.removed
         if repaired and not self.synced_once:
@@ -371,6 +410,8 @@ class OverlayController(Controller):
                 "kernelReads": self.schedule.status() if self.schedule is not None else None}
 
     def close(self):
+        if self._retry is not None:
+            self._retry.cancel()
         if self.schedule is not None:
             self.schedule.close()
         if self.reader is not None:
