@@ -11,6 +11,7 @@ CONF = os.path.join(REPO, "conf")
 KUBE = os.path.join(CONF, "kubernetes")
 CONFLISTS = sorted(glob.glob(os.path.join(CONF, "*.conflist")))
 NAD = os.path.join(KUBE, "multus-secondary-nad.yaml")
+MULTUS_CONFLIST = os.path.join(CONF, "multus", "00-multus.conflist")
 
 
 def kube_files() -> list:
@@ -43,8 +44,11 @@ def load_json(path) -> dict:
 
 def all_netconfs() -> list:
     """(label, conflist-shaped dict) for every network configuration weft ships:
-    conf/*.conflist, the ConfigMap's conflist and the NAD's spec.config."""
+    conf/*.conflist, the ConfigMap's conflist, the NAD's spec.config and the delegates of
+    the Multus conflist."""
     out = [(os.path.relpath(path, REPO), load_json(path)) for path in CONFLISTS]
+    for delegate in load_json(MULTUS_CONFLIST)["plugins"][0]["delegates"]:
+        out.append((f"{os.path.relpath(MULTUS_CONFLIST, REPO)} delegate {delegate['name']}", delegate))
     for key, value in configmap_data().items():
         if key.endswith(".conflist"):
             out.append((f"ConfigMap weft-config {key}", json.loads(value)))

@@ -43,6 +43,7 @@ from cni_plugin import backends
 from cni_plugin.backends.vxlan import VxlanData
 from cni_plugin.subnet.lease import Lease, NetworkConfig
 
+from lab import multus as lab_multus
 from lab.cluster import Cluster
 from lab.etcd import free_port
 
@@ -121,6 +122,27 @@ RUN_ELSEWHERE = {
 # `make test` is the suite itself: .ci/run runs it on every CI machine.
 RUN_HERE = ("weftctl network set weft --config", "weftctl status", "weftctl network set weft2",
             "weftctl graph --ipam-data-dir")
+
+
+# Tested JSON blocks show a shipped file as it is: {path: (the path the lab module reads,
+# that module, its loader, the tests that run the file through that loader)}.
+JSON_SHOWN = {"conf/multus/00-multus.conflist": (lab_multus.MULTUS_CONFLIST, "lab.multus", "node_conflist",
+                                                 ["tests/cluster/test_multus.py",
+                                                  "tests/e2e/test_containerd_multus.py"])}
+
+
+def test_every_tested_json_block_is_a_shipped_file_the_suite_runs():
+    blocks = re.findall(r"<!-- tested -->\n```json\n(.*?)```", DOCS, re.S)
+    assert blocks
+    for block in blocks:
+        shown = json.loads(block)
+        paths = [p for p in JSON_SHOWN if artifacts.load_json(os.path.join(REPO, p)) == shown]
+        assert paths, f"a tested JSON block is no longer a shipped file as it stands: {block[:120]}"
+        read, module, loader, tests = JSON_SHOWN[paths[0]]
+        assert read == os.path.join(REPO, paths[0]), f"{module} reads {read}"
+        for test in tests:
+            text = open(os.path.join(REPO, test)).read()
+            assert f"from {module} import" in text and f"{loader}(" in text, f"{test} no longer runs {paths[0]}"
 
 
 def test_readme_has_readme_blocks():

@@ -1,7 +1,14 @@
-"""weft as a Multus secondary network, invoked the way Multus invokes a delegate.
+"""weft as a Multus secondary network chosen by a pod annotation: the part of Multus that
+needs a Kubernetes API server, played here by libcni.
 
-Multus calls its delegates through libcni; so does this test, with weft's cnitool
-(tools/cnitool) built against Debian's libcni 1.1.2.  The pod first gets the
+The real Multus binary runs weft in tests/cluster/test_multus.py and
+tests/e2e/test_containerd_multus.py, with the delegates of its own config
+(conf/multus/00-multus.conflist).  What it does with a kubeconfig (read the pod's
+k8s.v1.cni.cncf.io/networks annotation, fetch NetworkAttachmentDefinitions, pass a
+selection's ips/mac/portMappings, write network-status) needs an API server, which no
+package here provides.  So this file plays that part: Multus calls its delegates through
+libcni, and so does this test, with weft's cnitool (tools/cnitool) built against Debian's
+libcni 1.1.2.  The pod first gets the
 cluster-default network (conf/10-weft.conflist: weft + portmap, as the runtime runs
 it).  Then, for the pod annotation
 
@@ -228,6 +235,25 @@ def test_secondary_networks_as_multus_delegates_them(cnitool, installed, node, p
         assert ipam_state(tmp_path, network) == ([], []), network
     assert f":{CONTAINER_PORT}" not in _nat_rules(node)
     assert driver.cached_results() == []
+
+
+def test_the_multus_conflist_delegates_to_the_shipped_networks():
+    """conf/multus/00-multus.conflist runs weft's shipped networks: the default conflist's
+    weft entry as eth0 (portmap left out: Multus would need the portMappings capability
+    too) and conf/weft-secondary.conflist as net1, each a network of its own."""
+    conflist = artifacts.load_json(artifacts.MULTUS_CONFLIST)
+    (entry,) = conflist["plugins"]
+    assert entry["type"] == "multus" and "kubeconfig" not in entry and "clusterNetwork" not in entry
+    primary = artifacts.load_json(f"{artifacts.CONF}/10-weft.conflist")
+    secondary = artifacts.load_json(f"{artifacts.CONF}/weft-secondary.conflist")
+    first, second = entry["delegates"]
+    assert first == {**primary, "plugins": primary["plugins"][:1]}
+    assert second == secondary
+    assert {first["cniVersion"], second["cniVersion"]} == {conflist["cniVersion"]} == {"1.0.0"}
+    weft, weft2 = first["plugins"][0], second["plugins"][0]
+    assert weft["bridge"] != weft2["bridge"] and first["name"] != second["name"]
+    assert weft.get("isDefaultGateway") is True and weft2["isDefaultGateway"] is False
+    assert weft2["subnetFile"] == f"/run/weft/{second['name']}.env"
 
 
 def test_a_cni_1_1_delegate_reports_the_mtu_multus_records(installed, cni_path, node, pod, tmp_path):
