@@ -1,11 +1,11 @@
-"""Multus in front of weft under containerd 1.6's CRI: the runtime calls Multus, Multus
-calls weft.
+"""Multus in front of weft under containerd's CRI (1.6 and 2.1): the runtime calls
+Multus, Multus calls weft.
 
 One weft node (real etcd, one weftd serving `weft` and `weft2`) with a private
 containerd (lab/cri_node.py) whose default handler's conflist is
-conf/multus/00-multus.conflist as shipped (cniVersion 1.0.0, the newest containerd 1.6's
-libcni 1.1.2 reads) with the node's paths, and the Multus binary beside weft in
-containerd's CNI bin dir.  Cross-node traffic, CHECK, GC and agent restarts through
+conf/multus/00-multus.conflist with the node's paths, at the cniVersion the release's
+libcni reads (as shipped, 1.0.0, on 1.6; 1.1.0 on 2.1), and the Multus binary beside
+weft in containerd's CNI bin dir.  Cross-node traffic, CHECK, GC and agent restarts through
 Multus are in tests/cluster/test_multus.py; this is the runtime's side of it.
 """
 
@@ -17,6 +17,7 @@ import pytest
 
 from lab.cluster import Cluster
 from lab.cnitool import inet, ipam_state
+from lab.containerd import RELEASES, release
 from lab.cri_node import CriNode
 from lab.multus import delegate_calls, node_conflist
 from lab.runtimes import multus
@@ -24,15 +25,17 @@ from lab.runtimes import multus
 NETWORKS = {"weft": ("10.244.0.0/16", 1), "weft2": ("10.245.0.0/16", 2)}
 
 
-@pytest.fixture(scope="module")
-def cri_node(tmp_path_factory, installed):
+@pytest.fixture(scope="module", params=RELEASES, ids=[f"containerd{name}" for name in RELEASES])
+def cri_node(request, tmp_path_factory, installed):
     binary = multus()  # a clear error when `make deps` has not fetched it
+    which = release(request.param)
     cluster = Cluster(tmp_path_factory.mktemp("crimultus") / "cluster", installed)
     made = None
     try:
         for name, (network, vni) in NETWORKS.items():
             cluster.set_network(name, {"Network": network, "Backend": {"Type": "vxlan", "VNI": vni}})
-        made = CriNode(cluster, {"": lambda cri: node_conflist(cri.node, cri.runtime.bin_dir)})
+        made = CriNode(cluster, {"": lambda cri: node_conflist(cri.node, cri.runtime.bin_dir, which.cni_version)},
+                       which=which)
         os.symlink(binary, os.path.join(made.runtime.bin_dir, "multus"))
         made.runtime.open()
         made.node.start_agent(networks=tuple(NETWORKS), enter=made.runtime.enter())
@@ -65,7 +68,8 @@ def test_run_pod_sandbox_through_multus_gives_eth0_and_net1_and_stop_releases_bo
     node = cri_node.node
     (written,) = os.listdir(cri_node.runtime.conf_dirs[""])
     conflist = json.load(open(os.path.join(cri_node.runtime.conf_dirs[""], written)))
-    assert conflist["cniVersion"] == "1.0.0" and [p["type"] for p in conflist["plugins"]] == ["multus"]
+    assert conflist["cniVersion"] == cri_node.release.cni_version
+    assert [p["type"] for p in conflist["plugins"]] == ["multus"]
     sandbox = cri_node.run_sandbox("web-0")
     links = pod_links(cri_node, sandbox)
     addresses = {}
