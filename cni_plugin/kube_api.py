@@ -112,18 +112,24 @@ class ApiServer:
 
     def get_json(self, path: str, limit: int = None, within: float = None):
         """GET path and parse its JSON answer.  limit: the most bytes read (a longer answer
-        is refused); within: the seconds from sending the request to the answer's last byte
-        (each read is cut at the time left; connecting is bounded by `timeout` as ever).
+        is refused); within: the seconds from the connection's opening to the answer's last
+        byte (each read is cut at the time left; connecting is bounded by `timeout`).
         Neither: read it all, each read bounded by `timeout`."""
-        deadline = time.monotonic() + within if within is not None else None
-        sockets = []  # the connection's socket: http.client drops conn.sock once the server says close
-        conn, response = self.get(path, read_timeout=within, hold=lambda sock: sockets.append(sock) or True)
+        opened = []  # (socket, when): http.client drops conn.sock once the server says close
+
+        def hold(sock):
+            opened.append((sock, time.monotonic()))
+            return True
+
+        conn, response = self.get(path, read_timeout=within, hold=hold)
         where = f"Kubernetes API {self.server}{path.split('?')[0]}"
+        sock, connected = opened[0]
         try:
-            if limit is None and deadline is None:
+            if limit is None and within is None:
                 body = response.read()
             else:
-                body = self._read_bounded(sockets[0], response, limit, deadline, where)
+                deadline = connected + within if within is not None else None
+                body = self._read_bounded(sock, response, limit, deadline, where)
         except (OSError, http.client.HTTPException) as exc:
             raise KubeApiError(f"{where}: answer cut short: {exc or type(exc).__name__}") from None
         finally:

@@ -109,26 +109,23 @@ class StandIn:
                 req.wfile.write((line if isinstance(line, str) else json.dumps(line)).encode() + b"\n")
                 req.wfile.flush()
         elif self.idle == "hold":
-            with self.lock:
-                self.holding += 1
-            try:
-                self.closing.wait(HOLD_SECONDS)
-            finally:
-                with self.lock:
-                    self.holding -= 1
+            self._hold()
         else:
             time.sleep(1.0)
 
+    def _hold(self):
+        """Keep the request open, saying nothing, until stop() (counted in `holding`)."""
+        with self.lock:
+            self.holding += 1
+        try:
+            self.closing.wait(HOLD_SECONDS)
+        finally:
+            with self.lock:
+                self.holding -= 1
+
     def _object(self, req, value):
         if value is None:
-            with self.lock:
-                self.holding += 1
-            try:
-                self.closing.wait(HOLD_SECONDS)
-            finally:
-                with self.lock:
-                    self.holding -= 1
-            return None
+            return self._hold()
         if isinstance(value, dict):
             return self._send(req, 200, value)
         parts = [part.encode() for part in (value if isinstance(value, list) else [value])]

@@ -21,7 +21,7 @@ from ..kube_api import SERVICEACCOUNT_DIR, ApiServer, KubeApiError
 
 RUNTIME_ENV = "WEFT_CONTAINER_RUNTIME"
 NODE_NAME_ENV = "NODE_NAME"
-READ_SECONDS = 5.0             # connecting, and the whole answer
+READ_SECONDS = 5.0             # to connect, then for the whole answer
 READ_LIMIT = 2 * 1024 * 1024   # bytes; a Node with kubelet's 50 listed images is tens of KiB
 RBAC_HINT = "the install-cni container's ServiceAccount needs get on nodes, see conf/kubernetes/04-rbac.yaml"
 _NAME = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*")  # RFC 1123 subdomain
