@@ -3,8 +3,9 @@
 The agent lists, then watches, Namespaces, Pods and NetworkPolicies with its
 ServiceAccount (token and CA from /var/run/secrets/kubernetes.io/serviceaccount, the
 server from $KUBERNETES_SERVICE_HOST/PORT, or --kube-api-server), over HTTPS with the
-standard library's http.client (no client library in the agent's memory; docs/networkpolicy.md
-says why), and with the same interface as the etcd registry's
+standard library's http.client (kube_api.py, shared with the installer; no client library
+in the agent's memory; docs/networkpolicy.md says why), and with the same interface as the
+etcd registry's
 policy keys (rows keyed "<Kind>/[<namespace>/]<name>" holding the object's JSON), so the
 policy controller is the same in both modes.
 
@@ -41,17 +42,16 @@ import http.client
 import itertools
 import json
 import logging
-import os
 import socket
-import ssl
 import threading
 import time
 import urllib.parse
 
+from ..kube_api import SERVICEACCOUNT_DIR, ApiServer, KubeApiError
 from ..subnet.registry import RegistryError
 from .runtime import Backoff
 
-SERVICEACCOUNT_DIR = "/var/run/secrets/kubernetes.io/serviceaccount"
+RBAC_HINT = "weftd's ServiceAccount needs get/list/watch, see conf/kubernetes/"
 RESOURCES = (("Namespace", "/api/v1/namespaces"), ("Pod", "/api/v1/pods"),
              ("NetworkPolicy", "/apis/networking.k8s.io/v1/networkpolicies"))
 PAGE = 500
@@ -99,6 +99,10 @@ def _parse_line(line: bytes) -> tuple:
     return kind_of_event, obj, meta
 
 
+def _registry_error(exc: KubeApiError) -> RegistryError:
+    return ApiError(str(exc), exc.status) if exc.status is not None else RegistryError(str(exc))
+
+
 def _suffix(kind: str, obj: dict) -> str:
     meta = obj.get("metadata") or {}
     parts = [kind] + ([meta.get("namespace") or "default"] if kind != "Namespace" else []) + [meta.get("name", "")]
@@ -110,25 +114,11 @@ class KubeSource:
                  errors=None, warn=None):
         """errors(reason): counts a watch problem ("unparsable": a line; "stream": a stream
         that failed); warn(text): logs one.  Both optional."""
-        if not server:
-            host, port = os.environ.get("KUBERNETES_SERVICE_HOST"), os.environ.get("KUBERNETES_SERVICE_PORT", "443")
-            if not host:
-                raise RegistryError("no Kubernetes API server: $KUBERNETES_SERVICE_HOST is unset (not in a pod?); "
-                                    "pass --kube-api-server URL")
-            server = f"https://{host}:{port}" if ":" not in host else f"https://[{host}]:{port}"
-        self.server = server.rstrip("/")
-        url = urllib.parse.urlsplit(self.server)
         try:
-            port = url.port
-        except ValueError:
-            port = -1
-        if url.scheme not in ("http", "https") or not url.hostname or port == -1:
-            raise RegistryError(f"Kubernetes API server {server!r} is not an http(s)://HOST[:PORT] URL")
-        self._https = url.scheme == "https"
-        self._host, self._port = url.hostname, port or (443 if self._https else 80)
-        self._prefix = url.path
-        self.dir = serviceaccount_dir
-        self.timeout = timeout
+            self.api = ApiServer(server, serviceaccount_dir, timeout, rbac_hint=RBAC_HINT)
+        except KubeApiError as exc:
+            raise RegistryError(str(exc)) from None
+        self.server = self.api.server
         self.errors = errors or (lambda reason: None)
         self.warn = warn or logging.getLogger("weft.kube").warning
         self.lock = threading.Lock()  # guards everything below
@@ -137,67 +127,21 @@ class KubeSource:
         self._watches = []   # the live _Watch sets, for stop()
         self._logged = set()  # watch problems already logged
         self._counts = {}     # reason -> watch problems counted, for weftctl status
-        self._context = None
 
-    # -- HTTP -----------------------------------------------------------------------
-    def _read(self, name: str):
-        try:
-            with open(os.path.join(self.dir, name), encoding="utf-8") as handle:
-                return handle.read().strip()
-        except OSError:
-            return None
-
-    def _connection(self, timeout: float) -> http.client.HTTPConnection:
-        if not self._https:
-            return http.client.HTTPConnection(self._host, self._port, timeout=timeout)
-        with self.lock:
-            if self._context is None:
-                ca = os.path.join(self.dir, "ca.crt")
-                self._context = ssl.create_default_context(cafile=ca if os.path.exists(ca) else None)
-            context = self._context
-        return http.client.HTTPSConnection(self._host, self._port, timeout=timeout, context=context)
-
+    # -- HTTP (kube_api.py), its errors as the registry's -----------------------------
     def _get(self, path: str, read_timeout: float = None, hold=None):
-        """GET path: the connection and its 2xx response, or RegistryError.  Connecting
-        may take `timeout` seconds, each read read_timeout (default: the same).  hold(sock),
-        when given, is called with the connected socket before the request is sent; when
-        it returns False (the watch is stopping) the connection is closed and None returned."""
-        headers = {"Accept": "application/json"}
-        token = self._read("token")  # read every time: kubelet rotates it
-        if token:
-            headers["Authorization"] = f"Bearer {token}"
-        conn = self._connection(self.timeout)
+        """ApiServer.get: RegistryError when the server cannot be reached, ApiError when it
+        answers with an error status."""
         try:
-            conn.connect()
-            if read_timeout is not None:
-                conn.sock.settimeout(read_timeout)
-            if hold is not None and not hold(conn.sock):
-                conn.close()
-                return None
-            conn.request("GET", self._prefix + path, headers=headers)
-            response = conn.getresponse()
-            if 200 <= response.status < 300:
-                return conn, response
-            detail = response.read(300).decode(errors="replace").strip()
-        except (OSError, http.client.HTTPException) as exc:
-            conn.close()
-            raise RegistryError(f"Kubernetes API {self.server} unreachable: {exc or type(exc).__name__}") from None
-        conn.close()
-        hint = " (RBAC: weftd's ServiceAccount needs get/list/watch, see conf/kubernetes/)" \
-            if response.status in (401, 403) else ""
-        raise ApiError(f"Kubernetes API {self.server}{path.split('?')[0]}: HTTP {response.status}{hint}: "
-                       f"{detail}", response.status)
+            return self.api.get(path, read_timeout, hold)
+        except KubeApiError as exc:
+            raise _registry_error(exc) from None
 
-    def _get_json(self, path: str) -> dict:
-        conn, response = self._get(path)
+    def _get_json(self, path: str):
         try:
-            return json.loads(response.read())
-        except ValueError as exc:
-            raise RegistryError(f"Kubernetes API {self.server}{path}: not JSON: {exc}") from None
-        except (OSError, http.client.HTTPException) as exc:
-            raise RegistryError(f"Kubernetes API {self.server}{path}: answer cut short: {exc}") from None
-        finally:
-            conn.close()
+            return self.api.get_json(path)
+        except KubeApiError as exc:
+            raise _registry_error(exc) from None
 
     # -- the registry's policy interface --------------------------------------------
     def list_policy_objects(self) -> tuple:

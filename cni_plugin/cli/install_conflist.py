@@ -1,5 +1,6 @@
 """weftctl install-conflist SRC DEST: put a conflist where the runtime reads it, with the
-cniVersion the node's plugins support (cni/chain_version.py decides).
+cniVersion the node's plugins and its container runtime support (cni/chain_version.py
+decides; node_runtime.py learns the runtime, from the Node object or as stated).
 
 What the DaemonSet's init container (conf/image/weft-install) runs; usable by hand on a
 node installed with `make install`.  DEST is replaced by rename, and only when its content
@@ -10,8 +11,9 @@ import json
 import os
 import sys
 
-from .. import fsutil
+from .. import fsutil, kube_api
 from ..cni import chain_version
+from . import node_runtime
 
 VERSION_ENV = "WEFT_CNI_VERSION"
 AUTO = "auto"
@@ -28,9 +30,18 @@ def add_parser(commands):
     parser.add_argument("--cni-bin-dir", action="append", default=[], metavar="DIR",
                         help=f"where the runtime finds plugins (repeatable; default {DEFAULT_BIN_DIR})")
     parser.add_argument("--cni-version", metavar="VERSION",
-                        help=f"'{AUTO}' (ask the plugins: {chain_version.PREFERRED} when every one supports it, "
-                             f"else {chain_version.FALLBACK}) or a version to write whatever they say "
-                             f"(default: ${VERSION_ENV}, else {AUTO})")
+                        help=f"'{AUTO}' ({chain_version.PREFERRED} when every plugin supports it and the runtime "
+                             f"is known to take it, else {chain_version.FALLBACK}) or a version to write whatever "
+                             f"they say (default: ${VERSION_ENV}, else {AUTO})")
+    parser.add_argument("--runtime", metavar="NAME://VERSION",
+                        help=f"the node's container runtime, e.g. containerd://2.1.9, instead of reading it from "
+                             f"the Node object (default: ${node_runtime.RUNTIME_ENV})")
+    parser.add_argument("--node-name", metavar="NAME",
+                        help=f"the Node whose status names the runtime (default: ${node_runtime.NODE_NAME_ENV})")
+    parser.add_argument(kube_api.SERVER_FLAG, metavar="URL",
+                        help="the Kubernetes API (default: https://$KUBERNETES_SERVICE_HOST:$KUBERNETES_SERVICE_PORT)")
+    parser.add_argument("--kube-serviceaccount-dir", default=kube_api.SERVICEACCOUNT_DIR, metavar="DIR",
+                        help="the ServiceAccount's token and ca.crt for reading the Node")
     return parser
 
 
@@ -60,6 +71,7 @@ def _load(path: str) -> dict:
 def run(args) -> int:
     try:
         forced, forced_by = _forced(args)
+        node_runtime.stated(args.runtime)
     except ValueError as exc:
         _say(str(exc), sys.stderr)
         return EXIT_USAGE
@@ -73,12 +85,15 @@ def run(args) -> int:
         return EXIT_USAGE
     bin_dirs = args.cni_bin_dir or [DEFAULT_BIN_DIR]
     answers = [chain_version.ask(name, bin_dirs) for name in chain_version.chain_plugins(conflist)]
-    choice = chain_version.choose(answers, forced, forced_by)
+    runtime = None if forced else node_runtime.learn(args.runtime, args.node_name, args.kube_api_server,
+                                                     args.kube_serviceaccount_dir)
+    choice = chain_version.choose(answers, runtime, forced, forced_by)
     _say(f"cniVersion {choice.version} for {args.dest}: {choice.reason}")
-    if choice.version == chain_version.PREFERRED and not forced:
-        # the plugins are all this can ask; the runtime's libcni has the last word
-        _say(f"note: a runtime whose libcni is older than 1.2 (containerd 1.6 and 1.7) refuses "
-             f"{chain_version.PREFERRED} results; on such a node set {VERSION_ENV}={chain_version.FALLBACK}")
+    if runtime is not None and not runtime.known and all(chain_version.PREFERRED in a.supported for a in answers):
+        # only the unknown runtime holds the chain back: say how to tell the installer
+        _say(f"note: on a runtime that takes {chain_version.PREFERRED} (containerd 2.0 or later, CRI-O 1.31 or "
+             f"later) state it with ${node_runtime.RUNTIME_ENV} or --runtime NAME://VERSION, or force the "
+             f"version with {VERSION_ENV}={chain_version.PREFERRED}")
     text = json.dumps({**conflist, "cniVersion": choice.version}, indent=2) + "\n"
     try:
         with open(args.dest) as handle:

@@ -9,9 +9,9 @@
   weftctl graph [NETWORK] [--ipam-data-dir DIR]   the cluster as an SVG (nodes, subnets, VTEPs, pods)
   weftctl apply|delete -f FILE                    NetworkPolicy/Namespace/Pod objects (policy_cmds.py)
   weftctl policy explain SRC DST [PORT/PROTO]     which policies allow or deny a flow
-  weftctl install-conflist SRC DEST [--cni-bin-dir DIR] [--cni-version auto|V]
+  weftctl install-conflist SRC DEST [--cni-bin-dir DIR] [--cni-version auto|V] [--runtime NAME://V]
                                                   write a conflist with the cniVersion the node's
-                                                  plugins support (install_conflist.py)
+                                                  plugins and runtime support (install_conflist.py)
 """
 
 import argparse

@@ -5,7 +5,6 @@ events, then a 410 "too old resource version"), and the test checks what the sou
 asks (paths, resourceVersion, bookmarks, bearer token) and what it delivers; then a
 real weftd enforces the recorded policies on real pods."""
 
-import datetime
 import json
 import os
 import subprocess
@@ -20,7 +19,7 @@ from cni_plugin.agent.kube_source import KubeSource
 from cni_plugin.policy.state import PolicyState
 from cni_plugin.subnet.registry import RegistryError
 from lab.cluster import ETCD_IP, REPO, wait_for
-from lab.kube_standin import StandIn
+from lab.kube_standin import StandIn, self_signed
 
 RECORDED = os.path.join(os.path.dirname(__file__), "data", "kube_recorded.json")
 POLICIES = "/apis/networking.k8s.io/v1/networkpolicies"
@@ -187,28 +186,8 @@ def test_stop_interrupts_the_blocking_reads_and_ends_every_watch_thread(tmp_path
 def test_stop_cuts_a_held_https_watch_too(tmp_path, standins):
     """The same over TLS (the path weftd takes in a cluster): shutting the socket down
     ends the read inside the TLS layer as well."""
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import NameOID
-    import ipaddress
-
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "kube-standin")])
-    now = datetime.datetime.now(datetime.timezone.utc)
-    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
-            .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(minutes=5))
-            .not_valid_after(now + datetime.timedelta(hours=1))
-            .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), False)
-            .add_extension(x509.BasicConstraints(ca=True, path_length=None), True)
-            .sign(key, hashes.SHA256()))
     sa = _serviceaccount(tmp_path)
-    certfile, keyfile = os.path.join(sa, "ca.crt"), str(tmp_path / "standin.key")
-    with open(certfile, "wb") as handle:
-        handle.write(cert.public_bytes(serialization.Encoding.PEM))
-    with open(keyfile, "wb") as handle:
-        handle.write(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                       serialization.NoEncryption()))
+    certfile, keyfile = self_signed(sa)
     served = standins(idle="hold", tls=(certfile, keyfile))
     source = KubeSource(f"https://127.0.0.1:{served.port}", sa)
     _, generation = source.list_policy_objects()

@@ -17,7 +17,7 @@ import yaml
 from cni_plugin.plugin import config as plugin_config
 from cni_plugin import etcd_flags
 from cni_plugin.agent import options
-from cni_plugin.cli import install_conflist
+from cni_plugin.cli import install_conflist, node_runtime
 from cni_plugin.cni import chain_version, netconf
 from cni_plugin.subnet import subnet_file
 from cni_plugin.subnet.lease import NetworkConfig
@@ -172,8 +172,10 @@ def test_daemonset_privileges_are_the_listed_capabilities_only():
     spec = artifacts.resource("DaemonSet")["spec"]["template"]["spec"]
     assert spec["hostNetwork"] is True and spec["automountServiceAccountToken"] is True  # policy source
     (role,) = [r for r in artifacts.resources(os.path.join(KUBE, "04-rbac.yaml")) if r["kind"] == "ClusterRole"]
-    assert all(rule["verbs"] == ["get", "list", "watch"] for rule in role["rules"])  # read-only
-    assert {r for rule in role["rules"] for r in rule["resources"]} == {"pods", "namespaces", "networkpolicies"}
+    # read-only: weftd's policy objects, and the one Node the installer reads by name
+    rules = {r: rule["verbs"] for rule in role["rules"] for r in rule["resources"]}
+    assert rules == {"pods": ["get", "list", "watch"], "namespaces": ["get", "list", "watch"],
+                     "networkpolicies": ["get", "list", "watch"], "nodes": ["get"]}
     weftd = artifacts.daemonset_container("weftd")["securityContext"]
     assert weftd["privileged"] is False
     assert set(weftd["capabilities"]["add"]) == DAEMONSET_CAPS and weftd["capabilities"]["drop"] == ["ALL"]
@@ -196,15 +198,19 @@ def test_daemonset_install_container_runs_the_image_script():
     text = open(script).read()
     mounts = {m["mountPath"] for m in install["volumeMounts"]}
     assert {"/host/opt", "/host/etc/cni/net.d"} <= mounts
-    env = {e["name"]: e["value"] for e in install["env"]}
+    env = {e["name"]: e.get("value", e.get("valueFrom")) for e in install["env"]}
     assert env["WEFT_CONFLIST"].startswith("/etc/weft/")
     assert "WEFT_CONFLIST" in text
-    # the conflist's cniVersion: weftctl install-conflist decides from the node's bin dir,
-    # WEFT_CNI_VERSION (read by weftctl from the environment) overrides it
+    # the conflist's cniVersion: weftctl install-conflist decides from the node's bin dir
+    # and the runtime its Node reports (the Node named by NODE_NAME, read with the pod's
+    # ServiceAccount); WEFT_CNI_VERSION (read by weftctl from the environment) overrides it
     assert 'weftctl" install-conflist "$conflist"' in text and '--cni-bin-dir "$host/opt/cni/bin"' in text
     assert install_conflist.VERSION_ENV in env
     if env[install_conflist.VERSION_ENV] != install_conflist.AUTO:
         chain_version.check_forced(env[install_conflist.VERSION_ENV], install_conflist.VERSION_ENV)
+    assert env[node_runtime.NODE_NAME_ENV] == {"fieldRef": {"fieldPath": "spec.nodeName"}}
+    if node_runtime.RUNTIME_ENV in env:
+        node_runtime.stated(env[node_runtime.RUNTIME_ENV])
     config = artifacts.daemonset_container("network-config", init=True)
     assert "weftctl network set weft --config /etc/weft/net-conf.json" in config["args"][0]
 

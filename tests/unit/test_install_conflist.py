@@ -1,6 +1,7 @@
 """weftctl install-conflist: what it writes and says, against stand-in plugins that
-support 1.1.0 (the decision itself: test_chain_version.py; the installer with real
-plugins: tests/e2e/test_install_conflist.py)."""
+support 1.1.0 and a runtime stated by hand (the decision itself: test_chain_version.py;
+reading the Node: test_node_runtime.py; the installer with real plugins and a stand-in
+API server: tests/e2e/test_install_conflist.py)."""
 
 import json
 
@@ -14,7 +15,8 @@ CONFLIST = {"cniVersion": "0.4.0", "name": "weft",
 
 @pytest.fixture
 def node(tmp_path, monkeypatch):
-    monkeypatch.delenv("WEFT_CNI_VERSION", raising=False)
+    for name in ("WEFT_CNI_VERSION", "WEFT_CONTAINER_RUNTIME", "NODE_NAME", "KUBERNETES_SERVICE_HOST"):
+        monkeypatch.delenv(name, raising=False)
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
     for name in ("weft", "weft-ipam", "portmap"):
@@ -25,10 +27,11 @@ def node(tmp_path, monkeypatch):
     return tmp_path, bin_dir, source, tmp_path / "net.d" / "10-weft.conflist"
 
 
-def install(node, *flags):
+def install(node, *flags, runtime="containerd://2.1.9"):
     _, bin_dir, source, dest = node
     dest.parent.mkdir(exist_ok=True)
-    return weftctl.main(["install-conflist", str(source), str(dest), "--cni-bin-dir", str(bin_dir), *flags])
+    stated = ["--runtime", runtime] if runtime else []
+    return weftctl.main(["install-conflist", str(source), str(dest), "--cni-bin-dir", str(bin_dir), *stated, *flags])
 
 
 def test_the_conflist_is_written_with_the_chosen_version_and_nothing_else_changed(node, capsys):
@@ -36,9 +39,39 @@ def test_the_conflist_is_written_with_the_chosen_version_and_nothing_else_change
     dest = node[3]
     assert json.loads(dest.read_text()) == {**CONFLIST, "cniVersion": "1.1.0"}
     out = capsys.readouterr().out
-    assert f"cniVersion 1.1.0 for {dest}: every plugin of the chain supports 1.1.0: weft, weft-ipam, portmap" in out
-    assert f"wrote {dest}" in out
+    assert (f"cniVersion 1.1.0 for {dest}: every plugin of the chain supports 1.1.0: weft, weft-ipam, portmap; "
+            f"and the runtime containerd://2.1.9 (stated by --runtime) takes 1.1.0") in out
+    assert f"wrote {dest}" in out and "note:" not in out
     assert install(node) == 0 and f"{dest} unchanged" in capsys.readouterr().out
+
+
+def test_without_a_known_runtime_the_plugins_are_not_enough(node, capsys, monkeypatch):
+    dest = node[3]
+    assert install(node, runtime=None) == 0
+    out = capsys.readouterr().out
+    assert (f"cniVersion 1.0.0 for {dest}: not 1.1.0: the runtime could not be confirmed: no node name to look up "
+            f"($NODE_NAME, or --node-name); every plugin of the chain supports 1.1.0: weft, weft-ipam, portmap\n"
+            f"weftctl install-conflist: note: on a runtime that takes 1.1.0 (containerd 2.0 or later, CRI-O 1.31 or "
+            f"later) state it with $WEFT_CONTAINER_RUNTIME or --runtime NAME://VERSION, or force the version with "
+            f"WEFT_CNI_VERSION=1.1.0\n") in out
+    assert json.loads(dest.read_text())["cniVersion"] == "1.0.0"
+    # a runtime known to refuse 1.1.0 needs no note: the reason says it all
+    assert install(node, runtime="containerd://1.7.13") == 0
+    out = capsys.readouterr().out
+    assert "not 1.1.0: the runtime containerd://1.7.13 (stated by --runtime) is older than containerd 2.0.0" in out
+    assert "note:" not in out
+    # the variable states it as the flag does
+    monkeypatch.setenv("WEFT_CONTAINER_RUNTIME", "cri-o://1.31.0")
+    assert install(node, runtime=None) == 0
+    assert "the runtime cri-o://1.31.0 (stated by WEFT_CONTAINER_RUNTIME) takes 1.1.0" in capsys.readouterr().out
+    assert json.loads(dest.read_text())["cniVersion"] == "1.1.0"
+
+
+def test_a_stated_runtime_that_does_not_parse_fails_and_nothing_is_written(node, capsys):
+    assert install(node, runtime="containerd 2.1.9") == 2
+    assert ("weftctl install-conflist: --runtime: 'containerd 2.1.9' is not a NAME://X.Y.Z runtime version "
+            "(e.g. containerd://2.1.9)") in capsys.readouterr().err
+    assert not node[3].exists()
 
 
 def test_the_flag_wins_over_the_variable_and_both_are_checked(node, capsys, monkeypatch):
