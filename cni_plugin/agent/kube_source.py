@@ -103,6 +103,17 @@ def _registry_error(exc: KubeApiError) -> RegistryError:
     return ApiError(str(exc), exc.status) if exc.status is not None else RegistryError(str(exc))
 
 
+def _list_page(page, path: str) -> dict:
+    """A list answer as the code below reads it (an object whose items are objects and
+    whose metadata is an object), or a RegistryError naming the path: JSON of another
+    shape is the server's mistake, not a crash of the listing."""
+    if (not isinstance(page, dict) or not isinstance(page.get("items") or [], list)
+            or not isinstance(page.get("metadata") or {}, dict)
+            or not all(isinstance(obj, dict) for obj in page.get("items") or [])):
+        raise RegistryError(f"the API server's list of {path} is not a Kubernetes list object")
+    return page
+
+
 def _suffix(kind: str, obj: dict) -> str:
     meta = obj.get("metadata") or {}
     parts = [kind] + ([meta.get("namespace") or "default"] if kind != "Namespace" else []) + [meta.get("name", "")]
@@ -150,7 +161,7 @@ class KubeSource:
             token = ""
             while True:
                 query = {"limit": PAGE, **({"continue": token} if token else {})}
-                page = self._get_json(f"{path}?{urllib.parse.urlencode(query)}")
+                page = _list_page(self._get_json(f"{path}?{urllib.parse.urlencode(query)}"), path)
                 for obj in page.get("items") or []:
                     rows.append((_suffix(kind, obj), json.dumps({**obj, "kind": kind,
                                                                   "apiVersion": _api_version(kind)})))

@@ -115,6 +115,19 @@ def test_a_refused_serviceaccount_names_rbac(tmp_path, standin):
         source.list_policy_objects()
 
 
+@pytest.mark.parametrize("answer", [[1, 2], {"items": "x"}, {"items": [3]}, {"items": [], "metadata": "x"}])
+def test_a_list_of_another_shape_is_a_registry_error_naming_the_path(tmp_path, answer):
+    recording = _recorded()
+    recording["objects"] = {PODS: json.dumps(answer)}  # valid JSON, not a Kubernetes list
+    served = StandIn("127.0.0.1", 0, recording, TOKEN).start()
+    try:
+        source = KubeSource(f"http://127.0.0.1:{served.port}", _serviceaccount(tmp_path))
+        with pytest.raises(RegistryError, match="/api/v1/pods is not a Kubernetes list object"):
+            source.list_policy_objects()
+    finally:
+        served.stop()
+
+
 def test_no_server_outside_a_pod_says_what_to_pass(monkeypatch):
     monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
     with pytest.raises(RegistryError, match="--kube-api-server"):
