@@ -15,7 +15,7 @@ import time
 
 from .cni import invoke
 from .etcd import EtcdCluster, EtcdServer
-from .namespaces import file_tail, Namespace, sh, stop_process
+from .namespaces import file_tail, Namespace, own_view_prefix, sh, stop_process
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 UNDERLAY = "192.168.100"
@@ -82,6 +82,7 @@ class Node:
         self.log_path = os.path.join(self.dir, "weftd.log")
         os.makedirs(self.dir, exist_ok=True)
         self.agent = None
+        self.agent_forked = False
         self.pods = []
         self._wire()
 
@@ -95,11 +96,17 @@ class Node:
         self.ns.run(["ip", "link", "set", "eth0", "up"])
 
     # -- the agent ------------------------------------------------------------
-    def start_agent(self, networks=("weft",), extra=(), enter=None):
+    def start_agent(self, networks=("weft",), extra=(), enter=None, own_view=False, weftd=None):
         """enter: argv prefix that runs a command in this node (default `ip netns exec`;
         e.g. a container runtime's mount namespace, so the agent opens the pod netns
-        paths the runtime hands to CNI)."""
-        exe = os.path.join(self.cluster.installed, "bin", "weftd")
+        paths the runtime hands to CNI).  own_view: the agent in this node's network
+        namespace but mount and PID namespaces of its own (namespaces.own_view: it sees
+        neither /run/netns nor the node's processes).  weftd: another weftd executable
+        (e.g. the previous version's, lab/previous.py)."""
+        exe = weftd or os.path.join(self.cluster.installed, "bin", "weftd")
+        if own_view:
+            enter = own_view_prefix(self.ns.name)
+        self.agent_forked = own_view
         args = [*(enter or ["ip", "netns", "exec", self.ns.name]), exe,
                 "--etcd-endpoints", self.cluster.etcd.endpoint, "--node-name", self.name,
                 "--public-ip", self.ip, "--run-dir", self.run_dir, "--state-dir", self.state_dir,
@@ -122,7 +129,37 @@ class Node:
 
     def stop_agent(self, sig=signal.SIGTERM):
         agent, self.agent = self.agent, None
+        if agent is not None and self.agent_forked and agent.poll() is None:
+            try:  # the wrapper ignores SIGTERM and exits with its child: signal weftd itself
+                os.kill(self._forked_child(agent.pid), sig)
+                agent.wait(timeout=AGENT_STOP_TIMEOUT)
+            except (OSError, ValueError, subprocess.TimeoutExpired):
+                pass  # stop_process below ends the wrapper, and its --kill-child weftd
         stop_process(agent, AGENT_STOP_TIMEOUT, sig)
+
+    def agent_pid(self) -> int:
+        """weftd's own PID (under own_view, the one child of the unshare wrapper)."""
+        return self._forked_child(self.agent.pid) if self.agent_forked else self.agent.pid
+
+    @staticmethod
+    def _forked_child(pid: int) -> int:
+        def child():
+            with open(f"/proc/{pid}/task/{pid}/children") as handle:
+                return handle.read().split()
+
+        return int(wait_for(child, 10, what=f"the child of agent wrapper {pid}")[0])
+
+    def agent_descriptors(self) -> list:
+        """What weftd holds open: the targets of /proc/<pid>/fd/* (sorted), e.g.
+        'net:[4026532...]' for a network namespace."""
+        directory = f"/proc/{self.agent_pid()}/fd"
+        found = []
+        for name in os.listdir(directory):
+            try:
+                found.append(os.readlink(os.path.join(directory, name)))
+            except FileNotFoundError:
+                continue  # closed while we looked
+        return sorted(found)
 
     def subnet_file(self, network="weft") -> str:
         return os.path.join(self.run_dir, f"{network}.env")
