@@ -150,14 +150,18 @@ class Node:
         return int(wait_for(child, 10, what=f"the child of agent wrapper {pid}")[0])
 
     def agent_descriptors(self) -> list:
-        """What weftd holds open: the targets of /proc/<pid>/fd/* (sorted), e.g.
-        'net:[4026532...]' for a network namespace."""
+        """What weftd holds open, sorted: 'namespace <inode>' for a namespace (however it
+        was opened: its link text is then a path or '/'), else the link's target in
+        /proc/<pid>/fd (a socket, a pipe, a file)."""
         directory = f"/proc/{self.agent_pid()}/fd"
+        nsfs = os.stat("/proc/self/ns/net").st_dev
         found = []
         for name in os.listdir(directory):
+            path = os.path.join(directory, name)
             try:
-                found.append(os.readlink(os.path.join(directory, name)))
-            except FileNotFoundError:
+                target = os.stat(path)
+                found.append(f"namespace {target.st_ino}" if target.st_dev == nsfs else os.readlink(path))
+            except OSError:
                 continue  # closed while we looked
         return sorted(found)
 

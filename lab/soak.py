@@ -11,7 +11,8 @@ The workers behave like a runtime: a failed or killed ADD is followed by DEL, a 
 DEL is retried until it succeeds.  At the end every fault is lifted, the pending DELs
 finish, and the audit counts what must be zero: IP reservations that belong to no live
 attachment, weft links and pod interfaces without one, nftables elements without a pod,
-and addresses the allocation history shows held by two attachments at once.
+and addresses the allocation history shows held by two attachments at once.  A last
+round on quiet agents compares each weftd's open descriptors before and after its calls.
 
 tests/cluster/test_soak.py runs it bounded; `make soak` runs a longer one.
 """
@@ -24,6 +25,7 @@ import signal
 import subprocess
 import threading
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 
 from .attachment import host_veth
@@ -302,7 +304,9 @@ class Soak:
         self.stop.set()
         threads[-1].join()
         self.settle()
+        descriptors = self.descriptor_round()
         report = self.stats.summary()
+        report["weftd descriptors"] = descriptors
         report["seed"] = self.seed
         self.history_records = 0
         report["leaks"] = self.audit()
@@ -321,6 +325,39 @@ class Soak:
                     wait_for(lambda: self._del_ok(node, slot), 60, interval=0.5,
                              what=f"DEL of {slot.cid} succeeding after the faults were lifted")
             self.gc(node)
+
+    def descriptor_round(self, cycles: int = 9) -> dict:
+        """weftd's open descriptors (/proc/<pid>/fd) before and after a round of
+        ADD/CHECK/DEL on each node, one agent process throughout, a third of the ADDs'
+        callers killed mid-call: a descriptor weftd received and kept (it would pin a dead
+        pod's namespace and veth) shows as a difference, reported as a problem."""
+        found = {}
+        for node in self.nodes:
+            slot = Slot(node, len(self.slots[node.index]))
+            self.slots[node.index].append(slot)  # audited and removed with the others
+            self.cycle(node, slot, None)  # warm: whatever the path opens once and keeps
+            pid, before = node.agent_pid(), node.agent_descriptors()
+            for trial in range(cycles):
+                self.cycle(node, slot, 0.02 * trial if trial % 3 == 1 else None)
+            try:  # an abandoned ADD's handler may still be unwinding
+                wait_for(lambda: node.agent_descriptors() == before, 15, interval=0.2)
+            except TimeoutError:
+                pass
+            after = node.agent_descriptors()
+            found[node.name] = {"pid": pid, "before": len(before), "after": len(after),
+                                "namespaces held": sum(1 for d in after if d.startswith("namespace "))}
+            if node.agent_pid() != pid or after != before:
+                gained, lost = Counter(after) - Counter(before), Counter(before) - Counter(after)
+                self.stats.problem(f"{node.name}: weftd's descriptors changed over the round: gained "
+                                   f"{sorted(gained.elements())}, lost {sorted(lost.elements())}")
+        return found
+
+    def cycle(self, node, slot, kill):
+        self.add(node, slot, kill)
+        if slot.state == "present":
+            self.check(node, slot)
+        wait_for(lambda: self._del_ok(node, slot), 60, interval=0.5,
+                 what=f"DEL of {slot.cid} in the descriptor round")
 
     def _del_ok(self, node, slot) -> bool:
         self.delete(node, slot, None)

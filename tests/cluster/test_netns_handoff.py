@@ -173,7 +173,7 @@ def test_weftd_that_sees_no_runtime_netns_directory_serves_them_all_and_keeps_no
         # every descriptor weftd received is closed: the same set as before, none a namespace
         wait_for(lambda: node.agent_descriptors() == before, 30,
                  what=f"weftd's descriptors back to {before} (now {node.agent_descriptors()})")
-        assert not [d for d in before if d.startswith("net:")], before
+        assert not [d for d in before if d.startswith("namespace ")], before
     finally:
         if sleeper is not None:
             sleeper.kill()
