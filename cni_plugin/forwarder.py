@@ -27,6 +27,7 @@ from .cni import wire
 DEFAULT_SOCKET = wire.DEFAULT_SOCKET
 
 DEFAULT_TIMEOUT = 60.0  # seconds; WEFT_AGENT_TIMEOUT overrides (runtimes wait minutes)
+# datapath/netns.py's OPEN_FLAGS, spelled with built-ins (that module imports fcntl)
 NETNS_OPEN_FLAGS = posix.O_RDONLY | posix.O_CLOEXEC | posix.O_NONBLOCK | posix.O_NOCTTY
 ABANDON_GRACE = 15.0  # seconds the agent has to confirm it abandoned a call past its deadline
 

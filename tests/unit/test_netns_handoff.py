@@ -88,6 +88,7 @@ def send(request: bytes, fds: list):
 
     def write():
         with client:
+            client.settimeout(10)  # as the forwarder's: a long request then goes out in parts
             wire.send_request(client, request, fds[0]) if len(fds) == 1 else \
                 socket.send_fds(client, [request], fds)
             client.shutdown(socket.SHUT_WR)
