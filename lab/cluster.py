@@ -12,6 +12,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections import Counter
 
 from .cni import invoke
 from .etcd import EtcdCluster, EtcdServer
@@ -149,6 +150,9 @@ class Node:
 
         return int(wait_for(child, 10, what=f"the child of agent wrapper {pid}")[0])
 
+    def agent_threads(self) -> int:
+        return len(os.listdir(f"/proc/{self.agent_pid()}/task"))
+
     def agent_descriptors(self) -> list:
         """What weftd holds open, sorted: 'namespace <inode>' for a namespace (however it
         was opened: its link text is then a path or '/'), else the link's target in
@@ -276,6 +280,20 @@ class Node:
         for pod in self.pods:
             pod.ns.delete()
         self.ns.delete()
+
+
+def descriptors_kept(before: list, after: list, new_threads: int) -> list:
+    """What weftd kept open between two listings (Node.agent_descriptors) that no new
+    thread explains: every descriptor gained that is not a socket (a namespace, FIFO or
+    file; open(2) never yields a socket, so no descriptor weft's forwarder hands over is
+    one), and sockets beyond one per thread started in between (each CNI worker keeps
+    its own libnftables context and its netlink socket: datapath/nft.py)."""
+    gained = Counter(after) - Counter(before)
+    kept = sorted(d for d in gained.elements() if not d.startswith("socket:"))
+    sockets = sum(d.startswith("socket:") for d in after) - sum(d.startswith("socket:") for d in before)
+    if sockets > max(new_threads, 0):
+        kept.append(f"{sockets} more sockets, {new_threads} more threads")
+    return kept
 
 
 class Cluster:

@@ -37,6 +37,10 @@ def test_soak_leaves_no_leak_and_never_holds_an_ip_twice(tmp_path, installed):
     assert report["history records audited"] >= report["by_operation"].get("ADD", 0) // 2, report
     assert report["problems"] == [], report
     assert all(not found for found in report["leaks"].values()), report["leaks"]
-    # every descriptor weftd received (the pods' namespaces) was closed
+    # every descriptor weftd received (the pods' namespaces) was closed: the counts match
+    # but for one nftables socket per CNI worker thread started during the round
     descriptors = report["weftd descriptors"]
-    assert len(descriptors) == 2 and all(d["before"] == d["after"] for d in descriptors.values()), descriptors
+    assert len(descriptors) == 2, descriptors
+    for counts in descriptors.values():
+        assert counts["kept"] == [] and counts["namespaces held"] == 0, descriptors
+        assert counts["before"] <= counts["after"] <= counts["before"] + counts["new threads"], descriptors
