@@ -6,8 +6,10 @@ than the rest of the call) and the protocol's own module, cni/wire.py.  It lives
 the package's top so that a call imports no package it does not need (each costs
 ~0.1 ms of the call).  It connects to the agent's unix socket (netconf key
 `agentSocket`, default /run/weft/weftd.sock), sends the CNI environment and stdin,
-and relays the agent's stdout and exit code.  No agent listening: the handlers run
-in this process (standalone mode, same semantics).  An agent that accepted the call
+and relays the agent's stdout and exit code; `weft` hands over the pod's network
+namespace too, opened here (open_netns), so weftd needs no view of the runtime's
+netns directory.  No agent listening: the handlers run in this process (standalone
+mode, same semantics).  An agent that accepted the call
 but does not answer within the deadline is told so (the forwarder shuts its sending
 half: weftd sees the caller leave, abandons the call and rolls it back) and the
 forwarder waits a grace period for its answer: the abandonment (code 11, nothing left
@@ -25,6 +27,8 @@ from .cni import wire
 DEFAULT_SOCKET = wire.DEFAULT_SOCKET
 
 DEFAULT_TIMEOUT = 60.0  # seconds; WEFT_AGENT_TIMEOUT overrides (runtimes wait minutes)
+# datapath/netns.py's OPEN_FLAGS, spelled with built-ins (that module imports fcntl)
+NETNS_OPEN_FLAGS = posix.O_RDONLY | posix.O_CLOEXEC | posix.O_NONBLOCK | posix.O_NOCTTY
 ABANDON_GRACE = 15.0  # seconds the agent has to confirm it abandoned a call past its deadline
 
 
@@ -70,7 +74,12 @@ def ask_agent(path: str, role: str, environ, stdin: bytes, timeout: float):
             sock.connect(path)
         except (FileNotFoundError, ConnectionRefusedError, PermissionError):
             raise AgentUnavailable(path)
-        sock.sendall(wire.encode_request(role, environ, stdin))
+        netns_fd = open_netns(environ) if role == "weft" else None
+        try:
+            wire.send_request(sock, wire.encode_request(role, environ, stdin), netns_fd)
+        finally:
+            if netns_fd is not None:
+                posix.close(netns_fd)
         try:
             return wire.read_reply(sock)
         except TimeoutError:
@@ -83,6 +92,22 @@ def ask_agent(path: str, role: str, environ, stdin: bytes, timeout: float):
             raise AgentSilent(path)
     finally:
         sock.close()
+
+
+def open_netns(environ):
+    """CNI_NETNS opened here, in the runtime's view of the filesystem, for weftd to use
+    (its own mount namespace may not show the runtime's netns directory, nor a
+    /proc/<pid>/ns/net of another PID namespace).  Non-blocking: a FIFO or a device
+    never holds the call up; what the descriptor is, weftd checks (a network namespace,
+    not its own) and refuses with a CNI error naming CNI_NETNS.  None when unset or
+    unopenable (a DEL whose namespace is already gone): weftd then goes by the path."""
+    path = environ.get(b"CNI_NETNS") if b"CNI_NETNS" in environ else environ.get("CNI_NETNS")
+    if not path:
+        return None
+    try:
+        return posix.open(path, NETNS_OPEN_FLAGS)
+    except (OSError, ValueError):  # ValueError: a NUL byte in the path
+        return None
 
 
 def _cni_error(code: int, msg: str, stdin: bytes) -> bytes:

@@ -12,10 +12,11 @@ import signal
 import subprocess
 import sys
 import time
+from collections import Counter
 
 from .cni import invoke
 from .etcd import EtcdCluster, EtcdServer
-from .namespaces import file_tail, Namespace, sh, stop_process
+from .namespaces import file_tail, Namespace, own_view_prefix, sh, stop_process
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 UNDERLAY = "192.168.100"
@@ -82,6 +83,7 @@ class Node:
         self.log_path = os.path.join(self.dir, "weftd.log")
         os.makedirs(self.dir, exist_ok=True)
         self.agent = None
+        self.agent_forked = False
         self.pods = []
         self._wire()
 
@@ -95,11 +97,17 @@ class Node:
         self.ns.run(["ip", "link", "set", "eth0", "up"])
 
     # -- the agent ------------------------------------------------------------
-    def start_agent(self, networks=("weft",), extra=(), enter=None):
+    def start_agent(self, networks=("weft",), extra=(), enter=None, own_view=False, weftd=None):
         """enter: argv prefix that runs a command in this node (default `ip netns exec`;
         e.g. a container runtime's mount namespace, so the agent opens the pod netns
-        paths the runtime hands to CNI)."""
-        exe = os.path.join(self.cluster.installed, "bin", "weftd")
+        paths the runtime hands to CNI).  own_view: the agent in this node's network
+        namespace but mount and PID namespaces of its own (namespaces.own_view: it sees
+        neither /run/netns nor the node's processes).  weftd: another weftd executable
+        (e.g. the previous version's, lab/previous.py)."""
+        exe = weftd or os.path.join(self.cluster.installed, "bin", "weftd")
+        if own_view:
+            enter = own_view_prefix(self.ns.name)
+        self.agent_forked = own_view
         args = [*(enter or ["ip", "netns", "exec", self.ns.name]), exe,
                 "--etcd-endpoints", self.cluster.etcd.endpoint, "--node-name", self.name,
                 "--public-ip", self.ip, "--run-dir", self.run_dir, "--state-dir", self.state_dir,
@@ -122,7 +130,44 @@ class Node:
 
     def stop_agent(self, sig=signal.SIGTERM):
         agent, self.agent = self.agent, None
+        if agent is not None and self.agent_forked and agent.poll() is None:
+            try:  # the wrapper ignores SIGTERM and exits with its child: signal weftd itself
+                os.kill(self._forked_child(agent.pid), sig)
+                agent.wait(timeout=AGENT_STOP_TIMEOUT)
+            except (OSError, ValueError, subprocess.TimeoutExpired):
+                pass  # stop_process below ends the wrapper, and its --kill-child weftd
         stop_process(agent, AGENT_STOP_TIMEOUT, sig)
+
+    def agent_pid(self) -> int:
+        """weftd's own PID (under own_view, the one child of the unshare wrapper)."""
+        return self._forked_child(self.agent.pid) if self.agent_forked else self.agent.pid
+
+    @staticmethod
+    def _forked_child(pid: int) -> int:
+        def child():
+            with open(f"/proc/{pid}/task/{pid}/children") as handle:
+                return handle.read().split()
+
+        return int(wait_for(child, 10, what=f"the child of agent wrapper {pid}")[0])
+
+    def agent_threads(self) -> int:
+        return len(os.listdir(f"/proc/{self.agent_pid()}/task"))
+
+    def agent_descriptors(self) -> list:
+        """What weftd holds open, sorted: 'namespace <inode>' for a namespace (however it
+        was opened: its link text is then a path or '/'), else the link's target in
+        /proc/<pid>/fd (a socket, a pipe, a file)."""
+        directory = f"/proc/{self.agent_pid()}/fd"
+        nsfs = os.stat("/proc/self/ns/net").st_dev
+        found = []
+        for name in os.listdir(directory):
+            path = os.path.join(directory, name)
+            try:
+                target = os.stat(path)
+                found.append(f"namespace {target.st_ino}" if target.st_dev == nsfs else os.readlink(path))
+            except OSError:
+                continue  # closed while we looked
+        return sorted(found)
 
     def subnet_file(self, network="weft") -> str:
         return os.path.join(self.run_dir, f"{network}.env")
@@ -244,6 +289,20 @@ class Node:
         for pod in self.pods:
             pod.ns.delete()
         self.ns.delete()
+
+
+def descriptors_kept(before: list, after: list, new_threads: int) -> list:
+    """What weftd kept open between two listings (Node.agent_descriptors) that no new
+    thread explains: every descriptor gained that is not a socket (a namespace, FIFO or
+    file; open(2) never yields a socket, so no descriptor weft's forwarder hands over is
+    one), and sockets beyond one per thread started in between (each CNI worker keeps
+    its own libnftables context and its netlink socket: datapath/nft.py)."""
+    gained = Counter(after) - Counter(before)
+    kept = sorted(d for d in gained.elements() if not d.startswith("socket:"))
+    sockets = sum(d.startswith("socket:") for d in after) - sum(d.startswith("socket:") for d in before)
+    if sockets > max(new_threads, 0):
+        kept.append(f"{sockets} more sockets, {new_threads} more threads")
+    return kept
 
 
 class Cluster:

@@ -49,6 +49,18 @@ class Namespace:
         self.delete()
 
 
+def own_view_prefix(netns: str, hidden=("/run/netns",)) -> list:
+    """argv prefix: run a command in network namespace `netns` but in mount and PID
+    namespaces of its own, with its own /proc and an empty tmpfs over each `hidden`
+    directory, so it sees neither the runtime's netns directory, nor any mount made
+    after it started, nor /proc/<pid> of a process outside (a containerized weftd
+    without the netns mount).  The command runs as PID 1 of its namespace, the child
+    of an `unshare` that ignores SIGTERM (signal the child; cluster.Node does)."""
+    script = "".join(f"mount -t tmpfs -o size=64k,mode=0755 weft-hidden {d} && " for d in hidden)
+    return ["ip", "netns", "exec", netns, "unshare", "--mount", "--propagation", "private", "--pid",
+            "--fork", "--mount-proc", "--kill-child=SIGTERM", "sh", "-c", script + 'exec "$@"', "own-view"]
+
+
 def file_tail(path: str, lines: int = 30) -> str:
     """The last lines of a log file a test process wrote ("" when there is none)."""
     try:

@@ -11,7 +11,8 @@ The workers behave like a runtime: a failed or killed ADD is followed by DEL, a 
 DEL is retried until it succeeds.  At the end every fault is lifted, the pending DELs
 finish, and the audit counts what must be zero: IP reservations that belong to no live
 attachment, weft links and pod interfaces without one, nftables elements without a pod,
-and addresses the allocation history shows held by two attachments at once.
+and addresses the allocation history shows held by two attachments at once.  A last
+round on quiet agents compares each weftd's open descriptors before and after its calls.
 
 tests/cluster/test_soak.py runs it bounded; `make soak` runs a longer one.
 """
@@ -27,7 +28,7 @@ import time
 from dataclasses import dataclass, field
 
 from .attachment import host_veth
-from .cluster import wait_for
+from .cluster import descriptors_kept, wait_for
 from .namespaces import Namespace, sh
 
 VXLAN = {"Network": "10.244.0.0/16", "Backend": {"Type": "vxlan", "VNI": 1}}
@@ -302,7 +303,9 @@ class Soak:
         self.stop.set()
         threads[-1].join()
         self.settle()
+        descriptors = self.descriptor_round()
         report = self.stats.summary()
+        report["weftd descriptors"] = descriptors
         report["seed"] = self.seed
         self.history_records = 0
         report["leaks"] = self.audit()
@@ -321,6 +324,40 @@ class Soak:
                     wait_for(lambda: self._del_ok(node, slot), 60, interval=0.5,
                              what=f"DEL of {slot.cid} succeeding after the faults were lifted")
             self.gc(node)
+
+    def descriptor_round(self, cycles: int = 9) -> dict:
+        """weftd's open descriptors (/proc/<pid>/fd) before and after a round of
+        ADD/CHECK/DEL on each node, one agent process throughout, a third of the ADDs'
+        callers killed mid-call: a descriptor weftd received and kept (it would pin a dead
+        pod's namespace and veth) shows as a difference, reported as a problem."""
+        found = {}
+        for node in self.nodes:
+            slot = Slot(node, len(self.slots[node.index]))
+            self.slots[node.index].append(slot)  # audited and removed with the others
+            self.cycle(node, slot, None)  # warm: whatever the path opens once and keeps
+            pid, before, threads = node.agent_pid(), node.agent_descriptors(), node.agent_threads()
+            for trial in range(cycles):
+                self.cycle(node, slot, 0.02 * trial if trial % 3 == 1 else None)
+            try:  # an abandoned ADD's handler may still be unwinding
+                wait_for(lambda: not descriptors_kept(before, node.agent_descriptors(),
+                                                      node.agent_threads() - threads), 15, interval=0.2)
+            except TimeoutError:
+                pass
+            after, new_threads = node.agent_descriptors(), node.agent_threads() - threads
+            kept = descriptors_kept(before, after, new_threads)
+            found[node.name] = {"pid": pid, "before": len(before), "after": len(after),
+                                "new threads": new_threads, "kept": kept,
+                                "namespaces held": sum(1 for d in after if d.startswith("namespace "))}
+            if node.agent_pid() != pid or kept:
+                self.stats.problem(f"{node.name}: weftd kept descriptors over the round: {kept}")
+        return found
+
+    def cycle(self, node, slot, kill):
+        self.add(node, slot, kill)
+        if slot.state == "present":
+            self.check(node, slot)
+        wait_for(lambda: self._del_ok(node, slot), 60, interval=0.5,
+                 what=f"DEL of {slot.cid} in the descriptor round")
 
     def _del_ok(self, node, slot) -> bool:
         self.delete(node, slot, None)

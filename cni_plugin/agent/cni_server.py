@@ -2,7 +2,8 @@
 
 Handlers run in this warm process (pyroute2 and friends already imported), in a
 bounded pool of threads; each call binds its own netlink sockets to the namespaces
-it touches, and weft-ipam allocates under the same file lock as the executable, so
+it touches (the pod's: the descriptor weft's forwarder handed over with the call, else
+CNI_NETNS's path, cni/wire.py), and weft-ipam allocates under the same file lock as the executable, so
 the agent and standalone executables can serve the same node at once.
 
 The caller's connection is watched: a `weft` process that was killed, or that gave up
@@ -67,17 +68,19 @@ class CniServer:
         with conn:
             conn.settimeout(READ_TIMEOUT)
             try:
-                role, environ, stdin = wire.read_request(conn)
-            except (OSError, ValueError) as exc:
+                role, environ, stdin, netns_fd = wire.read_request(conn)
+            except (OSError, ValueError) as exc:  # wire closed any descriptor that came along
                 self.log.warning(f"bad CNI request on {self.path}: {exc}")
                 return
             started = time.monotonic()
             caller.set_probe(lambda: caller_left(conn))
             try:
                 out, code = invoke(role, environ, stdin, via="agent", agent_masquerades=self.masquerades,
-                               agent_attaching=self.attaching)
+                                   agent_attaching=self.attaching, netns_fd=netns_fd)
             finally:
                 caller.set_probe(None)
+                if netns_fd is not None:  # held open, it would pin a dead pod's namespace and veth
+                    os.close(netns_fd)
             if caller_left(conn):
                 what = "had already committed" if code == 0 else "did not complete (nothing it made is left)"
                 self.log.warning(f"CNI {environ.get('CNI_COMMAND')} for {environ.get('CNI_CONTAINERID')} "

@@ -25,12 +25,15 @@ class Context:
     """via: "agent" or "standalone"; agent_masquerades(network) -> True when the serving
     agent owns that network's masquerade table; agent_attaching(network, ips, pod
     namespace, pod name): the serving agent's policy fast path, called by ADD before the
-    pod's interface exists (raises to refuse the ADD); steps: [(step, ms)] in order,
+    pod's interface exists (raises to refuse the ADD); netns_fd: the pod's network
+    namespace as weft's forwarder opened it and handed it to the serving agent (None:
+    CNI_NETNS's path is opened; whoever received it closes it after the call); steps: [(step, ms)] in order,
     recorded by lap() (a plain class: dataclasses would cost the standalone executables
     an import)."""
 
-    def __init__(self, via: str = "standalone", agent_masquerades=None, agent_attaching=None):
+    def __init__(self, via: str = "standalone", agent_masquerades=None, agent_attaching=None, netns_fd=None):
         self.via = via
+        self.netns_fd = netns_fd
         self.agent_masquerades = agent_masquerades or _never
         self.agent_attaching = agent_attaching or _nothing
         self.steps = []
@@ -69,14 +72,14 @@ def _log_settings(stdin: bytes, default: str) -> tuple:
 
 
 def run(handlers: dict, environ, stdin: bytes, via: str = "standalone", log_file: str = None,
-        agent_masquerades=None, agent_attaching=None) -> tuple:
+        agent_masquerades=None, agent_attaching=None, netns_fd=None) -> tuple:
     """(stdout bytes, exit code) for one invocation.  log_file: the log's default path
     (netconf `logFile` overrides it); None: the call is not logged."""
     from . import log
     from .dispatch import dispatch
 
     started = time.monotonic()
-    context = Context(via, agent_masquerades, agent_attaching)
+    context = Context(via, agent_masquerades, agent_attaching, netns_fd)
     token = _CURRENT.set(context)
     try:
         out, code = dispatch(handlers, environ, stdin)

@@ -50,14 +50,15 @@ def ensure_gateway_address(rt, bridge: str, index: int, gateway, network, force:
             raise DatapathError(f"cannot add {wanted} to bridge {bridge}: {exc.strerror}") from None
 
 
-def create_veth(rt, host_name: str, netns_path: str, ifname: str, mtu: int):
-    """A veth pair: host_name here, its peer named `ifname` inside netns_path."""
+def create_veth(rt, host_name: str, netns, ifname: str, mtu: int):
+    """A veth pair: host_name here, its peer named `ifname` inside the pod's namespace
+    (netns.PodNetns)."""
     try:
-        rt.add_veth(host_name, ifname, netns_path, mtu)
+        rt.add_veth(host_name, ifname, netns.ref, mtu)
     except NetlinkError as exc:
         if exc.code == errno.EEXIST:
             raise LinkConflict(f"cannot create veth {host_name} with peer {ifname} in "
-                           f"{netns_path}: a link of that name already exists (in the host or the "
+                           f"{netns.path}: a link of that name already exists (in the host or the "
                                "container)") from None
         raise DatapathError(f"cannot create veth {host_name}: {exc.strerror}") from None
     return rt.link(host_name)

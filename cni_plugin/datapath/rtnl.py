@@ -26,20 +26,30 @@ __all__ = ["LOOPBACK_INDEX", "Link", "Rtnl", "NetlinkError"]
 _libc = ctypes.CDLL(None, use_errno=True)
 
 
-def socket_in(netns_path: str, protocol: int = nl.NETLINK_ROUTE) -> socket.socket:
-    """A netlink socket that lives in netns_path (opened by a thread that setns'd)."""
+def namespace_fd(netns) -> int:
+    """A descriptor of network namespace `netns` for one use (the caller closes it):
+    a path is opened (non-blocking: never held up by a FIFO), a descriptor this process
+    holds (the one weft's forwarder handed weftd) is duplicated."""
+    if isinstance(netns, int):
+        return os.dup(netns)
+    return os.open(netns, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
+
+
+def socket_in(netns, protocol: int = nl.NETLINK_ROUTE) -> socket.socket:
+    """A netlink socket that lives in `netns`, a path or a descriptor (opened by a thread
+    that setns'd)."""
     box = {}
 
     def enter_and_open():
         try:
-            fd = os.open(netns_path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
+            fd = namespace_fd(netns)
         except OSError as exc:
             box["error"] = exc
             return
         try:
             if _libc.setns(fd, CLONE_NEWNET) != 0:
                 code = ctypes.get_errno()
-                box["error"] = OSError(code, f"setns({netns_path}): {os.strerror(code)}")
+                box["error"] = OSError(code, f"setns({netns}): {os.strerror(code)}")
                 return
             box["sock"] = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, protocol)
         finally:
@@ -54,13 +64,14 @@ def socket_in(netns_path: str, protocol: int = nl.NETLINK_ROUTE) -> socket.socke
 
 
 class RouteSocket:
-    """One plain rtnetlink socket, in this namespace or in `netns_path` (bound, with its
-    own sequence numbers); strict: the kernel checks dump requests strictly and filters
-    dumps by what they name (NETLINK_GET_STRICT_CHK, Linux 4.20)."""
+    """One plain rtnetlink socket, in this namespace or in `netns` (a path or a
+    descriptor: namespace_fd), bound, with its own sequence numbers; strict: the kernel
+    checks dump requests strictly and filters dumps by what they name
+    (NETLINK_GET_STRICT_CHK, Linux 4.20)."""
 
-    def __init__(self, netns_path: str = None, strict: bool = False):
-        if netns_path:
-            self.sock = socket_in(netns_path)
+    def __init__(self, netns=None, strict: bool = False):
+        if netns is not None and netns != "":  # a descriptor may be 0
+            self.sock = socket_in(netns)
         else:
             self.sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, nl.NETLINK_ROUTE)
         try:
@@ -83,11 +94,11 @@ class RouteSocket:
 
 
 class Rtnl(RouteSocket):
-    """One rtnetlink socket, in this namespace or in `netns_path`."""
+    """One rtnetlink socket, in this namespace or in `netns` (a path or a descriptor)."""
 
-    def __init__(self, netns_path: str = None):
+    def __init__(self, netns=None):
         # kernel-side filtering of dumps (addresses of one link, routes of one table)
-        super().__init__(netns_path, strict=True)
+        super().__init__(netns, strict=True)
 
     # -- transport -------------------------------------------------------------
     def _request(self, msg_type: int, flags: int, body: bytes, what: str, decode=None) -> list:
@@ -140,8 +151,9 @@ class Rtnl(RouteSocket):
                                     nl.nested(nl.IFLA_LINKINFO, nl.string_attr(nl.IFLA_INFO_KIND, "bridge"))),
                        f"add bridge {name}")
 
-    def add_veth(self, name: str, peer: str, peer_netns_path: str, mtu: int):
-        fd = os.open(peer_netns_path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
+    def add_veth(self, name: str, peer: str, peer_netns, mtu: int):
+        """peer_netns: a path, or a descriptor (namespace_fd)."""
+        fd = namespace_fd(peer_netns)
         try:
             # VETH_INFO_PEER holds a whole ifinfomsg (the peer's) with its attributes
             peer_msg = nl.ifinfomsg(nl.string_attr(nl.IFLA_IFNAME, peer), nl.u32_attr(nl.IFLA_NET_NS_FD, fd),
@@ -150,7 +162,7 @@ class Rtnl(RouteSocket):
                                         nl.nested(nl.IFLA_LINKINFO, nl.string_attr(nl.IFLA_INFO_KIND, "veth"),
                                                   nl.nested(nl.IFLA_INFO_DATA,
                                                             nl.attr(nl.VETH_INFO_PEER, peer_msg)))),
-                           f"add veth {name} (peer {peer} in {peer_netns_path})")
+                           f"add veth {name} (peer {peer} in {peer_netns})")
         finally:
             os.close(fd)
 

@@ -97,6 +97,14 @@ def _refuse_unpoliced(cfg) -> None:
                        "be put into its policy sets; start weftd (the runtime retries)")
 
 
+def _pod_netns(env):
+    """CNI_NETNS for the datapath: its path, and the descriptor weft's forwarder handed
+    the serving weftd, if any (then only the descriptor is opened)."""
+    from ..datapath import netns
+
+    return netns.PodNetns(env.netns, invocation.current().netns_fd)
+
+
 def _setup(cfg, env, mac: str, ipam: dict, rt) -> dict:
     from ..datapath import container, links, netns, sysctl
 
@@ -113,7 +121,7 @@ def _setup(cfg, env, mac: str, ipam: dict, rt) -> dict:
         sysctl.enable_forwarding({ip.version for ip in ips})
     lap("bridge")
     host_name = host_veth_name(env.container_id, env.ifname)
-    host = links.create_veth(rt, host_name, env.netns, env.ifname, cfg.mtu)
+    host = links.create_veth(rt, host_name, _pod_netns(env), env.ifname, cfg.mtu)
     sysctl.set_interface("ipv6", host_name, "accept_ra", "0")
     links.attach_to_bridge(rt, host.index, bridge.index, cfg.hairpin_mode)
     lap("veth")
@@ -123,7 +131,7 @@ def _setup(cfg, env, mac: str, ipam: dict, rt) -> dict:
     mac = mac or random_mac()
     source_validation.attach(cfg, source_validation.record_of(cfg, env, host_name, mac, ips))
     lap("validation")
-    with netns.open_container(env.netns) as crt:
+    with netns.open_container(_pod_netns(env)) as crt:
         inside = container.configure(crt, env.ifname, mac, ips, routes)
     lap("container")
     _ensure_masquerade(cfg, ips)
@@ -162,7 +170,7 @@ def cmd_add(env, conf):
 
     cfg = plugin_config.load(conf, "ADD")
     mac = plugin_config.requested_mac(cfg, env)
-    netns.check_container_netns(env.netns)
+    netns.check_container_netns(_pod_netns(env))
     host_name = host_veth_name(env.container_id, env.ifname)
     with attachment_lock.attachment(cfg.data_dir, host_name, "ADD", cfg.lock_timeout) as held, \
             netns.open_node() as rt:
@@ -237,9 +245,10 @@ def _delete(cfg, env, host_name: str) -> None:
 
     lap = invocation.current().lap
     errors = []
-    if env.netns and netns.netns_exists(env.netns):
+    pod = _pod_netns(env)
+    if env.netns and netns.netns_exists(pod):
         try:
-            with netns.open_container(env.netns) as crt:
+            with netns.open_container(pod) as crt:
                 links.delete(crt, env.ifname)  # takes the host end with it
         except Exception as exc:
             errors.append(exc)
@@ -288,7 +297,7 @@ def cmd_check(env, conf):
 
     cfg = plugin_config.load(conf, "CHECK")
     iface, ips, prev = _prev_attachment(cfg, env)
-    netns.check_container_netns(env.netns)
+    netns.check_container_netns(_pod_netns(env))
     host_name = host_veth_name(env.container_id, env.ifname)
     with attachment_lock.attachment(cfg.data_dir, host_name, "CHECK", cfg.lock_timeout):
         _check(cfg, env, iface, ips, prev, host_name)
@@ -309,7 +318,7 @@ def _check(cfg, env, iface, ips, prev, host_name: str) -> None:
     # routes that named no gateway were installed via the family's gateway
     routes = [(dst, gw if gw is not None else gateways.get(dst.version)) for dst, gw in routes
               if dst.version in gateways]
-    with netns.open_container(env.netns) as crt:
+    with netns.open_container(_pod_netns(env)) as crt:
         container.verify(crt, env.ifname, iface.get("mac", ""), ips, routes, cfg.mtu)
         mac = iface.get("mac") or container.current_mac(crt, env.ifname)
     with netns.open_node() as rt:

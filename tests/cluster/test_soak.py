@@ -1,7 +1,8 @@
 """Fault-injection soak of the per-pod path (issue 13, item 7): lab/soak.py, bounded.
 
 Two nodes with real etcd and weftd; ADD/DEL/CHECK/GC with kill -9 of the plugin and of
-the agents, etcd paused, a full and a read-only dataDir.  The bound comes from
+the agents, etcd paused, a full and a read-only dataDir; then weftd's open descriptors
+counted before and after a last round of calls.  The bound comes from
 WEFT_SOAK_SECONDS / WEFT_SOAK_OPS (`make soak` raises both); the figures are printed
 and written to soak-results/last.json.
 """
@@ -36,3 +37,10 @@ def test_soak_leaves_no_leak_and_never_holds_an_ip_twice(tmp_path, installed):
     assert report["history records audited"] >= report["by_operation"].get("ADD", 0) // 2, report
     assert report["problems"] == [], report
     assert all(not found for found in report["leaks"].values()), report["leaks"]
+    # every descriptor weftd received (the pods' namespaces) was closed: the counts match
+    # but for one nftables socket per CNI worker thread started during the round
+    descriptors = report["weftd descriptors"]
+    assert len(descriptors) == 2, descriptors
+    for counts in descriptors.values():
+        assert counts["kept"] == [] and counts["namespaces held"] == 0, descriptors
+        assert counts["before"] <= counts["after"] <= counts["before"] + counts["new threads"], descriptors
