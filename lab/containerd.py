@@ -12,8 +12,10 @@ How it is kept private, and what this machine needs (see TESTING.md):
 - A "holder" process enters the node's network namespace and a new mount namespace
   (propagation private: nothing mounted there reaches the host) and stays there until
   cleanup.  containerd, its shims, the pause processes and the CNI plugins run inside
-  it (`nsenter -t <holder> --mount --net`), and so does the node's weftd, so the pod
-  netns paths containerd hands to CNI open the same files for every party.
+  it (`nsenter -t <holder> --mount --net`), so the pod netns paths containerd hands to
+  CNI open the same files for containerd and the `weft` it runs.  The node's weftd
+  runs outside it (lab/cri_node.py: a mount namespace of its own) and gets each pod's
+  namespace from that `weft`, by descriptor.
 - In that mount namespace: a fresh sysfs for the node's netns (as `ip netns exec`
   does) with the cgroup hierarchies mounted again from the host's mountinfo (a fresh
   sysfs hides the hybrid v1+v2 mounts and runc then finds no cgroup); a tmpfs on /run

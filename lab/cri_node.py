@@ -3,7 +3,8 @@
     cluster.set_network("weft", {...})
     node = CriNode(cluster, extra_handlers={"broken": {...conflist...}, "missing": None},
                    which=release("2.1"))      # default: Debian 12's containerd 1.6
-    node.start()          # weftd (in containerd's mount namespace), ready, conflists, containerd
+    node.start_agent()    # weftd in the node's netns, mount and PID namespaces of its own
+    node.start()          # ready, conflists, containerd
     sandbox = node.run_sandbox("web")        # RunPodSandbox on the default (weft) handler
     node.cleanup()        # sandboxes and containerd; the cluster stops the agent
 
@@ -79,10 +80,12 @@ class CriNode:
     def client(self):
         return self.runtime.client()
 
-    def start_agent(self):
-        """weftd in the node, inside containerd's mount namespace (it opens pod netns paths)."""
+    def start_agent(self, **options):
+        """weftd in the node's network namespace but a mount and PID namespace of its own,
+        as in the DaemonSet: it sees none of containerd's pod netns paths, and gets each
+        pod's namespace from the `weft` that containerd runs (by descriptor)."""
         self.runtime.open()
-        return self.node.start_agent(enter=self.runtime.enter())
+        return self.node.start_agent(own_view=True, **options)
 
     def start(self):
         """After start_agent (of every node: leases first): wait for the lease, write the

@@ -44,7 +44,7 @@ from lab.cluster import REPO, Cluster, wait_for
 from lab.containerd import RELEASES, release
 from lab.cri import SANDBOX_READY
 from lab.cri_node import CriNode, copy_conflist
-from lab.namespaces import suffix
+from lab.namespaces import sh, suffix
 
 VXLAN = {"Network": "10.244.0.0/16", "Backend": {"Type": "vxlan", "VNI": 1}}
 STATIC_HOST = 200  # subnet.200 is what the "static" handler asks for
@@ -431,18 +431,24 @@ def test_cri_status_asks_weft_on_2_1_only(nodes):
 
 
 def test_an_unusable_ipam_store_turns_network_ready_false_on_2_1(nodes):
-    """The IPAM store's file system turns read-only (bound read-only where containerd
-    and weftd run): weft's STATUS answers 50 naming the store, and containerd 2.1
+    """The IPAM store's file system turns read-only (bound read-only in containerd's
+    mount namespace and in weftd's): weft's STATUS answers 50 naming the store, and containerd 2.1
     reports NetworkReady false with weft's message (kubelet then marks the node
     NotReady and schedules no new pods there).  1.6 never asks."""
     one = nodes[0]
     ipam = one.node.ipam_dir
-    one.runtime.in_node(["mount", "-n", "--bind", ipam, ipam])
+    # containerd's mount namespace (where `weft` runs) and weftd's own (it serves STATUS)
+    where = [one.runtime.in_node,
+             lambda argv: sh(["nsenter", "-t", str(one.node.agent_pid()), "--mount", *argv])]
+    for run in where:
+        run(["mount", "-n", "--bind", ipam, ipam])
     try:
-        one.runtime.in_node(["mount", "-n", "-o", "remount,bind,ro", ipam])
+        for run in where:
+            run(["mount", "-n", "-o", "remount,bind,ro", ipam])
         ready, reason, message = network_ready(one)
     finally:
-        one.runtime.in_node(["umount", "-n", ipam])
+        for run in where:
+            run(["umount", "-n", ipam])
     if one.release.name == "2.1":
         assert not ready and reason == "NetworkPluginNotReady", (ready, reason, message)
         # libcni hands on the plugin's msg as it is (no "plugin type=... failed" prefix)

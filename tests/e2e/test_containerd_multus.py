@@ -37,8 +37,7 @@ def cri_node(request, tmp_path_factory, installed):
         made = CriNode(cluster, {"": lambda cri: node_conflist(cri.node, cri.runtime.bin_dir, which.cni_version)},
                        which=which)
         os.symlink(binary, os.path.join(made.runtime.bin_dir, "multus"))
-        made.runtime.open()
-        made.node.start_agent(networks=tuple(NETWORKS), enter=made.runtime.enter())
+        made.start_agent(networks=tuple(NETWORKS))
         made.node.wait_ready("weft2")
         made.start()  # waits for weft's lease, writes the conflists, starts containerd
         yield made
