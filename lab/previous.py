@@ -12,14 +12,33 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BEFORE_NETNS_HANDOFF = "e57191c"
 
 
+def _have(commit: str) -> None:
+    """Make sure `commit` is in the clone: a shallow clone fetches its history once; a
+    clone without it fails here, naming the commit (never a skip)."""
+    def present():
+        return subprocess.run(["git", "-C", REPO, "cat-file", "-e", f"{commit}^{{commit}}"],
+                              capture_output=True, timeout=60).returncode == 0
+    if present():
+        return
+    shallow = subprocess.run(["git", "-C", REPO, "rev-parse", "--is-shallow-repository"], capture_output=True,
+                             text=True, timeout=60).stdout.strip() == "true"
+    if shallow:
+        subprocess.run(["git", "-C", REPO, "fetch", "-q", "--unshallow"], capture_output=True, timeout=300)
+    if not present():
+        raise RuntimeError(f"the previous version (commit {commit}) is not in {REPO}: the rolling-upgrade "
+                           "tests need the repository's history (a full clone, or `git fetch --unshallow`)")
+
+
 def source(path: str, commit: str = BEFORE_NETNS_HANDOFF) -> str:
     """One file of the repository as `commit` had it."""
+    _have(commit)
     return subprocess.run(["git", "-C", REPO, "show", f"{commit}:{path}"], capture_output=True, text=True,
                           check=True, timeout=60).stdout
 
 
 def install(dest: str, commit: str = BEFORE_NETNS_HANDOFF) -> str:
     """dest/cni/{weft,weft-ipam} and dest/bin/weftd of `commit`; returns dest."""
+    _have(commit)
     src = os.path.join(dest, "src")
     os.makedirs(src, exist_ok=True)
     archive = subprocess.run(["git", "-C", REPO, "archive", commit, "cni_plugin"], capture_output=True,
