@@ -56,10 +56,10 @@ def parse(argv=None):
                    help="source-validation figure: ADD+DEL pairs per side per round (default 4)")
     p.add_argument("--nodes", type=int, default=20, help="nodes of the convergence cluster (default 20)")
     p.add_argument("--leases", type=int, default=5, help="synthetic leases added and removed (default 5)")
-    p.add_argument("--sandboxes", type=int, default=20,
+    p.add_argument("--sandboxes", type=int, default=30,
                    help="RunPodSandbox calls per CRI runtime handler (weft with weftd, weft standalone, "
                         "reference) and containerd release (1.6, 2.1), on an empty node and again with pods up "
-                        "(default 20)")
+                        "(default 30)")
     p.add_argument("--policy-pods", type=int, default=1000, help="synthetic pods of the policy figure")
     p.add_argument("--policy-count", type=int, default=200, help="NetworkPolicies of the policy figure")
     p.add_argument("--policy-changes", type=int, default=20, help="policy changes timed to enforcement")
