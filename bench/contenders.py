@@ -1,6 +1,9 @@
-"""The three CNI contenders, each on its own bridge/subnet in its own node namespace.
+"""The four CNI contenders, each on its own bridge/subnet in its own node namespace.
 
-  go               /usr/lib/cni/bridge + host-local (the reference Go chain)
+  go               bridge + host-local of CNI plugins 1.9.1 (build/runtimes, `make deps`)
+                   at cniVersion 1.1.0: the reference Go chain, the ratios' denominator
+  go-1.1           the same from Debian 12's plugins 1.1.1 (/usr/lib/cni) at 1.0.0, the
+                   reference of earlier runs, kept for comparison
   weft-standalone  weft with agentSocket pointing where nobody listens (handlers run per exec)
   weft-agent       weft forwarding to a weftd running in that node namespace
 
@@ -15,17 +18,25 @@ import socket
 import subprocess
 import time
 
-from lab import netns_batch
+from lab import netns_batch, runtimes
 from lab.cni import invoke
 from lab.namespaces import stop_process
 
 from .context import ensure_dir, rss_mib
 
-GO, STANDALONE, AGENT = "go", "weft-standalone", "weft-agent"
-KINDS = (GO, STANDALONE, AGENT)
-LABELS = {GO: "Go bridge+host-local", STANDALONE: "weft standalone", AGENT: "weft agent"}
-REFERENCE_PLUGINS = "/usr/lib/cni"
+GO, GO_11, STANDALONE, AGENT = "go", "go-1.1", "weft-standalone", "weft-agent"
+KINDS = (GO, GO_11, STANDALONE, AGENT)
+REFERENCES = (GO, GO_11)
+LABELS = {GO: "Go bridge+host-local 1.9.1", GO_11: "Go bridge+host-local 1.1", STANDALONE: "weft standalone",
+          AGENT: "weft agent"}
+PLUGINS_11 = "/usr/lib/cni"  # Debian 12's containernetworking-plugins 1.1.1
 CNI_VERSION = "1.0.0"
+REFERENCE_CNI_VERSION = {GO: "1.1.0", GO_11: "1.0.0"}  # the newest each release speaks
+
+
+def reference_plugins(kind: str) -> str:
+    """The directory of a reference contender's Go plugins."""
+    return runtimes.cni_plugins_19() if kind == GO else PLUGINS_11
 AGENT_START_TIMEOUT = 30.0
 AGENT_STOP_TIMEOUT = 15.0
 CALL_TIMEOUT = 120
@@ -49,13 +60,15 @@ class Contender:
         self.agent = None
         self.agent_log = os.path.join(self.dir, "weftd.log")
         self.socket = os.path.join(self.dir, "run", "weftd.sock")
-        bridge = {GO: "gobr0", STANDALONE: "wsabr0", AGENT: "wagbr0"}[kind]
+        bridge = {GO: "gobr0", GO_11: "go11br0", STANDALONE: "wsabr0", AGENT: "wagbr0"}[kind]
         ipam = {"dataDir": os.path.join(self.dir, "ipam"), "ranges": [[{"subnet": self.subnet}]]}
         common = {"cniVersion": CNI_VERSION, "name": f"bench-{kind}", "bridge": bridge,
                   "isGateway": True, "isDefaultGateway": True, "ipMasq": False}
-        if kind == GO:
-            self.executable, self.cni_path = f"{REFERENCE_PLUGINS}/bridge", REFERENCE_PLUGINS
-            self.conf = {**common, "type": "bridge", "ipam": {"type": "host-local", **ipam}}
+        if kind in REFERENCES:
+            plugins = reference_plugins(kind)
+            self.executable, self.cni_path = f"{plugins}/bridge", plugins
+            self.conf = {**common, "cniVersion": REFERENCE_CNI_VERSION[kind], "type": "bridge",
+                         "ipam": {"type": "host-local", **ipam}}
         else:
             cni = os.path.join(ctx.installed, "cni")
             self.executable, self.cni_path = f"{cni}/weft", cni

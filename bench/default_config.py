@@ -6,11 +6,14 @@
         holds a real etcd lease (lab.cluster: etcd on an underlay namespace, the network
         config's defaults, so IPMasq true: the agent's node-wide masquerade table);
   go    bridge (ipMasq false, hairpinMode, isDefaultGateway, MTU 1450) + host-local +
-        portmap through the same driver: flannel's delegate chain (flannel masquerades
-        once per node, not in the chain).
+        portmap of CNI plugins 1.9.1 through the same driver: flannel's delegate chain
+        (flannel masquerades once per node, not in the chain); the ratios' denominator;
+  go-1.1  the same chain from Debian 12's plugins 1.1.1, kept for comparison.
+All conflists say cniVersion 1.0.0: the driver's libcni (1.1.2, containerd 1.6's)
+refuses a 1.1.0 result, so plugins 1.9.1 cannot be run at 1.1.0 through it.
 
-Both run in their own node namespace, one attachment at a time, ADD then DEL, the
-order of the two contenders rotating per attachment; then a batch of ADDs (and DELs)
+Each runs in its own node namespace, one attachment at a time, ADD then DEL, the
+order of the three contenders rotating per attachment; then a batch of ADDs (and DELs)
 by parallel callers, rounds rotating.  Also: weft's own per-step breakdown from its
 log (netconf logLevel debug), the forwarder's peak RSS, and the kernel's veth
 teardown floor that every DEL pays.
@@ -25,15 +28,17 @@ from concurrent.futures import ThreadPoolExecutor
 from lab import cnitool, netns_batch
 from lab.cluster import Cluster
 
+from .contenders import reference_plugins
 from .context import ensure_dir, quiesce, ratio, rotate, rss_mib, summary
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFLIST = os.path.join(REPO, "conf", "10-weft.conflist")
-REFERENCE_PLUGINS = "/usr/lib/cni"
 NETWORK = {"Network": "10.244.0.0/16", "Backend": {"Type": "vxlan", "VNI": 1}}  # IPMasq: default true
-WEFT, GO = "weft", "go"
+WEFT, GO, GO_11 = "weft", "go", "go-1.1"
+REFERENCES = (GO, GO_11)
 LABELS = {WEFT: "weft default (agent + etcd lease, masquerade on, libcni)",
-          GO: "Go bridge+host-local+portmap, ipMasq false (libcni)"}
+          GO: "Go bridge+host-local+portmap 1.9.1, ipMasq false (libcni)",
+          GO_11: "the same, plugins 1.1 (libcni)"}
 FLOOR_RUNS = 20
 
 
@@ -53,11 +58,11 @@ def _weft_conflist(node) -> dict:
     return conflist
 
 
-def _go_conflist(work) -> dict:
-    return {"cniVersion": "1.0.0", "name": "gochain", "plugins": [
+def _go_conflist(work, kind: str) -> dict:
+    return {"cniVersion": "1.0.0", "name": f"gochain-{kind}", "plugins": [
         {"type": "bridge", "bridge": "cni0", "isGateway": True, "isDefaultGateway": True, "ipMasq": False,
          "hairpinMode": True, "mtu": 1450,
-         "ipam": {"type": "host-local", "dataDir": os.path.join(work, "host-local"),
+         "ipam": {"type": "host-local", "dataDir": os.path.join(work, f"host-local-{kind}"),
                   "ranges": [[{"subnet": "10.245.7.0/24"}]], "routes": [{"dst": "10.245.0.0/16"}]}},
         {"type": "portmap", "capabilities": {"portMappings": True}}]}
 
@@ -156,7 +161,7 @@ def default_config(ctx, attachments: int, adds: int, workers: int, rounds: int) 
     exe = cnitool.build()
     work = ensure_dir(os.path.join(ctx.work, "default"))
     cluster = Cluster(os.path.join(work, "cluster"), ctx.installed, reconcile_interval=10.0)
-    go_node = None
+    go_nodes = {}
     pods = []
     try:
         cluster.set_network("weft", NETWORK)
@@ -164,16 +169,20 @@ def default_config(ctx, attachments: int, adds: int, workers: int, rounds: int) 
         node.start_agent()
         node.wait_ready()
         ctx.record(cluster.namespace_names())
-        go_node = ctx.namespace("wbdgo")
+        # weft's chain runs the headline release's portmap
         weft_driver = cnitool.Driver(exe, node.ns, os.path.join(work, "weft-driver"),
-                                     f"{ctx.installed}/cni:{REFERENCE_PLUGINS}")
-        go_driver = cnitool.Driver(exe, go_node, os.path.join(work, "go-driver"), REFERENCE_PLUGINS)
+                                     f"{ctx.installed}/cni:{reference_plugins(GO)}")
         conflist = _weft_conflist(node)
         weft_driver.write(conflist)
-        go_driver.write(_go_conflist(work))
-        contenders = [_Contender(WEFT, weft_driver, "weft"), _Contender(GO, go_driver, "gochain")]
+        contenders = [_Contender(WEFT, weft_driver, "weft")]
+        for kind in REFERENCES:
+            go_nodes[kind] = ctx.namespace(f"wbd{kind[0]}{kind[-1]}")
+            driver = cnitool.Driver(exe, go_nodes[kind], os.path.join(work, f"{kind}-driver"),
+                                    reference_plugins(kind))
+            driver.write(_go_conflist(work, kind))
+            contenders.append(_Contender(kind, driver, f"gochain-{kind}"))
         count = attachments + adds + 2
-        names = {c.kind: ctx.pod_namespaces(f"wbd{c.kind[0]}", count) for c in contenders}
+        names = {c.kind: ctx.pod_namespaces(f"wbd{c.kind[0]}{c.kind[-1]}", count) for c in contenders}
         pods = [n for v in names.values() for n in v]
         pod_of = {k: [_Pod(n) for n in v] for k, v in names.items()}
         for c in contenders:  # warm-up: bridge, caches, the agent's code paths
@@ -214,18 +223,18 @@ def default_config(ctx, attachments: int, adds: int, workers: int, rounds: int) 
                               "del_wall_s": sorted(walls[c.kind]["del"])[len(walls[c.kind]["del"]) // 2],
                               "add_walls_s": walls[c.kind]["add"], "del_walls_s": walls[c.kind]["del"],
                               "errors": len(errors[c.kind]), "error_samples": errors[c.kind][:3]}
-        for key in ("add_ms", "del_ms"):
-            result[f"{key}_p50_ratio"] = ratio(result[WEFT][key]["p50"], result[GO][key]["p50"])
-        for key in ("add_wall_s", "del_wall_s"):
-            result[f"{key}_ratio"] = ratio(result[WEFT][key], result[GO][key])
+        for ref, tail in ((GO, ""), (GO_11, "_vs_1_1")):  # against 1.9.1: the headline
+            for key in ("add_ms", "del_ms"):
+                result[f"{key}_p50_ratio{tail}"] = ratio(result[WEFT][key]["p50"], result[ref][key]["p50"])
+            for key in ("add_wall_s", "del_wall_s"):
+                result[f"{key}_ratio{tail}"] = ratio(result[WEFT][key], result[ref][key])
         result[WEFT]["steps_p50_ms"] = _steps(os.path.join(node.dir, "weft.log"), "seq-")
         result[WEFT]["forwarder_peak_rss_mib"] = _forwarder_rss(ctx, node, conflist)
         result[WEFT]["agent_rss_mib"] = rss_mib(node.agent.pid)
-        result["kernel_floor"] = _veth_floor(ctx, go_node.name)
+        result["kernel_floor"] = _veth_floor(ctx, go_nodes[GO].name)
         return result
     finally:
         cluster.cleanup()
-        if go_node is not None:
-            ctx.release([go_node.name])
+        ctx.release([n.name for n in go_nodes.values()])
         ctx.release(pods)
 

@@ -1,6 +1,6 @@
 """Targets (from issue 4) checked against one run's figures, and the printed tables."""
 
-from .contenders import AGENT, GO, KINDS, LABELS, STANDALONE
+from .contenders import AGENT, GO, GO_11, KINDS, LABELS, STANDALONE
 
 RSS_LIMIT_MIB = 80.0
 
@@ -38,13 +38,13 @@ def default_targets(d) -> list:
     if not d or "error" in d:
         return []
     w, g = d["weft"], d["go"]
-    out = [_check("default config: ADD p50 vs Go chain, libcni", d.get("add_ms_p50_ratio"), "<=", 1.0, "x",
+    out = [_check("default config: ADD p50 vs Go chain 1.9.1, libcni", d.get("add_ms_p50_ratio"), "<=", 1.0, "x",
                   f"{w['add_ms']['p50']} vs {g['add_ms']['p50']} ms"),
-           _check("default config: ADD p50 vs Go chain, libcni (stretch)", d.get("add_ms_p50_ratio"), "<=", 0.7,
+           _check("default config: ADD p50 vs Go chain 1.9.1, libcni (stretch)", d.get("add_ms_p50_ratio"), "<=", 0.7,
                   "x", f"{w['add_ms']['p50']} vs {g['add_ms']['p50']} ms"),
-           _check("default config: DEL p50 vs Go chain, libcni", d.get("del_ms_p50_ratio"), "<=", 1.0, "x",
+           _check("default config: DEL p50 vs Go chain 1.9.1, libcni", d.get("del_ms_p50_ratio"), "<=", 1.0, "x",
                   f"{w['del_ms']['p50']} vs {g['del_ms']['p50']} ms"),
-           _check(f"default config: {d['adds']} ADDs by {d['workers']} callers, wall vs Go chain",
+           _check(f"default config: {d['adds']} ADDs by {d['workers']} callers, wall vs Go chain 1.9.1",
                   d.get("add_wall_s_ratio"), "<=", 1.0, "x", f"{w['add_wall_s']} vs {g['add_wall_s']} s")]
     rss = _get(w, "forwarder_peak_rss_mib", "version_via_agent")
     out.append(_check("forwarder peak RSS, installed launcher, VERSION via the agent",
@@ -58,28 +58,37 @@ def default_table(figures: dict) -> list:
     if not d or "error" in d:
         return []
     labels = d["labels"]
-    lines = [_row(["figure", labels["go"], labels["weft"], "weft / Go"]), _row(["---"] * 4)]
+    refs = [k for k in ("go", "go-1.1") if k in d]  # runs before plugins 1.9.1 had "go" alone
+    lines = [_row(["figure", *(labels[k] for k in refs), labels["weft"],
+                   *(f"weft / {'Go 1.9.1' if k == 'go' else 'Go 1.1'}" for k in refs)]),
+             _row(["---"] * (2 + 2 * len(refs)))]
+
+    def add(label, values, digits=1, weft_only=False):
+        weft = values.get("weft")
+        lines.append(_row([label, *("" if weft_only else _fmt(values.get(k), digits) for k in refs),
+                           _fmt(weft, digits), *("" if weft_only else _fmt(_ratio(weft, values.get(k)), 2, "x")
+                                                 for k in refs)]))
+
     for key, label in (("add_ms", "ADD"), ("del_ms", "DEL")):
         for stat in ("p50", "p95"):
-            a, b = _get(d, "go", key, stat), _get(d, "weft", key, stat)
-            lines.append(_row([f"{label} {stat}, {d['attachments']} sequential (ms)", _fmt(a), _fmt(b),
-                               _fmt(_ratio(b, a), 2, "x")]))
+            add(f"{label} {stat}, {d['attachments']} sequential (ms)",
+                {k: _get(d, k, key, stat) for k in ("weft", *refs)})
     for key, label in (("add_wall_s", "ADDs"), ("del_wall_s", "DELs")):
-        a, b = _get(d, "go", key), _get(d, "weft", key)
-        lines.append(_row([f"{d['adds']} {label}, {d['workers']} callers: wall (s, median of {d['rounds']})",
-                           _fmt(a, 2), _fmt(b, 2), _fmt(_ratio(b, a), 2, "x")]))
+        add(f"{d['adds']} {label}, {d['workers']} callers: wall (s, median of {d['rounds']})",
+            {k: _get(d, k, key) for k in ("weft", *refs)}, 2)
     for command in ("add", "del"):
         steps = _get(d, "weft", "steps_p50_ms", command) or {}
         if steps:
             detail = ", ".join(f"{k} {v:.1f}" for k, v in steps.items() if k != "handler")
-            lines.append(_row([f"weft {command.upper()} inside the agent (its log, ms p50): {detail}", "",
-                               _fmt(steps.get("handler")), ""]))
-    floor = d.get("kernel_floor") or {}
+            add(f"weft {command.upper()} inside the agent (its log, ms p50): {detail}",
+                {"weft": steps.get("handler")}, weft_only=True)
+    floor = _get(d, "kernel_floor", "veth_del_ms")
     lines.append(_row(["kernel: delete a veth pair (`ip link del`, minus the exec of `ip`; ms p50)",
-                       _fmt(floor.get("veth_del_ms")), _fmt(floor.get("veth_del_ms")), ""]))
+                       *(_fmt(floor) for _ in refs), _fmt(floor), *("" for _ in refs)]))
     rss = _get(d, "weft", "forwarder_peak_rss_mib") or {}
-    lines.append(_row(["`weft` launcher peak RSS, VERSION via the agent / standalone (MiB)", "",
-                       f"{_fmt(rss.get('version_via_agent'), 1)} / {_fmt(rss.get('version_standalone'), 1)}", ""]))
+    lines.append(_row(["`weft` launcher peak RSS, VERSION via the agent / standalone (MiB)", *("" for _ in refs),
+                       f"{_fmt(rss.get('version_via_agent'), 1)} / {_fmt(rss.get('version_standalone'), 1)}",
+                       *("" for _ in refs)]))
     return lines
 
 
@@ -90,16 +99,16 @@ def targets(figures: dict, prepopulated=250) -> list:
     if seq and "error" not in seq:
         go_add, ag_add = _get(seq, GO, "add_ms", "p50"), _get(seq, AGENT, "add_ms", "p50")
         go_del, ag_del = _get(seq, GO, "del_ms", "p50"), _get(seq, AGENT, "del_ms", "p50")
-        out.append(_check("direct exec, masquerade off: ADD p50 through the agent vs Go chain", _ratio(ag_add, go_add), "<=", 1.0, "x",
+        out.append(_check("direct exec, masquerade off: ADD p50 through the agent vs Go chain 1.9.1", _ratio(ag_add, go_add), "<=", 1.0, "x",
                           f"{ag_add} vs {go_add} ms"))
-        out.append(_check("direct exec, masquerade off: ADD p50 through the agent vs Go chain (stretch)", _ratio(ag_add, go_add), "<=", 0.7,
+        out.append(_check("direct exec, masquerade off: ADD p50 through the agent vs Go chain 1.9.1 (stretch)", _ratio(ag_add, go_add), "<=", 0.7,
                           "x", f"{ag_add} vs {go_add} ms"))
-        out.append(_check("direct exec, masquerade off: DEL p50 through the agent vs Go chain", _ratio(ag_del, go_del), "<=", 1.0, "x",
+        out.append(_check("direct exec, masquerade off: DEL p50 through the agent vs Go chain 1.9.1", _ratio(ag_del, go_del), "<=", 1.0, "x",
                           f"{ag_del} vs {go_del} ms"))
     if par and "error" not in par:
         go_w, ag_w = _get(par, GO, "add_wall_s"), _get(par, AGENT, "add_wall_s")
         out.append(_check(f"direct exec, masquerade off: {par['adds']}-ADD batch wall ({par['workers']} callers), "
-                          "agent vs Go",
+                          "agent vs Go 1.9.1",
                           _ratio(ag_w, go_w), "<=", 1.0, "x", f"{ag_w} vs {go_w} s"))
     if scale and "error" not in scale:
         n = scale["prepopulated"]
@@ -154,18 +163,23 @@ def targets(figures: dict, prepopulated=250) -> list:
                           "<=", 100.0, "MiB", note))
     out += scale_targets(figures.get("scale"))
     out += source_validation_targets(figures.get("source-validation"))
-    crif = figures.get("cri")
-    if crif and "error" not in crif:
-        for phase, where in ((crif, "empty node"), (crif.get("resident"), "node with a pod")):
+    out += cri_targets(figures.get("cri"))
+    return out
+
+
+def cri_targets(fig) -> list:
+    """Per containerd release and phase: weft's default with weftd against the release's reference chain."""
+    if not fig or "error" in fig:
+        return []
+    out = []
+    for name, rel in (fig.get("releases") or {}).items():
+        for phase, where in ((rel, "empty node"), (rel.get("resident"), "node with a pod")):
             if not phase:
                 continue
-            weft = _get(phase, "weft", "run_ms", "p50")
-            out.append(_check(f"RunPodSandbox p50 (containerd CRI), weft vs reference chain, {where}",
-                              phase.get("run_p50_ratio"), "<=", 1.05, "x",
-                              f"{weft} vs {_get(phase, 'reference', 'run_ms', 'p50')} ms"))
-            out.append(_check(f"RunPodSandbox p50, weft vs reference chain, both masquerading, {where}",
-                              phase.get("masq_run_p50_ratio"), "<=", 1.05, "x",
-                              f"{weft} vs {_get(phase, 'reference_masq', 'run_ms', 'p50')} ms"))
+            out.append(_check(f"RunPodSandbox p50, containerd {name}, weft (weftd) vs reference chain "
+                              f"{rel.get('reference_plugins_version')}, {where}", phase.get("run_p50_ratio"), "<=",
+                              1.05, "x", f"{_get(phase, 'weft', 'run_ms', 'p50')} vs "
+                                         f"{_get(phase, 'reference', 'run_ms', 'p50')} ms"))
     return out
 
 
@@ -255,16 +269,14 @@ def _row(cells):
 
 def attachment_table(figures: dict) -> list:
     seq, par, scale = figures.get("sequential"), figures.get("parallel"), figures.get("density")
-    head = ["figure"] + [LABELS[k] for k in KINDS] + [f"{LABELS[STANDALONE]} / Go", f"{LABELS[AGENT]} / Go"]
+    pairs = [(k, ref) for k in (STANDALONE, AGENT) for ref in (GO, GO_11)]  # 1.9.1 first: the headline
+    head = ["figure"] + [LABELS[k] for k in KINDS] + [f"{LABELS[k]} / Go {LABELS[ref].rsplit(' ', 1)[1]}"
+                                                      for k, ref in pairs]
     lines = [_row(head), _row(["---"] * len(head))]
 
-    def add(label, values, digits=1, ratios=True, invert=False):
+    def add(label, values, digits=1, ratios=True):
         cells = [label] + [_fmt(values.get(k), digits) for k in KINDS]
-        for k in (STANDALONE, AGENT):
-            r = _ratio(values.get(k), values.get(GO)) if ratios else None
-            if r is not None and invert:
-                r = 1 / r if r else None
-            cells.append(_fmt(r, 2, "x") if ratios else "")
+        cells += [_fmt(_ratio(values.get(k), values.get(ref)), 2, "x") if ratios else "" for k, ref in pairs]
         lines.append(_row(cells))
 
     if seq and "error" not in seq:
@@ -414,32 +426,43 @@ def harness_floor_note(figures: dict) -> str:
             f"(exec of /bin/true) costs {floor:.1f} ms p50 and is in every figure above.")
 
 
-CRI_COLUMNS = (("weft", "weft (conf/10-weft.conflist: agent, masquerade)"), ("weft_no_masq", "weft, ipMasq false"),
-               ("reference", "bridge+host-local+portmap"), ("reference_masq", "the same, bridge ipMasq true"))
+CRI_COLUMNS = (("weft", "weft with weftd (conf/10-weft.conflist, masquerade)"),
+               ("weft_standalone", "weft standalone (no weftd, static ranges)"),
+               ("reference", "bridge+host-local+portmap"))
 
 
 def cri_table(figures: dict, resident: bool = False) -> list:
+    """RunPodSandbox and StopPodSandbox per containerd release, weft with weftd and standalone
+    against that release's reference chain."""
     crif = figures.get("cri")
-    if not crif or "error" in crif or (resident and not crif.get("resident")):
+    if not crif or "error" in crif or not crif.get("releases"):
         return []
-    phase = crif["resident"] if resident else crif
-    lines = [_row(["containerd CRI, one node" + (", one pod per handler stays up" if resident else ", empty"),
-                   *(title for _, title in CRI_COLUMNS), "weft / reference", "weft / reference, both masquerading"]),
-             _row(["---"] * 7)]
-    for key, label in (("run_ms", "RunPodSandbox"), ("stop_ms", "StopPodSandbox")):
-        for stat in ("p50", "p95"):
-            values = [_get(phase, name, key, stat) for name, _ in CRI_COLUMNS]
-            lines.append(_row([f"{label} {stat} (ms, {crif['rounds']} each, interleaved)",
-                               *(_fmt(v) for v in values), _fmt(_ratio(values[0], values[2]), 2, "x"),
-                               _fmt(_ratio(values[0], values[3]), 2, "x")]))
-    for key, label in (("add_in_handlers_ms", "ADD"), ("del_in_handlers_ms", "DEL")):
-        lines.append(_row([f"weft {label} inside its handlers (its log, ms p50)",
-                           _fmt(_get(phase, "weft", key, "p50")), _fmt(_get(phase, "weft_no_masq", key, "p50")),
-                           "—", "—", "", ""]))
-    if not resident:
-        lines.append(_row(["one plugin exec, VERSION, where containerd runs it (ms p50; Go: bridge)",
-                           _fmt(_get(crif, "exec_ms", "weft")), "", _fmt(_get(crif, "exec_ms", "bridge")), "",
-                           _fmt(_ratio(_get(crif, "exec_ms", "weft"), _get(crif, "exec_ms", "bridge")), 2, "x"), ""]))
+    lines = [_row(["containerd CRI, one node per release" + (", one pod per handler stays up" if resident
+                                                                  else ", empty"),
+                   *(title for _, title in CRI_COLUMNS), "weft / reference", "standalone / reference"]),
+             _row(["---"] * 6)]
+
+    def add(label, values, digits=1):
+        lines.append(_row([label, *(_fmt(v, digits) for v in values),
+                           *(_fmt(_ratio(v, values[2]), 2, "x") for v in values[:2])]))
+
+    for name, rel in crif["releases"].items():
+        phase = rel.get("resident") if resident else rel
+        if not phase:
+            continue
+        tag = (f"containerd {name} (plugins {rel.get('reference_plugins_version')}, cniVersion "
+               f"{rel.get('cni_version')})")
+        for key, label in (("run_ms", "RunPodSandbox"), ("stop_ms", "StopPodSandbox")):
+            for stat in ("p50", "p95"):
+                add(f"{tag}: {label} {stat} (ms, {crif['rounds']} each, interleaved)",
+                    [_get(phase, column, key, stat) for column, _ in CRI_COLUMNS])
+        for key, label in (("add_in_handlers_ms", "ADD"), ("del_in_handlers_ms", "DEL")):
+            lines.append(_row([f"{tag}: weft {label} inside its handlers (its log, ms p50)",
+                               _fmt(_get(phase, "weft", key, "p50")), _fmt(_get(phase, "weft_standalone", key, "p50")),
+                               "—", "", ""]))
+        if not resident:
+            add(f"{tag}: one plugin exec, VERSION, where containerd runs it (ms p50; Go: bridge)",
+                [_get(rel, "exec_ms", column if column != "reference" else "bridge") for column, _ in CRI_COLUMNS])
     return lines
 
 
@@ -471,7 +494,7 @@ def render(results: dict) -> str:
                          ("Scale (issue 17): cost against N", scale_table(figures)),
                          ("Runtimes (containerd CRI)", cri_table(figures)),
                          ("Runtimes (containerd CRI), steady state", cri_table(figures, resident=True)),
-                         ("Targets (issues 4, 14, 15, 17, 22)", targets_table(results["targets"]))):
+                         ("Targets (issues 4, 14, 15, 17, 22, 24)", targets_table(results["targets"]))):
         if len(lines) > 2:
             parts.append(f"**{title}**\n\n" + "\n".join(lines))
         if title.startswith("Direct exec") and harness_floor_note(figures):

@@ -1,4 +1,4 @@
-"""`make bench`: weft against the reference Go plugins, one run, every figure.
+"""`make bench`: weft against the reference Go plugins (1.9.1, and 1.1 beside them), one run, every figure.
 
     python -m bench.run [--attachments 200] [--smoke] [--out bench-results] [--only a,b] [--docs DIR]
 
@@ -31,7 +31,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FIGURES = ("default", "sequential", "parallel", "density", "throughput", "source-validation", "wireguard",
            "convergence", "cri", "policy", "scale")
 SMOKE = {"attachments": 10, "parallel": 10, "workers": 8, "parallel_rounds": 2, "prepopulate": 20, "measure": 5,
-         "iperf_seconds": 1, "iperf_rounds": 1, "nodes": 3, "leases": 2, "sandboxes": 3,
+         "iperf_seconds": 1, "iperf_rounds": 1, "nodes": 3, "leases": 2, "sandboxes": 2,
          "policy_pods": 40, "policy_count": 10, "policy_changes": 3, "policy_adds": 3,
          "scale_nodes": "10", "scale_wireguard_nodes": "10", "scale_churn": 6, "scale_quiet": 2.0,
          "sv_rounds": 1, "sv_seconds": 1.0, "sv_adds": 2}
@@ -57,7 +57,9 @@ def parse(argv=None):
     p.add_argument("--nodes", type=int, default=20, help="nodes of the convergence cluster (default 20)")
     p.add_argument("--leases", type=int, default=5, help="synthetic leases added and removed (default 5)")
     p.add_argument("--sandboxes", type=int, default=30,
-                   help="RunPodSandbox calls per CRI runtime handler (weft, reference) (default 30)")
+                   help="RunPodSandbox calls per CRI runtime handler (weft with weftd, weft standalone, "
+                        "reference) and containerd release (1.6, 2.1), on an empty node and again with pods up "
+                        "(default 30)")
     p.add_argument("--policy-pods", type=int, default=1000, help="synthetic pods of the policy figure")
     p.add_argument("--policy-count", type=int, default=200, help="NetworkPolicies of the policy figure")
     p.add_argument("--policy-changes", type=int, default=20, help="policy changes timed to enforcement")

@@ -1,5 +1,7 @@
 """`make bench` cannot rot: its reduced version (`--smoke`, ~30 s) runs every figure
-with tiny counts and must produce a complete, sane JSON for all three contenders.
+with tiny counts and must produce a complete, sane JSON for every contender (the
+reference Go chain of plugins 1.9.1 and of 1.1, weft standalone and through weftd),
+and the CRI figure for containerd 1.6 and 2.1.
 Timing goals are the benchmark's business; nothing here asserts a speed."""
 
 import json
@@ -12,7 +14,7 @@ import xml.etree.ElementTree as ET
 from bench import doc_tables
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-KINDS = ("go", "weft-standalone", "weft-agent")
+KINDS = ("go", "go-1.1", "weft-standalone", "weft-agent")
 FIGURES = {"default", "sequential", "parallel", "density", "throughput", "source-validation", "wireguard",
            "convergence", "cri", "policy", "scale"}
 
@@ -48,7 +50,7 @@ def test_bench_smoke(tmp_path, installed):
     assert meta["smoke"] is True and meta["machine"]["nproc"] >= 1 and meta["machine"]["kernel"]
 
     default = figures["default"]  # the headline: weft as installed, agent with a lease, through libcni
-    for kind in ("weft", "go"):
+    for kind in ("weft", "go", "go-1.1"):
         assert default[kind]["errors"] == 0, default[kind]["error_samples"]
         sane_ms(default[kind]["add_ms"], 10)
         sane_ms(default[kind]["del_ms"], 10)
@@ -118,6 +120,20 @@ def test_bench_smoke(tmp_path, installed):
     rss = conv["agent_rss_mib"]
     assert rss["agents"] == 3 and rss["pids_are_weftd"] and 5 < rss["mean"] <= rss["max"] < 1024
 
+    cri = figures["cri"]  # both containerd releases, each with its own reference plugins and cniVersion
+    assert set(cri["releases"]) == {"1.6", "2.1"} and cri["rounds"] == 2
+    assert {name: (rel["reference_plugins_version"], rel["cni_version"]) for name, rel in cri["releases"].items()} \
+        == {"1.6": ("1.1.1", "1.0.0"), "2.1": ("1.9.1", "1.1.0")}
+    for rel in cri["releases"].values():
+        for phase in (rel, rel["resident"]):
+            for handler in ("weft", "weft_standalone", "reference"):
+                sane_ms(phase[handler]["run_ms"], 2)
+                sane_ms(phase[handler]["stop_ms"], 2)
+            for handler, via in (("weft", "agent"), ("weft_standalone", "standalone")):  # weft's log says how
+                assert phase[handler]["add_in_handlers_ms"]["n"] == 2 and phase[handler]["via"] == [via], phase
+            assert phase["run_p50_ratio"] > 0 and phase["standalone_run_p50_ratio"] > 0
+        assert all(ms > 0 for ms in rel["exec_ms"].values()), rel["exec_ms"]
+
     # every target was measured, judged by its own rule, and printed with that verdict
     printed = {cells[0]: cells[-1] for cells in ([c.strip() for c in line.strip("|").split("|")]
                                                  for line in proc.stdout.splitlines() if line.startswith("| "))}
@@ -129,8 +145,8 @@ def test_bench_smoke(tmp_path, installed):
             assert check["pass"] is (value <= limit if check["op"] == "<=" else value >= limit), check
         assert printed.get(check["target"], "").startswith("PASS" if check["pass"] else "MISS"), \
             (check, printed.get(check["target"]))
-    for label in ("Go bridge+host-local", "weft standalone", "weft agent", "same node", "cross node",
-                  "new lease", "Targets"):
+    for label in ("Go bridge+host-local 1.9.1", "Go bridge+host-local 1.1", "weft standalone", "weft agent",
+                  "same node", "cross node", "new lease", "containerd 1.6", "containerd 2.1", "Targets"):
         assert label in proc.stdout
     # every figure's table in the docs (the copy) is now this run's, and nothing else moved
     assert "--smoke" in meta["command"], meta["command"]

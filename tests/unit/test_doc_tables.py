@@ -166,3 +166,51 @@ def test_every_figure_has_a_renderer_and_one_block_in_docs_and_every_block_a_fig
     for name, path in owner.items():  # each block names the run it came from
         start, end = doc_tables.markers(pages[path], path)[name]
         assert pages[path][start:end].lstrip("\n").startswith("_Run of "), (path, name)
+
+
+def _cri_release(weft, standalone, reference, plugins, cni_version):
+    def phase(scale):
+        stats = {label: {"run_ms": {"p50": ms * scale, "p95": ms * scale * 2},
+                         "stop_ms": {"p50": ms / 2, "p95": ms},
+                         "add_in_handlers_ms": {"p50": 5.0}, "del_in_handlers_ms": {"p50": 20.0}}
+                 for label, ms in (("weft", weft), ("weft_standalone", standalone), ("reference", reference))}
+        return {**stats, "run_p50_ratio": round(weft / reference, 3)}
+    return {**phase(1.0), "resident": phase(1.5), "cni_version": cni_version, "reference_plugins_version": plugins,
+            "exec_ms": {"weft": 16.0, "weft_standalone": 80.0, "bridge": 4.0}}
+
+
+def test_cri_block_has_both_containerd_releases_weftd_and_standalone_and_a_target_per_release_and_phase():
+    fig = {"rounds": 20, "releases": {"1.6": _cri_release(100.0, 300.0, 100.0, "1.1.1", "1.0.0"),
+                                      "2.1": _cri_release(110.0, 330.0, 100.0, "1.9.1", "1.1.0")},
+           "duration_s": 200.0, "cpu_idle_before": 0.9}
+    block = doc_tables.render("cri", fig, META)
+    rows = {}  # the first table's row where the steady-state table repeats a label
+    for line in block.splitlines():
+        if line.startswith("| "):
+            cells = [c.strip() for c in line.strip("|").split("|")]
+            rows.setdefault(cells[0], cells[1:])
+    assert rows["containerd 1.6 (plugins 1.1.1, cniVersion 1.0.0): RunPodSandbox p50 (ms, 20 each, interleaved)"] \
+        == ["100.0", "300.0", "100.0", "1.00x", "3.00x"]
+    assert rows["containerd 2.1 (plugins 1.9.1, cniVersion 1.1.0): RunPodSandbox p50 (ms, 20 each, interleaved)"] \
+        == ["110.0", "330.0", "100.0", "1.10x", "3.30x"]
+    assert rows["containerd 2.1 (plugins 1.9.1, cniVersion 1.1.0): one plugin exec, VERSION, where containerd "
+                "runs it (ms p50; Go: bridge)"] == ["16.0", "80.0", "4.0", "4.00x", "20.00x"]
+    verdicts = {name: cells[-1] for name, cells in rows.items() if name.startswith("RunPodSandbox p50, containerd")}
+    assert verdicts == {
+        "RunPodSandbox p50, containerd 1.6, weft (weftd) vs reference chain 1.1.1, empty node": "PASS",
+        "RunPodSandbox p50, containerd 1.6, weft (weftd) vs reference chain 1.1.1, node with a pod": "PASS",
+        "RunPodSandbox p50, containerd 2.1, weft (weftd) vs reference chain 1.9.1, empty node": "MISS (5% over)",
+        "RunPodSandbox p50, containerd 2.1, weft (weftd) vs reference chain 1.9.1, node with a pod": "MISS (5% over)"}
+
+
+def test_default_block_has_a_ratio_against_each_reference_release():
+    def side(add):
+        return {"add_ms": {"p50": add, "p95": add}, "del_ms": {"p50": add, "p95": add}, "add_wall_s": add / 10,
+                "del_wall_s": add / 10}
+    fig = {"attachments": 200, "adds": 100, "workers": 8, "rounds": 3,
+           "labels": {"weft": "weft default", "go": "Go 1.9.1 chain", "go-1.1": "Go 1.1 chain"},
+           "weft": side(30.0), "go": side(20.0), "go-1.1": side(25.0), "kernel_floor": {"veth_del_ms": 11.0},
+           "add_ms_p50_ratio": 1.5, "del_ms_p50_ratio": 1.5, "add_wall_s_ratio": 1.5}
+    table = doc_tables.RENDERERS["default"](fig)
+    assert table[0] == "| figure | Go 1.9.1 chain | Go 1.1 chain | weft default | weft / Go 1.9.1 | weft / Go 1.1 |"
+    assert table[2] == "| ADD p50, 200 sequential (ms) | 20.0 | 25.0 | 30.0 | 1.50x | 1.20x |"
