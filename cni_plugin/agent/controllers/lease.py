@@ -25,6 +25,7 @@ from . import register
 
 RENEW_EVERY_MAX = 3600.0
 PUBLISH_RETRY_FIRST = 0.5  # seconds from a failed publish of new backend data to the next try
+PUBLISH_RETRY_MAX = 30.0
 
 
 @register
@@ -166,7 +167,7 @@ class LeaseController(Controller):
         agent.write_status()
         if self._publish_timer is None:
             if self._publish_backoff is None:
-                self._publish_backoff = Backoff(PUBLISH_RETRY_FIRST, self.timers()[0][0])
+                self._publish_backoff = Backoff(PUBLISH_RETRY_FIRST, min(PUBLISH_RETRY_MAX, self.timers()[0][0]))
             self._publish_timer = threading.Timer(self._publish_backoff.next(), self._publish_due)
             self._publish_timer.daemon = True
             self._publish_timer.start()
