@@ -129,6 +129,12 @@ class Backend:
         return f"{kind} {key} {value}"
 
     # -- remote leases (pure) --------------------------------------------------------------
+    def local_entries(self, plan) -> list:
+        """[(kind, key, value)] of DEVICE_KINDS that this node's own device must hold
+        whatever the peers (e.g. WireGuard's listen port and key): compared and repaired
+        on every pass like peer entries, never removed as stale."""
+        return []
+
     def check_peer(self, plan, lease) -> None:
         """Raise ValueError naming what makes a remote lease unusable for this backend."""
 

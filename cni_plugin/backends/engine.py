@@ -196,6 +196,9 @@ def desired_state(plan: Plan) -> Desired:
             continue
         for kind, key, value in entries:
             desired.add(kind, key, value, lease.key)
+    if plan.device.index:
+        for kind, key, value in plan.backend.local_entries(plan):
+            desired.add(kind, key, value, plan.local.key)
     return desired
 
 

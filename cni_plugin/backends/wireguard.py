@@ -34,6 +34,7 @@ from . import register
 from .base import ROUTE, Backend, BackendDataError, Device, SetupResult
 
 PEER = "peer"  # device entry: public key -> (endpoint "ip:port", allowed IPs as sorted CIDR text)
+LISTENER = "listener"  # device entry: device name -> (listen port, fingerprint of the private key)
 DEFAULT_PORT = 51820
 OVERHEAD = {4: 60, 6: 80}  # outer IP 20/40 + UDP 8 + WireGuard header 16 + tag 16
 KEY_FILE = "wireguard.key"
@@ -132,6 +133,13 @@ def load_or_create_key(state_dir: str, network: str) -> str:
         raise BackendDataError(f"{exc}; delete {path} to make a new one (or send weftd SIGHUP)") from None
 
 
+def key_fingerprint(private_key: str) -> str:
+    """A short digest of a private key, to compare and log it without showing it."""
+    import hashlib
+
+    return hashlib.sha256(private_key.encode()).hexdigest()[:12] if private_key else "none"
+
+
 def write_new_key(state_dir: str, network: str) -> str:
     from ..fsutil import write_atomic
 
@@ -157,13 +165,15 @@ class WireguardData:
 class Wireguard(Backend):
     name = "wireguard"
     CONFIG_KEYS = ("ListenPort",)
-    DEVICE_KINDS = (PEER,)
-    NOTIFIED_KINDS = frozenset({ROUTE})  # peers: no notification, read every pass
+    DEVICE_KINDS = (LISTENER, PEER)
+    NOTIFIED_KINDS = frozenset({ROUTE})  # listener and peers: no notification, read every pass
 
     def __init__(self, config, log=None):
         super().__init__(config, log)
         self.driver = None  # datapath.wireguard's Kernel/UserspaceWireGuard, after setup()
         self.public_key = ""
+        self._private_key = ""  # kept to set it again when the device lost it; never logged
+        self.device_problem = None  # what the last read found wrong with the device itself
 
     # -- network config ------------------------------------------------------------
     @classmethod
@@ -213,6 +223,8 @@ class Wireguard(Backend):
         device = ensure_wireguard(nl, name, private_key, self.config.listen_port, mtu, addresses,
                                   os.path.join(node.run_dir, "wireguard"))
         self.driver = device.driver
+        self._private_key = private_key
+        self.device_problem = None
         if self.log is not None:
             self.log.info(f"WireGuard device {name}: {device.driver.implementation} implementation "
                           f"({device.action}), public key {self.public_key}, port {self.config.listen_port}",
@@ -222,6 +234,7 @@ class Wireguard(Backend):
     def rotate_key(self, nl, network, lease, node) -> WireguardData:
         private_key = write_new_key(node.state_dir, network.name)
         self.public_key = public_key_of(private_key)
+        self._private_key = private_key
         if self.driver is not None:
             self.driver.configure(private_key, self.config.listen_port)
         return WireguardData(public_key=self.public_key, listen_port=self.config.listen_port)
@@ -229,21 +242,49 @@ class Wireguard(Backend):
     def status(self) -> dict:
         return {"wireguard": {"device": device_name(self.config.listen_port),
                               "implementation": getattr(self.driver, "implementation", None),
-                              "publicKey": self.public_key, "listenPort": self.config.listen_port}}
+                              "publicKey": self.public_key, "listenPort": self.config.listen_port,
+                              "deviceProblem": self.device_problem}}
 
     # -- device entries: peers ---------------------------------------------------------
+    # The device's own listen port and key are an entry too (LISTENER): wireguard-go
+    # that could not bind its port (taken by another process, or by a wireguard-go still
+    # exiting) reports port 0 and receives nothing, a hand-made `wg set` may change either;
+    # the read every pass already carries both, so a mismatch is drift like a lost peer.
+    def local_entries(self, plan) -> list:
+        return [(LISTENER, plan.device.name, (self.config.listen_port, key_fingerprint(self._private_key)))]
+
     def read_device_entries(self, nl, plan) -> dict:
-        _, _, peers = self.driver.state()
-        return {(PEER, key): (peer.endpoint, peer.allowed_ips) for key, peer in peers.items()}
+        private, port, peers = self.driver.state()
+        entries = {(PEER, key): (peer.endpoint, peer.allowed_ips) for key, peer in peers.items()}
+        entries[(LISTENER, plan.device.name)] = (port, key_fingerprint(private))
+        self.device_problem = self._listener_problem(port, private)
+        return entries
+
+    def _listener_problem(self, port: int, private: str):
+        if port != self.config.listen_port:
+            bound = "its UDP socket is not bound" if port == 0 else f"listening on {port}"
+            return (f"{device_name(self.config.listen_port)} reports listen port {port}, not "
+                    f"{self.config.listen_port} ({bound}): no peer can reach this node; being repaired")
+        if private != self._private_key:
+            return f"{device_name(self.config.listen_port)} holds another private key; being repaired"
+        return None
 
     def write_device_entry(self, nl, plan, kind: str, key, value) -> None:
+        if kind == LISTENER:
+            self.driver.configure(self._private_key, value[0])
+            return
         endpoint, allowed_ips = value
         self.driver.set_peer(WgPeer(key, endpoint, allowed_ips))
 
     def delete_device_entry(self, nl, plan, kind: str, key, value) -> bool:
+        if kind == LISTENER:
+            return False  # always desired: never stale
         return self.driver.remove_peer(key)
 
     def describe_device_entry(self, plan, kind: str, key, value) -> str:
+        if kind == LISTENER:
+            port, fingerprint = value if value is not None else ("?", "?")
+            return f"device {key} listen port {port} private key #{fingerprint}"
         endpoint, allowed_ips = value if value is not None else ("?", ())
         return f"peer {key} endpoint {endpoint} allowed-ips {','.join(allowed_ips)} dev {plan.device.name}"
 

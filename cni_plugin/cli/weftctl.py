@@ -300,6 +300,8 @@ def status(args) -> int:
             print(f"  node ID    {state['nodeID']}")
         if state.get("problem"):
             print(f"  problem    {state['problem']}")
+        if state.get("unpublished"):
+            print(f"  unpublished {state['unpublished']}")
         if state.get("fatal"):
             print(f"  FATAL      {state['fatal']}")
         elif state.get("conflict"):
@@ -308,6 +310,8 @@ def status(args) -> int:
         if wireguard:
             print(f"  wireguard  {wireguard.get('device')} ({wireguard.get('implementation') or 'not set up'}), "
                   f"port {wireguard.get('listenPort')}, public key {wireguard.get('publicKey') or '-'}")
+            if wireguard.get("deviceProblem"):
+                print(f"             {wireguard['deviceProblem']}")
         print(f"  peers      {len(state.get('peers') or [])} programmed")
         for peer in state.get("peers") or []:
             print(f"             {peer}")

@@ -213,7 +213,14 @@ class UserspaceWireGuard:
         return private, port, peers
 
     def configure(self, private_key: str, listen_port: int) -> None:
-        self._request(f"set=1\nprivate_key={key_to_hex(private_key)}\nlisten_port={listen_port}\n")
+        try:
+            self._request(f"set=1\nprivate_key={key_to_hex(private_key)}\nlisten_port={listen_port}\n")
+        except WireGuardError as exc:
+            if f"(errno -{errno.EADDRINUSE})" not in str(exc):
+                raise
+            raise WireGuardError(f"wireguard-go {self.name} cannot listen on UDP port {listen_port}: another "
+                                 "socket holds it in this network namespace (another process, or a "
+                                 "wireguard-go still exiting); retrying") from None
 
     def set_peer(self, wanted: WgPeer) -> None:
         lines = [f"set=1", f"public_key={key_to_hex(wanted.public_key)}", f"endpoint={wanted.endpoint}",
@@ -241,7 +248,8 @@ def _checked(data: bytes, name: str) -> str:
     found = _ERRNO.search(text, max(0, len(text) - ERRNO_TAIL))
     code = found.group(1) if found else None
     if code != "0":
-        raise WireGuardError(f"wireguard-go {name} refused the request (errno {code})")
+        why = os.strerror(abs(int(code))) if code and code.lstrip("-").isdigit() else "no errno"
+        raise WireGuardError(f"wireguard-go {name} refused the request: {why} (errno {code})")
     return text
 
 

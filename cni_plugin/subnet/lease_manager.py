@@ -156,9 +156,16 @@ class LeaseManager:
 
     def republish(self, held: HeldLease, backend_data) -> HeldLease:
         """This node's lease with new BackendData (e.g. a rotated key), written to etcd
-        now and on every later adopt/renew."""
+        now; if that write fails, the template keeps it and every later renew writes it
+        until one succeeds (unpublished() says whether one still has to)."""
         self.template = replace(self.template, backend_data=backend_data)
         return self._adopt(held.lease.key, held.lease, held.lease_id)
+
+    def unpublished(self, held: HeldLease) -> bool:
+        """True while the lease in etcd (held.lease: the last one written or read back)
+        lacks something of this node's current template, e.g. a rotated key whose
+        write failed."""
+        return bool(held.lease_id) and held.lease != self._with_subnet(held.lease.subnet)
 
     def _adopt(self, key, lease, lease_id) -> HeldLease:
         mine = self._with_subnet(parse_subnet_key(key))
@@ -195,7 +202,7 @@ class LeaseManager:
         if held.lease_id == 0:
             return held  # reservations do not expire
         alive = self.registry.refresh(held.lease_id) > 0
-        if alive and not verify:
+        if alive and not verify and not self.unpublished(held):
             return held
         raw, revision = self.registry.list_leases(self.config.name)
         current = _parse_all(raw).get(held.lease.key)

@@ -369,3 +369,115 @@ def _programmed(node) -> str:
     wg_log = file_tail(os.path.join(node.run_dir, "wireguard", f"{DEV}.log"), 400).splitlines()
     handshakes = [line[:200] for line in wg_log if "andshake" in line or "invalid" in line or "Interface" in line]
     return f"{node.name}: {held}; log: {logged[-6:]}; wireguard-go: {handshakes[-12:]}"
+
+
+def _relists(node) -> int:
+    return node.log().count("relisting leases")
+
+
+def test_a_rotated_key_that_could_not_be_published_is_published_by_the_retry(tmp_path, installed):
+    """SIGHUP while etcd refuses this node's writes (its role made read-only: the watches
+    and lease keepalives go on, so nothing relists): the new key is on the device but not
+    in the lease.  The agent says so (status, log) and keeps trying; once etcd takes the
+    write, the lease carries the new key, peers pick it up and traffic flows, with no
+    relist and no restart."""
+    from lab.etcd import WEFT_PREFIX, WEFT_USER
+
+    cluster = Cluster(tmp_path / "cluster", installed, etcd_auth=True)
+    try:
+        nodes = start(cluster, 3, WIREGUARD)
+        one, two, three = nodes
+        pods = [node.add_pod() for node in nodes]
+        wait_tcp(pods[0], pods[1], 7500, "node1 -> node2 before rotation")
+        old_key, relists = public_key(two), _relists(two)
+
+        cluster.etcd.etcdctl("role", "revoke-permission", WEFT_USER, WEFT_PREFIX, "--prefix=true", check=True)
+        cluster.etcd.etcdctl("role", "grant-permission", WEFT_USER, "--prefix=true", "read", WEFT_PREFIX, check=True)
+        try:
+            two.agent.send_signal(signal.SIGHUP)
+            wait_for(lambda: (two.status().get("unpublished") or "").startswith("this node's new backend data"),
+                     60, 0.1, what="node2 reports its new key as unpublished")
+            new_key = public_key(two)
+            assert new_key != old_key
+            status = two.ns.run([f"{cluster.installed}/bin/weftctl", "status", "--run-dir", two.run_dir]).stdout
+            assert "unpublished this node's new backend data" in status
+            assert "not in its lease yet" in two.log()
+            assert new_key not in json.dumps(_leases(cluster))
+        finally:
+            cluster.etcd.etcdctl("role", "grant-permission", WEFT_USER, "--prefix=true", "readwrite", WEFT_PREFIX,
+                                 check=True)
+        wait_for(lambda: two.status().get("unpublished") is None, 60, 0.1, what="node2 published its new key")
+        lease = [row for row in _leases(cluster) if row["node"] == "node2"]
+        assert new_key in json.dumps(lease), lease
+        for node in (one, three):
+            wait_peers(node, [n for n in nodes if n is not node], "peers carry node2's new key")
+        wait_tcp(pods[0], pods[1], 7501, "node1 -> node2 after the late publish")
+        wait_tcp(pods[1], pods[2], 7502, "node2 -> node3 after the late publish")
+        assert _relists(two) == relists, "the key was published by a relist, not by the retry"
+        assert "lease published with this node's current backend data" in two.log()
+    finally:
+        cluster.cleanup()
+
+
+def _hold_udp(node, port):
+    """A process holding UDP `port` (IPv4 and IPv6) in the node's namespace; stop it by PID."""
+    code = ("import socket, sys, time\n"
+            "a = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); a.bind(('0.0.0.0', int(sys.argv[1])))\n"
+            "b = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)\n"
+            "b.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1); b.bind(('::', int(sys.argv[1])))\n"
+            "print('held', flush=True); time.sleep(600)\n")
+    holder = subprocess.Popen(["ip", "netns", "exec", node.ns.name, "python3", "-c", code, str(port)],
+                              stdout=subprocess.PIPE, text=True)
+    assert holder.stdout.readline().strip() == "held"
+    return holder
+
+
+def _release(holder):
+    holder.kill()
+    holder.wait()
+
+
+def test_wireguard_go_that_cannot_bind_its_port_is_repaired_when_the_port_frees(cluster):
+    one, two = start(cluster, 2, WIREGUARD)
+    src, dst = one.add_pod(), two.add_pod()
+    wait_tcp(src, dst, 7600, "pod-to-pod TCP before")
+    # 1. a restart whose new wireguard-go finds the port taken (an old one still exiting)
+    one.stop_agent()
+    one.stop_wireguard()
+    holder = _hold_udp(one, PORT)
+    try:
+        one.start_agent()
+        problem = f"cannot listen on UDP port {PORT}"
+        wait_for(lambda: problem in ((one.status() or {}).get("problem") or ""), 60, 0.1,
+                 what="node1's status names the port in use")
+        status = one.ns.run([f"{cluster.installed}/bin/weftctl", "status", "--run-dir", one.run_dir],
+                            check=False).stdout  # not ready: exit status 1
+        assert problem in status and "NOT READY" in status
+        assert problem in one.log()
+    finally:
+        _release(holder)
+    one.wait_ready()
+    wait_peers(one, [two], "node1's peers after the port freed")
+    wait_tcp(src, dst, 7601, "pod-to-pod TCP after the port freed")
+    wait_tcp(dst, src, 7602, "and back")
+    # 2. the running device loses its port (moved by hand, 51820 then taken): drift
+    repaired = one.status()["driftRepaired"]
+    one.wg("set", DEV, "listen-port", "40000")
+    holder = _hold_udp(one, PORT)
+    try:
+        wait_for(lambda: "reports listen port 40000, not 51820" in
+                 (one.status()["wireguard"].get("deviceProblem") or ""), 60, 0.1,
+                 what="node1's status names the wrong port")
+        status = one.ns.run([f"{cluster.installed}/bin/weftctl", "status", "--run-dir", one.run_dir],
+                            check=False).stdout
+        assert "reports listen port 40000, not 51820" in status
+        wait_for(lambda: problem in one.log(), 30, 0.1, what="the failed repair is logged with its cause")
+    finally:
+        _release(holder)
+    wait_for(lambda: one.status()["wireguard"].get("deviceProblem") is None, 60, 0.1,
+             what="node1's port repaired")
+    assert one.status()["driftRepaired"] > repaired
+    assert f"device {DEV} listen port {PORT} private key #" in one.log()
+    assert one.wg("show", DEV, "listen-port").strip() == str(PORT)
+    wait_tcp(src, dst, 7603, "pod-to-pod TCP after the repair")
+    wait_tcp(dst, src, 7604, "and back")

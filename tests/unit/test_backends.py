@@ -45,7 +45,7 @@ def test_every_backend_declares_which_entries_the_kernel_notifies_about():
     kinds = {name: engine.Plan.for_network(backends.get(name)(None), net({"Type": name}),
                                            lease(1, name), UNDERLAY, DEVICE).unnotified_kinds()
              for name in backends.names()}
-    assert kinds == {"host-gw": frozenset(), "vxlan": frozenset(), "wireguard": frozenset({"peer"})}
+    assert kinds == {"host-gw": frozenset(), "vxlan": frozenset(), "wireguard": frozenset({"listener", "peer"})}
     for name in backends.names():
         assert isinstance(backends.get(name).NOTIFIED_KINDS, frozenset), name
 

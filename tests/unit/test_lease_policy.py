@@ -9,6 +9,7 @@ import pytest
 from cni_plugin.backends.vxlan import VxlanData
 from cni_plugin.subnet.lease import ConfigError, Lease, NetworkConfig, parse_subnet_key, subnet_key
 from cni_plugin.subnet.lease_manager import LeaseConflict, LeaseManager, NoFreeSubnet
+from cni_plugin.subnet.registry import RegistryError
 
 
 class MemoryRegistry:
@@ -249,3 +250,24 @@ def test_republish_writes_new_backend_data_and_verify_retries_an_unpublished_one
     again = policy.renew(held, 60, verify=True)
     assert again.lease_id == held.lease_id
     assert json.loads(registry.keys[held.lease.key][0])["BackendData"]["VtepMAC"] == "02:00:00:00:00:42"
+
+
+def test_a_republish_whose_write_failed_is_written_by_the_next_plain_renew(tmp_path):
+    registry = MemoryRegistry()
+    policy = manager(registry, tmp_path)
+    held = policy.acquire(60)
+    assert not policy.unpublished(held)
+    working = registry.update_lease
+
+    def unreachable(*args):
+        raise RegistryError("etcd did not answer")
+
+    registry.update_lease = unreachable
+    with pytest.raises(RegistryError):
+        policy.republish(held, VxlanData(1, "02:00:00:00:00:42"))  # e.g. a rotated key
+    assert policy.unpublished(held)  # etcd still holds the old data: say so
+    registry.update_lease = working
+    again = policy.renew(held, 60)  # no verify asked: the pending data is written anyway
+    assert not policy.unpublished(again)
+    assert json.loads(registry.keys[held.lease.key][0])["BackendData"]["VtepMAC"] == "02:00:00:00:00:42"
+    assert policy.renew(again, 60) is again  # published: a plain renew reads nothing again

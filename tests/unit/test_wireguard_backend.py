@@ -15,7 +15,7 @@ import pytest
 from cni_plugin import backends
 from cni_plugin.backends import engine
 from cni_plugin.backends.base import ROUTE, BackendDataError, Device
-from cni_plugin.backends.wireguard import (PEER, WireguardConfig, WireguardData, check_key, key_path,
+from cni_plugin.backends.wireguard import (LISTENER, PEER, WireguardConfig, WireguardData, check_key, key_path,
                                            load_or_create_key, new_private_key, public_key_of, write_new_key)
 from cni_plugin.datapath.underlay import Underlay
 from cni_plugin.subnet.lease import ConfigError, Lease, NetworkConfig
@@ -46,11 +46,15 @@ class FakeDriver:
 
     def __init__(self):
         self.peers = {}
+        self.private, self.port = "", 51820
 
     def state(self):
         from cni_plugin.datapath.wireguard import WgPeer
 
-        return "", 51820, {k: WgPeer(k, e, a) for k, (e, a) in self.peers.items()}
+        return self.private, self.port, {k: WgPeer(k, e, a) for k, (e, a) in self.peers.items()}
+
+    def configure(self, private_key, listen_port):
+        self.private, self.port = private_key, listen_port
 
     def set_peer(self, peer):
         self.peers[peer.public_key] = (peer.endpoint, peer.allowed_ips)
@@ -182,7 +186,7 @@ def test_planning_peer_then_route_and_dual_stack_allowed_ips():
 def test_unusable_peers_say_why_and_are_not_programmed(peer, problem):
     p = plan(net({}), [peer])
     desired = engine.desired_state(p)
-    assert not desired.entries and problem in desired.errors[0]
+    assert [kind for kind, _ in desired.entries] == [LISTENER] and problem in desired.errors[0]
     with pytest.raises(engine.OverlayError, match=problem):
         engine.apply_peer(FakeNetlink(), p, peer)
 
@@ -213,14 +217,35 @@ def test_a_quiet_pass_reads_and_repairs_the_peers_only():
     driver.peers[key(9)] = ("192.168.77.9:51820", ("10.244.9.0/24",))  # a peer no lease wants
     del nl.table[ipaddress.ip_network("10.244.2.0/24")]
     kinds = p.unnotified_kinds()
-    assert kinds == {PEER}
+    assert kinds == {PEER, LISTENER}
     actual = engine.read_state(nl, p, kinds)
-    assert {kind for kind, _ in actual} == {PEER}
+    assert {kind for kind, _ in actual} == {PEER, LISTENER}
     drift = engine.reconcile_from(nl, p, actual, kinds=kinds)
     assert (drift.added, drift.removed) == (1, 1)
     assert set(driver.peers) == {key(2), key(3)}
     assert ipaddress.ip_network("10.244.2.0/24") not in nl.table  # not this pass's business
     assert engine.reconcile(nl, p).added == 1  # the full read puts the route back
+
+
+def test_a_device_that_lost_its_port_or_key_is_drift_repaired_every_pass():
+    """wireguard-go that could not bind its port reports port 0; a `wg set` may change
+    the port or key: the quiet pass's read sees it, writes both back, says what it was."""
+    nl = FakeNetlink()
+    p = plan(net({}), [lease(2)])
+    p.backend._private_key = new_private_key()
+    engine.reconcile(nl, p)
+    driver = p.backend.driver
+    assert (driver.private, driver.port) == (p.backend._private_key, 51820)
+    for private, port in ((driver.private, 0), (new_private_key(), 51820)):
+        driver.private, driver.port = private, port
+        actual = engine.read_state(nl, p, p.unnotified_kinds())
+        assert p.backend.status()["wireguard"]["deviceProblem"]
+        drift = engine.reconcile_from(nl, p, actual, kinds=p.unnotified_kinds())
+        assert (driver.private, driver.port) == (p.backend._private_key, 51820) and drift.added == 1
+        assert drift.details[0].startswith("device weft-wg.51820 listen port 51820 private key #")
+        assert private not in drift.details[0]
+        engine.read_state(nl, p, p.unnotified_kinds())
+        assert p.backend.status()["wireguard"]["deviceProblem"] is None
 
 
 def test_rotated_key_replaces_the_old_peer_and_removal_drops_peer_and_route():

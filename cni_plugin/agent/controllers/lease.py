@@ -14,15 +14,18 @@ no longer recreates its lease, until weftd is restarted under the new config.
 """
 
 import ipaddress
+import threading
 
 from ... import paths
 from ...subnet import subnet_file, validation
 from ...subnet.lease import ConfigError, Lease, NetworkConfig
 from ...subnet.lease_manager import LeaseConflict, LeaseManager, NodeCollision, collision_message
-from ..runtime import Controller
+from ..runtime import Backoff, Controller
 from . import register
 
 RENEW_EVERY_MAX = 3600.0
+PUBLISH_RETRY_FIRST = 0.5  # seconds from a failed publish of new backend data to the next try
+PUBLISH_RETRY_MAX = 30.0
 
 
 @register
@@ -144,11 +147,59 @@ class LeaseController(Controller):
         agent.metrics.ready.labels(agent.name).set(0)
 
     def publish(self, backend_data) -> None:
-        """Put new BackendData of this node (e.g. a rotated key) into its lease."""
+        """Put new BackendData of this node (e.g. a rotated key) into its lease.  A write
+        that fails is retried soon (PUBLISH_RETRY_FIRST seconds, doubling to the renew
+        interval) and by every renew, until etcd holds it; meanwhile the status file's
+        "unpublished" and a warning say so (peers still use the old data)."""
         agent = self.agent
-        agent.held = self.manager.republish(agent.held, backend_data)
-        agent.log.info("lease republished with new backend data", extra=agent.extra())
+        try:
+            agent.held = self.manager.republish(agent.held, backend_data)
+        except Exception as exc:
+            self._not_published(exc)
+            return
+        self._published()
+
+    def _not_published(self, exc) -> None:
+        agent = self.agent
+        self.unpublished = (f"this node's new backend data (e.g. a rotated key) is not in its lease yet, "
+                            f"peers still use the old one: {exc}")
+        agent.log.warning(f"{self.unpublished}; retrying", extra=agent.extra())
         agent.write_status()
+        if self._publish_timer is None:
+            if self._publish_backoff is None:
+                self._publish_backoff = Backoff(PUBLISH_RETRY_FIRST, min(PUBLISH_RETRY_MAX, self.timers()[0][0]))
+            self._publish_timer = threading.Timer(self._publish_backoff.next(), self._publish_due)
+            self._publish_timer.daemon = True
+            self._publish_timer.start()
+
+    def _publish_due(self) -> None:
+        """The timer's thread: the retry runs on the loop (dropped by a loop waiting out
+        a failure, whose relist renews, and so publishes, anyway)."""
+        self._publish_timer = None
+        self.agent.call_soon(self._publish_again)
+
+    def _publish_again(self) -> None:
+        if self.agent.held is not None and self.manager.unpublished(self.agent.held):
+            self.publish(self.manager.template.backend_data)
+
+    def _published(self) -> None:
+        agent = self.agent
+        if self._publish_backoff is not None:
+            self._publish_backoff.reset()
+        if self.unpublished is not None:
+            agent.log.info("lease published with this node's current backend data", extra=agent.extra())
+        else:
+            agent.log.info("lease republished with new backend data", extra=agent.extra())
+        self.unpublished = None
+        agent.write_status()
+
+    unpublished = None  # why etcd does not hold this node's current backend data yet
+    _publish_timer = None
+    _publish_backoff = None
+
+    def close(self):
+        if self._publish_timer is not None:
+            self._publish_timer.cancel()
 
     def timers(self):
         return [(min(self.agent.options.lease_ttl / 3.0, RENEW_EVERY_MAX), self.renew)]
@@ -199,8 +250,11 @@ class LeaseController(Controller):
             agent.registry.refresh(agent.held.lease_id)
             return
         before = agent.held.lease_id
+        pending = self.manager.unpublished(agent.held)
         agent.held = self.manager.renew(agent.held, agent.options.lease_ttl, verify)
         agent.metrics.renewals.labels(agent.name).inc()
+        if pending and not self.manager.unpublished(agent.held):
+            self._published()
         if agent.held.lease_id != before:
             agent.log.warning("lease recreated after it vanished", extra=agent.extra())
             agent.write_status()
@@ -211,4 +265,5 @@ class LeaseController(Controller):
         return {"lease": {"subnet": str(lease.subnet),
                           "ipv6Subnet": str(lease.ipv6_subnet) if lease.ipv6_subnet else None,
                           "publicIP": str(lease.public_ip), "vtepMAC": lease.vtep_mac,
-                          "leaseID": held.lease_id} if lease else None}
+                          "leaseID": held.lease_id} if lease else None,
+                "unpublished": self.unpublished}

@@ -14,7 +14,8 @@ must not be routed into the overlay).  Refusals are logged once each, counted in
 weft_leases_refused{network,reason} and listed in the status file.
 
 The "rotate-key" command (weftd's SIGHUP) has the backend make a new key, then the
-lease controller publishes it; peers re-program from their watch.
+lease controller publishes it (retrying a failed write until etcd holds it); peers
+re-program from their watch.
 
 A write or read that failed is retried by a full pass soon, not at the next periodic
 one: RETRY_FIRST seconds, doubling to the reconcile interval while it keeps failing.
@@ -218,10 +219,7 @@ class OverlayController(Controller):
         except Exception as exc:  # the old key stays in use everywhere
             agent.log.error(f"key rotation failed: {exc}", extra=agent.extra())
             return
-        try:
-            agent.controller("lease").publish(data)
-        except Exception as exc:  # the next renew publishes it (the template holds it)
-            agent.log.error(f"rotated key not published yet: {exc}", extra=agent.extra())
+        agent.controller("lease").publish(data)  # a failed write is retried until it lands
         self.plan = dataclasses.replace(self.plan, local=agent.held.lease)
         agent.log.info("node key rotated", extra=agent.extra())
         agent.write_status()
