@@ -23,6 +23,7 @@ def main(argv=None) -> int:
     from .. import etcd_flags
     from ..subnet.registry import RegistryError
     from .cni_server import CniServer
+    from .heap import HeapSettler
     from .network import NetworkAgent
     from .node import NodeError, NodeIdentity
 
@@ -81,9 +82,10 @@ def main(argv=None) -> int:
              extra={"node": node.name})
     for agent in agents:
         agent.start()
+    heap = HeapSettler(args.resync_interval)
     # the signal handlers run in this thread: Linux hands a process's signal to its main
     # thread first, and the wait is interrupted for them; the timeout is a backstop only
-    while not stop.wait(STOP_POLL):
+    while not stop.wait(min(STOP_POLL, heap.tick(all(a.programmed for a in agents)))):
         pass
     log.info("weftd stopping; datapath and leases stay in place", extra={"node": node.name})
     cni.stop()  # finish calls in flight, then the networks

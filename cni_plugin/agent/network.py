@@ -85,6 +85,11 @@ class NetworkAgent:
         return self.problem is None and self.conflict is None and self.config_problem is None
 
     @property
+    def programmed(self) -> bool:
+        """Ready, and the overlay's first pass has programmed the peers it listed."""
+        return self.ready and self.controller("overlay").synced_once
+
+    @property
     def reason(self):
         """Why the network is not ready (None when it is)."""
         return self.fatal or self.conflict or self.problem or self.config_problem
