@@ -363,8 +363,10 @@ def scale_table(figures: dict) -> list:
     fig = figures.get("scale")
     if not fig or "error" in fig or not fig.get("points"):
         return []
-    points = fig["points"]
-    lines = [_row(["N nodes (" + str(fig["agents"]) + " real agents)"] + [f"{p['n']:,}" for p in points]),
+    # the wireguard run's sizes as further columns (peers read every pass)
+    points = fig["points"] + list(fig.get("wireguard") or [])
+    lines = [_row(["N nodes (" + str(fig["agents"]) + " real agents)"]
+                  + [f"{p['n']:,}" + (" wireguard" if p.get("backend") == "wireguard" else "") for p in points]),
              _row(["---"] * (len(points) + 1))]
     rows = (("agent start -> all N-1 peers programmed (s)", ("start_to_programmed_s", "max"), 2),
             ("churn: new/removed lease -> kernel, p50 (ms)", ("churn", "p50_ms"), 1),
