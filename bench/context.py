@@ -126,6 +126,16 @@ def rss_mib(pid: int):
     return None
 
 
+def cpu_seconds(pid: int):
+    """User + system CPU seconds of a process so far; None when it is gone."""
+    try:
+        with open(f"/proc/{pid}/stat") as handle:
+            fields = handle.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def process_name(pid: int) -> str:
     try:
         with open(f"/proc/{pid}/cmdline", "rb") as handle:

@@ -49,7 +49,7 @@ import time
 from lab.cluster import Cluster, wait_for
 from lab.namespaces import file_tail
 
-from .context import percentile, rss_mib
+from .context import cpu_seconds, percentile, rss_mib
 from .convergence import LogFollower, Writer, teardown
 
 NETWORK = {"Network": "10.0.0.0/8", "SubnetLen": 24, "Backend": {"Type": "vxlan", "VNI": 1}}
@@ -77,15 +77,6 @@ def ghost(index: int, backend: str = "vxlan") -> tuple:
     value = json.dumps({"PublicIP": str(public_ip), "NodeName": f"scale-ghost-{index}", "BackendType": backend,
                         "BackendData": data}, sort_keys=True)
     return f"{subnet.network_address}-24", value, str(subnet)
-
-
-def _cpu_seconds(pid: int):
-    try:
-        with open(f"/proc/{pid}/stat") as handle:
-            fields = handle.read().rsplit(")", 1)[1].split()
-    except OSError:
-        return None
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def _metric(body: str, name: str) -> float:
@@ -167,11 +158,11 @@ def one_size(ctx, n: int, agents: int, churn: int, quiet: float, backend: str = 
         # the scrapes stay outside the CPU window: rendering /metrics is the bench's
         # cost, not the quiet agent's
         before_metrics = [node.http("/metrics")[1] for node in nodes]
-        before_cpu = [_cpu_seconds(node.agent.pid) for node in nodes]
+        before_cpu = [cpu_seconds(node.agent.pid) for node in nodes]
         before_etcd, _ = _etcd_requests(writer, cluster)
         time.sleep(quiet)
         after_etcd, methods = _etcd_requests(writer, cluster)
-        after_cpu = [_cpu_seconds(node.agent.pid) for node in nodes]
+        after_cpu = [cpu_seconds(node.agent.pid) for node in nodes]
         after_metrics = [node.http("/metrics")[1] for node in nodes]
         cpu_ms = [(a - b) * 1000.0 * RECONCILE_INTERVAL / quiet for a, b in zip(after_cpu, before_cpu)]
         passes, wall = [], []

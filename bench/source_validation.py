@@ -33,7 +33,7 @@ import time
 from lab.cluster import Cluster, wait_for
 from lab.namespaces import Namespace, stop_process
 
-from .context import quiesce, ratio, rotate, summary
+from .context import cpu_seconds, quiesce, ratio, rotate, summary
 from .throughput import _median, iperf
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -107,16 +107,6 @@ def _dropped(node) -> int:
     return count
 
 
-def _cpu_s(pid) -> float:
-    """User + system CPU seconds of a process so far (None when it is gone)."""
-    try:
-        with open(f"/proc/{pid}/stat") as handle:
-            fields = handle.read().rsplit(")", 1)[1].split()
-    except OSError:
-        return None
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 def conn_rate(server, client, seconds: float) -> dict:
     """bench.conn_rate: client -> server for `seconds`; the server stopped by its PID."""
     proc = subprocess.Popen(["ip", "netns", "exec", server.ns.name, sys.executable, "-m", "bench.conn_rate",
@@ -184,7 +174,7 @@ def source_validation(ctx, seconds: float, rounds: int, adds_per_round: int) -> 
         samples = {(kind, topo, side): [] for kind in ("conn", "tcp") for topo in TOPOLOGIES for side in SIDES}
         add_ms, del_ms = {side: [] for side in SIDES}, {side: [] for side in SIDES}
         dropped = {n.name: _dropped(n) for n in nodes}
-        cpu = {n.name: _cpu_s(n.agent.pid) for n in nodes}
+        cpu = {n.name: cpu_seconds(n.agent.pid) for n in nodes}
         for r in range(rounds):
             quiesce(ctx)
             order = rotate(list(SIDES), r)
@@ -216,7 +206,7 @@ def source_validation(ctx, seconds: float, rounds: int, adds_per_round: int) -> 
                   "dropped_during_rounds": {side: {n.name: _dropped(n) - dropped[n.name] for n in side_nodes[side]}
                                             for side in SIDES},
                   # each agent's CPU over the rounds: what validation costs outside the datapath
-                  "agent_cpu_s_during_rounds": {side: {n.name: round(_cpu_s(n.agent.pid) - cpu[n.name], 2)
+                  "agent_cpu_s_during_rounds": {side: {n.name: round(cpu_seconds(n.agent.pid) - cpu[n.name], 2)
                                                        for n in side_nodes[side]} for side in SIDES}}
         for topo in TOPOLOGIES:
             entry = {}
