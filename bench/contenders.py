@@ -73,7 +73,10 @@ class Contender:
             cni = os.path.join(ctx.installed, "cni")
             self.executable, self.cni_path = f"{cni}/weft", cni
             sock = self.socket if kind == AGENT else os.path.join(self.dir, "nobody-listens.sock")
+            # subnetFile: unused with explicit ranges, but the port records live beside it;
+            # in the bench's own tree they go with it, fill attachments included
             self.conf = {**common, "type": "weft", "agentSocket": sock,
+                         "subnetFile": os.path.join(self.dir, "run", f"bench-{kind}.env"),
                          "dataDir": os.path.join(self.dir, "weft"),
                          "logFile": os.path.join(self.dir, "weft.log"),
                          "ipam": {"type": "weft-ipam", **ipam}}

@@ -118,13 +118,22 @@ def detach(cfg, host_name: str) -> None:
                 record = ports.read(cfg.ports_dir, host_name)
             except ports.PortRecordError:
                 record = None  # unreadable: the agent's reconcile removes what no record wants
+            refused = None
             if record is not None:
-                source_guard.remove_port(cfg.name, _port(record))
+                try:
+                    source_guard.remove_port(cfg.name, _port(record))
+                except source_guard.NftError as exc:
+                    # the record goes anyway (the port is being torn down), and the error
+                    # is still the caller's: what the table keeps, the next repair (the
+                    # agent's, or a standalone ADD's ensure) removes, since no record wants it
+                    refused = exc
                 for directory, other in _others(cfg, record):
                     _restate(cfg, directory, other.port, lambda o: dataclasses.replace(
                         o, pod_addresses=tuple(a for a in o.pod_addresses if a not in record.addresses)))
                 ports.index_remove(os.path.dirname(cfg.ports_dir), record.container_id, cfg.ports_dir, host_name)
             ports.remove(cfg.ports_dir, host_name)
+        if refused is not None:
+            raise refused
     except LockTimeout as exc:
         raise CniError(IO_FAILURE, f"port records of network {cfg.name}: {exc}") from None
     except OSError as exc:

@@ -6,6 +6,7 @@ import os
 import pytest
 
 from cni_plugin.datapath.naming import host_veth_name
+from cni_plugin.guard import ports
 
 
 def assert_nothing_left(weft, node, cid="c1"):
@@ -107,12 +108,17 @@ def test_nft_failure_is_code_5_and_rolls_back(weft, node, pods):
     limit.  Everything before the first nftables step (source validation) worked; the
     error names the table, and is undone."""
     name = "n" * 252
-    conf = weft.conf(ipMasq=True, name=name)
+    subnet_file = f"{weft.tmp}/run/weft.env"  # the port records live beside it
+    conf = weft.conf(ipMasq=True, name=name, subnetFile=subnet_file)
     out = weft("ADD", conf, pods())
     assert out.code == 1 and out.json["code"] == 5, out
     assert "nftables refused" in out.json["msg"] and f"weft_source_{name}" in out.json["msg"], out
     assert "name too long" in out.json["msg"], out
     assert weft.ipam_files(name) == []
+    # the port record written before the refusal is gone too, and the pod index with it
+    assert ports.read_all(ports.directory_beside(subnet_file, name)) == ({}, [])
+    index = ports.pod_index(f"{weft.tmp}/run", "c1")
+    assert not os.path.isdir(index) or os.listdir(index) == []
     links = {entry["ifname"] for entry in node.ip_json("link", "show")}
     assert host_veth_name("c1", "eth0") not in links
     assert node.run(["nft", "list", "tables"]).stdout.strip() == ""
