@@ -214,7 +214,7 @@ def leases(args) -> int:
         if error is not None:
             rows.append({"network": name, "subnet": key, "error": error})
             continue
-        row = {"network": name, "subnet": str(lease.subnet), "node": lease.node_name,
+        row = {"network": name, "subnet": str(lease.key_subnet), "node": lease.node_name,
                "nodeID": lease.node_id or None,
                "publicIP": str(lease.public_ip), "vtepMAC": lease.vtep_mac,
                "ipv6Subnet": str(lease.ipv6_subnet) if lease.ipv6_subnet else None,

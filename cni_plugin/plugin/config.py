@@ -89,14 +89,14 @@ def _read_subnet_file(path: str, command: str):
 
 
 def _fill_from_lease(ipam: dict, lease) -> list:
-    """ranges and routes from the node's lease, as flannel's plugin does."""
-    ranges = [[{"subnet": str(lease.subnet.network), "gateway": str(lease.subnet.ip)}]]
-    routes = [{"dst": str(lease.network)}]
-    networks = [lease.network]
-    if lease.ipv6_subnet is not None:
-        ranges.append([{"subnet": str(lease.ipv6_subnet.network), "gateway": str(lease.ipv6_subnet.ip)}])
-        routes.append({"dst": str(lease.ipv6_network)})
-        networks.append(lease.ipv6_network)
+    """ranges and routes from the node's lease, as flannel's plugin does: one range per
+    family the subnet file carries (only IPv6 on an IPv6-only network)."""
+    ranges, routes, networks = [], [], []
+    for network, subnet in ((lease.network, lease.subnet), (lease.ipv6_network, lease.ipv6_subnet)):
+        if subnet is not None:
+            ranges.append([{"subnet": str(subnet.network), "gateway": str(subnet.ip)}])
+            routes.append({"dst": str(network)})
+            networks.append(network)
     ipam["ranges"] = ranges
     ipam.setdefault("routes", routes)
     return networks
