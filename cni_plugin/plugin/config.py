@@ -5,6 +5,7 @@ two in step.
 """
 
 import copy
+import ipaddress
 from dataclasses import dataclass, field
 
 from .. import paths
@@ -102,6 +103,41 @@ def _fill_from_lease(ipam: dict, lease) -> list:
     return networks
 
 
+def _ipv4_ranges(ipam: dict) -> list:
+    """[(key path, subnet text)] of the IPv4 ranges a conflist's ipam section names."""
+    found = []
+    members = [("ipam", ipam)] if "subnet" in ipam else []
+    ranges = ipam.get("ranges")
+    for i, raw_set in enumerate(ranges if isinstance(ranges, list) else []):
+        for j, raw in enumerate(raw_set if isinstance(raw_set, list) else []):
+            members.append((f"ipam.ranges[{i}][{j}]", raw))
+    for where, raw in members:
+        text = raw.get("subnet") if isinstance(raw, dict) else None
+        try:
+            if isinstance(text, str) and ipaddress.ip_network(text, strict=False).version == 4:
+                found.append((f"{where}.subnet", text))
+        except ValueError:
+            continue  # IPAM's own validation names it
+    return found
+
+
+def _refuse_ipv4_on_ipv6_only(name: str, ipam: dict, subnet_path: str) -> None:
+    """Explicit IPv4 ranges on a network whose subnet file says it is IPv6-only: refused
+    before anything is built (the pod could never reach another node over IPv4)."""
+    try:
+        lease = subnet_file.read(subnet_path)
+    except (OSError, subnet_file.SubnetFileError):
+        return  # no weft lease here: weft runs as a plain bridge plugin with its own ranges
+    if lease.network is not None:
+        return
+    wrong = _ipv4_ranges(ipam)
+    if wrong:
+        where, text = wrong[0]
+        raise CniError(INVALID_NETCONF, f"{where} {text!r} is an IPv4 range, but network {name} is IPv6-only "
+                       f"(EnableIPv4 false; subnet file {subnet_path} has no IPv4 subnet): remove the IPv4 "
+                       "ranges, or drop ipam.ranges and let weft fill in the node's IPv6 subnet")
+
+
 def load(conf: dict, command: str) -> WeftConf:
     """conf has passed the shared checks (version, name); validate weft's own keys."""
     name = conf["name"]
@@ -135,6 +171,8 @@ def load(conf: dict, command: str) -> WeftConf:
     cluster_networks = []
     subnet_path = opt("subnetFile", str, paths.subnet_file(paths.RUN_DIR, name), absolute=True)
     lease = None
+    if _has_ranges(ipam) and command == "ADD":
+        _refuse_ipv4_on_ipv6_only(name, ipam, subnet_path)
     if not _has_ranges(ipam):
         if command in ("ADD", "STATUS", "CHECK"):
             lease = _read_subnet_file(subnet_path, command)
