@@ -193,3 +193,15 @@ def test_an_agent_of_the_previous_version_refuses_ipv6_only_leases_and_keeps_run
     wait_for(lambda: "EnableIPv4 false is not supported" in (node.status("dual").get("problem") or ""), 30,
              what="the previous version naming the IPv6-only config it cannot serve")
     assert node.agent.poll() is None
+
+
+def test_ipv6_only_over_wireguard(cluster):
+    """The WireGuard backend carries an IPv6-only network over the IPv4 underlay: allowed
+    IPs and routes are the peers' IPv6 subnets only."""
+    nodes = cluster.start_nodes(2, {**CONFIG, "Backend": {"Type": "wireguard"}})
+    a, b = (node.add_pod() for node in nodes)
+    assert a.ping(b.ip) and b.ping(a.ip)
+    peer_subnet = nodes[1].status()["lease"]["ipv6Subnet"]
+    assert peer_subnet in nodes[0].wg("show", "weft-wg.51820", "allowed-ips")
+    assert [r["dst"] for r in nodes[0].ns.ip_json("-6", "route", "show", "proto", "119")] == [peer_subnet]
+    assert nodes[0].ns.ip_json("-4", "route", "show", "proto", "119") == []
