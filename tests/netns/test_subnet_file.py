@@ -108,3 +108,16 @@ def test_ipv4_ranges_on_an_ipv6_only_network_are_refused_before_anything_is_buil
     assert "ipam.ranges[1][0].subnet '10.244.7.0/24'" in out.json["msg"] and "IPv6-only" in out.json["msg"]
     assert weft.ipam_files() == []
     assert {e["ifname"] for e in node.ip_json("link", "show")} == links_before, "a bridge or veth was built"
+
+
+def test_ipv6_masquerade_off_per_family_standalone(weft, node, pods, tmp_path):
+    """WEFT_IPV6_IPMASQ=false (the network's IPv6Masq false): a standalone ADD puts the
+    node's IPv4 subnet into the masquerade table and leaves IPv6 routed."""
+    path = tmp_path / "weftnet.env"
+    write_lease(path, ipv6=True)
+    path.write_text(path.read_text() + "WEFT_IPV6_IPMASQ=false\n")
+    assert subnet_file.read(str(path)).masquerades(4) and not subnet_file.read(str(path)).masquerades(6)
+    assert weft("ADD", lease_conf(weft, path), pods()).code == 0
+    table = node.run(["nft", "list", "table", "inet", "weft_weftnet"]).stdout
+    src6 = table.split("set src6", 1)[1].split("}", 1)[0]
+    assert "10.244.3.0/24" in table and "fd00:10:244:3::/64" not in src6, table
