@@ -20,7 +20,7 @@ class HostGw(Backend):
                              "backend (optionally with DirectRouting) instead")
 
     def peer_entries(self, plan, lease) -> list:
-        out = [(ROUTE, lease.subnet, (lease.public_ip, plan.underlay.index, False))]
+        out = [] if lease.subnet is None else [(ROUTE, lease.subnet, (lease.public_ip, plan.underlay.index, False))]
         if plan.ipv6 and lease.ipv6_subnet is not None:
             gateway = plan.direct_ipv6(lease)
             if gateway is None:

@@ -118,9 +118,7 @@ class Vxlan(Backend):
 
     def setup(self, nl, network, lease, node, underlay) -> SetupResult:
         name = device_name(self.config.vni)
-        addresses = [ipaddress.ip_interface(f"{vtep_ip(lease.subnet)}/32")]
-        if lease.ipv6_subnet is not None:
-            addresses.append(ipaddress.ip_interface(f"{vtep_ip(lease.ipv6_subnet)}/128"))
+        addresses = [ipaddress.ip_interface(f"{vtep_ip(s)}/{s.max_prefixlen}") for s in lease.subnets]
         mtu = underlay.mtu - VXLAN_OVERHEAD
         device = ensure_vxlan(nl, name, self.config.vni, node.public_ip, self.config.port,
                               underlay.index, mtu, lease.backend_data.vtep_mac, addresses)
@@ -140,7 +138,9 @@ class Vxlan(Backend):
         direct4 = self.config.direct_routing and lease.public_ip in plan.underlay.network
         direct6 = plan.direct_ipv6(lease) if (v6 and self.config.direct_routing) else None
         neighbours, routes = [], []
-        if direct4:
+        if lease.subnet is None:  # an IPv6-only lease
+            pass
+        elif direct4:
             routes.append((ROUTE, lease.subnet, (lease.public_ip, plan.underlay.index, False)))
         else:
             neighbours.append((NEIGH, vtep_ip(lease.subnet), mac))
@@ -156,6 +156,5 @@ class Vxlan(Backend):
     def peer_owned(self, plan, lease) -> list:
         """FDB (only while it still points at the lease's PublicIP), then neighbours."""
         mac = getattr(lease.backend_data, "vtep_mac", "")
-        subnets = [s for s in (lease.subnet, lease.ipv6_subnet) if s is not None]
         owned = [(FDB, mac, lease.public_ip)] if mac else []
-        return owned + [(NEIGH, s.network_address, mac) for s in subnets]
+        return owned + [(NEIGH, s.network_address, mac) for s in lease.subnets]

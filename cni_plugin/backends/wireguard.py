@@ -216,9 +216,7 @@ class Wireguard(Backend):
         private_key = load_or_create_key(node.state_dir, network.name)
         self.public_key = public_key_of(private_key)
         # the subnet's .0 (and ::) on the device, as VXLAN does: the node answers on it
-        addresses = [ipaddress.ip_interface(f"{lease.subnet.network_address}/32")]
-        if lease.ipv6_subnet is not None:
-            addresses.append(ipaddress.ip_interface(f"{lease.ipv6_subnet.network_address}/128"))
+        addresses = [ipaddress.ip_interface(f"{s.network_address}/{s.max_prefixlen}") for s in lease.subnets]
         mtu = underlay.mtu - OVERHEAD[node.public_ip.version]
         device = ensure_wireguard(nl, name, private_key, self.config.listen_port, mtu, addresses,
                                   os.path.join(node.run_dir, "wireguard"))
@@ -301,9 +299,7 @@ class Wireguard(Backend):
     def peer_entries(self, plan, lease) -> list:
         data = lease.backend_data
         endpoint = endpoint_text(lease.public_ip, data.listen_port)
-        subnets = [lease.subnet]
-        if plan.ipv6 and lease.ipv6_subnet is not None:
-            subnets.append(lease.ipv6_subnet)
+        subnets = [s for s in lease.subnets if s.version == 4 or plan.ipv6]
         allowed = tuple(sorted(str(s) for s in subnets))
         return [(PEER, data.public_key, (endpoint, allowed))] + \
             [(ROUTE, s, (None, plan.device.index, False)) for s in subnets]

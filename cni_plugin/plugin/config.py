@@ -5,6 +5,7 @@ two in step.
 """
 
 import copy
+import ipaddress
 from dataclasses import dataclass, field
 
 from .. import paths
@@ -46,6 +47,8 @@ class WeftConf:
     delegate_conf: dict
     # destinations never masqueraded (the cluster network(s)), besides the pod subnet
     cluster_networks: list = field(default_factory=list)
+    # the address families masqueraded when ip_masq (the subnet file's per-family overrides)
+    ip_masq_families: tuple = (4, 6)
     runtime_config: dict = field(default_factory=dict)
     prev_result: dict = None
     raw: dict = field(default_factory=dict)
@@ -89,17 +92,52 @@ def _read_subnet_file(path: str, command: str):
 
 
 def _fill_from_lease(ipam: dict, lease) -> list:
-    """ranges and routes from the node's lease, as flannel's plugin does."""
-    ranges = [[{"subnet": str(lease.subnet.network), "gateway": str(lease.subnet.ip)}]]
-    routes = [{"dst": str(lease.network)}]
-    networks = [lease.network]
-    if lease.ipv6_subnet is not None:
-        ranges.append([{"subnet": str(lease.ipv6_subnet.network), "gateway": str(lease.ipv6_subnet.ip)}])
-        routes.append({"dst": str(lease.ipv6_network)})
-        networks.append(lease.ipv6_network)
+    """ranges and routes from the node's lease, as flannel's plugin does: one range per
+    family the subnet file carries (only IPv6 on an IPv6-only network)."""
+    ranges, routes, networks = [], [], []
+    for network, subnet in ((lease.network, lease.subnet), (lease.ipv6_network, lease.ipv6_subnet)):
+        if subnet is not None:
+            ranges.append([{"subnet": str(subnet.network), "gateway": str(subnet.ip)}])
+            routes.append({"dst": str(network)})
+            networks.append(network)
     ipam["ranges"] = ranges
     ipam.setdefault("routes", routes)
     return networks
+
+
+def _ipv4_ranges(ipam: dict) -> list:
+    """[(key path, subnet text)] of the IPv4 ranges a conflist's ipam section names."""
+    found = []
+    members = [("ipam", ipam)] if "subnet" in ipam else []
+    ranges = ipam.get("ranges")
+    for i, raw_set in enumerate(ranges if isinstance(ranges, list) else []):
+        for j, raw in enumerate(raw_set if isinstance(raw_set, list) else []):
+            members.append((f"ipam.ranges[{i}][{j}]", raw))
+    for where, raw in members:
+        text = raw.get("subnet") if isinstance(raw, dict) else None
+        try:
+            if isinstance(text, str) and ipaddress.ip_network(text, strict=False).version == 4:
+                found.append((f"{where}.subnet", text))
+        except ValueError:
+            continue  # IPAM's own validation names it
+    return found
+
+
+def _refuse_ipv4_on_ipv6_only(name: str, ipam: dict, subnet_path: str) -> None:
+    """Explicit IPv4 ranges on a network whose subnet file says it is IPv6-only: refused
+    before anything is built (the pod could never reach another node over IPv4)."""
+    try:
+        lease = subnet_file.read(subnet_path)
+    except (OSError, subnet_file.SubnetFileError):
+        return  # no weft lease here: weft runs as a plain bridge plugin with its own ranges
+    if lease.network is not None:
+        return
+    wrong = _ipv4_ranges(ipam)
+    if wrong:
+        where, text = wrong[0]
+        raise CniError(INVALID_NETCONF, f"{where} {text!r} is an IPv4 range, but network {name} is IPv6-only "
+                       f"(EnableIPv4 false; subnet file {subnet_path} has no IPv4 subnet): remove the IPv4 "
+                       "ranges, or drop ipam.ranges and let weft fill in the node's IPv6 subnet")
 
 
 def load(conf: dict, command: str) -> WeftConf:
@@ -135,6 +173,9 @@ def load(conf: dict, command: str) -> WeftConf:
     cluster_networks = []
     subnet_path = opt("subnetFile", str, paths.subnet_file(paths.RUN_DIR, name), absolute=True)
     lease = None
+    masq_families = (4, 6)
+    if _has_ranges(ipam) and command == "ADD":
+        _refuse_ipv4_on_ipv6_only(name, ipam, subnet_path)
     if not _has_ranges(ipam):
         if command in ("ADD", "STATUS", "CHECK"):
             lease = _read_subnet_file(subnet_path, command)
@@ -148,8 +189,9 @@ def load(conf: dict, command: str) -> WeftConf:
         cluster_networks = _fill_from_lease(delegate_conf["ipam"], lease)
         if mtu is None:
             mtu = lease.mtu
-        if ip_masq is None:
-            ip_masq = lease.ipmasq
+        if ip_masq is None:  # the network's IPMasq, per family (IPv4Masq/IPv6Masq)
+            masq_families = tuple(v for v in (4, 6) if lease.masquerades(v))
+            ip_masq = bool(masq_families)
     prev = conf.get("prevResult")
     return WeftConf(
         name=name,
@@ -161,6 +203,7 @@ def load(conf: dict, command: str) -> WeftConf:
         mtu=mtu or DEFAULT_MTU,
         hairpin_mode=opt("hairpinMode", bool, False),
         ip_masq=bool(ip_masq),
+        ip_masq_families=masq_families,
         allow_spoofing=opt("allowSpoofing", bool, False),
         subnet_file=subnet_path,
         data_dir=opt("dataDir", str, DEFAULT_DATA_DIR, absolute=True),

@@ -15,7 +15,7 @@ from bench import doc_tables
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 KINDS = ("go", "go-1.1", "weft-standalone", "weft-agent")
-FIGURES = {"default", "sequential", "parallel", "density", "throughput", "source-validation", "wireguard",
+FIGURES = {"default", "sequential", "ipv6-only", "parallel", "density", "throughput", "source-validation", "wireguard",
            "convergence", "cri", "policy", "scale"}
 
 
@@ -35,7 +35,7 @@ def test_bench_smoke(tmp_path, installed):
     shutil.copytree(os.path.join(REPO, "docs"), docs)
     proc = subprocess.run([sys.executable, "-m", "bench.run", "--smoke", "--out", str(out),
                            "--installed", str(installed), "--docs", str(docs)], cwd=REPO, capture_output=True,
-                          text=True, timeout=200, stdin=subprocess.DEVNULL)
+                          text=True, timeout=240, stdin=subprocess.DEVNULL)
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
     files = sorted(p.name for p in out.iterdir())
     # the run's JSON, latest.json, and the scale figure's plot
@@ -75,6 +75,14 @@ def test_bench_smoke(tmp_path, installed):
     assert set(seq["weft-agent"]["via"]) == {"agent"}
     assert set(seq["weft-standalone"]["via"]) == {"standalone"}
     assert 0 < seq["weft-agent"]["agent_rss_mib"] < 1024
+
+    six = figures["ipv6-only"]  # one IPv4 and one IPv6 range per contender kind, interleaved
+    for family, version in (("ipv4", 4), ("ipv6", 6)):
+        for kind in ("go", "weft-standalone", "weft-agent"):
+            assert six[family][kind]["errors"] == {}, six[family][kind]["error_samples"]
+            sane_ms(six[family][kind]["add_ms"], 10)
+            sane_ms(six[family][kind]["del_ms"], 10)
+            assert six[family][kind]["distinct_ips"] == 10 and six[family][kind]["families"] == [version]
 
     par = figures["parallel"]
     for kind in KINDS:

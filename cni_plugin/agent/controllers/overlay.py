@@ -83,7 +83,7 @@ class OverlayController(Controller):
         self.reader.reset()
         lease = agent.held.lease
         local = underlay.interface_of_ip(self.nl, agent.node.public_ip)
-        sysctl.enable_forwarding({4, 6} if lease.ipv6_subnet else {4})
+        sysctl.enable_forwarding({s.version for s in lease.subnets})
         result = self.backend.setup(self.nl, agent.config, lease, agent.node, local)
         if result.action in ("recreated", "updated"):
             agent.log.warning(f"device {result.device.name} {result.action}: {result.reason}",
@@ -142,7 +142,7 @@ class OverlayController(Controller):
         if validation.leases_overlap(lease, own):
             self.own_overlaps[key] = validation.Refusal(
                 key, validation.OVERLAP, f"lease {key} of node {lease.node_name} overlaps this node's "
-                f"own subnet {own.subnet} ({own.ipv6_subnet or 'no IPv6'}); never routed here",
+                f"own subnets {', '.join(map(str, own.subnets))}; never routed here",
                 lease.node_name)
             return None
         return lease
