@@ -97,7 +97,7 @@ class Plan:
 
     backend    the Backend instance (its .name and .config)
     local      this node's Lease (its subnets are never routed)
-    networks   cluster networks: (IPv4Network,) or (IPv4Network, IPv6Network)
+    networks   cluster networks: (IPv4Network,), (IPv4Network, IPv6Network) or (IPv6Network,)
     underlay   Underlay of the local public IPv4 address (None: no IPv4 underlay)
     device     the backend's Device (index 0: none); VXLAN: the one over IPv4
     underlay6  Underlay of the local public IPv6 address (None: no IPv6 underlay)
@@ -118,8 +118,7 @@ class Plan:
     def for_network(cls, backend, config, local, underlay: Optional[Underlay], device: Device = Device(),
                     peers=(), underlay6: Optional[Underlay] = None, device6: Device = Device()) -> "Plan":
         """A Plan from a NetworkConfig (cni_plugin.subnet.lease)."""
-        networks = tuple(n for n in (config.network, config.ipv6_network) if n is not None)
-        return cls(backend=backend, local=local, networks=networks, underlay=underlay, device=device,
+        return cls(backend=backend, local=local, networks=config.networks, underlay=underlay, device=device,
                    underlay6=underlay6, peers=tuple(peers), device6=device6)
 
     @property
@@ -150,10 +149,7 @@ class Plan:
 
     def inner_subnets(self, lease) -> list:
         """[(subnet, inner version)] of a lease that this network routes."""
-        out = [(lease.subnet, 4)] if lease.subnet is not None else []
-        if self.ipv6 and lease.ipv6_subnet is not None:
-            out.append((lease.ipv6_subnet, 6))
-        return out
+        return [(s, s.version) for s in lease.subnets if s.version == 4 or self.ipv6]
 
     @property
     def ipv6(self) -> bool:
@@ -224,14 +220,14 @@ def describe_lease(lease) -> str:
 
 
 def is_local(plan: Plan, lease) -> bool:
-    return lease.subnet == plan.local.subnet
+    return lease.key == plan.local.key
 
 
 def check_peer(plan: Plan, lease) -> None:
     """Raise ValueError naming what makes `lease` unusable for this plan."""
     if lease.backend_type != plan.backend.name:
         raise ValueError(f"backend {lease.backend_type}, but this network uses {plan.backend.name}")
-    if not plan.in_cluster(lease.subnet):
+    if lease.subnet is not None and not plan.in_cluster(lease.subnet):
         raise ValueError(f"subnet {lease.subnet} is outside the cluster network")
     if plan.ipv6 and lease.ipv6_subnet is not None and not plan.in_cluster(lease.ipv6_subnet):
         raise ValueError(f"IPv6 subnet {lease.ipv6_subnet} is outside the cluster network")
@@ -246,9 +242,8 @@ def peer_entries(plan: Plan, lease) -> list:
 
 
 def _protect(plan: Plan, desired: Desired, lease) -> None:
-    for subnet in (lease.subnet, lease.ipv6_subnet):
-        if subnet is not None:
-            desired.protected.add((ROUTE, subnet))
+    for subnet in lease.subnets:
+        desired.protected.add((ROUTE, subnet))
     for kind, key, _ in plan.backend.peer_owned(plan, lease):
         desired.protected.add((kind, key))
     desired.protected_fdb_dsts.update(lease.public_ips)
@@ -492,7 +487,7 @@ def remove_peer(nl, plan: Plan, lease) -> Drift:
     drift = Drift()
     if is_local(plan, lease):
         return drift
-    entries = [(ROUTE, s, None) for s in (lease.subnet, lease.ipv6_subnet) if s is not None]
+    entries = [(ROUTE, s, None) for s in lease.subnets]
     if plan.has_device_entries():
         entries += plan.backend.peer_owned(plan, lease)
     _remove_entries(nl, plan, lease, entries, drift)

@@ -125,9 +125,7 @@ class Vxlan(Backend):
         """weft.<VNI> over the IPv4 underlay, weft-v6.<VNI> over the IPv6 one (each when
         the node has that family); a device of a family the node no longer has is
         removed.  The pod MTU leaves room for the larger overhead of the two."""
-        addresses = [ipaddress.ip_interface(f"{vtep_ip(lease.subnet)}/32")] if lease.subnet is not None else []
-        if lease.ipv6_subnet is not None:
-            addresses.append(ipaddress.ip_interface(f"{vtep_ip(lease.ipv6_subnet)}/128"))
+        addresses = [ipaddress.ip_interface(f"{vtep_ip(s)}/{s.max_prefixlen}") for s in lease.subnets]
         made, mtus, notes = {}, [], []
         for version, local, public in ((4, underlay, node.public_ip), (6, underlay6, node.public_ipv6)):
             name = device_name(self.config.vni, version)
@@ -182,7 +180,6 @@ class Vxlan(Backend):
         """On each device: FDB (only while it still points at the lease's address of that
         device's family), then neighbours."""
         mac = getattr(lease.backend_data, "vtep_mac", "")
-        subnets = [s for s in (lease.subnet, lease.ipv6_subnet) if s is not None]
         owned, neighbours = [], []
         for version in (4, 6):
             device, address = self._device(plan, version), plan.peer_address(lease, version)
@@ -190,5 +187,5 @@ class Vxlan(Backend):
                 continue
             if mac and address is not None:
                 owned.append((FDB, (device.index, mac), address))
-            neighbours += [(NEIGH, (device.index, s.network_address), mac) for s in subnets]
+            neighbours += [(NEIGH, (device.index, s.network_address), mac) for s in lease.subnets]
         return owned + neighbours

@@ -219,9 +219,7 @@ class Wireguard(Backend):
         private_key = load_or_create_key(node.state_dir, network.name)
         self.public_key = public_key_of(private_key)
         # the subnet's .0 (and ::) on the device, as VXLAN does: the node answers on it
-        addresses = [ipaddress.ip_interface(f"{lease.subnet.network_address}/32")] if lease.subnet else []
-        if lease.ipv6_subnet is not None:
-            addresses.append(ipaddress.ip_interface(f"{lease.ipv6_subnet.network_address}/128"))
+        addresses = [ipaddress.ip_interface(f"{s.network_address}/{s.max_prefixlen}") for s in lease.subnets]
         mtu = min(local.mtu - OVERHEAD[version] for version, local in ((4, underlay), (6, underlay6))
                   if local is not None)
         device = ensure_wireguard(nl, name, private_key, self.config.listen_port, mtu, addresses,

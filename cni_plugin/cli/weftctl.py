@@ -214,7 +214,7 @@ def leases(args) -> int:
         if error is not None:
             rows.append({"network": name, "subnet": key, "error": error})
             continue
-        row = {"network": name, "subnet": str(lease.subnet), "node": lease.node_name,
+        row = {"network": name, "subnet": str(lease.key_subnet), "node": lease.node_name,
                "nodeID": lease.node_id or None,
                "publicIP": lease.public_ip and str(lease.public_ip),
                "publicIPv6": lease.public_ipv6 and str(lease.public_ipv6), "vtepMAC": lease.vtep_mac,

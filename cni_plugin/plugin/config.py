@@ -5,6 +5,7 @@ two in step.
 """
 
 import copy
+import ipaddress
 from dataclasses import dataclass, field
 
 from .. import paths
@@ -89,17 +90,52 @@ def _read_subnet_file(path: str, command: str):
 
 
 def _fill_from_lease(ipam: dict, lease) -> list:
-    """ranges and routes from the node's lease, as flannel's plugin does."""
-    ranges = [[{"subnet": str(lease.subnet.network), "gateway": str(lease.subnet.ip)}]]
-    routes = [{"dst": str(lease.network)}]
-    networks = [lease.network]
-    if lease.ipv6_subnet is not None:
-        ranges.append([{"subnet": str(lease.ipv6_subnet.network), "gateway": str(lease.ipv6_subnet.ip)}])
-        routes.append({"dst": str(lease.ipv6_network)})
-        networks.append(lease.ipv6_network)
+    """ranges and routes from the node's lease, as flannel's plugin does: one range per
+    family the subnet file carries (only IPv6 on an IPv6-only network)."""
+    ranges, routes, networks = [], [], []
+    for network, subnet in ((lease.network, lease.subnet), (lease.ipv6_network, lease.ipv6_subnet)):
+        if subnet is not None:
+            ranges.append([{"subnet": str(subnet.network), "gateway": str(subnet.ip)}])
+            routes.append({"dst": str(network)})
+            networks.append(network)
     ipam["ranges"] = ranges
     ipam.setdefault("routes", routes)
     return networks
+
+
+def _ipv4_ranges(ipam: dict) -> list:
+    """[(key path, subnet text)] of the IPv4 ranges a conflist's ipam section names."""
+    found = []
+    members = [("ipam", ipam)] if "subnet" in ipam else []
+    ranges = ipam.get("ranges")
+    for i, raw_set in enumerate(ranges if isinstance(ranges, list) else []):
+        for j, raw in enumerate(raw_set if isinstance(raw_set, list) else []):
+            members.append((f"ipam.ranges[{i}][{j}]", raw))
+    for where, raw in members:
+        text = raw.get("subnet") if isinstance(raw, dict) else None
+        try:
+            if isinstance(text, str) and ipaddress.ip_network(text, strict=False).version == 4:
+                found.append((f"{where}.subnet", text))
+        except ValueError:
+            continue  # IPAM's own validation names it
+    return found
+
+
+def _refuse_ipv4_on_ipv6_only(name: str, ipam: dict, subnet_path: str) -> None:
+    """Explicit IPv4 ranges on a network whose subnet file says it is IPv6-only: refused
+    before anything is built (the pod could never reach another node over IPv4)."""
+    try:
+        lease = subnet_file.read(subnet_path)
+    except (OSError, subnet_file.SubnetFileError):
+        return  # no weft lease here: weft runs as a plain bridge plugin with its own ranges
+    if lease.network is not None:
+        return
+    wrong = _ipv4_ranges(ipam)
+    if wrong:
+        where, text = wrong[0]
+        raise CniError(INVALID_NETCONF, f"{where} {text!r} is an IPv4 range, but network {name} is IPv6-only "
+                       f"(EnableIPv4 false; subnet file {subnet_path} has no IPv4 subnet): remove the IPv4 "
+                       "ranges, or drop ipam.ranges and let weft fill in the node's IPv6 subnet")
 
 
 def load(conf: dict, command: str) -> WeftConf:
@@ -135,6 +171,8 @@ def load(conf: dict, command: str) -> WeftConf:
     cluster_networks = []
     subnet_path = opt("subnetFile", str, paths.subnet_file(paths.RUN_DIR, name), absolute=True)
     lease = None
+    if _has_ranges(ipam) and command == "ADD":
+        _refuse_ipv4_on_ipv6_only(name, ipam, subnet_path)
     if not _has_ranges(ipam):
         if command in ("ADD", "STATUS", "CHECK"):
             lease = _read_subnet_file(subnet_path, command)

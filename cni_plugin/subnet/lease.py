@@ -7,6 +7,8 @@ hands those parts to it.
 etcd layout (prefix default /weft):
   <prefix>/networks/<network>/config                 NetworkConfig JSON (flannel's key names)
   <prefix>/networks/<network>/subnets/<a.b.c.d>-<len> Lease JSON, bound to an etcd lease
+  <prefix>/networks/<network>/subnets/<v6 address>-<len>  the same for an IPv6-only network
+                                                     (EnableIPv4 false), e.g. fd10:224:0:5::-64
 """
 
 import functools
@@ -25,18 +27,28 @@ class ConfigError(ValueError):
     """A network config or lease that cannot be used; the message names the key."""
 
 
-def subnet_key(subnet: ipaddress.IPv4Network) -> str:
+def subnet_key(subnet) -> str:
+    """The key suffix of a lease: its IPv4 subnet, or its IPv6 subnet on an IPv6-only network."""
     return f"{subnet.network_address}-{subnet.prefixlen}"
 
 
-def parse_subnet_key(key: str) -> ipaddress.IPv4Network:
-    address, sep, length = key.rpartition("/")[2].partition("-")
+def parse_subnet_key(key: str):
+    """IPv4Network, or IPv6Network for an IPv6-only network's key; ConfigError when the key
+    is not <address>-<prefix length> in its one canonical spelling (a second spelling of
+    one subnet would be a second key for it)."""
+    suffix = key.rpartition("/")[2]
+    address, sep, length = suffix.partition("-")
     if not sep:
         raise ConfigError(f"lease key {key!r} is not <address>-<prefix length>")
+    kind = ipaddress.IPv6Network if ":" in address else ipaddress.IPv4Network
     try:
-        return ipaddress.IPv4Network(f"{address}/{length}")
+        subnet = kind(f"{address}/{length}")
     except ValueError as exc:
         raise ConfigError(f"lease key {key!r}: {exc}") from None
+    if subnet_key(subnet) != suffix:
+        raise ConfigError(f"lease key {key!r} is not written canonically; the key of {subnet} is "
+                          f"{subnet_key(subnet)!r}")
+    return subnet
 
 
 def _parse_backend(where: str, section: dict) -> tuple:
@@ -87,7 +99,7 @@ def _control_plane_access(where: str, entries: list) -> tuple:
 @dataclass(frozen=True)
 class NetworkConfig:
     name: str
-    network: Optional[ipaddress.IPv4Network]
+    network: Optional[ipaddress.IPv4Network]   # None on an IPv6-only network (EnableIPv4 false)
     subnet_len: int = 24
     subnet_min: Optional[ipaddress.IPv4Network] = None
     subnet_max: Optional[ipaddress.IPv4Network] = None
@@ -102,10 +114,39 @@ class NetworkConfig:
     # "namespace/name" or "namespace/*": pods the control-plane guard lets reach etcd and weftd
     control_plane_access: tuple = ()
     raw: dict = field(default_factory=dict, compare=False)
+    # IPv6-only networks: the leasable range of IPv6 subnets (dual-stack pairs them by index)
+    ipv6_subnet_min: Optional[ipaddress.IPv6Network] = None
+    ipv6_subnet_max: Optional[ipaddress.IPv6Network] = None
+    # per-family masquerade overrides (IPv4Masq, IPv6Masq); None: as IPMasq says
+    ipv4_masq: Optional[bool] = None
+    ipv6_masq: Optional[bool] = None
 
     @property
     def backend_class(self):
         return backends.get(self.backend_type)
+
+    @property
+    def ipv6_only(self) -> bool:
+        return not self.enable_ipv4
+
+    @property
+    def key_network(self):
+        """The network whose subnets name the leases: Network, or IPv6Network when IPv6-only."""
+        return self.ipv6_network if self.ipv6_only else self.network
+
+    @property
+    def key_subnet_len(self) -> int:
+        return self.ipv6_subnet_len if self.ipv6_only else self.subnet_len
+
+    @property
+    def networks(self) -> tuple:
+        """The cluster networks of the families this network carries."""
+        return tuple(n for n in (self.network, self.ipv6_network) if n is not None)
+
+    def masquerades(self, version: int) -> bool:
+        """Whether pod traffic of this address family leaving the cluster is masqueraded."""
+        override = self.ipv4_masq if version == 4 else self.ipv6_masq
+        return self.ip_masq if override is None else override
 
     @classmethod
     def parse(cls, name: str, text: str) -> "NetworkConfig":
@@ -140,14 +181,22 @@ class NetworkConfig:
 
         enable_ipv4 = get("EnableIPv4", bool, True)
         enable_ipv6 = get("EnableIPv6", bool, False)
+        if not enable_ipv4 and not enable_ipv6:
+            raise ConfigError(f"{where}: EnableIPv4 and EnableIPv6 are both false; a network carries "
+                              "IPv4, IPv6 or both (an IPv6-only network: EnableIPv4 false, EnableIPv6 true, "
+                              "IPv6Network)")
         network = net("Network", ipaddress.IPv4Network)
         ipv6_network = net("IPv6Network", ipaddress.IPv6Network)
-        if enable_ipv4 and network is None:
-            raise ConfigError(f"{where}: Network is required (e.g. \"10.244.0.0/16\")")
         if not enable_ipv4:
-            raise ConfigError(f"{where}: EnableIPv4 false is not supported; weft needs an IPv4 pod network")
+            present = [k for k in ("Network", "SubnetLen", "SubnetMin", "SubnetMax", "IPv4Masq") if k in raw]
+            if present:
+                raise ConfigError(f"{where}: EnableIPv4 is false but {present[0]} is "
+                                  f"{json.dumps(raw[present[0]])}; an IPv6-only network has no IPv4 keys "
+                                  f"(remove {', '.join(present)}, or set EnableIPv4 true)")
+        elif network is None:
+            raise ConfigError(f"{where}: Network is required (e.g. \"10.244.0.0/16\")")
         if enable_ipv6 and ipv6_network is None:
-            raise ConfigError(f"{where}: EnableIPv6 needs IPv6Network")
+            raise ConfigError(f"{where}: EnableIPv6 needs IPv6Network (e.g. \"fd10:244::/48\")")
         subnet_len = get("SubnetLen", int, 24)
         if network is not None and not network.prefixlen < subnet_len <= 30:
             raise ConfigError(f"{where}: SubnetLen {subnet_len} must be longer than Network's "
@@ -156,67 +205,88 @@ class NetworkConfig:
         if ipv6_network is not None and not ipv6_network.prefixlen < ipv6_subnet_len <= 126:
             raise ConfigError(f"{where}: IPv6SubnetLen {ipv6_subnet_len} must be longer than "
                               f"IPv6Network's /{ipv6_network.prefixlen} and at most 126")
-        if ipv6_network is not None and enable_ipv6:
+        if ipv6_network is not None and enable_ipv6 and enable_ipv4:
             if ipv6_subnet_len - ipv6_network.prefixlen < subnet_len - network.prefixlen:
                 raise ConfigError(f"{where}: IPv6Network/IPv6SubnetLen give fewer subnets than "
                                   "Network/SubnetLen; every IPv4 subnet needs an IPv6 one")
+            bounds6 = [k for k in ("IPv6SubnetMin", "IPv6SubnetMax") if k in raw]
+            if bounds6:
+                raise ConfigError(f"{where}: {bounds6[0]} {json.dumps(raw[bounds6[0]])} applies to IPv6-only "
+                                  "networks; on a dual-stack network each IPv6 subnet follows its IPv4 "
+                                  "subnet, so bound the range with SubnetMin/SubnetMax instead")
 
-        def bound(key):
+        def bound(key, kind, length, within, within_key):
             value = get(key, str)
             if value is None:
                 return None
             try:
-                subnet = ipaddress.IPv4Network(f"{value}/{subnet_len}")
+                subnet = kind(f"{value}/{length}")
             except ValueError as exc:
                 raise ConfigError(f"{where}: {key} {value!r} is not a subnet of length "
-                                  f"{subnet_len}: {exc}") from None
-            if not subnet.subnet_of(network):
-                raise ConfigError(f"{where}: {key} {value} is outside Network {network}")
+                                  f"{length}: {exc}") from None
+            if not subnet.subnet_of(within):
+                raise ConfigError(f"{where}: {key} {value} is outside {within_key} {within}")
             return subnet
 
+        v4 = (ipaddress.IPv4Network, subnet_len, network, "Network")
+        v6 = (ipaddress.IPv6Network, ipv6_subnet_len, ipv6_network, "IPv6Network")
         backend_type, backend_config = _parse_backend(where, get("Backend", dict, {}) or {})
         mtu = get("MTU", int)
         if mtu is not None and not is_mtu(mtu):
             raise ConfigError(f"{where}: MTU {mtu} is out of range (68-65535)")
         config = cls(
-            name=name, network=network, subnet_len=subnet_len,
-            subnet_min=bound("SubnetMin"), subnet_max=bound("SubnetMax"),
+            name=name, network=network if enable_ipv4 else None, subnet_len=subnet_len,
+            subnet_min=bound("SubnetMin", *v4), subnet_max=bound("SubnetMax", *v4),
             ipv6_network=ipv6_network if enable_ipv6 else None, ipv6_subnet_len=ipv6_subnet_len,
+            ipv6_subnet_min=bound("IPv6SubnetMin", *v6) if not enable_ipv4 else None,
+            ipv6_subnet_max=bound("IPv6SubnetMax", *v6) if not enable_ipv4 else None,
             enable_ipv4=enable_ipv4, enable_ipv6=enable_ipv6,
-            ip_masq=get("IPMasq", bool, True), mtu=mtu, backend_type=backend_type,
-            backend=backend_config, raw=raw,
+            ip_masq=get("IPMasq", bool, True), ipv4_masq=get("IPv4Masq", bool), ipv6_masq=get("IPv6Masq", bool),
+            mtu=mtu, backend_type=backend_type, backend=backend_config, raw=raw,
             control_plane_access=_control_plane_access(where, raw.get("ControlPlaneAccess", [])),
         )
-        if config.subnet_min and config.subnet_max and config.subnet_min > config.subnet_max:
-            raise ConfigError(f"{where}: SubnetMin {config.subnet_min} is above SubnetMax {config.subnet_max}")
+        for low, high, prefix in ((config.subnet_min, config.subnet_max, ""),
+                                  (config.ipv6_subnet_min, config.ipv6_subnet_max, "IPv6")):
+            if low and high and low > high:
+                raise ConfigError(f"{where}: {prefix}SubnetMin {low} is above {prefix}SubnetMax {high}")
         return config
 
+    def _bounds(self) -> tuple:
+        if self.ipv6_only:
+            return self.ipv6_subnet_min, self.ipv6_subnet_max
+        return self.subnet_min, self.subnet_max
+
     def subnet_range(self) -> tuple:
-        """(first, last) leasable subnets; by default the first subnet (the network's
-        .0/len) is skipped, as flannel does."""
-        first = self.subnet_min
+        """(first, last) leasable subnets of the key family (IPv4, or IPv6 on an IPv6-only
+        network); by default the network's first subnet is skipped, as flannel does."""
+        network, length = self.key_network, self.key_subnet_len
+        step = 1 << (network.max_prefixlen - length)
+        kind = type(network)
+        first, last = self._bounds()
         if first is None:
-            first = ipaddress.IPv4Network(
-                (int(self.network.network_address) + (1 << (32 - self.subnet_len)), self.subnet_len))
-        last = self.subnet_max
+            first = kind((int(network.network_address) + step, length))
         if last is None:
-            last = ipaddress.IPv4Network(
-                (int(self.network.broadcast_address) + 1 - (1 << (32 - self.subnet_len)), self.subnet_len))
+            last = kind((int(network.broadcast_address) + 1 - step, length))
         return first, last
 
     def subnet_count(self) -> int:
         first, last = self.subnet_range()
-        return (int(last.network_address) - int(first.network_address)) // (1 << (32 - self.subnet_len)) + 1
+        step = 1 << (first.max_prefixlen - self.key_subnet_len)
+        return (int(last.network_address) - int(first.network_address)) // step + 1
 
-    def nth_subnet(self, index: int) -> ipaddress.IPv4Network:
+    def nth_subnet(self, index: int):
         first, _ = self.subnet_range()
-        return ipaddress.IPv4Network(
-            (int(first.network_address) + index * (1 << (32 - self.subnet_len)), self.subnet_len))
+        step = 1 << (first.max_prefixlen - self.key_subnet_len)
+        return type(first)((int(first.network_address) + index * step, self.key_subnet_len))
 
-    def ipv6_subnet_for(self, subnet: ipaddress.IPv4Network) -> Optional[ipaddress.IPv6Network]:
-        """The IPv6 subnet paired with an IPv4 subnet: same index within each network."""
+    def ipv6_subnet_for(self, subnet) -> Optional[ipaddress.IPv6Network]:
+        """The IPv6 subnet of a lease keyed by `subnet`: on a dual-stack network the one
+        paired with the IPv4 subnet (same index within each network); on an IPv6-only
+        network the key subnet itself."""
         if self.ipv6_network is None:
             return None
+        if subnet.version == 6:
+            return subnet
         index = (int(subnet.network_address) - int(self.network.network_address)) >> (32 - self.subnet_len)
         step = 1 << (128 - self.ipv6_subnet_len)
         return ipaddress.IPv6Network((int(self.ipv6_network.network_address) + index * step,
@@ -225,9 +295,12 @@ class NetworkConfig:
 
 @dataclass(frozen=True)
 class Lease:
-    """One node's lease of a subnet on one network."""
+    """One node's lease of a subnet on one network.
 
-    subnet: ipaddress.IPv4Network
+    subnet is the IPv4 subnet, None on an IPv6-only network: there ipv6_subnet names the
+    lease (its key); `subnets` lists whichever are present."""
+
+    subnet: Optional[ipaddress.IPv4Network]
     # the node's underlay addresses: at least one of the two (agent/node.py); which inner
     # family rides which is backends/engine.py's underlay_route
     public_ip: Optional[ipaddress.IPv4Address]
@@ -250,11 +323,21 @@ class Lease:
         """The VTEP MAC a VXLAN lease carries ("" for other backends): shown by status tools."""
         return getattr(self.backend_data, "vtep_mac", "")
 
+    @property
+    def key_subnet(self):
+        """The subnet the key names: the IPv4 subnet, or the IPv6 one of an IPv6-only lease."""
+        return self.subnet if self.subnet is not None else self.ipv6_subnet
+
+    @property
+    def subnets(self) -> tuple:
+        """The lease's subnets, IPv4 first: one or two."""
+        return tuple(s for s in (self.subnet, self.ipv6_subnet) if s is not None)
+
     @functools.cached_property
     def key(self) -> str:
         # cached: a reconcile asks each of 5,000 leases for it three times (a third of
         # engine.desired_state's time went to formatting it)
-        return subnet_key(self.subnet)
+        return subnet_key(self.key_subnet)
 
     @property
     def public_ips(self) -> tuple:
@@ -272,7 +355,7 @@ class Lease:
             value["PublicIP"] = str(self.public_ip)
         if self.public_ipv6 is not None:
             value["PublicIPv6"] = str(self.public_ipv6)
-        if self.ipv6_subnet is not None:
+        if self.ipv6_subnet is not None:  # an IPv6-only lease's key subnet too: its value is self-contained
             value["IPv6Subnet"] = str(self.ipv6_subnet)
         if self.node_id:
             value["NodeID"] = self.node_id
@@ -291,13 +374,18 @@ class Lease:
             backend_type = str(raw.get("BackendType", "vxlan"))
             if not raw.get("PublicIP") and not raw.get("PublicIPv6"):
                 raise ValueError("neither PublicIP nor PublicIPv6 is set (a lease needs an underlay address)")
+            ipv6_subnet = ipaddress.IPv6Network(raw["IPv6Subnet"]) if raw.get("IPv6Subnet") else None
+            if subnet.version == 6:  # an IPv6-only network's lease: the key is its subnet
+                if ipv6_subnet not in (None, subnet):
+                    raise ValueError(f"IPv6Subnet {ipv6_subnet} contradicts the key's {subnet}")
+                subnet, ipv6_subnet = None, subnet
             return cls(
                 subnet=subnet,
                 public_ip=ipaddress.IPv4Address(raw["PublicIP"]) if raw.get("PublicIP") else None,
                 node_name=str(raw.get("NodeName", "")),
                 backend_type=backend_type,
                 backend_data=_parse_data(backend_type, raw.get("BackendData") or {}),
-                ipv6_subnet=ipaddress.IPv6Network(raw["IPv6Subnet"]) if raw.get("IPv6Subnet") else None,
+                ipv6_subnet=ipv6_subnet,
                 public_ipv6=ipaddress.IPv6Address(raw["PublicIPv6"]) if raw.get("PublicIPv6") else None,
                 node_id=str(raw.get("NodeID", "")),
             )

@@ -68,22 +68,26 @@ class LeaseManager:
         self.state_path = os.path.join(state_dir, config.name, "lease.json")
 
     # -- state dir: the subnet this node had, so a restart asks for it again --
-    def recorded_subnet(self) -> Optional[ipaddress.IPv4Network]:
+    def recorded_subnet(self):
+        """The key subnet recorded (IPv4, or IPv6 on an IPv6-only network), if still in range."""
         try:
             with open(self.state_path) as handle:
-                subnet = ipaddress.IPv4Network(json.load(handle)["subnet"])
+                subnet = ipaddress.ip_network(json.load(handle)["subnet"])
         except (OSError, ValueError, KeyError, TypeError):
             return None
         first, last = self.config.subnet_range()
-        in_range = subnet.prefixlen == self.config.subnet_len and first <= subnet <= last
+        in_range = subnet.version == first.version and subnet.prefixlen == self.config.key_subnet_len \
+            and first <= subnet <= last
         return subnet if in_range else None
 
     def record(self, held: HeldLease) -> None:
-        write_atomic(self.state_path, json.dumps({"subnet": str(held.lease.subnet), "lease_id": held.lease_id,
+        write_atomic(self.state_path, json.dumps({"subnet": str(held.lease.key_subnet), "lease_id": held.lease_id,
                                                   "node": held.lease.node_name}), mode=0o644, make_dirs=True)
 
     def _with_subnet(self, subnet) -> Lease:
-        return replace(self.template, subnet=subnet, ipv6_subnet=self.config.ipv6_subnet_for(subnet))
+        """The template with the lease keyed by `subnet` (IPv6 on an IPv6-only network)."""
+        return replace(self.template, subnet=subnet if subnet.version == 4 else None,
+                       ipv6_subnet=self.config.ipv6_subnet_for(subnet))
 
     def is_mine(self, lease: Optional[Lease]) -> bool:
         """Our node name and our identity (a lease without NodeID, from an older agent or
@@ -128,7 +132,7 @@ class LeaseManager:
             free = self._random_free(space)
             if free is None:
                 first, last = self.config.subnet_range()
-                raise NoFreeSubnet(f"network {self.config.name}: no free /{self.config.subnet_len} subnet "
+                raise NoFreeSubnet(f"network {self.config.name}: no free /{self.config.key_subnet_len} subnet "
                                    f"between {first} and {last} ({self.config.subnet_count()} subnets, "
                                    "all leased, reserved or overlapped by other lease keys)")
             held = self._create(free, ttl, revision)
@@ -152,7 +156,7 @@ class LeaseManager:
         """A random subnet of the range that no lease key touches, or None."""
         blocks = validation.free_blocks(space, *self.config.subnet_range())
         total = sum(count for _, count in blocks)
-        return validation.nth_free(blocks, random.randrange(total), self.config.subnet_len) if total else None
+        return validation.nth_free(blocks, random.randrange(total), self.config.key_subnet_len) if total else None
 
     def republish(self, held: HeldLease, backend_data) -> HeldLease:
         """This node's lease with new BackendData (e.g. a rotated key), written to etcd
@@ -165,7 +169,7 @@ class LeaseManager:
         """True while the lease in etcd (held.lease: the last one written or read back)
         lacks something of this node's current template, e.g. a rotated key whose
         write failed."""
-        return bool(held.lease_id) and held.lease != self._with_subnet(held.lease.subnet)
+        return bool(held.lease_id) and held.lease != self._with_subnet(held.lease.key_subnet)
 
     def _adopt(self, key, lease, lease_id) -> HeldLease:
         mine = self._with_subnet(parse_subnet_key(key))
@@ -207,11 +211,11 @@ class LeaseManager:
         raw, revision = self.registry.list_leases(self.config.name)
         current = _parse_all(raw).get(held.lease.key)
         if alive and current is not None and current[1] == held.lease_id and self.is_mine(current[0]):
-            if current[0] != self._with_subnet(held.lease.subnet):  # e.g. a rotated key not yet published
+            if current[0] != self._with_subnet(held.lease.key_subnet):  # e.g. a rotated key not yet published
                 return self._adopt(held.lease.key, current[0], current[1])
             return held
-        if current is None and validation.is_free(validation.occupied(raw), held.lease.subnet):
-            again = self._create(held.lease.subnet, ttl, revision)
+        if current is None and validation.is_free(validation.occupied(raw), held.lease.key_subnet):
+            again = self._create(held.lease.key_subnet, ttl, revision)
             if again is not None:
                 return again
         if current is None:
@@ -226,8 +230,8 @@ class LeaseManager:
         elif current is not None:
             other = "an unreadable lease"
         else:
-            other = self._holders(_parse_all(raw), held.lease.subnet)
-        raise LeaseConflict(f"network {self.config.name}: subnet {held.lease.subnet} of node "
+            other = self._holders(_parse_all(raw), held.lease.key_subnet)
+        raise LeaseConflict(f"network {self.config.name}: subnet {held.lease.key_subnet} of node "
                             f"{held.lease.node_name} is now held by {other}; keeping the datapath, "
                             f"not switching subnets (delete the other lease or this node's state "
                             f"{self.state_path} to resolve)")

@@ -7,6 +7,9 @@ Format (one KEY=VALUE per line, '#' comments allowed):
     WEFT_IPV6_SUBNET=fd00:10:244:3::1/64
     WEFT_MTU=1450
     WEFT_IPMASQ=true
+
+An IPv6-only network (EnableIPv4 false) has no WEFT_NETWORK/WEFT_SUBNET lines: a file
+carries the lines of one family or both, each family's pair complete.
 """
 
 import ipaddress
@@ -22,15 +25,17 @@ class SubnetFileError(ValueError):
 
 @dataclass(frozen=True)
 class SubnetLease:
-    network: ipaddress.IPv4Network
-    subnet: ipaddress.IPv4Interface  # the node's subnet, with the gateway (.1) as address
+    network: Optional[ipaddress.IPv4Network]   # None (with subnet) on an IPv6-only network
+    subnet: Optional[ipaddress.IPv4Interface]  # the node's subnet, with the gateway (.1) as address
     mtu: Optional[int] = None
     ipmasq: bool = False
     ipv6_network: Optional[ipaddress.IPv6Network] = None
     ipv6_subnet: Optional[ipaddress.IPv6Interface] = None
 
     def render(self) -> str:
-        lines = [f"WEFT_NETWORK={self.network}", f"WEFT_SUBNET={self.subnet}"]
+        lines = []
+        if self.network is not None:
+            lines += [f"WEFT_NETWORK={self.network}", f"WEFT_SUBNET={self.subnet}"]
         if self.ipv6_network is not None:
             lines += [f"WEFT_IPV6_NETWORK={self.ipv6_network}", f"WEFT_IPV6_SUBNET={self.ipv6_subnet}"]
         if self.mtu is not None:
@@ -67,8 +72,8 @@ def parse(text: str, path: str = "<subnet file>") -> SubnetLease:
         return raw.lower() == "true"
 
     lease = SubnetLease(
-        network=get("WEFT_NETWORK", ipaddress.IPv4Network, required=True),
-        subnet=get("WEFT_SUBNET", ipaddress.IPv4Interface, required=True),
+        network=get("WEFT_NETWORK", ipaddress.IPv4Network, required="WEFT_IPV6_NETWORK" not in values),
+        subnet=get("WEFT_SUBNET", ipaddress.IPv4Interface, required="WEFT_IPV6_NETWORK" not in values),
         mtu=get("WEFT_MTU", int),
         ipmasq=bool(get("WEFT_IPMASQ", boolean)),
         ipv6_network=get("WEFT_IPV6_NETWORK", ipaddress.IPv6Network),
@@ -76,6 +81,8 @@ def parse(text: str, path: str = "<subnet file>") -> SubnetLease:
     )
     if (lease.ipv6_network is None) != (lease.ipv6_subnet is None):
         raise SubnetFileError(f"{path}: WEFT_IPV6_NETWORK and WEFT_IPV6_SUBNET go together")
+    if (lease.network is None) != (lease.subnet is None):
+        raise SubnetFileError(f"{path}: WEFT_NETWORK and WEFT_SUBNET go together")
     return lease
 
 

@@ -7,7 +7,9 @@ new config would contradict.  Pure: rows in, a verdict out; no I/O.
 A lease is valid when
   - its value parses (Lease.from_json);
   - its subnet lies inside the network's Network and has its SubnetLen (likewise its
-    IPv6Subnet, when present, inside IPv6Network with IPv6SubnetLen);
+    IPv6Subnet, when present, inside IPv6Network with IPv6SubnetLen); on an IPv6-only
+    network (EnableIPv4 false) its key is an IPv6 subnet and it has no IPv4 one, on
+    any other network its key is an IPv4 subnet;
   - it carries an underlay address (PublicIP, PublicIPv6 or both), and each is a
     plausible unicast underlay address: not unspecified, loopback, multicast,
     broadcast, link-local, reserved (240/4, 0/8), nor inside the cluster Network
@@ -24,6 +26,7 @@ from the per-pod forwarder (weft/weft-ipam never validate leases).
 """
 
 import ipaddress
+import json
 from dataclasses import dataclass, field
 from typing import Optional
 
@@ -89,11 +92,18 @@ def address_problem(address, cluster: Optional[ipaddress._BaseNetwork] = None) -
 
 
 def _subnet_problem(lease: Lease, config: NetworkConfig) -> Optional[tuple]:
-    network, length = config.network, config.subnet_len
-    if not lease.subnet.subnet_of(network):
-        return OUTSIDE_NETWORK, f"subnet {lease.subnet} is outside Network {network}"
-    if lease.subnet.prefixlen != length:
-        return SUBNET_LENGTH, f"subnet {lease.subnet} is a /{lease.subnet.prefixlen}, but SubnetLen is {length}"
+    if lease.subnet is None and config.enable_ipv4:
+        return OUTSIDE_NETWORK, (f"IPv6-only lease {lease.key}, but the network carries IPv4 "
+                                 f"(Network {config.network}); its keys are IPv4 subnets")
+    if lease.subnet is not None:
+        network, length = config.network, config.subnet_len
+        if network is None:
+            return OUTSIDE_NETWORK, (f"subnet {lease.subnet}, but the network is IPv6-only (EnableIPv4 false); "
+                                     f"its keys are IPv6 subnets of IPv6Network {config.ipv6_network}")
+        if not lease.subnet.subnet_of(network):
+            return OUTSIDE_NETWORK, f"subnet {lease.subnet} is outside Network {network}"
+        if lease.subnet.prefixlen != length:
+            return SUBNET_LENGTH, f"subnet {lease.subnet} is a /{lease.subnet.prefixlen}, but SubnetLen is {length}"
     if lease.ipv6_subnet is not None:
         v6 = config.ipv6_network
         if v6 is None:
@@ -186,7 +196,7 @@ def validate(config: NetworkConfig, rows, cache: Optional[dict] = None) -> Verdi
             candidates.append((created, key, judged[1]))
     taken = PrefixIndex()
     for created, key, lease in sorted(candidates, key=lambda c: (c[0], c[1])):
-        mine = [s for s in (lease.subnet, lease.ipv6_subnet) if s is not None]
+        mine = lease.subnets
         if any(taken.overlaps(s) for s in mine):
             older = next(k for k, other in verdict.valid.items() if leases_overlap(other, lease))
             verdict.refused[key] = Refusal(
@@ -202,41 +212,53 @@ def validate(config: NetworkConfig, rows, cache: Optional[dict] = None) -> Verdi
 
 def leases_overlap(a: Lease, b: Lease) -> bool:
     """Whether two leases share any address (IPv4 or IPv6 subnet)."""
-    if a.subnet.overlaps(b.subnet):
-        return True
-    return a.ipv6_subnet is not None and b.ipv6_subnet is not None and a.ipv6_subnet.overlaps(b.ipv6_subnet)
+    return any(x.version == y.version and x.overlaps(y) for x in a.subnets for y in b.subnets)
 
 
 def occupied(rows) -> netaddr.IPSet:
     """Address space no new lease may touch: every key's subnet, valid or not (an
-    unreadable or refused lease still names space someone may route)."""
-    keys = []
+    unreadable or refused lease still names space someone may route), and every readable
+    IPv6Subnet (a dual-stack lease left over on a network made IPv6-only keeps its space)."""
+    blocks = []
     for row in rows:
         try:
-            keys.append(str(parse_subnet_key(row[0])))
+            blocks.append(str(parse_subnet_key(row[0])))
         except ConfigError:
             continue
-    return netaddr.IPSet(keys)
+        v6 = _ipv6_subnet_of(row[1])
+        if v6:
+            blocks.append(v6)
+    return netaddr.IPSet(blocks)
 
 
-def is_free(space: netaddr.IPSet, subnet: ipaddress.IPv4Network) -> bool:
+def _ipv6_subnet_of(value) -> Optional[str]:
+    """The IPv6Subnet a lease value names, when it names a valid one."""
+    try:
+        text = json.loads(value).get("IPv6Subnet")
+        return str(ipaddress.IPv6Network(text)) if isinstance(text, str) else None
+    except (ValueError, TypeError, AttributeError):
+        return None
+
+
+def is_free(space: netaddr.IPSet, subnet) -> bool:
     return space.isdisjoint(netaddr.IPSet([str(subnet)]))
 
 
-def free_blocks(space: netaddr.IPSet, first: ipaddress.IPv4Network, last: ipaddress.IPv4Network) -> list:
+def free_blocks(space: netaddr.IPSet, first, last) -> list:
     """[(free CIDR block, how many /len subnets it holds)] between first and last (same
-    length) that `space` does not touch: one set difference over the whole range."""
+    length and family) that `space` does not touch: one set difference over the whole range."""
     length = first.prefixlen
     span = netaddr.IPSet(netaddr.IPRange(str(first.network_address), str(last.broadcast_address)))
     return [(block, 1 << (length - block.prefixlen))
             for block in (span - space).iter_cidrs() if block.prefixlen <= length]
 
 
-def nth_free(blocks: list, index: int, length: int) -> ipaddress.IPv4Network:
-    """The index-th free /length subnet of free_blocks()' answer."""
+def nth_free(blocks: list, index: int, length: int):
+    """The index-th free /length subnet of free_blocks()' answer (IPv4Network or IPv6Network)."""
     for block, count in blocks:
         if index < count:
-            return ipaddress.IPv4Network((int(block.first) + (index << (32 - length)), length))
+            bits = 32 if block.version == 4 else 128
+            return ipaddress.ip_network((int(block.first) + (index << (bits - length)), length))
         index -= count
     raise IndexError(index)
 
@@ -258,9 +280,12 @@ def contradicted(old: Optional[NetworkConfig], new: NetworkConfig, rows) -> list
 
 # config keys a running agent applies live; every other change needs a restart (and,
 # when leases contradict it, weftctl network set --force-migrate)
-LIVE_FIELDS = (("MTU", "mtu"), ("IPMasq", "ip_masq"), ("SubnetMin", "subnet_min"), ("SubnetMax", "subnet_max"),
+LIVE_FIELDS = (("MTU", "mtu"), ("IPMasq", "ip_masq"), ("IPv4Masq", "ipv4_masq"), ("IPv6Masq", "ipv6_masq"),
+               ("SubnetMin", "subnet_min"), ("SubnetMax", "subnet_max"),
+               ("IPv6SubnetMin", "ipv6_subnet_min"), ("IPv6SubnetMax", "ipv6_subnet_max"),
                ("ControlPlaneAccess", "control_plane_access"))
-RESTART_FIELDS = (("Network", "network"), ("SubnetLen", "subnet_len"), ("EnableIPv6", "enable_ipv6"),
+RESTART_FIELDS = (("Network", "network"), ("SubnetLen", "subnet_len"), ("EnableIPv4", "enable_ipv4"),
+                  ("EnableIPv6", "enable_ipv6"),
                   ("IPv6Network", "ipv6_network"), ("IPv6SubnetLen", "ipv6_subnet_len"),
                   ("Backend.Type", "backend_type"), ("Backend", "backend"))
 

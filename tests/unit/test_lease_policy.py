@@ -71,9 +71,14 @@ def manager(registry, tmp_path, node="n1"):
     return LeaseManager(registry, CONFIG, template(node), str(tmp_path / node))
 
 
-def foreign(subnet, node):
+def foreign(subnet, node, ipv6_subnet=None):
     return Lease(subnet=ipaddress.IPv4Network(subnet), public_ip=ipaddress.IPv4Address("192.0.2.9"),
-                 node_name=node).to_json()
+                 node_name=node, ipv6_subnet=ipaddress.IPv6Network(ipv6_subnet) if ipv6_subnet else None).to_json()
+
+
+def foreign_v6(subnet, node):
+    return Lease(subnet=None, public_ip=ipaddress.IPv4Address("192.0.2.9"), node_name=node,
+                 ipv6_subnet=ipaddress.IPv6Network(subnet)).to_json()
 
 
 def test_config_defaults_and_range():
@@ -271,3 +276,26 @@ def test_a_republish_whose_write_failed_is_written_by_the_next_plain_renew(tmp_p
     assert not policy.unpublished(again)
     assert json.loads(registry.keys[held.lease.key][0])["BackendData"]["VtepMAC"] == "02:00:00:00:00:42"
     assert policy.renew(again, 60) is again  # published: a plain renew reads nothing again
+
+
+def test_allocation_on_an_ipv6_only_network_takes_ipv6_subnets(tmp_path):
+    small = NetworkConfig.from_dict("six", {"EnableIPv4": False, "EnableIPv6": True, "IPv6Network": "fd10:224::/48",
+                                            "IPv6SubnetMin": "fd10:224:0:1::", "IPv6SubnetMax": "fd10:224:0:3::"})
+    registry = MemoryRegistry()
+    registry.keys["fd10:224:0:1::-64"] = (foreign_v6("fd10:224:0:1::/64", "other"), 0)
+    # a dual-stack lease left over from before the network became IPv6-only keeps its IPv6 space
+    registry.keys["10.244.9.0-24"] = (foreign("10.244.9.0/24", "stale", "fd10:224:0:2::/64"), 0)
+    held = LeaseManager(registry, small, template(), str(tmp_path / "n1")).acquire(60)
+    assert held.lease.key == "fd10:224:0:3::-64" and held.lease.subnet is None
+    assert json.loads(registry.keys["fd10:224:0:3::-64"][0])["IPv6Subnet"] == "fd10:224:0:3::/64"
+    assert json.loads((tmp_path / "n1" / "six" / "lease.json").read_text())["subnet"] == "fd10:224:0:3::/64"
+    # a restart asks for the recorded IPv6 subnet again
+    again = LeaseManager(registry, small, template(), str(tmp_path / "n1")).acquire(60)
+    assert again.lease.key == held.lease.key and again.lease_id == held.lease_id
+    with pytest.raises(NoFreeSubnet) as caught:
+        LeaseManager(registry, small, template("n2"), str(tmp_path / "n2")).acquire(60)
+    assert "no free /64 subnet between fd10:224:0:1::/64 and fd10:224:0:3::/64" in str(caught.value)
+    # a vanished lease is recreated on the same IPv6 subnet
+    registry.expire(held.lease_id)
+    renewed = LeaseManager(registry, small, template(), str(tmp_path / "n1")).renew(held, 60)
+    assert renewed.lease.key == held.lease.key and renewed.lease_id != held.lease_id

@@ -61,13 +61,13 @@ class LeaseController(Controller):
     def write_subnet_file(self):
         agent = self.agent
         lease, config = agent.held.lease, agent.config
-        gateway = lease.subnet.network_address + 1
-        v6 = None
-        if lease.ipv6_subnet is not None:
-            v6 = ipaddress.IPv6Interface(f"{lease.ipv6_subnet.network_address + 1}/{lease.ipv6_subnet.prefixlen}")
+
+        def gateway(subnet):  # the node's address in its subnet: the first one (.1, ::1)
+            return None if subnet is None else ipaddress.ip_interface(f"{subnet.network_address + 1}/{subnet.prefixlen}")
+
+        v6 = gateway(lease.ipv6_subnet)
         subnet_file.write(paths.subnet_file(agent.options.run_dir, agent.name), subnet_file.SubnetLease(
-            network=config.network,
-            subnet=ipaddress.IPv4Interface(f"{gateway}/{lease.subnet.prefixlen}"),
+            network=config.network if lease.subnet is not None else None, subnet=gateway(lease.subnet),
             mtu=config.mtu or agent.mtu, ipmasq=config.ip_masq,
             ipv6_network=config.ipv6_network if v6 else None, ipv6_subnet=v6))
         agent.metrics.leases_held.labels(agent.name).set(1)
@@ -262,7 +262,7 @@ class LeaseController(Controller):
     def status(self):
         held = self.agent.held
         lease = held.lease if held else None
-        return {"lease": {"subnet": str(lease.subnet),
+        return {"lease": {"subnet": str(lease.subnet) if lease.subnet else None, "key": lease.key,
                           "ipv6Subnet": str(lease.ipv6_subnet) if lease.ipv6_subnet else None,
                           "publicIP": lease.public_ip and str(lease.public_ip),
                "publicIPv6": lease.public_ipv6 and str(lease.public_ipv6), "vtepMAC": lease.vtep_mac,

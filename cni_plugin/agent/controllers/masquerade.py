@@ -48,9 +48,7 @@ class MasqueradeController(Controller):
     def _spec(self):
         agent = self.agent
         lease, config = agent.held.lease, agent.config
-        sources = [lease.subnet] + ([lease.ipv6_subnet] if lease.ipv6_subnet is not None else [])
-        keep = [config.network] + ([config.ipv6_network] if config.ipv6_network is not None else [])
-        return masq.Masquerade(agent.name, tuple(sources), tuple(keep))
+        return masq.Masquerade(agent.name, lease.subnets, config.networks)
 
     def prepare(self):
         pass  # the lease controller's prepare gives us the lease; install in after_prepare

@@ -86,7 +86,7 @@ class OverlayController(Controller):
         lease, node = agent.held.lease, agent.node
         local4 = underlay.interface_of_ip(self.nl, node.public_ip) if node.public_ip else None
         local6 = underlay.interface_of_ip(self.nl, node.public_ipv6) if node.public_ipv6 else None
-        sysctl.enable_forwarding({v for v, s in ((4, lease.subnet), (6, lease.ipv6_subnet)) if s is not None})
+        sysctl.enable_forwarding({s.version for s in lease.subnets})
         if local6 is not None and sysctl.keep_accepting_ra(local6.name):
             agent.log.warning(f"net.ipv6.conf.{local6.name}.accept_ra set from 1 to 2: with IPv6 forwarding on, "
                               "router advertisements (this underlay's default route, perhaps its address) "
@@ -158,7 +158,7 @@ class OverlayController(Controller):
         if validation.leases_overlap(lease, own):
             self.own_overlaps[key] = validation.Refusal(
                 key, validation.OVERLAP, f"lease {key} of node {lease.node_name} overlaps this node's "
-                f"own subnet {own.subnet} ({own.ipv6_subnet or 'no IPv6'}); never routed here",
+                f"own subnets {', '.join(map(str, own.subnets))}; never routed here",
                 lease.node_name)
             return None
         gaps = self.backend.peer_gaps(self.plan, lease) if self.plan is not None else []
