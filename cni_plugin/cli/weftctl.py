@@ -137,9 +137,10 @@ def network(args) -> int:
             config.backend_class.config_clash(config.backend, theirs.backend, other)
         if clash:
             return _fail(f"config refused: {clash}", EXIT_USAGE)
-        if config.network.overlaps(theirs.network):
-            return _fail(f"config refused: Network {config.network} overlaps network {other}'s "
-                         f"{theirs.network}", EXIT_USAGE)
+        for mine, its in ((a, b) for a in config.networks for b in theirs.networks if a.version == b.version):
+            if mine.overlaps(its):
+                key = "Network" if mine.version == 4 else "IPv6Network"
+                return _fail(f"config refused: {key} {mine} overlaps network {other}'s {its}", EXIT_USAGE)
     return _store_config(registry, args, config)
 
 
