@@ -116,6 +116,10 @@ def test_an_ipv6_only_underlay_has_no_ipv4_and_weftd_finds_its_ipv6_address(six)
         assert node.ip is None
         lease = node.status("vx6")["lease"]
         assert lease["publicIP"] is None and lease["publicIPv6"] == node.ip6
+        # IPv6 forwarding is on (IPv6 pods): weftd keeps eth0 accepting router advertisements
+        assert node.ns.run(["cat", "/proc/sys/net/ipv6/conf/all/forwarding"]).stdout.strip() == "1"
+        assert node.ns.run(["cat", "/proc/sys/net/ipv6/conf/eth0/accept_ra"]).stdout.strip() == "2"
+        assert "net.ipv6.conf.eth0.accept_ra set from 1 to 2" in node.log()
         # IPv6-only pods: nothing but lo has an IPv4 address in the node or its pods
         # (the dual-stack network vxd's bridge and device are the exception by design)
         stray = [(ifname, a) for ifname, a in _addresses(node.ns) if ifname != "lo" and not ifname.endswith(".64")
