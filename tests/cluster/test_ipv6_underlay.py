@@ -300,3 +300,29 @@ def test_nodes_without_a_common_underlay_family_refuse_each_other(mixed):
     gaps = one.status("hg")["partlyRouted"]
     assert len(gaps) == 1 and four.status("hg")["lease"]["ipv6Subnet"] in gaps[0]
     assert four.status("hg")["lease"]["subnet"] in one.ns.ip("route", "show", "proto", "119")
+
+
+BEFORE_IPV6_UNDERLAY = "d841445"  # the last commit before IPv6 underlays (issue 25)
+
+
+def test_a_previous_version_agent_refuses_a_lease_without_public_ip_and_keeps_running(mixed, tmp_path):
+    """Version skew: weftd of the previous version reads node3's lease (PublicIPv6 only)
+    as unreadable, says so, and meshes with every node it shares IPv4 with."""
+    from lab import previous
+
+    old = previous.install(str(tmp_path / "previous"), BEFORE_IPV6_UNDERLAY)
+    five = mixed.add_node("ipv4")
+    five.start_agent(networks=("vx",), weftd=f"{old}/bin/weftd")
+    five.wait_ready("vx")
+    three = mixed.nodes[2]
+    key = three.status("vx")["lease"]["subnet"].replace("/", "-")
+
+    def refused():
+        return [r for r in (five.status("vx") or {}).get("refused", []) if r["key"] == key]
+    (refusal,) = wait_for(refused, 20, 0.1, what="the old agent refuses node3's lease")
+    assert refusal["reason"] == "unreadable" and "PublicIP" in refusal["detail"]
+    _wait_meshed(five, "vx", 3)  # node1, node2, node4: all over IPv4
+    assert five.agent.poll() is None
+    pod = five.add_pod("vx", conf=five.netconf("vx", bridge=BRIDGES["vx"]))
+    for other in (mixed.pods["vx"][0], mixed.pods["vx"][3]):
+        assert wait_for_ping(pod, other.ip, "vx"), f"old node5 -> {other.node.name}"
