@@ -247,6 +247,14 @@ def test_each_inner_family_rides_the_underlay_the_model_picks(mixed):
     assert routes[lease(two, 4)] == "weft.71" and routes[lease(two, 6)] == "weft-v6.71"
     assert routes[lease(three, 4)] == "weft-v6.71" and routes[lease(three, 6)] == "weft-v6.71"
     assert routes[lease(four, 4)] == "weft.71" and routes[lease(four, 6)] == "weft.71"
+    # host-gw: node3's IPv4 subnet via its IPv6 address (RTA_VIA), read back as equal on
+    # every pass (no false drift rewriting it)
+    hg = {r["dst"]: r for r in one.ns.ip_json("route", "show", "proto", "119")}
+    assert hg[three.status("hg")["lease"]["subnet"]]["via"] == {"family": "inet6", "host": three.ip6}
+    assert hg[four.status("hg")["lease"]["subnet"]]["gateway"] == four.ip
+    last = one.status("hg")["lastReconcile"]
+    wait_for(lambda: one.status("hg")["lastReconcile"] != last, 20, 0.1, what="a reconcile pass on hg")
+    assert one.status("hg")["driftRepaired"] == 0 and one.status("vx")["driftRepaired"] == 0
     # node3 has no IPv4 underlay: one device only
     assert {"weft-v6.71"} == {l["ifname"] for l in three.ns.ip_json("link", "show") if l["ifname"].startswith("weft")
                               and l["ifname"].endswith(".71")}
