@@ -49,8 +49,10 @@ test: deps
 unit: venv
 	$(DEV_VENV)/bin/python -m pytest tests/unit $(PYTEST_ARGS)
 
+# DEMO_FAMILY=ipv6: the demo on an IPv6-only network (docs/configuration.md)
+DEMO_FAMILY ?= ipv4
 demo: deps
-	$(DEV_VENV)/bin/python -m demo.cluster
+	$(DEV_VENV)/bin/python -m demo.cluster --family $(DEMO_FAMILY)
 
 # weft vs the reference Go plugins (docs/performance.md); JSON in bench-results/
 bench: deps

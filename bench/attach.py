@@ -92,6 +92,17 @@ def _harness_floor(ctx, node, runs: int = 15) -> dict:
     return summary(times)
 
 
+def interleaved_add_del(ctx, contenders, pods: dict, attachments: int, tallies: dict, what: str) -> None:
+    """ADD pods[c][i] for i < attachments, every contender in turn (the order rotating
+    with i), then DEL them the same way; timings into tallies[c]."""
+    for command in ("ADD", "DEL"):
+        for i in range(attachments):
+            for c in rotate(contenders, i):
+                ms, out = c.call(command, pods[c][i], f"seq-{c.kind}-{i}")
+                tallies[c].add(command, ms, out, command)
+        ctx.say(f"{what} {command} done")
+
+
 def sequential(ctx, attachments: int) -> dict:
     """ADD `attachments` pods per contender one after another, then DEL them all."""
     ctx.say(f"sequential: {attachments} ADDs then {attachments} DELs per contender, interleaved")
@@ -99,23 +110,18 @@ def sequential(ctx, attachments: int) -> dict:
     pods = {}
     try:
         for c in contenders:
-            pods[c.kind] = ctx.pod_namespaces(f"wbs{c.kind[0]}{c.kind[-1]}", attachments + 1)
-            c.warm_up(pods[c.kind][-1])
+            pods[c] = ctx.pod_namespaces(f"wbs{c.kind[0]}{c.kind[-1]}", attachments + 1)
+            c.warm_up(pods[c][-1])
         floor = _harness_floor(ctx, contenders[0].node)
-        tallies = {c.kind: Tally() for c in contenders}
-        for command in ("ADD", "DEL"):
-            for i in range(attachments):
-                for c in rotate(contenders, i):
-                    ms, out = c.call(command, pods[c.kind][i], f"seq-{c.kind}-{i}")
-                    tallies[c.kind].add(command, ms, out, command)
-            ctx.say(f"sequential {command} done")
+        tallies = {c: Tally() for c in contenders}
+        interleaved_add_del(ctx, contenders, pods, attachments, tallies, "sequential")
         for i in range(VERSION_CALLS):  # the start-up floor of each contender: a call that does nothing
             for c in rotate(contenders, i):
-                ms, out = c.call("VERSION", pods[c.kind][0], f"version-{c.kind}-{i}")
-                tallies[c.kind].add("VERSION", ms, out, "VERSION")
+                ms, out = c.call("VERSION", pods[c][0], f"version-{c.kind}-{i}")
+                tallies[c].add("VERSION", ms, out, "VERSION")
         result = {"attachments": attachments, "harness_floor_ms": floor}
         for c in contenders:
-            t = tallies[c.kind]
+            t = tallies[c]
             result[c.kind] = {"add_ms": t.stats("ADD"), "del_ms": t.stats("DEL"), "errors": dict(t.errors),
                               "error_samples": t.messages, "distinct_ips": len(set(t.ips)),
                               "via": _via_counts(c), "version_ms": t.stats("VERSION"),

@@ -49,13 +49,19 @@ def cni_args(pod: str, cid: str) -> str:
 
 BENCH_PUBLIC_IP = "198.51.100.1"  # TEST-NET-2, only ever inside the bench's node namespaces
 
+def bench_subnet(index: int, family: int = 4) -> str:
+    """A contender's one range: an IPv4 /16, or (IPv6-only network) an IPv6 /64."""
+    return f"10.{100 + index}.0.0/16" if family == 4 else f"fd0a:{100 + index}::/64"
+
+
 class Contender:
-    def __init__(self, ctx, kind: str, index: int, tag: str):
+    def __init__(self, ctx, kind: str, index: int, tag: str, family: int = 4):
         self.ctx = ctx
         self.kind = kind
+        self.family = family
         self.label = LABELS[kind]
-        self.dir = ensure_dir(os.path.join(ctx.work, tag, kind))
-        self.subnet = f"10.{100 + index}.0.0/16"
+        self.dir = ensure_dir(os.path.join(ctx.work, tag, kind if family == 4 else f"{kind}-ipv{family}"))
+        self.subnet = bench_subnet(index, family)
         self.node = ctx.namespace(f"wbn{index}")
         self.agent = None
         self.agent_log = os.path.join(self.dir, "weftd.log")
@@ -152,11 +158,11 @@ class Contender:
         self.ctx.release([self.node.name])
 
 
-def make_contenders(ctx, tag: str, first_index: int = 0) -> list:
+def make_contenders(ctx, tag: str, first_index: int = 0, kinds=KINDS, family: int = 4) -> list:
     made = []
     try:
-        for index, kind in enumerate(KINDS):
-            made.append(Contender(ctx, kind, first_index + index, tag))
+        for index, kind in enumerate(kinds):
+            made.append(Contender(ctx, kind, first_index + index, tag, family))
     except BaseException:
         for contender in made:
             contender.close()

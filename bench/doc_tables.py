@@ -50,6 +50,7 @@ def _cri(fig) -> list:
 RENDERERS = {
     "default": _alone(report.default_table, "default"),
     "sequential": _sequential,
+    "ipv6-only": _alone(report.ipv6_only_table, "ipv6-only"),
     "parallel": _alone(report.attachment_table, "parallel"),
     "density": _alone(report.attachment_table, "density"),
     "throughput": _alone(report.datapath_table, "throughput"),

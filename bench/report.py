@@ -95,7 +95,7 @@ def default_table(figures: dict) -> list:
 def targets(figures: dict, prepopulated=250) -> list:
     seq, par, scale = figures.get("sequential"), figures.get("parallel"), figures.get("density")
     tp, conv = figures.get("throughput"), figures.get("convergence")
-    out = default_targets(figures.get("default"))
+    out = default_targets(figures.get("default")) + ipv6_only_targets(figures)
     if seq and "error" not in seq:
         go_add, ag_add = _get(seq, GO, "add_ms", "p50"), _get(seq, AGENT, "add_ms", "p50")
         go_del, ag_del = _get(seq, GO, "del_ms", "p50"), _get(seq, AGENT, "del_ms", "p50")
@@ -451,6 +451,41 @@ def policy_table(figures: dict) -> list:
     return lines
 
 
+def ipv6_only_table(figures: dict) -> list:
+    """Per-pod ADD/DEL with one IPv6 range (an IPv6-only network) and with one IPv4 range,
+    same run, interleaved: milliseconds and weft / Go per family."""
+    fig = figures.get("ipv6-only")
+    if not fig or "error" in fig:
+        return []
+    kinds = (GO, STANDALONE, AGENT)
+    head = ["figure"] + [LABELS[k] for k in kinds] + [f"{LABELS[k]} / Go 1.9.1" for k in kinds[1:]]
+    lines = [_row(head), _row(["---"] * len(head))]
+    for family in ("ipv4", "ipv6"):
+        for cmd, key in (("ADD", "add_ms"), ("DEL", "del_ms")):
+            for q in ("p50", "p95"):
+                values = {k: _get(fig, family, k, key, q) for k in kinds}
+                lines.append(_row([f"{family.replace('ipv', 'IPv')}-only range: {cmd} {q}, "
+                                   f"{fig['attachments']} sequential (ms)"]
+                                  + [_fmt(values[k]) for k in kinds]
+                                  + [_fmt(_ratio(values[k], values[GO]), 2, "x") for k in kinds[1:]]))
+    return lines
+
+
+def ipv6_only_targets(figures: dict) -> list:
+    """The IPv6 ratio (weft agent / Go, ADD and DEL p50) no worse than the IPv4 one of the same run."""
+    fig = figures.get("ipv6-only")
+    if not fig or "error" in fig:
+        return []
+    out = []
+    for cmd, key in (("ADD", "add_ms"), ("DEL", "del_ms")):
+        v4 = _ratio(_get(fig, "ipv4", AGENT, key, "p50"), _get(fig, "ipv4", GO, key, "p50"))
+        v6 = _ratio(_get(fig, "ipv6", AGENT, key, "p50"), _get(fig, "ipv6", GO, key, "p50"))
+        detail = f"{v6:.2f}x on IPv6 vs {v4:.2f}x on IPv4" if v4 is not None and v6 is not None else ""
+        out.append(_check(f"IPv6-only network: {cmd} p50 agent / Go 1.9.1, against the same ratio on IPv4",
+                          _ratio(v6, v4), "<=", 1.0, "x", detail))
+    return out
+
+
 def harness_floor_note(figures: dict) -> str:
     """What the direct-exec figures' timing wrapper costs by itself, as a sentence ("" unmeasured)."""
     floor = _get(figures, "sequential", "harness_floor_ms", "p50")
@@ -521,6 +556,8 @@ def render(results: dict) -> str:
                          ("Direct exec, masquerade off on both sides (same harness, interleaved; "
                           "ratio = contender / Go chain)",
                           attachment_table(figures)),
+                         ("IPv6-only network: per-pod ADD/DEL against the Go chain, beside IPv4 (same run, "
+                          "interleaved)", ipv6_only_table(figures)),
                          ("Datapath", datapath_table(figures)),
                          ("Datapath over an IPv6 underlay (issue 25)", ipv6_underlay_table(figures)),
                          ("Source validation (issue 22): on vs off, same run", source_validation_table(figures)),

@@ -22,14 +22,14 @@ import tempfile
 import time
 import traceback
 
-from . import (attach, convergence, cri, default_config, doc_tables, ipv6_underlay, policy, report, scale,
-               source_validation, throughput, wireguard)
+from . import (attach, convergence, cri, default_config, doc_tables, ipv6_only, ipv6_underlay, policy, report,
+               scale, source_validation, throughput, wireguard)
 from .contenders import LABELS
 from .context import Context, quiesce
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-FIGURES = ("default", "sequential", "parallel", "density", "throughput", "source-validation", "wireguard",
-           "ipv6-underlay", "convergence", "cri", "policy", "scale")
+FIGURES = ("default", "sequential", "ipv6-only", "parallel", "density", "throughput", "source-validation",
+           "wireguard", "ipv6-underlay", "convergence", "cri", "policy", "scale")
 SMOKE = {"attachments": 10, "parallel": 10, "workers": 8, "parallel_rounds": 2, "prepopulate": 20, "measure": 5,
          "iperf_seconds": 1, "iperf_rounds": 1, "nodes": 3, "leases": 2, "sandboxes": 2,
          "policy_pods": 40, "policy_count": 10, "policy_changes": 3, "policy_adds": 3,
@@ -149,6 +149,7 @@ def run_figures(ctx, args) -> dict:
         "default": lambda: default_config.default_config(ctx, args.attachments, args.parallel, args.workers,
                                                          args.parallel_rounds),
         "sequential": lambda: attach.sequential(ctx, args.attachments),
+        "ipv6-only": lambda: ipv6_only.ipv6_only(ctx, args.attachments),
         "parallel": lambda: attach.parallel(ctx, args.parallel, args.workers, args.parallel_rounds),
         "density": lambda: attach.scale(ctx, args.prepopulate, args.measure, args.workers),
         "throughput": lambda: throughput.throughput(ctx, args.iperf_seconds, args.iperf_rounds),

@@ -6,8 +6,13 @@ executable inside their node.  Prints the cross-node ping matrix and the leases,
 then applies a NetworkPolicy (only pods labelled app=web may reach the app=db pod)
 and shows a flow going from allowed to denied while the web pod still gets through,
 with `weftctl policy explain`; then removes everything it made.
+
+`--family ipv6` (make demo DEMO_FAMILY=ipv6) runs the same on an IPv6-only network
+(EnableIPv4 false): pods with only IPv6 addresses, leases keyed by IPv6 subnets.  The
+underlay stays IPv4 here.
 """
 
+import argparse
 import json
 import os
 import subprocess
@@ -20,7 +25,11 @@ from lab.cluster import Cluster, wait_for
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NODES, PODS_PER_NODE = 3, 2
-NETWORK = {"Network": "10.244.0.0/16", "SubnetLen": 24, "Backend": {"Type": "vxlan", "VNI": 1}}
+NETWORKS = {
+    "ipv4": {"Network": "10.244.0.0/16", "SubnetLen": 24, "Backend": {"Type": "vxlan", "VNI": 1}},
+    "ipv6": {"EnableIPv4": False, "EnableIPv6": True, "IPv6Network": "fd10:244::/48", "IPv6SubnetLen": 64,
+             "Backend": {"Type": "vxlan", "VNI": 1}},
+}
 
 
 POLICY = [
@@ -63,7 +72,11 @@ def policy_demo(cluster, nodes, pods, work) -> bool:
     return before and not after and web_ok
 
 
-def main() -> int:
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m demo.cluster")
+    parser.add_argument("--family", choices=sorted(NETWORKS), default="ipv4",
+                        help="the pod network's address family (ipv6: an IPv6-only network)")
+    family = parser.parse_args(argv).family
     if os.geteuid() != 0:
         print("make demo needs root: it creates network namespaces", file=sys.stderr)
         return 2
@@ -75,7 +88,7 @@ def main() -> int:
     ok = True
     made = []
     try:
-        cluster.set_network("weft", NETWORK)
+        cluster.set_network("weft", NETWORKS[family])
         nodes = [cluster.add_node() for _ in range(NODES)]
         for node in nodes:
             node.start_agent()
@@ -85,17 +98,18 @@ def main() -> int:
         pods = [node.add_pod(name=f"{node.name}-pod{i}") for node in nodes for i in range(PODS_PER_NODE)]
         print(cluster.weftctl("leases", "weft").stdout)
         width = max(len(f"{p.node.name}/{p.ip}") for p in pods)
+        cell = max(12, *(len(p.ip) for p in pods))
         print("cross-node ping matrix (rows ping columns):")
-        print(" " * width + "  " + "  ".join(f"{p.ip:>12}" for p in pods))
+        print(" " * width + "  " + "  ".join(f"{p.ip:>{cell}}" for p in pods))
         for src in pods:
             cells = []
             for dst in pods:
                 if dst is src:
-                    cells.append(f"{'-':>12}")
+                    cells.append(f"{'-':>{cell}}")
                     continue
                 reached = src.ping(dst.ip)
                 ok &= reached
-                cells.append(f"{'ok' if reached else 'FAILED':>12}")
+                cells.append(f"{'ok' if reached else 'FAILED':>{cell}}")
             print(f"{src.node.name + '/' + src.ip:<{width}}  " + "  ".join(cells))
         ok &= policy_demo(cluster, nodes, pods, work)
         status = nodes[0].ns.run([f"{cluster.installed}/bin/weftctl", "status", "--run-dir",
@@ -105,7 +119,7 @@ def main() -> int:
         made = cluster.namespace_names()
         cluster.cleanup()
         subprocess.run(["rm", "-rf", work], check=False)
-    print(json.dumps({"demo": "cluster", "nodes": NODES, "pods": NODES * PODS_PER_NODE,
+    print(json.dumps({"demo": "cluster", "family": family, "nodes": NODES, "pods": NODES * PODS_PER_NODE,
                       "result": "ok" if ok else "FAILED", "namespaces": made}))
     return 0 if ok else 1
 

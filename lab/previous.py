@@ -10,6 +10,8 @@ import sys
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # the last commit before the forwarder handed weftd the pod's network namespace
 BEFORE_NETNS_HANDOFF = "e57191c"
+# the last commit before IPv6-only networks (EnableIPv4 false, leases keyed by IPv6 subnets)
+BEFORE_IPV6_ONLY = "d841445"
 
 
 def _have(commit: str) -> None:

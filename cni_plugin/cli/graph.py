@@ -13,7 +13,7 @@ address).  The same renderer draws the README's architecture picture
      "networks": [{"name", "network", "backend", "vni"}],
      "nodes": [{"name", "publicIP",
                 "components": [str, ...],            # optional boxes (architecture only)
-                "leases": [{"network", "subnet", "vtepMAC", "vni", "device"}],
+                "leases": [{"network", "subnet", "vtepMAC", "vni", "device"}],  # + "subnets": every family
                 "pods": [{"name", "ip", "network", "ifname"}]}],
      "notes": [str, ...]}                            # optional lines under the picture
 
@@ -247,7 +247,7 @@ def model_from_registry(registry, networks=None, data_dirs=()) -> dict:
             config = NetworkConfig.parse(name, text) if text else None
         except ConfigError:
             config = None
-        nets.append({"name": name, "network": str(config.network) if config else "?",
+        nets.append({"name": name, "network": ", ".join(map(str, config.networks)) if config else "?",
                      "backend": config.backend_type if config else "?",
                      "vni": getattr(config.backend, "vni", None) if config else None})
         raw, _ = registry.list_leases(name)
@@ -259,7 +259,8 @@ def model_from_registry(registry, networks=None, data_dirs=()) -> dict:
             node = nodes.setdefault(lease.node_name, {"name": lease.node_name,
                                                       "publicIP": lease.underlay_text,
                                                       "leases": [], "pods": []})
-            node["leases"].append({"network": name, "subnet": str(lease.subnet),
+            node["leases"].append({"network": name, "subnet": str(lease.key_subnet),
+                                   "subnets": [str(s) for s in lease.subnets],
                                    "vtepMAC": lease.vtep_mac,
                                    "vni": getattr(lease.backend_data, "vni", None),
                                    "device": _device_label(lease)})
@@ -267,7 +268,7 @@ def model_from_registry(registry, networks=None, data_dirs=()) -> dict:
     for pod in pods:
         for node in nodes.values():
             if any(lease["network"] == pod["network"]
-                   and ipaddress.ip_address(pod["ip"]) in ipaddress.ip_network(lease["subnet"])
+                   and any(ipaddress.ip_address(pod["ip"]) in ipaddress.ip_network(s) for s in lease["subnets"])
                    for lease in node["leases"]):
                 node["pods"].append(pod)
                 break

@@ -137,10 +137,11 @@ def network(args) -> int:
             config.backend_class.config_clash(config.backend, theirs.backend, other)
         if clash:
             return _fail(f"config refused: {clash}", EXIT_USAGE)
-        for mine, its in ((a, b) for a in config.networks for b in theirs.networks if a.version == b.version):
-            if mine.overlaps(its):
-                key = "Network" if mine.version == 4 else "IPv6Network"
-                return _fail(f"config refused: {key} {mine} overlaps network {other}'s {its}", EXIT_USAGE)
+        for mine in config.networks:  # either family (an IPv6-only network has no Network)
+            for their in theirs.networks:
+                if mine.version == their.version and mine.overlaps(their):
+                    key = "Network" if mine.version == 4 else "IPv6Network"
+                    return _fail(f"config refused: {key} {mine} overlaps network {other}'s {their}", EXIT_USAGE)
     return _store_config(registry, args, config)
 
 
@@ -233,16 +234,17 @@ def leases(args) -> int:
         print(json.dumps(rows, indent=2))
         return EXIT_OK
     last = "TTL" if args.ttl else "LEASE"
-    print(f"{'NETWORK':12} {'SUBNET':18} {'NODE':16} {'PUBLIC IP':16} {'VTEP MAC':18} {last}")
+    wide = max([18] + [len(row["subnet"]) for row in rows])  # an IPv6-only network's subnets are longer
+    print(f"{'NETWORK':12} {'SUBNET':{wide}} {'NODE':16} {'PUBLIC IP':16} {'VTEP MAC':18} {last}")
     for row in rows:
         if "error" in row:
-            print(f"{row['network']:12} {row['subnet']:18} unreadable: {row['error']}")
+            print(f"{row['network']:12} {row['subnet']:{wide}} unreadable: {row['error']}")
             continue
         if not row["leaseID"]:
             held = "reservation"
         else:
             held = f"{row['ttl']}s" if args.ttl else f"{row['leaseID']:016x}"  # as etcdctl shows ids
-        print(f"{row['network']:12} {row['subnet']:18} {row['node']:16} {_underlay(row):16} "
+        print(f"{row['network']:12} {row['subnet']:{wide}} {row['node']:16} {_underlay(row):16} "
               f"{row['vtepMAC'] or '-':18} {held}")
     return EXIT_OK
 
@@ -301,7 +303,8 @@ def status(args) -> int:
         lease = state.get("lease") or {}
         word = "ready" if state.get("ready") else "NOT READY"
         print(f"network {state['network']} on node {state['node']}: {word}")
-        print(f"  lease      {lease.get('subnet', '-')} (public IP {_underlay(lease)}, "
+        subnets = " ".join(s for s in (lease.get("subnet"), lease.get("ipv6Subnet")) if s) or "-"
+        print(f"  lease      {subnets} (public IP {_underlay(lease)}, "
               f"VTEP MAC {lease.get('vtepMAC') or '-'})")
         if state.get("nodeID"):
             print(f"  node ID    {state['nodeID']}")

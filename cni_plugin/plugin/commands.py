@@ -59,7 +59,7 @@ def _ensure_masquerade(cfg, ips: list) -> None:
 
     if not cfg.ip_masq or invocation.current().agent_masquerades(cfg.name):
         return
-    masq.ensure(masq.Masquerade(cfg.name, tuple(ip.network for ip in ips),
+    masq.ensure(masq.Masquerade(cfg.name, tuple(ip.network for ip in ips if ip.version in cfg.ip_masq_families),
                                 tuple([ip.network for ip in ips] + list(cfg.cluster_networks))), exact=False)
 
 

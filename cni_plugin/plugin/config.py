@@ -47,6 +47,8 @@ class WeftConf:
     delegate_conf: dict
     # destinations never masqueraded (the cluster network(s)), besides the pod subnet
     cluster_networks: list = field(default_factory=list)
+    # the address families masqueraded when ip_masq (the subnet file's per-family overrides)
+    ip_masq_families: tuple = (4, 6)
     runtime_config: dict = field(default_factory=dict)
     prev_result: dict = None
     raw: dict = field(default_factory=dict)
@@ -171,6 +173,7 @@ def load(conf: dict, command: str) -> WeftConf:
     cluster_networks = []
     subnet_path = opt("subnetFile", str, paths.subnet_file(paths.RUN_DIR, name), absolute=True)
     lease = None
+    masq_families = (4, 6)
     if _has_ranges(ipam) and command == "ADD":
         _refuse_ipv4_on_ipv6_only(name, ipam, subnet_path)
     if not _has_ranges(ipam):
@@ -186,8 +189,9 @@ def load(conf: dict, command: str) -> WeftConf:
         cluster_networks = _fill_from_lease(delegate_conf["ipam"], lease)
         if mtu is None:
             mtu = lease.mtu
-        if ip_masq is None:
-            ip_masq = lease.ipmasq
+        if ip_masq is None:  # the network's IPMasq, per family (IPv4Masq/IPv6Masq)
+            masq_families = tuple(v for v in (4, 6) if lease.masquerades(v))
+            ip_masq = bool(masq_families)
     prev = conf.get("prevResult")
     return WeftConf(
         name=name,
@@ -199,6 +203,7 @@ def load(conf: dict, command: str) -> WeftConf:
         mtu=mtu or DEFAULT_MTU,
         hairpin_mode=opt("hairpinMode", bool, False),
         ip_masq=bool(ip_masq),
+        ip_masq_families=masq_families,
         allow_spoofing=opt("allowSpoofing", bool, False),
         subnet_file=subnet_path,
         data_dir=opt("dataDir", str, DEFAULT_DATA_DIR, absolute=True),

@@ -7,7 +7,8 @@ never one rule per pod pair):
 
     chain egress_hook   filter hook forward priority 0:
         ct state established,related accept
-        icmpv6 type {nd-router-solicit, nd-router-advert, nd-neighbor-solicit, nd-neighbor-advert} accept
+        icmpv6 type {nd-router-solicit, nd-router-advert, nd-neighbor-solicit, nd-neighbor-advert,
+                     nd-redirect} accept                 (ICMPv6 types 133-137)
         ip saddr @iso_out4 jump egress                    (and ip6)
     chain ingress_hook  filter hook forward priority 1: the same with daddr, iso_in, ingress
     chain egress        per policy P with type Egress: ip saddr @P_sel4 jump P_out;
@@ -334,7 +335,8 @@ def assemble(network: str, fragments, previous=None) -> Table:
     neighbour_discovery = ("accept IPv6 neighbour discovery",
                            [{"match": {"op": "==", "left": {"payload": {"protocol": "icmpv6", "field": "type"}},
                                        "right": {"set": ["nd-router-solicit", "nd-router-advert",
-                                                         "nd-neighbor-solicit", "nd-neighbor-advert"]}}},
+                                                         "nd-neighbor-solicit", "nd-neighbor-advert",
+                                                         "nd-redirect"]}}},
                             {"accept": None}])
     for hook, (direction, _) in HOOKS.items():
         mine, _, suffix = _SIDES[direction]

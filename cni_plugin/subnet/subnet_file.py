@@ -7,6 +7,9 @@ Format (one KEY=VALUE per line, '#' comments allowed):
     WEFT_IPV6_SUBNET=fd00:10:244:3::1/64
     WEFT_MTU=1450
     WEFT_IPMASQ=true
+    WEFT_IPV6_IPMASQ=false                  (only when the config overrides IPMasq for a
+                                             family: IPv4Masq/IPv6Masq -> WEFT_IPV4_IPMASQ/
+                                             WEFT_IPV6_IPMASQ)
 
 An IPv6-only network (EnableIPv4 false) has no WEFT_NETWORK/WEFT_SUBNET lines: a file
 carries the lines of one family or both, each family's pair complete.
@@ -31,6 +34,13 @@ class SubnetLease:
     ipmasq: bool = False
     ipv6_network: Optional[ipaddress.IPv6Network] = None
     ipv6_subnet: Optional[ipaddress.IPv6Interface] = None
+    # per-family overrides of ipmasq (None: as ipmasq says)
+    ipv4_ipmasq: Optional[bool] = None
+    ipv6_ipmasq: Optional[bool] = None
+
+    def masquerades(self, version: int) -> bool:
+        override = self.ipv4_ipmasq if version == 4 else self.ipv6_ipmasq
+        return self.ipmasq if override is None else override
 
     def render(self) -> str:
         lines = []
@@ -41,6 +51,9 @@ class SubnetLease:
         if self.mtu is not None:
             lines.append(f"WEFT_MTU={self.mtu}")
         lines.append(f"WEFT_IPMASQ={'true' if self.ipmasq else 'false'}")
+        for key, value in (("WEFT_IPV4_IPMASQ", self.ipv4_ipmasq), ("WEFT_IPV6_IPMASQ", self.ipv6_ipmasq)):
+            if value is not None:
+                lines.append(f"{key}={'true' if value else 'false'}")
         return "\n".join(lines) + "\n"
 
 
@@ -78,6 +91,8 @@ def parse(text: str, path: str = "<subnet file>") -> SubnetLease:
         ipmasq=bool(get("WEFT_IPMASQ", boolean)),
         ipv6_network=get("WEFT_IPV6_NETWORK", ipaddress.IPv6Network),
         ipv6_subnet=get("WEFT_IPV6_SUBNET", ipaddress.IPv6Interface),
+        ipv4_ipmasq=get("WEFT_IPV4_IPMASQ", boolean),
+        ipv6_ipmasq=get("WEFT_IPV6_IPMASQ", boolean),
     )
     if (lease.ipv6_network is None) != (lease.ipv6_subnet is None):
         raise SubnetFileError(f"{path}: WEFT_IPV6_NETWORK and WEFT_IPV6_SUBNET go together")

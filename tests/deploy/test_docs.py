@@ -424,7 +424,7 @@ def test_lease_and_subnet_file_keys_match_the_code():
     rendered = subnet_file.SubnetLease(
         network=ipaddress.IPv4Network("10.244.0.0/16"), subnet=ipaddress.IPv4Interface("10.244.3.1/24"),
         mtu=1450, ipmasq=True, ipv6_network=ipaddress.IPv6Network("fd00:10:244::/48"),
-        ipv6_subnet=ipaddress.IPv6Interface("fd00:10:244:3::1/64")).render()
+        ipv6_subnet=ipaddress.IPv6Interface("fd00:10:244:3::1/64"), ipv4_ipmasq=True, ipv6_ipmasq=False).render()
     assert documented == set(re.findall(r"^(WEFT_\w+)=", rendered, re.M))
 
 

@@ -4,6 +4,8 @@ import json
 import os
 import subprocess
 
+import pytest
+
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
@@ -12,19 +14,24 @@ def netns_names():
     return {line.split()[0] for line in out.splitlines() if line.strip()}
 
 
-def test_make_demo(tmp_path):
-    proc = subprocess.run(["make", "-s", "-C", REPO, "demo"], capture_output=True, text=True,
+@pytest.mark.parametrize("family", ["ipv4", "ipv6"])
+def test_make_demo(tmp_path, family):
+    variables = [] if family == "ipv4" else [f"DEMO_FAMILY={family}"]  # as the docs write each
+    proc = subprocess.run(["make", "-s", "-C", REPO, "demo", *variables], capture_output=True, text=True,
                           timeout=600, stdin=subprocess.DEVNULL)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     last = json.loads(proc.stdout.strip().splitlines()[-1])
     made = last.pop("namespaces")
-    assert last == {"demo": "cluster", "nodes": 3, "pods": 6, "result": "ok"}
+    assert last == {"demo": "cluster", "family": family, "nodes": 3, "pods": 6, "result": "ok"}
     assert len(made) == 1 + 3 + 6
     assert "cross-node ping matrix" in proc.stdout and "FAILED" not in proc.stdout
     assert proc.stdout.count(" ok") == 6 * 5
     assert all(f"node{i}" in proc.stdout for i in (1, 2, 3))
     assert "network weft on node node1: ready" in proc.stdout
-    assert "node1-pod0 (ping 10.244." in proc.stdout and "before the policy: allowed" in proc.stdout
+    assert f"node1-pod0 (ping {'10.244.' if family == 'ipv4' else 'fd10:244:'}" in proc.stdout
+    assert "before the policy: allowed" in proc.stdout
+    if family == "ipv6":  # leases keyed by IPv6 subnets; no IPv4 pod address anywhere
+        assert "weft         fd10:244:" in proc.stdout and "10.244." not in proc.stdout
     assert "node3-pod0 -> default/node1-pod0 after the policy: denied" in proc.stdout
     assert "(app=web) -> default/node1-pod0 after the policy: allowed" in proc.stdout
     assert "DENIED: default/node3-pod0" in proc.stdout and "isolated by default/db-from-web" in proc.stdout

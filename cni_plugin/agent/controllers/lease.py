@@ -68,7 +68,8 @@ class LeaseController(Controller):
         v6 = gateway(lease.ipv6_subnet)
         subnet_file.write(paths.subnet_file(agent.options.run_dir, agent.name), subnet_file.SubnetLease(
             network=config.network if lease.subnet is not None else None, subnet=gateway(lease.subnet),
-            mtu=config.mtu or agent.mtu, ipmasq=config.ip_masq,
+            mtu=config.mtu or agent.mtu, ipmasq=config.ip_masq, ipv4_ipmasq=config.ipv4_masq,
+            ipv6_ipmasq=config.ipv6_masq,
             ipv6_network=config.ipv6_network if v6 else None, ipv6_subnet=v6))
         agent.metrics.leases_held.labels(agent.name).set(1)
 

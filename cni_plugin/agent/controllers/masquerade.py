@@ -48,7 +48,8 @@ class MasqueradeController(Controller):
     def _spec(self):
         agent = self.agent
         lease, config = agent.held.lease, agent.config
-        return masq.Masquerade(agent.name, lease.subnets, config.networks)
+        sources = tuple(s for s in lease.subnets if config.masquerades(s.version))  # IPv6Masq false: routed
+        return masq.Masquerade(agent.name, sources, config.networks)
 
     def prepare(self):
         pass  # the lease controller's prepare gives us the lease; install in after_prepare
@@ -75,21 +76,26 @@ class MasqueradeController(Controller):
         """"deleted" when the config left etcd, "off" when it says IPMasq false, else None
         (an etcd outage or an unreadable config changes nothing)."""
         agent = self.agent
+        families = {s.version for s in agent.held.lease.subnets}
+
+        def off(config):  # no family of this node's subnets is masqueraded
+            return None if any(config.masquerades(v) for v in families) else "off"
+
         if not ask_etcd:
-            return None if agent.config.ip_masq else "off"
+            return off(agent.config)
         if self.watched:
             text = self.watched_text
         else:
             try:
                 text = agent.registry.get_network_config(agent.name)
             except RegistryError:
-                return None if agent.config.ip_masq else "off"
+                return off(agent.config)
         if text is None:
             return "deleted"
         try:
-            return None if NetworkConfig.parse(agent.name, text).ip_masq else "off"
+            return off(NetworkConfig.parse(agent.name, text))
         except ConfigError:
-            return None if agent.config.ip_masq else "off"
+            return off(agent.config)
 
     def reconcile(self, first=False, ask_etcd=True):
         agent = self.agent
