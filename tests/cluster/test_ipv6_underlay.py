@@ -310,15 +310,13 @@ def test_nodes_without_a_common_underlay_family_refuse_each_other(mixed):
     assert four.status("hg")["lease"]["subnet"] in one.ns.ip("route", "show", "proto", "119")
 
 
-BEFORE_IPV6_UNDERLAY = "d841445"  # the last commit before IPv6 underlays (issue 25)
-
-
 def test_a_previous_version_agent_refuses_a_lease_without_public_ip_and_keeps_running(mixed, tmp_path):
     """Version skew: weftd of the previous version reads node3's lease (PublicIPv6 only)
     as unreadable, says so, and meshes with every node it shares IPv4 with."""
     from lab import previous
 
-    old = previous.install(str(tmp_path / "previous"), BEFORE_IPV6_UNDERLAY)
+    # issue 25's parent commit: before IPv6-only networks and before IPv6 underlays
+    old = previous.install(str(tmp_path / "previous"), previous.BEFORE_IPV6_ONLY)
     five = mixed.add_node("ipv4")
     five.start_agent(networks=("vx",), weftd=f"{old}/bin/weftd")
     five.wait_ready("vx")
