@@ -202,6 +202,15 @@ def test_drift_on_the_ipv6_underlay_devices_is_repaired(six):
         return mac in fdb and two.ip6 in fdb and hg_subnet in routes
     wait_for(restored, 30, 0.1, what="node1 restores the FDB entry on weft-v6.61 and the host-gw route")
     assert "was missing" in one.log()
+    # the IPv6-underlay device itself deleted by hand: set up again, its peers' entries back
+    two.ns.run(["ip", "link", "del", "weft-v6.61"])
+
+    def rebuilt():
+        fdb = two.ns.run(["bridge", "fdb", "show", "dev", "weft-v6.61"], check=False).stdout
+        return one.ip6 in fdb and six.nodes[2].ip6 in fdb
+    wait_for(rebuilt, 30, 0.1, what="node2 sets weft-v6.61 up again with both peers' FDB entries")
+    a, b = six.pods["vx6"][:2]
+    wait_for(lambda: b.ping(a.ip, wait=1), 20, 0.1, what="vx6 traffic node2 -> node1 after the rebuild")
 
 
 def test_agent_restart_keeps_traffic_and_node_removal_drops_its_peer(six):
