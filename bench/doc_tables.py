@@ -60,6 +60,7 @@ RENDERERS = {
     "cri": _cri,
     "policy": _alone(report.policy_table, "policy"),
     "scale": _alone(report.scale_table, "scale"),
+    "ipv6-underlay": _alone(report.ipv6_underlay_table, "ipv6-underlay"),
 }
 
 

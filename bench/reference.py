@@ -15,6 +15,11 @@ peer (endpoint peer:51820, allowed-ips peer subnet) set with `wg` plus the route
 `peer subnet dev wgref`: the kernel's device when the module exists, else
 wireguard-go, started in a private mount namespace (its socket directory bound over
 /run, as weft does) so the nodes' sockets never collide; `wg` runs inside it.
+
+With family=6 everything is IPv6 (the IPv6-underlay figure, bench/ipv6_underlay.py):
+node N is fd00:100::N/64 on the underlay, its pods fd10:244:0:N::/64 (gateway ::1 on
+cbr0), the VXLAN device (local = the node's IPv6 address) MTU 1430, the WireGuard one
+1420 with endpoints [peer]:51820; addresses without DAD, IPv6 forwarding on.
 """
 
 import os
@@ -26,7 +31,9 @@ import time
 from lab.namespaces import sh
 
 UNDERLAY = "192.168.100"
+UNDERLAY6 = "fd00:100::"
 MTU = 1450
+MTU6 = 1430  # VXLAN over IPv6: 20 more bytes of outer header
 VNI = 1
 PORT = 8472
 DEVICE = f"weft.{VNI}"
@@ -36,34 +43,49 @@ def vtep_mac(index: int) -> str:
     return f"0a:58:0a:f4:{index:02x}:00"
 
 
-WG_DEVICE, WG_PORT, WG_MTU = "wgref", 51820, 1440
+WG_DEVICE, WG_PORT, WG_MTU, WG_MTU6 = "wgref", 51820, 1440, 1420
 
 
 class ReferenceNode:
     def __init__(self, topology, index: int):
         self.topology = topology
         self.index = index
-        self.mtu = WG_MTU if topology.overlay == "wireguard" else MTU
+        six = topology.family == 6
+        self.mtu = (WG_MTU6 if six else WG_MTU) if topology.overlay == "wireguard" else (MTU6 if six else MTU)
         self.wg_pid = None
         self.ns = topology.ctx.namespace(f"wbrn{index}")
-        self.ip = f"{UNDERLAY}.{index}"
-        self.subnet = f"10.244.{index}"
+        self.ip = f"{UNDERLAY6}{index:x}" if six else f"{UNDERLAY}.{index}"
+        self.subnet = f"fd10:244:0:{index:x}:" if six else f"10.244.{index}"  # + ".N" / ":N"
+        self.sep, self.plen, self.hostlen = (":", 64, 128) if six else (".", 24, 32)
+        self.nodad = " nodad" if six else ""
         self.pods = 0
         self.pod_names = []
         ul = topology.underlay.name
         port = f"rul{index}-{self.ns.name[-6:]}"
         sh(["ip", "-n", ul, "link", "add", port, "type", "veth", "peer", "name", "eth0", "netns", self.ns.name])
         sh(["ip", "-n", ul, "link", "set", port, "master", "ul0", "up"])
-        self._ip(f"addr add {self.ip}/24 dev eth0", "link set eth0 up",
+        self._ip(f"addr add {self.ip}/{self.plen} dev eth0{self.nodad}", "link set eth0 up",
                  "link add cbr0 type bridge", f"link set cbr0 mtu {self.mtu}",
-                 f"addr add {self.subnet}.1/24 dev cbr0", "link set cbr0 up")
+                 f"addr add {self.host(1)}/{self.plen} dev cbr0{self.nodad}", "link set cbr0 up")
         if topology.overlay == "wireguard":
             self._wireguard()
         else:
             self._ip(f"link add {DEVICE} type vxlan id {VNI} local {self.ip} dstport {PORT} nolearning dev eth0",
-                     f"link set {DEVICE} mtu {MTU} address {vtep_mac(index)}",
-                     f"addr add {self.subnet}.0/32 dev {DEVICE}", f"link set {DEVICE} up")
-        self.ns.run(["sysctl", "-qw", "net.ipv4.ip_forward=1"])
+                     f"link set {DEVICE} mtu {self.mtu} address {vtep_mac(index)}",
+                     f"addr add {self.host(0)}/{self.hostlen} dev {DEVICE}{self.nodad}", f"link set {DEVICE} up")
+        self.ns.run(["sysctl", "-qw", "net.ipv6.conf.all.forwarding=1" if six else "net.ipv4.ip_forward=1"])
+
+    def host(self, n: int) -> str:
+        """Address n of this node's pod subnet (0: the subnet's own, .0 or ::)."""
+        return f"{self.subnet}{self.sep}{n}" if n or self.sep == "." else f"{self.subnet}:"
+
+    @property
+    def cidr(self) -> str:
+        return f"{self.host(0)}/{self.plen}"
+
+    @property
+    def endpoint(self) -> str:
+        return f"[{self.ip}]:{WG_PORT}" if ":" in self.ip else f"{self.ip}:{WG_PORT}"
 
     # -- wireguard ---------------------------------------------------------------
     def _wireguard(self):
@@ -91,8 +113,8 @@ class ReferenceNode:
                     raise RuntimeError(f"reference wireguard-go in {self.ns.name} did not start")
                 time.sleep(0.05)
         self.wg("set", WG_DEVICE, "private-key", self.key_file, "listen-port", str(WG_PORT))
-        self._ip(f"link set {WG_DEVICE} mtu {WG_MTU}", f"addr add {self.subnet}.0/32 dev {WG_DEVICE}",
-                 f"link set {WG_DEVICE} up")
+        self._ip(f"link set {WG_DEVICE} mtu {self.mtu}",
+                 f"addr add {self.host(0)}/{self.hostlen} dev {WG_DEVICE}{self.nodad}", f"link set {WG_DEVICE} up")
 
     def wg(self, *args):
         """`wg` in this node (inside wireguard-go's mount namespace when it runs)."""
@@ -114,41 +136,43 @@ class ReferenceNode:
 
     def peer_with(self, other):
         if self.topology.overlay == "wireguard":
-            self.wg("set", WG_DEVICE, "peer", other.public_key, "endpoint", f"{other.ip}:{WG_PORT}",
-                    "allowed-ips", f"{other.subnet}.0/24")
-            self._ip(f"route add {other.subnet}.0/24 dev {WG_DEVICE}")
+            self.wg("set", WG_DEVICE, "peer", other.public_key, "endpoint", other.endpoint,
+                    "allowed-ips", other.cidr)
+            self._ip(f"route add {other.cidr} dev {WG_DEVICE}")
             return
-        self._ip(f"neigh add {other.subnet}.0 lladdr {vtep_mac(other.index)} dev {DEVICE} nud permanent")
+        self._ip(f"neigh add {other.host(0)} lladdr {vtep_mac(other.index)} dev {DEVICE} nud permanent")
         sh(["bridge", "-n", self.ns.name, "fdb", "append", vtep_mac(other.index), "dev", DEVICE,
             "dst", other.ip])
-        self._ip(f"route add {other.subnet}.0/24 via {other.subnet}.0 dev {DEVICE} onlink")
+        self._ip(f"route add {other.cidr} via {other.host(0)} dev {DEVICE} onlink")
 
     def add_pod(self, ctx):
         """A pod namespace on cbr0; returns (namespace, address)."""
         self.pods += 1
         pod = ctx.namespace(f"wbrp{self.index}")
         self.pod_names.append(pod.name)
-        address = f"{self.subnet}.{self.pods + 1}"
+        address = self.host(self.pods + 1)
         host = f"rv{self.index}{self.pods}-{pod.name[-6:]}"
         self._ip(f"link add {host} mtu {self.mtu} type veth peer name eth0 netns {pod.name}",
                  f"link set {host} master cbr0 up")
         sh(["ip", "-n", pod.name, "-batch", "-"],
-           input=f"link set eth0 mtu {self.mtu}\naddr add {address}/24 dev eth0\nlink set eth0 up\n"
-                 f"route add default via {self.subnet}.1\n")
+           input=f"link set eth0 mtu {self.mtu}\naddr add {address}/{self.plen} dev eth0{self.nodad}\n"
+                 f"link set eth0 up\nroute add default via {self.host(1)}\n")
         return pod, address
 
 
 class ReferenceTopology:
     """Two (or more) reference nodes on one underlay bridge, fully meshed.
-    overlay: "vxlan" or "wireguard"; implementation: "kernel"/"userspace" (wireguard)."""
+    overlay: "vxlan" or "wireguard"; implementation: "kernel"/"userspace" (wireguard);
+    family: 4, or 6 for an IPv6 underlay and IPv6 pods."""
 
-    def __init__(self, ctx, nodes: int = 2, overlay: str = "vxlan"):
+    def __init__(self, ctx, nodes: int = 2, overlay: str = "vxlan", family: int = 4):
         if overlay == "wireguard":
             for tool, package in (("wg", "wireguard-tools"), ("wireguard-go", "wireguard-go")):
                 if shutil.which(tool) is None:
                     raise RuntimeError(f"{tool} is missing: apt-get install --no-install-recommends {package}")
         self.ctx = ctx
         self.overlay = overlay
+        self.family = family
         self.implementation = None
         self.underlay = ctx.namespace("wbru")
         self.underlay.run(["ip", "link", "add", "ul0", "type", "bridge"])

@@ -164,7 +164,39 @@ def targets(figures: dict, prepopulated=250) -> list:
     out += scale_targets(figures.get("scale"))
     out += source_validation_targets(figures.get("source-validation"))
     out += cri_targets(figures.get("cri"))
+    out += ipv6_underlay_targets(figures.get("ipv6-underlay"))
     return out
+
+
+def ipv6_underlay_targets(fig) -> list:
+    if not fig or "error" in fig:
+        return []
+    return [_check(f"cross-node pod TCP over an IPv6 underlay, {overlay}, weft / hand-built pair",
+                   fig.get(f"ratio_{overlay}"), ">=", 0.95, "x",
+                   f"{_get(fig, f'weft_{overlay}', 'gbps')} vs {_get(fig, f'reference_{overlay}', 'gbps')} Gbit/s")
+            for overlay in ("vxlan", "wireguard")]
+
+
+def ipv6_underlay_table(figures: dict) -> list:
+    """The IPv6-underlay figure: weft vs the hand-built pair, VXLAN and WireGuard."""
+    fig = figures.get("ipv6-underlay")
+    if not fig or "error" in fig:
+        return []
+    lines = [_row(["pod-to-pod TCP over an IPv6 underlay, iperf3", "weft (Gbit/s)", "reference (Gbit/s)",
+                   "weft / reference"]), _row(["---"] * 4)]
+
+    def gbps(kind):  # the median, then every round's figure
+        samples = _get(fig, kind, "samples_gbps") or []
+        return _fmt(_get(fig, kind, "gbps"), 2) + (f" (rounds {', '.join(f'{s:.2f}' for s in samples)})" if samples else "")
+
+    lines.append(_row([f"cross node, VXLAN weft-v6.<VNI> (pod MTU {fig.get('weft_vxlan_pod_mtu')}; reference "
+                       f"{fig.get('reference_vxlan_pod_mtu')})", gbps("weft_vxlan"), gbps("reference_vxlan"),
+                       _fmt(fig.get("ratio_vxlan"), 2, "x")]))
+    lines.append(_row([f"cross node, WireGuard {fig.get('weft_wireguard_implementation')} (pod MTU "
+                       f"{fig.get('weft_wireguard_pod_mtu')}; reference: hand-built "
+                       f"{fig.get('reference_wireguard_implementation')} pair)", gbps("weft_wireguard"),
+                       gbps("reference_wireguard"), _fmt(fig.get("ratio_wireguard"), 2, "x")]))
+    return lines
 
 
 def cri_targets(fig) -> list:
@@ -527,13 +559,14 @@ def render(results: dict) -> str:
                          ("IPv6-only network: per-pod ADD/DEL against the Go chain, beside IPv4 (same run, "
                           "interleaved)", ipv6_only_table(figures)),
                          ("Datapath", datapath_table(figures)),
+                         ("Datapath over an IPv6 underlay (issue 25)", ipv6_underlay_table(figures)),
                          ("Source validation (issue 22): on vs off, same run", source_validation_table(figures)),
                          ("Control plane", convergence_table(figures)),
                          ("NetworkPolicy", policy_table(figures)),
                          ("Scale (issue 17): cost against N", scale_table(figures)),
                          ("Runtimes (containerd CRI)", cri_table(figures)),
                          ("Runtimes (containerd CRI), steady state", cri_table(figures, resident=True)),
-                         ("Targets (issues 4, 14, 15, 17, 22, 24)", targets_table(results["targets"]))):
+                         ("Targets (issues 4, 14, 15, 17, 22, 24, 25)", targets_table(results["targets"]))):
         if len(lines) > 2:
             parts.append(f"**{title}**\n\n" + "\n".join(lines))
         if title.startswith("Direct exec") and harness_floor_note(figures):

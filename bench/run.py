@@ -22,14 +22,14 @@ import tempfile
 import time
 import traceback
 
-from . import (attach, convergence, cri, default_config, doc_tables, ipv6_only, policy, report, scale,
-               source_validation, throughput, wireguard)
+from . import (attach, convergence, cri, default_config, doc_tables, ipv6_only, ipv6_underlay, policy, report,
+               scale, source_validation, throughput, wireguard)
 from .contenders import LABELS
 from .context import Context, quiesce
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FIGURES = ("default", "sequential", "ipv6-only", "parallel", "density", "throughput", "source-validation",
-           "wireguard", "convergence", "cri", "policy", "scale")
+           "wireguard", "ipv6-underlay", "convergence", "cri", "policy", "scale")
 SMOKE = {"attachments": 10, "parallel": 10, "workers": 8, "parallel_rounds": 2, "prepopulate": 20, "measure": 5,
          "iperf_seconds": 1, "iperf_rounds": 1, "nodes": 3, "leases": 2, "sandboxes": 2,
          "policy_pods": 40, "policy_count": 10, "policy_changes": 3, "policy_adds": 3,
@@ -156,6 +156,7 @@ def run_figures(ctx, args) -> dict:
         "source-validation": lambda: source_validation.source_validation(ctx, args.sv_seconds, args.sv_rounds,
                                                                           args.sv_adds),
         "wireguard": lambda: wireguard.wireguard(ctx, args.iperf_seconds, args.iperf_rounds),
+        "ipv6-underlay": lambda: ipv6_underlay.ipv6_underlay(ctx, args.iperf_seconds, args.iperf_rounds),
         "convergence": lambda: convergence.convergence(ctx, args.nodes, args.leases),
         "cri": lambda: cri.cri(ctx, args.sandboxes),
         "policy": lambda: policy.policy(ctx, 2, args.policy_pods, args.policy_count, args.policy_changes,

@@ -21,6 +21,9 @@ from .namespaces import file_tail, Namespace, own_view_prefix, sh, stop_process
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 UNDERLAY = "192.168.100"
 ETCD_IP = f"{UNDERLAY}.254"
+UNDERLAY6 = "fd00:100::"      # the IPv6 underlay's /64: node i is fd00:100::i, etcd fd00:100::fe
+ETCD_IP6 = f"{UNDERLAY6}fe"
+FAMILIES = {"ipv4": (4,), "ipv6": (6,), "dual": (4, 6)}  # Cluster(underlay=...) and Node's
 AGENT_STOP_TIMEOUT = 15.0
 
 
@@ -70,12 +73,16 @@ class Pod:
 
 
 class Node:
-    def __init__(self, cluster, index: int):
+    def __init__(self, cluster, index: int, underlay: str = None):
+        """underlay: "ipv4", "ipv6" or "dual" (default: the cluster's): the addresses of
+        eth0, and the --public-ip/--public-ipv6 flags weftd gets."""
         self.cluster = cluster
         self.index = index
         self.name = f"node{index}"
         self.ns = Namespace(f"wn{index}")
-        self.ip = f"{UNDERLAY}.{index}"
+        self.families = FAMILIES[underlay or cluster.underlay_family]
+        self.ip = f"{UNDERLAY}.{index}" if 4 in self.families else None
+        self.ip6 = f"{UNDERLAY6}{index:x}" if 6 in self.families else None
         self.dir = os.path.join(cluster.workdir, self.name)
         self.run_dir = os.path.join(self.dir, "run")
         self.state_dir = os.path.join(self.dir, "state")
@@ -93,24 +100,38 @@ class Node:
         sh(["ip", "-n", underlay, "link", "add", port, "type", "veth", "peer", "name", "eth0",
             "netns", self.ns.name])
         sh(["ip", "-n", underlay, "link", "set", port, "master", "ul0", "up"])
-        self.ns.run(["ip", "addr", "add", f"{self.ip}/24", "dev", "eth0"])
+        if self.ip:
+            self.ns.run(["ip", "addr", "add", f"{self.ip}/24", "dev", "eth0"])
+        if self.ip6:
+            self.ns.run(["ip", "addr", "add", f"{self.ip6}/64", "dev", "eth0", "nodad"])
         self.ns.run(["ip", "link", "set", "eth0", "up"])
 
     # -- the agent ------------------------------------------------------------
-    def start_agent(self, networks=("weft",), extra=(), enter=None, own_view=False, weftd=None):
+    def etcd_endpoint(self) -> str:
+        """etcd as this node reaches it: over IPv6 when it has no IPv4 underlay."""
+        etcd = self.cluster.etcd
+        if self.ip is None and getattr(etcd, "also_on", ()):
+            return etcd.also_endpoints()[0]
+        return etcd.endpoint
+
+    def underlay_flags(self) -> list:
+        return [*(["--public-ip", self.ip] if self.ip else []), *(["--public-ipv6", self.ip6] if self.ip6 else [])]
+
+    def start_agent(self, networks=("weft",), extra=(), enter=None, own_view=False, weftd=None, discover=False):
         """enter: argv prefix that runs a command in this node (default `ip netns exec`;
         e.g. a container runtime's mount namespace, so the agent opens the pod netns
         paths the runtime hands to CNI).  own_view: the agent in this node's network
         namespace but mount and PID namespaces of its own (namespaces.own_view: it sees
         neither /run/netns nor the node's processes).  weftd: another weftd executable
-        (e.g. the previous version's, lab/previous.py)."""
+        (e.g. the previous version's, lab/previous.py).  discover: `--iface eth0` instead of
+        the address flags (weftd finds the underlay addresses itself)."""
         exe = weftd or os.path.join(self.cluster.installed, "bin", "weftd")
         if own_view:
             enter = own_view_prefix(self.ns.name)
         self.agent_forked = own_view
         args = [*(enter or ["ip", "netns", "exec", self.ns.name]), exe,
-                "--etcd-endpoints", self.cluster.etcd.endpoint, "--node-name", self.name,
-                "--public-ip", self.ip, "--run-dir", self.run_dir, "--state-dir", self.state_dir,
+                "--etcd-endpoints", self.etcd_endpoint(), "--node-name", self.name,
+                *(["--iface", "eth0"] if discover else self.underlay_flags()), "--run-dir", self.run_dir, "--state-dir", self.state_dir,
                 "--ipam-data-dir", self.ipam_dir, "--reconcile-interval",
                 str(self.cluster.reconcile_interval), "--metrics-addr", "127.0.0.1:9465",
                 *self.cluster.etcd_flags()]
@@ -307,10 +328,14 @@ def descriptors_kept(before: list, after: list, new_threads: int) -> list:
 
 class Cluster:
     def __init__(self, workdir, installed, etcd_tls=False, etcd_auth=False, reconcile_interval=2.0,
-                 etcd_members=1):
+                 etcd_members=1, underlay="ipv4"):
         """etcd_members > 1: an EtcdCluster on ETCD_IP, .253, .252 ... (no TLS/auth); the
-        agents and weftctl get every member's endpoint."""
+        agents and weftctl get every member's endpoint.  underlay: "ipv4", "ipv6" (no IPv4
+        address on the underlay: etcd on ETCD_IP6) or "dual" (both; etcd on IPv4); a node
+        may be given its own (add_node)."""
         self.workdir = str(workdir)
+        self.underlay_family = underlay
+        families = FAMILIES[underlay]
         self.installed = str(installed)
         self.reconcile_interval = reconcile_interval
         self.allow_internal_errors = False  # set by a test that injects a bug on purpose
@@ -318,10 +343,17 @@ class Cluster:
         self.underlay = Namespace("wul")
         try:
             self.underlay.run(["ip", "link", "add", "ul0", "type", "bridge"])
-            hosts = [f"{UNDERLAY}.{254 - i}" for i in range(etcd_members)]
+            hosts = [f"{UNDERLAY}.{254 - i}" for i in range(etcd_members)] if 4 in families else \
+                [f"{UNDERLAY6}{0xfe - i:x}" for i in range(etcd_members)]
+            also_on = ()
+            if 4 in families and 6 in families:  # nodes with only an IPv6 underlay reach etcd too
+                self.underlay.run(["ip", "addr", "add", f"{ETCD_IP6}/64", "dev", "ul0", "nodad"])
+                also_on = (f"[{ETCD_IP6}]",)
             for host in hosts:
-                self.underlay.run(["ip", "addr", "add", f"{host}/24", "dev", "ul0"])
+                self.underlay.run(["ip", "addr", "add", f"{host}/{24 if '.' in host else 64}", "dev", "ul0",
+                                   *(["nodad"] if ":" in host else [])])
             self.underlay.run(["ip", "link", "set", "ul0", "up"])
+            hosts = [f"[{h}]" if ":" in h else h for h in hosts]  # as URLs spell them
             if etcd_members > 1:
                 if etcd_tls or etcd_auth:
                     raise ValueError("Cluster: a multi-member etcd runs without TLS and auth here")
@@ -329,7 +361,7 @@ class Cluster:
                                         netns=self.underlay.name, hosts=hosts)
             else:
                 self.etcd = EtcdServer(os.path.join(self.workdir, "etcd"), tls=etcd_tls, auth=etcd_auth,
-                                       netns=self.underlay.name, host=ETCD_IP)
+                                       netns=self.underlay.name, host=hosts[0], also_on=also_on)
             self.etcd.start()
         except BaseException:
             self.underlay.delete()
@@ -344,18 +376,19 @@ class Cluster:
                 flags += [flag, kwargs[key]]
         return flags
 
-    def add_node(self) -> Node:
-        node = Node(self, len(self.nodes) + 1)
+    def add_node(self, underlay: str = None) -> Node:
+        node = Node(self, len(self.nodes) + 1, underlay)
         self.nodes.append(node)
         return node
 
-    def start_nodes(self, count: int, config: dict, network: str = "weft", mesh_timeout: float = 20.0) -> list:
+    def start_nodes(self, count: int, config: dict, network: str = "weft", mesh_timeout: float = 20.0,
+                    discover: bool = False) -> list:
         """Store the network config, add `count` nodes each running weftd, and wait until
         every agent is ready and has programmed every other node's lease."""
         self.set_network(network, config)
         nodes = [self.add_node() for _ in range(count)]
         for node in nodes:
-            node.start_agent(networks=(network,))
+            node.start_agent(networks=(network,), discover=discover)
         for node in nodes:
             node.wait_ready(network)
         for node in nodes:

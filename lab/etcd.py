@@ -95,10 +95,12 @@ class EtcdServer:
     """One etcd member on 127.0.0.1 with its data, log and certificates in workdir."""
 
     def __init__(self, workdir, tls: bool = False, auth: bool = False, extra_args=(),
-                 netns: str = None, host: str = "127.0.0.1", name: str = None):
+                 netns: str = None, host: str = "127.0.0.1", name: str = None, also_on=()):
+        """also_on: more hosts (URL form, e.g. "[fd00::fe]") clients may reach it on."""
         self.workdir = os.path.abspath(str(workdir))
         self.netns = netns
         self.host = host
+        self.also_on = tuple(also_on)
         self.tls = tls
         self.auth = auth
         self.extra_args = list(extra_args)
@@ -124,6 +126,9 @@ class EtcdServer:
     @property
     def endpoint(self) -> str:
         return f"{self.scheme}://{self.host}:{self.client_port}"
+
+    def also_endpoints(self) -> list:
+        return [f"{self.scheme}://{host}:{self.client_port}" for host in self.also_on]
 
     @property
     def pid(self):
@@ -217,7 +222,8 @@ class EtcdServer:
         client_url = self.endpoint
         peer_url = f"http://{self.host}:{self.peer_port}"
         cmd = [ETCD, "--name", self.name, "--data-dir", self.data_dir,
-               "--listen-client-urls", client_url, "--advertise-client-urls", client_url,
+               "--listen-client-urls", ",".join([client_url] + self.also_endpoints()),
+               "--advertise-client-urls", client_url,
                "--listen-peer-urls", peer_url, "--initial-advertise-peer-urls", peer_url,
                "--initial-cluster", self.initial_cluster or f"{self.name}={peer_url}",
                "--initial-cluster-state", "new", "--initial-cluster-token", self.cluster_token or self.name,

@@ -78,7 +78,7 @@ def main(argv=None) -> int:
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
     signal.signal(signal.SIGHUP, lambda *_: [agent.command("rotate-key") for agent in agents])
-    log.info(f"weftd started: networks {', '.join(args.networks)}, public IP {node.public_ip}",
+    log.info(f"weftd started: networks {', '.join(args.networks)}, public IP {node.underlay_text}",
              extra={"node": node.name})
     for agent in agents:
         agent.start()

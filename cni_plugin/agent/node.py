@@ -1,4 +1,4 @@
-"""This node's identity on the underlay: name, node ID, public IP, per-network VTEP MACs.
+"""This node's identity on the underlay: name, node ID, public IPv4 and/or IPv6, per-network VTEP MACs.
 
 The node ID is made once (random, 128 bits) and kept in <state-dir>/node-id: it tells a
 restart of this agent (same state dir: adopts its lease) from another agent started
@@ -23,41 +23,40 @@ class NodeError(Exception):
 @dataclass
 class NodeIdentity:
     name: str
-    public_ip: ipaddress.IPv4Address
+    public_ip: Optional[ipaddress.IPv4Address]  # at least one of the two is set
     state_dir: str
     public_ipv6: Optional[ipaddress.IPv6Address] = None
     node_id: str = ""
     run_dir: str = ""  # --run-dir: backends keep runtime sockets below it (e.g. wireguard-go's)
 
+    @property
+    def underlay_text(self) -> str:
+        return ",".join(str(a) for a in (self.public_ip, self.public_ipv6) if a is not None)
+
     @classmethod
     def discover(cls, args) -> "NodeIdentity":
+        """The underlay addresses from --public-ip / --public-ipv6, the missing ones from
+        --iface when it is given; with neither address flag, both families from --iface
+        or else from each family's default route.  A node needs one family at least."""
         from ..datapath import underlay
         from ..datapath.errors import DatapathError
         from ..datapath.netlink import open_agent
 
+        given = {4: _flag_address(args.public_ip, "--public-ip", ipaddress.IPv4Address),
+                 6: _flag_address(getattr(args, "public_ipv6", None), "--public-ipv6", ipaddress.IPv6Address)}
         with open_agent() as nl:
-            if args.public_ip:
+            found = dict(given)
+            if args.iface or not any(given.values()):
                 try:
-                    public_ip = ipaddress.IPv4Address(args.public_ip)
-                except ValueError:
-                    raise NodeError(f"--public-ip {args.public_ip!r} is not an IPv4 address") from None
-            else:
-                try:
-                    public_ip = underlay.public_ipv4(nl, args.iface)
+                    discovered = underlay.discover(nl, args.iface)
                 except DatapathError as exc:
                     raise NodeError(str(exc)) from None
-            from ..subnet.validation import address_problem
-
-            why = address_problem(public_ip)
-            if why:
-                raise NodeError(f"public IP {public_ip} {why}: other nodes would refuse this node's "
-                                "leases; fix --public-ip or --iface")
-            try:
-                underlay.interface_of_ip(nl, public_ip)
-            except DatapathError as exc:
-                raise NodeError(f"public IP {public_ip} is not on any interface of this node ({exc}); "
-                                "fix --public-ip or --iface") from None
-        return cls(name=args.node_name, public_ip=public_ip, state_dir=args.state_dir,
+                for version, address in zip((4, 6), discovered):
+                    found[version] = found[version] or address
+            for version, address in found.items():
+                if address is not None:
+                    _check_underlay(nl, address, "--public-ip" if version == 4 else "--public-ipv6")
+        return cls(name=args.node_name, public_ip=found[4], public_ipv6=found[6], state_dir=args.state_dir,
                    node_id=node_id(args.state_dir), run_dir=args.run_dir)
 
     def vtep_mac(self, network: str) -> str:
@@ -73,6 +72,33 @@ class NodeIdentity:
         mac = random_mac()
         write_atomic(path, mac + "\n", mode=0o644, make_dirs=True)
         return mac
+
+
+def _flag_address(value, flag: str, kind):
+    if not value:
+        return None
+    try:
+        return kind(value)
+    except ValueError:
+        raise NodeError(f"{flag} {value!r} is not an IPv{4 if kind is ipaddress.IPv4Address else 6} address") \
+            from None
+
+
+def _check_underlay(nl, address, flag: str) -> None:
+    """NodeError when `address` cannot be this node's underlay address."""
+    from ..datapath import underlay
+    from ..datapath.errors import DatapathError
+    from ..subnet.validation import address_problem
+
+    why = address_problem(address)
+    if why:
+        raise NodeError(f"public IP {address} {why}: other nodes would refuse this node's leases; "
+                        f"fix {flag} or --iface")
+    try:
+        underlay.interface_of_ip(nl, address)
+    except DatapathError as exc:
+        raise NodeError(f"public IP {address} is not on any interface of this node ({exc}); "
+                        f"fix {flag} or --iface") from None
 
 
 _NODE_ID = re.compile(r"^[0-9a-f]{32}$")

@@ -37,8 +37,13 @@ def parser() -> argparse.ArgumentParser:
                     "subnet file the plugin reads, and programs the VXLAN or host-gw overlay.")
     etcd_flags.add(p)
     p.add_argument("--node-name", default=socket.gethostname(), help="default: the hostname")
-    p.add_argument("--public-ip", help="this node's underlay address (default: from --iface)")
-    p.add_argument("--iface", help="underlay interface (default: the default route's)")
+    p.add_argument("--public-ip", help="this node's IPv4 underlay address (default: from --iface, or the "
+                   "IPv4 default route's interface when no --public-ipv6 is given either)")
+    p.add_argument("--public-ipv6", help="this node's IPv6 underlay address (default: from --iface, or the "
+                   "IPv6 default route's interface when no --public-ip is given either; temporary, "
+                   "deprecated and link-local addresses are never picked)")
+    p.add_argument("--iface", help="underlay interface: the addresses not given by --public-ip/--public-ipv6 "
+                   "are its first global ones (default: each family's default route's)")
     p.add_argument("--network", action="append", dest="networks", metavar="NAME",
                    help="network to serve; repeat for several (default: weft)")
     for flag, default, kind, metavar, what in _VALUED_FLAGS:

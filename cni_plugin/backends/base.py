@@ -3,8 +3,8 @@
 Kernel entries are (kind, key, value) triples that the shared engine reads back,
 compares and writes:
   route      ip_network  -> (gateway ip_address, oif, onlink)
-  neighbour  ip_address  -> MAC               (on the backend's device)
-  fdb        MAC         -> ip_address        (on the backend's device)
+  neighbour  (ifindex, ip_address) -> MAC           (on one of the backend's devices)
+  fdb        (ifindex, MAC)        -> ip_address    (on one of the backend's devices)
 plus the backend's own "device entries" (its DEVICE_KINDS, e.g. WireGuard peers),
 which the backend itself reads back, writes and deletes on its device; the engine
 treats them like the others (compare, write, remove stale) and orders them after
@@ -36,10 +36,11 @@ class Device(NamedTuple):
 
 
 class SetupResult(NamedTuple):
-    mtu: int              # the pod MTU this backend leaves room for
+    mtu: int              # the pod MTU this backend leaves room for (the smallest its devices allow)
     device: Device
     action: str = ""      # what was done to the device, e.g. "recreated"
     reason: str = ""
+    device6: Device = Device()  # VXLAN's second device, over the IPv6 underlay
 
 
 class Backend:
@@ -99,9 +100,11 @@ class Backend:
         self.config = config  # the backend's config object
         self.log = log
 
-    def setup(self, nl, network, lease, node, underlay) -> SetupResult:
-        """Create or repair the device for `lease` (this node's); network: NetworkConfig."""
-        return SetupResult(underlay.mtu, Device())
+    def setup(self, nl, network, lease, node, underlay, underlay6=None) -> SetupResult:
+        """Create or repair the device(s) for `lease` (this node's); network: NetworkConfig;
+        underlay/underlay6: datapath.underlay.Underlay of the node's IPv4/IPv6 address
+        (None: the node has no underlay of that family)."""
+        return SetupResult(min(u.mtu for u in (underlay, underlay6) if u is not None), Device())
 
     def rotate_key(self, nl, network, lease, node):
         """Replace this node's key (backends that have one); returns the new BackendData
@@ -141,6 +144,12 @@ class Backend:
     def peer_entries(self, plan, lease) -> list:
         """[(kind, key, value)] for one usable remote lease, in write order."""
         raise NotImplementedError
+
+    def peer_gaps(self, plan, lease) -> list:
+        """[text] of what this backend cannot carry to a usable peer (e.g. host-gw: an IPv6
+        subnet over an IPv4-only common underlay): shown in the status, never blocking the
+        peer's other entries."""
+        return []
 
     def peer_owned(self, plan, lease) -> list:
         """[(kind, key, value or None)] a lease may own, in removal order (value: what an

@@ -8,8 +8,16 @@ missing or wrong ones (netlink replace) and returns a Drift; `apply_peer` and
 
 Ownership: routes are ours when they carry proto WEFT_RTPROT and their destination
 lies inside the plan's cluster network(s) (any interface, table main); when the
-backend owns its device's entries, every permanent neighbour and every FDB entry on
-that device is ours.  Nothing else is ever read as ours or removed.
+backend owns its devices' entries, every permanent neighbour and every FDB entry on
+those devices is ours (keyed by (ifindex, address) and (ifindex, MAC): VXLAN has one
+device per underlay family).  Nothing else is ever read as ours or removed.
+
+Underlay families (the model, docs/configuration.md): a node has an IPv4 underlay
+address, an IPv6 one or both.  underlay_route() says which underlay family carries
+each inner (pod) family to one peer: when both nodes have both, each inner family
+rides its own; when they share one, both ride that one; when they share none they
+are not peers (NoCommonUnderlay: the overlay controller refuses the lease, so neither
+node programs the other).
 
 Partial reads: `read_state` and `reconcile_from` take `kinds`, a subset of the kinds
 the plan owns (owned_kinds); only entries of those kinds are read, compared and
@@ -23,7 +31,6 @@ skipped silently: they are collected per lease and raised as one OverlayError, w
 carries the Drift of what did get done.
 """
 
-import ipaddress
 from dataclasses import dataclass, field
 from typing import Optional
 
@@ -37,6 +44,30 @@ WRITE_RANK = {NEIGH: 0, FDB: 1, ROUTE: 3}  # a backend's device kinds: 2
 
 def write_rank(kind: str) -> int:
     return WRITE_RANK.get(kind, 2)
+
+
+class NoCommonUnderlay(ValueError):
+    """This node and a lease's node share no underlay family: they cannot be peers."""
+
+
+def families_text(families) -> str:
+    return " and ".join(f"IPv{v}" for v in sorted(families)) or "no"
+
+
+def underlay_route(local_families, lease) -> dict:
+    """{inner IP version: underlay IP version} for traffic to `lease`'s node (see the
+    module doc); NoCommonUnderlay naming both sides' families when there is none."""
+    theirs = {version for version, address in ((4, lease.public_ip), (6, lease.public_ipv6)) if address}
+    common = set(local_families) & theirs
+    if not common:
+        raise NoCommonUnderlay(
+            f"no common underlay family: this node has {families_text(local_families)} underlay, node "
+            f"{lease.node_name or '?'} has {families_text(theirs)} ({lease.underlay_text}); the two are "
+            "not peers (give one of them an address of the other's family: --public-ip/--public-ipv6)")
+    if common == {4, 6}:
+        return {4: 4, 6: 6}
+    (only,) = common
+    return {4: only, 6: only}
 
 
 class OverlayError(Exception):
@@ -67,26 +98,58 @@ class Plan:
     backend    the Backend instance (its .name and .config)
     local      this node's Lease (its subnets are never routed)
     networks   cluster networks: (IPv4Network,), (IPv4Network, IPv6Network) or (IPv6Network,)
-    underlay   Underlay of the local public IPv4 address
-    device     the backend's Device (index 0: none)
-    underlay6  Underlay of the local public IPv6 address, if any
+    underlay   Underlay of the local public IPv4 address (None: no IPv4 underlay)
+    device     the backend's Device (index 0: none); VXLAN: the one over IPv4
+    underlay6  Underlay of the local public IPv6 address (None: no IPv6 underlay)
     peers      remote Leases (the local lease, if present, is ignored)
+    device6    VXLAN's device over the IPv6 underlay (index 0: none)
     """
 
     backend: object
     local: object
     networks: tuple
-    underlay: Underlay
+    underlay: Optional[Underlay]
     device: Device = Device()
     underlay6: Optional[Underlay] = None
     peers: tuple = ()
+    device6: Device = Device()
 
     @classmethod
-    def for_network(cls, backend, config, local, underlay: Underlay, device: Device = Device(),
-                    peers=(), underlay6: Optional[Underlay] = None) -> "Plan":
+    def for_network(cls, backend, config, local, underlay: Optional[Underlay], device: Device = Device(),
+                    peers=(), underlay6: Optional[Underlay] = None, device6: Device = Device()) -> "Plan":
         """A Plan from a NetworkConfig (cni_plugin.subnet.lease)."""
         return cls(backend=backend, local=local, networks=config.networks, underlay=underlay, device=device,
-                   underlay6=underlay6, peers=tuple(peers))
+                   underlay6=underlay6, peers=tuple(peers), device6=device6)
+
+    @property
+    def underlay_families(self) -> frozenset:
+        return frozenset(v for v, u in ((4, self.underlay), (6, self.underlay6)) if u is not None)
+
+    def underlay_of(self, version: int) -> Underlay:
+        return self.underlay if version == 4 else self.underlay6
+
+    @property
+    def primary_underlay(self) -> Underlay:
+        """The IPv4 underlay, else the IPv6 one (for names in messages)."""
+        return self.underlay or self.underlay6
+
+    def route(self, lease) -> dict:
+        """{inner version: underlay version} to `lease` (underlay_route; NoCommonUnderlay)."""
+        return underlay_route(self.underlay_families, lease)
+
+    @staticmethod
+    def peer_address(lease, version: int):
+        """The lease's underlay address of one family."""
+        return lease.public_ip if version == 4 else lease.public_ipv6
+
+    @property
+    def devices(self) -> tuple:
+        """The backend's devices on this node (index set), the IPv4-underlay one first."""
+        return tuple(d for d in (self.device, self.device6) if d.index)
+
+    def inner_subnets(self, lease) -> list:
+        """[(subnet, inner version)] of a lease that this network routes."""
+        return [(s, s.version) for s in lease.subnets if s.version == 4 or self.ipv6]
 
     @property
     def ipv6(self) -> bool:
@@ -96,29 +159,34 @@ class Plan:
         return any(network.version == n.version and network.subnet_of(n) for n in self.networks)
 
     def oif_name(self, index: int) -> str:
-        if index == self.device.index and self.device.name:
-            return self.device.name
+        for device in self.devices:
+            if index == device.index and device.name:
+                return device.name
         for underlay in (self.underlay, self.underlay6):
             if underlay is not None and underlay.index == index:
                 return underlay.name
         return f"if{index}"
 
-    def direct_ipv6(self, lease) -> Optional[ipaddress.IPv6Address]:
-        """The peer's PublicIPv6 when an IPv6 subnet can be routed to it directly."""
-        if self.underlay6 is not None and lease.public_ipv6 is not None \
-                and lease.public_ipv6 in self.underlay6.network:
-            return lease.public_ipv6
-        return None
+    def direct_hop(self, lease, inner: int, underlay: int):
+        """(peer address, underlay ifindex) when a subnet of family `inner` can be routed
+        straight to the peer over underlay family `underlay` (the peer's address on the
+        local underlay's network; an IPv4 subnet may go via an IPv6 next hop, never the
+        reverse), else None."""
+        local = self.underlay_of(underlay)
+        address = self.peer_address(lease, underlay)
+        if local is None or address is None or address not in local.network or (inner, underlay) == (6, 4):
+            return None
+        return address, local.index
 
     def reads_device(self) -> bool:
-        return self.backend.owns_device_entries and bool(self.device.index)
+        return self.backend.owns_device_entries and bool(self.devices)
 
     def owned_kinds(self) -> frozenset:
         """Every kind of kernel entry this plan owns."""
         kinds = {ROUTE}
         if self.reads_device():
             kinds |= {NEIGH, FDB}
-        if self.device.index:
+        if self.devices:
             kinds |= set(self.backend.DEVICE_KINDS)
         return frozenset(kinds)
 
@@ -129,8 +197,7 @@ class Plan:
 
     def has_device_entries(self) -> bool:
         """The backend owns entries on its device (neighbours/FDB or its own kinds)."""
-        return bool(self.device.index) and (self.backend.owns_device_entries
-                                            or bool(self.backend.DEVICE_KINDS))
+        return bool(self.devices) and (self.backend.owns_device_entries or bool(self.backend.DEVICE_KINDS))
 
 
 # -- desired state (pure) -----------------------------------------------------
@@ -149,7 +216,7 @@ class Desired:
 
 
 def describe_lease(lease) -> str:
-    return f"lease {lease.key} (node {lease.node_name or '?'}, {lease.public_ip})"
+    return f"lease {lease.key} (node {lease.node_name or '?'}, {lease.underlay_text})"
 
 
 def is_local(plan: Plan, lease) -> bool:
@@ -164,6 +231,7 @@ def check_peer(plan: Plan, lease) -> None:
         raise ValueError(f"subnet {lease.subnet} is outside the cluster network")
     if plan.ipv6 and lease.ipv6_subnet is not None and not plan.in_cluster(lease.ipv6_subnet):
         raise ValueError(f"IPv6 subnet {lease.ipv6_subnet} is outside the cluster network")
+    plan.route(lease)  # NoCommonUnderlay
     plan.backend.check_peer(plan, lease)
 
 
@@ -178,7 +246,7 @@ def _protect(plan: Plan, desired: Desired, lease) -> None:
         desired.protected.add((ROUTE, subnet))
     for kind, key, _ in plan.backend.peer_owned(plan, lease):
         desired.protected.add((kind, key))
-    desired.protected_fdb_dsts.add(lease.public_ip)
+    desired.protected_fdb_dsts.update(lease.public_ips)
 
 
 def desired_state(plan: Plan) -> Desired:
@@ -194,7 +262,7 @@ def desired_state(plan: Plan) -> Desired:
             continue
         for kind, key, value in entries:
             desired.add(kind, key, value, lease.key)
-    if plan.device.index:
+    if plan.devices:
         for kind, key, value in plan.backend.local_entries(plan):
             desired.add(kind, key, value, plan.local.key)
     return desired
@@ -212,13 +280,13 @@ def read_state(nl, plan: Plan, kinds=None) -> dict:
             for route in nl.routes(version, proto=WEFT_RTPROT):
                 if plan.in_cluster(route.dst):
                     state[(ROUTE, route.dst)] = (route.gateway, route.oif, route.onlink)
-    if NEIGH in wanted:
-        for ip, mac in nl.permanent_neighbours(plan.device.index).items():
-            state[(NEIGH, ip)] = mac
-    if FDB in wanted:
-        for mac, (dst, permanent) in nl.fdb(plan.device.index).items():
+    for device in plan.devices if NEIGH in wanted else ():
+        for ip, mac in nl.permanent_neighbours(device.index).items():
+            state[(NEIGH, (device.index, ip))] = mac
+    for device in plan.devices if FDB in wanted else ():
+        for mac, (dst, permanent) in nl.fdb(device.index).items():
             # a learned entry is never equal to a desired value: rewritten
-            state[(FDB, mac)] = dst if permanent else ("not permanent", dst)
+            state[(FDB, (device.index, mac))] = dst if permanent else ("not permanent", dst)
     if wanted & set(plan.backend.DEVICE_KINDS):
         state.update((entry, value) for entry, value in plan.backend.read_device_entries(nl, plan).items()
                      if entry[0] in wanted)
@@ -227,9 +295,9 @@ def read_state(nl, plan: Plan, kinds=None) -> dict:
 
 def _write(nl, plan: Plan, kind: str, key, value) -> None:
     if kind == NEIGH:
-        nl.replace_neighbour(plan.device.index, key, value)
+        nl.replace_neighbour(key[0], key[1], value)
     elif kind == FDB:
-        nl.replace_fdb(plan.device.index, key, value)
+        nl.replace_fdb(key[0], key[1], value)
     elif kind == ROUTE:
         gateway, oif, onlink = value
         nl.replace_route(key, gateway, oif, onlink)
@@ -240,10 +308,10 @@ def _write(nl, plan: Plan, kind: str, key, value) -> None:
 def _delete(nl, plan: Plan, kind: str, key, value) -> bool:
     """Delete one entry; False when it was already gone."""
     if kind == NEIGH:
-        return nl.delete_neighbour(plan.device.index, key)
+        return nl.delete_neighbour(key[0], key[1])
     if kind == FDB:
         dst = value[1] if isinstance(value, tuple) else value
-        return nl.delete_fdb(plan.device.index, key, dst)
+        return nl.delete_fdb(key[0], key[1], dst)
     if kind == ROUTE:
         return nl.delete_weft_route(key)  # by destination and weft's protocol only
     return plan.backend.delete_device_entry(nl, plan, kind, key, value)
@@ -255,9 +323,9 @@ def describe(plan: Plan, kind: str, key, value) -> str:
         via = f" via {gateway}" if gateway is not None else ""
         return f"route {key}{via} dev {plan.oif_name(oif)}{' onlink' if onlink else ''}"
     if kind == NEIGH:
-        return f"neighbour {key} lladdr {value} dev {plan.device.name}"
+        return f"neighbour {key[1]} lladdr {value} dev {plan.oif_name(key[0])}"
     if kind == FDB:
-        return f"fdb {key} dst {value} dev {plan.device.name}"
+        return f"fdb {key[1]} dst {value} dev {plan.oif_name(key[0])}"
     return plan.backend.describe_device_entry(plan, kind, key, value)
 
 
@@ -343,14 +411,17 @@ def _add_missing_batched(nl, batch, plan: Plan, missing: list, actual: dict, dri
                     continue
                 _written(plan, entry, None, actual, drift, errors, failed)
             continue
-        if kind == NEIGH:
-            failures = batch.replace_neighbours(plan.device.index, [(key, value) for _, key, value, _ in todo])
-        elif kind == FDB:
-            failures = batch.replace_fdbs(plan.device.index, [(key, value) for _, key, value, _ in todo])
-        else:
-            failures = batch.replace_routes([(key, *value) for _, key, value, _ in todo])
-        for position, entry in enumerate(todo):
-            _written(plan, entry, failures.get(position), actual, drift, errors, failed)
+        if kind == ROUTE:
+            groups = [(todo, batch.replace_routes([(key, *value) for _, key, value, _ in todo]))]
+        else:  # neighbours and FDB entries: one batch per device
+            send = batch.replace_neighbours if kind == NEIGH else batch.replace_fdbs
+            groups = []
+            for index in sorted({entry[1][0] for entry in todo}):
+                group = [entry for entry in todo if entry[1][0] == index]
+                groups.append((group, send(index, [(key[1], value) for _, key, value, _ in group])))
+        for group, failures in groups:
+            for position, entry in enumerate(group):
+                _written(plan, entry, failures.get(position), actual, drift, errors, failed)
 
 
 def reconcile(nl, plan: Plan) -> Drift:
@@ -377,7 +448,7 @@ def reconcile_from(nl, plan: Plan, actual: dict, unsettled=frozenset(), kinds=No
     missing = [entry for entry in missing_entries(desired, actual) if entry[3] not in unsettled]
     _add_missing(nl, plan, missing, actual, drift, errors)
     if errors:
-        raise OverlayError(f"network datapath {plan.device.name or plan.underlay.name}: "
+        raise OverlayError(f"network datapath {plan.device.name or plan.device6.name or plan.primary_underlay.name}: "
                            f"{len(errors)} problem(s)", errors, drift)
     return drift
 

@@ -1,11 +1,15 @@
-"""Backend "vxlan", as flannel does it: device weft.<VNI>, one L2 hop per remote node.
+"""Backend "vxlan", as flannel does it: one L2 hop per remote node, one device per
+underlay family: weft.<VNI> over IPv4 (local PublicIP), weft-v6.<VNI> over IPv6 (local
+PublicIPv6), both with the node's VTEP MAC and MTU underlay - 50 / - 70.
 
-Per remote lease, on the device: permanent neighbour  remote .0 -> VtepMAC, permanent
-FDB entry  VtepMAC -> remote PublicIP (NTF_SELF), then the route  remote subnet via
-remote .0 dev weft.<VNI> onlink; a dual-stack lease adds the neighbour <v6subnet>:: ->
-VtepMAC and the route <v6subnet> via <v6subnet>:: onlink on the same device (IPv4
-underlay).  With DirectRouting, a remote whose PublicIP lies in the local underlay's
-network gets a plain route (subnet via PublicIP dev <underlay>) and no neighbour/FDB.
+Per remote lease and inner family, on the device of the underlay family that carries it
+(backends/engine.py underlay_route: each its own when both nodes have both, else the
+one they share): permanent neighbour  remote .0 (or <v6subnet>::) -> VtepMAC, permanent
+FDB entry  VtepMAC -> the remote's address of that family (NTF_SELF, one per device
+used), then the route  remote subnet via remote .0 dev <device> onlink.  With
+DirectRouting, a remote whose address lies in the local underlay's network gets a plain
+route (subnet via that address dev <underlay>; an IPv4 subnet may go via an IPv6 next
+hop) and no neighbour/FDB.
 
 Config keys: VNI [1], Port [8472], DirectRouting [false].  BackendData: {VNI, VtepMAC}.
 """
@@ -15,16 +19,17 @@ import re
 from dataclasses import dataclass
 
 from ..checks import PORT_MAX, PORT_MIN, int_in
-from ..datapath.vxlan_device import ensure_vxlan
+from ..datapath.vxlan_device import ensure_vxlan, remove_vxlan
 from . import register
 from .base import FDB, NEIGH, ROUTE, Backend, BackendDataError, Device, SetupResult
 
-VXLAN_OVERHEAD = 50  # outer IPv4 20 + UDP 8 + VXLAN 8 + inner Ethernet 14 (70 over IPv6)
+OVERHEAD = {4: 50, 6: 70}  # outer IPv4 20 / IPv6 40 + UDP 8 + VXLAN 8 + inner Ethernet 14
 _MAC = re.compile(r"^([0-9a-f]{2}:){5}[0-9a-f]{2}$")
 
 
-def device_name(vni: int) -> str:
-    return f"weft.{vni}"
+def device_name(vni: int, underlay: int = 4) -> str:
+    """weft.<VNI> over an IPv4 underlay, weft-v6.<VNI> over an IPv6 one."""
+    return f"weft.{vni}" if underlay == 4 else f"weft-v6.{vni}"
 
 
 def vtep_ip(subnet):
@@ -116,45 +121,71 @@ class Vxlan(Backend):
     def local_lease_data(cls, config: VxlanConfig, node, network: str) -> VxlanData:
         return VxlanData(vni=config.vni, vtep_mac=node.vtep_mac(network))
 
-    def setup(self, nl, network, lease, node, underlay) -> SetupResult:
-        name = device_name(self.config.vni)
+    def setup(self, nl, network, lease, node, underlay, underlay6=None) -> SetupResult:
+        """weft.<VNI> over the IPv4 underlay, weft-v6.<VNI> over the IPv6 one (each when
+        the node has that family); a device of a family the node no longer has is
+        removed.  The pod MTU leaves room for the larger overhead of the two."""
         addresses = [ipaddress.ip_interface(f"{vtep_ip(s)}/{s.max_prefixlen}") for s in lease.subnets]
-        mtu = underlay.mtu - VXLAN_OVERHEAD
-        device = ensure_vxlan(nl, name, self.config.vni, node.public_ip, self.config.port,
-                              underlay.index, mtu, lease.backend_data.vtep_mac, addresses)
-        return SetupResult(mtu, Device(device.index, name), device.action, device.reason)
+        made, mtus, notes = {}, [], []
+        for version, local, public in ((4, underlay, node.public_ip), (6, underlay6, node.public_ipv6)):
+            name = device_name(self.config.vni, version)
+            if local is None or public is None:
+                remove_vxlan(nl, name)
+                continue
+            mtu = local.mtu - OVERHEAD[version]
+            # the node's own .0 (and ::) on the first device only: it answers on them from any
+            device = ensure_vxlan(nl, name, self.config.vni, public, self.config.port,
+                                  local.index, mtu, lease.backend_data.vtep_mac, [] if made else addresses)
+            made[version] = Device(device.index, name)
+            mtus.append(mtu)
+            if device.action in ("recreated", "updated"):
+                notes.append((device.action, f"{name}: {device.reason}"))
+        action = notes[0][0] if notes else "unchanged"
+        return SetupResult(min(mtus), made.get(4, Device()), action, "; ".join(n[1] for n in notes),
+                           device6=made.get(6, Device()))
 
     def check_peer(self, plan, lease) -> None:
-        if not plan.device.index:
+        if not plan.devices:
             raise ValueError("the plan has no VXLAN device")
         if not lease.backend_data.vtep_mac:
             raise ValueError("no VtepMAC")
         if lease.backend_data.vni != self.config.vni:
             raise ValueError(f"VNI {lease.backend_data.vni}, but the local device uses VNI {self.config.vni}")
 
+    @staticmethod
+    def _device(plan, version: int) -> Device:
+        return plan.device if version == 4 else plan.device6
+
     def peer_entries(self, plan, lease) -> list:
+        """Per inner family: over the underlay family engine.underlay_route picks, a
+        neighbour and an onlink route on that family's device (or, with DirectRouting and
+        the peer on the local underlay's network, a plain route via its address); one FDB
+        entry per device used."""
         mac = lease.backend_data.vtep_mac
-        v6 = plan.ipv6 and lease.ipv6_subnet is not None
-        direct4 = self.config.direct_routing and lease.public_ip in plan.underlay.network
-        direct6 = plan.direct_ipv6(lease) if (v6 and self.config.direct_routing) else None
-        neighbours, routes = [], []
-        if lease.subnet is None:  # an IPv6-only lease
-            pass
-        elif direct4:
-            routes.append((ROUTE, lease.subnet, (lease.public_ip, plan.underlay.index, False)))
-        else:
-            neighbours.append((NEIGH, vtep_ip(lease.subnet), mac))
-            routes.append((ROUTE, lease.subnet, (vtep_ip(lease.subnet), plan.device.index, True)))
-        if v6 and direct6 is not None:
-            routes.append((ROUTE, lease.ipv6_subnet, (direct6, plan.underlay6.index, False)))
-        elif v6:
-            neighbours.append((NEIGH, vtep_ip(lease.ipv6_subnet), mac))
-            routes.append((ROUTE, lease.ipv6_subnet, (vtep_ip(lease.ipv6_subnet), plan.device.index, True)))
-        fdb = [(FDB, mac, lease.public_ip)] if neighbours else []
-        return neighbours + fdb + routes
+        route = plan.route(lease)
+        neighbours, routes, fdb = [], [], {}
+        for subnet, inner in plan.inner_subnets(lease):
+            underlay = route[inner]
+            direct = plan.direct_hop(lease, inner, underlay) if self.config.direct_routing else None
+            if direct is not None:
+                routes.append((ROUTE, subnet, (direct[0], direct[1], False)))
+                continue
+            device = self._device(plan, underlay)
+            neighbours.append((NEIGH, (device.index, vtep_ip(subnet)), mac))
+            routes.append((ROUTE, subnet, (vtep_ip(subnet), device.index, True)))
+            fdb[device.index] = plan.peer_address(lease, underlay)
+        return neighbours + [(FDB, (index, mac), dst) for index, dst in fdb.items()] + routes
 
     def peer_owned(self, plan, lease) -> list:
-        """FDB (only while it still points at the lease's PublicIP), then neighbours."""
+        """On each device: FDB (only while it still points at the lease's address of that
+        device's family), then neighbours."""
         mac = getattr(lease.backend_data, "vtep_mac", "")
-        owned = [(FDB, mac, lease.public_ip)] if mac else []
-        return owned + [(NEIGH, s.network_address, mac) for s in lease.subnets]
+        owned, neighbours = [], []
+        for version in (4, 6):
+            device, address = self._device(plan, version), plan.peer_address(lease, version)
+            if not device.index:
+                continue
+            if mac and address is not None:
+                owned.append((FDB, (device.index, mac), address))
+            neighbours += [(NEIGH, (device.index, s.network_address), mac) for s in lease.subnets]
+        return owned + neighbours

@@ -2,9 +2,12 @@
 
 Per network, this node has one device `weft-wg.<ListenPort>` (the kernel's WireGuard
 where the module exists, else wireguard-go: datapath/wireguard.py), address
-<subnet>.0/32, MTU = underlay MTU - 60 (IPv4 underlay; 80 over IPv6), listening on
-ListenPort.  Per remote lease: one peer (its PublicKey; endpoint PublicIP:ListenPort;
-AllowedIPs = its subnet, plus its IPv6 subnet when dual-stack), then the route
+<subnet>.0/32, MTU = the smallest of underlay MTU - 60 (IPv4 underlay) and - 80 (IPv6
+underlay) over the node's underlay families, listening on ListenPort (both families).
+Per remote lease: one peer (its PublicKey; endpoint PublicIP:ListenPort, or
+[PublicIPv6]:ListenPort when the two nodes share only an IPv6 underlay: one WireGuard
+peer has one endpoint, so when they share both families, both inner families ride
+IPv4; AllowedIPs = its subnet, plus its IPv6 subnet when dual-stack), then the route
 `remote subnet dev weft-wg.<port>` (no gateway: the device picks the peer by AllowedIPs).
 
 Keys: the node's X25519 private key is 32 random bytes clamped as X25519 wants them
@@ -209,7 +212,7 @@ class Wireguard(Backend):
         return WireguardData(public_key=public_key_of(key), listen_port=config.listen_port)
 
     # -- this node -------------------------------------------------------------------
-    def setup(self, nl, network, lease, node, underlay) -> SetupResult:
+    def setup(self, nl, network, lease, node, underlay, underlay6=None) -> SetupResult:
         from ..datapath.wireguard import ensure_wireguard
 
         name = device_name(self.config.listen_port)
@@ -217,7 +220,8 @@ class Wireguard(Backend):
         self.public_key = public_key_of(private_key)
         # the subnet's .0 (and ::) on the device, as VXLAN does: the node answers on it
         addresses = [ipaddress.ip_interface(f"{s.network_address}/{s.max_prefixlen}") for s in lease.subnets]
-        mtu = underlay.mtu - OVERHEAD[node.public_ip.version]
+        mtu = min(local.mtu - OVERHEAD[version] for version, local in ((4, underlay), (6, underlay6))
+                  if local is not None)
         device = ensure_wireguard(nl, name, private_key, self.config.listen_port, mtu, addresses,
                                   os.path.join(node.run_dir, "wireguard"))
         self.driver = device.driver
@@ -298,8 +302,8 @@ class Wireguard(Backend):
 
     def peer_entries(self, plan, lease) -> list:
         data = lease.backend_data
-        endpoint = endpoint_text(lease.public_ip, data.listen_port)
-        subnets = [s for s in lease.subnets if s.version == 4 or plan.ipv6]
+        endpoint = endpoint_text(plan.peer_address(lease, plan.route(lease)[4]), data.listen_port)
+        subnets = [subnet for subnet, _ in plan.inner_subnets(lease)]
         allowed = tuple(sorted(str(s) for s in subnets))
         return [(PEER, data.public_key, (endpoint, allowed))] + \
             [(ROUTE, s, (None, plan.device.index, False)) for s in subnets]

@@ -257,7 +257,7 @@ def model_from_registry(registry, networks=None, data_dirs=()) -> dict:
             except ConfigError:
                 continue
             node = nodes.setdefault(lease.node_name, {"name": lease.node_name,
-                                                      "publicIP": str(lease.public_ip),
+                                                      "publicIP": lease.underlay_text,
                                                       "leases": [], "pods": []})
             node["leases"].append({"network": name, "subnet": str(lease.key_subnet),
                                    "subnets": [str(s) for s in lease.subnets],

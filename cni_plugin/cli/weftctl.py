@@ -218,7 +218,8 @@ def leases(args) -> int:
             continue
         row = {"network": name, "subnet": str(lease.key_subnet), "node": lease.node_name,
                "nodeID": lease.node_id or None,
-               "publicIP": str(lease.public_ip), "vtepMAC": lease.vtep_mac,
+               "publicIP": lease.public_ip and str(lease.public_ip),
+               "publicIPv6": lease.public_ipv6 and str(lease.public_ipv6), "vtepMAC": lease.vtep_mac,
                "ipv6Subnet": str(lease.ipv6_subnet) if lease.ipv6_subnet else None,
                "leaseID": lease_id,
                "backendType": lease.backend_type, "lease": lease}
@@ -243,12 +244,17 @@ def leases(args) -> int:
             held = "reservation"
         else:
             held = f"{row['ttl']}s" if args.ttl else f"{row['leaseID']:016x}"  # as etcdctl shows ids
-        print(f"{row['network']:12} {row['subnet']:{wide}} {row['node']:16} {row['publicIP']:16} "
+        print(f"{row['network']:12} {row['subnet']:{wide}} {row['node']:16} {_underlay(row):16} "
               f"{row['vtepMAC'] or '-':18} {held}")
     return EXIT_OK
 
 
 # -- status --------------------------------------------------------------------
+
+def _underlay(row: dict) -> str:
+    """A lease row's underlay addresses: "192.0.2.1", "2001:db8::1" or both, comma-separated."""
+    return ",".join(a for a in (row.get("publicIP"), row.get("publicIPv6")) if a) or "-"
+
 
 def _cluster_status(args) -> int:
     from ..policy.state import PolicyState
@@ -298,7 +304,7 @@ def status(args) -> int:
         word = "ready" if state.get("ready") else "NOT READY"
         print(f"network {state['network']} on node {state['node']}: {word}")
         subnets = " ".join(s for s in (lease.get("subnet"), lease.get("ipv6Subnet")) if s) or "-"
-        print(f"  lease      {subnets} (public IP {lease.get('publicIP', '-')}, "
+        print(f"  lease      {subnets} (public IP {_underlay(lease)}, "
               f"VTEP MAC {lease.get('vtepMAC') or '-'})")
         if state.get("nodeID"):
             print(f"  node ID    {state['nodeID']}")
@@ -321,10 +327,13 @@ def status(args) -> int:
             print(f"             {peer}")
         refused = state.get("refused") or []
         if refused:
-            print(f"  REFUSED    {len(refused)} lease(s) not programmed (lease conflicts)")
+            print(f"  REFUSED    {len(refused)} lease(s) not programmed (lease conflicts, no common "
+                  "underlay family)")
         for item in refused:
             print(f"             {item.get('key')} {item.get('node') or '?'} [{item.get('reason')}]: "
                   f"{item.get('detail')}")
+        for gap in state.get("partlyRouted") or []:
+            print(f"  PARTLY     {gap}")
         print(f"  drift      {state.get('driftRepaired', 0)} kernel entries repaired since start")
         masq = state.get("masquerade") or {}
         if masq:

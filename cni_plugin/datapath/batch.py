@@ -48,7 +48,9 @@ class Batch(RouteSocket):
         def messages():
             for dst, gateway, oif, onlink in entries:
                 attrs = [nl.attr(nl.RTA_DST, dst.network_address.packed), nl.u32_attr(nl.RTA_OIF, oif)]
-                if gateway is not None:
+                if gateway is not None and gateway.version != dst.version:  # IPv4 via an IPv6 next hop
+                    attrs.append(nl.via(gateway))
+                elif gateway is not None:
                     attrs.append(nl.attr(nl.RTA_GATEWAY, gateway.packed))
                 # gateway None: a device route (e.g. into a WireGuard device); scope universe
                 # like netlink.replace_route's, so delete_weft_route matches it

@@ -90,10 +90,13 @@ class _Notifications:
 
 
 class KernelChanges(_Notifications):
-    def __init__(self, device_index: int = 0, netns_path: str = None):
+    def __init__(self, device_index=0, netns_path: str = None):
+        """device_index: the backend's device's ifindex, or a tuple of them (VXLAN over both
+        underlay families has two); 0 or (): no device."""
         super().__init__(nl.NETLINK_ROUTE,
                          nl.RTMGRP_LINK | nl.RTMGRP_NEIGH | nl.RTMGRP_IPV4_ROUTE | nl.RTMGRP_IPV6_ROUTE, netns_path)
-        self.device_index = device_index
+        indexes = device_index if isinstance(device_index, tuple) else (device_index,)
+        self.device_indexes = frozenset(i for i in indexes if i)
 
     def _relevant(self, data, kind, body, end):
         if kind in (nl.RTM_NEWROUTE, nl.RTM_DELROUTE):
@@ -101,12 +104,12 @@ class KernelChanges(_Notifications):
         layout, at = _INDEXED.get(kind, (None, 0))
         if layout is not None and end >= body + layout.size:
             index = layout.unpack_from(data, body)[at]
-            if index == self.device_index and index:
+            if index in self.device_indexes:
                 return True
             # without a device of its own (host-gw) weft's routes hang off the underlay,
             # and IPv4 routes flushed with a link come with no route message: any link
             # change counts
-            return not self.device_index and kind in (nl.RTM_NEWLINK, nl.RTM_DELLINK)
+            return not self.device_indexes and kind in (nl.RTM_NEWLINK, nl.RTM_DELLINK)
         return False
 
 

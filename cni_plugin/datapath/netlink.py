@@ -108,7 +108,9 @@ class Netlink:
                   mac: str) -> None:
         with _refused(f"create VXLAN device {name} (VNI {vni}, local {local_ip}, dstport {port}, "
                       f"underlay ifindex {underlay_index})"):
-            self.ipr.link("add", ifname=name, kind="vxlan", vxlan_id=vni, vxlan_local=str(local_ip),
+            local = {"vxlan_local6" if ipaddress.ip_address(str(local_ip)).version == 6 else "vxlan_local":
+                     str(local_ip)}
+            self.ipr.link("add", ifname=name, kind="vxlan", vxlan_id=vni, **local,
                           vxlan_port=port, vxlan_learning=0, vxlan_link=underlay_index, mtu=mtu,
                           address=mac)
 
@@ -127,8 +129,11 @@ class Netlink:
             self.ipr.link("del", index=index)
 
     # -- addresses -----------------------------------------------------------------
-    def addresses(self, index: int = None, version: int = None, scope=RT_SCOPE_UNIVERSE) -> list:
-        """[(ifindex, ip_interface)] of global addresses (of one link, of one family)."""
+    def addresses(self, index: int = None, version: int = None, scope=RT_SCOPE_UNIVERSE,
+                  skip_flags: int = 0) -> list:
+        """[(ifindex, ip_interface)] of global addresses (of one link, of one family);
+        skip_flags: leave out addresses carrying any of these IFA_F_* flags (e.g.
+        temporary, deprecated: datapath/underlay.py)."""
         query = {}
         if index is not None:
             query["index"] = index
@@ -140,6 +145,8 @@ class Netlink:
                 if index is not None and msg["index"] != index:
                     continue
                 if scope is not None and msg["scope"] != scope:
+                    continue
+                if skip_flags and (msg.get("IFA_FLAGS") or msg["flags"]) & skip_flags:
                     continue
                 local = msg.get("IFA_LOCAL") or msg.get("IFA_ADDRESS")
                 found.append((msg["index"], ipaddress.ip_interface(f"{local}/{msg['prefixlen']}")))
@@ -182,7 +189,10 @@ class Netlink:
 
     def replace_route(self, dst, gateway, oif: int, onlink: bool) -> None:
         """gateway None: a device route (e.g. into a WireGuard device)."""
-        via = {"gateway": str(gateway)} if gateway is not None else {}
+        if gateway is not None and gateway.version != dst.version:  # IPv4 via an IPv6 next hop (RTA_VIA)
+            via = {"via": {"family": AF_INET6, "addr": str(gateway)}}
+        else:
+            via = {"gateway": str(gateway)} if gateway is not None else {}
         with _refused(f"replace route {dst} via {gateway or 'the device'}"):
             self.ipr.route("replace", dst=str(dst), oif=oif, table=RT_TABLE_MAIN,
                            proto=WEFT_RTPROT, flags=RTNH_F_ONLINK if onlink else 0, **via)

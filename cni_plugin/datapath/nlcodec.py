@@ -53,6 +53,7 @@ VETH_INFO_PEER = 1
 IFLA_BRPORT_MODE = 4                       # hairpin
 IFA_ADDRESS, IFA_LOCAL, IFA_FLAGS = 1, 2, 8
 RTA_DST, RTA_OIF, RTA_GATEWAY, RTA_MULTIPATH, RTA_TABLE = 1, 4, 5, 9, 15
+RTA_VIA = 18  # struct rtvia: a gateway of the other family (an IPv4 route via an IPv6 next hop)
 RTN_UNICAST = 1
 NDA_DST, NDA_LLADDR, NDA_IFINDEX = 1, 2, 8
 
@@ -70,11 +71,13 @@ IFADDRMSG = struct.Struct("=BBBBi")        # family, prefixlen, flags, scope, in
 RTMSG = struct.Struct("=BBBBBBBBI")        # family, dst_len, src_len, tos, table, protocol, scope, type, flags
 NDMSG = struct.Struct("=BxxxiHBB")         # family, (pads), ifindex, state, flags, type
 NFGENMSG_SIZE = 4                          # family, version, res_id
+RTVIA_FAMILY = struct.Struct("=H")         # rtvia: family, then the address
 RTNEXTHOP = struct.Struct("=HBBi")         # rtnexthop: length, flags, hops, ifindex
 _U32 = struct.Struct("=I")
 _I32 = struct.Struct("=i")
 _U8 = struct.Struct("=B")
 _ADDRESS_SIZE = {AF_INET: 4, AF_INET6: 16}
+_FAMILY_OF = {4: AF_INET, 6: AF_INET6}
 
 
 class MalformedMessage(DatapathError):
@@ -239,7 +242,7 @@ class Neighbour(NamedTuple):
 
 
 _LINK_ATTRS = (IFLA_ADDRESS, IFLA_IFNAME, IFLA_MTU, IFLA_MASTER, IFLA_LINKINFO)
-_ROUTE_ATTRS = (RTA_DST, RTA_OIF, RTA_GATEWAY, RTA_MULTIPATH, RTA_TABLE)
+_ROUTE_ATTRS = (RTA_DST, RTA_OIF, RTA_GATEWAY, RTA_MULTIPATH, RTA_TABLE, RTA_VIA)
 _NEIGH_ATTRS = (NDA_DST, NDA_LLADDR)
 _NETWORK = {AF_INET: ipaddress.IPv4Network, AF_INET6: ipaddress.IPv6Network}
 
@@ -295,9 +298,26 @@ def decode_route(data, offset: int, length: int) -> Route:
         dst = network((int.from_bytes(dst, "big") if dst is not None else 0, dst_len))
     except ValueError as exc:  # a prefix length too long, host bits set
         raise MalformedMessage(f"netlink: route destination: {exc}") from None
-    return Route(family, table, protocol,
-                 RouteEntry(dst, ip_address(gateway, family, "RTA_GATEWAY") if gateway is not None else None,
-                            oif, bool(flags & RTNH_F_ONLINK)))
+    if gateway is not None:
+        gateway = ip_address(gateway, family, "RTA_GATEWAY")
+    elif RTA_VIA in attrs:
+        gateway = decode_via(attrs[RTA_VIA])
+    return Route(family, table, protocol, RouteEntry(dst, gateway, oif, bool(flags & RTNH_F_ONLINK)))
+
+
+def decode_via(raw: bytes):
+    """RTA_VIA's address (struct rtvia: family, address of that family)."""
+    if len(raw) < RTVIA_FAMILY.size:
+        raise MalformedMessage(f"netlink: RTA_VIA of {len(raw)} bytes")
+    family = RTVIA_FAMILY.unpack_from(raw, 0)[0]
+    if family not in _ADDRESS_SIZE:
+        raise MalformedMessage(f"netlink: RTA_VIA of family {family}")
+    return ip_address(bytes(raw[RTVIA_FAMILY.size:]), family, "RTA_VIA")
+
+
+def via(gateway) -> bytes:
+    """RTA_VIA for a gateway of the other family than the route's."""
+    return attr(RTA_VIA, RTVIA_FAMILY.pack(_FAMILY_OF[gateway.version]) + gateway.packed)
 
 
 def decode_neighbour(data, offset: int, length: int) -> Neighbour:

@@ -54,3 +54,21 @@ def enable_bridge_netfilter() -> None:
             if handle.read().strip() == "1":
                 continue
         _write(path, "1")
+
+
+def keep_accepting_ra(ifname: str) -> bool:
+    """With IPv6 forwarding on, the kernel ignores router advertisements on an interface
+    whose accept_ra is 1 (its default): a node whose underlay address or default route
+    comes from RAs would lose them when they expire.  Set accept_ra to 2 (accept even
+    when forwarding) on `ifname` when it is 1 and forwarding is on; True when changed.
+    0 (the operator configured the interface statically) and 2 are left as they are."""
+    try:
+        with open("/proc/sys/net/ipv6/conf/all/forwarding") as handle:
+            forwarding = handle.read().strip() == "1"
+        with open(f"/proc/sys/net/ipv6/conf/{ifname}/accept_ra") as handle:
+            accept_ra = handle.read().strip()
+    except FileNotFoundError:
+        return False
+    if not forwarding or accept_ra != "1":
+        return False
+    return set_interface("ipv6", ifname, "accept_ra", "2")

@@ -1,4 +1,5 @@
-"""VXLAN devices in the kernel: create one with exactly the wanted settings, or repair it."""
+"""VXLAN devices in the kernel (over an IPv4 or an IPv6 underlay): create one with exactly
+the wanted settings, or repair it."""
 
 import ipaddress
 from typing import NamedTuple
@@ -19,8 +20,9 @@ class VxlanDevice(NamedTuple):
 
 def _identity_mismatch(link, vni, local_ip, port, underlay_index) -> list:
     """Differences that need a new device (the kernel cannot change them in place)."""
+    local = "IFLA_VXLAN_LOCAL6" if ipaddress.ip_address(str(local_ip)).version == 6 else "IFLA_VXLAN_LOCAL"
     wanted = {"IFLA_VXLAN_ID": ("VNI", vni),
-              "IFLA_VXLAN_LOCAL": ("local", str(local_ip)),
+              local: ("local", str(local_ip)),
               "IFLA_VXLAN_PORT": ("dstport", port),
               "IFLA_VXLAN_LEARNING": ("learning", 0),
               "IFLA_VXLAN_LINK": ("underlay ifindex", underlay_index)}
@@ -85,3 +87,13 @@ def ensure_vxlan(nl, name: str, vni: int, local_ip, port: int, underlay_index: i
     if changes and action == "unchanged":
         action, reason = "updated", "; ".join(changes)
     return VxlanDevice(link.index, action, reason)
+
+
+def remove_vxlan(nl, name: str) -> bool:
+    """Delete the VXLAN device `name` if there is one (a node that lost an underlay
+    family); a link of that name of another kind is left alone.  True if deleted."""
+    link = nl.link(name)
+    if link is None or link.kind != "vxlan":
+        return False
+    nl.delete_link(link.index)
+    return True

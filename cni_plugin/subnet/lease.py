@@ -301,7 +301,9 @@ class Lease:
     lease (its key); `subnets` lists whichever are present."""
 
     subnet: Optional[ipaddress.IPv4Network]
-    public_ip: ipaddress.IPv4Address
+    # the node's underlay addresses: at least one of the two (agent/node.py); which inner
+    # family rides which is backends/engine.py's underlay_route
+    public_ip: Optional[ipaddress.IPv4Address]
     node_name: str
     backend_type: str = "vxlan"
     # the backend's value object (backends/<type>.py), or the raw dict of an unknown type
@@ -337,9 +339,20 @@ class Lease:
         # engine.desired_state's time went to formatting it)
         return subnet_key(self.key_subnet)
 
+    @property
+    def public_ips(self) -> tuple:
+        """The underlay addresses it carries, IPv4 first."""
+        return tuple(a for a in (self.public_ip, self.public_ipv6) if a is not None)
+
+    @property
+    def underlay_text(self) -> str:
+        """Its underlay addresses for messages and status lines, e.g. "192.0.2.1,2001:db8::1"."""
+        return ",".join(map(str, self.public_ips)) or "none"
+
     def to_json(self) -> str:
-        value = {"PublicIP": str(self.public_ip), "NodeName": self.node_name,
-                 "BackendType": self.backend_type, "BackendData": _data_json(self)}
+        value = {"NodeName": self.node_name, "BackendType": self.backend_type, "BackendData": _data_json(self)}
+        if self.public_ip is not None:
+            value["PublicIP"] = str(self.public_ip)
         if self.public_ipv6 is not None:
             value["PublicIPv6"] = str(self.public_ipv6)
         if self.ipv6_subnet is not None:  # an IPv6-only lease's key subnet too: its value is self-contained
@@ -351,7 +364,7 @@ class Lease:
     @property
     def identity(self) -> str:
         """Who holds it, for messages: node name, node ID, public IP."""
-        return f"{self.node_name} (node ID {self.node_id or 'none'}, public IP {self.public_ip})"
+        return f"{self.node_name} (node ID {self.node_id or 'none'}, public IP {self.underlay_text})"
 
     @classmethod
     def from_json(cls, key: str, text) -> "Lease":
@@ -359,6 +372,8 @@ class Lease:
         try:
             raw = json.loads(text)
             backend_type = str(raw.get("BackendType", "vxlan"))
+            if not raw.get("PublicIP") and not raw.get("PublicIPv6"):
+                raise ValueError("neither PublicIP nor PublicIPv6 is set (a lease needs an underlay address)")
             ipv6_subnet = ipaddress.IPv6Network(raw["IPv6Subnet"]) if raw.get("IPv6Subnet") else None
             if subnet.version == 6:  # an IPv6-only network's lease: the key is its subnet
                 if ipv6_subnet not in (None, subnet):
@@ -366,7 +381,7 @@ class Lease:
                 subnet, ipv6_subnet = None, subnet
             return cls(
                 subnet=subnet,
-                public_ip=ipaddress.IPv4Address(raw["PublicIP"]),
+                public_ip=ipaddress.IPv4Address(raw["PublicIP"]) if raw.get("PublicIP") else None,
                 node_name=str(raw.get("NodeName", "")),
                 backend_type=backend_type,
                 backend_data=_parse_data(backend_type, raw.get("BackendData") or {}),

@@ -10,9 +10,11 @@ A lease is valid when
     IPv6Subnet, when present, inside IPv6Network with IPv6SubnetLen); on an IPv6-only
     network (EnableIPv4 false) its key is an IPv6 subnet and it has no IPv4 one, on
     any other network its key is an IPv4 subnet;
-  - its PublicIP is a plausible unicast underlay address: not unspecified, loopback,
-    multicast, broadcast, link-local, reserved (240/4, 0/8), nor inside the cluster
-    Network itself (and PublicIPv6 likewise);
+  - it carries an underlay address (PublicIP, PublicIPv6 or both), and each is a
+    plausible unicast underlay address: not unspecified, loopback, multicast,
+    broadcast, link-local, reserved (240/4, 0/8), nor inside the cluster Network
+    itself; PublicIPv6 likewise (not ::, ::1, ff00::/8, fe80::/10, an IPv4-mapped
+    ::ffff:a.b.c.d, nor inside IPv6Network);
   - its BackendType is the network's, and the backend accepts its BackendData
     (Backend.validate_peer_data, e.g. VXLAN: a unicast VTEP MAC and the network's VNI);
   - it overlaps no other valid lease that is older.  "Older" is the etcd create revision
@@ -39,9 +41,13 @@ OUTSIDE_NETWORK = "outside-network"
 SUBNET_LENGTH = "subnet-length"
 OVERLAP = "overlap"
 PUBLIC_IP = "public-ip"
+# not a property of the lease alone: this node and the lease's node share no underlay
+# family (agent/controllers/overlay.py judges it per node; the other node refuses us too)
+NO_COMMON_UNDERLAY = "no-common-underlay"
 BACKEND_TYPE = "backend-type"
 BACKEND_DATA = "backend-data"
-REASONS = (UNREADABLE, OUTSIDE_NETWORK, SUBNET_LENGTH, OVERLAP, PUBLIC_IP, BACKEND_TYPE, BACKEND_DATA)
+REASONS = (UNREADABLE, OUTSIDE_NETWORK, SUBNET_LENGTH, OVERLAP, PUBLIC_IP, BACKEND_TYPE, BACKEND_DATA,
+           NO_COMMON_UNDERLAY)
 
 
 
@@ -78,6 +84,8 @@ def address_problem(address, cluster: Optional[ipaddress._BaseNetwork] = None) -
         return "is link-local"
     if ip.version == 4 and (ip.value >> 24 == 0 or ip.value >> 28 == 0xF):
         return "is in a reserved range (0.0.0.0/8, 240.0.0.0/4)"
+    if ip.version == 6 and (ip.is_ipv4_mapped() or ip.is_ipv4_compat()):
+        return "is an IPv4-mapped or IPv4-compatible address (give the IPv4 address as PublicIP)"
     if cluster is not None and ipaddress.ip_address(str(address)) in cluster:
         return f"lies inside the cluster network {cluster}"
     return None
@@ -113,9 +121,10 @@ def check_lease(lease: Lease, config: NetworkConfig) -> Optional[tuple]:
     problem = _subnet_problem(lease, config)
     if problem:
         return problem
-    why = address_problem(lease.public_ip, config.network)
-    if why:
-        return PUBLIC_IP, f"PublicIP {lease.public_ip} {why}"
+    if lease.public_ip is not None:
+        why = address_problem(lease.public_ip, config.network)
+        if why:
+            return PUBLIC_IP, f"PublicIP {lease.public_ip} {why}"
     if lease.public_ipv6 is not None:
         why = address_problem(lease.public_ipv6, config.ipv6_network)
         if why:

@@ -71,6 +71,30 @@ def test_kernel_changes_name_only_the_device_and_weft_routes(node):
         ours.close()
 
 
+def test_kernel_changes_follow_both_vxlan_devices_of_a_dual_underlay_node(node):
+    """weft.<VNI> and weft-v6.<VNI>: an FDB entry or neighbour removed by hand on either
+    is a change the next pass reads (the IPv6-underlay device is no blind spot)."""
+    node.run(["ip", "link", "add", "uplink", "type", "veth", "peer", "name", "uplink1"])
+    node.run(["ip", "addr", "add", "fd00:9::1/64", "dev", "uplink", "nodad"])
+    node.run(["ip", "link", "set", "uplink", "up"])
+    node.run(["ip", "link", "add", "weft.1", "type", "vxlan", "id", "1", "dstport", "8472", "nolearning"])
+    node.run(["ip", "link", "add", "weft-v6.1", "type", "vxlan", "id", "1", "dstport", "8472", "nolearning",
+              "local", "fd00:9::1", "dev", "uplink"])
+    for name in ("weft.1", "weft-v6.1"):
+        node.run(["ip", "link", "set", name, "up"])
+    indexes = tuple(node.ip_json("link", "show", name)[0]["ifindex"] for name in ("weft.1", "weft-v6.1"))
+    ours = KernelChanges(indexes, netns_path=node.path)
+    try:
+        for device, dst in (("weft.1", "192.0.2.1"), ("weft-v6.1", "fd00:9::2")):
+            node.run(["bridge", "fdb", "append", "0e:00:00:00:00:01", "dev", device, "dst", dst, "self", "permanent"])
+            assert ours.changed() is True, device
+            node.run(["bridge", "fdb", "del", "0e:00:00:00:00:01", "dev", device, "dst", dst, "self"])
+            assert ours.changed() is True, device
+            assert ours.changed() is False, device
+    finally:
+        ours.close()
+
+
 def test_an_overflowed_socket_counts_as_a_change(node):
     """Nothing weft owns changes, but the socket lost messages (ENOBUFS): it cannot tell."""
     node.run(["ip", "link", "add", "other0", "type", "veth", "peer", "name", "other1"])

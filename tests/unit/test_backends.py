@@ -1,6 +1,8 @@
 """Backends without root: registration, config keys, lease data, and the engine's
 planning (desired state, stale and missing entries) over pure values."""
 
+import base64
+import dataclasses
 import ipaddress
 
 import pytest
@@ -110,7 +112,7 @@ def test_lease_data_round_trips_and_bad_data_is_refused():
 def test_vxlan_planning_neighbour_fdb_route_in_that_order():
     entries = engine.peer_entries(plan(net({}), []), lease(2))
     mac, vtep = "02:00:00:00:00:02", ipaddress.ip_address("10.244.2.0")
-    assert entries == [(NEIGH, vtep, mac), (FDB, mac, ipaddress.ip_address("192.168.77.2")),
+    assert entries == [(NEIGH, (DEVICE.index, vtep), mac), (FDB, (DEVICE.index, mac), ipaddress.ip_address("192.168.77.2")),
                        (ROUTE, ipaddress.ip_network("10.244.2.0/24"), (vtep, DEVICE.index, True))]
 
 
@@ -149,7 +151,7 @@ def test_desired_state_skips_the_local_lease_and_protects_unusable_ones():
     assert {lease_key for _, lease_key in desired.entries.values()} == {"10.244.2.0-24"}
     assert desired.errors == ["lease 10.244.3.0-24 (node node3, 192.168.77.3): no VtepMAC"]
     assert (ROUTE, ipaddress.ip_network("10.244.3.0/24")) in desired.protected
-    assert (NEIGH, ipaddress.ip_address("10.244.3.0")) in desired.protected
+    assert (NEIGH, (DEVICE.index, ipaddress.ip_address("10.244.3.0"))) in desired.protected
 
 
 def test_stale_and_missing_entries_against_an_actual_state():
@@ -157,7 +159,7 @@ def test_stale_and_missing_entries_against_an_actual_state():
     desired = engine.desired_state(p)
     gone_route = (ROUTE, ipaddress.ip_network("10.244.7.0/24"))
     actual = {gone_route: (ipaddress.ip_address("10.244.7.0"), DEVICE.index, True),
-              (FDB, "02:00:00:00:00:02"): ("not permanent", ipaddress.ip_address("192.168.77.2"))}
+              (FDB, (DEVICE.index, "02:00:00:00:00:02")): ("not permanent", ipaddress.ip_address("192.168.77.2"))}
     assert engine.stale_entries(desired, actual) == [(*gone_route, actual[gone_route])]
     missing = engine.missing_entries(desired, actual)
     assert [kind for kind, _, _, _ in missing] == [NEIGH, FDB, ROUTE]  # the learned FDB entry is rewritten
@@ -167,9 +169,9 @@ def test_stale_and_missing_entries_against_an_actual_state():
 def test_removal_lists_what_the_peer_owned():
     p = plan(net({}), [])
     owned = p.backend.peer_owned(p, lease(2, v6=True))
-    assert owned == [(FDB, "02:00:00:00:00:02", ipaddress.ip_address("192.168.77.2")),
-                     (NEIGH, ipaddress.ip_address("10.244.2.0"), "02:00:00:00:00:02"),
-                     (NEIGH, ipaddress.ip_address("fd00:10:244:2::"), "02:00:00:00:00:02")]
+    assert owned == [(FDB, (DEVICE.index, "02:00:00:00:00:02"), ipaddress.ip_address("192.168.77.2")),
+                     (NEIGH, (DEVICE.index, ipaddress.ip_address("10.244.2.0")), "02:00:00:00:00:02"),
+                     (NEIGH, (DEVICE.index, ipaddress.ip_address("fd00:10:244:2::")), "02:00:00:00:00:02")]
     assert backends.get("host-gw")(None).peer_owned(p, lease(2, "host-gw")) == []
 
 
@@ -212,3 +214,95 @@ def test_a_batched_reconcile_writes_every_kind_in_write_order():
     assert drift.added == 15 and len(nl.writes) == 15
     kinds = [kind for kind, _ in nl.writes]
     assert kinds == ["neighbour"] * 5 + ["fdb"] * 5 + ["route"] * 5
+
+
+# -- underlay families (engine.underlay_route): which inner family rides which underlay --
+UNDERLAY6 = Underlay(2, "eth0", 1400, ipaddress.ip_network("fd00:77::/64"))
+DEVICE6 = Device(10, "weft-v6.1")
+
+
+def dual_lease(n: int, backend_type="vxlan", v4=True, v6=True) -> Lease:
+    base = lease(n, backend_type, v6=True)
+    return Lease(subnet=base.subnet, public_ip=base.public_ip if v4 else None, node_name=base.node_name,
+                 backend_type=backend_type, backend_data=base.backend_data, ipv6_subnet=base.ipv6_subnet,
+                 public_ipv6=ipaddress.ip_address(f"fd00:77::{n}") if v6 else None)
+
+
+def dual_plan(config: NetworkConfig, v4=True, v6=True) -> engine.Plan:
+    backend = backends.get(config.backend_type)(config.backend)
+    vxlan = config.backend_type == "vxlan"
+    return engine.Plan.for_network(backend, config, dual_lease(1, config.backend_type, v4, v6),
+                                   UNDERLAY if v4 else None, DEVICE if vxlan and v4 else Device(), (),
+                                   UNDERLAY6 if v6 else None, DEVICE6 if vxlan and v6 else Device())
+
+
+DUAL = {"EnableIPv6": True, "IPv6Network": "fd00:10:244::/48"}
+
+
+@pytest.mark.parametrize("mine,theirs,route", [
+    ({4, 6}, (True, True), {4: 4, 6: 6}),   # both share both: each its own
+    ({4, 6}, (False, True), {4: 6, 6: 6}),  # share IPv6 only: both ride it
+    ({4, 6}, (True, False), {4: 4, 6: 4}),
+    ({6}, (True, True), {4: 6, 6: 6}),
+    ({4}, (True, True), {4: 4, 6: 4}),
+])
+def test_which_underlay_carries_each_inner_family(mine, theirs, route):
+    assert engine.underlay_route(mine, dual_lease(2, v4=theirs[0], v6=theirs[1])) == route
+
+
+def test_no_common_underlay_family_is_no_peer():
+    with pytest.raises(engine.NoCommonUnderlay, match="this node has IPv4 underlay, node node2 has IPv6"):
+        engine.underlay_route({4}, dual_lease(2, v4=False))
+    desired = engine.desired_state(dataclasses.replace(dual_plan(net({}, **DUAL), v6=False),
+                                                       peers=(dual_lease(2, v4=False),)))
+    assert desired.entries == {} and "no common underlay family" in desired.errors[0]
+
+
+def test_vxlan_over_both_underlays_puts_each_inner_family_on_its_own_device():
+    p = dual_plan(net({}, **DUAL))
+    mac = "02:00:00:00:00:02"
+    v4, v6 = ipaddress.ip_address("10.244.2.0"), ipaddress.ip_address("fd00:10:244:2::")
+    assert engine.peer_entries(p, dual_lease(2)) == [
+        (NEIGH, (DEVICE.index, v4), mac), (NEIGH, (DEVICE6.index, v6), mac),
+        (FDB, (DEVICE.index, mac), ipaddress.ip_address("192.168.77.2")),
+        (FDB, (DEVICE6.index, mac), ipaddress.ip_address("fd00:77::2")),
+        (ROUTE, ipaddress.ip_network("10.244.2.0/24"), (v4, DEVICE.index, True)),
+        (ROUTE, ipaddress.ip_network("fd00:10:244:2::/64"), (v6, DEVICE6.index, True))]
+    # a peer with only an IPv6 underlay: both inner families on weft-v6.<VNI>
+    only6 = engine.peer_entries(p, dual_lease(2, v4=False))
+    assert {key[0] for kind, key, _ in only6 if kind != ROUTE} == {DEVICE6.index}
+    assert {value[1] for kind, _, value in only6 if kind == ROUTE} == {DEVICE6.index}
+
+
+def test_host_gw_routes_ipv4_via_an_ipv6_next_hop_and_reports_the_ipv6_gap():
+    only6 = dual_plan(net({"Type": "host-gw"}, **DUAL), v4=False)
+    hop = ipaddress.ip_address("fd00:77::2")
+    assert engine.peer_entries(only6, dual_lease(2, "host-gw")) == [
+        (ROUTE, ipaddress.ip_network("10.244.2.0/24"), (hop, UNDERLAY6.index, False)),
+        (ROUTE, ipaddress.ip_network("fd00:10:244:2::/64"), (hop, UNDERLAY6.index, False))]
+    # the dual-stack hole: dual-stack pods, only an IPv4 underlay in common: the IPv4
+    # route is programmed, the IPv6 subnet is a reported gap (no IPv6 route via IPv4)
+    only4 = dual_plan(net({"Type": "host-gw"}, **DUAL), v6=False)
+    peer = dual_lease(2, "host-gw")
+    assert engine.peer_entries(only4, peer) == [
+        (ROUTE, ipaddress.ip_network("10.244.2.0/24"), (ipaddress.ip_address("192.168.77.2"), UNDERLAY.index, False))]
+    gaps = only4.backend.peer_gaps(only4, peer)
+    assert len(gaps) == 1 and "fd00:10:244:2::/64 not routed" in gaps[0]
+
+
+def test_wireguard_endpoint_family_follows_the_common_underlay():
+    from cni_plugin.backends.wireguard import PEER, WireguardData
+
+    def wg_lease(n, v4=True, v6=True):
+        base = dual_lease(n, "wireguard", v4, v6)
+        key = base64.b64encode(bytes([n]) * 32).decode()
+        return Lease(subnet=base.subnet, public_ip=base.public_ip, node_name=base.node_name,
+                     backend_type="wireguard", backend_data=WireguardData(key, 51820),
+                     ipv6_subnet=base.ipv6_subnet, public_ipv6=base.public_ipv6)
+
+    p = dual_plan(net({"Type": "wireguard"}, **DUAL))
+    p = dataclasses.replace(p, device=Device(11, "weft-wg.51820"), local=wg_lease(1))
+    endpoints = {v: [value[0] for kind, _, value in engine.peer_entries(p, wg_lease(2, *v)) if kind == PEER][0]
+                 for v in ((True, True), (False, True), (True, False))}
+    assert endpoints == {(True, True): "192.168.77.2:51820", (False, True): "[fd00:77::2]:51820",
+                         (True, False): "192.168.77.2:51820"}

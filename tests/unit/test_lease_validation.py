@@ -62,6 +62,38 @@ def test_a_lease_is_refused_with_its_reason(key, kw, reason, words):
     assert refusal.reason == reason and words in refusal.detail and key in refusal.detail
 
 
+CONFIG_V6 = NetworkConfig.parse("weft", json.dumps({"Network": "10.244.0.0/16", "EnableIPv6": True,
+                                                    "IPv6Network": "fd10:244::/56"}))
+
+
+@pytest.mark.parametrize("public_ip", [None, "192.168.100.7"], ids=["IPv6-only", "dual"])
+@pytest.mark.parametrize("v6,words", [
+    ("::", "unspecified"), ("::1", "loopback"), ("ff02::1", "multicast"), ("fe80::1", "link-local"),
+    ("::ffff:192.168.100.7", "IPv4-mapped"), ("fd10:244:0:9::1", "inside the cluster network fd10:244::/56"),
+    ("not an ip", "unusable value"),
+])
+def test_a_hostile_public_ipv6_is_refused(public_ip, v6, words):
+    verdict = validation.validate(CONFIG_V6, [row("10.244.1.0-24", 3),
+                                              row("10.244.3.0-24", 9, node="bad", public_ip=public_ip, PublicIPv6=v6)])
+    assert list(verdict.valid) == ["10.244.1.0-24"], "the good lease must stay valid"
+    refusal = verdict.refused["10.244.3.0-24"]
+    assert words in refusal.detail
+    assert refusal.reason == (validation.UNREADABLE if v6 == "not an ip" else validation.PUBLIC_IP)
+    if refusal.reason == validation.PUBLIC_IP:
+        assert f"PublicIPv6 {ipaddress.ip_address(v6)}" in refusal.detail
+
+
+def test_a_lease_with_only_an_ipv6_underlay_is_valid_and_one_with_none_is_not():
+    verdict = validation.validate(CONFIG_V6, [row("10.244.1.0-24", 3, public_ip=None, PublicIPv6="2001:db8::1"),
+                                              row("10.244.2.0-24", 4, public_ip=None, mac="02:00:00:00:00:02")])
+    lease = verdict.valid["10.244.1.0-24"]
+    assert lease.public_ip is None and str(lease.public_ipv6) == "2001:db8::1"
+    assert "PublicIP" not in json.loads(lease.to_json()) and lease.underlay_text == "2001:db8::1"
+    assert "public IP 2001:db8::1" in lease.identity
+    refusal = verdict.refused["10.244.2.0-24"]
+    assert refusal.reason == validation.UNREADABLE and "neither PublicIP nor PublicIPv6" in refusal.detail
+
+
 def test_overlap_oldest_wins_whatever_the_order_of_rows():
     """A /25 inside a live /24: the lease with the lower create revision wins, and every
     permutation of the rows (nodes see them in different orders) gives the same verdict."""
@@ -215,6 +247,47 @@ class _Log:
         self.lines.append(("info", msg))
 
 
+def _stub_agent(own, config, public_ip="192.168.100.9", public_ipv6=None):
+    from types import SimpleNamespace
+
+    node = SimpleNamespace(public_ip=public_ip and ipaddress.ip_address(public_ip),
+                           public_ipv6=public_ipv6 and ipaddress.ip_address(public_ipv6))
+    return SimpleNamespace(held=SimpleNamespace(lease=own), config=config, log=_Log(), name="weft", conflict=None,
+                           metrics=SimpleNamespace(refused=_Series(), refused_total=_Series()),
+                           extra=lambda **kw: kw, node=node)
+
+
+def test_a_node_with_no_common_underlay_family_is_refused_not_programmed():
+    """This node has only an IPv4 underlay: a lease with only PublicIPv6 is no peer,
+    refused with the reason no-common-underlay (logged once, counted); one with both is
+    a peer."""
+    from cni_plugin.agent.controllers.overlay import OverlayController
+    from cni_plugin.subnet.lease import Lease
+    from cni_plugin.subnet.live_verdict import LiveVerdict
+
+    config = NetworkConfig.parse("weft", json.dumps({"Network": "10.244.0.0/16"}))
+    own_value = value(node="me", mac="02:00:00:00:00:0a")
+    agent = _stub_agent(Lease.from_json("10.244.1.0-24", own_value), config)
+    overlay = OverlayController(agent)
+    v6_only = json.loads(value(node="six", mac="02:00:00:00:00:0b"))
+    del v6_only["PublicIP"]
+    v6_only["PublicIPv6"] = "2001:db8::2"
+    both = dict(json.loads(value(node="both", mac="02:00:00:00:00:0c", public_ip="192.168.100.3")),
+                PublicIPv6="2001:db8::3")
+    overlay.live = LiveVerdict(config, [LeaseRow("10.244.1.0-24", own_value, 1, 50),
+                                        LeaseRow("10.244.2.0-24", json.dumps(v6_only), 1, 10),
+                                        LeaseRow("10.244.3.0-24", json.dumps(both), 1, 20)])
+    for _ in range(2):
+        peers = overlay._judge_all()
+    assert list(peers) == ["10.244.3.0-24"]
+    refusal = overlay.refused["10.244.2.0-24"]
+    assert refusal.reason == validation.NO_COMMON_UNDERLAY == "no-common-underlay"
+    assert "no common underlay family: this node has IPv4 underlay, node six has IPv6 (2001:db8::2)" \
+        in refusal.detail
+    assert [line for line in agent.log.lines if "no common underlay" in line[1]] == \
+        [("error", f"lease refused: {refusal.detail}")]
+
+
 def test_the_overlay_never_routes_a_lease_overlapping_its_own_subnet_however_old():
     """Validation alone lets an older lease win over ours (here: the same IPv6 subnet);
     the overlay controller must still keep it off this node, and log the refusal once."""
@@ -228,9 +301,7 @@ def test_the_overlay_never_routes_a_lease_overlapping_its_own_subnet_however_old
                                                  "IPv6Network": "fd00::/48"}))
     own_value = value(node="me", mac="02:00:00:00:00:0a", IPv6Subnet="fd00:0:0:1::/64")
     own = Lease.from_json("10.244.1.0-24", own_value)
-    agent = SimpleNamespace(held=SimpleNamespace(lease=own), config=v6, log=_Log(), name="weft", conflict=None,
-                            metrics=SimpleNamespace(refused=_Series(), refused_total=_Series()),
-                            extra=lambda **kw: kw)
+    agent = _stub_agent(own, v6)
     overlay = OverlayController(agent)
     overlay.live = LiveVerdict(v6, [
         LeaseRow("10.244.1.0-24", own_value, 1, 50),

@@ -253,7 +253,7 @@ def judge(cls, **fields):
 
 @pytest.fixture(scope="module")
 def judges():
-    return [judge(KernelChanges, device_index=7), judge(KernelChanges, device_index=0),
+    return [judge(KernelChanges, device_indexes=frozenset({7})), judge(KernelChanges, device_indexes=frozenset()),
             judge(TableChanges, family=1, name=b"weft")]
 
 

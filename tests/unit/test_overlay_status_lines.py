@@ -9,7 +9,7 @@ from cni_plugin.agent.controllers.overlay import OverlayController
 
 def _lease(n: int, generation: int = 0):
     return SimpleNamespace(key=f"10.{n // 256}.{n % 256}.0-24", node_name=f"node-{n}-{generation}",
-                           public_ip=f"172.16.{n // 256}.{n % 256}")
+                           underlay_text=f"172.16.{n // 256}.{n % 256}")
 
 
 def test_peer_lines_follow_every_event_and_equal_a_full_rebuild():

@@ -265,6 +265,7 @@ class LeaseController(Controller):
         lease = held.lease if held else None
         return {"lease": {"subnet": str(lease.subnet) if lease.subnet else None, "key": lease.key,
                           "ipv6Subnet": str(lease.ipv6_subnet) if lease.ipv6_subnet else None,
-                          "publicIP": str(lease.public_ip), "vtepMAC": lease.vtep_mac,
+                          "publicIP": lease.public_ip and str(lease.public_ip),
+               "publicIPv6": lease.public_ipv6 and str(lease.public_ipv6), "vtepMAC": lease.vtep_mac,
                           "leaseID": held.lease_id} if lease else None,
                 "unpublished": self.unpublished}

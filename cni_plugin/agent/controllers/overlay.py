@@ -62,7 +62,9 @@ class OverlayController(Controller):
         self.synced_once = False  # the first full sync programs every peer: not drift
         self.last_reconcile = None
         self.live = None   # LiveVerdict over every lease key of the network, ours included
-        self.own_overlaps = {}  # key -> Refusal: valid leases overlapping our own subnet
+        self.own_overlaps = {}  # key -> Refusal: valid leases overlapping our own subnet, or
+        # sharing no underlay family with this node
+        self.gaps = {}  # key -> what the backend cannot carry to that peer (backends/base.py peer_gaps)
         self.refused = {}  # key -> validation.Refusal, as last logged
         self._published = False
         # the status file's "peers": one line per peer, kept sorted and changed one event
@@ -81,15 +83,21 @@ class OverlayController(Controller):
             self.reader = BackgroundRead(agent.name, open_reader, engine.read_state, agent.call_soon, agent.log)
             self.backend = backends.get(agent.config.backend_type)(agent.config.backend, agent.log)
         self.reader.reset()
-        lease = agent.held.lease
-        local = underlay.interface_of_ip(self.nl, agent.node.public_ip)
+        lease, node = agent.held.lease, agent.node
+        local4 = underlay.interface_of_ip(self.nl, node.public_ip) if node.public_ip else None
+        local6 = underlay.interface_of_ip(self.nl, node.public_ipv6) if node.public_ipv6 else None
         sysctl.enable_forwarding({s.version for s in lease.subnets})
-        result = self.backend.setup(self.nl, agent.config, lease, agent.node, local)
+        if local6 is not None and sysctl.keep_accepting_ra(local6.name):
+            agent.log.warning(f"net.ipv6.conf.{local6.name}.accept_ra set from 1 to 2: with IPv6 forwarding on, "
+                              "router advertisements (this underlay's default route, perhaps its address) "
+                              "are otherwise ignored", extra=agent.extra())
+        result = self.backend.setup(self.nl, agent.config, lease, node, local4, local6)
         if result.action in ("recreated", "updated"):
-            agent.log.warning(f"device {result.device.name} {result.action}: {result.reason}",
-                              extra=agent.extra())
-        self.plan = engine.Plan.for_network(self.backend, agent.config, lease, local, result.device)
-        self._watch_kernel(result.device.index)
+            agent.log.warning(f"device {result.device.name or result.device6.name} {result.action}: "
+                              f"{result.reason}", extra=agent.extra())
+        self.plan = engine.Plan.for_network(self.backend, agent.config, lease, local4, result.device,
+                                            underlay6=local6, device6=result.device6)
+        self._watch_kernel(tuple(d.index for d in self.plan.devices))
         agent.mtu = result.mtu
 
     def sync(self, raw):
@@ -133,11 +141,19 @@ class OverlayController(Controller):
         agent.status_changed()
 
     def _peer(self, key):
-        """The Lease to program for `key`, or None (not valid, ours, or overlapping ours)."""
+        """The Lease to program for `key`, or None (not valid, ours, overlapping ours, or
+        sharing no underlay family with this node)."""
         own = self.agent.held.lease
         self.own_overlaps.pop(key, None)
+        self.gaps.pop(key, None)
         lease = self.live.valid.get(key)
         if lease is None or key == own.key:
+            return None
+        try:
+            engine.underlay_route(self._families(), lease)
+        except engine.NoCommonUnderlay as exc:
+            self.own_overlaps[key] = validation.Refusal(
+                key, validation.NO_COMMON_UNDERLAY, f"lease {key} of node {lease.node_name}: {exc}", lease.node_name)
             return None
         if validation.leases_overlap(lease, own):
             self.own_overlaps[key] = validation.Refusal(
@@ -145,11 +161,18 @@ class OverlayController(Controller):
                 f"own subnets {', '.join(map(str, own.subnets))}; never routed here",
                 lease.node_name)
             return None
+        gaps = self.backend.peer_gaps(self.plan, lease) if self.plan is not None else []
+        if gaps:
+            self.gaps[key] = f"lease {key} of node {lease.node_name}: " + "; ".join(gaps)
         return lease
+
+    def _families(self) -> frozenset:
+        node = self.agent.node
+        return frozenset(v for v, a in ((4, node.public_ip), (6, node.public_ipv6)) if a is not None)
 
     def _judge_all(self) -> dict:
         """The peers to program: valid leases of other nodes not overlapping our subnet."""
-        self.own_overlaps = {}
+        self.own_overlaps, self.gaps = {}, {}
         peers = {}
         for key in list(self.live.valid):
             lease = self._peer(key)
@@ -163,9 +186,13 @@ class OverlayController(Controller):
         agent = self.agent
         refused = dict(self.live.refused)
         refused.update(self.own_overlaps)
-        if refused == self.refused and self._published:
+        if refused == self.refused and self._published and self.gaps == self._logged_gaps:
             return
         self._published = True
+        for key, gap in self.gaps.items():
+            if self._logged_gaps.get(key) != gap:
+                agent.log.warning(f"peer partly routed: {gap}", extra=agent.extra(peer=key))
+        self._logged_gaps = dict(self.gaps)
         for key, refusal in refused.items():
             if self.refused.get(key) != refusal:
                 agent.log.error(f"lease refused: {refusal.detail}",
@@ -181,7 +208,7 @@ class OverlayController(Controller):
 
     def _program(self, step, lease, done: str):
         agent = self.agent
-        peer = f"{lease.key} {lease.node_name} {lease.public_ip}"
+        peer = self._line(lease)
         try:
             step(self.nl, self.plan, lease)
         except Exception as exc:  # a full pass retries soon; say what failed now
@@ -206,6 +233,7 @@ class OverlayController(Controller):
         self.own_conflict = message
 
     own_conflict = None
+    _logged_gaps = {}
 
     def on_command(self, name):
         if name != "rotate-key" or self.backend is None or self.agent.held is None:
@@ -227,12 +255,12 @@ class OverlayController(Controller):
     def timers(self):
         return [(self.agent.options.reconcile_interval, self.reconcile_in_background)]
 
-    def _watch_kernel(self, device_index):
+    def _watch_kernel(self, device_indexes: tuple):
         """Follow kernel changes from now on (before the listing's full reconcile): the
-        device's links, neighbours and FDB entries and weft's routes (datapath/changes.py);
+        devices' links, neighbours and FDB entries and weft's routes (datapath/changes.py);
         the backend's entries without notifications are read on every pass."""
         def follow():
-            return KernelChanges(device_index)
+            return KernelChanges(device_indexes)
 
         if self.schedule is None:
             self.schedule = for_controller(self, follow)
@@ -308,7 +336,8 @@ class OverlayController(Controller):
         failed = False
         try:
             if self._device_gone():  # e.g. wireguard-go was killed: build the device again
-                agent.log.warning(f"device {self.plan.device.name} is gone; setting it up again",
+                agent.log.warning(f"device {' or '.join(d.name for d in self.plan.devices)} is gone; "
+                                  "setting it up again",
                                   extra=agent.extra())
                 self.prepare()
                 plan = dataclasses.replace(self.plan, peers=tuple(agent.peers.values()))
@@ -365,15 +394,15 @@ class OverlayController(Controller):
             return False
 
     def _device_gone(self) -> bool:
-        device = self.plan.device
-        if not device.index:
-            return False
-        link = self.nl.link(index=device.index)
-        return link is None or link.name != device.name
+        for device in self.plan.devices:
+            link = self.nl.link(index=device.index)
+            if link is None or link.name != device.name:
+                return True
+        return False
 
     @staticmethod
     def _line(lease) -> str:
-        return f"{lease.key} {lease.node_name} {lease.public_ip}"
+        return f"{lease.key} {lease.node_name} {lease.underlay_text}"
 
     def _relist_lines(self, changed, before, after) -> None:
         """Bring the status lines from `before` to `after` for the changed keys only."""
@@ -404,6 +433,7 @@ class OverlayController(Controller):
         return {**extra, "backend": agent.config.backend_type if agent.config else None,
                 "peers": self._peer_lines(),
                 "refused": [r.as_status() for _, r in sorted(self.refused.items())],
+                "partlyRouted": [gap for _, gap in sorted(self.gaps.items())],
                 "driftRepaired": self.drift_repaired, "lastReconcile": self.last_reconcile,
                 "kernelReads": self.schedule.status() if self.schedule is not None else None}
 
