@@ -250,7 +250,7 @@ def contradicted(old: Optional[NetworkConfig], new: NetworkConfig, rows) -> list
 # config keys a running agent applies live; every other change needs a restart (and,
 # when leases contradict it, weftctl network set --force-migrate)
 LIVE_FIELDS = (("MTU", "mtu"), ("IPMasq", "ip_masq"), ("SubnetMin", "subnet_min"), ("SubnetMax", "subnet_max"),
-               ("ControlPlaneAccess", "control_plane_access"))
+               ("ControlPlaneAccess", "control_plane_access"), ("FlowLog", "flow_log"))
 RESTART_FIELDS = (("Network", "network"), ("SubnetLen", "subnet_len"), ("EnableIPv6", "enable_ipv6"),
                   ("IPv6Network", "ipv6_network"), ("IPv6SubnetLen", "ipv6_subnet_len"),
                   ("Backend.Type", "backend_type"), ("Backend", "backend"))

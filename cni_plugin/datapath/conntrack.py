@@ -1,0 +1,164 @@
+"""The kernel's connection tracking, read for flow records: events and filtered dumps.
+
+ConntrackEvents joins ctnetlink's NEW, UPDATE and DESTROY multicast groups of the
+agent's network namespace (UPDATE for the moment a TCP connection ends: its entry
+lingers in TIME_WAIT for two minutes before DESTROY; ended() says which updates
+are that moment, and get() then reads their final counters, many per datagram).  Delivery is best effort on purpose: the kernel is never asked
+for reliable delivery (NETLINK_BROADCAST_ERROR would make a slow reader stall the
+datapath); a full receive buffer loses events, which the kernel reports as ENOBUFS
+and receive() counts in `lost` (one ENOBUFS: at least one event lost).
+
+dump(mark, mask) lists the entries whose ct mark matches (the kernel filters), for the
+interim records of long-lived connections.  enable_accounting() turns on the per-entry
+byte/packet counters and start/stop times (they apply to connections created after
+they are on).  Messages are framed and parsed by nlcodec only.
+"""
+
+import errno
+import select
+import socket
+
+from . import nlcodec as nl
+from .errors import DatapathError
+
+RECEIVE_BUFFER = 8 << 20
+GROUPS = (1 << (nl.NFNLGRP_CONNTRACK_NEW - 1)) | (1 << (nl.NFNLGRP_CONNTRACK_UPDATE - 1)) | \
+    (1 << (nl.NFNLGRP_CONNTRACK_DESTROY - 1))
+ENDED = (nl.TCP_CONNTRACK_TIME_WAIT, nl.TCP_CONNTRACK_CLOSE)
+ACCOUNTING = ("/proc/sys/net/netfilter/nf_conntrack_acct", "/proc/sys/net/netfilter/nf_conntrack_timestamp")
+
+
+def enable_accounting() -> None:
+    """nf_conntrack_acct=1 and nf_conntrack_timestamp=1 in this network namespace;
+    DatapathError naming the knob when conntrack is not loaded or /proc/sys is read-only."""
+    for path in ACCOUNTING:
+        try:
+            with open(path) as handle:
+                if handle.read().strip() == "1":
+                    continue
+            with open(path, "w") as handle:
+                handle.write("1")
+        except FileNotFoundError:
+            raise DatapathError(f"{path} is missing: nf_conntrack is not loaded (`modprobe nf_conntrack`)") from None
+        except OSError as exc:
+            raise DatapathError(f"cannot set {path} to 1: {exc.strerror}; weft needs a writable /proc/sys") from None
+
+
+def _decoded(data, lost_callback=None) -> list:
+    out = []
+    for offset, length, kind, flags, _ in nl.messages(data):
+        if kind == nl.NLMSG_OVERRUN:
+            if lost_callback:
+                lost_callback()
+            continue
+        if kind >> 8 != nl.NFNL_SUBSYS_CTNETLINK:
+            continue
+        out.append(nl.decode_conntrack(data, offset, length, kind, flags))
+    return out
+
+
+class ConntrackEvents:
+    """NEW and DESTROY events of this namespace's conntrack table."""
+
+    def __init__(self, buffer: int = RECEIVE_BUFFER):
+        self.sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, nl.NETLINK_NETFILTER)
+        self.lost = 0          # ENOBUFS reports (each: one or more events lost)
+        self.malformed = 0     # datagrams that did not parse (skipped)
+        try:
+            try:  # SO_RCVBUFFORCE goes past rmem_max for a root agent
+                self.sock.setsockopt(socket.SOL_SOCKET, 33, buffer)  # SO_RCVBUFFORCE
+            except OSError:
+                self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, buffer)
+            self.sock.bind((0, GROUPS))
+        except OSError as exc:
+            self.sock.close()
+            raise DatapathError(f"cannot join the conntrack event groups: {exc.strerror}") from None
+
+    def fileno(self) -> int:
+        return self.sock.fileno()
+
+    def receive(self, timeout: float) -> list:
+        """The events that arrived (waits up to `timeout` for the first datagram, then
+        drains what is queued without waiting)."""
+        ready, _, _ = select.select([self.sock], [], [], timeout)
+        if not ready:
+            return []
+        out = []
+        while True:
+            try:
+                data = self.sock.recv(1 << 17, socket.MSG_DONTWAIT)
+            except BlockingIOError:
+                return out
+            except OSError as exc:
+                if exc.errno == errno.ENOBUFS:
+                    self.lost += 1
+                    continue
+                raise DatapathError(f"conntrack events: {exc.strerror}") from None
+            if not data:
+                return out
+            try:
+                out.extend(_decoded(data))
+            except nl.MalformedMessage:
+                self.malformed += 1
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def dump(mark: int = 0, mask: int = 0) -> list:
+    """Every conntrack entry of this namespace whose (mark & mask) == mark."""
+    sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, nl.NETLINK_NETFILTER)
+    out = []
+    try:
+        sock.settimeout(5.0)
+        sock.bind((0, 0))
+        sock.send(nl.conntrack_dump_request(1, mark, mask))
+        while True:
+            data = sock.recv(1 << 17)
+            for offset, length, kind, flags, _ in nl.messages(data):
+                if kind == nl.NLMSG_DONE:
+                    return out
+                if kind == nl.NLMSG_ERROR:
+                    code = nl.error_code(data, offset, length)
+                    if code:
+                        raise DatapathError(f"conntrack dump: {errno.errorcode.get(code, code)}")
+                    continue
+                entry = nl.decode_conntrack(data, offset, length, kind, flags)
+                out.append(entry._replace(event="update"))
+    except OSError as exc:
+        raise DatapathError(f"conntrack dump: {exc}") from None
+    finally:
+        sock.close()
+
+
+def ended(entry) -> bool:
+    """An update saying a TCP connection has closed (TIME_WAIT or CLOSE)."""
+    return entry.event == "update" and entry.tcp_state in ENDED
+
+
+def get(entries) -> list:
+    """The current state of these entries (by original tuple), one request datagram for
+    all of them; entries gone meanwhile are left out (their DESTROY event follows)."""
+    if not entries:
+        return []
+    sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, nl.NETLINK_NETFILTER)
+    out, answered = [], 0
+    try:
+        sock.settimeout(5.0)
+        sock.bind((0, 0))
+        for start in range(0, len(entries), 256):
+            chunk = entries[start:start + 256]
+            sock.send(b"".join(nl.conntrack_get_request(i + 1, e) for i, e in enumerate(chunk)))
+            answered = 0
+            while answered < len(chunk):
+                data = sock.recv(1 << 17)
+                for offset, length, kind, flags, _ in nl.messages(data):
+                    answered += 1
+                    if kind == nl.NLMSG_ERROR:
+                        continue
+                    out.append(nl.decode_conntrack(data, offset, length, kind, flags)._replace(event="update"))
+    except OSError as exc:
+        raise DatapathError(f"conntrack read: {exc}") from None
+    finally:
+        sock.close()
+    return out

@@ -1,0 +1,199 @@
+"""Flow records from real agents (issue 26, docs/flows.md): two nodes, VXLAN between them,
+pods in namespaces x and y, a policy on x/a that allows one flow and denies others.
+
+Each connection is made with a known payload (lab/flow_traffic.py) and looked up in
+the journals by its 5-tuple: workloads, ports, verdict, the policy the kernel marked,
+and byte counters (payload plus headers) within a few percent.  One module cluster
+serves every test here.
+"""
+
+import json
+import os
+import subprocess
+import sys
+import time
+
+import pytest
+import yaml
+
+from lab.cluster import REPO, Cluster, wait_for
+
+FLOW_INTERVAL = 2.0
+CONFIG = {"Network": "10.244.0.0/16", "Backend": {"Type": "vxlan", "VNI": 1}, "FlowLog": True}
+POLICY = {"apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
+          "metadata": {"name": "from-y", "namespace": "x"},
+          "spec": {"podSelector": {"matchLabels": {"app": "a"}}, "policyTypes": ["Ingress"],
+                   "ingress": [{"from": [{"namespaceSelector": {"matchLabels": {"ns": "y"}}}],
+                                "ports": [{"port": 80}, {"protocol": "UDP", "port": 81}]}]}}
+OBJECTS = [{"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": n, "labels": {"ns": n}}}
+           for n in ("x", "y")] + \
+          [{"apiVersion": "v1", "kind": "Pod", "metadata": {"namespace": ns, "name": name, "labels": {"app": name}}}
+           for ns, name in (("x", "a"), ("x", "b"), ("x", "e"), ("y", "c"), ("y", "d"))] + [POLICY]
+TCP_HEADERS = 52   # IPv4 20 + TCP 20 + timestamps 12, per packet
+UDP_HEADERS = 28
+
+
+class World:
+    def __init__(self, cluster, workdir):
+        self.cluster, self.workdir = cluster, workdir
+        self.nodes, self.pods, self.processes = [], {}, []
+
+    def flow_dir(self, node):
+        return os.path.join(node.dir, "flows")
+
+    def serve(self, ns, address, port):
+        proc = subprocess.Popen(["ip", "netns", "exec", ns, sys.executable, "-m", "lab.flow_traffic", "sink",
+                                 address, str(port)], stdout=subprocess.PIPE, text=True, cwd=REPO)
+        self.processes.append(proc)
+        assert proc.stdout.readline().strip() == "listening"
+
+    def send(self, src, protocol, address, port, size, count=1, hold=0.0):
+        out = self.pods[src].ns.run([sys.executable, "-m", "lab.flow_traffic", "send", protocol, address,
+                                     str(port), str(size), str(count), str(hold)], cwd=REPO, timeout=60)
+        return json.loads(out.stdout)
+
+    def weftctl_flows(self, *args, check=True):
+        dirs = [a for n in self.nodes for a in ("--dir", self.flow_dir(n))]
+        return self.cluster.weftctl("flows", *dirs, *args, check=check)
+
+    def records(self, node=None, final=True):
+        out = []
+        for n in [node] if node else self.nodes:
+            for name in sorted(os.listdir(self.flow_dir(n))) if os.path.isdir(self.flow_dir(n)) else ():
+                with open(os.path.join(self.flow_dir(n), name)) as handle:
+                    out += [json.loads(line) for line in handle if line.strip()]
+        return [r for r in out if final is None or r.get("final", True) == final]
+
+    def find(self, src, sport, dst, dport, proto, node=None, final=True, timeout=15.0):
+        def look():
+            return [r for r in self.records(node, final) if r["src"] == src and r["dst"] == dst
+                    and r["dport"] == dport and r["proto"] == proto and (sport is None or r["sport"] == sport)]
+        return wait_for(look, timeout, interval=0.2, what=f"a {proto} flow record {src}:{sport} -> {dst}:{dport}")
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory, installed):
+    workdir = tmp_path_factory.mktemp("flows")
+    cluster = Cluster(workdir / "cluster", installed)
+    made = World(cluster, str(workdir))
+    try:
+        cluster.set_network("weft", CONFIG)
+        made.nodes = [cluster.add_node() for _ in range(2)]
+        for node in made.nodes:
+            node.start_agent(extra=["--flow-log-dir", made.flow_dir(node),
+                                    "--flow-log-interval", str(FLOW_INTERVAL)])
+        for node in made.nodes:
+            node.wait_ready()
+            wait_for(lambda: len(node.status()["peers"]) == 1, 20, what=f"{node.name} peers")
+            wait_for(lambda: (node.status().get("policy") or {}).get("state") == "enforcing", 20,
+                     what=f"{node.name} enforcing policy")
+        path = os.path.join(str(workdir), "objects.yaml")
+        with open(path, "w") as handle:
+            yaml.safe_dump_all(OBJECTS, handle)
+        cluster.weftctl("apply", "-f", path)
+        placement = {("x", "a"): 0, ("x", "e"): 0, ("y", "c"): 0, ("x", "b"): 1, ("y", "d"): 1}
+        conf = {n.name: n.netconf(agentSocket=os.path.join(n.run_dir, "weftd.sock")) for n in made.nodes}
+        for (ns, name), index in placement.items():
+            node = made.nodes[index]
+            made.pods[ns, name] = node.add_pod(conf=conf[node.name], name=name, pod_namespace=ns)
+        for node in made.nodes:
+            wait_for(lambda: (node.status().get("policy") or {}).get("knownPods") == 5, 20,
+                     what=f"{node.name} knowing the 5 pods")
+            wait_for(lambda: (node.status().get("flows") or {}).get("journal"), 10, what=f"{node.name} flow log on")
+        made.serve(made.pods["x", "a"].ns.name, made.pods["x", "a"].ip, 80)
+        made.serve(made.pods["x", "a"].ns.name, made.pods["x", "a"].ip, 81)
+        made.serve(cluster.underlay.name, "192.168.100.254", 9000)
+        yield made
+    finally:
+        for proc in made.processes:
+            proc.kill()
+            proc.wait()
+        cluster.cleanup()
+
+
+def _close(value, expected, tolerance=0.03):
+    return abs(value - expected) <= tolerance * expected
+
+
+@pytest.mark.parametrize("src,node_count", [(("y", "c"), 1), (("y", "d"), 2)], ids=["same-node", "cross-node"])
+def test_allowed_tcp_is_recorded_with_workloads_policy_and_bytes(world, src, node_count):
+    a = world.pods["x", "a"]
+    payload = 200_000
+    sent = world.send(src, "tcp", a.ip, 80, payload)
+    assert sent["answered"] == 1
+    source = world.pods[src]
+    records = wait_for(lambda: (lambda found: found if len(found) >= node_count else None)(
+        world.find(source.ip, sent["port"], a.ip, 80, "tcp")), 15, what=f"{node_count} node record(s)")
+    assert sorted(r["node"] for r in records) == sorted({source.node.name, a.node.name})
+    for record in records:
+        assert record["verdict"] == "allowed"
+        assert record["srcPod"] == f"{src[0]}/{src[1]}" and record["dstPod"] == "x/a"
+        assert record["sport"] == sent["port"] and record["network"] == "weft"
+        assert record["start"].endswith("Z") and record["end"] >= record["start"]
+        packets = record["packets"]["sent"]
+        assert _close(record["bytes"]["sent"], payload + packets * TCP_HEADERS), record
+        assert record["packets"]["received"] >= 2 and record["bytes"]["received"] > 0
+    on_a = next(r for r in records if r["node"] == a.node.name)
+    assert on_a["policy"] == "x/from-y" and on_a["ingressPolicy"] == "x/from-y"
+
+
+def test_allowed_udp_counts_every_datagram(world):
+    a, c = world.pods["x", "a"], world.pods["y", "c"]
+    sent = world.send(("y", "c"), "udp", a.ip, 81, 1000, 20)
+    assert sent["answered"] == 20
+    # a UDP entry ends at its timeout; the interim record comes every FLOW_INTERVAL
+    record = world.find(c.ip, sent["port"], a.ip, 81, "udp", final=None)[-1]
+    assert record["verdict"] == "allowed" and record["policy"] == "x/from-y"
+    assert record["srcPod"] == "y/c" and record["dstPod"] == "x/a"
+    assert record["packets"] == {"sent": 20, "received": 20}
+    assert record["bytes"]["sent"] == 20 * (1000 + UDP_HEADERS)
+
+
+@pytest.mark.parametrize("src", [("x", "e"), ("x", "b")], ids=["same-node", "cross-node"])
+def test_denied_attempts_name_the_isolating_policy(world, src):
+    a = world.pods["x", "a"]
+    for protocol, port in (("tcp", 80), ("udp", 81)):
+        sent = world.send(src, protocol, a.ip, port, 10)
+        assert sent["answered"] == 0
+        record = world.find(world.pods[src].ip, None, a.ip, port, protocol, node=a.node,
+                            timeout=10)[-1]
+        assert record["verdict"] == "denied" and record["policy"] == "x/from-y"
+        assert record["policies"] == ["x/from-y"] and record["direction"] == "ingress"
+        assert record["srcPod"] == f"{src[0]}/{src[1]}" and record["dstPod"] == "x/a"
+
+
+def test_pod_to_outside_keeps_the_address(world):
+    c = world.pods["y", "c"]
+    sent = world.send(("y", "c"), "tcp", "192.168.100.254", 9000, 5000)
+    assert sent["answered"] == 1
+    record = world.find(c.ip, sent["port"], "192.168.100.254", 9000, "tcp")[-1]
+    assert record["srcPod"] == "y/c" and record["dstPod"] is None
+    assert record["verdict"] == "allowed" and record["policy"] is None
+
+
+def test_long_lived_connection_gets_interim_records(world):
+    a, d = world.pods["x", "a"], world.pods["y", "d"]
+    sent = world.send(("y", "d"), "tcp", a.ip, 80, 1000, 1, 2.5 * FLOW_INTERVAL)
+    records = [r for r in world.records(a.node, final=None) if r["src"] == d.ip and r["sport"] == sent["port"]]
+    interim = [r for r in records if not r["final"]]
+    final = world.find(d.ip, sent["port"], a.ip, 80, "tcp", node=a.node)
+    assert interim, records
+    assert {r["id"] for r in interim} == {final[0]["id"]}
+    assert interim[-1]["bytes"]["sent"] <= final[0]["bytes"]["sent"]
+
+
+def test_weftctl_flows_filters_and_merges_nodes(world):
+    a, d = world.pods["x", "a"], world.pods["y", "d"]
+    sent = world.send(("y", "d"), "tcp", a.ip, 80, 3000)
+    world.find(d.ip, sent["port"], a.ip, 80, "tcp", node=d.node)
+    world.find(d.ip, sent["port"], a.ip, 80, "tcp", node=a.node)
+    merged = [json.loads(line) for line in world.weftctl_flows("--json", "--pod", "y/d", "--port",
+                                                              str(sent["port"])).stdout.splitlines()]
+    assert len(merged) == 1 and sorted(merged[0]["nodes"]) == ["node1", "node2"]
+    per_node = world.weftctl_flows("--json", "--per-node", "--pod", "y/d", "--port", str(sent["port"])).stdout
+    assert sorted(json.loads(line)["node"] for line in per_node.splitlines()) == ["node1", "node2"]
+    denied = world.weftctl_flows("--json", "--verdict", "denied", "--policy", "x/from-y").stdout.splitlines()
+    assert denied and all(json.loads(line)["verdict"] == "denied" for line in denied)
+    table = world.weftctl_flows("--namespace", "y", "--node", "node2", "--peer", f"{a.ip}/32").stdout
+    assert f"y/d ({d.ip}:{sent['port']})" in table and "x/a" in table
+    assert world.weftctl_flows("--since", "yesterday", check=False).returncode == 2
