@@ -237,13 +237,14 @@ def memberships(cluster, ip, pod, is_local: bool) -> set:
                          for p in cluster.policies))
 
 
-def policy_fragment(policy, cluster, endpoints: dict, local_networks, members=None, number: int = 0) -> Fragment:
+def policy_fragment(policy, cluster, endpoints: dict, local_networks, members=None,
+                    policy_number: int = 0) -> Fragment:
     """The policy's sets (with their pod elements) and chains.  members: a _Members
-    shared by the fragments of one plan; number: the policy's number its accepting
+    shared by the fragments of one plan; policy_number: the policy's number its accepting
     rules write into the connection's ct mark (flows/marks.py)."""
     members = members or _Members(cluster, endpoints, local_networks)
     pid = policy_id(policy.ref)
-    frag = Fragment(policy.ref, pid, frozenset(policy.types), number=number)
+    frag = Fragment(policy.ref, pid, frozenset(policy.types), number=policy_number)
     for direction, rules in _directions(policy):
         mine, theirs, suffix = _SIDES[direction]
         chain = []
@@ -292,7 +293,7 @@ def policy_fragment(policy, cluster, endpoints: dict, local_networks, members=No
                         else:
                             port_expr_v = port_expr
                         chain.append((f"{policy.ref} {direction}[{index}] {kind or 'any peer'} {what} IPv{version}",
-                                      expr + port_expr_v + [_mark_decided(direction, number), {"accept": None}]))
+                                      expr + port_expr_v + [_mark_decided(direction, policy_number), {"accept": None}]))
         frag.chains[f"{pid}_{suffix}"] = chain
     for version in VERSIONS:
         frag.sets[f"{pid}_sel{version}"] = (PROTO[version][1], False, frozenset())

@@ -76,9 +76,14 @@ def world(tmp_path_factory, installed):
     workdir = tmp_path_factory.mktemp("flows")
     cluster = Cluster(workdir / "cluster", installed)
     made = World(cluster, str(workdir))
+    mounted = None
     try:
         cluster.set_network("weft", CONFIG)
         made.nodes = [cluster.add_node() for _ in range(2)]
+        # node1's journal on a small filesystem of its own, which a test fills (ENOSPC)
+        mounted = made.flow_dir(made.nodes[0])
+        os.makedirs(mounted)
+        subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m,mode=0700", "weft-flows-test", mounted], check=True)
         for node in made.nodes:
             node.start_agent(extra=["--flow-log-dir", made.flow_dir(node),
                                     "--flow-log-interval", str(FLOW_INTERVAL)])
@@ -108,6 +113,10 @@ def world(tmp_path_factory, installed):
         for proc in made.processes:
             proc.kill()
             proc.wait()
+        for node in made.nodes:
+            node.stop_agent()
+        if mounted:
+            subprocess.run(["umount", mounted], check=False)
         cluster.cleanup()
 
 
@@ -197,3 +206,59 @@ def test_weftctl_flows_filters_and_merges_nodes(world):
     table = world.weftctl_flows("--namespace", "y", "--node", "node2", "--peer", f"{a.ip}/32").stdout
     assert f"y/d ({d.ip}:{sent['port']})" in table and "x/a" in table
     assert world.weftctl_flows("--since", "yesterday", check=False).returncode == 2
+
+
+def test_a_reused_address_names_each_holder_in_its_own_flows(world):
+    node = world.nodes[0]
+    conf = node.netconf(agentSocket=os.path.join(node.run_dir, "weftd.sock"))
+    old = node.add_pod(conf=conf, name="old", pod_namespace="y")
+    world.pods["y", "old"] = old
+    before = world.send(("y", "old"), "tcp", "192.168.100.254", 9000, 100)
+    world.find(old.ip, before["port"], "192.168.100.254", 9000, "tcp")
+    assert node.delete_pod(old).code == 0
+    node.pods.remove(old)
+    reuse = dict(conf, runtimeConfig={"ips": [old.ip]})
+    new = node.add_pod(conf=reuse, name="new", pod_namespace="y")
+    world.pods["y", "new"] = new
+    assert new.ip == old.ip
+    after = world.send(("y", "new"), "tcp", "192.168.100.254", 9000, 100)
+    (first,) = world.find(old.ip, before["port"], "192.168.100.254", 9000, "tcp")
+    (second,) = world.find(new.ip, after["port"], "192.168.100.254", 9000, "tcp")
+    assert first["srcPod"] == "y/old" and second["srcPod"] == "y/new"
+    old.ns.delete()
+
+
+def _metric(node, name, **labels) -> float:
+    _, body = node.http("/metrics")
+    for line in body.splitlines():
+        if line.startswith(f"{name}{{") and all(f'{k}="{v}"' in line for k, v in labels.items()):
+            return float(line.rsplit(" ", 1)[1])
+    return 0.0
+
+
+def test_a_full_journal_drops_and_counts_while_traffic_and_agent_go_on(world):
+    a, node = world.pods["x", "a"], world.nodes[0]
+    filler = os.path.join(world.flow_dir(node), "filler")
+    subprocess.run(["dd", "if=/dev/zero", f"of={filler}", "bs=64k", "count=100"], capture_output=True)
+    try:
+        before = _metric(node, "weft_flows_dropped_total", network="weft", reason="disk-full")
+        for _ in range(3):
+            assert world.send(("y", "c"), "tcp", a.ip, 80, 2000)["answered"] == 1
+        wait_for(lambda: _metric(node, "weft_flows_dropped_total", network="weft", reason="disk-full") > before,
+                 15, what="records dropped as disk-full")
+        assert node.http("/healthz")[0] == 200 and node.status()["ready"]
+        assert (node.status()["flows"] or {}).get("dropped", {}).get("disk-full", 0) >= 1
+    finally:
+        os.unlink(filler)
+    sent = world.send(("y", "c"), "tcp", a.ip, 80, 2000)
+    assert world.find(world.pods["y", "c"].ip, sent["port"], a.ip, 80, "tcp", node=node)
+
+
+def test_policy_denials_is_a_view_of_the_denied_flow_records(world):
+    a, e = world.pods["x", "a"], world.pods["x", "e"]
+    sent = world.send(("x", "e"), "tcp", a.ip, 80, 10)
+    world.find(e.ip, None, a.ip, 80, "tcp", node=a.node)
+    out = world.cluster.weftctl("policy", "denials", "--state-dir", a.node.state_dir,
+                                "--flow-log-dir", world.flow_dir(a.node)).stdout
+    assert f"ingress denied x/e ({e.ip}) -> x/a ({a.ip}) TCP/80 (isolated by x/from-y)" in out, out
+    assert sent["answered"] == 0

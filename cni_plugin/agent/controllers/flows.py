@@ -37,6 +37,7 @@ QUEUE_SIZE = 65536
 HISTORY_REFRESH = 30.0    # seconds between readings of the cluster's allocation history
 UNKNOWN_REFRESH = 1.0     # at most this often when an address of the pod network is unknown
 NAMESPACE_PAIRS = 200     # label pairs of weft_flow_bytes_total before "other"
+STATUS_EVERY = 1.0        # seconds: at most this often a drop rewrites the status file
 _STOP = ("stop",)
 
 
@@ -129,6 +130,7 @@ class FlowCollector:
         self.live = {}  # ct id -> [first seen (datetime), last record written (monotonic), start ns]
         self.done = {}  # ct id -> monotonic time its final record was written at its close
         self.pairs = set()
+        self.status_written = 0.0
         self.attribution = flow_attribution.Attribution()
         self.history_offset = 0
         self.history_refreshed = 0.0
@@ -151,6 +153,9 @@ class FlowCollector:
     def _dropped(self, reason, count):
         self.dropped[reason] = self.dropped.get(reason, 0) + count
         self.agent.metrics.flows_dropped.labels(self.network, reason).inc(count)
+        if time.monotonic() - self.status_written > STATUS_EVERY:  # the status file says so soon
+            self.status_written = time.monotonic()
+            self.agent.call_soon(self.agent.write_status)
 
     def offer(self, item) -> None:
         try:
