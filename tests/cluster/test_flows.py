@@ -262,3 +262,34 @@ def test_policy_denials_is_a_view_of_the_denied_flow_records(world):
                                 "--flow-log-dir", world.flow_dir(a.node)).stdout
     assert f"ingress denied x/e ({e.ip}) -> x/a ({a.ip}) TCP/80 (isolated by x/from-y)" in out, out
     assert sent["answered"] == 0
+
+
+def test_ipfix_export_reaches_a_real_collector(world, tmp_path):
+    """FlowLog {"IPFIX": ...} set live; nfcapd (Debian's nfdump) collects on the underlay,
+    nfdump reads back both one-way records of a connection with their counters."""
+    collected = tmp_path / "nfcapd"
+    collected.mkdir()
+    collector = subprocess.Popen(["ip", "netns", "exec", world.cluster.underlay.name, "nfcapd", "-b",
+                                  "192.168.100.254", "-p", "4739", "-w", str(collected), "-t", "3600"],
+                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        world.cluster.set_network("weft", dict(CONFIG, FlowLog={"IPFIX": "192.168.100.254:4739"}))
+        node = world.pods["x", "a"].node
+        wait_for(lambda: ((node.status().get("flows") or {}).get("ipfix") or {}).get("messages"), 20,
+                 what="the agent sending IPFIX templates")
+        a, c = world.pods["x", "a"], world.pods["y", "c"]
+        sent = world.send(("y", "c"), "tcp", a.ip, 80, 50_000)
+        (record,) = world.find(c.ip, sent["port"], a.ip, 80, "tcp", node=node)
+        wait_for(lambda: (node.status()["flows"]["ipfix"] or {}).get("records", 0) >= 2, 10, what="records sent")
+    finally:
+        collector.terminate()
+        collector.wait(timeout=10)
+        world.cluster.set_network("weft", CONFIG)
+    out = subprocess.run(["nfdump", "-R", str(collected), "-q", "-o",
+                          "fmt:%pr %sa %sp %da %dp %pkt %byt"], capture_output=True, text=True, check=True).stdout
+    rows = [line.split() for line in out.splitlines()]
+    forward = ["TCP", c.ip, str(sent["port"]), a.ip, "80", str(record["packets"]["sent"]),
+               str(record["bytes"]["sent"])]
+    backward = ["TCP", a.ip, "80", c.ip, str(sent["port"]), str(record["packets"]["received"]),
+                str(record["bytes"]["received"])]
+    assert forward in rows and backward in rows, out
