@@ -325,6 +325,14 @@ def status(args) -> int:
             print(f"             {item.get('key')} {item.get('node') or '?'} [{item.get('reason')}]: "
                   f"{item.get('detail')}")
         print(f"  drift      {state.get('driftRepaired', 0)} kernel entries repaired since start")
+        flows = state.get("flows")
+        if flows:
+            dropped = ", ".join(f"{k} {v}" for k, v in sorted((flows.get("dropped") or {}).items())) or "none"
+            print(f"  flows      {flows.get('setting')}: {flows.get('written', 0)} records into "
+                  f"{flows.get('journal') or '-'}; dropped {dropped}; events lost {flows.get('eventsLost', 0)}")
+            for problem in (flows.get("problem"), flows.get("journalError"), (flows.get("ipfix") or {}).get("error")):
+                if problem:
+                    print(f"             {problem}")
         masq = state.get("masquerade") or {}
         if masq:
             print(f"  masquerade {masq.get('table')}: {masq.get('state')}, "

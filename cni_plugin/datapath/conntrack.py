@@ -53,6 +53,9 @@ def _decoded(data, lost_callback=None) -> list:
             continue
         if kind >> 8 != nl.NFNL_SUBSYS_CTNETLINK:
             continue
+        if kind & 0xFF == nl.IPCTNL_MSG_CT_NEW and not flags & nl.NLM_F_CREATE and \
+                nl.conntrack_tcp_state(data, offset, length) not in ENDED:
+            continue  # an update that is not a TCP close: nothing to record
         out.append(nl.decode_conntrack(data, offset, length, kind, flags))
     return out
 

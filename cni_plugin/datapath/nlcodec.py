@@ -443,6 +443,14 @@ def _tcp_state(raw: Optional[bytes]) -> Optional[int]:
     return _be(state, _U8, "TCP state") if state is not None else None
 
 
+def conntrack_tcp_state(data, offset: int, length: int) -> Optional[int]:
+    """The TCP state an update event carries (None: none), without decoding the rest:
+    most updates are state changes a flow record does not wait for."""
+    body(data, offset, length, _NFGENMSG)
+    raw = attributes(data, offset + HEADER.size + _NFGENMSG.size, offset + length, (CTA_PROTOINFO,))
+    return _tcp_state(raw.get(CTA_PROTOINFO))
+
+
 def conntrack_get_request(seq: int, entry: "Conntrack") -> bytes:
     """A request for one entry, by its original tuple (and zone)."""
     orig, version = entry.orig, entry.orig.src.version

@@ -166,8 +166,12 @@ def escaped(text) -> str:
 
 def line(r) -> str:
     """One table line."""
-    src = f"{r['srcPod']} ({r.get('src')}:{r.get('sport')})" if r.get("srcPod") else f"{r.get('src')}:{r.get('sport')}"
-    dst = f"{r['dstPod']} ({r.get('dst')}:{r.get('dport')})" if r.get("dstPod") else f"{r.get('dst')}:{r.get('dport')}"
+    def end(pod, address, port):
+        where = address if port is None else f"{address}:{port}"
+        return f"{pod} ({where})" if pod else where
+
+    src = end(r.get("srcPod"), r.get("src"), r.get("sport"))
+    dst = end(r.get("dstPod"), r.get("dst"), r.get("dport"))
     if r.get("service"):
         dst += f" via {r['service'].get('ip')}:{r['service'].get('port')}"
     nodes = ",".join(str(n) for n in r.get("nodes") or [r.get("node")])
