@@ -44,19 +44,28 @@ def enable_accounting() -> None:
             raise DatapathError(f"cannot set {path} to 1: {exc.strerror}; weft needs a writable /proc/sys") from None
 
 
-def _decoded(data, lost_callback=None) -> list:
+def _event(kind: int, flags: int):
+    msg = kind & 0xFF
+    if kind >> 8 != nl.NFNL_SUBSYS_CTNETLINK:
+        return None
+    if msg == nl.IPCTNL_MSG_CT_NEW:
+        return "new" if flags & nl.NLM_F_CREATE else "update"
+    return "destroy" if msg == nl.IPCTNL_MSG_CT_DELETE else None
+
+
+def _decoded(data, wanted) -> list:
+    """The entries of a datagram that `wanted(event, id, tcp_state)` asks for, decoded;
+    updates other than a TCP close are never offered (most of the events: state changes)."""
     out = []
     for offset, length, kind, flags, _ in nl.messages(data):
-        if kind == nl.NLMSG_OVERRUN:
-            if lost_callback:
-                lost_callback()
+        event = _event(kind, flags)
+        if event is None:
             continue
-        if kind >> 8 != nl.NFNL_SUBSYS_CTNETLINK:
+        ct_id, state = nl.conntrack_brief(data, offset, length)
+        if event == "update" and state not in ENDED:
             continue
-        if kind & 0xFF == nl.IPCTNL_MSG_CT_NEW and not flags & nl.NLM_F_CREATE and \
-                nl.conntrack_tcp_state(data, offset, length) not in ENDED:
-            continue  # an update that is not a TCP close: nothing to record
-        out.append(nl.decode_conntrack(data, offset, length, kind, flags))
+        if wanted(event, ct_id, state):
+            out.append(nl.decode_conntrack(data, offset, length, kind, flags))
     return out
 
 
@@ -80,9 +89,10 @@ class ConntrackEvents:
     def fileno(self) -> int:
         return self.sock.fileno()
 
-    def receive(self, timeout: float) -> list:
+    def receive(self, timeout: float, wanted=lambda event, ct_id, state: True) -> list:
         """The events that arrived (waits up to `timeout` for the first datagram, then
-        drains what is queued without waiting)."""
+        drains what is queued without waiting), decoded when wanted(event, id, TCP state)
+        says so: "new", "update" (a TCP close only) or "destroy"."""
         ready, _, _ = select.select([self.sock], [], [], timeout)
         if not ready:
             return []
@@ -100,7 +110,7 @@ class ConntrackEvents:
             if not data:
                 return out
             try:
-                out.extend(_decoded(data))
+                out.extend(_decoded(data, wanted))
             except nl.MalformedMessage:
                 self.malformed += 1
 

@@ -443,12 +443,12 @@ def _tcp_state(raw: Optional[bytes]) -> Optional[int]:
     return _be(state, _U8, "TCP state") if state is not None else None
 
 
-def conntrack_tcp_state(data, offset: int, length: int) -> Optional[int]:
-    """The TCP state an update event carries (None: none), without decoding the rest:
-    most updates are state changes a flow record does not wait for."""
+def conntrack_brief(data, offset: int, length: int) -> tuple:
+    """(CTA_ID, TCP state or None) of a conntrack message, without decoding the rest:
+    enough to decide whether the whole message is worth decoding."""
     body(data, offset, length, _NFGENMSG)
-    raw = attributes(data, offset + HEADER.size + _NFGENMSG.size, offset + length, (CTA_PROTOINFO,))
-    return _tcp_state(raw.get(CTA_PROTOINFO))
+    raw = attributes(data, offset + HEADER.size + _NFGENMSG.size, offset + length, (CTA_ID, CTA_PROTOINFO))
+    return (_be(raw[CTA_ID], _BE32, "CTA_ID") if CTA_ID in raw else 0), _tcp_state(raw.get(CTA_PROTOINFO))
 
 
 def conntrack_get_request(seq: int, entry: "Conntrack") -> bytes:

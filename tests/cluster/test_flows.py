@@ -19,7 +19,8 @@ import yaml
 from lab.cluster import REPO, Cluster, wait_for
 
 FLOW_INTERVAL = 2.0
-CONFIG = {"Network": "10.244.0.0/16", "Backend": {"Type": "vxlan", "VNI": 1}, "FlowLog": True}
+CONFIG = {"Network": "10.244.0.0/16", "EnableIPv6": True, "IPv6Network": "fd10:244::/48",
+          "Backend": {"Type": "vxlan", "VNI": 1}, "FlowLog": True}
 POLICY = {"apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
           "metadata": {"name": "from-y", "namespace": "x"},
           "spec": {"podSelector": {"matchLabels": {"app": "a"}}, "policyTypes": ["Ingress"],
@@ -30,6 +31,7 @@ OBJECTS = [{"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": n, "la
           [{"apiVersion": "v1", "kind": "Pod", "metadata": {"namespace": ns, "name": name, "labels": {"app": name}}}
            for ns, name in (("x", "a"), ("x", "b"), ("x", "e"), ("y", "c"), ("y", "d"))] + [POLICY]
 TCP_HEADERS = 52   # IPv4 20 + TCP 20 + timestamps 12, per packet
+TCP6_HEADERS = 72  # IPv6 40 + TCP 20 + timestamps 12
 UDP_HEADERS = 28
 
 
@@ -102,11 +104,12 @@ def world(tmp_path_factory, installed):
             node = made.nodes[index]
             made.pods[ns, name] = node.add_pod(conf=conf[node.name], name=name, pod_namespace=ns)
         for node in made.nodes:
-            wait_for(lambda: (node.status().get("policy") or {}).get("knownPods") == 5, 20,
-                     what=f"{node.name} knowing the 5 pods")
+            wait_for(lambda: (node.status().get("policy") or {}).get("knownPods") == 10, 20,
+                     what=f"{node.name} knowing the 5 pods (10 addresses)")
             wait_for(lambda: (node.status().get("flows") or {}).get("journal"), 10, what=f"{node.name} flow log on")
         made.serve(made.pods["x", "a"].ns.name, made.pods["x", "a"].ip, 80)
         made.serve(made.pods["x", "a"].ns.name, made.pods["x", "a"].ip, 81)
+        made.serve(made.pods["x", "a"].ns.name, made.pods["x", "a"].ips[1], 80)
         made.serve(cluster.underlay.name, "192.168.100.254", 9000)
         yield made
     finally:
@@ -144,6 +147,22 @@ def test_allowed_tcp_is_recorded_with_workloads_policy_and_bytes(world, src, nod
         assert record["packets"]["received"] >= 2 and record["bytes"]["received"] > 0
     on_a = next(r for r in records if r["node"] == a.node.name)
     assert on_a["policy"] == "x/from-y" and on_a["ingressPolicy"] == "x/from-y"
+
+
+def test_ipv6_flows_allowed_and_denied(world):
+    a, d, e = world.pods["x", "a"], world.pods["y", "d"], world.pods["x", "e"]
+    assert ":" in a.ips[1]
+    sent = world.send(("y", "d"), "tcp", a.ips[1], 80, 100_000)
+    assert sent["answered"] == 1
+    records = wait_for(lambda: (lambda found: found if len(found) == 2 else None)(
+        world.find(d.ips[1], sent["port"], a.ips[1], 80, "tcp")), 15, what="both nodes' IPv6 records")
+    for record in records:
+        assert record["srcPod"] == "y/d" and record["dstPod"] == "x/a" and record["verdict"] == "allowed"
+        assert _close(record["bytes"]["sent"], 100_000 + record["packets"]["sent"] * TCP6_HEADERS), record
+    assert next(r for r in records if r["node"] == a.node.name)["policy"] == "x/from-y"
+    assert world.send(("x", "e"), "tcp", a.ips[1], 80, 10)["answered"] == 0
+    denied = world.find(e.ips[1], None, a.ips[1], 80, "tcp", node=a.node, timeout=10)[-1]
+    assert denied["verdict"] == "denied" and denied["policy"] == "x/from-y" and denied["srcPod"] == "x/e"
 
 
 def test_allowed_udp_counts_every_datagram(world):
@@ -293,3 +312,25 @@ def test_ipfix_export_reaches_a_real_collector(world, tmp_path):
     backward = ["TCP", a.ip, "80", c.ip, str(sent["port"]), str(record["packets"]["received"]),
                 str(record["bytes"]["received"])]
     assert forward in rows and backward in rows, out
+
+
+def test_weftctl_flows_follow_prints_new_records(world):
+    import select
+
+    a, c = world.pods["x", "a"], world.pods["y", "c"]
+    dirs = [x for n in world.nodes for x in ("--dir", world.flow_dir(n))]
+    follow = subprocess.Popen([os.path.join(world.cluster.installed, "bin", "weftctl"), "flows", *dirs, "--follow",
+                               "--json", "--pod", "y/c"],
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        time.sleep(1.0)  # its offsets taken: only what comes now is printed
+        sent = world.send(("y", "c"), "tcp", a.ip, 80, 100)
+        deadline = time.monotonic() + 15
+        seen = []
+        while time.monotonic() < deadline and not any(r["sport"] == sent["port"] for r in seen):
+            if select.select([follow.stdout], [], [], 0.5)[0]:
+                seen.append(json.loads(follow.stdout.readline()))
+        assert any(r["sport"] == sent["port"] and r["srcPod"] == "y/c" for r in seen), seen
+    finally:
+        follow.terminate()
+        follow.wait(timeout=10)

@@ -142,12 +142,12 @@ def test_the_get_request_names_the_entry_it_was_made_from(built):
 
 @BOUNDED
 @given(entries(), st.integers(0, 12))
-def test_the_tcp_state_of_an_update_is_read_alone(built, state):
+def test_the_id_and_tcp_state_are_read_alone(built, state):
     data, _ = built
     (offset, length, kind, flags, _), = nl.messages(data)
     protoinfo = nl.attr(nl.CTA_PROTOINFO | nl.NLA_F_NESTED, nl.attr(
         nl.CTA_PROTOINFO_TCP | nl.NLA_F_NESTED, nl.attr(nl.CTA_PROTOINFO_TCP_STATE, bytes([state]))))
     grown = nl.message(kind, flags, 0, data[nl.HEADER.size:] + protoinfo)
-    assert nl.conntrack_tcp_state(grown, 0, len(grown)) == state
-    assert nl.decode_conntrack(grown, 0, len(grown), kind, flags).tcp_state == state
-    assert nl.conntrack_tcp_state(data, offset, length) is None
+    entry = nl.decode_conntrack(grown, 0, len(grown), kind, flags)
+    assert nl.conntrack_brief(grown, 0, len(grown)) == (entry.id, state) and entry.tcp_state == state
+    assert nl.conntrack_brief(data, offset, length) == (entry.id, None)

@@ -21,6 +21,7 @@ import os
 import queue
 import threading
 import time
+from datetime import datetime, timezone
 
 from ...datapath import conntrack, sysctl
 from ...datapath.errors import DatapathError
@@ -127,8 +128,11 @@ class FlowCollector:
         self.dropped = {}
         self.written = 0
         self.lost_reported = 0
-        self.live = {}  # ct id -> [first seen (datetime), last record written (monotonic), start ns]
-        self.done = {}  # ct id -> monotonic time its final record was written at its close
+        # shared by the two threads (single dict/set operations only):
+        self.live = {}        # ct id -> [first seen (epoch seconds), last record written (monotonic)]
+        self.done = {}        # ct id -> monotonic time its final record was written at its close
+        self.closing = set()  # ct ids whose close was queued and not yet read back
+        self.skip = set()     # ct ids of connections closed that are not this network's
         self.pairs = set()
         self.status_written = 0.0
         self.attribution = flow_attribution.Attribution()
@@ -153,6 +157,9 @@ class FlowCollector:
     def _dropped(self, reason, count):
         self.dropped[reason] = self.dropped.get(reason, 0) + count
         self.agent.metrics.flows_dropped.labels(self.network, reason).inc(count)
+        self._status_soon()
+
+    def _status_soon(self):
         if time.monotonic() - self.status_written > STATUS_EVERY:  # the status file says so soon
             self.status_written = time.monotonic()
             self.agent.call_soon(self.agent.write_status)
@@ -173,10 +180,30 @@ class FlowCollector:
         src, dst = entry.orig.src, entry.orig.dst
         return any(src in n or dst in n for n in self.networks if n.version == src.version)
 
+    def _wanted(self, event, ct_id, state) -> bool:
+        """Whether an event is decoded and queued (the receiver's thread, per message:
+        only dictionary lookups here).  NEW is remembered by id alone (first seen, for
+        interim records); a TCP close is decoded once; a DESTROY of a connection whose
+        record was written at its close (or that is not ours) is skipped."""
+        if event == "new":
+            self.live[ct_id] = [time.time(), time.monotonic()]
+            return False
+        if event == "update":
+            if ct_id in self.done or ct_id in self.closing or ct_id in self.skip:
+                return False
+            self.closing.add(ct_id)
+            return True
+        self.closing.discard(ct_id)
+        if self.done.pop(ct_id, None) is not None or ct_id in self.skip:
+            self.skip.discard(ct_id)
+            self.live.pop(ct_id, None)
+            return False
+        return True
+
     def _receive(self):
         while not self.stopping.is_set():
             try:
-                entries = self.events.receive(0.5)
+                entries = self.events.receive(0.5, self._wanted)
             except DatapathError as exc:
                 self.agent.log.error(f"conntrack events not read: {exc}", extra=self.agent.extra())
                 self.stopping.wait(1.0)
@@ -185,11 +212,15 @@ class FlowCollector:
             if lost != self.lost_reported:
                 self.agent.metrics.flow_events_lost.labels(self.network).inc(lost - self.lost_reported)
                 self.lost_reported = lost
+                self._status_soon()
             for entry in entries:
-                if entry.event == "update" and not conntrack.ended(entry):
-                    continue
                 if self._ours(entry):
                     self.offer(("ct", entry))
+                else:
+                    self.live.pop(entry.id, None)
+                    if entry.event == "update":
+                        self.closing.discard(entry.id)
+                        self.skip.add(entry.id)
 
     # -- writer ----------------------------------------------------------------------------
     def _write(self):
@@ -231,11 +262,8 @@ class FlowCollector:
                                               seen=seen, attribution=self.attribution))
                 continue
             entry = item[1]
-            if entry.event == "new":
-                self.live[entry.id] = [moment, time.monotonic(), entry.start_ns]
-            elif entry.event == "update":  # a TCP connection closed: its record is written now
-                if entry.id not in self.done:
-                    ended.append(entry)
+            if entry.event == "update":  # a TCP connection closed: its record is written now
+                ended.append(entry)
             elif self.done.pop(entry.id, None) is None:  # destroy, not written at its close
                 out.append(self._final(entry, moment))
         if ended:
@@ -247,12 +275,15 @@ class FlowCollector:
             for entry in current:
                 self.done[entry.id] = time.monotonic()
                 out.append(self._final(entry, moment))
+            for entry in ended:
+                self.closing.discard(entry.id)
         return out
 
     def _final(self, entry, moment):
         self._resolve((entry.orig.src, entry.orig.dst, entry.reply.src if entry.reply else None))
         first = self.live.pop(entry.id, None)
-        return self._allowed(entry, first[0] if first else moment, moment, final=True)
+        seen = datetime.fromtimestamp(first[0], timezone.utc) if first else moment
+        return self._allowed(entry, seen, moment, final=True)
 
     def _allowed(self, entry, first_seen, moment, final):
         return flow_record.allowed(entry, node=self.node, network=self.network, first_seen=first_seen, now=moment,
@@ -269,7 +300,7 @@ class FlowCollector:
     def _interim(self) -> list:
         """Updates of the connections alive for an interval since their last record."""
         due = time.monotonic() - self.interval
-        if not any(last <= due for _, last, _ in self.live.values()):
+        if not any(last <= due for _, last in list(self.live.values())):
             return []
         try:
             entries = conntrack.dump()
@@ -280,15 +311,19 @@ class FlowCollector:
         for entry in entries:
             alive.add(entry.id)
             known = self.live.get(entry.id)
-            if known is None or known[1] > due or not self._ours(entry):
+            if known is None or known[1] > due:
+                continue
+            if not self._ours(entry):
+                self.live.pop(entry.id, None)
                 continue
             known[1] = time.monotonic()
             self._resolve((entry.orig.src, entry.orig.dst))
-            out.append(self._allowed(entry, known[0], moment, final=False))
-        for ct_id in [i for i, (_, last, _) in self.live.items() if i not in alive and last <= due]:
-            del self.live[ct_id]  # its DESTROY event was lost: nothing more will come
-        for ct_id in [i for i, at in self.done.items() if i not in alive]:
-            del self.done[ct_id]
+            out.append(self._allowed(entry, datetime.fromtimestamp(known[0], timezone.utc), moment, final=False))
+        for ct_id, (_, last) in list(self.live.items()):
+            if ct_id not in alive and last <= due:
+                self.live.pop(ct_id, None)  # its DESTROY event was lost: nothing more will come
+        for ct_id in [i for i in list(self.done) if i not in alive]:
+            self.done.pop(ct_id, None)
         return out
 
     def _emit(self, records):
