@@ -10,9 +10,9 @@ the order rotating each round:
 Each side runs bench.conn_rate's loop (connect, a byte each way, server closes) C -> S
 and R -> S for `seconds`.  On the "on" side, after the loop, the journals must hold one
 final record per connection made (warm-up included) and nothing dropped or lost: the
-figure counts the connections (distinct `id`s: a record written again by the collector
-started for the next "on" window, from a DESTROY two minutes later, shares its id) it
-finds per client (`records_missing`), and the agents'
+figure counts the connections it finds per client (distinct `id`s whose `start` lies in
+the window: a connection of an earlier window may end, and be recorded, in this one)
+(`records_missing`), and the agents'
 weft_flows_dropped_total / events lost.  Reported: connections/s per side and the
 median of the rounds' paired ratios on / off (target >= 0.9); agent CPU per 1,000
 connections (node1's agent, on minus off over the same window: the flow work alone;
@@ -64,6 +64,12 @@ def _journal(node, flow_dir):
         with open(path) as handle:
             records = [json.loads(line) for line in handle if line.strip()]
     return records, size
+
+
+def _epoch(text) -> float:
+    from cni_plugin.timestamps import parse_ts
+
+    return parse_ts(text).timestamp()
 
 
 def _settled(flow_dir, limit=60.0):
@@ -153,16 +159,19 @@ def flows(ctx, seconds: float, rounds: int, ipfix_connections: int) -> dict:
                 before = {n.name: _journal(n, dirs[n.name]) for n in nodes}
                 dropped_before = sum(_dropped(n) for n in nodes)
                 cpu_before = cpu_seconds(nodes[0].agent.pid)
-                made = {}
+                made, window = {}, {}
                 for topo in TOPOLOGIES:
+                    started = time.time()
                     result = conn_rate(pods["server"], pods[topo], seconds)
+                    window[topo] = (started - 0.5, time.time() + 0.5)
                     samples[(topo, side)].append(result)
-                    made[topo] = result["connections"] + WARMUP
-                if side == ON:  # the records of every connection made, on the server's node
+                    made[topo] = result["connections"] + result["errors"] + WARMUP
+                if side == ON:  # a record of every connection made in the window, on the server's node
                     def found(topo):
                         records, _ = _journal(nodes[0], dirs[nodes[0].name])
-                        return len({rec["id"] for rec in records[len(before[nodes[0].name][0]):]
-                                    if rec["src"] == pods[topo].ip and rec.get("final") and rec["dport"] == 8081})
+                        low, high = window[topo]
+                        return len({rec["id"] for rec in records if rec["src"] == pods[topo].ip and rec.get("final")
+                                    and rec["dport"] == 8081 and low <= _epoch(rec["start"]) <= high})
                     _settled(dirs[nodes[0].name])
                     missing.append({t: made[t] - found(t) for t in TOPOLOGIES})
                     made_on.append(sum(made.values()))

@@ -3,7 +3,10 @@
 ConntrackEvents joins ctnetlink's NEW, UPDATE and DESTROY multicast groups of the
 agent's network namespace (UPDATE for the moment a TCP connection ends: its entry
 lingers in TIME_WAIT for two minutes before DESTROY; ended() says which updates
-are that moment, and get() then reads their final counters, many per datagram).  Delivery is best effort on purpose: the kernel is never asked
+are that moment, and get() then reads their final counters, many per datagram).
+A classic BPF filter on the socket (nlcodec.conntrack_close_filter) lets through only
+NEW, DESTROY and the updates that close a TCP connection: the other state changes,
+most of a connection's events, never reach the socket.  Delivery is best effort on purpose: the kernel is never asked
 for reliable delivery (NETLINK_BROADCAST_ERROR would make a slow reader stall the
 datapath); a full receive buffer loses events, which the kernel reports as ENOBUFS
 and receive() counts in `lost` (one ENOBUFS: at least one event lost).
@@ -14,12 +17,14 @@ byte/packet counters and start/stop times (they apply to connections created aft
 they are on).  Messages are framed and parsed by nlcodec only.
 """
 
+import ctypes
 import errno
 import select
 import socket
 
 from . import nlcodec as nl
 from .errors import DatapathError
+from .rtnl import socket_in
 
 RECEIVE_BUFFER = 8 << 20
 GROUPS = (1 << (nl.NFNLGRP_CONNTRACK_NEW - 1)) | (1 << (nl.NFNLGRP_CONNTRACK_UPDATE - 1)) | \
@@ -72,8 +77,9 @@ def _decoded(data, wanted) -> list:
 class ConntrackEvents:
     """NEW and DESTROY events of this namespace's conntrack table."""
 
-    def __init__(self, buffer: int = RECEIVE_BUFFER):
-        self.sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, nl.NETLINK_NETFILTER)
+    def __init__(self, buffer: int = RECEIVE_BUFFER, close_filter: bool = True, netns_path: str = None):
+        self.sock = socket_in(netns_path, nl.NETLINK_NETFILTER) if netns_path else \
+            socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, nl.NETLINK_NETFILTER)
         self.lost = 0          # ENOBUFS reports (each: one or more events lost)
         self.malformed = 0     # datagrams that did not parse (skipped)
         try:
@@ -81,6 +87,10 @@ class ConntrackEvents:
                 self.sock.setsockopt(socket.SOL_SOCKET, 33, buffer)  # SO_RCVBUFFORCE
             except OSError:
                 self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, buffer)
+            if close_filter:  # state-change updates dropped in the kernel, before they are queued
+                self._program = ctypes.create_string_buffer(nl.conntrack_close_filter())
+                self.sock.setsockopt(socket.SOL_SOCKET, nl.SO_ATTACH_FILTER, nl.sock_fprog(
+                    len(self._program.raw) // 8, ctypes.addressof(self._program)))
             self.sock.bind((0, GROUPS))
         except OSError as exc:
             self.sock.close()

@@ -451,6 +451,69 @@ def conntrack_brief(data, offset: int, length: int) -> tuple:
     return (_be(raw[CTA_ID], _BE32, "CTA_ID") if CTA_ID in raw else 0), _tcp_state(raw.get(CTA_PROTOINFO))
 
 
+# -- a socket filter for conntrack events (linux/filter.h: classic BPF) ------------------
+SO_ATTACH_FILTER = 26
+_BPF_LD, _BPF_LDX, _BPF_JMP, _BPF_RET, _BPF_MISC = 0x00, 0x01, 0x05, 0x06, 0x07
+_BPF_W, _BPF_H, _BPF_B = 0x00, 0x08, 0x10
+_BPF_IMM, _BPF_ABS, _BPF_IND = 0x00, 0x20, 0x40
+_BPF_JEQ, _BPF_JSET, _BPF_TAX = 0x10, 0x40, 0x00
+_SKF_AD_NLATTR, _SKF_AD_NLATTR_NEST = 0xFFFFF000 + 12, 0xFFFFF000 + 16   # SKF_AD_OFF + ...
+_SOCK_FILTER = struct.Struct("=HBBI")      # code, jump if true, jump if false, k
+_SOCK_FPROG = struct.Struct("@HP")         # length, pointer to the instructions
+
+
+def _host16(value: int) -> int:
+    """A host-order u16 as classic BPF's big-endian halfword load reads it."""
+    return int.from_bytes(value.to_bytes(2, "little" if _U32.pack(1)[0] == 1 else "big"), "big")
+
+
+def conntrack_close_filter() -> bytes:
+    """A classic BPF program for a ctnetlink event socket: NEW and DESTROY pass, an
+    UPDATE passes only when it moves a TCP connection to TIME_WAIT or CLOSE (its
+    CTA_PROTOINFO/CTA_PROTOINFO_TCP/CTA_PROTOINFO_TCP_STATE, found with the kernel's
+    netlink attribute helpers), so the state-change updates are dropped in the kernel
+    before they are queued or copied."""
+    new, delete = _host16(ctnetlink_type(IPCTNL_MSG_CT_NEW)), _host16(ctnetlink_type(IPCTNL_MSG_CT_DELETE))
+    create = _host16(NLM_F_CREATE)
+    attrs_at = HEADER.size + NFGENMSG_SIZE
+    insns = [  # (code, jt, jf, k); jumps are relative; ACCEPT is the second to last, DROP the last
+        (_BPF_LD | _BPF_H | _BPF_ABS, 0, 0, 4),                     # 0  A = nlmsg_type
+        (_BPF_JMP | _BPF_JEQ, "A", 0, delete),                      # 1  DESTROY
+        (_BPF_JMP | _BPF_JEQ, 0, "A", new),                         # 2  not a conntrack entry: pass
+        (_BPF_LD | _BPF_H | _BPF_ABS, 0, 0, 6),                     # 3  A = nlmsg_flags
+        (_BPF_JMP | _BPF_JSET, "A", 0, create),                     # 4  NEW
+        (_BPF_LD | _BPF_IMM, 0, 0, attrs_at),                       # 5  an UPDATE: find its TCP state
+        (_BPF_LDX | _BPF_IMM, 0, 0, CTA_PROTOINFO),
+        (_BPF_LD | _BPF_W | _BPF_ABS, 0, 0, _SKF_AD_NLATTR),
+        (_BPF_JMP | _BPF_JEQ, "D", 0, 0),
+        (_BPF_LDX | _BPF_IMM, 0, 0, CTA_PROTOINFO_TCP),
+        (_BPF_LD | _BPF_W | _BPF_ABS, 0, 0, _SKF_AD_NLATTR_NEST),
+        (_BPF_JMP | _BPF_JEQ, "D", 0, 0),
+        (_BPF_LDX | _BPF_IMM, 0, 0, CTA_PROTOINFO_TCP_STATE),
+        (_BPF_LD | _BPF_W | _BPF_ABS, 0, 0, _SKF_AD_NLATTR_NEST),
+        (_BPF_JMP | _BPF_JEQ, "D", 0, 0),
+        (_BPF_MISC | _BPF_TAX, 0, 0, 0),
+        (_BPF_LD | _BPF_B | _BPF_IND, 0, 0, ATTR.size),             # A = the state's byte
+        (_BPF_JMP | _BPF_JEQ, "A", 0, TCP_CONNTRACK_TIME_WAIT),
+        (_BPF_JMP | _BPF_JEQ, "A", "D", TCP_CONNTRACK_CLOSE),
+        (_BPF_RET, 0, 0, 0xFFFFFFFF),                               # ACCEPT: the whole message
+        (_BPF_RET, 0, 0, 0),                                        # DROP
+    ]
+    accept, drop = len(insns) - 2, len(insns) - 1
+    out = b""
+    for index, (code, jt, jf, k) in enumerate(insns):
+        target = {"A": accept, "D": drop}
+        jt = target[jt] - index - 1 if isinstance(jt, str) else jt
+        jf = target[jf] - index - 1 if isinstance(jf, str) else jf
+        out += _SOCK_FILTER.pack(code, jt, jf, k)
+    return out
+
+
+def sock_fprog(program_length: int, address: int) -> bytes:
+    """struct sock_fprog for SO_ATTACH_FILTER: `program_length` instructions at `address`."""
+    return _SOCK_FPROG.pack(program_length, address)
+
+
 def conntrack_get_request(seq: int, entry: "Conntrack") -> bytes:
     """A request for one entry, by its original tuple (and zone)."""
     orig, version = entry.orig, entry.orig.src.version
