@@ -33,6 +33,17 @@ ENDED = (nl.TCP_CONNTRACK_TIME_WAIT, nl.TCP_CONNTRACK_CLOSE)
 ACCOUNTING = ("/proc/sys/net/netfilter/nf_conntrack_acct", "/proc/sys/net/netfilter/nf_conntrack_timestamp")
 
 
+GET_CHUNK = 128          # requests per datagram when reading closed connections back
+GET_BUFFER = 4 << 20     # their answers (~350 bytes each, more in kernel accounting) wait here
+
+
+def _receive_buffer(sock, size: int) -> None:
+    try:  # SO_RCVBUFFORCE goes past rmem_max for a root agent
+        sock.setsockopt(socket.SOL_SOCKET, 33, size)  # SO_RCVBUFFORCE
+    except OSError:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, size)
+
+
 def enable_accounting() -> None:
     """nf_conntrack_acct=1 and nf_conntrack_timestamp=1 in this network namespace;
     DatapathError naming the knob when conntrack is not loaded or /proc/sys is read-only."""
@@ -83,10 +94,7 @@ class ConntrackEvents:
         self.lost = 0          # ENOBUFS reports (each: one or more events lost)
         self.malformed = 0     # datagrams that did not parse (skipped)
         try:
-            try:  # SO_RCVBUFFORCE goes past rmem_max for a root agent
-                self.sock.setsockopt(socket.SOL_SOCKET, 33, buffer)  # SO_RCVBUFFORCE
-            except OSError:
-                self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, buffer)
+            _receive_buffer(self.sock, buffer)
             if close_filter:  # state-change updates dropped in the kernel, before they are queued
                 self._program = ctypes.create_string_buffer(nl.conntrack_close_filter())
                 self.sock.setsockopt(socket.SOL_SOCKET, nl.SO_ATTACH_FILTER, nl.sock_fprog(
@@ -167,10 +175,11 @@ def get(entries) -> list:
     sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, nl.NETLINK_NETFILTER)
     out, answered = [], 0
     try:
+        _receive_buffer(sock, GET_BUFFER)  # every answer of a chunk is queued before we read
         sock.settimeout(5.0)
         sock.bind((0, 0))
-        for start in range(0, len(entries), 256):
-            chunk = entries[start:start + 256]
+        for start in range(0, len(entries), GET_CHUNK):
+            chunk = entries[start:start + GET_CHUNK]
             sock.send(b"".join(nl.conntrack_get_request(i + 1, e) for i, e in enumerate(chunk)))
             answered = 0
             while answered < len(chunk):
