@@ -334,3 +334,9 @@ def test_weftctl_flows_follow_prints_new_records(world):
     finally:
         follow.terminate()
         follow.wait(timeout=10)
+
+
+def test_an_invalid_flowlog_is_refused_with_the_key_named(world):
+    refused = world.cluster.set_network_raw(dict(CONFIG, FlowLog={"IPFIX": "collector"}))
+    assert refused.returncode != 0 and "FlowLog.IPFIX 'collector'" in refused.stderr, refused.stderr
+    assert (world.nodes[0].status().get("flows") or {}).get("setting") == "on"  # the stored config stands
