@@ -70,7 +70,8 @@ def _event(kind: int, flags: int):
 
 
 def _decoded(data, wanted) -> list:
-    """The entries of a datagram that `wanted(event, id, tcp_state)` asks for, decoded;
+    """The entries of a datagram that `wanted(event, id, tcp_state)` asks for: "new" and
+    "destroy" decoded (nlcodec.Conntrack), a TCP close kept raw (nlcodec.Close, for get());
     updates other than a TCP close are never offered (most of the events: state changes)."""
     out = []
     for offset, length, kind, flags, _ in nl.messages(data):
@@ -81,7 +82,8 @@ def _decoded(data, wanted) -> list:
         if event == "update" and state not in ENDED:
             continue
         if wanted(event, ct_id, state):
-            out.append(nl.decode_conntrack(data, offset, length, kind, flags))
+            out.append(nl.conntrack_close(data, offset, length) if event == "update" else
+                       nl.decode_conntrack(data, offset, length, kind, flags))
     return out
 
 
@@ -163,16 +165,17 @@ def dump(mark: int = 0, mask: int = 0) -> list:
 
 
 def ended(entry) -> bool:
-    """An update saying a TCP connection has closed (TIME_WAIT or CLOSE)."""
-    return entry.event == "update" and entry.tcp_state in ENDED
+    """An event saying a TCP connection has closed (TIME_WAIT or CLOSE)."""
+    return isinstance(entry, nl.Close) or (entry.event == "update" and entry.tcp_state in ENDED)
 
 
-def get(entries) -> list:
-    """The current state of these entries (by original tuple), one request datagram for
-    all of them; entries gone meanwhile are left out (their DESTROY event follows)."""
+def get(entries, netns_path: str = None) -> list:
+    """The current state of these entries (Conntrack or Close, by original tuple), many
+    requests a datagram; entries gone meanwhile are left out (their DESTROY event follows)."""
     if not entries:
         return []
-    sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, nl.NETLINK_NETFILTER)
+    sock = socket_in(netns_path, nl.NETLINK_NETFILTER) if netns_path else \
+        socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, nl.NETLINK_NETFILTER)
     out, answered = [], 0
     try:
         _receive_buffer(sock, GET_BUFFER)  # every answer of a chunk is queued before we read

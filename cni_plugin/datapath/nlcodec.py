@@ -443,6 +443,25 @@ def _tcp_state(raw: Optional[bytes]) -> Optional[int]:
     return _be(state, _U8, "TCP state") if state is not None else None
 
 
+class Close(NamedTuple):
+    """A TCP close event kept as the bytes a request for its entry needs (no decode):
+    the request names the entry by these very attributes."""
+    id: int
+    family: int
+    tuple_orig: bytes     # the CTA_TUPLE_ORIG attribute's payload
+    zone: Optional[bytes]  # the CTA_ZONE attribute's payload, if any
+
+
+def conntrack_close(data, offset: int, length: int) -> Close:
+    family, _, _ = body(data, offset, length, _NFGENMSG)
+    raw = attributes(data, offset + HEADER.size + _NFGENMSG.size, offset + length,
+                     (CTA_ID, CTA_TUPLE_ORIG, CTA_ZONE))
+    if CTA_TUPLE_ORIG not in raw:
+        raise MalformedMessage("ctnetlink: a close without its original tuple")
+    return Close(_be(raw[CTA_ID], _BE32, "CTA_ID") if CTA_ID in raw else 0, family, raw[CTA_TUPLE_ORIG],
+                 raw.get(CTA_ZONE))
+
+
 def conntrack_brief(data, offset: int, length: int) -> tuple:
     """(CTA_ID, TCP state or None) of a conntrack message, without decoding the rest:
     enough to decide whether the whole message is worth decoding."""
@@ -514,8 +533,12 @@ def sock_fprog(program_length: int, address: int) -> bytes:
     return _SOCK_FPROG.pack(program_length, address)
 
 
-def conntrack_get_request(seq: int, entry: "Conntrack") -> bytes:
-    """A request for one entry, by its original tuple (and zone)."""
+def conntrack_get_request(seq: int, entry) -> bytes:
+    """A request for one entry (a Conntrack or a Close), by its original tuple (and zone)."""
+    if isinstance(entry, Close):
+        zone = attr(CTA_ZONE, entry.zone) if entry.zone is not None else b""
+        return message(ctnetlink_type(IPCTNL_MSG_CT_GET), NLM_F_REQUEST, seq, nfgenmsg(entry.family) +
+                       attr(CTA_TUPLE_ORIG | NLA_F_NESTED, entry.tuple_orig) + zone)
     orig, version = entry.orig, entry.orig.src.version
     src_kind, dst_kind = _IP_ATTRS[version]
     ip = attr(src_kind, entry.orig.src.packed) + attr(dst_kind, entry.orig.dst.packed)

@@ -151,3 +151,18 @@ def test_the_id_and_tcp_state_are_read_alone(built, state):
     entry = nl.decode_conntrack(grown, 0, len(grown), kind, flags)
     assert nl.conntrack_brief(grown, 0, len(grown)) == (entry.id, state) and entry.tcp_state == state
     assert nl.conntrack_brief(data, offset, length) == (entry.id, None)
+
+
+@BOUNDED
+@given(entries())
+def test_a_close_kept_raw_asks_for_its_own_entry(built):
+    data, _ = built
+    (offset, length, kind, flags, _), = nl.messages(data)
+    close = nl.conntrack_close(data, offset, length)
+    entry = nl.decode_conntrack(data, offset, length, kind, flags)
+    assert close.id == entry.id and close.family == entry.family
+    request = nl.conntrack_get_request(3, close)
+    (roffset, rlength, _, _, _), = nl.messages(request)
+    as_new = request[:4] + nl.HEADER.pack(rlength, nl.ctnetlink_type(nl.IPCTNL_MSG_CT_NEW), 0, 3, 0)[4:6] + \
+        request[6:]
+    assert nl.decode_conntrack(as_new, roffset, rlength, nl.ctnetlink_type(nl.IPCTNL_MSG_CT_NEW), 0).orig == entry.orig

@@ -214,13 +214,12 @@ class FlowCollector:
                 self.lost_reported = lost
                 self._status_soon()
             for entry in entries:
-                if self._ours(entry):
+                if conntrack.ended(entry):  # raw: whose it is shows once its counters are read
+                    self.offer(("close", entry))
+                elif self._ours(entry):
                     self.offer(("ct", entry))
                 else:
                     self.live.pop(entry.id, None)
-                    if entry.event == "update":
-                        self.closing.discard(entry.id)
-                        self.skip.add(entry.id)
 
     # -- writer ----------------------------------------------------------------------------
     def _write(self):
@@ -262,7 +261,7 @@ class FlowCollector:
                                               seen=seen, attribution=self.attribution))
                 continue
             entry = item[1]
-            if entry.event == "update":  # a TCP connection closed: its record is written now
+            if item[0] == "close":  # a TCP connection closed: its record is written now
                 ended.append(entry)
             elif self.done.pop(entry.id, None) is None:  # destroy, not written at its close
                 out.append(self._final(entry, moment))
@@ -273,8 +272,12 @@ class FlowCollector:
                 self.agent.log.warning(f"closed connections not read: {exc}", extra=self.agent.extra())
                 current = []
             for entry in current:
-                self.done[entry.id] = time.monotonic()
-                out.append(self._final(entry, moment))
+                if self._ours(entry):
+                    self.done[entry.id] = time.monotonic()
+                    out.append(self._final(entry, moment))
+                else:
+                    self.live.pop(entry.id, None)
+                    self.skip.add(entry.id)
             for entry in ended:
                 self.closing.discard(entry.id)
         return out
