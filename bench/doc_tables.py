@@ -59,6 +59,7 @@ RENDERERS = {
     "convergence": _alone(report.convergence_table, "convergence"),
     "cri": _cri,
     "policy": _alone(report.policy_table, "policy"),
+    "flows": _alone(report.flows_table, "flows"),
     "scale": _alone(report.scale_table, "scale"),
     "ipv6-underlay": _alone(report.ipv6_underlay_table, "ipv6-underlay"),
 }

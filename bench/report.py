@@ -163,6 +163,7 @@ def targets(figures: dict, prepopulated=250) -> list:
                           "<=", 100.0, "MiB", note))
     out += scale_targets(figures.get("scale"))
     out += source_validation_targets(figures.get("source-validation"))
+    out += flows_targets(figures.get("flows"))
     out += cri_targets(figures.get("cri"))
     out += ipv6_underlay_targets(figures.get("ipv6-underlay"))
     return out
@@ -196,6 +197,51 @@ def ipv6_underlay_table(figures: dict) -> list:
                        f"{fig.get('weft_wireguard_pod_mtu')}; reference: hand-built "
                        f"{fig.get('reference_wireguard_implementation')} pair)", gbps("weft_wireguard"),
                        gbps("reference_wireguard"), _fmt(fig.get("ratio_wireguard"), 2, "x")]))
+
+
+def flows_targets(fig) -> list:
+    """Issue 26: FlowLog on vs off, with every connection recorded."""
+    if not fig or "error" in fig:
+        return []
+    out = []
+    for topo, where in SV_TOPOLOGIES:
+        out.append(_check(f"new TCP connections/s {where}, FlowLog on / off", _get(fig, topo, "ratio"), ">=", 0.9,
+                          "x", f"{_get(fig, topo, 'on')} vs {_get(fig, topo, 'off')}/s"))
+    made = sum(fig.get("connections_on") or []) or None
+    gone = sum(max(0, v) for m in fig.get("records_missing") or [] for v in m.values()) + \
+        sum(fig.get("records_dropped_or_events_lost") or [])
+    out.append(_check("flow records written per connection made at the benchmarked rate (none missing, "
+                      "dropped or lost)", None if made is None else (made - gone) / made, ">=", 1.0, "x",
+                      f"{gone} of {made} connections without a record; missing per round "
+                      f"{fig.get('records_missing')}, dropped/lost "
+                      f"{fig.get('records_dropped_or_events_lost')}"))
+    out.append(_check("agent CPU per 1,000 connections, FlowLog's own (on - off)",
+                      _get(fig, "agent_cpu_ms_per_1000", "flow_work"), "<=", 50.0, "ms",
+                      f"on {_get(fig, 'agent_cpu_ms_per_1000', 'on')} ms, off "
+                      f"{_get(fig, 'agent_cpu_ms_per_1000', 'off')} ms"))
+    out.append(_check("journal bytes per connection", fig.get("journal_bytes_per_record"), "<=", 500.0, "B"))
+    return out
+
+
+def flows_table(figures: dict) -> list:
+    fig = figures.get("flows")
+    if not fig or "error" in fig:
+        return []
+    lines = [_row([f"{fig['rounds']} rounds, interleaved", "FlowLog on", "FlowLog off",
+                   "on / off (median of the rounds' pairs)"]), _row(["---"] * 4)]
+    for topo, where in SV_TOPOLOGIES:
+        entry = fig.get(topo) or {}
+        lines.append(_row([f"new TCP connections/s, {where} (median)", _fmt(entry.get("on"), 0),
+                           _fmt(entry.get("off"), 0), _fmt(entry.get("ratio"), 2, "x")]))
+    cpu = fig.get("agent_cpu_ms_per_1000") or {}
+    lines.append(_row(["agent CPU per 1,000 connections (ms, the server's node)", _fmt(cpu.get("on")),
+                       _fmt(cpu.get("off")), f"FlowLog's own: {_fmt(cpu.get('flow_work'))} ms"]))
+    lines.append(_row(["journal bytes per connection", _fmt(fig.get("journal_bytes_per_record"), 0), "—", ""]))
+    ipfix = fig.get("ipfix") or {}
+    lines += ["", f"IPFIX: {ipfix.get('records')} one-way records ({ipfix.get('connections')} connections) "
+              f"exported at {ipfix.get('records_per_s')} records/s by one thread "
+              f"({ipfix.get('cpu_s')} s CPU); nfcapd received {ipfix.get('collector_received')}"
+              f"{' (kept up)' if ipfix.get('collector_kept_up') else ''}; the limit: {ipfix.get('limit')}."]
     return lines
 
 
@@ -563,10 +609,11 @@ def render(results: dict) -> str:
                          ("Source validation (issue 22): on vs off, same run", source_validation_table(figures)),
                          ("Control plane", convergence_table(figures)),
                          ("NetworkPolicy", policy_table(figures)),
+                         ("Flow records (issue 26): FlowLog on vs off, same run", flows_table(figures)),
                          ("Scale (issue 17): cost against N", scale_table(figures)),
                          ("Runtimes (containerd CRI)", cri_table(figures)),
                          ("Runtimes (containerd CRI), steady state", cri_table(figures, resident=True)),
-                         ("Targets (issues 4, 14, 15, 17, 22, 24, 25)", targets_table(results["targets"]))):
+                         ("Targets (issues 4, 14, 15, 17, 22, 24, 25, 26)", targets_table(results["targets"]))):
         if len(lines) > 2:
             parts.append(f"**{title}**\n\n" + "\n".join(lines))
         if title.startswith("Direct exec") and harness_floor_note(figures):

@@ -22,19 +22,20 @@ import tempfile
 import time
 import traceback
 
-from . import (attach, convergence, cri, default_config, doc_tables, ipv6_only, ipv6_underlay, policy, report,
-               scale, source_validation, throughput, wireguard)
+from . import (attach, convergence, cri, default_config, doc_tables, flows, ipv6_only, ipv6_underlay, policy,
+               report, scale, source_validation, throughput, wireguard)
 from .contenders import LABELS
 from .context import Context, quiesce
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FIGURES = ("default", "sequential", "ipv6-only", "parallel", "density", "throughput", "source-validation",
-           "wireguard", "ipv6-underlay", "convergence", "cri", "policy", "scale")
+           "wireguard", "ipv6-underlay", "convergence", "cri", "policy", "flows", "scale")
 SMOKE = {"attachments": 10, "parallel": 10, "workers": 8, "parallel_rounds": 2, "prepopulate": 20, "measure": 5,
          "iperf_seconds": 1, "iperf_rounds": 1, "nodes": 3, "leases": 2, "sandboxes": 2,
          "policy_pods": 40, "policy_count": 10, "policy_changes": 3, "policy_adds": 3,
          "scale_nodes": "10", "scale_wireguard_nodes": "10", "scale_churn": 6, "scale_quiet": 2.0,
-         "sv_rounds": 1, "sv_seconds": 1.0, "sv_adds": 2}
+         "sv_rounds": 1, "sv_seconds": 1.0, "sv_adds": 2,
+         "flow_rounds": 1, "flow_seconds": 1.0, "flow_ipfix": 2000}
 
 
 def parse(argv=None):
@@ -54,6 +55,12 @@ def parse(argv=None):
                    help="source-validation figure: seconds of each connection-rate and iperf3 run (default 2)")
     p.add_argument("--sv-adds", type=int, default=4,
                    help="source-validation figure: ADD+DEL pairs per side per round (default 4)")
+    p.add_argument("--flow-rounds", type=int, default=5,
+                   help="flows figure: rounds, each measuring FlowLog on and off (default 5)")
+    p.add_argument("--flow-seconds", type=float, default=3.0,
+                   help="flows figure: seconds of each connection-rate run (default 3)")
+    p.add_argument("--flow-ipfix", type=int, default=100000,
+                   help="flows figure: connections exported as IPFIX for its rate (default 100000)")
     p.add_argument("--nodes", type=int, default=20, help="nodes of the convergence cluster (default 20)")
     p.add_argument("--leases", type=int, default=5, help="synthetic leases added and removed (default 5)")
     p.add_argument("--sandboxes", type=int, default=30,
@@ -161,6 +168,7 @@ def run_figures(ctx, args) -> dict:
         "cri": lambda: cri.cri(ctx, args.sandboxes),
         "policy": lambda: policy.policy(ctx, 2, args.policy_pods, args.policy_count, args.policy_changes,
                                         args.policy_adds),
+        "flows": lambda: flows.flows(ctx, args.flow_seconds, args.flow_rounds, args.flow_ipfix),
         "scale": lambda: scale.scale(ctx, args.scale_sizes, args.scale_agents, args.scale_churn,
                                      args.scale_quiet, args.out, args.scale_wireguard_sizes),
     }

@@ -9,6 +9,7 @@ from .cni.wire import DEFAULT_SOCKET as AGENT_SOCKET
 
 RUN_DIR, _, AGENT_SOCKET_NAME = AGENT_SOCKET.rpartition("/")  # subnet files, status files, the socket
 STATE_DIR = "/var/lib/weft"           # weftd: recorded subnets, VTEP MACs, history offsets
+FLOW_LOG_DIR = "/var/log/weft/flows"    # weftd --flow-log-dir: <network>.jsonl flow records (docs/flows.md)
 PLUGIN_DATA_DIR = "/var/lib/weft/cni"  # weft: its own locks
 IPAM_DATA_DIR = "/var/lib/cni/networks"  # weft-ipam: host-local's default
 LOG_FILE = "/var/log/weft/weft.log"

@@ -5,7 +5,9 @@ bridge running its own weftd; pods are namespaces attached by the real `weft`
 executable inside their node.  Prints the cross-node ping matrix and the leases,
 then applies a NetworkPolicy (only pods labelled app=web may reach the app=db pod)
 and shows a flow going from allowed to denied while the web pod still gets through,
-with `weftctl policy explain`; then removes everything it made.
+with `weftctl policy explain`; with FlowLog on, `weftctl flows` then prints the flow
+records of both TCP connections to the db pod (docs/flows.md); then removes everything
+it made.
 
 `--family ipv6` (make demo DEMO_FAMILY=ipv6) runs the same on an IPv6-only network
 (EnableIPv4 false): pods with only IPv6 addresses, leases keyed by IPv6 subnets.  The
@@ -26,9 +28,10 @@ from lab.cluster import Cluster, wait_for
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NODES, PODS_PER_NODE = 3, 2
 NETWORKS = {
-    "ipv4": {"Network": "10.244.0.0/16", "SubnetLen": 24, "Backend": {"Type": "vxlan", "VNI": 1}},
+    "ipv4": {"Network": "10.244.0.0/16", "SubnetLen": 24, "Backend": {"Type": "vxlan", "VNI": 1},
+             "FlowLog": True},
     "ipv6": {"EnableIPv4": False, "EnableIPv6": True, "IPv6Network": "fd10:244::/48", "IPv6SubnetLen": 64,
-             "Backend": {"Type": "vxlan", "VNI": 1}},
+             "Backend": {"Type": "vxlan", "VNI": 1}, "FlowLog": True},
 }
 
 
@@ -72,6 +75,33 @@ def policy_demo(cluster, nodes, pods, work) -> bool:
     return before and not after and web_ok
 
 
+def flows_demo(cluster, nodes, pods) -> bool:
+    """TCP to the db pod from web (allowed) and from node3-pod0 (denied), then the records."""
+    db, web, other = pods[0], pods[2], pods[4]
+    sink = subprocess.Popen(["ip", "netns", "exec", db.ns.name, sys.executable, "-m", "lab.flow_traffic", "sink",
+                             db.ip, "80"], stdout=subprocess.PIPE, text=True, cwd=REPO)
+    try:
+        sink.stdout.readline()
+        for pod in (web, other):
+            pod.ns.run([sys.executable, "-m", "lab.flow_traffic", "send", "tcp", db.ip, "80", "10000"],
+                       cwd=REPO, check=False, timeout=30)
+        dirs = [a for node in nodes for a in ("--dir", os.path.join(node.dir, "flows"))]
+
+        def records():
+            out = cluster.weftctl("flows", *dirs, "--pod", "default/node1-pod0", "--port", "80").stdout
+            return out if "ALLOWED" in out and "DENIED" in out else None
+        try:
+            shown = wait_for(records, 20, interval=0.5, what="the flow records of both connections")
+        except TimeoutError:
+            shown = None
+        print("$ weftctl flows --dir <node1> --dir <node2> --dir <node3> --pod default/node1-pod0 --port 80\n"
+              + (shown or "(no records: UNEXPECTED)"))
+        return shown is not None
+    finally:
+        sink.kill()
+        sink.wait()
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m demo.cluster")
     parser.add_argument("--family", choices=sorted(NETWORKS), default="ipv4",
@@ -91,7 +121,7 @@ def main(argv=None) -> int:
         cluster.set_network("weft", NETWORKS[family])
         nodes = [cluster.add_node() for _ in range(NODES)]
         for node in nodes:
-            node.start_agent()
+            node.start_agent(extra=["--flow-log-dir", os.path.join(node.dir, "flows")])
         for node in nodes:
             node.wait_ready()
             wait_for(lambda: len(node.status()["peers"]) == NODES - 1, 20, what=f"{node.name} peers")
@@ -112,6 +142,7 @@ def main(argv=None) -> int:
                 cells.append(f"{'ok' if reached else 'FAILED':>{cell}}")
             print(f"{src.node.name + '/' + src.ip:<{width}}  " + "  ".join(cells))
         ok &= policy_demo(cluster, nodes, pods, work)
+        ok &= flows_demo(cluster, nodes, pods)
         status = nodes[0].ns.run([f"{cluster.installed}/bin/weftctl", "status", "--run-dir",
                                   nodes[0].run_dir], check=False).stdout
         print("\nweftctl status on node1:\n" + status)

@@ -9,6 +9,7 @@ PACKAGES=(iproute2 nftables libnftables1 containernetworking-plugins etcd-server
           podman containerd runc busybox-static iputils-ping iperf3 iptables python3-venv make
           docker.io docker-compose mmdebstrap vagrant vagrant-libvirt shellcheck
           golang-go golang-github-appc-cni-dev
+          nfdump conntrack  # flow records: the IPFIX collector (nfcapd, nfdump) and the kernel's view
           systemd)  # systemd-analyze verifies conf/weftd.service
 missing=()
 for pkg in "${PACKAGES[@]}"; do

@@ -44,6 +44,17 @@ class Metrics:
         self.kube_watch_errors = Counter("weft_kube_watch_errors_total", "Kubernetes watch problems "
                                          "(--policy-source kubernetes), by reason: unparsable (a line "
                                          "skipped) or stream (a watch failed)", ["network", "reason"], registry=r)
+        self.flows = Counter("weft_flows_total", "Flow records of ended connections (FlowLog), by verdict and "
+                             "the policy that decided (\"\" when none isolated either end)",
+                             ["network", "verdict", "policy"], registry=r)
+        self.flow_bytes = Counter("weft_flow_bytes_total", "Bytes of recorded connections, both directions, by "
+                                  "source and destination namespace (\"-\": not a pod; at most 200 pairs, "
+                                  "then \"other\")", ["network", "src_namespace", "dst_namespace"], registry=r)
+        self.flow_events_lost = Counter("weft_flow_events_lost_total", "Conntrack event overflows (ENOBUFS): "
+                                        "each lost one or more connection events", ["network"], registry=r)
+        self.flows_dropped = Counter("weft_flows_dropped_total", "Flow records not written, by reason (queue: "
+                                     "the writer fell behind; disk-full, read-only, write-error: the journal)",
+                                     ["network", "reason"], registry=r)
         self.renewals = Counter("weft_lease_renewals_total", "Successful lease renewals", ["network"], registry=r)
         self.events = Counter("weft_lease_events_total", "Lease changes received from the watch",
                               ["network", "kind"], registry=r)

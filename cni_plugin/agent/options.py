@@ -24,6 +24,15 @@ _VALUED_FLAGS = (
      "kubernetes (the API server, with the ServiceAccount) or none (no enforcement)"),
     ("--kube-api-server", None, str, "URL", "the Kubernetes API for --policy-source kubernetes (None: "
      "https://$KUBERNETES_SERVICE_HOST:$KUBERNETES_SERVICE_PORT)"),
+    ("--flow-log-dir", paths.FLOW_LOG_DIR, str, None, "flow records of networks with FlowLog on: "
+     "<network>.jsonl, rotated beside it (docs/flows.md)"),
+    ("--flow-log-interval", 60.0, float, "SECONDS", "a long-lived connection gets an interim flow record at "
+     "least this often"),
+    ("--flow-log-max-bytes", 64 << 20, int, "BYTES", "a flow journal is rotated at this size"),
+    ("--flow-log-max-age", 86400.0, float, "SECONDS", "a flow journal is rotated at this age; rotated ones "
+     "older than --flow-log-files times this are removed"),
+    ("--flow-log-files", 4, int, "N", "rotated flow journals kept per network (<network>.jsonl.1 .. .N)"),
+    ("--flow-log-template-interval", 60.0, float, "SECONDS", "IPFIX templates are resent this often"),
     ("--kube-serviceaccount-dir", "/var/run/secrets/kubernetes.io/serviceaccount", str, None,
      "token and ca.crt for --policy-source kubernetes"),
 )
@@ -68,6 +77,14 @@ def parse(argv=None) -> argparse.Namespace:
         p.error("--resync-interval must be a positive number of seconds")
     if args.policy_source not in POLICY_SOURCES:
         p.error(f"--policy-source {args.policy_source!r} is not one of {', '.join(POLICY_SOURCES)}")
+    for flag in ("flow_log_interval", "flow_log_max_age", "flow_log_template_interval"):
+        value = getattr(args, flag)
+        if not 0 < value < float("inf"):
+            p.error(f"--{flag.replace('_', '-')} must be a positive number of seconds")
+    if args.flow_log_max_bytes < 4096:
+        p.error("--flow-log-max-bytes must be at least 4096")
+    if args.flow_log_files < 0:
+        p.error("--flow-log-files must be 0 or more")
     host, sep, port = args.metrics_addr.rpartition(":")
     if not sep or not port.isdigit():
         p.error(f"--metrics-addr {args.metrics_addr!r} is not HOST:PORT")

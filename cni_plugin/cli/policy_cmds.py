@@ -4,7 +4,9 @@
   weftctl delete -f FILE           delete the objects the documents name
   weftctl policy explain SRC DST [PORT/PROTO]   which policies allow or deny a flow
   weftctl policy list              the stored objects
-  weftctl policy denials [--since T]   this node's denied-flow journal (weftd --state-dir)
+  weftctl policy denials [--since T]   this node's denied flows: the flow records with verdict
+                                   denied (--flow-log-dir, FlowLog on) and the denial journal
+                                   (weftd --state-dir: spoofing, control plane, FlowLog off)
 
 FILE is multi-document YAML (or JSON) of NetworkPolicy, Namespace and Pod objects;
 `-` reads standard input.  SRC/DST: a pod as namespace/name, or an address.
@@ -37,6 +39,8 @@ def add_parsers(commands, etcd_flags):
     denials = verbs.add_parser("denials", help="flows this node's agent denied, naming both workloads")
     denials.add_argument("--since", metavar="ISO-TIME", help="only records at or after this time")
     denials.add_argument("--state-dir", default=None, help="weftd's --state-dir (default /var/lib/weft)")
+    denials.add_argument("--flow-log-dir", default=None,
+                         help="weftd's --flow-log-dir (default /var/log/weft/flows): denied flow records")
     denials.add_argument("--network", help="one network (default: every network in the state dir)")
     denials.add_argument("--json", action="store_true")
     listing = verbs.add_parser("list", help="the stored objects")
@@ -207,6 +211,7 @@ def denials(args, registry_of=None) -> int:
                     continue
                 if since is None or moment >= since:
                     records.append((moment, record))
+    records += _denied_flow_records(args.flow_log_dir or paths.FLOW_LOG_DIR, args.network, since)
     records.sort(key=lambda item: item[0])
     if args.json:
         print(json.dumps([r for _, r in records], indent=2))
@@ -228,6 +233,24 @@ def denials(args, registry_of=None) -> int:
         print(f"{r['ts']} {r.get('node')} {r.get('network')}: {r.get('direction')} denied {src} -> {dst} "
               f"{r.get('protocol')}/{r.get('port')} (isolated by {by})")
     return EXIT_OK
+
+
+def _denied_flow_records(directory, network, since) -> list:
+    """The flow journals' denied records (FlowLog on), as (time, denial record)."""
+    from ..flows import reader
+
+    out = []
+    for r in reader.read([directory]):
+        if r.get("verdict") != "denied" or (network and r.get("network") != network):
+            continue
+        if since is not None and r["_start"] < since:
+            continue
+        out.append((r["_start"], {"ts": r["start"], "node": r.get("node"), "kind": "policy",
+                                  "network": r.get("network"), "direction": r.get("direction"),
+                                  "src": r.get("src"), "dst": r.get("dst"), "protocol": str(r.get("proto")).upper(),
+                                  "port": r.get("dport"), "srcPod": r.get("srcPod"), "dstPod": r.get("dstPod"),
+                                  "policies": r.get("policies") or []}))
+    return out
 
 
 def run(args, registry_of) -> int:

@@ -9,6 +9,8 @@
   weftctl graph [NETWORK] [--ipam-data-dir DIR]   the cluster as an SVG (nodes, subnets, VTEPs, pods)
   weftctl apply|delete -f FILE                    NetworkPolicy/Namespace/Pod objects (policy_cmds.py)
   weftctl policy explain SRC DST [PORT/PROTO]     which policies allow or deny a flow
+  weftctl flows [--dir DIR]... [filters] [--json] [--per-node] [--follow]
+                                                  flow records, merged across nodes (flows_cmds.py)
   weftctl install-conflist SRC DEST [--cni-bin-dir DIR] [--cni-version auto|V] [--runtime NAME://V]
                                                   write a conflist with the cniVersion the node's
                                                   plugins and runtime support (install_conflist.py)
@@ -25,7 +27,7 @@ from .. import paths
 from ..ipam import history
 from ..subnet.registry import RegistryError
 from .. import etcd_flags
-from . import graph, install_conflist, policy_cmds
+from . import flows_cmds, graph, install_conflist, policy_cmds
 
 DEFAULT_DATA_DIR = paths.IPAM_DATA_DIR
 
@@ -81,6 +83,7 @@ def _parser() -> argparse.ArgumentParser:
     _etcd_flags(whois)
     graph.add_parser(commands, _etcd_flags)
     policy_cmds.add_parsers(commands, _etcd_flags)
+    flows_cmds.add_parser(commands)
     install_conflist.add_parser(commands)
     return parser
 
@@ -335,6 +338,14 @@ def status(args) -> int:
         for gap in state.get("partlyRouted") or []:
             print(f"  PARTLY     {gap}")
         print(f"  drift      {state.get('driftRepaired', 0)} kernel entries repaired since start")
+        flows = state.get("flows")
+        if flows:
+            dropped = ", ".join(f"{k} {v}" for k, v in sorted((flows.get("dropped") or {}).items())) or "none"
+            print(f"  flows      {flows.get('setting')}: {flows.get('written', 0)} records into "
+                  f"{flows.get('journal') or '-'}; dropped {dropped}; events lost {flows.get('eventsLost', 0)}")
+            for problem in (flows.get("problem"), flows.get("journalError"), (flows.get("ipfix") or {}).get("error")):
+                if problem:
+                    print(f"             {problem}")
         masq = state.get("masquerade") or {}
         if masq:
             print(f"  masquerade {masq.get('table')}: {masq.get('state')}, "
@@ -409,6 +420,7 @@ def whois(args) -> int:
 
 COMMANDS = {"network": network, "leases": leases, "status": status, "whois": whois,
             "graph": lambda args: graph.run(args, _registry), "install-conflist": install_conflist.run,
+            "flows": flows_cmds.run,
             **{verb: (lambda args: policy_cmds.run(args, _registry)) for verb in ("apply", "delete", "policy")}}
 
 

@@ -206,8 +206,9 @@ def counters(name: str) -> dict:
 
 
 def denied_flows(table) -> list:
-    """[(set name, (src, dst, protocol, port), seconds until it expires)] recorded in the
-    table's dynamic sets."""
+    """[(set name, (src, dst, protocol, port, policy number), seconds until it expires)]
+    recorded in the table's dynamic sets (flows/marks.py: the number of the isolating
+    policy whose drop rule recorded it)."""
     objects = []
     for name in sorted(table.dynamic):  # only these sets: listing the whole table costs 100 ms at scale
         try:
@@ -223,7 +224,7 @@ def denied_flows(table) -> list:
         for elem in nft_set.get("elem", []):
             inner = elem.get("elem", {}) if isinstance(elem, dict) else {}
             values = (inner.get("val") or {}).get("concat") if isinstance(inner.get("val"), dict) else None
-            if isinstance(values, list) and len(values) == 4:
+            if isinstance(values, list) and len(values) == 5:
                 out.append((nft_set["name"], tuple(values), inner.get("expires", 0)))
     return out
 

@@ -12,12 +12,13 @@ never one rule per pod pair):
         ip saddr @iso_out4 jump egress                    (and ip6)
     chain ingress_hook  filter hook forward priority 1: the same with daddr, iso_in, ingress
     chain egress        per policy P with type Egress: ip saddr @P_sel4 jump P_out;
-                        then per P: ip saddr @P_sel4 counter P_drop; record the denied
-                        flow (rate-limited, into denied_out4/6); drop
+                        then per P: ip saddr @P_sel4 counter P_drop, record the denied
+                        flow with P's number (rate-limited per P, into denied_out4/6); drop
     chain P_out         one rule per (rule, peer kind, protocol): saddr in P_sel, daddr
                         in P_e<j>_pods (pods by selector anywhere in the cluster) or
                         P_e<j>_blocks (ipBlocks minus excepts, an interval set), the
-                        rule's ports -> accept (this hook is done; the ingress hook
+                        rule's ports -> the policy's number into the ct mark
+                        (flows/marks.py), accept (this hook is done; the ingress hook
                         still decides at priority 1)
     chain ingress, P_in the mirror image
     sets iso_in/iso_out local pods some policy isolates; P_sel local pods P selects
@@ -38,6 +39,8 @@ import hashlib
 import ipaddress
 import json
 from dataclasses import dataclass, field
+
+from ..flows import marks
 
 
 FAMILY = "inet"
@@ -84,6 +87,7 @@ class Fragment:
     sets: dict = field(default_factory=dict)
     chains: dict = field(default_factory=dict)
     named: bool = False
+    number: int = 0  # the policy's number in ct marks and denied-flow elements (flows/marks.py)
 
 
 def rules_key(rules) -> tuple:
@@ -149,13 +153,20 @@ def isolates_any(table) -> bool:
     return any(elements for name, (_, _, elements) in table.sets.items() if name.startswith("iso_"))
 
 
-def _record_denial(direction: str, version: int) -> list:
+def _record_denial(direction: str, version: int, number: int) -> list:
+    """Record the denied flow with the isolating policy's number (rate-bounded per policy)."""
     return [{"match": {"op": "==", "left": {"meta": {"key": "l4proto"}}, "right": DENIAL_PROTOCOLS}},
-            {"match": {"op": "==", "left": {"meta": {"key": "nfproto"}}, "right": f"ipv{version}"}},
             {"limit": {"rate": DENIED_RATE, "per": "second"}},
             {"set": {"op": "add", "set": f"@{denied_set(direction, version)}", "elem": {"concat": [
                 _addr(version, "saddr"), _addr(version, "daddr"), {"meta": {"key": "l4proto"}},
-                {"payload": {"protocol": "th", "field": "dport"}}]}}}]
+                {"payload": {"protocol": "th", "field": "dport"}}, number]}}}]
+
+
+def _mark_decided(direction: str, number: int) -> dict:
+    """ct mark: this policy's number in the direction's field, the other bits kept."""
+    mask, value = marks.mark_bits(direction, number)
+    return {"mangle": {"key": {"ct": {"key": "mark"}}, "value": {"|": [
+        {"&": [{"ct": {"key": "mark"}}, 0xFFFFFFFF ^ mask]}, value]}}}
 
 
 def _directions(policy):
@@ -227,12 +238,14 @@ def memberships(cluster, ip, pod, is_local: bool) -> set:
                          for p in cluster.policies))
 
 
-def policy_fragment(policy, cluster, endpoints: dict, local_networks, members=None) -> Fragment:
+def policy_fragment(policy, cluster, endpoints: dict, local_networks, members=None,
+                    policy_number: int = 0) -> Fragment:
     """The policy's sets (with their pod elements) and chains.  members: a _Members
-    shared by the fragments of one plan."""
+    shared by the fragments of one plan; policy_number: the policy's number its accepting
+    rules write into the connection's ct mark (flows/marks.py)."""
     members = members or _Members(cluster, endpoints, local_networks)
     pid = policy_id(policy.ref)
-    frag = Fragment(policy.ref, pid, frozenset(policy.types))
+    frag = Fragment(policy.ref, pid, frozenset(policy.types), number=policy_number)
     for direction, rules in _directions(policy):
         mine, theirs, suffix = _SIDES[direction]
         chain = []
@@ -281,7 +294,7 @@ def policy_fragment(policy, cluster, endpoints: dict, local_networks, members=No
                         else:
                             port_expr_v = port_expr
                         chain.append((f"{policy.ref} {direction}[{index}] {kind or 'any peer'} {what} IPv{version}",
-                                      expr + port_expr_v + [{"accept": None}]))
+                                      expr + port_expr_v + [_mark_decided(direction, policy_number), {"accept": None}]))
         frag.chains[f"{pid}_{suffix}"] = chain
     for version in VERSIONS:
         frag.sets[f"{pid}_sel{version}"] = (PROTO[version][1], False, frozenset())
@@ -326,7 +339,8 @@ def assemble(network: str, fragments, previous=None) -> Table:
                 dispatch[direction].append((f"{frag.ref} {direction} IPv{version}",
                                             [_in_set(version, mine, sel), {"jump": {"target": f"{frag.pid}_{suffix}"}}]))
                 drops[direction].append((f"{frag.ref} isolates IPv{version}",
-                                         [_in_set(version, mine, sel), {"counter": f"{frag.pid}_drop"}]))
+                                         [_in_set(version, mine, sel), {"counter": f"{frag.pid}_drop"},
+                                          *_record_denial(direction, version, frag.number)]))
     established = ("accept replies of allowed connections",
                    [{"match": {"op": "in", "left": {"ct": {"key": "state"}}, "right": ["established", "related"]}},
                     {"accept": None}])
@@ -350,8 +364,7 @@ def assemble(network: str, fragments, previous=None) -> Table:
         chain = dispatch[direction] + drops[direction]
         for version in VERSIONS:
             table.dynamic[denied_set(direction, version)] = [PROTO[version][1], PROTO[version][1],
-                                                             "inet_proto", "inet_service"]
-            chain.append((f"record denied {direction} flows IPv{version}", _record_denial(direction, version)))
+                                                             "inet_proto", "inet_service", "mark"]
         chain.append((f"{direction} denied", [{"drop": None}]))
         table.chains[direction] = chain
         if previous is not None and previous.signature == table.signature and previous.name == table.name:
@@ -359,11 +372,14 @@ def assemble(network: str, fragments, previous=None) -> Table:
     return table
 
 
-def plan(network: str, cluster, endpoints: dict, local_networks) -> Table:
+def plan(network: str, cluster, endpoints: dict, local_networks, numbers=None) -> Table:
     """The table for this node.  cluster: policy.verdict.Cluster; endpoints: {ip: Pod} of
-    every pod address known cluster-wide; local_networks: this node's pod subnet(s)."""
+    every pod address known cluster-wide; local_networks: this node's pod subnet(s);
+    numbers: flows.marks.PolicyNumbers (None: every policy numbered 0)."""
     members = _Members(cluster, endpoints, local_networks)
-    return assemble(network, [policy_fragment(p, cluster, endpoints, local_networks, members)
+    refs = [p.ref for p in cluster.policies]
+    return assemble(network, [policy_fragment(p, cluster, endpoints, local_networks, members,
+                                              numbers.number(p.ref, refs) if numbers else 0)
                               for p in cluster.policies])
 
 

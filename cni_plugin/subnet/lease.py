@@ -21,6 +21,7 @@ from typing import Optional
 from .. import backends
 from ..checks import is_a, is_mtu
 from ..backends.base import BackendDataError
+from ..flows import config as flow_config
 
 
 class ConfigError(ValueError):
@@ -96,6 +97,13 @@ def _control_plane_access(where: str, entries: list) -> tuple:
     return tuple(sorted(out))
 
 
+def _flow_log(where: str, value):
+    try:
+        return flow_config.parse(where, value)
+    except flow_config.FlowLogError as exc:
+        raise ConfigError(str(exc)) from None
+
+
 @dataclass(frozen=True)
 class NetworkConfig:
     name: str
@@ -113,6 +121,7 @@ class NetworkConfig:
     backend: object = None  # the backend's own config object (backends/<type>.py)
     # "namespace/name" or "namespace/*": pods the control-plane guard lets reach etcd and weftd
     control_plane_access: tuple = ()
+    flow_log: Optional[flow_config.FlowLog] = None  # FlowLog: flow records on (docs/flows.md)
     raw: dict = field(default_factory=dict, compare=False)
     # IPv6-only networks: the leasable range of IPv6 subnets (dual-stack pairs them by index)
     ipv6_subnet_min: Optional[ipaddress.IPv6Network] = None
@@ -244,6 +253,7 @@ class NetworkConfig:
             ip_masq=get("IPMasq", bool, True), ipv4_masq=get("IPv4Masq", bool), ipv6_masq=get("IPv6Masq", bool),
             mtu=mtu, backend_type=backend_type, backend=backend_config, raw=raw,
             control_plane_access=_control_plane_access(where, raw.get("ControlPlaneAccess", [])),
+            flow_log=_flow_log(where, raw.get("FlowLog")),
         )
         for low, high, prefix in ((config.subnet_min, config.subnet_max, ""),
                                   (config.ipv6_subnet_min, config.ipv6_subnet_max, "IPv6")):

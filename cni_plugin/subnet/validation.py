@@ -283,7 +283,7 @@ def contradicted(old: Optional[NetworkConfig], new: NetworkConfig, rows) -> list
 LIVE_FIELDS = (("MTU", "mtu"), ("IPMasq", "ip_masq"), ("IPv4Masq", "ipv4_masq"), ("IPv6Masq", "ipv6_masq"),
                ("SubnetMin", "subnet_min"), ("SubnetMax", "subnet_max"),
                ("IPv6SubnetMin", "ipv6_subnet_min"), ("IPv6SubnetMax", "ipv6_subnet_max"),
-               ("ControlPlaneAccess", "control_plane_access"))
+               ("ControlPlaneAccess", "control_plane_access"), ("FlowLog", "flow_log"))
 RESTART_FIELDS = (("Network", "network"), ("SubnetLen", "subnet_len"), ("EnableIPv4", "enable_ipv4"),
                   ("EnableIPv6", "enable_ipv6"),
                   ("IPv6Network", "ipv6_network"), ("IPv6SubnetLen", "ipv6_subnet_len"),

@@ -131,7 +131,7 @@ def test_backends_and_the_protocol_layer_stay_below_their_users():
 
 # modules that frame a wire protocol by hand, each the one place for its protocol
 # (etcd is reached through generated stubs: subnet/etcd_api/)
-WIRE_CODECS = {"cni_plugin.datapath.nlcodec": "netlink"}
+WIRE_CODECS = {"cni_plugin.datapath.nlcodec": "netlink", "cni_plugin.flows.ipfix": "IPFIX"}
 
 
 def test_raw_netlink_is_framed_only_in_the_codec():

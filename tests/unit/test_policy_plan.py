@@ -153,3 +153,26 @@ def test_isolates_any_only_when_a_local_pod_is_isolated():
                                                    [ipaddress.ip_network("10.244.9.0/24")]))
     local = _state(4, 1)
     assert plan_mod.isolates_any(plan_mod.plan("weft", local.cluster(), local.endpoints(), LOCAL))
+
+
+def _mangles(rules) -> list:
+    return [e["mangle"] for _, expr in rules for e in expr if "mangle" in e]
+
+
+def test_accepting_rules_mark_the_policy_number_named_ports_included():
+    """flows/marks.py: the number in the direction's field of the ct mark, other bits kept;
+    the drop rules record the same number in the denied-flow elements."""
+    from cni_plugin.flows import marks
+
+    state = _state(4, 2)
+    state.put_object("NetworkPolicy/x/named", _policy("named", "x", {
+        "podSelector": {}, "ingress": [{"ports": [{"port": "http"}]}]})[1])
+    numbers = marks.PolicyNumbers()
+    table = plan_mod.plan("weft", state.cluster(), state.endpoints(), LOCAL, numbers)
+    for ref in ("x/p0", "x/p1", "x/named"):
+        mangles = _mangles(table.chains[f"{plan_mod.policy_id(ref)}_in"])
+        value = numbers.number(ref) << marks.INGRESS_SHIFT
+        assert mangles and all(m["value"]["|"][1] == value and
+                               m["value"]["|"][0]["&"][1] == 0xFFFFFFFF ^ marks.INGRESS_MASK for m in mangles)
+    recorded = [e["set"]["elem"]["concat"][-1] for _, expr in table.chains["ingress"] for e in expr if "set" in e]
+    assert sorted(recorded) == sorted(numbers.number(r) for r in ("x/p0", "x/p1", "x/named") for _ in (4, 6))

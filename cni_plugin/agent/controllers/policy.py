@@ -32,10 +32,12 @@ import os
 import queue
 import threading
 import time
+from datetime import timedelta
 
 from ...datapath import policy_table, sysctl
 from ...datapath.changes import TableChanges
 from ...datapath.errors import DatapathError
+from ...flows import marks
 from ...ipam import history as ipam_history
 from ...policy import compile as policy_compile
 from ...policy.state import PolicyState
@@ -87,6 +89,8 @@ class PolicyController(Controller):
         self.enforced = 0          # the object generation the kernel table last took in
         self.enforced_digest = None  # and the digest of those objects
         self.schedule = None       # when a pass lists the table (agent/read_schedule.py)
+        # the policies' numbers in ct marks and denied-flow elements (flows/marks.py)
+        self.numbers = marks.PolicyNumbers(os.path.join(agent.options.state_dir, agent.name, marks.NUMBERS_FILE))
 
     # -- hooks ---------------------------------------------------------------
     def after_prepare(self):
@@ -296,15 +300,18 @@ class PolicyController(Controller):
         started = time.monotonic()
         cluster, endpoints = self.state.cluster(), self.state.endpoints()
         members = policy_compile.prepare(cluster, endpoints, self.local)
+        current = [p.ref for p in cluster.policies]
         if refs is None or self.applied is None:
-            self.fragments = {p.ref: policy_compile.policy_fragment(p, cluster, endpoints, self.local, members)
+            self.fragments = {p.ref: policy_compile.policy_fragment(p, cluster, endpoints, self.local, members,
+                                                                    self.numbers.number(p.ref, current))
                               for p in cluster.policies}
         else:
             policies = {p.ref: p for p in cluster.policies}
             for ref in refs:
                 if ref in policies:
                     self.fragments[ref] = policy_compile.policy_fragment(policies[ref], cluster, endpoints,
-                                                                         self.local, members)
+                                                                         self.local, members,
+                                                                         self.numbers.number(ref, current))
                 else:
                     self.fragments.pop(ref, None)
         self._apply(policy_compile.assemble(self.agent.name, self.fragments.values(), self.applied), why, started)
@@ -420,44 +427,52 @@ class PolicyController(Controller):
             self._denials_of(flows)
 
     def _denials_of(self, flows):
-        now = time.monotonic()
-        records = []
+        """One record per denied tuple new in the sets; the policies are the kernel's
+        answer: the numbers the isolating policies' drop rules wrote into the elements."""
+        now_m = time.monotonic()
+        grouped = {}  # (direction, (src, dst, protocol, port)) -> [numbers, seconds left]
         current = {}
         for set_name, flow, expires in flows:
             key = (set_name, flow)
-            current[key] = now + expires
-            if key in self.seen_denials and now < self.seen_denials[key]:
+            current[key] = now_m + expires
+            if key in self.seen_denials and now_m < self.seen_denials[key]:
                 continue
-            records.append(self._denial_record("ingress" if "_in" in set_name else "egress", flow))
+            entry = grouped.setdefault(("ingress" if "_in" in set_name else "egress", tuple(flow[:4])), [[], 0])
+            entry[0].append(flow[4])
+            entry[1] = max(entry[1], expires)
         self.seen_denials = current
+        records = []
+        flows_controller = next((c for c in self.agent.controllers if c.name == "flows"), None)
+        for (direction, flow), (numbers, left) in grouped.items():
+            policies = sorted({self.numbers.ref(n) or f"policy number {n}" for n in numbers if n})
+            seen = now() - timedelta(seconds=max(0.0, policy_table.DENIED_TIMEOUT - float(left or 0)))
+            if flows_controller is not None and flows_controller.logging:
+                flows_controller.denied(direction, flow, policies, seen)
+            records.append(self._denial_record(direction, flow, policies))
         if records:
-            self._journal(records)
+            self._journal(records, legacy=flows_controller is None or not flows_controller.logging)
 
-    def _denial_record(self, direction, flow) -> dict:
+    def _denial_record(self, direction, flow, policies) -> dict:
         src_ip, dst_ip, protocol, port = flow
-        endpoints = {}
-        for role, ip in (("src", src_ip), ("dst", dst_ip)):
-            try:
-                endpoints[role] = self.state.endpoint(str(ip))
-            except ValueError:
-                endpoints[role] = None
         record = {"ts": format_ts(now()), "node": self.agent.node.name, "kind": "policy",
                   "network": self.agent.name, "direction": direction, "src": str(src_ip), "dst": str(dst_ip),
                   "protocol": str(protocol).upper(), "port": int(port) if str(port).isdigit() else port,
-                  "srcPod": None, "dstPod": None, "policies": []}
-        src, dst = endpoints["src"], endpoints["dst"]
-        if src is not None and src.pod is not None:
-            record["srcPod"] = src.pod.ref
-        if dst is not None and dst.pod is not None:
-            record["dstPod"] = dst.pod.ref
-        if src is not None and dst is not None and isinstance(record["port"], int):
-            verdict = self.state.cluster().decide(src, dst, record["protocol"], record["port"])
-            record["policies"] = list((verdict.ingress if direction == "ingress" else verdict.egress).selecting)
+                  "srcPod": None, "dstPod": None, "policies": policies}
+        for role, ip in (("src", src_ip), ("dst", dst_ip)):
+            try:
+                endpoint = self.state.endpoint(str(ip))
+            except ValueError:
+                continue
+            if endpoint.pod is not None:
+                record[f"{role}Pod"] = endpoint.pod.ref
         return record
 
-    def _journal(self, records):
+    def _journal(self, records, legacy=True):
+        """Log the denials; legacy: into the denial journal too (with FlowLog on they are
+        flow records of the flow journal instead)."""
         try:
-            denial_journal.append(self.agent.options.state_dir, self.agent.name, records)
+            if legacy:
+                denial_journal.append(self.agent.options.state_dir, self.agent.name, records)
         except OSError as exc:
             where = denial_journal.path(self.agent.options.state_dir, self.agent.name)
             self.agent.log.error(f"denied flows not journalled in {where}: {exc.strerror}", extra=self.agent.extra())

@@ -1,0 +1,209 @@
+"""Flow records (issue 26): what FlowLog costs new connections, the agent and the disk,
+and how fast the IPFIX export goes.
+
+One lab.cluster of two nodes (etcd, a weftd each, VXLAN); server pod S and client C on
+node1 (same node), client R on node2 (cross node).  Rounds interleave the two sides,
+the order rotating each round:
+  off  FlowLog unset, and nf_conntrack_acct/timestamp set back to 0 in the nodes
+       (a node that never had flow logging);
+  on   FlowLog true (the agent turns acct/timestamp on).
+Each side runs bench.conn_rate's loop (connect, a byte each way, server closes) C -> S
+and R -> S for `seconds`.  On the "on" side, after the loop, the journals must hold one
+final record per connection made (warm-up included) and nothing dropped or lost: the
+figure counts the connections it finds per client (distinct `id`s whose `start` lies in
+the window: a connection of an earlier window may end, and be recorded, in this one)
+(`records_missing`), and the agents'
+weft_flows_dropped_total / events lost.  Reported: connections/s per side and the
+median of the rounds' paired ratios on / off (target >= 0.9); agent CPU per 1,000
+connections (node1's agent, on minus off over the same window: the flow work alone;
+target <= 50 ms); journal bytes per connection (target <= 500).
+
+IPFIX: Exporter.export() of `ipfix_connections` journal records in batches of 256 to
+nfcapd (Debian's nfdump) on loopback in a namespace of its own; the rate is records per
+second of the exporting thread, the collector's own count says whether it kept up.
+"""
+
+import json
+import os
+import re
+import subprocess
+import sys
+import time
+
+from lab.cluster import Cluster, wait_for
+from lab.namespaces import stop_process
+
+from .context import cpu_seconds, quiesce, ratio, rotate
+from .source_validation import conn_rate, default_netconf
+from .throughput import _median
+
+NETWORK = {"Network": "10.244.0.0/16", "Backend": {"Type": "vxlan", "VNI": 1}}
+ON, OFF = "on", "off"
+SIDES = (ON, OFF)
+TOPOLOGIES = ("same_node", "cross_node")
+WARMUP = 50  # bench.conn_rate's warm-up connections, recorded too
+ACCOUNTING = ("/proc/sys/net/netfilter/nf_conntrack_acct", "/proc/sys/net/netfilter/nf_conntrack_timestamp")
+
+
+def _set_side(cluster, nodes, side):
+    config = dict(NETWORK, FlowLog=True) if side == ON else NETWORK
+    cluster.set_network("weft", config)
+    for node in nodes:
+        wait_for(lambda: bool((node.status() or {}).get("flows")) == (side == ON), 20,
+                 what=f"{node.name} flow log {side}")
+        if side == OFF:
+            for path in ACCOUNTING:
+                node.ns.run(["sh", "-c", f"echo 0 > {path}"])
+
+
+def _journal(node, flow_dir):
+    records, size = [], 0
+    path = os.path.join(flow_dir, "weft.jsonl")
+    if os.path.exists(path):
+        size = os.path.getsize(path)
+        with open(path) as handle:
+            records = [json.loads(line) for line in handle if line.strip()]
+    return records, size
+
+
+def _epoch(text) -> float:
+    from cni_plugin.timestamps import parse_ts
+
+    return parse_ts(text).timestamp()
+
+
+def _settled(flow_dir, limit=60.0):
+    """Until the journal has stopped growing for 3 s (the writer is done), bounded."""
+    path = os.path.join(flow_dir, "weft.jsonl")
+    deadline, last, still = time.monotonic() + limit, -1, time.monotonic()
+    while time.monotonic() < deadline:
+        size = os.path.getsize(path) if os.path.exists(path) else 0
+        if size != last:
+            last, still = size, time.monotonic()
+        elif time.monotonic() - still >= 3.0:
+            return
+        time.sleep(0.5)
+
+
+def _dropped(node) -> float:
+    flows = (node.status() or {}).get("flows") or {}
+    return sum((flows.get("dropped") or {}).values()) + (flows.get("eventsLost") or 0)
+
+
+def ipfix_rate(ctx, connections: int) -> dict:
+    from cni_plugin.flows.ipfix import Exporter  # noqa: F401 (imported in the namespace below)
+
+    ns = ctx.namespace("wipfix")
+    ns.run(["ip", "link", "set", "lo", "up"])
+    store = os.path.join(ctx.work, "nfcapd")
+    os.makedirs(store, exist_ok=True)
+    collector = subprocess.Popen(["ip", "netns", "exec", ns.name, "nfcapd", "-b", "127.0.0.1", "-p", "4739",
+                                  "-w", store, "-t", "3600"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                 text=True)
+    time.sleep(1.0)
+    code = ("import json, sys, time\nfrom cni_plugin.flows.ipfix import Exporter\n"
+            "n = int(sys.argv[1]); e = Exporter(('127.0.0.1', 4739), 60)\n"
+            "r = {'src': '10.244.1.2', 'dst': '10.244.2.3', 'sport': 0, 'dport': 80, 'proto': 'tcp',"
+            " 'start': '2026-12-07T04:00:00.000001Z', 'end': '2026-12-07T04:00:00.5Z',"
+            " 'bytes': {'sent': 4000, 'received': 300}, 'packets': {'sent': 6, 'received': 5}}\n"
+            "batch = [dict(r, sport=1024 + i % 60000) for i in range(256)]\n"
+            "t = time.process_time(); w = time.monotonic(); sent = 0\n"
+            "while sent < n:\n e.export(batch); sent += len(batch)\n"
+            "print(json.dumps({'connections': sent, 'wall_s': time.monotonic() - w,"
+            " 'cpu_s': time.process_time() - t, **e.status()}))\n")
+    try:
+        out = ns.run([sys.executable, "-c", code, str(connections)], cwd=os.path.dirname(os.path.dirname(
+            os.path.abspath(__file__))), timeout=600).stdout
+        result = json.loads(out.strip().splitlines()[-1])
+        time.sleep(1.0)
+    finally:
+        stop_process(collector, 10)
+    log = collector.stdout.read() if collector.stdout else ""
+    got = re.search(r"Flows: (\d+)", log)
+    received = int(got.group(1)) if got else None
+    records = 2 * result["connections"]
+    return {"connections": result["connections"], "records": records,
+            "records_per_s": round(records / result["wall_s"]), "cpu_s": round(result["cpu_s"], 2),
+            "collector_received": received, "collector_kept_up": received == records,
+            "send_failures": result["failed"],
+            "limit": "the exporting thread's CPU (Python packing each one-way record, struct per record)"
+            if received == records else "the collector or the socket buffer (records lost on loopback)"}
+
+
+def flows(ctx, seconds: float, rounds: int, ipfix_connections: int) -> dict:
+    ctx.say(f"flow records: {rounds} rounds of TCP connections/s ({seconds}s each), same and cross node, "
+            "FlowLog on vs off, interleaved; then the IPFIX export rate")
+    cluster = Cluster(os.path.join(ctx.work, "flows-cluster"), ctx.installed, reconcile_interval=10.0)
+    try:
+        cluster.set_network("weft", NETWORK)
+        nodes = [cluster.add_node() for _ in range(2)]
+        dirs = {n.name: os.path.join(n.dir, "flows") for n in nodes}
+        for node in nodes:
+            node.start_agent(extra=["--flow-log-dir", dirs[node.name]])
+        for node in nodes:
+            node.wait_ready()
+            wait_for(lambda: len(node.status()["peers"]) == 1, 60, what=f"{node.name} peers")
+        ctx.record(cluster.namespace_names())
+        conf = {n.name: default_netconf(n) for n in nodes}
+        pods = {"server": nodes[0].add_pod(conf=conf[nodes[0].name], name="fl-s"),
+                "same_node": nodes[0].add_pod(conf=conf[nodes[0].name], name="fl-c"),
+                "cross_node": nodes[1].add_pod(conf=conf[nodes[1].name], name="fl-r")}
+        ctx.record(cluster.namespace_names())
+        samples = {(topo, side): [] for topo in TOPOLOGIES for side in SIDES}
+        cpu = {side: [] for side in SIDES}       # node1's agent CPU seconds per 1,000 connections
+        missing, lost, per_record, made_on = [], [], [], []
+        for r in range(rounds):
+            quiesce(ctx)
+            for side in rotate(list(SIDES), r):
+                _set_side(cluster, nodes, side)
+                before = {n.name: _journal(n, dirs[n.name]) for n in nodes}
+                dropped_before = sum(_dropped(n) for n in nodes)
+                cpu_before = cpu_seconds(nodes[0].agent.pid)
+                made, window = {}, {}
+                for topo in TOPOLOGIES:
+                    started = time.time()
+                    result = conn_rate(pods["server"], pods[topo], seconds)
+                    window[topo] = (started - 0.5, time.time() + 0.5)
+                    samples[(topo, side)].append(result)
+                    made[topo] = result["connections"] + result["errors"] + WARMUP
+                if side == ON:  # a record of every connection made in the window, on the server's node
+                    def found(topo):
+                        records, _ = _journal(nodes[0], dirs[nodes[0].name])
+                        low, high = window[topo]
+                        return len({rec["id"] for rec in records if rec["src"] == pods[topo].ip and rec.get("final")
+                                    and rec["dport"] == 8081 and low <= _epoch(rec["start"]) <= high})
+                    _settled(dirs[nodes[0].name])
+                    missing.append({t: made[t] - found(t) for t in TOPOLOGIES})
+                    made_on.append(sum(made.values()))
+                    lost.append(sum(_dropped(n) for n in nodes) - dropped_before)
+                    records, size = _journal(nodes[0], dirs[nodes[0].name])
+                    fresh = len(records) - len(before[nodes[0].name][0])
+                    if fresh:
+                        per_record.append((size - before[nodes[0].name][1]) / fresh)
+                spent = cpu_seconds(nodes[0].agent.pid) - cpu_before
+                cpu[side].append(spent / sum(made.values()) * 1000.0)
+            ctx.say(f"flows round {r + 1}/{rounds}: " + ", ".join(
+                f"{topo} {samples[(topo, ON)][-1]['per_s']:.0f}/{samples[(topo, OFF)][-1]['per_s']:.0f} conn/s"
+                for topo in TOPOLOGIES) + f" (on/off), missing {missing[-1]}, lost {lost[-1]}")
+        result = {"seconds": seconds, "rounds": rounds, "weft_network_config": NETWORK,
+                  "tool": "bench.conn_rate (Python loop, both ends: connect, 1 byte each way, server closes)",
+                  "records_missing": missing, "records_dropped_or_events_lost": lost,
+                  "connections_on": made_on,
+                  "records_kept": round(1 - (sum(max(0, v) for m in missing for v in m.values()) + sum(lost))
+                                        / max(1, sum(made_on)), 4),
+                  "journal_bytes_per_record": round(_median(per_record), 1) if per_record else None}
+        for topo in TOPOLOGIES:
+            values = {side: [s["per_s"] for s in samples[(topo, side)]] for side in SIDES}
+            paired = sorted(a / b for a, b in zip(values[ON], values[OFF]) if b)
+            result[topo] = {**{side: round(_median(values[side]), 1) for side in SIDES},
+                            "ratio": round(_median(paired), 3) if paired else None,
+                            "ratio_of_medians": ratio(_median(values[ON]), _median(values[OFF])),
+                            **{f"{side}_samples": values[side] for side in SIDES}}
+        on_ms, off_ms = _median(cpu[ON]) * 1000.0, _median(cpu[OFF]) * 1000.0
+        result["agent_cpu_ms_per_1000"] = {"on": round(on_ms, 1), "off": round(off_ms, 1),
+                                           "flow_work": round(on_ms - off_ms, 1)}
+    finally:
+        ctx.record(cluster.namespace_names())
+        cluster.cleanup()
+    result["ipfix"] = ipfix_rate(ctx, ipfix_connections)
+    return result

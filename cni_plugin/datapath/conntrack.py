@@ -1,0 +1,199 @@
+"""The kernel's connection tracking, read for flow records: events and filtered dumps.
+
+ConntrackEvents joins ctnetlink's NEW, UPDATE and DESTROY multicast groups of the
+agent's network namespace (UPDATE for the moment a TCP connection ends: its entry
+lingers in TIME_WAIT for two minutes before DESTROY; ended() says which updates
+are that moment, and get() then reads their final counters, many per datagram).
+A classic BPF filter on the socket (nlcodec.conntrack_close_filter) lets through only
+NEW, DESTROY and the updates that close a TCP connection: the other state changes,
+most of a connection's events, never reach the socket.  Delivery is best effort on purpose: the kernel is never asked
+for reliable delivery (NETLINK_BROADCAST_ERROR would make a slow reader stall the
+datapath); a full receive buffer loses events, which the kernel reports as ENOBUFS
+and receive() counts in `lost` (one ENOBUFS: at least one event lost).
+
+dump(mark, mask) lists the entries whose ct mark matches (the kernel filters), for the
+interim records of long-lived connections.  enable_accounting() turns on the per-entry
+byte/packet counters and start/stop times (they apply to connections created after
+they are on).  Messages are framed and parsed by nlcodec only.
+"""
+
+import ctypes
+import errno
+import select
+import socket
+
+from . import nlcodec as nl
+from .errors import DatapathError
+from .rtnl import socket_in
+
+RECEIVE_BUFFER = 8 << 20
+GROUPS = (1 << (nl.NFNLGRP_CONNTRACK_NEW - 1)) | (1 << (nl.NFNLGRP_CONNTRACK_UPDATE - 1)) | \
+    (1 << (nl.NFNLGRP_CONNTRACK_DESTROY - 1))
+ENDED = (nl.TCP_CONNTRACK_TIME_WAIT, nl.TCP_CONNTRACK_CLOSE)
+ACCOUNTING = ("/proc/sys/net/netfilter/nf_conntrack_acct", "/proc/sys/net/netfilter/nf_conntrack_timestamp")
+
+
+GET_CHUNK = 128          # requests per datagram when reading closed connections back
+GET_BUFFER = 4 << 20     # their answers (~350 bytes each, more in kernel accounting) wait here
+
+
+def _receive_buffer(sock, size: int) -> None:
+    try:  # SO_RCVBUFFORCE goes past rmem_max for a root agent
+        sock.setsockopt(socket.SOL_SOCKET, 33, size)  # SO_RCVBUFFORCE
+    except OSError:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, size)
+
+
+def enable_accounting() -> None:
+    """nf_conntrack_acct=1 and nf_conntrack_timestamp=1 in this network namespace;
+    DatapathError naming the knob when conntrack is not loaded or /proc/sys is read-only."""
+    for path in ACCOUNTING:
+        try:
+            with open(path) as handle:
+                if handle.read().strip() == "1":
+                    continue
+            with open(path, "w") as handle:
+                handle.write("1")
+        except FileNotFoundError:
+            raise DatapathError(f"{path} is missing: nf_conntrack is not loaded (`modprobe nf_conntrack`)") from None
+        except OSError as exc:
+            raise DatapathError(f"cannot set {path} to 1: {exc.strerror}; weft needs a writable /proc/sys") from None
+
+
+def _event(kind: int, flags: int):
+    msg = kind & 0xFF
+    if kind >> 8 != nl.NFNL_SUBSYS_CTNETLINK:
+        return None
+    if msg == nl.IPCTNL_MSG_CT_NEW:
+        return "new" if flags & nl.NLM_F_CREATE else "update"
+    return "destroy" if msg == nl.IPCTNL_MSG_CT_DELETE else None
+
+
+def _decoded(data, wanted) -> list:
+    """The entries of a datagram that `wanted(event, id, tcp_state)` asks for: "new" and
+    "destroy" decoded (nlcodec.Conntrack), a TCP close kept raw (nlcodec.Close, for get());
+    updates other than a TCP close are never offered (most of the events: state changes)."""
+    out = []
+    for offset, length, kind, flags, _ in nl.messages(data):
+        event = _event(kind, flags)
+        if event is None:
+            continue
+        ct_id, state = nl.conntrack_brief(data, offset, length)
+        if event == "update" and state not in ENDED:
+            continue
+        if wanted(event, ct_id, state):
+            out.append(nl.conntrack_close(data, offset, length) if event == "update" else
+                       nl.decode_conntrack(data, offset, length, kind, flags))
+    return out
+
+
+class ConntrackEvents:
+    """NEW and DESTROY events of this namespace's conntrack table."""
+
+    def __init__(self, buffer: int = RECEIVE_BUFFER, close_filter: bool = True, netns_path: str = None):
+        self.sock = socket_in(netns_path, nl.NETLINK_NETFILTER) if netns_path else \
+            socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, nl.NETLINK_NETFILTER)
+        self.lost = 0          # ENOBUFS reports (each: one or more events lost)
+        self.malformed = 0     # datagrams that did not parse (skipped)
+        try:
+            _receive_buffer(self.sock, buffer)
+            if close_filter:  # state-change updates dropped in the kernel, before they are queued
+                self._program = ctypes.create_string_buffer(nl.conntrack_close_filter())
+                self.sock.setsockopt(socket.SOL_SOCKET, nl.SO_ATTACH_FILTER, nl.sock_fprog(
+                    len(self._program.raw) // 8, ctypes.addressof(self._program)))
+            self.sock.bind((0, GROUPS))
+        except OSError as exc:
+            self.sock.close()
+            raise DatapathError(f"cannot join the conntrack event groups: {exc.strerror}") from None
+
+    def fileno(self) -> int:
+        return self.sock.fileno()
+
+    def receive(self, timeout: float, wanted=lambda event, ct_id, state: True) -> list:
+        """The events that arrived (waits up to `timeout` for the first datagram, then
+        drains what is queued without waiting), decoded when wanted(event, id, TCP state)
+        says so: "new", "update" (a TCP close only) or "destroy"."""
+        ready, _, _ = select.select([self.sock], [], [], timeout)
+        if not ready:
+            return []
+        out = []
+        while True:
+            try:
+                data = self.sock.recv(1 << 17, socket.MSG_DONTWAIT)
+            except BlockingIOError:
+                return out
+            except OSError as exc:
+                if exc.errno == errno.ENOBUFS:
+                    self.lost += 1
+                    continue
+                raise DatapathError(f"conntrack events: {exc.strerror}") from None
+            if not data:
+                return out
+            try:
+                out.extend(_decoded(data, wanted))
+            except nl.MalformedMessage:
+                self.malformed += 1
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def dump(mark: int = 0, mask: int = 0) -> list:
+    """Every conntrack entry of this namespace whose (mark & mask) == mark."""
+    sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, nl.NETLINK_NETFILTER)
+    out = []
+    try:
+        sock.settimeout(5.0)
+        sock.bind((0, 0))
+        sock.send(nl.conntrack_dump_request(1, mark, mask))
+        while True:
+            data = sock.recv(1 << 17)
+            for offset, length, kind, flags, _ in nl.messages(data):
+                if kind == nl.NLMSG_DONE:
+                    return out
+                if kind == nl.NLMSG_ERROR:
+                    code = nl.error_code(data, offset, length)
+                    if code:
+                        raise DatapathError(f"conntrack dump: {errno.errorcode.get(code, code)}")
+                    continue
+                entry = nl.decode_conntrack(data, offset, length, kind, flags)
+                out.append(entry._replace(event="update"))
+    except OSError as exc:
+        raise DatapathError(f"conntrack dump: {exc}") from None
+    finally:
+        sock.close()
+
+
+def ended(entry) -> bool:
+    """An event saying a TCP connection has closed (TIME_WAIT or CLOSE)."""
+    return isinstance(entry, nl.Close) or (entry.event == "update" and entry.tcp_state in ENDED)
+
+
+def get(entries, netns_path: str = None) -> list:
+    """The current state of these entries (Conntrack or Close, by original tuple), many
+    requests a datagram; entries gone meanwhile are left out (their DESTROY event follows)."""
+    if not entries:
+        return []
+    sock = socket_in(netns_path, nl.NETLINK_NETFILTER) if netns_path else \
+        socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, nl.NETLINK_NETFILTER)
+    out, answered = [], 0
+    try:
+        _receive_buffer(sock, GET_BUFFER)  # every answer of a chunk is queued before we read
+        sock.settimeout(5.0)
+        sock.bind((0, 0))
+        for start in range(0, len(entries), GET_CHUNK):
+            chunk = entries[start:start + GET_CHUNK]
+            sock.send(b"".join(nl.conntrack_get_request(i + 1, e) for i, e in enumerate(chunk)))
+            answered = 0
+            while answered < len(chunk):
+                data = sock.recv(1 << 17)
+                for offset, length, kind, flags, _ in nl.messages(data):
+                    answered += 1
+                    if kind == nl.NLMSG_ERROR:
+                        continue
+                    out.append(nl.decode_conntrack(data, offset, length, kind, flags)._replace(event="update"))
+    except OSError as exc:
+        raise DatapathError(f"conntrack read: {exc}") from None
+    finally:
+        sock.close()
+    return out

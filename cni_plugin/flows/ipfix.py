@@ -1,0 +1,220 @@
+"""IPFIX (RFC 7011) export of flow records over UDP: the one IPFIX codec of weft.
+
+No maintained Python library encodes IPFIX (PyPI has a 2014 package and collectors
+that only parse), so this small module frames it: a message header, a template set
+(one template per address family) and data sets of one-way records.  Each connection
+becomes two records, source -> destination with the counters the source sent and
+destination -> source with what it received, in standard information elements
+(IANA "IPFIX Information Elements"):
+
+    sourceIPv4Address (8) / sourceIPv6Address (27)            4 / 16 bytes
+    destinationIPv4Address (12) / destinationIPv6Address (28) 4 / 16
+    sourceTransportPort (7), destinationTransportPort (11)    2 each
+    protocolIdentifier (4)                                    1
+    flowStartMilliseconds (152), flowEndMilliseconds (153)    8 each
+    octetDeltaCount (1), packetDeltaCount (2)                 8 each
+
+Workload names, verdicts and policies stay in the JSON journal.  Over UDP templates
+are resent every template interval (RFC 7011 section 8.4) and with the first message.
+Messages are kept under MAX_MESSAGE bytes (no IP fragmentation on a 1500-byte path).
+decode() reads messages back (tests, and the fuzz test of this codec).
+"""
+
+import ipaddress
+import socket
+import struct
+import time
+
+VERSION = 10
+TEMPLATE_SET = 2
+TEMPLATES = {4: 256, 6: 257}
+MAX_MESSAGE = 1400
+HEADER = struct.Struct("!HHIII")     # version, length, export time, sequence number, observation domain
+SET_HEADER = struct.Struct("!HH")    # set id, length
+FIELD = struct.Struct("!HH")         # information element id, length
+IE = {"sourceIPv4Address": 8, "destinationIPv4Address": 12, "sourceIPv6Address": 27,
+      "destinationIPv6Address": 28, "sourceTransportPort": 7, "destinationTransportPort": 11,
+      "protocolIdentifier": 4, "flowStartMilliseconds": 152, "flowEndMilliseconds": 153,
+      "octetDeltaCount": 1, "packetDeltaCount": 2}
+_LAYOUT = {v: struct.Struct(f"!{a}s{a}sHHBQQQQ") for v, a in ((4, 4), (6, 16))}
+_ADDRESSES = {8: 4, 12: 4, 27: 16, 28: 16}
+PROTOCOLS = {"tcp": 6, "udp": 17, "icmp": 1, "icmpv6": 58, "sctp": 132, "dccp": 33, "udplite": 136}
+
+
+def _fields(version: int) -> list:
+    src, dst = ("sourceIPv4Address", "destinationIPv4Address") if version == 4 else \
+        ("sourceIPv6Address", "destinationIPv6Address")
+    size = 4 if version == 4 else 16
+    return [(IE[src], size), (IE[dst], size), (IE["sourceTransportPort"], 2), (IE["destinationTransportPort"], 2),
+            (IE["protocolIdentifier"], 1), (IE["flowStartMilliseconds"], 8), (IE["flowEndMilliseconds"], 8),
+            (IE["octetDeltaCount"], 8), (IE["packetDeltaCount"], 8)]
+
+
+def template_set() -> bytes:
+    body = b""
+    for version, template_id in TEMPLATES.items():
+        fields = _fields(version)
+        body += FIELD.pack(template_id, len(fields)) + b"".join(FIELD.pack(i, n) for i, n in fields)
+    return SET_HEADER.pack(TEMPLATE_SET, SET_HEADER.size + len(body)) + body
+
+
+def _millis(text: str) -> int:
+    from ..timestamps import parse_ts
+
+    return int(parse_ts(text).timestamp() * 1000)
+
+
+def one_way(record: dict) -> list:
+    """(version, packed data record) x 2 of a flow record (an empty list when its
+    addresses or protocol cannot be expressed)."""
+    try:
+        src, dst = ipaddress.ip_address(record["src"]), ipaddress.ip_address(record["dst"])
+        proto = PROTOCOLS.get(record["proto"]) if not str(record["proto"]).isdigit() else int(record["proto"])
+        start, end = _millis(record["start"]), _millis(record["end"])
+        sport, dport = int(record.get("sport") or 0), int(record.get("dport") or 0)
+        sent, received = record["bytes"], record["packets"]
+    except (KeyError, ValueError, TypeError):
+        return []
+    if proto is None or src.version != dst.version:
+        return []
+    layout = _LAYOUT[src.version]
+    return [(src.version, layout.pack(src.packed, dst.packed, sport, dport, proto, start, end,
+                                      sent.get("sent") or 0, received.get("sent") or 0)),
+            (src.version, layout.pack(dst.packed, src.packed, dport, sport, proto, start, end,
+                                      sent.get("received") or 0, received.get("received") or 0))]
+
+
+def messages(records, sequence: int, export_time: int, domain: int, with_templates: bool) -> tuple:
+    """([message bytes], the sequence number after them): records packed into messages
+    of at most MAX_MESSAGE bytes, templates in front of the first when asked."""
+    pending = [r for record in records for r in one_way(record)]
+    out = []
+    templates = template_set() if with_templates else b""
+    while pending or templates:
+        body, count = templates, 0
+        templates = b""
+        room = MAX_MESSAGE - HEADER.size - len(body)
+        while pending:
+            version = pending[0][0]
+            size = _LAYOUT[version].size
+            batch = []
+            while pending and pending[0][0] == version and room - SET_HEADER.size - (len(batch) + 1) * size >= 0:
+                batch.append(pending.pop(0)[1])
+            if not batch:
+                break
+            data = b"".join(batch)
+            body += SET_HEADER.pack(TEMPLATES[version], SET_HEADER.size + len(data)) + data
+            room -= SET_HEADER.size + len(data)
+            count += len(batch)
+        out.append(HEADER.pack(VERSION, HEADER.size + len(body), export_time, sequence & 0xFFFFFFFF, domain) + body)
+        sequence += count
+    return out, sequence
+
+
+class MalformedIPFIX(ValueError):
+    pass
+
+
+def decode(message: bytes, templates: dict) -> tuple:
+    """(header fields, [records as {IE id: value}]) of one message; templates (template id
+    -> [(IE id, length)]) is filled from template sets and used for data sets."""
+    if len(message) < HEADER.size:
+        raise MalformedIPFIX(f"{len(message)} bytes, less than a message header")
+    version, length, export_time, sequence, domain = HEADER.unpack_from(message)
+    if version != VERSION or length != len(message):
+        raise MalformedIPFIX(f"version {version}, length {length} of {len(message)} bytes")
+    at, records = HEADER.size, []
+    while at < length:
+        if length - at < SET_HEADER.size:
+            raise MalformedIPFIX(f"{length - at} bytes left at {at}, less than a set header")
+        set_id, set_length = SET_HEADER.unpack_from(message, at)
+        if set_length < SET_HEADER.size or at + set_length > length:
+            raise MalformedIPFIX(f"a set at {at} claims {set_length} bytes")
+        body, end = at + SET_HEADER.size, at + set_length
+        if set_id == TEMPLATE_SET:
+            while end - body >= FIELD.size:
+                template_id, count = FIELD.unpack_from(message, body)
+                body += FIELD.size
+                if end - body < count * FIELD.size:
+                    raise MalformedIPFIX(f"template {template_id} claims {count} fields")
+                fields = [FIELD.unpack_from(message, body + i * FIELD.size) for i in range(count)]
+                if any(ie in _ADDRESSES and n != _ADDRESSES[ie] for ie, n in fields):
+                    raise MalformedIPFIX(f"template {template_id} has an address of the wrong length")
+                templates[template_id] = fields
+                body += count * FIELD.size
+        elif set_id >= 256:
+            fields = templates.get(set_id)
+            if fields is None:
+                raise MalformedIPFIX(f"data set {set_id} without its template")
+            size = sum(n for _, n in fields)
+            while size and end - body >= size:
+                record = {}
+                for ie, n in fields:
+                    raw = message[body:body + n]
+                    record[ie] = str(ipaddress.ip_address(raw)) if ie in _ADDRESSES else int.from_bytes(raw, "big")
+                    body += n
+                records.append(record)
+        at = end
+    return (version, length, export_time, sequence, domain), records
+
+
+class Exporter:
+    """Sends flow records to one collector; never blocks (a full socket drops, counted)."""
+
+    def __init__(self, collector: tuple, template_interval: float, domain: int = 1):
+        self.host, self.port = collector
+        self.template_interval = template_interval
+        self.domain = domain
+        self.sequence = 0
+        self.templates_due = 0.0
+        self.sock, self.address = None, None
+        self.sent_messages = self.sent_records = self.failed = 0
+        self.error = None
+
+    def _connect(self) -> bool:
+        if self.sock is not None:
+            return True
+        try:
+            family, kind, proto, _, address = socket.getaddrinfo(self.host, self.port, type=socket.SOCK_DGRAM)[0]
+            self.sock = socket.socket(family, kind, proto)
+            self.sock.setblocking(False)
+            self.address = address
+            return True
+        except OSError as exc:
+            self.error = f"collector {self.host}:{self.port}: {exc}"
+            return False
+
+    def export(self, records) -> None:
+        now = time.monotonic()
+        with_templates = now >= self.templates_due
+        if not records and not with_templates:
+            return
+        if not self._connect():
+            self.failed += len(records)
+            return
+        out, sequence = messages(records, self.sequence, int(time.time()), self.domain, with_templates)
+        if with_templates:
+            self.templates_due = now + self.template_interval
+        for message in out:
+            try:
+                self.sock.sendto(message, self.address)
+                self.sent_messages += 1
+            except OSError as exc:  # a full buffer or an unreachable collector: those records are lost
+                self.failed += 1
+                self.error = f"collector {self.host}:{self.port}: {exc.strerror or exc}"
+        self.sent_records += 2 * len(records)
+        self.sequence = sequence
+
+    def tick(self) -> None:
+        """Resend the templates when due (also when no record flows)."""
+        if time.monotonic() >= self.templates_due:
+            self.export([])
+
+    def status(self) -> dict:
+        return {"collector": f"{self.host}:{self.port}", "messages": self.sent_messages,
+                "records": self.sent_records, "failed": self.failed, "error": self.error}
+
+    def close(self) -> None:
+        if self.sock is not None:
+            self.sock.close()
+            self.sock = None

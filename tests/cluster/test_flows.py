@@ -1,0 +1,342 @@
+"""Flow records from real agents (issue 26, docs/flows.md): two nodes, VXLAN between them,
+pods in namespaces x and y, a policy on x/a that allows one flow and denies others.
+
+Each connection is made with a known payload (lab/flow_traffic.py) and looked up in
+the journals by its 5-tuple: workloads, ports, verdict, the policy the kernel marked,
+and byte counters (payload plus headers) within a few percent.  One module cluster
+serves every test here.
+"""
+
+import json
+import os
+import subprocess
+import sys
+import time
+
+import pytest
+import yaml
+
+from lab.cluster import REPO, Cluster, wait_for
+
+FLOW_INTERVAL = 2.0
+CONFIG = {"Network": "10.244.0.0/16", "EnableIPv6": True, "IPv6Network": "fd10:244::/48",
+          "Backend": {"Type": "vxlan", "VNI": 1}, "FlowLog": True}
+POLICY = {"apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
+          "metadata": {"name": "from-y", "namespace": "x"},
+          "spec": {"podSelector": {"matchLabels": {"app": "a"}}, "policyTypes": ["Ingress"],
+                   "ingress": [{"from": [{"namespaceSelector": {"matchLabels": {"ns": "y"}}}],
+                                "ports": [{"port": 80}, {"protocol": "UDP", "port": 81}]}]}}
+OBJECTS = [{"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": n, "labels": {"ns": n}}}
+           for n in ("x", "y")] + \
+          [{"apiVersion": "v1", "kind": "Pod", "metadata": {"namespace": ns, "name": name, "labels": {"app": name}}}
+           for ns, name in (("x", "a"), ("x", "b"), ("x", "e"), ("y", "c"), ("y", "d"))] + [POLICY]
+TCP_HEADERS = 52   # IPv4 20 + TCP 20 + timestamps 12, per packet
+TCP6_HEADERS = 72  # IPv6 40 + TCP 20 + timestamps 12
+UDP_HEADERS = 28
+
+
+class World:
+    def __init__(self, cluster, workdir):
+        self.cluster, self.workdir = cluster, workdir
+        self.nodes, self.pods, self.processes = [], {}, []
+
+    def flow_dir(self, node):
+        return os.path.join(node.dir, "flows")
+
+    def serve(self, ns, address, port):
+        proc = subprocess.Popen(["ip", "netns", "exec", ns, sys.executable, "-m", "lab.flow_traffic", "sink",
+                                 address, str(port)], stdout=subprocess.PIPE, text=True, cwd=REPO)
+        self.processes.append(proc)
+        assert proc.stdout.readline().strip() == "listening"
+
+    def send(self, src, protocol, address, port, size, count=1, hold=0.0):
+        out = self.pods[src].ns.run([sys.executable, "-m", "lab.flow_traffic", "send", protocol, address,
+                                     str(port), str(size), str(count), str(hold)], cwd=REPO, timeout=60)
+        return json.loads(out.stdout)
+
+    def weftctl_flows(self, *args, check=True):
+        dirs = [a for n in self.nodes for a in ("--dir", self.flow_dir(n))]
+        return self.cluster.weftctl("flows", *dirs, *args, check=check)
+
+    def records(self, node=None, final=True):
+        out = []
+        for n in [node] if node else self.nodes:
+            for name in sorted(os.listdir(self.flow_dir(n))) if os.path.isdir(self.flow_dir(n)) else ():
+                with open(os.path.join(self.flow_dir(n), name)) as handle:
+                    out += [json.loads(line) for line in handle if line.strip()]
+        return [r for r in out if final is None or r.get("final", True) == final]
+
+    def find(self, src, sport, dst, dport, proto, node=None, final=True, timeout=15.0):
+        def look():
+            return [r for r in self.records(node, final) if r["src"] == src and r["dst"] == dst
+                    and r["dport"] == dport and r["proto"] == proto and (sport is None or r["sport"] == sport)]
+        return wait_for(look, timeout, interval=0.2, what=f"a {proto} flow record {src}:{sport} -> {dst}:{dport}")
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory, installed):
+    workdir = tmp_path_factory.mktemp("flows")
+    cluster = Cluster(workdir / "cluster", installed)
+    made = World(cluster, str(workdir))
+    mounted = None
+    try:
+        cluster.set_network("weft", CONFIG)
+        made.nodes = [cluster.add_node() for _ in range(2)]
+        # node1's journal on a small filesystem of its own, which a test fills (ENOSPC)
+        mounted = made.flow_dir(made.nodes[0])
+        os.makedirs(mounted)
+        subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m,mode=0700", "weft-flows-test", mounted], check=True)
+        for node in made.nodes:
+            node.start_agent(extra=["--flow-log-dir", made.flow_dir(node),
+                                    "--flow-log-interval", str(FLOW_INTERVAL)])
+        for node in made.nodes:
+            node.wait_ready()
+            wait_for(lambda: len(node.status()["peers"]) == 1, 20, what=f"{node.name} peers")
+            wait_for(lambda: (node.status().get("policy") or {}).get("state") == "enforcing", 20,
+                     what=f"{node.name} enforcing policy")
+        path = os.path.join(str(workdir), "objects.yaml")
+        with open(path, "w") as handle:
+            yaml.safe_dump_all(OBJECTS, handle)
+        cluster.weftctl("apply", "-f", path)
+        placement = {("x", "a"): 0, ("x", "e"): 0, ("y", "c"): 0, ("x", "b"): 1, ("y", "d"): 1}
+        conf = {n.name: n.netconf(agentSocket=os.path.join(n.run_dir, "weftd.sock")) for n in made.nodes}
+        for (ns, name), index in placement.items():
+            node = made.nodes[index]
+            made.pods[ns, name] = node.add_pod(conf=conf[node.name], name=name, pod_namespace=ns)
+        for node in made.nodes:
+            wait_for(lambda: (node.status().get("policy") or {}).get("knownPods") == 10, 20,
+                     what=f"{node.name} knowing the 5 pods (10 addresses)")
+            wait_for(lambda: (node.status().get("flows") or {}).get("journal"), 10, what=f"{node.name} flow log on")
+        made.serve(made.pods["x", "a"].ns.name, made.pods["x", "a"].ip, 80)
+        made.serve(made.pods["x", "a"].ns.name, made.pods["x", "a"].ip, 81)
+        made.serve(made.pods["x", "a"].ns.name, made.pods["x", "a"].ips[1], 80)
+        made.serve(cluster.underlay.name, "192.168.100.254", 9000)
+        yield made
+    finally:
+        for proc in made.processes:
+            proc.kill()
+            proc.wait()
+        for node in made.nodes:
+            node.stop_agent()
+        if mounted:
+            subprocess.run(["umount", mounted], check=False)
+        cluster.cleanup()
+
+
+def _close(value, expected, tolerance=0.03):
+    return abs(value - expected) <= tolerance * expected
+
+
+@pytest.mark.parametrize("src,node_count", [(("y", "c"), 1), (("y", "d"), 2)], ids=["same-node", "cross-node"])
+def test_allowed_tcp_is_recorded_with_workloads_policy_and_bytes(world, src, node_count):
+    a = world.pods["x", "a"]
+    payload = 200_000
+    sent = world.send(src, "tcp", a.ip, 80, payload)
+    assert sent["answered"] == 1
+    source = world.pods[src]
+    records = wait_for(lambda: (lambda found: found if len(found) >= node_count else None)(
+        world.find(source.ip, sent["port"], a.ip, 80, "tcp")), 15, what=f"{node_count} node record(s)")
+    assert sorted(r["node"] for r in records) == sorted({source.node.name, a.node.name})
+    for record in records:
+        assert record["verdict"] == "allowed"
+        assert record["srcPod"] == f"{src[0]}/{src[1]}" and record["dstPod"] == "x/a"
+        assert record["sport"] == sent["port"] and record["network"] == "weft"
+        assert record["start"].endswith("Z") and record["end"] >= record["start"]
+        packets = record["packets"]["sent"]
+        assert _close(record["bytes"]["sent"], payload + packets * TCP_HEADERS), record
+        assert record["packets"]["received"] >= 2 and record["bytes"]["received"] > 0
+    on_a = next(r for r in records if r["node"] == a.node.name)
+    assert on_a["policy"] == "x/from-y" and on_a["ingressPolicy"] == "x/from-y"
+
+
+def test_ipv6_flows_allowed_and_denied(world):
+    a, d, e = world.pods["x", "a"], world.pods["y", "d"], world.pods["x", "e"]
+    assert ":" in a.ips[1]
+    sent = world.send(("y", "d"), "tcp", a.ips[1], 80, 100_000)
+    assert sent["answered"] == 1
+    records = wait_for(lambda: (lambda found: found if len(found) == 2 else None)(
+        world.find(d.ips[1], sent["port"], a.ips[1], 80, "tcp")), 15, what="both nodes' IPv6 records")
+    for record in records:
+        assert record["srcPod"] == "y/d" and record["dstPod"] == "x/a" and record["verdict"] == "allowed"
+        assert _close(record["bytes"]["sent"], 100_000 + record["packets"]["sent"] * TCP6_HEADERS), record
+    assert next(r for r in records if r["node"] == a.node.name)["policy"] == "x/from-y"
+    assert world.send(("x", "e"), "tcp", a.ips[1], 80, 10)["answered"] == 0
+    denied = world.find(e.ips[1], None, a.ips[1], 80, "tcp", node=a.node, timeout=10)[-1]
+    assert denied["verdict"] == "denied" and denied["policy"] == "x/from-y" and denied["srcPod"] == "x/e"
+
+
+def test_allowed_udp_counts_every_datagram(world):
+    a, c = world.pods["x", "a"], world.pods["y", "c"]
+    sent = world.send(("y", "c"), "udp", a.ip, 81, 1000, 20)
+    assert sent["answered"] == 20
+    # a UDP entry ends at its timeout; the interim record comes every FLOW_INTERVAL
+    record = world.find(c.ip, sent["port"], a.ip, 81, "udp", final=None)[-1]
+    assert record["verdict"] == "allowed" and record["policy"] == "x/from-y"
+    assert record["srcPod"] == "y/c" and record["dstPod"] == "x/a"
+    assert record["packets"] == {"sent": 20, "received": 20}
+    assert record["bytes"]["sent"] == 20 * (1000 + UDP_HEADERS)
+
+
+@pytest.mark.parametrize("src", [("x", "e"), ("x", "b")], ids=["same-node", "cross-node"])
+def test_denied_attempts_name_the_isolating_policy(world, src):
+    a = world.pods["x", "a"]
+    for protocol, port in (("tcp", 80), ("udp", 81)):
+        sent = world.send(src, protocol, a.ip, port, 10)
+        assert sent["answered"] == 0
+        record = world.find(world.pods[src].ip, None, a.ip, port, protocol, node=a.node,
+                            timeout=10)[-1]
+        assert record["verdict"] == "denied" and record["policy"] == "x/from-y"
+        assert record["policies"] == ["x/from-y"] and record["direction"] == "ingress"
+        assert record["srcPod"] == f"{src[0]}/{src[1]}" and record["dstPod"] == "x/a"
+
+
+def test_pod_to_outside_keeps_the_address(world):
+    c = world.pods["y", "c"]
+    sent = world.send(("y", "c"), "tcp", "192.168.100.254", 9000, 5000)
+    assert sent["answered"] == 1
+    record = world.find(c.ip, sent["port"], "192.168.100.254", 9000, "tcp")[-1]
+    assert record["srcPod"] == "y/c" and record["dstPod"] is None
+    assert record["verdict"] == "allowed" and record["policy"] is None
+
+
+def test_long_lived_connection_gets_interim_records(world):
+    a, d = world.pods["x", "a"], world.pods["y", "d"]
+    sent = world.send(("y", "d"), "tcp", a.ip, 80, 1000, 1, 2.5 * FLOW_INTERVAL)
+    records = [r for r in world.records(a.node, final=None) if r["src"] == d.ip and r["sport"] == sent["port"]]
+    interim = [r for r in records if not r["final"]]
+    final = world.find(d.ip, sent["port"], a.ip, 80, "tcp", node=a.node)
+    assert interim, records
+    assert {r["id"] for r in interim} == {final[0]["id"]}
+    assert interim[-1]["bytes"]["sent"] <= final[0]["bytes"]["sent"]
+
+
+def test_weftctl_flows_filters_and_merges_nodes(world):
+    a, d = world.pods["x", "a"], world.pods["y", "d"]
+    sent = world.send(("y", "d"), "tcp", a.ip, 80, 3000)
+    world.find(d.ip, sent["port"], a.ip, 80, "tcp", node=d.node)
+    world.find(d.ip, sent["port"], a.ip, 80, "tcp", node=a.node)
+    merged = [json.loads(line) for line in world.weftctl_flows("--json", "--pod", "y/d", "--port",
+                                                              str(sent["port"])).stdout.splitlines()]
+    assert len(merged) == 1 and sorted(merged[0]["nodes"]) == ["node1", "node2"]
+    per_node = world.weftctl_flows("--json", "--per-node", "--pod", "y/d", "--port", str(sent["port"])).stdout
+    assert sorted(json.loads(line)["node"] for line in per_node.splitlines()) == ["node1", "node2"]
+    denied = world.weftctl_flows("--json", "--verdict", "denied", "--policy", "x/from-y").stdout.splitlines()
+    assert denied and all(json.loads(line)["verdict"] == "denied" for line in denied)
+    table = world.weftctl_flows("--namespace", "y", "--node", "node2", "--peer", f"{a.ip}/32").stdout
+    assert f"y/d ({d.ip}:{sent['port']})" in table and "x/a" in table
+    assert world.weftctl_flows("--since", "yesterday", check=False).returncode == 2
+
+
+def test_a_reused_address_names_each_holder_in_its_own_flows(world):
+    node = world.nodes[0]
+    conf = node.netconf(agentSocket=os.path.join(node.run_dir, "weftd.sock"))
+    old = node.add_pod(conf=conf, name="old", pod_namespace="y")
+    world.pods["y", "old"] = old
+    before = world.send(("y", "old"), "tcp", "192.168.100.254", 9000, 100)
+    world.find(old.ip, before["port"], "192.168.100.254", 9000, "tcp")
+    assert node.delete_pod(old).code == 0
+    node.pods.remove(old)
+    reuse = dict(conf, runtimeConfig={"ips": [old.ip]})
+    new = node.add_pod(conf=reuse, name="new", pod_namespace="y")
+    world.pods["y", "new"] = new
+    assert new.ip == old.ip
+    after = world.send(("y", "new"), "tcp", "192.168.100.254", 9000, 100)
+    (first,) = world.find(old.ip, before["port"], "192.168.100.254", 9000, "tcp")
+    (second,) = world.find(new.ip, after["port"], "192.168.100.254", 9000, "tcp")
+    assert first["srcPod"] == "y/old" and second["srcPod"] == "y/new"
+    old.ns.delete()
+
+
+def _metric(node, name, **labels) -> float:
+    _, body = node.http("/metrics")
+    for line in body.splitlines():
+        if line.startswith(f"{name}{{") and all(f'{k}="{v}"' in line for k, v in labels.items()):
+            return float(line.rsplit(" ", 1)[1])
+    return 0.0
+
+
+def test_a_full_journal_drops_and_counts_while_traffic_and_agent_go_on(world):
+    a, node = world.pods["x", "a"], world.nodes[0]
+    filler = os.path.join(world.flow_dir(node), "filler")
+    subprocess.run(["dd", "if=/dev/zero", f"of={filler}", "bs=64k", "count=100"], capture_output=True)
+    try:
+        before = _metric(node, "weft_flows_dropped_total", network="weft", reason="disk-full")
+        for _ in range(3):
+            assert world.send(("y", "c"), "tcp", a.ip, 80, 2000)["answered"] == 1
+        wait_for(lambda: _metric(node, "weft_flows_dropped_total", network="weft", reason="disk-full") > before,
+                 15, what="records dropped as disk-full")
+        assert node.http("/healthz")[0] == 200 and node.status()["ready"]
+        assert (node.status()["flows"] or {}).get("dropped", {}).get("disk-full", 0) >= 1
+    finally:
+        os.unlink(filler)
+    sent = world.send(("y", "c"), "tcp", a.ip, 80, 2000)
+    assert world.find(world.pods["y", "c"].ip, sent["port"], a.ip, 80, "tcp", node=node)
+
+
+def test_policy_denials_is_a_view_of_the_denied_flow_records(world):
+    a, e = world.pods["x", "a"], world.pods["x", "e"]
+    sent = world.send(("x", "e"), "tcp", a.ip, 80, 10)
+    world.find(e.ip, None, a.ip, 80, "tcp", node=a.node)
+    out = world.cluster.weftctl("policy", "denials", "--state-dir", a.node.state_dir,
+                                "--flow-log-dir", world.flow_dir(a.node)).stdout
+    assert f"ingress denied x/e ({e.ip}) -> x/a ({a.ip}) TCP/80 (isolated by x/from-y)" in out, out
+    assert sent["answered"] == 0
+
+
+def test_ipfix_export_reaches_a_real_collector(world, tmp_path):
+    """FlowLog {"IPFIX": ...} set live; nfcapd (Debian's nfdump) collects on the underlay,
+    nfdump reads back both one-way records of a connection with their counters."""
+    collected = tmp_path / "nfcapd"
+    collected.mkdir()
+    collector = subprocess.Popen(["ip", "netns", "exec", world.cluster.underlay.name, "nfcapd", "-b",
+                                  "192.168.100.254", "-p", "4739", "-w", str(collected), "-t", "3600"],
+                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        world.cluster.set_network("weft", dict(CONFIG, FlowLog={"IPFIX": "192.168.100.254:4739"}))
+        node = world.pods["x", "a"].node
+        wait_for(lambda: ((node.status().get("flows") or {}).get("ipfix") or {}).get("messages"), 20,
+                 what="the agent sending IPFIX templates")
+        a, c = world.pods["x", "a"], world.pods["y", "c"]
+        sent = world.send(("y", "c"), "tcp", a.ip, 80, 50_000)
+        (record,) = world.find(c.ip, sent["port"], a.ip, 80, "tcp", node=node)
+        wait_for(lambda: (node.status()["flows"]["ipfix"] or {}).get("records", 0) >= 2, 10, what="records sent")
+    finally:
+        collector.terminate()
+        collector.wait(timeout=10)
+        world.cluster.set_network("weft", CONFIG)
+    out = subprocess.run(["nfdump", "-R", str(collected), "-q", "-o",
+                          "fmt:%pr %sa %sp %da %dp %pkt %byt"], capture_output=True, text=True, check=True).stdout
+    rows = [line.split() for line in out.splitlines()]
+    forward = ["TCP", c.ip, str(sent["port"]), a.ip, "80", str(record["packets"]["sent"]),
+               str(record["bytes"]["sent"])]
+    backward = ["TCP", a.ip, "80", c.ip, str(sent["port"]), str(record["packets"]["received"]),
+                str(record["bytes"]["received"])]
+    assert forward in rows and backward in rows, out
+
+
+def test_weftctl_flows_follow_prints_new_records(world):
+    import select
+
+    a, c = world.pods["x", "a"], world.pods["y", "c"]
+    dirs = [x for n in world.nodes for x in ("--dir", world.flow_dir(n))]
+    follow = subprocess.Popen([os.path.join(world.cluster.installed, "bin", "weftctl"), "flows", *dirs, "--follow",
+                               "--json", "--pod", "y/c"],
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        time.sleep(1.0)  # its offsets taken: only what comes now is printed
+        sent = world.send(("y", "c"), "tcp", a.ip, 80, 100)
+        deadline = time.monotonic() + 15
+        seen = []
+        while time.monotonic() < deadline and not any(r["sport"] == sent["port"] for r in seen):
+            if select.select([follow.stdout], [], [], 0.5)[0]:
+                seen.append(json.loads(follow.stdout.readline()))
+        assert any(r["sport"] == sent["port"] and r["srcPod"] == "y/c" for r in seen), seen
+    finally:
+        follow.terminate()
+        follow.wait(timeout=10)
+
+
+def test_an_invalid_flowlog_is_refused_with_the_key_named(world):
+    refused = world.cluster.set_network_raw(dict(CONFIG, FlowLog={"IPFIX": "collector"}))
+    assert refused.returncode != 0 and "FlowLog.IPFIX 'collector'" in refused.stderr, refused.stderr
+    assert (world.nodes[0].status().get("flows") or {}).get("setting") == "on"  # the stored config stands

@@ -1,0 +1,71 @@
+"""The IPFIX codec (cni_plugin/flows/ipfix.py): flow records round-trip through messages
+(templates, both families, split under MAX_MESSAGE with sequence numbers counting data
+records), and random or cut bytes end in MalformedIPFIX or a result.  The real
+collector (nfcapd, read back with nfdump) is in tests/cluster/test_flows.py."""
+
+import ipaddress
+
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from cni_plugin.flows import ipfix
+
+BOUNDED = settings(max_examples=100, deadline=2000, suppress_health_check=[HealthCheck.too_slow])
+
+
+@st.composite
+def flow_records(draw):
+    version = draw(st.sampled_from((4, 6)))
+    address = st.integers(0, 2 ** (32 if version == 4 else 128) - 1).map(
+        lambda n: str(ipaddress.IPv4Address(n) if version == 4 else ipaddress.IPv6Address(n)))
+    return {"src": draw(address), "dst": draw(address), "sport": draw(st.integers(0, 65535)),
+            "dport": draw(st.integers(0, 65535)), "proto": draw(st.sampled_from(("tcp", "udp", "sctp"))),
+            "start": "2026-12-07T04:00:00.125Z", "end": "2026-12-07T04:00:09.5Z",
+            "bytes": {"sent": draw(st.integers(0, 2 ** 40)), "received": draw(st.integers(0, 2 ** 40))},
+            "packets": {"sent": draw(st.integers(0, 2 ** 30)), "received": draw(st.integers(0, 2 ** 30))}}
+
+
+@BOUNDED
+@given(st.lists(flow_records(), max_size=60), st.integers(0, 2 ** 32 - 1))
+def test_records_round_trip_two_one_way_records_each(records, sequence):
+    out, after = ipfix.messages(records, sequence, 1796616000, 7, with_templates=True)
+    templates, decoded, expected_sequence = {}, [], sequence
+    for message in out:
+        assert len(message) <= ipfix.MAX_MESSAGE
+        (version, _, export_time, seq, domain), got = ipfix.decode(message, templates)
+        assert (version, export_time, seq, domain) == (10, 1796616000, expected_sequence & 0xFFFFFFFF, 7)
+        expected_sequence += len(got)
+        decoded += got
+    assert after == sequence + 2 * len(records)
+    assert len(decoded) == 2 * len(records)
+    for record, forward, backward in zip(records, decoded[::2], decoded[1::2]):
+        v6 = ":" in record["src"]
+        src_ie, dst_ie = (27, 28) if v6 else (8, 12)
+        assert (forward[src_ie], forward[dst_ie], forward[7], forward[11]) == \
+            (str(ipaddress.ip_address(record["src"])), str(ipaddress.ip_address(record["dst"])),
+             record["sport"], record["dport"])
+        assert (forward[1], forward[2]) == (record["bytes"]["sent"], record["packets"]["sent"])
+        assert (backward[1], backward[2]) == (record["bytes"]["received"], record["packets"]["received"])
+        assert (backward[7], backward[11]) == (record["dport"], record["sport"])
+        assert (forward[152], forward[153]) == (1796616000125, 1796616009500)
+
+
+def test_templates_alone_when_nothing_flows():
+    (message,), sequence = ipfix.messages([], 5, 0, 1, with_templates=True)
+    templates = {}
+    assert ipfix.decode(message, templates)[1] == [] and sorted(templates) == [256, 257] and sequence == 5
+
+
+@BOUNDED
+@given(st.binary(max_size=300), st.data())
+def test_random_or_cut_messages_fail_cleanly(raw, data):
+    (message,), _ = ipfix.messages([{"src": "10.0.0.1", "dst": "10.0.0.2", "sport": 1, "dport": 2,
+                                     "proto": "udp", "start": "2026-12-07T04:00:00Z", "end": "2026-12-07T04:00:01Z",
+                                     "bytes": {"sent": 1, "received": 2}, "packets": {"sent": 1, "received": 1}}],
+                                   0, 0, 1, with_templates=True)
+    cut = data.draw(st.integers(0, len(message)))
+    for candidate in (raw, message[:cut], message[:cut] + raw[:len(message) - cut]):
+        try:
+            ipfix.decode(candidate, {})
+        except ipfix.MalformedIPFIX:
+            pass
