@@ -28,8 +28,11 @@ READ_TIMEOUT = 30.0
 
 
 class CniServer:
-    def __init__(self, path: str, log, metrics=None, masquerades=None, attaching=None):
+    def __init__(self, path: str, log, metrics=None, masquerades=None, attaching=None, teardown=None,
+                 detaching=None):
         self.path = path
+        self.teardown = teardown  # agent/teardown_queue.py: DELs finish off the caller's path
+        self.detaching = detaching  # (network, ips): addresses leave the policy sets
         self.attaching = attaching  # the policy fast path: (network, ips, namespace, name)
         self.masquerades = masquerades  # network name -> True when this agent owns its table
         self.log = log
@@ -76,7 +79,8 @@ class CniServer:
             caller.set_probe(lambda: caller_left(conn))
             try:
                 out, code = invoke(role, environ, stdin, via="agent", agent_masquerades=self.masquerades,
-                                   agent_attaching=self.attaching, netns_fd=netns_fd)
+                                   agent_attaching=self.attaching, netns_fd=netns_fd,
+                                   teardown=self.teardown, agent_detaching=self.detaching)
             finally:
                 caller.set_probe(None)
                 if netns_fd is not None:  # held open, it would pin a dead pod's namespace and veth

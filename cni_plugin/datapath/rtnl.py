@@ -166,8 +166,12 @@ class Rtnl(RouteSocket):
         finally:
             os.close(fd)
 
-    def set_link(self, index: int, *, up=None, mtu=None, master=None, address=None, hairpin=None):
+    def set_link(self, index: int, *, up=None, mtu=None, master=None, address=None, hairpin=None, name=None):
+        """master=0 takes the link off its bridge; name renames it (the kernel refuses
+        to rename a link that is up: set it down in an earlier call)."""
         attrs = []
+        if name is not None:
+            attrs.append(nl.string_attr(nl.IFLA_IFNAME, name))
         if mtu is not None:
             attrs.append(nl.u32_attr(nl.IFLA_MTU, mtu))
         if master is not None:
