@@ -308,6 +308,7 @@ class Soak:
         report["weftd descriptors"] = descriptors
         report["seed"] = self.seed
         self.history_records = 0
+        report["teardown drained s"] = self.drain_teardown()
         report["leaks"] = self.audit()
         report["history records audited"] = self.history_records
         return report
@@ -363,6 +364,16 @@ class Soak:
         self.delete(node, slot, None)
         return slot.state == "absent"
 
+    def drain_teardown(self, timeout: float = 60.0) -> float:
+        """Seconds until every DEL's background teardown (plugin/teardown.py) ended: the
+        audit judges what is left once weft says it is done, wfx links included."""
+        started = time.monotonic()
+        for node in self.nodes:
+            directory = os.path.join(node.dir, "weft", "teardown")
+            wait_for(lambda: not (os.listdir(directory) if os.path.isdir(directory) else []), timeout,
+                     interval=0.1, what=f"{node.name}'s teardown records finished ({directory})")
+        return round(time.monotonic() - started, 2)
+
     def audit(self) -> dict:
         leaks = {"ips": [], "links": [], "pod interfaces": [], "nft elements": [], "held twice": []}
         for node in self.nodes:
@@ -382,7 +393,7 @@ class Soak:
                     leaks["ips"].append(f"{node.name}: live {slot.cid}'s {slot.ip} has no reservation")
             wanted = {host_veth(cid) for cid in live}
             have = {link["ifname"] for link in node.ns.ip_json("link", "show")
-                    if link["ifname"].startswith("wft")}
+                    if link["ifname"].startswith(("wft", "wfx"))}  # wfx: cut off, never torn down
             leaks["links"] += [f"{node.name}: {name}" for name in sorted(have ^ wanted)]
             for slot in self.slots[node.index]:
                 has = any(link["ifname"] == "eth0" for link in slot.ns.ip_json("link", "show"))

@@ -25,8 +25,8 @@ input (Hypothesis) and checks exactly that.
 
 import ipaddress
 import struct
+from collections import namedtuple
 from dataclasses import dataclass
-from typing import Iterator, NamedTuple, Optional
 
 from .constants import AF_INET, AF_INET6, IFF_UP, RTNH_F_ONLINK
 from .errors import DatapathError
@@ -132,7 +132,7 @@ def ndmsg(*attrs: bytes, family: int, ifindex: int = 0, state: int = 0, flags: i
 
 
 # -- decoding: framing -------------------------------------------------------------------
-def messages(data) -> Iterator[tuple]:
+def messages(data):
     """(offset, length, type, flags, sequence) of each message in one datagram."""
     at, end = 0, len(data)
     while at < end:
@@ -210,32 +210,17 @@ class Link:
     kind: str
     mtu: int
     up: bool
-    master: Optional[int]
+    master: int | None
     address: str
 
 
-class RouteEntry(NamedTuple):
-    dst: ipaddress._BaseNetwork
-    gateway: Optional[ipaddress._BaseAddress]
-    oif: Optional[int]
-    onlink: bool
-
-
-class Route(NamedTuple):
-    """An RTM_NEWROUTE read for what weft compares (table: RTA_TABLE when present)."""
-    family: int
-    table: int
-    protocol: int
-    entry: RouteEntry
-
-
-class Neighbour(NamedTuple):
-    """An RTM_NEWNEIGH (neighbour or FDB entry); dst/lladdr None when absent."""
-    family: int
-    ifindex: int
-    state: int
-    dst: Optional[ipaddress._BaseAddress]
-    lladdr: Optional[str]
+# plain namedtuples: typing's NamedTuple would cost the per-pod path typing's import
+RouteEntry = namedtuple("RouteEntry", "dst gateway oif onlink")  # network; address, int or None; bool
+RouteEntry.__doc__ = "A route's destination, gateway (None: none), output link (None: none) and onlink flag."
+Route = namedtuple("Route", "family table protocol entry")
+Route.__doc__ = "An RTM_NEWROUTE read for what weft compares (table: RTA_TABLE when present; entry: RouteEntry)."
+Neighbour = namedtuple("Neighbour", "family ifindex state dst lladdr")
+Neighbour.__doc__ = "An RTM_NEWNEIGH (neighbour or FDB entry); dst/lladdr None when absent."
 
 
 _LINK_ATTRS = (IFLA_ADDRESS, IFLA_IFNAME, IFLA_MTU, IFLA_MASTER, IFLA_LINKINFO)

@@ -11,7 +11,6 @@ Format (one KEY=VALUE per line, '#' comments allowed):
 
 import ipaddress
 from dataclasses import dataclass
-from typing import Optional
 
 from ..fsutil import write_atomic
 
@@ -24,10 +23,10 @@ class SubnetFileError(ValueError):
 class SubnetLease:
     network: ipaddress.IPv4Network
     subnet: ipaddress.IPv4Interface  # the node's subnet, with the gateway (.1) as address
-    mtu: Optional[int] = None
+    mtu: int | None = None
     ipmasq: bool = False
-    ipv6_network: Optional[ipaddress.IPv6Network] = None
-    ipv6_subnet: Optional[ipaddress.IPv6Interface] = None
+    ipv6_network: ipaddress.IPv6Network | None = None
+    ipv6_subnet: ipaddress.IPv6Interface | None = None
 
     def render(self) -> str:
         lines = [f"WEFT_NETWORK={self.network}", f"WEFT_SUBNET={self.subnet}"]
