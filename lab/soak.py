@@ -27,7 +27,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 
-from .attachment import host_veth
+from .attachment import host_veth, wait_torn_down
 from .cluster import descriptors_kept, wait_for
 from .namespaces import Namespace, sh
 
@@ -367,12 +367,7 @@ class Soak:
     def drain_teardown(self, timeout: float = 60.0) -> float:
         """Seconds until every DEL's background teardown (plugin/teardown.py) ended: the
         audit judges what is left once weft says it is done, wfx links included."""
-        started = time.monotonic()
-        for node in self.nodes:
-            directory = os.path.join(node.dir, "weft", "teardown")
-            wait_for(lambda: not (os.listdir(directory) if os.path.isdir(directory) else []), timeout,
-                     interval=0.1, what=f"{node.name}'s teardown records finished ({directory})")
-        return round(time.monotonic() - started, 2)
+        return sum(wait_torn_down(os.path.join(node.dir, "weft"), timeout) for node in self.nodes)
 
     def audit(self) -> dict:
         leaks = {"ips": [], "links": [], "pod interfaces": [], "nft elements": [], "held twice": []}

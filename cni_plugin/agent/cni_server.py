@@ -40,6 +40,8 @@ class CniServer:
         self.pool = ThreadPoolExecutor(max_workers=WORKERS, thread_name_prefix="weftd-cni")
         self.listener = None
         self.thread = None
+        self.in_flight = 0  # calls being served (the background teardown yields to them)
+        self.counting = threading.Lock()
 
     def start(self):
         os.makedirs(os.path.dirname(self.path) or ".", exist_ok=True)
@@ -77,11 +79,15 @@ class CniServer:
                 return
             started = time.monotonic()
             caller.set_probe(lambda: caller_left(conn))
+            with self.counting:
+                self.in_flight += 1
             try:
                 out, code = invoke(role, environ, stdin, via="agent", agent_masquerades=self.masquerades,
                                    agent_attaching=self.attaching, netns_fd=netns_fd,
                                    teardown=self.teardown, agent_detaching=self.detaching)
             finally:
+                with self.counting:
+                    self.in_flight -= 1
                 caller.set_probe(None)
                 if netns_fd is not None:  # held open, it would pin a dead pod's namespace and veth
                     os.close(netns_fd)

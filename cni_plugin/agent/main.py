@@ -71,7 +71,8 @@ def main(argv=None) -> int:
         if agent is not None:
             agent.detaching(ips)
 
-    teardown = TeardownQueue(args.state_dir, log, detaching, masquerades)
+    # the teardown yields to the calls the server is serving (cni is bound below)
+    teardown = TeardownQueue(args.state_dir, log, detaching, masquerades, calls_in_flight=lambda: cni.in_flight)
     cni = CniServer(paths.agent_socket(args.run_dir), log, metrics, masquerades, attaching, teardown, detaching)
     try:
         cni.start()

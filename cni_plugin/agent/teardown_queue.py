@@ -13,24 +13,32 @@ agent kill; its address stays allocated until then).  A teardown that fails is
 retried every RETRY_INTERVAL; an ADD of the same attachment or a GC finishes a record
 themselves when they find one.  stop() lets the running teardown end and leaves the
 rest on disk for the next start.
+
+ADDs first: the worker yields to the CNI calls in flight (calls_in_flight, counted by
+the CNI server) before each step that competes with them for the rtnl lock, the
+nftables tables and the interpreter (yield_to_calls, at most YIELD_MAX each time), so
+a burst of pod starts is not slowed by the teardowns of the pods that just went.
 """
 
 import os
 import queue
 import threading
+import time
 
 from ..cni import invocation
 from ..plugin import teardown
 
 QUEUE_SIZE = 256
 RETRY_INTERVAL = 5.0  # seconds between tries of a teardown that failed
+YIELD_MAX = 0.25  # seconds a step waits for the CNI calls in flight to end
+YIELD_POLL = 0.002
 DIRS_FILE = "teardown-dirs"
 DEFAULT_LOCK_TIMEOUT = 10.0  # seconds; a record's own netconf lockTimeout is used when known
 _STOP = None
 
 
 class TeardownQueue:
-    def __init__(self, state_dir: str, log, detaching=None, masquerades=None):
+    def __init__(self, state_dir: str, log, detaching=None, masquerades=None, calls_in_flight=None):
         self.dirs_file = os.path.join(state_dir, DIRS_FILE)
         self.log = log
         self.context = invocation.Context("agent", agent_masquerades=masquerades, teardown=self,
@@ -43,6 +51,15 @@ class TeardownQueue:
         self.stopping = threading.Event()
         self.thread = None
         self.finished = 0
+        self.calls_in_flight = calls_in_flight or (lambda: 0)
+
+    def yield_to_calls(self) -> None:
+        """In the worker thread: wait (bounded) until no CNI call is being served."""
+        if threading.current_thread() is not self.thread:
+            return  # an ADD or GC finishing a teardown itself: it is the call
+        deadline = time.monotonic() + YIELD_MAX
+        while self.calls_in_flight() and time.monotonic() < deadline:
+            time.sleep(YIELD_POLL)
 
     def start(self) -> None:
         self.thread = threading.Thread(target=self._run, name="weftd-teardown", daemon=True)

@@ -40,6 +40,7 @@ NLM_F_REPLACE, NLM_F_EXCL, NLM_F_CREATE = 0x100, 0x200, 0x400
 NLM_F_DUMP = 0x300                         # NLM_F_ROOT | NLM_F_MATCH
 NLMSG_ERROR, NLMSG_DONE, NLMSG_OVERRUN = 2, 3, 4
 NLA_TYPE_MASK = 0x3FFF                     # without NLA_F_NESTED / NLA_F_NET_BYTEORDER
+NLA_F_NESTED = 0x8000                      # required by parsers that are not "deprecated" (CTA_FILTER's)
 
 # -- rtnetlink (linux/rtnetlink.h and friends) -------------------------------------------
 RTM_NEWLINK, RTM_DELLINK, RTM_GETLINK = 16, 17, 18
@@ -62,6 +63,18 @@ NFNL_SUBSYS_NFTABLES = 10
 NFT_MSG_NEWGEN = 15                        # a transaction's commit: names no table
 NFT_TABLE_ATTRIBUTE = 1                    # NFTA_TABLE_NAME, NFTA_CHAIN_TABLE, NFTA_RULE_TABLE, ... all 1
 
+# -- nfnetlink / ctnetlink (linux/netfilter/nfnetlink_conntrack.h) ------------------------
+NFNL_SUBSYS_CTNETLINK = 1
+CT_NEW = NFNL_SUBSYS_CTNETLINK << 8 | 0    # IPCTNL_MSG_CT_NEW: what a dump answers
+CT_GET = NFNL_SUBSYS_CTNETLINK << 8 | 1
+CT_DELETE = NFNL_SUBSYS_CTNETLINK << 8 | 2
+CTA_TUPLE_ORIG, CTA_TUPLE_REPLY, CTA_ZONE, CTA_FILTER = 1, 2, 18, 25
+CTA_TUPLE_IP = 1
+CTA_IP_SRC = {AF_INET: 1, AF_INET6: 3}     # CTA_IP_V4_SRC, CTA_IP_V6_SRC
+CTA_IP_DST = {AF_INET: 2, AF_INET6: 4}     # CTA_IP_V4_DST, CTA_IP_V6_DST
+CTA_FILTER_ORIG_FLAGS, CTA_FILTER_REPLY_FLAGS = 1, 2
+CTA_FILTER_FLAG_IP_SRC, CTA_FILTER_FLAG_IP_DST = 1 << 0, 1 << 1
+
 # -- layouts -----------------------------------------------------------------------------
 HEADER = struct.Struct("=IHHII")           # nlmsghdr: length, type, flags, sequence, port
 ATTR = struct.Struct("=HH")                # nlattr: length, type
@@ -69,7 +82,8 @@ IFINFOMSG = struct.Struct("=BxHiII")       # family, (pad), type, index, flags, 
 IFADDRMSG = struct.Struct("=BBBBi")        # family, prefixlen, flags, scope, index
 RTMSG = struct.Struct("=BBBBBBBBI")        # family, dst_len, src_len, tos, table, protocol, scope, type, flags
 NDMSG = struct.Struct("=BxxxiHBB")         # family, (pads), ifindex, state, flags, type
-NFGENMSG_SIZE = 4                          # family, version, res_id
+NFGENMSG = struct.Struct("=BBH")           # nfgenmsg: family, version, res_id
+NFGENMSG_SIZE = NFGENMSG.size
 RTNEXTHOP = struct.Struct("=HBBi")         # rtnexthop: length, flags, hops, ifindex
 _U32 = struct.Struct("=I")
 _I32 = struct.Struct("=i")
@@ -129,6 +143,33 @@ def rtmsg(*attrs: bytes, family: int, dst_len: int = 0, table: int = 0, protocol
 
 def ndmsg(*attrs: bytes, family: int, ifindex: int = 0, state: int = 0, flags: int = 0) -> bytes:
     return NDMSG.pack(family, ifindex, state, flags, 0) + b"".join(attrs)
+
+
+def nfgenmsg(*attrs: bytes, family: int) -> bytes:
+    """nfgenmsg (family, NFNETLINK_V0, res_id 0) and attributes."""
+    return NFGENMSG.pack(family, 0, 0) + b"".join(attrs)
+
+
+def conntrack_dump(ip, reply: bool, source: bool) -> bytes:
+    """The body of a ctnetlink dump of the entries whose original (reply: reply)
+    direction has `ip` (an ipaddress object) as source (else destination), filtered by
+    the kernel (CTA_FILTER, Linux 5.8)."""
+    family = AF_INET if ip.version == 4 else AF_INET6
+    end = (CTA_IP_SRC if source else CTA_IP_DST)[family]
+    flag = CTA_FILTER_FLAG_IP_SRC if source else CTA_FILTER_FLAG_IP_DST
+    tuple_ = nested((CTA_TUPLE_REPLY if reply else CTA_TUPLE_ORIG) | NLA_F_NESTED,
+                    nested(CTA_TUPLE_IP | NLA_F_NESTED, attr(end, ip.packed)))
+    return nfgenmsg(tuple_, nested(CTA_FILTER | NLA_F_NESTED,
+                                   u32_attr(CTA_FILTER_REPLY_FLAGS if reply else CTA_FILTER_ORIG_FLAGS, flag)),
+                    family=family)
+
+
+def conntrack_delete(family: int, entry: tuple) -> bytes:
+    """The body deleting one entry: its original tuple and zone as a dump gave them
+    (decode_conntrack), handed back unchanged."""
+    tuple_orig, zone = entry
+    return nfgenmsg(attr(CTA_TUPLE_ORIG | NLA_F_NESTED, tuple_orig), *([attr(CTA_ZONE, zone)] if zone is not None else []),
+                    family=family)
 
 
 # -- decoding: framing -------------------------------------------------------------------
@@ -294,3 +335,19 @@ def decode_neighbour(data, offset: int, length: int) -> Neighbour:
                      ip_address(dst, family if family in _ADDRESS_SIZE else None, "NDA_DST")
                      if dst is not None else None,
                      mac(lladdr) if lladdr is not None else None)
+
+
+
+def decode_conntrack(data, offset: int, length: int) -> tuple:
+    """(family, (CTA_TUPLE_ORIG bytes, CTA_ZONE bytes or None)) of a ctnetlink entry:
+    what conntrack_delete hands back to the kernel, which parses it itself."""
+    family, _, _ = body(data, offset, length, NFGENMSG)
+    attrs = attributes(data, offset + HEADER.size + NFGENMSG.size, offset + length, (CTA_TUPLE_ORIG, CTA_ZONE))
+    if CTA_TUPLE_ORIG not in attrs:
+        raise MalformedMessage("netlink: a conntrack entry without CTA_TUPLE_ORIG")
+    tuple_orig = attrs[CTA_TUPLE_ORIG]
+    attributes(tuple_orig, 0, len(tuple_orig))  # well-formed within its bounds
+    zone = attrs.get(CTA_ZONE)
+    if zone is not None and len(zone) != 2:
+        raise MalformedMessage(f"netlink: CTA_ZONE of {len(zone)} bytes, expected 2")
+    return family, (tuple_orig, zone)

@@ -64,16 +64,17 @@ def socket_in(netns, protocol: int = nl.NETLINK_ROUTE) -> raw_socket:
 
 
 class RouteSocket:
-    """One plain rtnetlink socket, in this namespace or in `netns` (a path or a
-    descriptor: namespace_fd), bound, with its own sequence numbers; strict: the kernel
-    checks dump requests strictly and filters dumps by what they name
-    (NETLINK_GET_STRICT_CHK, Linux 4.20)."""
+    """One plain rtnetlink socket (protocol: another netlink family, e.g.
+    NETLINK_NETFILTER), in this namespace or in `netns` (a path or a descriptor:
+    namespace_fd), bound, with its own sequence numbers; strict: the kernel checks dump
+    requests strictly and filters dumps by what they name (NETLINK_GET_STRICT_CHK,
+    Linux 4.20)."""
 
-    def __init__(self, netns=None, strict: bool = False):
+    def __init__(self, netns=None, strict: bool = False, protocol: int = nl.NETLINK_ROUTE):
         if netns is not None and netns != "":  # a descriptor may be 0
-            self.sock = socket_in(netns)
+            self.sock = socket_in(netns, protocol)
         else:
-            self.sock = raw_socket(AF_NETLINK, SOCK_RAW, nl.NETLINK_ROUTE)
+            self.sock = raw_socket(AF_NETLINK, SOCK_RAW, protocol)
         try:
             if strict:
                 self.sock.setsockopt(nl.SOL_NETLINK, nl.NETLINK_GET_STRICT_CHK, 1)
@@ -91,14 +92,6 @@ class RouteSocket:
 
     def __exit__(self, *exc):
         self.close()
-
-
-class Rtnl(RouteSocket):
-    """One rtnetlink socket, in this namespace or in `netns` (a path or a descriptor)."""
-
-    def __init__(self, netns=None):
-        # kernel-side filtering of dumps (addresses of one link, routes of one table)
-        super().__init__(netns, strict=True)
 
     # -- transport -------------------------------------------------------------
     def _request(self, msg_type: int, flags: int, body: bytes, what: str, decode=None) -> list:
@@ -123,6 +116,14 @@ class Rtnl(RouteSocket):
                     replies.append(decode(data, offset, length))
             if not flags & (nl.NLM_F_DUMP | nl.NLM_F_ACK):
                 return replies
+
+
+class Rtnl(RouteSocket):
+    """One rtnetlink socket, in this namespace or in `netns` (a path or a descriptor)."""
+
+    def __init__(self, netns=None):
+        # kernel-side filtering of dumps (addresses of one link, routes of one table)
+        super().__init__(netns, strict=True)
 
     # -- links -----------------------------------------------------------------
     def link(self, name: str) -> Link | None:

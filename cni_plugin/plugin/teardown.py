@@ -128,15 +128,21 @@ def finish(data_dir: str, record: dict) -> None:
         same = rt.link(host_veth)  # the agent was killed between the record and the cut-off
         if same is not None and same.index == record["index"]:
             links.retire(rt, host_veth, record["retired"])
+    queue = invocation.current().teardown
+    pause = queue.yield_to_calls if queue is not None else (lambda: None)  # pod starts go first
+    pause()
     source_validation.detach(cfg, host_veth)
     ips = held_addresses(cfg, env)
     if ips:
         invocation.current().agent_detaching(cfg.name, ips)
+        pause()
         from ..datapath import conntrack
 
         conntrack.flush(ips)
+    pause()
     with netns.open_node() as rt:
         links.delete(rt, record["retired"])
+    pause()
     delegate.run(cfg.ipam_type, "DEL", env, cfg.delegate_conf)
     try:
         os.unlink(record_path(data_dir, host_veth))
@@ -147,15 +153,11 @@ def finish(data_dir: str, record: dict) -> None:
 
 
 def held_addresses(cfg, env) -> list:
-    """The attachment's addresses: its prevResult's, and those weft-ipam's index holds."""
+    """The attachment's addresses.  weft-ipam: what its index still lists (so a
+    teardown finished again after its release, an agent killed in between, touches no
+    address that may have gone to another pod since); another IPAM: its prevResult's."""
     import ipaddress
 
-    found = []
-    if cfg.prev_result:
-        from ..cni import result as cni_result
-
-        prev = cni_result.normalize(cfg.prev_result)
-        found += [ipaddress.ip_interface(ip["address"]).ip for ip in prev["ips"]]
     if cfg.ipam_type == "weft-ipam":
         from ..ipam import config as ipam_config
         from ..ipam.store import Attachment, Store
@@ -164,9 +166,10 @@ def held_addresses(cfg, env) -> list:
         store = Store(ipam_cfg.data_dir, ipam_cfg.network)
         # the index is replaced atomically and only this attachment's calls change it (we
         # hold its lock): read without the store's lock, which the release takes next
-        found += store.indexed_ips(Attachment(env.container_id, env.ifname)) or []
-    unique = []
-    for ip in found:
-        if ip not in unique:
-            unique.append(ip)
-    return unique
+        return store.indexed_ips(Attachment(env.container_id, env.ifname)) or []
+    if not cfg.prev_result:
+        return []
+    from ..cni import result as cni_result
+
+    return list(dict.fromkeys(ipaddress.ip_interface(ip["address"]).ip
+                              for ip in cni_result.normalize(cfg.prev_result)["ips"]))

@@ -18,7 +18,7 @@ import pytest
 import yaml
 
 from cni_plugin.guard import ports
-from lab.attachment import holding, host_veth
+from lab.attachment import holding, host_veth, teardowns_pending
 from lab.cluster import Cluster, wait_for
 from lab.cni import invoke
 from lab.namespaces import Namespace
@@ -81,8 +81,7 @@ def releases(node, ip: str) -> int:
 
 
 def records(node) -> list:
-    directory = os.path.join(node.dir, "weft", "teardown")
-    return sorted(os.listdir(directory)) if os.path.isdir(directory) else []
+    return teardowns_pending(os.path.join(node.dir, "weft"))
 
 
 def in_policy_sets(node, ip: str) -> bool:
