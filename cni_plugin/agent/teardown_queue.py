@@ -14,10 +14,11 @@ retried every RETRY_INTERVAL; an ADD of the same attachment or a GC finishes a r
 themselves when they find one.  stop() lets the running teardown end and leaves the
 rest on disk for the next start.
 
-ADDs first: the worker yields to the CNI calls in flight (calls_in_flight, counted by
-the CNI server) before each step that competes with them for the rtnl lock, the
-nftables tables and the interpreter (yield_to_calls, at most YIELD_MAX each time), so
-a burst of pod starts is not slowed by the teardowns of the pods that just went.
+ADDs first: before each teardown the worker yields to the CNI calls in flight
+(calls_in_flight, counted by the CNI server; at most YIELD_MAX), which compete with it
+for the rtnl lock, the nftables tables and the interpreter, so a burst of pod starts
+is slowed less by the teardowns of the pods that just went.  It never waits while it
+holds an attachment's lock (a call may be waiting for that lock).
 """
 
 import os
@@ -30,7 +31,7 @@ from ..plugin import teardown
 
 QUEUE_SIZE = 256
 RETRY_INTERVAL = 5.0  # seconds between tries of a teardown that failed
-YIELD_MAX = 0.25  # seconds a step waits for the CNI calls in flight to end
+YIELD_MAX = 0.25  # seconds a teardown waits for the CNI calls in flight to end
 YIELD_POLL = 0.002
 DIRS_FILE = "teardown-dirs"
 DEFAULT_LOCK_TIMEOUT = 10.0  # seconds; a record's own netconf lockTimeout is used when known
@@ -147,6 +148,7 @@ class TeardownQueue:
 
     def _finish(self, key, lock_timeout: float) -> None:
         data_dir, host_veth = key
+        self.yield_to_calls()  # before the attachment's lock: a call may be waiting for it
         try:
             invocation.within(self.context, teardown.finish_locked, data_dir, host_veth, lock_timeout)
             self.finished += 1

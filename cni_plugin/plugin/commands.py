@@ -238,6 +238,11 @@ def cmd_del(env, conf):
     lap("config")
     host_name = host_veth_name(env.container_id, env.ifname)
     queue = invocation.current().teardown
+    if queue is not None and teardown.read(cfg.data_dir, host_name) is not None \
+            and queue.submit(cfg.data_dir, host_name, cfg.lock_timeout):
+        # cut off by an earlier DEL (containerd's RemovePodSandbox repeats StopPodSandbox's):
+        # the same answer at once, without waiting for the lock its teardown may hold
+        return
     with attachment_lock.attachment(cfg.data_dir, host_name, "DEL", cfg.lock_timeout) as held:
         held.remove = True
         if teardown.read(cfg.data_dir, host_name) is None:

@@ -128,21 +128,15 @@ def finish(data_dir: str, record: dict) -> None:
         same = rt.link(host_veth)  # the agent was killed between the record and the cut-off
         if same is not None and same.index == record["index"]:
             links.retire(rt, host_veth, record["retired"])
-    queue = invocation.current().teardown
-    pause = queue.yield_to_calls if queue is not None else (lambda: None)  # pod starts go first
-    pause()
     source_validation.detach(cfg, host_veth)
     ips = held_addresses(cfg, env)
     if ips:
         invocation.current().agent_detaching(cfg.name, ips)
-        pause()
         from ..datapath import conntrack
 
         conntrack.flush(ips)
-    pause()
     with netns.open_node() as rt:
         links.delete(rt, record["retired"])
-    pause()
     delegate.run(cfg.ipam_type, "DEL", env, cfg.delegate_conf)
     try:
         os.unlink(record_path(data_dir, host_veth))
