@@ -336,9 +336,11 @@ class Soak:
             slot = Slot(node, len(self.slots[node.index]))
             self.slots[node.index].append(slot)  # audited and removed with the others
             self.cycle(node, slot, None)  # warm: whatever the path opens once and keeps
+            wait_torn_down(os.path.join(node.dir, "weft"))  # its teardown's descriptors are transient
             pid, before, threads = node.agent_pid(), node.agent_descriptors(), node.agent_threads()
             for trial in range(cycles):
                 self.cycle(node, slot, 0.02 * trial if trial % 3 == 1 else None)
+            wait_torn_down(os.path.join(node.dir, "weft"))
             try:  # an abandoned ADD's handler may still be unwinding
                 wait_for(lambda: not descriptors_kept(before, node.agent_descriptors(),
                                                       node.agent_threads() - threads), 15, interval=0.2)
