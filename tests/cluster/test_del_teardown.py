@@ -190,6 +190,8 @@ def test_del_idempotent_and_check_and_gc_agree(node):
     with records_lock(node):  # the teardown cannot start: the retired veth stays
         assert node.delete_pod(pod, conf=conf(node)).code == 0
         assert retired in links(node) and veth not in links(node)
+        # DEL again while the teardown waits: the same answer at once (its lock is not waited for)
+        assert node.delete_pod(pod, conf=conf(node)).code == 0 and retired in links(node)
         gc.start()
         gc.join(1.0)  # GC waits for the teardown in flight: it never sweeps it as debris
         assert "out" not in done and retired in links(node)
