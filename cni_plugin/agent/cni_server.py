@@ -40,7 +40,8 @@ class CniServer:
         self.pool = ThreadPoolExecutor(max_workers=WORKERS, thread_name_prefix="weftd-cni")
         self.listener = None
         self.thread = None
-        self.in_flight = 0  # calls being served (the background teardown yields to them)
+        self.in_flight = 0  # calls being served, and when the last began (the teardown yields to them)
+        self.last_call = 0.0
         self.counting = threading.Lock()
 
     def start(self):
@@ -81,6 +82,7 @@ class CniServer:
             caller.set_probe(lambda: caller_left(conn))
             with self.counting:
                 self.in_flight += 1
+                self.last_call = time.monotonic()
             try:
                 out, code = invoke(role, environ, stdin, via="agent", agent_masquerades=self.masquerades,
                                    agent_attaching=self.attaching, netns_fd=netns_fd,

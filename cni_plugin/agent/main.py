@@ -72,7 +72,8 @@ def main(argv=None) -> int:
             agent.detaching(ips)
 
     # the teardown yields to the calls the server is serving (cni is bound below)
-    teardown = TeardownQueue(args.state_dir, log, detaching, masquerades, calls_in_flight=lambda: cni.in_flight)
+    teardown = TeardownQueue(args.state_dir, log, detaching, masquerades, calls_in_flight=lambda: cni.in_flight,
+                             last_call=lambda: cni.last_call)
     cni = CniServer(paths.agent_socket(args.run_dir), log, metrics, masquerades, attaching, teardown, detaching)
     try:
         cni.start()

@@ -14,11 +14,13 @@ retried every RETRY_INTERVAL; an ADD of the same attachment or a GC finishes a r
 themselves when they find one.  stop() lets the running teardown end and leaves the
 rest on disk for the next start.
 
-ADDs first: before each teardown the worker yields to the CNI calls in flight
-(calls_in_flight, counted by the CNI server; at most YIELD_MAX), which compete with it
-for the rtnl lock, the nftables tables and the interpreter, so a burst of pod starts
-is slowed less by the teardowns of the pods that just went.  It never waits while it
-holds an attachment's lock (a call may be waiting for that lock).
+ADDs first: a teardown starts once no CNI call is in flight and none arrived for QUIET
+seconds (calls_in_flight, last_call: the CNI server's), or YIELD_MAX after its DEL
+at the latest (so a burst of DELs is not delayed more than that), since
+a teardown competes with pod starts for the rtnl lock (the kernel's veth deletion holds
+it through an RCU wait), the nftables tables and the interpreter: the pod that
+replaces one just deleted starts first.  It never waits while it holds an
+attachment's lock (a call may be waiting for that lock).
 """
 
 import os
@@ -31,15 +33,17 @@ from ..plugin import teardown
 
 QUEUE_SIZE = 256
 RETRY_INTERVAL = 5.0  # seconds between tries of a teardown that failed
-YIELD_MAX = 0.25  # seconds a teardown waits for the CNI calls in flight to end
-YIELD_POLL = 0.002
+YIELD_MAX = 0.5  # seconds a teardown waits for the node's CNI calls to pause
+QUIET = 0.05  # seconds without a new call that count as a pause (a runtime's next call comes sooner)
+YIELD_POLL = 0.005
 DIRS_FILE = "teardown-dirs"
 DEFAULT_LOCK_TIMEOUT = 10.0  # seconds; a record's own netconf lockTimeout is used when known
 _STOP = None
 
 
 class TeardownQueue:
-    def __init__(self, state_dir: str, log, detaching=None, masquerades=None, calls_in_flight=None):
+    def __init__(self, state_dir: str, log, detaching=None, masquerades=None, calls_in_flight=None,
+                 last_call=None):
         self.dirs_file = os.path.join(state_dir, DIRS_FILE)
         self.log = log
         self.context = invocation.Context("agent", agent_masquerades=masquerades, teardown=self,
@@ -53,13 +57,16 @@ class TeardownQueue:
         self.thread = None
         self.finished = 0
         self.calls_in_flight = calls_in_flight or (lambda: 0)
+        self.last_call = last_call or (lambda: 0.0)  # time.monotonic() of the last call's start
 
-    def yield_to_calls(self) -> None:
-        """In the worker thread: wait (bounded) until no CNI call is being served."""
+    def yield_to_calls(self, submitted: float) -> None:
+        """In the worker thread: wait until the node's CNI calls pause, at most until
+        YIELD_MAX after `submitted` (the DEL's time.monotonic())."""
         if threading.current_thread() is not self.thread:
             return  # an ADD or GC finishing a teardown itself: it is the call
-        deadline = time.monotonic() + YIELD_MAX
-        while self.calls_in_flight() and time.monotonic() < deadline:
+        deadline = submitted + YIELD_MAX
+        while time.monotonic() < deadline and (self.calls_in_flight()
+                                                or time.monotonic() - self.last_call() < QUIET):
             time.sleep(YIELD_POLL)
 
     def start(self) -> None:
@@ -89,7 +96,7 @@ class TeardownQueue:
             if key in self.queued:
                 return True
             try:
-                self.queue.put_nowait((key, lock_timeout))
+                self.queue.put_nowait((key, lock_timeout, time.monotonic()))
             except queue.Full:
                 return False
             self.queued.add(key)
@@ -126,8 +133,8 @@ class TeardownQueue:
                 continue
             if item is _STOP:
                 return
-            key, lock_timeout = item
-            self._finish(key, lock_timeout)
+            key, lock_timeout, submitted = item
+            self._finish(key, lock_timeout, submitted)
             with self.lock:
                 self.queued.discard(key)
 
@@ -146,9 +153,9 @@ class TeardownQueue:
         for key, lock_timeout in failed.items():
             self._finish(key, lock_timeout)
 
-    def _finish(self, key, lock_timeout: float) -> None:
+    def _finish(self, key, lock_timeout: float, submitted: float = 0.0) -> None:
         data_dir, host_veth = key
-        self.yield_to_calls()  # before the attachment's lock: a call may be waiting for it
+        self.yield_to_calls(submitted)  # before the attachment's lock: a call may be waiting for it
         try:
             invocation.within(self.context, teardown.finish_locked, data_dir, host_veth, lock_timeout)
             self.finished += 1
