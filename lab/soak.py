@@ -336,11 +336,11 @@ class Soak:
             slot = Slot(node, len(self.slots[node.index]))
             self.slots[node.index].append(slot)  # audited and removed with the others
             self.cycle(node, slot, None)  # warm: whatever the path opens once and keeps
-            wait_torn_down(os.path.join(node.dir, "weft"))  # its teardown's descriptors are transient
+            wait_torn_down(os.path.join(node.soak_data, "weft"))  # its teardown's descriptors are transient
             pid, before, threads = node.agent_pid(), node.agent_descriptors(), node.agent_threads()
             for trial in range(cycles):
                 self.cycle(node, slot, 0.02 * trial if trial % 3 == 1 else None)
-            wait_torn_down(os.path.join(node.dir, "weft"))
+            wait_torn_down(os.path.join(node.soak_data, "weft"))
             try:  # an abandoned ADD's handler may still be unwinding
                 wait_for(lambda: not descriptors_kept(before, node.agent_descriptors(),
                                                       node.agent_threads() - threads), 15, interval=0.2)
@@ -369,7 +369,7 @@ class Soak:
     def drain_teardown(self, timeout: float = 60.0) -> float:
         """Seconds until every DEL's background teardown (plugin/teardown.py) ended: the
         audit judges what is left once weft says it is done, wfx links included."""
-        return sum(wait_torn_down(os.path.join(node.dir, "weft"), timeout) for node in self.nodes)
+        return sum(wait_torn_down(os.path.join(node.soak_data, "weft"), timeout) for node in self.nodes)
 
     def audit(self) -> dict:
         leaks = {"ips": [], "links": [], "pod interfaces": [], "nft elements": [], "held twice": []}
