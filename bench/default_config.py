@@ -42,7 +42,7 @@ LABELS = {WEFT: "weft default (agent + etcd lease, masquerade on, libcni)",
           GO_11: "the same, plugins 1.1 (libcni)",
           WEFT_ALONE: "weft alone (same agent, no portmap, libcni)",
           GO_ALONE: "Go bridge+host-local 1.9.1 alone (libcni)"}
-TEARDOWN_WAIT = 10.0  # seconds a churn-free ADD waits for the background teardown to end
+TEARDOWN_WAIT = 30.0  # seconds at most that a call waits for weft's background teardown to end
 FLOOR_RUNS = 20
 
 
@@ -258,6 +258,7 @@ def default_config(ctx, attachments: int, adds: int, workers: int, rounds: int) 
                         outs = list(pool.map(lambda item: c.call(command, *item), zip(batch[c.kind], cids)))
                     walls[c.kind][command].append(round(time.perf_counter() - started, 3))
                     errors[c.kind] += [f"parallel {command}: {o}"[:300] for _, o in outs if o.code != 0]
+                _torn_down(teardown_dir)  # weft's background work ends before the next batch
             ctx.say(f"default config parallel round {r + 1}: "
                     + ", ".join(f"{c.kind} {walls[c.kind]['add'][-1]:.2f}s" for c in contenders))
         quiesce(ctx)
