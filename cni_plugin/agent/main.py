@@ -73,7 +73,7 @@ def main(argv=None) -> int:
 
     # the teardown yields to the calls the server is serving (cni is bound below)
     teardown = TeardownQueue(args.state_dir, log, detaching, masquerades, calls_in_flight=lambda: cni.in_flight,
-                             last_call=lambda: cni.last_call)
+                             last_call=lambda: cni.last_call, metrics=metrics)
     cni = CniServer(paths.agent_socket(args.run_dir), log, metrics, masquerades, attaching, teardown, detaching)
     try:
         cni.start()

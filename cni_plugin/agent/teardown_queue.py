@@ -43,7 +43,7 @@ _STOP = None
 
 class TeardownQueue:
     def __init__(self, state_dir: str, log, detaching=None, masquerades=None, calls_in_flight=None,
-                 last_call=None):
+                 last_call=None, metrics=None):
         self.dirs_file = os.path.join(state_dir, DIRS_FILE)
         self.log = log
         self.context = invocation.Context("agent", agent_masquerades=masquerades, teardown=self,
@@ -58,6 +58,9 @@ class TeardownQueue:
         self.finished = 0
         self.calls_in_flight = calls_in_flight or (lambda: 0)
         self.last_call = last_call or (lambda: 0.0)  # time.monotonic() of the last call's start
+        self.metrics = metrics
+        if metrics is not None:
+            metrics.teardown_pending.set_function(self.pending)
 
     def yield_to_calls(self, submitted: float) -> None:
         """In the worker thread: wait until the node's CNI calls pause, at most until
@@ -161,5 +164,7 @@ class TeardownQueue:
             self.finished += 1
         except Exception as exc:  # kept on disk; retried
             self.log.warning(f"teardown of {host_veth} ({data_dir}) failed, retrying in {RETRY_INTERVAL:g}s: {exc}")
+            if self.metrics is not None:
+                self.metrics.teardown_failed.inc()
             with self.lock:
                 self.failed[key] = lock_timeout

@@ -19,6 +19,7 @@ import yaml
 
 from cni_plugin.guard import ports
 from lab.attachment import holding, host_veth, teardowns_pending
+from lab.cli_helpers import metric_value
 from lab.cluster import Cluster, wait_for
 from lab.cni import invoke
 from lab.namespaces import Namespace
@@ -121,6 +122,11 @@ def records_lock(node):
         os.close(fd)
 
 
+def pending_metric(node) -> float:
+    _, metrics = node.http("/metrics")
+    return metric_value(metrics, "weft_teardown_pending")
+
+
 def add(node, name, cfg):
     pod = node.add_pod(conf=cfg, name=name, pod_namespace="x")
     wait_for(lambda: in_policy_sets(node, pod.ip), SETTLE, what=f"{pod.ip} in the policy sets")
@@ -149,7 +155,9 @@ def test_del_cuts_off_first_and_releases_last(node):
         wait_for(lambda: not any(name.startswith("wfx") for name in links(node)), SETTLE,
                  what="the retired veth deleted")
         assert os.path.exists(os.path.join(store(node), pod.ip)) and releases(node, pod.ip) == 0
+        assert pending_metric(node) == 1
     wait_for(lambda: not records(node), SETTLE, what="the teardown finished")
+    assert pending_metric(node) == 0
     assert not os.path.exists(os.path.join(store(node), pod.ip)) and releases(node, pod.ip) == 1
     steps = [e for e in node.plugin_log() if e["command"] == "DEL" and e.get("containerID") == pod.cid]
     assert "cut-off" in steps[0]["steps"] and steps[-1].get("teardown") == "finished"
