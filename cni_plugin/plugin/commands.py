@@ -244,16 +244,18 @@ def cmd_del(env, conf):
         # the same answer at once, without waiting for the lock its teardown may hold
         return
     with attachment_lock.attachment(cfg.data_dir, host_name, "DEL", cfg.lock_timeout) as held:
-        held.remove = True
+        # the lock file (and the ADD stage it records) goes only once the DEL succeeded
         if teardown.read(cfg.data_dir, host_name) is None:
             if queue is None or not teardown.cut_off(cfg, env, conf, host_name):
                 _delete(cfg, env, host_name)
+                held.remove = True
                 return
             lap("cut-off")
         # this DEL's teardown, or an earlier one's (DEL again, or after an agent kill)
         if queue is None or not queue.submit(cfg.data_dir, host_name, cfg.lock_timeout):
             teardown.finish_pending(cfg.data_dir, host_name)
             lap("teardown")
+        held.remove = True
 
 
 def _delete(cfg, env, host_name: str) -> None:
