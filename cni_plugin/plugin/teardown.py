@@ -3,10 +3,11 @@
 When weftd serves a DEL, the caller waits only for the cut-off (cut_off): under the
 attachment lock, the teardown's record is written to <dataDir>/teardown/<host veth>,
 then the host veth is set down, taken off the bridge and renamed wfx<digest>
-(links.retire).  From that moment nothing can send from the pod on the bridge, the
+(links.retire), and the pod's end is set down and renamed the same inside the pod's
+namespace.  From that moment nothing can send from the pod on the bridge, the
 attachment is gone from weft's point of view (CHECK fails, GC's sweep of wft links
-does not see it) and its name is free for a new ADD of the same container ID and
-interface.  The kernel's veth deletion (~15 ms of RCU waits) and the rest happen in
+does not see it) and both names are free for a new ADD (of the same container ID and
+interface, or of another one into the same namespace).  The kernel's veth deletion (~15 ms of RCU waits) and the rest happen in
 weftd's background queue (agent/teardown_queue.py), by finish(), in this order:
 
   1. the port leaves source validation;
@@ -59,7 +60,20 @@ def cut_off(cfg, env, conf: dict, host_veth: str) -> bool:
         os.makedirs(os.path.join(cfg.data_dir, TEARDOWN_DIR), mode=0o700, exist_ok=True)
         write_atomic(record_path(cfg.data_dir, host_veth), json.dumps(record), durable=False)
         links.retire(rt, host_veth, record["retired"])
+    _free_pod_name(env, record["retired"])
     return True
+
+
+def _free_pod_name(env, retired: str) -> None:
+    """The pod's end renamed too (it goes with the host end later): its interface name is
+    free at once for the next attachment in that namespace (a runtime that reuses it)."""
+    from ..datapath import links, netns
+
+    pod = netns.PodNetns(env.netns, invocation.current().netns_fd)
+    if not env.netns or not netns.netns_exists(pod):
+        return  # the namespace is gone, and the pod's end with it
+    with netns.open_container(pod) as crt:
+        links.retire(crt, env.ifname, retired)
 
 
 def read(data_dir: str, host_veth: str):
