@@ -189,12 +189,15 @@ def test_add_of_the_same_attachment_right_after_del(node):
 def test_another_attachment_in_the_same_namespace_right_after_del(node):
     pod = add(node, "reuse", conf(node))
     retired = "wfx" + host_veth(pod.cid)[3:]
-    with records_lock(node):  # the teardown cannot start: the old pair still exists
-        assert node.delete_pod(pod, conf=conf(node)).code == 0
+    assert node.delete_pod(pod, conf=conf(node)).code == 0
+    # the old attachment's lock, taken as a call would (weftd's teardown starts after 50 ms
+    # without calls, so it waits for it): the old pair stays while another attachment comes
+    with holding(os.path.join(node.dir, "weft", "locks", host_veth(pod.cid))):
         inside = {link["ifname"] for link in pod.ns.ip_json("link", "show")}
         assert "eth0" not in inside and retired in inside  # the pod's end renamed too: eth0 is free
         out = call(node, "ADD", pod, conf(node), cid=pod.cid + "-next")
         assert out.code == 0, out
+        assert retired in {link["ifname"] for link in pod.ns.ip_json("link", "show")}
     assert pod.ping(out.json["ips"][0]["gateway"])
     assert call(node, "DEL", pod, conf(node), cid=pod.cid + "-next").code == 0
     wait_for(lambda: not records(node), SETTLE, what="the teardowns finished")
