@@ -33,7 +33,7 @@ from ..plugin import teardown
 
 QUEUE_SIZE = 256
 RETRY_INTERVAL = 5.0  # seconds between tries of a teardown that failed
-YIELD_MAX = 0.5  # seconds a teardown waits for the node's CNI calls to pause
+YIELD_MAX = 2.0  # seconds a teardown waits for the node's CNI calls to pause (a burst of DELs ends first)
 QUIET = 0.05  # seconds without a new call that count as a pause (a runtime's next call comes sooner)
 YIELD_POLL = 0.005
 DIRS_FILE = "teardown-dirs"
