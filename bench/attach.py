@@ -52,9 +52,12 @@ def _via_counts(contender) -> dict:
     with open(path) as handle:
         for line in handle:
             try:
-                counts[json.loads(line).get("via", "?")] += 1
+                entry = json.loads(line)
             except ValueError:
                 counts["unreadable"] += 1
+                continue
+            if not entry.get("teardown"):  # weftd's line when a DEL's background teardown ended: no call
+                counts[entry.get("via", "?")] += 1
     return dict(counts)
 
 

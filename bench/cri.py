@@ -73,8 +73,8 @@ def _one(node, handler: str, name: str) -> tuple:
     client = node.client
     sandbox_id, run_ms = _timed(lambda: client.run_pod_sandbox(node.runtime.sandbox_config(name), handler))
     _, stop_ms = _timed(lambda: client.stop_pod_sandbox(sandbox_id))
-    client.remove_pod_sandbox(sandbox_id)
-    return sandbox_id, run_ms, stop_ms
+    _, remove_ms = _timed(lambda: client.remove_pod_sandbox(sandbox_id))
+    return sandbox_id, run_ms, stop_ms, stop_ms + remove_ms
 
 
 def _exec_ms(node, plugin: str, socket: str, rounds: int = 20) -> float:
@@ -113,18 +113,21 @@ def _weft_log_ms(node) -> dict:
 def _phase(nodes: dict, rounds: int, tag: str) -> dict:
     """`rounds` sandboxes per handler on each release, interleaved; per release and
     handler the latencies and (weft) the time inside its handlers, plus the ratios."""
-    samples = {name: {label: {"run": [], "stop": [], "ids": []} for label in HANDLERS} for name in nodes}
+    samples = {name: {label: {"run": [], "stop": [], "stop_remove": [], "ids": []} for label in HANDLERS}
+               for name in nodes}
     for index in range(rounds):
         for name in rotate(list(nodes), index):
             for label, handler in rotate(list(HANDLERS.items()), index):
-                sandbox_id, run_ms, stop_ms = _one(nodes[name], handler, f"{tag}{index}-{label}")
+                sandbox_id, run_ms, stop_ms, stop_remove_ms = _one(nodes[name], handler, f"{tag}{index}-{label}")
                 entry = samples[name][label]
                 entry["ids"].append(sandbox_id)
                 entry["run"].append(run_ms)
                 entry["stop"].append(stop_ms)
+                entry["stop_remove"].append(stop_remove_ms)
     out = {}
     for name, node in nodes.items():
-        phase = {label: {"run_ms": summary(s["run"]), "stop_ms": summary(s["stop"])}
+        phase = {label: {"run_ms": summary(s["run"]), "stop_ms": summary(s["stop"]),
+                         "stop_remove_ms": summary(s["stop_remove"])}
                  for label, s in samples[name].items()}
         logged = _weft_log_ms(node)
         for label in WEFT_LABELS:
@@ -133,7 +136,7 @@ def _phase(nodes: dict, rounds: int, tag: str) -> dict:
                 phase[label][key] = summary(logged[(command, i)][0] for i in ids if (command, i) in logged)
             phase[label]["via"] = sorted({logged[("ADD", i)][1] for i in ids if ("ADD", i) in logged})
         for label, prefix in (("weft", ""), ("weft_standalone", "standalone_")):
-            for key in ("run", "stop"):
+            for key in ("run", "stop", "stop_remove"):
                 phase[f"{prefix}{key}_p50_ratio"] = ratio(phase[label][f"{key}_ms"]["p50"],
                                                           phase["reference"][f"{key}_ms"]["p50"])
         out[name] = phase

@@ -29,16 +29,20 @@ from lab import cnitool, netns_batch
 from lab.cluster import Cluster
 
 from .contenders import reference_plugins
-from .context import ensure_dir, quiesce, ratio, rotate, rss_mib, summary
+from .context import ensure_dir, percentile, quiesce, ratio, rotate, rss_mib, summary
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFLIST = os.path.join(REPO, "conf", "10-weft.conflist")
 NETWORK = {"Network": "10.244.0.0/16", "Backend": {"Type": "vxlan", "VNI": 1}}  # IPMasq: default true
 WEFT, GO, GO_11 = "weft", "go", "go-1.1"
+WEFT_ALONE, GO_ALONE = "weft-alone", "go-alone"  # the main plugin alone (no portmap): issue 27
 REFERENCES = (GO, GO_11)
 LABELS = {WEFT: "weft default (agent + etcd lease, masquerade on, libcni)",
           GO: "Go bridge+host-local+portmap 1.9.1, ipMasq false (libcni)",
-          GO_11: "the same, plugins 1.1 (libcni)"}
+          GO_11: "the same, plugins 1.1 (libcni)",
+          WEFT_ALONE: "weft alone (same agent, no portmap, libcni)",
+          GO_ALONE: "Go bridge+host-local 1.9.1 alone (libcni)"}
+TEARDOWN_WAIT = 30.0  # seconds at most that a call waits for weft's background teardown to end
 FLOOR_RUNS = 20
 
 
@@ -58,13 +62,49 @@ def _weft_conflist(node) -> dict:
     return conflist
 
 
-def _go_conflist(work, kind: str) -> dict:
+def _go_conflist(work, kind: str, portmap: bool = True) -> dict:
     return {"cniVersion": "1.0.0", "name": f"gochain-{kind}", "plugins": [
         {"type": "bridge", "bridge": "cni0", "isGateway": True, "isDefaultGateway": True, "ipMasq": False,
          "hairpinMode": True, "mtu": 1450,
          "ipam": {"type": "host-local", "dataDir": os.path.join(work, f"host-local-{kind}"),
                   "ranges": [[{"subnet": "10.245.7.0/24"}]], "routes": [{"dst": "10.245.0.0/16"}]}},
-        {"type": "portmap", "capabilities": {"portMappings": True}}]}
+        *([{"type": "portmap", "capabilities": {"portMappings": True}}] if portmap else [])]}
+
+
+def _alone(conflist: dict) -> dict:
+    """The conflist with its first plugin only (same network: same agent, store, bridge)."""
+    return {**conflist, "plugins": conflist["plugins"][:1]}
+
+
+def _torn_down(teardown_dir: str) -> None:
+    deadline = time.monotonic() + TEARDOWN_WAIT
+    while (os.listdir(teardown_dir) if os.path.isdir(teardown_dir) else []) and time.monotonic() < deadline:
+        time.sleep(0.002)
+
+
+def _churn(ctx, contender, pods: list, teardown_dir: str) -> dict:
+    """ADD latency with and without DELs' background teardown running: pod i is
+    DELeted, then pod i+1 ADDed either at once (its teardown runs meanwhile: churn) or
+    once weftd's teardown directory is empty (quiet); the two modes alternate."""
+    times = {"churn": [], "quiet": []}
+    errors = []
+    _, out = contender.call("add", pods[0], "churn-0")
+    for i in range(1, len(pods)):
+        mode = ("churn", "quiet")[i % 2]
+        _, out = contender.call("del", pods[i - 1], f"churn-{i - 1}")
+        if out.code != 0:
+            errors.append(f"del: {out}"[:300])
+        if mode == "quiet":
+            _torn_down(teardown_dir)
+        ms, out = contender.call("add", pods[i], f"churn-{i}")
+        (times[mode] if out.code == 0 else errors).append(ms if out.code == 0 else f"add: {out}"[:300])
+    contender.call("del", pods[-1], f"churn-{len(pods) - 1}")
+    result = {mode: {**summary(values), "p99": round(percentile(values, 99), 2) if values else None}
+              for mode, values in times.items()}
+    result["p99_ratio"] = ratio(result["churn"]["p99"], result["quiet"]["p99"])
+    result["errors"] = len(errors)
+    result["error_samples"] = errors[:3]
+    return result
 
 
 class _Contender:
@@ -174,14 +214,16 @@ def default_config(ctx, attachments: int, adds: int, workers: int, rounds: int) 
                                      f"{ctx.installed}/cni:{reference_plugins(GO)}")
         conflist = _weft_conflist(node)
         weft_driver.write(conflist)
-        contenders = [_Contender(WEFT, weft_driver, "weft")]
-        for kind in REFERENCES:
+        alone_driver = cnitool.Driver(exe, node.ns, os.path.join(work, "weft-alone-driver"), f"{ctx.installed}/cni")
+        alone_driver.write(_alone(conflist))
+        contenders = [_Contender(WEFT, weft_driver, "weft"), _Contender(WEFT_ALONE, alone_driver, "weft")]
+        for kind in (*REFERENCES, GO_ALONE):
             go_nodes[kind] = ctx.namespace(f"wbd{kind[0]}{kind[-1]}")
-            driver = cnitool.Driver(exe, go_nodes[kind], os.path.join(work, f"{kind}-driver"),
-                                    reference_plugins(kind))
-            driver.write(_go_conflist(work, kind))
+            plugins = reference_plugins(GO if kind == GO_ALONE else kind)
+            driver = cnitool.Driver(exe, go_nodes[kind], os.path.join(work, f"{kind}-driver"), plugins)
+            driver.write(_go_conflist(work, kind, portmap=kind != GO_ALONE))
             contenders.append(_Contender(kind, driver, f"gochain-{kind}"))
-        count = attachments + adds + 2
+        count = attachments + adds + 2  # the churn figure reuses the sequential pods
         names = {c.kind: ctx.pod_namespaces(f"wbd{c.kind[0]}{c.kind[-1]}", count) for c in contenders}
         pods = [n for v in names.values() for n in v]
         pod_of = {k: [_Pod(n) for n in v] for k, v in names.items()}
@@ -193,12 +235,16 @@ def default_config(ctx, attachments: int, adds: int, workers: int, rounds: int) 
         times = {c.kind: {"add": [], "del": []} for c in contenders}
         errors = {c.kind: [] for c in contenders}
         quiesce(ctx)
+        teardown_dir = os.path.join(node.dir, "weft", "teardown")
         for i in range(attachments):
             for c in rotate(contenders, i):
                 for command in ("add", "del"):
                     ms, out = c.call(command, pod_of[c.kind][i], f"seq-{c.kind}-{i}")
                     (times[c.kind][command] if out.code == 0 else errors[c.kind]).append(
                         ms if out.code == 0 else f"{command}: {out}"[:300])
+                # the next contender starts once weft's background teardown ended: its work
+                # does not land on another's calls (the churn row measures what it costs)
+                _torn_down(teardown_dir)
         ctx.say("default config: sequential done")
         walls = {c.kind: {"add": [], "del": []} for c in contenders}
         batch = {c.kind: pod_of[c.kind][attachments:attachments + adds] for c in contenders}
@@ -212,10 +258,15 @@ def default_config(ctx, attachments: int, adds: int, workers: int, rounds: int) 
                         outs = list(pool.map(lambda item: c.call(command, *item), zip(batch[c.kind], cids)))
                     walls[c.kind][command].append(round(time.perf_counter() - started, 3))
                     errors[c.kind] += [f"parallel {command}: {o}"[:300] for _, o in outs if o.code != 0]
+                _torn_down(teardown_dir)  # weft's background work ends before the next batch
             ctx.say(f"default config parallel round {r + 1}: "
                     + ", ".join(f"{c.kind} {walls[c.kind]['add'][-1]:.2f}s" for c in contenders))
+        quiesce(ctx)
+        churn = _churn(ctx, contenders[0], pod_of[WEFT][:attachments], os.path.join(node.dir, "weft", "teardown"))
+        ctx.say(f"default config: churn done (ADD p99 {churn['churn']['p99']} ms with teardown running, "
+                f"{churn['quiet']['p99']} ms without)")
         result = {"attachments": attachments, "adds": adds, "workers": workers, "rounds": rounds,
-                  "labels": LABELS, "masquerade_table": node.status().get("masquerade")}
+                  "labels": LABELS, "masquerade_table": node.status().get("masquerade"), "churn": churn}
         for c in contenders:
             add, delete = summary(times[c.kind]["add"]), summary(times[c.kind]["del"])
             result[c.kind] = {"add_ms": add, "del_ms": delete,
@@ -223,11 +274,12 @@ def default_config(ctx, attachments: int, adds: int, workers: int, rounds: int) 
                               "del_wall_s": sorted(walls[c.kind]["del"])[len(walls[c.kind]["del"]) // 2],
                               "add_walls_s": walls[c.kind]["add"], "del_walls_s": walls[c.kind]["del"],
                               "errors": len(errors[c.kind]), "error_samples": errors[c.kind][:3]}
-        for ref, tail in ((GO, ""), (GO_11, "_vs_1_1")):  # against 1.9.1: the headline
+        for mine, ref, tail in ((WEFT, GO, ""), (WEFT, GO_11, "_vs_1_1"),  # against 1.9.1: the headline
+                                (WEFT_ALONE, GO_ALONE, "_alone")):
             for key in ("add_ms", "del_ms"):
-                result[f"{key}_p50_ratio{tail}"] = ratio(result[WEFT][key]["p50"], result[ref][key]["p50"])
+                result[f"{key}_p50_ratio{tail}"] = ratio(result[mine][key]["p50"], result[ref][key]["p50"])
             for key in ("add_wall_s", "del_wall_s"):
-                result[f"{key}_ratio{tail}"] = ratio(result[WEFT][key], result[ref][key])
+                result[f"{key}_ratio{tail}"] = ratio(result[mine][key], result[ref][key])
         result[WEFT]["steps_p50_ms"] = _steps(os.path.join(node.dir, "weft.log"), "seq-")
         result[WEFT]["forwarder_peak_rss_mib"] = _forwarder_rss(ctx, node, conflist)
         result[WEFT]["agent_rss_mib"] = rss_mib(node.agent.pid)

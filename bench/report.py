@@ -46,10 +46,41 @@ def default_targets(d) -> list:
                   f"{w['del_ms']['p50']} vs {g['del_ms']['p50']} ms"),
            _check(f"default config: {d['adds']} ADDs by {d['workers']} callers, wall vs Go chain 1.9.1",
                   d.get("add_wall_s_ratio"), "<=", 1.0, "x", f"{w['add_wall_s']} vs {g['add_wall_s']} s")]
+    out += issue27_targets(d)
     rss = _get(w, "forwarder_peak_rss_mib", "version_via_agent")
     out.append(_check("forwarder peak RSS, installed launcher, VERSION via the agent",
                       None if rss is None else rss * 1.048576, "<=", FORWARDER_RSS_LIMIT_MB, "MB",
                       f"{rss} MiB, {_get(w, 'forwarder_peak_rss_mib', 'method')}"))
+    return out
+
+
+def alone_row(lines: list, refs: list, label: str, go, weft, digits: int) -> None:
+    lines.append(_row([label, _fmt(go, digits), *("" for _ in refs[1:]), _fmt(weft, digits),
+                       _fmt(_ratio(weft, go), 2, "x"), *("" for _ in refs[1:])]))
+
+
+def issue27_targets(d) -> list:
+    """Pod start and stop ahead of the Go chain (issue 27): the default config and weft
+    alone, each against its reference chain, and ADD's tail while DELs' teardown runs."""
+    out = []
+    for tail, mine, ref, what in (("", "weft", "go", "default config"), ("_alone", "weft-alone", "go-alone",
+                                                                        "weft alone vs bridge+host-local")):
+        if mine not in d or ref not in d:
+            continue
+        w, g = d[mine], d[ref]
+        out += [_check(f"{what}: ADD p50, libcni (issue 27)", d.get(f"add_ms_p50_ratio{tail}"), "<=", 1.1, "x",
+                       f"{_get(w, 'add_ms', 'p50')} vs {_get(g, 'add_ms', 'p50')} ms"),
+                _check(f"{what}: DEL p50, libcni (issue 27)", d.get(f"del_ms_p50_ratio{tail}"), "<=", 0.7, "x",
+                       f"{_get(w, 'del_ms', 'p50')} vs {_get(g, 'del_ms', 'p50')} ms"),
+                _check(f"{what}: {d['adds']} ADDs by {d['workers']} callers, wall (issue 27)",
+                       d.get(f"add_wall_s_ratio{tail}"), "<=", 1.0, "x", f"{w['add_wall_s']} vs {g['add_wall_s']} s"),
+                _check(f"{what}: {d['adds']} DELs by {d['workers']} callers, wall (issue 27)",
+                       d.get(f"del_wall_s_ratio{tail}"), "<=", 1.0, "x", f"{w['del_wall_s']} vs {g['del_wall_s']} s")]
+    churn = d.get("churn")
+    if churn:
+        out.append(_check("ADD p99 with DELs' background teardown running / without (issue 27)",
+                          churn.get("p99_ratio"), "<=", 1.2, "x",
+                          f"{_get(churn, 'churn', 'p99')} vs {_get(churn, 'quiet', 'p99')} ms"))
     return out
 
 
@@ -82,6 +113,22 @@ def default_table(figures: dict) -> list:
             detail = ", ".join(f"{k} {v:.1f}" for k, v in steps.items() if k != "handler")
             add(f"weft {command.upper()} inside the agent (its log, ms p50): {detail}",
                 {"weft": steps.get("handler")}, weft_only=True)
+    if "weft-alone" in d and "go-alone" in d:  # the main plugins alone: Go's in the 1.9.1 column
+        for key, label in (("add_ms", "ADD"), ("del_ms", "DEL")):
+            for stat in ("p50", "p95"):
+                alone_row(lines, refs, f"alone (weft / bridge+host-local 1.9.1, no portmap): {label} {stat}, "
+                                       f"{d['attachments']} sequential (ms)",
+                          _get(d, "go-alone", key, stat), _get(d, "weft-alone", key, stat), 1)
+        for key, label in (("add_wall_s", "ADDs"), ("del_wall_s", "DELs")):
+            alone_row(lines, refs, f"alone: {d['adds']} {label}, {d['workers']} callers: wall (s, median of "
+                                   f"{d['rounds']})", _get(d, "go-alone", key), _get(d, "weft-alone", key), 2)
+    churn = d.get("churn")
+    if churn:
+        lines.append(_row([f"weft ADD p99 while DELs' background teardown runs / after it ended (ms, "
+                           f"{_get(churn, 'churn', 'n')} + {_get(churn, 'quiet', 'n')} alternating)",
+                           *("" for _ in refs),
+                           f"{_fmt(_get(churn, 'churn', 'p99'))} / {_fmt(_get(churn, 'quiet', 'p99'))}",
+                           _fmt(churn.get("p99_ratio"), 2, "x"), *("" for _ in refs[1:])]))
     floor = _get(d, "kernel_floor", "veth_del_ms")
     lines.append(_row(["kernel: delete a veth pair (`ip link del`, minus the exec of `ip`; ms p50)",
                        *(_fmt(floor) for _ in refs), _fmt(floor), *("" for _ in refs)]))
@@ -258,6 +305,18 @@ def cri_targets(fig) -> list:
                               f"{rel.get('reference_plugins_version')}, {where}", phase.get("run_p50_ratio"), "<=",
                               1.05, "x", f"{_get(phase, 'weft', 'run_ms', 'p50')} vs "
                                          f"{_get(phase, 'reference', 'run_ms', 'p50')} ms"))
+            # issue 27: ahead of the reference where the user waits, and standalone not 3x slower
+            for label, key, column, limit in (("RunPodSandbox, weft (weftd)", "run_p50_ratio", "weft", 1.0),
+                                              ("StopPodSandbox + RemovePodSandbox, weft (weftd)",
+                                               "stop_remove_p50_ratio", "weft", 1.0),
+                                              ("RunPodSandbox, weft standalone", "standalone_run_p50_ratio",
+                                               "weft_standalone", 1.5)):
+                if phase.get(key) is None:
+                    continue
+                ms = "stop_remove_ms" if "stop_remove" in key else "run_ms"
+                out.append(_check(f"{label} p50 vs reference, containerd {name}, {where}", phase.get(key), "<=",
+                                  limit, "x", f"{_get(phase, column, ms, 'p50')} vs "
+                                              f"{_get(phase, 'reference', ms, 'p50')} ms"))
     return out
 
 
@@ -567,7 +626,8 @@ def cri_table(figures: dict, resident: bool = False) -> list:
             continue
         tag = (f"containerd {name} (plugins {rel.get('reference_plugins_version')}, cniVersion "
                f"{rel.get('cni_version')})")
-        for key, label in (("run_ms", "RunPodSandbox"), ("stop_ms", "StopPodSandbox")):
+        for key, label in (("run_ms", "RunPodSandbox"), ("stop_ms", "StopPodSandbox"),
+                           ("stop_remove_ms", "StopPodSandbox + RemovePodSandbox")):
             for stat in ("p50", "p95"):
                 add(f"{tag}: {label} {stat} (ms, {crif['rounds']} each, interleaved)",
                     [_get(phase, column, key, stat) for column, _ in CRI_COLUMNS])
@@ -613,7 +673,7 @@ def render(results: dict) -> str:
                          ("Scale (issue 17): cost against N", scale_table(figures)),
                          ("Runtimes (containerd CRI)", cri_table(figures)),
                          ("Runtimes (containerd CRI), steady state", cri_table(figures, resident=True)),
-                         ("Targets (issues 4, 14, 15, 17, 22, 24, 25, 26)", targets_table(results["targets"]))):
+                         ("Targets (issues 4, 14, 15, 17, 22, 24, 25, 26, 27)", targets_table(results["targets"]))):
         if len(lines) > 2:
             parts.append(f"**{title}**\n\n" + "\n".join(lines))
         if title.startswith("Direct exec") and harness_floor_note(figures):

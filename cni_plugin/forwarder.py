@@ -122,12 +122,17 @@ def _cni_error(code: int, msg: str, stdin: bytes) -> bytes:
 
 
 def standalone(role: str, stdin: bytes) -> tuple:
+    """The handlers in this process.  The installed launcher appended the venv's
+    site-packages to sys.path (scripts/install.sh) without site processing: its .pth
+    files (an editable install's import hook: pathlib, re, fnmatch, ~15-40 ms) never
+    run, and no verb's own path imports a dependency.  Run by hand without that
+    line, site processing is done here as before."""
     import os
 
-    if posix.environ.get(b"CNI_COMMAND") != b"VERSION":  # VERSION is answered by cni/ alone
+    if not any(path.endswith(("site-packages", "dist-packages")) for path in sys.path):
         import site
 
-        site.main()  # the launcher skipped site processing; the handlers need site-packages
+        site.main()
     from .roles import invoke
 
     return invoke(role, os.environ, stdin)

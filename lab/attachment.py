@@ -26,3 +26,23 @@ def holding(path: str):
         yield
     finally:
         os.close(fd)
+
+
+def teardowns_pending(plugin_data_dir: str) -> list:
+    """Host veths whose DEL's background teardown (weftd) has not finished: the records
+    under <dataDir>/teardown (cni_plugin/plugin/teardown.py)."""
+    directory = os.path.join(plugin_data_dir, "teardown")
+    return sorted(os.listdir(directory)) if os.path.isdir(directory) else []
+
+
+def wait_torn_down(plugin_data_dir: str, timeout: float = 30.0) -> float:
+    """Wait (bounded) until every DEL served by weftd is torn down; the seconds it took."""
+    import time
+
+    started = time.monotonic()
+    while teardowns_pending(plugin_data_dir):
+        if time.monotonic() - started > timeout:
+            raise TimeoutError(f"teardown records left in {plugin_data_dir}/teardown after {timeout}s: "
+                               f"{teardowns_pending(plugin_data_dir)}")
+        time.sleep(0.05)
+    return round(time.monotonic() - started, 2)

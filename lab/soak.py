@@ -27,7 +27,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 
-from .attachment import host_veth
+from .attachment import host_veth, wait_torn_down
 from .cluster import descriptors_kept, wait_for
 from .namespaces import Namespace, sh
 
@@ -308,6 +308,7 @@ class Soak:
         report["weftd descriptors"] = descriptors
         report["seed"] = self.seed
         self.history_records = 0
+        report["teardown drained s"] = self.drain_teardown()
         report["leaks"] = self.audit()
         report["history records audited"] = self.history_records
         return report
@@ -335,9 +336,11 @@ class Soak:
             slot = Slot(node, len(self.slots[node.index]))
             self.slots[node.index].append(slot)  # audited and removed with the others
             self.cycle(node, slot, None)  # warm: whatever the path opens once and keeps
+            wait_torn_down(os.path.join(node.soak_data, "weft"))  # its teardown's descriptors are transient
             pid, before, threads = node.agent_pid(), node.agent_descriptors(), node.agent_threads()
             for trial in range(cycles):
                 self.cycle(node, slot, 0.02 * trial if trial % 3 == 1 else None)
+            wait_torn_down(os.path.join(node.soak_data, "weft"))
             try:  # an abandoned ADD's handler may still be unwinding
                 wait_for(lambda: not descriptors_kept(before, node.agent_descriptors(),
                                                       node.agent_threads() - threads), 15, interval=0.2)
@@ -363,6 +366,11 @@ class Soak:
         self.delete(node, slot, None)
         return slot.state == "absent"
 
+    def drain_teardown(self, timeout: float = 60.0) -> float:
+        """Seconds until every DEL's background teardown (plugin/teardown.py) ended: the
+        audit judges what is left once weft says it is done, wfx links included."""
+        return sum(wait_torn_down(os.path.join(node.soak_data, "weft"), timeout) for node in self.nodes)
+
     def audit(self) -> dict:
         leaks = {"ips": [], "links": [], "pod interfaces": [], "nft elements": [], "held twice": []}
         for node in self.nodes:
@@ -382,7 +390,7 @@ class Soak:
                     leaks["ips"].append(f"{node.name}: live {slot.cid}'s {slot.ip} has no reservation")
             wanted = {host_veth(cid) for cid in live}
             have = {link["ifname"] for link in node.ns.ip_json("link", "show")
-                    if link["ifname"].startswith("wft")}
+                    if link["ifname"].startswith(("wft", "wfx"))}  # wfx: cut off, never torn down
             leaks["links"] += [f"{node.name}: {name}" for name in sorted(have ^ wanted)]
             for slot in self.slots[node.index]:
                 has = any(link["ifname"] == "eth0" for link in slot.ns.ip_json("link", "show"))

@@ -33,15 +33,19 @@ if ! ask "import cni_plugin, sys; sys.exit(not cni_plugin.__file__.startswith('$
   "$venv/bin/pip" install -q --upgrade "$stage"
 fi
 pkg_dir=$(ask "import cni_plugin, os; print(os.path.dirname(os.path.dirname(cni_plugin.__file__)))")
+# the venv's site-packages (purelib), for the plugins' launchers: appended without site
+# processing, so no .pth file (an editable install's import hook) runs on a CNI call
+purelib=$(ask "import sysconfig; print(sysconfig.get_paths()['purelib'])")
 launch() {  # launch NAME DIR FLAGS: bin/NAME bound to the venv's interpreter
   local tmp
   mkdir -p "$2"
   tmp=$(mkdtemp_in "$2" "$1")
   if [ "$3" = "-IS" ]; then
     # CNI plugins skip site processing (the forwarder needs only built-ins), so the
-    # package directory goes on sys.path by hand; standalone mode runs site later
+    # package directory goes on sys.path by hand, and the venv's site-packages after
+    # everything (found there only when a verb imports a dependency)
     { echo "#!$venv/bin/python -IS"
-      tail -n +2 "$src/bin/$1" | sed "s|^import sys\$|import sys\nsys.path.insert(0, \"$pkg_dir\")|"
+      tail -n +2 "$src/bin/$1" | sed "s|^import sys\$|import sys\nsys.path.insert(0, \"$pkg_dir\")\nsys.path.append(\"$purelib\")|"
     } > "$tmp"
   else
     { echo "#!$venv/bin/python $3"; tail -n +2 "$src/bin/$1"; } > "$tmp"

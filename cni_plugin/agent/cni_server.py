@@ -28,8 +28,11 @@ READ_TIMEOUT = 30.0
 
 
 class CniServer:
-    def __init__(self, path: str, log, metrics=None, masquerades=None, attaching=None):
+    def __init__(self, path: str, log, metrics=None, masquerades=None, attaching=None, teardown=None,
+                 detaching=None):
         self.path = path
+        self.teardown = teardown  # agent/teardown_queue.py: DELs finish off the caller's path
+        self.detaching = detaching  # (network, ips): addresses leave the policy sets
         self.attaching = attaching  # the policy fast path: (network, ips, namespace, name)
         self.masquerades = masquerades  # network name -> True when this agent owns its table
         self.log = log
@@ -37,6 +40,9 @@ class CniServer:
         self.pool = ThreadPoolExecutor(max_workers=WORKERS, thread_name_prefix="weftd-cni")
         self.listener = None
         self.thread = None
+        self.in_flight = 0  # calls being served, and when the last began (the teardown yields to them)
+        self.last_call = 0.0
+        self.counting = threading.Lock()
 
     def start(self):
         os.makedirs(os.path.dirname(self.path) or ".", exist_ok=True)
@@ -74,10 +80,16 @@ class CniServer:
                 return
             started = time.monotonic()
             caller.set_probe(lambda: caller_left(conn))
+            with self.counting:
+                self.in_flight += 1
+                self.last_call = time.monotonic()
             try:
                 out, code = invoke(role, environ, stdin, via="agent", agent_masquerades=self.masquerades,
-                                   agent_attaching=self.attaching, netns_fd=netns_fd)
+                                   agent_attaching=self.attaching, netns_fd=netns_fd,
+                                   teardown=self.teardown, agent_detaching=self.detaching)
             finally:
+                with self.counting:
+                    self.in_flight -= 1
                 caller.set_probe(None)
                 if netns_fd is not None:  # held open, it would pin a dead pod's namespace and veth
                     os.close(netns_fd)

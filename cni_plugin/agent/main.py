@@ -25,6 +25,7 @@ def main(argv=None) -> int:
     from .cni_server import CniServer
     from .heap import HeapSettler
     from .network import NetworkAgent
+    from .teardown_queue import TeardownQueue
     from .node import NodeError, NodeIdentity
 
     try:
@@ -65,7 +66,15 @@ def main(argv=None) -> int:
         if agent is not None:
             agent.attaching(ips, namespace, name)
 
-    cni = CniServer(paths.agent_socket(args.run_dir), log, metrics, masquerades, attaching)
+    def detaching(network: str, ips) -> None:
+        agent = by_name.get(network)
+        if agent is not None:
+            agent.detaching(ips)
+
+    # the teardown yields to the calls the server is serving (cni is bound below)
+    teardown = TeardownQueue(args.state_dir, log, detaching, masquerades, calls_in_flight=lambda: cni.in_flight,
+                             last_call=lambda: cni.last_call, metrics=metrics)
+    cni = CniServer(paths.agent_socket(args.run_dir), log, metrics, masquerades, attaching, teardown, detaching)
     try:
         cni.start()
     except OSError as exc:
@@ -82,13 +91,15 @@ def main(argv=None) -> int:
              extra={"node": node.name})
     for agent in agents:
         agent.start()
+    teardown.start()  # after the networks: a recovered teardown's addresses leave their policy sets
     heap = HeapSettler(args.resync_interval)
     # the signal handlers run in this thread: Linux hands a process's signal to its main
     # thread first, and the wait is interrupted for them; the timeout is a backstop only
     while not stop.wait(min(STOP_POLL, heap.tick(all(a.programmed for a in agents)))):
         pass
     log.info("weftd stopping; datapath and leases stay in place", extra={"node": node.name})
-    cni.stop()  # finish calls in flight, then the networks
+    cni.stop()  # finish calls in flight, then the running teardown (the rest waits on disk), then the networks
+    teardown.stop()
     for agent in agents:
         agent.stop()
     server.shutdown()

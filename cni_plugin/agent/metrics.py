@@ -67,6 +67,10 @@ class Metrics:
                                      "CNI calls served on the agent socket, by plugin, command and exit",
                                      ["role", "command", "exit"], registry=r,
                                      buckets=(.002, .005, .01, .02, .05, .1, .25, .5, 1, 5))
+        self.teardown_pending = Gauge("weft_teardown_pending", "DELs served whose background teardown has "
+                                      "not finished (agent/teardown_queue.py)", registry=r)
+        self.teardown_failed = Counter("weft_teardown_failures_total", "Background teardowns that failed "
+                                       "and wait for a retry", registry=r)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -80,6 +80,12 @@ class NetworkAgent:
         for controller in self.controllers:
             controller.attaching(ips, namespace, name)
 
+    def detaching(self, ips) -> None:
+        """A pod's addresses are about to be released (the background teardown of a DEL
+        served by this agent): controllers keyed by pod address drop them first."""
+        for controller in self.controllers:
+            controller.detaching(ips)
+
     @property
     def ready(self) -> bool:
         return self.problem is None and self.conflict is None and self.config_problem is None

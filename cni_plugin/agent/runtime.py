@@ -21,6 +21,8 @@ A controller subclasses Controller and overrides the hooks it needs:
   while_waiting()      between failed attempts (keep the datapath repaired)
   attaching(ips, ns, name)  a pod is being added through the agent (a CNI worker thread,
                        before ADD returns; raising refuses the ADD)
+  detaching(ips)       a pod's addresses are about to be released (the background teardown
+                       of a DEL served by the agent): drop them before they are
   status()             keys merged into the network's status file
   close()              the agent stops
 """
@@ -50,6 +52,7 @@ class Controller:
         return []
     def while_waiting(self) -> None: ...
     def attaching(self, ips: list, namespace, name) -> None: ...
+    def detaching(self, ips: list) -> None: ...
     def status(self) -> dict:
         return {}
     def close(self) -> None: ...

@@ -21,19 +21,29 @@ def _nothing(network: str, ips, namespace, name) -> None:
     return None
 
 
+def _nobody(network: str, ips) -> None:
+    return None
+
+
 class Context:
     """via: "agent" or "standalone"; agent_masquerades(network) -> True when the serving
     agent owns that network's masquerade table; agent_attaching(network, ips, pod
     namespace, pod name): the serving agent's policy fast path, called by ADD before the
     pod's interface exists (raises to refuse the ADD); netns_fd: the pod's network
     namespace as weft's forwarder opened it and handed it to the serving agent (None:
-    CNI_NETNS's path is opened; whoever received it closes it after the call); steps: [(step, ms)] in order,
+    CNI_NETNS's path is opened; whoever received it closes it after the call); teardown: the
+    serving agent's background teardown queue (agent/teardown_queue.py; None: DEL tears
+    down synchronously); agent_detaching(network, ips): the addresses leave the serving
+    agent's policy sets (a teardown, before they are released); steps: [(step, ms)] in order,
     recorded by lap() (a plain class: dataclasses would cost the standalone executables
     an import)."""
 
-    def __init__(self, via: str = "standalone", agent_masquerades=None, agent_attaching=None, netns_fd=None):
+    def __init__(self, via: str = "standalone", agent_masquerades=None, agent_attaching=None, netns_fd=None,
+                 teardown=None, agent_detaching=None):
         self.via = via
         self.netns_fd = netns_fd
+        self.teardown = teardown
+        self.agent_detaching = agent_detaching or _nobody
         self.agent_masquerades = agent_masquerades or _never
         self.agent_attaching = agent_attaching or _nothing
         self.steps = []
@@ -57,6 +67,15 @@ def current() -> Context:
         return Context()
 
 
+def within(context: Context, work, *args):
+    """work(*args) with `context` as the current call's (the agent's background teardown)."""
+    token = _CURRENT.set(context)
+    try:
+        return work(*args)
+    finally:
+        _CURRENT.reset(token)
+
+
 def _log_settings(stdin: bytes, default: str) -> tuple:
     try:
         conf = json.loads(stdin)
@@ -72,14 +91,14 @@ def _log_settings(stdin: bytes, default: str) -> tuple:
 
 
 def run(handlers: dict, environ, stdin: bytes, via: str = "standalone", log_file: str = None,
-        agent_masquerades=None, agent_attaching=None, netns_fd=None) -> tuple:
+        agent_masquerades=None, agent_attaching=None, netns_fd=None, teardown=None, agent_detaching=None) -> tuple:
     """(stdout bytes, exit code) for one invocation.  log_file: the log's default path
     (netconf `logFile` overrides it); None: the call is not logged."""
     from . import log
     from .dispatch import dispatch
 
     started = time.monotonic()
-    context = Context(via, agent_masquerades, agent_attaching, netns_fd)
+    context = Context(via, agent_masquerades, agent_attaching, netns_fd, teardown, agent_detaching)
     token = _CURRENT.set(context)
     try:
         out, code = dispatch(handlers, environ, stdin)

@@ -93,3 +93,18 @@ def unattached_veths(rt, prefix: str) -> list:
     """Names of veth links starting with `prefix` that are no bridge's port."""
     return [link.name for link in rt.links()
             if link.kind == "veth" and link.master is None and link.name.startswith(prefix)]
+
+
+def retire(rt, name: str, retired: str):
+    """Cut link `name` off: down and off its bridge (from then on nothing can send
+    from it on the bridge), then renamed `retired` (its name is free for a new
+    attachment).  Its index, or None when there is no link `name`."""
+    link = rt.link(name)
+    if link is None:
+        return None
+    rt.set_link(link.index, up=False, master=0)
+    try:
+        rt.set_link(link.index, name=retired)
+    except NetlinkError as exc:
+        raise DatapathError(f"cannot rename {name} to {retired} for its teardown: {exc.strerror}") from None
+    return link.index

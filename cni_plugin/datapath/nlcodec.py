@@ -8,6 +8,8 @@ Raw netlink stays where pyroute2 is too slow or too heavy to load:
   - change notifications (changes.py), where only headers are looked at;
   - conntrack events and dumps (conntrack.py, flow records): one connection every few
     microseconds at the benchmarked rates, where pyroute2 spends ~0.3 ms per message.
+    The teardown of a DEL flushes a released pod's entries with the same codec:
+    kernel-filtered dumps, each entry deleted by the original tuple the dump gave.
 Everything else (device creation, single writes, the underlay's default route,
 WireGuard's generic netlink) goes through pyroute2 in netlink.py and wireguard.py.
 
@@ -27,8 +29,8 @@ input (Hypothesis) and checks exactly that.
 
 import ipaddress
 import struct
+from collections import namedtuple
 from dataclasses import dataclass
-from typing import Iterator, NamedTuple, Optional
 
 from .constants import AF_INET, AF_INET6, IFF_UP, RTNH_F_ONLINK
 from .errors import DatapathError
@@ -42,6 +44,7 @@ NLM_F_REPLACE, NLM_F_EXCL, NLM_F_CREATE = 0x100, 0x200, 0x400
 NLM_F_DUMP = 0x300                         # NLM_F_ROOT | NLM_F_MATCH
 NLMSG_ERROR, NLMSG_DONE, NLMSG_OVERRUN = 2, 3, 4
 NLA_TYPE_MASK = 0x3FFF                     # without NLA_F_NESTED / NLA_F_NET_BYTEORDER
+NLA_F_NESTED = 0x8000                      # required by parsers that are not "deprecated" (CTA_FILTER's)
 
 # -- rtnetlink (linux/rtnetlink.h and friends) -------------------------------------------
 RTM_NEWLINK, RTM_DELLINK, RTM_GETLINK = 16, 17, 18
@@ -70,6 +73,9 @@ NFNL_SUBSYS_CTNETLINK = 1
 IPCTNL_MSG_CT_NEW, IPCTNL_MSG_CT_GET, IPCTNL_MSG_CT_DELETE = 0, 1, 2
 NFNLGRP_CONNTRACK_NEW, NFNLGRP_CONNTRACK_UPDATE, NFNLGRP_CONNTRACK_DESTROY = 1, 2, 3
 CTA_TUPLE_ORIG, CTA_TUPLE_REPLY, CTA_STATUS, CTA_PROTOINFO, CTA_MARK = 1, 2, 3, 4, 8
+CTA_FILTER = 25                            # Linux 5.8: kernel-side filter of a dump
+CTA_FILTER_ORIG_FLAGS, CTA_FILTER_REPLY_FLAGS = 1, 2
+CTA_FILTER_FLAG_IP_SRC, CTA_FILTER_FLAG_IP_DST = 1 << 0, 1 << 1
 CTA_PROTOINFO_TCP, CTA_PROTOINFO_TCP_STATE = 1, 1
 TCP_CONNTRACK_TIME_WAIT, TCP_CONNTRACK_CLOSE = 7, 8   # linux/netfilter/nf_conntrack_tcp.h
 NLA_F_NESTED = 0x8000
@@ -89,7 +95,8 @@ IFINFOMSG = struct.Struct("=BxHiII")       # family, (pad), type, index, flags, 
 IFADDRMSG = struct.Struct("=BBBBi")        # family, prefixlen, flags, scope, index
 RTMSG = struct.Struct("=BBBBBBBBI")        # family, dst_len, src_len, tos, table, protocol, scope, type, flags
 NDMSG = struct.Struct("=BxxxiHBB")         # family, (pads), ifindex, state, flags, type
-NFGENMSG_SIZE = 4                          # family, version, res_id
+NFGENMSG = struct.Struct("=BBH")           # nfgenmsg: family, version, res_id
+NFGENMSG_SIZE = NFGENMSG.size
 RTVIA_FAMILY = struct.Struct("=H")         # rtvia: family, then the address
 RTNEXTHOP = struct.Struct("=HBBi")         # rtnexthop: length, flags, hops, ifindex
 _U32 = struct.Struct("=I")
@@ -157,7 +164,7 @@ def ndmsg(*attrs: bytes, family: int, ifindex: int = 0, state: int = 0, flags: i
 
 
 # -- decoding: framing -------------------------------------------------------------------
-def messages(data) -> Iterator[tuple]:
+def messages(data):
     """(offset, length, type, flags, sequence) of each message in one datagram."""
     at, end = 0, len(data)
     while at < end:
@@ -235,32 +242,17 @@ class Link:
     kind: str
     mtu: int
     up: bool
-    master: Optional[int]
+    master: int | None
     address: str
 
 
-class RouteEntry(NamedTuple):
-    dst: ipaddress._BaseNetwork
-    gateway: Optional[ipaddress._BaseAddress]
-    oif: Optional[int]
-    onlink: bool
-
-
-class Route(NamedTuple):
-    """An RTM_NEWROUTE read for what weft compares (table: RTA_TABLE when present)."""
-    family: int
-    table: int
-    protocol: int
-    entry: RouteEntry
-
-
-class Neighbour(NamedTuple):
-    """An RTM_NEWNEIGH (neighbour or FDB entry); dst/lladdr None when absent."""
-    family: int
-    ifindex: int
-    state: int
-    dst: Optional[ipaddress._BaseAddress]
-    lladdr: Optional[str]
+# plain namedtuples: typing's NamedTuple would cost the per-pod path typing's import
+RouteEntry = namedtuple("RouteEntry", "dst gateway oif onlink")  # network; address, int or None; bool
+RouteEntry.__doc__ = "A route's destination, gateway (None: none), output link (None: none) and onlink flag."
+Route = namedtuple("Route", "family table protocol entry")
+Route.__doc__ = "An RTM_NEWROUTE read for what weft compares (table: RTA_TABLE when present; entry: RouteEntry)."
+Neighbour = namedtuple("Neighbour", "family ifindex state dst lladdr")
+Neighbour.__doc__ = "An RTM_NEWNEIGH (neighbour or FDB entry); dst/lladdr None when absent."
 
 
 _LINK_ATTRS = (IFLA_ADDRESS, IFLA_IFNAME, IFLA_MTU, IFLA_MASTER, IFLA_LINKINFO)
@@ -354,31 +346,19 @@ def decode_neighbour(data, offset: int, length: int) -> Neighbour:
 
 
 # -- ctnetlink: connection tracking events and dumps -------------------------------------
-class Tuple(NamedTuple):
-    """One direction of a tracked connection (ports 0 for protocols without them;
-    for ICMP the id stands in sport, type/code in dport as type << 8 | code)."""
-    src: ipaddress._BaseAddress
-    dst: ipaddress._BaseAddress
-    proto: int
-    sport: int
-    dport: int
+Tuple = namedtuple("Tuple", "src dst proto sport dport")
+Tuple.__doc__ = ("One direction of a tracked connection (ports 0 for protocols without them; for ICMP "
+                 "the id stands in sport, type/code in dport as type << 8 | code).")
 
 
-class Conntrack(NamedTuple):
-    """A conntrack event or dump entry as flow records use it (counters and times None
-    when nf_conntrack_acct / nf_conntrack_timestamp were off when it was created)."""
-    event: str                 # "new", "update", "destroy" (a dump's entries: "update")
-    family: int
-    id: int
-    orig: Tuple
-    reply: Optional[Tuple]
-    mark: int
-    zone: int
-    orig_counters: Optional[tuple]   # (packets, bytes)
-    reply_counters: Optional[tuple]
-    start_ns: Optional[int]
-    stop_ns: Optional[int]
-    tcp_state: Optional[int] = None  # CTA_PROTOINFO_TCP_STATE when the message carries it
+# event: "new", "update", "destroy" (a dump's entries: "update"); reply: Tuple or None;
+# *_counters: (packets, bytes) or None; start_ns/stop_ns: int or None; tcp_state:
+# CTA_PROTOINFO_TCP_STATE when the message carries it (plain namedtuples: typing's
+# NamedTuple would cost the per-pod path typing's import)
+Conntrack = namedtuple("Conntrack", "event family id orig reply mark zone orig_counters reply_counters "
+                       "start_ns stop_ns tcp_state", defaults=(None,))
+Conntrack.__doc__ = ("A conntrack event or dump entry as flow records use it (counters and times None when "
+                     "nf_conntrack_acct / nf_conntrack_timestamp were off when it was created).")
 
 
 def ctnetlink_type(msg: int) -> int:
@@ -441,7 +421,7 @@ def _tuple(raw: bytes, family: int, what: str) -> Tuple:
     return Tuple(src, dst, proto, sport, dport)
 
 
-def _counters(raw: Optional[bytes], what: str) -> Optional[tuple]:
+def _counters(raw: bytes | None, what: str) -> tuple | None:
     if raw is None:
         return None
     found = attributes(raw, 0, len(raw), (CTA_COUNTERS_PACKETS, CTA_COUNTERS_BYTES))
@@ -453,7 +433,7 @@ _CT_ATTRS = (CTA_TUPLE_ORIG, CTA_TUPLE_REPLY, CTA_MARK, CTA_COUNTERS_ORIG, CTA_C
              CTA_ZONE, CTA_TIMESTAMP, CTA_PROTOINFO)
 
 
-def _tcp_state(raw: Optional[bytes]) -> Optional[int]:
+def _tcp_state(raw: bytes | None) -> int | None:
     if raw is None:
         return None
     tcp = attributes(raw, 0, len(raw), (CTA_PROTOINFO_TCP,)).get(CTA_PROTOINFO_TCP)
@@ -463,18 +443,15 @@ def _tcp_state(raw: Optional[bytes]) -> Optional[int]:
     return _be(state, _U8, "TCP state") if state is not None else None
 
 
-class Close(NamedTuple):
-    """A TCP close event kept as the bytes a request for its entry needs (no decode):
-    the request names the entry by these very attributes."""
-    id: int
-    family: int
-    tuple_orig: bytes     # the CTA_TUPLE_ORIG attribute's payload
-    zone: Optional[bytes]  # the CTA_ZONE attribute's payload, if any
+# tuple_orig: the CTA_TUPLE_ORIG attribute's payload; zone: CTA_ZONE's payload or None
+Close = namedtuple("Close", "id family tuple_orig zone")
+Close.__doc__ = ("An entry kept as the bytes a request for it needs (no decode): a TCP close event's, or "
+                 "a dump's entry to delete; the request names the entry by these very attributes.")
 
 
 def conntrack_close(data, offset: int, length: int) -> Close:
-    family, _, _ = body(data, offset, length, _NFGENMSG)
-    raw = attributes(data, offset + HEADER.size + _NFGENMSG.size, offset + length,
+    family, _, _ = body(data, offset, length, NFGENMSG)
+    raw = attributes(data, offset + HEADER.size + NFGENMSG.size, offset + length,
                      (CTA_ID, CTA_TUPLE_ORIG, CTA_ZONE))
     if CTA_TUPLE_ORIG not in raw:
         raise MalformedMessage("ctnetlink: a close without its original tuple")
@@ -485,8 +462,8 @@ def conntrack_close(data, offset: int, length: int) -> Close:
 def conntrack_brief(data, offset: int, length: int) -> tuple:
     """(CTA_ID, TCP state or None) of a conntrack message, without decoding the rest:
     enough to decide whether the whole message is worth decoding."""
-    body(data, offset, length, _NFGENMSG)
-    raw = attributes(data, offset + HEADER.size + _NFGENMSG.size, offset + length, (CTA_ID, CTA_PROTOINFO))
+    body(data, offset, length, NFGENMSG)
+    raw = attributes(data, offset + HEADER.size + NFGENMSG.size, offset + length, (CTA_ID, CTA_PROTOINFO))
     return (_be(raw[CTA_ID], _BE32, "CTA_ID") if CTA_ID in raw else 0), _tcp_state(raw.get(CTA_PROTOINFO))
 
 
@@ -553,12 +530,34 @@ def sock_fprog(program_length: int, address: int) -> bytes:
     return _SOCK_FPROG.pack(program_length, address)
 
 
+def _by_tuple(entry: Close) -> bytes:
+    """The body naming one entry by the original tuple (and zone) a message gave."""
+    zone = attr(CTA_ZONE, entry.zone) if entry.zone is not None else b""
+    return nfgenmsg(entry.family) + attr(CTA_TUPLE_ORIG | NLA_F_NESTED, entry.tuple_orig) + zone
+
+
+def conntrack_delete(entry: Close) -> bytes:
+    """The body of an IPCTNL_MSG_CT_DELETE of one entry, as a dump gave it (conntrack_close)."""
+    return _by_tuple(entry)
+
+
+def conntrack_dump(ip, reply: bool, source: bool) -> bytes:
+    """The body of a ctnetlink dump of the entries whose original (reply: reply)
+    direction has `ip` (an ipaddress object) as source (else destination), filtered by
+    the kernel (CTA_FILTER, Linux 5.8)."""
+    family = AF_INET if ip.version == 4 else AF_INET6
+    end = _IP_ATTRS[ip.version][0 if source else 1]
+    flag = CTA_FILTER_FLAG_IP_SRC if source else CTA_FILTER_FLAG_IP_DST
+    tuple_ = nested((CTA_TUPLE_REPLY if reply else CTA_TUPLE_ORIG) | NLA_F_NESTED,
+                    nested(CTA_TUPLE_IP | NLA_F_NESTED, attr(end, ip.packed)))
+    return nfgenmsg(family) + tuple_ + nested(CTA_FILTER | NLA_F_NESTED,
+                                              u32_attr(CTA_FILTER_REPLY_FLAGS if reply else CTA_FILTER_ORIG_FLAGS, flag))
+
+
 def conntrack_get_request(seq: int, entry) -> bytes:
     """A request for one entry (a Conntrack or a Close), by its original tuple (and zone)."""
     if isinstance(entry, Close):
-        zone = attr(CTA_ZONE, entry.zone) if entry.zone is not None else b""
-        return message(ctnetlink_type(IPCTNL_MSG_CT_GET), NLM_F_REQUEST, seq, nfgenmsg(entry.family) +
-                       attr(CTA_TUPLE_ORIG | NLA_F_NESTED, entry.tuple_orig) + zone)
+        return message(ctnetlink_type(IPCTNL_MSG_CT_GET), NLM_F_REQUEST, seq, _by_tuple(entry))
     orig, version = entry.orig, entry.orig.src.version
     src_kind, dst_kind = _IP_ATTRS[version]
     ip = attr(src_kind, entry.orig.src.packed) + attr(dst_kind, entry.orig.dst.packed)
@@ -574,17 +573,16 @@ def conntrack_get_request(seq: int, entry) -> bytes:
     zone = attr(CTA_ZONE, _BE16.pack(entry.zone)) if entry.zone else b""
     return message(ctnetlink_type(IPCTNL_MSG_CT_GET), NLM_F_REQUEST, seq,
                    nfgenmsg(entry.family) + tuple_attr + zone)
-_NFGENMSG = struct.Struct("=BBH")
 
 
 def decode_conntrack(data, offset: int, length: int, kind: int, flags: int) -> Conntrack:
     """An IPCTNL_MSG_CT_NEW (event "new" when NLM_F_CREATE, else "update") or
     IPCTNL_MSG_CT_DELETE ("destroy") message."""
-    family, _, _ = body(data, offset, length, _NFGENMSG)
+    family, _, _ = body(data, offset, length, NFGENMSG)
     msg = kind & 0xFF
     if kind >> 8 != NFNL_SUBSYS_CTNETLINK or msg not in (IPCTNL_MSG_CT_NEW, IPCTNL_MSG_CT_DELETE):
         raise MalformedMessage(f"ctnetlink: message type {kind:#x} is not a conntrack entry")
-    attrs = attributes(data, offset + HEADER.size + _NFGENMSG.size, offset + length, _CT_ATTRS)
+    attrs = attributes(data, offset + HEADER.size + NFGENMSG.size, offset + length, _CT_ATTRS)
     if CTA_TUPLE_ORIG not in attrs:
         raise MalformedMessage("ctnetlink: an entry without its original tuple")
     reply = attrs.get(CTA_TUPLE_REPLY)

@@ -12,9 +12,9 @@ thread) — the process itself never switches.  pyroute2 is never imported here.
 import ctypes
 import errno
 import os
-import socket
 import threading
-from typing import Optional
+from _socket import AF_NETLINK, SOCK_RAW  # `socket` sets up enums: ~2 ms of each call
+from _socket import socket as raw_socket
 
 from . import nlcodec as nl
 from .constants import (CLONE_NEWNET, FAMILY, IFA_F_NODAD, IFF_UP, LOOPBACK_INDEX, RT_SCOPE_LINK,
@@ -35,7 +35,7 @@ def namespace_fd(netns) -> int:
     return os.open(netns, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
 
 
-def socket_in(netns, protocol: int = nl.NETLINK_ROUTE) -> socket.socket:
+def socket_in(netns, protocol: int = nl.NETLINK_ROUTE) -> raw_socket:
     """A netlink socket that lives in `netns`, a path or a descriptor (opened by a thread
     that setns'd)."""
     box = {}
@@ -51,7 +51,7 @@ def socket_in(netns, protocol: int = nl.NETLINK_ROUTE) -> socket.socket:
                 code = ctypes.get_errno()
                 box["error"] = OSError(code, f"setns({netns}): {os.strerror(code)}")
                 return
-            box["sock"] = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, protocol)
+            box["sock"] = raw_socket(AF_NETLINK, SOCK_RAW, protocol)
         finally:
             os.close(fd)
 
@@ -64,16 +64,17 @@ def socket_in(netns, protocol: int = nl.NETLINK_ROUTE) -> socket.socket:
 
 
 class RouteSocket:
-    """One plain rtnetlink socket, in this namespace or in `netns` (a path or a
-    descriptor: namespace_fd), bound, with its own sequence numbers; strict: the kernel
-    checks dump requests strictly and filters dumps by what they name
-    (NETLINK_GET_STRICT_CHK, Linux 4.20)."""
+    """One plain rtnetlink socket (protocol: another netlink family, e.g.
+    NETLINK_NETFILTER), in this namespace or in `netns` (a path or a descriptor:
+    namespace_fd), bound, with its own sequence numbers; strict: the kernel checks dump
+    requests strictly and filters dumps by what they name (NETLINK_GET_STRICT_CHK,
+    Linux 4.20)."""
 
-    def __init__(self, netns=None, strict: bool = False):
+    def __init__(self, netns=None, strict: bool = False, protocol: int = nl.NETLINK_ROUTE):
         if netns is not None and netns != "":  # a descriptor may be 0
-            self.sock = socket_in(netns)
+            self.sock = socket_in(netns, protocol)
         else:
-            self.sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, nl.NETLINK_ROUTE)
+            self.sock = raw_socket(AF_NETLINK, SOCK_RAW, protocol)
         try:
             if strict:
                 self.sock.setsockopt(nl.SOL_NETLINK, nl.NETLINK_GET_STRICT_CHK, 1)
@@ -91,14 +92,6 @@ class RouteSocket:
 
     def __exit__(self, *exc):
         self.close()
-
-
-class Rtnl(RouteSocket):
-    """One rtnetlink socket, in this namespace or in `netns` (a path or a descriptor)."""
-
-    def __init__(self, netns=None):
-        # kernel-side filtering of dumps (addresses of one link, routes of one table)
-        super().__init__(netns, strict=True)
 
     # -- transport -------------------------------------------------------------
     def _request(self, msg_type: int, flags: int, body: bytes, what: str, decode=None) -> list:
@@ -124,8 +117,16 @@ class Rtnl(RouteSocket):
             if not flags & (nl.NLM_F_DUMP | nl.NLM_F_ACK):
                 return replies
 
+
+class Rtnl(RouteSocket):
+    """One rtnetlink socket, in this namespace or in `netns` (a path or a descriptor)."""
+
+    def __init__(self, netns=None):
+        # kernel-side filtering of dumps (addresses of one link, routes of one table)
+        super().__init__(netns, strict=True)
+
     # -- links -----------------------------------------------------------------
-    def link(self, name: str) -> Optional[Link]:
+    def link(self, name: str) -> Link | None:
         try:
             found = self._request(nl.RTM_GETLINK, nl.NLM_F_REQUEST,
                                   nl.ifinfomsg(nl.string_attr(nl.IFLA_IFNAME, name)), f"get link {name}",
@@ -166,8 +167,12 @@ class Rtnl(RouteSocket):
         finally:
             os.close(fd)
 
-    def set_link(self, index: int, *, up=None, mtu=None, master=None, address=None, hairpin=None):
+    def set_link(self, index: int, *, up=None, mtu=None, master=None, address=None, hairpin=None, name=None):
+        """master=0 takes the link off its bridge; name renames it (the kernel refuses
+        to rename a link that is up: set it down in an earlier call)."""
         attrs = []
+        if name is not None:
+            attrs.append(nl.string_attr(nl.IFLA_IFNAME, name))
         if mtu is not None:
             attrs.append(nl.u32_attr(nl.IFLA_MTU, mtu))
         if master is not None:

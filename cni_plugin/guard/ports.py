@@ -20,7 +20,6 @@ holds it while it compares and repairs, so it never sees one without the other.
 """
 
 import errno
-import hashlib
 import ipaddress
 import json
 import os
@@ -28,6 +27,7 @@ import re
 from contextlib import contextmanager
 from dataclasses import dataclass
 
+from ..digest import sha256
 from ..fsutil import flock_bounded, is_temp_name, write_atomic
 
 DIR_SUFFIX = ".ports"
@@ -46,7 +46,7 @@ def directory(run_dir: str, network: str) -> str:
     any length) is shortened with a digest of the whole name."""
     name = network
     if len(name) + len(DIR_SUFFIX) > NAME_MAX:
-        digest = hashlib.sha256(network.encode()).hexdigest()[:16]
+        digest = sha256(network.encode()).hexdigest()[:16]
         name = f"{network[:NAME_MAX - len(DIR_SUFFIX) - 17]}-{digest}"
     return os.path.join(run_dir, name + DIR_SUFFIX)
 
@@ -212,11 +212,11 @@ POD_INDEX = "weft-pods"
 
 
 def pod_index(run_dir: str, container_id: str) -> str:
-    return os.path.join(run_dir, POD_INDEX, hashlib.sha256(container_id.encode()).hexdigest()[:24])
+    return os.path.join(run_dir, POD_INDEX, sha256(container_id.encode()).hexdigest()[:24])
 
 
 def _marker(records_dir: str, port: str) -> str:
-    return f"{hashlib.sha256(os.path.basename(records_dir).encode()).hexdigest()[:16]}:{port}"
+    return f"{sha256(os.path.basename(records_dir).encode()).hexdigest()[:16]}:{port}"
 
 
 def siblings(run_dir: str, container_id: str, port: str) -> list:

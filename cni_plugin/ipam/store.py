@@ -24,8 +24,8 @@ import errno
 import ipaddress
 import os
 import stat
+from collections import namedtuple
 from contextlib import contextmanager
-from typing import NamedTuple
 
 from ..fsutil import flock_bounded, fsync_dir, is_temp_name, write_all, write_atomic
 
@@ -38,11 +38,10 @@ LOCK_FILE = "lock"
 LOCK_TIMEOUT = 30.0  # seconds; the lock is held for milliseconds, so this means a stuck holder
 
 
-class Attachment(NamedTuple):
+class Attachment(namedtuple("Attachment", "container_id ifname")):  # not typing's: ~3 ms of a call
     """What an address is allocated to: (CNI_CONTAINERID, CNI_IFNAME)."""
 
-    container_id: str
-    ifname: str
+    __slots__ = ()
 
     @property
     def key(self) -> str:

@@ -16,7 +16,7 @@ from ..datapath.mac import random_mac
 from ..datapath.naming import HOST_VETH_PREFIX, host_veth_name
 from ..cni import caller
 from . import config as plugin_config
-from . import delegate, source_validation
+from . import delegate, source_validation, teardown
 from . import lock as attachment_lock
 from ..datapath.errors import DatapathError
 from .errors import as_cni_error, speaks_cni
@@ -175,6 +175,7 @@ def cmd_add(env, conf):
     with attachment_lock.attachment(cfg.data_dir, host_name, "ADD", cfg.lock_timeout) as held, \
             netns.open_node() as rt:
         caller.check("before ADD started")
+        teardown.finish_pending(cfg.data_dir, host_name)  # a DEL of this attachment not yet torn down
         if rt.link(host_name) is not None:
             if held.state() != attachment_lock.ADDING:
                 raise CniError(ATTACHMENT_EXISTS, f"attachment {_attachment(env)} already exists (host "
@@ -230,12 +231,30 @@ def _rollback(cfg, env, rt, host_name: str) -> None:
 
 
 def cmd_del(env, conf):
+    """Served by weftd: the pod is cut off under the lock and the rest is queued
+    (plugin/teardown.py); standalone, or with the queue full, all of it happens here."""
     lap = invocation.current().lap
     cfg = plugin_config.load(conf, "DEL")
     lap("config")
     host_name = host_veth_name(env.container_id, env.ifname)
+    queue = invocation.current().teardown
+    if queue is not None and teardown.read(cfg.data_dir, host_name) is not None \
+            and queue.submit(cfg.data_dir, host_name, cfg.lock_timeout):
+        # cut off by an earlier DEL (containerd's RemovePodSandbox repeats StopPodSandbox's):
+        # the same answer at once, without waiting for the lock its teardown may hold
+        return
     with attachment_lock.attachment(cfg.data_dir, host_name, "DEL", cfg.lock_timeout) as held:
-        _delete(cfg, env, host_name)
+        # the lock file (and the ADD stage it records) goes only once the DEL succeeded
+        if teardown.read(cfg.data_dir, host_name) is None:
+            if queue is None or not teardown.cut_off(cfg, env, conf, host_name):
+                _delete(cfg, env, host_name)
+                held.remove = True
+                return
+            lap("cut-off")
+        # this DEL's teardown, or an earlier one's (DEL again, or after an agent kill)
+        if queue is None or not queue.submit(cfg.data_dir, host_name, cfg.lock_timeout):
+            teardown.finish_pending(cfg.data_dir, host_name)
+            lap("teardown")
         held.remove = True
 
 
@@ -351,6 +370,7 @@ def cmd_gc(env, conf):
     valid = valid_attachments(conf)
     keep_links = {host_veth_name(container_id, ifname) for container_id, ifname in valid}
     errors = []
+    teardown.finish_all(cfg.data_dir, cfg.lock_timeout, errors)  # what DELs said, before the sweep
     try:
         with netns.open_node() as rt:
             bridge = rt.link(cfg.bridge)

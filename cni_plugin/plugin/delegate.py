@@ -6,7 +6,6 @@ on stdin and our CNI_* environment with CNI_COMMAND set to the operation.
 
 import json
 import os
-import subprocess
 
 from ..cni.errors import DELEGATE_FAILED, INVALID_NETCONF, CniError
 from ..cni import result as cni_result
@@ -37,6 +36,8 @@ def run(plugin_type: str, command: str, env, conf: dict):
     environ = {k: v for k, v in os.environ.items() if not k.startswith("CNI_")}
     environ.update(env.as_environ())
     environ["CNI_COMMAND"] = command
+    import subprocess  # only for a delegate that is not weft's own (~2 ms of import)
+
     try:
         proc = subprocess.run(
             [executable],
@@ -50,7 +51,7 @@ def run(plugin_type: str, command: str, env, conf: dict):
                        f"within {DELEGATE_TIMEOUT}s")
     except OSError as exc:
         raise CniError(DELEGATE_FAILED, f"IPAM plugin {executable} could not be run: {exc}")
-    return _interpret(executable, command, proc)
+    return _interpret(executable, command, proc.returncode, proc.stdout, proc.stderr)
 
 
 def _run_in_process(executable: str, command: str, env, conf: dict):
@@ -61,19 +62,19 @@ def _run_in_process(executable: str, command: str, env, conf: dict):
 
     environ = {**env.as_environ(), "CNI_COMMAND": command}
     out, code = dispatch(HANDLERS, environ, json.dumps(conf).encode())
-    return _interpret(executable, command, subprocess.CompletedProcess([executable], code, out, b""))
+    return _interpret(executable, command, code, out, b"")
 
 
-def _interpret(executable: str, command: str, proc):
-    stdout = proc.stdout.strip()
-    if proc.returncode != 0:
+def _interpret(executable: str, command: str, returncode: int, stdout: bytes, stderr: bytes):
+    stdout = stdout.strip()
+    if returncode != 0:
         try:
             err = json.loads(stdout)
             code, msg = int(err["code"]), str(err["msg"])
         except (ValueError, KeyError, TypeError):
-            stderr = proc.stderr.decode(errors="replace").strip()[-500:]
+            stderr = stderr.decode(errors="replace").strip()[-500:]
             raise CniError(DELEGATE_FAILED, f"IPAM plugin {executable} failed {command} with exit "
-                           f"code {proc.returncode}", stderr or stdout.decode(errors="replace")[-500:])
+                           f"code {returncode}", stderr or stdout.decode(errors="replace")[-500:])
         raise CniError(code, msg, str(err.get("details", "")))
     if command != "ADD":
         return None

@@ -35,11 +35,11 @@ of the pods defining that name (the fragment is marked `named` and replanned whe
 pods change).
 """
 
-import hashlib
 import ipaddress
 import json
 from dataclasses import dataclass, field
 
+from ..digest import sha256
 from ..flows import marks
 
 
@@ -59,7 +59,7 @@ def table_name(network: str) -> str:
 
 
 def policy_id(ref: str) -> str:
-    return "p" + hashlib.sha256(ref.encode()).hexdigest()[:10]
+    return "p" + sha256(ref.encode()).hexdigest()[:10]
 
 
 @dataclass

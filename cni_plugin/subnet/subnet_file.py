@@ -17,7 +17,6 @@ carries the lines of one family or both, each family's pair complete.
 
 import ipaddress
 from dataclasses import dataclass
-from typing import Optional
 
 from ..fsutil import write_atomic
 
@@ -28,15 +27,15 @@ class SubnetFileError(ValueError):
 
 @dataclass(frozen=True)
 class SubnetLease:
-    network: Optional[ipaddress.IPv4Network]   # None (with subnet) on an IPv6-only network
-    subnet: Optional[ipaddress.IPv4Interface]  # the node's subnet, with the gateway (.1) as address
-    mtu: Optional[int] = None
+    network: ipaddress.IPv4Network | None   # None (with subnet) on an IPv6-only network
+    subnet: ipaddress.IPv4Interface | None  # the node's subnet, with the gateway (.1) as address
+    mtu: int | None = None
     ipmasq: bool = False
-    ipv6_network: Optional[ipaddress.IPv6Network] = None
-    ipv6_subnet: Optional[ipaddress.IPv6Interface] = None
+    ipv6_network: ipaddress.IPv6Network | None = None
+    ipv6_subnet: ipaddress.IPv6Interface | None = None
     # per-family overrides of ipmasq (None: as ipmasq says)
-    ipv4_ipmasq: Optional[bool] = None
-    ipv6_ipmasq: Optional[bool] = None
+    ipv4_ipmasq: bool | None = None
+    ipv6_ipmasq: bool | None = None
 
     def masquerades(self, version: int) -> bool:
         override = self.ipv4_ipmasq if version == 4 else self.ipv6_ipmasq

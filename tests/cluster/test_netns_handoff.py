@@ -52,8 +52,9 @@ def attach_and_detach(cni_dir, node, conf, netns: str, cid: str) -> None:
     assert checked.code == 0, f"{netns}: {checked}"
     deleted = call(cni_dir, node, "DEL", conf, netns, cid)
     assert deleted.code == 0, f"{netns}: {deleted}"
-    assert pod_addresses(netns) == set() and host_veth(cid) not in links(node.ns)
-    assert store_state(node) == ([], [])
+    assert host_veth(cid) not in links(node.ns)  # cut off; weftd tears the pair down in the background
+    wait_for(lambda: pod_addresses(netns) == set() and store_state(node) == ([], []), 10,
+             what=f"the teardown of {cid} finished")
 
 
 def raw_call(node, request: bytes, fds=(), hold: float = 0.0) -> bytes:

@@ -9,7 +9,7 @@ import subprocess
 import time
 
 from lab import attachment
-from lab.attachment import holding, host_veth
+from lab.attachment import holding, host_veth, wait_torn_down
 from lab.cluster import wait_for
 from lab.cni import invoke
 from lab.namespaces import Namespace
@@ -89,6 +89,7 @@ def test_add_whose_caller_vanishes_then_del_leaves_nothing_16_trials(cluster):
             wait_for(lambda: not os.path.exists(lock_file(node, cid)), 30,
                      what=f"trial {trial}: the abandoned ADD's lock file removed")
             assert host_veth(cid) not in links(node.ns), f"trial {trial}: host veth left"
+            wait_torn_down(os.path.join(node.dir, "weft"))  # an ADD that committed: weftd tears it down
             assert "eth0" not in links(pod), f"trial {trial}: pod eth0 left"
             assert store_state(node) == ([], []), f"trial {trial}: reservation left"
         log = node.log()

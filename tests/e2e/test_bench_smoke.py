@@ -50,14 +50,15 @@ def test_bench_smoke(tmp_path, installed):
     assert meta["smoke"] is True and meta["machine"]["nproc"] >= 1 and meta["machine"]["kernel"]
 
     default = figures["default"]  # the headline: weft as installed, agent with a lease, through libcni
-    for kind in ("weft", "go", "go-1.1"):
+    for kind in ("weft", "go", "go-1.1", "weft-alone", "go-alone"):
         assert default[kind]["errors"] == 0, default[kind]["error_samples"]
         sane_ms(default[kind]["add_ms"], 10)
         sane_ms(default[kind]["del_ms"], 10)
     assert default["masquerade_table"]["state"] == "installed", default["masquerade_table"]
     steps = default["weft"]["steps_p50_ms"]
     assert {"ipam", "veth", "validation", "container", "masquerade"} <= set(steps["add"]), steps  # validation on
-    assert {"container", "host-veth", "validation", "ipam"} <= set(steps["del"]), steps
+    assert {"config", "cut-off"} <= set(steps["del"]), steps  # the rest in weftd's background teardown
+    assert default["churn"]["errors"] == 0 and default["churn"]["p99_ratio"], default["churn"]
     rss = default["weft"]["forwarder_peak_rss_mib"]
     assert 0 < rss["version_via_agent"] and 0 < rss["version_standalone"], rss
     assert 0 < default["kernel_floor"]["veth_del_ms"], default["kernel_floor"]

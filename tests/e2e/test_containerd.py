@@ -40,6 +40,7 @@ import sys
 import grpc
 import pytest
 
+from lab.attachment import wait_torn_down
 from lab.cluster import REPO, Cluster, wait_for
 from lab.containerd import RELEASES, release
 from lab.cri import SANDBOX_READY
@@ -179,7 +180,9 @@ def plugin_calls(cri_node, command: str) -> list:
 
 
 def state_of(cri_node):
-    """What a failed or finished sandbox could leave: veths, reservations, netns files."""
+    """What a failed or finished sandbox could leave: veths, reservations, netns files
+    (once weftd finished tearing down the DELs it served)."""
+    wait_torn_down(os.path.join(cri_node.node.dir, "weft"))
     return pod_veths(cri_node), reservations(cri_node), cri_node.runtime.pod_netns_files()
 
 
@@ -221,9 +224,10 @@ def test_stop_and_remove_release_everything(nodes, sandboxes):
     _, peer = pod_eth0(one, sandbox_id)
     veth = node_links(one)[peer]["ifname"]
     assert netns in one.runtime.pod_netns_files()
-    one.client.stop_pod_sandbox(sandbox_id)  # CNI DEL runs here
-    assert veth not in pod_veths(one) and peer not in node_links(one)
-    assert ip not in reservations(one)
+    one.client.stop_pod_sandbox(sandbox_id)  # CNI DEL runs here: the pod is cut off at once
+    assert veth not in pod_veths(one)
+    wait_torn_down(os.path.join(one.node.dir, "weft"))  # weftd tears the rest down meanwhile
+    assert peer not in node_links(one) and ip not in reservations(one)
     assert netns not in one.runtime.pod_netns_files()
     assert one.client.pod_sandbox_status(sandbox_id).state != SANDBOX_READY
     one.client.remove_pod_sandbox(sandbox_id)

@@ -15,6 +15,7 @@ import os
 
 import pytest
 
+from lab.attachment import wait_torn_down
 from lab.cluster import Cluster
 from lab.cnitool import inet, ipam_state
 from lab.containerd import RELEASES, release
@@ -89,7 +90,8 @@ def test_run_pod_sandbox_through_multus_gives_eth0_and_net1_and_stop_releases_bo
         assert (holder["podNamespace"], holder["podName"], holder["containerID"]) == ("default", "web-0", sandbox)
 
     cri_node.client.stop_pod_sandbox(sandbox)  # containerd's DEL: Multus removes net1, then eth0
-    assert weft_veths(cri_node) == set()
+    assert weft_veths(cri_node) == set()  # cut off at once; weftd tears down the rest meanwhile
+    wait_torn_down(os.path.join(node.dir, "weft"))
     assert ipam_state(node.dir, "weft")[0] == [] and ipam_state(node.dir, "weft2")[0] == []
     assert [c[2:] for c in delegate_calls(node) if c[:2] == ("DEL", "web-0")][:2] == [("weft2", "net1"), ("weft", "eth0")]
     cri_node.client.remove_pod_sandbox(sandbox)

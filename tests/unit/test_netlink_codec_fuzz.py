@@ -24,7 +24,8 @@ from cni_plugin.datapath.constants import AF_BRIDGE, AF_INET, AF_INET6, IFF_UP, 
 
 BOUNDED = settings(max_examples=150, deadline=2000, suppress_health_check=[HealthCheck.too_slow])
 DECODERS = {nl.RTM_NEWLINK: nl.decode_link, nl.RTM_NEWADDR: nl.decode_address,
-            nl.RTM_NEWROUTE: nl.decode_route, nl.RTM_NEWNEIGH: nl.decode_neighbour}
+            nl.RTM_NEWROUTE: nl.decode_route, nl.RTM_NEWNEIGH: nl.decode_neighbour,
+            nl.ctnetlink_type(nl.IPCTNL_MSG_CT_NEW): nl.conntrack_close}
 FAMILIES = {4: AF_INET, 6: AF_INET6}
 
 
@@ -285,3 +286,37 @@ def test_notifications_cut_short_count_as_a_change_or_are_judged_whole(judges, p
         assert ours._any_relevant(whole[:cut]) is True
     cut = data.draw(st.integers(1, len(rule) - 1))
     assert table._any_relevant(rule[:cut]) is True
+
+
+# -- ctnetlink: an entry's original tuple and zone, handed back as they came ----------------------
+@BOUNDED
+@given(st.sampled_from([AF_INET, AF_INET6]), st.lists(st.tuples(st.integers(1, 40), st.binary(max_size=20)),
+                                                      min_size=1, max_size=4),
+       st.one_of(st.none(), st.binary(min_size=2, max_size=2)), st.data())
+def test_a_conntrack_entry_decodes_to_its_tuple_and_zone(family, inner, zone, data):
+    tuple_orig = b"".join(nl.attr(kind, value) for kind, value in inner)
+    attrs = [nl.attr(nl.CTA_TUPLE_ORIG | nl.NLA_F_NESTED, tuple_orig)] + ([nl.attr(nl.CTA_ZONE, zone)] if zone else [])
+    message = nl.message(nl.ctnetlink_type(nl.IPCTNL_MSG_CT_NEW), 0, 1,
+                         nl.nfgenmsg(family) + with_foreign(data.draw, attrs))
+    assert decode_all(message) == [nl.Close(0, family, tuple_orig, zone)]
+    assert nl.conntrack_delete(nl.Close(0, family, tuple_orig, zone))[nl.NFGENMSG_SIZE:] == b"".join(
+        nl.attr(kind, value) for kind, value in
+        [(nl.CTA_TUPLE_ORIG | nl.NLA_F_NESTED, tuple_orig)] + ([(nl.CTA_ZONE, zone)] if zone else []))
+
+
+@BOUNDED
+@given(st.ip_addresses(), st.booleans(), st.booleans())
+def test_a_conntrack_dump_request_names_the_address_and_its_filter(ip, reply, source):
+    request = nl.conntrack_dump(ip, reply, source)
+    family = AF_INET if ip.version == 4 else AF_INET6
+    assert request[0] == family
+    top = nl.attributes(request, nl.NFGENMSG_SIZE, len(request))
+    tuple_ = top[nl.CTA_TUPLE_REPLY if reply else nl.CTA_TUPLE_ORIG]
+    tuple_ip = nl.attributes(tuple_, 0, len(tuple_))[nl.CTA_TUPLE_IP]
+    ip_attrs = nl.attributes(tuple_ip, 0, len(tuple_ip))
+    end = {(4, True): nl.CTA_IP_V4_SRC, (4, False): nl.CTA_IP_V4_DST,
+           (6, True): nl.CTA_IP_V6_SRC, (6, False): nl.CTA_IP_V6_DST}[(ip.version, source)]
+    assert ip_attrs == {end: ip.packed}
+    flags = nl.attributes(top[nl.CTA_FILTER], 0, len(top[nl.CTA_FILTER]))
+    assert nl.u32(flags[nl.CTA_FILTER_REPLY_FLAGS if reply else nl.CTA_FILTER_ORIG_FLAGS], "flags") == \
+        (nl.CTA_FILTER_FLAG_IP_SRC if source else nl.CTA_FILTER_FLAG_IP_DST)

@@ -13,7 +13,8 @@ The controller runs its own thread, so a slow etcd or a large replan never delay
 the lease and overlay controllers.  The fast path: an ADD served by this agent calls
 attaching() from the CNI worker thread before the pod has an interface; the pod is
 in its sets when ADD returns (the ADD fails with "try again later" when the objects
-could not be loaded: fail closed, never a pod the policy does not cover).
+could not be loaded: fail closed, never a pod the policy does not cover); a DEL's
+background teardown calls detaching() before the address is released.
 
 At every reconcile interval (and while etcd is away) the kernel is compared with the
 last plan; a deleted table, set, element or rule is put back and counted as drift.
@@ -118,6 +119,17 @@ class PolicyController(Controller):
                 self._addresses_changed(changed, "attach")
                 if idle and not self._nothing_to_deny():  # the denial poll starts now, not at the reconcile
                     self.events.put(("wake", None, None, None, 0))
+
+    def detaching(self, ips):
+        """A DEL's background teardown, before the addresses are released: they leave
+        the sets now (the release in the journal, read later, changes nothing more)."""
+        if not self.enabled or not self.loaded.is_set():
+            return  # the first listing reads the journal, which has the release by then
+        with self.lock:
+            changed = [ip for ip in ips if self.state.record({"event": "release", "ip": str(ip),
+                                                              "ts": format_ts(now())})]
+            if changed:
+                self._addresses_changed(changed, "detach")
 
     def close(self):
         self.stopping.set()
