@@ -36,6 +36,7 @@ def test_make_demo(tmp_path, family):
     assert "(app=web) -> default/node1-pod0 after the policy: allowed" in proc.stdout
     assert "DENIED: default/node3-pod0" in proc.stdout and "isolated by default/db-from-web" in proc.stdout
     # FlowLog on: the flow records of both TCP connections to the db pod (docs/flows.md)
-    assert "default/node2-pod0 (10.244." in proc.stdout and "ALLOWED by default/db-from-web" in proc.stdout
-    assert "default/node3-pod0 (10.244." in proc.stdout and "DENIED by default/db-from-web" in proc.stdout
+    pods = "10.244." if family == "ipv4" else "fd10:244:"
+    assert f"default/node2-pod0 ({pods}" in proc.stdout and "ALLOWED by default/db-from-web" in proc.stdout
+    assert f"default/node3-pod0 ({pods}" in proc.stdout and "DENIED by default/db-from-web" in proc.stdout
     assert not set(made) & netns_names(), "the demo left namespaces behind"
