@@ -11,34 +11,17 @@ median of the rounds.
 """
 
 import os
-import subprocess
 
-from lab.cluster import Cluster, wait_for
+from lab.cluster import Cluster
 
-from .context import quiesce, rotate
 from .reference import MTU6, WG_MTU6, ReferenceTopology
-from .throughput import _link_mtu, _median, iperf
+from .throughput import _link_mtu, _median, paired_rounds, two_nodes
 
 VXLAN = {"EnableIPv4": False, "EnableIPv6": True, "IPv6Network": "fd10:81::/48",
          "Backend": {"Type": "vxlan", "VNI": 81}}
 WIREGUARD = {"EnableIPv4": False, "EnableIPv6": True, "IPv6Network": "fd10:82::/48",
              "Backend": {"Type": "wireguard"}}
 KINDS = ("weft_vxlan", "reference_vxlan", "weft_wireguard", "reference_wireguard")
-
-
-def _two_nodes(cluster) -> list:
-    networks = {"v6vx": VXLAN, "v6wg": WIREGUARD}
-    for name, config in networks.items():
-        cluster.set_network(name, config)
-    nodes = [cluster.add_node() for _ in range(2)]
-    for node in nodes:
-        node.start_agent(networks=tuple(networks), discover=True)
-    for node in nodes:
-        for name in networks:
-            node.wait_ready(name, timeout=60)
-            wait_for(lambda: len((node.status(name) or {}).get("peers", [])) == 1, 30,
-                     what=f"{node.name} {name} peer")
-    return nodes
 
 
 def ipv6_underlay(ctx, seconds: int, rounds: int) -> dict:
@@ -48,7 +31,7 @@ def ipv6_underlay(ctx, seconds: int, rounds: int) -> dict:
                       underlay="ipv6")
     references = []
     try:
-        nodes = _two_nodes(cluster)
+        nodes = two_nodes(cluster, {"v6vx": VXLAN, "v6wg": WIREGUARD}, discover=True)
 
         def pod(node, network, bridge, name):
             conf = node.netconf(network, bridge=bridge, agentSocket=os.path.join(node.run_dir, "weftd.sock"))
@@ -66,16 +49,7 @@ def ipv6_underlay(ctx, seconds: int, rounds: int) -> dict:
             rb, _ = reference.nodes[1].add_pod(ctx)
             runs[f"reference_{overlay}"] = (ra.name, ra_ip, rb.name)
             implementation[overlay] = reference.implementation
-        for kind, (_, ip, client) in runs.items():  # handshakes (up to ~5 s) before timing anything
-            wait_for(lambda: subprocess.run(["ip", "netns", "exec", client, "ping", "-c", "1", "-W", "1", ip],
-                                            capture_output=True, timeout=10).returncode == 0, 30, 0.2,
-                     what=f"{kind}: {client} reaches {ip}")
-        samples = {kind: [] for kind in runs}
-        for r in range(rounds):
-            quiesce(ctx)
-            for kind in rotate(list(runs), r):
-                samples[kind].append(iperf(*runs[kind], seconds))
-            ctx.say(f"ipv6-underlay round {r + 1}/{rounds} done")
+        samples = paired_rounds(ctx, runs, seconds, rounds, "ipv6-underlay")
         result = {"seconds": seconds, "rounds": rounds, "tool": "iperf3 -c IP -t S -J (1 TCP stream)",
                   "weft_wireguard_implementation": nodes[0].status("v6wg").get("wireguard", {}).get("implementation"),
                   "reference_wireguard_implementation": implementation["wireguard"],

@@ -66,13 +66,14 @@ def _link_mtu(ns, ifname="eth0"):
     return links[0].get("mtu") if links else None
 
 
-def two_nodes(cluster, networks: dict) -> list:
-    """Two nodes whose agents serve `networks` ({name: config}), each ready and peered."""
+def two_nodes(cluster, networks: dict, **agent) -> list:
+    """Two nodes whose agents serve `networks` ({name: config}), each ready and peered;
+    `agent`: more start_agent arguments (e.g. discover=True)."""
     for name, config in networks.items():
         cluster.set_network(name, config)
     nodes = [cluster.add_node() for _ in range(2)]
     for node in nodes:
-        node.start_agent(networks=tuple(networks))
+        node.start_agent(networks=tuple(networks), **agent)
     for node in nodes:
         for name in networks:
             node.wait_ready(name, timeout=60)
@@ -136,3 +137,20 @@ def throughput(ctx, seconds: int, rounds: int) -> dict:
         cluster.cleanup()
         if reference is not None:
             ctx.release(reference.namespace_names())
+
+
+def paired_rounds(ctx, runs: dict, seconds: int, rounds: int, label: str) -> dict:
+    """{kind: [iperf sample per round]} for runs {kind: (server ns, server ip, client ns)}:
+    every client first reaches its server (WireGuard handshakes take up to ~5 s), then
+    each round, after the machine quiets down, runs every kind once in a rotated order."""
+    for kind, (_, ip, client) in runs.items():
+        wait_for(lambda: subprocess.run(["ip", "netns", "exec", client, "ping", "-c", "1", "-W", "1", ip],
+                                        capture_output=True, timeout=10).returncode == 0, 30, 0.2,
+                 what=f"{kind}: {client} reaches {ip}")
+    samples = {kind: [] for kind in runs}
+    for r in range(rounds):
+        quiesce(ctx)
+        for kind in rotate(list(runs), r):
+            samples[kind].append(iperf(*runs[kind], seconds))
+        ctx.say(f"{label} round {r + 1}/{rounds} done")
+    return samples

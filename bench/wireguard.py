@@ -9,13 +9,11 @@ WireGuard implementation ran (kernel or wireguard-go) is recorded for both sides
 """
 
 import os
-import subprocess
 
-from lab.cluster import Cluster, wait_for
+from lab.cluster import Cluster
 
-from .context import quiesce, rotate
 from .reference import WG_MTU, ReferenceTopology
-from .throughput import _link_mtu, _median, iperf, two_nodes
+from .throughput import _link_mtu, _median, paired_rounds, two_nodes
 
 VXLAN = {"Network": "10.244.0.0/16", "Backend": {"Type": "vxlan", "VNI": 1}}
 WIREGUARD = {"Network": "10.245.0.0/16", "Backend": {"Type": "wireguard"}}
@@ -42,16 +40,7 @@ def wireguard(ctx, seconds: int, rounds: int) -> dict:
         runs = {"weft_wireguard": (wa.ns.name, wa.ip, wb.ns.name),
                 "weft_vxlan": (va.ns.name, va.ip, vb.ns.name),
                 "reference_wireguard": (ra.name, ra_ip, rb.name)}
-        for kind, (_, ip, client) in runs.items():  # handshakes (up to ~5 s) before timing anything
-            wait_for(lambda: subprocess.run(["ip", "netns", "exec", client, "ping", "-c", "1", "-W", "1", ip],
-                                            capture_output=True, timeout=10).returncode == 0, 30, 0.2,
-                     what=f"{kind}: {client} reaches {ip}")
-        samples = {kind: [] for kind in runs}
-        for r in range(rounds):
-            quiesce(ctx)
-            for kind in rotate(list(runs), r):
-                samples[kind].append(iperf(*runs[kind], seconds))
-            ctx.say(f"wireguard round {r + 1}/{rounds} done")
+        samples = paired_rounds(ctx, runs, seconds, rounds, "wireguard")
         implementation = nodes[0].status("wg").get("wireguard", {}).get("implementation")
         result = {"seconds": seconds, "rounds": rounds, "tool": "iperf3 -c IP -t S -J (1 TCP stream)",
                   "weft_implementation": implementation, "reference_implementation": reference.implementation,

@@ -15,7 +15,7 @@ import sys
 import threading
 import time
 
-from lab.netpol_probe import _family, _udp_server
+from lab.netpol_probe import _family, _udp_server, listeners
 
 TIMEOUT = 5.0
 
@@ -38,12 +38,7 @@ def _tcp(listener):
 
 
 def sink(address, port):
-    tcp = socket.socket(_family(address), socket.SOCK_STREAM)
-    tcp.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    tcp.bind((address, port))
-    tcp.listen(64)
-    udp = socket.socket(_family(address), socket.SOCK_DGRAM)
-    udp.bind((address, port))
+    tcp, udp = listeners(address, port)
     threading.Thread(target=_tcp, args=(tcp,), daemon=True).start()
     threading.Thread(target=_udp_server, args=(udp,), daemon=True).start()
     print("listening", flush=True)

@@ -38,15 +38,21 @@ def _udp_server(sock):
             pass
 
 
+def listeners(address: str, port: int) -> tuple:
+    """(TCP listening socket, UDP socket), both bound to address:port."""
+    tcp = socket.socket(_family(address), socket.SOCK_STREAM)
+    tcp.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    tcp.bind((address, port))
+    tcp.listen(64)
+    udp = socket.socket(_family(address), socket.SOCK_DGRAM)
+    udp.bind((address, port))
+    return tcp, udp
+
+
 def serve(address: str, ports) -> None:
     threads = []
     for port in ports:
-        tcp = socket.socket(_family(address), socket.SOCK_STREAM)
-        tcp.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        tcp.bind((address, port))
-        tcp.listen(64)
-        udp = socket.socket(_family(address), socket.SOCK_DGRAM)
-        udp.bind((address, port))
+        tcp, udp = listeners(address, port)
         threads += [threading.Thread(target=_tcp_server, args=(tcp,), daemon=True),
                     threading.Thread(target=_udp_server, args=(udp,), daemon=True)]
     for thread in threads:
