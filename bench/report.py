@@ -244,6 +244,7 @@ def ipv6_underlay_table(figures: dict) -> list:
                        f"{fig.get('weft_wireguard_pod_mtu')}; reference: hand-built "
                        f"{fig.get('reference_wireguard_implementation')} pair)", gbps("weft_wireguard"),
                        gbps("reference_wireguard"), _fmt(fig.get("ratio_wireguard"), 2, "x")]))
+    return lines
 
 
 def flows_targets(fig) -> list:
