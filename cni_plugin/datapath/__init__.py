@@ -8,7 +8,8 @@ netlink.py    the agent's netlink client (devices, single writes) over pyroute2'
               IPRoute; its reads of weft's entries go to owned_dump.py
 owned_dump.py the reconcile's one reader (kernel-filtered dumps); batch.py many
               writes per send; changes.py change notifications (all over nlcodec)
-conntrack.py  the conntrack entries of a released pod address flushed (over nlcodec)
+conntrack.py  the kernel's connection tracking over nlcodec: flow-record events and dumps,
+              and the flush of a released pod address's entries
 constants.py  netlink numbers shared by both clients, defined once
 errors.py     DatapathError and its family (no CNI codes here)
 netns.py      opening namespaces safely, without blocking

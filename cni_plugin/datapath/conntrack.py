@@ -14,7 +14,9 @@ and receive() counts in `lost` (one ENOBUFS: at least one event lost).
 dump(mark, mask) lists the entries whose ct mark matches (the kernel filters), for the
 interim records of long-lived connections.  enable_accounting() turns on the per-entry
 byte/packet counters and start/stop times (they apply to connections created after
-they are on).  Messages are framed and parsed by nlcodec only.
+they are on).  flush(ips) deletes the entries of a torn-down pod's addresses before
+they are released (plugin/teardown.py, and a standalone DEL).  Messages are framed and
+parsed by nlcodec only.
 """
 
 import ctypes
@@ -212,7 +214,9 @@ def flush(ips) -> int:
     direction's source (connections the pod opened, masqueraded or not) and the reply
     direction's source (connections to the pod, straight or DNATed to it from a Service
     address).  pyroute2's client took ~130 ms a flush: too much for a queue that follows
-    pod churn."""
+    pod churn.  Backstop: a kernel before 5.8 ignores CTA_FILTER and dumps every entry
+    of the family, so each entry is deleted only when `ip` is in it (holds()), whatever
+    the kernel filtered."""
     from .errors import NetlinkError
     from .rtnl import RouteSocket
 
@@ -224,8 +228,10 @@ def flush(ips) -> int:
                 for reply in (False, True):  # the source of either direction
                     for entry in ct._request(nl.ctnetlink_type(nl.IPCTNL_MSG_CT_GET), nl.NLM_F_REQUEST | nl.NLM_F_DUMP,
                                              nl.conntrack_dump(ip, reply, source=True),
-                                             f"list the conntrack entries of {ip}", nl.conntrack_close):
-                        found[(entry.family, entry.tuple_orig, entry.zone)] = entry
+                                             f"list the conntrack entries of {ip}", nl.conntrack_entry):
+                        close, parsed = entry
+                        if holds(parsed, ip):
+                            found[(close.family, close.tuple_orig, close.zone)] = close
                 for entry in found.values():
                     try:
                         ct._request(nl.ctnetlink_type(nl.IPCTNL_MSG_CT_DELETE), nl.NLM_F_REQUEST | nl.NLM_F_ACK,
@@ -241,3 +247,9 @@ def flush(ips) -> int:
     except OSError as exc:
         raise DatapathError(f"cannot flush the conntrack entries of {', '.join(map(str, ips))}: {exc}") from None
     return removed
+
+
+def holds(entry, ip) -> bool:
+    """Whether `ip` is the source of either direction of a conntrack entry (what flush()
+    deletes; the kernel's CTA_FILTER asks the same, on kernels that know it)."""
+    return entry.orig.src == ip or (entry.reply is not None and entry.reply.src == ip)

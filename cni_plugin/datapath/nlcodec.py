@@ -78,7 +78,6 @@ CTA_FILTER_ORIG_FLAGS, CTA_FILTER_REPLY_FLAGS = 1, 2
 CTA_FILTER_FLAG_IP_SRC, CTA_FILTER_FLAG_IP_DST = 1 << 0, 1 << 1
 CTA_PROTOINFO_TCP, CTA_PROTOINFO_TCP_STATE = 1, 1
 TCP_CONNTRACK_TIME_WAIT, TCP_CONNTRACK_CLOSE = 7, 8   # linux/netfilter/nf_conntrack_tcp.h
-NLA_F_NESTED = 0x8000
 CTA_COUNTERS_ORIG, CTA_COUNTERS_REPLY, CTA_ID, CTA_ZONE, CTA_TIMESTAMP, CTA_MARK_MASK = 9, 10, 12, 18, 20, 21
 CTA_TUPLE_IP, CTA_TUPLE_PROTO = 1, 2
 CTA_IP_V4_SRC, CTA_IP_V4_DST, CTA_IP_V6_SRC, CTA_IP_V6_DST = 1, 2, 3, 4
@@ -573,6 +572,13 @@ def conntrack_get_request(seq: int, entry) -> bytes:
     zone = attr(CTA_ZONE, _BE16.pack(entry.zone)) if entry.zone else b""
     return message(ctnetlink_type(IPCTNL_MSG_CT_GET), NLM_F_REQUEST, seq,
                    nfgenmsg(entry.family) + tuple_attr + zone)
+
+
+def conntrack_entry(data, offset: int, length: int) -> tuple:
+    """(Close, Conntrack) of a dumped entry: the bytes a delete hands back, and the
+    parsed tuples that say whose entry it is."""
+    _, kind, flags, _, _ = HEADER.unpack_from(data, offset)
+    return conntrack_close(data, offset, length), decode_conntrack(data, offset, length, kind, flags)
 
 
 def decode_conntrack(data, offset: int, length: int, kind: int, flags: int) -> Conntrack:

@@ -40,7 +40,6 @@ import json
 from dataclasses import dataclass, field
 
 from ..digest import sha256
-from ..flows import marks
 
 
 FAMILY = "inet"
@@ -164,6 +163,8 @@ def _record_denial(direction: str, version: int, number: int) -> list:
 
 def _mark_decided(direction: str, number: int) -> dict:
     """ct mark: this policy's number in the direction's field, the other bits kept."""
+    from ..flows import marks  # not at import: the standalone ADD path loads this module
+
     mask, value = marks.mark_bits(direction, number)
     return {"mangle": {"key": {"ct": {"key": "mark"}}, "value": {"|": [
         {"&": [{"ct": {"key": "mark"}}, 0xFFFFFFFF ^ mask]}, value]}}}
