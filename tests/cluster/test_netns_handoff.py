@@ -152,7 +152,8 @@ def test_weftd_that_sees_no_runtime_netns_directory_serves_them_all_and_keeps_no
         assert call(cni_dir, node, "ADD", conf, gone.path, "gone").code == 0
         gone.delete()
         assert call(cni_dir, node, "DEL", conf, gone.path, "gone").code == 0
-        assert host_veth("gone") not in links(node.ns) and store_state(node) == ([], [])
+        assert host_veth("gone") not in links(node.ns)  # cut off; released by the background teardown
+        wait_for(lambda: store_state(node) == ([], []), 10, what="the teardown of gone finished")
 
         # requests that never reach a handler, or whose caller leaves: descriptors closed too
         env = {"CNI_COMMAND": "ADD", "CNI_CONTAINERID": "raw", "CNI_NETNS": pod.path, "CNI_IFNAME": "eth0",
