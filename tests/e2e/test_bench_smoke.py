@@ -16,7 +16,7 @@ from bench import doc_tables
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 KINDS = ("go", "go-1.1", "weft-standalone", "weft-agent")
 FIGURES = {"default", "sequential", "ipv6-only", "parallel", "density", "throughput", "source-validation", "wireguard",
-           "convergence", "cri", "policy", "scale"}
+           "ipv6-underlay", "convergence", "cri", "policy", "flows", "scale"}
 
 
 def netns_names():
