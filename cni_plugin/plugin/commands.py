@@ -284,12 +284,7 @@ def _delete(cfg, env, host_name: str) -> None:
         errors.append(exc)
     lap("validation")
     try:  # before the release: the next holder of an address inherits none of its connections
-        from ..datapath import conntrack
-        from .teardown import held_addresses
-
-        ips = held_addresses(cfg, env)
-        if ips:
-            conntrack.flush(ips)
+        teardown.disconnect(cfg, env)
     except Exception as exc:
         errors.append(exc)
     lap("conntrack")

@@ -143,12 +143,7 @@ def finish(data_dir: str, record: dict) -> None:
         if same is not None and same.index == record["index"]:
             links.retire(rt, host_veth, record["retired"])
     source_validation.detach(cfg, host_veth)
-    ips = held_addresses(cfg, env)
-    if ips:
-        invocation.current().agent_detaching(cfg.name, ips)
-        from ..datapath import conntrack
-
-        conntrack.flush(ips)
+    ips = disconnect(cfg, env)
     with netns.open_node() as rt:
         links.delete(rt, record["retired"])
     delegate.run(cfg.ipam_type, "DEL", env, cfg.delegate_conf)
@@ -158,6 +153,19 @@ def finish(data_dir: str, record: dict) -> None:
         pass
     log.record(cfg.log_file, {"command": "DEL", "containerID": env.container_id, "ifname": env.ifname,
                               "teardown": "finished", "addresses": [str(ip) for ip in ips]})
+
+
+def disconnect(cfg, env) -> list:
+    """What must happen to the attachment's addresses before they are released: they
+    leave the serving agent's policy sets (nobody's when standalone) and their conntrack
+    entries are flushed, so the next pod given one inherits nothing.  The addresses."""
+    ips = held_addresses(cfg, env)
+    if ips:
+        invocation.current().agent_detaching(cfg.name, ips)
+        from ..datapath import conntrack
+
+        conntrack.flush(ips)
+    return ips
 
 
 def held_addresses(cfg, env) -> list:
