@@ -49,17 +49,11 @@ def _receive_buffer(sock, size: int) -> None:
 def enable_accounting() -> None:
     """nf_conntrack_acct=1 and nf_conntrack_timestamp=1 in this network namespace;
     DatapathError naming the knob when conntrack is not loaded or /proc/sys is read-only."""
+    from . import sysctl
+
     for path in ACCOUNTING:
-        try:
-            with open(path) as handle:
-                if handle.read().strip() == "1":
-                    continue
-            with open(path, "w") as handle:
-                handle.write("1")
-        except FileNotFoundError:
-            raise DatapathError(f"{path} is missing: nf_conntrack is not loaded (`modprobe nf_conntrack`)") from None
-        except OSError as exc:
-            raise DatapathError(f"cannot set {path} to 1: {exc.strerror}; weft needs a writable /proc/sys") from None
+        if not sysctl.turn_on(path):
+            raise DatapathError(f"{path} is missing: nf_conntrack is not loaded (`modprobe nf_conntrack`)")
 
 
 def _event(kind: int, flags: int):
@@ -227,7 +221,7 @@ def flush(ips) -> int:
                 found = {}
                 for reply in (False, True):  # the source of either direction
                     for entry in ct._request(nl.ctnetlink_type(nl.IPCTNL_MSG_CT_GET), nl.NLM_F_REQUEST | nl.NLM_F_DUMP,
-                                             nl.conntrack_dump(ip, reply, source=True),
+                                             nl.conntrack_address_dump(ip, reply, source=True),
                                              f"list the conntrack entries of {ip}", nl.conntrack_entry):
                         close, parsed = entry
                         if holds(parsed, ip):

@@ -17,6 +17,18 @@ def _write(path: str, value: str) -> bool:
                        "writable /proc/sys (in a container: see weftd-container in docs/operations.md)")
 
 
+def turn_on(path: str) -> bool:
+    """Set a 0/1 knob to 1, written only when it is not 1 already; False if the knob is
+    absent (its module not loaded, or IPv6 disabled)."""
+    try:
+        with open(path) as handle:
+            if handle.read().strip() == "1":
+                return True
+    except FileNotFoundError:
+        return False
+    return _write(path, "1")
+
+
 def set_interface(family: str, ifname: str, key: str, value: str) -> bool:
     """Write /proc/sys/net/<family>/conf/<ifname>/<key>."""
     return _write(f"/proc/sys/net/{family}/conf/{ifname}/{key}", value)
@@ -26,13 +38,7 @@ def enable_forwarding(versions) -> None:
     """Turn on forwarding for the IP versions in use (the bridge is the pods' gateway)."""
     paths = {4: "/proc/sys/net/ipv4/ip_forward", 6: "/proc/sys/net/ipv6/conf/all/forwarding"}
     for version in versions:
-        try:
-            with open(paths[version]) as handle:
-                if handle.read().strip() == "1":
-                    continue
-        except FileNotFoundError:
-            continue
-        _write(paths[version], "1")
+        turn_on(paths[version])
 
 
 BRIDGE_NF = {4: "/proc/sys/net/bridge/bridge-nf-call-iptables",
@@ -50,10 +56,8 @@ def enable_bridge_netfilter() -> None:
                             "of one node would bypass NetworkPolicy; run `modprobe br_netfilter` and "
                             "add it to /etc/modules-load.d/")
     for path in BRIDGE_NF.values():
-        with open(path) as handle:
-            if handle.read().strip() == "1":
-                continue
-        _write(path, "1")
+        if not turn_on(path):
+            raise DatapathError(f"{path} is missing although br_netfilter is loaded")
 
 
 def keep_accepting_ra(ifname: str) -> bool:
