@@ -15,7 +15,7 @@ import os
 from lab.cluster import Cluster
 
 from .reference import MTU6, WG_MTU6, ReferenceTopology
-from .throughput import _link_mtu, _median, paired_rounds, two_nodes
+from .throughput import _link_mtu, _median, agent_pod, paired_rounds, two_nodes
 
 VXLAN = {"EnableIPv4": False, "EnableIPv6": True, "IPv6Network": "fd10:81::/48",
          "Backend": {"Type": "vxlan", "VNI": 81}}
@@ -33,12 +33,8 @@ def ipv6_underlay(ctx, seconds: int, rounds: int) -> dict:
     try:
         nodes = two_nodes(cluster, {"v6vx": VXLAN, "v6wg": WIREGUARD}, discover=True)
 
-        def pod(node, network, bridge, name):
-            conf = node.netconf(network, bridge=bridge, agentSocket=os.path.join(node.run_dir, "weftd.sock"))
-            return node.add_pod(network=network, conf=conf, name=name)
-
-        va, vb = pod(nodes[0], "v6vx", "cbr0", "v6vx-a"), pod(nodes[1], "v6vx", "cbr0", "v6vx-b")
-        wa, wb = pod(nodes[0], "v6wg", "cbr1", "v6wg-a"), pod(nodes[1], "v6wg", "cbr1", "v6wg-b")
+        va, vb = agent_pod(nodes[0], "v6vx", "cbr0", "v6vx-a"), agent_pod(nodes[1], "v6vx", "cbr0", "v6vx-b")
+        wa, wb = agent_pod(nodes[0], "v6wg", "cbr1", "v6wg-a"), agent_pod(nodes[1], "v6wg", "cbr1", "v6wg-b")
         ctx.record(cluster.namespace_names())
         runs = {"weft_vxlan": (va.ns.name, va.ip, vb.ns.name), "weft_wireguard": (wa.ns.name, wa.ip, wb.ns.name)}
         implementation = {}

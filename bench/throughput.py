@@ -139,6 +139,12 @@ def throughput(ctx, seconds: int, rounds: int) -> dict:
             ctx.release(reference.namespace_names())
 
 
+def agent_pod(node, network: str, bridge: str, name: str):
+    """A pod of `network` on its own bridge, attached through the node's weftd."""
+    conf = node.netconf(network, bridge=bridge, agentSocket=os.path.join(node.run_dir, "weftd.sock"))
+    return node.add_pod(network=network, conf=conf, name=name)
+
+
 def paired_rounds(ctx, runs: dict, seconds: int, rounds: int, label: str) -> dict:
     """{kind: [iperf sample per round]} for runs {kind: (server ns, server ip, client ns)}:
     every client first reaches its server (WireGuard handshakes take up to ~5 s), then

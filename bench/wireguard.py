@@ -13,7 +13,7 @@ import os
 from lab.cluster import Cluster
 
 from .reference import WG_MTU, ReferenceTopology
-from .throughput import _link_mtu, _median, paired_rounds, two_nodes
+from .throughput import _link_mtu, _median, agent_pod, paired_rounds, two_nodes
 
 VXLAN = {"Network": "10.244.0.0/16", "Backend": {"Type": "vxlan", "VNI": 1}}
 WIREGUARD = {"Network": "10.245.0.0/16", "Backend": {"Type": "wireguard"}}
@@ -27,12 +27,8 @@ def wireguard(ctx, seconds: int, rounds: int) -> dict:
     try:
         nodes = two_nodes(cluster, {"weft": VXLAN, "wg": WIREGUARD})
 
-        def pod(node, network, bridge, name):
-            conf = node.netconf(network, bridge=bridge, agentSocket=os.path.join(node.run_dir, "weftd.sock"))
-            return node.add_pod(network=network, conf=conf, name=name)
-
-        wa, wb = pod(nodes[0], "wg", "cbr1", "wg-a"), pod(nodes[1], "wg", "cbr1", "wg-b")
-        va, vb = pod(nodes[0], "weft", "cbr0", "vx-a"), pod(nodes[1], "weft", "cbr0", "vx-b")
+        wa, wb = agent_pod(nodes[0], "wg", "cbr1", "wg-a"), agent_pod(nodes[1], "wg", "cbr1", "wg-b")
+        va, vb = agent_pod(nodes[0], "weft", "cbr0", "vx-a"), agent_pod(nodes[1], "weft", "cbr0", "vx-b")
         ctx.record(cluster.namespace_names())
         reference = ReferenceTopology(ctx, 2, overlay="wireguard")
         ra, ra_ip = reference.nodes[0].add_pod(ctx)
