@@ -540,7 +540,7 @@ def conntrack_delete(entry: Close) -> bytes:
     return _by_tuple(entry)
 
 
-def conntrack_dump(ip, reply: bool, source: bool) -> bytes:
+def conntrack_address_dump(ip, reply: bool, source: bool) -> bytes:
     """The body of a ctnetlink dump of the entries whose original (reply: reply)
     direction has `ip` (an ipaddress object) as source (else destination), filtered by
     the kernel (CTA_FILTER, Linux 5.8)."""

@@ -306,8 +306,8 @@ def test_a_conntrack_entry_decodes_to_its_tuple_and_zone(family, inner, zone, da
 
 @BOUNDED
 @given(st.ip_addresses(), st.booleans(), st.booleans())
-def test_a_conntrack_dump_request_names_the_address_and_its_filter(ip, reply, source):
-    request = nl.conntrack_dump(ip, reply, source)
+def test_a_conntrack_address_dump_names_the_address_and_its_filter(ip, reply, source):
+    request = nl.conntrack_address_dump(ip, reply, source)
     family = AF_INET if ip.version == 4 else AF_INET6
     assert request[0] == family
     top = nl.attributes(request, nl.NFGENMSG_SIZE, len(request))
