@@ -261,10 +261,10 @@ def _fake_lease(cluster, subnet: str, data: dict):
     cluster.etcd.etcdctl("put", key, json.dumps(value), check=True)
 
 
-FORGED = [  # (subnet, BackendData, what the agent says)
-    ("10.246.200.0/24", {"PublicKey": "bm90IGEga2V5", "ListenPort": PORT}, "is 9 bytes, a WireGuard key is 32"),
-    ("10.246.201.0/24", {"PublicKey": "!!!not base64!!!", "ListenPort": PORT}, "is not base64"),
-    ("10.246.202.0/24", {"PublicKey": "x" * 43 + "=", "ListenPort": 70000}, "ListenPort 70000 must be an integer"),
+FORGED_DATA = [  # (BackendData, what the agent says)
+    ({"PublicKey": "bm90IGEga2V5", "ListenPort": PORT}, "is 9 bytes, a WireGuard key is 32"),
+    ({"PublicKey": "!!!not base64!!!", "ListenPort": PORT}, "is not base64"),
+    ({"PublicKey": "x" * 43 + "=", "ListenPort": 70000}, "ListenPort 70000 must be an integer"),
 ]
 
 
@@ -272,9 +272,14 @@ def test_leases_with_a_malformed_key_or_port_are_refused(cluster):
     nodes = start(cluster, 2, WIREGUARD)
     one, two = nodes
     before = peers(one)
-    for subnet, data, _ in FORGED:
+    # subnets no node holds (leases are picked at random: a forged put on a node's own
+    # key would replace its real lease, and the test would see that instead)
+    held = {node.status()["lease"]["subnet"] for node in nodes}
+    free = [s for s in (f"10.246.{n}.0/24" for n in range(200, 210)) if s not in held]
+    forged = [(subnet, data, complaint) for subnet, (data, complaint) in zip(free, FORGED_DATA)]
+    for subnet, data, _ in forged:
         _fake_lease(cluster, subnet, data)
-    for subnet, _, complaint in FORGED:
+    for subnet, _, complaint in forged:
         key = subnet.replace("/", "-")
         wait_for(lambda: any(complaint in line and key in line for line in one.log().splitlines()), 20, 0.1,
                  what=f"node1 refuses the forged lease {key} ({complaint})")
@@ -283,10 +288,10 @@ def test_leases_with_a_malformed_key_or_port_are_refused(cluster):
     wait_for(lambda: (one.status()["lastReconcile"] or 0) > last, 20, 0.1, what="a reconcile after the puts")
     assert peers(one) == before
     routes = one.ns.ip("route", "show")
-    assert not [subnet for subnet, _, _ in FORGED if subnet.split("/")[0] in routes]
+    assert not [subnet for subnet, _, _ in forged if subnet.split("/")[0] in routes]
     # operators see why: weftctl leases marks them unreadable, naming the key
     table = cluster.weftctl("leases", "weft").stdout
-    assert all(f"unreadable: lease {s.replace('/', '-')}" in table for s, _, _ in FORGED), table
+    assert all(f"unreadable: lease {s.replace('/', '-')}" in table for s, _, _ in forged), table
 
 
 def test_a_failed_peer_write_is_retried_long_before_the_next_pass(tmp_path, installed):
