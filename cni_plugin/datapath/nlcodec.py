@@ -428,8 +428,9 @@ def _counters(raw: bytes | None, what: str) -> tuple | None:
             _be(found[CTA_COUNTERS_BYTES], _BE64, f"{what} bytes") if CTA_COUNTERS_BYTES in found else 0)
 
 
-_CT_ATTRS = (CTA_TUPLE_ORIG, CTA_TUPLE_REPLY, CTA_MARK, CTA_COUNTERS_ORIG, CTA_COUNTERS_REPLY, CTA_ID,
-             CTA_ZONE, CTA_TIMESTAMP, CTA_PROTOINFO)
+_CT_ATTRS_STATELESS = frozenset((CTA_TUPLE_ORIG, CTA_TUPLE_REPLY, CTA_MARK, CTA_COUNTERS_ORIG,
+                                  CTA_COUNTERS_REPLY, CTA_ID, CTA_ZONE, CTA_TIMESTAMP))
+_CT_ATTRS = _CT_ATTRS_STATELESS | {CTA_PROTOINFO}
 
 
 def _tcp_state(raw: bytes | None) -> int | None:
@@ -581,14 +582,17 @@ def conntrack_entry(data, offset: int, length: int) -> tuple:
     return conntrack_close(data, offset, length), decode_conntrack(data, offset, length, kind, flags)
 
 
-def decode_conntrack(data, offset: int, length: int, kind: int, flags: int) -> Conntrack:
+def decode_conntrack(data, offset: int, length: int, kind: int, flags: int, event: str = None,
+                     state: bool = True) -> Conntrack:
     """An IPCTNL_MSG_CT_NEW (event "new" when NLM_F_CREATE, else "update") or
-    IPCTNL_MSG_CT_DELETE ("destroy") message."""
+    IPCTNL_MSG_CT_DELETE ("destroy") message; `event` given: that event instead (a
+    dump's or a read-back's entry); state False: the TCP state is not read (None)."""
     family, _, _ = body(data, offset, length, NFGENMSG)
     msg = kind & 0xFF
     if kind >> 8 != NFNL_SUBSYS_CTNETLINK or msg not in (IPCTNL_MSG_CT_NEW, IPCTNL_MSG_CT_DELETE):
         raise MalformedMessage(f"ctnetlink: message type {kind:#x} is not a conntrack entry")
-    attrs = attributes(data, offset + HEADER.size + NFGENMSG.size, offset + length, _CT_ATTRS)
+    attrs = attributes(data, offset + HEADER.size + NFGENMSG.size, offset + length,
+                       _CT_ATTRS if state else _CT_ATTRS_STATELESS)
     if CTA_TUPLE_ORIG not in attrs:
         raise MalformedMessage("ctnetlink: an entry without its original tuple")
     reply = attrs.get(CTA_TUPLE_REPLY)
@@ -600,7 +604,8 @@ def decode_conntrack(data, offset: int, length: int, kind: int, flags: int) -> C
             start = _be(times[CTA_TIMESTAMP_START], _BE64, "timestamp start")
         if CTA_TIMESTAMP_STOP in times:
             stop = _be(times[CTA_TIMESTAMP_STOP], _BE64, "timestamp stop")
-    event = "destroy" if msg == IPCTNL_MSG_CT_DELETE else "new" if flags & NLM_F_CREATE else "update"
+    if event is None:
+        event = "destroy" if msg == IPCTNL_MSG_CT_DELETE else "new" if flags & NLM_F_CREATE else "update"
     return Conntrack(
         event=event, family=family,
         id=_be(attrs[CTA_ID], _BE32, "CTA_ID") if CTA_ID in attrs else 0,

@@ -1,6 +1,7 @@
 """The conntrack event socket of flow records (datapath/conntrack.py) in a fresh node
 namespace: its BPF filter lets through NEW, the TCP close (TIME_WAIT) and DESTROY only,
-where an unfiltered socket gets every state change; get() reads the closed connection's
+where an unfiltered socket gets every state change; the agent's socket does not even
+join NEW (the kernel builds no message for a start); get() reads the closed connection's
 final counters (nf_conntrack_acct on), which count the bytes sent with their headers."""
 
 import socket
@@ -41,11 +42,14 @@ def test_the_filter_passes_new_close_and_destroy_only(node):
     node.run(["nft", "-f", "-"], input="add table inet t\nadd chain inet t c { type filter hook output priority 0; }\n"
                                        "add rule inet t c ct state new counter\n")
     node.run(["sysctl", "-qw", "net.netfilter.nf_conntrack_acct=1"])
-    filtered = conntrack.ConntrackEvents(netns_path=node.path)
-    plain = conntrack.ConntrackEvents(close_filter=False, netns_path=node.path)
+    every_group = conntrack.GROUPS | (1 << (nl.NFNLGRP_CONNTRACK_NEW - 1))
+    filtered = conntrack.ConntrackEvents(netns_path=node.path, groups=every_group)
+    plain = conntrack.ConntrackEvents(close_filter=False, netns_path=node.path, groups=every_group)
+    agents = conntrack.ConntrackEvents(netns_path=node.path)
     try:
         node.run([sys.executable, "-c", TRAFFIC.format(n=CONNECTIONS)], timeout=30)
-        seen, everything = _raw(filtered), _raw(plain)
+        seen, everything, agent_seen = _raw(filtered), _raw(plain), _raw(agents)
+        assert agent_seen == [(nl.IPCTNL_MSG_CT_NEW, False, nl.TCP_CONNTRACK_TIME_WAIT)] * CONNECTIONS
         tcp = [e for e in seen if e[0] == nl.IPCTNL_MSG_CT_NEW]
         assert sorted(tcp) == sorted([(0, True, 1)] * CONNECTIONS + [(0, False, nl.TCP_CONNTRACK_TIME_WAIT)]
                                      * CONNECTIONS), seen
@@ -53,6 +57,7 @@ def test_the_filter_passes_new_close_and_destroy_only(node):
     finally:
         filtered.close()
         plain.close()
+        agents.close()
     # a close kept raw, and the connection's final counters read back by its tuple
     again = conntrack.ConntrackEvents(netns_path=node.path)
     try:

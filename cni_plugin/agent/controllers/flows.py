@@ -1,16 +1,18 @@
 """The flow controller: one record per connection per node, while FlowLog is on.
 
 Sources (docs/flows.md): allowed connections from the kernel's connection tracking
-(datapath/conntrack.py: NEW and DESTROY events, best effort, ENOBUFS counted; a dump
-every --flow-log-interval for the interim records of long-lived connections); denied
+(datapath/conntrack.py: TCP-close UPDATE and DESTROY events, best effort, ENOBUFS
+counted; NEW is not followed: a dump every --flow-log-interval gives the interim
+records of every connection still open, long-lived ones included); denied
 attempts from the policy table's denied-flow sets (the policy controller hands them
 over, denied()); the deciding policy from the connection's ct mark (flows/marks.py).
 Only connections with an address of this network's pod network at either end are
 recorded: the overlay's outer packets (VXLAN, WireGuard) carry node addresses.
 
 Two threads of their own, never the network loop's: a receiver that only decodes and
-queues (a bounded queue: when the writer falls behind, records are dropped and counted
-as "queue", the kernel is never slowed), and a writer that names both ends through the
+queues (a bounded deque, the writer woken once per datagram burst: when the writer
+falls behind, records are dropped and counted as "queue", the kernel is never slowed),
+and a writer that names both ends through the
 allocation history (flows/attribution.py, at the connection's start), writes the
 journal (flows/journal.py) and exports IPFIX.  Every drop is counted in
 weft_flows_dropped_total{network,reason}.
@@ -18,9 +20,9 @@ weft_flows_dropped_total{network,reason}.
 
 import json
 import os
-import queue
 import threading
 import time
+from collections import deque
 from datetime import datetime, timezone
 
 from ...datapath import conntrack, sysctl
@@ -38,6 +40,7 @@ QUEUE_SIZE = 65536
 HISTORY_REFRESH = 30.0    # seconds between readings of the cluster's allocation history
 UNKNOWN_REFRESH = 1.0     # at most this often when an address of the pod network is unknown
 NAMESPACE_PAIRS = 200     # label pairs of weft_flow_bytes_total before "other"
+DONE_KEEP = 600.0         # seconds a closed connection's id waits for its DESTROY (TIME_WAIT: 120 s)
 STATUS_EVERY = 1.0        # seconds: at most this often a drop rewrites the status file
 _STOP = ("stop",)
 
@@ -123,17 +126,20 @@ class FlowCollector:
         options = agent.options
         self.node, self.network = agent.node.name, agent.name
         self.interval = options.flow_log_interval
-        self.queue = queue.Queue(QUEUE_SIZE)
+        self.pending = deque()          # items for the writer (append/popleft: atomic)
+        self.wake = threading.Event()   # set once items were appended
         self.stopping = threading.Event()
         self.dropped = {}
         self.written = 0
         self.lost_reported = 0
         # shared by the two threads (single dict/set operations only):
-        self.live = {}        # ct id -> [first seen (epoch seconds), last record written (monotonic)]
+        self.live = {}        # ct id -> [first seen (epoch seconds), last record written (monotonic)]: open
+        #                       connections an interim dump found (start times of entries without one)
         self.done = {}        # ct id -> monotonic time its final record was written at its close
         self.closing = set()  # ct ids whose close was queued and not yet read back
         self.skip = set()     # ct ids of connections closed that are not this network's
         self.pairs = set()
+        self.counted = {}     # label values -> the metric's child (labels() looks them up slowly)
         self.status_written = 0.0
         self.attribution = flow_attribution.Attribution()
         self.history_offset = 0
@@ -148,6 +154,7 @@ class FlowCollector:
 
             self.exporter = Exporter(settings.ipfix, options.flow_log_template_interval)
         self.events = conntrack.ConntrackEvents()
+        self.reader = None    # conntrack.EntryReader of the writer thread (closed TCP connections' counters)
         self.receiver = threading.Thread(target=self._receive, name=f"weftd-flows-rx-{agent.name}", daemon=True)
         self.writer = threading.Thread(target=self._write, name=f"weftd-flows-{agent.name}", daemon=True)
         self.receiver.start()
@@ -165,10 +172,15 @@ class FlowCollector:
             self.agent.call_soon(self.agent.write_status)
 
     def offer(self, item) -> None:
-        try:
-            self.queue.put_nowait(item)
-        except queue.Full:
-            self._dropped("queue", 1)
+        self._offer_many([item])
+
+    def _offer_many(self, items) -> None:
+        room = QUEUE_SIZE - len(self.pending)
+        if room < len(items):
+            self._dropped("queue", len(items) - max(0, room))
+            items = items[:max(0, room)]
+        self.pending.extend(items)
+        self.wake.set()
 
     def status(self) -> dict:
         return {"journal": self.journal.path, "written": self.written, "dropped": dict(self.dropped),
@@ -182,11 +194,10 @@ class FlowCollector:
 
     def _wanted(self, event, ct_id, state) -> bool:
         """Whether an event is decoded and queued (the receiver's thread, per message:
-        only dictionary lookups here).  NEW is remembered by id alone (first seen, for
-        interim records); a TCP close is decoded once; a DESTROY of a connection whose
-        record was written at its close (or that is not ours) is skipped."""
+        only dictionary lookups here).  NEW is not followed (not even joined); a TCP
+        close is decoded once; a DESTROY of a connection whose record was written at its
+        close (or that is not ours) is skipped."""
         if event == "new":
-            self.live[ct_id] = [time.time(), time.monotonic()]
             return False
         if event == "update":
             if ct_id in self.done or ct_id in self.closing or ct_id in self.skip:
@@ -213,29 +224,31 @@ class FlowCollector:
                 self.agent.metrics.flow_events_lost.labels(self.network).inc(lost - self.lost_reported)
                 self.lost_reported = lost
                 self._status_soon()
+            items = []
             for entry in entries:
                 if conntrack.ended(entry):  # raw: whose it is shows once its counters are read
-                    self.offer(("close", entry))
+                    items.append(("close", entry))
                 elif self._ours(entry):
-                    self.offer(("ct", entry))
+                    items.append(("ct", entry))
                 else:
                     self.live.pop(entry.id, None)
+            if items:
+                self._offer_many(items)
 
     # -- writer ----------------------------------------------------------------------------
     def _write(self):
         next_interim = time.monotonic() + self.interval
+        pending = self.pending
         while True:
-            timeout = max(0.0, next_interim - time.monotonic())
-            try:
-                batch = [self.queue.get(timeout=timeout)]
-            except queue.Empty:
-                batch = []
-            while len(batch) < 4096:
-                try:
-                    batch.append(self.queue.get_nowait())
-                except queue.Empty:
-                    break
+            if not pending:
+                self.wake.wait(max(0.0, next_interim - time.monotonic()))
+            self.wake.clear()  # before draining: an append after this sets it again
+            batch = []
+            while pending and len(batch) < 4096:
+                batch.append(pending.popleft())
             if any(item is _STOP for item in batch):
+                if self.reader is not None:
+                    self.reader.close()
                 return
             try:
                 records = self._records(batch)
@@ -267,8 +280,13 @@ class FlowCollector:
                 out.append(self._final(entry, moment))
         if ended:
             try:
-                current = conntrack.get(ended)
+                if self.reader is None:
+                    self.reader = conntrack.EntryReader()
+                current = self.reader.get(ended)
             except DatapathError as exc:  # their DESTROY events will bring them
+                if self.reader is not None:
+                    self.reader.close()
+                    self.reader = None
                 self.agent.log.warning(f"closed connections not read: {exc}", extra=self.agent.extra())
                 current = []
             for entry in current:
@@ -301,32 +319,35 @@ class FlowCollector:
         return ref or f"policy number {number}"
 
     def _interim(self) -> list:
-        """Updates of the connections alive for an interval since their last record."""
-        due = time.monotonic() - self.interval
-        if not any(last <= due for _, last in list(self.live.values())):
-            return []
+        """Updates of every connection of ours still open, read from a dump of the table
+        (every --flow-log-interval: a connection open longer than that gets at least one
+        record per interval).  TCP connections that have closed are skipped before they
+        are decoded: their record was (or is being) written at their close."""
+        done, closing = self.done, self.closing
+
+        def wanted(ct_id, state):
+            return state not in conntrack.ENDED and ct_id not in done and ct_id not in closing
         try:
-            entries = conntrack.dump()
+            entries = conntrack.dump(wanted=wanted)
         except DatapathError as exc:
             self.agent.log.warning(f"conntrack not read for interim flow records: {exc}", extra=self.agent.extra())
             return []
         moment, out, alive = now(), [], set()
         for entry in entries:
+            if not self._ours(entry):
+                continue
             alive.add(entry.id)
             known = self.live.get(entry.id)
-            if known is None or known[1] > due:
-                continue
-            if not self._ours(entry):
-                self.live.pop(entry.id, None)
-                continue
+            if known is None:
+                known = self.live[entry.id] = [time.time(), 0.0]
             known[1] = time.monotonic()
             self._resolve((entry.orig.src, entry.orig.dst))
             out.append(self._allowed(entry, datetime.fromtimestamp(known[0], timezone.utc), moment, final=False))
-        for ct_id, (_, last) in list(self.live.items()):
-            if ct_id not in alive and last <= due:
-                self.live.pop(ct_id, None)  # its DESTROY event was lost: nothing more will come
-        for ct_id in [i for i in list(self.done) if i not in alive]:
-            self.done.pop(ct_id, None)
+        for ct_id in [i for i in list(self.live) if i not in alive]:
+            self.live.pop(ct_id, None)  # closed (its final record written) or its DESTROY event lost
+        forget = time.monotonic() - DONE_KEEP
+        for ct_id in [i for i, t in list(self.done.items()) if t < forget]:
+            self.done.pop(ct_id, None)  # its DESTROY event was lost
         return out
 
     def _emit(self, records):
@@ -338,7 +359,7 @@ class FlowCollector:
         for record in records:
             if not record.get("final", True):
                 continue
-            metrics.flows.labels(self.network, record["verdict"], record["policy"] or "").inc()
+            self._counter(metrics.flows, record["verdict"], record["policy"] or "").inc()
             pair = tuple((record.get(k) or "").partition("/")[0] or "-" for k in ("srcPod", "dstPod"))
             if pair not in self.pairs:
                 if len(self.pairs) >= NAMESPACE_PAIRS:
@@ -347,9 +368,16 @@ class FlowCollector:
                     self.pairs.add(pair)
             total = (record["bytes"]["sent"] or 0) + (record["bytes"]["received"] or 0)
             if total:
-                metrics.flow_bytes.labels(self.network, *pair).inc(total)
+                self._counter(metrics.flow_bytes, *pair).inc(total)
         if self.exporter is not None:
             self.exporter.export([r for r in records if r["verdict"] == "allowed" and r.get("final", True)])
+
+    def _counter(self, metric, *labels):
+        key = (id(metric), *labels)
+        child = self.counted.get(key)
+        if child is None:
+            child = self.counted[key] = metric.labels(self.network, *labels)
+        return child
 
     # -- names -------------------------------------------------------------------------------
     def _refresh_history(self):
@@ -398,10 +426,8 @@ class FlowCollector:
 
     def close(self):
         self.stopping.set()
-        try:
-            self.queue.put(_STOP, timeout=1.0)
-        except queue.Full:
-            pass
+        self.pending.append(_STOP)
+        self.wake.set()
         self.receiver.join(5.0)
         self.writer.join(5.0)
         self.events.close()
