@@ -71,19 +71,20 @@ def _event(kind: int, flags: int):
 
 def _decoded(data, wanted) -> list:
     """The entries of a datagram that `wanted(event, id, tcp_state)` asks for: "new" and
-    "destroy" decoded (nlcodec.Conntrack), a TCP close kept raw (nlcodec.Close, for get());
-    updates other than a TCP close are never offered (most of the events: state changes)."""
+    "destroy" decoded (nlcodec.Conntrack; their TCP state is not read first: None), a
+    TCP close kept raw (nlcodec.Close, for get()); updates other than a TCP close are
+    never offered (most of the events: state changes)."""
     out = []
     for offset, length, kind, flags, _ in nl.messages(data):
         event = _event(kind, flags)
         if event is None:
             continue
-        ct_id, state = nl.conntrack_brief(data, offset, length)
-        if event == "update" and state not in ENDED:
-            continue
-        if wanted(event, ct_id, state):
-            out.append(nl.conntrack_close(data, offset, length) if event == "update" else
-                       nl.decode_conntrack(data, offset, length, kind, flags))
+        if event == "update":
+            close, state = nl.conntrack_close_state(data, offset, length)
+            if state in ENDED and wanted(event, close.id, state):
+                out.append(close)
+        elif wanted(event, nl.conntrack_id(data, offset, length), None):
+            out.append(nl.decode_conntrack(data, offset, length, kind, flags))
     return out
 
 

@@ -388,7 +388,53 @@ _ICMP = {1: (CTA_PROTO_ICMP_ID, CTA_PROTO_ICMP_TYPE, CTA_PROTO_ICMP_CODE),
          58: (CTA_PROTO_ICMPV6_ID, CTA_PROTO_ICMPV6_TYPE, CTA_PROTO_ICMPV6_CODE)}
 
 
+# The layout the kernel gives a TCP, UDP, SCTP, DCCP or UDP-Lite tuple of IPv4 (48 bytes)
+# or IPv6 (72 bytes): CTA_TUPLE_IP {src, dst}, CTA_TUPLE_PROTO {number, source port,
+# destination port}.  A tuple of exactly that size whose every attribute header is the
+# expected one is read with one unpack; anything else takes the general path.
+_PORTED_TUPLE = {size: struct.Struct(f"=HH HH{size}s HH{size}s HH HHB3x HH2s2x HH2s2x")
+                 for size in (4, 16)}
+_PORTED_HEADERS = {size: (4 + 2 * (4 + size), CTA_TUPLE_IP, 4 + size, _IP_ATTRS[version][0], 4 + size,
+                          _IP_ATTRS[version][1], 28, CTA_TUPLE_PROTO, 5, CTA_PROTO_NUM, 6, CTA_PROTO_SRC_PORT,
+                          6, CTA_PROTO_DST_PORT)
+                   for version, size in ((4, 4), (6, 16))}
+_PORTED_LENGTHS = {_PORTED_TUPLE[size].size: size for size in (4, 16)}
+_ADDRESS_CACHE = {}  # raw address bytes -> ipaddress object (a node sees the same few addresses)
+_ADDRESS_CACHE_SIZE = 4096
+
+
+def _cached_address(raw: bytes):
+    found = _ADDRESS_CACHE.get(raw)
+    if found is None:
+        if len(_ADDRESS_CACHE) >= _ADDRESS_CACHE_SIZE:
+            _ADDRESS_CACHE.clear()
+        found = _ADDRESS_CACHE[raw] = ipaddress.IPv4Address(raw) if len(raw) == 4 else ipaddress.IPv6Address(raw)
+    return found
+
+
+def _ported_tuple(raw: bytes, family: int):
+    """The tuple read in one unpack when it has the kernel's usual layout, else None."""
+    size = _PORTED_LENGTHS.get(len(raw))
+    if size is None or _ADDRESS_SIZE.get(family) != size:
+        return None
+    (ip_len, ip_kind, src_len, src_kind, src, dst_len, dst_kind, dst, proto_len, proto_kind, num_len, num_kind,
+     proto, sport_len, sport_kind, sport, dport_len, dport_kind, dport) = _PORTED_TUPLE[size].unpack(raw)
+    if (ip_len, ip_kind & NLA_TYPE_MASK, src_len, src_kind & NLA_TYPE_MASK, dst_len, dst_kind & NLA_TYPE_MASK,
+            proto_len, proto_kind & NLA_TYPE_MASK, num_len, num_kind & NLA_TYPE_MASK, sport_len,
+            sport_kind & NLA_TYPE_MASK, dport_len, dport_kind & NLA_TYPE_MASK) != _PORTED_HEADERS[size] \
+            or proto in _ICMP:
+        return None
+    return Tuple(_cached_address(src), _cached_address(dst), proto, int.from_bytes(sport, "big"),
+                 int.from_bytes(dport, "big"))
+
+
 def _tuple(raw: bytes, family: int, what: str) -> Tuple:
+    fast = _ported_tuple(raw, family)
+    return fast if fast is not None else _tuple_read(raw, family, what)
+
+
+def _tuple_read(raw: bytes, family: int, what: str) -> Tuple:
+    """A tuple of any layout (foreign attributes skipped, ICMP's fields)."""
     parts = attributes(raw, 0, len(raw), (CTA_TUPLE_IP, CTA_TUPLE_PROTO))
     if CTA_TUPLE_IP not in parts or CTA_TUPLE_PROTO not in parts:
         raise MalformedMessage(f"ctnetlink: {what} without its addresses or protocol")
@@ -420,9 +466,27 @@ def _tuple(raw: bytes, family: int, what: str) -> Tuple:
     return Tuple(src, dst, proto, sport, dport)
 
 
+# two be64 attributes (counters: packets, bytes; times: start, stop) as the kernel puts
+# them, read in one unpack; any other layout takes the general path
+_TWO_BE64 = struct.Struct("=HH8sHH8s")
+
+
+def _two_be64(raw: bytes):
+    """(first, second) of a nest holding exactly attributes 1 and 2, 8 bytes each, else None."""
+    if len(raw) != _TWO_BE64.size:
+        return None
+    first_len, first_kind, first, second_len, second_kind, second = _TWO_BE64.unpack(raw)
+    if (first_len, first_kind & NLA_TYPE_MASK, second_len, second_kind & NLA_TYPE_MASK) != (12, 1, 12, 2):
+        return None
+    return int.from_bytes(first, "big"), int.from_bytes(second, "big")
+
+
 def _counters(raw: bytes | None, what: str) -> tuple | None:
     if raw is None:
         return None
+    fast = _two_be64(raw)
+    if fast is not None:
+        return fast
     found = attributes(raw, 0, len(raw), (CTA_COUNTERS_PACKETS, CTA_COUNTERS_BYTES))
     return (_be(found[CTA_COUNTERS_PACKETS], _BE64, f"{what} packets") if CTA_COUNTERS_PACKETS in found else 0,
             _be(found[CTA_COUNTERS_BYTES], _BE64, f"{what} bytes") if CTA_COUNTERS_BYTES in found else 0)
@@ -457,6 +521,27 @@ def conntrack_close(data, offset: int, length: int) -> Close:
         raise MalformedMessage("ctnetlink: a close without its original tuple")
     return Close(_be(raw[CTA_ID], _BE32, "CTA_ID") if CTA_ID in raw else 0, family, raw[CTA_TUPLE_ORIG],
                  raw.get(CTA_ZONE))
+
+
+def conntrack_close_state(data, offset: int, length: int) -> tuple:
+    """(Close, TCP state or None) of an update, in one pass over its attributes."""
+    family, _, _ = body(data, offset, length, NFGENMSG)
+    raw = attributes(data, offset + HEADER.size + NFGENMSG.size, offset + length, _CLOSE_STATE_ATTRS)
+    if CTA_TUPLE_ORIG not in raw:
+        raise MalformedMessage("ctnetlink: a close without its original tuple")
+    return (Close(_be(raw[CTA_ID], _BE32, "CTA_ID") if CTA_ID in raw else 0, family, raw[CTA_TUPLE_ORIG],
+                  raw.get(CTA_ZONE)), _tcp_state(raw.get(CTA_PROTOINFO)))
+
+
+_CLOSE_STATE_ATTRS = frozenset((CTA_ID, CTA_TUPLE_ORIG, CTA_ZONE, CTA_PROTOINFO))
+_ID_ONLY = frozenset((CTA_ID,))
+
+
+def conntrack_id(data, offset: int, length: int) -> int:
+    """CTA_ID of a conntrack message (0 without one), nothing else read."""
+    body(data, offset, length, NFGENMSG)
+    raw = attributes(data, offset + HEADER.size + NFGENMSG.size, offset + length, _ID_ONLY)
+    return _be(raw[CTA_ID], _BE32, "CTA_ID") if CTA_ID in raw else 0
 
 
 def conntrack_brief(data, offset: int, length: int) -> tuple:
@@ -597,7 +682,10 @@ def decode_conntrack(data, offset: int, length: int, kind: int, flags: int, even
         raise MalformedMessage("ctnetlink: an entry without its original tuple")
     reply = attrs.get(CTA_TUPLE_REPLY)
     start = stop = None
-    if CTA_TIMESTAMP in attrs:
+    both = _two_be64(attrs[CTA_TIMESTAMP]) if CTA_TIMESTAMP in attrs else None
+    if both is not None:
+        start, stop = both
+    elif CTA_TIMESTAMP in attrs:
         times = attributes(attrs[CTA_TIMESTAMP], 0, len(attrs[CTA_TIMESTAMP]),
                            (CTA_TIMESTAMP_START, CTA_TIMESTAMP_STOP))
         if CTA_TIMESTAMP_START in times:
