@@ -40,7 +40,11 @@ QUEUE_SIZE = 65536
 HISTORY_REFRESH = 30.0    # seconds between readings of the cluster's allocation history
 UNKNOWN_REFRESH = 1.0     # at most this often when an address of the pod network is unknown
 NAMESPACE_PAIRS = 200     # label pairs of weft_flow_bytes_total before "other"
+INSIDE_CACHE = 65536      # addresses whose membership of the pod networks is remembered
 DONE_KEEP = 600.0         # seconds a closed connection's id waits for its DESTROY (TIME_WAIT: 120 s)
+GATHER = 0.02             # seconds each thread lets events gather after a burst: one wake-up, one
+#                           read-back and one journal write serve many connections (the socket's
+#                           8 MiB buffer holds seconds of events)
 STATUS_EVERY = 1.0        # seconds: at most this often a drop rewrites the status file
 _STOP = ("stop",)
 
@@ -139,6 +143,7 @@ class FlowCollector:
         self.closing = set()  # ct ids whose close was queued and not yet read back
         self.skip = set()     # ct ids of connections closed that are not this network's
         self.pairs = set()
+        self.inside = {}      # address -> whether it is in the pod networks (_inside)
         self.counted = {}     # label values -> the metric's child (labels() looks them up slowly)
         self.status_written = 0.0
         self.attribution = flow_attribution.Attribution()
@@ -189,8 +194,17 @@ class FlowCollector:
 
     # -- receiver ------------------------------------------------------------------------
     def _ours(self, entry) -> bool:
-        src, dst = entry.orig.src, entry.orig.dst
-        return any(src in n or dst in n for n in self.networks if n.version == src.version)
+        return self._inside(entry.orig.src) or self._inside(entry.orig.dst)
+
+    def _inside(self, ip) -> bool:
+        """Whether an address is in this network's pod networks (remembered per address:
+        a node sees the same few again and again; both threads ask, a dict is safe)."""
+        found = self.inside.get(ip)
+        if found is None:
+            if len(self.inside) >= INSIDE_CACHE:
+                self.inside.clear()
+            found = self.inside[ip] = any(ip in n for n in self.networks if n.version == ip.version)
+        return found
 
     def _wanted(self, event, ct_id, state) -> bool:
         """Whether an event is decoded and queued (the receiver's thread, per message:
@@ -234,6 +248,7 @@ class FlowCollector:
                     self.live.pop(entry.id, None)
             if items:
                 self._offer_many(items)
+            self.stopping.wait(GATHER)
 
     # -- writer ----------------------------------------------------------------------------
     def _write(self):
@@ -242,6 +257,8 @@ class FlowCollector:
         while True:
             if not pending:
                 self.wake.wait(max(0.0, next_interim - time.monotonic()))
+                if pending and pending[-1] is not _STOP:
+                    self.stopping.wait(GATHER)
             self.wake.clear()  # before draining: an append after this sets it again
             batch = []
             while pending and len(batch) < 4096:
@@ -412,9 +429,10 @@ class FlowCollector:
         """Read the cluster's history when an address of the pod network is unknown (at
         most every UNKNOWN_REFRESH seconds) or every HISTORY_REFRESH seconds."""
         elapsed = time.monotonic() - self.history_refreshed
-        unknown = any(ip is not None and not self.attribution.known(ip) and
-                      any(ip in n for n in self.networks if n.version == ip.version) for ip in addresses)
-        if elapsed < HISTORY_REFRESH and not (unknown and elapsed >= UNKNOWN_REFRESH):
+        if elapsed < UNKNOWN_REFRESH:  # first: at a high rate most records stop here
+            return
+        if elapsed < HISTORY_REFRESH and not any(
+                ip is not None and not self.attribution.known(ip) and self._inside(ip) for ip in addresses):
             return
         self.history_refreshed = time.monotonic()
         try:
