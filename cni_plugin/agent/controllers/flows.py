@@ -143,7 +143,9 @@ class FlowCollector:
         self.closing = set()  # ct ids whose close was queued and not yet read back
         self.skip = set()     # ct ids of connections closed that are not this network's
         self.pairs = set()
-        self.inside = {}      # address -> whether it is in the pod networks (_inside)
+        self.inside = {}       # address -> whether it is in the pod networks (_inside)
+        self.resolved = set()  # pod-network addresses the attribution knows (_resolve)
+        self.missed = set()    # pod-network addresses a history reading did not find (_resolve)
         self.counted = {}     # label values -> the metric's child (labels() looks them up slowly)
         self.status_written = 0.0
         self.attribution = flow_attribution.Attribution()
@@ -426,13 +428,23 @@ class FlowCollector:
         self.attribution.add(ipam_history.parsed(records))
 
     def _resolve(self, addresses):
-        """Read the cluster's history when an address of the pod network is unknown (at
-        most every UNKNOWN_REFRESH seconds) or every HISTORY_REFRESH seconds."""
+        """Read the cluster's history every HISTORY_REFRESH seconds, and when an address of
+        the pod network is unknown: at once for an address not looked up before, at most
+        every UNKNOWN_REFRESH seconds for one a reading did not find (a gateway is never
+        found: it must not keep the history from being read for a pod just started).
+        Addresses found are remembered (a holding never leaves the attribution)."""
+        fresh = stale = False
+        for ip in addresses:
+            if ip is None or ip in self.resolved or not self._inside(ip):
+                continue
+            if self.attribution.known(ip):
+                self.resolved.add(ip)
+            elif ip in self.missed:
+                stale = True
+            else:
+                fresh = True
         elapsed = time.monotonic() - self.history_refreshed
-        if elapsed < UNKNOWN_REFRESH:  # first: at a high rate most records stop here
-            return
-        if elapsed < HISTORY_REFRESH and not any(
-                ip is not None and not self.attribution.known(ip) and self._inside(ip) for ip in addresses):
+        if elapsed < HISTORY_REFRESH and not fresh and not (stale and elapsed >= UNKNOWN_REFRESH):
             return
         self.history_refreshed = time.monotonic()
         try:
@@ -441,6 +453,10 @@ class FlowCollector:
             self.agent.log.warning(f"allocation history not read for flow names: {exc}", extra=self.agent.extra())
             return
         self.attribution.add(ipam_history.parsed(records))
+        if len(self.missed) >= INSIDE_CACHE:
+            self.missed.clear()
+        self.missed.update(ip for ip in addresses if ip is not None and ip not in self.resolved and
+                           self._inside(ip) and not self.attribution.known(ip))
 
     def close(self):
         self.stopping.set()
