@@ -6,7 +6,12 @@ node1 (same node), client R on node2 (cross node).  Rounds interleave the two si
 the order rotating each round:
   off  FlowLog unset, and nf_conntrack_acct/timestamp set back to 0 in the nodes
        (a node that never had flow logging);
-  on   FlowLog true (the agent turns acct/timestamp on).
+  on   FlowLog true (the agent turns acct/timestamp on);
+  floor  the kernel's share: FlowLog unset, nf_conntrack_acct/timestamp on, and in each
+       node a process whose socket joins the agent's conntrack groups with the agent's
+       filter (datapath/conntrack.ConntrackEvents) and never reads (its buffer, a page,
+       full at once: the kernel builds and filters every event as for the agent, then
+       drops it; nothing in userspace).
 Each side runs bench.conn_rate's loop (connect, a byte each way, server closes) C -> S
 and R -> S for `seconds`.  On the "on" side, after the loop, the journals must hold one
 final record per connection made (warm-up included) and nothing dropped or lost: the
@@ -16,7 +21,8 @@ the window: a connection of an earlier window may end, and be recorded, in this 
 weft_flows_dropped_total / events lost.  Reported: connections/s per side and the
 median of the rounds' paired ratios on / off (target >= 0.9); agent CPU per 1,000
 connections (node1's agent, on minus off over the same window: the flow work alone;
-target <= 50 ms); journal bytes per connection (target <= 500).
+target <= 50 ms); journal bytes per connection (target <= 500); the floor's rate per
+side and its ratio floor / off.
 
 IPFIX: Exporter.export() of `ipfix_connections` journal records in batches of 256 to
 nfcapd (Debian's nfdump) on loopback in a namespace of its own; the rate is records per
@@ -38,22 +44,38 @@ from .source_validation import conn_rate, default_netconf
 from .throughput import _median
 
 NETWORK = {"Network": "10.244.0.0/16", "Backend": {"Type": "vxlan", "VNI": 1}}
-ON, OFF = "on", "off"
-SIDES = (ON, OFF)
+ON, OFF, FLOOR = "on", "off", "floor"
+SIDES = (ON, OFF, FLOOR)
 TOPOLOGIES = ("same_node", "cross_node")
 WARMUP = 50  # bench.conn_rate's warm-up connections, recorded too
 ACCOUNTING = ("/proc/sys/net/netfilter/nf_conntrack_acct", "/proc/sys/net/netfilter/nf_conntrack_timestamp")
+LISTENER = ("import signal, sys\nfrom cni_plugin.datapath import conntrack\n"
+            "events = conntrack.ConntrackEvents(buffer=4096)\n"
+            "signal.signal(signal.SIGTERM, lambda *a: sys.exit(0)); print('ready', flush=True)\n"
+            "while True:\n signal.pause()\n")
 
 
-def _set_side(cluster, nodes, side):
+def _set_side(cluster, nodes, side) -> list:
+    """The side's settings applied; the floor's listeners (Popen), started."""
     config = dict(NETWORK, FlowLog=True) if side == ON else NETWORK
     cluster.set_network("weft", config)
+    readers = []
     for node in nodes:
         wait_for(lambda: bool((node.status() or {}).get("flows")) == (side == ON), 20,
                  what=f"{node.name} flow log {side}")
-        if side == OFF:
+        if side != ON:
             for path in ACCOUNTING:
-                node.ns.run(["sh", "-c", f"echo 0 > {path}"])
+                node.ns.run(["sh", "-c", f"echo {1 if side == FLOOR else 0} > {path}"])
+        if side == FLOOR:
+            reader = subprocess.Popen(["ip", "netns", "exec", node.ns.name, sys.executable, "-c", LISTENER],
+                                      stdout=subprocess.PIPE, text=True, cwd=REPO)
+            readers.append(reader)
+            if reader.stdout.readline().strip() != "ready":
+                raise RuntimeError(f"{node.name}: the conntrack event listener of the floor did not start")
+    return readers
+
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _journal(node, flow_dir):
@@ -155,7 +177,7 @@ def flows(ctx, seconds: float, rounds: int, ipfix_connections: int) -> dict:
         for r in range(rounds):
             quiesce(ctx)
             for side in rotate(list(SIDES), r):
-                _set_side(cluster, nodes, side)
+                readers = _set_side(cluster, nodes, side)
                 before = {n.name: _journal(n, dirs[n.name]) for n in nodes}
                 dropped_before = sum(_dropped(n) for n in nodes)
                 cpu_before = cpu_seconds(nodes[0].agent.pid)
@@ -182,9 +204,12 @@ def flows(ctx, seconds: float, rounds: int, ipfix_connections: int) -> dict:
                         per_record.append((size - before[nodes[0].name][1]) / fresh)
                 spent = cpu_seconds(nodes[0].agent.pid) - cpu_before
                 cpu[side].append(spent / sum(made.values()) * 1000.0)
+                for reader in readers:
+                    stop_process(reader, 10)
             ctx.say(f"flows round {r + 1}/{rounds}: " + ", ".join(
-                f"{topo} {samples[(topo, ON)][-1]['per_s']:.0f}/{samples[(topo, OFF)][-1]['per_s']:.0f} conn/s"
-                for topo in TOPOLOGIES) + f" (on/off), missing {missing[-1]}, lost {lost[-1]}")
+                f"{topo} {samples[(topo, ON)][-1]['per_s']:.0f}/{samples[(topo, OFF)][-1]['per_s']:.0f}/"
+                f"{samples[(topo, FLOOR)][-1]['per_s']:.0f} conn/s"
+                for topo in TOPOLOGIES) + f" (on/off/floor), missing {missing[-1]}, lost {lost[-1]}")
         result = {"seconds": seconds, "rounds": rounds, "weft_network_config": NETWORK,
                   "tool": "bench.conn_rate (Python loop, both ends: connect, 1 byte each way, server closes)",
                   "records_missing": missing, "records_dropped_or_events_lost": lost,
@@ -195,8 +220,10 @@ def flows(ctx, seconds: float, rounds: int, ipfix_connections: int) -> dict:
         for topo in TOPOLOGIES:
             values = {side: [s["per_s"] for s in samples[(topo, side)]] for side in SIDES}
             paired = sorted(a / b for a, b in zip(values[ON], values[OFF]) if b)
+            floor = sorted(a / b for a, b in zip(values[FLOOR], values[OFF]) if b)
             result[topo] = {**{side: round(_median(values[side]), 1) for side in SIDES},
                             "ratio": round(_median(paired), 3) if paired else None,
+                            "floor_ratio": round(_median(floor), 3) if floor else None,
                             "ratio_of_medians": ratio(_median(values[ON]), _median(values[OFF])),
                             **{f"{side}_samples": values[side] for side in SIDES}}
         on_ms, off_ms = _median(cpu[ON]) * 1000.0, _median(cpu[OFF]) * 1000.0
