@@ -399,8 +399,31 @@ _PORTED_HEADERS = {size: (4 + 2 * (4 + size), CTA_TUPLE_IP, 4 + size, _IP_ATTRS[
                           6, CTA_PROTO_DST_PORT)
                    for version, size in ((4, 4), (6, 16))}
 _PORTED_LENGTHS = {_PORTED_TUPLE[size].size: size for size in (4, 16)}
-_ADDRESS_CACHE = {}  # raw address bytes -> ipaddress object (a node sees the same few addresses)
+_ADDRESS_CACHE = {}  # raw address bytes -> address object (a node sees the same few addresses)
 _ADDRESS_CACHE_SIZE = 4096
+
+
+def _remembered(base):
+    """`base` (IPv4Address, IPv6Address) with its text and hash worked out once: ipaddress
+    computes both in Python on every call, and a flow record asks for each several times."""
+    class Remembered(base):
+        __slots__ = ("_text", "_hashed")
+
+        def __init__(self, raw):
+            super().__init__(raw)
+            self._text, self._hashed = base.__str__(self), base.__hash__(self)
+
+        def __str__(self):
+            return self._text
+
+        def __hash__(self):
+            return self._hashed
+
+    Remembered.__name__ = Remembered.__qualname__ = base.__name__
+    return Remembered
+
+
+_IPv4, _IPv6 = _remembered(ipaddress.IPv4Address), _remembered(ipaddress.IPv6Address)
 
 
 def _cached_address(raw: bytes):
@@ -408,7 +431,7 @@ def _cached_address(raw: bytes):
     if found is None:
         if len(_ADDRESS_CACHE) >= _ADDRESS_CACHE_SIZE:
             _ADDRESS_CACHE.clear()
-        found = _ADDRESS_CACHE[raw] = ipaddress.IPv4Address(raw) if len(raw) == 4 else ipaddress.IPv6Address(raw)
+        found = _ADDRESS_CACHE[raw] = _IPv4(raw) if len(raw) == 4 else _IPv6(raw)
     return found
 
 

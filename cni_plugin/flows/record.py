@@ -21,8 +21,16 @@ PROTOCOLS = {1: "icmp", 6: "tcp", 17: "udp", 58: "icmpv6", 132: "sctp", 33: "dcc
 PROTOCOL_NUMBERS = {"TCP": 6, "UDP": 17, "SCTP": 132, "tcp": 6, "udp": 17, "sctp": 132}
 
 
+_LAST = [(None, "")]  # (the moment formatted last, its text): a batch of records shares its `now`
+
+
 def rfc3339(moment: datetime) -> str:
-    return moment.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    last = _LAST[0]
+    if moment is last[0]:
+        return last[1]
+    text = moment.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    _LAST[0] = (moment, text)
+    return text
 
 
 _SECONDS = {}  # whole seconds -> their "YYYY-MM-DDTHH:MM:SS" (records come in bursts of the same second)
