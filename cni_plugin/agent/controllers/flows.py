@@ -308,7 +308,10 @@ class FlowCollector:
                     self.reader = None
                 self.agent.log.warning(f"closed connections not read: {exc}", extra=self.agent.extra())
                 current = []
+            asked = {entry.id for entry in ended}
             for entry in current:
+                if entry.id not in asked and 0 not in asked:
+                    continue  # the tuple names a newer connection now (a port reused): the close's DESTROY came
                 if self._ours(entry):
                     self.done[entry.id] = time.monotonic()
                     out.append(self._final(entry, moment))
