@@ -40,7 +40,7 @@ from lab.cluster import Cluster, wait_for
 from lab.namespaces import stop_process
 
 from .context import cpu_seconds, quiesce, ratio, rotate
-from .source_validation import conn_rate, default_netconf
+from .source_validation import CONN_PORT, conn_rate, default_netconf
 from .throughput import _median
 
 NETWORK = {"Network": "10.244.0.0/16", "Backend": {"Type": "vxlan", "VNI": 1}}
@@ -56,7 +56,13 @@ LISTENER = ("import signal, sys\nfrom cni_plugin.datapath import conntrack\n"
 
 
 def _set_side(cluster, nodes, side) -> list:
-    """The side's settings applied; the floor's listeners (Popen), started."""
+    """The side's settings applied; the floor's listeners (Popen), started.  The entries
+    of the benchmark's earlier connections (TIME_WAIT for two minutes) are deleted first,
+    the agent not yet listening: a side starts from the same table whatever came before
+    it (a port reused on an entry left by the side before kills it, and an entry made
+    while acct/timestamp were off would be recorded with its DESTROY time as start)."""
+    for node in nodes:
+        node.ns.run(["conntrack", "-D", "-p", "tcp", "--dport", str(CONN_PORT)], check=False)
     config = dict(NETWORK, FlowLog=True) if side == ON else NETWORK
     cluster.set_network("weft", config)
     readers = []
@@ -79,12 +85,15 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _journal(node, flow_dir):
+    """Every record of the node's journal, rotated files included (a run writes more
+    than --flow-log-max-bytes), and their bytes."""
+    from cni_plugin.flows.reader import journal_files
+
     records, size = [], 0
-    path = os.path.join(flow_dir, "weft.jsonl")
-    if os.path.exists(path):
-        size = os.path.getsize(path)
+    for path in journal_files(flow_dir):
+        size += os.path.getsize(path)
         with open(path) as handle:
-            records = [json.loads(line) for line in handle if line.strip()]
+            records += [json.loads(line) for line in handle if line.strip()]
     return records, size
 
 
@@ -193,7 +202,7 @@ def flows(ctx, seconds: float, rounds: int, ipfix_connections: int) -> dict:
                         records, _ = _journal(nodes[0], dirs[nodes[0].name])
                         low, high = window[topo]
                         return len({rec["id"] for rec in records if rec["src"] == pods[topo].ip and rec.get("final")
-                                    and rec["dport"] == 8081 and low <= _epoch(rec["start"]) <= high})
+                                    and rec["dport"] == CONN_PORT and low <= _epoch(rec["start"]) <= high})
                     _settled(dirs[nodes[0].name])
                     missing.append({t: made[t] - found(t) for t in TOPOLOGIES})
                     made_on.append(sum(made.values()))
