@@ -520,9 +520,17 @@ _CT_ATTRS_STATELESS = frozenset((CTA_TUPLE_ORIG, CTA_TUPLE_REPLY, CTA_MARK, CTA_
 _CT_ATTRS = _CT_ATTRS_STATELESS | {CTA_PROTOINFO}
 
 
+_TCP_STATE_FIRST = struct.Struct("=HHHHB")  # CTA_PROTOINFO_TCP {CTA_PROTOINFO_TCP_STATE first}
+
+
 def _tcp_state(raw: bytes | None) -> int | None:
     if raw is None:
         return None
+    if len(raw) >= _TCP_STATE_FIRST.size:  # the kernel's layout: the state first, read at once
+        tcp_len, tcp_kind, state_len, state_kind, state = _TCP_STATE_FIRST.unpack_from(raw)
+        if tcp_len == len(raw) and tcp_kind & NLA_TYPE_MASK == CTA_PROTOINFO_TCP and state_len == 5 and \
+                state_kind & NLA_TYPE_MASK == CTA_PROTOINFO_TCP_STATE:
+            return state
     tcp = attributes(raw, 0, len(raw), (CTA_PROTOINFO_TCP,)).get(CTA_PROTOINFO_TCP)
     if tcp is None:
         return None

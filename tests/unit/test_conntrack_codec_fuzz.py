@@ -146,19 +146,21 @@ def test_the_get_request_names_the_entry_it_was_made_from(built):
     assert asked.orig == entry.orig
 
 
-def _with_tcp_state(data, kind, flags, state):
-    """The entry with a CTA_PROTOINFO carrying this TCP state appended."""
+def _with_tcp_state(data, kind, flags, state, lead=False):
+    """The entry with a CTA_PROTOINFO carrying this TCP state appended (lead: after
+    another attribute, not where the kernel puts it: the general reader's case)."""
+    before = nl.attr(2, b"\x07") if lead else b""  # CTA_PROTOINFO_TCP_WSCALE_ORIGINAL
     protoinfo = nl.attr(nl.CTA_PROTOINFO | nl.NLA_F_NESTED, nl.attr(
-        nl.CTA_PROTOINFO_TCP | nl.NLA_F_NESTED, nl.attr(nl.CTA_PROTOINFO_TCP_STATE, bytes([state]))))
+        nl.CTA_PROTOINFO_TCP | nl.NLA_F_NESTED, before + nl.attr(nl.CTA_PROTOINFO_TCP_STATE, bytes([state]))))
     return nl.message(kind, flags, 0, data[nl.HEADER.size:] + protoinfo)
 
 
 @BOUNDED
-@given(entries(), st.integers(0, 12))
-def test_the_id_and_tcp_state_are_read_alone(built, state):
+@given(entries(), st.integers(0, 12), st.booleans())
+def test_the_id_and_tcp_state_are_read_alone(built, state, lead):
     data, _ = built
     (offset, length, kind, flags, _), = nl.messages(data)
-    grown = _with_tcp_state(data, kind, flags, state)
+    grown = _with_tcp_state(data, kind, flags, state, lead)
     entry = nl.decode_conntrack(grown, 0, len(grown), kind, flags)
     assert nl.conntrack_brief(grown, 0, len(grown)) == (entry.id, state) and entry.tcp_state == state
     assert nl.conntrack_brief(data, offset, length) == (entry.id, None)
