@@ -378,11 +378,14 @@ class FlowCollector:
         written = self.journal.write(records)
         self.written += written
         metrics = self.agent.metrics
+        flows, octets = {}, {}  # summed over the batch, each label set counted once
         for record in records:
             if not record.get("final", True):
                 continue
-            self._counter(metrics.flows, record["verdict"], record["policy"] or "").inc()
-            pair = tuple((record.get(k) or "").partition("/")[0] or "-" for k in ("srcPod", "dstPod"))
+            key = (record["verdict"], record["policy"] or "")
+            flows[key] = flows.get(key, 0) + 1
+            src, dst = record.get("srcPod"), record.get("dstPod")
+            pair = ((src or "").partition("/")[0] or "-", (dst or "").partition("/")[0] or "-")
             if pair not in self.pairs:
                 if len(self.pairs) >= NAMESPACE_PAIRS:
                     pair = ("other", "other")
@@ -390,7 +393,11 @@ class FlowCollector:
                     self.pairs.add(pair)
             total = (record["bytes"]["sent"] or 0) + (record["bytes"]["received"] or 0)
             if total:
-                self._counter(metrics.flow_bytes, *pair).inc(total)
+                octets[pair] = octets.get(pair, 0) + total
+        for key, count in flows.items():
+            self._counter(metrics.flows, *key).inc(count)
+        for pair, total in octets.items():
+            self._counter(metrics.flow_bytes, *pair).inc(total)
         if self.exporter is not None:
             self.exporter.export([r for r in records if r["verdict"] == "allowed" and r.get("final", True)])
 
