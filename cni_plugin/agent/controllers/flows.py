@@ -18,6 +18,7 @@ journal (flows/journal.py) and exports IPFIX.  Every drop is counted in
 weft_flows_dropped_total{network,reason}.
 """
 
+import ipaddress
 import json
 import os
 import threading
@@ -444,6 +445,7 @@ class FlowCollector:
         found: it must not keep the history from being read for a pod just started).
         Addresses found are remembered (a holding never leaves the attribution)."""
         fresh = stale = False
+        addresses = [_address(ip) for ip in addresses]  # a denied element's are text
         for ip in addresses:
             if ip is None or ip in self.resolved or not self._inside(ip):
                 continue
@@ -478,3 +480,13 @@ class FlowCollector:
         self.journal.close()
         if self.exporter is not None:
             self.exporter.close()
+
+
+def _address(ip):
+    """An ipaddress object of an address given as one or as text (None: not one)."""
+    if ip is None or not isinstance(ip, str):
+        return ip
+    try:
+        return ipaddress.ip_address(ip)
+    except ValueError:
+        return None
