@@ -302,7 +302,7 @@ class FlowCollector:
             try:
                 if self.reader is None:
                     self.reader = conntrack.EntryReader()
-                current = self.reader.get(ended)
+                current = self.reader.get(ended, state=True)
             except DatapathError as exc:  # their DESTROY events will bring them
                 if self.reader is not None:
                     self.reader.close()
@@ -311,8 +311,9 @@ class FlowCollector:
                 current = []
             asked = {entry.id for entry in ended}
             for entry in current:
-                if entry.id not in asked and 0 not in asked:
-                    continue  # the tuple names a newer connection now (a port reused): the close's DESTROY came
+                if (entry.id not in asked and 0 not in asked) or entry.tcp_state not in conntrack.ENDED:
+                    continue  # the tuple names a newer connection (a port reused; the kernel may even give
+                    #           it the same id): the closed one was killed, its DESTROY records it
                 if self._ours(entry):
                     self.done[entry.id] = time.monotonic()
                     out.append(self._final(entry, moment))
