@@ -5,6 +5,7 @@ join NEW (the kernel builds no message for a start); get() reads the closed conn
 final counters (nf_conntrack_acct on), which count the bytes sent with their headers."""
 
 import socket
+import subprocess
 import sys
 
 from cni_plugin.datapath import conntrack
@@ -93,3 +94,41 @@ def test_many_closed_connections_are_read_back_at_once(node):
         events.close()
     assert len(closes) == count
     assert len(conntrack.get(closes, netns_path=node.path)) == count
+
+
+REUSE = """
+import socket, sys, time
+srv = socket.socket(); srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+srv.bind(("127.0.0.1", 9003)); srv.listen()
+def client():
+    s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    s.bind(("127.0.0.1", 40003)); s.connect(("127.0.0.1", 9003))
+    return s
+first = client(); c, _ = srv.accept(); c.sendall(b"y"); c.close(); first.recv(1); first.recv(1); first.close()
+time.sleep(0.5)                   # the close event is read, its entry lingers in TIME_WAIT
+second = client(); again, _ = srv.accept()
+print("open", flush=True); sys.stdin.readline()   # held open while the test reads the tuple back
+"""
+
+
+def test_a_read_back_by_tuple_can_name_a_newer_connection(node):
+    """Why the flow writer takes a read-back only when its connection has ended: a
+    client port reused after a close kills the closed entry, and the same tuple then
+    names the new, open connection (the kernel may even give it the same id)."""
+    node.run(["ip", "link", "set", "lo", "up"])
+    node.run(["nft", "-f", "-"], input="add table inet t\nadd chain inet t c { type filter hook output priority 0; }\n"
+                                       "add rule inet t c ct state new counter\n")
+    events = conntrack.ConntrackEvents(netns_path=node.path)
+    traffic = subprocess.Popen(["ip", "netns", "exec", node.name, sys.executable, "-c", REUSE],
+                               stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert traffic.stdout.readline().strip() == "open"
+        seen = events.receive(2.0, lambda e, i, s: True)
+        closes = [e for e in seen if isinstance(e, nl.Close)]
+        destroyed = [e for e in seen if not isinstance(e, nl.Close) and e.event == "destroy"]
+        assert len(closes) == 1 and [d.orig.sport for d in destroyed] == [40003]  # the reuse killed it
+        (current,) = conntrack.get(closes, netns_path=node.path)
+        assert current.orig.sport == 40003 and current.tcp_state not in conntrack.ENDED
+    finally:
+        events.close()
+        traffic.communicate("\n", timeout=10)
