@@ -266,13 +266,12 @@ class FlowCollector:
             batch = []
             while pending and len(batch) < 4096:
                 batch.append(pending.popleft())
-            if any(item is _STOP for item in batch):
-                if self.reader is not None:
-                    self.reader.close()
-                return
+            stop = any(item is _STOP for item in batch)
+            if stop:  # what was queued before it is still written (20 ms of events gather)
+                batch = [item for item in batch if item is not _STOP]
             try:
                 records = self._records(batch)
-                if time.monotonic() >= next_interim:
+                if time.monotonic() >= next_interim and not stop:
                     records += self._interim()
                     next_interim = time.monotonic() + self.interval
                 self._emit(records)
@@ -281,6 +280,10 @@ class FlowCollector:
                 self._dropped("internal-error", len(batch))
             if self.exporter is not None:
                 self.exporter.tick()
+            if stop:
+                if self.reader is not None:
+                    self.reader.close()
+                return
 
     def _records(self, batch) -> list:
         self._refresh_history()
