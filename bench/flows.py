@@ -2,8 +2,9 @@
 and how fast the IPFIX export goes.
 
 One lab.cluster of two nodes (etcd, a weftd each, VXLAN); server pod S and client C on
-node1 (same node), client R on node2 (cross node).  Rounds interleave the two sides,
-the order rotating each round:
+node1 (same node), client R on node2 (cross node).  Rounds interleave three sides,
+the order rotating each round, each starting from a conntrack table without the
+benchmark's earlier entries (deleted in the node namespaces before the side is set):
   off  FlowLog unset, and nf_conntrack_acct/timestamp set back to 0 in the nodes
        (a node that never had flow logging);
   on   FlowLog true (the agent turns acct/timestamp on);
@@ -13,8 +14,9 @@ the order rotating each round:
        full at once: the kernel builds and filters every event as for the agent, then
        drops it; nothing in userspace).
 Each side runs bench.conn_rate's loop (connect, a byte each way, server closes) C -> S
-and R -> S for `seconds`.  On the "on" side, after the loop, the journals must hold one
-final record per connection made (warm-up included) and nothing dropped or lost: the
+and R -> S for `seconds`.  On the "on" side, after the loop, the journals (rotated files
+included) must hold one final record per connection made (warm-up included) and nothing
+dropped or lost: the
 figure counts the connections it finds per client (distinct `id`s whose `start` lies in
 the window: a connection of an earlier window may end, and be recorded, in this one)
 (`records_missing`), and the agents'
