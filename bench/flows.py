@@ -2,21 +2,29 @@
 and how fast the IPFIX export goes.
 
 One lab.cluster of two nodes (etcd, a weftd each, VXLAN); server pod S and client C on
-node1 (same node), client R on node2 (cross node).  Rounds interleave the two sides,
-the order rotating each round:
+node1 (same node), client R on node2 (cross node).  Rounds interleave three sides,
+the order rotating each round, each starting from a conntrack table without the
+benchmark's earlier entries (deleted in the node namespaces before the side is set):
   off  FlowLog unset, and nf_conntrack_acct/timestamp set back to 0 in the nodes
        (a node that never had flow logging);
-  on   FlowLog true (the agent turns acct/timestamp on).
+  on   FlowLog true (the agent turns acct/timestamp on);
+  floor  the kernel's share: FlowLog unset, nf_conntrack_acct/timestamp on, and in each
+       node a process whose socket joins the agent's conntrack groups with the agent's
+       filter (datapath/conntrack.ConntrackEvents) and never reads (its buffer, a page,
+       full at once: the kernel builds and filters every event as for the agent, then
+       drops it; nothing in userspace).
 Each side runs bench.conn_rate's loop (connect, a byte each way, server closes) C -> S
-and R -> S for `seconds`.  On the "on" side, after the loop, the journals must hold one
-final record per connection made (warm-up included) and nothing dropped or lost: the
+and R -> S for `seconds`.  On the "on" side, after the loop, the journals (rotated files
+included) must hold one final record per connection made (warm-up included) and nothing
+dropped or lost: the
 figure counts the connections it finds per client (distinct `id`s whose `start` lies in
 the window: a connection of an earlier window may end, and be recorded, in this one)
 (`records_missing`), and the agents'
 weft_flows_dropped_total / events lost.  Reported: connections/s per side and the
 median of the rounds' paired ratios on / off (target >= 0.9); agent CPU per 1,000
 connections (node1's agent, on minus off over the same window: the flow work alone;
-target <= 50 ms); journal bytes per connection (target <= 500).
+target <= 50 ms); journal bytes per connection (target <= 500); the floor's rate per
+side and its ratio floor / off.
 
 IPFIX: Exporter.export() of `ipfix_connections` journal records in batches of 256 to
 nfcapd (Debian's nfdump) on loopback in a namespace of its own; the rate is records per
@@ -34,35 +42,60 @@ from lab.cluster import Cluster, wait_for
 from lab.namespaces import stop_process
 
 from .context import cpu_seconds, quiesce, ratio, rotate
-from .source_validation import conn_rate, default_netconf
+from .source_validation import CONN_PORT, conn_rate, default_netconf
 from .throughput import _median
 
 NETWORK = {"Network": "10.244.0.0/16", "Backend": {"Type": "vxlan", "VNI": 1}}
-ON, OFF = "on", "off"
-SIDES = (ON, OFF)
+ON, OFF, FLOOR = "on", "off", "floor"
+SIDES = (ON, OFF, FLOOR)
 TOPOLOGIES = ("same_node", "cross_node")
 WARMUP = 50  # bench.conn_rate's warm-up connections, recorded too
 ACCOUNTING = ("/proc/sys/net/netfilter/nf_conntrack_acct", "/proc/sys/net/netfilter/nf_conntrack_timestamp")
+LISTENER = ("import signal, sys\nfrom cni_plugin.datapath import conntrack\n"
+            "events = conntrack.ConntrackEvents(buffer=4096)\n"
+            "signal.signal(signal.SIGTERM, lambda *a: sys.exit(0)); print('ready', flush=True)\n"
+            "while True:\n signal.pause()\n")
 
 
-def _set_side(cluster, nodes, side):
+def _set_side(cluster, nodes, side) -> list:
+    """The side's settings applied; the floor's listeners (Popen), started.  The entries
+    of the benchmark's earlier connections (TIME_WAIT for two minutes) are deleted first,
+    the agent not yet listening: a side starts from the same table whatever came before
+    it (a port reused on an entry left by the side before kills it, and an entry made
+    while acct/timestamp were off would be recorded with its DESTROY time as start)."""
+    for node in nodes:
+        node.ns.run(["conntrack", "-D", "-p", "tcp", "--dport", str(CONN_PORT)], check=False)
     config = dict(NETWORK, FlowLog=True) if side == ON else NETWORK
     cluster.set_network("weft", config)
+    readers = []
     for node in nodes:
         wait_for(lambda: bool((node.status() or {}).get("flows")) == (side == ON), 20,
                  what=f"{node.name} flow log {side}")
-        if side == OFF:
+        if side != ON:
             for path in ACCOUNTING:
-                node.ns.run(["sh", "-c", f"echo 0 > {path}"])
+                node.ns.run(["sh", "-c", f"echo {1 if side == FLOOR else 0} > {path}"])
+        if side == FLOOR:
+            reader = subprocess.Popen(["ip", "netns", "exec", node.ns.name, sys.executable, "-c", LISTENER],
+                                      stdout=subprocess.PIPE, text=True, cwd=REPO)
+            readers.append(reader)
+            if reader.stdout.readline().strip() != "ready":
+                raise RuntimeError(f"{node.name}: the conntrack event listener of the floor did not start")
+    return readers
+
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _journal(node, flow_dir):
+    """Every record of the node's journal, rotated files included (a run writes more
+    than --flow-log-max-bytes), and their bytes."""
+    from cni_plugin.flows.reader import journal_files
+
     records, size = [], 0
-    path = os.path.join(flow_dir, "weft.jsonl")
-    if os.path.exists(path):
-        size = os.path.getsize(path)
+    for path in journal_files(flow_dir):
+        size += os.path.getsize(path)
         with open(path) as handle:
-            records = [json.loads(line) for line in handle if line.strip()]
+            records += [json.loads(line) for line in handle if line.strip()]
     return records, size
 
 
@@ -155,7 +188,7 @@ def flows(ctx, seconds: float, rounds: int, ipfix_connections: int) -> dict:
         for r in range(rounds):
             quiesce(ctx)
             for side in rotate(list(SIDES), r):
-                _set_side(cluster, nodes, side)
+                readers = _set_side(cluster, nodes, side)
                 before = {n.name: _journal(n, dirs[n.name]) for n in nodes}
                 dropped_before = sum(_dropped(n) for n in nodes)
                 cpu_before = cpu_seconds(nodes[0].agent.pid)
@@ -171,7 +204,7 @@ def flows(ctx, seconds: float, rounds: int, ipfix_connections: int) -> dict:
                         records, _ = _journal(nodes[0], dirs[nodes[0].name])
                         low, high = window[topo]
                         return len({rec["id"] for rec in records if rec["src"] == pods[topo].ip and rec.get("final")
-                                    and rec["dport"] == 8081 and low <= _epoch(rec["start"]) <= high})
+                                    and rec["dport"] == CONN_PORT and low <= _epoch(rec["start"]) <= high})
                     _settled(dirs[nodes[0].name])
                     missing.append({t: made[t] - found(t) for t in TOPOLOGIES})
                     made_on.append(sum(made.values()))
@@ -182,9 +215,12 @@ def flows(ctx, seconds: float, rounds: int, ipfix_connections: int) -> dict:
                         per_record.append((size - before[nodes[0].name][1]) / fresh)
                 spent = cpu_seconds(nodes[0].agent.pid) - cpu_before
                 cpu[side].append(spent / sum(made.values()) * 1000.0)
+                for reader in readers:
+                    stop_process(reader, 10)
             ctx.say(f"flows round {r + 1}/{rounds}: " + ", ".join(
-                f"{topo} {samples[(topo, ON)][-1]['per_s']:.0f}/{samples[(topo, OFF)][-1]['per_s']:.0f} conn/s"
-                for topo in TOPOLOGIES) + f" (on/off), missing {missing[-1]}, lost {lost[-1]}")
+                f"{topo} {samples[(topo, ON)][-1]['per_s']:.0f}/{samples[(topo, OFF)][-1]['per_s']:.0f}/"
+                f"{samples[(topo, FLOOR)][-1]['per_s']:.0f} conn/s"
+                for topo in TOPOLOGIES) + f" (on/off/floor), missing {missing[-1]}, lost {lost[-1]}")
         result = {"seconds": seconds, "rounds": rounds, "weft_network_config": NETWORK,
                   "tool": "bench.conn_rate (Python loop, both ends: connect, 1 byte each way, server closes)",
                   "records_missing": missing, "records_dropped_or_events_lost": lost,
@@ -195,8 +231,10 @@ def flows(ctx, seconds: float, rounds: int, ipfix_connections: int) -> dict:
         for topo in TOPOLOGIES:
             values = {side: [s["per_s"] for s in samples[(topo, side)]] for side in SIDES}
             paired = sorted(a / b for a, b in zip(values[ON], values[OFF]) if b)
+            floor = sorted(a / b for a, b in zip(values[FLOOR], values[OFF]) if b)
             result[topo] = {**{side: round(_median(values[side]), 1) for side in SIDES},
                             "ratio": round(_median(paired), 3) if paired else None,
+                            "floor_ratio": round(_median(floor), 3) if floor else None,
                             "ratio_of_medians": ratio(_median(values[ON]), _median(values[OFF])),
                             **{f"{side}_samples": values[side] for side in SIDES}}
         on_ms, off_ms = _median(cpu[ON]) * 1000.0, _median(cpu[OFF]) * 1000.0

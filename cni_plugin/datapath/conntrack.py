@@ -1,18 +1,23 @@
 """The kernel's connection tracking, read for flow records: events and filtered dumps.
 
-ConntrackEvents joins ctnetlink's NEW, UPDATE and DESTROY multicast groups of the
-agent's network namespace (UPDATE for the moment a TCP connection ends: its entry
-lingers in TIME_WAIT for two minutes before DESTROY; ended() says which updates
-are that moment, and get() then reads their final counters, many per datagram).
+ConntrackEvents joins ctnetlink's UPDATE and DESTROY multicast groups of the agent's
+network namespace (UPDATE for the moment a TCP connection ends: its entry lingers in
+TIME_WAIT for two minutes before DESTROY; ended() says which updates are that moment,
+and get() then reads their final counters, many per datagram).  NEW is not joined:
+the kernel then builds no message at all for a connection's start (nobody listens),
+and a DESTROY or a read-back entry carries its own start time (nf_conntrack_timestamp);
+the interim records of long-lived connections come from dump() every
+--flow-log-interval instead (the backstop of not following starts).
 A classic BPF filter on the socket (nlcodec.conntrack_close_filter) lets through only
-NEW, DESTROY and the updates that close a TCP connection: the other state changes,
-most of a connection's events, never reach the socket.  Delivery is best effort on purpose: the kernel is never asked
+DESTROY and the updates that close a TCP connection: the other state changes, most of
+a connection's events, never reach the socket.  Delivery is best effort on purpose: the kernel is never asked
 for reliable delivery (NETLINK_BROADCAST_ERROR would make a slow reader stall the
 datapath); a full receive buffer loses events, which the kernel reports as ENOBUFS
 and receive() counts in `lost` (one ENOBUFS: at least one event lost).
 
-dump(mark, mask) lists the entries whose ct mark matches (the kernel filters), for the
-interim records of long-lived connections.  enable_accounting() turns on the per-entry
+dump(mark, mask, wanted) lists the entries whose ct mark matches (the kernel filters)
+and that wanted(id, TCP state) asks for (the rest are not decoded), for the interim
+records of long-lived connections.  enable_accounting() turns on the per-entry
 byte/packet counters and start/stop times (they apply to connections created after
 they are on).  flush(ips) deletes the entries of a torn-down pod's addresses before
 they are released (plugin/teardown.py, and a standalone DEL).  Messages are framed and
@@ -29,8 +34,7 @@ from .errors import DatapathError
 from .rtnl import socket_in
 
 RECEIVE_BUFFER = 8 << 20
-GROUPS = (1 << (nl.NFNLGRP_CONNTRACK_NEW - 1)) | (1 << (nl.NFNLGRP_CONNTRACK_UPDATE - 1)) | \
-    (1 << (nl.NFNLGRP_CONNTRACK_DESTROY - 1))
+GROUPS = (1 << (nl.NFNLGRP_CONNTRACK_UPDATE - 1)) | (1 << (nl.NFNLGRP_CONNTRACK_DESTROY - 1))
 ENDED = (nl.TCP_CONNTRACK_TIME_WAIT, nl.TCP_CONNTRACK_CLOSE)
 ACCOUNTING = ("/proc/sys/net/netfilter/nf_conntrack_acct", "/proc/sys/net/netfilter/nf_conntrack_timestamp")
 
@@ -67,26 +71,29 @@ def _event(kind: int, flags: int):
 
 def _decoded(data, wanted) -> list:
     """The entries of a datagram that `wanted(event, id, tcp_state)` asks for: "new" and
-    "destroy" decoded (nlcodec.Conntrack), a TCP close kept raw (nlcodec.Close, for get());
-    updates other than a TCP close are never offered (most of the events: state changes)."""
+    "destroy" decoded (nlcodec.Conntrack; their TCP state is not read first: None), a
+    TCP close kept raw (nlcodec.Close, for get()); updates other than a TCP close are
+    never offered (most of the events: state changes)."""
     out = []
     for offset, length, kind, flags, _ in nl.messages(data):
         event = _event(kind, flags)
         if event is None:
             continue
-        ct_id, state = nl.conntrack_brief(data, offset, length)
-        if event == "update" and state not in ENDED:
-            continue
-        if wanted(event, ct_id, state):
-            out.append(nl.conntrack_close(data, offset, length) if event == "update" else
-                       nl.decode_conntrack(data, offset, length, kind, flags))
+        if event == "update":
+            close, state = nl.conntrack_close_state(data, offset, length)
+            if state in ENDED and wanted(event, close.id, state):
+                out.append(close)
+        elif wanted(event, nl.conntrack_id(data, offset, length), None):
+            out.append(nl.decode_conntrack(data, offset, length, kind, flags))
     return out
 
 
 class ConntrackEvents:
-    """NEW and DESTROY events of this namespace's conntrack table."""
+    """TCP-close UPDATE and DESTROY events of this namespace's conntrack table (NEW too
+    when `groups` asks for it)."""
 
-    def __init__(self, buffer: int = RECEIVE_BUFFER, close_filter: bool = True, netns_path: str = None):
+    def __init__(self, buffer: int = RECEIVE_BUFFER, close_filter: bool = True, netns_path: str = None,
+                 groups: int = GROUPS):
         self.sock = socket_in(netns_path, nl.NETLINK_NETFILTER) if netns_path else \
             socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, nl.NETLINK_NETFILTER)
         self.lost = 0          # ENOBUFS reports (each: one or more events lost)
@@ -97,7 +104,7 @@ class ConntrackEvents:
                 self._program = ctypes.create_string_buffer(nl.conntrack_close_filter())
                 self.sock.setsockopt(socket.SOL_SOCKET, nl.SO_ATTACH_FILTER, nl.sock_fprog(
                     len(self._program.raw) // 8, ctypes.addressof(self._program)))
-            self.sock.bind((0, GROUPS))
+            self.sock.bind((0, groups))
         except OSError as exc:
             self.sock.close()
             raise DatapathError(f"cannot join the conntrack event groups: {exc.strerror}") from None
@@ -134,8 +141,9 @@ class ConntrackEvents:
         self.sock.close()
 
 
-def dump(mark: int = 0, mask: int = 0) -> list:
-    """Every conntrack entry of this namespace whose (mark & mask) == mark."""
+def dump(mark: int = 0, mask: int = 0, wanted=None) -> list:
+    """Every conntrack entry of this namespace whose (mark & mask) == mark and that
+    wanted(id, TCP state) asks for (None: all); the others are not decoded."""
     sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, nl.NETLINK_NETFILTER)
     out = []
     try:
@@ -152,8 +160,9 @@ def dump(mark: int = 0, mask: int = 0) -> list:
                     if code:
                         raise DatapathError(f"conntrack dump: {errno.errorcode.get(code, code)}")
                     continue
-                entry = nl.decode_conntrack(data, offset, length, kind, flags)
-                out.append(entry._replace(event="update"))
+                if wanted is not None and not wanted(*nl.conntrack_brief(data, offset, length)):
+                    continue
+                out.append(nl.decode_conntrack(data, offset, length, kind, flags, "update"))
     except OSError as exc:
         raise DatapathError(f"conntrack dump: {exc}") from None
     finally:
@@ -165,34 +174,64 @@ def ended(entry) -> bool:
     return isinstance(entry, nl.Close) or (entry.event == "update" and entry.tcp_state in ENDED)
 
 
+class EntryReader:
+    """Reads entries back by their original tuple (the counters of closed TCP
+    connections) over one socket kept open, many requests a datagram."""
+
+    def __init__(self, netns_path: str = None):
+        self.sock = socket_in(netns_path, nl.NETLINK_NETFILTER) if netns_path else \
+            socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, nl.NETLINK_NETFILTER)
+        try:
+            _receive_buffer(self.sock, GET_BUFFER)  # every answer of a chunk is queued before we read
+            self.sock.settimeout(5.0)
+            self.sock.bind((0, 0))
+        except OSError as exc:
+            self.sock.close()
+            raise DatapathError(f"conntrack read: {exc}") from None
+        self.seq = 0
+
+    def get(self, entries, state: bool = False) -> list:
+        """The current state of these entries (Conntrack or Close; their TCP state only
+        when `state`: a record does not need it); entries gone meanwhile are left out
+        (their DESTROY event follows).  An error leaves the socket drained:
+        answers of a failed chunk are told apart by sequence number and skipped."""
+        out = []
+        try:
+            for start in range(0, len(entries), GET_CHUNK):
+                chunk = entries[start:start + GET_CHUNK]
+                if self.seq + len(chunk) >= 1 << 31:
+                    self.seq = 0
+                first = self.seq + 1
+                self.seq += len(chunk)
+                self.sock.send(b"".join(nl.conntrack_get_request(first + i, e) for i, e in enumerate(chunk)))
+                answered = 0
+                while answered < len(chunk):
+                    data = self.sock.recv(1 << 17)
+                    for offset, length, kind, flags, seq in nl.messages(data):
+                        if seq < first:  # an answer to an earlier, failed call
+                            continue
+                        answered += 1
+                        if kind == nl.NLMSG_ERROR:
+                            continue
+                        out.append(nl.decode_conntrack(data, offset, length, kind, flags, "update", state))
+        except OSError as exc:
+            raise DatapathError(f"conntrack read: {exc}") from None
+        return out
+
+    def close(self) -> None:
+        self.sock.close()
+
+
 def get(entries, netns_path: str = None) -> list:
     """The current state of these entries (Conntrack or Close, by original tuple), many
     requests a datagram; entries gone meanwhile are left out (their DESTROY event follows)."""
     if not entries:
         return []
-    sock = socket_in(netns_path, nl.NETLINK_NETFILTER) if netns_path else \
-        socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, nl.NETLINK_NETFILTER)
-    out, answered = [], 0
+    reader = EntryReader(netns_path)
     try:
-        _receive_buffer(sock, GET_BUFFER)  # every answer of a chunk is queued before we read
-        sock.settimeout(5.0)
-        sock.bind((0, 0))
-        for start in range(0, len(entries), GET_CHUNK):
-            chunk = entries[start:start + GET_CHUNK]
-            sock.send(b"".join(nl.conntrack_get_request(i + 1, e) for i, e in enumerate(chunk)))
-            answered = 0
-            while answered < len(chunk):
-                data = sock.recv(1 << 17)
-                for offset, length, kind, flags, _ in nl.messages(data):
-                    answered += 1
-                    if kind == nl.NLMSG_ERROR:
-                        continue
-                    out.append(nl.decode_conntrack(data, offset, length, kind, flags)._replace(event="update"))
-    except OSError as exc:
-        raise DatapathError(f"conntrack read: {exc}") from None
+        return reader.get(entries, state=True)
     finally:
-        sock.close()
-    return out
+        reader.close()
 
 
 def flush(ips) -> int:

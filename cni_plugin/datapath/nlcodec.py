@@ -388,7 +388,76 @@ _ICMP = {1: (CTA_PROTO_ICMP_ID, CTA_PROTO_ICMP_TYPE, CTA_PROTO_ICMP_CODE),
          58: (CTA_PROTO_ICMPV6_ID, CTA_PROTO_ICMPV6_TYPE, CTA_PROTO_ICMPV6_CODE)}
 
 
+# The layout the kernel gives a TCP, UDP, SCTP, DCCP or UDP-Lite tuple of IPv4 (48 bytes)
+# or IPv6 (72 bytes): CTA_TUPLE_IP {src, dst}, CTA_TUPLE_PROTO {number, source port,
+# destination port}.  A tuple of exactly that size whose every attribute header is the
+# expected one is read with one unpack; anything else takes the general path.
+_PORTED_TUPLE = {size: struct.Struct(f"=HH HH{size}s HH{size}s HH HHB3x HH2s2x HH2s2x")
+                 for size in (4, 16)}
+_PORTED_HEADERS = {size: (4 + 2 * (4 + size), CTA_TUPLE_IP, 4 + size, _IP_ATTRS[version][0], 4 + size,
+                          _IP_ATTRS[version][1], 28, CTA_TUPLE_PROTO, 5, CTA_PROTO_NUM, 6, CTA_PROTO_SRC_PORT,
+                          6, CTA_PROTO_DST_PORT)
+                   for version, size in ((4, 4), (6, 16))}
+_PORTED_LENGTHS = {_PORTED_TUPLE[size].size: size for size in (4, 16)}
+_ADDRESS_CACHE = {}  # raw address bytes -> address object (a node sees the same few addresses)
+_ADDRESS_CACHE_SIZE = 4096
+
+
+def _remembered(base):
+    """`base` (IPv4Address, IPv6Address) with its text and hash worked out once: ipaddress
+    computes both in Python on every call, and a flow record asks for each several times."""
+    class Remembered(base):
+        __slots__ = ("_text", "_hashed")
+
+        def __init__(self, raw):
+            super().__init__(raw)
+            self._text, self._hashed = base.__str__(self), base.__hash__(self)
+
+        def __str__(self):
+            return self._text
+
+        def __hash__(self):
+            return self._hashed
+
+    Remembered.__name__ = Remembered.__qualname__ = base.__name__
+    return Remembered
+
+
+_IPv4, _IPv6 = _remembered(ipaddress.IPv4Address), _remembered(ipaddress.IPv6Address)
+
+
+def _cached_address(raw: bytes):
+    found = _ADDRESS_CACHE.get(raw)
+    if found is None:
+        if len(_ADDRESS_CACHE) >= _ADDRESS_CACHE_SIZE:
+            _ADDRESS_CACHE.clear()
+        found = _ADDRESS_CACHE[raw] = _IPv4(raw) if len(raw) == 4 else _IPv6(raw)
+    return found
+
+
+def _ported_tuple(raw: bytes, family: int):
+    """The tuple read in one unpack when it has the kernel's usual layout, else None."""
+    size = _PORTED_LENGTHS.get(len(raw))
+    if size is None or _ADDRESS_SIZE.get(family) != size:
+        return None
+    (ip_len, ip_kind, src_len, src_kind, src, dst_len, dst_kind, dst, proto_len, proto_kind, num_len, num_kind,
+     proto, sport_len, sport_kind, sport, dport_len, dport_kind, dport) = _PORTED_TUPLE[size].unpack(raw)
+    if (ip_len, ip_kind & NLA_TYPE_MASK, src_len, src_kind & NLA_TYPE_MASK, dst_len, dst_kind & NLA_TYPE_MASK,
+            proto_len, proto_kind & NLA_TYPE_MASK, num_len, num_kind & NLA_TYPE_MASK, sport_len,
+            sport_kind & NLA_TYPE_MASK, dport_len, dport_kind & NLA_TYPE_MASK) != _PORTED_HEADERS[size] \
+            or proto in _ICMP:
+        return None
+    return Tuple(_cached_address(src), _cached_address(dst), proto, int.from_bytes(sport, "big"),
+                 int.from_bytes(dport, "big"))
+
+
 def _tuple(raw: bytes, family: int, what: str) -> Tuple:
+    fast = _ported_tuple(raw, family)
+    return fast if fast is not None else _tuple_read(raw, family, what)
+
+
+def _tuple_read(raw: bytes, family: int, what: str) -> Tuple:
+    """A tuple of any layout (foreign attributes skipped, ICMP's fields)."""
     parts = attributes(raw, 0, len(raw), (CTA_TUPLE_IP, CTA_TUPLE_PROTO))
     if CTA_TUPLE_IP not in parts or CTA_TUPLE_PROTO not in parts:
         raise MalformedMessage(f"ctnetlink: {what} without its addresses or protocol")
@@ -420,21 +489,48 @@ def _tuple(raw: bytes, family: int, what: str) -> Tuple:
     return Tuple(src, dst, proto, sport, dport)
 
 
+# two be64 attributes (counters: packets, bytes; times: start, stop) as the kernel puts
+# them, read in one unpack; any other layout takes the general path
+_TWO_BE64 = struct.Struct("=HH8sHH8s")
+
+
+def _two_be64(raw: bytes):
+    """(first, second) of a nest holding exactly attributes 1 and 2, 8 bytes each, else None."""
+    if len(raw) != _TWO_BE64.size:
+        return None
+    first_len, first_kind, first, second_len, second_kind, second = _TWO_BE64.unpack(raw)
+    if (first_len, first_kind & NLA_TYPE_MASK, second_len, second_kind & NLA_TYPE_MASK) != (12, 1, 12, 2):
+        return None
+    return int.from_bytes(first, "big"), int.from_bytes(second, "big")
+
+
 def _counters(raw: bytes | None, what: str) -> tuple | None:
     if raw is None:
         return None
+    fast = _two_be64(raw)
+    if fast is not None:
+        return fast
     found = attributes(raw, 0, len(raw), (CTA_COUNTERS_PACKETS, CTA_COUNTERS_BYTES))
     return (_be(found[CTA_COUNTERS_PACKETS], _BE64, f"{what} packets") if CTA_COUNTERS_PACKETS in found else 0,
             _be(found[CTA_COUNTERS_BYTES], _BE64, f"{what} bytes") if CTA_COUNTERS_BYTES in found else 0)
 
 
-_CT_ATTRS = (CTA_TUPLE_ORIG, CTA_TUPLE_REPLY, CTA_MARK, CTA_COUNTERS_ORIG, CTA_COUNTERS_REPLY, CTA_ID,
-             CTA_ZONE, CTA_TIMESTAMP, CTA_PROTOINFO)
+_CT_ATTRS_STATELESS = frozenset((CTA_TUPLE_ORIG, CTA_TUPLE_REPLY, CTA_MARK, CTA_COUNTERS_ORIG,
+                                  CTA_COUNTERS_REPLY, CTA_ID, CTA_ZONE, CTA_TIMESTAMP))
+_CT_ATTRS = _CT_ATTRS_STATELESS | {CTA_PROTOINFO}
+
+
+_TCP_STATE_FIRST = struct.Struct("=HHHHB")  # CTA_PROTOINFO_TCP {CTA_PROTOINFO_TCP_STATE first}
 
 
 def _tcp_state(raw: bytes | None) -> int | None:
     if raw is None:
         return None
+    if len(raw) >= _TCP_STATE_FIRST.size:  # the kernel's layout: the state first, read at once
+        tcp_len, tcp_kind, state_len, state_kind, state = _TCP_STATE_FIRST.unpack_from(raw)
+        if tcp_len == len(raw) and tcp_kind & NLA_TYPE_MASK == CTA_PROTOINFO_TCP and state_len == 5 and \
+                state_kind & NLA_TYPE_MASK == CTA_PROTOINFO_TCP_STATE:
+            return state
     tcp = attributes(raw, 0, len(raw), (CTA_PROTOINFO_TCP,)).get(CTA_PROTOINFO_TCP)
     if tcp is None:
         return None
@@ -456,6 +552,27 @@ def conntrack_close(data, offset: int, length: int) -> Close:
         raise MalformedMessage("ctnetlink: a close without its original tuple")
     return Close(_be(raw[CTA_ID], _BE32, "CTA_ID") if CTA_ID in raw else 0, family, raw[CTA_TUPLE_ORIG],
                  raw.get(CTA_ZONE))
+
+
+def conntrack_close_state(data, offset: int, length: int) -> tuple:
+    """(Close, TCP state or None) of an update, in one pass over its attributes."""
+    family, _, _ = body(data, offset, length, NFGENMSG)
+    raw = attributes(data, offset + HEADER.size + NFGENMSG.size, offset + length, _CLOSE_STATE_ATTRS)
+    if CTA_TUPLE_ORIG not in raw:
+        raise MalformedMessage("ctnetlink: a close without its original tuple")
+    return (Close(_be(raw[CTA_ID], _BE32, "CTA_ID") if CTA_ID in raw else 0, family, raw[CTA_TUPLE_ORIG],
+                  raw.get(CTA_ZONE)), _tcp_state(raw.get(CTA_PROTOINFO)))
+
+
+_CLOSE_STATE_ATTRS = frozenset((CTA_ID, CTA_TUPLE_ORIG, CTA_ZONE, CTA_PROTOINFO))
+_ID_ONLY = frozenset((CTA_ID,))
+
+
+def conntrack_id(data, offset: int, length: int) -> int:
+    """CTA_ID of a conntrack message (0 without one), nothing else read."""
+    body(data, offset, length, NFGENMSG)
+    raw = attributes(data, offset + HEADER.size + NFGENMSG.size, offset + length, _ID_ONLY)
+    return _be(raw[CTA_ID], _BE32, "CTA_ID") if CTA_ID in raw else 0
 
 
 def conntrack_brief(data, offset: int, length: int) -> tuple:
@@ -581,26 +698,33 @@ def conntrack_entry(data, offset: int, length: int) -> tuple:
     return conntrack_close(data, offset, length), decode_conntrack(data, offset, length, kind, flags)
 
 
-def decode_conntrack(data, offset: int, length: int, kind: int, flags: int) -> Conntrack:
+def decode_conntrack(data, offset: int, length: int, kind: int, flags: int, event: str = None,
+                     state: bool = True) -> Conntrack:
     """An IPCTNL_MSG_CT_NEW (event "new" when NLM_F_CREATE, else "update") or
-    IPCTNL_MSG_CT_DELETE ("destroy") message."""
+    IPCTNL_MSG_CT_DELETE ("destroy") message; `event` given: that event instead (a
+    dump's or a read-back's entry); state False: the TCP state is not read (None)."""
     family, _, _ = body(data, offset, length, NFGENMSG)
     msg = kind & 0xFF
     if kind >> 8 != NFNL_SUBSYS_CTNETLINK or msg not in (IPCTNL_MSG_CT_NEW, IPCTNL_MSG_CT_DELETE):
         raise MalformedMessage(f"ctnetlink: message type {kind:#x} is not a conntrack entry")
-    attrs = attributes(data, offset + HEADER.size + NFGENMSG.size, offset + length, _CT_ATTRS)
+    attrs = attributes(data, offset + HEADER.size + NFGENMSG.size, offset + length,
+                       _CT_ATTRS if state else _CT_ATTRS_STATELESS)
     if CTA_TUPLE_ORIG not in attrs:
         raise MalformedMessage("ctnetlink: an entry without its original tuple")
     reply = attrs.get(CTA_TUPLE_REPLY)
     start = stop = None
-    if CTA_TIMESTAMP in attrs:
+    both = _two_be64(attrs[CTA_TIMESTAMP]) if CTA_TIMESTAMP in attrs else None
+    if both is not None:
+        start, stop = both
+    elif CTA_TIMESTAMP in attrs:
         times = attributes(attrs[CTA_TIMESTAMP], 0, len(attrs[CTA_TIMESTAMP]),
                            (CTA_TIMESTAMP_START, CTA_TIMESTAMP_STOP))
         if CTA_TIMESTAMP_START in times:
             start = _be(times[CTA_TIMESTAMP_START], _BE64, "timestamp start")
         if CTA_TIMESTAMP_STOP in times:
             stop = _be(times[CTA_TIMESTAMP_STOP], _BE64, "timestamp stop")
-    event = "destroy" if msg == IPCTNL_MSG_CT_DELETE else "new" if flags & NLM_F_CREATE else "update"
+    if event is None:
+        event = "destroy" if msg == IPCTNL_MSG_CT_DELETE else "new" if flags & NLM_F_CREATE else "update"
     return Conntrack(
         event=event, family=family,
         id=_be(attrs[CTA_ID], _BE32, "CTA_ID") if CTA_ID in attrs else 0,

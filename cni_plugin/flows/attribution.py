@@ -14,6 +14,7 @@ import ipaddress
 class Attribution:
     def __init__(self):
         self.spans = {}     # ip text -> sorted [(start, end or None, "namespace/name" or None)]
+        self.starts = {}    # ip text -> the spans' starts (what pod() bisects)
         self.seen = set()   # (ts, event, ip, containerID, ifname) already taken in
 
     def add(self, events) -> int:
@@ -34,15 +35,17 @@ class Attribution:
             self._events.setdefault(record["ip"], []).append((moment, record))
         for ip in touched:
             self.spans[ip] = _spans(self._events[ip])
+            self.starts[ip] = [s[0] for s in self.spans[ip]]
         return len(fresh)
 
     def pod(self, ip, at):
         """"namespace/name" of the pod that held `ip` at `at` (None: nobody, or a holder
         without pod names)."""
-        spans = self.spans.get(str(ipaddress.ip_address(ip)) if not isinstance(ip, str) else ip)
+        key = str(ipaddress.ip_address(ip)) if not isinstance(ip, str) else ip
+        spans = self.spans.get(key)
         if not spans:
             return None
-        index = bisect.bisect_right([s[0] for s in spans], at) - 1
+        index = bisect.bisect_right(self.starts[key], at) - 1
         while index >= 0:
             start, end, name = spans[index]
             if end is None or at < end:

@@ -18,10 +18,13 @@ REASONS = {errno.ENOSPC: "disk-full", errno.EDQUOT: "disk-full", errno.EROFS: "r
            errno.EACCES: "read-only", errno.EPERM: "read-only"}
 
 
+_ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=True)  # made once: dumps() makes one a call
+
+
 def encode(record: dict) -> bytes:
     """One JSON line; every string JSON-escaped (control characters and non-ASCII as
     \\u escapes), so a hostile name is data, never structure."""
-    return (json.dumps(record, separators=(",", ":"), ensure_ascii=True) + "\n").encode("ascii")
+    return (_ENCODER.encode(record) + "\n").encode("ascii")
 
 
 def path(directory: str, network: str) -> str:

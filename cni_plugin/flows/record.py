@@ -12,6 +12,7 @@ packets.sent 1, bytes 0 (a dropped packet's size is not recorded), sport null.
 """
 
 import hashlib
+import time
 from datetime import datetime, timezone
 
 from . import marks
@@ -20,8 +21,30 @@ PROTOCOLS = {1: "icmp", 6: "tcp", 17: "udp", 58: "icmpv6", 132: "sctp", 33: "dcc
 PROTOCOL_NUMBERS = {"TCP": 6, "UDP": 17, "SCTP": 132, "tcp": 6, "udp": 17, "sctp": 132}
 
 
+_LAST = [(None, "")]  # (the moment formatted last, its text): a batch of records shares its `now`
+
+
 def rfc3339(moment: datetime) -> str:
-    return moment.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    last = _LAST[0]
+    if moment is last[0]:
+        return last[1]
+    text = moment.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    _LAST[0] = (moment, text)
+    return text
+
+
+_SECONDS = {}  # whole seconds -> their "YYYY-MM-DDTHH:MM:SS" (records come in bursts of the same second)
+
+
+def rfc3339_ns(ns: int) -> str:
+    """rfc3339() of nanoseconds since the epoch (microseconds kept, as rfc3339 does)."""
+    seconds, rest = divmod(ns, 1_000_000_000)
+    text = _SECONDS.get(seconds)
+    if text is None:
+        if len(_SECONDS) > 64:
+            _SECONDS.clear()
+        text = _SECONDS[seconds] = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds))
+    return f"{text}.{rest // 1000:06d}Z"
 
 
 def from_ns(ns: int) -> datetime:
@@ -43,7 +66,8 @@ def allowed(entry, *, node: str, network: str, first_seen: datetime, now: dateti
     policy_ref(number) -> "namespace/name" or None; attribution: flows.attribution."""
     orig, reply = entry.orig, entry.reply
     start = from_ns(entry.start_ns) if entry.start_ns else first_seen
-    end = from_ns(entry.stop_ns) if entry.stop_ns else now
+    start_text = rfc3339_ns(entry.start_ns) if entry.start_ns else rfc3339(first_seen)
+    end_text = rfc3339_ns(entry.stop_ns) if entry.stop_ns else rfc3339(now)
     sent = entry.orig_counters or (0, 0)
     received = entry.reply_counters or (0, 0)
     ingress, egress = marks.decode(entry.mark)
@@ -55,7 +79,7 @@ def allowed(entry, *, node: str, network: str, first_seen: datetime, now: dateti
         service = {"ip": str(orig.dst), "port": orig.dport}
         dst, dport = reply.src, reply.sport
     record = {
-        "id": flow_key, "start": rfc3339(start), "end": rfc3339(end), "node": node, "network": network,
+        "id": flow_key, "start": start_text, "end": end_text, "node": node, "network": network,
         "proto": proto_name(orig.proto), "src": str(orig.src), "sport": orig.sport, "dst": str(dst),
         "dport": dport, "packets": {"sent": sent[0], "received": received[0]},
         "bytes": {"sent": sent[1], "received": received[1]}, "verdict": "allowed",

@@ -1,9 +1,11 @@
 """The conntrack event socket of flow records (datapath/conntrack.py) in a fresh node
 namespace: its BPF filter lets through NEW, the TCP close (TIME_WAIT) and DESTROY only,
-where an unfiltered socket gets every state change; get() reads the closed connection's
+where an unfiltered socket gets every state change; the agent's socket does not even
+join NEW (the kernel builds no message for a start); get() reads the closed connection's
 final counters (nf_conntrack_acct on), which count the bytes sent with their headers."""
 
 import socket
+import subprocess
 import sys
 
 from cni_plugin.datapath import conntrack
@@ -41,11 +43,14 @@ def test_the_filter_passes_new_close_and_destroy_only(node):
     node.run(["nft", "-f", "-"], input="add table inet t\nadd chain inet t c { type filter hook output priority 0; }\n"
                                        "add rule inet t c ct state new counter\n")
     node.run(["sysctl", "-qw", "net.netfilter.nf_conntrack_acct=1"])
-    filtered = conntrack.ConntrackEvents(netns_path=node.path)
-    plain = conntrack.ConntrackEvents(close_filter=False, netns_path=node.path)
+    every_group = conntrack.GROUPS | (1 << (nl.NFNLGRP_CONNTRACK_NEW - 1))
+    filtered = conntrack.ConntrackEvents(netns_path=node.path, groups=every_group)
+    plain = conntrack.ConntrackEvents(close_filter=False, netns_path=node.path, groups=every_group)
+    agents = conntrack.ConntrackEvents(netns_path=node.path)
     try:
         node.run([sys.executable, "-c", TRAFFIC.format(n=CONNECTIONS)], timeout=30)
-        seen, everything = _raw(filtered), _raw(plain)
+        seen, everything, agent_seen = _raw(filtered), _raw(plain), _raw(agents)
+        assert agent_seen == [(nl.IPCTNL_MSG_CT_NEW, False, nl.TCP_CONNTRACK_TIME_WAIT)] * CONNECTIONS
         tcp = [e for e in seen if e[0] == nl.IPCTNL_MSG_CT_NEW]
         assert sorted(tcp) == sorted([(0, True, 1)] * CONNECTIONS + [(0, False, nl.TCP_CONNTRACK_TIME_WAIT)]
                                      * CONNECTIONS), seen
@@ -53,6 +58,7 @@ def test_the_filter_passes_new_close_and_destroy_only(node):
     finally:
         filtered.close()
         plain.close()
+        agents.close()
     # a close kept raw, and the connection's final counters read back by its tuple
     again = conntrack.ConntrackEvents(netns_path=node.path)
     try:
@@ -88,3 +94,41 @@ def test_many_closed_connections_are_read_back_at_once(node):
         events.close()
     assert len(closes) == count
     assert len(conntrack.get(closes, netns_path=node.path)) == count
+
+
+REUSE = """
+import socket, sys, time
+srv = socket.socket(); srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+srv.bind(("127.0.0.1", 9003)); srv.listen()
+def client():
+    s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    s.bind(("127.0.0.1", 40003)); s.connect(("127.0.0.1", 9003))
+    return s
+first = client(); c, _ = srv.accept(); c.sendall(b"y"); c.close(); first.recv(1); first.recv(1); first.close()
+time.sleep(0.5)                   # the close event is read, its entry lingers in TIME_WAIT
+second = client(); again, _ = srv.accept()
+print("open", flush=True); sys.stdin.readline()   # held open while the test reads the tuple back
+"""
+
+
+def test_a_read_back_by_tuple_can_name_a_newer_connection(node):
+    """Why the flow writer takes a read-back only when its connection has ended: a
+    client port reused after a close kills the closed entry, and the same tuple then
+    names the new, open connection (the kernel may even give it the same id)."""
+    node.run(["ip", "link", "set", "lo", "up"])
+    node.run(["nft", "-f", "-"], input="add table inet t\nadd chain inet t c { type filter hook output priority 0; }\n"
+                                       "add rule inet t c ct state new counter\n")
+    events = conntrack.ConntrackEvents(netns_path=node.path)
+    traffic = subprocess.Popen(["ip", "netns", "exec", node.name, sys.executable, "-c", REUSE],
+                               stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert traffic.stdout.readline().strip() == "open"
+        seen = events.receive(2.0, lambda e, i, s: True)
+        closes = [e for e in seen if isinstance(e, nl.Close)]
+        destroyed = [e for e in seen if not isinstance(e, nl.Close) and e.event == "destroy"]
+        assert len(closes) == 1 and [d.orig.sport for d in destroyed] == [40003]  # the reuse killed it
+        (current,) = conntrack.get(closes, netns_path=node.path)
+        assert current.orig.sport == 40003 and current.tcp_state not in conntrack.ENDED
+    finally:
+        events.close()
+        traffic.communicate("\n", timeout=10)

@@ -1,26 +1,29 @@
 """The flow controller: one record per connection per node, while FlowLog is on.
 
 Sources (docs/flows.md): allowed connections from the kernel's connection tracking
-(datapath/conntrack.py: NEW and DESTROY events, best effort, ENOBUFS counted; a dump
-every --flow-log-interval for the interim records of long-lived connections); denied
+(datapath/conntrack.py: TCP-close UPDATE and DESTROY events, best effort, ENOBUFS
+counted; NEW is not followed: a dump every --flow-log-interval gives the interim
+records of every connection still open, long-lived ones included); denied
 attempts from the policy table's denied-flow sets (the policy controller hands them
 over, denied()); the deciding policy from the connection's ct mark (flows/marks.py).
 Only connections with an address of this network's pod network at either end are
 recorded: the overlay's outer packets (VXLAN, WireGuard) carry node addresses.
 
 Two threads of their own, never the network loop's: a receiver that only decodes and
-queues (a bounded queue: when the writer falls behind, records are dropped and counted
-as "queue", the kernel is never slowed), and a writer that names both ends through the
+queues (a bounded deque, the writer woken once per datagram burst: when the writer
+falls behind, records are dropped and counted as "queue", the kernel is never slowed),
+and a writer that names both ends through the
 allocation history (flows/attribution.py, at the connection's start), writes the
 journal (flows/journal.py) and exports IPFIX.  Every drop is counted in
 weft_flows_dropped_total{network,reason}.
 """
 
+import ipaddress
 import json
 import os
-import queue
 import threading
 import time
+from collections import deque
 from datetime import datetime, timezone
 
 from ...datapath import conntrack, sysctl
@@ -38,6 +41,11 @@ QUEUE_SIZE = 65536
 HISTORY_REFRESH = 30.0    # seconds between readings of the cluster's allocation history
 UNKNOWN_REFRESH = 1.0     # at most this often when an address of the pod network is unknown
 NAMESPACE_PAIRS = 200     # label pairs of weft_flow_bytes_total before "other"
+INSIDE_CACHE = 65536      # addresses whose membership of the pod networks is remembered
+DONE_KEEP = 600.0         # seconds a closed connection's id waits for its DESTROY (TIME_WAIT: 120 s)
+GATHER = 0.02             # seconds each thread lets events gather after a burst: one wake-up, one
+#                           read-back and one journal write serve many connections (the socket's
+#                           8 MiB buffer holds seconds of events)
 STATUS_EVERY = 1.0        # seconds: at most this often a drop rewrites the status file
 _STOP = ("stop",)
 
@@ -123,17 +131,23 @@ class FlowCollector:
         options = agent.options
         self.node, self.network = agent.node.name, agent.name
         self.interval = options.flow_log_interval
-        self.queue = queue.Queue(QUEUE_SIZE)
+        self.pending = deque()          # items for the writer (append/popleft: atomic)
+        self.wake = threading.Event()   # set once items were appended
         self.stopping = threading.Event()
         self.dropped = {}
         self.written = 0
         self.lost_reported = 0
         # shared by the two threads (single dict/set operations only):
-        self.live = {}        # ct id -> [first seen (epoch seconds), last record written (monotonic)]
+        self.live = {}        # ct id -> [first seen (epoch seconds), last record written (monotonic)]: open
+        #                       connections an interim dump found (start times of entries without one)
         self.done = {}        # ct id -> monotonic time its final record was written at its close
         self.closing = set()  # ct ids whose close was queued and not yet read back
         self.skip = set()     # ct ids of connections closed that are not this network's
         self.pairs = set()
+        self.inside = {}       # address -> whether it is in the pod networks (_inside)
+        self.resolved = set()  # pod-network addresses the attribution knows (_resolve)
+        self.missed = set()    # pod-network addresses a history reading did not find (_resolve)
+        self.counted = {}     # label values -> the metric's child (labels() looks them up slowly)
         self.status_written = 0.0
         self.attribution = flow_attribution.Attribution()
         self.history_offset = 0
@@ -148,6 +162,7 @@ class FlowCollector:
 
             self.exporter = Exporter(settings.ipfix, options.flow_log_template_interval)
         self.events = conntrack.ConntrackEvents()
+        self.reader = None    # conntrack.EntryReader of the writer thread (closed TCP connections' counters)
         self.receiver = threading.Thread(target=self._receive, name=f"weftd-flows-rx-{agent.name}", daemon=True)
         self.writer = threading.Thread(target=self._write, name=f"weftd-flows-{agent.name}", daemon=True)
         self.receiver.start()
@@ -165,10 +180,15 @@ class FlowCollector:
             self.agent.call_soon(self.agent.write_status)
 
     def offer(self, item) -> None:
-        try:
-            self.queue.put_nowait(item)
-        except queue.Full:
-            self._dropped("queue", 1)
+        self._offer_many([item])
+
+    def _offer_many(self, items) -> None:
+        room = QUEUE_SIZE - len(self.pending)
+        if room < len(items):
+            self._dropped("queue", len(items) - max(0, room))
+            items = items[:max(0, room)]
+        self.pending.extend(items)
+        self.wake.set()
 
     def status(self) -> dict:
         return {"journal": self.journal.path, "written": self.written, "dropped": dict(self.dropped),
@@ -177,16 +197,24 @@ class FlowCollector:
 
     # -- receiver ------------------------------------------------------------------------
     def _ours(self, entry) -> bool:
-        src, dst = entry.orig.src, entry.orig.dst
-        return any(src in n or dst in n for n in self.networks if n.version == src.version)
+        return self._inside(entry.orig.src) or self._inside(entry.orig.dst)
+
+    def _inside(self, ip) -> bool:
+        """Whether an address is in this network's pod networks (remembered per address:
+        a node sees the same few again and again; both threads ask, a dict is safe)."""
+        found = self.inside.get(ip)
+        if found is None:
+            if len(self.inside) >= INSIDE_CACHE:
+                self.inside.clear()
+            found = self.inside[ip] = any(ip in n for n in self.networks if n.version == ip.version)
+        return found
 
     def _wanted(self, event, ct_id, state) -> bool:
         """Whether an event is decoded and queued (the receiver's thread, per message:
-        only dictionary lookups here).  NEW is remembered by id alone (first seen, for
-        interim records); a TCP close is decoded once; a DESTROY of a connection whose
-        record was written at its close (or that is not ours) is skipped."""
+        only dictionary lookups here).  NEW is not followed (not even joined); a TCP
+        close is decoded once; a DESTROY of a connection whose record was written at its
+        close (or that is not ours) is skipped."""
         if event == "new":
-            self.live[ct_id] = [time.time(), time.monotonic()]
             return False
         if event == "update":
             if ct_id in self.done or ct_id in self.closing or ct_id in self.skip:
@@ -213,33 +241,37 @@ class FlowCollector:
                 self.agent.metrics.flow_events_lost.labels(self.network).inc(lost - self.lost_reported)
                 self.lost_reported = lost
                 self._status_soon()
+            items = []
             for entry in entries:
                 if conntrack.ended(entry):  # raw: whose it is shows once its counters are read
-                    self.offer(("close", entry))
+                    items.append(("close", entry))
                 elif self._ours(entry):
-                    self.offer(("ct", entry))
+                    items.append(("ct", entry))
                 else:
                     self.live.pop(entry.id, None)
+            if items:
+                self._offer_many(items)
+            self.stopping.wait(GATHER)
 
     # -- writer ----------------------------------------------------------------------------
     def _write(self):
         next_interim = time.monotonic() + self.interval
+        pending = self.pending
         while True:
-            timeout = max(0.0, next_interim - time.monotonic())
-            try:
-                batch = [self.queue.get(timeout=timeout)]
-            except queue.Empty:
-                batch = []
-            while len(batch) < 4096:
-                try:
-                    batch.append(self.queue.get_nowait())
-                except queue.Empty:
-                    break
-            if any(item is _STOP for item in batch):
-                return
+            if not pending:
+                self.wake.wait(max(0.0, next_interim - time.monotonic()))
+                if pending and pending[-1] is not _STOP:
+                    self.stopping.wait(GATHER)
+            self.wake.clear()  # before draining: an append after this sets it again
+            batch = []
+            while pending and len(batch) < 4096:
+                batch.append(pending.popleft())
+            stop = any(item is _STOP for item in batch)
+            if stop:  # what was queued before it is still written (20 ms of events gather)
+                batch = [item for item in batch if item is not _STOP]
             try:
                 records = self._records(batch)
-                if time.monotonic() >= next_interim:
+                if time.monotonic() >= next_interim and not stop:
                     records += self._interim()
                     next_interim = time.monotonic() + self.interval
                 self._emit(records)
@@ -248,6 +280,10 @@ class FlowCollector:
                 self._dropped("internal-error", len(batch))
             if self.exporter is not None:
                 self.exporter.tick()
+            if stop:
+                if self.reader is not None:
+                    self.reader.close()
+                return
 
     def _records(self, batch) -> list:
         self._refresh_history()
@@ -267,11 +303,20 @@ class FlowCollector:
                 out.append(self._final(entry, moment))
         if ended:
             try:
-                current = conntrack.get(ended)
+                if self.reader is None:
+                    self.reader = conntrack.EntryReader()
+                current = self.reader.get(ended, state=True)
             except DatapathError as exc:  # their DESTROY events will bring them
+                if self.reader is not None:
+                    self.reader.close()
+                    self.reader = None
                 self.agent.log.warning(f"closed connections not read: {exc}", extra=self.agent.extra())
                 current = []
+            asked = {entry.id for entry in ended}
             for entry in current:
+                if (entry.id not in asked and 0 not in asked) or entry.tcp_state not in conntrack.ENDED:
+                    continue  # the tuple names a newer connection (a port reused; the kernel may even give
+                    #           it the same id): the closed one was killed, its DESTROY records it
                 if self._ours(entry):
                     self.done[entry.id] = time.monotonic()
                     out.append(self._final(entry, moment))
@@ -301,32 +346,35 @@ class FlowCollector:
         return ref or f"policy number {number}"
 
     def _interim(self) -> list:
-        """Updates of the connections alive for an interval since their last record."""
-        due = time.monotonic() - self.interval
-        if not any(last <= due for _, last in list(self.live.values())):
-            return []
+        """Updates of every connection of ours still open, read from a dump of the table
+        (every --flow-log-interval: a connection open longer than that gets at least one
+        record per interval).  TCP connections that have closed are skipped before they
+        are decoded: their record was (or is being) written at their close."""
+        done, closing = self.done, self.closing
+
+        def wanted(ct_id, state):
+            return state not in conntrack.ENDED and ct_id not in done and ct_id not in closing
         try:
-            entries = conntrack.dump()
+            entries = conntrack.dump(wanted=wanted)
         except DatapathError as exc:
             self.agent.log.warning(f"conntrack not read for interim flow records: {exc}", extra=self.agent.extra())
             return []
         moment, out, alive = now(), [], set()
         for entry in entries:
+            if not self._ours(entry):
+                continue
             alive.add(entry.id)
             known = self.live.get(entry.id)
-            if known is None or known[1] > due:
-                continue
-            if not self._ours(entry):
-                self.live.pop(entry.id, None)
-                continue
+            if known is None:
+                known = self.live[entry.id] = [time.time(), 0.0]
             known[1] = time.monotonic()
             self._resolve((entry.orig.src, entry.orig.dst))
             out.append(self._allowed(entry, datetime.fromtimestamp(known[0], timezone.utc), moment, final=False))
-        for ct_id, (_, last) in list(self.live.items()):
-            if ct_id not in alive and last <= due:
-                self.live.pop(ct_id, None)  # its DESTROY event was lost: nothing more will come
-        for ct_id in [i for i in list(self.done) if i not in alive]:
-            self.done.pop(ct_id, None)
+        for ct_id in [i for i in list(self.live) if i not in alive]:
+            self.live.pop(ct_id, None)  # closed (its final record written) or its DESTROY event lost
+        forget = time.monotonic() - DONE_KEEP
+        for ct_id in [i for i, t in list(self.done.items()) if t < forget]:
+            self.done.pop(ct_id, None)  # its DESTROY event was lost
         return out
 
     def _emit(self, records):
@@ -335,11 +383,14 @@ class FlowCollector:
         written = self.journal.write(records)
         self.written += written
         metrics = self.agent.metrics
+        flows, octets = {}, {}  # summed over the batch, each label set counted once
         for record in records:
             if not record.get("final", True):
                 continue
-            metrics.flows.labels(self.network, record["verdict"], record["policy"] or "").inc()
-            pair = tuple((record.get(k) or "").partition("/")[0] or "-" for k in ("srcPod", "dstPod"))
+            key = (record["verdict"], record["policy"] or "")
+            flows[key] = flows.get(key, 0) + 1
+            src, dst = record.get("srcPod"), record.get("dstPod")
+            pair = ((src or "").partition("/")[0] or "-", (dst or "").partition("/")[0] or "-")
             if pair not in self.pairs:
                 if len(self.pairs) >= NAMESPACE_PAIRS:
                     pair = ("other", "other")
@@ -347,9 +398,20 @@ class FlowCollector:
                     self.pairs.add(pair)
             total = (record["bytes"]["sent"] or 0) + (record["bytes"]["received"] or 0)
             if total:
-                metrics.flow_bytes.labels(self.network, *pair).inc(total)
+                octets[pair] = octets.get(pair, 0) + total
+        for key, count in flows.items():
+            self._counter(metrics.flows, *key).inc(count)
+        for pair, total in octets.items():
+            self._counter(metrics.flow_bytes, *pair).inc(total)
         if self.exporter is not None:
             self.exporter.export([r for r in records if r["verdict"] == "allowed" and r.get("final", True)])
+
+    def _counter(self, metric, *labels):
+        key = (id(metric), *labels)
+        child = self.counted.get(key)
+        if child is None:
+            child = self.counted[key] = metric.labels(self.network, *labels)
+        return child
 
     # -- names -------------------------------------------------------------------------------
     def _refresh_history(self):
@@ -381,12 +443,24 @@ class FlowCollector:
         self.attribution.add(ipam_history.parsed(records))
 
     def _resolve(self, addresses):
-        """Read the cluster's history when an address of the pod network is unknown (at
-        most every UNKNOWN_REFRESH seconds) or every HISTORY_REFRESH seconds."""
+        """Read the cluster's history every HISTORY_REFRESH seconds, and when an address of
+        the pod network is unknown: at once for an address not looked up before, at most
+        every UNKNOWN_REFRESH seconds for one a reading did not find (a gateway is never
+        found: it must not keep the history from being read for a pod just started).
+        Addresses found are remembered (a holding never leaves the attribution)."""
+        fresh = stale = False
+        addresses = [_address(ip) for ip in addresses]  # a denied element's are text
+        for ip in addresses:
+            if ip is None or ip in self.resolved or not self._inside(ip):
+                continue
+            if self.attribution.known(ip):
+                self.resolved.add(ip)
+            elif ip in self.missed:
+                stale = True
+            else:
+                fresh = True
         elapsed = time.monotonic() - self.history_refreshed
-        unknown = any(ip is not None and not self.attribution.known(ip) and
-                      any(ip in n for n in self.networks if n.version == ip.version) for ip in addresses)
-        if elapsed < HISTORY_REFRESH and not (unknown and elapsed >= UNKNOWN_REFRESH):
+        if elapsed < HISTORY_REFRESH and not fresh and not (stale and elapsed >= UNKNOWN_REFRESH):
             return
         self.history_refreshed = time.monotonic()
         try:
@@ -395,16 +469,28 @@ class FlowCollector:
             self.agent.log.warning(f"allocation history not read for flow names: {exc}", extra=self.agent.extra())
             return
         self.attribution.add(ipam_history.parsed(records))
+        if len(self.missed) >= INSIDE_CACHE:
+            self.missed.clear()
+        self.missed.update(ip for ip in addresses if ip is not None and ip not in self.resolved and
+                           self._inside(ip) and not self.attribution.known(ip))
 
     def close(self):
         self.stopping.set()
-        try:
-            self.queue.put(_STOP, timeout=1.0)
-        except queue.Full:
-            pass
+        self.pending.append(_STOP)
+        self.wake.set()
         self.receiver.join(5.0)
         self.writer.join(5.0)
         self.events.close()
         self.journal.close()
         if self.exporter is not None:
             self.exporter.close()
+
+
+def _address(ip):
+    """An ipaddress object of an address given as one or as text (None: not one)."""
+    if ip is None or not isinstance(ip, str):
+        return ip
+    try:
+        return ipaddress.ip_address(ip)
+    except ValueError:
+        return None
