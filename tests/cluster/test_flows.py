@@ -33,6 +33,7 @@ OBJECTS = [{"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": n, "la
 TCP_HEADERS = 52   # IPv4 20 + TCP 20 + timestamps 12, per packet
 TCP6_HEADERS = 72  # IPv6 40 + TCP 20 + timestamps 12
 UDP_HEADERS = 28
+DENIED_WAIT = 1.0  # seconds an attempt waits for the answer a policy drop never gives
 
 
 class World:
@@ -50,9 +51,17 @@ class World:
         assert proc.stdout.readline().strip() == "listening"
 
     def send(self, src, protocol, address, port, size, count=1, hold=0.0):
-        out = self.pods[src].ns.run([sys.executable, "-m", "lab.flow_traffic", "send", protocol, address,
-                                     str(port), str(size), str(count), str(hold)], cwd=REPO, timeout=60)
+        return self.send_from(self.pods[src], protocol, address, port, size, count, hold)
+
+    def send_from(self, pod, protocol, address, port, size, count=1, hold=0.0, wait=5.0):
+        out = pod.ns.run([sys.executable, "-m", "lab.flow_traffic", "send", protocol, address,
+                          str(port), str(size), str(count), str(hold), str(wait)], cwd=REPO, timeout=60)
         return json.loads(out.stdout)
+
+    def attempt(self, src, protocol, address, port):
+        """One attempt a policy drops: no answer within a second (TCP retransmits its SYN
+        once), so each denied test waits 1 s, not 5."""
+        return self.send_from(self.pods[src], protocol, address, port, 10, 1, 0.0, DENIED_WAIT)
 
     def weftctl_flows(self, *args, check=True):
         dirs = [a for n in self.nodes for a in ("--dir", self.flow_dir(n))]
@@ -160,7 +169,7 @@ def test_ipv6_flows_allowed_and_denied(world):
         assert record["srcPod"] == "y/d" and record["dstPod"] == "x/a" and record["verdict"] == "allowed"
         assert _close(record["bytes"]["sent"], 100_000 + record["packets"]["sent"] * TCP6_HEADERS), record
     assert next(r for r in records if r["node"] == a.node.name)["policy"] == "x/from-y"
-    assert world.send(("x", "e"), "tcp", a.ips[1], 80, 10)["answered"] == 0
+    assert world.attempt(("x", "e"), "tcp", a.ips[1], 80)["answered"] == 0
     denied = world.find(e.ips[1], None, a.ips[1], 80, "tcp", node=a.node, timeout=10)[-1]
     assert denied["verdict"] == "denied" and denied["policy"] == "x/from-y" and denied["srcPod"] == "x/e"
 
@@ -181,8 +190,7 @@ def test_allowed_udp_counts_every_datagram(world):
 def test_denied_attempts_name_the_isolating_policy(world, src):
     a = world.pods["x", "a"]
     for protocol, port in (("tcp", 80), ("udp", 81)):
-        sent = world.send(src, protocol, a.ip, port, 10)
-        assert sent["answered"] == 0
+        assert world.attempt(src, protocol, a.ip, port)["answered"] == 0
         record = world.find(world.pods[src].ip, None, a.ip, port, protocol, node=a.node,
                             timeout=10)[-1]
         assert record["verdict"] == "denied" and record["policy"] == "x/from-y"
@@ -275,7 +283,7 @@ def test_a_full_journal_drops_and_counts_while_traffic_and_agent_go_on(world):
 
 def test_policy_denials_is_a_view_of_the_denied_flow_records(world):
     a, e = world.pods["x", "a"], world.pods["x", "e"]
-    sent = world.send(("x", "e"), "tcp", a.ip, 80, 10)
+    sent = world.attempt(("x", "e"), "tcp", a.ip, 80)
     world.find(e.ip, None, a.ip, 80, "tcp", node=a.node)
     out = world.cluster.weftctl("policy", "denials", "--state-dir", a.node.state_dir,
                                 "--flow-log-dir", world.flow_dir(a.node)).stdout
