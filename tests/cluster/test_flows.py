@@ -17,6 +17,7 @@ import pytest
 import yaml
 
 from lab.cluster import REPO, Cluster, wait_for
+from lab.cni import invoke
 
 FLOW_INTERVAL = 2.0
 CONFIG = {"Network": "10.244.0.0/16", "EnableIPv6": True, "IPv6Network": "fd10:244::/48",
@@ -348,3 +349,66 @@ def test_an_invalid_flowlog_is_refused_with_the_key_named(world):
     refused = world.cluster.set_network_raw(dict(CONFIG, FlowLog={"IPFIX": "collector"}))
     assert refused.returncode != 0 and "FlowLog.IPFIX 'collector'" in refused.stderr, refused.stderr
     assert (world.nodes[0].status().get("flows") or {}).get("setting") == "on"  # the stored config stands
+
+
+# -- FlowLog without bridged netfilter: a config problem, reported and not fatal ------------
+READ_ONLY_BRIDGE_SYSCTLS = ("mount --bind /proc/sys/net/bridge /proc/sys/net/bridge && "
+                            'mount -o remount,bind,ro /proc/sys/net/bridge && exec "$@"')
+
+
+def test_flowlog_without_bridge_netfilter_is_a_reported_config_problem(world):
+    """A third node where bridged frames skip netfilter (bridge-nf-call-iptables 0) and
+    weftd, in a mount namespace of its own, cannot change that (the bridge sysctls
+    read-only, as where br_netfilter is missing): FlowLog cannot be honoured.  The status's
+    configProblems, weftctl status, the log (once) and weft_config_problem say so, naming
+    the knob and the fix; the network stays ready and a pod starts; FlowLog off clears it;
+    on again, the knob set by the operator, the agent's retry clears it."""
+    cluster = world.cluster
+    node = cluster.add_node()
+    node.ns.run(["sysctl", "-q", "-w", "net.bridge.bridge-nf-call-iptables=0", "net.bridge.bridge-nf-call-ip6tables=0"])
+    enter = ["ip", "netns", "exec", node.ns.name, "unshare", "--mount", "--propagation", "private",
+             "sh", "-c", READ_ONLY_BRIDGE_SYSCTLS, "read-only-bridge-sysctls"]
+    knob = "/proc/sys/net/bridge/bridge-nf-call-iptables"
+
+    def problem():
+        return ((node.status() or {}).get("configProblems") or {}).get("FlowLog") or ""
+
+    try:
+        node.start_agent(enter=enter, extra=["--flow-log-dir", os.path.join(node.dir, "flows")])
+        node.wait_ready()
+        wait_for(lambda: knob in problem(), 30, what=f"{node.name} reporting the FlowLog problem")
+        status = node.status()
+        assert status["ready"] and status["problem"] is None, status
+        assert "FlowLog" in problem() and "Read-only file system" in problem() and "writable /proc/sys" in problem()
+        assert status["flows"]["problem"] == problem()
+        shown = cluster.weftctl("status", "--run-dir", node.run_dir, check=False)
+        assert shown.returncode == 0 and ": ready" in shown.stdout, shown.stdout
+        assert f"config     FlowLog not honoured on this node: {problem()}" in shown.stdout, shown.stdout
+        assert node.http("/readyz")[0] == 200
+        assert _metric(node, "weft_config_problem", network="weft", key="FlowLog") == 1
+        assert _metric(node, "weft_network_ready", network="weft") == 1
+        pod = node.add_pod(conf=node.netconf(agentSocket=os.path.join(node.run_dir, "weftd.sock")), name="z",
+                           pod_namespace="y")  # pods keep starting
+        assert pod.ip and world.send_from(pod, "tcp", "192.168.100.254", 9000, 100)["answered"] == 1
+        cni = os.path.join(cluster.installed, "cni")
+        assert invoke(f"{cni}/weft", "STATUS", node.netconf(cniVersion="1.1.0"), cni_path=cni, node=node.ns).code == 0
+
+        cluster.set_network("weft", dict(CONFIG, FlowLog=False))
+        wait_for(lambda: (node.status() or {}).get("configProblems") == {}, 20, what="cleared with FlowLog off")
+        assert _metric(node, "weft_config_problem", network="weft", key="FlowLog") == 0
+
+        cluster.set_network("weft", CONFIG)
+        wait_for(lambda: knob in problem(), 20, what="the problem again with FlowLog on")
+        node.ns.run(["sysctl", "-q", "-w", "net.bridge.bridge-nf-call-iptables=1",
+                     "net.bridge.bridge-nf-call-ip6tables=1"])  # the operator's fix, outside the agent
+        wait_for(lambda: (node.status() or {}).get("configProblems") == {}, 20,
+                 what="the agent's retry clearing the problem")
+        assert _metric(node, "weft_config_problem", network="weft", key="FlowLog") == 0
+        with open(node.log_path) as handle:
+            log = handle.read()
+        assert log.count("same-node (bridged) connections are not seen") == 2, log  # once each time FlowLog came on
+    finally:
+        node.stop_agent()
+        cluster.set_network("weft", CONFIG)
+    for other in world.nodes:
+        wait_for(lambda: (other.status().get("flows") or {}).get("journal"), 10, what=f"{other.name} flow log on")
