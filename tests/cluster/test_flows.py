@@ -294,33 +294,46 @@ def test_policy_denials_is_a_view_of_the_denied_flow_records(world):
 
 def test_ipfix_export_reaches_a_real_collector(world, tmp_path):
     """FlowLog {"IPFIX": ...} set live; nfcapd (Debian's nfdump) collects on the underlay,
-    nfdump reads back both one-way records of a connection with their counters."""
+    nfdump reads back both one-way records of a connection with their counters, a denied
+    attempt (one record: 1 packet, 0 bytes) and a long-lived connection's interim
+    records (flowEndReason 2, active timeout) whose deltas add up to the journal's final
+    counters.  (Debian 12's nfdump 1.7.1 does not decode forwardingStatus from IPFIX:
+    the codec's test reads it back.)"""
     collected = tmp_path / "nfcapd"
     collected.mkdir()
     collector = subprocess.Popen(["ip", "netns", "exec", world.cluster.underlay.name, "nfcapd", "-b",
                                   "192.168.100.254", "-p", "4739", "-w", str(collected), "-t", "3600"],
                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    a, c, d, e = (world.pods[k] for k in (("x", "a"), ("y", "c"), ("y", "d"), ("x", "e")))
+    node = a.node
     try:
         world.cluster.set_network("weft", dict(CONFIG, FlowLog={"IPFIX": "192.168.100.254:4739"}))
-        node = world.pods["x", "a"].node
         wait_for(lambda: ((node.status().get("flows") or {}).get("ipfix") or {}).get("messages"), 20,
                  what="the agent sending IPFIX templates")
-        a, c = world.pods["x", "a"], world.pods["y", "c"]
         sent = world.send(("y", "c"), "tcp", a.ip, 80, 50_000)
         (record,) = world.find(c.ip, sent["port"], a.ip, 80, "tcp", node=node)
-        wait_for(lambda: (node.status()["flows"]["ipfix"] or {}).get("records", 0) >= 2, 10, what="records sent")
+        assert world.attempt(("x", "e"), "tcp", a.ip, 82)["answered"] == 0  # a tuple of its own: a new record
+        world.find(e.ip, None, a.ip, 82, "tcp", node=node)
+        held = world.send(("y", "d"), "tcp", a.ip, 80, 1000, 1, 2.5 * FLOW_INTERVAL)
+        (final,) = world.find(d.ip, held["port"], a.ip, 80, "tcp", node=node)
+        wait_for(lambda: (node.status()["flows"]["ipfix"] or {}).get("records", 0) >= 7, 10, what="records sent")
     finally:
         collector.terminate()
         collector.wait(timeout=10)
         world.cluster.set_network("weft", CONFIG)
-    out = subprocess.run(["nfdump", "-R", str(collected), "-q", "-o",
-                          "fmt:%pr %sa %sp %da %dp %pkt %byt"], capture_output=True, text=True, check=True).stdout
-    rows = [line.split() for line in out.splitlines()]
+    out = subprocess.run(["nfdump", "-R", str(collected), "-q", "-o", "fmt:%ra %pr %sa %sp %da %dp %pkt %byt %end"],
+                         capture_output=True, text=True, check=True).stdout
+    rows = [line.split()[1:] for line in out.splitlines() if line.split()[:1] == [node.ip]]  # a's node exported
     forward = ["TCP", c.ip, str(sent["port"]), a.ip, "80", str(record["packets"]["sent"]),
-               str(record["bytes"]["sent"])]
+               str(record["bytes"]["sent"]), "3"]
     backward = ["TCP", a.ip, "80", c.ip, str(sent["port"]), str(record["packets"]["received"]),
-                str(record["bytes"]["received"])]
+                str(record["bytes"]["received"]), "3"]
     assert forward in rows and backward in rows, out
+    assert ["TCP", e.ip, "0", a.ip, "82", "1", "0", "3"] in rows, out
+    held_rows = [r for r in rows if r[1:3] == [d.ip, str(held["port"])]]
+    assert [r[7] for r in held_rows].count("2") >= 1 and held_rows[-1][7] == "3", out
+    assert sum(int(r[5]) for r in held_rows) == final["packets"]["sent"], out
+    assert sum(int(r[6]) for r in held_rows) == final["bytes"]["sent"], out
 
 
 def test_weftctl_flows_follow_prints_new_records(world):

@@ -364,8 +364,8 @@ class FlowCollector:
             total = (record["bytes"]["sent"] or 0) + (record["bytes"]["received"] or 0)
             if total:
                 metrics.flow_bytes.labels(self.network, *pair).inc(total)
-        if self.exporter is not None:
-            self.exporter.export([r for r in records if r["verdict"] == "allowed" and r.get("final", True)])
+        if self.exporter is not None:  # allowed, denied and interim records alike (flows/ipfix.py)
+            self.exporter.export(records)
 
     # -- names -------------------------------------------------------------------------------
     def _refresh_history(self):
