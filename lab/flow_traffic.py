@@ -3,9 +3,10 @@
     python -m lab.flow_traffic sink ADDRESS PORT
         TCP: read each connection to its end, answer "ok"; UDP: answer "ok" to each
         datagram (prints "listening" once bound; runs until killed)
-    python -m lab.flow_traffic send tcp|udp ADDRESS PORT BYTES [COUNT] [HOLD]
+    python -m lab.flow_traffic send tcp|udp ADDRESS PORT BYTES [COUNT] [HOLD] [WAIT]
         TCP: one connection sending BYTES, then (after HOLD seconds of a byte every 0.5 s)
-        closing; UDP: COUNT datagrams of BYTES from one socket, each answered.
+        closing; UDP: COUNT datagrams of BYTES from one socket, each answered.  WAIT
+        (default 5) bounds each wait for the peer: an attempt a policy drops takes WAIT.
         Prints the local port and whether it got its answers as JSON.
 """
 
@@ -45,11 +46,11 @@ def sink(address, port):
     threading.Event().wait()
 
 
-def send(protocol, address, port, size, count=1, hold=0.0):
+def send(protocol, address, port, size, count=1, hold=0.0, wait=TIMEOUT):
     kind = socket.SOCK_STREAM if protocol == "tcp" else socket.SOCK_DGRAM
     answered = 0
     with socket.socket(_family(address), kind) as sock:
-        sock.settimeout(TIMEOUT)
+        sock.settimeout(wait)
         try:
             if protocol == "tcp":
                 sock.connect((address, port))
@@ -80,6 +81,6 @@ if __name__ == "__main__":
         sink(sys.argv[2], int(sys.argv[3]))
     elif sys.argv[1] == "send":
         send(sys.argv[2], sys.argv[3], int(sys.argv[4]), int(sys.argv[5]),
-             *(int(a) if i == 0 else float(a) for i, a in enumerate(sys.argv[6:8])))
+             *(int(a) if i == 0 else float(a) for i, a in enumerate(sys.argv[6:9])))
     else:
-        sys.exit("usage: flow_traffic sink ADDRESS PORT | send tcp|udp ADDRESS PORT BYTES [COUNT] [HOLD]")
+        sys.exit("usage: flow_traffic sink ADDRESS PORT | send tcp|udp ADDRESS PORT BYTES [COUNT] [HOLD] [WAIT]")

@@ -17,6 +17,9 @@ class Metrics:
         self.peers = Gauge("weft_peers_programmed", "Remote leases programmed in the kernel",
                            ["network"], registry=r)
         self.ready = Gauge("weft_network_ready", "1 when the network is fully served", ["network"], registry=r)
+        self.config_problem = Gauge("weft_config_problem", "1 while this node cannot honour that key of the "
+                                    "network config (the status's problem names the knob and the fix)",
+                                    ["network", "key"], registry=r)
         self.conflict = Gauge("weft_lease_conflict", "1 when another node holds our subnet",
                               ["network"], registry=r)
         self.refused = Gauge("weft_lease_refusals", "Leases of the network refused by validation now, "

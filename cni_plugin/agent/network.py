@@ -9,7 +9,8 @@ last known leases (etcd outages change nothing in the kernel).
 
 Shared state the controllers read and write: config, held (HeldLease), peers, mtu,
 problem, conflict, config_problem (a config change this agent refuses to apply live),
-fatal (a node identity collision: weftd exits).
+setting_problems (keys of the config this node cannot honour, report_setting: reported,
+never a reason to be not ready), fatal (a node identity collision: weftd exits).
 """
 
 import threading
@@ -41,6 +42,7 @@ class NetworkAgent:
         self.problem = "starting"
         self.conflict = None
         self.config_problem = None
+        self.setting_problems = {}  # config key -> why this node cannot honour it (report_setting)
         self.fatal = None
         self.on_fatal = lambda: None  # set by main: stop the whole agent
         self._status_dirty = False
@@ -99,6 +101,23 @@ class NetworkAgent:
     def reason(self):
         """Why the network is not ready (None when it is)."""
         return self.fatal or self.conflict or self.problem or self.config_problem
+
+    def report_setting(self, key: str, problem) -> None:
+        """A key of the network config this node cannot honour (problem: a message naming
+        the knob and the fix, e.g. FlowLog without br_netfilter), or None once it is
+        honoured or no longer set.  Reported, not fatal: logged once, the status's
+        `configProblems` (weftctl status), weft_config_problem{key} 1; readiness, /readyz
+        and CNI STATUS do not depend on it (pods keep starting).  Any thread."""
+        if self.setting_problems.get(key) == problem:
+            return
+        if problem is None:
+            self.setting_problems.pop(key, None)
+            self.log.info(f"config problem of {key} resolved", extra=self.extra())
+        else:
+            self.setting_problems[key] = problem
+            self.log.error(problem, extra=self.extra(key=key))
+        self.metrics.config_problem.labels(self.name, key).set(0 if problem is None else 1)
+        self.write_status()
 
     def extra(self, **more):
         lease = self.held.lease.key if self.held else None
@@ -253,6 +272,7 @@ class NetworkAgent:
         self._status_dirty = False
         status = {"network": self.name, "node": self.node.name, "nodeID": self.node.node_id,
                   "ready": self.ready, "problem": self.problem or self.config_problem,
+                  "configProblems": dict(self.setting_problems),
                   "conflict": self.conflict, "fatal": self.fatal, "lease": None, "backend": None,
                   "peers": [], "refused": [], "driftRepaired": 0, "lastReconcile": None}
         for controller in self.controllers:

@@ -313,6 +313,8 @@ def status(args) -> int:
             print(f"  node ID    {state['nodeID']}")
         if state.get("problem"):
             print(f"  problem    {state['problem']}")
+        for key, problem in sorted((state.get("configProblems") or {}).items()):  # reported, still ready
+            print(f"  config     {key} not honoured on this node: {problem}")
         if state.get("unpublished"):
             print(f"  unpublished {state['unpublished']}")
         if state.get("fatal"):
@@ -344,7 +346,7 @@ def status(args) -> int:
             print(f"  flows      {flows.get('setting')}: {flows.get('written', 0)} records into "
                   f"{flows.get('journal') or '-'}; dropped {dropped}; events lost {flows.get('eventsLost', 0)}")
             for problem in (flows.get("problem"), flows.get("journalError"), (flows.get("ipfix") or {}).get("error")):
-                if problem:
+                if problem and problem not in (state.get("configProblems") or {}).values():  # shown above
                     print(f"             {problem}")
         masq = state.get("masquerade") or {}
         if masq:

@@ -2,10 +2,8 @@
 
 No maintained Python library encodes IPFIX (PyPI has a 2014 package and collectors
 that only parse), so this small module frames it: a message header, a template set
-(one template per address family) and data sets of one-way records.  Each connection
-becomes two records, source -> destination with the counters the source sent and
-destination -> source with what it received, in standard information elements
-(IANA "IPFIX Information Elements"):
+(one template per address family) and data sets of one-way records, in standard
+information elements (IANA "IPFIX Information Elements"):
 
     sourceIPv4Address (8) / sourceIPv6Address (27)            4 / 16 bytes
     destinationIPv4Address (12) / destinationIPv6Address (28) 4 / 16
@@ -13,11 +11,25 @@ destination -> source with what it received, in standard information elements
     protocolIdentifier (4)                                    1
     flowStartMilliseconds (152), flowEndMilliseconds (153)    8 each
     octetDeltaCount (1), packetDeltaCount (2)                 8 each
+    forwardingStatus (89)                                     1 (RFC 7270: reduced-size unsigned32)
+    flowEndReason (136)                                       1
 
-Workload names, verdicts and policies stay in the JSON journal.  Over UDP templates
-are resent every template interval (RFC 7011 section 8.4) and with the first message.
-Messages are kept under MAX_MESSAGE bytes (no IP fragmentation on a 1500-byte path).
-decode() reads messages back (tests, and the fuzz test of this codec).
+What a journal record becomes:
+  - an allowed connection: two records, source -> destination with the counters the
+    source sent and destination -> source with what it received; forwardingStatus 64
+    (forwarded); flowEndReason 3 (end of flow: a TCP close) or 1 (idle timeout: the
+    conntrack entry of UDP and the rest timed out) on the final record, 2 (active
+    timeout) on an interim one.  Counters are deltas: an interim record carries what
+    was counted since the connection's previous export, the final one the rest, so a
+    collector's sum over an id is the journal's final total;
+  - a denied attempt: one record, source -> destination, packetDeltaCount 1,
+    octetDeltaCount 0 (the journal records the attempt, not its size), forwardingStatus
+    129 (dropped: ACL deny), flowEndReason 3.
+
+Workload names and policies stay in the JSON journal.  Over UDP templates are resent
+every template interval (RFC 7011 section 8.4) and with the first message.  Messages
+are kept under MAX_MESSAGE bytes (no IP fragmentation on a 1500-byte path).  decode()
+reads messages back (tests, and the fuzz test of this codec).
 """
 
 import ipaddress
@@ -35,8 +47,11 @@ FIELD = struct.Struct("!HH")         # information element id, length
 IE = {"sourceIPv4Address": 8, "destinationIPv4Address": 12, "sourceIPv6Address": 27,
       "destinationIPv6Address": 28, "sourceTransportPort": 7, "destinationTransportPort": 11,
       "protocolIdentifier": 4, "flowStartMilliseconds": 152, "flowEndMilliseconds": 153,
-      "octetDeltaCount": 1, "packetDeltaCount": 2}
-_LAYOUT = {v: struct.Struct(f"!{a}s{a}sHHBQQQQ") for v, a in ((4, 4), (6, 16))}
+      "octetDeltaCount": 1, "packetDeltaCount": 2, "forwardingStatus": 89, "flowEndReason": 136}
+_LAYOUT = {v: struct.Struct(f"!{a}s{a}sHHBQQQQBB") for v, a in ((4, 4), (6, 16))}
+FORWARDED, DROPPED_ACL_DENY = 0x40, 0x81      # forwardingStatus: status bits 01 / 10, reason code
+IDLE_TIMEOUT, ACTIVE_TIMEOUT, END_OF_FLOW = 1, 2, 3  # flowEndReason
+REPORTED_MAX = 65536  # connections whose interim counters are remembered (oldest forgotten first)
 _ADDRESSES = {8: 4, 12: 4, 27: 16, 28: 16}
 PROTOCOLS = {"tcp": 6, "udp": 17, "icmp": 1, "icmpv6": 58, "sctp": 132, "dccp": 33, "udplite": 136}
 
@@ -47,7 +62,8 @@ def _fields(version: int) -> list:
     size = 4 if version == 4 else 16
     return [(IE[src], size), (IE[dst], size), (IE["sourceTransportPort"], 2), (IE["destinationTransportPort"], 2),
             (IE["protocolIdentifier"], 1), (IE["flowStartMilliseconds"], 8), (IE["flowEndMilliseconds"], 8),
-            (IE["octetDeltaCount"], 8), (IE["packetDeltaCount"], 8)]
+            (IE["octetDeltaCount"], 8), (IE["packetDeltaCount"], 8), (IE["forwardingStatus"], 1),
+            (IE["flowEndReason"], 1)]
 
 
 def template_set() -> bytes:
@@ -64,30 +80,68 @@ def _millis(text: str) -> int:
     return int(parse_ts(text).timestamp() * 1000)
 
 
-def one_way(record: dict) -> list:
-    """(version, packed data record) x 2 of a flow record (an empty list when its
-    addresses or protocol cannot be expressed)."""
+def counters(record: dict) -> tuple:
+    """(packets sent, bytes sent, packets received, bytes received) of a journal record."""
+    packets, octets = record["packets"], record["bytes"]
+    return (packets.get("sent") or 0, octets.get("sent") or 0, packets.get("received") or 0,
+            octets.get("received") or 0)
+
+
+def one_way(record: dict, before: tuple = None) -> list:
+    """(version, packed data record) of a journal record: two for an allowed connection,
+    one for a denied attempt; an empty list when its addresses or protocol cannot be
+    expressed.  before: counters() already exported for this connection (its interim
+    records): the records carry the difference."""
     try:
         src, dst = ipaddress.ip_address(record["src"]), ipaddress.ip_address(record["dst"])
         proto = PROTOCOLS.get(record["proto"]) if not str(record["proto"]).isdigit() else int(record["proto"])
         start, end = _millis(record["start"]), _millis(record["end"])
         sport, dport = int(record.get("sport") or 0), int(record.get("dport") or 0)
-        sent, received = record["bytes"], record["packets"]
-    except (KeyError, ValueError, TypeError):
+        now = counters(record)
+    except (KeyError, ValueError, TypeError, AttributeError):
         return []
     if proto is None or src.version != dst.version:
         return []
     layout = _LAYOUT[src.version]
-    return [(src.version, layout.pack(src.packed, dst.packed, sport, dport, proto, start, end,
-                                      sent.get("sent") or 0, received.get("sent") or 0)),
-            (src.version, layout.pack(dst.packed, src.packed, dport, sport, proto, start, end,
-                                      sent.get("received") or 0, received.get("received") or 0))]
+    if record.get("verdict") == "denied":
+        return [(src.version, layout.pack(src.packed, dst.packed, sport, dport, proto, start, end, 0,
+                                          max(now[0], 1), DROPPED_ACL_DENY, END_OF_FLOW))]
+    if not record.get("final", True):
+        reason = ACTIVE_TIMEOUT
+    else:
+        reason = END_OF_FLOW if proto == 6 else IDLE_TIMEOUT
+    ps, bs, pr, br = (max(0, n - b) for n, b in zip(now, before or (0, 0, 0, 0)))
+    return [(src.version, layout.pack(src.packed, dst.packed, sport, dport, proto, start, end, bs, ps,
+                                      FORWARDED, reason)),
+            (src.version, layout.pack(dst.packed, src.packed, dport, sport, proto, start, end, br, pr,
+                                      FORWARDED, reason))]
 
 
-def messages(records, sequence: int, export_time: int, domain: int, with_templates: bool) -> tuple:
-    """([message bytes], the sequence number after them): records packed into messages
-    of at most MAX_MESSAGE bytes, templates in front of the first when asked."""
-    pending = [r for record in records for r in one_way(record)]
+def _exported(records, reported) -> list:
+    """The one-way records of journal records; reported (record id -> counters()
+    exported so far) turns an interim record's counters and the final one's into deltas,
+    and is updated (a final record's id leaves it)."""
+    if reported is None:
+        return [r for record in records for r in one_way(record)]
+    out = []
+    for record in records:
+        key = record.get("id") if record.get("verdict") != "denied" else None
+        before = reported.pop(key, None) if key else None
+        rows = one_way(record, before)
+        out += rows
+        if key and rows and not record.get("final", True):
+            reported[key] = counters(record)
+            while len(reported) > REPORTED_MAX:  # a connection whose end never came: forgotten
+                reported.pop(next(iter(reported)))
+    return out
+
+
+def messages(records, sequence: int, export_time: int, domain: int, with_templates: bool,
+             reported: dict = None) -> tuple:
+    """([message bytes], the sequence number after them): journal records packed into
+    messages of at most MAX_MESSAGE bytes, templates in front of the first when asked;
+    reported: see _exported (None: every record's counters as they are)."""
+    pending = _exported(records, reported)
     out = []
     templates = template_set() if with_templates else b""
     while pending or templates:
@@ -169,6 +223,7 @@ class Exporter:
         self.templates_due = 0.0
         self.sock, self.address = None, None
         self.sent_messages = self.sent_records = self.failed = 0
+        self.reported = {}  # record id -> counters exported by its interim records
         self.error = None
 
     def _connect(self) -> bool:
@@ -192,7 +247,8 @@ class Exporter:
         if not self._connect():
             self.failed += len(records)
             return
-        out, sequence = messages(records, self.sequence, int(time.time()), self.domain, with_templates)
+        out, sequence = messages(records, self.sequence, int(time.time()), self.domain, with_templates,
+                                 self.reported)
         if with_templates:
             self.templates_due = now + self.template_interval
         for message in out:
@@ -202,7 +258,7 @@ class Exporter:
             except OSError as exc:  # a full buffer or an unreachable collector: those records are lost
                 self.failed += 1
                 self.error = f"collector {self.host}:{self.port}: {exc.strerror or exc}"
-        self.sent_records += 2 * len(records)
+        self.sent_records += sequence - self.sequence
         self.sequence = sequence
 
     def tick(self) -> None:

@@ -39,4 +39,8 @@ def test_make_demo(tmp_path, family):
     pods = "10.244." if family == "ipv4" else "fd10:244:"
     assert f"default/node2-pod0 ({pods}" in proc.stdout and "ALLOWED by default/db-from-web" in proc.stdout
     assert f"default/node3-pod0 ({pods}" in proc.stdout and "DENIED by default/db-from-web" in proc.stdout
+    # the worked example: node3-pod0's denied flow found from its name
+    found = proc.stdout.split("--pod default/node3-pod0 --verdict denied\n", 1)[1].split("$ weftctl", 1)[0]
+    assert "node1 tcp default/node3-pod0" in found and "DENIED by default/db-from-web" in found, found
+    assert "ALLOWED" not in found, found
     assert not set(made) & netns_names(), "the demo left namespaces behind"

@@ -1,6 +1,7 @@
 """The IPFIX codec (cni_plugin/flows/ipfix.py): flow records round-trip through messages
 (templates, both families, split under MAX_MESSAGE with sequence numbers counting data
-records), and random or cut bytes end in MalformedIPFIX or a result.  The real
+records), interim records carry deltas that add up to the final totals, a denied
+attempt is one dropped record, and random or cut bytes end in MalformedIPFIX or a result.  The real
 collector (nfcapd, read back with nfdump) is in tests/cluster/test_flows.py."""
 
 import ipaddress
@@ -48,6 +49,48 @@ def test_records_round_trip_two_one_way_records_each(records, sequence):
         assert (backward[1], backward[2]) == (record["bytes"]["received"], record["packets"]["received"])
         assert (backward[7], backward[11]) == (record["dport"], record["sport"])
         assert (forward[152], forward[153]) == (1796616000125, 1796616009500)
+        end = ipfix.END_OF_FLOW if record["proto"] == "tcp" else ipfix.IDLE_TIMEOUT
+        assert (forward[89], forward[136], backward[89], backward[136]) == (64, end, 64, end)
+
+
+def _decoded(out):
+    templates, records = {}, []
+    for message in out:
+        records += ipfix.decode(message, templates)[1]
+    return records
+
+
+@BOUNDED
+@given(st.lists(st.tuples(st.integers(0, 2 ** 20), st.integers(0, 2 ** 30), st.integers(0, 2 ** 20),
+                          st.integers(0, 2 ** 30)), min_size=1, max_size=5))
+def test_interim_records_export_deltas_that_add_up_to_the_final_totals(steps):
+    """A long-lived connection's interim records (flowEndReason 2, active timeout) and
+    its final one (3, end of flow) carry what was counted since the previous export."""
+    totals = [tuple(sum(s[i] for s in steps[:n + 1]) for i in range(4)) for n in range(len(steps))]
+    reported, decoded = {}, []
+    for n, (ps, bs, pr, br) in enumerate(totals):
+        record = {"id": "c1", "src": "fd10::2", "dst": "fd10::3", "sport": 4000, "dport": 80, "proto": "tcp",
+                  "start": "2026-12-07T04:00:00Z", "end": "2026-12-07T04:00:09Z", "verdict": "allowed",
+                  "final": n == len(totals) - 1, "packets": {"sent": ps, "received": pr},
+                  "bytes": {"sent": bs, "received": br}}
+        decoded += _decoded(ipfix.messages([record], 0, 0, 1, True, reported)[0])
+    assert reported == {}  # the final record forgets the connection
+    forward, backward = decoded[::2], decoded[1::2]
+    assert [r[136] for r in forward] == [ipfix.ACTIVE_TIMEOUT] * (len(steps) - 1) + [ipfix.END_OF_FLOW]
+    assert (sum(r[2] for r in forward), sum(r[1] for r in forward)) == totals[-1][:2]
+    assert (sum(r[2] for r in backward), sum(r[1] for r in backward)) == totals[-1][2:]
+    assert [(r[2], r[1]) for r in forward] == [(s[0], s[1]) for s in steps]
+
+
+def test_a_denied_attempt_is_one_dropped_record():
+    denied = {"id": "d1", "src": "10.244.1.5", "dst": "10.244.2.7", "sport": None, "dport": 80, "proto": "tcp",
+              "start": "2026-12-07T04:00:00Z", "end": "2026-12-07T04:00:00Z", "verdict": "denied",
+              "packets": {"sent": 1, "received": 0}, "bytes": {"sent": 0, "received": 0}}
+    out, sequence = ipfix.messages([denied], 10, 0, 1, True, {})
+    (record,) = _decoded(out)
+    assert sequence == 11
+    assert (record[8], record[12], record[7], record[11], record[4]) == ("10.244.1.5", "10.244.2.7", 0, 80, 6)
+    assert (record[2], record[1], record[89], record[136]) == (1, 0, ipfix.DROPPED_ACL_DENY, ipfix.END_OF_FLOW)
 
 
 def test_templates_alone_when_nothing_flows():

@@ -78,27 +78,43 @@ class FlowController(Controller):
         self._stop_collector()
         self.settings = wanted
         if wanted is None:
+            self._set_problem(None)
             return
-        agent = self.agent
+        self._start()
+
+    def _start(self):
+        """Turn on what the kernel must give and start the collector; what fails is a
+        config problem of FlowLog (NetworkAgent.report_setting), retried every
+        reconcile interval until it holds or FlowLog is off."""
+        agent, problems = self.agent, []
         try:
             sysctl.enable_bridge_netfilter()
-            self.problem = None
         except DatapathError as exc:
-            self.problem = f"FlowLog is on but same-node flows are not seen: {exc}"
-            agent.log.error(self.problem, extra=agent.extra())
+            problems.append(f"FlowLog is on but same-node (bridged) connections are not seen: {exc}")
         try:
             conntrack.enable_accounting()
         except DatapathError as exc:
-            self.problem = f"FlowLog: counters and times unavailable: {exc}"
-            agent.log.error(self.problem, extra=agent.extra())
-        networks = [n for n in (config.network, config.ipv6_network) if n is not None]
-        try:
-            self.collector = FlowCollector(agent, networks, wanted)
-        except DatapathError as exc:
-            self.problem = f"FlowLog not served: {exc}"
-            agent.log.error(self.problem, extra=agent.extra())
-            return
-        agent.log.info(f"flow records on ({wanted}) into {self.collector.journal.path}", extra=agent.extra())
+            problems.append(f"FlowLog: counters and times unavailable: {exc}")
+        if self.collector is None:
+            networks = [n for n in (agent.config.network, agent.config.ipv6_network) if n is not None]
+            try:
+                self.collector = FlowCollector(agent, networks, self.settings)
+                agent.log.info(f"flow records on ({self.settings}) into {self.collector.journal.path}",
+                               extra=agent.extra())
+            except DatapathError as exc:
+                problems.append(f"FlowLog not served: {exc}")
+        self._set_problem("; ".join(problems) or None)
+
+    def _set_problem(self, problem):
+        self.problem = problem
+        self.agent.report_setting("FlowLog", problem)
+
+    def timers(self):
+        return [(self.agent.options.reconcile_interval, self._retry)]
+
+    def _retry(self):
+        if self.settings is not None and self.problem is not None:
+            self._start()
 
     def denied(self, direction, flow, policies, seen):
         collector = self.collector
@@ -404,7 +420,7 @@ class FlowCollector:
         for pair, total in octets.items():
             self._counter(metrics.flow_bytes, *pair).inc(total)
         if self.exporter is not None:
-            self.exporter.export([r for r in records if r["verdict"] == "allowed" and r.get("final", True)])
+            self.exporter.export(records)  # allowed, denied and interim records alike (flows/ipfix.py)
 
     def _counter(self, metric, *labels):
         key = (id(metric), *labels)
