@@ -30,7 +30,6 @@ input (Hypothesis) and checks exactly that.
 import ipaddress
 import struct
 from collections import namedtuple
-from dataclasses import dataclass
 
 from .constants import AF_INET, AF_INET6, IFF_UP, RTNH_F_ONLINK
 from .errors import DatapathError
@@ -234,18 +233,10 @@ def mac(raw: bytes) -> str:
 
 
 # -- decoding: the entries weft reads --------------------------------------------------------
-@dataclass
-class Link:
-    index: int
-    name: str
-    kind: str
-    mtu: int
-    up: bool
-    master: int | None
-    address: str
-
-
-# plain namedtuples: typing's NamedTuple would cost the per-pod path typing's import
+# plain namedtuples: dataclasses (inspect) and typing's NamedTuple would cost the
+# per-pod path their imports
+Link = namedtuple("Link", "index name kind mtu up master address")
+Link.__doc__ = "An RTM_NEWLINK as weft reads it (master: the bridge's index or None; address: the MAC)."
 RouteEntry = namedtuple("RouteEntry", "dst gateway oif onlink")  # network; address, int or None; bool
 RouteEntry.__doc__ = "A route's destination, gateway (None: none), output link (None: none) and onlink flag."
 Route = namedtuple("Route", "family table protocol entry")

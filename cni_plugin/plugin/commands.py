@@ -55,10 +55,10 @@ def _ensure_masquerade(cfg, ips: list) -> None:
     """Node-wide masquerade (datapath/masq.py).  When the serving weftd owns the
     network's table there is nothing to do per pod; standalone, the pod's subnet is
     made part of the table (one listing once it is)."""
-    from ..datapath import masq
-
     if not cfg.ip_masq or invocation.current().agent_masquerades(cfg.name):
         return
+    from ..datapath import masq
+
     masq.ensure(masq.Masquerade(cfg.name, tuple(ip.network for ip in ips if ip.version in cfg.ip_masq_families),
                                 tuple([ip.network for ip in ips] + list(cfg.cluster_networks))), exact=False)
 
@@ -83,7 +83,7 @@ def _refuse_unpoliced(cfg) -> None:
     address, so it is not added (fail closed; the runtime retries until weftd is back).
     A node whose table holds no policy isolates nobody: the pod is added."""
     from ..datapath import nft
-    from ..policy.compile import table_name
+    from ..policy.names import table_name
 
     table = table_name(cfg.name)
     if len(table) > nft.NAME_MAX:
