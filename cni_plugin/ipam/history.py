@@ -8,12 +8,13 @@ Each line is one event:
 Writers hold the store lock; readers need no lock and skip lines they cannot parse.
 """
 
+from __future__ import annotations  # datetime in annotations only: not imported on the per-pod path
+
 import ipaddress
 import json
 import os
-from datetime import datetime, timezone
 
-from ..timestamps import format_ts, now, parse_ts  # noqa: F401 (re-exported for callers)
+from ..timestamps import format_ts, now, now_text, parse_ts  # noqa: F401 (re-exported for callers)
 from .store import FILE_MODE, HISTORY_FILE
 
 ALLOCATE = "allocate"
@@ -24,7 +25,7 @@ def entry(event: str, ip, network: str, container_id: str, ifname: str,
           pod: tuple, reason: str | None = None, at: datetime | None = None) -> dict:
     """One history record; pod is (namespace, name[, uid]), any may be None."""
     record = {
-        "ts": format_ts(at or now()),
+        "ts": format_ts(at) if at is not None else now_text(),
         "event": event,
         "ip": str(ip),
         "network": network,
@@ -125,6 +126,8 @@ def holders(events, ip, at: datetime | None = None) -> list[dict]:
     """
     wanted = str(ipaddress.ip_address(ip))
     if at is not None and at.tzinfo is None:
+        from datetime import timezone
+
         at = at.replace(tzinfo=timezone.utc)
     relevant = sorted((e for e in events if e[1]["ip"] == wanted), key=lambda e: e[0])
     held = {}
