@@ -6,6 +6,7 @@ its errors become CNI codes in plugin/errors.py.
 """
 
 import ipaddress
+import time
 
 from ..cni import invocation, log
 from ..cni import result as cni_result
@@ -112,13 +113,7 @@ def _setup(cfg, env, mac: str, ipam: dict, rt) -> dict:
     ips = [ipaddress.ip_interface(entry["address"]) for entry in ipam["ips"]]
     _policy_fast_path(cfg, env, ips)  # the serving agent's sets hold the pod before it has an interface
     lap("policy")
-    bridge = links.ensure_bridge(rt, cfg.bridge, cfg.mtu)
-    sysctl.set_interface("ipv6", cfg.bridge, "accept_ra", "0")
-    if cfg.is_gateway:
-        for entry, ip in zip(ipam["ips"], ips):
-            links.ensure_gateway_address(rt, cfg.bridge, bridge.index, _gateway_of(entry),
-                                         ip.network, cfg.force_address)
-        sysctl.enable_forwarding({ip.version for ip in ips})
+    bridge = _bridge(cfg, rt, ipam, ips)
     lap("bridge")
     host_name = host_veth_name(env.container_id, env.ifname)
     host = links.create_veth(rt, host_name, _pod_netns(env), env.ifname, cfg.mtu)
@@ -137,6 +132,32 @@ def _setup(cfg, env, mac: str, ipam: dict, rt) -> dict:
     _ensure_masquerade(cfg, ips)
     lap("masquerade")
     return _result(cfg, env, ipam, routes, inside, [(cfg.bridge, bridge.address), (host_name, host.address)])
+
+
+def _bridge(cfg, rt, ipam: dict, ips: list):
+    """The bridge, up with the netconf's MTU and the gateway addresses.  Served by weftd,
+    a bridge its ADDs found so, and that no notification says changed since, is not
+    read again (datapath/bridge_facts.py); the sysctls, which send no notification,
+    are set every time."""
+    from ..datapath import links, sysctl
+
+    gateways = tuple((_gateway_of(entry), ip.network) for entry, ip in zip(ipam["ips"], ips)) if cfg.is_gateway else ()
+    facts = invocation.current().bridges
+    key = (cfg.bridge, cfg.mtu, cfg.force_address, gateways)
+    bridge, token = facts.known(key) if facts is not None else (None, None)
+    found = bridge is not None
+    checked_at = time.monotonic()
+    if not found:
+        bridge = links.ensure_bridge(rt, cfg.bridge, cfg.mtu)
+    sysctl.set_interface("ipv6", cfg.bridge, "accept_ra", "0")
+    if cfg.is_gateway:
+        if not found:
+            for gateway, network in gateways:
+                links.ensure_gateway_address(rt, cfg.bridge, bridge.index, gateway, network, cfg.force_address)
+        sysctl.enable_forwarding({ip.version for ip in ips})
+    if not found and facts is not None:
+        facts.record(key, bridge, token, checked_at)
+    return bridge
 
 
 def _result(cfg, env, ipam: dict, routes: list, inside: dict, host_links: list) -> dict:
