@@ -31,12 +31,13 @@ MAX_AGE = 10.0  # seconds a bridge's facts are trusted at most
 class BridgeFacts:
     """key: (bridge name, MTU, forceAddress, ((gateway, network), ...)): what one ADD
     checked.  known(key) -> (Link or None, token); record(key, link, token, checked_at)
-    after a full check that began (time.monotonic()) at checked_at."""
+    after a full check that began (time.monotonic()) at checked_at.  changes: a
+    LinkChanges (made here, in this namespace or netns_path's, unless given)."""
 
-    def __init__(self, max_age: float = MAX_AGE, netns_path: str = None):
+    def __init__(self, max_age: float = MAX_AGE, netns_path: str = None, changes=None):
         self.max_age = max_age
         self._lock = threading.Lock()
-        self._changes = LinkChanges(netns_path)
+        self._changes = changes if changes is not None else LinkChanges(netns_path)
         self._facts = {}  # key -> (Link, when its check began)
 
     def known(self, key) -> tuple:
