@@ -3,9 +3,7 @@
 `datetime` is imported by the functions that need one, not here: the per-pod path
 (an IPAM allocation's history record) only stamps the current time, which now_text()
 does with `time` alone, so a standalone CNI call never loads datetime (and its C
-extension)."""
-
-from __future__ import annotations
+extension).  Annotations name datetime as strings: it is not imported here."""
 
 import time
 
@@ -17,20 +15,20 @@ def now_text() -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds)) + f".{micros:06d}Z"
 
 
-def now() -> datetime:
+def now() -> "datetime":
     from datetime import datetime, timezone
 
     return datetime.now(timezone.utc)
 
 
-def format_ts(moment: datetime) -> str:
+def format_ts(moment: "datetime") -> str:
     """ISO-8601 UTC with microseconds and a Z suffix."""
     from datetime import timezone
 
     return moment.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
-def parse_ts(text: str) -> datetime:
+def parse_ts(text: str) -> "datetime":
     """ISO-8601 with or without a zone ("Z" allowed); no zone means UTC. ValueError if bad."""
     from datetime import datetime, timezone
 

@@ -8,8 +8,6 @@ Each line is one event:
 Writers hold the store lock; readers need no lock and skip lines they cannot parse.
 """
 
-from __future__ import annotations  # datetime in annotations only: not imported on the per-pod path
-
 import ipaddress
 import json
 import os
@@ -22,7 +20,7 @@ RELEASE = "release"
 
 
 def entry(event: str, ip, network: str, container_id: str, ifname: str,
-          pod: tuple, reason: str | None = None, at: datetime | None = None) -> dict:
+          pod: tuple, reason: str | None = None, at: "datetime | None" = None) -> dict:
     """One history record; pod is (namespace, name[, uid]), any may be None."""
     record = {
         "ts": format_ts(at) if at is not None else now_text(),
@@ -68,7 +66,7 @@ def append(path: str, records: list[dict]) -> None:
         os.close(fd)
 
 
-def _parse_line(line: str) -> tuple[datetime, dict] | None:
+def _parse_line(line: str) -> "tuple[datetime, dict] | None":
     try:
         record = json.loads(line)
     except ValueError:
@@ -76,7 +74,7 @@ def _parse_line(line: str) -> tuple[datetime, dict] | None:
     return _parse_record(record)
 
 
-def _parse_record(record) -> tuple[datetime, dict] | None:
+def _parse_record(record) -> "tuple[datetime, dict] | None":
     try:
         if not isinstance(record, dict) or record.get("event") not in (ALLOCATE, RELEASE):
             return None
@@ -86,7 +84,7 @@ def _parse_record(record) -> tuple[datetime, dict] | None:
         return None
 
 
-def read_events(path: str) -> list[tuple[datetime, dict]]:
+def read_events(path: str) -> "list[tuple[datetime, dict]]":
     """The parseable events of one log, in file order; corrupt lines are skipped."""
     try:
         with open(path, encoding="utf-8", errors="replace") as f:
@@ -107,18 +105,18 @@ def _holding_key(record: dict) -> tuple:
     return (record["ip"], record.get("containerID"), record.get("ifname"), record.get("network"))
 
 
-def whois(data_dir: str, ip, at: datetime | None = None) -> list[dict]:
+def whois(data_dir: str, ip, at: "datetime | None" = None) -> list[dict]:
     """The allocate records of whoever held ip at `at` (now when None), across all networks
     of one node's store."""
     return holders([e for path in _history_paths(data_dir) for e in read_events(path)], ip, at)
 
 
-def parsed(records) -> list[tuple[datetime, dict]]:
+def parsed(records) -> "list[tuple[datetime, dict]]":
     """(time, record) for every well-formed record (e.g. read back from etcd)."""
     return [e for e in map(_parse_record, records) if e is not None]
 
 
-def holders(events, ip, at: datetime | None = None) -> list[dict]:
+def holders(events, ip, at: "datetime | None" = None) -> list[dict]:
     """Whoever held ip at `at`, from (time, record) events of any number of nodes.
 
     A holding starts at an allocate event at or before `at` and ends at a release of the
