@@ -20,13 +20,14 @@ def handlers_for(role: str) -> dict:
 
 
 def invoke(role: str, environ, stdin: bytes, via: str = "standalone", agent_masquerades=None,
-           agent_attaching=None, netns_fd=None, teardown=None, agent_detaching=None) -> tuple:
+           agent_attaching=None, netns_fd=None, teardown=None, agent_detaching=None, bridges=None) -> tuple:
     """(stdout, exit code) of one call of `role`; weft's calls are logged.
     agent_masquerades(network) -> bool: the serving agent owns that network's table;
-    netns_fd: CNI_NETNS as the forwarder opened it (the caller keeps and closes it)."""
+    netns_fd: CNI_NETNS as the forwarder opened it (the caller keeps and closes it);
+    bridges: the serving agent's bridge facts (datapath/bridge_facts.py)."""
     from .cni.invocation import run
 
     # VERSION needs no handler: the plugin's table (and the datapath behind it) stays unloaded
     handlers = {} if environ.get("CNI_COMMAND") == "VERSION" else handlers_for(role)
     return run(handlers, environ, stdin, via, paths.LOG_FILE if role == "weft" else None,
-               agent_masquerades, agent_attaching, netns_fd, teardown, agent_detaching)
+               agent_masquerades, agent_attaching, netns_fd, teardown, agent_detaching, bridges)

@@ -1,19 +1,37 @@
-"""Timestamps in weft's records: ISO-8601 UTC with microseconds and a Z (stdlib only)."""
+"""Timestamps in weft's records: ISO-8601 UTC with microseconds and a Z (stdlib only).
 
-from datetime import datetime, timezone
+`datetime` is imported by the functions that need one, not here: the per-pod path
+(an IPAM allocation's history record) only stamps the current time, which now_text()
+does with `time` alone, so a standalone CNI call never loads datetime (and its C
+extension).  Annotations name datetime as strings: it is not imported here."""
+
+import time
 
 
-def now() -> datetime:
+def now_text() -> str:
+    """The current UTC time as format_ts(now()) spells it, without datetime."""
+    nanos = time.time_ns()
+    seconds, micros = divmod(nanos // 1000, 1_000_000)
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds)) + f".{micros:06d}Z"
+
+
+def now() -> "datetime":
+    from datetime import datetime, timezone
+
     return datetime.now(timezone.utc)
 
 
-def format_ts(moment: datetime) -> str:
+def format_ts(moment: "datetime") -> str:
     """ISO-8601 UTC with microseconds and a Z suffix."""
+    from datetime import timezone
+
     return moment.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
-def parse_ts(text: str) -> datetime:
+def parse_ts(text: str) -> "datetime":
     """ISO-8601 with or without a zone ("Z" allowed); no zone means UTC. ValueError if bad."""
+    from datetime import datetime, timezone
+
     moment = datetime.fromisoformat(text)
     if moment.tzinfo is None:
         moment = moment.replace(tzinfo=timezone.utc)

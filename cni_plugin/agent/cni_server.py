@@ -29,8 +29,9 @@ READ_TIMEOUT = 30.0
 
 class CniServer:
     def __init__(self, path: str, log, metrics=None, masquerades=None, attaching=None, teardown=None,
-                 detaching=None):
+                 detaching=None, bridges=None):
         self.path = path
+        self.bridges = bridges  # datapath/bridge_facts.py: bridges ADDs need not read again
         self.teardown = teardown  # agent/teardown_queue.py: DELs finish off the caller's path
         self.detaching = detaching  # (network, ips): addresses leave the policy sets
         self.attaching = attaching  # the policy fast path: (network, ips, namespace, name)
@@ -86,7 +87,7 @@ class CniServer:
             try:
                 out, code = invoke(role, environ, stdin, via="agent", agent_masquerades=self.masquerades,
                                    agent_attaching=self.attaching, netns_fd=netns_fd,
-                                   teardown=self.teardown, agent_detaching=self.detaching)
+                                   teardown=self.teardown, agent_detaching=self.detaching, bridges=self.bridges)
             finally:
                 with self.counting:
                     self.in_flight -= 1

@@ -74,7 +74,8 @@ def main(argv=None) -> int:
     # the teardown yields to the calls the server is serving (cni is bound below)
     teardown = TeardownQueue(args.state_dir, log, detaching, masquerades, calls_in_flight=lambda: cni.in_flight,
                              last_call=lambda: cni.last_call, metrics=metrics)
-    cni = CniServer(paths.agent_socket(args.run_dir), log, metrics, masquerades, attaching, teardown, detaching)
+    cni = CniServer(paths.agent_socket(args.run_dir), log, metrics, masquerades, attaching, teardown, detaching,
+                    _bridge_facts(log, node.name))
     try:
         cni.start()
     except OSError as exc:
@@ -113,3 +114,17 @@ def main(argv=None) -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
+
+
+def _bridge_facts(log, node: str):
+    """The ADDs' bridge facts (datapath/bridge_facts.py), joined to this namespace's link
+    notifications before the first ADD; None (every ADD checks) if the socket fails."""
+    from ..datapath.bridge_facts import BridgeFacts
+
+    try:
+        return BridgeFacts()
+    except OSError as exc:
+        log.warning(f"link notifications unavailable ({exc.strerror}): every ADD checks its bridge",
+                    extra={"node": node})
+        return None
+

@@ -34,13 +34,15 @@ class Context:
     CNI_NETNS's path is opened; whoever received it closes it after the call); teardown: the
     serving agent's background teardown queue (agent/teardown_queue.py; None: DEL tears
     down synchronously); agent_detaching(network, ips): the addresses leave the serving
-    agent's policy sets (a teardown, before they are released); steps: [(step, ms)] in order,
+    agent's policy sets (a teardown, before they are released); bridges: the serving agent's
+datapath/bridge_facts.BridgeFacts (None: every ADD checks its bridge); steps: [(step, ms)] in order,
     recorded by lap() (a plain class: dataclasses would cost the standalone executables
     an import)."""
 
     def __init__(self, via: str = "standalone", agent_masquerades=None, agent_attaching=None, netns_fd=None,
-                 teardown=None, agent_detaching=None):
+                 teardown=None, agent_detaching=None, bridges=None):
         self.via = via
+        self.bridges = bridges
         self.netns_fd = netns_fd
         self.teardown = teardown
         self.agent_detaching = agent_detaching or _nobody
@@ -91,14 +93,15 @@ def _log_settings(stdin: bytes, default: str) -> tuple:
 
 
 def run(handlers: dict, environ, stdin: bytes, via: str = "standalone", log_file: str = None,
-        agent_masquerades=None, agent_attaching=None, netns_fd=None, teardown=None, agent_detaching=None) -> tuple:
+        agent_masquerades=None, agent_attaching=None, netns_fd=None, teardown=None, agent_detaching=None,
+        bridges=None) -> tuple:
     """(stdout bytes, exit code) for one invocation.  log_file: the log's default path
     (netconf `logFile` overrides it); None: the call is not logged."""
     from . import log
     from .dispatch import dispatch
 
     started = time.monotonic()
-    context = Context(via, agent_masquerades, agent_attaching, netns_fd, teardown, agent_detaching)
+    context = Context(via, agent_masquerades, agent_attaching, netns_fd, teardown, agent_detaching, bridges)
     token = _CURRENT.set(context)
     try:
         out, code = dispatch(handlers, environ, stdin)

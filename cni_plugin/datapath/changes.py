@@ -13,6 +13,14 @@ neighbour messages) and IPv4/IPv6 route groups; a message counts when it names w
 device (a link, neighbour or FDB change on its ifindex) or a route of weft's protocol
 (added, replaced or deleted, by anyone).  The overlay's reconcile uses it.
 
+LinkChanges (rtnetlink): link and IPv4/IPv6 address groups; a message counts when it
+names one of the watched ifindexes: the link went, got or lost an address, or its
+RTM_NEWLINK differs from the Link watched in what nlcodec.Link holds (name, kind,
+MTU, up, master, MAC; a carrier change, as a bridge's first port brings, is not a
+change of these).
+The agent's bridge facts (datapath/bridge_facts.py) use it: drained before each use,
+it tells whether a bridge an ADD found in place may have changed since.
+
 TableChanges (nfnetlink): the nftables group; a message counts when it changes one
 nftables table (the table, or one of its chains, rules, sets, elements, objects),
 whoever made the change, weft included.  The masquerade, source-guard and policy
@@ -38,6 +46,8 @@ RECEIVE_BUFFER = 4 << 20
 # messages that name an ifindex: (layout, position of the ifindex in it)
 _INDEXED = {nl.RTM_NEWLINK: (nl.IFINFOMSG, 2), nl.RTM_DELLINK: (nl.IFINFOMSG, 2),
             nl.RTM_NEWNEIGH: (nl.NDMSG, 1), nl.RTM_DELNEIGH: (nl.NDMSG, 1)}
+_LINK_OR_ADDRESS = {nl.RTM_NEWLINK: (nl.IFINFOMSG, 2), nl.RTM_DELLINK: (nl.IFINFOMSG, 2),
+                    nl.RTM_NEWADDR: (nl.IFADDRMSG, 4), nl.RTM_DELADDR: (nl.IFADDRMSG, 4)}
 
 
 class _Notifications:
@@ -132,3 +142,30 @@ class TableChanges(_Notifications):
             return True  # a change naming no table: do not guess
         return table.rstrip(b"\0") == self.name
 
+
+
+class LinkChanges(_Notifications):
+    """Link and address changes of the links in `watched` ({ifindex: nlcodec.Link as
+    last read}, which the owner updates; a message of another link is not a change).
+    Any other message of these groups is not either; an overflow or a malformed
+    message is."""
+
+    def __init__(self, netns_path: str = None):
+        super().__init__(nl.NETLINK_ROUTE, nl.RTMGRP_LINK | nl.RTMGRP_IPV4_IFADDR | nl.RTMGRP_IPV6_IFADDR, netns_path)
+        self.watched = {}
+        self.messages = 0  # messages read so far, relevant or not
+
+    def _relevant(self, data, kind, body, end):
+        self.messages += 1
+        layout, at = _LINK_OR_ADDRESS.get(kind, (None, 0))
+        if layout is None:
+            return False
+        if end < body + layout.size:
+            return True  # truncated: do not guess
+        index = layout.unpack_from(data, body)[at]
+        if index not in self.watched:
+            return False
+        if kind != nl.RTM_NEWLINK:
+            return True
+        start = body - nl.HEADER.size
+        return nl.decode_link(data, start, end - start) != self.watched[index]

@@ -44,7 +44,7 @@ source validation (datapath/source_guard.py) guarantees a pod sends as itself.
 
 import ipaddress
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from . import nft
 
@@ -102,14 +102,7 @@ def guard(network: str, pods=(), cluster=(), allowed=(), etcd=(), ports=(), peer
         peers=order(address(a) for a in peers))
 
 
-@dataclass
-class Outcome:
-    action: str  # "unchanged", "created", "updated" (elements only), "rebuilt"
-    details: list = field(default_factory=list)
-
-    @property
-    def changed(self) -> bool:
-        return self.action != "unchanged"
+Outcome = nft.Outcome  # action: "unchanged", "created", "updated" (elements only), "rebuilt"
 
 
 # -- what the table holds, as nft's JSON and as comparable text --------------------------------

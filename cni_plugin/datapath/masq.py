@@ -24,7 +24,7 @@ the subnet in src4/src6.
 
 import ipaddress
 import re
-from dataclasses import dataclass, field
+from collections import namedtuple
 
 from . import nft
 
@@ -44,26 +44,18 @@ def _rule_comment(version: int) -> str:
     return f"weft: masquerade pod traffic leaving the cluster network (IPv{version})"
 
 
-@dataclass(frozen=True)
-class Masquerade:
-    """What the table must say: masquerade `sources` towards anything outside `keep`."""
-    network: str
-    sources: tuple = ()  # ip_network
-    keep: tuple = ()     # ip_network (the cluster network(s)); multicast is added
+class Masquerade(namedtuple("Masquerade", "network sources keep", defaults=((), ()))):
+    """What the table must say: masquerade `sources` (ip_network) towards anything
+    outside `keep` (ip_network: the cluster network(s); multicast is added)."""
+
+    __slots__ = ()
 
     @property
     def table(self) -> str:
         return table_name(self.network)
 
 
-@dataclass
-class Outcome:
-    action: str  # "unchanged", "created", "repaired", "migrated", "extended"
-    details: list = field(default_factory=list)
-
-    @property
-    def changed(self) -> bool:
-        return self.action != "unchanged"
+Outcome = nft.Outcome  # action: "unchanged", "created", "repaired", "migrated", "extended"
 
 
 def _collapse(networks, version: int) -> list:

@@ -24,6 +24,7 @@ import ctypes
 import json
 import re
 import threading
+from collections import namedtuple
 
 from .errors import NftError
 
@@ -35,6 +36,18 @@ INSTALL_HINT = ("install Debian's nftables package (it brings libnftables1), or 
 _NFT_CTX_DEFAULT = 0
 _NFT_CTX_OUTPUT_JSON = 1 << 4
 _NO_SUCH = "No such file or directory"  # libnftables' words for a missing object
+
+
+class Outcome(namedtuple("Outcome", "action details", defaults=((),))):
+    """What a table's ensure() did: action ("unchanged", "created", "rebuilt", "repaired",
+    ...: each table's module lists its own) and details (what differed, as text).  A
+    namedtuple: `dataclasses` would cost the per-pod path its `inspect` import."""
+
+    __slots__ = ()
+
+    @property
+    def changed(self) -> bool:
+        return self.action != "unchanged"
 
 _lib = None
 _lib_lock = threading.Lock()

@@ -30,7 +30,6 @@ input (Hypothesis) and checks exactly that.
 import ipaddress
 import struct
 from collections import namedtuple
-from dataclasses import dataclass
 
 from .constants import AF_INET, AF_INET6, IFF_UP, RTNH_F_ONLINK
 from .errors import DatapathError
@@ -52,6 +51,7 @@ RTM_NEWADDR, RTM_DELADDR, RTM_GETADDR = 20, 21, 22
 RTM_NEWROUTE, RTM_DELROUTE, RTM_GETROUTE = 24, 25, 26
 RTM_NEWNEIGH, RTM_DELNEIGH, RTM_GETNEIGH = 28, 29, 30
 RTMGRP_LINK, RTMGRP_NEIGH, RTMGRP_IPV4_ROUTE, RTMGRP_IPV6_ROUTE = 0x1, 0x4, 0x40, 0x400
+RTMGRP_IPV4_IFADDR, RTMGRP_IPV6_IFADDR = 0x10, 0x100
 IFLA_ADDRESS, IFLA_IFNAME, IFLA_MTU, IFLA_MASTER, IFLA_LINKINFO, IFLA_NET_NS_FD = 1, 3, 4, 10, 18, 28
 IFLA_INFO_KIND, IFLA_INFO_DATA, IFLA_INFO_SLAVE_KIND, IFLA_INFO_SLAVE_DATA = 1, 2, 4, 5
 VETH_INFO_PEER = 1
@@ -234,18 +234,10 @@ def mac(raw: bytes) -> str:
 
 
 # -- decoding: the entries weft reads --------------------------------------------------------
-@dataclass
-class Link:
-    index: int
-    name: str
-    kind: str
-    mtu: int
-    up: bool
-    master: int | None
-    address: str
-
-
-# plain namedtuples: typing's NamedTuple would cost the per-pod path typing's import
+# plain namedtuples: dataclasses (inspect) and typing's NamedTuple would cost the
+# per-pod path their imports
+Link = namedtuple("Link", "index name kind mtu up master address")
+Link.__doc__ = "An RTM_NEWLINK as weft reads it (master: the bridge's index or None; address: the MAC)."
 RouteEntry = namedtuple("RouteEntry", "dst gateway oif onlink")  # network; address, int or None; bool
 RouteEntry.__doc__ = "A route's destination, gateway (None: none), output link (None: none) and onlink flag."
 Route = namedtuple("Route", "family table protocol entry")

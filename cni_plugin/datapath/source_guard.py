@@ -40,7 +40,7 @@ only the table's own name, which is made of [A-Za-z0-9_].
 
 import ipaddress
 import re
-from dataclasses import dataclass, field
+from collections import namedtuple
 
 from . import nft
 from .errors import NftError
@@ -72,12 +72,10 @@ def table_name(network: str) -> str:
     return "weft_source_" + re.sub(r"[^A-Za-z0-9_]", "_", network)
 
 
-@dataclass(frozen=True)
-class Port:
-    """One validated pod interface: its host veth, its MAC, its addresses."""
-    name: str
-    mac: str
-    addresses: tuple = ()  # ip_address
+class Port(namedtuple("Port", "name mac addresses", defaults=((),))):
+    """One validated pod interface: its host veth, its MAC, its addresses (ip_address)."""
+
+    __slots__ = ()
 
     def elements(self) -> dict:
         """{set name: [JSON element]} of this port."""
@@ -103,14 +101,7 @@ def _as_integer(address) -> str:
     return f"0x{int(address):032x}"
 
 
-@dataclass
-class Outcome:
-    action: str  # "unchanged", "created", "rebuilt", "repaired"
-    details: list = field(default_factory=list)
-
-    @property
-    def changed(self) -> bool:
-        return self.action != "unchanged"
+Outcome = nft.Outcome  # action: "unchanged", "created", "rebuilt", "repaired"
 
 
 # -- the table's shape ---------------------------------------------------------------

@@ -7,7 +7,7 @@ e.g. `ipam.ranges[0][1].subnet "10.1.0.0/33" is not a valid CIDR`.
 import ipaddress
 import json
 import os
-from dataclasses import dataclass, field
+from collections import namedtuple
 
 from ..cni.errors import INVALID_NETCONF, CniError
 from .. import paths
@@ -24,15 +24,13 @@ def _invalid(msg: str) -> CniError:
     return CniError(INVALID_NETCONF, msg)
 
 
-@dataclass(frozen=True)
-class AddressRange:
-    """One range: addresses start..end (inclusive) of subnet, with its gateway."""
+# Records are namedtuples, not dataclasses: `dataclasses` imports `inspect` (with ast,
+# dis, tokenize), ~8 ms of every standalone call's start-up.
+class AddressRange(namedtuple("AddressRange", "subnet start end gateway where", defaults=("",))):
+    """One range: addresses start..end (inclusive) of subnet (ip_network; the others
+    ip_address), with its gateway; where: its key path, for messages."""
 
-    subnet: ipaddress.IPv4Network | ipaddress.IPv6Network
-    start: ipaddress.IPv4Address | ipaddress.IPv6Address
-    end: ipaddress.IPv4Address | ipaddress.IPv6Address
-    gateway: ipaddress.IPv4Address | ipaddress.IPv6Address
-    where: str = field(default="", compare=False)  # key path, for messages
+    __slots__ = ()
 
     @property
     def version(self) -> int:
@@ -55,12 +53,11 @@ class AddressRange:
         return f"{self.start}-{self.end}"
 
 
-@dataclass(frozen=True)
-class RangeSet:
-    """Ranges of one address family; an attachment gets one address per range set."""
+class RangeSet(namedtuple("RangeSet", "index ranges")):
+    """Ranges of one address family (a tuple of AddressRange); an attachment gets one
+    address per range set."""
 
-    index: int
-    ranges: tuple[AddressRange, ...]
+    __slots__ = ()
 
     @property
     def version(self) -> int:
@@ -73,13 +70,10 @@ class RangeSet:
         return f"range set {self.index} ({', '.join(str(r) for r in self.ranges)})"
 
 
-@dataclass(frozen=True)
-class IpamConfig:
-    network: str
-    range_sets: tuple[RangeSet, ...]
-    routes: tuple[dict, ...]
-    data_dir: str
-    resolv_conf: str | None
+class IpamConfig(namedtuple("IpamConfig", "network range_sets routes data_dir resolv_conf")):
+    """range_sets: tuple of RangeSet; routes: tuple of dict; resolv_conf: a path or None."""
+
+    __slots__ = ()
 
     @property
     def store_dir(self) -> str:

@@ -11,9 +11,8 @@ Writers hold the store lock; readers need no lock and skip lines they cannot par
 import ipaddress
 import json
 import os
-from datetime import datetime, timezone
 
-from ..timestamps import format_ts, now, parse_ts  # noqa: F401 (re-exported for callers)
+from ..timestamps import format_ts, now, now_text, parse_ts  # noqa: F401 (re-exported for callers)
 from .store import FILE_MODE, HISTORY_FILE
 
 ALLOCATE = "allocate"
@@ -21,10 +20,10 @@ RELEASE = "release"
 
 
 def entry(event: str, ip, network: str, container_id: str, ifname: str,
-          pod: tuple, reason: str | None = None, at: datetime | None = None) -> dict:
+          pod: tuple, reason: str | None = None, at: "datetime | None" = None) -> dict:
     """One history record; pod is (namespace, name[, uid]), any may be None."""
     record = {
-        "ts": format_ts(at or now()),
+        "ts": format_ts(at) if at is not None else now_text(),
         "event": event,
         "ip": str(ip),
         "network": network,
@@ -67,7 +66,7 @@ def append(path: str, records: list[dict]) -> None:
         os.close(fd)
 
 
-def _parse_line(line: str) -> tuple[datetime, dict] | None:
+def _parse_line(line: str) -> "tuple[datetime, dict] | None":
     try:
         record = json.loads(line)
     except ValueError:
@@ -75,7 +74,7 @@ def _parse_line(line: str) -> tuple[datetime, dict] | None:
     return _parse_record(record)
 
 
-def _parse_record(record) -> tuple[datetime, dict] | None:
+def _parse_record(record) -> "tuple[datetime, dict] | None":
     try:
         if not isinstance(record, dict) or record.get("event") not in (ALLOCATE, RELEASE):
             return None
@@ -85,7 +84,7 @@ def _parse_record(record) -> tuple[datetime, dict] | None:
         return None
 
 
-def read_events(path: str) -> list[tuple[datetime, dict]]:
+def read_events(path: str) -> "list[tuple[datetime, dict]]":
     """The parseable events of one log, in file order; corrupt lines are skipped."""
     try:
         with open(path, encoding="utf-8", errors="replace") as f:
@@ -106,18 +105,18 @@ def _holding_key(record: dict) -> tuple:
     return (record["ip"], record.get("containerID"), record.get("ifname"), record.get("network"))
 
 
-def whois(data_dir: str, ip, at: datetime | None = None) -> list[dict]:
+def whois(data_dir: str, ip, at: "datetime | None" = None) -> list[dict]:
     """The allocate records of whoever held ip at `at` (now when None), across all networks
     of one node's store."""
     return holders([e for path in _history_paths(data_dir) for e in read_events(path)], ip, at)
 
 
-def parsed(records) -> list[tuple[datetime, dict]]:
+def parsed(records) -> "list[tuple[datetime, dict]]":
     """(time, record) for every well-formed record (e.g. read back from etcd)."""
     return [e for e in map(_parse_record, records) if e is not None]
 
 
-def holders(events, ip, at: datetime | None = None) -> list[dict]:
+def holders(events, ip, at: "datetime | None" = None) -> list[dict]:
     """Whoever held ip at `at`, from (time, record) events of any number of nodes.
 
     A holding starts at an allocate event at or before `at` and ends at a release of the
@@ -125,6 +124,8 @@ def holders(events, ip, at: datetime | None = None) -> list[dict]:
     """
     wanted = str(ipaddress.ip_address(ip))
     if at is not None and at.tzinfo is None:
+        from datetime import timezone
+
         at = at.replace(tzinfo=timezone.utc)
     relevant = sorted((e for e in events if e[1]["ip"] == wanted), key=lambda e: e[0])
     held = {}

@@ -6,6 +6,7 @@ its errors become CNI codes in plugin/errors.py.
 """
 
 import ipaddress
+import time
 
 from ..cni import invocation, log
 from ..cni import result as cni_result
@@ -55,10 +56,10 @@ def _ensure_masquerade(cfg, ips: list) -> None:
     """Node-wide masquerade (datapath/masq.py).  When the serving weftd owns the
     network's table there is nothing to do per pod; standalone, the pod's subnet is
     made part of the table (one listing once it is)."""
-    from ..datapath import masq
-
     if not cfg.ip_masq or invocation.current().agent_masquerades(cfg.name):
         return
+    from ..datapath import masq
+
     masq.ensure(masq.Masquerade(cfg.name, tuple(ip.network for ip in ips if ip.version in cfg.ip_masq_families),
                                 tuple([ip.network for ip in ips] + list(cfg.cluster_networks))), exact=False)
 
@@ -83,7 +84,7 @@ def _refuse_unpoliced(cfg) -> None:
     address, so it is not added (fail closed; the runtime retries until weftd is back).
     A node whose table holds no policy isolates nobody: the pod is added."""
     from ..datapath import nft
-    from ..policy.compile import table_name
+    from ..policy.names import table_name
 
     table = table_name(cfg.name)
     if len(table) > nft.NAME_MAX:
@@ -112,13 +113,7 @@ def _setup(cfg, env, mac: str, ipam: dict, rt) -> dict:
     ips = [ipaddress.ip_interface(entry["address"]) for entry in ipam["ips"]]
     _policy_fast_path(cfg, env, ips)  # the serving agent's sets hold the pod before it has an interface
     lap("policy")
-    bridge = links.ensure_bridge(rt, cfg.bridge, cfg.mtu)
-    sysctl.set_interface("ipv6", cfg.bridge, "accept_ra", "0")
-    if cfg.is_gateway:
-        for entry, ip in zip(ipam["ips"], ips):
-            links.ensure_gateway_address(rt, cfg.bridge, bridge.index, _gateway_of(entry),
-                                         ip.network, cfg.force_address)
-        sysctl.enable_forwarding({ip.version for ip in ips})
+    bridge = _bridge(cfg, rt, ipam, ips)
     lap("bridge")
     host_name = host_veth_name(env.container_id, env.ifname)
     host = links.create_veth(rt, host_name, _pod_netns(env), env.ifname, cfg.mtu)
@@ -137,6 +132,32 @@ def _setup(cfg, env, mac: str, ipam: dict, rt) -> dict:
     _ensure_masquerade(cfg, ips)
     lap("masquerade")
     return _result(cfg, env, ipam, routes, inside, [(cfg.bridge, bridge.address), (host_name, host.address)])
+
+
+def _bridge(cfg, rt, ipam: dict, ips: list):
+    """The bridge, up with the netconf's MTU and the gateway addresses.  Served by weftd,
+    a bridge its ADDs found so, and that no notification says changed since, is not
+    read again (datapath/bridge_facts.py); the sysctls, which send no notification,
+    are set every time."""
+    from ..datapath import links, sysctl
+
+    gateways = tuple((_gateway_of(entry), ip.network) for entry, ip in zip(ipam["ips"], ips)) if cfg.is_gateway else ()
+    facts = invocation.current().bridges
+    key = (cfg.bridge, cfg.mtu, cfg.force_address, gateways)
+    bridge, token = facts.known(key) if facts is not None else (None, None)
+    found = bridge is not None
+    checked_at = time.monotonic()
+    if not found:
+        bridge = links.ensure_bridge(rt, cfg.bridge, cfg.mtu)
+    sysctl.set_interface("ipv6", cfg.bridge, "accept_ra", "0")
+    if cfg.is_gateway:
+        if not found:
+            for gateway, network in gateways:
+                links.ensure_gateway_address(rt, cfg.bridge, bridge.index, gateway, network, cfg.force_address)
+        sysctl.enable_forwarding({ip.version for ip in ips})
+    if not found and facts is not None:
+        facts.record(key, bridge, token, checked_at)
+    return bridge
 
 
 def _result(cfg, env, ipam: dict, routes: list, inside: dict, host_links: list) -> dict:

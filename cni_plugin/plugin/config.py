@@ -4,9 +4,8 @@ Every key and default is listed in docs/configuration.md; keep the
 two in step.
 """
 
-import copy
 import ipaddress
-from dataclasses import dataclass, field
+from collections import namedtuple
 
 from .. import paths
 from ..checks import is_mtu
@@ -24,34 +23,19 @@ DEFAULT_LOG_FILE = paths.LOG_FILE
 DEFAULT_LOCK_TIMEOUT = 45.0  # seconds: below the forwarder's 60 s deadline
 
 
-@dataclass
-class WeftConf:
-    name: str
-    version: str
-    bridge: str
-    is_gateway: bool
-    is_default_gateway: bool
-    force_address: bool
-    mtu: int
-    hairpin_mode: bool
-    ip_masq: bool
-    # allowSpoofing: the network's pods may send from any address and MAC (routers, VPNs)
-    allow_spoofing: bool
-    subnet_file: str
-    data_dir: str
-    agent_socket: str
-    log_file: str
-    lock_timeout: float
-    ipam_type: str
-    # the netconf handed to the IPAM delegate (ranges filled from the subnet file)
-    delegate_conf: dict
-    # destinations never masqueraded (the cluster network(s)), besides the pod subnet
-    cluster_networks: list = field(default_factory=list)
-    # the address families masqueraded when ip_masq (the subnet file's per-family overrides)
-    ip_masq_families: tuple = (4, 6)
-    runtime_config: dict = field(default_factory=dict)
-    prev_result: dict = None
-    raw: dict = field(default_factory=dict)
+# A namedtuple, not a dataclass: `dataclasses` imports `inspect` (with ast, dis and
+# tokenize), ~8 ms of every standalone call.  Fields: allow_spoofing: the network's pods
+# may send from any address and MAC (routers, VPNs); delegate_conf: the netconf handed to
+# the IPAM delegate (ranges filled from the subnet file); cluster_networks: destinations
+# never masqueraded (the cluster network(s)), besides the pod subnet; ip_masq_families:
+# the address families masqueraded when ip_masq (the subnet file's per-family overrides).
+_FIELDS = ("name version bridge is_gateway is_default_gateway force_address mtu hairpin_mode ip_masq "
+           "allow_spoofing subnet_file data_dir agent_socket log_file lock_timeout ipam_type delegate_conf "
+           "cluster_networks ip_masq_families runtime_config prev_result raw")
+
+
+class WeftConf(namedtuple("WeftConf", _FIELDS)):
+    __slots__ = ()
 
     @property
     def ports_dir(self) -> str:
@@ -185,7 +169,8 @@ def load(conf: dict, command: str) -> WeftConf:
             except (OSError, subnet_file.SubnetFileError):
                 lease = None
     if lease is not None:
-        delegate_conf = copy.deepcopy(conf)
+        # _fill_from_lease sets keys of the ipam section only: a copy of it is enough
+        delegate_conf = {**conf, "ipam": dict(conf["ipam"])}
         cluster_networks = _fill_from_lease(delegate_conf["ipam"], lease)
         if mtu is None:
             mtu = lease.mtu

@@ -8,7 +8,6 @@ rolled-back ADD: detach().  CHECK: check().  GC: forget_stale().  Standalone (no
 serving the call) the table is also brought into shape here, since no agent repairs it.
 """
 
-import dataclasses
 import ipaddress
 import os
 
@@ -87,12 +86,12 @@ def attach(cfg, record: ports.PortRecord) -> None:
         with _locked(cfg):
             others = _others(cfg, record)
             extra = tuple(a for _, o in others for a in o.addresses if a not in record.addresses)
-            record = dataclasses.replace(record, pod_addresses=tuple(dict.fromkeys(extra)))
+            record = record._replace(pod_addresses=tuple(dict.fromkeys(extra)))
             ports.write(cfg.ports_dir, record)
             ports.index_add(os.path.dirname(cfg.ports_dir), record.container_id, cfg.ports_dir, record.port)
             for directory, other in others:
-                _restate(cfg, directory, other.port, lambda o: dataclasses.replace(
-                    o, pod_addresses=tuple(dict.fromkeys(o.pod_addresses + record.addresses))))
+                _restate(cfg, directory, other.port, lambda o: o._replace(
+                    pod_addresses=tuple(dict.fromkeys(o.pod_addresses + record.addresses))))
             if record.validated and _standalone():
                 # no agent repairs the table: bring it to what every record of the node says
                 records, _ = ports.read_all(cfg.ports_dir)
@@ -128,8 +127,8 @@ def detach(cfg, host_name: str) -> None:
                     # agent's, or a standalone ADD's ensure) removes, since no record wants it
                     refused = exc
                 for directory, other in _others(cfg, record):
-                    _restate(cfg, directory, other.port, lambda o: dataclasses.replace(
-                        o, pod_addresses=tuple(a for a in o.pod_addresses if a not in record.addresses)))
+                    _restate(cfg, directory, other.port, lambda o: o._replace(
+                        pod_addresses=tuple(a for a in o.pod_addresses if a not in record.addresses)))
                 ports.index_remove(os.path.dirname(cfg.ports_dir), record.container_id, cfg.ports_dir, host_name)
             ports.remove(cfg.ports_dir, host_name)
         if refused is not None:

@@ -40,9 +40,8 @@ import json
 from dataclasses import dataclass, field
 
 from ..digest import sha256
+from .names import FAMILY, table_name  # noqa: F401 (the compiler's callers name them here)
 
-
-FAMILY = "inet"
 VERSIONS = (4, 6)
 PROTO = {4: ("ip", "ipv4_addr"), 6: ("ip6", "ipv6_addr")}
 L4 = {"TCP": "tcp", "UDP": "udp", "SCTP": "sctp"}
@@ -51,10 +50,6 @@ DENIAL_PROTOCOLS = {"set": ["tcp", "udp", "sctp"]}
 DENIED_RATE = 100       # new denied flows recorded per second at most
 _LETTER = {"ingress": "i", "egress": "e"}
 _SIDES = {"ingress": ("daddr", "saddr", "in"), "egress": ("saddr", "daddr", "out")}  # mine, theirs, suffix
-
-
-def table_name(network: str) -> str:
-    return "weft_policy_" + "".join(c if c.isalnum() or c == "_" else "_" for c in network)
 
 
 def policy_id(ref: str) -> str:

@@ -282,3 +282,41 @@ def test_gc_leaves_an_attachment_alone_while_a_call_holds_its_lock(weft, node, p
         assert busy in node_links(node)
     assert weft("GC", {**conf, "cni.dev/valid-attachments": []}).code == 0
     assert busy not in node_links(node)
+
+
+# --- issue 27: a standalone call imports only what its verb needs ----------------------
+
+# each costs a standalone call milliseconds of import (inspect brings ast, dis and
+# tokenize; socket sets up enums; datetime loads a C extension; pyroute2 ~0.2 s) and no
+# verb needs one of them
+HEAVY = ("dataclasses", "inspect", "ast", "tokenize", "typing", "socket", "copy", "subprocess", "pyroute2",
+         "datetime", "_datetime")
+
+
+def imported(stderr: str) -> set:
+    """The modules a `python -X importtime` run imported (its stderr)."""
+    return {line.split("|")[2].strip() for line in stderr.splitlines()
+            if line.startswith("import time:") and line.count("|") == 2} - {"imported package"}
+
+
+def test_standalone_add_check_del_import_nothing_heavy(weft, node, pods, tmp_path):
+    with open(weft.exe) as handle:
+        interpreter = handle.readline()[2:].split()[0]  # the launcher's #! names the venv's python
+    traced = tmp_path / "weft-importtime"
+    traced.write_text(f"#!/bin/sh\nexec {interpreter} -IS -X importtime {weft.exe} \"$@\"\n")
+    traced.chmod(0o755)
+    pod = pods()
+    conf = weft.conf(ipMasq=True)
+    added = weft("ADD", conf, pod, cid="light1", exe=str(traced))
+    assert added.code == 0, added
+    seen = {"ADD": imported(added.stderr)}
+    checked = weft("CHECK", {**conf, "prevResult": added.json}, pod, cid="light1", exe=str(traced))
+    assert checked.code == 0, checked
+    seen["CHECK"] = imported(checked.stderr)
+    deleted = weft("DEL", conf, pod, cid="light1", exe=str(traced))
+    assert deleted.code == 0, deleted
+    seen["DEL"] = imported(deleted.stderr)
+    for verb, modules in seen.items():
+        assert "cni_plugin.plugin.commands" in modules, verb  # the trace is of the handlers' run
+        assert sorted(m for m in modules if m.split(".")[0] in HEAVY) == [], verb
+    assert pod_links(pod) == {"lo"} and weft.ipam_files() == []

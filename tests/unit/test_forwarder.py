@@ -44,3 +44,16 @@ def test_forwarder_imports_no_heavy_modules(tmp_path):
     out = subprocess.run([sys.executable, "-IS", "-c", f"import sys; sys.path.insert(0, {repo!r}); {code}", str(conf)],
                          capture_output=True, text=True)
     assert out.stdout.strip() == "[]", out.stderr
+
+
+def test_standalone_handlers_run_without_the_cyclic_collector():
+    """A standalone call exits when done: the handlers (and the imports behind them)
+    run with the garbage collector off, in the executable's own process only."""
+    code = ("import gc, sys; from cni_plugin import forwarder, roles; "
+            "roles.invoke = lambda role, environ, stdin: (repr(gc.isenabled()).encode(), 0); "
+            "before = gc.isenabled(); out, _ = forwarder.standalone('weft', b'{}'); "
+            "print(before, out.decode())")
+    repo = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    out = subprocess.run([sys.executable, "-IS", "-c", f"import sys; sys.path.insert(0, {repo!r}); {code}"],
+                         capture_output=True, text=True)
+    assert out.stdout.split() == ["True", "False"], out.stderr

@@ -213,3 +213,14 @@ def test_whois_after_real_add_and_del(tmp_path, capsys):
     assert capsys.readouterr().out.startswith(
         "10.1.0.2 held by kube-system/coredns-abc (container 1234abcd, eth0) on network weft since "
     )
+
+
+def test_a_record_stamped_now_reads_back_as_the_moment_it_was_written():
+    """entry() without `at` stamps the time without datetime (timestamps.now_text, the
+    per-pod path's): the same format as format_ts, parsed back within the call."""
+    before = datetime.now(timezone.utc)
+    record = history.entry(history.ALLOCATE, "10.1.0.5", "weft", "A", "eth0", ("ns", "a"))
+    after = datetime.now(timezone.utc)
+    stamped = history.parse_ts(record["ts"])
+    assert before - timedelta(microseconds=1) <= stamped <= after
+    assert record["ts"] == history.format_ts(stamped)  # 26 characters + Z, microseconds always
