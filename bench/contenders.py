@@ -23,7 +23,7 @@ from lab.cni import invoke
 from lab.namespaces import stop_process
 
 from .context import ensure_dir, rss_mib
-from .family import pod_range
+from .family import kinds_of, pod_range
 
 GO, GO_11, STANDALONE, AGENT = "go", "go-1.1", "weft-standalone", "weft-agent"
 KINDS = (GO, GO_11, STANDALONE, AGENT)
@@ -167,12 +167,13 @@ def make_contenders(ctx, tag: str, first_index: int = 0, kinds=KINDS, family: in
 
 
 def make_family_contenders(ctx, tag: str, families, first_index: int = 0, kinds=KINDS) -> list:
-    """make_contenders for each family (bench/family.py), IPv4's first: one list, every
-    contender on a node and range of its own."""
+    """make_contenders for each family (bench/family.py; the IPv6-only network without
+    plugins 1.1: kinds_of), IPv4's first: one list, every contender on a node and range
+    of its own."""
     made = []
     try:
         for family in families:
-            made += make_contenders(ctx, tag, first_index + len(made), kinds, family)
+            made += make_contenders(ctx, tag, first_index + len(made), kinds_of(kinds, family), family)
     except BaseException:
         for contender in made:
             contender.close()

@@ -21,8 +21,9 @@ teardown floor that every DEL pays.
 IPv6-only (bench/family.py): every contender again on an IPv6-only network, in the
 same rotation: a second node of the cluster whose weftd leases from the network
 "weft6" (EnableIPv4 false, fd10:244::/48, /64 per node, masquerade on by default), the
-shipped conflist named after it, and the Go chains with one IPv6 host-local range and
-a route to its /32.  Its results, in the same shape, go under "ipv6".
+shipped conflist named after it, and the Go chains of plugins 1.9.1 (not 1.1: family.py
+kinds_of) with one IPv6 host-local range and a route to its /32.  Its results, in the
+same shape, go under "ipv6".
 """
 
 import json
@@ -36,7 +37,7 @@ from lab.cluster import Cluster
 
 from .contenders import reference_plugins
 from .context import ensure_dir, percentile, quiesce, ratio, rotate, rss_mib, summary
-from .family import NAMES, cluster_route, families, ip_family, network_config, pod_range, slot
+from .family import NAMES, cluster_route, families, ip_family, kinds_of, network_config, pod_range, slot
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFLIST = os.path.join(REPO, "conf", "10-weft.conflist")
@@ -238,7 +239,7 @@ def _weft_node(ctx, cluster, work, exe, family: int) -> tuple:
 
 def _go_contenders(ctx, exe, work, family: int, go_nodes: dict) -> list:
     made = []
-    for kind in (*REFERENCES, GO_ALONE):
+    for kind in kinds_of((*REFERENCES, GO_ALONE), family):
         tag = f"{kind}{'' if family == 4 else f'-ipv{family}'}"
         go_nodes[tag] = ctx.namespace(f"wbd{family}{kind[0]}{kind[-1]}")
         plugins = reference_plugins(GO if kind == GO_ALONE else kind)
@@ -252,6 +253,8 @@ def _ratios(out: dict) -> None:
     """weft / Go per p50 and batch wall, into one family's results."""
     for mine, ref, tail in ((WEFT, GO, ""), (WEFT, GO_11, "_vs_1_1"),  # against 1.9.1: the headline
                             (WEFT_ALONE, GO_ALONE, "_alone")):
+        if ref not in out:  # plugins 1.1 on IPv4 only (bench/family.py kinds_of)
+            continue
         for key in ("add_ms", "del_ms"):
             out[f"{key}_p50_ratio{tail}"] = ratio(out[mine][key]["p50"], out[ref][key]["p50"])
         for key in ("add_wall_s", "del_wall_s"):

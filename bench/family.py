@@ -12,11 +12,19 @@ of its JSON) and puts the same fields for the IPv6-only network under "ipv6"
 FAMILIES = {"ipv4": (4,), "ipv6": (6,), "both": (4, 6)}
 IPV6 = "ipv6"  # the key of a figure's IPv6-only half
 NAMES = {4: "IPv4", 6: "IPv6-only"}
+IPV4_ONLY_KINDS = ("go-1.1",)  # plugins 1.1: the reference of runs before issue 24, compared on IPv4 only
 
 
 def families(ctx) -> tuple:
     """The families this run measures (--family; both when the args do not say)."""
     return FAMILIES[getattr(ctx.args, "family", None) or "both"]
+
+
+def kinds_of(kinds, family: int) -> tuple:
+    """The contender kinds measured on the family: on the IPv6-only network every kind
+    but plugins 1.1's chain (issue 27's ratios are against plugins 1.9.1; 1.1 stays on
+    IPv4 beside it, for comparison with earlier runs)."""
+    return tuple(k for k in kinds if family == 4 or k not in IPV4_ONLY_KINDS)
 
 
 def half(figure: dict, family: int):
