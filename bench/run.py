@@ -212,6 +212,7 @@ def main(argv=None) -> int:
     for sig in (signal.SIGTERM, signal.SIGHUP):
         signal.signal(sig, _interrupt)
     started = datetime.datetime.now(datetime.timezone.utc)
+    source = versions()  # the code measured: read now, not when the run ends (a commit may land meanwhile)
     work = tempfile.mkdtemp(prefix="weft-bench-")
     ctx = None
     try:
@@ -228,7 +229,7 @@ def main(argv=None) -> int:
                  "command": command(sys.argv[1:] if argv is None else argv),
                  "args": {k: v for k, v in vars(args).items() if k not in ("out", "installed", "only", "docs", "no_docs")},
                  "duration_s": round((datetime.datetime.now(datetime.timezone.utc) - started).total_seconds(), 1),
-                 "machine": machine(), **versions(),
+                 "machine": machine(), **source,
                  "contenders": LABELS,
                  "harness": "lab.cni.invoke: `ip netns exec <node> <plugin>` with CNI_* env + netconf on stdin, "
                             "timed around the exec; each contender in its own node namespace"},
