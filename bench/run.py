@@ -87,7 +87,7 @@ def parse(argv=None):
                    help="the per-pod figures (default, sequential, parallel, cri) on an IPv4 network, an IPv6-only "
                         "one, or both, every contender of both taking turns in one run (default both; "
                         "bench/family.py)")
-    p.add_argument("--smoke", action="store_true", help="tiny counts everywhere (CI; < 60 s)")
+    p.add_argument("--smoke", action="store_true", help="tiny counts everywhere (CI; about 3 min on 2 CPUs)")
     p.add_argument("--only", default="", help=f"comma-separated subset of {','.join(FIGURES)}")
     p.add_argument("--out", default=os.path.join(REPO, "bench-results"), help="where the JSON goes")
     p.add_argument("--installed", help="an existing `make install` root (cni/, bin/); default: install into a temp dir")

@@ -1,9 +1,9 @@
-"""`make bench` cannot rot: its reduced version (`--smoke`, ~30 s) runs every figure
+"""`make bench` cannot rot: its reduced version (`--smoke`, ~3 min on 2 CPUs) runs every figure
 with tiny counts and must produce a complete, sane JSON for every contender (the
 reference Go chain of plugins 1.9.1 and of 1.1, weft standalone and through weftd),
 and the CRI figure for containerd 1.6 and 2.1; the per-pod figures on an IPv4 and an
-IPv6-only network (bench/family.py), each contender's pods getting addresses of its
-family only.
+IPv6-only network (bench/family.py; there without plugins 1.1's chain), each
+contender's pods getting addresses of its family only.
 Timing goals are the benchmark's business; nothing here asserts a speed."""
 
 import json
