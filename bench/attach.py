@@ -13,8 +13,9 @@ from concurrent.futures import ThreadPoolExecutor
 
 from lab.cni import invoke
 
-from .contenders import AGENT, STANDALONE, make_contenders
+from .contenders import AGENT, STANDALONE, make_contenders, make_family_contenders
 from .context import quiesce, rotate, summary
+from .family import NAMES, families, ip_family, slot
 
 MAX_ERRORS_KEPT = 3
 VERSION_CALLS = 15
@@ -106,14 +107,22 @@ def interleaved_add_del(ctx, contenders, pods: dict, attachments: int, tallies: 
         ctx.say(f"{what} {command} done")
 
 
+def _pod_prefix(figure: str, c) -> str:
+    """Pod namespace names per figure, contender kind and family (IPv6-only: a 6)."""
+    return f"{figure}{'' if c.family == 4 else '6'}{c.kind[0]}{c.kind[-1]}"
+
+
 def sequential(ctx, attachments: int) -> dict:
-    """ADD `attachments` pods per contender one after another, then DEL them all."""
-    ctx.say(f"sequential: {attachments} ADDs then {attachments} DELs per contender, interleaved")
-    contenders = make_contenders(ctx, "sequential")
+    """ADD `attachments` pods per contender one after another, then DEL them all; each
+    contender kind on an IPv4 range and again on an IPv6-only one (bench/family.py)."""
+    fams = families(ctx)
+    ctx.say(f"sequential: {attachments} ADDs then {attachments} DELs per contender, "
+            f"{' and '.join(NAMES[f] for f in fams)}, interleaved")
+    contenders = make_family_contenders(ctx, "sequential", fams)
     pods = {}
     try:
         for c in contenders:
-            pods[c] = ctx.pod_namespaces(f"wbs{c.kind[0]}{c.kind[-1]}", attachments + 1)
+            pods[c] = ctx.pod_namespaces(_pod_prefix("wbs", c), attachments + 1)
             c.warm_up(pods[c][-1])
         floor = _harness_floor(ctx, contenders[0].node)
         tallies = {c: Tally() for c in contenders}
@@ -125,12 +134,13 @@ def sequential(ctx, attachments: int) -> dict:
         result = {"attachments": attachments, "harness_floor_ms": floor}
         for c in contenders:
             t = tallies[c]
-            result[c.kind] = {"add_ms": t.stats("ADD"), "del_ms": t.stats("DEL"), "errors": dict(t.errors),
-                              "error_samples": t.messages, "distinct_ips": len(set(t.ips)),
-                              "via": _via_counts(c), "version_ms": t.stats("VERSION"),
-                              "inside_weft": _handler_ms(c, "seq-")}
+            slot(result, c.family)[c.kind] = {
+                "add_ms": t.stats("ADD"), "del_ms": t.stats("DEL"), "errors": dict(t.errors),
+                "error_samples": t.messages, "distinct_ips": len(set(t.ips)),
+                "families": sorted({ip_family(ip) for ip in t.ips}), "via": _via_counts(c),
+                "version_ms": t.stats("VERSION"), "inside_weft": _handler_ms(c, "seq-")}
             if c.kind == AGENT:
-                result[c.kind]["agent_rss_mib"] = c.agent_rss()
+                slot(result, c.family)[c.kind]["agent_rss_mib"] = c.agent_rss()
         return result
     finally:
         _finish(ctx, contenders, pods)
@@ -154,47 +164,51 @@ def parallel(ctx, adds: int, workers: int, rounds: int) -> dict:
     """`adds` ADDs by `workers` parallel callers on an empty node, then DEL them the same way.
 
     A batch owns the machine, so batches cannot interleave call by call; instead the Go
-    chain and the agent repeat theirs `rounds` times in rotating order (median reported).
-    The standalone batch (~25 s) runs in the first round only."""
-    ctx.say(f"parallel: {adds} ADDs with {workers} callers per contender, {rounds} rounds")
-    contenders = make_contenders(ctx, "parallel")
+    chain and the agent repeat theirs `rounds` times in rotating order (median reported),
+    on IPv4 and IPv6-only ranges alike (bench/family.py).  The standalone batch (~25 s)
+    runs in the first round only."""
+    fams = families(ctx)
+    ctx.say(f"parallel: {adds} ADDs with {workers} callers per contender, {rounds} rounds, "
+            f"{' and '.join(NAMES[f] for f in fams)}")
+    contenders = make_family_contenders(ctx, "parallel", fams)
     pods = {}
     try:
         for c in contenders:
-            pods[c.kind] = ctx.pod_namespaces(f"wbp{c.kind[0]}{c.kind[-1]}", adds + 1)
-            c.warm_up(pods[c.kind][-1])
-        walls = {c.kind: {"ADD": [], "DEL": []} for c in contenders}
-        tallies = {c.kind: Tally() for c in contenders}
-        distinct = {c.kind: [] for c in contenders}
+            pods[c] = ctx.pod_namespaces(_pod_prefix("wbp", c), adds + 1)
+            c.warm_up(pods[c][-1])
+        walls = {c: {"ADD": [], "DEL": []} for c in contenders}
+        tallies = {c: Tally() for c in contenders}
+        distinct = {c: [] for c in contenders}
         for r in range(rounds):
             quiesce(ctx)
             for c in rotate(contenders, r):
                 if c.kind == STANDALONE and r > 0:
                     continue
-                names = pods[c.kind][:adds]
+                names = pods[c][:adds]
                 cids = [f"par{r}-{c.kind}-{i}" for i in range(adds)]
-                before = len(tallies[c.kind].ips)
+                before = len(tallies[c].ips)
                 for command in ("ADD", "DEL"):  # DEL leaves the node empty for the next round
                     wall, results = _batch(c, command, names, cids, workers)
-                    walls[c.kind][command].append(wall)
+                    walls[c][command].append(wall)
                     for ms, out in results:
-                        tallies[c.kind].add(command, ms, out, command)
-                distinct[c.kind].append(len(set(tallies[c.kind].ips[before:])))
-                ctx.say(f"parallel round {r + 1}: {c.label}: {adds} ADDs in {walls[c.kind]['ADD'][-1]:.2f}s, "
-                        f"DELs in {walls[c.kind]['DEL'][-1]:.2f}s")
+                        tallies[c].add(command, ms, out, command)
+                distinct[c].append(len(set(tallies[c].ips[before:])))
+                ctx.say(f"parallel round {r + 1}: {c.label} ({NAMES[c.family]}): {adds} ADDs in "
+                        f"{walls[c]['ADD'][-1]:.2f}s, DELs in {walls[c]['DEL'][-1]:.2f}s")
         result = {"adds": adds, "workers": workers, "rounds": rounds}
         for c in contenders:
-            t = tallies[c.kind]
-            add_wall, del_wall = _median(walls[c.kind]["ADD"]), _median(walls[c.kind]["DEL"])
-            result[c.kind] = {"add_wall_s": round(add_wall, 3), "pods_per_s": round(adds / add_wall, 2),
-                              "del_wall_s": round(del_wall, 3),
-                              "add_walls_s": [round(w, 3) for w in walls[c.kind]["ADD"]],
-                              "del_walls_s": [round(w, 3) for w in walls[c.kind]["DEL"]],
-                              "add_ms": t.stats("ADD"), "del_ms": t.stats("DEL"), "errors": dict(t.errors),
-                              "error_samples": t.messages, "distinct_ips": min(distinct[c.kind]),
-                              "via": _via_counts(c)}
+            t = tallies[c]
+            add_wall, del_wall = _median(walls[c]["ADD"]), _median(walls[c]["DEL"])
+            slot(result, c.family)[c.kind] = {
+                "add_wall_s": round(add_wall, 3), "pods_per_s": round(adds / add_wall, 2),
+                "del_wall_s": round(del_wall, 3),
+                "add_walls_s": [round(w, 3) for w in walls[c]["ADD"]],
+                "del_walls_s": [round(w, 3) for w in walls[c]["DEL"]],
+                "add_ms": t.stats("ADD"), "del_ms": t.stats("DEL"), "errors": dict(t.errors),
+                "error_samples": t.messages, "distinct_ips": min(distinct[c]),
+                "families": sorted({ip_family(ip) for ip in t.ips}), "via": _via_counts(c)}
             if c.kind == AGENT:
-                result[c.kind]["agent_rss_mib"] = c.agent_rss()
+                slot(result, c.family)[c.kind]["agent_rss_mib"] = c.agent_rss()
         return result
     finally:
         _finish(ctx, contenders, pods)

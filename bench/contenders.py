@@ -23,6 +23,7 @@ from lab.cni import invoke
 from lab.namespaces import stop_process
 
 from .context import ensure_dir, rss_mib
+from .family import kinds_of, pod_range
 
 GO, GO_11, STANDALONE, AGENT = "go", "go-1.1", "weft-standalone", "weft-agent"
 KINDS = (GO, GO_11, STANDALONE, AGENT)
@@ -49,11 +50,6 @@ def cni_args(pod: str, cid: str) -> str:
 
 BENCH_PUBLIC_IP = "198.51.100.1"  # TEST-NET-2, only ever inside the bench's node namespaces
 
-def bench_subnet(index: int, family: int = 4) -> str:
-    """A contender's one range: an IPv4 /16, or (IPv6-only network) an IPv6 /64."""
-    return f"10.{100 + index}.0.0/16" if family == 4 else f"fd0a:{100 + index}::/64"
-
-
 class Contender:
     def __init__(self, ctx, kind: str, index: int, tag: str, family: int = 4):
         self.ctx = ctx
@@ -61,7 +57,7 @@ class Contender:
         self.family = family
         self.label = LABELS[kind]
         self.dir = ensure_dir(os.path.join(ctx.work, tag, kind if family == 4 else f"{kind}-ipv{family}"))
-        self.subnet = bench_subnet(index, family)
+        self.subnet = pod_range(family, 100 + index)  # an IPv4 /16 or an IPv6 /64
         self.node = ctx.namespace(f"wbn{index}")
         self.agent = None
         self.agent_log = os.path.join(self.dir, "weftd.log")
@@ -163,6 +159,21 @@ def make_contenders(ctx, tag: str, first_index: int = 0, kinds=KINDS, family: in
     try:
         for index, kind in enumerate(kinds):
             made.append(Contender(ctx, kind, first_index + index, tag, family))
+    except BaseException:
+        for contender in made:
+            contender.close()
+        raise
+    return made
+
+
+def make_family_contenders(ctx, tag: str, families, first_index: int = 0, kinds=KINDS) -> list:
+    """make_contenders for each family (bench/family.py; the IPv6-only network without
+    plugins 1.1: kinds_of), IPv4's first: one list, every contender on a node and range
+    of its own."""
+    made = []
+    try:
+        for family in families:
+            made += make_contenders(ctx, tag, first_index + len(made), kinds_of(kinds, family), family)
     except BaseException:
         for contender in made:
             contender.close()

@@ -17,6 +17,13 @@ order of the three contenders rotating per attachment; then a batch of ADDs (and
 by parallel callers, rounds rotating.  Also: weft's own per-step breakdown from its
 log (netconf logLevel debug), the forwarder's peak RSS, and the kernel's veth
 teardown floor that every DEL pays.
+
+IPv6-only (bench/family.py): every contender again on an IPv6-only network, in the
+same rotation: a second node of the cluster whose weftd leases from the network
+"weft6" (EnableIPv4 false, fd10:244::/48, /64 per node, masquerade on by default), the
+shipped conflist named after it, and the Go chains of plugins 1.9.1 (not 1.1: family.py
+kinds_of) with one IPv6 host-local range and a route to its /32.  Its results, in the
+same shape, go under "ipv6".
 """
 
 import json
@@ -30,10 +37,11 @@ from lab.cluster import Cluster
 
 from .contenders import reference_plugins
 from .context import ensure_dir, percentile, quiesce, ratio, rotate, rss_mib, summary
+from .family import NAMES, cluster_route, families, ip_family, kinds_of, network_config, pod_range, slot
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFLIST = os.path.join(REPO, "conf", "10-weft.conflist")
-NETWORK = {"Network": "10.244.0.0/16", "Backend": {"Type": "vxlan", "VNI": 1}}  # IPMasq: default true
+NETWORKS = {4: "weft", 6: "weft6"}  # bench/family.py network_config: IPMasq (IPv6Masq) default true
 WEFT, GO, GO_11 = "weft", "go", "go-1.1"
 WEFT_ALONE, GO_ALONE = "weft-alone", "go-alone"  # the main plugin alone (no portmap): issue 27
 REFERENCES = (GO, GO_11)
@@ -51,23 +59,28 @@ class _Pod:
         self.name, self.path = name, netns_batch.path(name)
 
 
-def _weft_conflist(node) -> dict:
+def _weft_conflist(node, network: str = "weft") -> dict:
+    """The shipped conflist, its paths moved under the node (network: the conflist's name,
+    the network whose subnet file it reads)."""
     with open(CONFLIST) as handle:
         conflist = json.load(handle)
+    conflist["name"] = network
     weft = conflist["plugins"][0]
-    weft.update({"subnetFile": node.subnet_file(), "agentSocket": os.path.join(node.run_dir, "weftd.sock"),
+    weft.update({"subnetFile": node.subnet_file(network), "agentSocket": os.path.join(node.run_dir, "weftd.sock"),
                  "dataDir": os.path.join(node.dir, "weft"), "logFile": os.path.join(node.dir, "weft.log"),
                  "logLevel": "debug"})
     weft["ipam"] = {**weft["ipam"], "dataDir": node.ipam_dir}
     return conflist
 
 
-def _go_conflist(work, kind: str, portmap: bool = True) -> dict:
+def _go_conflist(work, kind: str, family: int = 4, portmap: bool = True) -> dict:
+    """flannel's delegate chain, with the family's range (IPv6-only: one IPv6 /64)."""
     return {"cniVersion": "1.0.0", "name": f"gochain-{kind}", "plugins": [
         {"type": "bridge", "bridge": "cni0", "isGateway": True, "isDefaultGateway": True, "ipMasq": False,
          "hairpinMode": True, "mtu": 1450,
          "ipam": {"type": "host-local", "dataDir": os.path.join(work, f"host-local-{kind}"),
-                  "ranges": [[{"subnet": "10.245.7.0/24"}]], "routes": [{"dst": "10.245.0.0/16"}]}},
+                  "ranges": [[{"subnet": pod_range(family, 245, 7)}]],
+                  "routes": [{"dst": cluster_route(family, 245)}]}},
         *([{"type": "portmap", "capabilities": {"portMappings": True}}] if portmap else [])]}
 
 
@@ -76,10 +89,19 @@ def _alone(conflist: dict) -> dict:
     return {**conflist, "plugins": conflist["plugins"][:1]}
 
 
-def _torn_down(teardown_dir: str) -> None:
+def _torn_down(*teardown_dirs: str) -> None:
+    """Until weftd's teardown directories are empty (bounded: TEARDOWN_WAIT)."""
     deadline = time.monotonic() + TEARDOWN_WAIT
-    while (os.listdir(teardown_dir) if os.path.isdir(teardown_dir) else []) and time.monotonic() < deadline:
+    while any(os.listdir(d) for d in teardown_dirs if os.path.isdir(d)) and time.monotonic() < deadline:
         time.sleep(0.002)
+
+
+def _addresses(out) -> list:
+    """The pod addresses of a successful ADD's result (cnitool prints it)."""
+    try:
+        return [ip["address"] for ip in out.json.get("ips", [])]
+    except ValueError:  # no result printed: counted as no address
+        return []
 
 
 def _churn(ctx, contender, pods: list, teardown_dir: str) -> dict:
@@ -108,8 +130,8 @@ def _churn(ctx, contender, pods: list, teardown_dir: str) -> dict:
 
 
 class _Contender:
-    def __init__(self, kind, driver, network):
-        self.kind, self.driver, self.network = kind, driver, network
+    def __init__(self, kind, driver, network, family: int, node=None):
+        self.kind, self.driver, self.network, self.family, self.node = kind, driver, network, family, node
 
     def call(self, command, pod, cid):
         started = time.perf_counter()
@@ -195,59 +217,96 @@ def _veth_floor(ctx, node_name: str) -> dict:
             "veth_del_ms": round(summary(dels)["p50"] - base, 2)}
 
 
+def _weft_node(ctx, cluster, work, exe, family: int) -> tuple:
+    """A node of the cluster whose weftd holds a lease of the family's network; its weft
+    contenders (the shipped conflist, and its first plugin alone)."""
+    network = NETWORKS[family]
+    node = cluster.add_node()
+    node.start_agent(networks=(network,))
+    node.wait_ready(network)
+    ctx.record(cluster.namespace_names())
+    # weft's chain runs the headline release's portmap
+    tag = "" if family == 4 else f"-ipv{family}"
+    driver = cnitool.Driver(exe, node.ns, os.path.join(work, f"weft-driver{tag}"),
+                            f"{ctx.installed}/cni:{reference_plugins(GO)}")
+    conflist = _weft_conflist(node, network)
+    driver.write(conflist)
+    alone_driver = cnitool.Driver(exe, node.ns, os.path.join(work, f"weft-alone-driver{tag}"), f"{ctx.installed}/cni")
+    alone_driver.write(_alone(conflist))
+    return node, conflist, [_Contender(WEFT, driver, network, family, node),
+                            _Contender(WEFT_ALONE, alone_driver, network, family, node)]
+
+
+def _go_contenders(ctx, exe, work, family: int, go_nodes: dict) -> list:
+    made = []
+    for kind in kinds_of((*REFERENCES, GO_ALONE), family):
+        tag = f"{kind}{'' if family == 4 else f'-ipv{family}'}"
+        go_nodes[tag] = ctx.namespace(f"wbd{family}{kind[0]}{kind[-1]}")
+        plugins = reference_plugins(GO if kind == GO_ALONE else kind)
+        driver = cnitool.Driver(exe, go_nodes[tag], os.path.join(work, f"{tag}-driver"), plugins)
+        driver.write(_go_conflist(work, tag, family, portmap=kind != GO_ALONE))
+        made.append(_Contender(kind, driver, f"gochain-{tag}", family))
+    return made
+
+
+def _ratios(out: dict) -> None:
+    """weft / Go per p50 and batch wall, into one family's results."""
+    for mine, ref, tail in ((WEFT, GO, ""), (WEFT, GO_11, "_vs_1_1"),  # against 1.9.1: the headline
+                            (WEFT_ALONE, GO_ALONE, "_alone")):
+        if ref not in out:  # plugins 1.1 on IPv4 only (bench/family.py kinds_of)
+            continue
+        for key in ("add_ms", "del_ms"):
+            out[f"{key}_p50_ratio{tail}"] = ratio(out[mine][key]["p50"], out[ref][key]["p50"])
+        for key in ("add_wall_s", "del_wall_s"):
+            out[f"{key}_ratio{tail}"] = ratio(out[mine][key], out[ref][key])
+
+
 def default_config(ctx, attachments: int, adds: int, workers: int, rounds: int) -> dict:
+    fams = families(ctx)
     ctx.say(f"default config: {attachments} ADD+DEL per contender through libcni, then {adds} ADDs by "
-            f"{workers} callers x {rounds} rounds")
+            f"{workers} callers x {rounds} rounds; {' and '.join(NAMES[f] for f in fams)}")
     exe = cnitool.build()
     work = ensure_dir(os.path.join(ctx.work, "default"))
     cluster = Cluster(os.path.join(work, "cluster"), ctx.installed, reconcile_interval=10.0)
     go_nodes = {}
     pods = []
     try:
-        cluster.set_network("weft", NETWORK)
-        node = cluster.add_node()
-        node.start_agent()
-        node.wait_ready()
-        ctx.record(cluster.namespace_names())
-        # weft's chain runs the headline release's portmap
-        weft_driver = cnitool.Driver(exe, node.ns, os.path.join(work, "weft-driver"),
-                                     f"{ctx.installed}/cni:{reference_plugins(GO)}")
-        conflist = _weft_conflist(node)
-        weft_driver.write(conflist)
-        alone_driver = cnitool.Driver(exe, node.ns, os.path.join(work, "weft-alone-driver"), f"{ctx.installed}/cni")
-        alone_driver.write(_alone(conflist))
-        contenders = [_Contender(WEFT, weft_driver, "weft"), _Contender(WEFT_ALONE, alone_driver, "weft")]
-        for kind in (*REFERENCES, GO_ALONE):
-            go_nodes[kind] = ctx.namespace(f"wbd{kind[0]}{kind[-1]}")
-            plugins = reference_plugins(GO if kind == GO_ALONE else kind)
-            driver = cnitool.Driver(exe, go_nodes[kind], os.path.join(work, f"{kind}-driver"), plugins)
-            driver.write(_go_conflist(work, kind, portmap=kind != GO_ALONE))
-            contenders.append(_Contender(kind, driver, f"gochain-{kind}"))
+        contenders, weft_nodes = [], {}
+        for family in fams:
+            cluster.set_network(NETWORKS[family], network_config(family, vni=family))
+            node, conflist, made = _weft_node(ctx, cluster, work, exe, family)
+            weft_nodes[family] = (node, conflist)
+            contenders += made + _go_contenders(ctx, exe, work, family, go_nodes)
         count = attachments + adds + 2  # the churn figure reuses the sequential pods
-        names = {c.kind: ctx.pod_namespaces(f"wbd{c.kind[0]}{c.kind[-1]}", count) for c in contenders}
-        pods = [n for v in names.values() for n in v]
-        pod_of = {k: [_Pod(n) for n in v] for k, v in names.items()}
+        pod_of = {}
+        for c in contenders:
+            names = ctx.pod_namespaces(f"wbd{c.family}{c.kind[0]}{c.kind[-1]}", count)
+            pods += names
+            pod_of[c] = [_Pod(n) for n in names]
         for c in contenders:  # warm-up: bridge, caches, the agent's code paths
             for command in ("add", "del"):
-                _, out = c.call(command, pod_of[c.kind][-1], f"warm-{c.kind}")
+                _, out = c.call(command, pod_of[c][-1], f"warm-{c.kind}")
                 if out.code != 0:
-                    raise RuntimeError(f"{LABELS[c.kind]} warm-up {command} failed: {out}")
-        times = {c.kind: {"add": [], "del": []} for c in contenders}
-        errors = {c.kind: [] for c in contenders}
+                    raise RuntimeError(f"{LABELS[c.kind]} ({NAMES[c.family]}) warm-up {command} failed: {out}")
+        times = {c: {"add": [], "del": []} for c in contenders}
+        errors = {c: [] for c in contenders}
+        ips = {c: [] for c in contenders}
+        teardown_dirs = [os.path.join(node.dir, "weft", "teardown") for node, _ in weft_nodes.values()]
         quiesce(ctx)
-        teardown_dir = os.path.join(node.dir, "weft", "teardown")
         for i in range(attachments):
             for c in rotate(contenders, i):
                 for command in ("add", "del"):
-                    ms, out = c.call(command, pod_of[c.kind][i], f"seq-{c.kind}-{i}")
-                    (times[c.kind][command] if out.code == 0 else errors[c.kind]).append(
+                    ms, out = c.call(command, pod_of[c][i], f"seq-{c.kind}-{i}")
+                    (times[c][command] if out.code == 0 else errors[c]).append(
                         ms if out.code == 0 else f"{command}: {out}"[:300])
+                    if command == "add" and out.code == 0:
+                        ips[c] += _addresses(out)
                 # the next contender starts once weft's background teardown ended: its work
                 # does not land on another's calls (the churn row measures what it costs)
-                _torn_down(teardown_dir)
+                _torn_down(*teardown_dirs)
         ctx.say("default config: sequential done")
-        walls = {c.kind: {"add": [], "del": []} for c in contenders}
-        batch = {c.kind: pod_of[c.kind][attachments:attachments + adds] for c in contenders}
+        walls = {c: {"add": [], "del": []} for c in contenders}
+        batch = {c: pod_of[c][attachments:attachments + adds] for c in contenders}
         for r in range(rounds):
             quiesce(ctx)
             for c in rotate(contenders, r):
@@ -255,38 +314,40 @@ def default_config(ctx, attachments: int, adds: int, workers: int, rounds: int) 
                 for command in ("add", "del"):
                     started = time.perf_counter()
                     with ThreadPoolExecutor(max_workers=workers) as pool:
-                        outs = list(pool.map(lambda item: c.call(command, *item), zip(batch[c.kind], cids)))
-                    walls[c.kind][command].append(round(time.perf_counter() - started, 3))
-                    errors[c.kind] += [f"parallel {command}: {o}"[:300] for _, o in outs if o.code != 0]
-                _torn_down(teardown_dir)  # weft's background work ends before the next batch
+                        outs = list(pool.map(lambda item: c.call(command, *item), zip(batch[c], cids)))
+                    walls[c][command].append(round(time.perf_counter() - started, 3))
+                    errors[c] += [f"parallel {command}: {o}"[:300] for _, o in outs if o.code != 0]
+                _torn_down(*teardown_dirs)  # weft's background work ends before the next batch
             ctx.say(f"default config parallel round {r + 1}: "
-                    + ", ".join(f"{c.kind} {walls[c.kind]['add'][-1]:.2f}s" for c in contenders))
-        quiesce(ctx)
-        churn = _churn(ctx, contenders[0], pod_of[WEFT][:attachments], os.path.join(node.dir, "weft", "teardown"))
-        ctx.say(f"default config: churn done (ADD p99 {churn['churn']['p99']} ms with teardown running, "
-                f"{churn['quiet']['p99']} ms without)")
-        result = {"attachments": attachments, "adds": adds, "workers": workers, "rounds": rounds,
-                  "labels": LABELS, "masquerade_table": node.status().get("masquerade"), "churn": churn}
+                    + ", ".join(f"{c.kind}/{NAMES[c.family]} {walls[c]['add'][-1]:.2f}s" for c in contenders))
+        result = {"attachments": attachments, "adds": adds, "workers": workers, "rounds": rounds}
         for c in contenders:
-            add, delete = summary(times[c.kind]["add"]), summary(times[c.kind]["del"])
-            result[c.kind] = {"add_ms": add, "del_ms": delete,
-                              "add_wall_s": sorted(walls[c.kind]["add"])[len(walls[c.kind]["add"]) // 2],
-                              "del_wall_s": sorted(walls[c.kind]["del"])[len(walls[c.kind]["del"]) // 2],
-                              "add_walls_s": walls[c.kind]["add"], "del_walls_s": walls[c.kind]["del"],
-                              "errors": len(errors[c.kind]), "error_samples": errors[c.kind][:3]}
-        for mine, ref, tail in ((WEFT, GO, ""), (WEFT, GO_11, "_vs_1_1"),  # against 1.9.1: the headline
-                                (WEFT_ALONE, GO_ALONE, "_alone")):
-            for key in ("add_ms", "del_ms"):
-                result[f"{key}_p50_ratio{tail}"] = ratio(result[mine][key]["p50"], result[ref][key]["p50"])
-            for key in ("add_wall_s", "del_wall_s"):
-                result[f"{key}_ratio{tail}"] = ratio(result[mine][key], result[ref][key])
-        result[WEFT]["steps_p50_ms"] = _steps(os.path.join(node.dir, "weft.log"), "seq-")
-        result[WEFT]["forwarder_peak_rss_mib"] = _forwarder_rss(ctx, node, conflist)
-        result[WEFT]["agent_rss_mib"] = rss_mib(node.agent.pid)
-        result["kernel_floor"] = _veth_floor(ctx, go_nodes[GO].name)
+            add, delete = summary(times[c]["add"]), summary(times[c]["del"])
+            slot(result, c.family)[c.kind] = {
+                "add_ms": add, "del_ms": delete,
+                "add_wall_s": sorted(walls[c]["add"])[len(walls[c]["add"]) // 2],
+                "del_wall_s": sorted(walls[c]["del"])[len(walls[c]["del"]) // 2],
+                "add_walls_s": walls[c]["add"], "del_walls_s": walls[c]["del"],
+                "errors": len(errors[c]), "error_samples": errors[c][:3], "distinct_ips": len(set(ips[c])),
+                "families": sorted({ip_family(ip) for ip in ips[c]})}
+        for family, (node, conflist) in weft_nodes.items():
+            out = slot(result, family)
+            quiesce(ctx)
+            weft = next(c for c in contenders if c.kind == WEFT and c.family == family)
+            out["churn"] = _churn(ctx, weft, pod_of[weft][:attachments], os.path.join(node.dir, "weft", "teardown"))
+            ctx.say(f"default config: churn on {NAMES[family]} done (ADD p99 {out['churn']['churn']['p99']} ms "
+                    f"with teardown running, {out['churn']['quiet']['p99']} ms without)")
+            out["labels"] = LABELS
+            out["masquerade_table"] = node.status(NETWORKS[family]).get("masquerade")
+            _ratios(out)
+            out[WEFT]["steps_p50_ms"] = _steps(os.path.join(node.dir, "weft.log"), "seq-")
+            out[WEFT]["agent_rss_mib"] = rss_mib(node.agent.pid)
+        first = fams[0]
+        node, conflist = weft_nodes[first]
+        slot(result, first)[WEFT]["forwarder_peak_rss_mib"] = _forwarder_rss(ctx, node, conflist)
+        result["kernel_floor"] = _veth_floor(ctx, go_nodes[GO if first == 4 else f"{GO}-ipv{first}"].name)
         return result
     finally:
         cluster.cleanup()
         ctx.release([n.name for n in go_nodes.values()])
         ctx.release(pods)
-

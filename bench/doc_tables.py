@@ -35,29 +35,38 @@ def _alone(table, name):
     return lambda fig: table({name: fig})
 
 
+def _with_families(name, *tables):
+    """report's tables of figure `name`, then its IPv4 / IPv6-only ratios side by side
+    (bench/family.py), each table apart by a blank line."""
+    def render(fig) -> list:
+        parts = [lines for lines in (*(table(fig) for table in tables),
+                                     report.family_table({name: fig}, (name,))) if lines]
+        return [line for i, lines in enumerate(parts) for line in ([""] if i else []) + lines]
+    return render
+
+
 def _sequential(fig) -> list:
     lines = report.attachment_table({"sequential": fig})
     note = report.harness_floor_note({"sequential": fig})
-    return lines + ["", note] if note else lines
+    return lines + ["", note] if note and lines else lines
 
 
 def _cri(fig) -> list:
-    return [*report.cri_table({"cri": fig}), "", "Steady state:", "",
-            *report.cri_table({"cri": fig}, resident=True)]
+    steady = report.cri_table({"cri": fig}, resident=True)
+    return [*report.cri_table({"cri": fig}), *(["", "Steady state:", "", *steady] if steady else [])]
 
 
 # figure -> its table(s), as lines; one entry per name in run.FIGURES (tests/unit/test_doc_tables.py)
 RENDERERS = {
-    "default": _alone(report.default_table, "default"),
-    "sequential": _sequential,
-    "ipv6-only": _alone(report.ipv6_only_table, "ipv6-only"),
-    "parallel": _alone(report.attachment_table, "parallel"),
+    "default": _with_families("default", _alone(report.default_table, "default")),
+    "sequential": _with_families("sequential", _sequential),
+    "parallel": _with_families("parallel", _alone(report.attachment_table, "parallel")),
     "density": _alone(report.attachment_table, "density"),
     "throughput": _alone(report.datapath_table, "throughput"),
     "source-validation": _alone(report.source_validation_table, "source-validation"),
     "wireguard": lambda fig: report.wireguard_rows({"wireguard": fig}, []),
     "convergence": _alone(report.convergence_table, "convergence"),
-    "cri": _cri,
+    "cri": _with_families("cri", _cri),
     "policy": _alone(report.policy_table, "policy"),
     "flows": _alone(report.flows_table, "flows"),
     "scale": _alone(report.scale_table, "scale"),

@@ -1,6 +1,7 @@
 """Targets (from issue 4) checked against one run's figures, and the printed tables."""
 
 from .contenders import AGENT, GO, GO_11, KINDS, LABELS, STANDALONE
+from .family import NAMES, half
 
 RSS_LIMIT_MIB = 80.0
 
@@ -37,6 +38,8 @@ def default_targets(d) -> list:
     """The headline targets (issue 14): the default configuration through libcni."""
     if not d or "error" in d:
         return []
+    if "weft" not in d:  # --family ipv6: no IPv4 half
+        return issue27_targets(d, 6)
     w, g = d["weft"], d["go"]
     out = [_check("default config: ADD p50 vs Go chain 1.9.1, libcni", d.get("add_ms_p50_ratio"), "<=", 1.0, "x",
                   f"{w['add_ms']['p50']} vs {g['add_ms']['p50']} ms"),
@@ -46,7 +49,7 @@ def default_targets(d) -> list:
                   f"{w['del_ms']['p50']} vs {g['del_ms']['p50']} ms"),
            _check(f"default config: {d['adds']} ADDs by {d['workers']} callers, wall vs Go chain 1.9.1",
                   d.get("add_wall_s_ratio"), "<=", 1.0, "x", f"{w['add_wall_s']} vs {g['add_wall_s']} s")]
-    out += issue27_targets(d)
+    out += issue27_targets(d) + issue27_targets(d, 6)
     rss = _get(w, "forwarder_peak_rss_mib", "version_via_agent")
     out.append(_check("forwarder peak RSS, installed launcher, VERSION via the agent",
                       None if rss is None else rss * 1.048576, "<=", FORWARDER_RSS_LIMIT_MB, "MB",
@@ -59,26 +62,33 @@ def alone_row(lines: list, refs: list, label: str, go, weft, digits: int) -> Non
                        _fmt(_ratio(weft, go), 2, "x"), *("" for _ in refs[1:])]))
 
 
-def issue27_targets(d) -> list:
+def issue27_targets(d, family: int = 4) -> list:
     """Pod start and stop ahead of the Go chain (issue 27): the default config and weft
-    alone, each against its reference chain, and ADD's tail while DELs' teardown runs."""
+    alone, each against its reference chain, and ADD's tail while DELs' teardown runs;
+    family 6: the same on the figure's IPv6-only network ("reported", bench/family.py)."""
+    view = half(d, family)
+    if not view:
+        return []
+    tag = "" if family == 4 else f"{NAMES[family]} network, "
     out = []
     for tail, mine, ref, what in (("", "weft", "go", "default config"), ("_alone", "weft-alone", "go-alone",
                                                                         "weft alone vs bridge+host-local")):
-        if mine not in d or ref not in d:
+        if mine not in view or ref not in view:
             continue
-        w, g = d[mine], d[ref]
-        out += [_check(f"{what}: ADD p50, libcni (issue 27)", d.get(f"add_ms_p50_ratio{tail}"), "<=", 1.1, "x",
-                       f"{_get(w, 'add_ms', 'p50')} vs {_get(g, 'add_ms', 'p50')} ms"),
-                _check(f"{what}: DEL p50, libcni (issue 27)", d.get(f"del_ms_p50_ratio{tail}"), "<=", 0.7, "x",
-                       f"{_get(w, 'del_ms', 'p50')} vs {_get(g, 'del_ms', 'p50')} ms"),
-                _check(f"{what}: {d['adds']} ADDs by {d['workers']} callers, wall (issue 27)",
-                       d.get(f"add_wall_s_ratio{tail}"), "<=", 1.0, "x", f"{w['add_wall_s']} vs {g['add_wall_s']} s"),
-                _check(f"{what}: {d['adds']} DELs by {d['workers']} callers, wall (issue 27)",
-                       d.get(f"del_wall_s_ratio{tail}"), "<=", 1.0, "x", f"{w['del_wall_s']} vs {g['del_wall_s']} s")]
-    churn = d.get("churn")
+        w, g = view[mine], view[ref]
+        out += [_check(f"{tag}{what}: ADD p50, libcni (issue 27)", view.get(f"add_ms_p50_ratio{tail}"), "<=", 1.1,
+                       "x", f"{_get(w, 'add_ms', 'p50')} vs {_get(g, 'add_ms', 'p50')} ms"),
+                _check(f"{tag}{what}: DEL p50, libcni (issue 27)", view.get(f"del_ms_p50_ratio{tail}"), "<=", 0.7,
+                       "x", f"{_get(w, 'del_ms', 'p50')} vs {_get(g, 'del_ms', 'p50')} ms"),
+                _check(f"{tag}{what}: {d['adds']} ADDs by {d['workers']} callers, wall (issue 27)",
+                       view.get(f"add_wall_s_ratio{tail}"), "<=", 1.0, "x",
+                       f"{w['add_wall_s']} vs {g['add_wall_s']} s"),
+                _check(f"{tag}{what}: {d['adds']} DELs by {d['workers']} callers, wall (issue 27)",
+                       view.get(f"del_wall_s_ratio{tail}"), "<=", 1.0, "x",
+                       f"{w['del_wall_s']} vs {g['del_wall_s']} s")]
+    churn = view.get("churn")
     if churn:
-        out.append(_check("ADD p99 with DELs' background teardown running / without (issue 27)",
+        out.append(_check(f"{tag}ADD p99 with DELs' background teardown running / without (issue 27)",
                           churn.get("p99_ratio"), "<=", 1.2, "x",
                           f"{_get(churn, 'churn', 'p99')} vs {_get(churn, 'quiet', 'p99')} ms"))
     return out
@@ -86,7 +96,7 @@ def issue27_targets(d) -> list:
 
 def default_table(figures: dict) -> list:
     d = figures.get("default")
-    if not d or "error" in d:
+    if not d or "error" in d or "weft" not in d:  # --family ipv6: family_table has it
         return []
     labels = d["labels"]
     refs = [k for k in ("go", "go-1.1") if k in d]  # runs before plugins 1.9.1 had "go" alone
@@ -141,8 +151,9 @@ def default_table(figures: dict) -> list:
 
 def targets(figures: dict, prepopulated=250) -> list:
     seq, par, scale = figures.get("sequential"), figures.get("parallel"), figures.get("density")
+    seq, par = ((fig if fig and AGENT in fig else None) for fig in (seq, par))  # IPv4 half measured
     tp, conv = figures.get("throughput"), figures.get("convergence")
-    out = default_targets(figures.get("default")) + ipv6_only_targets(figures)
+    out = default_targets(figures.get("default")) + ipv6_targets(figures)
     if seq and "error" not in seq:
         go_add, ag_add = _get(seq, GO, "add_ms", "p50"), _get(seq, AGENT, "add_ms", "p50")
         go_del, ag_del = _get(seq, GO, "del_ms", "p50"), _get(seq, AGENT, "del_ms", "p50")
@@ -300,30 +311,38 @@ def flows_table(figures: dict) -> list:
 
 
 def cri_targets(fig) -> list:
-    """Per containerd release and phase: weft's default with weftd against the release's reference chain."""
+    """Per containerd release and phase: weft's default with weftd against the release's reference
+    chain; issue 27's ratios also on the IPv6-only network's handlers (bench/family.py)."""
     if not fig or "error" in fig:
         return []
     out = []
-    for name, rel in (fig.get("releases") or {}).items():
-        for phase, where in ((rel, "empty node"), (rel.get("resident"), "node with a pod")):
-            if not phase:
+    for family in (4, 6):
+        tag = "" if family == 4 else f"{NAMES[family]} network, "
+        for name, whole in (fig.get("releases") or {}).items():
+            rel = half(whole, family)
+            if not rel or "weft" not in rel:
                 continue
-            out.append(_check(f"RunPodSandbox p50, containerd {name}, weft (weftd) vs reference chain "
-                              f"{rel.get('reference_plugins_version')}, {where}", phase.get("run_p50_ratio"), "<=",
-                              1.05, "x", f"{_get(phase, 'weft', 'run_ms', 'p50')} vs "
-                                         f"{_get(phase, 'reference', 'run_ms', 'p50')} ms"))
-            # issue 27: ahead of the reference where the user waits, and standalone not 3x slower
-            for label, key, column, limit in (("RunPodSandbox, weft (weftd)", "run_p50_ratio", "weft", 1.0),
-                                              ("StopPodSandbox + RemovePodSandbox, weft (weftd)",
-                                               "stop_remove_p50_ratio", "weft", 1.0),
-                                              ("RunPodSandbox, weft standalone", "standalone_run_p50_ratio",
-                                               "weft_standalone", 1.5)):
-                if phase.get(key) is None:
+            for phase, where in ((rel, "empty node"), (rel.get("resident"), "node with a pod")):
+                if not phase:
                     continue
-                ms = "stop_remove_ms" if "stop_remove" in key else "run_ms"
-                out.append(_check(f"{label} p50 vs reference, containerd {name}, {where}", phase.get(key), "<=",
-                                  limit, "x", f"{_get(phase, column, ms, 'p50')} vs "
-                                              f"{_get(phase, 'reference', ms, 'p50')} ms"))
+                if family == 4:
+                    out.append(_check(f"RunPodSandbox p50, containerd {name}, weft (weftd) vs reference chain "
+                                      f"{whole.get('reference_plugins_version')}, {where}",
+                                      phase.get("run_p50_ratio"), "<=", 1.05, "x",
+                                      f"{_get(phase, 'weft', 'run_ms', 'p50')} vs "
+                                      f"{_get(phase, 'reference', 'run_ms', 'p50')} ms"))
+                # issue 27: ahead of the reference where the user waits, and standalone not 3x slower
+                for label, key, column, limit in (("RunPodSandbox, weft (weftd)", "run_p50_ratio", "weft", 1.0),
+                                                  ("StopPodSandbox + RemovePodSandbox, weft (weftd)",
+                                                   "stop_remove_p50_ratio", "weft", 1.0),
+                                                  ("RunPodSandbox, weft standalone", "standalone_run_p50_ratio",
+                                                   "weft_standalone", 1.5)):
+                    if phase.get(key) is None:
+                        continue
+                    ms = "stop_remove_ms" if "stop_remove" in key else "run_ms"
+                    out.append(_check(f"{tag}{label} p50 vs reference, containerd {name}, {where}", phase.get(key),
+                                      "<=", limit, "x", f"{_get(phase, column, ms, 'p50')} vs "
+                                                        f"{_get(phase, 'reference', ms, 'p50')} ms"))
     return out
 
 
@@ -412,7 +431,8 @@ def _row(cells):
 
 
 def attachment_table(figures: dict) -> list:
-    seq, par, scale = figures.get("sequential"), figures.get("parallel"), figures.get("density")
+    seq, par, scale = (figures.get(name) for name in ("sequential", "parallel", "density"))
+    seq, par = ((fig if fig and AGENT in fig else None) for fig in (seq, par))  # --family ipv6: family_table
     pairs = [(k, ref) for k in (STANDALONE, AGENT) for ref in (GO, GO_11)]  # 1.9.1 first: the headline
     head = ["figure"] + [LABELS[k] for k in KINDS] + [f"{LABELS[k]} / Go {LABELS[ref].rsplit(' ', 1)[1]}"
                                                       for k, ref in pairs]
@@ -563,38 +583,138 @@ def policy_table(figures: dict) -> list:
     return lines
 
 
-def ipv6_only_table(figures: dict) -> list:
-    """Per-pod ADD/DEL with one IPv6 range (an IPv6-only network) and with one IPv4 range,
-    same run, interleaved: milliseconds and weft / Go per family."""
-    fig = figures.get("ipv6-only")
+def _cell(value, detail: str, digits: int = 2, suffix: str = "x") -> str:
+    return "—" if value is None else f"{_fmt(value, digits, suffix)} ({detail})"
+
+
+def _p50s(view, mine: str, ref: str, key: str) -> str:
+    """mine / ref of a p50 in ms, with both values."""
+    a, b = _get(view, mine, key, "p50"), _get(view, ref, key, "p50")
+    return _cell(_ratio(a, b), f"{_fmt(a)} / {_fmt(b)} ms")
+
+
+def _walls(view, mine: str, ref: str, key: str) -> str:
+    a, b = _get(view, mine, key), _get(view, ref, key)
+    return _cell(_ratio(a, b), f"{_fmt(a, 2)} / {_fmt(b, 2)} s")
+
+
+def _steps_cell(view, command: str) -> str:
+    steps = _get(view, "weft", "steps_p50_ms", command) or {}
+    if not steps:
+        return "—"
+    return f"{_fmt(steps.get('handler'))}: " + ", ".join(f"{k} {v:.1f}" for k, v in steps.items() if k != "handler")
+
+
+def _default_family_rows(d) -> list:
+    batch = f"{d['adds']} {{}} by {d['workers']} callers, wall"
+    rows = []
+    for mine, ref, what in (("weft", "go", "default config / Go chain 1.9.1 (libcni)"),
+                            ("weft-alone", "go-alone", "weft alone / bridge+host-local 1.9.1 (libcni)")):
+        rows += [(f"{what}: ADD p50", lambda v, m=mine, r=ref: _p50s(v, m, r, "add_ms")),
+                 (f"{what}: DEL p50", lambda v, m=mine, r=ref: _p50s(v, m, r, "del_ms")),
+                 (f"{what}: {batch.format('ADDs')}", lambda v, m=mine, r=ref: _walls(v, m, r, "add_wall_s")),
+                 (f"{what}: {batch.format('DELs')}", lambda v, m=mine, r=ref: _walls(v, m, r, "del_wall_s"))]
+    rows += [("default config: weft ADD p99 with DELs' teardown running / without",
+              lambda v: _cell(_get(v, "churn", "p99_ratio"),
+                              f"{_fmt(_get(v, 'churn', 'churn', 'p99'))} / {_fmt(_get(v, 'churn', 'quiet', 'p99'))} ms")),
+             ("default config: weft ADD inside the agent (its log, ms p50): steps", lambda v: _steps_cell(v, "add")),
+             ("default config: weft DEL inside the agent (its log, ms p50): steps", lambda v: _steps_cell(v, "del"))]
+    return rows
+
+
+def _direct_family_rows(name: str, fig) -> list:
+    rows = []
+    if name == "sequential":
+        for kind in (AGENT, STANDALONE):
+            for cmd, key in (("ADD", "add_ms"), ("DEL", "del_ms")):
+                rows.append((f"direct exec: {LABELS[kind]} / Go 1.9.1: {cmd} p50, {fig['attachments']} sequential",
+                             lambda v, k=kind, m=key: _p50s(v, k, GO, m)))
+        for cmd in ("add", "del"):
+            rows.append((f"direct exec: {cmd.upper()} p50 inside weft's handlers, agent / standalone (its log, ms)",
+                         lambda v, c=cmd: f"{_fmt(_get(v, AGENT, 'inside_weft', c + '_ms', 'p50'))} / "
+                                          f"{_fmt(_get(v, STANDALONE, 'inside_weft', c + '_ms', 'p50'))}"))
+    else:
+        for kind in (AGENT, STANDALONE):
+            for cmd, key in (("ADDs", "add_wall_s"), ("DELs", "del_wall_s")):
+                rows.append((f"direct exec: {LABELS[kind]} / Go 1.9.1: {fig['adds']} {cmd} by {fig['workers']} "
+                             "callers, wall", lambda v, k=kind, m=key: _walls(v, k, GO, m)))
+    return rows
+
+
+def _cri_family_rows(fig) -> list:
+    """(label, cell of one family's half of one release) per row."""
+    rows = []
+    for name in fig.get("releases") or {}:
+        def release(v, n=name):  # the figure's family view -> this release's half
+            return half(_get(v, "releases", n), v["family"])
+
+        for resident, where in ((False, "empty node"), (True, "node with a pod")):
+            def phase(v, r=resident, of=release):
+                rel = of(v)
+                return rel.get("resident") if r and rel else rel
+
+            for label, key, column, ms in (("RunPodSandbox, weft (weftd)", "run_p50_ratio", "weft", "run_ms"),
+                                           ("StopPodSandbox + RemovePodSandbox, weft (weftd)",
+                                            "stop_remove_p50_ratio", "weft", "stop_remove_ms"),
+                                           ("RunPodSandbox, weft standalone", "standalone_run_p50_ratio",
+                                            "weft_standalone", "run_ms")):
+                rows.append((f"containerd {name}, {where}: {label} / reference p50",
+                             lambda v, p=phase, k=key, c=column, m=ms: _cell(
+                                 _get(p(v), k), f"{_fmt(_get(p(v), c, m, 'p50'))} / "
+                                                f"{_fmt(_get(p(v), 'reference', m, 'p50'))} ms")))
+        rows.append((f"containerd {name}: pod IP family (PodSandboxStatus), weft / standalone / reference",
+                     lambda v, r=release: " / ".join(
+                         ",".join(f"IPv{f}" for f in (_get(r(v), h, "pod_ip_families") or [])) or "—"
+                         for h in ("weft", "weft_standalone", "reference"))))
+    return rows
+
+
+FAMILY_FIGURES = ("default", "sequential", "parallel", "cri")
+
+
+def _measured(fig, family: int) -> bool:
+    """Whether a figure holds results of the family (the CRI figure: per release)."""
     if not fig or "error" in fig:
+        return False
+    if "releases" in fig:
+        return any(half(rel, family) and "weft" in half(rel, family) for rel in fig["releases"].values())
+    view = half(fig, family)
+    return bool(view) and any(k in view for k in ("weft", AGENT))
+
+
+def family_table(figures: dict, names=FAMILY_FIGURES) -> list:
+    """The figures' ratios on the IPv4 network beside those on the IPv6-only one, from the
+    same run (bench/family.py): one row per ratio, a column per family."""
+    names = [n for n in names if _measured(figures.get(n), 4) or _measured(figures.get(n), 6)]
+    if not any(_measured(figures.get(n), 6) for n in names):
         return []
-    kinds = (GO, STANDALONE, AGENT)
-    head = ["figure"] + [LABELS[k] for k in kinds] + [f"{LABELS[k]} / Go 1.9.1" for k in kinds[1:]]
-    lines = [_row(head), _row(["---"] * len(head))]
-    for family in ("ipv4", "ipv6"):
-        for cmd, key in (("ADD", "add_ms"), ("DEL", "del_ms")):
-            for q in ("p50", "p95"):
-                values = {k: _get(fig, family, k, key, q) for k in kinds}
-                lines.append(_row([f"{family.replace('ipv', 'IPv')}-only range: {cmd} {q}, "
-                                   f"{fig['attachments']} sequential (ms)"]
-                                  + [_fmt(values[k]) for k in kinds]
-                                  + [_fmt(_ratio(values[k], values[GO]), 2, "x") for k in kinds[1:]]))
+    lines = [_row(["same run, interleaved: ratio (weft / reference)", NAMES[4], f"{NAMES[6]} network"]),
+             _row(["---"] * 3)]
+    for name in names:
+        fig = figures[name]
+        if name == "cri":
+            specs, view = _cri_family_rows(fig), (lambda f: {**fig, "family": f})
+        else:
+            specs = _default_family_rows(fig) if name == "default" else _direct_family_rows(name, fig)
+            view = (lambda f: half(fig, f))
+        for label, cell in specs:
+            lines.append(_row([label, *(cell(view(f)) if _measured(fig, f) else "—" for f in (4, 6))]))
     return lines
 
 
-def ipv6_only_targets(figures: dict) -> list:
-    """The IPv6 ratio (weft agent / Go, ADD and DEL p50) no worse than the IPv4 one of the same run."""
-    fig = figures.get("ipv6-only")
-    if not fig or "error" in fig:
+def ipv6_targets(figures: dict) -> list:
+    """Direct exec: the IPv6-only ratio (weft agent / Go, ADD and DEL p50) against the
+    IPv4 one of the same run."""
+    fig = figures.get("sequential")
+    if not fig or "error" in fig or not half(fig, 6) or AGENT not in fig:
         return []
     out = []
     for cmd, key in (("ADD", "add_ms"), ("DEL", "del_ms")):
-        v4 = _ratio(_get(fig, "ipv4", AGENT, key, "p50"), _get(fig, "ipv4", GO, key, "p50"))
+        v4 = _ratio(_get(fig, AGENT, key, "p50"), _get(fig, GO, key, "p50"))
         v6 = _ratio(_get(fig, "ipv6", AGENT, key, "p50"), _get(fig, "ipv6", GO, key, "p50"))
         detail = f"{v6:.2f}x on IPv6 vs {v4:.2f}x on IPv4" if v4 is not None and v6 is not None else ""
-        out.append(_check(f"IPv6-only network: {cmd} p50 agent / Go 1.9.1, against the same ratio on IPv4",
-                          _ratio(v6, v4), "<=", 1.0, "x", detail))
+        out.append(_check(f"IPv6-only network: direct exec {cmd} p50 agent / Go 1.9.1, against the same ratio on "
+                          "IPv4", _ratio(v6, v4), "<=", 1.0, "x", detail))
     return out
 
 
@@ -629,7 +749,7 @@ def cri_table(figures: dict, resident: bool = False) -> list:
 
     for name, rel in crif["releases"].items():
         phase = rel.get("resident") if resident else rel
-        if not phase:
+        if not phase or "weft" not in phase:  # --family ipv6: family_table has it
             continue
         tag = (f"containerd {name} (plugins {rel.get('reference_plugins_version')}, cniVersion "
                f"{rel.get('cni_version')})")
@@ -669,8 +789,6 @@ def render(results: dict) -> str:
                          ("Direct exec, masquerade off on both sides (same harness, interleaved; "
                           "ratio = contender / Go chain)",
                           attachment_table(figures)),
-                         ("IPv6-only network: per-pod ADD/DEL against the Go chain, beside IPv4 (same run, "
-                          "interleaved)", ipv6_only_table(figures)),
                          ("Datapath", datapath_table(figures)),
                          ("Datapath over an IPv6 underlay (issue 25)", ipv6_underlay_table(figures)),
                          ("Source validation (issue 22): on vs off, same run", source_validation_table(figures)),
@@ -680,6 +798,8 @@ def render(results: dict) -> str:
                          ("Scale (issue 17): cost against N", scale_table(figures)),
                          ("Runtimes (containerd CRI)", cri_table(figures)),
                          ("Runtimes (containerd CRI), steady state", cri_table(figures, resident=True)),
+                         ("IPv4 and IPv6-only networks side by side (issue 27; same run, interleaved)",
+                          family_table(figures)),
                          ("Targets (issues 4, 14, 15, 17, 22, 24, 25, 26, 27)", targets_table(results["targets"]))):
         if len(lines) > 2:
             parts.append(f"**{title}**\n\n" + "\n".join(lines))

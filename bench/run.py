@@ -1,6 +1,7 @@
 """`make bench`: weft against the reference Go plugins (1.9.1, and 1.1 beside them), one run, every figure.
 
-    python -m bench.run [--attachments 200] [--smoke] [--out bench-results] [--only a,b] [--docs DIR]
+    python -m bench.run [--attachments 200] [--smoke] [--out bench-results] [--only a,b] [--family both]
+                        [--docs DIR]
 
 Writes <out>/<UTC timestamp>.json and <out>/latest.json, prints the tables (Markdown)
 on stdout and rewrites the tables of the figures it ran in docs/ (bench/doc_tables.py);
@@ -22,13 +23,14 @@ import tempfile
 import time
 import traceback
 
-from . import (attach, convergence, cri, default_config, doc_tables, flows, ipv6_only, ipv6_underlay, policy,
-               report, scale, source_validation, throughput, wireguard)
+from . import (attach, convergence, cri, default_config, doc_tables, flows, ipv6_underlay, policy, report, scale,
+               source_validation, throughput, wireguard)
 from .contenders import LABELS
 from .context import Context, quiesce
+from .family import FAMILIES
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-FIGURES = ("default", "sequential", "ipv6-only", "parallel", "density", "throughput", "source-validation",
+FIGURES = ("default", "sequential", "parallel", "density", "throughput", "source-validation",
            "wireguard", "ipv6-underlay", "convergence", "cri", "policy", "flows", "scale")
 SMOKE = {"attachments": 10, "parallel": 10, "workers": 8, "parallel_rounds": 2, "prepopulate": 20, "measure": 5,
          "iperf_seconds": 1, "iperf_rounds": 1, "nodes": 3, "leases": 2, "sandboxes": 2,
@@ -81,7 +83,11 @@ def parse(argv=None):
                    help="lease changes (adds and removes alternating) at 20/s per N (default 200)")
     p.add_argument("--scale-quiet", type=float, default=60.0,
                    help="seconds of a quiet cluster measured per N: reconcile CPU, etcd requests (default 60: CPU is counted in 10 ms ticks)")
-    p.add_argument("--smoke", action="store_true", help="tiny counts everywhere (CI; < 60 s)")
+    p.add_argument("--family", choices=sorted(FAMILIES), default="both",
+                   help="the per-pod figures (default, sequential, parallel, cri) on an IPv4 network, an IPv6-only "
+                        "one, or both, every contender of both taking turns in one run (default both; "
+                        "bench/family.py)")
+    p.add_argument("--smoke", action="store_true", help="tiny counts everywhere (CI; about 3 min on 2 CPUs)")
     p.add_argument("--only", default="", help=f"comma-separated subset of {','.join(FIGURES)}")
     p.add_argument("--out", default=os.path.join(REPO, "bench-results"), help="where the JSON goes")
     p.add_argument("--installed", help="an existing `make install` root (cni/, bin/); default: install into a temp dir")
@@ -156,7 +162,6 @@ def run_figures(ctx, args) -> dict:
         "default": lambda: default_config.default_config(ctx, args.attachments, args.parallel, args.workers,
                                                          args.parallel_rounds),
         "sequential": lambda: attach.sequential(ctx, args.attachments),
-        "ipv6-only": lambda: ipv6_only.ipv6_only(ctx, args.attachments),
         "parallel": lambda: attach.parallel(ctx, args.parallel, args.workers, args.parallel_rounds),
         "density": lambda: attach.scale(ctx, args.prepopulate, args.measure, args.workers),
         "throughput": lambda: throughput.throughput(ctx, args.iperf_seconds, args.iperf_rounds),
@@ -207,6 +212,7 @@ def main(argv=None) -> int:
     for sig in (signal.SIGTERM, signal.SIGHUP):
         signal.signal(sig, _interrupt)
     started = datetime.datetime.now(datetime.timezone.utc)
+    source = versions()  # the code measured: read now, not when the run ends (a commit may land meanwhile)
     work = tempfile.mkdtemp(prefix="weft-bench-")
     ctx = None
     try:
@@ -223,7 +229,7 @@ def main(argv=None) -> int:
                  "command": command(sys.argv[1:] if argv is None else argv),
                  "args": {k: v for k, v in vars(args).items() if k not in ("out", "installed", "only", "docs", "no_docs")},
                  "duration_s": round((datetime.datetime.now(datetime.timezone.utc) - started).total_seconds(), 1),
-                 "machine": machine(), **versions(),
+                 "machine": machine(), **source,
                  "contenders": LABELS,
                  "harness": "lab.cni.invoke: `ip netns exec <node> <plugin>` with CNI_* env + netconf on stdin, "
                             "timed around the exec; each contender in its own node namespace"},

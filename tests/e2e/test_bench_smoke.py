@@ -1,7 +1,9 @@
-"""`make bench` cannot rot: its reduced version (`--smoke`, ~30 s) runs every figure
+"""`make bench` cannot rot: its reduced version (`--smoke`, ~3 min on 2 CPUs) runs every figure
 with tiny counts and must produce a complete, sane JSON for every contender (the
 reference Go chain of plugins 1.9.1 and of 1.1, weft standalone and through weftd),
-and the CRI figure for containerd 1.6 and 2.1.
+and the CRI figure for containerd 1.6 and 2.1; the per-pod figures on an IPv4 and an
+IPv6-only network (bench/family.py; there without plugins 1.1's chain), each
+contender's pods getting addresses of its family only.
 Timing goals are the benchmark's business; nothing here asserts a speed."""
 
 import json
@@ -15,7 +17,13 @@ from bench import doc_tables
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 KINDS = ("go", "go-1.1", "weft-standalone", "weft-agent")
-FIGURES = {"default", "sequential", "ipv6-only", "parallel", "density", "throughput", "source-validation", "wireguard",
+FAMILIES = (("ipv4", 4), ("ipv6", 6))  # a figure's half of each family: bench/family.py half()
+
+
+def kinds_of(kinds, version):
+    """The IPv6-only half measures against plugins 1.9.1 only (plugins 1.1 stays on IPv4)."""
+    return tuple(k for k in kinds if version == 4 or k != "go-1.1")
+FIGURES = {"default", "sequential", "parallel", "density", "throughput", "source-validation", "wireguard",
            "ipv6-underlay", "convergence", "cri", "policy", "flows", "scale"}
 
 
@@ -27,6 +35,10 @@ def netns_names():
 def sane_ms(stats, n):
     assert stats["n"] == n, stats
     assert 0 < stats["min"] <= stats["p50"] <= stats["p95"] <= stats["max"], stats
+
+
+def half(figure, name):
+    return figure if name == "ipv4" else figure["ipv6"]
 
 
 def test_bench_smoke(tmp_path, installed):
@@ -50,45 +62,47 @@ def test_bench_smoke(tmp_path, installed):
     assert meta["smoke"] is True and meta["machine"]["nproc"] >= 1 and meta["machine"]["kernel"]
 
     default = figures["default"]  # the headline: weft as installed, agent with a lease, through libcni
-    for kind in ("weft", "go", "go-1.1", "weft-alone", "go-alone"):
-        assert default[kind]["errors"] == 0, default[kind]["error_samples"]
-        sane_ms(default[kind]["add_ms"], 10)
-        sane_ms(default[kind]["del_ms"], 10)
-    assert default["masquerade_table"]["state"] == "installed", default["masquerade_table"]
-    steps = default["weft"]["steps_p50_ms"]
-    assert {"ipam", "veth", "validation", "container", "masquerade"} <= set(steps["add"]), steps  # validation on
-    assert {"config", "cut-off"} <= set(steps["del"]), steps  # the rest in weftd's background teardown
-    assert default["churn"]["errors"] == 0 and default["churn"]["p99_ratio"], default["churn"]
+    for name, version in FAMILIES:
+        fam = half(default, name)
+        for kind in kinds_of(("weft", "go", "go-1.1", "weft-alone", "go-alone"), version):
+            assert fam[kind]["errors"] == 0, fam[kind]["error_samples"]
+            sane_ms(fam[kind]["add_ms"], 10)
+            sane_ms(fam[kind]["del_ms"], 10)
+            assert fam[kind]["distinct_ips"] == 10 and fam[kind]["families"] == [version], (name, kind, fam[kind])
+        assert fam["masquerade_table"]["state"] == "installed", fam["masquerade_table"]
+        steps = fam["weft"]["steps_p50_ms"]
+        assert {"ipam", "veth", "validation", "container", "masquerade"} <= set(steps["add"]), steps  # validation on
+        assert {"config", "cut-off"} <= set(steps["del"]), steps  # the rest in weftd's background teardown
+        assert fam["churn"]["errors"] == 0 and fam["churn"]["p99_ratio"], fam["churn"]
+        assert ("go-1.1" in fam) is (version == 4), sorted(fam)
+        assert fam["add_ms_p50_ratio"] > 0 and fam["del_wall_s_ratio_alone"] > 0, fam
     rss = default["weft"]["forwarder_peak_rss_mib"]
     assert 0 < rss["version_via_agent"] and 0 < rss["version_standalone"], rss
     assert 0 < default["kernel_floor"]["veth_del_ms"], default["kernel_floor"]
 
     seq = figures["sequential"]
-    for kind in KINDS:
-        assert seq[kind]["errors"] == {}, seq[kind]["error_samples"]
-        sane_ms(seq[kind]["add_ms"], 10)
-        sane_ms(seq[kind]["del_ms"], 10)
-        assert seq[kind]["distinct_ips"] == 10
-        sane_ms(seq[kind]["version_ms"], 15)
-    for kind in ("weft-standalone", "weft-agent"):  # weft's own log times its handlers
-        assert seq[kind]["inside_weft"]["add_ms"]["n"] == seq[kind]["inside_weft"]["del_ms"]["n"] == 10
-    # each weft contender really ran the way it claims (weft's own log says how)
-    assert set(seq["weft-agent"]["via"]) == {"agent"}
-    assert set(seq["weft-standalone"]["via"]) == {"standalone"}
-    assert 0 < seq["weft-agent"]["agent_rss_mib"] < 1024
-
-    six = figures["ipv6-only"]  # one IPv4 and one IPv6 range per contender kind, interleaved
-    for family, version in (("ipv4", 4), ("ipv6", 6)):
-        for kind in ("go", "weft-standalone", "weft-agent"):
-            assert six[family][kind]["errors"] == {}, six[family][kind]["error_samples"]
-            sane_ms(six[family][kind]["add_ms"], 10)
-            sane_ms(six[family][kind]["del_ms"], 10)
-            assert six[family][kind]["distinct_ips"] == 10 and six[family][kind]["families"] == [version]
+    for name, version in FAMILIES:
+        fam = half(seq, name)
+        for kind in kinds_of(KINDS, version):
+            assert fam[kind]["errors"] == {}, fam[kind]["error_samples"]
+            sane_ms(fam[kind]["add_ms"], 10)
+            sane_ms(fam[kind]["del_ms"], 10)
+            assert fam[kind]["distinct_ips"] == 10 and fam[kind]["families"] == [version], (name, kind, fam[kind])
+            sane_ms(fam[kind]["version_ms"], 15)
+        for kind in ("weft-standalone", "weft-agent"):  # weft's own log times its handlers
+            assert fam[kind]["inside_weft"]["add_ms"]["n"] == fam[kind]["inside_weft"]["del_ms"]["n"] == 10
+        # each weft contender really ran the way it claims (weft's own log says how)
+        assert set(fam["weft-agent"]["via"]) == {"agent"}
+        assert set(fam["weft-standalone"]["via"]) == {"standalone"}
+        assert 0 < fam["weft-agent"]["agent_rss_mib"] < 1024
 
     par = figures["parallel"]
-    for kind in KINDS:
-        assert par[kind]["errors"] == {} and par[kind]["distinct_ips"] == 10, par[kind]
-        assert par[kind]["add_wall_s"] > 0 and par[kind]["pods_per_s"] > 0 and par[kind]["del_wall_s"] > 0
+    for name, version in FAMILIES:
+        fam = half(par, name)
+        for kind in kinds_of(KINDS, version):
+            assert fam[kind]["errors"] == {} and fam[kind]["distinct_ips"] == 10, fam[kind]
+            assert fam[kind]["families"] == [version], (name, kind, fam[kind])
+            assert fam[kind]["add_wall_s"] > 0 and fam[kind]["pods_per_s"] > 0 and fam[kind]["del_wall_s"] > 0
 
     scale = figures["density"]
     assert scale["prepopulated"] == 20
@@ -134,13 +148,16 @@ def test_bench_smoke(tmp_path, installed):
     assert {name: (rel["reference_plugins_version"], rel["cni_version"]) for name, rel in cri["releases"].items()} \
         == {"1.6": ("1.1.1", "1.0.0"), "2.1": ("1.9.1", "1.1.0")}
     for rel in cri["releases"].values():
-        for phase in (rel, rel["resident"]):
-            for handler in ("weft", "weft_standalone", "reference"):
-                sane_ms(phase[handler]["run_ms"], 2)
-                sane_ms(phase[handler]["stop_ms"], 2)
-            for handler, via in (("weft", "agent"), ("weft_standalone", "standalone")):  # weft's log says how
-                assert phase[handler]["add_in_handlers_ms"]["n"] == 2 and phase[handler]["via"] == [via], phase
-            assert phase["run_p50_ratio"] > 0 and phase["standalone_run_p50_ratio"] > 0
+        for name, version in FAMILIES:  # the IPv6-only handlers on the same containerds
+            fam = half(rel, name)
+            for phase in (fam, fam["resident"]):
+                for handler in ("weft", "weft_standalone", "reference"):
+                    sane_ms(phase[handler]["run_ms"], 2)
+                    sane_ms(phase[handler]["stop_ms"], 2)
+                    assert phase[handler]["pod_ip_families"] == [version], (name, handler, phase[handler])
+                for handler, via in (("weft", "agent"), ("weft_standalone", "standalone")):  # weft's log says how
+                    assert phase[handler]["add_in_handlers_ms"]["n"] == 2 and phase[handler]["via"] == [via], phase
+                assert phase["run_p50_ratio"] > 0 and phase["standalone_run_p50_ratio"] > 0
         assert all(ms > 0 for ms in rel["exec_ms"].values()), rel["exec_ms"]
 
     # every target was measured, judged by its own rule, and printed with that verdict
@@ -155,7 +172,8 @@ def test_bench_smoke(tmp_path, installed):
         assert printed.get(check["target"], "").startswith("PASS" if check["pass"] else "MISS"), \
             (check, printed.get(check["target"]))
     for label in ("Go bridge+host-local 1.9.1", "Go bridge+host-local 1.1", "weft standalone", "weft agent",
-                  "same node", "cross node", "new lease", "containerd 1.6", "containerd 2.1", "Targets"):
+                  "same node", "cross node", "new lease", "containerd 1.6", "containerd 2.1", "Targets",
+                  "IPv6-only network"):
         assert label in proc.stdout
     # every figure's table in the docs (the copy) is now this run's, and nothing else moved
     assert "--smoke" in meta["command"], meta["command"]
