@@ -39,6 +39,8 @@ class BridgeFacts:
         self._lock = threading.Lock()
         self._changes = changes if changes is not None else LinkChanges(netns_path)
         self._facts = {}  # key -> (Link, when its check began)
+        self._clears = 0  # times the facts were dropped: an overflow or a failed read
+        # drops them without a message read, and must still void checks begun before
 
     def known(self, key) -> tuple:
         with self._lock:
@@ -48,16 +50,20 @@ class BridgeFacts:
                 changed = True  # the socket failed: trust nothing
             if changed:
                 self._facts.clear()
+                self._clears += 1
             entry = self._facts.get(key)
             if entry is not None and time.monotonic() - entry[1] > self.max_age:
                 del self._facts[key]
                 entry = None
-            return (entry[0] if entry is not None else None), self._changes.messages
+            return (entry[0] if entry is not None else None), self._token()
 
-    def record(self, key, link, token: int, checked_at: float) -> None:
+    def _token(self) -> tuple:
+        return self._changes.messages, self._clears
+
+    def record(self, key, link, token: tuple, checked_at: float) -> None:
         with self._lock:
-            if token != self._changes.messages:
-                return  # notifications were read since this check began
+            if token != self._token():
+                return  # notifications were read, or the facts dropped, since this check began
             self._facts[key] = (link, checked_at)
             self._changes.watched = {known.index: known for known, _ in self._facts.values()}
 

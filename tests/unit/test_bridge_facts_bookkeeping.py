@@ -55,3 +55,28 @@ def test_facts_older_than_max_age_are_checked_again():
     _, token = facts.known(KEY)
     facts.record(KEY, BRIDGE, token, time.monotonic() - 6.0)
     assert facts.known(KEY)[0] is None
+
+
+class Overflowing(Notifications):
+    """An overflow (ENOBUFS) or a failed read: changed without a message counted."""
+
+    def __init__(self):
+        super().__init__()
+        self.overflow = False
+
+    def changed(self) -> bool:
+        if self.overflow:
+            self.overflow = False
+            return True
+        return super().changed()
+
+
+def test_a_check_begun_before_an_overflow_is_not_recorded():
+    # the bridge's deletion was lost in the overflow: what the check read may be gone
+    changes = Overflowing()
+    facts = BridgeFacts(changes=changes)
+    _, token = facts.known(KEY)  # ADD A's check begins
+    changes.overflow = True
+    facts.known(("cbr1", 1500, False, ()))  # ADD B drains: an overflow, no message read
+    facts.record(KEY, BRIDGE, token, time.monotonic())  # ADD A records what it read
+    assert facts.known(KEY)[0] is None  # ADD C checks the bridge itself
