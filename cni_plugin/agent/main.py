@@ -112,10 +112,6 @@ def main(argv=None) -> int:
     return 0
 
 
-if __name__ == "__main__":
-    sys.exit(main())
-
-
 def _bridge_facts(log, node: str):
     """The ADDs' bridge facts (datapath/bridge_facts.py), joined to this namespace's link
     notifications before the first ADD; None (every ADD checks) if the socket fails."""
@@ -128,3 +124,6 @@ def _bridge_facts(log, node: str):
                     extra={"node": node})
         return None
 
+
+if __name__ == "__main__":
+    sys.exit(main())
