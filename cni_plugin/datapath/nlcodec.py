@@ -592,8 +592,8 @@ def _host16(value: int) -> int:
 
 
 def conntrack_close_filter() -> bytes:
-    """A classic BPF program for a ctnetlink event socket: NEW and DESTROY pass, an
-    UPDATE passes only when it moves a TCP connection to TIME_WAIT or CLOSE (its
+    """A classic BPF program for a ctnetlink event socket: NEW and DESTROY pass (the flow
+    collector joins no NEW group: interim records come from a dump), an UPDATE passes only when it moves a TCP connection to TIME_WAIT or CLOSE (its
     CTA_PROTOINFO/CTA_PROTOINFO_TCP/CTA_PROTOINFO_TCP_STATE, found with the kernel's
     netlink attribute helpers), so the state-change updates are dropped in the kernel
     before they are queued or copied."""

@@ -224,6 +224,7 @@ class Exporter:
         self.sock, self.address = None, None
         self.sent_messages = self.sent_records = self.failed = 0
         self.reported = {}  # record id -> counters exported by its interim records
+        self.touched = {}  # record id -> when an interim record of it was last exported (forget_stale)
         self.error = None
 
     def _connect(self) -> bool:
@@ -260,6 +261,21 @@ class Exporter:
                 self.error = f"collector {self.host}:{self.port}: {exc.strerror or exc}"
         self.sent_records += sequence - self.sequence
         self.sequence = sequence
+        for record in records:
+            if not record.get("final", True) and record.get("id") in self.reported:
+                self.touched[record["id"]] = now
+
+    def forget_stale(self, horizon: float) -> None:
+        """Forget the interim counters of connections none of whose records was exported
+        for `horizon` seconds (one whose final record never came: its DESTROY lost to an
+        overflow).  An open connection is exported every --flow-log-interval; a closed one
+        waits for its final record at most the collector's DONE_KEEP: the horizon covers
+        both, so no counters are forgotten that a final record would still need."""
+        now = time.monotonic()
+        self.touched = {key: at for key, at in self.touched.items() if key in self.reported}
+        for key in [key for key, at in self.touched.items() if now - at > horizon]:
+            self.reported.pop(key, None)
+            self.touched.pop(key, None)
 
     def tick(self) -> None:
         """Resend the templates when due (also when no record flows)."""

@@ -112,3 +112,26 @@ def test_random_or_cut_messages_fail_cleanly(raw, data):
             ipfix.decode(candidate, {})
         except ipfix.MalformedIPFIX:
             pass
+
+
+def test_interim_counters_of_a_connection_whose_end_never_came_are_forgotten():
+    """A connection with interim records whose DESTROY was lost: its counters leave the
+    exporter's bookkeeping once no record of it was exported for the horizon; one still
+    exported stays (its final record needs them to be a delta)."""
+    exporter = ipfix.Exporter(("127.0.0.1", 9), template_interval=600.0)  # discard port
+    try:
+        def interim(key):
+            return {"id": key, "src": "10.244.1.5", "dst": "10.244.2.7", "sport": 4000, "dport": 80,
+                    "proto": "tcp", "start": "2026-12-07T04:00:00Z", "end": "2026-12-07T04:01:00Z",
+                    "verdict": "allowed", "final": False, "packets": {"sent": 3, "received": 2},
+                    "bytes": {"sent": 300, "received": 200}}
+        exporter.export([interim("lost"), interim("open")])
+        assert set(exporter.reported) == {"lost", "open"}
+        exporter.touched["lost"] -= 100.0  # its last interim record, 100 s ago
+        exporter.forget_stale(50.0)
+        assert set(exporter.reported) == {"open"} and set(exporter.touched) == {"open"}
+        exporter.export([dict(interim("open"), final=True)])
+        exporter.forget_stale(50.0)
+        assert exporter.reported == {} and exporter.touched == {}
+    finally:
+        exporter.close()

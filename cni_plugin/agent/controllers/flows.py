@@ -158,7 +158,7 @@ class FlowCollector:
         #                       connections an interim dump found (start times of entries without one)
         self.done = {}        # ct id -> monotonic time its final record was written at its close
         self.closing = set()  # ct ids whose close was queued and not yet read back
-        self.skip = set()     # ct ids of connections closed that are not this network's
+        self.skip = {}        # ct id -> monotonic time a closed connection not this network's was seen
         self.pairs = set()
         self.inside = {}       # address -> whether it is in the pod networks (_inside)
         self.resolved = set()  # pod-network addresses the attribution knows (_resolve)
@@ -239,12 +239,18 @@ class FlowCollector:
             return True
         self.closing.discard(ct_id)
         if self.done.pop(ct_id, None) is not None or ct_id in self.skip:
-            self.skip.discard(ct_id)
+            self.skip.pop(ct_id, None)
             self.live.pop(ct_id, None)
             return False
         return True
 
     def _receive(self):
+        try:
+            self._receive_until_stopped()
+        finally:
+            self.events.close()  # its own socket: closed by the thread that reads it
+
+    def _receive_until_stopped(self):
         while not self.stopping.is_set():
             try:
                 entries = self.events.receive(0.5, self._wanted)
@@ -286,19 +292,25 @@ class FlowCollector:
             if stop:  # what was queued before it is still written (20 ms of events gather)
                 batch = [item for item in batch if item is not _STOP]
             try:
-                records = self._records(batch)
+                records, swept = self._records(batch), None
                 if time.monotonic() >= next_interim and not stop:
-                    records += self._interim()
+                    swept = self._interim()
+                    records += swept or []
                     next_interim = time.monotonic() + self.interval
                 self._emit(records)
+                if swept is not None and self.exporter is not None:  # a final that never came
+                    self.exporter.forget_stale(2 * self.interval + DONE_KEEP)
             except Exception as exc:  # a bug: report, keep serving the next batch
                 self.agent.log.exception("flow records failed", extra=self.agent.extra(error=repr(exc)))
                 self._dropped("internal-error", len(batch))
             if self.exporter is not None:
                 self.exporter.tick()
-            if stop:
+            if stop:  # the writer's files and sockets, closed by the writer once it is done
                 if self.reader is not None:
                     self.reader.close()
+                self.journal.close()
+                if self.exporter is not None:
+                    self.exporter.close()
                 return
 
     def _records(self, batch) -> list:
@@ -338,7 +350,7 @@ class FlowCollector:
                     out.append(self._final(entry, moment))
                 else:
                     self.live.pop(entry.id, None)
-                    self.skip.add(entry.id)
+                    self.skip[entry.id] = time.monotonic()
             for entry in ended:
                 self.closing.discard(entry.id)
         return out
@@ -374,7 +386,7 @@ class FlowCollector:
             entries = conntrack.dump(wanted=wanted)
         except DatapathError as exc:
             self.agent.log.warning(f"conntrack not read for interim flow records: {exc}", extra=self.agent.extra())
-            return []
+            return None
         moment, out, alive = now(), [], set()
         for entry in entries:
             if not self._ours(entry):
@@ -391,6 +403,8 @@ class FlowCollector:
         forget = time.monotonic() - DONE_KEEP
         for ct_id in [i for i, t in list(self.done.items()) if t < forget]:
             self.done.pop(ct_id, None)  # its DESTROY event was lost
+        for ct_id in [i for i, t in list(self.skip.items()) if t < forget]:
+            self.skip.pop(ct_id, None)  # likewise
         return out
 
     def _emit(self, records):
@@ -496,10 +510,11 @@ class FlowCollector:
         self.wake.set()
         self.receiver.join(5.0)
         self.writer.join(5.0)
-        self.events.close()
-        self.journal.close()
-        if self.exporter is not None:
-            self.exporter.close()
+        # each thread closes what it uses when it ends (never under a thread still using it);
+        # a writer still writing what was queued before the stop finishes on its own
+        if self.writer.is_alive():
+            self.agent.log.warning("flow records queued before FlowLog stopped are still being written",
+                                   extra=self.agent.extra())
 
 
 def _address(ip):
