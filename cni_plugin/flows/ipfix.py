@@ -117,31 +117,31 @@ def one_way(record: dict, before: tuple = None) -> list:
                                       FORWARDED, reason))]
 
 
-def _exported(records, reported) -> list:
-    """The one-way records of journal records; reported (record id -> counters()
-    exported so far) turns an interim record's counters and the final one's into deltas,
-    and is updated (a final record's id leaves it)."""
+def _exported(records, reported, stamp) -> list:
+    """The one-way records of journal records; reported (record id -> (counters()
+    exported so far, stamp of that export)) turns an interim record's counters and the
+    final one's into deltas, and is updated (a final record's id leaves it)."""
     if reported is None:
         return [r for record in records for r in one_way(record)]
     out = []
     for record in records:
         key = record.get("id") if record.get("verdict") != "denied" else None
-        before = reported.pop(key, None) if key else None
+        before = reported.pop(key, (None,))[0] if key else None
         rows = one_way(record, before)
         out += rows
         if key and rows and not record.get("final", True):
-            reported[key] = counters(record)
+            reported[key] = (counters(record), stamp)
             while len(reported) > REPORTED_MAX:  # a connection whose end never came: forgotten
                 reported.pop(next(iter(reported)))
     return out
 
 
 def messages(records, sequence: int, export_time: int, domain: int, with_templates: bool,
-             reported: dict = None) -> tuple:
+             reported: dict = None, stamp: float = None) -> tuple:
     """([message bytes], the sequence number after them): journal records packed into
     messages of at most MAX_MESSAGE bytes, templates in front of the first when asked;
-    reported: see _exported (None: every record's counters as they are)."""
-    pending = _exported(records, reported)
+    reported, stamp: see _exported (reported None: every record's counters as they are)."""
+    pending = _exported(records, reported, stamp)
     out = []
     templates = template_set() if with_templates else b""
     while pending or templates:
@@ -223,8 +223,7 @@ class Exporter:
         self.templates_due = 0.0
         self.sock, self.address = None, None
         self.sent_messages = self.sent_records = self.failed = 0
-        self.reported = {}  # record id -> counters exported by its interim records
-        self.touched = {}  # record id -> when an interim record of it was last exported (forget_stale)
+        self.reported = {}  # record id -> (counters exported by its interim records, monotonic time of the last)
         self.error = None
 
     def _connect(self) -> bool:
@@ -249,7 +248,7 @@ class Exporter:
             self.failed += len(records)
             return
         out, sequence = messages(records, self.sequence, int(time.time()), self.domain, with_templates,
-                                 self.reported)
+                                 self.reported, now)
         if with_templates:
             self.templates_due = now + self.template_interval
         for message in out:
@@ -261,9 +260,6 @@ class Exporter:
                 self.error = f"collector {self.host}:{self.port}: {exc.strerror or exc}"
         self.sent_records += sequence - self.sequence
         self.sequence = sequence
-        for record in records:
-            if not record.get("final", True) and record.get("id") in self.reported:
-                self.touched[record["id"]] = now
 
     def forget_stale(self, horizon: float) -> None:
         """Forget the interim counters of connections none of whose records was exported
@@ -272,10 +268,8 @@ class Exporter:
         waits for its final record at most the collector's DONE_KEEP: the horizon covers
         both, so no counters are forgotten that a final record would still need."""
         now = time.monotonic()
-        self.touched = {key: at for key, at in self.touched.items() if key in self.reported}
-        for key in [key for key, at in self.touched.items() if now - at > horizon]:
+        for key in [key for key, (_, at) in self.reported.items() if now - at > horizon]:
             self.reported.pop(key, None)
-            self.touched.pop(key, None)
 
     def tick(self) -> None:
         """Resend the templates when due (also when no record flows)."""

@@ -292,14 +292,13 @@ class FlowCollector:
             if stop:  # what was queued before it is still written (20 ms of events gather)
                 batch = [item for item in batch if item is not _STOP]
             try:
-                records, swept = self._records(batch), None
+                records = self._records(batch)
                 if time.monotonic() >= next_interim and not stop:
-                    swept = self._interim()
-                    records += swept or []
+                    records += self._interim()
                     next_interim = time.monotonic() + self.interval
+                    if self.exporter is not None:  # interim counters of a connection whose final never came
+                        self.exporter.forget_stale(2 * self.interval + DONE_KEEP)
                 self._emit(records)
-                if swept is not None and self.exporter is not None:  # a final that never came
-                    self.exporter.forget_stale(2 * self.interval + DONE_KEEP)
             except Exception as exc:  # a bug: report, keep serving the next batch
                 self.agent.log.exception("flow records failed", extra=self.agent.extra(error=repr(exc)))
                 self._dropped("internal-error", len(batch))
@@ -386,7 +385,7 @@ class FlowCollector:
             entries = conntrack.dump(wanted=wanted)
         except DatapathError as exc:
             self.agent.log.warning(f"conntrack not read for interim flow records: {exc}", extra=self.agent.extra())
-            return None
+            return []
         moment, out, alive = now(), [], set()
         for entry in entries:
             if not self._ours(entry):
