@@ -536,43 +536,50 @@ Close.__doc__ = ("An entry kept as the bytes a request for it needs (no decode):
                  "a dump's entry to delete; the request names the entry by these very attributes.")
 
 
-def conntrack_close(data, offset: int, length: int) -> Close:
+def _ct_id(raw: dict) -> int:
+    """CTA_ID of a conntrack message's attributes (0 without one)."""
+    return _be(raw[CTA_ID], _BE32, "CTA_ID") if CTA_ID in raw else 0
+
+
+def _ct_attributes(data, offset: int, length: int, wanted) -> tuple:
+    """(family, {attribute: payload} of `wanted`) of a conntrack message."""
     family, _, _ = body(data, offset, length, NFGENMSG)
-    raw = attributes(data, offset + HEADER.size + NFGENMSG.size, offset + length,
-                     (CTA_ID, CTA_TUPLE_ORIG, CTA_ZONE))
+    return family, attributes(data, offset + HEADER.size + NFGENMSG.size, offset + length, wanted)
+
+
+def _close(data, offset: int, length: int, wanted) -> tuple:
+    """(Close, the attributes read: `wanted`, which holds Close's own)."""
+    family, raw = _ct_attributes(data, offset, length, wanted)
     if CTA_TUPLE_ORIG not in raw:
         raise MalformedMessage("ctnetlink: a close without its original tuple")
-    return Close(_be(raw[CTA_ID], _BE32, "CTA_ID") if CTA_ID in raw else 0, family, raw[CTA_TUPLE_ORIG],
-                 raw.get(CTA_ZONE))
+    return Close(_ct_id(raw), family, raw[CTA_TUPLE_ORIG], raw.get(CTA_ZONE)), raw
+
+
+def conntrack_close(data, offset: int, length: int) -> Close:
+    return _close(data, offset, length, _CLOSE_ATTRS)[0]
 
 
 def conntrack_close_state(data, offset: int, length: int) -> tuple:
     """(Close, TCP state or None) of an update, in one pass over its attributes."""
-    family, _, _ = body(data, offset, length, NFGENMSG)
-    raw = attributes(data, offset + HEADER.size + NFGENMSG.size, offset + length, _CLOSE_STATE_ATTRS)
-    if CTA_TUPLE_ORIG not in raw:
-        raise MalformedMessage("ctnetlink: a close without its original tuple")
-    return (Close(_be(raw[CTA_ID], _BE32, "CTA_ID") if CTA_ID in raw else 0, family, raw[CTA_TUPLE_ORIG],
-                  raw.get(CTA_ZONE)), _tcp_state(raw.get(CTA_PROTOINFO)))
+    close, raw = _close(data, offset, length, _CLOSE_STATE_ATTRS)
+    return close, _tcp_state(raw.get(CTA_PROTOINFO))
 
 
-_CLOSE_STATE_ATTRS = frozenset((CTA_ID, CTA_TUPLE_ORIG, CTA_ZONE, CTA_PROTOINFO))
+_CLOSE_ATTRS = frozenset((CTA_ID, CTA_TUPLE_ORIG, CTA_ZONE))
+_CLOSE_STATE_ATTRS = _CLOSE_ATTRS | {CTA_PROTOINFO}
 _ID_ONLY = frozenset((CTA_ID,))
 
 
 def conntrack_id(data, offset: int, length: int) -> int:
     """CTA_ID of a conntrack message (0 without one), nothing else read."""
-    body(data, offset, length, NFGENMSG)
-    raw = attributes(data, offset + HEADER.size + NFGENMSG.size, offset + length, _ID_ONLY)
-    return _be(raw[CTA_ID], _BE32, "CTA_ID") if CTA_ID in raw else 0
+    return _ct_id(_ct_attributes(data, offset, length, _ID_ONLY)[1])
 
 
 def conntrack_brief(data, offset: int, length: int) -> tuple:
     """(CTA_ID, TCP state or None) of a conntrack message, without decoding the rest:
     enough to decide whether the whole message is worth decoding."""
-    body(data, offset, length, NFGENMSG)
-    raw = attributes(data, offset + HEADER.size + NFGENMSG.size, offset + length, (CTA_ID, CTA_PROTOINFO))
-    return (_be(raw[CTA_ID], _BE32, "CTA_ID") if CTA_ID in raw else 0), _tcp_state(raw.get(CTA_PROTOINFO))
+    raw = _ct_attributes(data, offset, length, (CTA_ID, CTA_PROTOINFO))[1]
+    return _ct_id(raw), _tcp_state(raw.get(CTA_PROTOINFO))
 
 
 # -- a socket filter for conntrack events (linux/filter.h: classic BPF) ------------------
@@ -719,7 +726,7 @@ def decode_conntrack(data, offset: int, length: int, kind: int, flags: int, even
         event = "destroy" if msg == IPCTNL_MSG_CT_DELETE else "new" if flags & NLM_F_CREATE else "update"
     return Conntrack(
         event=event, family=family,
-        id=_be(attrs[CTA_ID], _BE32, "CTA_ID") if CTA_ID in attrs else 0,
+        id=_ct_id(attrs),
         orig=_tuple(attrs[CTA_TUPLE_ORIG], family, "original tuple"),
         reply=_tuple(reply, family, "reply tuple") if reply is not None else None,
         mark=_be(attrs[CTA_MARK], _BE32, "CTA_MARK") if CTA_MARK in attrs else 0,
