@@ -8,11 +8,23 @@ extension).  Annotations name datetime as strings: it is not imported here."""
 import time
 
 
+_SECONDS = {}  # whole seconds -> their "YYYY-MM-DDTHH:MM:SS" (flow records come in bursts of one second)
+
+
+def format_ns(ns: int) -> str:
+    """format_ts() of nanoseconds since the epoch (microseconds kept), without datetime."""
+    seconds, rest = divmod(ns, 1_000_000_000)
+    text = _SECONDS.get(seconds)
+    if text is None:
+        if len(_SECONDS) > 64:
+            _SECONDS.clear()
+        text = _SECONDS[seconds] = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds))
+    return f"{text}.{rest // 1000:06d}Z"
+
+
 def now_text() -> str:
     """The current UTC time as format_ts(now()) spells it, without datetime."""
-    nanos = time.time_ns()
-    seconds, micros = divmod(nanos // 1000, 1_000_000)
-    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds)) + f".{micros:06d}Z"
+    return format_ns(time.time_ns())
 
 
 def now() -> "datetime":

@@ -12,9 +12,9 @@ packets.sent 1, bytes 0 (a dropped packet's size is not recorded), sport null.
 """
 
 import hashlib
-import time
 from datetime import datetime, timezone
 
+from ..timestamps import format_ns, format_ts
 from . import marks
 
 PROTOCOLS = {1: "icmp", 6: "tcp", 17: "udp", 58: "icmpv6", 132: "sctp", 33: "dccp", 136: "udplite"}
@@ -28,23 +28,9 @@ def rfc3339(moment: datetime) -> str:
     last = _LAST[0]
     if moment is last[0]:
         return last[1]
-    text = moment.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    text = format_ts(moment)
     _LAST[0] = (moment, text)
     return text
-
-
-_SECONDS = {}  # whole seconds -> their "YYYY-MM-DDTHH:MM:SS" (records come in bursts of the same second)
-
-
-def rfc3339_ns(ns: int) -> str:
-    """rfc3339() of nanoseconds since the epoch (microseconds kept, as rfc3339 does)."""
-    seconds, rest = divmod(ns, 1_000_000_000)
-    text = _SECONDS.get(seconds)
-    if text is None:
-        if len(_SECONDS) > 64:
-            _SECONDS.clear()
-        text = _SECONDS[seconds] = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds))
-    return f"{text}.{rest // 1000:06d}Z"
 
 
 def from_ns(ns: int) -> datetime:
@@ -66,8 +52,8 @@ def allowed(entry, *, node: str, network: str, first_seen: datetime, now: dateti
     policy_ref(number) -> "namespace/name" or None; attribution: flows.attribution."""
     orig, reply = entry.orig, entry.reply
     start = from_ns(entry.start_ns) if entry.start_ns else first_seen
-    start_text = rfc3339_ns(entry.start_ns) if entry.start_ns else rfc3339(first_seen)
-    end_text = rfc3339_ns(entry.stop_ns) if entry.stop_ns else rfc3339(now)
+    start_text = format_ns(entry.start_ns) if entry.start_ns else rfc3339(first_seen)
+    end_text = format_ns(entry.stop_ns) if entry.stop_ns else rfc3339(now)
     sent = entry.orig_counters or (0, 0)
     received = entry.reply_counters or (0, 0)
     ingress, egress = marks.decode(entry.mark)
