@@ -42,7 +42,7 @@ from lab.cluster import Cluster, wait_for
 from lab.namespaces import stop_process
 
 from .context import cpu_seconds, quiesce, ratio, rotate
-from .source_validation import CONN_PORT, conn_rate, default_netconf
+from .source_validation import CONN_PORT, REPO, conn_rate, default_netconf
 from .throughput import _median
 
 NETWORK = {"Network": "10.244.0.0/16", "Backend": {"Type": "vxlan", "VNI": 1}}
@@ -81,9 +81,6 @@ def _set_side(cluster, nodes, side) -> list:
             if reader.stdout.readline().strip() != "ready":
                 raise RuntimeError(f"{node.name}: the conntrack event listener of the floor did not start")
     return readers
-
-
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _journal(node, flow_dir):
@@ -145,8 +142,7 @@ def ipfix_rate(ctx, connections: int) -> dict:
             "print(json.dumps({'connections': sent, 'wall_s': time.monotonic() - w,"
             " 'cpu_s': time.process_time() - t, **e.status()}))\n")
     try:
-        out = ns.run([sys.executable, "-c", code, str(connections)], cwd=os.path.dirname(os.path.dirname(
-            os.path.abspath(__file__))), timeout=600).stdout
+        out = ns.run([sys.executable, "-c", code, str(connections)], cwd=REPO, timeout=600).stdout
         result = json.loads(out.strip().splitlines()[-1])
         time.sleep(1.0)
     finally:
