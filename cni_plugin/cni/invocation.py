@@ -35,7 +35,7 @@ class Context:
     serving agent's background teardown queue (agent/teardown_queue.py; None: DEL tears
     down synchronously); agent_detaching(network, ips): the addresses leave the serving
     agent's policy sets (a teardown, before they are released); bridges: the serving agent's
-datapath/bridge_facts.BridgeFacts (None: every ADD checks its bridge); steps: [(step, ms)] in order,
+    datapath/bridge_facts.BridgeFacts (None: every ADD checks its bridge); steps: [(step, ms)] in order,
     recorded by lap() (a plain class: dataclasses would cost the standalone executables
     an import)."""
 
