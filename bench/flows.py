@@ -213,9 +213,10 @@ def flows(ctx, seconds: float, rounds: int, ipfix_connections: int, preload: flo
                 before = {n.name: _journal(n, dirs[n.name]) for n in nodes}
                 dropped_before = sum(_dropped(n) for n in nodes)
                 cpu_before = cpu_seconds(nodes[0].agent.pid)
-                made, window = {}, {}
+                made, window, preloaded = {}, {}, 0
                 for topo in TOPOLOGIES:
-                    conn_rate(pods["server"], pods[topo], preload)
+                    warm = conn_rate(pods["server"], pods[topo], preload)
+                    preloaded += warm["connections"] + warm["errors"] + WARMUP
                     started = time.time()
                     result = conn_rate(pods["server"], pods[topo], seconds)
                     window[topo] = (started, time.time() + 0.5)
@@ -232,7 +233,7 @@ def flows(ctx, seconds: float, rounds: int, ipfix_connections: int, preload: flo
                     if fresh:
                         per_record.append((size - before[nodes[0].name][1]) / fresh)
                 spent = cpu_seconds(nodes[0].agent.pid) - cpu_before
-                cpu[side].append(spent / sum(made.values()) * 1000.0)
+                cpu[side].append(spent / (sum(made.values()) + preloaded) * 1000.0)
                 for reader in readers:
                     stop_process(reader, 10)
             ctx.say(f"flows round {r + 1}/{rounds}: " + ", ".join(
