@@ -14,7 +14,7 @@ A crash can leave a temporary file behind; `is_temp_name` recognises them for cl
 """
 
 import os
-import threading
+from _thread import get_ident  # threading.get_ident is this; `threading` costs a standalone call ~1.5 ms
 
 TEMP_SUFFIX = ".tmp"
 
@@ -46,7 +46,7 @@ def write_atomic(path: str, data, mode: int = 0o600, durable: bool = True,
         os.makedirs(directory, exist_ok=True)
     if isinstance(data, str):
         data = data.encode()
-    temp = os.path.join(directory, f".{name}.{os.getpid()}.{threading.get_ident()}{TEMP_SUFFIX}")
+    temp = os.path.join(directory, f".{name}.{os.getpid()}.{get_ident()}{TEMP_SUFFIX}")
     fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, mode)
     try:
         try:
@@ -69,6 +69,27 @@ def write_atomic(path: str, data, mode: int = 0o600, durable: bool = True,
 
 class LockTimeout(OSError):
     """A bounded flock wait ran out (or the caller of the call it served went away)."""
+
+
+class Flocked:
+    """A with-block holding an open descriptor's flock (flock_bounded: LockTimeout when
+    it stays taken); the descriptor is closed, and so unlocked, when the block ends or
+    the lock is not had.  A class rather than contextlib.contextmanager: importing
+    contextlib costs every standalone CNI call ~1 ms."""
+
+    def __init__(self, fd: int, exclusive: bool, timeout: float, path: str, abandoned=None):
+        self.fd, self.exclusive, self.timeout, self.path, self.abandoned = fd, exclusive, timeout, path, abandoned
+
+    def __enter__(self):
+        try:
+            flock_bounded(self.fd, self.exclusive, self.timeout, self.path, self.abandoned)
+        except BaseException:
+            os.close(self.fd)
+            raise
+        return self
+
+    def __exit__(self, *exc):
+        os.close(self.fd)  # releases the flock
 
 
 def flock_bounded(fd: int, exclusive: bool, timeout: float, path: str, abandoned=None) -> None:

@@ -149,6 +149,26 @@ def dump(mark: int = 0, mask: int = 0, wanted=None) -> list:
         sock.close()
 
 
+COUNT = "/proc/sys/net/netfilter/nf_conntrack_count"  # this namespace's entries
+SMALL_TABLE = 2000  # entries: below this, one dump of them all costs less than filtered dumps
+
+
+def _dumps(ips) -> list:
+    """The dump bodies that find every entry of `ips`.  Each dump walks the kernel's
+    whole conntrack hash (nf_conntrack_buckets, shared by every namespace: ~10 ms at
+    262,144 buckets, even when nothing matches), so the fewest walks win: one dump of
+    every entry of this namespace when it holds few (each then decoded here), else two
+    kernel-filtered dumps per address."""
+    try:
+        with open(COUNT, "rb") as handle:
+            count = int(handle.read())
+    except (OSError, ValueError):
+        count = None
+    if count is not None and count < SMALL_TABLE:
+        return [nl.nfgenmsg(0)]  # every family
+    return [nl.conntrack_address_dump(ip, reply, source=True) for ip in ips for reply in (False, True)]
+
+
 def flush(ips) -> int:
     """Delete every entry of this namespace that has one of `ips` (ipaddress objects) in
     either direction; the number deleted.  The teardown of a DEL calls it before the
@@ -156,38 +176,38 @@ def flush(ips) -> int:
     same address inherit its connections (accepted as ESTABLISHED by a policy that would
     refuse a new one, or NATed as someone else's).
 
-    The kernel finds the entries (dumps filtered by CTA_FILTER, Linux 5.8+) and each is
-    deleted by the original tuple the dump gave, handed back unparsed; one already gone
-    is not an error.  Two dumps per address cover every entry it is in: the original
-    direction's source (connections the pod opened, masqueraded or not) and the reply
-    direction's source (connections to the pod, straight or DNATed to it from a Service
-    address).  pyroute2's client took ~130 ms a flush: too much for a queue that follows
-    pod churn.  Backstop: a kernel before 5.8 ignores CTA_FILTER and dumps every entry
-    of the family, so each entry is deleted only when `ip` is in it (holds()), whatever
-    the kernel filtered."""
+    The entries are found by dumps (_dumps: one of the whole namespace when it holds
+    few entries, else dumps filtered by CTA_FILTER, Linux 5.8+, two per address: the
+    original direction's source, for connections the pod opened, masqueraded or not,
+    and the reply direction's source, for connections to the pod, straight or DNATed to
+    it from a Service address); each is deleted by the original tuple the dump gave,
+    handed back unparsed; one already gone is not an error.  pyroute2's client took
+    ~130 ms a flush: too much for a queue that follows pod churn.  Every dumped entry
+    is deleted only when one of `ips` is in it (holds()), whatever the kernel filtered:
+    the unfiltered dump relies on it, and so does a kernel before 5.8, which ignores
+    CTA_FILTER and dumps every entry of the family."""
     from .errors import NetlinkError
     from .rtnl import RouteSocket
 
+    ips = list(ips)
     removed = 0
     try:
         with RouteSocket(protocol=nl.NETLINK_NETFILTER) as ct:
-            for ip in ips:
-                found = {}
-                for reply in (False, True):  # the source of either direction
-                    for entry in ct._request(nl.ctnetlink_type(nl.IPCTNL_MSG_CT_GET), nl.NLM_F_REQUEST | nl.NLM_F_DUMP,
-                                             nl.conntrack_address_dump(ip, reply, source=True),
-                                             f"list the conntrack entries of {ip}", nl.conntrack_entry):
-                        close, parsed = entry
-                        if holds(parsed, ip):
-                            found[(close.family, close.tuple_orig, close.zone)] = close
-                for entry in found.values():
-                    try:
-                        ct._request(nl.ctnetlink_type(nl.IPCTNL_MSG_CT_DELETE), nl.NLM_F_REQUEST | nl.NLM_F_ACK,
-                                    nl.conntrack_delete(entry), f"delete a conntrack entry of {ip}")
-                        removed += 1
-                    except NetlinkError as exc:
-                        if exc.code != errno.ENOENT:  # expired meanwhile
-                            raise
+            found = {}
+            for body in _dumps(ips):
+                for close, parsed in ct._request(nl.ctnetlink_type(nl.IPCTNL_MSG_CT_GET),
+                                                 nl.NLM_F_REQUEST | nl.NLM_F_DUMP, body,
+                                                 "list the conntrack entries", nl.conntrack_entry):
+                    if any(holds(parsed, ip) for ip in ips):
+                        found[(close.family, close.tuple_orig, close.zone)] = close
+            for entry in found.values():
+                try:
+                    ct._request(nl.ctnetlink_type(nl.IPCTNL_MSG_CT_DELETE), nl.NLM_F_REQUEST | nl.NLM_F_ACK,
+                                nl.conntrack_delete(entry), "delete a conntrack entry")
+                    removed += 1
+                except NetlinkError as exc:
+                    if exc.code != errno.ENOENT:  # expired meanwhile
+                        raise
     except NetlinkError as exc:
         if exc.code == errno.ENOENT and not removed:  # no conntrack in this namespace's kernel: nothing kept
             return 0

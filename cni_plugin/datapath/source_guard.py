@@ -349,19 +349,24 @@ def ports_in_kernel(objects: list) -> list:
             if name in macs]
 
 
-def ensure(network: str, ports=None) -> Outcome:
+def ensure(network: str, ports=None, rebuild_with=None) -> Outcome:
     """Make the kernel's table hold the shape and, when `ports` is given (the agent's
-    records), exactly those ports' elements; ports=None keeps the elements it holds
-    (standalone).  One listing when nothing differs; element drift is repaired in one
-    transaction, a damaged shape by rebuilding the table."""
+    records), exactly those ports' elements; one listing when nothing differs; element
+    drift is repaired in one transaction, a damaged shape by rebuilding the table.
+    ports=None: the shape only, listed without the elements (a standalone ADD: the
+    check must not grow with the pods); a missing or damaged table is then made with
+    the ports rebuild_with() gives (standalone: every record of the node), or, without
+    it, with the elements the table holds."""
     table = table_name(network)
-    objects = nft.list_table(FAMILY, table)
+    objects = nft.list_table(FAMILY, table, elements=ports is not None)
     if objects is None:
-        create(network, ports or ())
+        create(network, ports if ports is not None else rebuild_with() if rebuild_with else ())
         return Outcome("created", ["table missing"])
     problems = _shape_problems(objects)
     if problems:
-        create(network, ports_in_kernel(objects) if ports is None else ports)
+        if ports is None:
+            ports = rebuild_with() if rebuild_with else ports_in_kernel(nft.list_table(FAMILY, table) or [])
+        create(network, ports)
         return Outcome("rebuilt", problems)
     if ports is None:
         return Outcome("unchanged")

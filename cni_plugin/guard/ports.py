@@ -24,11 +24,10 @@ import ipaddress
 import json
 import os
 import re
-from contextlib import contextmanager
 from collections import namedtuple
 
 from ..digest import sha256
-from ..fsutil import flock_bounded, is_temp_name, write_atomic
+from ..fsutil import Flocked, is_temp_name, write_atomic
 
 DIR_SUFFIX = ".ports"
 NAME_MAX = 255  # bytes in one path component
@@ -133,16 +132,10 @@ class PortRecord(namedtuple("PortRecord", _PORT_FIELDS, defaults=(True, None, No
                    pod_addresses=pod_addresses)
 
 
-@contextmanager
-def locked(path: str, timeout: float = LOCK_TIMEOUT):
-    """Hold the records directory `path` exclusively (made when missing)."""
+def locked(path: str, timeout: float = LOCK_TIMEOUT) -> Flocked:
+    """The records directory `path` (made when missing), held exclusively by a with-block."""
     os.makedirs(path, mode=0o700, exist_ok=True)
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        flock_bounded(fd, True, timeout, path)
-        yield
-    finally:
-        os.close(fd)  # releases the flock
+    return Flocked(os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC), True, timeout, path)
 
 
 def write(path: str, record: PortRecord) -> None:

@@ -7,7 +7,6 @@ address is held by someone else, 102 the attachment already holds different addr
 
 import ipaddress
 import json
-from contextlib import contextmanager, suppress
 
 from ..cni.errors import (
     ADDRESS_UNAVAILABLE,
@@ -39,18 +38,25 @@ def _pod(env) -> tuple:
     return env.args.get("K8S_POD_NAMESPACE"), env.args.get("K8S_POD_NAME"), env.args.get("K8S_POD_UID")
 
 
-@contextmanager
-def _io_errors(store: Store):
-    """Report an OSError from the store as CNI error 5 naming the store (11 for a lock
-    that stayed taken: another call is stuck, retry)."""
-    try:
-        yield
-    except LockTimeout as exc:
-        if caller.gone():
-            raise caller.CallerLeft(f"while waiting for IPAM store {store.dir}")
-        raise CniError(TRY_AGAIN_LATER, f"IPAM store {store.dir}: {exc}; retry later")
-    except OSError as exc:
-        raise CniError(IO_FAILURE, f"IPAM store {store.dir} failed: {exc}")
+class _io_errors:
+    """A with-block reporting an OSError from the store as CNI error 5 naming the store
+    (11 for a lock that stayed taken: another call is stuck, retry).  A class rather
+    than contextlib.contextmanager, whose import costs a standalone call ~1 ms."""
+
+    def __init__(self, store: Store):
+        self.store = store
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, kind, exc, tb):
+        if kind is not None and issubclass(kind, LockTimeout):
+            if caller.gone():
+                raise caller.CallerLeft(f"while waiting for IPAM store {self.store.dir}")
+            raise CniError(TRY_AGAIN_LATER, f"IPAM store {self.store.dir}: {exc}; retry later")
+        if kind is not None and issubclass(kind, OSError):
+            raise CniError(IO_FAILURE, f"IPAM store {self.store.dir} failed: {exc}")
+        return False
 
 
 def _records(event, ips, store, attachment, pod, reason=None) -> list[dict]:
@@ -195,8 +201,10 @@ def _allocate(store: Store, cfg, attachment: Attachment, requested: dict, pod) -
         _rollback(store, attachment, ips if recorded else [], taken, pod)
         raise
     for range_set, ip in zip(cfg.range_sets, ips):
-        with suppress(OSError):  # a hint (see Store.set_last_reserved): never fails an ADD
+        try:
             store.set_last_reserved(range_set.index, ip)
+        except OSError:
+            pass  # a hint (see Store.set_last_reserved): never fails an ADD
     return chosen
 
 
@@ -211,10 +219,14 @@ def _rollback(store: Store, attachment: Attachment, recorded, taken, pod) -> Non
     except OSError:
         return
     for ip in taken:
-        with suppress(OSError):
+        try:
             store.release(ip, attachment)
-    with suppress(OSError):
+        except OSError:
+            pass
+    try:
         store.remove_index(attachment)
+    except OSError:
+        pass
 
 
 def _one_per_range_set(cfg, ips) -> list[tuple] | None:

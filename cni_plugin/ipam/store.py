@@ -25,9 +25,8 @@ import ipaddress
 import os
 import stat
 from collections import namedtuple
-from contextlib import contextmanager
 
-from ..fsutil import flock_bounded, fsync_dir, is_temp_name, write_all, write_atomic
+from ..fsutil import Flocked, fsync_dir, is_temp_name, write_all, write_atomic
 
 DIR_MODE = 0o700
 FILE_MODE = 0o600
@@ -105,11 +104,10 @@ class Store:
         _mkdir_private(self.dir)
         _mkdir_private(self.index_dir)
 
-    @contextmanager
-    def locked(self, exclusive: bool = True, abandoned=None):
-        """Hold the store's flock (fsutil.LockTimeout after LOCK_TIMEOUT); exclusive
-        also creates the directories.  A read-only store is still locked (flock needs
-        no write access), so DEL can read what it cannot free."""
+    def locked(self, exclusive: bool = True, abandoned=None) -> Flocked:
+        """The store's flock, held by a with-block (fsutil.LockTimeout after
+        LOCK_TIMEOUT); exclusive also creates the directories.  A read-only store is
+        still locked (flock needs no write access), so DEL can read what it cannot free."""
         if exclusive:
             self.ensure_dirs()
         path = os.path.join(self.dir, LOCK_FILE)
@@ -119,11 +117,7 @@ class Store:
             if exc.errno not in (errno.EROFS, errno.EACCES):
                 raise
             fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-        try:
-            flock_bounded(fd, exclusive, LOCK_TIMEOUT, path, abandoned)
-            yield self
-        finally:
-            os.close(fd)  # releases the lock
+        return Flocked(fd, exclusive, LOCK_TIMEOUT, path, abandoned)
 
     # --- address files ------------------------------------------------------
 

@@ -89,7 +89,7 @@ def _refuse_unpoliced(cfg) -> None:
     table = table_name(cfg.name)
     if len(table) > nft.NAME_MAX:
         return  # nftables refuses such a name: no table of it can exist
-    objects = nft.list_table("inet", table) or []
+    objects = nft.list_table("inet", table, elements=False) or []  # chains are all it asks about
     base = {"egress_hook", "ingress_hook", "egress", "ingress"}
     # a chain of its own per NetworkPolicy: with none, no pod can be isolated
     if any("chain" in item and item["chain"].get("name") not in base for item in objects):

@@ -5,7 +5,9 @@ netconf says `allowSpoofing: true`, puts the port under validation
 (datapath/source_guard.py) — both before the pod's interface comes up, under the
 records lock so weftd's reconcile never sees one without the other.  DEL and a
 rolled-back ADD: detach().  CHECK: check().  GC: forget_stale().  Standalone (no weftd
-serving the call) the table is also brought into shape here, since no agent repairs it.
+serving the call) nobody else repairs the table: each ADD checks its shape (rebuilding
+it from the records when missing or damaged), and GC restores any element a recorded
+pod lost.
 """
 
 import ipaddress
@@ -13,6 +15,7 @@ import os
 
 from ..cni import invocation
 from ..cni.errors import CHECK_FAILED, IO_FAILURE, CniError
+from ..datapath.errors import DatapathError
 from ..fsutil import LockTimeout
 from ..guard import ports
 
@@ -93,9 +96,12 @@ def attach(cfg, record: ports.PortRecord) -> None:
                 _restate(cfg, directory, other.port, lambda o: o._replace(
                     pod_addresses=tuple(dict.fromkeys(o.pod_addresses + record.addresses))))
             if record.validated and _standalone():
-                # no agent repairs the table: bring it to what every record of the node says
-                records, _ = ports.read_all(cfg.ports_dir)
-                source_guard.ensure(cfg.name, [_port(r) for r in records.values() if r.validated])
+                # no agent repairs the table: its shape is checked (listed without the
+                # elements, so the check does not grow with the pods) and a missing or
+                # damaged table is made again from every record of the node; elements
+                # another pod lost are named by its CHECK and restored by a standalone GC
+                if not source_guard.ensure(cfg.name, rebuild_with=lambda: _validated_ports(cfg)).changed:
+                    source_guard.add_port(cfg.name, _port(record))
             elif record.validated:
                 source_guard.add_port(cfg.name, _port(record))
     except LockTimeout as exc:
@@ -103,6 +109,29 @@ def attach(cfg, record: ports.PortRecord) -> None:
     except OSError as exc:
         raise CniError(IO_FAILURE, f"cannot write the port record of {record.port} in {cfg.ports_dir}: "
                        f"{exc.strerror}; the records live beside the subnet file (netconf subnetFile)") from None
+
+
+def _validated_ports(cfg) -> list:
+    """source_guard.Port of every validated record of the network (its lock held)."""
+    records, _ = ports.read_all(cfg.ports_dir)
+    return [_port(r) for r in records.values() if r.validated]
+
+
+def repair_elements(cfg) -> None:
+    """Standalone GC: the table made to hold exactly the elements the node's records
+    say (a standalone ADD checks only the table's shape; with weftd, its reconcile does
+    this).  Nothing to do for a network no ADD has recorded a port of."""
+    from ..datapath import source_guard
+
+    if not os.path.isdir(cfg.ports_dir):
+        return
+    try:
+        with _locked(cfg):
+            wanted = _validated_ports(cfg)
+            if wanted:
+                source_guard.ensure(cfg.name, wanted)
+    except LockTimeout as exc:
+        raise CniError(IO_FAILURE, f"port records of network {cfg.name}: {exc}") from None
 
 
 def detach(cfg, host_name: str) -> None:
@@ -166,8 +195,9 @@ def check(cfg, host_name: str, mac: str, ips) -> None:
 
 
 def forget_stale(cfg, keep: set, busy) -> list:
-    """GC: records (and elements) of ports not in `keep` that no call is working on.
-    Returns the errors met (the sweep goes on)."""
+    """GC: records (and elements) of ports not in `keep` that no call is working on;
+    standalone, then the elements of the rest repaired (repair_elements).  Returns the
+    errors met (the sweep goes on)."""
     records, _ = ports.read_all(cfg.ports_dir)
     errors = []
     for name in sorted(records):
@@ -175,6 +205,11 @@ def forget_stale(cfg, keep: set, busy) -> list:
             continue
         try:
             detach(cfg, name)
-        except CniError as exc:
+        except (CniError, DatapathError) as exc:
+            errors.append(exc)
+    if _standalone():
+        try:
+            repair_elements(cfg)
+        except (CniError, DatapathError) as exc:
             errors.append(exc)
     return errors

@@ -464,3 +464,26 @@ def test_a_deleted_table_is_reported_by_check_and_rebuilt_from_the_records_by_th
     assert normalised(port_elements(node, b.port)) == expected_elements(b.port, b.mac, b.ips)
     assert normalised(port_elements(node, a.port)) == expected_elements(a.port, a.mac, a.ips), \
         "pod a, whose record is still there, is no longer validated after the table was rebuilt"
+
+
+def test_a_standalone_gc_restores_an_element_a_pod_lost_and_removes_one_no_record_wants(weft, node, pods):
+    """A standalone ADD checks only the table's shape (listing every pod's elements on
+    each ADD would grow with the pods); the backstop for element drift is GC, which
+    makes the elements exactly what the port records say.  Without it the element
+    deleted by hand stays gone, and the pod can no longer send as itself."""
+    netconf = conf(weft)
+    a = attach(weft, pods, "ga", netconf)
+    b = attach(weft, pods, "gb", netconf)
+    node.run(["nft", "delete", "element", "bridge", TABLE, "addr4", f"{{ {a.port} . {a.v4} }}"])
+    node.run(["nft", "add", "element", "bridge", TABLE, "addr4", f"{{ {b.port} . {FORGED_OUTSIDE} }}"])
+    checked = weft("CHECK", {**netconf, "prevResult": a.result}, a.ns, cid="ga")
+    assert checked.code == 1 and checked.json["code"] == 104 and "set addr4" in checked.json["msg"], checked
+    c = attach(weft, pods, "gc", netconf)  # an ADD meanwhile finds the shape whole
+    assert normalised(port_elements(node, c.port)) == expected_elements(c.port, c.mac, c.ips)
+    gc = weft("GC", {**conf(weft, cniVersion="1.1.0"), "cni.dev/valid-attachments": [
+        {"containerID": pod, "ifname": "eth0"} for pod in ("ga", "gb", "gc")]})
+    assert gc.code == 0, gc
+    for pod in (a, b, c):
+        assert normalised(port_elements(node, pod.port)) == expected_elements(pod.port, pod.mac, pod.ips), pod.cid
+    checked = weft("CHECK", {**netconf, "prevResult": a.result}, a.ns, cid="ga")
+    assert checked.code == 0, checked
