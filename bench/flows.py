@@ -2,27 +2,36 @@
 and how fast the IPFIX export goes.
 
 One lab.cluster of two nodes (etcd, a weftd each, VXLAN); server pod S and client C on
-node1 (same node), client R on node2 (cross node).  Rounds interleave three sides,
+node1 (same node), client R on node2 (cross node).  The agents join conntrack's DESTROY
+group only, so a TCP connection's record comes when the kernel forgets its entry,
+TIME_WAIT after its close: the node namespaces' nf_conntrack_tcp_timeout_time_wait is
+set to TIME_WAIT (1 s; their own knob, not the root namespace's), so that the records
+of a round come within the run, and the agent's work for them lands in the measured
+windows as it would at a steady rate.  Rounds interleave three sides,
 the order rotating each round, each starting from a conntrack table without the
 benchmark's earlier entries (deleted in the node namespaces before the side is set):
   off  FlowLog unset, and nf_conntrack_acct/timestamp set back to 0 in the nodes
        (a node that never had flow logging);
   on   FlowLog true (the agent turns acct/timestamp on);
   floor  the kernel's share: FlowLog unset, nf_conntrack_acct/timestamp on, and in each
-       node a process whose socket joins the agent's conntrack groups with the agent's
-       filter (datapath/conntrack.ConntrackEvents) and never reads (its buffer, a page,
-       full at once: the kernel builds and filters every event as for the agent, then
-       drops it; nothing in userspace).
+       node a process whose socket joins the agent's conntrack group
+       (datapath/conntrack.ConntrackEvents) and never reads (its buffer, a page, full at
+       once: the kernel builds every event as for the agent, then drops it; nothing in
+       userspace).
 Each side runs bench.conn_rate's loop (connect, a byte each way, server closes) C -> S
-and R -> S for `seconds`.  On the "on" side, after the loop, the journals (rotated files
-included) must hold one final record per connection made (warm-up included) and nothing
-dropped or lost: the
+and R -> S for `preload` seconds unmeasured (the DESTROY events of those connections
+then arrive during the measured run, as they would at a steady rate: the kernel's
+garbage collection forgets expired entries in bursts seconds apart), then for
+`seconds`, measured.  On the "on" side, after the loop, the journals (rotated files
+included) must hold one final record per connection made (warm-up included; waited for,
+bounded: TIME_WAIT and the garbage collection) and nothing dropped or lost: the
 figure counts the connections it finds per client (distinct `id`s whose `start` lies in
 the window: a connection of an earlier window may end, and be recorded, in this one)
 (`records_missing`), and the agents'
 weft_flows_dropped_total / events lost.  Reported: connections/s per side and the
 median of the rounds' paired ratios on / off (target >= 0.9); agent CPU per 1,000
-connections (node1's agent, on minus off over the same window: the flow work alone;
+connections (node1's agent, on minus off over the same span, preloads included: the
+flow work alone;
 target <= 50 ms); journal bytes per connection (target <= 500); the floor's rate per
 side and its ratio floor / off.
 
@@ -50,6 +59,8 @@ ON, OFF, FLOOR = "on", "off", "floor"
 SIDES = (ON, OFF, FLOOR)
 TOPOLOGIES = ("same_node", "cross_node")
 WARMUP = 50  # bench.conn_rate's warm-up connections, recorded too
+TIME_WAIT = 1        # seconds: nf_conntrack_tcp_timeout_time_wait in the bench's node namespaces
+RECORD_WAIT = 120.0  # seconds the journal may take to hold a side's records (TIME_WAIT, garbage collection)
 ACCOUNTING = ("/proc/sys/net/netfilter/nf_conntrack_acct", "/proc/sys/net/netfilter/nf_conntrack_timestamp")
 LISTENER = ("import signal, sys\nfrom cni_plugin.datapath import conntrack\n"
             "events = conntrack.ConntrackEvents(buffer=4096)\n"
@@ -59,7 +70,7 @@ LISTENER = ("import signal, sys\nfrom cni_plugin.datapath import conntrack\n"
 
 def _set_side(cluster, nodes, side) -> list:
     """The side's settings applied; the floor's listeners (Popen), started.  The entries
-    of the benchmark's earlier connections (TIME_WAIT for two minutes) are deleted first,
+    of the benchmark's earlier connections (those still in TIME_WAIT) are deleted first,
     the agent not yet listening: a side starts from the same table whatever came before
     it (a port reused on an entry left by the side before kills it, and an entry made
     while acct/timestamp were off would be recorded with its DESTROY time as start)."""
@@ -102,17 +113,29 @@ def _epoch(text) -> float:
     return parse_ts(text).timestamp()
 
 
-def _settled(flow_dir, limit=60.0):
-    """Until the journal has stopped growing for 3 s (the writer is done), bounded."""
-    path = os.path.join(flow_dir, "weft.jsonl")
-    deadline, last, still = time.monotonic() + limit, -1, time.monotonic()
-    while time.monotonic() < deadline:
-        size = os.path.getsize(path) if os.path.exists(path) else 0
-        if size != last:
-            last, still = size, time.monotonic()
-        elif time.monotonic() - still >= 3.0:
-            return
-        time.sleep(0.5)
+def _recorded(node, flow_dir, clients, window) -> dict:
+    """Client -> how many connections of its window the node's journal holds a final
+    record of (distinct `id`s whose `start` lies in the window)."""
+    records, _ = _journal(node, flow_dir)
+    ids = {name: set() for name in clients}
+    for record in records:
+        if not record.get("final") or record["dport"] != CONN_PORT:
+            continue
+        for name, pod in clients.items():
+            low, high = window[name]
+            if record["src"] == pod.ip and low <= _epoch(record["start"]) <= high:
+                ids[name].add(record["id"])
+    return {name: len(found) for name, found in ids.items()}
+
+
+def _records_of(node, flow_dir, clients, window, made) -> dict:
+    """_recorded once it holds every connection made, or when RECORD_WAIT is up."""
+    deadline = time.monotonic() + RECORD_WAIT
+    while True:
+        found = _recorded(node, flow_dir, clients, window)
+        if all(found[name] >= made[name] for name in clients) or time.monotonic() > deadline:
+            return found
+        time.sleep(2.0)
 
 
 def _dropped(node) -> float:
@@ -159,7 +182,7 @@ def ipfix_rate(ctx, connections: int) -> dict:
             if received == records else "the collector or the socket buffer (records lost on loopback)"}
 
 
-def flows(ctx, seconds: float, rounds: int, ipfix_connections: int) -> dict:
+def flows(ctx, seconds: float, rounds: int, ipfix_connections: int, preload: float) -> dict:
     ctx.say(f"flow records: {rounds} rounds of TCP connections/s ({seconds}s each), same and cross node, "
             "FlowLog on vs off, interleaved; then the IPFIX export rate")
     cluster = Cluster(os.path.join(ctx.work, "flows-cluster"), ctx.installed, reconcile_interval=10.0)
@@ -173,6 +196,8 @@ def flows(ctx, seconds: float, rounds: int, ipfix_connections: int) -> dict:
             node.wait_ready()
             wait_for(lambda: len(node.status()["peers"]) == 1, 60, what=f"{node.name} peers")
         ctx.record(cluster.namespace_names())
+        for node in nodes:
+            node.ns.run(["sysctl", "-qw", f"net.netfilter.nf_conntrack_tcp_timeout_time_wait={TIME_WAIT}"])
         conf = {n.name: default_netconf(n) for n in nodes}
         pods = {"server": nodes[0].add_pod(conf=conf[nodes[0].name], name="fl-s"),
                 "same_node": nodes[0].add_pod(conf=conf[nodes[0].name], name="fl-c"),
@@ -188,21 +213,19 @@ def flows(ctx, seconds: float, rounds: int, ipfix_connections: int) -> dict:
                 before = {n.name: _journal(n, dirs[n.name]) for n in nodes}
                 dropped_before = sum(_dropped(n) for n in nodes)
                 cpu_before = cpu_seconds(nodes[0].agent.pid)
-                made, window = {}, {}
+                made, window, preloaded = {}, {}, 0
                 for topo in TOPOLOGIES:
+                    warm = conn_rate(pods["server"], pods[topo], preload)
+                    preloaded += warm["connections"] + warm["errors"] + WARMUP
                     started = time.time()
                     result = conn_rate(pods["server"], pods[topo], seconds)
-                    window[topo] = (started - 0.5, time.time() + 0.5)
+                    window[topo] = (started, time.time() + 0.5)
                     samples[(topo, side)].append(result)
                     made[topo] = result["connections"] + result["errors"] + WARMUP
                 if side == ON:  # a record of every connection made in the window, on the server's node
-                    def found(topo):
-                        records, _ = _journal(nodes[0], dirs[nodes[0].name])
-                        low, high = window[topo]
-                        return len({rec["id"] for rec in records if rec["src"] == pods[topo].ip and rec.get("final")
-                                    and rec["dport"] == CONN_PORT and low <= _epoch(rec["start"]) <= high})
-                    _settled(dirs[nodes[0].name])
-                    missing.append({t: made[t] - found(t) for t in TOPOLOGIES})
+                    found = _records_of(nodes[0], dirs[nodes[0].name], {t: pods[t] for t in TOPOLOGIES}, window,
+                                        made)
+                    missing.append({t: made[t] - found[t] for t in TOPOLOGIES})
                     made_on.append(sum(made.values()))
                     lost.append(sum(_dropped(n) for n in nodes) - dropped_before)
                     records, size = _journal(nodes[0], dirs[nodes[0].name])
@@ -210,14 +233,15 @@ def flows(ctx, seconds: float, rounds: int, ipfix_connections: int) -> dict:
                     if fresh:
                         per_record.append((size - before[nodes[0].name][1]) / fresh)
                 spent = cpu_seconds(nodes[0].agent.pid) - cpu_before
-                cpu[side].append(spent / sum(made.values()) * 1000.0)
+                cpu[side].append(spent / (sum(made.values()) + preloaded) * 1000.0)
                 for reader in readers:
                     stop_process(reader, 10)
             ctx.say(f"flows round {r + 1}/{rounds}: " + ", ".join(
                 f"{topo} {samples[(topo, ON)][-1]['per_s']:.0f}/{samples[(topo, OFF)][-1]['per_s']:.0f}/"
                 f"{samples[(topo, FLOOR)][-1]['per_s']:.0f} conn/s"
                 for topo in TOPOLOGIES) + f" (on/off/floor), missing {missing[-1]}, lost {lost[-1]}")
-        result = {"seconds": seconds, "rounds": rounds, "weft_network_config": NETWORK,
+        result = {"seconds": seconds, "preload_seconds": preload, "rounds": rounds, "weft_network_config": NETWORK,
+                  "node_tcp_time_wait_s": TIME_WAIT,
                   "tool": "bench.conn_rate (Python loop, both ends: connect, 1 byte each way, server closes)",
                   "records_missing": missing, "records_dropped_or_events_lost": lost,
                   "connections_on": made_on,

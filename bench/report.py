@@ -298,8 +298,8 @@ def flows_table(figures: dict) -> list:
     lines.append(_row(["journal bytes per connection", _fmt(fig.get("journal_bytes_per_record"), 0), "—", ""]))
     if all((fig.get(topo) or {}).get("floor") is not None for topo, _ in SV_TOPOLOGIES):
         lines += ["", "Kernel floor (FlowLog off, nf_conntrack_acct and nf_conntrack_timestamp on, a socket per "
-                  "node joined to the agent's conntrack groups with its filter and never read: every event built "
-                  "and filtered, nothing in userspace): "
+                  "node joined to the agent's conntrack group, DESTROY, and never read: every event built, "
+                  "nothing in userspace): "
                   + ", ".join(f"{where} {_fmt(fig[topo]['floor'], 0)}/s ({_fmt(fig[topo].get('floor_ratio'), 2, 'x')}"
                               " of off)" for topo, where in SV_TOPOLOGIES) + "."]
     ipfix = fig.get("ipfix") or {}

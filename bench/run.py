@@ -37,7 +37,7 @@ SMOKE = {"attachments": 10, "parallel": 10, "workers": 8, "parallel_rounds": 2, 
          "policy_pods": 40, "policy_count": 10, "policy_changes": 3, "policy_adds": 3,
          "scale_nodes": "10", "scale_wireguard_nodes": "10", "scale_churn": 6, "scale_quiet": 2.0,
          "sv_rounds": 1, "sv_seconds": 1.0, "sv_adds": 2,
-         "flow_rounds": 1, "flow_seconds": 1.0, "flow_ipfix": 2000}
+         "flow_rounds": 1, "flow_seconds": 1.0, "flow_preload": 1.0, "flow_ipfix": 2000}
 
 
 def parse(argv=None):
@@ -61,6 +61,9 @@ def parse(argv=None):
                    help="flows figure: rounds, each measuring FlowLog on and off (default 5)")
     p.add_argument("--flow-seconds", type=float, default=3.0,
                    help="flows figure: seconds of each connection-rate run (default 3)")
+    p.add_argument("--flow-preload", type=float, default=10.0,
+                   help="flows figure: seconds of the same loop, unmeasured, before each measured run: the "
+                        "DESTROY events of its connections arrive during the measured one (default 10)")
     p.add_argument("--flow-ipfix", type=int, default=100000,
                    help="flows figure: connections exported as IPFIX for its rate (default 100000)")
     p.add_argument("--nodes", type=int, default=20, help="nodes of the convergence cluster (default 20)")
@@ -173,7 +176,7 @@ def run_figures(ctx, args) -> dict:
         "cri": lambda: cri.cri(ctx, args.sandboxes),
         "policy": lambda: policy.policy(ctx, 2, args.policy_pods, args.policy_count, args.policy_changes,
                                         args.policy_adds),
-        "flows": lambda: flows.flows(ctx, args.flow_seconds, args.flow_rounds, args.flow_ipfix),
+        "flows": lambda: flows.flows(ctx, args.flow_seconds, args.flow_rounds, args.flow_ipfix, args.flow_preload),
         "scale": lambda: scale.scale(ctx, args.scale_sizes, args.scale_agents, args.scale_churn,
                                      args.scale_quiet, args.out, args.scale_wireguard_sizes),
     }

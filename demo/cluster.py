@@ -26,6 +26,8 @@ import yaml
 from lab.cluster import Cluster, wait_for
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TIME_WAIT = 2     # seconds, in the demo's node namespaces: its TCP flow records come seconds after the close
+RECORD_WAIT = 90  # seconds a TCP record may take: TIME_WAIT and the kernel's conntrack garbage collection
 NODES, PODS_PER_NODE = 3, 2
 NETWORKS = {
     "ipv4": {"Network": "10.244.0.0/16", "SubnetLen": 24, "Backend": {"Type": "vxlan", "VNI": 1},
@@ -101,7 +103,7 @@ def _flows(cluster, dirs, filters, verdicts) -> bool:
         out = cluster.weftctl("flows", *dirs, *filters).stdout
         return out if all(v in out for v in verdicts) else None
     try:
-        shown = wait_for(records, 20, interval=0.5, what=f"flow records for {' '.join(filters)}")
+        shown = wait_for(records, RECORD_WAIT, interval=0.5, what=f"flow records for {' '.join(filters)}")
     except TimeoutError:
         shown = None
     print(f"$ weftctl flows --dir <node1> --dir <node2> --dir <node3> {' '.join(filters)}\n"
@@ -127,7 +129,8 @@ def main(argv=None) -> int:
     try:
         cluster.set_network("weft", NETWORKS[family])
         nodes = [cluster.add_node() for _ in range(NODES)]
-        for node in nodes:
+        for node in nodes:  # a TCP record comes when conntrack forgets the connection: TIME_WAIT after its close
+            node.ns.run(["sysctl", "-qw", f"net.netfilter.nf_conntrack_tcp_timeout_time_wait={TIME_WAIT}"])
             node.start_agent(extra=["--flow-log-dir", os.path.join(node.dir, "flows")])
         for node in nodes:
             node.wait_ready()

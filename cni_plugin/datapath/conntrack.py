@@ -1,30 +1,30 @@
 """The kernel's connection tracking, read for flow records: events and filtered dumps.
 
-ConntrackEvents joins ctnetlink's UPDATE and DESTROY multicast groups of the agent's
-network namespace (UPDATE for the moment a TCP connection ends: its entry lingers in
-TIME_WAIT for two minutes before DESTROY; ended() says which updates are that moment,
-and get() then reads their final counters, many per datagram).  NEW is not joined:
-the kernel then builds no message at all for a connection's start (nobody listens),
-and a DESTROY or a read-back entry carries its own start time (nf_conntrack_timestamp);
-the interim records of long-lived connections come from dump() every
---flow-log-interval instead (the backstop of not following starts).
-A classic BPF filter on the socket (nlcodec.conntrack_close_filter) lets through only
-DESTROY and the updates that close a TCP connection: the other state changes, most of
-a connection's events, never reach the socket.  Delivery is best effort on purpose: the kernel is never asked
-for reliable delivery (NETLINK_BROADCAST_ERROR would make a slow reader stall the
-datapath); a full receive buffer loses events, which the kernel reports as ENOBUFS
-and receive() counts in `lost` (one ENOBUFS: at least one event lost).
+ConntrackEvents joins ctnetlink's DESTROY multicast group of the agent's network
+namespace, and that group only: the kernel builds a message for a listener of each
+group it is asked about, and NEW and UPDATE (a TCP connection's every state change:
+about six a connection) cost the datapath ~10% of its new connections/s even with a
+socket filter dropping them (docs/flows.md, the flows figure).  A DESTROY carries
+everything a final record needs: the counters, the start and stop times
+(nf_conntrack_acct, nf_conntrack_timestamp) and the TCP state the entry ended in.  A TCP
+connection's DESTROY comes when the kernel forgets its entry, after TIME_WAIT
+(nf_conntrack_tcp_timeout_time_wait, 120 s by default) and the kernel's garbage
+collection, not at its close; the interim records of long-lived connections come from
+dump() every --flow-log-interval.  Delivery is best effort on purpose: the kernel is
+never asked for reliable delivery (NETLINK_BROADCAST_ERROR would make a slow reader
+stall the datapath); a full receive buffer loses events, which the kernel reports as
+ENOBUFS and receive() counts in `lost` (one ENOBUFS: at least one event lost).
 
 dump(mark, mask, wanted) lists the entries whose ct mark matches (the kernel filters)
 and that wanted(id, TCP state) asks for (the rest are not decoded), for the interim
 records of long-lived connections.  enable_accounting() turns on the per-entry
 byte/packet counters and start/stop times (they apply to connections created after
-they are on).  flush(ips) deletes the entries of a torn-down pod's addresses before
-they are released (plugin/teardown.py, and a standalone DEL).  Messages are framed and
-parsed by nlcodec only.
+they are on).  lingering() reads how long an ended TCP entry stays in the table.
+flush(ips) deletes the entries of a torn-down pod's addresses before they are released
+(plugin/teardown.py, and a standalone DEL).  Messages are framed and parsed by nlcodec
+only.
 """
 
-import ctypes
 import errno
 import _socket as socket  # `socket` sets up enums: ~3 ms of a standalone DEL
 import select
@@ -34,13 +34,12 @@ from .errors import DatapathError
 from .rtnl import socket_in
 
 RECEIVE_BUFFER = 8 << 20
-GROUPS = (1 << (nl.NFNLGRP_CONNTRACK_UPDATE - 1)) | (1 << (nl.NFNLGRP_CONNTRACK_DESTROY - 1))
+GROUPS = 1 << (nl.NFNLGRP_CONNTRACK_DESTROY - 1)
+DESTROY = nl.ctnetlink_type(nl.IPCTNL_MSG_CT_DELETE)
 ENDED = (nl.TCP_CONNTRACK_TIME_WAIT, nl.TCP_CONNTRACK_CLOSE)
 ACCOUNTING = ("/proc/sys/net/netfilter/nf_conntrack_acct", "/proc/sys/net/netfilter/nf_conntrack_timestamp")
-
-
-GET_CHUNK = 128          # requests per datagram when reading closed connections back
-GET_BUFFER = 4 << 20     # their answers (~350 bytes each, more in kernel accounting) wait here
+LINGER = {nl.TCP_CONNTRACK_TIME_WAIT: "/proc/sys/net/netfilter/nf_conntrack_tcp_timeout_time_wait",
+          nl.TCP_CONNTRACK_CLOSE: "/proc/sys/net/netfilter/nf_conntrack_tcp_timeout_close"}
 
 
 def _receive_buffer(sock, size: int) -> None:
@@ -60,62 +59,42 @@ def enable_accounting() -> None:
             raise DatapathError(f"{path} is missing: nf_conntrack is not loaded (`modprobe nf_conntrack`)")
 
 
-def _event(kind: int, flags: int):
-    msg = kind & 0xFF
-    if kind >> 8 != nl.NFNL_SUBSYS_CTNETLINK:
-        return None
-    if msg == nl.IPCTNL_MSG_CT_NEW:
-        return "new" if flags & nl.NLM_F_CREATE else "update"
-    return "destroy" if msg == nl.IPCTNL_MSG_CT_DELETE else None
-
-
-def _decoded(data, wanted) -> list:
-    """The entries of a datagram that `wanted(event, id, tcp_state)` asks for: "new" and
-    "destroy" decoded (nlcodec.Conntrack; their TCP state is not read first: None), a
-    TCP close kept raw (nlcodec.Close, for get()); updates other than a TCP close are
-    never offered (most of the events: state changes)."""
-    out = []
-    for offset, length, kind, flags, _ in nl.messages(data):
-        event = _event(kind, flags)
-        if event is None:
+def lingering() -> dict:
+    """TCP state -> nanoseconds an entry that ended in it (TIME_WAIT, CLOSE) stays in
+    this namespace's table before the kernel may forget it (its per-namespace timeout);
+    a state whose knob cannot be read is left out."""
+    out = {}
+    for state, path in LINGER.items():
+        try:
+            with open(path) as handle:
+                out[state] = int(handle.read()) * 1_000_000_000
+        except (OSError, ValueError):
             continue
-        if event == "update":
-            close, state = nl.conntrack_close_state(data, offset, length)
-            if state in ENDED and wanted(event, close.id, state):
-                out.append(close)
-        elif wanted(event, nl.conntrack_id(data, offset, length), None):
-            out.append(nl.decode_conntrack(data, offset, length, kind, flags))
     return out
 
 
 class ConntrackEvents:
-    """TCP-close UPDATE and DESTROY events of this namespace's conntrack table (NEW too
-    when `groups` asks for it)."""
+    """The DESTROY events of this namespace's conntrack table: each entry the kernel
+    forgets, with its final counters, times and TCP state."""
 
-    def __init__(self, buffer: int = RECEIVE_BUFFER, close_filter: bool = True, netns_path: str = None,
-                 groups: int = GROUPS):
+    def __init__(self, buffer: int = RECEIVE_BUFFER, netns_path: str = None):
         self.sock = socket_in(netns_path, nl.NETLINK_NETFILTER) if netns_path else \
             socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, nl.NETLINK_NETFILTER)
         self.lost = 0          # ENOBUFS reports (each: one or more events lost)
         self.malformed = 0     # datagrams that did not parse (skipped)
         try:
             _receive_buffer(self.sock, buffer)
-            if close_filter:  # state-change updates dropped in the kernel, before they are queued
-                self._program = ctypes.create_string_buffer(nl.conntrack_close_filter())
-                self.sock.setsockopt(socket.SOL_SOCKET, nl.SO_ATTACH_FILTER, nl.sock_fprog(
-                    len(self._program.raw) // 8, ctypes.addressof(self._program)))
-            self.sock.bind((0, groups))
+            self.sock.bind((0, GROUPS))
         except OSError as exc:
             self.sock.close()
-            raise DatapathError(f"cannot join the conntrack event groups: {exc.strerror}") from None
+            raise DatapathError(f"cannot join the conntrack event group: {exc.strerror}") from None
 
     def fileno(self) -> int:
         return self.sock.fileno()
 
-    def receive(self, timeout: float, wanted=lambda event, ct_id, state: True) -> list:
-        """The events that arrived (waits up to `timeout` for the first datagram, then
-        drains what is queued without waiting), decoded when wanted(event, id, TCP state)
-        says so: "new", "update" (a TCP close only) or "destroy"."""
+    def receive(self, timeout: float) -> list:
+        """The entries destroyed (nlcodec.Conntrack, event "destroy"): waits up to
+        `timeout` for the first datagram, then drains what is queued without waiting."""
         ready, _, _ = select.select([self.sock], [], [], timeout)
         if not ready:
             return []
@@ -133,7 +112,8 @@ class ConntrackEvents:
             if not data:
                 return out
             try:
-                out.extend(_decoded(data, wanted))
+                out.extend(nl.decode_conntrack(data, offset, length, kind, flags)
+                           for offset, length, kind, flags, _ in nl.messages(data) if kind == DESTROY)
             except nl.MalformedMessage:
                 self.malformed += 1
 
@@ -167,71 +147,6 @@ def dump(mark: int = 0, mask: int = 0, wanted=None) -> list:
         raise DatapathError(f"conntrack dump: {exc}") from None
     finally:
         sock.close()
-
-
-def ended(entry) -> bool:
-    """An event saying a TCP connection has closed (TIME_WAIT or CLOSE)."""
-    return isinstance(entry, nl.Close) or (entry.event == "update" and entry.tcp_state in ENDED)
-
-
-class EntryReader:
-    """Reads entries back by their original tuple (the counters of closed TCP
-    connections) over one socket kept open, many requests a datagram."""
-
-    def __init__(self, netns_path: str = None):
-        self.sock = socket_in(netns_path, nl.NETLINK_NETFILTER) if netns_path else \
-            socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, nl.NETLINK_NETFILTER)
-        try:
-            _receive_buffer(self.sock, GET_BUFFER)  # every answer of a chunk is queued before we read
-            self.sock.settimeout(5.0)
-            self.sock.bind((0, 0))
-        except OSError as exc:
-            self.sock.close()
-            raise DatapathError(f"conntrack read: {exc}") from None
-        self.seq = 0
-
-    def get(self, entries, state: bool = False) -> list:
-        """The current state of these entries (Conntrack or Close; their TCP state only
-        when `state`: a record does not need it); entries gone meanwhile are left out
-        (their DESTROY event follows).  An error leaves the socket drained:
-        answers of a failed chunk are told apart by sequence number and skipped."""
-        out = []
-        try:
-            for start in range(0, len(entries), GET_CHUNK):
-                chunk = entries[start:start + GET_CHUNK]
-                if self.seq + len(chunk) >= 1 << 31:
-                    self.seq = 0
-                first = self.seq + 1
-                self.seq += len(chunk)
-                self.sock.send(b"".join(nl.conntrack_get_request(first + i, e) for i, e in enumerate(chunk)))
-                answered = 0
-                while answered < len(chunk):
-                    data = self.sock.recv(1 << 17)
-                    for offset, length, kind, flags, seq in nl.messages(data):
-                        if seq < first:  # an answer to an earlier, failed call
-                            continue
-                        answered += 1
-                        if kind == nl.NLMSG_ERROR:
-                            continue
-                        out.append(nl.decode_conntrack(data, offset, length, kind, flags, "update", state))
-        except OSError as exc:
-            raise DatapathError(f"conntrack read: {exc}") from None
-        return out
-
-    def close(self) -> None:
-        self.sock.close()
-
-
-def get(entries, netns_path: str = None) -> list:
-    """The current state of these entries (Conntrack or Close, by original tuple), many
-    requests a datagram; entries gone meanwhile are left out (their DESTROY event follows)."""
-    if not entries:
-        return []
-    reader = EntryReader(netns_path)
-    try:
-        return reader.get(entries, state=True)
-    finally:
-        reader.close()
 
 
 COUNT = "/proc/sys/net/netfilter/nf_conntrack_count"  # this namespace's entries

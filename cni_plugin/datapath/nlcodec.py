@@ -507,9 +507,8 @@ def _counters(raw: bytes | None, what: str) -> tuple | None:
             _be(found[CTA_COUNTERS_BYTES], _BE64, f"{what} bytes") if CTA_COUNTERS_BYTES in found else 0)
 
 
-_CT_ATTRS_STATELESS = frozenset((CTA_TUPLE_ORIG, CTA_TUPLE_REPLY, CTA_MARK, CTA_COUNTERS_ORIG,
-                                  CTA_COUNTERS_REPLY, CTA_ID, CTA_ZONE, CTA_TIMESTAMP))
-_CT_ATTRS = _CT_ATTRS_STATELESS | {CTA_PROTOINFO}
+_CT_ATTRS = frozenset((CTA_TUPLE_ORIG, CTA_TUPLE_REPLY, CTA_MARK, CTA_COUNTERS_ORIG, CTA_COUNTERS_REPLY, CTA_ID,
+                       CTA_ZONE, CTA_TIMESTAMP, CTA_PROTOINFO))
 
 
 _TCP_STATE_FIRST = struct.Struct("=HHHHB")  # CTA_PROTOINFO_TCP {CTA_PROTOINFO_TCP_STATE first}
@@ -532,8 +531,8 @@ def _tcp_state(raw: bytes | None) -> int | None:
 
 # tuple_orig: the CTA_TUPLE_ORIG attribute's payload; zone: CTA_ZONE's payload or None
 Close = namedtuple("Close", "id family tuple_orig zone")
-Close.__doc__ = ("An entry kept as the bytes a request for it needs (no decode): a TCP close event's, or "
-                 "a dump's entry to delete; the request names the entry by these very attributes.")
+Close.__doc__ = ("A dumped entry kept as the bytes a delete of it needs (no decode): the request names the "
+                 "entry by these very attributes.")
 
 
 def _ct_id(raw: dict) -> int:
@@ -547,32 +546,15 @@ def _ct_attributes(data, offset: int, length: int, wanted) -> tuple:
     return family, attributes(data, offset + HEADER.size + NFGENMSG.size, offset + length, wanted)
 
 
-def _close(data, offset: int, length: int, wanted) -> tuple:
-    """(Close, the attributes read: `wanted`, which holds Close's own)."""
-    family, raw = _ct_attributes(data, offset, length, wanted)
-    if CTA_TUPLE_ORIG not in raw:
-        raise MalformedMessage("ctnetlink: a close without its original tuple")
-    return Close(_ct_id(raw), family, raw[CTA_TUPLE_ORIG], raw.get(CTA_ZONE)), raw
-
-
 def conntrack_close(data, offset: int, length: int) -> Close:
-    return _close(data, offset, length, _CLOSE_ATTRS)[0]
-
-
-def conntrack_close_state(data, offset: int, length: int) -> tuple:
-    """(Close, TCP state or None) of an update, in one pass over its attributes."""
-    close, raw = _close(data, offset, length, _CLOSE_STATE_ATTRS)
-    return close, _tcp_state(raw.get(CTA_PROTOINFO))
+    """The Close of a conntrack message: its id, original tuple (unparsed) and zone."""
+    family, raw = _ct_attributes(data, offset, length, _CLOSE_ATTRS)
+    if CTA_TUPLE_ORIG not in raw:
+        raise MalformedMessage("ctnetlink: an entry without its original tuple")
+    return Close(_ct_id(raw), family, raw[CTA_TUPLE_ORIG], raw.get(CTA_ZONE))
 
 
 _CLOSE_ATTRS = frozenset((CTA_ID, CTA_TUPLE_ORIG, CTA_ZONE))
-_CLOSE_STATE_ATTRS = _CLOSE_ATTRS | {CTA_PROTOINFO}
-_ID_ONLY = frozenset((CTA_ID,))
-
-
-def conntrack_id(data, offset: int, length: int) -> int:
-    """CTA_ID of a conntrack message (0 without one), nothing else read."""
-    return _ct_id(_ct_attributes(data, offset, length, _ID_ONLY)[1])
 
 
 def conntrack_brief(data, offset: int, length: int) -> tuple:
@@ -582,78 +564,11 @@ def conntrack_brief(data, offset: int, length: int) -> tuple:
     return _ct_id(raw), _tcp_state(raw.get(CTA_PROTOINFO))
 
 
-# -- a socket filter for conntrack events (linux/filter.h: classic BPF) ------------------
-SO_ATTACH_FILTER = 26
-_BPF_LD, _BPF_LDX, _BPF_JMP, _BPF_RET, _BPF_MISC = 0x00, 0x01, 0x05, 0x06, 0x07
-_BPF_W, _BPF_H, _BPF_B = 0x00, 0x08, 0x10
-_BPF_IMM, _BPF_ABS, _BPF_IND = 0x00, 0x20, 0x40
-_BPF_JEQ, _BPF_JSET, _BPF_TAX = 0x10, 0x40, 0x00
-_SKF_AD_NLATTR, _SKF_AD_NLATTR_NEST = 0xFFFFF000 + 12, 0xFFFFF000 + 16   # SKF_AD_OFF + ...
-_SOCK_FILTER = struct.Struct("=HBBI")      # code, jump if true, jump if false, k
-_SOCK_FPROG = struct.Struct("@HP")         # length, pointer to the instructions
-
-
-def _host16(value: int) -> int:
-    """A host-order u16 as classic BPF's big-endian halfword load reads it."""
-    return int.from_bytes(value.to_bytes(2, "little" if _U32.pack(1)[0] == 1 else "big"), "big")
-
-
-def conntrack_close_filter() -> bytes:
-    """A classic BPF program for a ctnetlink event socket: NEW and DESTROY pass (the flow
-    collector joins no NEW group: interim records come from a dump), an UPDATE passes only when it moves a TCP connection to TIME_WAIT or CLOSE (its
-    CTA_PROTOINFO/CTA_PROTOINFO_TCP/CTA_PROTOINFO_TCP_STATE, found with the kernel's
-    netlink attribute helpers), so the state-change updates are dropped in the kernel
-    before they are queued or copied."""
-    new, delete = _host16(ctnetlink_type(IPCTNL_MSG_CT_NEW)), _host16(ctnetlink_type(IPCTNL_MSG_CT_DELETE))
-    create = _host16(NLM_F_CREATE)
-    attrs_at = HEADER.size + NFGENMSG_SIZE
-    insns = [  # (code, jt, jf, k); jumps are relative; ACCEPT is the second to last, DROP the last
-        (_BPF_LD | _BPF_H | _BPF_ABS, 0, 0, 4),                     # 0  A = nlmsg_type
-        (_BPF_JMP | _BPF_JEQ, "A", 0, delete),                      # 1  DESTROY
-        (_BPF_JMP | _BPF_JEQ, 0, "A", new),                         # 2  not a conntrack entry: pass
-        (_BPF_LD | _BPF_H | _BPF_ABS, 0, 0, 6),                     # 3  A = nlmsg_flags
-        (_BPF_JMP | _BPF_JSET, "A", 0, create),                     # 4  NEW
-        (_BPF_LD | _BPF_IMM, 0, 0, attrs_at),                       # 5  an UPDATE: find its TCP state
-        (_BPF_LDX | _BPF_IMM, 0, 0, CTA_PROTOINFO),
-        (_BPF_LD | _BPF_W | _BPF_ABS, 0, 0, _SKF_AD_NLATTR),
-        (_BPF_JMP | _BPF_JEQ, "D", 0, 0),
-        (_BPF_LDX | _BPF_IMM, 0, 0, CTA_PROTOINFO_TCP),
-        (_BPF_LD | _BPF_W | _BPF_ABS, 0, 0, _SKF_AD_NLATTR_NEST),
-        (_BPF_JMP | _BPF_JEQ, "D", 0, 0),
-        (_BPF_LDX | _BPF_IMM, 0, 0, CTA_PROTOINFO_TCP_STATE),
-        (_BPF_LD | _BPF_W | _BPF_ABS, 0, 0, _SKF_AD_NLATTR_NEST),
-        (_BPF_JMP | _BPF_JEQ, "D", 0, 0),
-        (_BPF_MISC | _BPF_TAX, 0, 0, 0),
-        (_BPF_LD | _BPF_B | _BPF_IND, 0, 0, ATTR.size),             # A = the state's byte
-        (_BPF_JMP | _BPF_JEQ, "A", 0, TCP_CONNTRACK_TIME_WAIT),
-        (_BPF_JMP | _BPF_JEQ, "A", "D", TCP_CONNTRACK_CLOSE),
-        (_BPF_RET, 0, 0, 0xFFFFFFFF),                               # ACCEPT: the whole message
-        (_BPF_RET, 0, 0, 0),                                        # DROP
-    ]
-    accept, drop = len(insns) - 2, len(insns) - 1
-    out = b""
-    for index, (code, jt, jf, k) in enumerate(insns):
-        target = {"A": accept, "D": drop}
-        jt = target[jt] - index - 1 if isinstance(jt, str) else jt
-        jf = target[jf] - index - 1 if isinstance(jf, str) else jf
-        out += _SOCK_FILTER.pack(code, jt, jf, k)
-    return out
-
-
-def sock_fprog(program_length: int, address: int) -> bytes:
-    """struct sock_fprog for SO_ATTACH_FILTER: `program_length` instructions at `address`."""
-    return _SOCK_FPROG.pack(program_length, address)
-
-
-def _by_tuple(entry: Close) -> bytes:
-    """The body naming one entry by the original tuple (and zone) a message gave."""
+def conntrack_delete(entry: Close) -> bytes:
+    """The body of an IPCTNL_MSG_CT_DELETE of one entry, named by the original tuple (and
+    zone) a dump gave (conntrack_close)."""
     zone = attr(CTA_ZONE, entry.zone) if entry.zone is not None else b""
     return nfgenmsg(entry.family) + attr(CTA_TUPLE_ORIG | NLA_F_NESTED, entry.tuple_orig) + zone
-
-
-def conntrack_delete(entry: Close) -> bytes:
-    """The body of an IPCTNL_MSG_CT_DELETE of one entry, as a dump gave it (conntrack_close)."""
-    return _by_tuple(entry)
 
 
 def conntrack_address_dump(ip, reply: bool, source: bool) -> bytes:
@@ -669,27 +584,6 @@ def conntrack_address_dump(ip, reply: bool, source: bool) -> bytes:
                                               u32_attr(CTA_FILTER_REPLY_FLAGS if reply else CTA_FILTER_ORIG_FLAGS, flag))
 
 
-def conntrack_get_request(seq: int, entry) -> bytes:
-    """A request for one entry (a Conntrack or a Close), by its original tuple (and zone)."""
-    if isinstance(entry, Close):
-        return message(ctnetlink_type(IPCTNL_MSG_CT_GET), NLM_F_REQUEST, seq, _by_tuple(entry))
-    orig, version = entry.orig, entry.orig.src.version
-    src_kind, dst_kind = _IP_ATTRS[version]
-    ip = attr(src_kind, entry.orig.src.packed) + attr(dst_kind, entry.orig.dst.packed)
-    proto = attr(CTA_PROTO_NUM, _U8.pack(orig.proto))
-    if orig.proto in _ICMP:
-        ident, kind, code = _ICMP[orig.proto]
-        proto += attr(ident, _BE16.pack(orig.sport)) + attr(kind, _U8.pack(orig.dport >> 8)) + \
-            attr(code, _U8.pack(orig.dport & 0xFF))
-    else:
-        proto += attr(CTA_PROTO_SRC_PORT, _BE16.pack(orig.sport)) + attr(CTA_PROTO_DST_PORT, _BE16.pack(orig.dport))
-    tuple_attr = attr(CTA_TUPLE_ORIG | NLA_F_NESTED, attr(CTA_TUPLE_IP | NLA_F_NESTED, ip) +
-                      attr(CTA_TUPLE_PROTO | NLA_F_NESTED, proto))
-    zone = attr(CTA_ZONE, _BE16.pack(entry.zone)) if entry.zone else b""
-    return message(ctnetlink_type(IPCTNL_MSG_CT_GET), NLM_F_REQUEST, seq,
-                   nfgenmsg(entry.family) + tuple_attr + zone)
-
-
 def conntrack_entry(data, offset: int, length: int) -> tuple:
     """(Close, Conntrack) of a dumped entry: the bytes a delete hands back, and the
     parsed tuples that say whose entry it is."""
@@ -697,17 +591,16 @@ def conntrack_entry(data, offset: int, length: int) -> tuple:
     return conntrack_close(data, offset, length), decode_conntrack(data, offset, length, kind, flags)
 
 
-def decode_conntrack(data, offset: int, length: int, kind: int, flags: int, event: str = None,
-                     state: bool = True) -> Conntrack:
+def decode_conntrack(data, offset: int, length: int, kind: int, flags: int, event: str = None) -> Conntrack:
     """An IPCTNL_MSG_CT_NEW (event "new" when NLM_F_CREATE, else "update") or
     IPCTNL_MSG_CT_DELETE ("destroy") message; `event` given: that event instead (a
-    dump's or a read-back's entry); state False: the TCP state is not read (None)."""
+    dump's entry)."""
     family, _, _ = body(data, offset, length, NFGENMSG)
     msg = kind & 0xFF
     if kind >> 8 != NFNL_SUBSYS_CTNETLINK or msg not in (IPCTNL_MSG_CT_NEW, IPCTNL_MSG_CT_DELETE):
         raise MalformedMessage(f"ctnetlink: message type {kind:#x} is not a conntrack entry")
     attrs = attributes(data, offset + HEADER.size + NFGENMSG.size, offset + length,
-                       _CT_ATTRS if state else _CT_ATTRS_STATELESS)
+                       _CT_ATTRS)
     if CTA_TUPLE_ORIG not in attrs:
         raise MalformedMessage("ctnetlink: an entry without its original tuple")
     reply = attrs.get(CTA_TUPLE_REPLY)

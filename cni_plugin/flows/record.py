@@ -3,7 +3,9 @@
 Stable fields: id, start, end (RFC 3339 UTC), node, network, proto, src, sport, dst,
 dport, packets and bytes ({"sent", "received"} seen from the source), verdict
 (allowed/denied), policy ("namespace/name" or null), srcPod, dstPod.  More here:
-final (false on an interim update of a long-lived connection), ingressPolicy and
+final (false on an interim update of a long-lived connection), expired (when the
+kernel forgot the connection: its DESTROY's stop time; `end` is the close estimated
+from it, see allowed()), ingressPolicy and
 egressPolicy (the ct mark's two fields), policies (denied: every isolating policy
 whose drop rule recorded the attempt), direction (denied: the hook that dropped),
 service ({"ip", "port"}: the address the source dialled, when it was translated to
@@ -47,13 +49,19 @@ def flow_id(node: str, ct_id: int, start_ns) -> str:
 
 
 def allowed(entry, *, node: str, network: str, first_seen: datetime, now: datetime, attribution,
-            policy_ref, final: bool, flow_key: str) -> dict:
+            policy_ref, final: bool, flow_key: str, linger_ns: int = 0) -> dict:
     """The record of a conntrack entry (nlcodec.Conntrack) the kernel let through.
-    policy_ref(number) -> "namespace/name" or None; attribution: flows.attribution."""
+    policy_ref(number) -> "namespace/name" or None; attribution: flows.attribution.
+    A destroyed entry's stop time is `expired`; `end` is that time less linger_ns (how
+    long the entry's final TCP state keeps it in the table: the connection's close,
+    estimated), never before its start."""
     orig, reply = entry.orig, entry.reply
     start = from_ns(entry.start_ns) if entry.start_ns else first_seen
     start_text = format_ns(entry.start_ns) if entry.start_ns else rfc3339(first_seen)
-    end_text = format_ns(entry.stop_ns) if entry.stop_ns else rfc3339(now)
+    if entry.stop_ns:
+        end_text = format_ns(max(entry.stop_ns - linger_ns, entry.start_ns or 0))
+    else:
+        end_text = rfc3339(now)
     sent = entry.orig_counters or (0, 0)
     received = entry.reply_counters or (0, 0)
     ingress, egress = marks.decode(entry.mark)
@@ -72,6 +80,8 @@ def allowed(entry, *, node: str, network: str, first_seen: datetime, now: dateti
         "policy": ingress_ref or egress_ref, "srcPod": attribution.pod(str(orig.src), start),
         "dstPod": attribution.pod(str(dst), start), "final": final,
         "ingressPolicy": ingress_ref, "egressPolicy": egress_ref}
+    if entry.stop_ns:
+        record["expired"] = format_ns(entry.stop_ns)
     if service:
         record["service"] = service
     if orig.proto in (1, 58):  # ports are ICMP's id and type/code

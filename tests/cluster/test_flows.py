@@ -24,6 +24,8 @@ from lab.cluster import REPO, Cluster, wait_for
 from lab.cni import invoke
 
 FLOW_INTERVAL = 2.0
+TIME_WAIT = 2     # seconds: nf_conntrack_tcp_timeout_time_wait in the node namespaces (a TCP record comes at its DESTROY)
+RECORD_WAIT = 90  # seconds a TCP record may take: TIME_WAIT and the kernel's garbage collection (a minute at most)
 CONFIG = {"Network": "10.244.0.0/16", "EnableIPv6": True, "IPv6Network": "fd10:244::/48",
           "Backend": {"Type": "vxlan", "VNI": 1}, "FlowLog": True}
 CONFIG6 = {"EnableIPv4": False, "EnableIPv6": True, "IPv6Network": "fd10:224::/48",
@@ -83,7 +85,7 @@ class World:
                     out += [json.loads(line) for line in handle if line.strip()]
         return [r for r in out if final is None or r.get("final", True) == final]
 
-    def find(self, src, sport, dst, dport, proto, node=None, final=True, timeout=15.0):
+    def find(self, src, sport, dst, dport, proto, node=None, final=True, timeout=RECORD_WAIT):
         def look():
             return [r for r in self.records(node, final) if r["src"] == src and r["dst"] == dst
                     and r["dport"] == dport and r["proto"] == proto and (sport is None or r["sport"] == sport)]
@@ -99,6 +101,8 @@ def _start(made, config, workdir, before_agents=lambda: None):
     cluster = made.cluster
     cluster.set_network("weft", config)
     made.nodes = [cluster.add_node() for _ in range(2)]
+    for node in made.nodes:  # the node namespaces' own knob, never the root namespace's
+        node.ns.run(["sysctl", "-qw", f"net.netfilter.nf_conntrack_tcp_timeout_time_wait={TIME_WAIT}"])
     before_agents()
     for node in made.nodes:
         node.start_agent(extra=["--flow-log-dir", made.flow_dir(node), "--flow-log-interval", str(FLOW_INTERVAL)])
@@ -170,6 +174,12 @@ def world6(tmp_path_factory, installed):
         made.cluster.cleanup()
 
 
+def _epoch(text) -> float:
+    from cni_plugin.timestamps import parse_ts
+
+    return parse_ts(text).timestamp()
+
+
 def _close(value, expected, tolerance=0.03):
     return abs(value - expected) <= tolerance * expected
 
@@ -182,13 +192,16 @@ def test_allowed_tcp_is_recorded_with_workloads_policy_and_bytes(world, src, nod
     assert sent["answered"] == 1
     source = world.pods[src]
     records = wait_for(lambda: (lambda found: found if len(found) >= node_count else None)(
-        world.find(source.ip, sent["port"], a.ip, 80, "tcp")), 15, what=f"{node_count} node record(s)")
+        world.find(source.ip, sent["port"], a.ip, 80, "tcp")), RECORD_WAIT, what=f"{node_count} node record(s)")
     assert sorted(r["node"] for r in records) == sorted({source.node.name, a.node.name})
     for record in records:
         assert record["verdict"] == "allowed"
         assert record["srcPod"] == f"{src[0]}/{src[1]}" and record["dstPod"] == "x/a"
         assert record["sport"] == sent["port"] and record["network"] == "weft"
         assert record["start"].endswith("Z") and record["end"] >= record["start"]
+        # end: the close, estimated as the kernel's stop time (expired) less the node's TIME_WAIT
+        start, end, expired = (_epoch(record[k]) for k in ("start", "end", "expired"))
+        assert abs(expired - TIME_WAIT - end) < 1e-3 or end == start, record
         packets = record["packets"]["sent"]
         assert _close(record["bytes"]["sent"], payload + packets * TCP_HEADERS), record
         assert record["packets"]["received"] >= 2 and record["bytes"]["received"] > 0
@@ -202,7 +215,7 @@ def test_ipv6_flows_allowed_and_denied(world):
     sent = world.send(("y", "d"), "tcp", a.ips[1], 80, 100_000)
     assert sent["answered"] == 1
     records = wait_for(lambda: (lambda found: found if len(found) == 2 else None)(
-        world.find(d.ips[1], sent["port"], a.ips[1], 80, "tcp")), 15, what="both nodes' IPv6 records")
+        world.find(d.ips[1], sent["port"], a.ips[1], 80, "tcp")), RECORD_WAIT, what="both nodes' IPv6 records")
     for record in records:
         assert record["srcPod"] == "y/d" and record["dstPod"] == "x/a" and record["verdict"] == "allowed"
         assert _close(record["bytes"]["sent"], 100_000 + record["packets"]["sent"] * TCP6_HEADERS), record
@@ -248,12 +261,15 @@ def test_pod_to_outside_keeps_the_address(world):
 def test_long_lived_connection_gets_interim_records(world):
     a, d = world.pods["x", "a"], world.pods["y", "d"]
     sent = world.send(("y", "d"), "tcp", a.ip, 80, 1000, 1, 2.5 * FLOW_INTERVAL)
+    closed = time.time()
+    final = world.find(d.ip, sent["port"], a.ip, 80, "tcp", node=a.node)  # at its DESTROY, after TIME_WAIT
     records = [r for r in world.records(a.node, final=None) if r["src"] == d.ip and r["sport"] == sent["port"]]
     interim = [r for r in records if not r["final"]]
-    final = world.find(d.ip, sent["port"], a.ip, 80, "tcp", node=a.node)
     assert interim, records
-    assert {r["id"] for r in interim} == {final[0]["id"]}
+    assert {r["id"] for r in interim} == {final[0]["id"]} and len(records) == len(interim) + 1
     assert interim[-1]["bytes"]["sent"] <= final[0]["bytes"]["sent"]
+    # the interim dumps while its entry lingered in TIME_WAIT (>= TIME_WAIT s) did not report it again
+    assert all(_epoch(r["end"]) <= closed for r in interim), (closed, interim)
 
 
 def test_weftctl_flows_filters_and_merges_nodes(world):
@@ -384,7 +400,7 @@ def test_weftctl_flows_follow_prints_new_records(world):
     try:
         time.sleep(1.0)  # its offsets taken: only what comes now is printed
         sent = world.send(("y", "c"), "tcp", a.ip, 80, 100)
-        deadline = time.monotonic() + 15
+        deadline = time.monotonic() + RECORD_WAIT
         seen = []
         while time.monotonic() < deadline and not any(r["sport"] == sent["port"] for r in seen):
             if select.select([follow.stdout], [], [], 0.5)[0]:
@@ -437,7 +453,7 @@ def test_a_service_connection_names_the_virtual_ip_and_the_backend_pod(world, sr
         datagrams = world.send(src, "udp", VIP, VIP_PORT, 500, 3)
         assert datagrams["answered"] == 3
     records = wait_for(lambda: (lambda found: found if len(found) >= node_count else None)(
-        world.find(client.ip, sent["port"], a.ip, 80, "tcp")), 15, what=f"{node_count} node record(s)")
+        world.find(client.ip, sent["port"], a.ip, 80, "tcp")), RECORD_WAIT, what=f"{node_count} node record(s)")
     assert sorted(r["node"] for r in records) == sorted({client.node.name, a.node.name})
     for record in records:
         assert record["verdict"] == "allowed" and record["srcPod"] == f"{src[0]}/{src[1]}"
@@ -474,7 +490,7 @@ def test_ipv6_only_allowed_tcp_and_udp_flows(world6, src, node_count):
     sent = world6.send(src, "tcp", a.ip, 80, 100_000)
     assert sent["answered"] == 1
     records = wait_for(lambda: (lambda found: found if len(found) >= node_count else None)(
-        world6.find(client.ip, sent["port"], a.ip, 80, "tcp")), 15, what=f"{node_count} node record(s)")
+        world6.find(client.ip, sent["port"], a.ip, 80, "tcp")), RECORD_WAIT, what=f"{node_count} node record(s)")
     assert sorted(r["node"] for r in records) == sorted({client.node.name, a.node.name})
     for record in records:
         assert record["verdict"] == "allowed" and record["sport"] == sent["port"]

@@ -1,99 +1,120 @@
 """The conntrack event socket of flow records (datapath/conntrack.py) in a fresh node
-namespace: its BPF filter lets through NEW, the TCP close (TIME_WAIT) and DESTROY only,
-where an unfiltered socket gets every state change; the agent's socket does not even
-join NEW (the kernel builds no message for a start); get() reads the closed connection's
-final counters (nf_conntrack_acct on), which count the bytes sent with their headers."""
+namespace: the agent's socket joins DESTROY only, so the kernel builds no message for a
+connection's start or its state changes (a socket joined to every group gets them);
+a TCP connection's DESTROY comes once its entry leaves TIME_WAIT and carries its
+final counters (nf_conntrack_acct on: the bytes sent, headers included), its start and
+stop times and the state it ended in.  Each test shortens TIME_WAIT to 1 s in its own
+namespace (a per-namespace knob), never in the root namespace."""
 
+import _socket
+import json
 import socket
 import subprocess
 import sys
+import time
 
 from cni_plugin.datapath import conntrack
 from cni_plugin.datapath import nlcodec as nl
+from lab.cluster import REPO
 
 CONNECTIONS = 3
 TRAFFIC = """
 import socket, threading
 srv = socket.socket(); srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-srv.bind(("127.0.0.1", 9000)); srv.listen()
+srv.bind(("127.0.0.1", {port})); srv.listen()
 def serve():
     for _ in range({n}):
         c, _ = srv.accept(); c.recv(1000); c.sendall(b"y"); c.close()
 t = threading.Thread(target=serve); t.start()
 for _ in range({n}):
-    s = socket.create_connection(("127.0.0.1", 9000)); s.sendall(b"x" * 1000); s.recv(1); s.recv(1); s.close()
+    s = socket.create_connection(("127.0.0.1", {port})); s.sendall(b"x" * 1000); s.recv(1); s.recv(1); s.close()
 t.join()
 """
+GC_WAIT = 90.0  # seconds: the kernel's conntrack garbage collection runs at most a minute apart
 
 
-def _raw(events) -> list:
-    """(message, flags, TCP state) of everything queued on the socket."""
+def _tracked(node, time_wait=1):
+    node.run(["ip", "link", "set", "lo", "up"])
+    node.run(["nft", "-f", "-"], input="add table inet t\nadd chain inet t c { type filter hook output priority 0; }\n"
+                                       "add rule inet t c ct state new counter\n")
+    node.run(["sysctl", "-qw", "net.netfilter.nf_conntrack_acct=1", "net.netfilter.nf_conntrack_timestamp=1",
+              f"net.netfilter.nf_conntrack_tcp_timeout_time_wait={time_wait}"])
+
+
+def _every_group(node):
+    """A plain socket in the node joined to NEW, UPDATE and DESTROY (what the agent's is not)."""
+    from cni_plugin.datapath.rtnl import socket_in
+
+    sock = socket_in(node.path, nl.NETLINK_NETFILTER)
+    sock.setsockopt(socket.SOL_SOCKET, 33, 8 << 20)  # SO_RCVBUFFORCE
+    sock.bind((0, (1 << (nl.NFNLGRP_CONNTRACK_NEW - 1)) | (1 << (nl.NFNLGRP_CONNTRACK_UPDATE - 1)) |
+               (1 << (nl.NFNLGRP_CONNTRACK_DESTROY - 1))))
+    return sock
+
+
+def _raw(sock) -> list:
+    """(message, NLM_F_CREATE, TCP state) of everything queued on a socket."""
     out = []
     while True:
         try:
-            data = events.sock.recv(1 << 17, socket.MSG_DONTWAIT)
+            data = sock.recv(1 << 17, _socket.MSG_DONTWAIT)
         except BlockingIOError:
             return out
         for offset, length, kind, flags, _ in nl.messages(data):
             out.append((kind & 0xFF, bool(flags & nl.NLM_F_CREATE), nl.conntrack_brief(data, offset, length)[1]))
 
 
-def test_the_filter_passes_new_close_and_destroy_only(node):
-    node.run(["ip", "link", "set", "lo", "up"])
-    node.run(["nft", "-f", "-"], input="add table inet t\nadd chain inet t c { type filter hook output priority 0; }\n"
-                                       "add rule inet t c ct state new counter\n")
-    node.run(["sysctl", "-qw", "net.netfilter.nf_conntrack_acct=1"])
-    every_group = conntrack.GROUPS | (1 << (nl.NFNLGRP_CONNTRACK_NEW - 1))
-    filtered = conntrack.ConntrackEvents(netns_path=node.path, groups=every_group)
-    plain = conntrack.ConntrackEvents(close_filter=False, netns_path=node.path, groups=every_group)
+def _destroyed(events, count, port) -> list:
+    """The DESTROY events of `count` TCP connections to `port`, waited for (bounded)."""
+    out, deadline = [], time.monotonic() + GC_WAIT
+    while len(out) < count and time.monotonic() < deadline:
+        out += [e for e in events.receive(0.5) if e.orig.proto == 6 and e.orig.dport == port]
+    return out
+
+
+def test_the_agent_joins_destroy_only_and_gets_each_connections_final_state(node):
+    _tracked(node)
+    every = _every_group(node)
     agents = conntrack.ConntrackEvents(netns_path=node.path)
     try:
-        node.run([sys.executable, "-c", TRAFFIC.format(n=CONNECTIONS)], timeout=30)
-        seen, everything, agent_seen = _raw(filtered), _raw(plain), _raw(agents)
-        assert agent_seen == [(nl.IPCTNL_MSG_CT_NEW, False, nl.TCP_CONNTRACK_TIME_WAIT)] * CONNECTIONS
-        tcp = [e for e in seen if e[0] == nl.IPCTNL_MSG_CT_NEW]
-        assert sorted(tcp) == sorted([(0, True, 1)] * CONNECTIONS + [(0, False, nl.TCP_CONNTRACK_TIME_WAIT)]
-                                     * CONNECTIONS), seen
-        assert len(everything) > len(seen) + CONNECTIONS  # SYN_RECV, ESTABLISHED, FIN_WAIT ... of each
+        node.run([sys.executable, "-c", TRAFFIC.format(n=CONNECTIONS, port=9000)], timeout=30)
+        destroyed = _destroyed(agents, CONNECTIONS, 9000)
+        everything = _raw(every)
     finally:
-        filtered.close()
-        plain.close()
+        every.close()
         agents.close()
-    # a close kept raw, and the connection's final counters read back by its tuple
-    again = conntrack.ConntrackEvents(netns_path=node.path)
-    try:
-        node.run([sys.executable, "-c", TRAFFIC.format(n=1).replace("9000", "9001")], timeout=30)
-        closes = again.receive(2.0, lambda e, i, s: e == "update")
-    finally:
-        again.close()
-    assert len(closes) == 1 and isinstance(closes[0], nl.Close)
-    (entry,) = conntrack.get(closes, netns_path=node.path)
-    assert entry.id == closes[0].id and entry.orig.dport == 9001 and entry.tcp_state == nl.TCP_CONNTRACK_TIME_WAIT
-    packets, octets = entry.orig_counters
-    assert octets >= 1000 + packets * 40
+    assert len(destroyed) == CONNECTIONS and {e.event for e in destroyed} == {"destroy"}
+    assert {e.tcp_state for e in destroyed} == {nl.TCP_CONNTRACK_TIME_WAIT}
+    for entry in destroyed:  # the final counters, and a stop about TIME_WAIT after the start
+        packets, octets = entry.orig_counters
+        assert octets >= 1000 + packets * 40
+        assert entry.stop_ns - entry.start_ns >= 900_000_000  # timeouts count in jiffies
+    assert agents.lost == 0
+    new = [e for e in everything if e[0] == nl.IPCTNL_MSG_CT_NEW and e[1]]
+    updates = [e for e in everything if e[0] == nl.IPCTNL_MSG_CT_NEW and not e[1]]
+    assert len(new) >= CONNECTIONS and len(updates) >= 3 * CONNECTIONS  # SYN_RECV, ESTABLISHED, ... TIME_WAIT
 
 
-def test_many_closed_connections_are_read_back_at_once(node):
-    """get() of many more closes than one request datagram holds: every answer arrives.
-    (Under a load of events, 256 requests a datagram once ended in ENOBUFS and sent the
-    records to their DESTROY two minutes later; this test does not reproduce that load,
-    it checks the chunking reads everything back.)"""
+def test_lingering_reads_the_namespaces_own_timeouts(node):
+    _tracked(node, time_wait=7)
+    out = node.run([sys.executable, "-c", "import json; from cni_plugin.datapath import conntrack; "
+                    "print(json.dumps(conntrack.lingering()))"], cwd=REPO).stdout
+    lingering = {int(k): v for k, v in json.loads(out).items()}
+    assert lingering[nl.TCP_CONNTRACK_TIME_WAIT] == 7_000_000_000
+    assert lingering[nl.TCP_CONNTRACK_CLOSE] > 0
+
+
+def test_every_destroy_of_many_connections_arrives(node):
+    """2,000 connections ending at once: every DESTROY read, none lost to ENOBUFS."""
     count = 2000
-    node.run(["ip", "link", "set", "lo", "up"])
-    node.run(["nft", "-f", "-"], input="add table inet t\nadd chain inet t c { type filter hook output priority 0; }\n"
-                                       "add rule inet t c ct state new counter\n")
+    _tracked(node)
     events = conntrack.ConntrackEvents(netns_path=node.path)
     try:
-        node.run([sys.executable, "-c", TRAFFIC.format(n=count).replace("9000", "9002")], timeout=60)
-        closes = []
-        for _ in range(20):
-            closes += events.receive(0.5, lambda e, i, s: e == "update")
-            if len(closes) >= count:
-                break
+        node.run([sys.executable, "-c", TRAFFIC.format(n=count, port=9002)], timeout=60)
+        destroyed = _destroyed(events, count, 9002)
     finally:
         events.close()
-    assert len(closes) == count
-    assert len(conntrack.get(closes, netns_path=node.path)) == count
+    assert len({e.id for e in destroyed}) == count and events.lost == 0
 
 
 REUSE = """
@@ -105,30 +126,25 @@ def client():
     s.bind(("127.0.0.1", 40003)); s.connect(("127.0.0.1", 9003))
     return s
 first = client(); c, _ = srv.accept(); c.sendall(b"y"); c.close(); first.recv(1); first.recv(1); first.close()
-time.sleep(0.5)                   # the close event is read, its entry lingers in TIME_WAIT
+time.sleep(0.5)                   # its entry lingers in TIME_WAIT
 second = client(); again, _ = srv.accept()
-print("open", flush=True); sys.stdin.readline()   # held open while the test reads the tuple back
+print("open", flush=True); sys.stdin.readline()
 """
 
 
-def test_a_read_back_by_tuple_can_name_a_newer_connection(node):
-    """Why the flow writer takes a read-back only when its connection has ended: a
-    client port reused after a close kills the closed entry, and the same tuple then
-    names the new, open connection (the kernel may even give it the same id)."""
-    node.run(["ip", "link", "set", "lo", "up"])
-    node.run(["nft", "-f", "-"], input="add table inet t\nadd chain inet t c { type filter hook output priority 0; }\n"
-                                       "add rule inet t c ct state new counter\n")
+def test_a_reused_client_port_ends_the_closed_entry_at_once(node):
+    """A new connection on the tuple of one in TIME_WAIT kills the old entry: its
+    DESTROY comes then, not TIME_WAIT after its close (why a record's `end`, the stop
+    time less TIME_WAIT, is never put before its start)."""
+    _tracked(node, time_wait=120)
     events = conntrack.ConntrackEvents(netns_path=node.path)
     traffic = subprocess.Popen(["ip", "netns", "exec", node.name, sys.executable, "-c", REUSE],
                                stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     try:
         assert traffic.stdout.readline().strip() == "open"
-        seen = events.receive(2.0, lambda e, i, s: True)
-        closes = [e for e in seen if isinstance(e, nl.Close)]
-        destroyed = [e for e in seen if not isinstance(e, nl.Close) and e.event == "destroy"]
-        assert len(closes) == 1 and [d.orig.sport for d in destroyed] == [40003]  # the reuse killed it
-        (current,) = conntrack.get(closes, netns_path=node.path)
-        assert current.orig.sport == 40003 and current.tcp_state not in conntrack.ENDED
+        destroyed = [e for e in events.receive(2.0) if e.orig.dport == 9003]
     finally:
         events.close()
         traffic.communicate("\n", timeout=10)
+    assert [(d.orig.sport, d.tcp_state) for d in destroyed] == [(40003, nl.TCP_CONNTRACK_TIME_WAIT)]
+    assert destroyed[0].stop_ns - destroyed[0].start_ns < 120_000_000_000

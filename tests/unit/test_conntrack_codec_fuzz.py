@@ -7,7 +7,7 @@ reads the same bytes the same way (a tuple or counters nest of the kernel's usua
 layout is read in one unpack, any other by the general reader: both are drawn, and
 checked to agree); random bytes, a cut-short entry and an entry with
 bytes overwritten end in MalformedMessage or a result, never another exception.  The
-get request encoder round-trips through the decoder.
+delete request of an entry kept raw names that entry's original tuple.
 """
 
 import ipaddress
@@ -132,20 +132,6 @@ def test_random_bytes_fail_cleanly(raw):
     _cleanly(raw)
 
 
-@BOUNDED
-@given(entries())
-def test_the_get_request_names_the_entry_it_was_made_from(built):
-    data, _ = built
-    (entry,) = _decode(data)
-    request = nl.conntrack_get_request(7, entry)
-    (offset, length, kind, flags, seq), = nl.messages(request)
-    assert kind == nl.ctnetlink_type(nl.IPCTNL_MSG_CT_GET) and seq == 7
-    asked = nl.decode_conntrack(request[:offset] + nl.HEADER.pack(length, nl.ctnetlink_type(nl.IPCTNL_MSG_CT_NEW),
-                                                                  0, seq, 0) + request[offset + nl.HEADER.size:],
-                                offset, length, nl.ctnetlink_type(nl.IPCTNL_MSG_CT_NEW), 0)
-    assert asked.orig == entry.orig
-
-
 def _with_tcp_state(data, kind, flags, state, lead=False):
     """The entry with a CTA_PROTOINFO carrying this TCP state appended (lead: after
     another attribute, not where the kernel puts it: the general reader's case)."""
@@ -164,23 +150,18 @@ def test_the_id_and_tcp_state_are_read_alone(built, state, lead):
     entry = nl.decode_conntrack(grown, 0, len(grown), kind, flags)
     assert nl.conntrack_brief(grown, 0, len(grown)) == (entry.id, state) and entry.tcp_state == state
     assert nl.conntrack_brief(data, offset, length) == (entry.id, None)
-    # an update's close and state in one pass, a destroy's id alone: what the brief and close readers give
-    assert nl.conntrack_close_state(grown, 0, len(grown)) == (nl.conntrack_close(grown, 0, len(grown)), state)
-    assert nl.conntrack_id(grown, 0, len(grown)) == entry.id
 
 
 @BOUNDED
 @given(entries())
-def test_a_close_kept_raw_asks_for_its_own_entry(built):
+def test_an_entry_kept_raw_is_deleted_by_its_own_tuple(built):
     data, _ = built
     (offset, length, kind, flags, _), = nl.messages(data)
     close = nl.conntrack_close(data, offset, length)
     entry = nl.decode_conntrack(data, offset, length, kind, flags)
     assert close.id == entry.id and close.family == entry.family
-    request = nl.conntrack_get_request(3, close)
-    (roffset, rlength, _, _, _), = nl.messages(request)
-    as_new = request[:4] + nl.HEADER.pack(rlength, nl.ctnetlink_type(nl.IPCTNL_MSG_CT_NEW), 0, 3, 0)[4:6] + \
-        request[6:]
+    as_new = nl.message(nl.ctnetlink_type(nl.IPCTNL_MSG_CT_NEW), 0, 3, nl.conntrack_delete(close))
+    (roffset, rlength, _, _, _), = nl.messages(as_new)
     assert nl.decode_conntrack(as_new, roffset, rlength, nl.ctnetlink_type(nl.IPCTNL_MSG_CT_NEW), 0).orig == entry.orig
 
 

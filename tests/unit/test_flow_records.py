@@ -143,6 +143,22 @@ def test_a_record_names_the_marked_policy_and_the_service_backend():
     assert out["start"] == "2026-12-07T04:00:00.000000Z" and out["end"] == "2026-12-07T04:00:02.000000Z"
 
 
+@pytest.mark.parametrize("linger_s,end", [(0, "04:00:02.000000"), (1, "04:00:01.000000"), (5, "04:00:00.000000")])
+def test_a_final_records_end_is_its_stop_less_the_lingering_never_before_its_start(linger_s, end):
+    """The DESTROY's stop time is `expired`; `end` estimates the close: the stop less how
+    long the entry's final TCP state keeps it (clamped: an entry killed before it
+    expired, by a reused port or a flush, would otherwise end before it started)."""
+    out = record.allowed(_entry("10.244.2.4", "10.244.1.9", 5555, 80), node="n1", network="weft", first_seen=T0,
+                         now=T0, attribution=attribution.Attribution(), policy_ref=lambda n: None, final=True,
+                         flow_key="k", linger_ns=linger_s * 1_000_000_000)
+    assert out["end"] == f"2026-12-07T{end}Z" and out["expired"] == "2026-12-07T04:00:02.000000Z"
+    open_entry = _entry("10.244.2.4", "10.244.1.9", 5555, 80)._replace(stop_ns=None)
+    interim = record.allowed(open_entry, node="n1", network="weft", first_seen=T0, now=T0 + timedelta(seconds=9),
+                             attribution=attribution.Attribution(), policy_ref=lambda n: None, final=False,
+                             flow_key="k")
+    assert "expired" not in interim and interim["end"] == "2026-12-07T04:00:09.000000Z"
+
+
 def _flow(node, start, **more):
     base = {"id": f"{node}-{start}", "node": node, "network": "weft", "proto": "tcp", "src": "10.244.1.2",
             "sport": 4000, "dst": "10.244.2.3", "dport": 80, "verdict": "allowed", "policy": None,

@@ -1,9 +1,10 @@
 """The flow controller: one record per connection per node, while FlowLog is on.
 
 Sources (docs/flows.md): allowed connections from the kernel's connection tracking
-(datapath/conntrack.py: TCP-close UPDATE and DESTROY events, best effort, ENOBUFS
-counted; NEW is not followed: a dump every --flow-log-interval gives the interim
-records of every connection still open, long-lived ones included); denied
+(datapath/conntrack.py: DESTROY events only, best effort, ENOBUFS counted: a
+connection's final record is written when the kernel forgets its entry, for TCP after
+TIME_WAIT; a dump every --flow-log-interval gives the interim records of every
+connection still open, long-lived ones included); denied
 attempts from the policy table's denied-flow sets (the policy controller hands them
 over, denied()); the deciding policy from the connection's ct mark (flows/marks.py).
 Only connections with an address of this network's pod network at either end are
@@ -38,14 +39,16 @@ from ..runtime import Controller
 from . import register
 
 QUEUE_SIZE = 65536
+TCP = 6
 HISTORY_REFRESH = 30.0    # seconds between readings of the cluster's allocation history
 UNKNOWN_REFRESH = 1.0     # at most this often when an address of the pod network is unknown
 NAMESPACE_PAIRS = 200     # label pairs of weft_flow_bytes_total before "other"
 INSIDE_CACHE = 65536      # addresses whose membership of the pod networks is remembered
-DONE_KEEP = 600.0         # seconds a closed connection's id waits for its DESTROY (TIME_WAIT: 120 s)
-GATHER = 0.02             # seconds each thread lets events gather after a burst: one wake-up, one
-#                           read-back and one journal write serve many connections (the socket's
-#                           8 MiB buffer holds seconds of events)
+FINAL_WAIT = 600.0        # seconds a connection's final record may come after its last interim one
+#                           (TIME_WAIT, 120 s by default, and the kernel's garbage collection)
+GATHER = 0.02             # seconds each thread lets events gather after a burst: one wake-up and
+#                           one journal write serve many connections (the socket's 8 MiB buffer
+#                           holds seconds of events)
 STATUS_EVERY = 1.0        # seconds: at most this often a drop rewrites the status file
 _STOP = ("stop",)
 
@@ -154,11 +157,9 @@ class FlowCollector:
         self.written = 0
         self.lost_reported = 0
         # shared by the two threads (single dict/set operations only):
-        self.live = {}        # ct id -> [first seen (epoch seconds), last record written (monotonic)]: open
+        self.live = {}        # ct id -> [first seen (epoch seconds), last record written (monotonic)]:
         #                       connections an interim dump found (start times of entries without one)
-        self.done = {}        # ct id -> monotonic time its final record was written at its close
-        self.closing = set()  # ct ids whose close was queued and not yet read back
-        self.skip = {}        # ct id -> monotonic time a closed connection not this network's was seen
+        self.lingering = conntrack.lingering()  # TCP state -> ns an ended entry stays (re-read each interim)
         self.pairs = set()
         self.inside = {}       # address -> whether it is in the pod networks (_inside)
         self.resolved = set()  # pod-network addresses the attribution knows (_resolve)
@@ -178,7 +179,6 @@ class FlowCollector:
 
             self.exporter = Exporter(settings.ipfix, options.flow_log_template_interval)
         self.events = conntrack.ConntrackEvents()
-        self.reader = None    # conntrack.EntryReader of the writer thread (closed TCP connections' counters)
         self.receiver = threading.Thread(target=self._receive, name=f"weftd-flows-rx-{agent.name}", daemon=True)
         self.writer = threading.Thread(target=self._write, name=f"weftd-flows-{agent.name}", daemon=True)
         self.receiver.start()
@@ -225,25 +225,6 @@ class FlowCollector:
             found = self.inside[ip] = any(ip in n for n in self.networks if n.version == ip.version)
         return found
 
-    def _wanted(self, event, ct_id, state) -> bool:
-        """Whether an event is decoded and queued (the receiver's thread, per message:
-        only dictionary lookups here).  NEW is not followed (not even joined); a TCP
-        close is decoded once; a DESTROY of a connection whose record was written at its
-        close (or that is not ours) is skipped."""
-        if event == "new":
-            return False
-        if event == "update":
-            if ct_id in self.done or ct_id in self.closing or ct_id in self.skip:
-                return False
-            self.closing.add(ct_id)
-            return True
-        self.closing.discard(ct_id)
-        if self.done.pop(ct_id, None) is not None or ct_id in self.skip:
-            self.skip.pop(ct_id, None)
-            self.live.pop(ct_id, None)
-            return False
-        return True
-
     def _receive(self):
         try:
             self._receive_until_stopped()
@@ -253,7 +234,7 @@ class FlowCollector:
     def _receive_until_stopped(self):
         while not self.stopping.is_set():
             try:
-                entries = self.events.receive(0.5, self._wanted)
+                entries = self.events.receive(0.5)
             except DatapathError as exc:
                 self.agent.log.error(f"conntrack events not read: {exc}", extra=self.agent.extra())
                 self.stopping.wait(1.0)
@@ -263,14 +244,7 @@ class FlowCollector:
                 self.agent.metrics.flow_events_lost.labels(self.network).inc(lost - self.lost_reported)
                 self.lost_reported = lost
                 self._status_soon()
-            items = []
-            for entry in entries:
-                if conntrack.ended(entry):  # raw: whose it is shows once its counters are read
-                    items.append(("close", entry))
-                elif self._ours(entry):
-                    items.append(("ct", entry))
-                else:
-                    self.live.pop(entry.id, None)
+            items = [("ct", entry) for entry in entries if self._ours(entry)]
             if items:
                 self._offer_many(items)
             self.stopping.wait(GATHER)
@@ -297,7 +271,7 @@ class FlowCollector:
                     records += self._interim()
                     next_interim = time.monotonic() + self.interval
                     if self.exporter is not None:  # interim counters of a connection whose final never came
-                        self.exporter.forget_stale(2 * self.interval + DONE_KEEP)
+                        self.exporter.forget_stale(2 * self.interval + FINAL_WAIT)
                 self._emit(records)
             except Exception as exc:  # a bug: report, keep serving the next batch
                 self.agent.log.exception("flow records failed", extra=self.agent.extra(error=repr(exc)))
@@ -305,8 +279,6 @@ class FlowCollector:
             if self.exporter is not None:
                 self.exporter.tick()
             if stop:  # the writer's files and sockets, closed by the writer once it is done
-                if self.reader is not None:
-                    self.reader.close()
                 self.journal.close()
                 if self.exporter is not None:
                     self.exporter.close()
@@ -315,7 +287,7 @@ class FlowCollector:
     def _records(self, batch) -> list:
         self._refresh_history()
         moment = now()
-        out, ended = [], []
+        out = []
         for item in batch:
             if item[0] == "denied":
                 _, direction, flow, policies, seen = item
@@ -323,47 +295,21 @@ class FlowCollector:
                 out.append(flow_record.denied(direction, flow, policies, node=self.node, network=self.network,
                                               seen=seen, attribution=self.attribution))
                 continue
-            entry = item[1]
-            if item[0] == "close":  # a TCP connection closed: its record is written now
-                ended.append(entry)
-            elif self.done.pop(entry.id, None) is None:  # destroy, not written at its close
-                out.append(self._final(entry, moment))
-        if ended:
-            try:
-                if self.reader is None:
-                    self.reader = conntrack.EntryReader()
-                current = self.reader.get(ended, state=True)
-            except DatapathError as exc:  # their DESTROY events will bring them
-                if self.reader is not None:
-                    self.reader.close()
-                    self.reader = None
-                self.agent.log.warning(f"closed connections not read: {exc}", extra=self.agent.extra())
-                current = []
-            asked = {entry.id for entry in ended}
-            for entry in current:
-                if (entry.id not in asked and 0 not in asked) or entry.tcp_state not in conntrack.ENDED:
-                    continue  # the tuple names a newer connection (a port reused; the kernel may even give
-                    #           it the same id): the closed one was killed, its DESTROY records it
-                if self._ours(entry):
-                    self.done[entry.id] = time.monotonic()
-                    out.append(self._final(entry, moment))
-                else:
-                    self.live.pop(entry.id, None)
-                    self.skip[entry.id] = time.monotonic()
-            for entry in ended:
-                self.closing.discard(entry.id)
+            out.append(self._final(item[1], moment))  # ("ct", a destroyed entry of ours)
         return out
 
     def _final(self, entry, moment):
         self._resolve((entry.orig.src, entry.orig.dst, entry.reply.src if entry.reply else None))
         first = self.live.pop(entry.id, None)
         seen = datetime.fromtimestamp(first[0], timezone.utc) if first else moment
-        return self._allowed(entry, seen, moment, final=True)
+        linger = self.lingering.get(entry.tcp_state, 0) if entry.orig.proto == TCP else 0
+        return self._allowed(entry, seen, moment, final=True, linger_ns=linger)
 
-    def _allowed(self, entry, first_seen, moment, final):
+    def _allowed(self, entry, first_seen, moment, final, linger_ns=0):
         return flow_record.allowed(entry, node=self.node, network=self.network, first_seen=first_seen, now=moment,
                                    attribution=self.attribution, policy_ref=self._policy_ref, final=final,
-                                   flow_key=flow_record.flow_id(self.node, entry.id, entry.start_ns))
+                                   flow_key=flow_record.flow_id(self.node, entry.id, entry.start_ns),
+                                   linger_ns=linger_ns)
 
     def _policy_ref(self, number):
         if not number:
@@ -375,18 +321,23 @@ class FlowCollector:
     def _interim(self) -> list:
         """Updates of every connection of ours still open, read from a dump of the table
         (every --flow-log-interval: a connection open longer than that gets at least one
-        record per interval).  TCP connections that have closed are skipped before they
-        are decoded: their record was (or is being) written at their close."""
-        done, closing = self.done, self.closing
+        record per interval).  TCP connections that have closed (TIME_WAIT, CLOSE: their
+        entries linger until their DESTROY brings the final record) are skipped before
+        they are decoded, and keep what the interim records knew of them."""
+        self.lingering = conntrack.lingering() or self.lingering
+        ended = set()
 
         def wanted(ct_id, state):
-            return state not in conntrack.ENDED and ct_id not in done and ct_id not in closing
+            if state in conntrack.ENDED:
+                ended.add(ct_id)
+                return False
+            return True
         try:
             entries = conntrack.dump(wanted=wanted)
         except DatapathError as exc:
             self.agent.log.warning(f"conntrack not read for interim flow records: {exc}", extra=self.agent.extra())
             return []
-        moment, out, alive = now(), [], set()
+        moment, out, alive = now(), [], ended
         for entry in entries:
             if not self._ours(entry):
                 continue
@@ -398,12 +349,7 @@ class FlowCollector:
             self._resolve((entry.orig.src, entry.orig.dst))
             out.append(self._allowed(entry, datetime.fromtimestamp(known[0], timezone.utc), moment, final=False))
         for ct_id in [i for i in list(self.live) if i not in alive]:
-            self.live.pop(ct_id, None)  # closed (its final record written) or its DESTROY event lost
-        forget = time.monotonic() - DONE_KEEP
-        for ct_id in [i for i, t in list(self.done.items()) if t < forget]:
-            self.done.pop(ct_id, None)  # its DESTROY event was lost
-        for ct_id in [i for i, t in list(self.skip.items()) if t < forget]:
-            self.skip.pop(ct_id, None)  # likewise
+            self.live.pop(ct_id, None)  # gone (its final record written) or its DESTROY event lost
         return out
 
     def _emit(self, records):
