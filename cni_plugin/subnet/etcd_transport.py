@@ -30,7 +30,6 @@ import logging
 import os
 import queue
 import threading
-import time
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
@@ -54,7 +53,6 @@ WINDOW = 1000            # unary requests in flight at once (grant_many, time_to
 LISTING_ATTEMPTS = 3     # a paged listing whose revision is compacted meanwhile starts over
 WATCH_JOIN_TIMEOUT = 5.0
 CLOSE_TIMEOUT = 5.0      # close() waits this long for the loop to close the channel
-WAIT_SLICE = 0.2         # seconds a caller sleeps between checks for signals (see _Loop.run)
 PROBE_TIMEOUT = 1.0      # the TCP probe that tells a refused TLS handshake from a dead port
 REQUIRE_LEADER = (("hasleader", "true"),)  # etcd's rpctypes.MetadataRequireLeaderKey
 GRPC_OPTIONS = [
@@ -122,24 +120,11 @@ class _Loop:
         self.thread.start()
 
     def run(self, coroutine, timeout=None):
-        """The coroutine's result, run on the loop; its exception raised here.
-
-        Waited for in slices of WAIT_SLICE: CPython runs a signal's handler between
-        waits, and a signal that lands just as this thread goes to sleep does not wake
-        it, so one Ctrl-C of weftctl would otherwise wait for the call's whole deadline
-        (seen as etcd's 5 s "did not answer" instead of "interrupted")."""
+        """The coroutine's result, run on the loop; its exception raised here."""
         if threading.current_thread() is self.thread:
             coroutine.close()
             raise RuntimeError("a blocking etcd call from the transport's own loop would wait for itself")
-        future = asyncio.run_coroutine_threadsafe(coroutine, self.loop)
-        deadline = None if timeout is None else time.monotonic() + timeout
-        while True:
-            wait = WAIT_SLICE if deadline is None else max(0.0, min(WAIT_SLICE, deadline - time.monotonic()))
-            try:
-                return future.result(wait)
-            except TimeoutError:  # the slice's, or the coroutine's own (then it is done)
-                if future.done() or (deadline is not None and time.monotonic() >= deadline):
-                    raise
+        return asyncio.run_coroutine_threadsafe(coroutine, self.loop).result(timeout)
 
     def soon(self, callback, *args) -> None:
         """callback(*args) on the loop, from any thread; nothing once the loop is closed."""
