@@ -64,6 +64,14 @@ def _raw(sock) -> list:
             out.append((kind & 0xFF, bool(flags & nl.NLM_F_CREATE), nl.conntrack_brief(data, offset, length)[1]))
 
 
+def _expire(node, time_wait=1):
+    """Once TIME_WAIT is over, a dump of the table (conntrack -L): the kernel kills the
+    expired entries a dump walks past, as its garbage collection would (which can take
+    up to a minute to come round), so their DESTROY events come now."""
+    time.sleep(time_wait + 0.5)
+    node.run(["conntrack", "-L"], check=False)
+
+
 def _destroyed(events, count, port) -> list:
     """The DESTROY events of `count` TCP connections to `port`, waited for (bounded)."""
     out, deadline = [], time.monotonic() + GC_WAIT
@@ -78,6 +86,7 @@ def test_the_agent_joins_destroy_only_and_gets_each_connections_final_state(node
     agents = conntrack.ConntrackEvents(netns_path=node.path)
     try:
         node.run([sys.executable, "-c", TRAFFIC.format(n=CONNECTIONS, port=9000)], timeout=30)
+        _expire(node)
         destroyed = _destroyed(agents, CONNECTIONS, 9000)
         everything = _raw(every)
     finally:
@@ -111,6 +120,7 @@ def test_every_destroy_of_many_connections_arrives(node):
     events = conntrack.ConntrackEvents(netns_path=node.path)
     try:
         node.run([sys.executable, "-c", TRAFFIC.format(n=count, port=9002)], timeout=60)
+        _expire(node)
         destroyed = _destroyed(events, count, 9002)
     finally:
         events.close()

@@ -16,9 +16,12 @@ def test_ctrl_c_ends_a_waiting_weftctl_at_once():
         silent.bind(("127.0.0.1", 0))
         silent.listen(8)
         endpoint = "http://127.0.0.1:%d" % silent.getsockname()[1]
+        # SIGINT as a terminal leaves it: a suite started in the background by a
+        # non-interactive shell inherits SIGINT ignored, and Python then keeps it ignored
         proc = subprocess.Popen([sys.executable, "-m", "cni_plugin.cli.weftctl", "leases", "--ttl",
                                  "--etcd-endpoints", endpoint], cwd=REPO, stdout=subprocess.PIPE,
-                                stderr=subprocess.PIPE, text=True)
+                                stderr=subprocess.PIPE, text=True,
+                                preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
         try:
             # wait until it is blocked on etcd: its connection has reached the socket
             silent.settimeout(30)
