@@ -63,14 +63,10 @@ def lingering() -> dict:
     """TCP state -> nanoseconds an entry that ended in it (TIME_WAIT, CLOSE) stays in
     this namespace's table before the kernel may forget it (its per-namespace timeout);
     a state whose knob cannot be read is left out."""
-    out = {}
-    for state, path in LINGER.items():
-        try:
-            with open(path) as handle:
-                out[state] = int(handle.read()) * 1_000_000_000
-        except (OSError, ValueError):
-            continue
-    return out
+    from .sysctl import read_int
+
+    seconds = {state: read_int(path) for state, path in LINGER.items()}
+    return {state: value * 1_000_000_000 for state, value in seconds.items() if value is not None}
 
 
 class ConntrackEvents:
@@ -159,11 +155,9 @@ def _dumps(ips) -> list:
     262,144 buckets, even when nothing matches), so the fewest walks win: one dump of
     every entry of this namespace when it holds few (each then decoded here), else two
     kernel-filtered dumps per address."""
-    try:
-        with open(COUNT, "rb") as handle:
-            count = int(handle.read())
-    except (OSError, ValueError):
-        count = None
+    from .sysctl import read_int
+
+    count = read_int(COUNT)
     if count is not None and count < SMALL_TABLE:
         return [nl.nfgenmsg(0)]  # every family
     return [nl.conntrack_address_dump(ip, reply, source=True) for ip in ips for reply in (False, True)]

@@ -29,6 +29,15 @@ def turn_on(path: str) -> bool:
     return _write(path, "1")
 
 
+def read_int(path: str):
+    """A knob's integer value; None when it is absent or unreadable."""
+    try:
+        with open(path, "rb") as handle:
+            return int(handle.read())
+    except (OSError, ValueError):
+        return None
+
+
 def set_interface(family: str, ifname: str, key: str, value: str) -> bool:
     """Write /proc/sys/net/<family>/conf/<ifname>/<key>."""
     return _write(f"/proc/sys/net/{family}/conf/{ifname}/{key}", value)
