@@ -88,8 +88,12 @@ def flows_demo(cluster, nodes, pods) -> bool:
             pod.ns.run([sys.executable, "-m", "lab.flow_traffic", "send", "tcp", db.ip, "80", "10000"],
                        cwd=REPO, check=False, timeout=30)
         dirs = [a for node in nodes for a in ("--dir", os.path.join(node.dir, "flows"))]
-        shown = [_flows(cluster, dirs, ("--pod", "default/node3-pod0", "--verdict", "denied"), ("DENIED",)),
-                 _flows(cluster, dirs, ("--pod", "default/node1-pod0", "--port", "80"), ("ALLOWED", "DENIED"))]
+        # the policy is decided on the db pod's node (ingress): wait for that node's half, since the
+        # source node's record alone reads "ALLOWED by -" until the two halves merge
+        decided = "by default/db-from-web"
+        shown = [_flows(cluster, dirs, ("--pod", "default/node3-pod0", "--verdict", "denied"), (f"DENIED {decided}",)),
+                 _flows(cluster, dirs, ("--pod", "default/node1-pod0", "--port", "80"),
+                        (f"ALLOWED {decided}", f"DENIED {decided}"))]
         return all(shown)
     finally:
         sink.kill()

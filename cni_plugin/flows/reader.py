@@ -166,8 +166,11 @@ def escaped(text) -> str:
 
 def line(r) -> str:
     """One table line."""
-    def end(pod, address, port):
-        where = address if port is None else f"{address}:{port}"
+    def end(pod, address, port):  # an IPv6 address with a port in brackets, as in a URL (RFC 3986)
+        if port is None:
+            where = address
+        else:
+            where = f"[{address}]:{port}" if ":" in str(address) else f"{address}:{port}"
         return f"{pod} ({where})" if pod else where
 
     src = end(r.get("srcPod"), r.get("src"), r.get("sport"))

@@ -37,8 +37,9 @@ def test_make_demo(tmp_path, family):
     assert "DENIED: default/node3-pod0" in proc.stdout and "isolated by default/db-from-web" in proc.stdout
     # FlowLog on: the flow records of both TCP connections to the db pod (docs/flows.md)
     pods = "10.244." if family == "ipv4" else "fd10:244:"
-    assert f"default/node2-pod0 ({pods}" in proc.stdout and "ALLOWED by default/db-from-web" in proc.stdout
-    assert f"default/node3-pod0 ({pods}" in proc.stdout and "DENIED by default/db-from-web" in proc.stdout
+    with_port = pods if family == "ipv4" else f"[{pods}"  # an IPv6 endpoint with a port: [address]:port
+    assert f"default/node2-pod0 ({with_port}" in proc.stdout and "ALLOWED by default/db-from-web" in proc.stdout
+    assert f"default/node3-pod0 ({pods}" in proc.stdout and "DENIED by default/db-from-web" in proc.stdout  # no sport
     # the worked example: node3-pod0's denied flow found from its name
     found = proc.stdout.split("--pod default/node3-pod0 --verdict denied\n", 1)[1].split("$ weftctl", 1)[0]
     assert "node1 tcp default/node3-pod0" in found and "DENIED by default/db-from-web" in found, found

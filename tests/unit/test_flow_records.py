@@ -105,6 +105,15 @@ def test_hostile_names_stay_data():
     assert "\x1b" not in shown and "\n" not in shown and "\\x1b" in shown
 
 
+def test_an_ipv6_endpoint_reads_unambiguously_with_its_port():
+    shown = reader.line({"start": "t", "node": "n", "proto": "tcp", "srcPod": "a/b", "src": "fd10::2", "sport": 80,
+                         "dst": "fd10::3", "dport": None, "verdict": "allowed"})
+    assert "a/b ([fd10::2]:80) -> fd10::3 ALLOWED" in shown, shown  # fd10::2:80 would be one address
+    shown = reader.line({"start": "t", "node": "n", "proto": "udp", "src": "10.0.0.1", "sport": 53, "dst": "10.0.0.2",
+                         "dport": 53, "verdict": "allowed"})
+    assert "10.0.0.1:53 -> 10.0.0.2:53" in shown, shown
+
+
 def _event(ts, event, ip, cid, pod):
     return (ts, {"ts": ts.isoformat(), "event": event, "ip": ip, "containerID": cid, "ifname": "eth0",
                  "network": "weft", "podNamespace": pod[0], "podName": pod[1]})
