@@ -13,6 +13,30 @@ if REPO not in sys.path:
 REFERENCE_PLUGINS = "/usr/lib/cni"
 
 
+DEFAULT_RUN_DIR = "/run/weft"  # beside the default subnet file: standalone networks' port records
+
+
+@pytest.fixture(scope="session", autouse=True)
+def no_port_record_dirs_left():
+    """A standalone network without a subnetFile keeps its port records in
+    /run/weft/<network>.ports, on the host (guard/ports.py).  The tests name their networks
+    at random, so each would leave an empty directory there: the ones this session made
+    are removed at its end, by name, and only when empty."""
+    def listing():
+        try:
+            return {n for n in os.listdir(DEFAULT_RUN_DIR) if n.endswith(".ports")}
+        except OSError:
+            return set()
+
+    before = listing()
+    yield
+    for name in sorted(listing() - before):
+        try:
+            os.rmdir(os.path.join(DEFAULT_RUN_DIR, name))
+        except OSError:  # not empty (a record a test meant to keep) or gone already
+            pass
+
+
 @pytest.fixture(scope="session")
 def installed(tmp_path_factory):
     """`make install` into a temp CNI dir, bound to the dev venv: the real launchers."""
