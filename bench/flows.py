@@ -197,7 +197,7 @@ def flows(ctx, seconds: float, rounds: int, ipfix_connections: int, preload: flo
             wait_for(lambda: len(node.status()["peers"]) == 1, 60, what=f"{node.name} peers")
         ctx.record(cluster.namespace_names())
         for node in nodes:
-            node.ns.run(["sysctl", "-qw", f"net.netfilter.nf_conntrack_tcp_timeout_time_wait={TIME_WAIT}"])
+            node.ns.set_tcp_time_wait(TIME_WAIT)
         conf = {n.name: default_netconf(n) for n in nodes}
         pods = {"server": nodes[0].add_pod(conf=conf[nodes[0].name], name="fl-s"),
                 "same_node": nodes[0].add_pod(conf=conf[nodes[0].name], name="fl-c"),

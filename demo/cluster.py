@@ -134,7 +134,7 @@ def main(argv=None) -> int:
         cluster.set_network("weft", NETWORKS[family])
         nodes = [cluster.add_node() for _ in range(NODES)]
         for node in nodes:  # a TCP record comes when conntrack forgets the connection: TIME_WAIT after its close
-            node.ns.run(["sysctl", "-qw", f"net.netfilter.nf_conntrack_tcp_timeout_time_wait={TIME_WAIT}"])
+            node.ns.set_tcp_time_wait(TIME_WAIT)
             node.start_agent(extra=["--flow-log-dir", os.path.join(node.dir, "flows")])
         for node in nodes:
             node.wait_ready()

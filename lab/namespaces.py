@@ -39,6 +39,17 @@ class Namespace:
         out = sh(["ip", "-j", "-n", self.name, *args]).stdout
         return json.loads(out) if out.strip() else []
 
+    def set_tcp_time_wait(self, seconds: int) -> None:
+        """This namespace's conntrack TIME_WAIT timeout (120 s by default; never the root's): a
+        TCP connection's flow record comes when conntrack forgets it, that long after its close."""
+        self.run(["sysctl", "-qw", f"net.netfilter.nf_conntrack_tcp_timeout_time_wait={int(seconds)}"])
+
+    def expire_conntrack(self) -> None:
+        """A dump of this namespace's conntrack table: the kernel kills the expired entries a
+        dump walks past, as its garbage collection would (which can take up to a minute to
+        come round), so their DESTROY events (and TCP flow records) come now."""
+        self.run(["conntrack", "-L"], check=False)
+
     def delete(self) -> None:
         sh(["ip", "netns", "del", self.name], check=False)
 

@@ -65,11 +65,9 @@ def _raw(sock) -> list:
 
 
 def _expire(node, time_wait=1):
-    """Once TIME_WAIT is over, a dump of the table (conntrack -L): the kernel kills the
-    expired entries a dump walks past, as its garbage collection would (which can take
-    up to a minute to come round), so their DESTROY events come now."""
+    """Once TIME_WAIT is over, the expired entries killed by a dump of the table."""
     time.sleep(time_wait + 0.5)
-    node.run(["conntrack", "-L"], check=False)
+    node.expire_conntrack()
 
 
 def _destroyed(events, count, port) -> list:
