@@ -201,12 +201,17 @@ class Node:
             return None
 
     def wait_ready(self, network="weft", timeout=30.0):
+        return self.wait_status(lambda status: status.get("ready"), timeout, f"ready on {network}", network)
+
+    def wait_status(self, predicate, timeout: float, what: str, network="weft", lines=15):
+        """predicate(status) polled until truthy; on timeout the error carries the status
+        and the agent log's tail (the log is gone with the test's directory)."""
         try:
-            return wait_for(lambda: (self.status(network) or {}).get("ready"), timeout,
-                            what=f"{self.name} ready on {network} (log {self.log_path})")
-        except TimeoutError as exc:  # the log is gone with the test's directory: carry its tail
-            raise TimeoutError(f"{exc}; status {self.status(network)}; log tail:\n{file_tail(self.log_path, 15)}") \
-                from None
+            return wait_for(lambda: predicate(self.status(network) or {}), timeout,
+                            what=f"{self.name} {what} (log {self.log_path})")
+        except TimeoutError as exc:
+            raise TimeoutError(f"{exc}; status {self.status(network)}; log tail:\n"
+                               f"{file_tail(self.log_path, lines)}") from None
 
     def http(self, path: str):
         """(status code, body) from the agent's metrics endpoint inside the node."""

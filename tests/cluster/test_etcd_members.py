@@ -90,15 +90,14 @@ def test_leader_loss_and_quorum_loss_keep_datapath(cluster3):
         survivor = wait_for(cluster.etcd.leader, 20, what="a new etcd leader after the old one stopped")
         assert survivor is not leader
         for node in nodes:
-            wait_for(lambda: (node.status() or {}).get("ready"), 30,
-                     what=f"{node.name} ready on the two remaining members")
+            node.wait_status(lambda status: status.get("ready"), 30, "ready on the two remaining members")
         # ...and still follow changes: a third node joins and is programmed on both
         node3 = cluster.add_node()
         node3.start_agent()
         node3.wait_ready()
         for node in nodes:
-            wait_for(lambda: any("node3" in p for p in node.status()["peers"]), 30,
-                     what=f"{node.name} programs node3 after the leader change")
+            node.wait_status(lambda status: any("node3" in p for p in status.get("peers") or []), 30,
+                             "programs node3 after the leader change", lines=60)
 
         # 2. one more member goes: no quorum; every agent says so, the kernel stays.  The
         # member stopped is the one fewest agents talk to: the others stay connected to a
