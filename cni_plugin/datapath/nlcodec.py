@@ -599,8 +599,7 @@ def decode_conntrack(data, offset: int, length: int, kind: int, flags: int, even
     msg = kind & 0xFF
     if kind >> 8 != NFNL_SUBSYS_CTNETLINK or msg not in (IPCTNL_MSG_CT_NEW, IPCTNL_MSG_CT_DELETE):
         raise MalformedMessage(f"ctnetlink: message type {kind:#x} is not a conntrack entry")
-    attrs = attributes(data, offset + HEADER.size + NFGENMSG.size, offset + length,
-                       _CT_ATTRS)
+    attrs = attributes(data, offset + HEADER.size + NFGENMSG.size, offset + length, _CT_ATTRS)
     if CTA_TUPLE_ORIG not in attrs:
         raise MalformedMessage("ctnetlink: an entry without its original tuple")
     reply = attrs.get(CTA_TUPLE_REPLY)

@@ -77,6 +77,12 @@ class World:
         dirs = [a for n in self.nodes for a in ("--dir", self.flow_dir(n))]
         return self.cluster.weftctl("flows", *dirs, *args, check=check)
 
+    def expire_conntrack(self):
+        """A closed TCP connection's entry ends TIME_WAIT seconds after the close, then waits
+        for the kernel's GC (up to a minute): a dump in each node kills it at once instead."""
+        for n in self.nodes:
+            n.ns.expire_conntrack()
+
     def records(self, node=None, final=True):
         out = []
         for n in [node] if node else self.nodes:
@@ -95,10 +101,7 @@ class World:
             if len(found) >= count:
                 return found
             if time.monotonic() - expired_at[0] >= 1.0:
-                # a closed TCP connection's entry ends TIME_WAIT seconds after the close, then
-                # waits for the kernel's GC (up to a minute): a dump kills it at once instead
-                for n in self.nodes:
-                    n.ns.expire_conntrack()
+                self.expire_conntrack()
                 expired_at[0] = time.monotonic()
             return None
         return wait_for(look, timeout, interval=0.2, what=f"a {proto} flow record {src}:{sport} -> {dst}:{dport}")
@@ -415,9 +418,8 @@ def test_weftctl_flows_follow_prints_new_records(world):
         while time.monotonic() < deadline and not any(r["sport"] == sent["port"] for r in seen):
             if select.select([follow.stdout], [], [], 0.5)[0]:
                 seen.append(json.loads(follow.stdout.readline()))
-            else:  # the closed connection's entry killed once TIME_WAIT is over (see find)
-                for n in world.nodes:
-                    n.ns.expire_conntrack()
+            else:  # the closed connection's entry killed once TIME_WAIT is over
+                world.expire_conntrack()
         assert any(r["sport"] == sent["port"] and r["srcPod"] == "y/c" for r in seen), seen
     finally:
         follow.terminate()

@@ -37,8 +37,8 @@ def _tracked(node, time_wait=1):
     node.run(["ip", "link", "set", "lo", "up"])
     node.run(["nft", "-f", "-"], input="add table inet t\nadd chain inet t c { type filter hook output priority 0; }\n"
                                        "add rule inet t c ct state new counter\n")
-    node.run(["sysctl", "-qw", "net.netfilter.nf_conntrack_acct=1", "net.netfilter.nf_conntrack_timestamp=1",
-              f"net.netfilter.nf_conntrack_tcp_timeout_time_wait={time_wait}"])
+    node.run(["sysctl", "-qw", "net.netfilter.nf_conntrack_acct=1", "net.netfilter.nf_conntrack_timestamp=1"])
+    node.set_tcp_time_wait(time_wait)
 
 
 def _every_group(node):

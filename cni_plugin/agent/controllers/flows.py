@@ -325,11 +325,11 @@ class FlowCollector:
         entries linger until their DESTROY brings the final record) are skipped before
         they are decoded, and keep what the interim records knew of them."""
         self.lingering = conntrack.lingering() or self.lingering
-        ended = set()
+        present = set()  # ids still in the table: the open ones of ours, and the ended ones
 
         def wanted(ct_id, state):
             if state in conntrack.ENDED:
-                ended.add(ct_id)
+                present.add(ct_id)
                 return False
             return True
         try:
@@ -337,18 +337,18 @@ class FlowCollector:
         except DatapathError as exc:
             self.agent.log.warning(f"conntrack not read for interim flow records: {exc}", extra=self.agent.extra())
             return []
-        moment, out, alive = now(), [], ended
+        moment, out = now(), []
         for entry in entries:
             if not self._ours(entry):
                 continue
-            alive.add(entry.id)
+            present.add(entry.id)
             known = self.live.get(entry.id)
             if known is None:
                 known = self.live[entry.id] = [time.time(), 0.0]
             known[1] = time.monotonic()
             self._resolve((entry.orig.src, entry.orig.dst))
             out.append(self._allowed(entry, datetime.fromtimestamp(known[0], timezone.utc), moment, final=False))
-        for ct_id in [i for i in list(self.live) if i not in alive]:
+        for ct_id in [i for i in list(self.live) if i not in present]:
             self.live.pop(ct_id, None)  # gone (its final record written) or its DESTROY event lost
         return out
 
